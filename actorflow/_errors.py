@@ -1,0 +1,63 @@
+"""The exceptions actorflow raises. Every one of them is an :class:`ActorflowError`."""
+
+from __future__ import annotations
+
+
+class ActorflowError(Exception):
+    """Base class of every error actorflow raises on purpose."""
+
+
+class BuildError(ActorflowError):
+    """The workflow definition is invalid; the message says what to change."""
+
+
+class WorkflowInProgress(ActorflowError):
+    """``trigger`` was called while the latest run of that foreign id is unfinished."""
+
+
+class RunNotFound(ActorflowError, LookupError):
+    """No run matches the run id or foreign id asked for."""
+
+
+class InvalidTransition(ActorflowError):
+    """A run-state change that the run-state table does not allow."""
+
+
+class InvalidArgument(ActorflowError, TypeError, ValueError):
+    """An argument of the wrong type or value (a status outside the enum, a wrong object type)."""
+
+
+class SerializationError(ActorflowError):
+    """A workflow object could not be converted to or from JSON."""
+
+
+class StepError(ActorflowError):
+    """A step, callback or timeout function failed or returned something it may not."""
+
+
+class CallbackError(StepError):
+    """A callback function raised or returned an invalid result; the error was counted."""
+
+
+class StoreError(ActorflowError):
+    """The store failed (I/O, schema, connection); the run stays at its last committed version."""
+
+
+class SchemaVersionError(StoreError):
+    """The database was written by a newer actorflow than this one."""
+
+
+class VersionConflict(StoreError):
+    """Optimistic concurrency: the run changed since it was read. Internal; retried."""
+
+
+class Lagged(ActorflowError):
+    """A subscriber fell too far behind and missed changes."""
+
+
+class GatewayError(ActorflowError):
+    """The gateway refused a request or failed to serve it."""
+
+    def __init__(self, message: str, code: str = "error") -> None:
+        super().__init__(message)
+        self.code = code

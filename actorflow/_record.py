@@ -1,0 +1,101 @@
+"""Records: the stored versions of a run.
+
+A :class:`RawRecord` is what stores keep (object as JSON text, status as int); a
+:class:`Record` is the typed view users see (object decoded, status as the enum member).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+import attrs
+
+from ._runstate import RunState
+
+T = TypeVar("T")
+S = TypeVar("S", bound=int)
+
+
+@attrs.frozen
+class Meta:
+    """Bookkeeping stored with every version of a run."""
+
+    run_state_reason: str = ""
+    """Why the run state last changed (the reason given to pause, cancel, delete_data)."""
+    status_description: str = ""
+    """The name of the status (``Status.MIDDLE.name``)."""
+    error_count: int = 0
+    """Consecutive errors of the current step when the version was stored."""
+    error_message: str = ""
+    """The last error, when the run was paused because of errors."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Meta:
+        names = {f.name for f in attrs.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@attrs.frozen
+class RawRecord:
+    """One stored version of a run, as stores keep it."""
+
+    workflow_name: str
+    foreign_id: str
+    run_id: str
+    status: int
+    run_state: RunState = attrs.field(converter=RunState)
+    object: str
+    """The workflow object as JSON text."""
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    meta: Meta = Meta()
+
+
+@attrs.frozen
+class Record(Generic[T, S]):
+    """One stored version of a run, typed: ``object`` is your attrs object, ``status`` your enum."""
+
+    workflow_name: str
+    foreign_id: str
+    run_id: str
+    status: S
+    run_state: RunState
+    object: T
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    meta: Meta = Meta()
+
+
+@attrs.frozen
+class Timer:
+    """A durable timer of one run: fires at ``fire_at`` (aware UTC) unless the run moves on.
+
+    ``kind`` is ``"timeout:<index>"`` for the index-th timeout of ``status``, or ``"resume"``
+    for the automatic resume of a paused run.
+    """
+
+    workflow_name: str
+    run_id: str
+    status: int
+    kind: str
+    fire_at: datetime
+
+
+@attrs.frozen
+class Event:
+    """An entry of a store's event log: one stored version of one run (no object)."""
+
+    id: int
+    workflow_name: str
+    foreign_id: str
+    run_id: str
+    status: int
+    run_state: RunState = attrs.field(converter=RunState)
+    version: int
+    created_at: datetime

@@ -1,0 +1,279 @@
+"""The store contract: every store must pass all of this unchanged."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import attrs
+import pytest
+import trio
+
+import actorflow as af
+from actorflow._record import Meta, RawRecord, Timer
+from actorflow.stores import Store
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def raw(
+    foreign_id: str = "f1",
+    *,
+    workflow: str = "wf",
+    status: int = 1,
+    state: af.RunState = af.RunState.INITIATED,
+    obj: str = '{"n": 0}',
+) -> RawRecord:
+    return RawRecord(
+        workflow_name=workflow,
+        foreign_id=foreign_id,
+        run_id=uuid.uuid4().hex,
+        status=status,
+        run_state=state,
+        object=obj,
+        version=1,
+        created_at=T0,
+        updated_at=T0,
+        meta=Meta(status_description="ONE"),
+    )
+
+
+def nxt(record: RawRecord, **changes: object) -> RawRecord:
+    return attrs.evolve(
+        record,
+        version=record.version + 1,
+        updated_at=record.updated_at + timedelta(seconds=1),
+        **changes,  # type: ignore[arg-type]
+    )
+
+
+async def test_create_lookup_latest_history(store: Store) -> None:
+    first = await store.create_run(raw())
+    assert await store.lookup("wf", first.run_id) == first
+    assert await store.latest("wf", "f1") == first
+    assert await store.history("wf", first.run_id) == [first]
+
+
+async def test_record_round_trips_every_field(store: Store) -> None:
+    record = attrs.evolve(
+        raw("ü-ß/ 1"),
+        object='{"text": "héllo \\n", "n": 12345678901234}',
+        meta=Meta("why", "ONE", 3, "boom"),
+        created_at=datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC),
+        updated_at=datetime(2026, 3, 4, 5, 6, 8, 12, tzinfo=UTC),
+    )
+    await store.create_run(record)
+    got = await store.lookup("wf", record.run_id)
+    assert got == record
+    assert got.created_at.tzinfo is not None
+
+
+async def test_unknown_runs_raise_run_not_found(store: Store) -> None:
+    with pytest.raises(af.RunNotFound):
+        await store.lookup("wf", "nope")
+    with pytest.raises(af.RunNotFound):
+        await store.latest("wf", "nope")
+    with pytest.raises(af.RunNotFound):
+        await store.history("wf", "nope")
+    with pytest.raises(af.RunNotFound):
+        await store.commit(nxt(raw()))
+
+
+async def test_workflows_are_isolated(store: Store) -> None:
+    a = await store.create_run(raw(workflow="a"))
+    await store.create_run(raw(workflow="b"))  # same foreign id, other workflow: allowed
+    with pytest.raises(af.RunNotFound):
+        await store.lookup("b", a.run_id)
+    assert [r.run_id for r in await store.list_runs("a")] == [a.run_id]
+
+
+async def test_trigger_refused_while_latest_run_unfinished(store: Store) -> None:
+    first = await store.create_run(raw())
+    with pytest.raises(af.WorkflowInProgress):
+        await store.create_run(raw())
+    paused = await store.commit(nxt(first, run_state=af.RunState.PAUSED))
+    with pytest.raises(af.WorkflowInProgress):
+        await store.create_run(raw())
+    done = await store.commit(nxt(paused, run_state=af.RunState.CANCELLED))
+    second = await store.create_run(raw())
+    assert (await store.latest("wf", "f1")).run_id == second.run_id
+    assert (await store.lookup("wf", done.run_id)).run_state == af.RunState.CANCELLED
+
+
+async def test_commit_checks_version_and_keeps_history(store: Store) -> None:
+    v1 = await store.create_run(raw())
+    v2 = await store.commit(nxt(v1, status=2, run_state=af.RunState.RUNNING))
+    with pytest.raises(af.VersionConflict):
+        await store.commit(nxt(v1, status=3))
+    stale = attrs.evolve(v2, version=5)
+    with pytest.raises(Exception) as info:
+        await store.commit(stale)
+    assert "version" in str(info.value)
+    v3 = await store.commit(nxt(v2, status=3, run_state=af.RunState.COMPLETED))
+    assert await store.history("wf", v1.run_id) == [v1, v2, v3]
+    assert await store.lookup("wf", v1.run_id) == v3
+
+
+async def test_list_runs_filters_order_and_keyset_pages(store: Store) -> None:
+    made = []
+    for i in range(7):
+        record = await store.create_run(raw(f"f{i}", status=1 + i % 2))
+        made.append(record)
+    await store.commit(nxt(made[3], run_state=af.RunState.RUNNING))
+    ids = [r.run_id for r in made]
+    assert [r.run_id for r in await store.list_runs("wf", limit=100)] == ids
+    assert [r.run_id for r in await store.list_runs("wf", limit=100, descending=True)] == ids[::-1]
+    page1 = await store.list_runs("wf", limit=3)
+    page2 = await store.list_runs("wf", limit=3, after=page1[-1].run_id)
+    page3 = await store.list_runs("wf", limit=3, after=page2[-1].run_id)
+    assert [r.run_id for r in page1 + page2 + page3] == ids
+    back = await store.list_runs("wf", limit=2, after=ids[4], descending=True)
+    assert [r.run_id for r in back] == [ids[3], ids[2]]
+    assert [r.run_id for r in await store.list_runs("wf", status=2)] == ids[1::2]
+    assert [r.run_id for r in await store.list_runs("wf", status=[1, 2])] == ids
+    running = await store.list_runs("wf", run_state=af.RunState.RUNNING)
+    assert [(r.run_id, r.version) for r in running] == [(ids[3], 2)]
+    several = await store.list_runs(
+        "wf", run_state=[af.RunState.RUNNING, af.RunState.INITIATED], status=1
+    )
+    assert [r.run_id for r in several] == ids[0::2]
+    assert [r.run_id for r in await store.list_runs("wf", foreign_id="f5")] == [ids[5]]
+    with pytest.raises(af.RunNotFound):
+        await store.list_runs("wf", after="nope")
+    with pytest.raises(af.InvalidArgument):
+        await store.list_runs("wf", limit=0)
+
+
+async def test_latest_is_most_recent_run_of_foreign_id(store: Store) -> None:
+    first = await store.create_run(raw())
+    await store.commit(nxt(first, run_state=af.RunState.RUNNING))
+    done = await store.commit(
+        nxt(await store.lookup("wf", first.run_id), run_state=af.RunState.COMPLETED)
+    )
+    second = await store.create_run(raw())
+    assert (await store.latest("wf", "f1")).run_id == second.run_id
+    both = await store.list_runs("wf", foreign_id="f1")
+    assert [r.run_id for r in both] == [done.run_id, second.run_id]
+
+
+async def test_timers_are_stored_replaced_and_kept(store: Store) -> None:
+    v1 = raw()
+    t_late = Timer("wf", v1.run_id, 1, "timeout:0", T0 + timedelta(hours=2))
+    t_early = Timer("wf", v1.run_id, 1, "timeout:1", T0 + timedelta(hours=1))
+    await store.create_run(v1, [t_late, t_early])
+    assert await store.list_timers("wf", v1.run_id) == [t_early, t_late]
+    other = raw("f2")
+    t_other = Timer("wf", other.run_id, 1, "timeout:0", T0 + timedelta(minutes=90))
+    await store.create_run(other, [t_other])
+    assert await store.list_timers("wf") == [t_early, t_other, t_late]
+    assert await store.list_timers("elsewhere") == []
+    v2 = await store.commit(nxt(v1, status=2))  # timers=None keeps them
+    assert await store.list_timers("wf", v1.run_id) == [t_early, t_late]
+    t_new = Timer("wf", v1.run_id, 2, "timeout:0", T0 + timedelta(minutes=5))
+    v3 = await store.commit(nxt(v2, status=2), timers=[t_new])
+    assert await store.list_timers("wf", v1.run_id) == [t_new]
+    await store.commit(nxt(v3, status=3), timers=[])
+    assert await store.list_timers("wf", v1.run_id) == []
+    assert await store.list_timers("wf") == [t_other]
+
+
+async def test_timer_is_not_replaced_by_failed_commit(store: Store) -> None:
+    v1 = raw()
+    timer = Timer("wf", v1.run_id, 1, "timeout:0", T0 + timedelta(hours=1))
+    await store.create_run(v1, [timer])
+    with pytest.raises(af.ActorflowError):
+        await store.commit(attrs.evolve(nxt(v1), version=3), timers=[])
+    assert await store.list_timers("wf", v1.run_id) == [timer]
+
+
+async def test_scrub_history(store: Store) -> None:
+    v1 = await store.create_run(raw(obj='{"secret": 1}'))
+    v2 = await store.commit(nxt(v1, object='{"secret": 2}', run_state=af.RunState.RUNNING))
+    v3 = await store.commit(
+        nxt(v2, object="{}", run_state=af.RunState.COMPLETED), scrub_history=True
+    )
+    history = await store.history("wf", v1.run_id)
+    assert [h.object for h in history] == ["{}", "{}", "{}"]
+    assert [h.version for h in history] == [1, 2, 3]
+    assert history[-1] == v3
+
+
+async def test_event_log_orders_every_version(store: Store) -> None:
+    a1 = await store.create_run(raw("a"))
+    b1 = await store.create_run(raw("b", workflow="other"))
+    a2 = await store.commit(nxt(a1, status=2))
+    events = await store.read_events(0, 100)
+    assert [(e.run_id, e.version) for e in events] == [
+        (a1.run_id, 1),
+        (b1.run_id, 1),
+        (a2.run_id, 2),
+    ]
+    ids = [e.id for e in events]
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    assert events[2].status == 2 and events[2].foreign_id == "a"
+    assert events[2].created_at == a2.updated_at
+    only_wf = await store.read_events(0, 100, workflow_name="wf")
+    assert [e.version for e in only_wf] == [1, 2]
+    assert [e.id for e in await store.read_events(ids[0], 1)] == [ids[1]]
+    assert await store.read_events(ids[-1], 10) == []
+
+
+async def test_cursors_and_schedules(store: Store) -> None:
+    assert await store.get_cursor("c") is None
+    await store.set_cursor("c", "1")
+    await store.set_cursor("c", "2")
+    assert await store.get_cursor("c") == "2"
+    assert await store.last_schedule("s") is None
+    assert await store.claim_schedule("s", T0)
+    assert not await store.claim_schedule("s", T0)
+    assert not await store.claim_schedule("s", T0 - timedelta(hours=1))
+    assert await store.claim_schedule("s", T0 + timedelta(hours=1))
+    assert await store.last_schedule("s") == T0 + timedelta(hours=1)
+
+
+async def test_feed_publishes_each_durable_write(store: Store) -> None:
+    with store.feed.subscribe(workflow_name="wf") as sub:
+        v1 = await store.create_run(raw())
+        v2 = await store.commit(nxt(v1, status=2))
+        with pytest.raises(af.ActorflowError):
+            await store.commit(nxt(v1, status=3))  # conflict: not published
+        await store.create_run(raw(workflow="other"))
+        assert await sub.receive() == v1
+        assert await sub.receive() == v2
+        with trio.move_on_after(1) as scope:
+            await sub.receive()
+        assert scope.cancelled_caught
+
+
+async def test_concurrent_commits_one_version_wins(store: Store) -> None:
+    v1 = await store.create_run(raw())
+    results: list[str] = []
+
+    async def attempt(status: int) -> None:
+        try:
+            await store.commit(nxt(v1, status=status))
+            results.append("ok")
+        except af.ActorflowError:
+            results.append("conflict")
+
+    async with trio.open_nursery() as nursery:
+        for status in (2, 3, 4):
+            nursery.start_soon(attempt, status)
+    assert sorted(results) == ["conflict", "conflict", "ok"]
+    assert [h.version for h in await store.history("wf", v1.run_id)] == [1, 2]
+
+
+async def test_many_concurrent_creates_and_commits(store: Store) -> None:
+    async def one(i: int) -> None:
+        record = await store.create_run(raw(f"f{i}"))
+        for version in range(2, 5):
+            record = await store.commit(nxt(record, status=version))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(200):
+            nursery.start_soon(one, i)
+    runs = await store.list_runs("wf", limit=1000)
+    assert len(runs) == 200
+    assert {r.version for r in runs} == {4}
+    events = await store.read_events(0, 10_000)
+    assert len(events) == 800
