@@ -18,4 +18,5 @@ from ._record import Meta as Meta
 from ._record import Record as Record
 from ._runstate import RunState as RunState
 from .stores import MemoryStore as MemoryStore
+from .stores import SQLiteStore as SQLiteStore
 from .stores import Store as Store

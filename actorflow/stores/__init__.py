@@ -2,5 +2,6 @@
 
 from ._memory import MemoryStore as MemoryStore
 from ._protocol import Store as Store
+from ._sqlite import SQLiteStore as SQLiteStore
 
-__all__ = ["MemoryStore", "Store"]
+__all__ = ["MemoryStore", "SQLiteStore", "Store"]

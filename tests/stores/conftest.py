@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from actorflow.stores import MemoryStore, Store
+from actorflow.stores import MemoryStore, SQLiteStore, Store
 
 StoreFactory = Callable[[Path], Awaitable[Store]]
 
@@ -20,7 +20,11 @@ async def _memory(tmp_path: Path) -> Store:
     return MemoryStore()
 
 
-STORE_FACTORIES: dict[str, StoreFactory] = {"memory": _memory}
+async def _sqlite(tmp_path: Path) -> Store:
+    return SQLiteStore(tmp_path / "store.db")
+
+
+STORE_FACTORIES: dict[str, StoreFactory] = {"memory": _memory, "sqlite": _sqlite}
 
 
 @pytest.fixture(params=sorted(STORE_FACTORIES))

@@ -1,0 +1,823 @@
+"""SQLiteStore: the embedded, durable store (WAL), with group commit on the trio thread."""
+
+from __future__ import annotations
+
+import enum
+import functools
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Generic, TypeVar, final
+
+import attrs
+import trio
+
+from .._errors import (
+    ActorflowError,
+    InvalidArgument,
+    RunNotFound,
+    StoreError,
+    VersionConflict,
+    WorkflowInProgress,
+)
+from .._feed import ChangeFeed
+from .._record import Event, Meta, RawRecord, Timer
+from .._runstate import RunState
+from . import _sqlite_schema
+from ._filters import RunFilter
+
+R = TypeVar("R")
+
+_SYNCHRONOUS: Final = ("NORMAL", "FULL")
+_MAX_BATCH: Final = 2000
+_OPEN_BUSY_TIMEOUT: Final = 5.0
+_FIRST_BACKOFF: Final = 0.001
+_MAX_BACKOFF: Final = 0.1
+
+_RECORD_COLUMNS: Final = (
+    "workflow_name, foreign_id, run_id, status, run_state, object, version, created_at, "
+    "updated_at, meta"
+)
+_INSERT_RUN: Final = f"INSERT INTO runs ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_HISTORY: Final = (
+    f"INSERT INTO history ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_RUN: Final = (
+    "UPDATE runs SET foreign_id = ?, status = ?, run_state = ?, object = ?, version = ?, "
+    "created_at = ?, updated_at = ?, meta = ? "
+    "WHERE run_id = ? AND workflow_name = ? AND version = ?"
+)
+_INSERT_TIMER: Final = (
+    "INSERT INTO timers (workflow_name, run_id, status, kind, fire_at) VALUES (?, ?, ?, ?, ?)"
+)
+_UNFINISHED: Final = frozenset(s for s in RunState if not s.finished)
+
+_Params = tuple[Any, ...]
+
+
+@final
+@attrs.define
+class SQLiteStats:
+    """Counters of a :class:`SQLiteStore`'s write path (for tests, metrics and tuning)."""
+
+    transactions: int = 0
+    """Write transactions committed (one per batch of writes)."""
+    writes: int = 0
+    """Write operations answered (successful or not)."""
+    largest_batch: int = 0
+    """The most writes ever carried by one transaction."""
+    lock_retries: int = 0
+    """Times a batch waited because another connection held the write lock."""
+    failed_transactions: int = 0
+    """Batches rolled back and reported as StoreError to all their writers."""
+
+
+class _State(enum.Enum):
+    QUEUED = enum.auto()
+    IN_FLIGHT = enum.auto()
+    DONE = enum.auto()
+
+
+@final
+class _Write(Generic[R]):
+    """One write waiting for its batch: what to run inside the transaction, and its answer."""
+
+    __slots__ = ("apply", "done", "error", "publish", "state", "value")
+
+    def __init__(self, apply: Callable[[sqlite3.Connection], R], publish: RawRecord | None) -> None:
+        self.apply = apply
+        self.publish = publish
+        self.done = trio.Event()
+        self.state = _State.QUEUED
+        self.value: R | None = None
+        self.error: BaseException | None = None
+
+    def resolve(self, value: Any, error: BaseException | None) -> None:
+        self.value = value
+        self.error = error
+        self.state = _State.DONE
+        self.done.set()
+
+    def result(self) -> R:
+        if self.error is not None:
+            raise self.error
+        return self.value  # type: ignore[return-value]
+
+
+@final
+class SQLiteStore:
+    """The embedded durable store: one SQLite file in WAL mode.
+
+    Every write (create_run, commit, set_cursor, claim_schedule) goes through group
+    commit: the first writer to arrive leads, yields once so that other runnable tasks can
+    add their writes, then stores the whole batch in one transaction and answers each
+    writer on its own (a conflict for one write does not fail the others). Records are
+    published on :attr:`feed` only after COMMIT returned. No background task is needed.
+
+    All SQLite calls run inline on the trio thread, never in a worker thread, so trio's
+    autojump clock stays honest; writes are short. When another process holds the write
+    lock, a batch is retried with ``trio.sleep`` backoff for up to ``lock_timeout``
+    seconds (trio time), then fails with :class:`~actorflow.StoreError`.
+
+    Several processes may open one file at the same time (on one machine; not over a
+    network file system): SQLite serialises their transactions and the version checks
+    keep every run consistent, so a process that only triggers, calls back or reads is
+    safe beside a worker. Only one process should run workflows (``Workflow.run``) on a
+    file: two would each run steps and timers for the same runs. The change feed is
+    in-process: subscribers see only the writes of their own process.
+
+    Args:
+        path: the database file; its directory must exist and be writable (WAL keeps
+            ``-wal`` and ``-shm`` files beside it).
+        synchronous: ``"NORMAL"`` (default: durable against process crashes, may lose the
+            last transactions on power loss) or ``"FULL"`` (fsync on every commit).
+        lock_timeout: seconds a write waits for another process's write lock.
+
+    Raises:
+        InvalidArgument: ``synchronous`` or ``lock_timeout`` is not valid.
+        SchemaVersionError: the file was written by a newer actorflow.
+        StoreError: the file cannot be opened or written (missing directory, read-only,
+            not a database); the message names the path and what to do.
+    """
+
+    shared = True
+    """Other processes may write to the same file (see the class docstring)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "NORMAL",
+        lock_timeout: float = 5.0,
+    ) -> None:
+        if not isinstance(synchronous, str) or synchronous.upper() not in _SYNCHRONOUS:
+            raise InvalidArgument(
+                f"synchronous must be one of {', '.join(map(repr, _SYNCHRONOUS))}, "
+                f"not {synchronous!r}"
+            )
+        if (
+            not isinstance(lock_timeout, int | float)
+            or isinstance(lock_timeout, bool)
+            or not lock_timeout >= 0
+        ):
+            raise InvalidArgument(f"lock_timeout must be seconds >= 0, not {lock_timeout!r}")
+        text = os.fspath(path)
+        if not isinstance(text, str) or text in ("", ":memory:") or text.startswith("file:"):
+            raise InvalidArgument(
+                f"SQLiteStore needs the path of a database file, not {text!r} "
+                "(for an in-memory store use MemoryStore)"
+            )
+        self._path = Path(text)
+        self._synchronous: str = synchronous.upper()
+        self._lock_timeout = float(lock_timeout)
+        self._feed = ChangeFeed()
+        self._queue: list[_Write[Any]] = []
+        self._leading = False
+        self._idle: trio.Event | None = None
+        self._closed = False
+        self.stats = SQLiteStats()
+        """Write-path counters."""
+        self._check_path()
+        self._conn: sqlite3.Connection | None = self._open(migrate=True)
+
+    @property
+    def feed(self) -> ChangeFeed:
+        return self._feed
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    @property
+    def synchronous(self) -> str:
+        """The ``PRAGMA synchronous`` level in use: ``"NORMAL"`` or ``"FULL"``."""
+        return self._synchronous
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self._path)!r}, synchronous={self._synchronous!r})"
+
+    async def __aenter__(self) -> SQLiteStore:
+        await trio.lowlevel.checkpoint()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- opening -----------------------------------------------------------------------
+
+    def _fail(self, problem: str, advice: str) -> StoreError:
+        return StoreError(f"SQLite store {str(self._path)!r}: {problem}; {advice}")
+
+    def _check_path(self) -> None:
+        """Refuse paths SQLite could not use, with a message better than SQLite's."""
+        directory = self._path.parent
+        if not directory.is_dir():
+            raise self._fail(
+                f"the directory {str(directory)!r} does not exist",
+                "create it first or choose another path",
+            )
+        if self._path.is_dir():
+            raise self._fail("the path is a directory", "give the path of a database file")
+        effective = os.access in os.supports_effective_ids
+        if self._path.exists() and not os.access(
+            self._path, os.R_OK | os.W_OK, effective_ids=effective
+        ):
+            raise self._fail(
+                "the file is not readable and writable by this process",
+                "make it writable (chmod/chown) or choose another path",
+            )
+        if not os.access(directory, os.W_OK | os.X_OK, effective_ids=effective):
+            raise self._fail(
+                f"the directory {str(directory)!r} is not writable by this process (SQLite "
+                "creates its -wal and -shm files beside the database)",
+                "make the directory writable or choose another path",
+            )
+
+    def _open(self, *, migrate: bool) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self._path,
+                timeout=_OPEN_BUSY_TIMEOUT,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise self._error("cannot open the database", exc) from exc
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            if mode is None or str(mode[0]).lower() != "wal":
+                raise self._fail(
+                    f"SQLite refused WAL mode (journal mode is {mode!r})",
+                    "use a file on a local disk",
+                )
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            if migrate:
+                # Blocking (with the busy timeout) is fine here: this is not async code.
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    _sqlite_schema.migrate(conn, repr(str(self._path)))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            # From here on nobody blocks the trio thread: a locked database is retried
+            # with trio.sleep backoff instead.
+            conn.execute("PRAGMA busy_timeout = 0")
+        except ActorflowError:
+            conn.close()
+            raise
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self._error("cannot open the database", exc) from exc
+        return conn
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise self._fail("the store is closed", "open a new SQLiteStore")
+        if self._conn is None:
+            self._conn = self._open(migrate=False)
+        return self._conn
+
+    def _error(self, what: str, exc: sqlite3.Error) -> StoreError:
+        return self._fail(f"{what}: {exc}", _advice(exc))
+
+    # -- group commit ------------------------------------------------------------------
+
+    async def _submit(
+        self, apply: Callable[[sqlite3.Connection], R], publish: RawRecord | None = None
+    ) -> R:
+        self._connection()  # raises when closed
+        write = _Write(apply, publish)
+        self._queue.append(write)
+        if self._leading:
+            await self._wait(write)
+            return write.result()
+        self._leading = True
+        self._idle = trio.Event()
+        try:
+            # Let every task that is runnable now add its write to this batch.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            # The batch must finish even if the leader is cancelled: other writers wait on it.
+            with trio.CancelScope(shield=True):
+                await self._drain()
+        finally:
+            self._leading = False
+            self._idle.set()
+            # Only reachable after an unexpected BaseException (KeyboardInterrupt, a bug):
+            # nobody leads the writes still queued, so fail them rather than hang them.
+            for orphan in self._queue:
+                orphan.resolve(None, self._fail("the write leader failed", "retry the write"))
+            self._queue.clear()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return write.result()
+
+    async def _wait(self, write: _Write[Any]) -> None:
+        try:
+            await write.done.wait()
+        except trio.Cancelled:
+            if write.state is _State.QUEUED:
+                self._queue.remove(write)  # never written
+                raise
+            # The write is in a batch being retried: when Cancelled reaches the caller,
+            # the outcome is decided (stored or not), never still pending.
+            with trio.CancelScope(shield=True):
+                await write.done.wait()
+            raise
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch = self._queue[:_MAX_BATCH]
+            del self._queue[:_MAX_BATCH]
+            for write in batch:
+                write.state = _State.IN_FLIGHT
+            try:
+                await self._execute(batch)
+            finally:
+                for write in batch:
+                    if write.state is not _State.DONE:
+                        write.resolve(None, self._fail("the write was interrupted", "retry it"))
+
+    async def _execute(self, batch: list[_Write[Any]]) -> None:
+        deadline = trio.current_time() + self._lock_timeout
+        delay = _FIRST_BACKOFF
+        while True:
+            try:
+                outcomes = self._attempt(batch)
+            except StoreError as exc:  # the connection could not be reopened
+                self.stats.failed_transactions += 1
+                self.stats.writes += len(batch)
+                for write in batch:
+                    write.resolve(None, StoreError(*exc.args))
+                return
+            except sqlite3.Error as exc:
+                now = trio.current_time()
+                if _is_busy(exc) and now < deadline:
+                    self.stats.lock_retries += 1
+                    await trio.sleep(min(delay, deadline - now))
+                    delay = min(delay * 2, _MAX_BACKOFF)
+                    continue
+                self.stats.failed_transactions += 1
+                self.stats.writes += len(batch)
+                if _is_busy(exc):
+                    what = (
+                        f"the database stayed locked by another connection for "
+                        f"{self._lock_timeout:g} s; nothing of this write was stored"
+                    )
+                else:
+                    what = "the write transaction failed and was rolled back"
+                for write in batch:
+                    failure = self._error(what, exc)
+                    failure.__cause__ = exc
+                    write.resolve(None, failure)
+                return
+            self.stats.transactions += 1
+            self.stats.writes += len(batch)
+            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+            # Commit order is event order: publish every stored record first, then answer.
+            for write, (_, error) in zip(batch, outcomes, strict=True):
+                if error is None and write.publish is not None:
+                    self._feed.publish(write.publish)
+            for write, (value, error) in zip(batch, outcomes, strict=True):
+                write.resolve(value, error)
+            return
+
+    def _attempt(self, batch: list[_Write[Any]]) -> list[tuple[Any, BaseException | None]]:
+        """Run the batch in one transaction; each write in its own savepoint.
+
+        Raises sqlite3.Error (after rolling back) when the transaction as a whole failed.
+        """
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
+            for write in batch:
+                conn.execute("SAVEPOINT write")
+                try:
+                    value = write.apply(conn)
+                except Exception as exc:
+                    if _fails_transaction(exc):
+                        raise
+                    conn.execute("ROLLBACK TO write")
+                    conn.execute("RELEASE write")
+                    outcomes.append((None, exc))
+                else:
+                    conn.execute("RELEASE write")
+                    outcomes.append((value, None))
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback(conn)
+            raise
+        return outcomes
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        if conn.in_transaction:
+            # The connection is unusable; a fresh one is opened for the next operation.
+            conn.close()
+            self._conn = None
+
+    # -- writes ------------------------------------------------------------------------
+
+    async def create_run(self, record: RawRecord, timers: Sequence[Timer] = ()) -> RawRecord:
+        params = _record_params(record)
+        timer_rows = _timer_rows(record, timers)
+
+        def apply(conn: sqlite3.Connection) -> RawRecord:
+            row = conn.execute(
+                "SELECT run_id, run_state FROM runs WHERE workflow_name = ? AND foreign_id = ? "
+                "ORDER BY seq DESC LIMIT 1",
+                (record.workflow_name, record.foreign_id),
+            ).fetchone()
+            if row is not None and row[1] in _UNFINISHED:
+                raise WorkflowInProgress(
+                    f"workflow {record.workflow_name!r}: run {row[0]} of foreign id "
+                    f"{record.foreign_id!r} is {RunState(row[1]).name}; wait for it to finish "
+                    "or cancel it before triggering again"
+                )
+            try:
+                conn.execute(_INSERT_RUN, params)
+            except sqlite3.IntegrityError:
+                raise InvalidArgument(f"run id {record.run_id} already exists") from None
+            conn.execute(_INSERT_HISTORY, params)
+            if timer_rows:
+                conn.executemany(_INSERT_TIMER, timer_rows)
+            return record
+
+        return await self._submit(apply, record)
+
+    async def commit(
+        self,
+        record: RawRecord,
+        *,
+        timers: Sequence[Timer] | None = None,
+        scrub_history: bool = False,
+    ) -> RawRecord:
+        params = _record_params(record)
+        timer_rows = None if timers is None else _timer_rows(record, timers)
+        update = (*params[1:2], *params[3:], record.run_id, record.workflow_name)
+        update += (record.version - 1,)
+
+        def apply(conn: sqlite3.Connection) -> RawRecord:
+            if conn.execute(_UPDATE_RUN, update).rowcount != 1:
+                row = conn.execute(
+                    "SELECT version FROM runs WHERE run_id = ? AND workflow_name = ?",
+                    (record.run_id, record.workflow_name),
+                ).fetchone()
+                if row is None:
+                    raise RunNotFound(
+                        f"workflow {record.workflow_name!r} has no run {record.run_id!r}"
+                    )
+                raise VersionConflict(
+                    f"run {record.run_id} is at version {row[0]}, not {record.version - 1}"
+                )
+            conn.execute(_INSERT_HISTORY, params)
+            if timer_rows is not None:
+                conn.execute("DELETE FROM timers WHERE run_id = ?", (record.run_id,))
+                if timer_rows:
+                    conn.executemany(_INSERT_TIMER, timer_rows)
+            if scrub_history:
+                conn.execute(
+                    "UPDATE history SET object = ? WHERE run_id = ?",
+                    (record.object, record.run_id),
+                )
+            return record
+
+        return await self._submit(apply, record)
+
+    async def set_cursor(self, name: str, value: str) -> None:
+        def apply(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO cursors (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+
+        await self._submit(apply)
+
+    async def claim_schedule(self, key: str, fire_at: datetime) -> bool:
+        stamp = _to_text(fire_at)
+
+        def apply(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "INSERT INTO schedules (key, fire_at) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET fire_at = excluded.fire_at "
+                "WHERE excluded.fire_at > schedules.fire_at",
+                (key, stamp),
+            )
+            return cursor.rowcount == 1
+
+        return await self._submit(apply)
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def _read(self, what: str, query: Callable[[sqlite3.Connection], R]) -> R:
+        await trio.lowlevel.checkpoint()
+        deadline = trio.current_time() + self._lock_timeout
+        delay = _FIRST_BACKOFF
+        while True:
+            conn = self._connection()
+            try:
+                return query(conn)
+            except sqlite3.Error as exc:
+                now = trio.current_time()
+                if not _is_busy(exc) or now >= deadline:
+                    raise self._error(f"{what} failed", exc) from exc
+            await trio.sleep(min(delay, deadline - now))
+            delay = min(delay * 2, _MAX_BACKOFF)
+
+    async def lookup(self, workflow_name: str, run_id: str) -> RawRecord:
+        def query(conn: sqlite3.Connection) -> RawRecord:
+            row = conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM runs WHERE run_id = ? AND workflow_name = ?",
+                (run_id, workflow_name),
+            ).fetchone()
+            if row is None:
+                raise RunNotFound(f"workflow {workflow_name!r} has no run {run_id!r}")
+            return _decode_record(row)
+
+        return await self._read("lookup", query)
+
+    async def latest(self, workflow_name: str, foreign_id: str) -> RawRecord:
+        def query(conn: sqlite3.Connection) -> RawRecord:
+            row = conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM runs WHERE workflow_name = ? AND foreign_id = ? "
+                "ORDER BY seq DESC LIMIT 1",
+                (workflow_name, foreign_id),
+            ).fetchone()
+            if row is None:
+                raise RunNotFound(
+                    f"workflow {workflow_name!r} has no run for foreign id {foreign_id!r}"
+                )
+            return _decode_record(row)
+
+        return await self._read("latest", query)
+
+    async def list_runs(
+        self,
+        workflow_name: str,
+        *,
+        foreign_id: str | None = None,
+        status: int | Sequence[int] | None = None,
+        run_state: RunState | Sequence[RunState] | None = None,
+        limit: int = 25,
+        after: str | None = None,
+        descending: bool = False,
+    ) -> list[RawRecord]:
+        flt = RunFilter.make(foreign_id=foreign_id, status=status, run_state=run_state, limit=limit)
+        where = ["workflow_name = ?"]
+        args: list[Any] = [workflow_name]
+        if flt.foreign_id is not None:
+            where.append("foreign_id = ?")
+            args.append(flt.foreign_id)
+        for column, values in (("status", flt.statuses), ("run_state", flt.run_states)):
+            if values is not None:
+                where.append(f"{column} IN ({', '.join('?' * len(values))})")
+                args.extend(sorted(int(v) for v in values))
+
+        def query(conn: sqlite3.Connection) -> list[RawRecord]:
+            conditions, values = list(where), list(args)
+            if after is not None:
+                row = conn.execute(
+                    "SELECT seq FROM runs WHERE run_id = ? AND workflow_name = ?",
+                    (after, workflow_name),
+                ).fetchone()
+                if row is None:
+                    raise RunNotFound(f"workflow {workflow_name!r} has no run {after!r} (after=)")
+                conditions.append("seq < ?" if descending else "seq > ?")
+                values.append(row[0])
+            order = "DESC" if descending else "ASC"
+            rows = conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM runs WHERE {' AND '.join(conditions)} "
+                f"ORDER BY seq {order} LIMIT ?",
+                (*values, flt.limit),
+            ).fetchall()
+            return [_decode_record(row) for row in rows]
+
+        return await self._read("list_runs", query)
+
+    async def history(self, workflow_name: str, run_id: str) -> list[RawRecord]:
+        def query(conn: sqlite3.Connection) -> list[RawRecord]:
+            rows = conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM history WHERE run_id = ? AND workflow_name = ? "
+                "ORDER BY version",
+                (run_id, workflow_name),
+            ).fetchall()
+            if not rows:
+                raise RunNotFound(f"workflow {workflow_name!r} has no run {run_id!r}")
+            return [_decode_record(row) for row in rows]
+
+        return await self._read("history", query)
+
+    async def list_timers(self, workflow_name: str, run_id: str | None = None) -> list[Timer]:
+        def query(conn: sqlite3.Connection) -> list[Timer]:
+            sql = "SELECT workflow_name, run_id, status, kind, fire_at FROM timers "
+            if run_id is None:
+                rows = conn.execute(
+                    sql + "WHERE workflow_name = ? ORDER BY fire_at, id", (workflow_name,)
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    sql + "WHERE run_id = ? AND workflow_name = ? ORDER BY fire_at, id",
+                    (run_id, workflow_name),
+                ).fetchall()
+            return [Timer(w, r, s, k, _from_text(f)) for w, r, s, k, f in rows]
+
+        return await self._read("list_timers", query)
+
+    async def read_events(
+        self, after: int, limit: int = 100, workflow_name: str | None = None
+    ) -> list[Event]:
+        sql = (
+            "SELECT id, workflow_name, foreign_id, run_id, status, run_state, version, "
+            "updated_at FROM history WHERE id > ? "
+        )
+        args: tuple[Any, ...] = (after,)
+        if workflow_name is not None:
+            sql += "AND workflow_name = ? "
+            args += (workflow_name,)
+        sql += "ORDER BY id LIMIT ?"
+        args += (limit,)
+
+        def query(conn: sqlite3.Connection) -> list[Event]:
+            return [
+                Event(i, w, f, r, s, RunState(st), v, _from_text(u))
+                for i, w, f, r, s, st, v, u in conn.execute(sql, args)
+            ]
+
+        return await self._read("read_events", query)
+
+    async def last_event_id(self) -> int:
+        def query(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT max(id) FROM history").fetchone()
+            return 0 if row is None or row[0] is None else int(row[0])
+
+        return await self._read("last_event_id", query)
+
+    async def get_cursor(self, name: str) -> str | None:
+        def query(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT value FROM cursors WHERE name = ?", (name,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._read("get_cursor", query)
+
+    async def last_schedule(self, key: str) -> datetime | None:
+        def query(conn: sqlite3.Connection) -> datetime | None:
+            row = conn.execute("SELECT fire_at FROM schedules WHERE key = ?", (key,)).fetchone()
+            return None if row is None else _from_text(row[0])
+
+        return await self._read("last_schedule", query)
+
+    # -- closing -----------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Finish the batch in flight, then close the database. Idempotent."""
+        self._closed = True
+        if self._leading and self._idle is not None:
+            with trio.CancelScope(shield=True):
+                await self._idle.wait()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        await trio.lowlevel.checkpoint()
+
+
+# -- encoding --------------------------------------------------------------------------
+
+
+def _to_text(moment: datetime) -> str:
+    offset = moment.utcoffset() if isinstance(moment, datetime) else None
+    if offset is None:
+        raise InvalidArgument(f"datetimes must be timezone-aware (UTC), not {moment!r}")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _from_text(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _meta_text(meta: Meta) -> str:
+    return json.dumps(meta.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _meta_from_text(text: str) -> Meta:
+    return Meta.from_dict(json.loads(text))
+
+
+def _record_params(record: RawRecord) -> _Params:
+    return (
+        record.workflow_name,
+        record.foreign_id,
+        record.run_id,
+        int(record.status),
+        int(record.run_state),
+        record.object,
+        record.version,
+        _to_text(record.created_at),
+        _to_text(record.updated_at),
+        _meta_text(record.meta),
+    )
+
+
+def _decode_record(row: Any) -> RawRecord:
+    workflow_name, foreign_id, run_id, status, run_state, obj, version, created, updated, meta = row
+    return RawRecord(
+        workflow_name=workflow_name,
+        foreign_id=foreign_id,
+        run_id=run_id,
+        status=status,
+        run_state=RunState(run_state),
+        object=obj,
+        version=version,
+        created_at=_from_text(created),
+        updated_at=_from_text(updated),
+        meta=_meta_from_text(meta),
+    )
+
+
+def _timer_rows(record: RawRecord, timers: Sequence[Timer]) -> list[_Params]:
+    rows = []
+    for timer in timers:
+        if timer.run_id != record.run_id or timer.workflow_name != record.workflow_name:
+            raise InvalidArgument(
+                f"timer {timer.kind!r} belongs to run {timer.run_id} of workflow "
+                f"{timer.workflow_name!r}, not to run {record.run_id} of workflow "
+                f"{record.workflow_name!r}"
+            )
+        rows.append(
+            (
+                timer.workflow_name,
+                timer.run_id,
+                int(timer.status),
+                timer.kind,
+                _to_text(timer.fire_at),
+            )
+        )
+    return rows
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    return _primary_code(exc) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _fails_transaction(exc: Exception) -> bool:
+    """Whether an error inside one write dooms the whole transaction (I/O, full, locked)."""
+    if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.ProgrammingError):
+        return False
+    return isinstance(exc, sqlite3.DatabaseError)
+
+
+_ADVICE: Final = {
+    sqlite3.SQLITE_BUSY: (
+        "another process holds the write lock; make sure only short transactions run "
+        "against this file, then retry"
+    ),
+    sqlite3.SQLITE_LOCKED: "another connection holds a lock; retry",
+    sqlite3.SQLITE_FULL: (
+        "the disk (or the database's max_page_count) is full; free space and retry"
+    ),
+    sqlite3.SQLITE_IOERR: "the disk reported an I/O error; check the disk and retry",
+    sqlite3.SQLITE_READONLY: (
+        "the file or its directory is read-only for this process; make both writable or "
+        "choose another path"
+    ),
+    sqlite3.SQLITE_CANTOPEN: (
+        "SQLite cannot open the file; check that the path is a file in an existing, "
+        "writable directory"
+    ),
+    sqlite3.SQLITE_NOTADB: (
+        "the file is not a SQLite database; choose another path (actorflow never overwrites it)"
+    ),
+    sqlite3.SQLITE_CORRUPT: "the database file is corrupt; restore it from a backup",
+    sqlite3.SQLITE_PERM: "permission denied; check the file's permissions",
+}
+
+
+def _advice(exc: sqlite3.Error) -> str:
+    code = _primary_code(exc)
+    if code is not None and code in _ADVICE:
+        return _ADVICE[code]
+    return "check the file and retry"
