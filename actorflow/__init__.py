@@ -1,5 +1,9 @@
 """actorflow: durable, typed, event-driven workflows for trio."""
 
+from . import testing as testing
+from ._builder import Builder as Builder
+from ._clock import Clock as Clock
+from ._clock import SystemClock as SystemClock
 from ._errors import ActorflowError as ActorflowError
 from ._errors import BuildError as BuildError
 from ._errors import CallbackError as CallbackError
@@ -10,13 +14,20 @@ from ._errors import Lagged as Lagged
 from ._errors import RunNotFound as RunNotFound
 from ._errors import SchemaVersionError as SchemaVersionError
 from ._errors import SerializationError as SerializationError
+from ._errors import StatusNotReached as StatusNotReached
 from ._errors import StepError as StepError
 from ._errors import StoreError as StoreError
 from ._errors import VersionConflict as VersionConflict
 from ._errors import WorkflowInProgress as WorkflowInProgress
+from ._options import Options as Options
 from ._record import Meta as Meta
 from ._record import Record as Record
+from ._run import Run as Run
 from ._runstate import RunState as RunState
+from ._timers import after as after
+from ._timers import at as at
+from ._workflow import Workflow as Workflow
+from ._workflow import open_workflow as open_workflow
 from .stores import MemoryStore as MemoryStore
 from .stores import SQLiteStore as SQLiteStore
 from .stores import Store as Store

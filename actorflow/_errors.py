@@ -61,3 +61,7 @@ class GatewayError(ActorflowError):
     def __init__(self, message: str, code: str = "error") -> None:
         super().__init__(message)
         self.code = code
+
+
+class StatusNotReached(ActorflowError):
+    """``await_status``: the run finished without ever reaching the status."""

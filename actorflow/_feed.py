@@ -107,10 +107,7 @@ class ChangeFeed:
             index, key = self._by_workflow, workflow_name
         else:
             index, key = None, ""
-        if index is None:
-            bucket = self._everything
-        else:
-            bucket = index.setdefault(key, set())  # type: ignore[arg-type]
+        bucket = self._everything if index is None else index.setdefault(key, set())  # type: ignore[arg-type]
         bucket.add(sub)
         try:
             yield sub

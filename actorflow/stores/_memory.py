@@ -28,6 +28,8 @@ class _WorkflowRuns:
 class MemoryStore:
     """A store held in dictionaries. Fast, deterministic under the autojump clock, volatile."""
 
+    shared = False
+
     def __init__(self) -> None:
         self._feed = ChangeFeed()
         self._workflows: dict[str, _WorkflowRuns] = {}
@@ -96,8 +98,7 @@ class MemoryStore:
         current = self._get(record.workflow_name, record.run_id)
         if current.version != record.version - 1:
             raise VersionConflict(
-                f"run {record.run_id} is at version {current.version}, "
-                f"not {record.version - 1}"
+                f"run {record.run_id} is at version {current.version}, not {record.version - 1}"
             )
         self._runs[record.run_id] = record
         if timers is not None:
@@ -127,7 +128,9 @@ class MemoryStore:
         runs = self._workflows.get(workflow_name)
         run_id = runs.latest_by_foreign.get(foreign_id) if runs else None
         if run_id is None:
-            raise RunNotFound(f"workflow {workflow_name!r} has no run for foreign id {foreign_id!r}")
+            raise RunNotFound(
+                f"workflow {workflow_name!r} has no run for foreign id {foreign_id!r}"
+            )
         return self._runs[run_id]
 
     async def list_runs(
@@ -188,6 +191,10 @@ class MemoryStore:
                 if len(found) >= limit:
                     break
         return found
+
+    async def last_event_id(self) -> int:
+        await trio.lowlevel.checkpoint()
+        return len(self._events)
 
     async def get_cursor(self, name: str) -> str | None:
         await trio.lowlevel.checkpoint()

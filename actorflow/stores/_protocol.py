@@ -22,6 +22,9 @@ from .._runstate import RunState
 class Store(Protocol):
     """What a workflow needs from durable storage."""
 
+    shared: bool
+    """True when other processes may write to the same storage (SQLite file, PostgreSQL)."""
+
     @property
     def feed(self) -> ChangeFeed:
         """The in-process change feed this store publishes every durable write to."""
@@ -94,6 +97,10 @@ class Store(Protocol):
         self, after: int, limit: int = 100, workflow_name: str | None = None
     ) -> list[Event]:
         """Event-log entries with ``id > after``, in commit order (ids strictly increase)."""
+        ...
+
+    async def last_event_id(self) -> int:
+        """The id of the newest event-log entry (0 when the log is empty)."""
         ...
 
     async def get_cursor(self, name: str) -> str | None:

@@ -216,6 +216,11 @@ async def test_event_log_orders_every_version(store: Store) -> None:
     assert [e.version for e in only_wf] == [1, 2]
     assert [e.id for e in await store.read_events(ids[0], 1)] == [ids[1]]
     assert await store.read_events(ids[-1], 10) == []
+    assert await store.last_event_id() == ids[-1]
+
+
+async def test_last_event_id_of_empty_log(store: Store) -> None:
+    assert await store.last_event_id() == 0
 
 
 async def test_cursors_and_schedules(store: Store) -> None:

@@ -1,0 +1,328 @@
+"""RunActor: the only task that changes its run while a supervisor runs.
+
+Loop: take a message if one waits, else do the run's due work (a step, a due timeout, an
+automatic resume), else exit. Waits (error backoff, consume lag) are receives with a
+deadline, so a callback or control call interrupts them. An actor that has nothing to do
+exits at once: its state is in the store and the supervisor spawns a new one on demand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+
+import attrs
+import trio
+
+from ._definition import fn_name
+from ._engine import RESUME, log
+from ._errors import ActorflowError, StoreError, VersionConflict
+from ._record import RawRecord, Timer
+from ._runstate import RunState
+
+if TYPE_CHECKING:
+    from ._supervisor import Supervisor
+
+T = TypeVar("T")
+S = TypeVar("S", bound=enum.IntEnum)
+
+MAILBOX_SIZE = 16
+ASK_ATTEMPTS = 5
+
+Op = Callable[[RawRecord], Awaitable[tuple[RawRecord | None, list[Timer] | None, Any]]]
+"""An operation run by the actor on its latest record: returns (new record, timers, reply)."""
+
+
+class Stopped(ActorflowError):
+    """The actor stopped before it handled the message; the caller does it inline."""
+
+
+@final
+class Reply:
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def set(self, value: Any = None, error: BaseException | None = None) -> None:
+        if not self._done.is_set():
+            self._value, self._error = value, error
+            self._done.set()
+
+    async def wait(self) -> Any:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+@attrs.frozen
+class Ask:
+    op: Op
+    reply: Reply
+
+
+WAKE = object()
+
+
+@final
+class RunActor(Generic[T, S]):
+    def __init__(self, supervisor: Supervisor[T, S], run_id: str) -> None:
+        self.sup = supervisor
+        self.engine = supervisor.engine
+        self.run_id = run_id
+        self.send, self._receive = trio.open_memory_channel[object](MAILBOX_SIZE)
+        self.reload_needed = True
+        self._raw: RawRecord | None = None
+        self._timers: list[Timer] | None = None
+        self._retry_at = -math.inf
+        self._skipped_version = 0
+        self._wait_scope: trio.CancelScope | None = None
+
+    # -- called by the supervisor (synchronous) ----------------------------------------------
+
+    def poke(self) -> None:
+        """Ask the actor to reload its run from the store and look for work."""
+        self.reload_needed = True
+        with contextlib.suppress(
+            trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError
+        ):
+            self.send.send_nowait(WAKE)
+
+    def interrupt(self) -> None:
+        """Stop waiting (used by a graceful stop)."""
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
+    # -- the task ------------------------------------------------------------------------------
+
+    async def main(self, *, has_slot: bool = False) -> None:
+        sup = self.sup
+        try:
+            if not has_slot:
+                await sup.slots.acquire_on_behalf_of(self)
+            try:
+                await self._loop()
+            except Exception as exc:
+                # Never let one run take the workflow down: log, and try again later.
+                log.exception("%s: actor failed; retrying soon", self._where(), exc_info=exc)
+                sup.retry_later(self.run_id)
+            finally:
+                sup.slots.release_on_behalf_of(self)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        # Synchronous: no message can arrive between the last check and the removal.
+        self.sup.forget(self)
+        self._receive.close()
+        while True:
+            try:
+                message = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if isinstance(message, Ask):
+                message.reply.set(error=Stopped("run actor stopped"))
+
+    def _where(self) -> str:
+        return f"workflow {self.engine.name!r} run {self.run_id}"
+
+    async def _loop(self) -> None:
+        while not self.sup.stopping:
+            if self.reload_needed:
+                self.reload_needed = False
+                self._raw = await self.engine.lookup(self.run_id)
+                self._timers = None
+            try:
+                message = self._receive.receive_nowait()
+            except trio.WouldBlock:
+                message = None
+            if message is not None:
+                await self._handle(message)
+                continue
+            deadline = await self._work()
+            if deadline is None:
+                return  # nothing to do: passivate
+            if deadline > trio.current_time():
+                await self._wait(deadline)
+
+    async def _wait(self, deadline: float) -> None:
+        with trio.CancelScope(deadline=deadline) as scope:
+            self._wait_scope = scope
+            try:
+                message = await self._receive.receive()
+            finally:
+                self._wait_scope = None
+            await self._handle(message)
+
+    async def _handle(self, message: object) -> None:
+        if message is WAKE:
+            return
+        assert isinstance(message, Ask)
+        for attempt in range(ASK_ATTEMPTS):
+            try:
+                raw = await self._current()
+                new, timers, value = await message.op(raw)
+            except VersionConflict:
+                self.reload_needed = True
+                if attempt + 1 < ASK_ATTEMPTS:
+                    self._raw = await self.engine.lookup(self.run_id)
+                    self.reload_needed = False
+                    continue
+                message.reply.set(error=StoreError(f"{self._where()}: kept changing; try again"))
+                return
+            except Exception as exc:
+                self.reload_needed = True
+                message.reply.set(error=exc)
+                return
+            if new is not None:
+                self._stored(new, timers)
+            message.reply.set(value)
+            return
+
+    async def _current(self) -> RawRecord:
+        if self._raw is None or self.reload_needed:
+            self._raw = await self.engine.lookup(self.run_id)
+            self.reload_needed = False
+            self._timers = None
+        return self._raw
+
+    def _stored(self, new: RawRecord, timers: list[Timer] | None) -> None:
+        if (
+            self._raw is None
+            or new.status != self._raw.status
+            or new.run_state != self._raw.run_state
+        ):
+            self._retry_at = -math.inf
+        self._raw = new
+        if timers is not None:
+            self._timers = timers
+
+    async def _run_timers(self) -> list[Timer]:
+        if self._timers is None:
+            self._timers = await self.engine.store.list_timers(self.engine.name, self.run_id)
+        return self._timers
+
+    async def _work(self) -> float | None:
+        """Do the run's due work. Returns when to look again, or None when idle."""
+        engine = self.engine
+        raw = await self._current()
+        now_trio = trio.current_time()
+        if now_trio < self._retry_at:
+            return self._retry_at
+        if raw.run_state.active:
+            timers = await self._run_timers()
+            now = engine.now()
+            for timer in timers:
+                if timer.kind != RESUME and timer.status == raw.status and timer.fire_at <= now:
+                    await self._fire_timeout(raw, timer)
+                    return now_trio
+            spec = engine.definition.steps.get(raw.status)
+            if spec is not None and raw.version != self._skipped_version:
+                ready = raw.updated_at + spec.options.consume_lag
+                if ready > now:
+                    return now_trio + (ready - now).total_seconds()
+                await self._step(raw)
+                return now_trio
+            return None
+        if raw.run_state is RunState.PAUSED:
+            timers = await self._run_timers()
+            now = engine.now()
+            if any(t.kind == RESUME and t.fire_at <= now for t in timers):
+                await self._guarded(
+                    raw, "automatic resume", engine.resume(raw, "resumed automatically")
+                )
+                return now_trio
+        return None
+
+    async def _guarded(
+        self,
+        raw: RawRecord,
+        what: str,
+        action: Awaitable[tuple[RawRecord | None, list[Timer] | None]],
+        *,
+        key: str = "",
+        options: Any = None,
+    ) -> None:
+        """Await ``action``; on an error count it (when ``key`` is given) and back off."""
+        try:
+            new, timers = await action
+        except VersionConflict:
+            self.reload_needed = True
+            return
+        except StoreError as exc:
+            log.warning("%s: store error during %s: %s", self._where(), what, exc)
+            self._back_off(1, self.engine.default_options)
+            return
+        except Exception as exc:
+            if not key:
+                log.exception("%s: %s failed", self._where(), what, exc_info=exc)
+                self._back_off(1, self.engine.default_options)
+                return
+            opts = options or self.engine.default_options
+            try:
+                count, paused = await self.engine.count_error(raw, key, exc, opts)
+            except VersionConflict:
+                self.reload_needed = True
+                return
+            if paused is not None:
+                self._stored(paused, None)
+                self._timers = None
+            else:
+                self._back_off(count, opts)
+            return
+        if new is None:
+            self._skipped_version = raw.version
+            return
+        self._stored(new, timers)
+
+    def _back_off(self, count: int, options: Any) -> None:
+        self._retry_at = trio.current_time() + options.backoff(count).total_seconds()
+
+    async def _step(self, raw: RawRecord) -> None:
+        engine = self.engine
+        spec = engine.definition.steps[raw.status]
+        key = f"step {fn_name(spec.fn)}"
+
+        async def action() -> tuple[RawRecord | None, list[Timer] | None]:
+            run = engine.make_run(raw)
+            async with engine.limiter(spec, spec.options):
+                result = await spec.fn(run)
+            return await engine.apply_result(raw, run, result, spec.to, key)
+
+        await self._guarded(raw, key, action(), key=key, options=spec.options)
+
+    async def _fire_timeout(self, raw: RawRecord, timer: Timer) -> None:
+        engine = self.engine
+        specs = engine.definition.timeouts.get(raw.status, ())
+        spec = next((s for s in specs if s.kind == timer.kind), None)
+        if spec is None:
+            # The definition changed since the timer was stored: drop it.
+            assert self._timers is not None
+            remaining = [t for t in self._timers if t != timer]
+            await self._guarded(raw, "dropping a stale timer", self._replace_timers(raw, remaining))
+            return
+        key = f"timeout {fn_name(spec.fn)}"
+
+        async def action() -> tuple[RawRecord | None, list[Timer] | None]:
+            run = engine.make_run(raw)
+            async with engine.limiter(spec, spec.options):
+                result = await spec.fn(run, timer.fire_at)
+            new, timers = await engine.apply_result(raw, run, result, spec.to, key)
+            if new is None:  # skipped: this timer is used up
+                assert self._timers is not None
+                remaining = [t for t in self._timers if t != timer]
+                return await self._replace_timers(raw, remaining)
+            return new, timers
+
+        await self._guarded(raw, key, action(), key=key, options=spec.options)
+
+    async def _replace_timers(
+        self, raw: RawRecord, timers: list[Timer]
+    ) -> tuple[RawRecord | None, list[Timer] | None]:
+        # A version with unchanged data: the only way to change timers atomically.
+        new = self.engine.next_version(raw)
+        return await self.engine.commit(new, timers=timers), timers

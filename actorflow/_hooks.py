@@ -1,0 +1,83 @@
+"""Run-state hooks (on_complete, on_pause, on_cancel), driven by the store's event log.
+
+A durable cursor per workflow records how far the hooks got, so a restart calls each hook
+at least once per change and never forgets one.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import trio
+
+from ._engine import Engine, log
+from ._options import Options
+from ._record import Event
+from ._runstate import RunState
+
+T = TypeVar("T")
+S = TypeVar("S", bound=enum.IntEnum)
+
+BATCH = 200
+HOOK_OF_STATE = {
+    RunState.COMPLETED: "complete",
+    RunState.PAUSED: "pause",
+    RunState.CANCELLED: "cancel",
+}
+
+
+async def follow_events(
+    engine: Engine[Any, Any],
+    cursor_name: str,
+    poll_interval: timedelta,
+    handle: Any,
+) -> None:
+    """Call ``await handle(event)`` for each event of the workflow after the durable cursor."""
+    store = engine.store
+    stored = await store.get_cursor(cursor_name)
+    cursor = int(stored) if stored else 0
+    poll = poll_interval.total_seconds() if store.shared else float("inf")
+    while True:
+        events = await store.read_events(cursor, BATCH, engine.name)
+        if not events:
+            with trio.move_on_after(poll):
+                await store.feed.wait_published()
+            continue
+        for event in events:
+            await handle(event)
+            cursor = event.id
+        await store.set_cursor(cursor_name, str(cursor))
+
+
+async def run_hooks(engine: Engine[T, S], poll_interval: timedelta) -> None:
+    """Serve the workflow's hooks until cancelled."""
+    hooks = engine.definition.hooks
+    options: Options = engine.default_options
+
+    async def handle(event: Event) -> None:
+        kind = HOOK_OF_STATE.get(event.run_state)
+        hook = hooks.get(kind) if kind else None
+        if hook is None:
+            return
+        errors = 0
+        while True:
+            try:
+                history = await engine.store.history(engine.name, event.run_id)
+                raw = next(r for r in history if r.version == event.version)
+                await hook(engine.typed(raw))
+                return
+            except Exception as exc:
+                errors += 1
+                log.warning(
+                    "workflow %r: on_%s hook failed for run %s (attempt %d): %r",
+                    engine.name,
+                    kind,
+                    event.run_id,
+                    errors,
+                    exc,
+                )
+                await trio.sleep(max(options.backoff(errors).total_seconds(), 0.001))
+
+    await follow_events(engine, f"hooks:{engine.name}", poll_interval, handle)

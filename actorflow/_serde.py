@@ -1,0 +1,74 @@
+"""JSON (de)serialisation of workflow objects with cattrs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Generic, TypeVar, cast, final
+
+import attrs
+from cattrs.preconf.json import make_converter
+
+from ._errors import BuildError, InvalidArgument, SerializationError
+
+T = TypeVar("T")
+
+converter = make_converter()
+
+
+@final
+class ObjectCodec(Generic[T]):
+    """Converts one workflow's object type to and from JSON text."""
+
+    def __init__(self, object_type: type[T], workflow_name: str) -> None:
+        if not isinstance(object_type, type) or not (
+            attrs.has(object_type) or dataclasses.is_dataclass(object_type)
+        ):
+            raise BuildError(
+                f"workflow {workflow_name!r}: the object type must be an attrs class or a "
+                f"dataclass, not {object_type!r}"
+            )
+        self.object_type = object_type
+        self._workflow = workflow_name
+        self._unstructure = converter.get_unstructure_hook(object_type)
+        self._structure = converter.get_structure_hook(object_type)
+
+    def check(self, obj: object, what: str) -> T:
+        """Return ``obj`` if it is an instance of the object type, else raise InvalidArgument."""
+        if not isinstance(obj, self.object_type):
+            raise InvalidArgument(
+                f"workflow {self._workflow!r}: {what} must be a {self.object_type.__name__}, "
+                f"not {type(obj).__name__}"
+            )
+        return cast(T, obj)
+
+    def encode(self, obj: T, where: str = "") -> str:
+        """JSON text of ``obj``; SerializationError if cattrs or json cannot convert it."""
+        try:
+            return json.dumps(self._unstructure(obj), separators=(",", ":"), ensure_ascii=False)
+        except Exception as exc:
+            raise SerializationError(
+                f"workflow {self._workflow!r}{where}: cannot serialise "
+                f"{type(obj).__name__} to JSON: {exc!r}"
+            ) from exc
+
+    def decode(self, text: str, where: str = "") -> T:
+        """The object stored as ``text``; SerializationError if it does not fit the type."""
+        try:
+            data: Any = json.loads(text)
+            return self._structure(data, self.object_type)  # type: ignore[no-any-return]
+        except Exception as exc:
+            raise SerializationError(
+                f"workflow {self._workflow!r}{where}: stored object does not fit "
+                f"{self.object_type.__name__}: {exc!r}"
+            ) from exc
+
+    def default(self) -> T:
+        """A new object from the type's defaults; InvalidArgument if it needs arguments."""
+        try:
+            return cast(T, self.object_type())
+        except TypeError as exc:
+            raise InvalidArgument(
+                f"workflow {self._workflow!r}: {self.object_type.__name__}() needs arguments "
+                f"({exc}); pass initial= to trigger"
+            ) from exc

@@ -1,0 +1,224 @@
+"""Supervisor: one per running workflow. Spawns run actors, arms timers, recovers runs.
+
+Structure (all inside ``Workflow.run``)::
+
+    services nursery: timer loop · event-log tail · hooks · connectors · relay
+      actors nursery: one RunActor per active run (bounded by max_active_runs)
+
+A graceful stop stops new work, interrupts idle waits, gives steps in flight the grace
+period, then cancels; the services go last.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import heapq
+import itertools
+import math
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar, final
+
+import trio
+
+from ._actor import Ask, Op, Reply, RunActor, Stopped
+from ._clock import trio_deadline
+from ._engine import Engine, log
+from ._record import Timer
+from ._runstate import RunState
+
+T = TypeVar("T")
+S = TypeVar("S", bound=enum.IntEnum)
+
+RECOVERY_PAGE = 500
+RETRY_DELAY = timedelta(seconds=5)
+
+Service = Callable[[], Awaitable[None]]
+
+
+@final
+class Supervisor(Generic[T, S]):
+    def __init__(
+        self,
+        engine: Engine[T, S],
+        *,
+        grace_period: timedelta,
+        poll_interval: timedelta,
+        max_active_runs: int,
+        services: list[Service],
+    ) -> None:
+        self.engine = engine
+        self.grace_period = grace_period
+        self.poll_interval = poll_interval
+        self.slots = trio.CapacityLimiter(max_active_runs)
+        self.actors: dict[str, RunActor[T, S]] = {}
+        self.stopping = False
+        self._stop = trio.Event()
+        self._heap: list[tuple[datetime, int, str]] = []
+        self._counter = itertools.count()
+        self._heap_changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._services = services
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        engine = self.engine
+        engine.on_timers = self.schedule
+        try:
+            async with trio.open_nursery() as services:
+                async with trio.open_nursery() as actors:
+                    self._nursery = actors
+                    for timer in await engine.store.list_timers(engine.name):
+                        self._push(timer.fire_at, timer.run_id)
+                    services.start_soon(self._timer_loop)
+                    services.start_soon(self._recover)
+                    if getattr(engine.store, "shared", False) and self.poll_interval:
+                        after = await engine.store.last_event_id()
+                        services.start_soon(self._tail, after)
+                    for service in self._services:
+                        services.start_soon(service)
+                    task_status.started()
+                    await self._stop.wait()
+                    self.stopping = True
+                    for actor in list(self.actors.values()):
+                        actor.interrupt()
+                    actors.cancel_scope.deadline = (
+                        trio.current_time() + self.grace_period.total_seconds()
+                    )
+                services.cancel_scope.cancel()
+        finally:
+            self.stopping = True
+            self._nursery = None
+            engine.on_timers = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- actors --------------------------------------------------------------------------------
+
+    def wake(self, run_id: str) -> None:
+        """Make sure an actor looks at the run now (spawning one if needed)."""
+        if self.stopping or self._nursery is None:
+            return
+        actor = self.actors.get(run_id)
+        if actor is None:
+            self._spawn(run_id)
+        else:
+            actor.poke()
+
+    def _spawn(self, run_id: str, *, has_slot: bool = False) -> RunActor[T, S]:
+        assert self._nursery is not None
+        actor = RunActor(self, run_id)
+        self.actors[run_id] = actor
+        self._nursery.start_soon(functools.partial(actor.main, has_slot=has_slot))
+        return actor
+
+    def forget(self, actor: RunActor[T, S]) -> None:
+        if self.actors.get(actor.run_id) is actor:
+            del self.actors[actor.run_id]
+
+    async def ask(self, run_id: str, op: Op) -> Any:
+        """Have the run's actor perform ``op``; raises Stopped when stopping."""
+        while True:
+            if self.stopping or self._nursery is None:
+                raise Stopped("the workflow is stopping")
+            actor = self.actors.get(run_id) or self._spawn(run_id)
+            reply = Reply()
+            try:
+                await actor.send.send(Ask(op, reply))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                continue  # that actor just passivated: spawn a new one
+            return await reply.wait()
+
+    def retry_later(self, run_id: str) -> None:
+        self._push(self.engine.now() + RETRY_DELAY, run_id)
+
+    # -- timers --------------------------------------------------------------------------------
+
+    def schedule(self, timers: list[Timer]) -> None:
+        for timer in timers:
+            self._push(timer.fire_at, timer.run_id)
+
+    def _push(self, when: datetime, run_id: str) -> None:
+        heapq.heappush(self._heap, (when, next(self._counter), run_id))
+        if self._heap[0][2] == run_id:
+            self._heap_changed.set()
+
+    async def _timer_loop(self) -> None:
+        clock = self.engine.clock
+        while True:
+            self._heap_changed = trio.Event()
+            deadline = trio_deadline(clock, self._heap[0][0]) if self._heap else math.inf
+            with trio.move_on_at(deadline):
+                await self._heap_changed.wait()
+            now = clock.now()
+            while self._heap and self._heap[0][0] <= now:
+                _, _, run_id = heapq.heappop(self._heap)
+                self.wake(run_id)
+            await trio.lowlevel.checkpoint()
+
+    # -- recovery and other processes' writes ----------------------------------------------
+
+    async def _recover(self) -> None:
+        """Spawn an actor for every unfinished run that has a step to run."""
+        engine = self.engine
+        statuses = [int(s) for s in engine.definition.steps]
+        if not statuses:
+            return
+        after: str | None = None
+        while not self.stopping:
+            page = await engine.store.list_runs(
+                engine.name,
+                status=statuses,
+                run_state=[RunState.INITIATED, RunState.RUNNING],
+                limit=RECOVERY_PAGE,
+                after=after,
+            )
+            for raw in page:
+                if self.stopping:
+                    return
+                if raw.run_id in self.actors:
+                    continue
+                actor = RunActor(self, raw.run_id)
+                await self.slots.acquire_on_behalf_of(actor)
+                if self.stopping or raw.run_id in self.actors or self._nursery is None:
+                    self.slots.release_on_behalf_of(actor)
+                    continue
+                self.actors[raw.run_id] = actor
+                self._nursery.start_soon(functools.partial(actor.main, has_slot=True))
+            if len(page) < RECOVERY_PAGE:
+                return
+            after = page[-1].run_id
+
+    async def _tail(self, after: int) -> None:
+        """Follow the store's event log for changes made by other processes."""
+        engine = self.engine
+        interval = self.poll_interval.total_seconds()
+        steps = engine.definition.steps
+        while True:
+            await trio.sleep(interval)
+            try:
+                events = await engine.store.read_events(after, 1000, engine.name)
+            except Exception as exc:
+                log.warning("workflow %r: reading the event log failed: %s", engine.name, exc)
+                continue
+            for event in events:
+                after = event.id
+                if event.run_state in (RunState.INITIATED, RunState.RUNNING, RunState.PAUSED):
+                    actor = self.actors.get(event.run_id)
+                    if actor is not None:
+                        actor.poke()
+                    elif (
+                        event.status in steps
+                        or event.status in engine.definition.timeouts
+                        or (event.run_state is RunState.PAUSED)
+                    ):
+                        try:
+                            timers = await engine.store.list_timers(engine.name, event.run_id)
+                        except Exception:
+                            timers = []
+                        self.schedule(timers)
+                        if event.status in steps and event.run_state.active:
+                            self.wake(event.run_id)
