@@ -46,10 +46,11 @@ _INSERT_RUN: Final = f"INSERT INTO runs ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, 
 _INSERT_HISTORY: Final = (
     f"INSERT INTO history ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# foreign_id is checked, not set: assigning an indexed column rewrites its index entry.
 _UPDATE_RUN: Final = (
-    "UPDATE runs SET foreign_id = ?, status = ?, run_state = ?, object = ?, version = ?, "
-    "created_at = ?, updated_at = ?, meta = ? "
-    "WHERE run_id = ? AND workflow_name = ? AND version = ?"
+    "UPDATE runs SET status = ?, run_state = ?, object = ?, version = ?, created_at = ?, "
+    "updated_at = ?, meta = ? "
+    "WHERE run_id = ? AND workflow_name = ? AND foreign_id = ? AND version = ?"
 )
 _INSERT_TIMER: Final = (
     "INSERT INTO timers (workflow_name, run_id, status, kind, fire_at) VALUES (?, ?, ?, ?, ?)"
@@ -74,6 +75,10 @@ class SQLiteStats:
     """Times a batch waited because another connection held the write lock."""
     failed_transactions: int = 0
     """Batches rolled back and reported as StoreError to all their writers."""
+
+
+class _NeedsSavepoints(Exception):
+    """A write failed after it may have written: run the batch again with savepoints."""
 
 
 class _State(enum.Enum):
@@ -393,26 +398,44 @@ class SQLiteStore:
             return
 
     def _attempt(self, batch: list[_Write[Any]]) -> list[tuple[Any, BaseException | None]]:
-        """Run the batch in one transaction; each write in its own savepoint.
+        """Run the batch in one transaction; each write succeeds or fails on its own.
+
+        Every ``apply`` raises its ActorflowErrors (conflicts, refusals) before it writes
+        anything, so the fast path needs no savepoints. Any other error inside one write
+        may leave part of it behind: then the transaction is rolled back and the batch
+        run again with a savepoint around each write.
 
         Raises sqlite3.Error (after rolling back) when the transaction as a whole failed.
         """
+        try:
+            return self._attempt_once(batch, savepoints=False)
+        except _NeedsSavepoints:
+            return self._attempt_once(batch, savepoints=True)
+
+    def _attempt_once(
+        self, batch: list[_Write[Any]], *, savepoints: bool
+    ) -> list[tuple[Any, BaseException | None]]:
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         outcomes: list[tuple[Any, BaseException | None]] = []
         try:
             for write in batch:
-                conn.execute("SAVEPOINT write")
+                if savepoints:
+                    conn.execute("SAVEPOINT write")
                 try:
                     value = write.apply(conn)
                 except Exception as exc:
                     if _fails_transaction(exc):
                         raise
-                    conn.execute("ROLLBACK TO write")
-                    conn.execute("RELEASE write")
+                    if savepoints:
+                        conn.execute("ROLLBACK TO write")
+                        conn.execute("RELEASE write")
+                    elif not isinstance(exc, ActorflowError):
+                        raise _NeedsSavepoints from exc
                     outcomes.append((None, exc))
                 else:
-                    conn.execute("RELEASE write")
+                    if savepoints:
+                        conn.execute("RELEASE write")
                     outcomes.append((value, None))
             conn.execute("COMMIT")
         except BaseException:
@@ -469,18 +492,23 @@ class SQLiteStore:
     ) -> RawRecord:
         params = _record_params(record)
         timer_rows = None if timers is None else _timer_rows(record, timers)
-        update = (*params[1:2], *params[3:], record.run_id, record.workflow_name)
+        update = (*params[3:], record.run_id, record.workflow_name, record.foreign_id)
         update += (record.version - 1,)
 
         def apply(conn: sqlite3.Connection) -> RawRecord:
             if conn.execute(_UPDATE_RUN, update).rowcount != 1:
                 row = conn.execute(
-                    "SELECT version FROM runs WHERE run_id = ? AND workflow_name = ?",
+                    "SELECT version, foreign_id FROM runs WHERE run_id = ? AND workflow_name = ?",
                     (record.run_id, record.workflow_name),
                 ).fetchone()
                 if row is None:
                     raise RunNotFound(
                         f"workflow {record.workflow_name!r} has no run {record.run_id!r}"
+                    )
+                if row[1] != record.foreign_id:
+                    raise InvalidArgument(
+                        f"run {record.run_id} belongs to foreign id {row[1]!r}; a commit "
+                        f"cannot move it to {record.foreign_id!r}"
                     )
                 raise VersionConflict(
                     f"run {record.run_id} is at version {row[0]}, not {record.version - 1}"
@@ -710,6 +738,7 @@ def _from_text(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
+@functools.lru_cache(maxsize=1024)
 def _meta_text(meta: Meta) -> str:
     return json.dumps(meta.to_dict(), ensure_ascii=False, separators=(",", ":"))
 

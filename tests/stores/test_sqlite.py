@@ -430,6 +430,48 @@ async def test_each_write_in_a_batch_succeeds_or_fails_alone(store: SQLiteStore)
     assert await store.history("wf", v1.run_id) == [v1, v2]
 
 
+async def test_a_write_failing_halfway_is_undone_alone(store: SQLiteStore) -> None:
+    v1 = await store.create_run(raw())
+    before = store.stats.transactions
+
+    def half_then_boom(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO cursors (name, value) VALUES ('half', 'written')")
+        raise RuntimeError("boom")
+
+    outcomes: dict[str, object] = {}
+
+    async def broken() -> None:
+        try:
+            await store._submit(half_then_boom)
+        except RuntimeError as exc:
+            outcomes["broken"] = str(exc)
+
+    async def good() -> None:
+        outcomes["good"] = await store.commit(nxt(v1, status=2))
+
+    async def cursor() -> None:
+        await store.set_cursor("whole", "written")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(good)
+        nursery.start_soon(broken)
+        nursery.start_soon(cursor)
+    assert outcomes == {"broken": "boom", "good": nxt(v1, status=2)}
+    assert await store.get_cursor("half") is None
+    assert await store.get_cursor("whole") == "written"
+    assert store.stats.transactions == before + 1
+
+
+async def test_run_ids_and_foreign_ids_cannot_be_reused_or_moved(store: SQLiteStore) -> None:
+    first = await store.create_run(raw())
+    with pytest.raises(af.InvalidArgument, match="already exists"):
+        await store.create_run(attrs.evolve(raw("f2", workflow="other"), run_id=first.run_id))
+    with pytest.raises(af.InvalidArgument, match="cannot move"):
+        await store.commit(nxt(first, foreign_id="f3"))
+    assert await store.history("wf", first.run_id) == [first]
+    assert await store.list_runs("other") == []
+
+
 async def test_cancelled_writers(store: SQLiteStore) -> None:
     """A queued writer that is cancelled is not written; one already in a batch is."""
     records = [await store.create_run(raw(f"f{i}")) for i in range(4)]
