@@ -29,5 +29,6 @@ from ._timers import at as at
 from ._workflow import Workflow as Workflow
 from ._workflow import open_workflow as open_workflow
 from .stores import MemoryStore as MemoryStore
+from .stores import PostgresStore as PostgresStore
 from .stores import SQLiteStore as SQLiteStore
 from .stores import Store as Store

@@ -6,6 +6,8 @@ environment (``ACTORFLOW_PG_DSN``); `.ci/run` starts the servers and sets it.
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -25,6 +27,33 @@ async def _sqlite(tmp_path: Path) -> Store:
 
 
 STORE_FACTORIES: dict[str, StoreFactory] = {"memory": _memory, "sqlite": _sqlite}
+
+# PostgreSQL: each store gets a schema of its own, dropped when the store is closed.
+PG_DSN = os.environ.get("ACTORFLOW_PG_DSN")
+PG_SKIP_REASON = "ACTORFLOW_PG_DSN not set: PostgreSQL store contract tests skipped"
+
+
+async def _postgres(tmp_path: Path) -> Store:
+    if not PG_DSN:
+        pytest.skip(PG_SKIP_REASON)
+    from actorflow.stores import PostgresStore
+
+    return PostgresStore(
+        PG_DSN, schema=f"af_test_{uuid.uuid4().hex[:16]}", pool_size=4, drop_schema_on_close=True
+    )
+
+
+STORE_FACTORIES["postgres"] = _postgres
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the PostgreSQL store's tests ``postgres``; skip them, loudly, without a server."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("store") == "postgres":
+            item.add_marker(pytest.mark.postgres)
+            if not PG_DSN:
+                item.add_marker(pytest.mark.skip(reason=PG_SKIP_REASON))
 
 
 @pytest.fixture(params=sorted(STORE_FACTORIES))
