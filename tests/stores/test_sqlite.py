@@ -6,6 +6,7 @@ import os
 import pwd
 import shutil
 import sqlite3
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import closing, contextmanager
@@ -519,3 +520,70 @@ async def test_two_stores_on_one_file_stay_consistent(tmp_path: Path) -> None:
             await one.commit(nxt(v1, status=3))
         assert await one.lookup("wf", v1.run_id) == v2
         assert [e.version for e in await one.read_events(0)] == [1, 2]
+
+
+_ROOT = Path(__file__).resolve().parents[2]
+_WRITER = """
+import sys
+import trio
+from actorflow import VersionConflict
+from actorflow.stores import SQLiteStore
+from tests.stores.test_contract import nxt, raw
+
+async def main(path, name):
+    store = SQLiteStore(path, lock_timeout=30)
+    shared = await store.lookup("wf", "shared")
+    async def run(i):
+        record = await store.create_run(raw(f"{name}-{i}"))
+        for _ in range(3):
+            record = await store.commit(nxt(record, status=2))
+    async def contend():
+        won = 0
+        for _ in range(50):
+            current = await store.lookup("wf", shared.run_id)
+            try:
+                await store.commit(nxt(current, status=2))
+                won += 1
+            except VersionConflict:
+                pass
+        print(won)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(contend)
+        for i in range(100):
+            nursery.start_soon(run, i)
+    await store.aclose()
+
+trio.run(main, sys.argv[1], sys.argv[2])
+"""
+
+
+@pytest.mark.slow
+async def test_two_processes_write_one_file_safely(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    async with SQLiteStore(path) as store:
+        shared = await store.create_run(attrs.evolve(raw("shared"), run_id="shared"))
+    results: list[int] = []
+    async with trio.open_nursery() as nursery:
+        for name in ("p1", "p2"):
+
+            async def writer(name: str = name) -> None:
+                done = await trio.run_process(
+                    [sys.executable, "-c", _WRITER, str(path), name],
+                    cwd=_ROOT,
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                )
+                assert done.returncode == 0, done.stderr.decode()
+                results.append(int(done.stdout))
+
+            nursery.start_soon(writer)
+    async with SQLiteStore(path) as store:
+        runs = await store.list_runs("wf", limit=1000)
+        assert len(runs) == 201
+        assert {r.version for r in runs if r.run_id != shared.run_id} == {4}
+        history = await store.history("wf", shared.run_id)
+        assert [h.version for h in history] == list(range(1, sum(results) + 2))
+        events = await store.read_events(0, 10_000)
+        assert len(events) == 200 * 4 + len(history)
+        assert [e.id for e in events] == sorted({e.id for e in events})
