@@ -287,8 +287,9 @@ class SQLiteStore:
             raise self._error("cannot open the database", exc) from exc
         return conn
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._closed:
+    def _connection(self, *, closing_ok: bool = False) -> sqlite3.Connection:
+        """The open connection (reopened after a failure); ``closing_ok`` for aclose's wait."""
+        if self._closed and not closing_ok:
             raise self._fail("the store is closed", "open a new SQLiteStore")
         if self._conn is None:
             self._conn = self._open(migrate=False)
@@ -302,6 +303,7 @@ class SQLiteStore:
     async def _submit(
         self, apply: Callable[[sqlite3.Connection], R], publish: RawRecord | None = None
     ) -> R:
+        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: nothing written
         self._connection()  # raises when closed
         write = _Write(apply, publish)
         self._queue.append(write)
@@ -415,7 +417,7 @@ class SQLiteStore:
     def _attempt_once(
         self, batch: list[_Write[Any]], *, savepoints: bool
     ) -> list[tuple[Any, BaseException | None]]:
-        conn = self._connection()
+        conn = self._connection(closing_ok=True)  # aclose waits for this batch
         conn.execute("BEGIN IMMEDIATE")
         outcomes: list[tuple[Any, BaseException | None]] = []
         try:

@@ -328,6 +328,37 @@ async def test_lock_released_while_waiting_lets_the_batch_through(store: SQLiteS
     assert store.stats.failed_transactions == 0
 
 
+async def test_aclose_waits_for_the_batch_in_flight(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = SQLiteStore(path)
+    v1 = await store.create_run(raw())
+    stored: list[RawRecord] = []
+
+    async def write() -> None:
+        stored.append(await store.commit(nxt(v1, status=2)))
+
+    with _write_locked(path) as other:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            await trio.sleep(0.02)
+            nursery.start_soon(store.aclose)
+            await trio.sleep(0.02)
+            assert stored == []
+            other.execute("ROLLBACK")
+    assert stored == [nxt(v1, status=2)]
+    async with SQLiteStore(path) as again:
+        assert await again.lookup("wf", v1.run_id) == stored[0]
+
+
+async def test_a_writer_cancelled_before_it_starts_writes_nothing(store: SQLiteStore) -> None:
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await store.create_run(raw())
+    assert scope.cancelled_caught
+    assert await store.list_runs("wf") == []
+    assert store.stats.writes == 0
+
+
 async def test_failed_transaction_fails_its_whole_batch_and_store_recovers(
     store: SQLiteStore,
 ) -> None:
