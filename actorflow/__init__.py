@@ -28,6 +28,8 @@ from ._timers import after as after
 from ._timers import at as at
 from ._workflow import Workflow as Workflow
 from ._workflow import open_workflow as open_workflow
+from .gateway import open_gateway_client as open_gateway_client
+from .gateway import serve_gateway as serve_gateway
 from .stores import MemoryStore as MemoryStore
 from .stores import PostgresStore as PostgresStore
 from .stores import SQLiteStore as SQLiteStore
