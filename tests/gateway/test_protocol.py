@@ -1,0 +1,259 @@
+"""The gateway's wire protocol, without sockets."""
+
+from __future__ import annotations
+
+import base64
+import enum
+import json
+from datetime import UTC, datetime
+
+import attrs
+import pytest
+
+import actorflow as af
+from actorflow.gateway._protocol import (
+    OPS,
+    Access,
+    ErrorCode,
+    Event,
+    ProtocolError,
+    Reply,
+    Request,
+    TokenBucket,
+    check_args,
+    check_token,
+    coerce_run_states,
+    coerce_status,
+    coerce_statuses,
+    encode,
+    error_code,
+    error_message,
+    event_lagged,
+    event_record,
+    parse_request,
+    parse_server_message,
+    record_to_json,
+    reply_error,
+    reply_ok,
+    structure_object,
+)
+
+
+class Status(enum.IntEnum):
+    STARTED = 1
+    MIDDLE = 2
+    END = 3
+
+
+@attrs.define
+class Order:
+    count: int = 0
+    note: str = ""
+    when: datetime | None = None
+
+
+def _refused(data: str | bytes, max_bytes: int = 1000) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        parse_request(data, max_bytes)
+    return info.value
+
+
+def test_parse_request_reads_id_op_and_arguments() -> None:
+    request = parse_request('{"id": 7, "op": "lookup", "workflow": "w", "run_id": "r"}', 1000)
+    assert request == Request(7, "lookup", {"workflow": "w", "run_id": "r"})
+    assert parse_request(b'{"id": "a", "op": "ping"}', 1000).id == "a"
+
+
+def test_parse_request_refusals_carry_a_code_and_the_id_when_known() -> None:
+    assert _refused("{nope").code is ErrorCode.BAD_JSON
+    assert _refused(b"\xff\xfe").code is ErrorCode.BAD_JSON
+    assert _refused("[1, 2]").code is ErrorCode.INVALID_ARGUMENT
+    for bad_id in ("true", "1.5", "null", "[1]"):
+        error = _refused(f'{{"id": {bad_id}, "op": "ping"}}')
+        assert (error.code, error.request_id) == (ErrorCode.INVALID_ARGUMENT, None)
+    error = _refused('{"id": 3, "op": 5}')
+    assert (error.code, error.request_id) == (ErrorCode.INVALID_ARGUMENT, 3)
+    error = _refused('{"id": 3, "op": "explode"}')
+    assert (error.code, error.request_id) == (ErrorCode.UNKNOWN_OP, 3)
+    assert "known ops" in error.message
+
+
+def test_parse_request_measures_utf8_bytes() -> None:
+    assert _refused("x" * 1001).code is ErrorCode.TOO_LARGE
+    # 300 characters, 1200 bytes in UTF-8
+    assert _refused('{"id":1,"op":"ping","x":"' + "\U0001f600" * 300 + '"}').code is (
+        ErrorCode.TOO_LARGE
+    )
+
+
+def _checked(op: str, **args: object) -> dict[str, object]:
+    return check_args(Request(1, op, args))
+
+
+def _invalid(op: str, **args: object) -> str:
+    with pytest.raises(ProtocolError) as info:
+        _checked(op, **args)
+    assert info.value.code is ErrorCode.INVALID_ARGUMENT
+    assert info.value.request_id == 1
+    return info.value.message
+
+
+def test_check_args_converts_and_drops_null_optionals() -> None:
+    payload = base64.b64encode(b"\x00paid").decode()
+    assert _checked("callback", workflow="w", foreign_id="f", status="MIDDLE", payload=payload) == {
+        "workflow": "w",
+        "foreign_id": "f",
+        "status": "MIDDLE",
+        "payload": b"\x00paid",
+    }
+    assert _checked("trigger", workflow="w", foreign_id="f", start=None, initial={"a": 1}) == {
+        "workflow": "w",
+        "foreign_id": "f",
+        "initial": {"a": 1},
+    }
+    assert _checked(
+        "await_status", workflow="w", foreign_id="f", run_id="r", status=2, timeout=1
+    ) == {"workflow": "w", "foreign_id": "f", "run_id": "r", "status": 2, "timeout": 1.0}
+    assert _checked("list_runs", workflow="w", status=[1, "END"], run_state="RUNNING", limit=5)[
+        "status"
+    ] == [1, "END"]
+
+
+def test_check_args_refuses_missing_unknown_and_ill_typed_arguments() -> None:
+    assert "needs 'run_id'" in _invalid("lookup", workflow="w")
+    assert "takes no argument 'runid'" in _invalid("lookup", workflow="w", runid="r")
+    assert "non-empty string" in _invalid("lookup", workflow="w", run_id="")
+    assert "not a number" in _invalid("lookup", workflow="w", run_id=5)
+    assert "base64" in _invalid("callback", workflow="w", foreign_id="f", status=2, payload="!!")
+    _invalid("callback", workflow="w", foreign_id="f", status=True, payload="")
+    _invalid("trigger", workflow="w", foreign_id="f", initial=[1])
+    for timeout in (-1, "1", True, float("inf")):
+        _invalid(
+            "await_status", workflow="w", foreign_id="f", run_id="r", status=2, timeout=timeout
+        )
+    for limit in (0, 1001, 2.5, False):
+        _invalid("list_runs", workflow="w", limit=limit)
+    _invalid("list_runs", workflow="w", status=[])
+    _invalid("list_runs", workflow="w", descending="yes")
+    _invalid("unsubscribe", subscription=None)
+    _invalid("pause", workflow="w", run_id="r", reason=3)
+
+
+def test_every_op_documents_its_arguments() -> None:
+    for op, spec in OPS.items():
+        assert len({arg.name for arg in spec}) == len(spec), op
+
+
+def test_statuses_are_values_or_names() -> None:
+    assert coerce_status(Status, 2) == 2
+    assert coerce_status(Status, "END") == 3
+    assert coerce_status(Status, "middle") == 2
+    assert coerce_statuses(Status, ["STARTED", 3]) == [1, 3]
+    assert coerce_run_states(["PAUSED", 2]) == [af.RunState.PAUSED, af.RunState.RUNNING]
+    assert coerce_run_states("COMPLETED") is af.RunState.COMPLETED
+    for bad in (0, 9, "NOPE", True, 2.0):
+        with pytest.raises(ProtocolError, match="STARTED=1, MIDDLE=2, END=3") as info:
+            coerce_status(Status, bad)
+        assert info.value.code is ErrorCode.INVALID_ARGUMENT
+
+
+def test_structure_object_uses_the_codec_converter() -> None:
+    order = structure_object(Order, {"count": 2, "when": "2026-01-01T09:00:00+00:00"})
+    assert order == Order(count=2, when=datetime(2026, 1, 1, 9, tzinfo=UTC))
+    for bad in ({"count": "many"}, [1], "x"):
+        with pytest.raises(ProtocolError, match="initial") as info:
+            structure_object(Order, bad)
+        assert info.value.code is ErrorCode.INVALID_ARGUMENT
+
+
+def test_record_to_json_has_the_documented_fields() -> None:
+    at = datetime(2026, 1, 1, 9, tzinfo=UTC)
+    record: af.Record[Order, Status] = af.Record(
+        workflow_name="orders",
+        foreign_id="o-1",
+        run_id="r1",
+        status=Status.MIDDLE,
+        run_state=af.RunState.RUNNING,
+        object=Order(count=3, when=at),
+        version=2,
+        created_at=at,
+        updated_at=at,
+        meta=af.Meta(status_description="MIDDLE"),
+    )
+    data = record_to_json(record, Order)
+    assert data == {
+        "workflow_name": "orders",
+        "foreign_id": "o-1",
+        "run_id": "r1",
+        "status": 2,
+        "status_name": "MIDDLE",
+        "run_state": "RUNNING",
+        "version": 2,
+        "object": {"count": 3, "note": "", "when": "2026-01-01T09:00:00+00:00"},
+        "created_at": "2026-01-01T09:00:00+00:00",
+        "updated_at": "2026-01-01T09:00:00+00:00",
+        "meta": {
+            "run_state_reason": "",
+            "status_description": "MIDDLE",
+            "error_count": 0,
+            "error_message": "",
+        },
+    }
+    assert json.loads(encode(event_record(4, data))) == {"id": 4, "event": "record", "record": data}
+
+
+def test_errors_map_to_codes() -> None:
+    cases: list[tuple[BaseException, ErrorCode]] = [
+        (af.RunNotFound("x"), ErrorCode.NOT_FOUND),
+        (af.WorkflowInProgress("x"), ErrorCode.IN_PROGRESS),
+        (af.InvalidTransition("x"), ErrorCode.INVALID_TRANSITION),
+        (af.InvalidArgument("x"), ErrorCode.INVALID_ARGUMENT),
+        (af.StatusNotReached("x"), ErrorCode.STATUS_NOT_REACHED),
+        (af.CallbackError("x"), ErrorCode.CALLBACK_FAILED),
+        (TimeoutError("x"), ErrorCode.TIMEOUT),
+        (ProtocolError(ErrorCode.UNKNOWN_WORKFLOW, "x"), ErrorCode.UNKNOWN_WORKFLOW),
+        (af.StoreError("disk on fire"), ErrorCode.INTERNAL),
+        (KeyError("x"), ErrorCode.INTERNAL),
+    ]
+    for exc, code in cases:
+        assert error_code(exc) is code, exc
+    assert error_message(af.RunNotFound("no run r1"), ErrorCode.NOT_FOUND) == "no run r1"
+    secret = error_message(af.StoreError("password=hunter2"), ErrorCode.INTERNAL)
+    assert "hunter2" not in secret and "StoreError" in secret
+
+
+def test_server_messages_parse_into_replies_and_events() -> None:
+    assert parse_server_message(encode(reply_ok(1, {"a": 1}))) == Reply(1, True, {"a": 1})
+    refused = parse_server_message(encode(reply_error(None, ErrorCode.BAD_JSON, "bad")))
+    assert refused == Reply(None, False, None, "bad_json", "bad")
+    assert isinstance(refused, Reply)
+    error = refused.error()
+    assert isinstance(error, af.GatewayError) and error.code == "bad_json"
+    assert parse_server_message(encode(event_lagged("s"))) == Event("s", "lagged")
+    for bad in ("[]", '{"id": 1}', '{"event": "record"}', '{"id": [1], "ok": true}'):
+        with pytest.raises(ValueError):
+            parse_server_message(bad)
+
+
+def test_check_token_accepts_bearer_header_or_query_parameter() -> None:
+    bearer = [(b"authorization", b"Bearer s3cret")]
+    assert check_token(None, [], "/") is Access.GRANTED
+    assert check_token("s3cret", bearer, "/") is Access.GRANTED
+    assert check_token("s3cret", [(b"Authorization", b"bearer  s3cret ")], "/") is Access.GRANTED
+    assert check_token("s3cret", [], "/?token=s3cret") is Access.GRANTED
+    assert check_token("s e/cret", [], "/x?a=1&token=s%20e%2Fcret") is Access.GRANTED
+    assert check_token("s3cret", [], "/") is Access.MISSING
+    assert check_token("s3cret", [(b"authorization", b"Basic czNjcmV0")], "/") is Access.MISSING
+    assert check_token("s3cret", [(b"authorization", b"Bearer nope")], "/") is Access.WRONG
+    assert check_token("s3cret", [], "/?token=") is Access.WRONG
+    assert check_token("s3cret", [], "/?token=s3cre") is Access.WRONG
+
+
+def test_token_bucket_allows_bursts_then_the_rate() -> None:
+    bucket = TokenBucket(rate=2.0, burst=3, now=100.0)
+    assert [bucket.take(100.0) for _ in range(4)] == [True, True, True, False]
+    assert not bucket.take(100.4)  # 0.8 tokens
+    assert bucket.take(100.5)  # 1.0 token
+    assert not bucket.take(100.5)
+    assert [bucket.take(200.0) for _ in range(4)] == [True, True, True, False]  # capped at burst
+    assert not bucket.take(50.0)  # a clock going backwards adds nothing
