@@ -1,0 +1,246 @@
+"""The event-streaming seam: one event type, the streamer and source protocols.
+
+An :class:`EventStreamer` carries events on named topics: a sender per topic, and a
+receiver per topic and consumer name with a durable cursor. An :class:`EventSource` is
+what a connector consumes. Every streamer passes one contract test suite
+(``tests/streamers/test_contract.py``).
+
+Delivery is at-least-once everywhere: an event received and not acknowledged is received
+again when a receiver with the same consumer name is opened again.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
+from typing import Any, Generic, Literal, Protocol, TypeVar, final, runtime_checkable
+
+import attrs
+
+from .._errors import ActorflowError, InvalidArgument
+
+Start = Literal["earliest", "latest"]
+"""Where a consumer name that has no cursor yet starts: the oldest event, or the next one."""
+
+STARTS: tuple[Start, ...] = ("earliest", "latest")
+
+#: Headers every transition event carries (``af.connect``, the relay, the store log).
+TRANSITION_HEADERS = ("workflow_name", "foreign_id", "run_id", "status", "run_state", "version")
+
+
+class StreamError(ActorflowError):
+    """The event stream failed (connection lost, server error); retry after a back-off."""
+
+
+class EventError(ActorflowError):
+    """An event is malformed (a missing header, a payload that cannot be parsed)."""
+
+
+def _text(_: Any, attribute: attrs.Attribute[str], value: object) -> None:
+    if not isinstance(value, str):
+        raise InvalidArgument(
+            f"ConnectorEvent.{attribute.name} must be a string, not {type(value).__name__}"
+        )
+
+
+def _non_empty(_: Any, attribute: attrs.Attribute[str], value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"ConnectorEvent.{attribute.name} must be a non-empty string")
+
+
+def _headers(value: object) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise InvalidArgument(
+            f"ConnectorEvent.headers must be a dict of str to str, not {type(value).__name__}"
+        )
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            raise InvalidArgument(
+                f"ConnectorEvent.headers must map str to str; {key!r}: {item!r} does not"
+            )
+    return dict(value)
+
+
+def _aware(value: object) -> datetime:
+    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidArgument(
+            f"ConnectorEvent.created_at must be an aware datetime (tzinfo=UTC), not {value!r}"
+        )
+    return value.astimezone(UTC)
+
+
+def _payload(value: object) -> bytes:
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    if not isinstance(value, bytes):
+        raise InvalidArgument(f"ConnectorEvent.payload must be bytes, not {type(value).__name__}")
+    return value
+
+
+@final
+@attrs.frozen
+class ConnectorEvent:
+    """One event of a stream, as connectors see it.
+
+    Attributes:
+        id: unique in its source (for ``af.connect``: the store's event id as text).
+        foreign_id: the foreign id the event is about.
+        type: what happened (for ``af.connect``: the status int as text).
+        headers: string metadata (for ``af.connect`` at least ``workflow_name``,
+            ``foreign_id``, ``run_id``, ``status``, ``run_state``, ``version``).
+        created_at: when the event happened (aware UTC).
+        payload: opaque data for external streams (empty for transitions).
+    """
+
+    id: str = attrs.field(validator=_non_empty)
+    foreign_id: str = attrs.field(validator=_text)
+    type: str = attrs.field(validator=_text)
+    headers: dict[str, str] = attrs.field(converter=_headers, factory=dict)
+    created_at: datetime = attrs.field(converter=_aware, factory=lambda: datetime.now(UTC))
+    payload: bytes = attrs.field(converter=_payload, default=b"")
+
+    def header(self, name: str) -> str:
+        """The header ``name``. Raises EventError (naming the event) when it is missing."""
+        try:
+            return self.headers[name]
+        except KeyError:
+            raise EventError(
+                f"event {self.id!r} (foreign id {self.foreign_id!r}, type {self.type!r}) has no "
+                f"header {name!r}; it has {sorted(self.headers)}"
+            ) from None
+
+
+@runtime_checkable
+class EventSender(Protocol):
+    """Publishes events to one topic, in order."""
+
+    async def send(self, event: ConnectorEvent) -> None:
+        """Publish one event; returns once the streamer has durably accepted it.
+
+        Raises:
+            StreamError: the streamer failed; the event may or may not have been stored.
+        """
+        ...
+
+    async def send_many(self, events: Sequence[ConnectorEvent]) -> None:
+        """Publish events in order (one round trip where the streamer allows it).
+
+        Raises:
+            StreamError: the streamer failed; any prefix of ``events`` may have been stored.
+        """
+        ...
+
+
+@runtime_checkable
+class EventReceiver(Protocol):
+    """Receives the events of one topic for one consumer name."""
+
+    async def receive(self) -> ConnectorEvent:
+        """The next event, waiting for one. Raises StreamError when the streamer fails."""
+        ...
+
+    async def ack(self, event: ConnectorEvent) -> None:
+        """Acknowledge a received event: it is not delivered to this consumer name again.
+
+        Log-based streamers (memory, store log) keep one cursor per consumer name, so an
+        acknowledgement also covers every event received before it; Redis acknowledges each
+        entry. Acknowledge in the order received unless you know the streamer.
+
+        Raises:
+            EventError: ``event`` was not received through this receiver (or was acknowledged).
+            StreamError: the streamer failed; the event will be delivered again.
+        """
+        ...
+
+
+@runtime_checkable
+class EventStreamer(Protocol):
+    """Carries events on named topics (build option ``streamer=`` publishes transitions)."""
+
+    def open_sender(self, topic: str) -> AbstractAsyncContextManager[EventSender]:
+        """``async with streamer.open_sender(topic) as sender:``"""
+        ...
+
+    def open_receiver(
+        self, topic: str, consumer: str, *, start: Start = "earliest"
+    ) -> AbstractAsyncContextManager[EventReceiver]:
+        """``async with streamer.open_receiver(topic, consumer) as receiver:``
+
+        ``consumer`` names the durable cursor; ``start`` only matters the first time a
+        consumer name is used (the cursor is created then, so nothing sent after that
+        first open is missed).
+        """
+        ...
+
+
+@runtime_checkable
+class EventSource(Protocol):
+    """What a connector consumes (``builder.add_connector(name, source, fn)``)."""
+
+    def open(self, consumer: str, after: str | None) -> AbstractAsyncContextManager[EventReceiver]:
+        """Open a receiver for ``consumer``.
+
+        ``after`` is the id of the last event the caller acknowledged (its own durable
+        cursor), or None. Positional sources (``af.connect``, ``af.MemorySource``) resume
+        after it; sources backed by a streamer keep their own cursor per consumer name and
+        may ignore it.
+        """
+        ...
+
+
+def check_topic(topic: object, what: str = "topic") -> str:
+    """``topic`` as a non-empty string, or InvalidArgument."""
+    if not isinstance(topic, str) or not topic:
+        raise InvalidArgument(f"{what} must be a non-empty string, not {topic!r}")
+    return topic
+
+
+def check_start(start: object) -> Start:
+    """``start`` as ``"earliest"`` or ``"latest"``, or InvalidArgument."""
+    if start not in STARTS:
+        raise InvalidArgument(f"start must be 'earliest' or 'latest', not {start!r}")
+    return start
+
+
+def check_events(events: Sequence[object]) -> list[ConnectorEvent]:
+    """``events`` as a list of ConnectorEvents, or InvalidArgument naming the first bad one."""
+    checked: list[ConnectorEvent] = []
+    for event in events:
+        if not isinstance(event, ConnectorEvent):
+            raise InvalidArgument(f"only ConnectorEvents can be sent, not {event!r}")
+        checked.append(event)
+    return checked
+
+
+P = TypeVar("P")
+
+
+class Inflight(Generic[P]):
+    """Events handed out by a receiver and not yet acknowledged, with their positions."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, deque[P]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(positions) for positions in self._by_id.values())
+
+    def add(self, event: ConnectorEvent, position: P) -> None:
+        self._by_id.setdefault(event.id, deque()).append(position)
+
+    def take(self, event: ConnectorEvent) -> P:
+        """The position of the oldest unacknowledged delivery of ``event``; EventError if none."""
+        positions = self._by_id.get(event.id) if isinstance(event, ConnectorEvent) else None
+        if not positions:
+            raise EventError(
+                f"cannot acknowledge {event!r}: it was not received through this receiver, "
+                "or it was acknowledged already"
+            )
+        position = positions.popleft()
+        if not positions:
+            del self._by_id[event.id]
+        return position
+
+    def positions(self) -> set[P]:
+        return {p for positions in self._by_id.values() for p in positions}

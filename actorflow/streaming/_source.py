@@ -1,0 +1,32 @@
+"""An EventSource over one topic of an EventStreamer."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import final
+
+from .._errors import InvalidArgument
+from ._protocol import EventReceiver, EventStreamer, Start, check_start, check_topic
+
+
+@final
+class StreamSource:
+    """Consume ``topic`` of ``streamer`` from a connector.
+
+    The streamer keeps the cursor of each consumer name (the connector passes its own
+    name), so the connector's ``after`` is not needed and is ignored.
+    """
+
+    def __init__(self, streamer: EventStreamer, topic: str, *, start: Start = "earliest") -> None:
+        if not isinstance(streamer, EventStreamer):
+            raise InvalidArgument(f"StreamSource needs an EventStreamer, not {streamer!r}")
+        self.streamer = streamer
+        self.topic = check_topic(topic)
+        self.start = check_start(start)
+
+    def __repr__(self) -> str:
+        return f"StreamSource({self.streamer!r}, {self.topic!r})"
+
+    def open(self, consumer: str, after: str | None) -> AbstractAsyncContextManager[EventReceiver]:
+        """The streamer's receiver of the topic for ``consumer``."""
+        return self.streamer.open_receiver(self.topic, consumer, start=self.start)
