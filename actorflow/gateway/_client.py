@@ -471,6 +471,17 @@ def _unstructure(value: object) -> Any:
         ) from None
 
 
+def _rejected_error(url: str, exc: trio_websocket.ConnectionRejected) -> GatewayError:
+    body = (exc.body or b"").decode("utf-8", "replace").strip()
+    detail = f"the gateway at {url} refused the connection (HTTP {exc.status_code}"
+    detail += f": {body})" if body else ")"
+    if exc.status_code in (401, 403):
+        return GatewayError(f"{detail}; check the token", ErrorCode.UNAUTHORIZED)
+    if exc.status_code == 503:
+        return GatewayError(detail, ErrorCode.BUSY)
+    return GatewayError(detail, ErrorCode.CONNECTION_FAILED)
+
+
 def _closed_error(reason: trio_websocket.CloseReason | None) -> GatewayError:
     if reason is None:
         return GatewayError("connection closed", ErrorCode.CONNECTION_CLOSED)
@@ -500,8 +511,8 @@ async def open_gateway_client(
         close_timeout: seconds to wait for the closing handshake on exit.
 
     Raises:
-        GatewayError: ``unauthorized`` when the gateway refuses the token,
-            ``connection_failed`` when it cannot be reached.
+        GatewayError: ``unauthorized`` when the gateway refuses the token, ``busy`` when
+            it serves too many connections, ``connection_failed`` when it cannot be reached.
     """
     headers = [] if token is None else [(b"authorization", f"Bearer {token}".encode())]
     async with AsyncExitStack() as stack:
@@ -516,12 +527,7 @@ async def open_gateway_client(
                 )
             )
         except trio_websocket.ConnectionRejected as exc:
-            body = (exc.body or b"").decode("utf-8", "replace").strip()
-            raise GatewayError(
-                f"the gateway at {url} refused the connection (HTTP {exc.status_code}"
-                f"{': ' + body if body else ''}); check the token",
-                ErrorCode.UNAUTHORIZED,
-            ) from None
+            raise _rejected_error(url, exc) from None
         except (trio_websocket.HandshakeError, OSError) as exc:
             raise GatewayError(
                 f"cannot connect to the gateway at {url}: {exc!r}", ErrorCode.CONNECTION_FAILED

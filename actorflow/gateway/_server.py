@@ -73,6 +73,7 @@ class GatewaySettings:
     max_subscriptions: int
     subscription_buffer: int
     handshake_timeout: float
+    max_connections: int
 
     def check(self) -> None:
         """Raise InvalidArgument for settings that cannot work."""
@@ -84,6 +85,7 @@ class GatewaySettings:
             "max_in_flight": self.max_in_flight,
             "max_subscriptions": self.max_subscriptions,
             "subscription_buffer": self.subscription_buffer,
+            "max_connections": self.max_connections,
         }
         for name, value in positive_ints.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -106,6 +108,7 @@ async def serve_gateway(
     max_subscriptions: int = 64,
     subscription_buffer: int = 256,
     handshake_timeout: float = 10.0,
+    max_connections: int = 1024,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``workflows`` over a websocket until cancelled; use with ``nursery.start``.
@@ -127,6 +130,7 @@ async def serve_gateway(
         max_subscriptions: subscriptions per connection; more get ``busy``.
         subscription_buffer: changes buffered per subscription before it is ``lagged``.
         handshake_timeout: seconds a new connection has to complete its handshake.
+        max_connections: connections served at once; more are refused with HTTP 503.
 
     Raises:
         InvalidArgument: no workflows, two with one name, or an unusable setting.
@@ -150,6 +154,7 @@ async def serve_gateway(
         max_subscriptions=max_subscriptions,
         subscription_buffer=subscription_buffer,
         handshake_timeout=handshake_timeout,
+        max_connections=max_connections,
     )
     settings.check()
     gateway = _Gateway(served, settings)
@@ -168,9 +173,11 @@ class _Gateway:
     def __init__(self, workflows: dict[str, Workflow[Any, Any]], settings: GatewaySettings):
         self.workflows = workflows
         self.settings = settings
+        self.connections = 0
 
     async def handle_stream(self, stream: trio.SocketStream) -> None:
         """Serve one TCP connection; nothing that goes wrong in it escapes."""
+        self.connections += 1
         try:
             await self._serve_stream(stream)
         except* (
@@ -183,6 +190,7 @@ class _Gateway:
         except* Exception as group:
             log.error("gateway connection failed", exc_info=group)
         finally:
+            self.connections -= 1
             await trio.aclose_forcefully(stream)
 
     async def _serve_stream(self, stream: trio.SocketStream) -> None:
@@ -207,6 +215,10 @@ class _Gateway:
         self, request: trio_websocket.WebSocketRequest
     ) -> trio_websocket.WebSocketConnection | None:
         access = check_token(self.settings.token, request.headers, request.path)
+        if access is Access.GRANTED and self.connections > self.settings.max_connections:
+            log.warning("gateway refused a connection: %d connections", self.connections - 1)
+            await request.reject(503, body=b"too many connections; try again later\n")
+            return None
         if access is Access.GRANTED:
             connection: trio_websocket.WebSocketConnection = await request.accept()
             return connection
@@ -292,9 +304,6 @@ class _Connection:
             await self._dispatch(request, nursery)
 
     async def _dispatch(self, request: Request, nursery: trio.Nursery) -> None:
-        if request.op in INLINE_OPS:
-            await self._send(self._answer_inline(request))
-            return
         if request.id in self._requests or request.id in self._subscriptions:
             await self._send(
                 reply_error(
@@ -303,6 +312,9 @@ class _Connection:
                     f"request id {request.id!r} is already in use on this connection",
                 )
             )
+            return
+        if request.op in INLINE_OPS:
+            await self._send(self._answer_inline(request))
             return
         scope = trio.CancelScope()
         if request.op == "subscribe":

@@ -470,6 +470,22 @@ async def test_an_oversized_frame_closes_that_connection_only(
                 await client.ping()
 
 
+async def test_connections_are_bounded(
+    nursery: trio.Nursery, workflow: af.Workflow[YinYang, Status]
+) -> None:
+    url = await start_gateway(nursery, workflow, max_connections=1)
+    with trio.fail_after(LIMIT):
+        async with client_at(url) as client:
+            with pytest.raises(af.GatewayError) as info:
+                async with client_at(url):
+                    pass
+            assert info.value.code == "busy"
+            await client.ping()
+        await trio.testing.wait_all_tasks_blocked(0.01)  # the server let the first one go
+        async with client_at(url) as client:
+            await client.ping()
+
+
 # -- tokens --------------------------------------------------------------------------------
 
 
