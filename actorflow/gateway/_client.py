@@ -189,7 +189,14 @@ class GatewayClient:
 
     async def _put(self, message: Mapping[str, Any]) -> None:
         try:
-            await self._outgoing.send(encode(message))
+            text = encode(message)
+        except (TypeError, ValueError) as exc:
+            raise GatewayError(
+                f"op {message.get('op')!r}: the arguments are not JSON: {exc}",
+                ErrorCode.INVALID_ARGUMENT,
+            ) from None
+        try:
+            await self._outgoing.send(text)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._check_open()
             raise GatewayError("connection closed", ErrorCode.CONNECTION_CLOSED) from None

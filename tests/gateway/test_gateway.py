@@ -209,6 +209,9 @@ async def test_engine_errors_become_codes(url: str) -> None:
             assert await code_of(
                 client.request("trigger", workflow="yinyang", foreign_id="f4", initial=[1])
             ) == ("invalid_argument")
+            with pytest.raises(af.GatewayError) as info:
+                await client.trigger("yinyang", "f5", initial={"note": {1, 2}})
+            assert info.value.code == "invalid_argument"  # not JSON: refused by the client
             await client.ping()  # the connection survived every refusal
 
 
