@@ -234,6 +234,18 @@ async def test_a_long_await_does_not_block_other_requests(url: str) -> None:
             await reached.wait()
 
 
+async def test_the_client_hands_back_exceptions_bare_and_obeys_cancellation(url: str) -> None:
+    with trio.fail_after(LIMIT):
+        with pytest.raises(KeyError, match="mine"):
+            async with client_at(url):
+                raise KeyError("mine")
+        with trio.move_on_after(0.05) as scope:
+            async with client_at(url) as client:
+                run_id = await client.trigger("yinyang", "f1")
+                await client.await_status("yinyang", "f1", run_id, "END")
+        assert scope.cancelled_caught
+
+
 # -- subscriptions -------------------------------------------------------------------------
 
 
