@@ -30,8 +30,15 @@ class ObjectCodec(Generic[T]):
             )
         self.object_type = object_type
         self._workflow = workflow_name
-        self._unstructure = converter.get_unstructure_hook(object_type)
-        self._structure = converter.get_structure_hook(object_type)
+        try:
+            self._unstructure = converter.get_unstructure_hook(object_type)
+            self._structure = converter.get_structure_hook(object_type)
+        except Exception as exc:
+            raise BuildError(
+                f"workflow {workflow_name!r}: cattrs cannot convert {object_type.__name__} to "
+                f"and from JSON ({exc}); use field types cattrs supports or register hooks on "
+                "actorflow._serde.converter"
+            ) from exc
 
     def check(self, obj: object, what: str) -> T:
         """Return ``obj`` if it is an instance of the object type, else raise InvalidArgument."""

@@ -1,0 +1,173 @@
+"""Builder: graph validation, BuildError cases, Mermaid graph. No I/O."""
+
+from __future__ import annotations
+
+import enum
+from datetime import timedelta
+
+import attrs
+import pytest
+
+import actorflow as af
+
+from .workflows import Status, YinYang, yinyang
+
+
+class WithZero(enum.IntEnum):
+    UNKNOWN = 0
+    ONE = 1
+    TWO = 2
+
+
+class Other(enum.IntEnum):
+    X = 1
+    Y = 2
+
+
+async def noop(run: object) -> int:
+    return 2
+
+
+async def cb(run: object, payload: bytes) -> int:
+    return 2
+
+
+def test_reserved_status_is_refused() -> None:
+    builder = af.Builder("w", YinYang, WithZero)
+    builder.add_step(WithZero.UNKNOWN, noop, to=WithZero.ONE)
+    with pytest.raises(af.BuildError, match="reserved"):
+        builder.build(af.MemoryStore())
+    builder = af.Builder("w", YinYang, WithZero)
+    builder.add_step(WithZero.ONE, noop, to=WithZero.UNKNOWN)
+    with pytest.raises(af.BuildError, match="reserved"):
+        builder.build(af.MemoryStore())
+
+
+def test_duplicate_step_is_refused() -> None:
+    builder = af.Builder("w", YinYang, Status)
+    builder.add_step(Status.STARTED, noop, to=Status.MIDDLE)
+    builder.add_step(Status.STARTED, noop, to=Status.END)
+    with pytest.raises(af.BuildError, match="already has a step"):
+        builder.build(af.MemoryStore())
+
+
+def test_destination_outside_the_enum_is_refused() -> None:
+    builder = af.Builder("w", YinYang, Status)
+    builder.add_step(Status.STARTED, noop, to=Other.Y)  # type: ignore[arg-type]
+    with pytest.raises(af.BuildError, match="not a member of Status"):
+        builder.build(af.MemoryStore())
+    builder = af.Builder("w", YinYang, Status)
+    builder.add_step(Status.STARTED, noop, to=[Status.MIDDLE, 99])  # type: ignore[list-item]
+    with pytest.raises(af.BuildError, match="99"):
+        builder.build(af.MemoryStore())
+
+
+def test_no_starting_status_is_refused() -> None:
+    builder = af.Builder("w", YinYang, Status)
+    builder.add_step(Status.STARTED, noop, to=Status.MIDDLE)
+    builder.add_step(Status.MIDDLE, noop, to=Status.STARTED)
+    with pytest.raises(af.BuildError, match="no starting status"):
+        builder.build(af.MemoryStore())
+
+
+def test_empty_workflow_is_refused() -> None:
+    with pytest.raises(af.BuildError, match="no steps"):
+        af.Builder("w", YinYang, Status).build(af.MemoryStore())
+
+
+def test_duplicate_connector_names_are_refused() -> None:
+    builder = af.Builder("w", YinYang, Status)
+    builder.add_step(Status.STARTED, noop, to=Status.MIDDLE)
+
+    async def on_event(workflow: object, event: object) -> None:
+        return None
+
+    builder.add_connector("feed", object(), on_event)
+    builder.add_connector("feed", object(), on_event)
+    with pytest.raises(af.BuildError, match="used twice"):
+        builder.build(af.MemoryStore())
+
+
+def test_bad_types_are_refused_early() -> None:
+    with pytest.raises(af.BuildError, match="IntEnum"):
+        af.Builder("w", YinYang, int)  # type: ignore[type-var]
+    with pytest.raises(af.BuildError, match="attrs class or a dataclass"):
+        af.Builder("w", dict, Status)
+    with pytest.raises(af.BuildError, match="name"):
+        af.Builder("", YinYang, Status)
+    builder = af.Builder("w", YinYang, Status)
+    with pytest.raises(af.BuildError, match="callable"):
+        builder.add_step(Status.STARTED, "not a function", to=Status.END)  # type: ignore[arg-type]
+
+
+def test_unknown_and_invalid_options_are_refused() -> None:
+    builder = af.Builder("w", YinYang, Status)
+    builder.add_step(Status.STARTED, noop, to=Status.MIDDLE, retries=3)
+    with pytest.raises(af.BuildError, match="unknown option"):
+        builder.build(af.MemoryStore())
+    builder = af.Builder("w", YinYang, Status)
+    builder.add_step(Status.STARTED, noop, to=Status.MIDDLE, pause_after_errors=-1)
+    with pytest.raises(af.BuildError, match="pause_after_errors"):
+        builder.build(af.MemoryStore())
+    with pytest.raises(af.BuildError):
+        af.after(-timedelta(seconds=1))
+
+
+def test_start_is_first_declared_status_never_a_destination() -> None:
+    builder = af.Builder("w", YinYang, Status)
+    builder.add_callback(Status.MIDDLE, cb, to=Status.END)
+    builder.add_step(Status.STARTED, noop, to=Status.END)
+    definition = builder.definition()
+    assert definition.start is Status.MIDDLE
+    assert definition.starts == {Status.MIDDLE, Status.STARTED}
+    assert definition.is_terminal(Status.END)
+
+
+def test_graph_is_mermaid() -> None:
+    workflow = yinyang(af.MemoryStore(), af.SystemClock())
+    assert workflow.graph() == (
+        "stateDiagram-v2\n"
+        "    direction LR\n"
+        "    [*] --> STARTED\n"
+        "    STARTED --> MIDDLE\n"
+        "    MIDDLE --> END: callback\n"
+        "    MIDDLE --> END: timeout\n"
+        "    END --> [*]\n"
+    )
+
+
+def test_dataclass_objects_are_accepted() -> None:
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Plain:
+        n: int = 0
+
+    builder = af.Builder("plain", Plain, Status)
+    builder.add_step(Status.STARTED, noop, to=Status.END)
+    assert builder.build(af.MemoryStore()).name == "plain"
+
+
+def test_public_exports() -> None:
+    for name in [
+        "Builder",
+        "Workflow",
+        "Run",
+        "Record",
+        "RunState",
+        "MemoryStore",
+        "open_workflow",
+        "after",
+        "at",
+        "ActorflowError",
+        "BuildError",
+        "WorkflowInProgress",
+        "RunNotFound",
+        "InvalidTransition",
+        "GatewayError",
+        "Options",
+        "Meta",
+    ]:
+        assert hasattr(af, name), name
+    assert callable(af.testing.trio_clock)
+    assert attrs.has(af.Record)
