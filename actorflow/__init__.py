@@ -4,6 +4,7 @@ from . import testing as testing
 from ._builder import Builder as Builder
 from ._clock import Clock as Clock
 from ._clock import SystemClock as SystemClock
+from ._connect import connect as connect
 from ._errors import ActorflowError as ActorflowError
 from ._errors import BuildError as BuildError
 from ._errors import CallbackError as CallbackError
@@ -34,3 +35,10 @@ from .stores import MemoryStore as MemoryStore
 from .stores import PostgresStore as PostgresStore
 from .stores import SQLiteStore as SQLiteStore
 from .stores import Store as Store
+from .streaming import ConnectorEvent as ConnectorEvent
+from .streaming import EventSource as EventSource
+from .streaming import EventStreamer as EventStreamer
+from .streaming import MemorySource as MemorySource
+from .streaming import MemoryStreamer as MemoryStreamer
+from .streaming import RedisStreamer as RedisStreamer
+from .streaming import StoreLogStreamer as StoreLogStreamer

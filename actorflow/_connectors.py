@@ -1,10 +1,139 @@
-"""Connectors: consume an EventSource with a durable cursor (see the streaming issue)."""
+"""Connectors: consume an EventSource with a durable cursor and call ``fn(workflow, event)``.
+
+Each connector is one task in the workflow's services nursery. Its cursor lives in the
+workflow's store as ``connector:<workflow>:<connector>`` (the id of the last event
+handled). An event is acknowledged only after the function returned, so delivery is
+at-least-once: a crash or stop in between hands the same event over again. A failing
+function is retried with the connector's back-off (``error_backoff`` doubling up to
+``max_error_backoff``), never skipped; a failing source is reopened the same way.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._clock import trio_deadline
+from ._definition import ConnectorSpec, fn_name
+from ._engine import log
+from ._errors import InvalidArgument
+from ._options import Options
+from .streaming._protocol import ConnectorEvent, EventSource
+from .streaming._stats import ConnectorStats, connector_stats
+
+if TYPE_CHECKING:
+    from ._workflow import Workflow
+
+MIN_DELAY = 0.01
+"""Seconds: the shortest back-off, so that ``error_backoff=timedelta(0)`` never spins."""
 
 
-async def run_connectors(workflow: Any) -> None:
-    """Serve every connector of the workflow until cancelled."""
-    raise NotImplementedError("connectors arrive with the event-streaming work")
+def cursor_name(workflow_name: str, connector_name: str) -> str:
+    """The store cursor of a connector."""
+    return f"connector:{workflow_name}:{connector_name}"
+
+
+def retry_delay(options: Options, errors: int) -> float:
+    """Seconds to wait after ``errors`` consecutive failures."""
+    return max(options.backoff(errors).total_seconds(), MIN_DELAY)
+
+
+async def run_connectors(workflow: Workflow[Any, Any]) -> None:
+    """Serve every connector of the workflow until cancelled.
+
+    Raises:
+        InvalidArgument: a connector's source is not an ``af.EventSource``.
+    """
+    connectors = workflow.definition.connectors
+    for spec in connectors:
+        if not isinstance(spec.source, EventSource):
+            raise InvalidArgument(
+                f"workflow {workflow.name!r} connector {spec.name!r}: the source "
+                f"{spec.source!r} is not an af.EventSource (use af.connect(...), "
+                "af.MemorySource(...) or an object with an open(consumer, after) method)"
+            )
+    stats = connector_stats(workflow)
+    async with trio.open_nursery() as nursery:
+        for spec in connectors:
+            nursery.start_soon(serve_connector, workflow, spec, stats[spec.name])
+
+
+async def serve_connector(
+    workflow: Workflow[Any, Any], spec: ConnectorSpec, stats: ConnectorStats
+) -> None:
+    """Consume one connector's source until cancelled."""
+    store = workflow.store
+    name = cursor_name(workflow.name, spec.name)
+    source: EventSource = spec.source
+    failures = 0
+    while True:
+        try:
+            after = await store.get_cursor(name)
+            stats.cursor = after
+            async with source.open(name, after) as receiver:
+                while True:
+                    event = await receiver.receive()
+                    failures = 0
+                    await _wait_for_lag(workflow, spec.options, event)
+                    await _handle(workflow, spec, stats, event)
+                    await receiver.ack(event)
+                    await store.set_cursor(name, event.id)
+                    stats.handled += 1
+                    stats.cursor = event.id
+        except Exception as exc:
+            failures += 1
+            stats.source_errors += 1
+            stats.last_error = f"{type(exc).__name__}: {exc}"
+            delay = retry_delay(spec.options, failures)
+            log.warning(
+                "workflow %r connector %r: source %r failed (%d in a row), reopening in %.3g s: %s",
+                workflow.name,
+                spec.name,
+                source,
+                failures,
+                delay,
+                stats.last_error,
+            )
+            await trio.sleep(delay)
+
+
+async def _wait_for_lag(
+    workflow: Workflow[Any, Any], options: Options, event: ConnectorEvent
+) -> None:
+    if not options.consume_lag:
+        return
+    due = event.created_at + options.consume_lag
+    deadline = trio_deadline(workflow.clock, due)
+    if deadline > trio.current_time():
+        await trio.sleep_until(deadline)
+
+
+async def _handle(
+    workflow: Workflow[Any, Any], spec: ConnectorSpec, stats: ConnectorStats, event: ConnectorEvent
+) -> None:
+    """Call the connector function until it succeeds, backing off between failures."""
+    errors = 0
+    while True:
+        try:
+            await spec.fn(workflow, event)
+            return
+        except Exception as exc:
+            errors += 1
+            stats.errors += 1
+            stats.last_error = f"{type(exc).__name__}: {exc}"
+            delay = retry_delay(spec.options, errors)
+            log.warning(
+                "workflow %r connector %r: %s failed on event %s (foreign id %r, type %r), "
+                "attempt %d, retrying in %.3g s: %s",
+                workflow.name,
+                spec.name,
+                fn_name(spec.fn),
+                event.id,
+                event.foreign_id,
+                event.type,
+                errors,
+                delay,
+                stats.last_error,
+            )
+            await trio.sleep(delay)
