@@ -293,8 +293,10 @@ class Nothing:
     pass
 
 
-@redis
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+@pytest.mark.skipif(
+    shutil.which("redis-server") is None,
+    reason="redis-server is not installed: Redis going down mid-stream was NOT tested",
+)
 async def test_redis_down_mid_stream_backs_off_and_loses_nothing(tmp_path: Path) -> None:
     server = PrivateRedis(tmp_path)
     await server.start()
