@@ -1,0 +1,1 @@
+"""Two connected workflows: orders wait for payments (see main.py)."""
