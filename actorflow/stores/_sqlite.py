@@ -259,6 +259,9 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise self._error("cannot open the database", exc) from exc
         try:
+            if migrate:
+                # Refuse other files before anything (even the journal mode) changes them.
+                _sqlite_schema.inspect(conn, repr(str(self._path)))
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
             if mode is None or str(mode[0]).lower() != "wal":
                 raise self._fail(

@@ -83,6 +83,43 @@ def latest_version() -> int:
     return len(MIGRATIONS)
 
 
+def inspect(conn: sqlite3.Connection, where: str) -> int | None:
+    """The schema version of the file (None: an empty file), without changing anything.
+
+    Raises:
+        SchemaVersionError: the file was written by a newer actorflow.
+        StoreError: the file is a SQLite database but not an actorflow store.
+        sqlite3.Error: the file cannot be read (not a database, I/O); the caller maps it.
+    """
+    known = latest_version()
+    tables = {
+        name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
+    if "schema_version" not in tables:
+        foreign = sorted(tables - {"sqlite_sequence"})
+        if foreign:
+            raise StoreError(
+                f"SQLite store {where}: the file is a SQLite database but not an actorflow "
+                f"store (it has tables {', '.join(foreign)} and no schema_version); use a "
+                "new path"
+            )
+        return None
+    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    if row is None or row[0] is None:
+        raise StoreError(
+            f"SQLite store {where}: the schema_version table is empty, so the schema of "
+            "this file is unknown; restore it from a backup or use a new path"
+        )
+    found = int(row[0])
+    if found > known:
+        raise SchemaVersionError(
+            f"SQLite store {where}: the file has schema version {found}, but this actorflow "
+            f"only knows versions up to {known}; it was written by a newer actorflow. "
+            "Upgrade actorflow to open it (the file was not changed)"
+        )
+    return found
+
+
 def migrate(conn: sqlite3.Connection, where: str) -> int:
     """Bring the database up to :func:`latest_version`; returns the version found.
 
@@ -94,38 +131,14 @@ def migrate(conn: sqlite3.Connection, where: str) -> int:
         StoreError: the file is a SQLite database but not an actorflow store.
         sqlite3.Error: the statements failed (the caller rolls back and maps it).
     """
-    known = latest_version()
-    tables = {
-        name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-    }
-    if "schema_version" in tables:
-        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-        if row is None or row[0] is None:
-            raise StoreError(
-                f"SQLite store {where}: the schema_version table is empty, so the schema of "
-                "this file is unknown; restore it from a backup or use a new path"
-            )
-        found = int(row[0])
-    else:
-        foreign = sorted(tables - {"sqlite_sequence"})
-        if foreign:
-            raise StoreError(
-                f"SQLite store {where}: the file is a SQLite database but not an actorflow "
-                f"store (it has tables {', '.join(foreign)} and no schema_version); use a "
-                "new path"
-            )
+    found = inspect(conn, where)
+    if found is None:
         conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
         conn.execute("INSERT INTO schema_version (version) VALUES (0)")
         found = 0
-    if found > known:
-        raise SchemaVersionError(
-            f"SQLite store {where}: the file has schema version {found}, but this actorflow "
-            f"only knows versions up to {known}; it was written by a newer actorflow. "
-            "Upgrade actorflow to open it (the file was not changed)"
-        )
     for migration in MIGRATIONS[found:]:
         for statement in migration:
             conn.execute(statement)
     # Always written, even when nothing changed: it proves at open that the file is writable.
-    conn.execute("UPDATE schema_version SET version = ?", (known,))
+    conn.execute("UPDATE schema_version SET version = ?", (latest_version(),))
     return found

@@ -152,12 +152,14 @@ async def test_forward_migrations_run_at_open(
         assert conn.execute("SELECT count(*) FROM extra").fetchone() == (0,)
 
 
-def test_other_sqlite_databases_are_refused(tmp_path: Path) -> None:
+def test_other_sqlite_databases_are_refused_untouched(tmp_path: Path) -> None:
     path = tmp_path / "app.db"
     with closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("CREATE TABLE users (name TEXT)")
+    before = path.read_bytes()
     with pytest.raises(af.StoreError, match="not an actorflow store"):
         SQLiteStore(path)
+    assert path.read_bytes() == before  # not even switched to WAL
 
 
 # -- files that cannot be used ---------------------------------------------------------
