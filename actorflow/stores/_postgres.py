@@ -17,6 +17,7 @@ psycopg is imported lazily: importing actorflow does not need it.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import re
@@ -63,6 +64,11 @@ def _require_psycopg() -> None:
         import psycopg_pool  # noqa: F401
     except ImportError as exc:
         raise StoreError(f"{_INSTALL_HINT} ({exc})") from None
+
+
+def _writer_token() -> uuid.UUID:
+    """A fresh token identifying one logical write (kept across its retries)."""
+    return uuid.uuid4()
 
 
 def _utc(value: datetime) -> datetime:
@@ -272,7 +278,8 @@ class PostgresStore:
             if broken:
                 # The server may have dropped every connection (restart, failover):
                 # weed out the dead idle ones now instead of failing on each in turn.
-                pool.check()
+                with contextlib.suppress(psycopg.Error):
+                    pool.check()
 
     def _probe(self) -> str | None:
         """Why a new connection fails right now (for error messages), or None."""
@@ -350,7 +357,7 @@ class PostgresStore:
     # -- writes -----------------------------------------------------------------------------
 
     async def create_run(self, record: RawRecord, timers: Sequence[Timer] = ()) -> RawRecord:
-        params = {**self._record_params(record, uuid.uuid4()), **_timer_params(timers)}
+        params = {**self._record_params(record, _writer_token()), **_timer_params(timers)}
         q = self._q
 
         def create(conn: _Conn) -> None:
@@ -392,7 +399,7 @@ class PostgresStore:
         scrub_history: bool = False,
     ) -> RawRecord:
         params = {
-            **self._record_params(record, uuid.uuid4()),
+            **self._record_params(record, _writer_token()),
             **_timer_params(timers or ()),
             "replace_timers": timers is not None,
             "scrub": scrub_history,
@@ -425,7 +432,7 @@ class PostgresStore:
         await self._call(f"set_cursor {name!r}", set_cursor, write=True)
 
     async def claim_schedule(self, key: str, fire_at: datetime) -> bool:
-        params = {"key": key, "fire_at": fire_at, "writer": uuid.uuid4()}
+        params = {"key": key, "fire_at": fire_at, "writer": _writer_token()}
         q = self._q
 
         def claim(conn: _Conn) -> bool:
