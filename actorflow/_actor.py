@@ -118,7 +118,6 @@ class RunActor(Generic[T, S]):
     def _close(self) -> None:
         # Synchronous: no message can arrive between the last check and the removal.
         self.sup.forget(self)
-        self._receive.close()
         while True:
             try:
                 message = self._receive.receive_nowait()
@@ -126,6 +125,7 @@ class RunActor(Generic[T, S]):
                 break
             if isinstance(message, Ask):
                 message.reply.set(error=Stopped("run actor stopped"))
+        self._receive.close()
 
     def _where(self) -> str:
         return f"workflow {self.engine.name!r} run {self.run_id}"
@@ -145,7 +145,12 @@ class RunActor(Generic[T, S]):
                 continue
             deadline = await self._work()
             if deadline is None:
-                return  # nothing to do: passivate
+                try:
+                    message = self._receive.receive_nowait()
+                except trio.WouldBlock:
+                    return  # nothing to do and nothing waiting: passivate
+                await self._handle(message)
+                continue
             if deadline > trio.current_time():
                 await self._wait(deadline)
 
