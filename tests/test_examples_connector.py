@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+import trio.testing
 
 import actorflow as af
 from actorflow.streaming import connector_stats
@@ -47,6 +48,7 @@ async def test_the_example_on_a_sqlite_file(tmp_path: Path) -> None:
             run_id = await orders.trigger("order-4", initial=Order(400))
             with trio.fail_after(30):
                 await orders.await_status("order-4", run_id, OrderStatus.SHIPPED)
+            await trio.testing.wait_all_tasks_blocked()  # the connector has stored its cursor
         assert connector_stats(orders)["payments"].handled == len(settled) - after + 1
     finally:
         await store.aclose()
