@@ -110,8 +110,14 @@ async def test_hooks_called_once_per_change_and_retried(
     make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
 ) -> None:
     calls: list[tuple[str, str, int]] = []
+    three_calls = trio.Event()
     failures = [2]
     builder = af.Builder("hooked", YinYang, Status)
+
+    def note(call: tuple[str, str, int]) -> None:
+        calls.append(call)
+        if len(calls) == 3:
+            three_calls.set()
 
     @builder.step(Status.STARTED, to=Status.MIDDLE)
     async def start(run: af.Run[YinYang, Status]) -> Status:
@@ -127,15 +133,15 @@ async def test_hooks_called_once_per_change_and_retried(
         if failures[0]:
             failures[0] -= 1
             raise RuntimeError("hook down")
-        calls.append(("complete", record.foreign_id, record.version))
+        note(("complete", record.foreign_id, record.version))
 
     @builder.on_pause
     async def paused(record: af.Record[YinYang, Status]) -> None:
-        calls.append(("pause", record.foreign_id, record.version))
+        note(("pause", record.foreign_id, record.version))
 
     @builder.on_cancel
     async def cancelled(record: af.Record[YinYang, Status]) -> None:
-        calls.append(("cancel", record.foreign_id, record.version))
+        note(("cancel", record.foreign_id, record.version))
 
     store = make_store()
     workflow = builder.build(store, clock=clock, resume_paused_after=None)
@@ -147,8 +153,7 @@ async def test_hooks_called_once_per_change_and_retried(
         await workflow.await_status("b", b, Status.MIDDLE)
         await workflow.pause(b, "hold")
         await workflow.cancel(b, "stop")
-        while len(calls) < 3:
-            await trio.sleep(1)
+        await three_calls.wait()
     assert sorted(calls) == [("cancel", "b", 4), ("complete", "a", 3), ("pause", "b", 3)]
     # A restart does not call them again: the cursor is durable.
     again = builder.build(make_store(), clock=clock)
