@@ -131,7 +131,8 @@ class RunActor(Generic[T, S]):
         return f"workflow {self.engine.name!r} run {self.run_id}"
 
     async def _loop(self) -> None:
-        while not self.sup.stopping:
+        sup = self.sup
+        while not sup.stopping and sup.owns(self.run_id):
             if self.reload_needed:
                 self.reload_needed = False
                 self._raw = await self.engine.lookup(self.run_id)

@@ -281,6 +281,8 @@ class Builder(Generic[T, S]):
         poll_interval: timedelta = timedelta(seconds=1),
         max_active_runs: int = 10_000,
         streamer: Any = None,
+        shards: int = 16,
+        lease: timedelta = timedelta(seconds=10),
     ) -> Workflow[T, S]:
         """Validate the graph and bind it to a store. Raises BuildError.
 
@@ -295,6 +297,10 @@ class Builder(Generic[T, S]):
             poll_interval: how often to look for work written by other processes.
             max_active_runs: at most this many runs are worked on at once.
             streamer: an EventStreamer to publish every transition to.
+            shards: with a store that supports scale-out (PostgreSQL), runs are split into
+                this many shards, leased by the worker processes.
+            lease: how long a shard lease lasts without renewal; a dead worker's shards are
+                taken over after at most this long.
         """
         from ._workflow import Workflow
 
@@ -315,6 +321,10 @@ class Builder(Generic[T, S]):
         for what, value in (("grace_period", grace_period), ("poll_interval", poll_interval)):
             if not isinstance(value, timedelta) or value < timedelta(0):
                 raise BuildError(f"{what} must be a timedelta >= 0, not {value!r}")
+        if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= 4096:
+            raise BuildError(f"shards must be an int from 1 to 4096, not {shards!r}")
+        if not isinstance(lease, timedelta) or lease < timedelta(seconds=1):
+            raise BuildError(f"lease must be a timedelta of at least 1 s, not {lease!r}")
         if not isinstance(max_active_runs, int) or max_active_runs < 1:
             raise BuildError(f"max_active_runs must be an int >= 1, not {max_active_runs!r}")
         if clock is None:
@@ -339,6 +349,8 @@ class Builder(Generic[T, S]):
             poll_interval=poll_interval,
             max_active_runs=max_active_runs,
             streamer=streamer,
+            shards=shards,
+            lease=lease,
         )
 
 

@@ -18,7 +18,7 @@ import itertools
 import math
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar, final
+from typing import Any, Generic, Protocol, TypeVar, final, runtime_checkable
 
 import trio
 
@@ -37,6 +37,25 @@ RETRY_DELAY = timedelta(seconds=5)
 Service = Callable[[], Awaitable[None]]
 
 
+@runtime_checkable
+class Ownership(Protocol):
+    """Which runs this process may work on (scale-out: shard leases). Without one, all."""
+
+    def owns(self, run_id: str) -> bool:
+        """True while this process holds the lease of the run's shard."""
+        ...
+
+    async def serve(
+        self,
+        on_change: Callable[[], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Hold and renew leases until cancelled; call ``on_change()`` whenever the set of
+        owned shards changes. Reports started once the first leases are held."""
+        ...
+
+
 @final
 class Supervisor(Generic[T, S]):
     def __init__(
@@ -47,6 +66,7 @@ class Supervisor(Generic[T, S]):
         poll_interval: timedelta,
         max_active_runs: int,
         services: list[Service],
+        ownership: Ownership | None = None,
     ) -> None:
         self.engine = engine
         self.grace_period = grace_period
@@ -60,6 +80,8 @@ class Supervisor(Generic[T, S]):
         self._heap_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._services = services
+        self.ownership = ownership
+        self._services_nursery: trio.Nursery | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -68,10 +90,12 @@ class Supervisor(Generic[T, S]):
         engine.on_timers = self.schedule
         try:
             async with trio.open_nursery() as services:
+                self._services_nursery = services
+                if self.ownership is not None:
+                    await services.start(self.ownership.serve, self._ownership_changed)
                 async with trio.open_nursery() as actors:
                     self._nursery = actors
-                    for timer in await engine.store.list_timers(engine.name):
-                        self._push(timer.fire_at, timer.run_id)
+                    await self._load_timers()
                     services.start_soon(self._timer_loop)
                     services.start_soon(self._recover)
                     if getattr(engine.store, "shared", False) and self.poll_interval:
@@ -91,16 +115,36 @@ class Supervisor(Generic[T, S]):
         finally:
             self.stopping = True
             self._nursery = None
+            self._services_nursery = None
             engine.on_timers = None
 
     def stop(self) -> None:
         self._stop.set()
 
+    # -- ownership ---------------------------------------------------------------------------
+
+    def owns(self, run_id: str) -> bool:
+        return self.ownership is None or self.ownership.owns(run_id)
+
+    def _ownership_changed(self) -> None:
+        """Shards moved: let go of runs we lost, pick up runs and timers of shards we got."""
+        for actor in list(self.actors.values()):
+            if not self.owns(actor.run_id):
+                actor.interrupt()
+        if self._nursery is not None and self._services_nursery is not None and not self.stopping:
+            self._services_nursery.start_soon(self._load_timers)
+            self._services_nursery.start_soon(self._recover)
+
+    async def _load_timers(self) -> None:
+        for timer in await self.engine.store.list_timers(self.engine.name):
+            if self.owns(timer.run_id):
+                self._push(timer.fire_at, timer.run_id)
+
     # -- actors --------------------------------------------------------------------------------
 
     def wake(self, run_id: str) -> None:
         """Make sure an actor looks at the run now (spawning one if needed)."""
-        if self.stopping or self._nursery is None:
+        if self.stopping or self._nursery is None or not self.owns(run_id):
             return
         actor = self.actors.get(run_id)
         if actor is None:
@@ -179,7 +223,7 @@ class Supervisor(Generic[T, S]):
             for raw in page:
                 if self.stopping:
                     return
-                if raw.run_id in self.actors:
+                if raw.run_id in self.actors or not self.owns(raw.run_id):
                     continue
                 actor = RunActor(self, raw.run_id)
                 await self.slots.acquire_on_behalf_of(actor)
@@ -206,6 +250,8 @@ class Supervisor(Generic[T, S]):
                 continue
             for event in events:
                 after = event.id
+                if not self.owns(event.run_id):
+                    continue
                 if event.run_state in (RunState.INITIATED, RunState.RUNNING, RunState.PAUSED):
                     actor = self.actors.get(event.run_id)
                     if actor is not None:

@@ -29,7 +29,7 @@ from ._record import Meta, RawRecord, Record, Timer
 from ._run import Run
 from ._runstate import RunState
 from ._serde import ObjectCodec
-from ._supervisor import Service, Supervisor
+from ._supervisor import Ownership, Service, Supervisor
 from .stores import Store
 
 T = TypeVar("T")
@@ -57,6 +57,8 @@ class Workflow(Generic[T, S]):
         poll_interval: timedelta,
         max_active_runs: int,
         streamer: Any,
+        shards: int = 16,
+        lease: timedelta = timedelta(seconds=10),
     ) -> None:
         self._definition = definition
         self._store = store
@@ -69,6 +71,8 @@ class Workflow(Generic[T, S]):
         self._poll_interval = poll_interval
         self._max_active_runs = max_active_runs
         self._streamer = streamer
+        self._shards = shards
+        self._lease = lease
         self._supervisor: Supervisor[T, S] | None = None
 
     # -- description -------------------------------------------------------------------------
@@ -132,6 +136,7 @@ class Workflow(Generic[T, S]):
             poll_interval=self._poll_interval,
             max_active_runs=self._max_active_runs,
             services=self._services(),
+            ownership=self._ownership(),
         )
         self._supervisor = supervisor
         try:
@@ -144,6 +149,13 @@ class Workflow(Generic[T, S]):
         period), then make :meth:`run` return. Does nothing when not running."""
         if self._supervisor is not None:
             self._supervisor.stop()
+
+    def _ownership(self) -> Ownership | None:
+        make = getattr(self._store, "shard_ownership", None)
+        if make is None:
+            return None
+        ownership: Ownership = make(self.name, shards=self._shards, lease=self._lease)
+        return ownership
 
     def _services(self) -> list[Service]:
         services: list[Service] = []
@@ -382,11 +394,13 @@ class Workflow(Generic[T, S]):
 
     async def _perform(self, run_id: str, op: Op) -> Any:
         supervisor = self._supervisor
-        if supervisor is not None:
+        if supervisor is not None and supervisor.owns(run_id):
             try:
                 return await supervisor.ask(run_id, op)
             except Stopped:
                 pass
+        # Not ours to run (no worker here, or another process owns its shard): apply it
+        # directly; the store's version check serialises it with the owner's transitions.
         for _ in range(INLINE_ATTEMPTS):
             raw = await self._store.lookup(self.name, run_id)
             try:
