@@ -92,6 +92,11 @@ class RunActor(Generic[T, S]):
         ):
             self.send.send_nowait(WAKE)
 
+    @property
+    def known_version(self) -> int:
+        """The version of the run this actor last read or wrote (0 before it read it)."""
+        return 0 if self._raw is None or self.reload_needed else self._raw.version
+
     def interrupt(self) -> None:
         """Stop waiting (used by a graceful stop)."""
         if self._wait_scope is not None:

@@ -25,13 +25,14 @@ import trio
 from ._actor import Ask, Op, Reply, RunActor, Stopped
 from ._clock import trio_deadline
 from ._engine import Engine, log
-from ._record import Timer
+from ._record import Event, Timer
 from ._runstate import RunState
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
 
 RECOVERY_PAGE = 500
+TAIL_BATCH = 1000
 RETRY_DELAY = timedelta(seconds=5)
 
 Service = Callable[[], Awaitable[None]]
@@ -237,34 +238,37 @@ class Supervisor(Generic[T, S]):
             after = page[-1].run_id
 
     async def _tail(self, after: int) -> None:
-        """Follow the store's event log for changes made by other processes."""
+        """Follow the store's event log for changes made by other processes (the safety
+        net behind in-process wake-ups; with several processes it is how work is found)."""
         engine = self.engine
         interval = self.poll_interval.total_seconds()
-        steps = engine.definition.steps
         while True:
             await trio.sleep(interval)
+            while True:
+                try:
+                    events = await engine.store.read_events(after, TAIL_BATCH, engine.name)
+                except Exception as exc:
+                    log.warning("workflow %r: reading the event log failed: %s", engine.name, exc)
+                    break
+                for event in events:
+                    after = event.id
+                    await self._noticed(event)
+                if len(events) < TAIL_BATCH:
+                    break
+
+    async def _noticed(self, event: Event) -> None:
+        if event.run_state.finished or not self.owns(event.run_id):
+            return
+        definition = self.engine.definition
+        actor = self.actors.get(event.run_id)
+        if actor is not None:
+            if actor.known_version < event.version:
+                actor.poke()
+            return
+        if event.status in definition.timeouts or event.run_state is RunState.PAUSED:
             try:
-                events = await engine.store.read_events(after, 1000, engine.name)
+                self.schedule(await self.engine.store.list_timers(self.engine.name, event.run_id))
             except Exception as exc:
-                log.warning("workflow %r: reading the event log failed: %s", engine.name, exc)
-                continue
-            for event in events:
-                after = event.id
-                if not self.owns(event.run_id):
-                    continue
-                if event.run_state in (RunState.INITIATED, RunState.RUNNING, RunState.PAUSED):
-                    actor = self.actors.get(event.run_id)
-                    if actor is not None:
-                        actor.poke()
-                    elif (
-                        event.status in steps
-                        or event.status in engine.definition.timeouts
-                        or (event.run_state is RunState.PAUSED)
-                    ):
-                        try:
-                            timers = await engine.store.list_timers(engine.name, event.run_id)
-                        except Exception:
-                            timers = []
-                        self.schedule(timers)
-                        if event.status in steps and event.run_state.active:
-                            self.wake(event.run_id)
+                log.warning("workflow %r: reading timers failed: %s", self.engine.name, exc)
+        if event.status in definition.steps and event.run_state.active:
+            self.wake(event.run_id)
