@@ -1,0 +1,40 @@
+"""Two store instances on one SQLite file (as two processes would be): a worker notices
+triggers, callbacks and controls written through the other instance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from trio.testing import MockClock
+
+import actorflow as af
+
+from .workflows import Status, Three, three_steps, yinyang
+
+pytestmark = pytest.mark.skipif(not hasattr(af, "SQLiteStore"), reason="no SQLiteStore")
+
+
+async def test_worker_notices_writes_of_another_process(
+    tmp_path: Path, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    path = tmp_path / "shared.db"
+    worker_store = af.SQLiteStore(path)  # type: ignore[attr-defined]
+    client_store = af.SQLiteStore(path)  # type: ignore[attr-defined]
+    worker = three_steps(worker_store, clock)
+    client = three_steps(client_store, clock)
+    waiting_worker = yinyang(worker_store, clock)
+    waiting_client = yinyang(client_store, clock)
+    try:
+        async with af.open_workflow(worker, waiting_worker):
+            run_id = await client.trigger("from-elsewhere")
+            done = await client.await_status("from-elsewhere", run_id, Three.D)
+            assert done.object.steps == ["a", "b", "c"]
+            parked = await waiting_client.trigger("p")
+            await waiting_client.await_status("p", parked, Status.MIDDLE)
+            paid = await waiting_client.callback("p", Status.MIDDLE, b"paid")
+            assert paid is not None and paid.status is Status.END
+            assert [r.version for r in await waiting_worker.history(parked)] == [1, 2, 3]
+    finally:
+        await worker_store.aclose()
+        await client_store.aclose()
