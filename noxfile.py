@@ -8,6 +8,7 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.default_venv_backend = "venv"
 
 ALL_EXTRAS = ".[dev,postgres,redis]"
+RUFF = "ruff==0.17.6"  # keep in step with the dev extra in pyproject.toml
 
 
 @nox.session
@@ -20,9 +21,10 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff, including the ASYNC (flake8-async) rules."""
-    session.install("ruff")
-    session.run("ruff", "check", "actorflow", "tests", "examples", "noxfile.py", "bench")
-    session.run("ruff", "format", "--check", "actorflow", "tests", "examples", "noxfile.py", "bench")
+    paths = ["actorflow", "tests", "examples", "noxfile.py", "bench"]
+    session.install(RUFF)
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
 
 
 @nox.session

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import itertools
 from collections import Counter as Tally
 from datetime import timedelta
 from typing import Any
@@ -149,7 +150,7 @@ async def test_step_errors_back_off_then_pause_then_auto_resume(
         assert "3 consecutive errors" in paused.meta.run_state_reason
         assert "boom 3" in paused.meta.run_state_reason
         assert paused.object == Tries()  # nothing of the failed steps was stored
-        assert [round(b - a) for a, b in zip(calls, calls[1:], strict=False)] == [10, 20]
+        assert [round(b - a) for a, b in itertools.pairwise(calls)] == [10, 20]
         done = await workflow.await_status("f", run_id, Loop.DONE)
         assert done.object.n == 4
         assert round(calls[3] - calls[2]) == 30 * 60  # resumed after resume_paused_after
