@@ -349,3 +349,25 @@ def test_connector_events_check_their_fields() -> None:
         event.id = "other"  # type: ignore[misc]
     with pytest.raises(EventError, match="no header 'nope'"):
         event.header("nope")
+
+
+def test_the_streaming_names_are_exported() -> None:
+    import actorflow.streaming as streaming
+
+    for name in (
+        "EventStreamer",
+        "EventSource",
+        "ConnectorEvent",
+        "connect",
+        "MemorySource",
+        "MemoryStreamer",
+        "StoreLogStreamer",
+        "RedisStreamer",
+    ):
+        assert hasattr(af, name), name
+    for name in streaming.__all__:
+        assert hasattr(streaming, name), name
+    assert isinstance(af.MemoryStreamer(), af.EventStreamer)
+    assert isinstance(af.StoreLogStreamer(af.MemoryStore()), af.EventStreamer)
+    assert isinstance(af.MemorySource(), af.EventSource)
+    assert isinstance(af.connect(payments(af.MemoryStore())), af.EventSource)
