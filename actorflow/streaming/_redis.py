@@ -59,6 +59,14 @@ def _coredis() -> ModuleType:
         raise ActorflowError(
             "RedisStreamer needs the coredis client: pip install actorflow[redis]"
         ) from exc
+    version = str(getattr(coredis, "__version__", "0"))
+    major = version.split(".", 1)[0]
+    if not major.isdigit() or int(major) < 6:
+        # coredis before 6 is asyncio-only: it cannot run under trio.
+        raise ActorflowError(
+            f"RedisStreamer needs coredis >= 6 (anyio-based, runs under trio); found "
+            f"{version}: pip install -U 'actorflow[redis]'"
+        )
     return coredis
 
 

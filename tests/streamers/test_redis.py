@@ -376,3 +376,11 @@ async def _down_mid_stream(server: PrivateRedis) -> None:
         entries = await client.xrange(streamer.key("producer"))
     firsts = list(dict.fromkeys(e.field_values[b"id"].decode() for e in entries))
     assert firsts == expected
+
+
+async def test_an_asyncio_only_coredis_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import coredis
+
+    monkeypatch.setattr(coredis, "__version__", "4.16.0")
+    with pytest.raises(af.ActorflowError, match="coredis >= 6"):
+        af.RedisStreamer("redis://127.0.0.1:6379/0")
