@@ -376,3 +376,35 @@ async def test_store_shared_by_two_workflows(clock: af.Clock, autojump_clock: Mo
         with pytest.raises(af.RunNotFound):
             await first.lookup(b)
     assert Tally(r.workflow_name for r in await first.list_runs()) == {"three": 1}
+
+
+async def test_max_concurrency_caps_a_step(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    running = 0
+    peak = 0
+    builder = af.Builder("capped", Count, Rep)
+
+    @builder.step(Rep.COUNTING, to=Rep.DONE, max_concurrency=2)
+    async def slow(run: af.Run[Count, Rep]) -> Rep:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await trio.sleep(1)
+        running -= 1
+        return Rep.DONE
+
+    workflow = builder.build(make_store(), clock=clock)
+    async with af.open_workflow(workflow):
+        ids = [await workflow.trigger(f"f{i}") for i in range(10)]
+        for i, run_id in enumerate(ids):
+            await workflow.await_status(f"f{i}", run_id, Rep.DONE)
+    assert peak == 2
+    assert trio.current_time() == pytest.approx(5)
+
+
+async def test_run_twice_is_refused(clock: af.Clock, autojump_clock: MockClock) -> None:
+    workflow = three_steps(af.MemoryStore(), clock)
+    async with af.open_workflow(workflow):
+        with pytest.raises(af.ActorflowError, match="already running"):
+            await workflow.run()
