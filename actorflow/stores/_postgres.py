@@ -357,15 +357,18 @@ class PostgresStore:
     # -- writes -----------------------------------------------------------------------------
 
     async def create_run(self, record: RawRecord, timers: Sequence[Timer] = ()) -> RawRecord:
-        params = {**self._record_params(record, _writer_token()), **_timer_params(timers)}
+        params = self._record_params(record, _writer_token())
+        if timers:
+            params.update(_timer_params(timers))
         q = self._q
+        statement = q.create_run[bool(timers)]
 
         def create(conn: _Conn) -> None:
             from psycopg.errors import UniqueViolation
 
             for _ in range(_CREATE_RUN_ATTEMPTS):
                 try:
-                    if conn.execute(q.create_run, params).fetchone() is not None:
+                    if conn.execute(statement, params).fetchone() is not None:
                         return
                 except UniqueViolation:
                     # The run id exists: our own earlier attempt, or a caller's mistake.
@@ -398,16 +401,15 @@ class PostgresStore:
         timers: Sequence[Timer] | None = None,
         scrub_history: bool = False,
     ) -> RawRecord:
-        params = {
-            **self._record_params(record, _writer_token()),
-            **_timer_params(timers or ()),
-            "replace_timers": timers is not None,
-            "scrub": scrub_history,
-        }
+        params = self._record_params(record, _writer_token())
+        if timers:
+            params.update(_timer_params(timers))
         q = self._q
+        replace = "keep" if timers is None else "replace" if timers else "clear"
+        statement = q.commit[replace, scrub_history]
 
         def commit(conn: _Conn) -> None:
-            if conn.execute(q.commit, params).fetchone() is not None:
+            if conn.execute(statement, params).fetchone() is not None:
                 return
             row = conn.execute(q.commit_diagnose, params).fetchone()
             if row is None:

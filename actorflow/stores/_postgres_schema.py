@@ -211,6 +211,77 @@ RETURNING id
 """
 
 
+def _create_run(with_timers: bool) -> str:
+    parts = [
+        f"""
+        WITH ins AS (
+            INSERT INTO {{s}}.runs ({_RUN_COLUMNS})
+            VALUES (%(workflow_name)s, %(foreign_id)s, %(run_id)s, %(status)s::int4,
+                    %(run_state)s::int2, %(object)s, %(version)s::int4, %(created_at)s,
+                    %(updated_at)s, %(meta)s)
+            ON CONFLICT (workflow_name, foreign_id) WHERE run_state IN ({_UNFINISHED})
+            DO NOTHING
+            RETURNING run_id
+        )"""
+    ]
+    if with_timers:
+        parts.append(
+            f"""new_timers AS (
+            INSERT INTO {{s}}.timers ({_TIMER_COLUMNS})
+            SELECT t.workflow_name, t.run_id, t.status, t.kind, t.fire_at
+              FROM ins, {_UNNEST_TIMERS}
+        )"""
+        )
+    parts.append(
+        """log_lock AS MATERIALIZED (
+            SELECT pg_advisory_xact_lock_shared(%(log_key)s::int8) FROM ins
+        )"""
+    )
+    return ", ".join(parts) + _HISTORY_INSERT
+
+
+def _commit(timers: str, scrub: bool) -> str:
+    parts = [
+        """
+        WITH upd AS (
+            UPDATE {s}.runs
+               SET status = %(status)s::int4, run_state = %(run_state)s::int2,
+                   object = %(object)s, version = %(version)s::int4,
+                   updated_at = %(updated_at)s, meta = %(meta)s
+             WHERE run_id = %(run_id)s AND workflow_name = %(workflow_name)s
+               AND version = %(version)s::int4 - 1
+            RETURNING run_id
+        )"""
+    ]
+    if timers in ("clear", "replace"):
+        parts.append(
+            """old_timers AS (
+            DELETE FROM {s}.timers WHERE run_id = (SELECT run_id FROM upd)
+        )"""
+        )
+    if timers == "replace":
+        parts.append(
+            f"""new_timers AS (
+            INSERT INTO {{s}}.timers ({_TIMER_COLUMNS})
+            SELECT t.workflow_name, t.run_id, t.status, t.kind, t.fire_at
+              FROM upd, {_UNNEST_TIMERS}
+        )"""
+        )
+    if scrub:
+        parts.append(
+            """scrub AS (
+            UPDATE {s}.history SET object = %(object)s
+             WHERE run_id = (SELECT run_id FROM upd)
+        )"""
+        )
+    parts.append(
+        """log_lock AS MATERIALIZED (
+            SELECT pg_advisory_xact_lock_shared(%(log_key)s::int8) FROM upd
+        )"""
+    )
+    return ", ".join(parts) + _HISTORY_INSERT
+
+
 @final
 class Queries:
     """Every statement the store runs, rendered once for one schema."""
@@ -226,27 +297,11 @@ class Queries:
         # yields no row when an unfinished run of the foreign id exists (unique partial
         # index); then nothing else happens. ``log_lock`` is MATERIALIZED and scanned before
         # the history row's nextval() is evaluated: the event-log lock is held before the
-        # id is drawn (see the store's read_events).
-        self.create_run = q(
-            f"""
-            WITH ins AS (
-                INSERT INTO {{s}}.runs ({_RUN_COLUMNS})
-                VALUES (%(workflow_name)s, %(foreign_id)s, %(run_id)s, %(status)s::int4,
-                        %(run_state)s::int2, %(object)s, %(version)s::int4, %(created_at)s,
-                        %(updated_at)s, %(meta)s)
-                ON CONFLICT (workflow_name, foreign_id) WHERE run_state IN ({_UNFINISHED})
-                DO NOTHING
-                RETURNING run_id
-            ), new_timers AS (
-                INSERT INTO {{s}}.timers ({_TIMER_COLUMNS})
-                SELECT t.workflow_name, t.run_id, t.status, t.kind, t.fire_at
-                  FROM ins, {_UNNEST_TIMERS}
-            ), log_lock AS MATERIALIZED (
-                SELECT pg_advisory_xact_lock_shared(%(log_key)s::int8) FROM ins
-            )
-            {_HISTORY_INSERT}
-            """
-        )
+        # id is drawn (see the store's read_events). One variant with timers, one without:
+        # parameters nobody needs cost time to send.
+        self.create_run = {
+            with_timers: q(_create_run(with_timers)) for with_timers in (False, True)
+        }
         # Why create_run stored nothing: an earlier attempt of this very write committed
         # (its connection was lost before the answer came), or the unfinished run in the way.
         self.create_run_diagnose = q(
@@ -263,33 +318,13 @@ class Queries:
             """
         )
         # commit: one statement. The version check is the UPDATE's WHERE; when it matches
-        # no row every other part does nothing either.
-        self.commit = q(
-            f"""
-            WITH upd AS (
-                UPDATE {{s}}.runs
-                   SET status = %(status)s::int4, run_state = %(run_state)s::int2,
-                       object = %(object)s, version = %(version)s::int4,
-                       updated_at = %(updated_at)s, meta = %(meta)s
-                 WHERE run_id = %(run_id)s AND workflow_name = %(workflow_name)s
-                   AND version = %(version)s::int4 - 1
-                RETURNING run_id
-            ), old_timers AS (
-                DELETE FROM {{s}}.timers
-                 WHERE %(replace_timers)s::bool AND run_id = (SELECT run_id FROM upd)
-            ), new_timers AS (
-                INSERT INTO {{s}}.timers ({_TIMER_COLUMNS})
-                SELECT t.workflow_name, t.run_id, t.status, t.kind, t.fire_at
-                  FROM upd, {_UNNEST_TIMERS}
-            ), scrub AS (
-                UPDATE {{s}}.history SET object = %(object)s
-                 WHERE %(scrub)s::bool AND run_id = (SELECT run_id FROM upd)
-            ), log_lock AS MATERIALIZED (
-                SELECT pg_advisory_xact_lock_shared(%(log_key)s::int8) FROM upd
-            )
-            {_HISTORY_INSERT}
-            """
-        )
+        # no row every other part does nothing either. Variants: timers kept / cleared /
+        # replaced, history scrubbed or not.
+        self.commit = {
+            (timers, scrub): q(_commit(timers, scrub))
+            for timers in ("keep", "clear", "replace")
+            for scrub in (False, True)
+        }
         self.commit_diagnose = q(
             """
             SELECT r.version, h.writer = %(writer)s::uuid
