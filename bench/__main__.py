@@ -1,0 +1,180 @@
+"""Run every benchmark, print one table, and record the figures in docs/performance.md.
+
+    python -m bench              # full scale (about a minute); updates docs/performance.md
+    python -m bench --quick      # small scale, prints only (the smoke test runs this)
+    python -m bench --no-write   # full scale, prints only
+    python -m bench --write PATH # write the figures section into PATH instead
+    nox -s bench                 # the same, in a fresh virtualenv
+
+Every figure is compared with a baseline measured in the same run on the same machine
+(plain sqlite3, a raw Redis client loop, ...), so the ratios travel between machines
+better than the absolute numbers. Benchmarks that need a server run only when its
+variable is set (ACTORFLOW_REDIS_URL, ACTORFLOW_PG_DSN) and are skipped, with the
+reason printed, otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import inspect
+import os
+import platform
+import sqlite3
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bench import sqlite as sqlite_bench
+from bench.sqlite import Row
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
+BEGIN = "<!-- bench:begin (written by `python -m bench`; edit outside these markers) -->"
+END = "<!-- bench:end -->"
+
+
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call a benchmark entry point, sync or async."""
+    if inspect.iscoroutinefunction(fn):
+        return trio.run(fn, *args)
+    return fn(*args)
+
+
+def _streaming(quick: bool) -> list[Row]:
+    """bench/streaming.py (another module's figures), when ACTORFLOW_REDIS_URL is set."""
+    if not os.environ.get("ACTORFLOW_REDIS_URL"):
+        print("streaming: skipped (set ACTORFLOW_REDIS_URL to run bench/streaming.py)")
+        return []
+    module = importlib.import_module("bench.streaming")
+    events = 1_000 if quick else 10_000
+    run = getattr(module, "run", None)
+    if run is None:
+        _call(module.main, events)
+        return []
+    figures = _call(run, events)
+    if not figures:
+        print("streaming: skipped (no Redis reachable)")
+        return []
+    raw = figures.get("raw_xadd")
+    rows = []
+    for name, value in figures.items():
+        ratio = "baseline" if name == "raw_xadd" else (f"{value / raw:.2f} x raw" if raw else "")
+        rows.append(Row(f"Redis Streams: {name} ({events:,} events)", value, "events/s", ratio))
+    return rows
+
+
+def _postgres(quick: bool) -> list[Row]:
+    """bench/postgres*.py, when ACTORFLOW_PG_DSN is set (they print their own figures)."""
+    dsn = os.environ.get("ACTORFLOW_PG_DSN")
+    modules = sorted(p.stem for p in Path(__file__).parent.glob("postgres*.py"))
+    if not modules:
+        return []
+    if not dsn:
+        print(f"postgres: skipped (set ACTORFLOW_PG_DSN to run {', '.join(modules)})")
+        return []
+    for name in modules:
+        module = importlib.import_module(f"bench.{name}")
+        entry = getattr(module, "run", None) or getattr(module, "main", None)
+        if entry is None:
+            print(f"postgres: bench/{name}.py has no main() or run(); skipped")
+            continue
+        print(f"postgres: bench/{name}.py")
+        count = 500 if quick else 4_000
+        parameters = inspect.signature(entry).parameters
+        _call(entry, *([dsn, count][: len(parameters)]))
+    return []
+
+
+def _machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{os.cpu_count()} cores ({model}), {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
+        f"trio {trio.__version__}"
+    )
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| figure | value | unit | compared with the baseline |", "|---|---:|---|---|"]
+    for row in rows:
+        value = f"{row.value:,.2f}" if row.value < 10 else f"{row.value:,.0f}"
+        lines.append(f"| {row.name.strip()} | {value} | {row.unit} | {row.ratio} |")
+    return "\n".join(lines)
+
+
+def write_doc(path: Path, rows: list[Row], command: str, seconds: float) -> None:
+    """Replace the figures section of ``path`` (between the markers), keeping the rest."""
+    section = "\n".join(
+        [
+            BEGIN,
+            "",
+            f"Measured {datetime.date.today().isoformat()} with `{command}` "
+            f"({seconds:.0f} s) on {_machine()}.",
+            "",
+            table(rows),
+            "",
+            END,
+        ]
+    )
+    text = path.read_text() if path.exists() else "# Performance\n\n" + BEGIN + "\n" + END + "\n"
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        text = text.rstrip("\n") + "\n\n" + BEGIN + "\n" + END + "\n"
+        start, end = text.find(BEGIN), text.find(END)
+    path.write_text(text[:start] + section + text[end + len(END) :])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small scale; prints only")
+    parser.add_argument("--no-write", action="store_true", help="do not write the doc")
+    parser.add_argument("--write", type=Path, help="write the figures into this file")
+    args = parser.parse_args(argv)
+    command = "python -m bench" + (" --quick" if args.quick else "")
+    started = time.perf_counter()
+    rows: list[Row] = []
+    failed = False
+    print(f"actorflow benchmarks ({'quick' if args.quick else 'full'} scale) on {_machine()}")
+    sections: list[tuple[str, Callable[[], list[Row]]]] = [
+        (
+            "sqlite",
+            lambda: sqlite_bench.measure(sqlite_bench.QUICK if args.quick else sqlite_bench.FULL),
+        ),
+        ("streaming", lambda: _streaming(args.quick)),
+        ("postgres", lambda: _postgres(args.quick)),
+    ]
+    for what, section in sections:
+        try:
+            rows.extend(section())
+        except Exception:
+            failed = True
+            print(f"{what}: FAILED", file=sys.stderr)
+            traceback.print_exc()
+    seconds = time.perf_counter() - started
+    print()
+    width = max((len(row.name) for row in rows), default=20)
+    for row in rows:
+        print(f"{row.name:<{width}}  {row.value:>12,.1f} {row.unit:<14} {row.ratio}")
+    print(f"\n({seconds:.0f} s; `{command}`)")
+    target = args.write or (None if args.quick or args.no_write else DOC)
+    if target is not None and rows:
+        write_doc(target, rows, command, seconds)
+        print(f"wrote the figures into {target}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
