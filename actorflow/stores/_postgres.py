@@ -56,6 +56,7 @@ _INSTALL_HINT = "PostgresStore needs psycopg 3 and psycopg-pool: pip install act
 _URI_PASSWORD = re.compile(r"(://[^:/?#@\s]*:)[^@/\s]*@")
 _KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _CREATE_RUN_ATTEMPTS = 5
+_RECONNECT_TIMEOUT = 4.0
 
 
 def _require_psycopg() -> None:
@@ -251,6 +252,11 @@ class PostgresStore:
             configure=configure,
             name=f"actorflow:{self._schema}",
             timeout=self._connect_timeout,
+            # The pool retries a lost connection with a doubling delay until this runs out,
+            # then gives the slot up and grows again on demand. Unbounded doubling would
+            # keep the store down for minutes after the server is back; this bounds the
+            # gap between attempts to a few seconds.
+            reconnect_timeout=_RECONNECT_TIMEOUT,
         )
         pool.open(wait=False)
         return pool
