@@ -24,6 +24,7 @@ import re
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import trio
@@ -72,6 +73,12 @@ def _writer_token() -> uuid.UUID:
     return uuid.uuid4()
 
 
+def _aware(moment: datetime) -> datetime:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise InvalidArgument(f"datetimes must be timezone-aware (UTC), not {moment!r}")
+    return moment
+
+
 def _utc(value: datetime) -> datetime:
     return value if value.tzinfo is UTC else value.astimezone(UTC)
 
@@ -101,7 +108,7 @@ def _timer_params(timers: Sequence[Timer]) -> dict[str, Any]:
         "t_run": [t.run_id for t in timers],
         "t_status": [int(t.status) for t in timers],
         "t_kind": [t.kind for t in timers],
-        "t_fire": [t.fire_at for t in timers],
+        "t_fire": [_aware(t.fire_at) for t in timers],
     }
 
 
@@ -189,6 +196,19 @@ class PostgresStore:
 
     def __repr__(self) -> str:
         return f"PostgresStore({self._where}, schema={self._schema!r})"
+
+    async def __aenter__(self) -> PostgresStore:
+        """Open the pool and migrate the schema now, so connection errors surface here."""
+        await self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -353,8 +373,8 @@ class PostgresStore:
             "run_state": int(record.run_state),
             "object": record.object,
             "version": record.version,
-            "created_at": record.created_at,
-            "updated_at": record.updated_at,
+            "created_at": _aware(record.created_at),
+            "updated_at": _aware(record.updated_at),
             "meta": Jsonb(record.meta.to_dict()),
             "writer": writer,
             "log_key": self._log_key,
@@ -440,7 +460,7 @@ class PostgresStore:
         await self._call(f"set_cursor {name!r}", set_cursor, write=True)
 
     async def claim_schedule(self, key: str, fire_at: datetime) -> bool:
-        params = {"key": key, "fire_at": fire_at, "writer": _writer_token()}
+        params = {"key": key, "fire_at": _aware(fire_at), "writer": _writer_token()}
         q = self._q
 
         def claim(conn: _Conn) -> bool:

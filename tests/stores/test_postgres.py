@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -418,3 +419,24 @@ async def test_timers_and_schedules_shared_between_processes(make_store: MakeSto
     await a.set_cursor("c", "7")
     assert await b.get_cursor("c") == "7"
     assert await b.lookup("wf", v1.run_id) == v1
+
+
+async def test_async_with_opens_at_once_and_closes(schema: str) -> None:
+    async with PostgresStore(DSN, schema=schema) as store:
+        assert await sql("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema]) == [(1,)]
+        await store.create_run(raw())
+    with pytest.raises(af.StoreError, match="closed"):
+        await store.list_runs("wf")
+    with pytest.raises(af.StoreError, match="cannot connect"):
+        async with PostgresStore(f"postgresql://x@127.0.0.1:{_free_port()}/db"):
+            pass  # pragma: no cover
+
+
+async def test_naive_datetimes_are_refused(make_store: MakeStore) -> None:
+    store = make_store()
+    naive = T0.replace(tzinfo=None)
+    with pytest.raises(af.InvalidArgument, match="timezone-aware"):
+        await store.create_run(attrs.evolve(raw(), created_at=naive))
+    with pytest.raises(af.InvalidArgument, match="timezone-aware"):
+        await store.claim_schedule("s", naive)
+    assert await store.list_runs("wf") == []
