@@ -97,6 +97,12 @@ class RunActor(Generic[T, S]):
         """The version of the run this actor last read or wrote (0 before it read it)."""
         return 0 if self._raw is None or self.reload_needed else self._raw.version
 
+    def start_from(self, raw: RawRecord, timers: list[Timer]) -> None:
+        """Begin with the run as it was just stored (saves reading it back)."""
+        if self._raw is None and self.reload_needed:
+            self._raw, self._timers = raw, timers
+            self.reload_needed = False
+
     def interrupt(self) -> None:
         """Stop waiting (used by a graceful stop)."""
         if self._wait_scope is not None:

@@ -25,7 +25,7 @@ import trio
 from ._actor import Ask, Op, Reply, RunActor, Stopped
 from ._clock import trio_deadline
 from ._engine import Engine, log
-from ._record import Event, Timer
+from ._record import Event, RawRecord, Timer
 from ._runstate import RunState
 
 T = TypeVar("T")
@@ -143,13 +143,21 @@ class Supervisor(Generic[T, S]):
 
     # -- actors --------------------------------------------------------------------------------
 
-    def wake(self, run_id: str) -> None:
-        """Make sure an actor looks at the run now (spawning one if needed)."""
+    def wake(
+        self, run_id: str, known: RawRecord | None = None, timers: list[Timer] | None = None
+    ) -> None:
+        """Make sure an actor looks at the run now (spawning one if needed).
+
+        ``known`` (with its ``timers``) is the run as the caller just stored it: a new
+        actor starts from it instead of reading the run back from the store.
+        """
         if self.stopping or self._nursery is None or not self.owns(run_id):
             return
         actor = self.actors.get(run_id)
         if actor is None:
-            self._spawn(run_id)
+            actor = self._spawn(run_id)
+            if known is not None and timers is not None:
+                actor.start_from(known, timers)
         else:
             actor.poke()
 

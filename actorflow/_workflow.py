@@ -244,12 +244,12 @@ class Workflow(Generic[T, S]):
             timers = self._engine.timers_for(run, status, now)
         except ActorflowError as exc:
             raise InvalidArgument(str(exc)) from None
-        await self._store.create_run(raw, timers)
+        stored = await self._store.create_run(raw, timers)
         supervisor = self._supervisor
         if supervisor is not None:
             supervisor.schedule(timers)
             if status in definition.steps:
-                supervisor.wake(raw.run_id)
+                supervisor.wake(raw.run_id, stored, timers)
         return raw.run_id
 
     async def schedule_trigger(
