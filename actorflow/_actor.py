@@ -19,7 +19,7 @@ import trio
 
 from ._definition import fn_name
 from ._engine import RESUME, log
-from ._errors import ActorflowError, StoreError, VersionConflict
+from ._errors import ActorflowError, StepError, StoreError, VersionConflict
 from ._record import RawRecord, Timer
 from ._runstate import RunState
 
@@ -30,6 +30,8 @@ T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
 
 MAILBOX_SIZE = 16
+PASSIVATE_AFTER = 1.0
+"""Waits longer than this many seconds passivate the actor instead of holding its slot."""
 ASK_ATTEMPTS = 5
 
 Op = Callable[[RawRecord], Awaitable[tuple[RawRecord | None, list[Timer] | None, Any]]]
@@ -68,6 +70,18 @@ class Ask:
 WAKE = object()
 
 
+class _StoppedBeforeStart(Exception):
+    """A graceful stop began while the step waited for its concurrency slot."""
+
+
+async def _call_user(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """Call a user function; a StoreError it raises is its own error, not ours."""
+    try:
+        return await fn(*args)
+    except StoreError as exc:
+        raise StepError(f"{fn_name(fn)} raised {type(exc).__name__}: {exc}") from exc
+
+
 @final
 class RunActor(Generic[T, S]):
     def __init__(self, supervisor: Supervisor[T, S], run_id: str) -> None:
@@ -81,6 +95,7 @@ class RunActor(Generic[T, S]):
         self._retry_at = -math.inf
         self._skipped_version = 0
         self._wait_scope: trio.CancelScope | None = None
+        self.task: trio.lowlevel.Task | None = None
 
     # -- called by the supervisor (synchronous) ----------------------------------------------
 
@@ -112,6 +127,8 @@ class RunActor(Generic[T, S]):
 
     async def main(self, *, has_slot: bool = False) -> None:
         sup = self.sup
+        self.task = trio.lowlevel.current_task()
+        self._retry_at = sup.retry_at.pop(self.run_id, -math.inf)
         try:
             if not has_slot:
                 await sup.slots.acquire_on_behalf_of(self)
@@ -138,6 +155,14 @@ class RunActor(Generic[T, S]):
                 message.reply.set(error=Stopped("run actor stopped"))
         self._receive.close()
 
+    def _arm_pending_timers(self) -> None:
+        """Before passivating: make sure the supervisor wakes the run for its next timer."""
+        if self._timers:
+            now = self.engine.now()
+            future = [t.fire_at for t in self._timers if t.fire_at > now]
+            if future:
+                self.sup.arm(self.run_id, min(future))
+
     def _where(self) -> str:
         return f"workflow {self.engine.name!r} run {self.run_id}"
 
@@ -160,25 +185,48 @@ class RunActor(Generic[T, S]):
                 try:
                     message = self._receive.receive_nowait()
                 except trio.WouldBlock:
+                    self._arm_pending_timers()
                     return  # nothing to do and nothing waiting: passivate
                 await self._handle(message)
                 continue
-            if deadline > trio.current_time():
+            now = trio.current_time()
+            if deadline - now > PASSIVATE_AFTER:
+                # A long wait (error backoff, consume lag): give the slot back and let the
+                # supervisor's timer wake a new actor then.
+                try:
+                    message = self._receive.receive_nowait()
+                except trio.WouldBlock:
+                    sup.wake_later(self.run_id, deadline, self._retry_at)
+                    return
+                await self._handle(message)
+                continue
+            if deadline > now:
                 await self._wait(deadline)
 
     async def _wait(self, deadline: float) -> None:
+        message: object = None
         with trio.CancelScope(deadline=deadline) as scope:
             self._wait_scope = scope
             try:
                 message = await self._receive.receive()
             finally:
                 self._wait_scope = None
+        if message is not None:
             await self._handle(message)
 
     async def _handle(self, message: object) -> None:
         if message is WAKE:
             return
         assert isinstance(message, Ask)
+        try:
+            await self._answer(message)
+        except BaseException:
+            # Cancelled (graceful stop past its grace) or a store failure while reading:
+            # the caller must never wait forever; Stopped makes it apply the op itself.
+            message.reply.set(error=Stopped("run actor stopped"))
+            raise
+
+    async def _answer(self, message: Ask) -> None:
         for attempt in range(ASK_ATTEMPTS):
             try:
                 raw = await self._current()
@@ -267,6 +315,8 @@ class RunActor(Generic[T, S]):
         """Await ``action``; on an error count it (when ``key`` is given) and back off."""
         try:
             new, timers = await action
+        except _StoppedBeforeStart:
+            return
         except VersionConflict:
             self.reload_needed = True
             return
@@ -293,6 +343,8 @@ class RunActor(Generic[T, S]):
             return
         if new is None:
             self._skipped_version = raw.version
+            if key:
+                self.engine.reset_errors(raw.run_id, key)
             return
         self._stored(new, timers)
 
@@ -307,7 +359,9 @@ class RunActor(Generic[T, S]):
         async def action() -> tuple[RawRecord | None, list[Timer] | None]:
             run = engine.make_run(raw)
             async with engine.limiter(spec, spec.options):
-                result = await spec.fn(run)
+                if self.sup.stopping:
+                    raise _StoppedBeforeStart
+                result = await _call_user(spec.fn, run)
             return await engine.apply_result(raw, run, result, spec.to, key)
 
         await self._guarded(raw, key, action(), key=key, options=spec.options)
@@ -327,8 +381,10 @@ class RunActor(Generic[T, S]):
         async def action() -> tuple[RawRecord | None, list[Timer] | None]:
             run = engine.make_run(raw)
             async with engine.limiter(spec, spec.options):
-                result = await spec.fn(run, timer.fire_at)
-            new, timers = await engine.apply_result(raw, run, result, spec.to, key)
+                if self.sup.stopping:
+                    raise _StoppedBeforeStart
+                result = await _call_user(spec.fn, run, timer.fire_at)
+            new, timers = await engine.apply_result(raw, run, result, spec.to, key, fired=timer)
             if new is None:  # skipped: this timer is used up
                 assert self._timers is not None
                 remaining = [t for t in self._timers if t != timer]

@@ -318,9 +318,10 @@ class Builder(Generic[T, S]):
             raise BuildError(
                 f"resume_paused_after must be a timedelta >= 0 or None, not {resume_paused_after!r}"
             )
-        for what, value in (("grace_period", grace_period), ("poll_interval", poll_interval)):
-            if not isinstance(value, timedelta) or value < timedelta(0):
-                raise BuildError(f"{what} must be a timedelta >= 0, not {value!r}")
+        if not isinstance(grace_period, timedelta) or grace_period < timedelta(0):
+            raise BuildError(f"grace_period must be a timedelta >= 0, not {grace_period!r}")
+        if not isinstance(poll_interval, timedelta) or poll_interval < timedelta(milliseconds=10):
+            raise BuildError(f"poll_interval must be a timedelta >= 10 ms, not {poll_interval!r}")
         if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= 4096:
             raise BuildError(f"shards must be an int from 1 to 4096, not {shards!r}")
         if not isinstance(lease, timedelta) or lease < timedelta(seconds=1):

@@ -64,7 +64,7 @@ class Engine(Generic[T, S]):
         self.default_options = default_options
         self._limiters: dict[object, trio.CapacityLimiter] = {}
         self._errors: dict[str, dict[str, int]] = {}
-        self.on_timers: Callable[[list[Timer]], None] | None = None
+        self.on_timers: Callable[[str, list[Timer]], None] | None = None
         """Set by a running supervisor: arms timers as soon as they are stored."""
 
     # -- conversions -------------------------------------------------------------------------
@@ -165,9 +165,17 @@ class Engine(Generic[T, S]):
     ) -> RawRecord:
         stored = await self.store.commit(new, timers=timers, scrub_history=scrub_history)
         self._errors.pop(new.run_id, None)
-        if timers and self.on_timers is not None:
-            self.on_timers(timers)
+        if timers is not None and self.on_timers is not None:
+            self.on_timers(new.run_id, timers)
         return stored
+
+    def reset_errors(self, run_id: str, key: str) -> None:
+        """The function behind ``key`` returned normally: its errors are no longer consecutive."""
+        counts = self._errors.get(run_id)
+        if counts is not None:
+            counts.pop(key, None)
+            if not counts:
+                del self._errors[run_id]
 
     async def apply_result(
         self,
@@ -176,8 +184,12 @@ class Engine(Generic[T, S]):
         result: object,
         allowed: frozenset[enum.IntEnum],
         what: str,
+        fired: Timer | None = None,
     ) -> tuple[RawRecord | None, list[Timer] | None]:
         """Store what a step/callback/timeout returned. Returns (new record or None, timers).
+
+        ``fired`` is the timer whose timeout returned ``result``: used up by any result
+        that stores something, so it never fires twice.
 
         Raises StepError for a result that is neither a special result nor an allowed status.
         """
@@ -185,7 +197,7 @@ class Engine(Generic[T, S]):
             if result.kind is Special.SKIP:
                 return None, None
             if result.kind is Special.PAUSE:
-                return await self.pause(raw, result.reason or f"paused by {what}")
+                return await self.pause(raw, result.reason or f"paused by {what}", drop=fired)
             if result.kind is Special.CANCEL:
                 new = self.next_version(
                     raw,
@@ -195,7 +207,10 @@ class Engine(Generic[T, S]):
                 return await self.commit(new, timers=[]), []
             encoded = self.codec.encode(run.object, f" run {raw.run_id}")
             new = self.next_version(raw, run_state=RunState.RUNNING, object=encoded)
-            return await self.commit(new), None
+            if fired is None:
+                return await self.commit(new), None
+            remaining = [t for t in await self._run_timers(raw) if t != fired]
+            return await self.commit(new, timers=remaining), remaining
         if isinstance(result, bool) or not isinstance(result, int) or result not in allowed:
             names = ", ".join(sorted(s.name for s in allowed))
             raise StepError(
@@ -240,10 +255,16 @@ class Engine(Generic[T, S]):
         return await self.store.list_timers(self.name, raw.run_id)
 
     async def pause(
-        self, raw: RawRecord, reason: str, *, error_count: int = 0, error_message: str = ""
+        self,
+        raw: RawRecord,
+        reason: str,
+        *,
+        error_count: int = 0,
+        error_message: str = "",
+        drop: Timer | None = None,
     ) -> tuple[RawRecord, list[Timer]]:
         self.check_state(raw, RunState.PAUSED)
-        timers = [t for t in await self._run_timers(raw) if t.kind != RESUME]
+        timers = [t for t in await self._run_timers(raw) if t.kind != RESUME and t != drop]
         if self.resume_paused_after is not None:
             timers.append(
                 Timer(
@@ -314,7 +335,11 @@ class Engine(Generic[T, S]):
             run = self.make_run(raw)
             key = f"callback {fn_name(spec.fn)}"
             try:
-                result = await spec.fn(run, payload)
+                try:
+                    result = await spec.fn(run, payload)
+                except StoreError as exc:  # raised by the user's code: its own error
+                    raise StepError(f"{key} raised {type(exc).__name__}: {exc}") from exc
+                self.reset_errors(raw.run_id, key)
                 new, timers = await self.apply_result(raw, run, result, spec.to, key)
             except StoreError:
                 raise

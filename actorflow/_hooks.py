@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import trio
 
 from ._engine import Engine, log
+from ._errors import StoreError
 from ._options import Options
 from ._record import Event
 from ._runstate import RunState
@@ -36,19 +37,37 @@ async def follow_events(
 ) -> None:
     """Call ``await handle(event)`` for each event of the workflow after the durable cursor."""
     store = engine.store
-    stored = await store.get_cursor(cursor_name)
-    cursor = int(stored) if stored else 0
     poll = poll_interval.total_seconds() if store.shared else float("inf")
+    failures = 0
+    cursor: int | None = None
     while True:
-        events = await store.read_events(cursor, BATCH, engine.name)
-        if not events:
-            with trio.move_on_after(poll):
-                await store.feed.wait_published()
-            continue
-        for event in events:
-            await handle(event)
-            cursor = event.id
-        await store.set_cursor(cursor_name, str(cursor))
+        try:
+            if cursor is None:
+                stored = await store.get_cursor(cursor_name)
+                cursor = int(stored) if stored else 0
+            events = await store.read_events(cursor, BATCH, engine.name)
+            if not events:
+                with trio.move_on_after(poll):
+                    await store.feed.wait_published()
+                continue
+            for event in events:
+                await handle(event)
+                cursor = event.id
+            await store.set_cursor(cursor_name, str(cursor))
+            failures = 0
+        except StoreError as exc:
+            # Handled events may be handled again (at least once); none is skipped.
+            failures += 1
+            delay = max(engine.default_options.backoff(failures).total_seconds(), 0.01)
+            log.warning(
+                "workflow %r: %s: store error (retrying in %.1f s): %s",
+                engine.name,
+                cursor_name,
+                delay,
+                exc,
+            )
+            cursor = None
+            await trio.sleep(delay)
 
 
 async def run_hooks(engine: Engine[T, S], poll_interval: timedelta) -> None:

@@ -8,19 +8,28 @@ start; earlier missed times are skipped.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from datetime import UTC, datetime, tzinfo
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 from croniter import croniter
 
 from ._clock import trio_deadline
 from ._engine import log
-from ._errors import InvalidArgument, RunNotFound, WorkflowInProgress
+from ._errors import (
+    ActorflowError,
+    InvalidArgument,
+    RunNotFound,
+    StoreError,
+    WorkflowInProgress,
+)
 
 if TYPE_CHECKING:
     from ._workflow import Workflow
+
+R = TypeVar("R")
+_TICK = timedelta(microseconds=1)
 
 ALIASES = {
     "@yearly": "0 0 1 1 *",
@@ -38,11 +47,18 @@ def parse_cron(spec: str) -> str:
     if not isinstance(spec, str):
         raise InvalidArgument(f"cron spec must be a string, not {spec!r}")
     expression = ALIASES.get(spec.strip().lower(), spec.strip())
+    problem = ""
     if len(expression.split()) != 5 or not croniter.is_valid(expression):
-        raise InvalidArgument(
-            f"invalid cron spec {spec!r}: use 5 fields (minute hour day month weekday) "
-            "or one of " + ", ".join(sorted(ALIASES))
+        problem = "use 5 fields (minute hour day month weekday) or one of " + ", ".join(
+            sorted(ALIASES)
         )
+    else:
+        try:  # valid syntax can still never match (e.g. 31 February)
+            croniter(expression, datetime(2000, 1, 1, tzinfo=UTC)).get_next(datetime)
+        except Exception as exc:
+            problem = f"it never matches ({exc})"
+    if problem:
+        raise InvalidArgument(f"invalid cron spec {spec!r}: {problem}")
     return expression
 
 
@@ -78,42 +94,68 @@ async def schedule_trigger(
     tz: tzinfo = UTC,
 ) -> None:
     expression = parse_cron(spec)
-    if not isinstance(foreign_id, str) or not foreign_id:
-        raise InvalidArgument("schedule_trigger: foreign_id must be a non-empty string")
-    if start is not None:
-        workflow._status_arg(start, "start")
-    if initial is not None:
-        workflow._codec.check(initial, "initial")
+    workflow.check_trigger_args(foreign_id, start, initial)
     clock = workflow.clock
     store = workflow.store
     key = f"schedule:{workflow.name}:{foreign_id}:{expression}"
-    last = await store.last_schedule(key)
+    last = await _patiently(workflow, key, lambda: store.last_schedule(key))
     now = clock.now()
-    if last is None:
-        due = _next_after(expression, now, tz)
-    else:
-        due = _next_after(expression, last, tz)
-        if due <= now:
-            due = _prev_before(expression, now, tz) if due < now else due  # missed: fire once
+    due = _next_after(expression, now if last is None else last, tz)
+    if due < now:  # missed while nothing ran: fire the latest missed time once, now
+        due = _prev_before(expression, now + _TICK, tz)
+    failures = 0
     while True:
         await trio.sleep_until(trio_deadline(clock, due))
         # A wall clock that runs slow against trio's: wait out the rest.
         while clock.now() < due:  # noqa: ASYNC110
             await trio.sleep_until(trio_deadline(clock, due))
         fired = due
+        try:
+            await _fire(workflow, key, fired, foreign_id, start, initial, filter)
+        except ActorflowError as exc:
+            failures += 1
+            delay = max(workflow.default_options.backoff(failures).total_seconds(), 0.01)
+            log.warning("schedule %r: %s failed (retrying in %.1f s): %s", key, fired, delay, exc)
+            await trio.sleep(delay)
+            continue  # the same cron time again, unless it was claimed
+        failures = 0
         due = _next_after(expression, max(fired, clock.now()), tz)
-        if not await store.claim_schedule(key, fired):
-            continue
+
+
+async def _fire(
+    workflow: Workflow[Any, Any],
+    key: str,
+    fired: datetime,
+    foreign_id: str,
+    start: Any,
+    initial: Any,
+    filter: Callable[..., Any] | None,
+) -> None:
+    """Claim ``fired`` (so it is never fired twice), then trigger unless told to skip."""
+    if not await workflow.store.claim_schedule(key, fired):
+        return
+    try:
+        latest = await workflow.latest(foreign_id)
+        if not latest.run_state.finished:
+            log.info("schedule %r: %s skipped, run %s unfinished", key, fired, latest.run_id)
+            return
+    except RunNotFound:
+        pass
+    if not await _allowed(filter, fired):
+        return
+    try:
+        await workflow.trigger(foreign_id, start, initial=initial)
+    except WorkflowInProgress:
+        return
+
+
+async def _patiently(workflow: Workflow[Any, Any], key: str, call: Callable[[], Awaitable[R]]) -> R:
+    failures = 0
+    while True:
         try:
-            latest = await workflow.latest(foreign_id)
-            if not latest.run_state.finished:
-                log.info("schedule %r: %s skipped, run %s unfinished", key, fired, latest.run_id)
-                continue
-        except RunNotFound:
-            pass
-        if not await _allowed(filter, fired):
-            continue
-        try:
-            await workflow.trigger(foreign_id, start, initial=initial)
-        except WorkflowInProgress:
-            continue
+            return await call()
+        except StoreError as exc:
+            failures += 1
+            delay = max(workflow.default_options.backoff(failures).total_seconds(), 0.01)
+            log.warning("schedule %r: store error (retrying in %.1f s): %s", key, delay, exc)
+            await trio.sleep(delay)

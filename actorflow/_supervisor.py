@@ -25,6 +25,7 @@ import trio
 from ._actor import Ask, Op, Reply, RunActor, Stopped
 from ._clock import trio_deadline
 from ._engine import Engine, log
+from ._errors import ActorflowError
 from ._record import Event, RawRecord, Timer
 from ._runstate import RunState
 
@@ -36,6 +37,28 @@ TAIL_BATCH = 1000
 RETRY_DELAY = timedelta(seconds=5)
 
 Service = Callable[[], Awaitable[None]]
+
+R = TypeVar("R")
+
+
+async def _retrying(engine: Engine[Any, Any], what: str, call: Callable[[], Awaitable[R]]) -> R:
+    """``await call()`` until it succeeds: a store hiccup must not stop the workflow."""
+    failures = 0
+    while True:
+        try:
+            return await call()
+        except Exception as exc:
+            failures += 1
+            delay = engine.default_options.backoff(failures).total_seconds()
+            log.warning(
+                "workflow %r: %s failed (attempt %d, retrying in %.1f s): %s",
+                engine.name,
+                what,
+                failures,
+                delay,
+                exc,
+            )
+            await trio.sleep(max(delay, 0.01))
 
 
 @runtime_checkable
@@ -78,6 +101,11 @@ class Supervisor(Generic[T, S]):
         self._stop = trio.Event()
         self._heap: list[tuple[datetime, int, str]] = []
         self._counter = itertools.count()
+        self._armed: dict[str, datetime] = {}
+        """The earliest wake-up of each run with one pending; heap entries that disagree
+        with it are stale and skipped."""
+        self.retry_at: dict[str, float] = {}
+        """Backoff deadlines of passivated runs, for the actor that picks them up again."""
         self._heap_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._services = services
@@ -88,7 +116,7 @@ class Supervisor(Generic[T, S]):
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         engine = self.engine
-        engine.on_timers = self.schedule
+        engine.on_timers = self.schedule_run
         try:
             async with trio.open_nursery() as services:
                 self._services_nursery = services
@@ -96,11 +124,13 @@ class Supervisor(Generic[T, S]):
                     await services.start(self.ownership.serve, self._ownership_changed)
                 async with trio.open_nursery() as actors:
                     self._nursery = actors
+                    shared = getattr(engine.store, "shared", False)
+                    # Read the log position first: what is written after it, the tail sees.
+                    after = await engine.store.last_event_id() if shared else 0
                     await self._load_timers()
                     services.start_soon(self._timer_loop)
                     services.start_soon(self._recover)
-                    if getattr(engine.store, "shared", False) and self.poll_interval:
-                        after = await engine.store.last_event_id()
+                    if shared:
                         services.start_soon(self._tail, after)
                     for service in self._services:
                         services.start_soon(service)
@@ -137,9 +167,10 @@ class Supervisor(Generic[T, S]):
             self._services_nursery.start_soon(self._recover)
 
     async def _load_timers(self) -> None:
-        for timer in await self.engine.store.list_timers(self.engine.name):
-            if self.owns(timer.run_id):
-                self._push(timer.fire_at, timer.run_id)
+        timers = await _retrying(
+            self.engine, "loading timers", lambda: self.engine.store.list_timers(self.engine.name)
+        )
+        self.schedule([t for t in timers if self.owns(t.run_id)])
 
     # -- actors --------------------------------------------------------------------------------
 
@@ -178,6 +209,12 @@ class Supervisor(Generic[T, S]):
             if self.stopping or self._nursery is None:
                 raise Stopped("the workflow is stopping")
             actor = self.actors.get(run_id) or self._spawn(run_id)
+            if actor.task is not None and actor.task is trio.lowlevel.current_task():
+                raise ActorflowError(
+                    f"workflow {self.engine.name!r} run {run_id}: a step cannot pause, resume, "
+                    "cancel or call back its own run through the workflow (it would wait for "
+                    "itself); return run.pause(), run.cancel() or a status instead"
+                )
             reply = Reply()
             try:
                 await actor.send.send(Ask(op, reply))
@@ -186,18 +223,46 @@ class Supervisor(Generic[T, S]):
             return await reply.wait()
 
     def retry_later(self, run_id: str) -> None:
-        self._push(self.engine.now() + RETRY_DELAY, run_id)
+        self.arm(run_id, self.engine.now() + RETRY_DELAY)
+
+    def wake_later(self, run_id: str, deadline: float, retry_at: float) -> None:
+        """A passivating actor's long wait: wake the run at trio time ``deadline``."""
+        if retry_at > trio.current_time():
+            self.retry_at[run_id] = retry_at
+        wait = timedelta(seconds=max(0.0, deadline - trio.current_time()))
+        self.arm(run_id, self.engine.now() + wait)
 
     # -- timers --------------------------------------------------------------------------------
 
     def schedule(self, timers: list[Timer]) -> None:
+        """Arm the timers of each run in ``timers`` (replacing what was armed for them)."""
+        by_run: dict[str, datetime] = {}
         for timer in timers:
-            self._push(timer.fire_at, timer.run_id)
+            earliest = by_run.get(timer.run_id)
+            if earliest is None or timer.fire_at < earliest:
+                by_run[timer.run_id] = timer.fire_at
+        for run_id, when in by_run.items():
+            self._armed.pop(run_id, None)
+            self.arm(run_id, when)
 
-    def _push(self, when: datetime, run_id: str) -> None:
+    def schedule_run(self, run_id: str, timers: list[Timer]) -> None:
+        """The run's timers are now exactly ``timers`` (called on every commit that sets them)."""
+        self._armed.pop(run_id, None)
+        if timers:
+            self.arm(run_id, min(t.fire_at for t in timers))
+
+    def arm(self, run_id: str, when: datetime) -> None:
+        """Wake the run at ``when`` unless it is already due to be woken earlier."""
+        current = self._armed.get(run_id)
+        if current is not None and current <= when:
+            return
+        self._armed[run_id] = when
         heapq.heappush(self._heap, (when, next(self._counter), run_id))
         if self._heap[0][2] == run_id:
             self._heap_changed.set()
+        if len(self._heap) > 2 * len(self._armed) + 1024:
+            self._heap = [(w, next(self._counter), r) for r, w in self._armed.items()]
+            heapq.heapify(self._heap)
 
     async def _timer_loop(self) -> None:
         clock = self.engine.clock
@@ -208,7 +273,10 @@ class Supervisor(Generic[T, S]):
                 await self._heap_changed.wait()
             now = clock.now()
             while self._heap and self._heap[0][0] <= now:
-                _, _, run_id = heapq.heappop(self._heap)
+                when, _, run_id = heapq.heappop(self._heap)
+                if self._armed.get(run_id) != when:
+                    continue  # stale: the run's timers changed since
+                del self._armed[run_id]
                 self.wake(run_id)
             await trio.lowlevel.checkpoint()
 
@@ -222,12 +290,17 @@ class Supervisor(Generic[T, S]):
             return
         after: str | None = None
         while not self.stopping:
-            page = await engine.store.list_runs(
-                engine.name,
-                status=statuses,
-                run_state=[RunState.INITIATED, RunState.RUNNING],
-                limit=RECOVERY_PAGE,
-                after=after,
+            page = await _retrying(
+                engine,
+                "recovering runs",
+                functools.partial(
+                    engine.store.list_runs,
+                    engine.name,
+                    status=statuses,
+                    run_state=[RunState.INITIATED, RunState.RUNNING],
+                    limit=RECOVERY_PAGE,
+                    after=after,
+                ),
             )
             for raw in page:
                 if self.stopping:
@@ -269,14 +342,14 @@ class Supervisor(Generic[T, S]):
             return
         definition = self.engine.definition
         actor = self.actors.get(event.run_id)
-        if actor is not None:
-            if actor.known_version < event.version:
-                actor.poke()
-            return
+        if actor is not None and actor.known_version >= event.version:
+            return  # our own write
         if event.status in definition.timeouts or event.run_state is RunState.PAUSED:
             try:
                 self.schedule(await self.engine.store.list_timers(self.engine.name, event.run_id))
             except Exception as exc:
                 log.warning("workflow %r: reading timers failed: %s", self.engine.name, exc)
-        if event.status in definition.steps and event.run_state.active:
+        if actor is not None:
+            actor.poke()
+        elif event.status in definition.steps and event.run_state.active:
             self.wake(event.run_id)

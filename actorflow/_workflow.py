@@ -207,6 +207,24 @@ class Workflow(Generic[T, S]):
 
     # -- triggering ------------------------------------------------------------------------------
 
+    def check_trigger_args(self, foreign_id: object, start: object, initial: object) -> None:
+        """Raise InvalidArgument now for arguments ``trigger`` would refuse later."""
+        self._foreign_id_arg(foreign_id)
+        if start is not None:
+            status = self._status_arg(start, "start")
+            if self._definition.is_terminal(status):
+                raise InvalidArgument(
+                    f"workflow {self.name!r}: cannot start at {status.name}: it has no step, "
+                    "callback or timeout"
+                )
+        if initial is not None:
+            self._codec.encode(self._codec.check(initial, "initial"), " (initial object)")
+
+    @property
+    def default_options(self) -> Options:
+        """The options every step, timeout and connector starts from."""
+        return self._engine.default_options
+
     async def trigger(
         self, foreign_id: str, start: S | None = None, *, initial: T | None = None
     ) -> str:
@@ -328,6 +346,13 @@ class Workflow(Generic[T, S]):
         wanted = int(self._status_arg(status))
         foreign_id = self._foreign_id_arg(foreign_id)
         run_id = self._run_id_arg(run_id)
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0
+        ):
+            raise InvalidArgument(
+                f"workflow {self.name!r}: timeout must be a number of seconds >= 0 or None, "
+                f"not {timeout!r}"
+            )
         if timeout is None:
             return await self._await_status(foreign_id, run_id, wanted)
         try:
@@ -341,21 +366,32 @@ class Workflow(Generic[T, S]):
 
     async def _await_status(self, foreign_id: str, run_id: str, wanted: int) -> Record[T, S]:
         poll = self._poll_interval.total_seconds() if self._store.shared else math_inf
-        with self._store.feed.subscribe(run_id=run_id) as sub:
-            while True:
-                history = await self._store.history(self.name, run_id)
-                if history[0].foreign_id != foreign_id:
-                    raise RunNotFound(
-                        f"workflow {self.name!r}: run {run_id} belongs to foreign id "
-                        f"{history[0].foreign_id!r}, not {foreign_id!r}"
-                    )
-                for raw in history:
-                    if raw.status == wanted:
-                        return self._engine.typed(raw)
-                self._check_reachable(history[-1], wanted)
-                found = await _next_matching(sub, wanted, poll)
-                if found is not None:
-                    return self._engine.typed(found)
+        while True:
+            with self._store.feed.subscribe(run_id=run_id) as sub:
+                found = await self._await_in(sub, foreign_id, run_id, wanted, poll)
+            if found is not None:
+                return found
+            # The subscription lagged: subscribe afresh and read the history again.
+
+    async def _await_in(
+        self, sub: Subscription, foreign_id: str, run_id: str, wanted: int, poll: float
+    ) -> Record[T, S] | None:
+        while True:
+            history = await self._store.history(self.name, run_id)
+            if history[0].foreign_id != foreign_id:
+                raise RunNotFound(
+                    f"workflow {self.name!r}: run {run_id} belongs to foreign id "
+                    f"{history[0].foreign_id!r}, not {foreign_id!r}"
+                )
+            for raw in history:
+                if raw.status == wanted:
+                    return self._engine.typed(raw)
+            self._check_reachable(history[-1], wanted)
+            if sub.lagged:
+                return None
+            found = await _next_matching(sub, wanted, poll)
+            if found is not None:
+                return self._engine.typed(found)
 
     def _check_reachable(self, raw: RawRecord, wanted: int) -> None:
         if raw.run_state.finished:

@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 import trio
 
 from ._clock import Clock, TrioClock
-from ._errors import RunNotFound
+from ._errors import Lagged, RunNotFound
+from ._feed import Subscription
 from ._record import Record
 from ._serde import converter
 from ._workflow import Workflow
@@ -48,19 +49,18 @@ async def wait_for(
     """Wait until ``predicate`` holds for some stored version of the latest run of
     ``foreign_id`` (waiting for the run to be triggered if needed); return that version."""
     store = workflow.store
-    with store.feed.subscribe(workflow_name=workflow.name, foreign_id=foreign_id) as sub:
-        while True:
-            try:
-                latest = await workflow.latest(foreign_id)
-            except RunNotFound:
-                latest = None
-            if latest is not None:
-                for record in await workflow.history(latest.run_id):
-                    if predicate(record):
-                        return record
-            with trio.move_on_after(1.0 if store.shared else float("inf")):
-                with contextlib.suppress(Exception):
-                    await sub.receive()
+    while True:  # once more after a lagged subscription
+        with store.feed.subscribe(workflow_name=workflow.name, foreign_id=foreign_id) as sub:
+            while not sub.lagged:
+                try:
+                    latest = await workflow.latest(foreign_id)
+                except RunNotFound:
+                    latest = None
+                if latest is not None:
+                    for record in await workflow.history(latest.run_id):
+                        if predicate(record):
+                            return record
+                await _next_change(sub, store.shared)
 
 
 def _diff(expected: object, actual: object) -> str:
@@ -112,11 +112,17 @@ async def await_timeout_insert(
     the clock past it."""
     await workflow.await_status(foreign_id, run_id, status)
     store = workflow.store
-    with store.feed.subscribe(run_id=run_id) as sub:
-        while True:
-            timers = await store.list_timers(workflow.name, run_id)
-            if any(t.status == int(status) and t.kind.startswith("timeout") for t in timers):
-                return
-            with trio.move_on_after(1.0 if store.shared else float("inf")):
-                with contextlib.suppress(Exception):
-                    await sub.receive()
+    while True:  # once more after a lagged subscription
+        with store.feed.subscribe(run_id=run_id) as sub:
+            while not sub.lagged:
+                timers = await store.list_timers(workflow.name, run_id)
+                if any(t.status == int(status) and t.kind.startswith("timeout") for t in timers):
+                    return
+                await _next_change(sub, store.shared)
+
+
+async def _next_change(sub: Subscription, shared: bool) -> None:
+    """Wait for the next published change (or a poll interval, for shared stores)."""
+    with trio.move_on_after(1.0 if shared else float("inf")):
+        with contextlib.suppress(Lagged):
+            await sub.receive()
