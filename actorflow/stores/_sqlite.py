@@ -89,23 +89,60 @@ class _State(enum.Enum):
 
 @final
 class _Write(Generic[R]):
-    """One write waiting for its batch: what to run inside the transaction, and its answer."""
+    """One write waiting for its batch: what to run inside the transaction, and its answer.
 
-    __slots__ = ("apply", "done", "error", "publish", "state", "value")
+    ``apply(conn, *args)`` runs inside the transaction. The writer parks its own task
+    (no Event, no closure): with thousands of writes in flight, every object less per
+    write is garbage the collector does not have to walk.
+    """
 
-    def __init__(self, apply: Callable[[sqlite3.Connection], R], publish: RawRecord | None) -> None:
+    __slots__ = (
+        "aborted",
+        "apply",
+        "args",
+        "error",
+        "publish",
+        "queue",
+        "state",
+        "task",
+        "value",
+    )
+
+    def __init__(
+        self,
+        apply: Callable[..., R],
+        args: tuple[Any, ...],
+        publish: RawRecord | None,
+        queue: list[_Write[Any]],
+    ) -> None:
         self.apply = apply
+        self.args = args
         self.publish = publish
-        self.done = trio.Event()
+        self.queue = queue
         self.state = _State.QUEUED
         self.value: R | None = None
         self.error: BaseException | None = None
+        self.task: trio.lowlevel.Task | None = None
+        self.aborted = False
+
+    def abort(self, _: Any) -> trio.lowlevel.Abort:
+        """Cancellation of the waiting writer (see :meth:`SQLiteStore._wait`)."""
+        if self.state is _State.QUEUED:
+            self.queue.remove(self)  # never written
+            self.task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+        self.aborted = True  # in a batch already: wait for its outcome, then raise
+        return trio.lowlevel.Abort.FAILED
 
     def resolve(self, value: Any, error: BaseException | None) -> None:
+        if self.state is _State.DONE:
+            return
         self.value = value
         self.error = error
         self.state = _State.DONE
-        self.done.set()
+        task, self.task = self.task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
 
     def result(self) -> R:
         if self.error is not None:
@@ -304,11 +341,14 @@ class SQLiteStore:
     # -- group commit ------------------------------------------------------------------
 
     async def _submit(
-        self, apply: Callable[[sqlite3.Connection], R], publish: RawRecord | None = None
+        self,
+        apply: Callable[..., R],
+        args: tuple[Any, ...] = (),
+        publish: RawRecord | None = None,
     ) -> R:
         await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: nothing written
         self._connection()  # raises when closed
-        write = _Write(apply, publish)
+        write = _Write(apply, args, publish, self._queue)
         self._queue.append(write)
         if self._leading:
             await self._wait(write)
@@ -333,17 +373,16 @@ class SQLiteStore:
         return write.result()
 
     async def _wait(self, write: _Write[Any]) -> None:
-        try:
-            await write.done.wait()
-        except trio.Cancelled:
-            if write.state is _State.QUEUED:
-                self._queue.remove(write)  # never written
-                raise
-            # The write is in a batch being retried: when Cancelled reaches the caller,
-            # the outcome is decided (stored or not), never still pending.
-            with trio.CancelScope(shield=True):
-                await write.done.wait()
-            raise
+        """Park until the write is answered.
+
+        Cancelled while still queued: the write leaves the queue (never written). Once
+        its batch runs, the outcome is decided (stored or not) before Cancelled reaches
+        the caller, never still pending.
+        """
+        write.task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(write.abort)
+        if write.aborted:
+            await trio.lowlevel.checkpoint_if_cancelled()
 
     async def _drain(self) -> None:
         while self._queue:
@@ -428,7 +467,7 @@ class SQLiteStore:
                 if savepoints:
                     conn.execute("SAVEPOINT write")
                 try:
-                    value = write.apply(conn)
+                    value = write.apply(conn, *write.args)
                 except Exception as exc:
                     if _fails_transaction(exc):
                         raise
@@ -464,29 +503,7 @@ class SQLiteStore:
     async def create_run(self, record: RawRecord, timers: Sequence[Timer] = ()) -> RawRecord:
         params = _record_params(record)
         timer_rows = _timer_rows(record, timers)
-
-        def apply(conn: sqlite3.Connection) -> RawRecord:
-            row = conn.execute(
-                "SELECT run_id, run_state FROM runs WHERE workflow_name = ? AND foreign_id = ? "
-                "ORDER BY seq DESC LIMIT 1",
-                (record.workflow_name, record.foreign_id),
-            ).fetchone()
-            if row is not None and row[1] in _UNFINISHED:
-                raise WorkflowInProgress(
-                    f"workflow {record.workflow_name!r}: run {row[0]} of foreign id "
-                    f"{record.foreign_id!r} is {RunState(row[1]).name}; wait for it to finish "
-                    "or cancel it before triggering again"
-                )
-            try:
-                conn.execute(_INSERT_RUN, params)
-            except sqlite3.IntegrityError:
-                raise InvalidArgument(f"run id {record.run_id} already exists") from None
-            conn.execute(_INSERT_HISTORY, params)
-            if timer_rows:
-                conn.executemany(_INSERT_TIMER, timer_rows)
-            return record
-
-        return await self._submit(apply, record)
+        return await self._submit(_apply_create, (record, params, timer_rows), record)
 
     async def commit(
         self,
@@ -499,38 +516,8 @@ class SQLiteStore:
         timer_rows = None if timers is None else _timer_rows(record, timers)
         update = (*params[3:], record.run_id, record.workflow_name, record.foreign_id)
         update += (record.version - 1,)
-
-        def apply(conn: sqlite3.Connection) -> RawRecord:
-            if conn.execute(_UPDATE_RUN, update).rowcount != 1:
-                row = conn.execute(
-                    "SELECT version, foreign_id FROM runs WHERE run_id = ? AND workflow_name = ?",
-                    (record.run_id, record.workflow_name),
-                ).fetchone()
-                if row is None:
-                    raise RunNotFound(
-                        f"workflow {record.workflow_name!r} has no run {record.run_id!r}"
-                    )
-                if row[1] != record.foreign_id:
-                    raise InvalidArgument(
-                        f"run {record.run_id} belongs to foreign id {row[1]!r}; a commit "
-                        f"cannot move it to {record.foreign_id!r}"
-                    )
-                raise VersionConflict(
-                    f"run {record.run_id} is at version {row[0]}, not {record.version - 1}"
-                )
-            conn.execute(_INSERT_HISTORY, params)
-            if timer_rows is not None:
-                conn.execute("DELETE FROM timers WHERE run_id = ?", (record.run_id,))
-                if timer_rows:
-                    conn.executemany(_INSERT_TIMER, timer_rows)
-            if scrub_history:
-                conn.execute(
-                    "UPDATE history SET object = ? WHERE run_id = ?",
-                    (record.object, record.run_id),
-                )
-            return record
-
-        return await self._submit(apply, record)
+        args = (record, params, update, timer_rows, scrub_history)
+        return await self._submit(_apply_commit, args, record)
 
     async def set_cursor(self, name: str, value: str) -> None:
         def apply(conn: sqlite3.Connection) -> None:
@@ -540,7 +527,7 @@ class SQLiteStore:
                 (name, value),
             )
 
-        await self._submit(apply)
+        await self._submit(apply, ())
 
     async def claim_schedule(self, key: str, fire_at: datetime) -> bool:
         stamp = _to_text(fire_at)
@@ -554,7 +541,7 @@ class SQLiteStore:
             )
             return cursor.rowcount == 1
 
-        return await self._submit(apply)
+        return await self._submit(apply, ())
 
     # -- reads -------------------------------------------------------------------------
 
@@ -727,6 +714,72 @@ class SQLiteStore:
         if conn is not None:
             conn.close()
         await trio.lowlevel.checkpoint()
+
+
+# -- writes inside the transaction (module functions: no closure per write) -------------
+
+
+def _apply_create(
+    conn: sqlite3.Connection,
+    record: RawRecord,
+    params: _Params,
+    timer_rows: list[_Params],
+) -> RawRecord:
+    row = conn.execute(
+        "SELECT run_id, run_state FROM runs WHERE workflow_name = ? AND foreign_id = ? "
+        "ORDER BY seq DESC LIMIT 1",
+        (record.workflow_name, record.foreign_id),
+    ).fetchone()
+    if row is not None and row[1] in _UNFINISHED:
+        raise WorkflowInProgress(
+            f"workflow {record.workflow_name!r}: run {row[0]} of foreign id "
+            f"{record.foreign_id!r} is {RunState(row[1]).name}; wait for it to finish "
+            "or cancel it before triggering again"
+        )
+    try:
+        conn.execute(_INSERT_RUN, params)
+    except sqlite3.IntegrityError:
+        raise InvalidArgument(f"run id {record.run_id} already exists") from None
+    conn.execute(_INSERT_HISTORY, params)
+    if timer_rows:
+        conn.executemany(_INSERT_TIMER, timer_rows)
+    return record
+
+
+def _apply_commit(
+    conn: sqlite3.Connection,
+    record: RawRecord,
+    params: _Params,
+    update: _Params,
+    timer_rows: list[_Params] | None,
+    scrub_history: bool,
+) -> RawRecord:
+    if conn.execute(_UPDATE_RUN, update).rowcount != 1:
+        row = conn.execute(
+            "SELECT version, foreign_id FROM runs WHERE run_id = ? AND workflow_name = ?",
+            (record.run_id, record.workflow_name),
+        ).fetchone()
+        if row is None:
+            raise RunNotFound(f"workflow {record.workflow_name!r} has no run {record.run_id!r}")
+        if row[1] != record.foreign_id:
+            raise InvalidArgument(
+                f"run {record.run_id} belongs to foreign id {row[1]!r}; a commit "
+                f"cannot move it to {record.foreign_id!r}"
+            )
+        raise VersionConflict(
+            f"run {record.run_id} is at version {row[0]}, not {record.version - 1}"
+        )
+    conn.execute(_INSERT_HISTORY, params)
+    if timer_rows is not None:
+        conn.execute("DELETE FROM timers WHERE run_id = ?", (record.run_id,))
+        if timer_rows:
+            conn.executemany(_INSERT_TIMER, timer_rows)
+    if scrub_history:
+        conn.execute(
+            "UPDATE history SET object = ? WHERE run_id = ?",
+            (record.object, record.run_id),
+        )
+    return record
 
 
 # -- encoding --------------------------------------------------------------------------
