@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 import attrs
 import trio
 
-from ._definition import fn_name
+from ._definition import StepSpec, fn_name
 from ._engine import RESUME, log
 from ._errors import ActorflowError, StepError, StoreError, VersionConflict
 from ._record import RawRecord, Timer
@@ -69,6 +69,8 @@ class Ask:
 
 WAKE = object()
 
+_Mailbox = tuple[trio.MemorySendChannel[object], trio.MemoryReceiveChannel[object]]
+
 
 class _StoppedBeforeStart(Exception):
     """A graceful stop began while the step waited for its concurrency slot."""
@@ -88,7 +90,10 @@ class RunActor(Generic[T, S]):
         self.sup = supervisor
         self.engine = supervisor.engine
         self.run_id = run_id
-        self.send, self._receive = trio.open_memory_channel[object](MAILBOX_SIZE)
+        # The mailbox is made on first use: most actors never get a message, and a
+        # memory channel is about eight objects for the garbage collector to walk.
+        self._mailbox: _Mailbox | None = None
+        self._closed = False
         self.reload_needed = True
         self._raw: RawRecord | None = None
         self._timers: list[Timer] | None = None
@@ -96,6 +101,26 @@ class RunActor(Generic[T, S]):
         self._skipped_version = 0
         self._wait_scope: trio.CancelScope | None = None
         self.task: trio.lowlevel.Task | None = None
+
+    # -- the mailbox -----------------------------------------------------------------------
+
+    @property
+    def send(self) -> trio.MemorySendChannel[object]:
+        """Where messages for this actor go (BrokenResourceError once it has stopped)."""
+        return self._open_mailbox()[0]
+
+    def _open_mailbox(self) -> _Mailbox:
+        if self._mailbox is None:
+            self._mailbox = trio.open_memory_channel[object](MAILBOX_SIZE)
+            if self._closed:
+                self._mailbox[1].close()
+        return self._mailbox
+
+    def _take(self) -> object:
+        """The next waiting message; raises WouldBlock when there is none."""
+        if self._mailbox is None:
+            raise trio.WouldBlock
+        return self._mailbox[1].receive_nowait()
 
     # -- called by the supervisor (synchronous) ----------------------------------------------
 
@@ -148,12 +173,14 @@ class RunActor(Generic[T, S]):
         self.sup.forget(self)
         while True:
             try:
-                message = self._receive.receive_nowait()
+                message = self._take()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
             if isinstance(message, Ask):
                 message.reply.set(error=Stopped("run actor stopped"))
-        self._receive.close()
+        self._closed = True
+        if self._mailbox is not None:
+            self._mailbox[1].close()
 
     def _arm_pending_timers(self) -> None:
         """Before passivating: make sure the supervisor wakes the run for its next timer."""
@@ -174,7 +201,7 @@ class RunActor(Generic[T, S]):
                 self._raw = await self.engine.lookup(self.run_id)
                 self._timers = None
             try:
-                message = self._receive.receive_nowait()
+                message = self._take()
             except trio.WouldBlock:
                 message = None
             if message is not None:
@@ -183,7 +210,7 @@ class RunActor(Generic[T, S]):
             deadline = await self._work()
             if deadline is None:
                 try:
-                    message = self._receive.receive_nowait()
+                    message = self._take()
                 except trio.WouldBlock:
                     self._arm_pending_timers()
                     return  # nothing to do and nothing waiting: passivate
@@ -194,7 +221,7 @@ class RunActor(Generic[T, S]):
                 # A long wait (error backoff, consume lag): give the slot back and let the
                 # supervisor's timer wake a new actor then.
                 try:
-                    message = self._receive.receive_nowait()
+                    message = self._take()
                 except trio.WouldBlock:
                     sup.wake_later(self.run_id, deadline, self._retry_at)
                     return
@@ -208,7 +235,7 @@ class RunActor(Generic[T, S]):
         with trio.CancelScope(deadline=deadline) as scope:
             self._wait_scope = scope
             try:
-                message = await self._receive.receive()
+                message = await self._open_mailbox()[1].receive()
             finally:
                 self._wait_scope = None
         if message is not None:
@@ -352,19 +379,21 @@ class RunActor(Generic[T, S]):
         self._retry_at = trio.current_time() + options.backoff(count).total_seconds()
 
     async def _step(self, raw: RawRecord) -> None:
-        engine = self.engine
-        spec = engine.definition.steps[raw.status]
+        spec = self.engine.definition.steps[raw.status]
         key = f"step {fn_name(spec.fn)}"
+        action = self._run_step(raw, spec, key)  # a method, not a closure: fewer objects
+        await self._guarded(raw, key, action, key=key, options=spec.options)
 
-        async def action() -> tuple[RawRecord | None, list[Timer] | None]:
-            run = engine.make_run(raw)
-            async with engine.limiter(spec, spec.options):
-                if self.sup.stopping:
-                    raise _StoppedBeforeStart
-                result = await _call_user(spec.fn, run)
-            return await engine.apply_result(raw, run, result, spec.to, key)
-
-        await self._guarded(raw, key, action(), key=key, options=spec.options)
+    async def _run_step(
+        self, raw: RawRecord, spec: StepSpec, key: str
+    ) -> tuple[RawRecord | None, list[Timer] | None]:
+        engine = self.engine
+        run = engine.make_run(raw)
+        async with engine.limiter(spec, spec.options):
+            if self.sup.stopping:
+                raise _StoppedBeforeStart
+            result = await _call_user(spec.fn, run)
+        return await engine.apply_result(raw, run, result, spec.to, key)
 
     async def _fire_timeout(self, raw: RawRecord, timer: Timer) -> None:
         engine = self.engine
