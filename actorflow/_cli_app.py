@@ -85,11 +85,9 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Sequence[BaseException]
 
 def describe_error(exc: BaseException) -> str:
     """The one line printed for a user error."""
-    text = str(exc).strip() or type(exc).__name__
-    if isinstance(exc, OSError) and not isinstance(exc, CliError):
-        return text if exc.strerror is None else f"{exc.strerror} ({text})"
-    if isinstance(exc, TimeoutError) and not str(exc):
-        return "timed out"
+    text = str(exc).strip()
+    if not text:
+        text = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
     return " ".join(text.split())
 
 

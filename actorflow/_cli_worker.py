@@ -95,7 +95,11 @@ async def _serve_gateway(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     with scope:
-        await serve_gateway(app.workflows, host, port, token=token, task_status=task_status)
+        try:
+            await serve_gateway(app.workflows, host, port, token=token, task_status=task_status)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise CliError(f"cannot serve the gateway on {host}:{port}: {reason}") from None
 
 
 async def _force_on_signal(signals: Any, scope: trio.CancelScope) -> None:

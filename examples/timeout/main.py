@@ -62,9 +62,11 @@ def build(
     return builder.build(store, clock=clock)
 
 
-async def run_example(store: af.Store, hold: timedelta) -> dict[str, af.Record[Reservation, Table]]:
+async def run_example(
+    store: af.Store, hold: timedelta, clock: af.Clock | None = None
+) -> dict[str, af.Record[Reservation, Table]]:
     """Hold two tables; one guest confirms, the other does not. Returns the final records."""
-    workflow = build(store, hold=hold)
+    workflow = build(store, hold=hold, clock=clock)
     async with af.open_workflow(workflow):
         ada = await workflow.trigger("table-1", initial=Reservation("ada", 4))
         alan = await workflow.trigger("table-2", initial=Reservation("alan", 2))
