@@ -12,7 +12,9 @@ the write is retried, and the retry recognises its own earlier commit by that to
 write is reported done only once it is known to be committed, and never applied twice.
 
 The event-log ordering problem and how it is solved is described in :meth:`read_events`.
-psycopg is imported lazily: importing actorflow does not need it.
+Scale-out (shard leases, failover, the leader) is in ``_shards.py``; LISTEN/NOTIFY and the
+cross-process change feed in ``_postgres_listen.py``. psycopg is imported lazily:
+importing actorflow does not need it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, final
 
@@ -41,7 +43,9 @@ from .._feed import ChangeFeed
 from .._record import Event, Meta, RawRecord, Timer
 from .._runstate import RunState
 from ._filters import RunFilter
+from ._postgres_listen import ChangeSignal, Notifications
 from ._postgres_schema import Queries, lock_key, migrate, quote_schema
+from ._shards import ShardOwnership
 
 if TYPE_CHECKING:
     from psycopg import Connection
@@ -58,6 +62,21 @@ _URI_PASSWORD = re.compile(r"(://[^:/?#@\s]*:)[^@/\s]*@")
 _KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _CREATE_RUN_ATTEMPTS = 5
 _RECONNECT_TIMEOUT = 4.0
+# libpq refusals that retrying will not cure (the server answered: wrong database, user,
+# password, access rules). Anything else while connecting counts as "not reachable yet".
+_REFUSED = (
+    "does not exist",
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "no password supplied",
+    "permission denied",
+)
+_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
 
 
 def _require_psycopg() -> None:
@@ -110,6 +129,18 @@ def _timer_params(timers: Sequence[Timer]) -> dict[str, Any]:
         "t_kind": [t.kind for t in timers],
         "t_fire": [_aware(t.fire_at) for t in timers],
     }
+
+
+class ServerUnavailable(StoreError):
+    """PostgreSQL could not be reached (down, restarting, network): worth retrying."""
+
+    transient = True
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether a failure to connect is worth retrying (see ``_REFUSED``)."""
+    text = str(exc)
+    return not any(reason in text for reason in _REFUSED)
 
 
 class _Transient(Exception):
@@ -184,10 +215,103 @@ class PostgresStore:
         self._open_lock = trio.Lock()
         self._pool: _Pool | None = None
         self._closed = False
+        self._origin = uuid.uuid4()
+        channel = lock_key("actorflow.notify", schema) & 0xFFFF_FFFF_FFFF_FFFF
+        self.notifications = Notifications(self, f"actorflow_{channel:016x}", self._origin.hex)
+        """LISTEN/NOTIFY (see ``_postgres_listen``); served while a workflow runs here."""
+        self._ownerships: dict[str, list[ShardOwnership]] = {}
 
     @property
     def feed(self) -> ChangeFeed:
         return self._feed
+
+    @property
+    def changes(self) -> ChangeSignal:
+        """Bumped when another process wrote a trigger, callback or control (NOTIFY):
+        the supervisor's event-log tail waits on it instead of sleeping a whole poll."""
+        return self.notifications.routing
+
+    # -- scale-out --------------------------------------------------------------------------
+
+    def shard_ownership(
+        self, workflow_name: str, *, shards: int = 16, lease: timedelta = timedelta(seconds=10)
+    ) -> ShardOwnership:
+        """The shard leases of one worker process for ``workflow_name`` (see ``_shards``).
+
+        ``Workflow.run`` calls this and serves the result: the workflow then works only
+        on runs of the shards it holds, and fails over when another worker dies.
+        """
+        return ShardOwnership(self, workflow_name, shards=shards, lease=lease)
+
+    async def listen(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve LISTEN/NOTIFY until cancelled: other processes' writes then reach this
+        process's ``subscribe`` and ``await_status`` at once. ``Workflow.run`` does this
+        by itself; call it (``nursery.start_soon(store.listen)``) in a process that only
+        subscribes."""
+        await self.notifications.serve(task_status=task_status)
+
+    def _register_ownership(self, ownership: ShardOwnership) -> None:
+        self._ownerships.setdefault(ownership.workflow_name, []).append(ownership)
+
+    def _unregister_ownership(self, ownership: ShardOwnership) -> None:
+        found = self._ownerships.get(ownership.workflow_name, [])
+        if ownership in found:
+            found.remove(ownership)
+        if not found:
+            self._ownerships.pop(ownership.workflow_name, None)
+
+    def _owned_here(self, workflow_name: str, run_id: str) -> bool:
+        """Whether a workflow running in this process owns the run (then its writes need
+        no NOTIFY to be routed: the owner is right here)."""
+        return any(o.owns(run_id) for o in self._ownerships.get(workflow_name, ()))
+
+    def _lease_connection(self, what: str) -> _Dedicated:
+        return _Dedicated(self, what)
+
+    async def _notify(self, channel: str, payload: str) -> None:
+        q = self._q
+
+        def notify(conn: _Conn) -> None:
+            conn.execute(q.notify, [channel, payload])
+
+        await self._call("notify", notify)
+
+    def _listen_connect(self, channel: str) -> _Conn:
+        """A new connection that LISTENs on ``channel`` (in a worker thread)."""
+        import psycopg
+
+        kwargs = {**self._connect_kwargs, "application_name": "actorflow-listen"}
+        conn = psycopg.connect(self._dsn, autocommit=True, **self._keepalives(kwargs))
+        try:
+            conn.execute(f"LISTEN {channel}".encode())
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _keepalives(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        from psycopg.conninfo import conninfo_to_dict
+
+        given = conninfo_to_dict(self._dsn)
+        return {**kwargs, **{k: v for k, v in _KEEPALIVES.items() if k not in given}}
+
+    async def _others_changes(self, after: int, limit: int) -> tuple[list[RawRecord], int]:
+        """Versions other processes stored after event id ``after`` (a gapless prefix,
+        as :meth:`read_events`), and the position to read from next."""
+        q = self._q
+        origin = self._origin
+
+        def read(conn: _Conn) -> tuple[list[RawRecord], int]:
+            bound = self._event_bound(conn)
+            if bound <= after:
+                return [], after
+            rows = conn.execute(q.others_changes, [after, bound, origin, limit]).fetchall()
+            position = int(rows[-1][-1]) if len(rows) >= limit else bound
+            return [_record(r) for r in rows], position
+
+        return await self._call("reading other processes' changes", read)
 
     @property
     def schema(self) -> str:
@@ -246,7 +370,8 @@ class PostgresStore:
         try:
             conn = psycopg.connect(self._dsn, autocommit=True, **self._connect_kwargs)
         except psycopg.Error as exc:
-            raise StoreError(
+            error = ServerUnavailable if _unreachable(exc) else StoreError
+            raise error(
                 f"cannot connect to PostgreSQL at {self._where}: {self._describe(exc)}"
             ) from None
         try:
@@ -362,10 +487,12 @@ class PostgresStore:
             await trio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
-    def _record_params(self, record: RawRecord, writer: uuid.UUID) -> dict[str, Any]:
+    def _record_params(
+        self, record: RawRecord, writer: uuid.UUID, *, notify: bool = False
+    ) -> dict[str, Any]:
         from psycopg.types.json import Jsonb
 
-        return {
+        params = {
             "workflow_name": record.workflow_name,
             "foreign_id": record.foreign_id,
             "run_id": record.run_id,
@@ -378,16 +505,22 @@ class PostgresStore:
             "meta": Jsonb(record.meta.to_dict()),
             "writer": writer,
             "log_key": self._log_key,
+            "origin": self._origin,
         }
+        if notify:
+            params["channel"] = self.notifications.channel
+            params["payload"] = self.notifications.routing_payload
+        return params
 
     # -- writes -----------------------------------------------------------------------------
 
     async def create_run(self, record: RawRecord, timers: Sequence[Timer] = ()) -> RawRecord:
-        params = self._record_params(record, _writer_token())
+        owned = self._owned_here(record.workflow_name, record.run_id)
+        params = self._record_params(record, _writer_token(), notify=not owned)
         if timers:
             params.update(_timer_params(timers))
         q = self._q
-        statement = q.create_run[bool(timers)]
+        statement = q.create_run[bool(timers), not owned]
 
         def create(conn: _Conn) -> None:
             from psycopg.errors import UniqueViolation
@@ -418,6 +551,8 @@ class PostgresStore:
 
         await self._call(f"create_run of run {record.run_id}", create, write=True)
         self._feed.publish(record)
+        if owned:
+            self.notifications.owner_wrote()
         return record
 
     async def commit(
@@ -427,12 +562,13 @@ class PostgresStore:
         timers: Sequence[Timer] | None = None,
         scrub_history: bool = False,
     ) -> RawRecord:
-        params = self._record_params(record, _writer_token())
+        owned = self._owned_here(record.workflow_name, record.run_id)
+        params = self._record_params(record, _writer_token(), notify=not owned)
         if timers:
             params.update(_timer_params(timers))
         q = self._q
         replace = "keep" if timers is None else "replace" if timers else "clear"
-        statement = q.commit[replace, scrub_history]
+        statement = q.commit[replace, scrub_history, not owned]
 
         def commit(conn: _Conn) -> None:
             if conn.execute(statement, params).fetchone() is not None:
@@ -449,6 +585,8 @@ class PostgresStore:
 
         await self._call(f"commit of run {record.run_id} v{record.version}", commit, write=True)
         self._feed.publish(record)
+        if owned:
+            self.notifications.owner_wrote()
         return record
 
     async def set_cursor(self, name: str, value: str) -> None:
@@ -670,3 +808,74 @@ class PostgresStore:
             ) from None
         finally:
             pool.close()
+
+
+@final
+class _Dedicated:
+    """A connection of its own, outside the pool, for the lease protocol: a renewal must
+    never queue behind a busy worker's pooled calls, or the worker would lose its leases
+    for being busy. Calls run one at a time in a worker thread; a lost connection is
+    reopened on the next call."""
+
+    def __init__(self, store: PostgresStore, what: str) -> None:
+        self._store = store
+        self._what = what
+        self._conn: _Conn | None = None
+        self._limiter = trio.CapacityLimiter(1)
+
+    async def run(self, fn: Callable[[_Conn], R], *, attempts: int = 2) -> R:
+        """``fn(connection)`` in a thread; a broken connection is replaced and ``fn``
+        tried again (``attempts`` in all). Raises ServerUnavailable or StoreError."""
+        return await trio.to_thread.run_sync(self._run, fn, attempts, limiter=self._limiter)
+
+    def _run(self, fn: Callable[[_Conn], R], attempts: int) -> R:
+        import psycopg
+
+        store = self._store
+        for attempt in range(1, attempts + 1):
+            try:
+                conn = self._conn
+                if conn is None or conn.closed:
+                    conn = self._conn = self._connect()
+                return fn(conn)
+            except psycopg.OperationalError as exc:
+                self._close()
+                if attempt < attempts:
+                    continue
+                if self._conn is None and not _unreachable(exc):
+                    raise StoreError(
+                        f"cannot connect to PostgreSQL at {store._where}: {store._describe(exc)}"
+                    ) from None
+                raise ServerUnavailable(
+                    f"PostgreSQL at {store._where}: {self._what} failed: {store._describe(exc)}"
+                ) from None
+            except psycopg.Error as exc:
+                raise StoreError(
+                    f"PostgreSQL at {store._where} refused {self._what}: {store._describe(exc)}"
+                ) from None
+        raise AssertionError("unreachable")
+
+    def _connect(self) -> _Conn:
+        import psycopg
+
+        store = self._store
+        kwargs = {**store._connect_kwargs, "application_name": "actorflow-leases"}
+        conn: _Conn = psycopg.connect(store._dsn, autocommit=True, **store._keepalives(kwargs))
+        try:
+            conn.execute(b"SET TIME ZONE 'UTC'")
+            conn.execute(b"SET statement_timeout = '5s'")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _close(self) -> None:
+        import psycopg
+
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    async def aclose(self) -> None:
+        await trio.to_thread.run_sync(self._close, limiter=self._limiter)

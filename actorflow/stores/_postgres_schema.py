@@ -113,6 +113,44 @@ MIGRATIONS: list[Migration] = [
             """,
         ),
     ),
+    Migration(
+        2,
+        "scale-out: workers, shard leases, the origin of each history row",
+        (
+            # The store instance (process) that wrote the row: the change-feed follower
+            # publishes other processes' rows only (its own were published at commit).
+            "ALTER TABLE {s}.history ADD COLUMN origin uuid",
+            # One row per worker process and workflow; a worker is live while expires_at
+            # is in the future (database time). The live workers share the shards fairly.
+            """
+            CREATE TABLE {s}.workers (
+                workflow_name text NOT NULL,
+                worker_id     uuid NOT NULL,
+                host          text NOT NULL,
+                pid           integer NOT NULL,
+                started_at    timestamptz NOT NULL DEFAULT now(),
+                heartbeat_at  timestamptz NOT NULL,
+                expires_at    timestamptz NOT NULL,
+                PRIMARY KEY (workflow_name, worker_id)
+            )
+            """,
+            # One row per (workflow, shard): who holds it until when (database time).
+            # ``epoch`` grows by one at every acquisition (a fencing token for diagnostics
+            # and for a renewal to know it still holds the lease it acquired).
+            """
+            CREATE TABLE {s}.shard_leases (
+                workflow_name text NOT NULL,
+                shard         integer NOT NULL,
+                shards        integer NOT NULL,
+                owner         uuid,
+                epoch         bigint NOT NULL DEFAULT 0,
+                acquired_at   timestamptz,
+                expires_at    timestamptz NOT NULL DEFAULT '-infinity',
+                PRIMARY KEY (workflow_name, shard)
+            )
+            """,
+        ),
+    ),
 ]
 
 
@@ -202,16 +240,23 @@ _UNNEST_TIMERS = (
 
 _HISTORY_INSERT = """
 INSERT INTO {s}.history (run_id, version, workflow_name, foreign_id, status, run_state,
-                         object, created_at, updated_at, meta, writer)
+                         object, created_at, updated_at, meta, writer, origin)
 SELECT %(run_id)s, %(version)s::int4, %(workflow_name)s, %(foreign_id)s, %(status)s::int4,
        %(run_state)s::int2, %(object)s, %(created_at)s, %(updated_at)s, %(meta)s,
-       %(writer)s::uuid
+       %(writer)s::uuid, %(origin)s::uuid
   FROM log_lock
 RETURNING id
 """
+_HISTORY_INSERT_NOTIFY = _HISTORY_INSERT.replace("FROM log_lock", "FROM log_lock, notify")
+
+# NOTIFY in the write's own statement: delivered only if the write commits, and after it.
+# ``notify`` yields one row when the write matched (its ``source`` CTE did), none otherwise.
+_NOTIFY = """notify AS (
+            SELECT pg_notify(%(channel)s, %(payload)s) FROM {source}
+        )"""
 
 
-def _create_run(with_timers: bool) -> str:
+def _create_run(with_timers: bool, notify: bool) -> str:
     parts = [
         f"""
         WITH ins AS (
@@ -237,10 +282,13 @@ def _create_run(with_timers: bool) -> str:
             SELECT pg_advisory_xact_lock_shared(%(log_key)s::int8) FROM ins
         )"""
     )
+    if notify:
+        parts.append(_NOTIFY.replace("{source}", "ins"))
+        return ", ".join(parts) + _HISTORY_INSERT_NOTIFY
     return ", ".join(parts) + _HISTORY_INSERT
 
 
-def _commit(timers: str, scrub: bool) -> str:
+def _commit(timers: str, scrub: bool, notify: bool) -> str:
     parts = [
         """
         WITH upd AS (
@@ -279,6 +327,9 @@ def _commit(timers: str, scrub: bool) -> str:
             SELECT pg_advisory_xact_lock_shared(%(log_key)s::int8) FROM upd
         )"""
     )
+    if notify:
+        parts.append(_NOTIFY.replace("{source}", "upd"))
+        return ", ".join(parts) + _HISTORY_INSERT_NOTIFY
     return ", ".join(parts) + _HISTORY_INSERT
 
 
@@ -298,9 +349,12 @@ class Queries:
         # index); then nothing else happens. ``log_lock`` is MATERIALIZED and scanned before
         # the history row's nextval() is evaluated: the event-log lock is held before the
         # id is drawn (see the store's read_events). One variant with timers, one without:
-        # parameters nobody needs cost time to send.
+        # parameters nobody needs cost time to send. With ``notify`` (a write whose run
+        # this process does not own), the statement also NOTIFYs the owner.
         self.create_run = {
-            with_timers: q(_create_run(with_timers)) for with_timers in (False, True)
+            (with_timers, notify): q(_create_run(with_timers, notify))
+            for with_timers in (False, True)
+            for notify in (False, True)
         }
         # Why create_run stored nothing: an earlier attempt of this very write committed
         # (its connection was lost before the answer came), or the unfinished run in the way.
@@ -321,9 +375,10 @@ class Queries:
         # no row every other part does nothing either. Variants: timers kept / cleared /
         # replaced, history scrubbed or not.
         self.commit = {
-            (timers, scrub): q(_commit(timers, scrub))
+            (timers, scrub, notify): q(_commit(timers, scrub, notify))
             for timers in ("keep", "clear", "replace")
             for scrub in (False, True)
+            for notify in (False, True)
         }
         self.commit_diagnose = q(
             """
@@ -368,6 +423,13 @@ class Queries:
             "WHERE workflow_name = %s AND id > %s AND id <= %s ORDER BY id LIMIT %s"
         )
         self.last_event = q("SELECT coalesce(max(id), 0) FROM {s}.history WHERE id <= %s")
+        # The change-feed follower: other processes' versions, full records, in id order.
+        self.others_changes = q(
+            f"SELECT {_RUN_COLUMNS}, id FROM {{s}}.history "
+            "WHERE id > %s AND id <= %s AND origin IS DISTINCT FROM %s::uuid "
+            "ORDER BY id LIMIT %s"
+        )
+        self.notify = b"SELECT pg_notify(%s, %s)"
         self.get_cursor = q("SELECT value FROM {s}.cursors WHERE name = %s")
         self.set_cursor = q(
             "INSERT INTO {s}.cursors AS c (name, value) VALUES (%s, %s) "
