@@ -15,7 +15,7 @@ from ._protocol import (
     EventError,
     EventReceiver,
     EventSender,
-    Inflight,
+    LogInflight,
     Start,
     check_events,
     check_start,
@@ -44,7 +44,7 @@ class _LogReceiver:
         self._log = log
         self._consumer = consumer
         self._next = position
-        self._inflight: Inflight[int] = Inflight()
+        self._inflight = LogInflight()
 
     async def receive(self) -> ConnectorEvent:
         await trio.lowlevel.checkpoint_if_cancelled()

@@ -244,3 +244,45 @@ class Inflight(Generic[P]):
 
     def positions(self) -> set[P]:
         return {p for positions in self._by_id.values() for p in positions}
+
+
+class LogInflight:
+    """Inflight deliveries of a log-based receiver, whose acknowledgements are cumulative.
+
+    Positions are handed out in increasing order, and acknowledging one covers every
+    delivery at or below it: they are all forgotten, so a consumer that acknowledges every
+    Nth event holds at most N entries here, not every event it ever received.
+    """
+
+    def __init__(self) -> None:
+        self._order: deque[tuple[int, str]] = deque()
+        self._by_id: dict[str, deque[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def add(self, event: ConnectorEvent, position: int) -> None:
+        self._order.append((position, event.id))
+        self._by_id.setdefault(event.id, deque()).append(position)
+
+    def take(self, event: ConnectorEvent) -> int:
+        """The position of the oldest unacknowledged delivery of ``event``, forgetting it and
+        every delivery before it; EventError if there is none."""
+        positions = self._by_id.get(event.id) if isinstance(event, ConnectorEvent) else None
+        if not positions:
+            raise EventError(
+                f"cannot acknowledge {event!r}: it was not received through this receiver, "
+                "or it was acknowledged already (an acknowledgement also covers every event "
+                "received before it)"
+            )
+        position = positions[0]
+        # Everything is removed in delivery order, so the oldest delivery of each id is
+        # always at the front of that id's deque.
+        order = self._order
+        while order and order[0][0] <= position:
+            _, event_id = order.popleft()
+            earlier = self._by_id[event_id]
+            earlier.popleft()
+            if not earlier:
+                del self._by_id[event_id]
+        return position

@@ -22,7 +22,7 @@ from ._protocol import (
     ConnectorEvent,
     EventReceiver,
     EventSender,
-    Inflight,
+    LogInflight,
     Start,
     check_events,
     check_start,
@@ -114,7 +114,7 @@ class _StoreLogReceiver:
         self._convert = convert
         self._commit = commit
         self._buffer: list[tuple[int, ConnectorEvent]] = []
-        self._inflight: Inflight[int] = Inflight()
+        self._inflight = LogInflight()
 
     async def receive(self) -> ConnectorEvent:
         await trio.lowlevel.checkpoint_if_cancelled()
