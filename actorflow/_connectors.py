@@ -5,7 +5,9 @@ workflow's store as ``connector:<workflow>:<connector>`` (the id of the last eve
 handled). An event is acknowledged only after the function returned, so delivery is
 at-least-once: a crash or stop in between hands the same event over again. A failing
 function is retried with the connector's back-off (``error_backoff`` doubling up to
-``max_error_backoff``), never skipped; a failing source is reopened the same way.
+``max_error_backoff``), never skipped; a failing source is reopened the same way, and
+so is a failing ``ack`` or cursor write: the back-off keeps growing until an event has
+been handled, acknowledged and its cursor stored.
 """
 
 from __future__ import annotations
@@ -74,11 +76,13 @@ async def serve_connector(
             async with source.open(name, after) as receiver:
                 while True:
                     event = await receiver.receive()
-                    failures = 0
                     await _wait_for_lag(workflow, spec.options, event)
                     await _handle(workflow, spec, stats, event)
                     await receiver.ack(event)
                     await store.set_cursor(name, event.id)
+                    # Only a fully handled event ends a run of failures: an ack or cursor
+                    # write that keeps failing must keep backing off, not re-run fn at once.
+                    failures = 0
                     stats.handled += 1
                     stats.cursor = event.id
         except Exception as exc:

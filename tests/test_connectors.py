@@ -176,8 +176,9 @@ async def test_a_restart_redelivers_the_event_in_flight_and_only_it(autojump_clo
     assert await store.get_cursor("connector:sink:feed") == "e2"
     second = sink(store, source, blocks_on_e3)
     async with af.open_workflow(second):
-        while len(calls) < 5:
-            await trio.testing.wait_all_tasks_blocked()
+        with trio.fail_after(60):  # fails instead of hanging if e4 never comes
+            while len(calls) < 5:
+                await trio.testing.wait_all_tasks_blocked()
     assert calls == ["e1", "e2", "e3", "e3", "e4"]
     assert await store.get_cursor("connector:sink:feed") == "e4"
 
@@ -296,6 +297,68 @@ async def test_a_failing_source_is_reopened_with_back_off(autojump_clock: Any) -
     assert "server down" in stats.last_error
     assert elapsed >= 1 + 2
     assert source.opened == [None, None, None]
+
+
+@attrs.define
+class AckFails:
+    """Serves ``inner``, but every acknowledgement fails."""
+
+    inner: af.MemorySource
+
+    @asynccontextmanager
+    async def open(self, consumer: str, after: str | None) -> AsyncIterator[EventReceiver]:
+        async with self.inner.open(consumer, after) as receiver:
+            yield _FailingAck(receiver)
+
+
+@attrs.define
+class _FailingAck:
+    inner: EventReceiver
+
+    async def receive(self) -> af.ConnectorEvent:
+        return await self.inner.receive()
+
+    async def ack(self, event: af.ConnectorEvent) -> None:
+        raise af.streaming.StreamError("ack failed")
+
+
+class FailingCursorStore(af.MemoryStore):
+    """A store whose connector cursor cannot be written."""
+
+    async def set_cursor(self, name: str, value: str) -> None:
+        if name.startswith("connector:"):
+            raise af.StoreError("disk full")
+        await super().set_cursor(name, value)
+
+
+@pytest.mark.parametrize("failing", ["ack", "set_cursor"])
+async def test_a_persistently_failing_ack_or_cursor_write_backs_off(
+    autojump_clock: Any, failing: str
+) -> None:
+    """The function re-runs only after a growing back-off, not at the first delay forever."""
+    calls: list[float] = []
+
+    async def fn(workflow: Any, event: af.ConnectorEvent) -> None:
+        calls.append(trio.current_time())
+
+    inner = af.MemorySource([ev(1)])
+    source = AckFails(inner) if failing == "ack" else inner
+    store = FailingCursorStore() if failing == "set_cursor" else af.MemoryStore()
+    workflow = sink(
+        store,
+        source,
+        fn,
+        error_backoff=timedelta(seconds=1),
+        max_error_backoff=timedelta(minutes=10),
+    )
+    async with af.open_workflow(workflow):
+        await trio.sleep(3600)
+    gaps = [round(b - a) for a, b in itertools.pairwise(calls)]
+    assert gaps[:6] == [1, 2, 4, 8, 16, 32]
+    assert len(calls) < 20  # not one call per second
+    stats = connector_stats(workflow)["feed"]
+    assert stats.handled == 0
+    assert stats.source_errors == len(calls)
 
 
 async def test_memory_source_resumes_after_an_id_and_refuses_unknown_ones() -> None:
