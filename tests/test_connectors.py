@@ -414,6 +414,17 @@ def test_connector_events_check_their_fields() -> None:
         event.header("nope")
 
 
+def test_connector_events_are_hashable_for_deduplication() -> None:
+    first, again = ev(1), ev(1)
+    other_headers = ev(1, headers={"run_id": "elsewhere"})
+    assert hash(first) == hash(again)
+    assert {first, again, ev(2)} == {first, ev(2)}
+    assert first != other_headers  # headers are still compared
+    assert len({first, other_headers}) == 2
+    seen: dict[af.ConnectorEvent, int] = {first: 1}
+    assert seen[again] == 1
+
+
 def test_the_streaming_names_are_exported() -> None:
     import actorflow.streaming as streaming
 

@@ -92,12 +92,17 @@ class ConnectorEvent:
             ``foreign_id``, ``run_id``, ``status``, ``run_state``, ``version``).
         created_at: when the event happened (aware UTC).
         payload: opaque data for external streams (empty for transitions).
+
+    Events are hashable (on every field but ``headers``, which equality still compares),
+    so a consumer can deduplicate redeliveries with a set.
     """
 
     id: str = attrs.field(validator=_non_empty)
     foreign_id: str = attrs.field(validator=_text)
     type: str = attrs.field(validator=_text)
-    headers: dict[str, str] = attrs.field(converter=_headers, factory=dict)
+    # Compared, but left out of the hash (a dict is unhashable): equal events still hash
+    # alike, and events can go in sets and dict keys, e.g. to deduplicate deliveries.
+    headers: dict[str, str] = attrs.field(converter=_headers, factory=dict, hash=False)
     created_at: datetime = attrs.field(converter=_aware, factory=lambda: datetime.now(UTC))
     payload: bytes = attrs.field(converter=_payload, default=b"")
 
