@@ -242,6 +242,8 @@ class Builder(Generic[T, S]):
                 f"workflow {self.name!r} has no starting status: every status with outgoing "
                 "transitions is also a destination; a run needs a status to start at"
             )
+        from .streaming._protocol import EventSource
+
         names: set[str] = set()
         connectors: list[ConnectorSpec] = []
         for spec, options in zip(self._connectors, self._connector_options, strict=True):
@@ -254,6 +256,14 @@ class Builder(Generic[T, S]):
             connectors.append(
                 attrs.evolve(spec, options=defaults.merged(options, f"connector {spec.name!r}"))
             )
+        for spec in connectors:
+            if not isinstance(spec.source, EventSource):
+                raise BuildError(
+                    f"workflow {self.name!r} connector {spec.name!r}: the source "
+                    f"{spec.source!r} is not an af.EventSource (use af.connect(...), "
+                    "af.MemorySource(...), actorflow.streaming.StreamSource(...) or an object "
+                    "with an open(consumer, after) method)"
+                )
         hooks = {kind: _chain(fns) for kind, fns in self._hooks.items()}
         return Definition(
             name=self.name,
@@ -296,7 +306,8 @@ class Builder(Generic[T, S]):
             grace_period: how long ``stop()`` lets steps in flight finish.
             poll_interval: how often to look for work written by other processes.
             max_active_runs: at most this many runs are worked on at once.
-            streamer: an EventStreamer to publish every transition to.
+            streamer: an EventStreamer to publish every transition to (a StoreLogStreamer
+                must be over ``store`` itself).
             shards: with a store that supports scale-out (PostgreSQL), runs are split into
                 this many shards, leased by the worker processes.
             lease: how long a shard lease lasts without renewal; a dead worker's shards are
@@ -338,6 +349,12 @@ class Builder(Generic[T, S]):
 
         if not isinstance(store, StoreProtocol):
             raise BuildError(f"workflow {self.name!r}: {store!r} is not a store")
+        if streamer is not None:
+            from .streaming._store_log import check_relay_streamer
+
+            problem = check_relay_streamer(streamer, store)
+            if problem is not None:
+                raise BuildError(f"workflow {self.name!r}: {problem}")
         return Workflow(
             self.definition(options),
             store,

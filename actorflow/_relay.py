@@ -18,9 +18,14 @@ from ._connectors import retry_delay
 from ._engine import log
 from ._errors import InvalidArgument
 from ._options import Options
-from .streaming._protocol import EventStreamer
 from .streaming._stats import relay_stats
-from .streaming._store_log import LogFollower, StoreLogStreamer, parse_cursor, transition_event
+from .streaming._store_log import (
+    LogFollower,
+    StoreLogStreamer,
+    check_relay_streamer,
+    parse_cursor,
+    transition_event,
+)
 
 if TYPE_CHECKING:
     from ._workflow import Workflow
@@ -37,14 +42,13 @@ async def run_relay(workflow: Workflow[Any, Any], streamer: Any) -> None:
     """Publish the workflow's event log to ``streamer`` until cancelled.
 
     Raises:
-        InvalidArgument: ``streamer`` is not an ``af.EventStreamer``.
+        InvalidArgument: ``streamer`` is not an ``af.EventStreamer``, or is a
+            StoreLogStreamer over another store (whose sender would drop every event).
     """
-    if not isinstance(streamer, EventStreamer):
-        raise InvalidArgument(
-            f"workflow {workflow.name!r}: streamer= must be an af.EventStreamer "
-            f"(MemoryStreamer, StoreLogStreamer, RedisStreamer), not {streamer!r}"
-        )
-    if isinstance(streamer, StoreLogStreamer) and streamer.store is workflow.store:
+    problem = check_relay_streamer(streamer, workflow.store)
+    if problem is not None:  # Builder.build refuses these already
+        raise InvalidArgument(f"workflow {workflow.name!r}: {problem}")
+    if isinstance(streamer, StoreLogStreamer):
         await trio.sleep_forever()  # the store's log is the stream: nothing to copy
     stats = relay_stats(workflow)
     store = workflow.store

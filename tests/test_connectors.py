@@ -388,13 +388,20 @@ async def test_connect_and_connectors_refuse_bad_arguments(autojump_clock: Any) 
         builder.add_connector("a", af.connect(pay), Recorder())
         builder.add_connector("a", af.connect(pay), Recorder())
         builder.build(af.MemoryStore())
-    workflow = sink(af.MemoryStore(), "not a source", Recorder())
-    with pytest.RaisesGroup(
-        pytest.RaisesExc(af.InvalidArgument, match="is not an af.EventSource"),
-        flatten_subgroups=True,
-    ):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(workflow.run)
+    with pytest.raises(af.BuildError, match=r"connector 'feed'.* is not an af\.EventSource"):
+        sink(af.MemoryStore(), "not a source", Recorder())
+
+
+async def test_a_bad_source_fails_the_build_not_sibling_workflows(autojump_clock: Any) -> None:
+    """Found at build time, not after ``run`` reported started (which would crash every
+    workflow sharing the nursery)."""
+    good = sink(af.MemoryStore(), af.MemorySource([ev(1)]), Recorder(), name="good")
+    with pytest.raises(af.BuildError, match=r"is not an af\.EventSource"):
+        sink(af.MemoryStore(), object(), Recorder(), name="bad")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(good.run)
+        assert good.running
+        nursery.cancel_scope.cancel()
 
 
 def test_connector_events_check_their_fields() -> None:

@@ -195,13 +195,36 @@ async def test_the_store_log_streamer_of_the_same_store_needs_no_relay(autojump_
     assert await store.get_cursor("relay:chain") is None
 
 
-async def test_a_streamer_that_is_not_one_is_refused_when_the_workflow_runs(
+def test_a_streamer_that_is_not_one_is_refused_at_build() -> None:
+    with pytest.raises(af.BuildError, match=r"streamer= must be an af\.EventStreamer"):
+        chain(af.MemoryStore(), streamer=object())
+
+
+def test_a_store_log_streamer_over_another_store_is_refused_at_build() -> None:
+    """Its sender accepts and drops events: the relay would move its cursor over events that
+    no reader of that other store ever sees."""
+    with pytest.raises(af.BuildError, match="reads the event log of another store"):
+        chain(af.MemoryStore(), streamer=af.StoreLogStreamer(af.MemoryStore()))
+
+
+def test_a_store_log_streamer_over_the_same_sqlite_file_is_accepted(tmp_path: Any) -> None:
+    path = tmp_path / "app.db"
+    chain(af.SQLiteStore(path), streamer=af.StoreLogStreamer(af.SQLiteStore(path)))
+    with pytest.raises(af.BuildError, match="another store"):
+        chain(af.SQLiteStore(path), streamer=af.StoreLogStreamer(af.SQLiteStore(tmp_path / "b")))
+
+
+async def test_the_relay_refuses_a_bad_streamer_if_build_was_bypassed(
     autojump_clock: Any,
 ) -> None:
-    workflow = chain(af.MemoryStore(), streamer=object())
-    with pytest.RaisesGroup(
-        pytest.RaisesExc(af.InvalidArgument, match="must be an af.EventStreamer"),
-        flatten_subgroups=True,
-    ):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(workflow.run)
+    workflow = chain(af.MemoryStore())
+    for streamer, message in [
+        (object(), "must be an af.EventStreamer"),
+        (af.StoreLogStreamer(af.MemoryStore()), "another store"),
+    ]:
+        workflow._streamer = streamer
+        with pytest.RaisesGroup(
+            pytest.RaisesExc(af.InvalidArgument, match=message), flatten_subgroups=True
+        ):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(workflow.run)

@@ -146,7 +146,9 @@ class StoreLogStreamer:
     workflow (see :data:`TRANSITION_HEADERS`) after the cursor of its consumer name,
     kept in the store as ``stream:<topic>:<consumer>``. The log is written by the commits
     themselves, so :meth:`open_sender` gives a sender that only checks its input: as a
-    workflow's ``streamer=``, the relay has nothing to do.
+    workflow's ``streamer=``, the relay has nothing to do. It must then be over the
+    workflow's own store: ``build`` refuses one over another store, whose sender would
+    drop every event.
 
     Args:
         store: the store whose log to read.
@@ -205,6 +207,39 @@ class StoreLogStreamer:
                 await trio.lowlevel.checkpoint()
 
         yield _StoreLogReceiver(follower, transition_event, commit)
+
+
+def reads_log_of(streamer: StoreLogStreamer, store: Store) -> bool:
+    """True if ``streamer`` reads the event log that ``store``'s commits write: the same
+    store object, or two SQLite stores on the same file."""
+    if streamer.store is store:
+        return True
+    from ..stores import SQLiteStore
+
+    mine = streamer.store
+    if isinstance(mine, SQLiteStore) and isinstance(store, SQLiteStore):
+        return mine.path.resolve() == store.path.resolve()
+    return False
+
+
+def check_relay_streamer(streamer: object, store: Store) -> str | None:
+    """Why ``streamer`` cannot be the ``streamer=`` of a workflow on ``store`` (None: it can)."""
+    from ._protocol import EventStreamer
+
+    if not isinstance(streamer, EventStreamer):
+        return (
+            "streamer= must be an af.EventStreamer (MemoryStreamer, StoreLogStreamer, "
+            f"RedisStreamer), not {streamer!r}"
+        )
+    if isinstance(streamer, StoreLogStreamer) and not reads_log_of(streamer, store):
+        return (
+            f"streamer={streamer!r} reads the event log of another store than the "
+            f"workflow's ({store!r}); a StoreLogStreamer cannot copy events into another "
+            "store, so they would be dropped. Give it the workflow's own store "
+            "(af.StoreLogStreamer(store), its readers then follow that log directly) or use "
+            "a streamer that stores what it is sent (RedisStreamer, MemoryStreamer)"
+        )
+    return None
 
 
 @final
