@@ -233,6 +233,11 @@ def parse_request(data: str | bytes, max_bytes: int) -> Request:
         message = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(ErrorCode.BAD_JSON, f"message is not valid JSON: {exc}") from None
+    except RecursionError:
+        # e.g. '[' * 200_000 + ']' * 200_000: small enough to pass the size limit.
+        raise ProtocolError(
+            ErrorCode.BAD_JSON, "message is nested too deeply to be a request"
+        ) from None
     if not isinstance(message, dict):
         raise ProtocolError(
             ErrorCode.INVALID_ARGUMENT,

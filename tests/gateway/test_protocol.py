@@ -78,6 +78,14 @@ def test_parse_request_refusals_carry_a_code_and_the_id_when_known() -> None:
     assert "known ops" in error.message
 
 
+def test_deeply_nested_json_is_bad_json_not_a_recursion_error() -> None:
+    depth = 200_000
+    for data in ("[" * depth + "]" * depth, '{"a":' * depth + "1" + "}" * depth):
+        error = _refused(data, max_bytes=10 * depth)
+        assert error.code is ErrorCode.BAD_JSON
+        assert "nested too deeply" in error.message
+
+
 def test_parse_request_measures_utf8_bytes() -> None:
     assert _refused("x" * 1001).code is ErrorCode.TOO_LARGE
     # 300 characters, 1200 bytes in UTF-8
