@@ -74,6 +74,7 @@ class GatewaySettings:
     subscription_buffer: int
     handshake_timeout: float
     max_connections: int
+    max_handshakes: int
 
     def check(self) -> None:
         """Raise InvalidArgument for settings that cannot work."""
@@ -86,6 +87,7 @@ class GatewaySettings:
             "max_subscriptions": self.max_subscriptions,
             "subscription_buffer": self.subscription_buffer,
             "max_connections": self.max_connections,
+            "max_handshakes": self.max_handshakes,
         }
         for name, value in positive_ints.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -109,6 +111,7 @@ async def serve_gateway(
     subscription_buffer: int = 256,
     handshake_timeout: float = 10.0,
     max_connections: int = 1024,
+    max_handshakes: int = 128,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``workflows`` over a websocket until cancelled; use with ``nursery.start``.
@@ -130,7 +133,11 @@ async def serve_gateway(
         max_subscriptions: subscriptions per connection; more get ``busy``.
         subscription_buffer: changes buffered per subscription before it is ``lagged``.
         handshake_timeout: seconds a new connection has to complete its handshake.
-        max_connections: connections served at once; more are refused with HTTP 503.
+        max_connections: accepted connections served at once; more are refused with HTTP
+            503. Connections still in their handshake do not count.
+        max_handshakes: connections still in their handshake (not yet authenticated);
+            when a new one would exceed it, the oldest pending handshake is dropped, so
+            idle TCP connections cannot lock clients out.
 
     Raises:
         InvalidArgument: no workflows, two with one name, or an unusable setting.
@@ -155,6 +162,7 @@ async def serve_gateway(
         subscription_buffer=subscription_buffer,
         handshake_timeout=handshake_timeout,
         max_connections=max_connections,
+        max_handshakes=max_handshakes,
     )
     settings.check()
     gateway = _Gateway(served, settings)
@@ -174,10 +182,14 @@ class _Gateway:
         self.workflows = workflows
         self.settings = settings
         self.connections = 0
+        """Accepted websocket connections being served."""
+        self.handshakes: dict[object, trio.CancelScope] = {}
+        """Connections still in their handshake, oldest first."""
+        self.evicted = 0
+        """Pending handshakes dropped to make room for newer ones."""
 
     async def handle_stream(self, stream: trio.SocketStream) -> None:
         """Serve one TCP connection; nothing that goes wrong in it escapes."""
-        self.connections += 1
         try:
             await self._serve_stream(stream)
         except* (
@@ -190,37 +202,67 @@ class _Gateway:
         except* Exception as group:
             log.error("gateway connection failed", exc_info=group)
         finally:
-            self.connections -= 1
             await trio.aclose_forcefully(stream)
 
     async def _serve_stream(self, stream: trio.SocketStream) -> None:
         ws: trio_websocket.WebSocketConnection | None = None
         async with trio.open_nursery() as nursery:
-            request: trio_websocket.WebSocketRequest | None = None
-            with trio.move_on_after(self.settings.handshake_timeout):
-                request = await trio_websocket.wrap_server_stream(
-                    nursery, stream, max_message_size=self.settings.max_message_bytes
-                )
             try:
-                if request is not None:
-                    ws = await self._accept(request)
-                    if ws is not None:
+                ws = await self._handshake(nursery, stream)
+                if ws is not None:
+                    try:
                         await _Connection(self, ws).serve()
+                    finally:
+                        self.connections -= 1  # counted by _accept
             finally:
                 nursery.cancel_scope.cancel()
         if ws is not None and ws.closed is not None and ws.closed.code == MESSAGE_TOO_BIG:
             await _linger(stream)
 
+    async def _handshake(
+        self, nursery: trio.Nursery, stream: trio.SocketStream
+    ) -> trio_websocket.WebSocketConnection | None:
+        """The accepted websocket, or None (refused, timed out, or dropped for a newer one).
+
+        At most ``max_handshakes`` connections are in this phase at once: a new one drops
+        the oldest, so a flood of idle connections (slowloris) cannot keep clients out for
+        ``handshake_timeout``; a real client completes its handshake in milliseconds.
+        """
+        key = object()
+        scope = trio.move_on_after(self.settings.handshake_timeout)
+        pending = self.handshakes
+        while len(pending) >= self.settings.max_handshakes:
+            oldest = next(iter(pending))
+            pending.pop(oldest).cancel()
+            self.evicted += 1
+            log.debug("gateway dropped the oldest pending handshake to make room")
+        pending[key] = scope
+        try:
+            with scope:
+                request = await trio_websocket.wrap_server_stream(
+                    nursery, stream, max_message_size=self.settings.max_message_bytes
+                )
+                return await self._accept(request)
+            return None
+        finally:
+            pending.pop(key, None)
+
     async def _accept(
         self, request: trio_websocket.WebSocketRequest
     ) -> trio_websocket.WebSocketConnection | None:
+        """Accept (counted in :attr:`connections`) or refuse, by token and capacity."""
         access = check_token(self.settings.token, request.headers, request.path)
-        if access is Access.GRANTED and self.connections > self.settings.max_connections:
-            log.warning("gateway refused a connection: %d connections", self.connections - 1)
+        if access is Access.GRANTED and self.connections >= self.settings.max_connections:
+            log.warning("gateway refused a connection: %d connections", self.connections)
             await request.reject(503, body=b"too many connections; try again later\n")
             return None
         if access is Access.GRANTED:
-            connection: trio_websocket.WebSocketConnection = await request.accept()
+            self.connections += 1  # before the await, so two handshakes cannot both pass
+            try:
+                connection: trio_websocket.WebSocketConnection = await request.accept()
+            except BaseException:
+                self.connections -= 1
+                raise
             return connection
         if access is Access.MISSING:
             status, body = 401, b"a token is required: Authorization: Bearer <token>\n"
@@ -286,22 +328,29 @@ class _Connection:
                 data = await self._ws.get_message()
             except trio_websocket.ConnectionClosed:
                 return
+            # Every frame spends a token, well-formed or not, and over the limit every frame
+            # gets rate_limited (with its id when it has one, so the caller's request ends),
+            # never a full answer: malformed messages are no way around the limit.
             allowed = self._bucket.take(trio.current_time())
             try:
                 request = parse_request(data, self._settings.max_message_bytes)
             except ProtocolError as exc:
-                await self._send(reply_error(exc.request_id, exc.code, exc.message))
+                if allowed:
+                    await self._send(reply_error(exc.request_id, exc.code, exc.message))
+                else:
+                    await self._send(self._rate_limited(exc.request_id))
                 continue
             if not allowed:
-                await self._send(
-                    reply_error(
-                        request.id,
-                        ErrorCode.RATE_LIMITED,
-                        f"over {self._settings.rate:g} messages per second; slow down",
-                    )
-                )
+                await self._send(self._rate_limited(request.id))
                 continue
             await self._dispatch(request, nursery)
+
+    def _rate_limited(self, request_id: RequestId | None) -> dict[str, Any]:
+        return reply_error(
+            request_id,
+            ErrorCode.RATE_LIMITED,
+            f"over {self._settings.rate:g} messages per second; slow down",
+        )
 
     async def _dispatch(self, request: Request, nursery: trio.Nursery) -> None:
         if request.id in self._requests or request.id in self._subscriptions:

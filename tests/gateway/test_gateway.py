@@ -397,6 +397,19 @@ async def test_malformed_requests_get_error_replies_and_the_connection_lives(url
             assert json.loads(await ws.get_message()) == {"id": "b", "ok": True, "result": "pong"}
 
 
+async def test_deeply_nested_json_gets_bad_json_and_the_connection_lives(url: str) -> None:
+    depth = 200_000  # under the size limit, far over Python's recursion limit
+    with trio.fail_after(LIMIT):
+        async with raw_at(url) as ws:
+            reply = await exchange(ws, "[" * depth + "]" * depth)
+            assert (reply["id"], error_of(reply)) == (None, "bad_json")
+            assert await exchange(ws, '{"id": 1, "op": "ping"}') == {
+                "id": 1,
+                "ok": True,
+                "result": "pong",
+            }
+
+
 async def test_request_ids_and_in_flight_requests_are_bounded(
     nursery: trio.Nursery, workflow: af.Workflow[YinYang, Status]
 ) -> None:
@@ -461,6 +474,25 @@ async def test_rate_limit(nursery: trio.Nursery, workflow: af.Workflow[YinYang, 
             assert info.value.code == "rate_limited"
 
 
+async def test_malformed_messages_count_against_the_rate_limit(
+    nursery: trio.Nursery, workflow: af.Workflow[YinYang, Status]
+) -> None:
+    url = await start_gateway(nursery, workflow, rate=0.5, burst=3)
+    with trio.fail_after(LIMIT):
+        async with raw_at(url) as ws:
+            for _ in range(3):
+                assert error_of(await exchange(ws, "{not json")) == "bad_json"
+            reply = await exchange(ws, '{"id": 9, "op": "ping"}')
+            assert (reply["id"], error_of(reply)) == (9, "rate_limited")
+        async with raw_at(url) as ws:
+            for n in range(3):
+                assert (await exchange(ws, f'{{"id": {n}, "op": "ping"}}'))["ok"]
+            for bad in ("{not json", '"a string"', '{"id": 5, "op": "fly"}'):
+                reply = await exchange(ws, bad)
+                assert error_of(reply) == "rate_limited", bad  # not served past the limit
+            assert reply["id"] == 5
+
+
 async def test_an_oversized_frame_closes_that_connection_only(
     nursery: trio.Nursery, workflow: af.Workflow[YinYang, Status]
 ) -> None:
@@ -499,6 +531,31 @@ async def test_connections_are_bounded(
         await trio.testing.wait_all_tasks_blocked(0.01)  # the server let the first one go
         async with client_at(url) as client:
             await client.ping()
+
+
+async def test_idle_connections_in_their_handshake_cannot_lock_clients_out(
+    nursery: trio.Nursery, workflow: af.Workflow[YinYang, Status]
+) -> None:
+    """Slowloris: TCP connections that never send a handshake neither count toward
+    max_connections nor hold handshake slots for handshake_timeout: past max_handshakes the
+    oldest pending one is dropped."""
+    url = await start_gateway(
+        nursery, workflow, max_connections=2, max_handshakes=4, handshake_timeout=60
+    )
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    with trio.fail_after(LIMIT):
+        idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(10)]
+        async with client_at(url) as first, client_at(url) as second:
+            await first.ping()
+            await second.ping()
+            with pytest.raises(af.GatewayError) as info:
+                async with client_at(url):
+                    pass
+            assert info.value.code == "busy"  # max_connections counts accepted ones only
+        # The oldest idle connections were dropped (the server closed them).
+        assert await idle[0].receive_some(1) == b""
+        for stream in idle:
+            await stream.aclose()
 
 
 # -- tokens --------------------------------------------------------------------------------
@@ -662,6 +719,8 @@ async def test_serve_gateway_checks_its_arguments() -> None:
         await af.serve_gateway([wf], rate=0)
     with pytest.raises(af.InvalidArgument, match="token"):
         await af.serve_gateway([wf], token="")
+    with pytest.raises(af.InvalidArgument, match="max_handshakes"):
+        await af.serve_gateway([wf], max_handshakes=0)
 
 
 async def test_cannot_connect_is_a_gateway_error() -> None:
