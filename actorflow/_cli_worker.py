@@ -149,20 +149,23 @@ async def watch_gateway(
             if not names:
                 raise CliError(f"the gateway at {url} serves no workflows")
             send, receive = trio.open_memory_channel[dict[str, Any]](0)
-            async with trio.open_nursery() as nursery:
-                async with send:
-                    for name in names:
-                        await nursery.start(_follow, client, name, foreign_id, send.clone())
-                what = f" for foreign id {foreign_id!r}" if foreign_id else ""
-                _say(f"watching {', '.join(names)}{what} at {url} (Ctrl-C to stop)")
-                nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
-                seen = 0
-                async for record in receive:
-                    print(dumps(record) if as_json else change_line(record), flush=True)
-                    seen += 1
-                    if count is not None and seen >= count:
-                        break
-                nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as outer:
+                outer.start_soon(_stop_on_signal, signals, outer.cancel_scope)
+                async with trio.open_nursery() as followers:
+                    async with send:
+                        for name in names:
+                            await followers.start(_follow, client, name, foreign_id, send.clone())
+                    what = f" for foreign id {foreign_id!r}" if foreign_id else ""
+                    _say(f"watching {', '.join(names)}{what} at {url} (Ctrl-C to stop)")
+                    seen = 0
+                    async for record in receive:
+                        print(dumps(record) if as_json else change_line(record), flush=True)
+                        seen += 1
+                        if count is not None and seen >= count:
+                            followers.cancel_scope.cancel()
+                            break
+                # Reached only when the followers ended without an error (or --count).
+                outer.cancel_scope.cancel()
     return 0
 
 

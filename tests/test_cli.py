@@ -351,23 +351,24 @@ def command(*args: str) -> list[str]:
 @pytest.mark.slow
 async def test_worker_with_gateway_and_watch_end_to_end(app: str, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    async with trio.open_nursery() as nursery:
-        worker = await trio.lowlevel.open_process(
-            command("worker", f"{app}:workflow", "--gateway", "127.0.0.1:0", "--token", "s3cret"),
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        watcher: trio.Process | None = None
-        try:
-            assert worker.stderr is not None
-            worker_log = Lines(worker.stderr)
-            with trio.fail_after(20):
-                port = int((await worker_log.until(r"ws://127\.0\.0\.1:(\d+)/")).group(1))
-                await worker_log.until(r"worker running yinyang")
-            url = f"ws://127.0.0.1:{port}/"
+    worker = await trio.lowlevel.open_process(
+        command("worker", f"{app}:workflow", "--gateway", "127.0.0.1:0", "--token", "s3cret"),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    watcher: trio.Process | None = None
+    orphan: trio.Process | None = None
+    try:
+        assert worker.stderr is not None
+        worker_log = Lines(worker.stderr)
+        with trio.fail_after(20):
+            port = int((await worker_log.until(r"ws://127\.0\.0\.1:(\d+)/")).group(1))
+            await worker_log.until(r"worker running yinyang")
+        url = f"ws://127.0.0.1:{port}/"
 
+        with trio.fail_after(20):
             refused = await trio.run_process(
                 command("watch", "--url", url, "--token", "wrong"),
                 env=env,
@@ -375,56 +376,70 @@ async def test_worker_with_gateway_and_watch_end_to_end(app: str, tmp_path: Path
                 capture_stderr=True,
                 check=False,
             )
-            assert refused.returncode == 1
-            assert b"check the token" in refused.stderr
-            assert len(refused.stderr.splitlines()) == 1
+        assert refused.returncode == 1
+        assert b"check the token" in refused.stderr
+        assert len(refused.stderr.splitlines()) == 1
 
-            watcher = await trio.lowlevel.open_process(
-                command("watch", "--url", url, "--json", "--count", "4"),
-                env={**env, "ACTORFLOW_TOKEN": "s3cret"},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            assert watcher.stdout is not None and watcher.stderr is not None
+        watcher = await trio.lowlevel.open_process(
+            command("watch", "--url", url, "--json", "--count", "4"),
+            env={**env, "ACTORFLOW_TOKEN": "s3cret"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert watcher.stdout is not None and watcher.stderr is not None
+        with trio.fail_after(20):
+            await Lines(watcher.stderr).until(r"^watching yinyang at ")
+
+        # Through the gateway: the worker stores and publishes v1, v2 (step), v3.
+        async with af.open_gateway_client(url, token="s3cret") as client:
             with trio.fail_after(20):
-                await Lines(watcher.stderr).until(r"^watching yinyang at ")
+                run_id = await client.trigger("yinyang", "w1")
+                await client.await_status("yinyang", "w1", run_id, "MIDDLE")
+                await client.callback("yinyang", "w1", "MIDDLE", b"paid")
+                # From another process, straight into the store: the worker notices it
+                # in its event log and runs the step (v2 of w2).
+                other = await trio.to_thread.run_sync(
+                    cli.main, ["trigger", "w2", "--app", f"{app}:workflow"]
+                )
+                assert other == 0
+                changes = await Lines(watcher.stdout).rest()
+                assert await watcher.wait() == 0
+        seen = [json.loads(line) for line in changes]
+        assert [(r["foreign_id"], r["version"], r["status_name"]) for r in seen] == [
+            ("w1", 1, "STARTED"),
+            ("w1", 2, "MIDDLE"),
+            ("w1", 3, "END"),
+            ("w2", 2, "MIDDLE"),
+        ]
+        assert seen[2]["object"] == {"yin": True, "yang": True, "note": "paid"}
 
-            # Through the gateway: the worker stores and publishes v1, v2 (step), v3.
-            async with af.open_gateway_client(url, token="s3cret") as client:
-                with trio.fail_after(20):
-                    run_id = await client.trigger("yinyang", "w1")
-                    await client.await_status("yinyang", "w1", run_id, "MIDDLE")
-                    await client.callback("yinyang", "w1", "MIDDLE", b"paid")
-                    # From another process, straight into the store: the worker notices it
-                    # in its event log and runs the step (v2 of w2).
-                    other = await trio.to_thread.run_sync(
-                        cli.main, ["trigger", "w2", "--app", f"{app}:workflow"]
-                    )
-                    assert other == 0
-                    changes = await Lines(watcher.stdout).rest()
-                    assert await watcher.wait() == 0
-            seen = [json.loads(line) for line in changes]
-            assert [(r["foreign_id"], r["version"], r["status_name"]) for r in seen] == [
-                ("w1", 1, "STARTED"),
-                ("w1", 2, "MIDDLE"),
-                ("w1", 3, "END"),
-                ("w2", 2, "MIDDLE"),
-            ]
-            assert seen[2]["object"] == {"yin": True, "yang": True, "note": "paid"}
+        # A watcher whose gateway goes away fails with one line.
+        orphan = await trio.lowlevel.open_process(
+            command("watch", "--url", url, "--token", "s3cret"),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        assert orphan.stderr is not None
+        orphan_log = Lines(orphan.stderr)
+        with trio.fail_after(20):
+            await orphan_log.until(r"^watching yinyang at ")
 
-            worker.send_signal(signal.SIGTERM)
-            with trio.fail_after(20):
-                log = await worker_log.rest()
-                assert await worker.wait() == 0
-            assert "got SIGTERM: stopping gracefully" in "\n".join(log)
-            assert log[-1] == "worker stopped"
-        finally:
-            for process in (worker, watcher):
-                if process is not None and process.returncode is None:
-                    process.kill()
-                    with trio.CancelScope(shield=True):
-                        await process.wait()
-        nursery.cancel_scope.cancel()
+        worker.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            log = await worker_log.rest()
+            assert await worker.wait() == 0
+            assert await orphan.wait() == 1
+            lost = await orphan_log.rest()
+        assert lost[-1].startswith("actorflow: error: watching yinyang ended: connection")
+        assert "got SIGTERM: stopping gracefully" in "\n".join(log)
+        assert log[-1] == "worker stopped"
+    finally:
+        for process in (worker, watcher, orphan):
+            if process is not None and process.returncode is None:
+                process.kill()
+                with trio.CancelScope(shield=True):
+                    await process.wait()
 
 
 @pytest.mark.slow
