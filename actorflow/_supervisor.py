@@ -80,6 +80,19 @@ class Ownership(Protocol):
         ...
 
 
+@runtime_checkable
+class Leadership(Protocol):
+    """An Ownership that also elects one process per workflow to run its singleton
+    services (hooks, relay, connectors: two copies would deliver twice and race on their
+    durable cursors). ``leader`` may only change together with an ``on_change()`` call
+    (or turn False by the passing of time, which ``owns`` does as well)."""
+
+    @property
+    def leader(self) -> bool:
+        """True while this process runs the workflow's singleton services."""
+        ...
+
+
 @final
 class Supervisor(Generic[T, S]):
     def __init__(
@@ -111,6 +124,8 @@ class Supervisor(Generic[T, S]):
         self._services = services
         self.ownership = ownership
         self._services_nursery: trio.Nursery | None = None
+        self._leader_changed = trio.Event()
+        self._leader_scopes: set[trio.CancelScope] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -133,7 +148,7 @@ class Supervisor(Generic[T, S]):
                     if shared:
                         services.start_soon(self._tail, after)
                     for service in self._services:
-                        services.start_soon(service)
+                        services.start_soon(self._singleton, service)
                     task_status.started()
                     await self._stop.wait()
                     self.stopping = True
@@ -162,9 +177,33 @@ class Supervisor(Generic[T, S]):
         for actor in list(self.actors.values()):
             if not self.owns(actor.run_id):
                 actor.interrupt()
+        if not self._leads():
+            for scope in self._leader_scopes:
+                scope.cancel()
+        self._leader_changed.set()
+        self._leader_changed = trio.Event()
         if self._nursery is not None and self._services_nursery is not None and not self.stopping:
             self._services_nursery.start_soon(self._load_timers)
             self._services_nursery.start_soon(self._recover)
+
+    def _leads(self) -> bool:
+        ownership = self.ownership
+        return not isinstance(ownership, Leadership) or ownership.leader
+
+    async def _singleton(self, service: Service) -> None:
+        """Run ``service`` while this process leads the workflow (always, without leader
+        election); stop it when the leadership moves away, start it again when it is back."""
+        while True:
+            while not self._leads():
+                await self._leader_changed.wait()
+            with trio.CancelScope() as scope:
+                self._leader_scopes.add(scope)
+                try:
+                    await service()
+                    return
+                finally:
+                    self._leader_scopes.discard(scope)
+            log.info("workflow %r: not the leader any more: service stopped", self.engine.name)
 
     async def _load_timers(self) -> None:
         timers = await _retrying(
@@ -323,8 +362,16 @@ class Supervisor(Generic[T, S]):
         net behind in-process wake-ups; with several processes it is how work is found)."""
         engine = self.engine
         interval = self.poll_interval.total_seconds()
+        # LISTEN/NOTIFY (PostgresStore): woken as soon as another process writes work for
+        # this one; the poll stays the safety net.
+        changes = getattr(engine.store, "changes", None)
+        mark = 0 if changes is None else changes.mark()
         while True:
-            await trio.sleep(interval)
+            if changes is None:
+                await trio.sleep(interval)
+            else:
+                await changes.wait(mark, interval)
+                mark = changes.mark()
             while True:
                 try:
                     events = await engine.store.read_events(after, TAIL_BATCH, engine.name)
