@@ -92,11 +92,14 @@ class Definition:
             and (status not in self.timeouts)
         )
 
+    _members: Mapping[int, enum.IntEnum] = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        # Enum calls are slow on the hot path; a dict lookup is not.
+        object.__setattr__(self, "_members", {int(m): m for m in self.status_type})
+
     def status(self, value: int) -> enum.IntEnum | int:
-        try:
-            return self.status_type(value)
-        except ValueError:
-            return value
+        return self._members.get(value, value)
 
     def mermaid(self) -> str:
         """The graph as a Mermaid ``stateDiagram-v2``."""

@@ -17,6 +17,10 @@ T = TypeVar("T")
 S = TypeVar("S", bound=int)
 
 
+def _run_state(value: int) -> RunState:
+    return value if type(value) is RunState else RunState(value)
+
+
 @attrs.frozen
 class Meta:
     """Bookkeeping stored with every version of a run."""
@@ -47,7 +51,7 @@ class RawRecord:
     foreign_id: str
     run_id: str
     status: int
-    run_state: RunState = attrs.field(converter=RunState)
+    run_state: RunState = attrs.field(converter=_run_state)
     object: str
     """The workflow object as JSON text."""
     version: int
@@ -96,6 +100,6 @@ class Event:
     foreign_id: str
     run_id: str
     status: int
-    run_state: RunState = attrs.field(converter=RunState)
+    run_state: RunState = attrs.field(converter=_run_state)
     version: int
     created_at: datetime
