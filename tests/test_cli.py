@@ -170,6 +170,12 @@ def test_trigger_list_show_history_and_callback(
     records = json.loads(ok(capsys, "runs", "list", "--app", ref, "--json", "--status", "2"))
     assert [(r["run_id"], r["object"]["note"]) for r in records] == [(second, "hi")]
     assert json.loads(ok(capsys, "runs", "list", "--app", ref, "--json", "--run-state", "5")) == []
+    by_foreign_id = json.loads(
+        ok(capsys, "runs", "list", "--app", ref, "--json", "--foreign-id", "f1")
+    )
+    assert [r["run_id"] for r in by_foreign_id] == [first]
+    newest = ok(capsys, "runs", "list", "--app", ref, "--descending", "--limit", "1")
+    assert second in newest and first not in newest
     code, page, err = run_cli(capsys, "runs", "list", "--app", ref, "--limit", "1")
     assert code == 0 and first in page and second not in page
     assert f"--after {first}" in err

@@ -162,6 +162,11 @@ async def wait_until(
     raise AssertionError("the subscription ended")  # it does not; for the type checker
 
 
+def finished(run_id: str) -> Callable[[af.Record[Any, Any]], bool]:
+    """A ``wait_until`` condition: the run is finished."""
+    return lambda record: record.run_id == run_id and record.run_state.finished
+
+
 async def place(orders: af.Workflow[Order, OrderStatus], order: DemoOrder) -> str:
     """Trigger the order's run; cancel a run left unfinished by an interrupted demo first."""
     initial = Order(order.customer, list(order.items), order.amount_cents)
@@ -263,11 +268,7 @@ async def run_demo(
                     )
 
             for foreign_id, run_id in run_ids.items():
-                await wait_until(
-                    orders,
-                    foreign_id,
-                    lambda r, run_id=run_id: r.run_id == run_id and r.run_state.finished,
-                )
+                await wait_until(orders, foreign_id, finished(run_id))
             report = await wait_until(
                 reports,
                 REPORT_ID,
@@ -312,7 +313,8 @@ def summary(outcome: Outcome) -> str:
     rows: list[tuple[str, str, str, str, str]] = [
         ("FOREIGN ID", "FINAL STATUS", "RUN STATE", "VERSIONS", "DURATION")
     ]
-    for record in [*outcome.orders, outcome.report]:
+    records: list[af.Record[Any, Any]] = [*outcome.orders, outcome.report]
+    for record in records:
         seconds = (record.updated_at - record.created_at).total_seconds()
         rows.append(
             (
