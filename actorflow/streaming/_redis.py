@@ -9,7 +9,9 @@ need care, and are handled here once, at the seam:
   back unwrapped, so callers see the StreamError they expect.
 - coredis cannot parse an XREADGROUP reply that lists a pending entry deleted from the
   stream (``TypeError``), so a receiver recovers its pending entries with XPENDING and
-  XRANGE instead of ``XREADGROUP ... 0``.
+  XRANGE instead of ``XREADGROUP ... 0``. For the same reason (Redis 6.2 answers a full
+  XAUTOCLAIM with nil for such an entry), claims use ``XAUTOCLAIM ... JUSTID`` and the
+  claimed entries are then recovered like the member's own pending ones.
 
 Entries hold ``id``, ``foreign_id``, ``type``, ``created_at`` (ISO 8601), ``payload``
 (when not empty) and one ``h:<name>`` field per header.
@@ -367,15 +369,18 @@ class _RedisReceiver:
         return self._inflight.positions() | {entry_id for entry_id, _ in self._buffer}
 
     async def _fill(self) -> None:
+        # Each step moves its bookmark (``_pending_from``, ``_next_claim``) only once what it
+        # read is in the buffer: if a step fails half-way (a dead letter that cannot be
+        # written, a cancellation), its entries stay pending for this member and the next
+        # call looks at the pending entries again, so none is stranded.
         if self._pending_from is not None:
             await self._recover_pending()
-            if self._buffer:
-                return
+            return  # receive() calls again while the buffer is empty
         claim_after = self._streamer.claim_after
         if claim_after is not None and trio.current_time() >= self._next_claim:
-            self._next_claim = trio.current_time() + self._claim_every
             await self._claim(claim_after)
-            if self._buffer:
+            self._next_claim = trio.current_time() + self._claim_every
+            if self._buffer or self._pending_from is not None:
                 return
         streamer = self._streamer
         # If this read is interrupted, Redis may have handed entries to this member that
@@ -389,12 +394,16 @@ class _RedisReceiver:
                 count=streamer.batch,
                 block=streamer.block,
             )
-        self._pending_from = None
         for entries in (reply or {}).values():
             await self._take(entries)
+        self._pending_from = None
 
     async def _recover_pending(self) -> None:
-        """Re-deliver entries this member received before and did not acknowledge."""
+        """Re-deliver entries this member received before and did not acknowledge.
+
+        Reads one page of them; :attr:`_pending_from` moves past the page only once every
+        entry of it is buffered, dead-lettered or acknowledged as deleted.
+        """
         assert self._pending_from is not None
         count = self._streamer.batch
         with self._streamer._errors("XPENDING"):
@@ -406,37 +415,45 @@ class _RedisReceiver:
             identifier = getattr(item, "identifier", None)
             if isinstance(identifier, bytes):
                 ids.append(identifier)
-        self._pending_from = b"(" + ids[-1] if len(ids) == count else None
+        after_page = b"(" + ids[-1] if len(pending) == count and ids else None
         known = self._known()
         ids = [entry_id for entry_id in ids if entry_id not in known]
-        if not ids:
-            return
-        with self._streamer._errors("XRANGE"):
-            async with self._client.pipeline(transaction=False) as pipe:
-                ranges = [pipe.xrange(self._key, entry_id, entry_id) for entry_id in ids]
-        found = {}
-        for result in ranges:
-            for entry in await result:
-                found[entry.identifier] = entry
-        gone = [entry_id for entry_id in ids if entry_id not in found]
-        if gone:
-            log.error(
-                "Redis stream %s group %s: %d pending entries were deleted (trimmed) before "
-                "they were acknowledged; acknowledging them: %s",
-                self._key.decode(),
-                self._group,
-                len(gone),
-                b", ".join(gone).decode(),
-            )
-            with self._streamer._errors("XACK"):
-                await self._client.xack(self._key, self._group, gone)
-        await self._take([found[entry_id] for entry_id in ids if entry_id in found])
+        if ids:
+            with self._streamer._errors("XRANGE"):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    ranges = [pipe.xrange(self._key, entry_id, entry_id) for entry_id in ids]
+            found = {}
+            for result in ranges:
+                for entry in await result:
+                    found[entry.identifier] = entry
+            gone = [entry_id for entry_id in ids if entry_id not in found]
+            if gone:
+                log.error(
+                    "Redis stream %s group %s: %d pending entries were deleted (trimmed) "
+                    "before they were acknowledged; acknowledging them: %s",
+                    self._key.decode(),
+                    self._group,
+                    len(gone),
+                    b", ".join(gone).decode(),
+                )
+                with self._streamer._errors("XACK"):
+                    await self._client.xack(self._key, self._group, gone)
+            await self._take([found[entry_id] for entry_id in ids if entry_id in found])
+        self._pending_from = after_page
 
     async def _claim(self, claim_after: timedelta) -> None:
-        """Take over entries other members left pending for longer than ``claim_after``."""
+        """Take over entries other members left pending for longer than ``claim_after``.
+
+        XAUTOCLAIM ... JUSTID only moves the entries to this member (Redis 6.2 answers a
+        full XAUTOCLAIM with nil for an entry deleted from the stream, which coredis cannot
+        parse); they are then read like this member's own pending entries, which also
+        acknowledges, and skips, the deleted ones.
+        """
         start: bytes = b"0-0"
         known = self._known()
         while True:
+            # If the call is interrupted, entries may have moved to this member already.
+            self._pending_from = b"-"
             with self._streamer._errors("XAUTOCLAIM"):
                 reply = await self._client.xautoclaim(
                     self._key,
@@ -445,10 +462,12 @@ class _RedisReceiver:
                     claim_after,
                     start,
                     count=self._streamer.batch,
+                    justid=True,
                 )
             start = reply[0]
-            entries = [e for e in reply[1] if not isinstance(e, bytes)]
-            fresh = [e for e in entries if e.identifier not in known]
+            # Defensively: anything but an id (a nil entry) is left to the pending read.
+            claimed = [entry_id for entry_id in reply[1] if isinstance(entry_id, bytes)]
+            fresh = [entry_id for entry_id in claimed if entry_id not in known]
             if fresh:
                 log.warning(
                     "Redis stream %s group %s: member %s claimed %d entries left pending by "
@@ -459,8 +478,10 @@ class _RedisReceiver:
                     len(fresh),
                     claim_after,
                 )
-            await self._take(fresh)
-            if start in (b"0-0", b"0") or self._buffer:
+            if fresh or len(claimed) != len(reply[1]):
+                return  # _pending_from stays set: the claimed entries are read from there
+            if start in (b"0-0", b"0"):
+                self._pending_from = None
                 return
 
     async def _take(self, entries: Sequence[Any]) -> None:

@@ -30,6 +30,7 @@ from actorflow.streaming import (
     connector_stats,
     relay_stats,
 )
+from actorflow.streaming._redis import _RedisReceiver
 
 from .conftest import REDIS_URL, drop_redis_keys, event
 
@@ -153,6 +154,147 @@ async def test_pending_entries_deleted_before_their_ack_are_skipped_loudly(
     async with streamer.open_receiver("t", "c") as receiver:
         assert [await receive(receiver) for _ in range(2)] == sent[1:]
     assert "1 pending entries were deleted (trimmed) before they were acknowledged" in caplog.text
+
+
+def _failing_once(monkeypatch: pytest.MonkeyPatch, how: str) -> list[int]:
+    """Make the first dead-lettering fail (StreamError) or hang until cancelled."""
+    original = _RedisReceiver._dead_letter
+    calls: list[int] = []
+
+    async def flaky(self: _RedisReceiver, *args: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            if how == "error":
+                raise StreamError("redis hiccup while dead-lettering")
+            await trio.sleep_forever()
+        await original(self, *args)
+
+    monkeypatch.setattr(_RedisReceiver, "_dead_letter", flaky)
+    return calls
+
+
+@redis
+@pytest.mark.parametrize("how", ["error", "cancelled"])
+@pytest.mark.parametrize("path", ["new", "pending"])
+async def test_a_batch_interrupted_while_dead_lettering_strands_nothing(
+    streamer: af.RedisStreamer, monkeypatch: pytest.MonkeyPatch, how: str, path: str
+) -> None:
+    """A dead letter that fails (or is cancelled) half-way through a batch: the rest of the
+    batch stays pending for this member, and this very receiver delivers it next (without
+    claims, which would hide the problem by taking the member's own entries after a while).
+    """
+    streamer = af.RedisStreamer(
+        streamer.url, prefix=streamer.prefix, block=timedelta(milliseconds=100), claim_after=None
+    )
+    key = streamer.key("t")
+    async with streamer.open_receiver("t", "g", member="m"):
+        pass  # the group exists from the first entry on
+    async with raw_client() as client:
+        await client.xadd(key, {b"garbage": b"1"})
+    sent = [event(n, "t") for n in range(3)]
+    async with streamer.open_sender("t") as sender:
+        await sender.send_many(sent)
+    if path == "pending":  # the member read them before and never acknowledged
+        async with raw_client() as client:
+            await client.xreadgroup("g", "m", {key: ">"}, count=10)
+    calls = _failing_once(monkeypatch, how)
+    async with streamer.open_receiver("t", "g", member="m") as receiver:
+        if how == "error":
+            with pytest.raises(StreamError, match="hiccup"):
+                await receive(receiver)
+        else:
+            with trio.move_on_after(0.2):
+                await receiver.receive()
+                pytest.fail("the dead letter should hang")
+        got = [await receive(receiver) for _ in range(3)]
+        assert got == sent
+        assert receiver.dead_letters == 1  # type: ignore[attr-defined]
+        for item in got:
+            await receiver.ack(item)
+    assert len(calls) == 2
+    async with raw_client() as client:
+        assert (await client.xpending(key, "g")).pending == 0
+
+
+@redis
+async def test_claimed_entries_deleted_from_the_stream_are_acknowledged_and_skipped(
+    streamer: af.RedisStreamer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis 6.2 keeps a deleted entry in the pending list and answers XAUTOCLAIM with nil
+    for it (which coredis cannot parse); the claim must neither fail nor lose the others."""
+    key = streamer.key("t")
+    sent = [event(n, "t") for n in range(3)]
+    async with streamer.open_receiver("t", "g", member="live"):
+        pass
+    async with streamer.open_sender("t") as sender:
+        await sender.send_many(sent)
+    async with raw_client() as client:
+        await client.xreadgroup("g", "dead", {key: ">"}, count=10)  # "dead" holds all three
+        ids = [entry.identifier for entry in await client.xrange(key)]
+    calls: list[dict[str, Any]] = []
+
+    async def like_redis_6_2(
+        self: Any, key_: bytes, group: str, consumer: str, min_idle: Any, start: Any, **kw: Any
+    ) -> Any:
+        """Move every entry of "dead" to the caller, delete the middle one from the stream,
+        and answer as Redis 6.2 does: the deleted entry stays pending, and is nil in a
+        full reply."""
+        calls.append(kw)
+        if len(calls) > 1:
+            return (b"0-0", (), ())
+        async with raw_client() as client:
+            await client.xclaim(key_, group, consumer, 0, ids, justid=True)
+            await client.xdel(key_, [ids[1]])
+        if kw.get("justid"):
+            return (b"0-0", tuple(ids), ())
+        return (b"0-0", (None,), ())  # what a full reply would hold, at best
+
+    import coredis
+
+    monkeypatch.setattr(coredis.Redis, "xautoclaim", like_redis_6_2)
+    fast = af.RedisStreamer(
+        streamer.url,
+        prefix=streamer.prefix,
+        block=timedelta(milliseconds=50),
+        claim_after=timedelta(0),
+    )
+    async with fast.open_receiver("t", "g", member="live") as receiver:
+        got = [await receive(receiver), await receive(receiver)]
+        for item in got:
+            await receiver.ack(item)
+    assert got == [sent[0], sent[2]]
+    async with raw_client() as client:
+        assert (await client.xpending(key, "g")).pending == 0  # the deleted one is acked
+    assert "1 pending entries were deleted (trimmed)" in caplog.text
+
+
+@redis
+async def test_claimed_entries_behind_a_full_page_of_unacknowledged_ones_are_delivered(
+    streamer: af.RedisStreamer,
+) -> None:
+    """Claimed entries are read from this member's pending list, which starts with the
+    entries it holds unacknowledged: the read pages past them, however many."""
+    busy = af.RedisStreamer(
+        streamer.url,
+        prefix=streamer.prefix,
+        block=timedelta(milliseconds=50),
+        claim_after=timedelta(0),
+        batch=2,
+    )
+    key = busy.key("t")
+    sent = [event(n, "t") for n in range(6)]
+    async with busy.open_receiver("t", "g", member="live") as receiver:
+        async with busy.open_sender("t") as sender:
+            await sender.send_many(sent[:4])
+        held = [await receive(receiver) for _ in range(4)]  # two pages, not acknowledged
+        async with busy.open_sender("t") as sender:
+            await sender.send_many(sent[4:])
+        async with raw_client() as client:
+            await client.xreadgroup("g", "dead", {key: ">"}, count=10)
+        claimed = [await receive(receiver), await receive(receiver)]
+        for item in held + claimed:
+            await receiver.ack(item)
+    assert held + claimed == sent
 
 
 CONSUMER_SCRIPT = """
