@@ -150,21 +150,16 @@ class RunActor(Generic[T, S]):
 
     # -- the task ------------------------------------------------------------------------------
 
-    async def main(self, *, has_slot: bool = False) -> None:
+    async def main(self) -> None:
         sup = self.sup
         self.task = trio.lowlevel.current_task()
         self._retry_at = sup.retry_at.pop(self.run_id, -math.inf)
         try:
-            if not has_slot:
-                await sup.slots.acquire_on_behalf_of(self)
-            try:
-                await self._loop()
-            except Exception as exc:
-                # Never let one run take the workflow down: log, and try again later.
-                log.exception("%s: actor failed; retrying soon", self._where(), exc_info=exc)
-                sup.retry_later(self.run_id)
-            finally:
-                sup.slots.release_on_behalf_of(self)
+            await self._loop()
+        except Exception as exc:
+            # Never let one run take the workflow down: log, and try again later.
+            log.exception("%s: actor failed; retrying soon", self._where(), exc_info=exc)
+            sup.retry_later(self.run_id)
         finally:
             self._close()
 

@@ -108,7 +108,11 @@ class Supervisor(Generic[T, S]):
         self.engine = engine
         self.grace_period = grace_period
         self.poll_interval = poll_interval
-        self.slots = trio.CapacityLimiter(max_active_runs)
+        self.max_active_runs = max_active_runs
+        self._waiting: dict[str, tuple[RawRecord | None, list[Timer] | None]] = {}
+        """Runs to wake when an actor slot frees up (insertion order: first in, first out).
+        A waiting run costs a dict entry, not a task: memory stays flat under bursts."""
+        self._room = trio.lowlevel.ParkingLot()
         self.actors: dict[str, RunActor[T, S]] = {}
         self.stopping = False
         self._stop = trio.Event()
@@ -224,23 +228,39 @@ class Supervisor(Generic[T, S]):
         if self.stopping or self._nursery is None or not self.owns(run_id):
             return
         actor = self.actors.get(run_id)
-        if actor is None:
-            actor = self._spawn(run_id)
-            if known is not None and timers is not None:
-                actor.start_from(known, timers)
-        else:
+        if actor is not None:
             actor.poke()
+        elif len(self.actors) >= self.max_active_runs:
+            if known is not None or run_id not in self._waiting:
+                self._waiting[run_id] = (known, timers)
+        else:
+            self._spawn(run_id, known, timers)
 
-    def _spawn(self, run_id: str, *, has_slot: bool = False) -> RunActor[T, S]:
+    def _spawn(
+        self, run_id: str, known: RawRecord | None = None, timers: list[Timer] | None = None
+    ) -> RunActor[T, S]:
         assert self._nursery is not None
         actor = RunActor(self, run_id)
+        if known is not None and timers is not None:
+            actor.start_from(known, timers)
         self.actors[run_id] = actor
-        self._nursery.start_soon(functools.partial(actor.main, has_slot=has_slot))
+        self._nursery.start_soon(actor.main)
         return actor
 
     def forget(self, actor: RunActor[T, S]) -> None:
         if self.actors.get(actor.run_id) is actor:
             del self.actors[actor.run_id]
+        # A slot is free: start the longest-waiting run.
+        while self._waiting and len(self.actors) < self.max_active_runs:
+            run_id = next(iter(self._waiting))
+            known, timers = self._waiting.pop(run_id)
+            if self.stopping or self._nursery is None:
+                self._waiting.clear()
+                break
+            if run_id not in self.actors:
+                self._spawn(run_id, known, timers)
+        if self._room:
+            self._room.unpark_all()
 
     async def ask(self, run_id: str, op: Op) -> Any:
         """Have the run's actor perform ``op``; raises Stopped when stopping."""
@@ -346,13 +366,11 @@ class Supervisor(Generic[T, S]):
                     return
                 if raw.run_id in self.actors or not self.owns(raw.run_id):
                     continue
-                actor = RunActor(self, raw.run_id)
-                await self.slots.acquire_on_behalf_of(actor)
-                if self.stopping or raw.run_id in self.actors or self._nursery is None:
-                    self.slots.release_on_behalf_of(actor)
-                    continue
-                self.actors[raw.run_id] = actor
-                self._nursery.start_soon(functools.partial(actor.main, has_slot=True))
+                while len(self.actors) + len(self._waiting) >= self.max_active_runs:
+                    await self._room.park()  # recovery goes no faster than runs finish
+                    if self.stopping:
+                        return
+                self.wake(raw.run_id)
             if len(page) < RECOVERY_PAGE:
                 return
             after = page[-1].run_id

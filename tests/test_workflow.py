@@ -408,3 +408,29 @@ async def test_run_twice_is_refused(clock: af.Clock, autojump_clock: MockClock) 
     async with af.open_workflow(workflow):
         with pytest.raises(af.ActorflowError, match="already running"):
             await workflow.run()
+
+
+async def test_bursts_beyond_max_active_runs_wait_as_ids_not_tasks(
+    clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    release = trio.Event()
+    peak = 0
+    builder = af.Builder("burst", Count, Rep)
+
+    @builder.step(Rep.COUNTING, to=Rep.DONE)
+    async def gated(run: af.Run[Count, Rep]) -> Rep:
+        await release.wait()
+        return Rep.DONE
+
+    workflow = builder.build(af.MemoryStore(), clock=clock, max_active_runs=5)
+    async with af.open_workflow(workflow):
+        ids = [await workflow.trigger(f"f{i}") for i in range(50)]
+        await trio.sleep(1)
+        supervisor = workflow._supervisor
+        assert supervisor is not None
+        peak = len(supervisor.actors)
+        assert len(supervisor._waiting) == 45
+        release.set()
+        for i, run_id in enumerate(ids):
+            await workflow.await_status(f"f{i}", run_id, Rep.DONE)
+    assert peak == 5
