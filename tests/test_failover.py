@@ -10,6 +10,7 @@ exactly once and that no timer fired twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -36,7 +37,12 @@ PG_SKIP_REASON = (
     "ACTORFLOW_PG_DSN not set: scale-out (shard leases, failover) was NOT tested; run "
     "`bash .ci/run` or start PostgreSQL and export ACTORFLOW_PG_DSN"
 )
-needs_pg = pytest.mark.skipif(not DSN, reason=PG_SKIP_REASON)
+
+
+def needs_pg(test: Any) -> Any:
+    """Marks a test ``postgres`` and skips it, loudly, without a server."""
+    return pytest.mark.postgres(pytest.mark.skipif(not DSN, reason=PG_SKIP_REASON)(test))
+
 
 WORKER = Path(__file__).with_name("failover_worker.py")
 
@@ -289,12 +295,14 @@ async def test_server_down_at_start_is_waited_for_and_a_wrong_database_is_an_err
         port = sock.getsockname()[1]
     down = PostgresStore(f"postgresql://nobody:pw@127.0.0.1:{port}/db", schema=schema)
     ownership = down.shard_ownership("wf", shards=4, lease=timedelta(seconds=1))
-    with caplog.at_level(logging.WARNING, logger="actorflow"):
+    with caplog.at_level(logging.DEBUG, logger="actorflow"):
         with trio.move_on_after(1.5):
             async with trio.open_nursery() as nursery:
                 await nursery.start(ownership.serve, lambda: None)
                 pytest.fail("reported started without a database")
-    assert "cannot reach the database yet (attempt 2" in caplog.text
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "cannot reach the database yet (attempt 1," in warnings[0]
+    assert "cannot reach the database yet (attempt 3," in caplog.text  # kept trying (debug)
     assert f"127.0.0.1:{port}" in caplog.text and ":pw@" not in caplog.text
     await down.aclose()
 
@@ -307,6 +315,119 @@ async def test_server_down_at_start_is_waited_for_and_a_wrong_database_is_an_err
     with pytest.raises(af.StoreError, match=f"cannot connect.*{info['dbname']}"):
         await ownership.serve(lambda: None)
     await wrong.aclose()
+
+
+# -- the database goes away mid-run ---------------------------------------------------------
+
+
+class Proxy:
+    """A TCP proxy to the PostgreSQL server that the test can cut (every connection
+    dropped, new ones refused: the server is "down") and restore on the same port."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = 0
+        self._scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self._serve)
+            task_status.started()
+            await trio.sleep_forever()  # keeps the nursery open for restore()
+
+    async def _serve(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
+            self.port = listeners[0].socket.getsockname()[1]
+            await trio.serve_listeners(self._handle, listeners, task_status=task_status)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        async with client, await trio.open_tcp_stream(*self.target) as server:
+
+            async def pump(source: trio.SocketStream, sink: trio.SocketStream) -> None:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    async for chunk in source:
+                        await sink.send_all(chunk)
+                nursery.cancel_scope.cancel()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump, client, server)
+                nursery.start_soon(pump, server, client)
+
+    def cut(self) -> None:
+        assert self._scope is not None
+        self._scope.cancel()
+
+    async def restore(self) -> None:
+        assert self._nursery is not None
+        await self._nursery.start(self._serve)
+
+
+@needs_pg
+async def test_database_outage_mid_run_workers_retry_and_nothing_is_lost(
+    schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import psycopg
+
+    from actorflow.stores import PostgresStore
+
+    from .failover_worker import EXPECTED, Step, build
+
+    info = psycopg.conninfo.conninfo_to_dict(DSN)
+    proxy = Proxy(str(info.get("host") or "127.0.0.1"), int(info.get("port") or 5432))
+    caplog.set_level(logging.WARNING, logger="actorflow")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.run)
+        through_proxy = psycopg.conninfo.make_conninfo(
+            DSN, host="127.0.0.1", hostaddr="127.0.0.1", port=str(proxy.port)
+        )
+        worker_store = PostgresStore(through_proxy, schema=schema, retry_timeout=2.0)
+        direct = PostgresStore(DSN, schema=schema)
+        worker = build(
+            worker_store,
+            "w",
+            None,
+            lease=timedelta(seconds=1.5),
+            poll_interval=timedelta(seconds=0.2),
+            default_options={"error_backoff": timedelta(milliseconds=200)},
+        )
+        client = build(direct, "client", None)
+        async with af.open_workflow(worker):
+            before = [await client.trigger(f"before-{i}") for i in range(30)]
+            await client.await_status("before-0", before[0], Step.C, timeout=10)
+            proxy.cut()
+            # Down for longer than the lease: the worker stops owning its shards, its
+            # calls fail and are retried; meanwhile other processes keep writing.
+            during = [await client.trigger(f"during-{i}") for i in range(30)]
+            await trio.sleep(3.0)
+            assert worker._supervisor is not None and worker._supervisor.ownership is not None
+            assert worker._supervisor.ownership.owns(before[0]) is False
+            await proxy.restore()
+            with trio.fail_after(30):
+                for i, run_id in enumerate(before):
+                    await client.await_status(f"before-{i}", run_id, Step.E)
+                for i, run_id in enumerate(during):
+                    await client.await_status(f"during-{i}", run_id, Step.E)
+        for run_id in before + during:
+            history = await direct.history("failover", run_id)
+            assert [r.version for r in history] == [1, 2, 3, 4, 5], history
+            assert [json.loads(r.object)["trail"] for r in history] == [
+                EXPECTED[:k] for k in range(5)
+            ]
+        await worker_store.aclose()
+        await direct.aclose()
+        nursery.cancel_scope.cancel()
+    text = caplog.text
+    assert "could not renew its shard leases (attempt 1," in text, text
+    assert "(attempt 2," not in text  # one warning per outage (and every 30 s), not a flood
+    assert "stops working on shards" in text
+    assert "renews its leases again" in text
+    assert "LISTEN connection lost" in text or "LISTEN connection failed" in text
 
 
 # -- the real thing: processes, SIGKILL, 5,000 runs ---------------------------------------
@@ -368,7 +489,6 @@ def _wait(predicate: Callable[[], bool], within: float, what: str, logs: list[Pa
 
 
 @pytest.mark.slow
-@pytest.mark.postgres
 @needs_pg
 def test_three_workers_5000_runs_kill_9_the_leader_every_run_completes_exactly_once(
     schema: str, tmp_path: Path

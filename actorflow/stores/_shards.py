@@ -70,6 +70,8 @@ if TYPE_CHECKING:
     from ._postgres import PostgresStore
 
 MAX_SHARDS = 4096
+WARN_EVERY = 30.0
+"""Seconds between two warnings about the same ongoing database outage."""
 EXIT_HOLD = 0.5
 """Seconds a cleanly exiting worker keeps its released leases blocked, for the database
 writes of steps cancelled with it to land first."""
@@ -303,6 +305,7 @@ class ShardOwnership:
         self._changed = trio.Event()
         self.target = 0
         self.workers: list[str] = []
+        self._warned = -math.inf
 
     def __repr__(self) -> str:
         return f"<ShardOwnership {self.workflow_name!r} worker {self.worker_id[:8]}>"
@@ -341,20 +344,22 @@ class ShardOwnership:
         """
         store = self.store
         store._register_ownership(self)
+        started = False
         try:
+            await self._start()
+            started = True
+            log.info(
+                "workflow %r: worker %s (%s pid %d) holds shards %s of %d (%d live workers)",
+                self.workflow_name,
+                self.worker_id,
+                self._params["host"],
+                self._params["pid"],
+                self.held(),
+                self.shards,
+                len(self.workers),
+            )
             async with trio.open_nursery() as nursery:
                 await nursery.start(store.notifications.serve)
-                await self._start()
-                log.info(
-                    "workflow %r: worker %s (%s pid %d) holds shards %s of %d (%d live workers)",
-                    self.workflow_name,
-                    self.worker_id,
-                    self._params["host"],
-                    self._params["pid"],
-                    self.held(),
-                    self.shards,
-                    len(self.workers),
-                )
                 task_status.started()
                 nursery.start_soon(self._watch_expiry, on_change)
                 await self._heartbeat(on_change, nursery)
@@ -363,9 +368,21 @@ class ShardOwnership:
             self.book = LeaseBook(self.timings)
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + min(5.0, self.timings.lease)
-                await self._exit()
+                if started:
+                    await self._exit()
+                else:
+                    await self._db.aclose()
 
     # -- the loop -----------------------------------------------------------------------
+
+    def _warn(self, failures: int) -> Callable[..., None]:
+        """``log.warning`` for the first failure in a row and then every WARN_EVERY
+        seconds; ``log.debug`` in between, so an outage is reported, not flooded."""
+        now = trio.current_time()
+        if failures == 1 or now - self._warned >= WARN_EVERY:
+            self._warned = now
+            return log.warning
+        return log.debug
 
     async def _start(self) -> None:
         """Open the store (migrations), set up the shard rows, then tick once."""
@@ -381,7 +398,7 @@ class ShardOwnership:
                     raise
                 failures += 1
                 delay = min(0.2 * 2**failures, self.timings.renew_every)
-                log.warning(
+                self._warn(failures)(
                     "workflow %r: worker %s cannot reach the database yet (attempt %d, "
                     "retrying in %.1f s): %s",
                     self.workflow_name,
@@ -450,7 +467,7 @@ class ShardOwnership:
             except Exception as exc:
                 failures += 1
                 delay = min(0.1 * 2**failures, timings.renew_every)
-                log.warning(
+                self._warn(failures)(
                     "workflow %r: worker %s could not renew its shard leases (attempt %d, "
                     "retrying in %.1f s; it stops working on shards %.1f s after the last "
                     "renewal): %s",
