@@ -285,7 +285,7 @@ async def test_workers_with_different_shard_counts_are_refused(fleet: Any) -> No
 
 
 @needs_pg
-async def test_server_down_at_start_is_waited_for_and_a_wrong_database_is_an_error(
+async def test_server_down_at_start_is_waited_for_a_wrong_database_or_newer_schema_refused(
     schema: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     from actorflow.stores import PostgresStore
@@ -315,6 +315,23 @@ async def test_server_down_at_start_is_waited_for_and_a_wrong_database_is_an_err
     with pytest.raises(af.StoreError, match=f"cannot connect.*{info['dbname']}"):
         await ownership.serve(lambda: None)
     await wrong.aclose()
+
+    # A schema written by a newer actorflow: refused at start, not retried.
+    from actorflow.stores import _postgres_schema
+
+    newer = _postgres_schema.latest_version() + 1
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"'.encode())
+        conn.execute(
+            f'CREATE TABLE "{schema}".schema_version (version integer PRIMARY KEY, '
+            "description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())".encode()
+        )
+        conn.execute(f"INSERT INTO \"{schema}\".schema_version VALUES ({newer}, 'future')".encode())
+    future = PostgresStore(DSN, schema=schema)
+    ownership = future.shard_ownership("wf", shards=4, lease=timedelta(seconds=1))
+    with pytest.raises(af.SchemaVersionError, match="newer actorflow"):
+        await ownership.serve(lambda: None)
+    await future.aclose()
 
 
 # -- the database goes away mid-run ---------------------------------------------------------
