@@ -35,6 +35,7 @@ S = TypeVar("S", bound=enum.IntEnum)
 RECOVERY_PAGE = 500
 TAIL_BATCH = 1000
 RETRY_DELAY = timedelta(seconds=5)
+SEEN_LIMIT = 100_000
 
 Service = Callable[[], Awaitable[None]]
 
@@ -114,6 +115,8 @@ class Supervisor(Generic[T, S]):
         A waiting run costs a dict entry, not a task: memory stays flat under bursts."""
         self._room = trio.lowlevel.ParkingLot()
         self.actors: dict[str, RunActor[T, S]] = {}
+        self._seen: dict[str, int] = {}
+        """run id -> the version its last actor knew (bounded; see ``_remember``)."""
         self.stopping = False
         self._stop = trio.Event()
         self._heap: list[tuple[datetime, int, str]] = []
@@ -250,6 +253,7 @@ class Supervisor(Generic[T, S]):
     def forget(self, actor: RunActor[T, S]) -> None:
         if self.actors.get(actor.run_id) is actor:
             del self.actors[actor.run_id]
+            self._remember(actor.run_id, actor.known_version)
         # A slot is free: start the longest-waiting run.
         while self._waiting and len(self.actors) < self.max_active_runs:
             run_id = next(iter(self._waiting))
@@ -261,6 +265,15 @@ class Supervisor(Generic[T, S]):
                 self._spawn(run_id, known, timers)
         if self._room:
             self._room.unpark_all()
+
+    def _remember(self, run_id: str, version: int) -> None:
+        """Keep the version a finished actor last knew: the tail then does not wake the
+        run for events up to it (mostly this process's own writes, read back)."""
+        if version:
+            self._seen.pop(run_id, None)
+            self._seen[run_id] = version
+            if len(self._seen) > SEEN_LIMIT:
+                del self._seen[next(iter(self._seen))]  # the oldest; forgetting is safe
 
     async def ask(self, run_id: str, op: Op) -> Any:
         """Have the run's actor perform ``op``; raises Stopped when stopping."""
@@ -407,8 +420,9 @@ class Supervisor(Generic[T, S]):
             return
         definition = self.engine.definition
         actor = self.actors.get(event.run_id)
-        if actor is not None and actor.known_version >= event.version:
-            return  # our own write
+        known = actor.known_version if actor is not None else self._seen.get(event.run_id, 0)
+        if known >= event.version:
+            return  # nothing new: our own write, or a version an actor here has seen
         if event.status in definition.timeouts or event.run_state is RunState.PAUSED:
             try:
                 self.schedule(await self.engine.store.list_timers(self.engine.name, event.run_id))
