@@ -15,6 +15,9 @@ T = TypeVar("T")
 
 converter = make_converter()
 
+# One encoder for every call: json.dumps with options builds a new JSONEncoder each time.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
 
 @final
 class ObjectCodec(Generic[T]):
@@ -52,7 +55,7 @@ class ObjectCodec(Generic[T]):
     def encode(self, obj: T, where: str = "") -> str:
         """JSON text of ``obj``; SerializationError if cattrs or json cannot convert it."""
         try:
-            return json.dumps(self._unstructure(obj), separators=(",", ":"), ensure_ascii=False)
+            return _ENCODE(self._unstructure(obj))
         except Exception as exc:
             raise SerializationError(
                 f"workflow {self._workflow!r}{where}: cannot serialise "
