@@ -11,6 +11,7 @@ exactly once and that no timer fired twice.
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -332,6 +334,121 @@ async def test_server_down_at_start_is_waited_for_a_wrong_database_or_newer_sche
     with pytest.raises(af.SchemaVersionError, match="newer actorflow"):
         await ownership.serve(lambda: None)
     await future.aclose()
+
+
+# -- LISTEN/NOTIFY -------------------------------------------------------------------------
+
+
+class Hop(enum.IntEnum):
+    A = 1
+    B = 2
+    C = 3
+    WAIT = 10
+    PAID = 11
+
+
+@attrs.define
+class Box:
+    steps: list[str] = attrs.Factory(list)
+
+
+def _hops(store: af.Store) -> af.Workflow[Box, Hop]:
+    builder = af.Builder("hops", Box, Hop)
+
+    @builder.step(Hop.A, to=Hop.B)
+    async def a(run: af.Run[Box, Hop]) -> Hop:
+        run.object.steps.append("a")
+        return Hop.B
+
+    @builder.step(Hop.B, to=Hop.C)
+    async def b(run: af.Run[Box, Hop]) -> Hop:
+        run.object.steps.append("b")
+        return Hop.C
+
+    async def paid(run: af.Run[Box, Hop], payload: bytes) -> Hop:
+        run.object.steps.append(payload.decode())
+        return Hop.PAID
+
+    builder.add_callback(Hop.WAIT, paid, to=[Hop.PAID])
+    # Polling every 30 s: whatever arrives sooner came through NOTIFY.
+    return builder.build(store, poll_interval=timedelta(seconds=30), lease=timedelta(seconds=2))
+
+
+async def _collect(sub: Any, into: list[tuple[str, int]]) -> None:
+    with contextlib.suppress(trio.EndOfChannel):  # the subscription ends
+        async for record in sub:
+            into.append((record.run_id, record.version))
+
+
+@needs_pg
+async def test_notify_routes_other_processes_writes_to_the_owner_and_feeds_subscribers(
+    schema: str,
+) -> None:
+    import psycopg
+
+    from actorflow.stores import PostgresStore
+
+    worker_store = PostgresStore(DSN, schema=schema)
+    client_store = PostgresStore(DSN, schema=schema)
+    worker, client = _hops(worker_store), _hops(client_store)
+    seen_by_worker: list[tuple[str, int]] = []
+    seen_by_client: list[tuple[str, int]] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client_store.listen)  # the client runs no workflow
+        async with (
+            af.open_workflow(worker),
+            worker.subscribe() as worker_sub,
+            client.subscribe() as client_sub,
+        ):
+            nursery.start_soon(_collect, worker_sub, seen_by_worker)
+            nursery.start_soon(_collect, client_sub, seen_by_client)
+            await _until(lambda: client_store.notifications.listening, 5, "client listening")
+            runs: list[str] = []
+            for round_ in range(2):
+                # A trigger from a process that owns nothing reaches the owner at once ...
+                start = trio.current_time()
+                run_id = await client.trigger(f"r{round_}")
+                runs.append(run_id)
+                await client.await_status(f"r{round_}", run_id, Hop.C, timeout=3)
+                assert trio.current_time() - start < 3  # not the 30 s poll
+                # ... and so does a callback the client applies itself (it is not the owner).
+                parked = await client.trigger(f"p{round_}", Hop.WAIT)
+                runs.append(parked)
+                done = await client.callback(f"p{round_}", Hop.WAIT, b"paid")
+                assert done is not None and done.status is Hop.PAID
+                if round_ == 0:
+                    # The listener's connection dies: it reconnects, nothing is missed.
+                    with psycopg.connect(DSN, autocommit=True) as conn:
+                        killed = conn.execute(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE query = %s",
+                            [f"LISTEN {client_store.notifications.channel}"],
+                        ).fetchall()
+                    assert killed
+                    await _until(
+                        lambda: (
+                            client_store.notifications.connections == 2
+                            and worker_store.notifications.connections == 2
+                            and client_store.notifications.listening
+                            and worker_store.notifications.listening
+                        ),
+                        10,
+                        "listeners back",
+                    )
+            expected = sorted(
+                [(r, v) for r in runs[0::2] for v in (1, 2, 3)]
+                + [(r, v) for r in runs[1::2] for v in (1, 2)]
+            )
+
+            def complete() -> bool:
+                return sorted(seen_by_worker) == expected == sorted(seen_by_client)
+
+            # Each process sees every version once: its own from its commits, the other's
+            # from the history (never its own twice).
+            await _until(complete, 5, f"{seen_by_worker} / {seen_by_client} == {expected}")
+        nursery.cancel_scope.cancel()
+    await worker_store.aclose()
+    await client_store.aclose()
 
 
 # -- the database goes away mid-run ---------------------------------------------------------

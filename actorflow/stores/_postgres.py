@@ -44,7 +44,7 @@ from .._feed import ChangeFeed
 from .._record import Event, Meta, RawRecord, Timer
 from .._runstate import RunState
 from ._filters import RunFilter
-from ._postgres_listen import ChangeSignal, Notifications
+from ._postgres_listen import ChangeSignal, FollowedFeed, Notifications
 from ._postgres_schema import Queries, lock_key, migrate, quote_schema
 from ._shards import ShardOwnership
 
@@ -220,7 +220,7 @@ class PostgresStore:
         self._drop_schema_on_close = drop_schema_on_close
         self._q = Queries(schema)
         self._log_key = lock_key("actorflow.event-log", schema)
-        self._feed = ChangeFeed()
+        self._feed = FollowedFeed()
         self._limiter = trio.CapacityLimiter(pool_size)
         self._open_lock = trio.Lock()
         self._pool: _Pool | None = None

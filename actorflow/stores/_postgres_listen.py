@@ -26,7 +26,10 @@ only slower.
 The feed follower publishes other processes' stored versions into the store's change
 feed, while anybody in this process subscribes: it reads the history (full records) after
 its position, with the event log's gapless bound, skipping rows whose ``origin`` is this
-store (those were published at commit).
+store (those were published at commit). While nobody subscribes it only notes the log's
+position once a second; a first subscriber starts it from the last position noted before
+the subscription, so nothing committed after the subscription began is missed (a second's
+worth of slightly older versions may be delivered too).
 """
 
 from __future__ import annotations
@@ -34,9 +37,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, final
 
 import trio
+
+from .._feed import ChangeFeed, Subscription
 
 log = logging.getLogger("actorflow")
 
@@ -51,8 +58,7 @@ KEEPALIVE = 15.0
 """Seconds without traffic after which the listener checks its connection."""
 FOLLOW_POLL = 1.0
 """Seconds: the feed follower's safety-net poll while somebody subscribes."""
-IDLE_CHECK = 0.05
-"""Seconds between the feed follower's (local, free) checks for a first subscriber."""
+POSITIONS_KEPT = 4
 FOLLOW_BATCH = 1000
 MAX_BACKOFF = 5.0
 
@@ -83,14 +89,35 @@ class ChangeSignal:
         await trio.sleep(SETTLE)
 
 
-def _has_subscribers(feed: Any) -> bool:
-    """Whether anybody in this process subscribes to the store's change feed."""
-    return bool(
-        getattr(feed, "_everything", None)
-        or getattr(feed, "_by_run", None)
-        or getattr(feed, "_by_foreign", None)
-        or getattr(feed, "_by_workflow", None)
-    )
+class FollowedFeed(ChangeFeed):
+    """PostgresStore's change feed: it tells the follower when somebody subscribes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_subscribed: float | None = None
+        """Trio time of the first subscription since the follower last went idle."""
+        self.subscribed = trio.Event()
+
+    @property
+    def has_subscribers(self) -> bool:
+        return bool(self._everything or self._by_run or self._by_foreign or self._by_workflow)
+
+    @contextmanager
+    def subscribe(
+        self,
+        *,
+        workflow_name: str | None = None,
+        foreign_id: str | None = None,
+        run_id: str | None = None,
+        buffer: int = 1024,
+    ) -> Iterator[Subscription]:
+        if self.first_subscribed is None:
+            self.first_subscribed = trio.current_time()
+        self.subscribed.set()
+        with super().subscribe(
+            workflow_name=workflow_name, foreign_id=foreign_id, run_id=run_id, buffer=buffer
+        ) as sub:
+            yield sub
 
 
 @final
@@ -111,6 +138,8 @@ class Notifications:
         self._lock = trio.Lock()
         self.listening = False
         """True while the listener connection is up (diagnostics and tests)."""
+        self.connections = 0
+        """How many times the listener connected (diagnostics and tests)."""
 
     # -- called by the store ------------------------------------------------------------
 
@@ -162,6 +191,7 @@ class Notifications:
             failures = 0
             try:
                 self.listening = True
+                self.connections += 1
                 # Anything may have happened while we were not listening.
                 self.routing.bump()
                 self.feed.bump()
@@ -211,24 +241,46 @@ class Notifications:
     async def _follow(self) -> None:
         """Publish other processes' stored versions on the feed while anybody subscribes."""
         store = self._store
-        feed = store.feed
+        feed = store._feed
         after: int | None = None
+        # (trio time when read, event-log position): everything committed after that time
+        # has a higher id (the position is the log's gapless bound, see read_events).
+        positions: collections.deque[tuple[float, int]] = collections.deque(maxlen=POSITIONS_KEPT)
         failures = 0
         while True:
-            if not _has_subscribers(feed):
+            if not feed.has_subscribers:
                 after = None
-                await trio.sleep(IDLE_CHECK)
+                feed.first_subscribed = None
+                feed.subscribed = trio.Event()
+                try:
+                    position = await store.last_event_id()
+                    positions.append((trio.current_time(), position))
+                    failures = 0
+                except Exception as exc:
+                    failures += 1
+                    if failures == 1:
+                        log.warning("%r: reading the event log's position failed: %s", store, exc)
+                if not feed.has_subscribers:
+                    with trio.move_on_after(FOLLOW_POLL):
+                        await feed.subscribed.wait()
                 continue
+            if after is None:
+                since = feed.first_subscribed
+                noted = [p for at, p in positions if since is not None and at <= since]
+                if noted:
+                    after = noted[-1]
+                elif positions:
+                    after = positions[0][1]  # just started: the oldest we know
+                else:
+                    continue  # nothing known yet: note a position first
             mark = self.feed.mark()
             try:
-                if after is None:
-                    after = await store.last_event_id()
-                    continue
                 records, after = await store._others_changes(after, FOLLOW_BATCH)
                 failures = 0
             except Exception as exc:
                 failures += 1
-                log.warning("%r: following other processes' changes failed: %s", store, exc)
+                if failures in (1, 10) or failures % 100 == 0:
+                    log.warning("%r: following other processes' changes failed: %s", store, exc)
                 await trio.sleep(min(0.1 * 2**failures, MAX_BACKOFF))
                 continue
             for record in records:
