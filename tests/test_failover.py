@@ -30,6 +30,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 
 import actorflow as af
 from actorflow.stores._shards import LeaseBook, ShardOwnership, Timings, fair_share, shard_of
@@ -110,6 +111,71 @@ def test_lease_book_releases_the_highest_shards_and_keeps_shard_0() -> None:
     assert not book.owns(10, 3.0)
     book.released(extras)
     assert sorted(book.until) == [0, 1, 2, 3, 4]
+
+
+class FakeLeadership:
+    """An Ownership owning every run, whose leadership the test switches."""
+
+    def __init__(self) -> None:
+        self.leader = False
+        self.on_change: Callable[[], None] = lambda: None
+
+    def owns(self, run_id: str) -> bool:
+        return True
+
+    async def serve(
+        self,
+        on_change: Callable[[], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self.on_change = on_change
+        task_status.started()
+        await trio.sleep_forever()
+
+    def switch(self, leader: bool) -> None:
+        self.leader = leader
+        self.on_change()
+
+
+async def test_singleton_services_run_only_while_the_process_leads(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class Two(enum.IntEnum):
+        A = 1
+        B = 2
+
+    builder = af.Builder("lead", Box, Two)
+
+    @builder.step(Two.A, to=Two.B)
+    async def a(run: af.Run[Box, Two]) -> Two:
+        return Two.B
+
+    hooked: list[str] = []
+
+    @builder.on_complete
+    async def completed(record: af.Record[Box, Two]) -> None:
+        hooked.append(record.foreign_id)
+
+    workflow = builder.build(af.MemoryStore())
+    ownership = FakeLeadership()
+    workflow._ownership = lambda: ownership  # type: ignore[method-assign]
+    async with af.open_workflow(workflow):
+        run_id = await workflow.trigger("one")
+        await workflow.await_status("one", run_id, Two.B)
+        await trio.sleep(5)
+        assert hooked == []  # not the leader: the hooks do not run here
+        ownership.switch(True)
+        await trio.sleep(1)
+        assert hooked == ["one"]  # leader now: they start and catch up from the cursor
+        ownership.switch(False)
+        run_id = await workflow.trigger("two")
+        await workflow.await_status("two", run_id, Two.B)
+        await trio.sleep(5)
+        assert hooked == ["one"]  # stopped when the leadership went away
+        ownership.switch(True)
+        await trio.sleep(1)
+        assert hooked == ["one", "two"]
 
 
 # -- real leases, short ones -------------------------------------------------------------
