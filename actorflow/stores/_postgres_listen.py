@@ -264,17 +264,17 @@ class Notifications:
                     with trio.move_on_after(FOLLOW_POLL):
                         await feed.subscribed.wait()
                 continue
-            if after is None:
-                since = feed.first_subscribed
-                noted = [p for at, p in positions if since is not None and at <= since]
-                if noted:
-                    after = noted[-1]
-                elif positions:
-                    after = positions[0][1]  # just started: the oldest we know
-                else:
-                    continue  # nothing known yet: note a position first
             mark = self.feed.mark()
             try:
+                if after is None:
+                    since = feed.first_subscribed
+                    noted = [p for at, p in positions if since is not None and at <= since]
+                    if noted:
+                        after = noted[-1]
+                    elif positions:
+                        after = positions[0][1]  # just started: the oldest we know
+                    else:  # subscribed before we ever looked: from now on
+                        after = await store.last_event_id()
                 records, after = await store._others_changes(after, FOLLOW_BATCH)
                 failures = 0
             except Exception as exc:
