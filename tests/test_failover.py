@@ -812,7 +812,6 @@ def test_three_workers_5000_runs_kill_9_the_leader_every_run_completes_exactly_o
         assert not more and first == victim and first_at <= killed_at < second_at, runs
         assert second != victim and histories[run_id][3][3]["by"][-1] == second, runs
         replays += 1
-    assert replays <= 50, replays  # only what the victim had in flight at the kill
     assert _sql(f'SELECT count(*) FROM "{schema}".timers') == [(0,)]
 
     # on_complete hooks: at least once per run (a leader killed mid-batch may repeat a
