@@ -72,11 +72,14 @@ _REFUSED = (
     "no password supplied",
     "permission denied",
 )
+# The lease and LISTEN connections notice a dead server or network within seconds: TCP
+# keepalives while idle, and a bound on unacknowledged data while a query is in flight.
 _KEEPALIVES = {
     "keepalives": 1,
     "keepalives_idle": 10,
     "keepalives_interval": 5,
     "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
 }
 
 
