@@ -17,6 +17,9 @@ from ._record import RawRecord
 
 _Key = tuple[str, str]
 
+RECENT = 65_536
+"""How many published versions a feed remembers, to tell its own from other processes'."""
+
 
 @attrs.define(eq=False)
 class Subscription:
@@ -62,10 +65,24 @@ class ChangeFeed:
         self._everything: set[Subscription] = set()
         self._lot = trio.lowlevel.ParkingLot()
         self.published = 0
+        self._recent: dict[tuple[str, int], None] = {}
+
+    @property
+    def has_subscribers(self) -> bool:
+        """True while anybody in this process subscribes."""
+        return bool(self._everything or self._by_run or self._by_foreign or self._by_workflow)
+
+    def was_published(self, run_id: str, version: int) -> bool:
+        """Whether this feed published that version recently (the last RECENT versions)."""
+        return (run_id, version) in self._recent
 
     def publish(self, record: RawRecord) -> None:
         """Hand a committed version to every matching subscriber (never blocks)."""
         self.published += 1
+        recent = self._recent
+        recent[(record.run_id, record.version)] = None
+        if len(recent) > RECENT:
+            del recent[next(iter(recent))]
         for bucket in (
             self._by_run.get(record.run_id),
             self._by_foreign.get((record.workflow_name, record.foreign_id)),

@@ -26,6 +26,7 @@ from ._actor import Ask, Op, Reply, RunActor, Stopped
 from ._clock import trio_deadline
 from ._engine import Engine, log
 from ._errors import ActorflowError
+from ._feed import ChangeFeed
 from ._record import Event, RawRecord, Timer
 from ._runstate import RunState
 
@@ -266,6 +267,27 @@ class Supervisor(Generic[T, S]):
         if self._room:
             self._room.unpark_all()
 
+    async def _relay_to_feed(self, event: Event) -> None:
+        """Publish another process's version on this process's change feed, so subscribers
+        here (subscribe, the gateway, watch) see it too. Stores that follow other processes
+        themselves (PostgreSQL) have a feed of their own kind and are left to it."""
+        store = self.engine.store
+        feed = store.feed
+        if type(feed) is not ChangeFeed or not feed.has_subscribers:
+            return
+        if feed.was_published(event.run_id, event.version):
+            return  # written through this store instance: published at commit
+        try:
+            history = await store.history(self.engine.name, event.run_id)
+        except Exception as exc:
+            log.warning(
+                "workflow %r: reading run %s failed: %s", self.engine.name, event.run_id, exc
+            )
+            return
+        for raw in history:
+            if raw.version == event.version and not feed.was_published(raw.run_id, raw.version):
+                feed.publish(raw)
+
     def _remember(self, run_id: str, version: int) -> None:
         """Keep the version a finished actor last knew: the tail then does not wake the
         run for events up to it (mostly this process's own writes, read back)."""
@@ -416,6 +438,7 @@ class Supervisor(Generic[T, S]):
                     break
 
     async def _noticed(self, event: Event) -> None:
+        await self._relay_to_feed(event)
         if event.run_state.finished or not self.owns(event.run_id):
             return
         definition = self.engine.definition

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trio
 from trio.testing import MockClock
 
 import actorflow as af
@@ -35,6 +36,37 @@ async def test_worker_notices_writes_of_another_process(
             paid = await waiting_client.callback("p", Status.MIDDLE, b"paid")
             assert paid is not None and paid.status is Status.END
             assert [r.version for r in await waiting_worker.history(parked)] == [1, 2, 3]
+    finally:
+        await worker_store.aclose()
+        await client_store.aclose()
+
+
+async def test_subscribers_see_another_process_s_writes_once_and_in_order(
+    tmp_path: Path, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    path = tmp_path / "shared.db"
+    worker_store = af.SQLiteStore(path)  # type: ignore[attr-defined]
+    client_store = af.SQLiteStore(path)  # type: ignore[attr-defined]
+    worker = yinyang(worker_store, clock)
+    client = yinyang(client_store, clock)
+    seen: list[tuple[str, int]] = []
+    try:
+        async with af.open_workflow(worker), worker.subscribe() as changes:
+            # Runs created while the worker starts may be found by its start-up recovery
+            # before its event-log tail relays their first version (then v2 comes first).
+            await trio.sleep(1)
+            run_id = await client.trigger("elsewhere")  # v1, written by the "other process"
+            async for record in changes:
+                seen.append((record.foreign_id, record.version))
+                if record.status is Status.MIDDLE:
+                    break
+            await client.callback("elsewhere", Status.MIDDLE, b"paid")  # v3, also elsewhere
+            async for record in changes:
+                seen.append((record.foreign_id, record.version))
+                if record.status is Status.END:
+                    break
+        assert seen == [("elsewhere", 1), ("elsewhere", 2), ("elsewhere", 3)]
+        assert run_id
     finally:
         await worker_store.aclose()
         await client_store.aclose()
