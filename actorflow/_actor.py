@@ -267,6 +267,10 @@ class RunActor(Generic[T, S]):
                 return
             if new is not None:
                 self._stored(new, timers)
+                if timers is not None:
+                    # The op may come from another Workflow object on this store, whose
+                    # engine does not arm timers here: arm them (idempotent otherwise).
+                    self.sup.schedule_run(self.run_id, timers)
             message.reply.set(value)
             return
 

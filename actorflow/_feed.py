@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import attrs
 import trio
@@ -66,6 +67,8 @@ class ChangeFeed:
         self._lot = trio.lowlevel.ParkingLot()
         self.published = 0
         self._recent: dict[tuple[str, int], None] = {}
+        self.supervisors: dict[str, Any] = {}
+        """Workflow name -> the supervisor running it on this store instance, if any."""
 
     @property
     def has_subscribers(self) -> bool:

@@ -139,10 +139,27 @@ class Workflow(Generic[T, S]):
             ownership=self._ownership(),
         )
         self._supervisor = supervisor
+        # Other Workflow objects of this workflow on the same store instance (in this
+        # process) hand their triggers, callbacks and controls to this supervisor.
+        running = self._store.feed.supervisors
+        registered = running.setdefault(self.name, supervisor) is supervisor
         try:
             await supervisor.serve(task_status=task_status)
         finally:
             self._supervisor = None
+            if registered:
+                del running[self.name]
+
+    def _local_supervisor(self) -> Supervisor[T, S] | None:
+        """The supervisor serving this workflow in this process: ours, or one running for
+        another Workflow object of the same name on the same store instance."""
+        supervisor = self._supervisor
+        if supervisor is None:
+            other: Supervisor[T, S] | None = self._store.feed.supervisors.get(self.name)
+            supervisor = other
+        if supervisor is None or supervisor.stopping:
+            return None
+        return supervisor
 
     def stop(self) -> None:
         """Graceful stop: take no new work, let steps in flight finish (up to the grace
@@ -263,7 +280,7 @@ class Workflow(Generic[T, S]):
         except ActorflowError as exc:
             raise InvalidArgument(str(exc)) from None
         stored = await self._store.create_run(raw, timers)
-        supervisor = self._supervisor
+        supervisor = self._local_supervisor()
         if supervisor is not None:
             supervisor.schedule(timers)
             if status in definition.steps:
@@ -429,7 +446,7 @@ class Workflow(Generic[T, S]):
     # -- changing runs ---------------------------------------------------------------------------
 
     async def _perform(self, run_id: str, op: Op) -> Any:
-        supervisor = self._supervisor
+        supervisor = self._local_supervisor()
         if supervisor is not None and supervisor.owns(run_id):
             try:
                 return await supervisor.ask(run_id, op)
@@ -504,7 +521,7 @@ class Workflow(Generic[T, S]):
             return new, timers, engine.typed(new)
 
         record: Record[T, S] = await self._perform(run_id, op)
-        supervisor = self._supervisor
+        supervisor = self._local_supervisor()
         if action == "resume" and supervisor is not None:
             supervisor.wake(run_id)
         return record

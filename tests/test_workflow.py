@@ -434,3 +434,23 @@ async def test_bursts_beyond_max_active_runs_wait_as_ids_not_tasks(
         for i, run_id in enumerate(ids):
             await workflow.await_status(f"f{i}", run_id, Rep.DONE)
     assert peak == 5
+
+
+async def test_a_second_workflow_object_on_the_same_store_hands_work_to_the_running_one(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    store = make_store()
+    worker = yinyang(store, clock)
+    producer = yinyang(store, clock)  # never run: only triggers and calls back
+    async with af.open_workflow(worker):
+        run_id = await producer.trigger("f")
+        with trio.fail_after(10):
+            await producer.await_status("f", run_id, Status.MIDDLE)
+        started = trio.current_time()
+        done = await producer.await_status("f", run_id, Status.END)  # the worker's timer
+        assert trio.current_time() - started == pytest.approx(3600)
+        other = await producer.trigger("g")
+        await producer.await_status("g", other, Status.MIDDLE)
+        paid = await producer.callback("g", Status.MIDDLE, b"paid")
+        assert paid is not None and paid.status is Status.END
+    assert done.object.note == "timed out"
