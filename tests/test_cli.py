@@ -387,7 +387,7 @@ async def test_worker_with_gateway_and_watch_end_to_end(app: str, tmp_path: Path
         assert len(refused.stderr.splitlines()) == 1
 
         watcher = await trio.lowlevel.open_process(
-            command("watch", "--url", url, "--json", "--count", "4"),
+            command("watch", "--url", url, "--json", "--count", "5"),
             env={**env, "ACTORFLOW_TOKEN": "s3cret"},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -403,7 +403,7 @@ async def test_worker_with_gateway_and_watch_end_to_end(app: str, tmp_path: Path
                 await client.await_status("yinyang", "w1", run_id, "MIDDLE")
                 await client.callback("yinyang", "w1", "MIDDLE", b"paid")
                 # From another process, straight into the store: the worker notices it
-                # in its event log and runs the step (v2 of w2).
+                # in its event log, relays v1 to its subscribers and runs the step (v2).
                 other = await trio.to_thread.run_sync(
                     cli.main, ["trigger", "w2", "--app", f"{app}:workflow"]
                 )
@@ -415,6 +415,7 @@ async def test_worker_with_gateway_and_watch_end_to_end(app: str, tmp_path: Path
             ("w1", 1, "STARTED"),
             ("w1", 2, "MIDDLE"),
             ("w1", 3, "END"),
+            ("w2", 1, "STARTED"),
             ("w2", 2, "MIDDLE"),
         ]
         assert seen[2]["object"] == {"yin": True, "yang": True, "note": "paid"}
