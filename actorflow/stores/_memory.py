@@ -10,11 +10,12 @@ from typing import final
 import attrs
 import trio
 
-from .._errors import RunNotFound, VersionConflict, WorkflowInProgress
+from .._errors import VersionConflict
 from .._feed import ChangeFeed
 from .._record import Event, RawRecord, Timer
 from .._runstate import RunState
 from ._filters import RunFilter
+from ._messages import in_progress, no_foreign_run, no_run
 
 
 @attrs.define
@@ -71,10 +72,8 @@ class MemoryStore:
         if previous_id is not None:
             previous = self._runs[previous_id]
             if not previous.run_state.finished:
-                raise WorkflowInProgress(
-                    f"workflow {record.workflow_name!r}: run {previous_id} of foreign id "
-                    f"{record.foreign_id!r} is {previous.run_state.name}; wait for it to finish "
-                    "or cancel it before triggering again"
+                raise in_progress(
+                    record.workflow_name, record.foreign_id, previous_id, previous.run_state
                 )
         if record.run_id in self._runs:
             raise ValueError(f"run id {record.run_id} already exists")
@@ -116,7 +115,7 @@ class MemoryStore:
     def _get(self, workflow_name: str, run_id: str) -> RawRecord:
         record = self._runs.get(run_id)
         if record is None or record.workflow_name != workflow_name:
-            raise RunNotFound(f"workflow {workflow_name!r} has no run {run_id!r}")
+            raise no_run(workflow_name, run_id)
         return record
 
     async def lookup(self, workflow_name: str, run_id: str) -> RawRecord:
@@ -128,9 +127,7 @@ class MemoryStore:
         runs = self._workflows.get(workflow_name)
         run_id = runs.latest_by_foreign.get(foreign_id) if runs else None
         if run_id is None:
-            raise RunNotFound(
-                f"workflow {workflow_name!r} has no run for foreign id {foreign_id!r}"
-            )
+            raise no_foreign_run(workflow_name, foreign_id)
         return self._runs[run_id]
 
     async def list_runs(
@@ -149,7 +146,7 @@ class MemoryStore:
         runs = self._workflows.get(workflow_name, _WorkflowRuns())
         if after is not None:
             if after not in runs.seq:
-                raise RunNotFound(f"workflow {workflow_name!r} has no run {after!r} (after=)")
+                raise no_run(workflow_name, after, "after=")
             position = runs.seq[after]
         else:
             position = len(runs.order) if descending else -1

@@ -34,16 +34,15 @@ import trio
 
 from .._errors import (
     InvalidArgument,
-    RunNotFound,
     SchemaVersionError,
     StoreError,
     VersionConflict,
-    WorkflowInProgress,
 )
 from .._feed import ChangeFeed
 from .._record import Event, Meta, RawRecord, Timer
 from .._runstate import RunState
 from ._filters import RunFilter
+from ._messages import in_progress, no_foreign_run, no_run
 from ._postgres_listen import ChangeSignal, FollowedFeed, Notifications
 from ._postgres_schema import Queries, lock_key, migrate, quote_schema
 from ._shards import ShardOwnership
@@ -554,10 +553,8 @@ class PostgresStore:
                 if own:
                     return  # an earlier attempt committed; its answer was lost
                 if blocking_id is not None:
-                    raise WorkflowInProgress(
-                        f"workflow {record.workflow_name!r}: run {blocking_id} of foreign id "
-                        f"{record.foreign_id!r} is {RunState(blocking_state).name}; wait for it "
-                        "to finish or cancel it before triggering again"
+                    raise in_progress(
+                        record.workflow_name, record.foreign_id, blocking_id, blocking_state
                     )
                 # The run in the way finished between the two statements: try again.
             raise StoreError(f"create_run of {record.run_id}: the foreign id kept changing")
@@ -588,7 +585,7 @@ class PostgresStore:
                 return
             row = conn.execute(q.commit_diagnose, params).fetchone()
             if row is None:
-                raise RunNotFound(f"workflow {record.workflow_name!r} has no run {record.run_id!r}")
+                raise no_run(record.workflow_name, record.run_id)
             stored, own = row
             if own:
                 return  # an earlier attempt committed; its answer was lost
@@ -630,7 +627,7 @@ class PostgresStore:
         def lookup(conn: _Conn) -> RawRecord:
             row = conn.execute(q.lookup, [run_id, workflow_name]).fetchone()
             if row is None:
-                raise RunNotFound(f"workflow {workflow_name!r} has no run {run_id!r}")
+                raise no_run(workflow_name, run_id)
             return _record(row)
 
         return await self._call("lookup", lookup)
@@ -641,9 +638,7 @@ class PostgresStore:
         def latest(conn: _Conn) -> RawRecord:
             row = conn.execute(q.latest, [workflow_name, foreign_id]).fetchone()
             if row is None:
-                raise RunNotFound(
-                    f"workflow {workflow_name!r} has no run for foreign id {foreign_id!r}"
-                )
+                raise no_foreign_run(workflow_name, foreign_id)
             return _record(row)
 
         return await self._call("latest", latest)
@@ -680,7 +675,7 @@ class PostgresStore:
             if after is not None:
                 row = conn.execute(q.run_seq, [after, workflow_name]).fetchone()
                 if row is None:
-                    raise RunNotFound(f"workflow {workflow_name!r} has no run {after!r} (after=)")
+                    raise no_run(workflow_name, after, "after=")
                 params["after"] = row[0]
             return [_record(r) for r in conn.execute(query, params).fetchall()]
 
@@ -692,7 +687,7 @@ class PostgresStore:
         def history(conn: _Conn) -> list[RawRecord]:
             rows = conn.execute(q.history, [run_id, workflow_name]).fetchall()
             if not rows:
-                raise RunNotFound(f"workflow {workflow_name!r} has no run {run_id!r}")
+                raise no_run(workflow_name, run_id)
             return [_record(r) for r in rows]
 
         return await self._call("history", history)

@@ -19,16 +19,15 @@ import trio
 from .._errors import (
     ActorflowError,
     InvalidArgument,
-    RunNotFound,
     StoreError,
     VersionConflict,
-    WorkflowInProgress,
 )
 from .._feed import ChangeFeed
 from .._record import Event, Meta, RawRecord, Timer
 from .._runstate import RunState
 from . import _sqlite_schema
 from ._filters import RunFilter
+from ._messages import in_progress, no_foreign_run, no_run
 
 R = TypeVar("R")
 
@@ -567,7 +566,7 @@ class SQLiteStore:
                 (run_id, workflow_name),
             ).fetchone()
             if row is None:
-                raise RunNotFound(f"workflow {workflow_name!r} has no run {run_id!r}")
+                raise no_run(workflow_name, run_id)
             return _decode_record(row)
 
         return await self._read("lookup", query)
@@ -580,9 +579,7 @@ class SQLiteStore:
                 (workflow_name, foreign_id),
             ).fetchone()
             if row is None:
-                raise RunNotFound(
-                    f"workflow {workflow_name!r} has no run for foreign id {foreign_id!r}"
-                )
+                raise no_foreign_run(workflow_name, foreign_id)
             return _decode_record(row)
 
         return await self._read("latest", query)
@@ -617,7 +614,7 @@ class SQLiteStore:
                     (after, workflow_name),
                 ).fetchone()
                 if row is None:
-                    raise RunNotFound(f"workflow {workflow_name!r} has no run {after!r} (after=)")
+                    raise no_run(workflow_name, after, "after=")
                 conditions.append("seq < ?" if descending else "seq > ?")
                 values.append(row[0])
             order = "DESC" if descending else "ASC"
@@ -638,7 +635,7 @@ class SQLiteStore:
                 (run_id, workflow_name),
             ).fetchall()
             if not rows:
-                raise RunNotFound(f"workflow {workflow_name!r} has no run {run_id!r}")
+                raise no_run(workflow_name, run_id)
             return [_decode_record(row) for row in rows]
 
         return await self._read("history", query)
@@ -731,11 +728,7 @@ def _apply_create(
         (record.workflow_name, record.foreign_id),
     ).fetchone()
     if row is not None and row[1] in _UNFINISHED:
-        raise WorkflowInProgress(
-            f"workflow {record.workflow_name!r}: run {row[0]} of foreign id "
-            f"{record.foreign_id!r} is {RunState(row[1]).name}; wait for it to finish "
-            "or cancel it before triggering again"
-        )
+        raise in_progress(record.workflow_name, record.foreign_id, row[0], row[1])
     try:
         conn.execute(_INSERT_RUN, params)
     except sqlite3.IntegrityError:
@@ -760,7 +753,7 @@ def _apply_commit(
             (record.run_id, record.workflow_name),
         ).fetchone()
         if row is None:
-            raise RunNotFound(f"workflow {record.workflow_name!r} has no run {record.run_id!r}")
+            raise no_run(record.workflow_name, record.run_id)
         if row[1] != record.foreign_id:
             raise InvalidArgument(
                 f"run {record.run_id} belongs to foreign id {row[1]!r}; a commit "
