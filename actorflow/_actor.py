@@ -12,6 +12,7 @@ import contextlib
 import enum
 import math
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
 import attrs
@@ -21,6 +22,7 @@ from ._definition import StepSpec, fn_name
 from ._engine import RESUME, log
 from ._errors import ActorflowError, StepError, StoreError, VersionConflict
 from ._record import RawRecord, Timer
+from ._run import SpecialResult
 from ._runstate import RunState
 
 if TYPE_CHECKING:
@@ -76,6 +78,11 @@ class _StoppedBeforeStart(Exception):
     """A graceful stop began while the step waited for its concurrency slot."""
 
 
+def _resume_due(timers: list[Timer], now: datetime) -> bool:
+    """Whether the automatic resume among ``timers`` is due."""
+    return any(timer.kind == RESUME and timer.fire_at <= now for timer in timers)
+
+
 async def _call_user(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
     """Call a user function; a StoreError it raises is its own error, not ours."""
     try:
@@ -121,6 +128,15 @@ class RunActor(Generic[T, S]):
         if self._mailbox is None:
             raise trio.WouldBlock
         return self._mailbox[1].receive_nowait()
+
+    def _poll(self) -> object | None:
+        """The next waiting message, or None (no exception: this runs on every step)."""
+        if self._mailbox is None or not self._mailbox[1].statistics().current_buffer_used:
+            return None
+        try:
+            return self._mailbox[1].receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return None
 
     # -- called by the supervisor (synchronous) ----------------------------------------------
 
@@ -195,18 +211,14 @@ class RunActor(Generic[T, S]):
                 self.reload_needed = False
                 self._raw = await self.engine.lookup(self.run_id)
                 self._timers = None
-            try:
-                message = self._take()
-            except trio.WouldBlock:
-                message = None
+            message = self._poll()
             if message is not None:
                 await self._handle(message)
                 continue
             deadline = await self._work()
             if deadline is None:
-                try:
-                    message = self._take()
-                except trio.WouldBlock:
+                message = self._poll()
+                if message is None:
                     self._arm_pending_timers()
                     return  # nothing to do and nothing waiting: passivate
                 await self._handle(message)
@@ -215,9 +227,8 @@ class RunActor(Generic[T, S]):
             if deadline - now > PASSIVATE_AFTER:
                 # A long wait (error backoff, consume lag): give the slot back and let the
                 # supervisor's timer wake a new actor then.
-                try:
-                    message = self._take()
-                except trio.WouldBlock:
+                message = self._poll()
+                if message is None:
                     sup.wake_later(self.run_id, deadline, self._retry_at)
                     return
                 await self._handle(message)
@@ -257,6 +268,7 @@ class RunActor(Generic[T, S]):
                 self.reload_needed = True
                 if attempt + 1 < ASK_ATTEMPTS:
                     self._raw = await self.engine.lookup(self.run_id)
+                    self._timers = None
                     self.reload_needed = False
                     continue
                 message.reply.set(error=StoreError(f"{self._where()}: kept changing; try again"))
@@ -300,12 +312,16 @@ class RunActor(Generic[T, S]):
     async def _work(self) -> float | None:
         """Do the run's due work. Returns when to look again, or None when idle."""
         engine = self.engine
-        raw = await self._current()
+        raw = self._raw
+        if raw is None or self.reload_needed:
+            raw = await self._current()
         now_trio = trio.current_time()
         if now_trio < self._retry_at:
             return self._retry_at
+        timers = self._timers
         if raw.run_state.active:
-            timers = await self._run_timers()
+            if timers is None:
+                timers = await self._run_timers()
             now = engine.now()
             for timer in timers:
                 if timer.kind != RESUME and timer.status == raw.status and timer.fire_at <= now:
@@ -313,16 +329,18 @@ class RunActor(Generic[T, S]):
                     return now_trio
             spec = engine.definition.steps.get(raw.status)
             if spec is not None and raw.version != self._skipped_version:
-                ready = raw.updated_at + spec.options.consume_lag
-                if ready > now:
-                    return now_trio + (ready - now).total_seconds()
-                await self._step(raw)
+                lag = spec.options.consume_lag
+                if lag:
+                    ready = raw.updated_at + lag
+                    if ready > now:
+                        return now_trio + (ready - now).total_seconds()
+                await self._step(raw, spec)
                 return now_trio
             return None
         if raw.run_state is RunState.PAUSED:
-            timers = await self._run_timers()
-            now = engine.now()
-            if any(t.kind == RESUME and t.fire_at <= now for t in timers):
+            if timers is None:
+                timers = await self._run_timers()
+            if _resume_due(timers, engine.now()):
                 await self._guarded(
                     raw, "automatic resume", engine.resume(raw, "resumed automatically")
                 )
@@ -343,30 +361,15 @@ class RunActor(Generic[T, S]):
             new, timers = await action
         except _StoppedBeforeStart:
             return
-        except VersionConflict:
-            self.reload_needed = True
-            return
-        except StoreError as exc:
-            log.warning("%s: store error during %s: %s", self._where(), what, exc)
-            self._back_off(1, self.engine.default_options)
-            return
         except Exception as exc:
-            if not key:
-                log.exception("%s: %s failed", self._where(), what, exc_info=exc)
-                self._back_off(1, self.engine.default_options)
-                return
-            opts = options or self.engine.default_options
-            try:
-                count, paused = await self.engine.count_error(raw, key, exc, opts)
-            except VersionConflict:
-                self.reload_needed = True
-                return
-            if paused is not None:
-                self._stored(paused, None)
-                self._timers = None
-            else:
-                self._back_off(count, opts)
+            await self._failed(raw, what, exc, key, options)
             return
+        self._settled(raw, key, new, timers)
+
+    def _settled(
+        self, raw: RawRecord, key: str, new: RawRecord | None, timers: list[Timer] | None
+    ) -> None:
+        """An action on ``raw`` stored ``new`` (None: it chose to store nothing)."""
         if new is None:
             self._skipped_version = raw.version
             if key:
@@ -374,25 +377,81 @@ class RunActor(Generic[T, S]):
             return
         self._stored(new, timers)
 
+    async def _failed(
+        self, raw: RawRecord, what: str, exc: Exception, key: str, options: Any
+    ) -> None:
+        """An action on ``raw`` failed: count the error (when ``key`` is given), back off,
+        or pause the run once its options say so."""
+        if isinstance(exc, VersionConflict):
+            self.reload_needed = True
+            return
+        if isinstance(exc, StoreError):
+            log.warning("%s: store error during %s: %s", self._where(), what, exc)
+            self._back_off(1, self.engine.default_options)
+            return
+        if not key:
+            log.exception("%s: %s failed", self._where(), what, exc_info=exc)
+            self._back_off(1, self.engine.default_options)
+            return
+        opts = options or self.engine.default_options
+        try:
+            count, paused = await self.engine.count_error(raw, key, exc, opts)
+        except VersionConflict:
+            self.reload_needed = True
+            return
+        if paused is not None:
+            self._stored(paused, None)
+            self._timers = None
+        else:
+            self._back_off(count, opts)
+
     def _back_off(self, count: int, options: Any) -> None:
         self._retry_at = trio.current_time() + options.backoff(count).total_seconds()
 
-    async def _step(self, raw: RawRecord) -> None:
-        spec = self.engine.definition.steps[raw.status]
-        key = f"step {fn_name(spec.fn)}"
-        action = self._run_step(raw, spec, key)  # a method, not a closure: fewer objects
-        await self._guarded(raw, key, action, key=key, options=spec.options)
+    async def _step(self, raw: RawRecord, spec: StepSpec) -> None:
+        """Run the step of the run's status and store what it returned.
 
-    async def _run_step(
-        self, raw: RawRecord, spec: StepSpec, key: str
-    ) -> tuple[RawRecord | None, list[Timer] | None]:
+        The hot path of the engine: written flat (no helper coroutines, no closures), as
+        every coroutine frame here is held by each of thousands of runs in flight.
+        """
         engine = self.engine
-        run = engine.make_run(raw)
-        async with engine.limiter(spec, spec.options):
-            if self.sup.stopping:
-                raise _StoppedBeforeStart
-            result = await _call_user(spec.fn, run)
-        return await engine.apply_result(raw, run, result, spec.to, key)
+        key = spec.key
+        had_timers = self._timers is None or bool(self._timers)
+        try:
+            run = engine.make_run(raw)
+            if spec.options.max_concurrency is None:
+                if self.sup.stopping:
+                    return
+                result = await spec.fn(run)
+            else:
+                async with engine.limiter(spec, spec.options):
+                    if self.sup.stopping:
+                        return
+                    result = await spec.fn(run)
+        except StoreError as exc:  # raised by the step itself: its own error, not ours
+            error = StepError(f"{fn_name(spec.fn)} raised {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            await self._failed(raw, key, error, key, spec.options)
+            return
+        except Exception as exc:
+            await self._failed(raw, key, exc, key, spec.options)
+            return
+        try:
+            if isinstance(result, SpecialResult):
+                new, timers = await engine.apply_result(
+                    raw, run, result, spec.to, key, had_timers=had_timers
+                )
+            else:
+                new, timers = engine.plan_status(raw, run, result, spec.to, key)
+                if not timers and not had_timers:
+                    await engine.store.commit(new)
+                    engine.committed(new.run_id, None)
+                else:
+                    await engine.commit(new, timers=timers)
+        except Exception as exc:
+            await self._failed(raw, key, exc, key, spec.options)
+            return
+        self._settled(raw, key, new, timers)
 
     async def _fire_timeout(self, raw: RawRecord, timer: Timer) -> None:
         engine = self.engine

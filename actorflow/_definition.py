@@ -28,6 +28,12 @@ class StepSpec:
     fn: StepFn
     to: frozenset[enum.IntEnum]
     options: Options
+    key: str = attrs.field(init=False, eq=False)
+    """How errors and logs name the step (``"step <function name>"``)."""
+
+    @key.default
+    def _key(self) -> str:
+        return f"step {fn_name(self.fn)}"
 
 
 @attrs.frozen

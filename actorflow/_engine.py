@@ -39,6 +39,7 @@ S = TypeVar("S", bound=enum.IntEnum)
 log = logging.getLogger("actorflow")
 
 RESUME = "resume"
+META_CACHE = 256
 
 
 class Engine(Generic[T, S]):
@@ -64,6 +65,8 @@ class Engine(Generic[T, S]):
         self.default_options = default_options
         self._limiters: dict[object, trio.CapacityLimiter] = {}
         self._errors: dict[str, dict[str, int]] = {}
+        self._metas: dict[tuple[str, int], Meta] = {}
+        """Meta of error-free versions, shared: one object per (reason, status), not per run."""
         self.on_timers: Callable[[str, list[Timer]], None] | None = None
         """Set by a running supervisor: arms timers as soon as they are stored."""
 
@@ -120,14 +123,11 @@ class Engine(Generic[T, S]):
         error_message: str = "",
     ) -> RawRecord:
         new_status = raw.status if status is None else int(status)
-        status_enum = self.status(new_status)
-        meta = Meta(
-            run_state_reason=raw.meta.run_state_reason if reason is None else reason,
-            status_description=status_enum.name
-            if isinstance(status_enum, enum.Enum)
-            else str(new_status),
-            error_count=error_count,
-            error_message=error_message,
+        meta = self._meta(
+            raw.meta.run_state_reason if reason is None else reason,
+            new_status,
+            error_count,
+            error_message,
         )
         return RawRecord(
             workflow_name=raw.workflow_name,
@@ -141,6 +141,21 @@ class Engine(Generic[T, S]):
             updated_at=max(self.now(), raw.updated_at),
             meta=meta,
         )
+
+    def _meta(self, reason: str, status: int, error_count: int, error_message: str) -> Meta:
+        if error_count or error_message:
+            return Meta(reason, self._description(status), error_count, error_message)
+        key = (reason, status)
+        meta = self._metas.get(key)
+        if meta is None:
+            if len(self._metas) >= META_CACHE:
+                self._metas.clear()  # reasons given to pause/cancel are open-ended
+            meta = self._metas[key] = Meta(reason, self._description(status))
+        return meta
+
+    def _description(self, status: int) -> str:
+        member = self.status(status)
+        return member.name if isinstance(member, enum.Enum) else str(status)
 
     def timers_for(self, run: Run[T, S], status: int, now: datetime) -> list[Timer]:
         """The timers of ``status`` for this run (what its timeouts' timer functions say)."""
@@ -161,13 +176,31 @@ class Engine(Generic[T, S]):
     # -- committing --------------------------------------------------------------------------
 
     async def commit(
-        self, new: RawRecord, *, timers: list[Timer] | None = None, scrub_history: bool = False
+        self,
+        new: RawRecord,
+        *,
+        timers: list[Timer] | None = None,
+        scrub_history: bool = False,
+        had_timers: bool = True,
     ) -> RawRecord:
+        """Store ``new`` (and replace the run's timers with ``timers`` unless None).
+
+        ``had_timers=False`` says the version ``new`` replaces had no timers (the caller
+        knows it, and the store's version check proves it is still that version): no
+        timers then means nothing to delete and nothing to disarm.
+        """
+        if timers is not None and not timers and not had_timers:
+            timers = None
         stored = await self.store.commit(new, timers=timers, scrub_history=scrub_history)
-        self._errors.pop(new.run_id, None)
-        if timers is not None and self.on_timers is not None:
-            self.on_timers(new.run_id, timers)
+        self.committed(new.run_id, timers)
         return stored
+
+    def committed(self, run_id: str, timers: list[Timer] | None) -> None:
+        """Bookkeeping after a version of the run was stored."""
+        if self._errors:
+            self._errors.pop(run_id, None)
+        if timers is not None and self.on_timers is not None:
+            self.on_timers(run_id, timers)
 
     def reset_errors(self, run_id: str, key: str) -> None:
         """The function behind ``key`` returned normally: its errors are no longer consecutive."""
@@ -185,6 +218,7 @@ class Engine(Generic[T, S]):
         allowed: frozenset[enum.IntEnum],
         what: str,
         fired: Timer | None = None,
+        had_timers: bool = True,
     ) -> tuple[RawRecord | None, list[Timer] | None]:
         """Store what a step/callback/timeout returned. Returns (new record or None, timers).
 
@@ -209,8 +243,24 @@ class Engine(Generic[T, S]):
             new = self.next_version(raw, run_state=RunState.RUNNING, object=encoded)
             if fired is None:
                 return await self.commit(new), None
-            remaining = [t for t in await self._run_timers(raw) if t != fired]
+            remaining = _without(await self._run_timers(raw), fired)
             return await self.commit(new, timers=remaining), remaining
+        new, timers = self.plan_status(raw, run, result, allowed, what)
+        return await self.commit(new, timers=timers, had_timers=had_timers), timers
+
+    def plan_status(
+        self,
+        raw: RawRecord,
+        run: Run[T, S],
+        result: object,
+        allowed: frozenset[enum.IntEnum],
+        what: str,
+    ) -> tuple[RawRecord, list[Timer]]:
+        """The version (and its timers) a status result stores; nothing is written yet.
+
+        Raises StepError for a result that is not an allowed status (special results
+        go through :meth:`apply_result`).
+        """
         if isinstance(result, bool) or not isinstance(result, int) or result not in allowed:
             names = ", ".join(sorted(s.name for s in allowed))
             raise StepError(
@@ -227,8 +277,9 @@ class Engine(Generic[T, S]):
             run_state=RunState.COMPLETED if terminal else RunState.RUNNING,
             object=encoded,
         )
-        timers = [] if terminal else self.timers_for(run, status, new.updated_at)
-        return await self.commit(new, timers=timers), timers
+        if terminal or status not in self.definition.timeouts:
+            return new, []
+        return new, self.timers_for(run, status, new.updated_at)
 
     async def count_error(
         self, raw: RawRecord, key: str, exc: BaseException, options: Options
@@ -264,7 +315,9 @@ class Engine(Generic[T, S]):
         drop: Timer | None = None,
     ) -> tuple[RawRecord, list[Timer]]:
         self.check_state(raw, RunState.PAUSED)
-        timers = [t for t in await self._run_timers(raw) if t.kind != RESUME and t != drop]
+        timers = [t for t in await self._run_timers(raw) if t.kind != RESUME]
+        if drop is not None:
+            timers = _without(timers, drop)
         if self.resume_paused_after is not None:
             timers.append(
                 Timer(
@@ -364,3 +417,8 @@ class Engine(Generic[T, S]):
         if not isinstance(run_id, str) or not run_id:
             raise RunNotFound(f"workflow {self.name!r}: run id must be a non-empty string")
         return await self.store.lookup(self.name, run_id)
+
+
+def _without(timers: list[Timer], timer: Timer | None) -> list[Timer]:
+    """``timers`` without ``timer``."""
+    return [t for t in timers if t != timer]
