@@ -322,15 +322,17 @@ class RunActor(Generic[T, S]):
         if raw.run_state.active:
             if timers is None:
                 timers = await self._run_timers()
-            now = engine.now()
-            for timer in timers:
-                if timer.kind != RESUME and timer.status == raw.status and timer.fire_at <= now:
-                    await self._fire_timeout(raw, timer)
-                    return now_trio
+            if timers:
+                now = engine.now()
+                for timer in timers:
+                    if timer.kind != RESUME and timer.status == raw.status and timer.fire_at <= now:
+                        await self._fire_timeout(raw, timer)
+                        return now_trio
             spec = engine.definition.steps.get(raw.status)
             if spec is not None and raw.version != self._skipped_version:
                 lag = spec.options.consume_lag
                 if lag:
+                    now = engine.now()
                     ready = raw.updated_at + lag
                     if ready > now:
                         return now_trio + (ready - now).total_seconds()

@@ -142,6 +142,10 @@ class Engine(Generic[T, S]):
             meta=meta,
         )
 
+    def first_meta(self, status: int) -> Meta:
+        """The Meta of a run's first version at ``status``."""
+        return self._meta("", status, 0, "")
+
     def _meta(self, reason: str, status: int, error_count: int, error_message: str) -> Meta:
         if error_count or error_message:
             return Meta(reason, self._description(status), error_count, error_message)

@@ -6,6 +6,7 @@ bounded buffer; one that falls behind is marked lagged rather than slowing commi
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -65,15 +66,18 @@ class ChangeFeed:
         self._by_workflow: dict[str, set[Subscription]] = {}
         self._everything: set[Subscription] = set()
         self._lot = trio.lowlevel.ParkingLot()
+        self._subscribers = 0
         self.published = 0
-        self._recent: dict[tuple[str, int], None] = {}
+        # An OrderedDict drops its oldest entry in O(1); a dict would scan its deleted
+        # slots from the front on every drop.
+        self._recent: OrderedDict[tuple[str, int], None] = OrderedDict()
         self.supervisors: dict[str, Any] = {}
         """Workflow name -> the supervisor running it on this store instance, if any."""
 
     @property
     def has_subscribers(self) -> bool:
         """True while anybody in this process subscribes."""
-        return bool(self._everything or self._by_run or self._by_foreign or self._by_workflow)
+        return self._subscribers > 0
 
     def was_published(self, run_id: str, version: int) -> bool:
         """Whether this feed published that version recently (the last RECENT versions)."""
@@ -85,16 +89,17 @@ class ChangeFeed:
         recent = self._recent
         recent[(record.run_id, record.version)] = None
         if len(recent) > RECENT:
-            del recent[next(iter(recent))]
-        for bucket in (
-            self._by_run.get(record.run_id),
-            self._by_foreign.get((record.workflow_name, record.foreign_id)),
-            self._by_workflow.get(record.workflow_name),
-            self._everything,
-        ):
-            if bucket:
-                for sub in bucket:
-                    sub._push(record)
+            recent.popitem(last=False)
+        if self._subscribers:
+            for bucket in (
+                self._by_run.get(record.run_id),
+                self._by_foreign.get((record.workflow_name, record.foreign_id)),
+                self._by_workflow.get(record.workflow_name),
+                self._everything,
+            ):
+                if bucket:
+                    for sub in bucket:
+                        sub._push(record)
         if self._lot:
             self._lot.unpark_all()
 
@@ -129,9 +134,11 @@ class ChangeFeed:
             index, key = None, ""
         bucket = self._everything if index is None else index.setdefault(key, set())  # type: ignore[arg-type]
         bucket.add(sub)
+        self._subscribers += 1
         try:
             yield sub
         finally:
+            self._subscribers -= 1
             bucket.discard(sub)
             if index is not None and not bucket:
                 index.pop(key, None)  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ import functools
 import heapq
 import itertools
 import math
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar, final, runtime_checkable
@@ -116,7 +117,7 @@ class Supervisor(Generic[T, S]):
         A waiting run costs a dict entry, not a task: memory stays flat under bursts."""
         self._room = trio.lowlevel.ParkingLot()
         self.actors: dict[str, RunActor[T, S]] = {}
-        self._seen: dict[str, int] = {}
+        self._seen: OrderedDict[str, int] = OrderedDict()
         """run id -> the version its last actor knew (bounded; see ``_remember``)."""
         self.stopping = False
         self._stop = trio.Event()
@@ -292,10 +293,11 @@ class Supervisor(Generic[T, S]):
         """Keep the version a finished actor last knew: the tail then does not wake the
         run for events up to it (mostly this process's own writes, read back)."""
         if version:
-            self._seen.pop(run_id, None)
-            self._seen[run_id] = version
-            if len(self._seen) > SEEN_LIMIT:
-                del self._seen[next(iter(self._seen))]  # the oldest; forgetting is safe
+            seen = self._seen
+            seen[run_id] = version
+            seen.move_to_end(run_id)
+            if len(seen) > SEEN_LIMIT:
+                seen.popitem(last=False)  # the oldest; forgetting is safe
 
     async def ask(self, run_id: str, op: Op) -> Any:
         """Have the run's actor perform ``op``; raises Stopped when stopping."""

@@ -25,7 +25,7 @@ from ._errors import (
 )
 from ._feed import Subscription
 from ._options import Options
-from ._record import Meta, RawRecord, Record, Timer
+from ._record import RawRecord, Record, Timer
 from ._run import Run
 from ._runstate import RunState
 from ._serde import ObjectCodec
@@ -272,13 +272,15 @@ class Workflow(Generic[T, S]):
             version=1,
             created_at=now,
             updated_at=now,
-            meta=Meta(status_description=status.name),
+            meta=self._engine.first_meta(status),
         )
-        try:
-            run: Run[T, S] = Run(raw, cast(S, status), obj, self._codec)
-            timers = self._engine.timers_for(run, status, now)
-        except ActorflowError as exc:
-            raise InvalidArgument(str(exc)) from None
+        timers: list[Timer] = []
+        if status in definition.timeouts:
+            try:
+                run: Run[T, S] = Run(raw, cast(S, status), obj, self._codec)
+                timers = self._engine.timers_for(run, status, now)
+            except ActorflowError as exc:
+                raise InvalidArgument(str(exc)) from None
         stored = await self._store.create_run(raw, timers)
         supervisor = self._local_supervisor()
         if supervisor is not None:

@@ -98,10 +98,6 @@ class FollowedFeed(ChangeFeed):
         """Trio time of the first subscription since the follower last went idle."""
         self.subscribed = trio.Event()
 
-    @property
-    def has_subscribers(self) -> bool:
-        return bool(self._everything or self._by_run or self._by_foreign or self._by_workflow)
-
     @contextmanager
     def subscribe(
         self,

@@ -124,8 +124,11 @@ class _Write(Generic[R]):
         self.task: trio.lowlevel.Task | None = None
         self.aborted = False
 
-    def abort(self, _: Any) -> trio.lowlevel.Abort:
-        """Cancellation of the waiting writer (see :meth:`SQLiteStore._wait`)."""
+    def __call__(self, _: Any) -> trio.lowlevel.Abort:
+        """The abort function of the waiting writer (the write itself: no bound method
+        per write). Cancelled while still queued: the write leaves the queue (never
+        written). Once its batch runs, the outcome is decided (stored or not) before
+        Cancelled reaches the caller, never still pending."""
         if self.state is _State.QUEUED:
             self.queue.remove(self)  # never written
             self.task = None
@@ -350,7 +353,10 @@ class SQLiteStore:
         write = _Write(apply, args, publish, self._queue)
         self._queue.append(write)
         if self._leading:
-            await self._wait(write)
+            write.task = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(write)
+            if write.aborted:
+                await trio.lowlevel.checkpoint_if_cancelled()
             return write.result()
         self._leading = True
         self._idle = trio.Event()
@@ -370,18 +376,6 @@ class SQLiteStore:
             self._queue.clear()
         await trio.lowlevel.checkpoint_if_cancelled()
         return write.result()
-
-    async def _wait(self, write: _Write[Any]) -> None:
-        """Park until the write is answered.
-
-        Cancelled while still queued: the write leaves the queue (never written). Once
-        its batch runs, the outcome is decided (stored or not) before Cancelled reaches
-        the caller, never still pending.
-        """
-        write.task = trio.lowlevel.current_task()
-        await trio.lowlevel.wait_task_rescheduled(write.abort)
-        if write.aborted:
-            await trio.lowlevel.checkpoint_if_cancelled()
 
     async def _drain(self) -> None:
         while self._queue:
@@ -779,6 +773,8 @@ def _apply_commit(
 
 
 def _to_text(moment: datetime) -> str:
+    if moment.tzinfo is UTC:
+        return moment.isoformat(timespec="microseconds")
     offset = moment.utcoffset() if isinstance(moment, datetime) else None
     if offset is None:
         raise InvalidArgument(f"datetimes must be timezone-aware (UTC), not {moment!r}")
