@@ -215,6 +215,10 @@ class RunActor(Generic[T, S]):
             if message is not None:
                 await self._handle(message)
                 continue
+            ready = self._ready_step()
+            if ready is not None:
+                await self._step(*ready)  # the common case, without _work's frame
+                continue
             deadline = await self._work()
             if deadline is None:
                 message = self._poll()
@@ -308,6 +312,22 @@ class RunActor(Generic[T, S]):
         if self._timers is None:
             self._timers = await self.engine.store.list_timers(self.engine.name, self.run_id)
         return self._timers
+
+    def _ready_step(self) -> tuple[RawRecord, StepSpec] | None:
+        """The run and its step when that step is all there is to do now, known without
+        reading anything: no timers, no backoff, no consume lag. Else None, and
+        :meth:`_work` sorts it out."""
+        raw = self._raw
+        if raw is None or self.reload_needed or self._timers is None or self._timers:
+            return None
+        if not raw.run_state.active or raw.version == self._skipped_version:
+            return None
+        if self._retry_at != -math.inf and trio.current_time() < self._retry_at:
+            return None
+        spec = self.engine.definition.steps.get(raw.status)
+        if spec is None or spec.options.consume_lag:
+            return None
+        return raw, spec
 
     async def _work(self) -> float | None:
         """Do the run's due work. Returns when to look again, or None when idle."""
