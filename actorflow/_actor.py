@@ -465,6 +465,9 @@ class RunActor(Generic[T, S]):
                 )
             else:
                 new, timers = engine.plan_status(raw, run, result, spec.to, key)
+                # Encoded into ``new``: let the run and its object go before the wait for
+                # the commit (objects held across it outlive garbage collections).
+                del run, result
                 if not timers and not had_timers:
                     await engine.store.commit(new)
                     engine.committed(new.run_id, None)

@@ -40,6 +40,9 @@ log = logging.getLogger("actorflow")
 
 RESUME = "resume"
 META_CACHE = 256
+NO_TIMERS: list[Timer] = []
+"""The timers of a version that has none. Shared (one list, not one per version in
+flight), so it is never mutated: code that changes timers builds a new list."""
 
 
 class Engine(Generic[T, S]):
@@ -282,7 +285,7 @@ class Engine(Generic[T, S]):
             object=encoded,
         )
         if terminal or status not in self.definition.timeouts:
-            return new, []
+            return new, NO_TIMERS
         return new, self.timers_for(run, status, new.updated_at)
 
     async def count_error(

@@ -6,6 +6,7 @@ A :class:`RawRecord` is what stores keep (object as JSON text, status as int); a
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -19,6 +20,15 @@ S = TypeVar("S", bound=int)
 
 def _run_state(value: int) -> RunState:
     return value if type(value) is RunState else RunState(value)
+
+
+def new_run_id() -> str:
+    """A new run's id: a random (version 4) UUID as 32 hex digits, like ``uuid4().hex``
+    (without the UUID object: this runs for every trigger)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return raw.hex()
 
 
 @attrs.frozen

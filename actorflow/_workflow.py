@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
@@ -14,7 +13,7 @@ import trio
 from ._actor import Op, Stopped
 from ._clock import Clock
 from ._definition import Definition
-from ._engine import Engine
+from ._engine import NO_TIMERS, Engine
 from ._errors import (
     ActorflowError,
     InvalidArgument,
@@ -25,7 +24,7 @@ from ._errors import (
 )
 from ._feed import Subscription
 from ._options import Options
-from ._record import RawRecord, Record, Timer
+from ._record import RawRecord, Record, Timer, new_run_id
 from ._run import Run
 from ._runstate import RunState
 from ._serde import ObjectCodec
@@ -265,7 +264,7 @@ class Workflow(Generic[T, S]):
         raw = RawRecord(
             workflow_name=self.name,
             foreign_id=foreign_id,
-            run_id=uuid.uuid4().hex,
+            run_id=new_run_id(),
             status=int(status),
             run_state=RunState.INITIATED,
             object=encoded,
@@ -274,7 +273,7 @@ class Workflow(Generic[T, S]):
             updated_at=now,
             meta=self._engine.first_meta(status),
         )
-        timers: list[Timer] = []
+        timers = NO_TIMERS
         if status in definition.timeouts:
             try:
                 run: Run[T, S] = Run(raw, cast(S, status), obj, self._codec)
