@@ -215,9 +215,9 @@ class RunActor(Generic[T, S]):
             if message is not None:
                 await self._handle(message)
                 continue
-            ready = self._ready_step()
-            if ready is not None:
-                await self._step(*ready)  # the common case, without _work's frame
+            spec = self._ready_step()
+            if spec is not None and self._raw is not None:
+                await self._step(self._raw, spec)  # the common case, without _work's frame
                 continue
             deadline = await self._work()
             if deadline is None:
@@ -313,8 +313,8 @@ class RunActor(Generic[T, S]):
             self._timers = await self.engine.store.list_timers(self.engine.name, self.run_id)
         return self._timers
 
-    def _ready_step(self) -> tuple[RawRecord, StepSpec] | None:
-        """The run and its step when that step is all there is to do now, known without
+    def _ready_step(self) -> StepSpec | None:
+        """The step of the run (``_raw``) when it is all there is to do now, known without
         reading anything: no timers, no backoff, no consume lag. Else None, and
         :meth:`_work` sorts it out."""
         raw = self._raw
@@ -327,7 +327,7 @@ class RunActor(Generic[T, S]):
         spec = self.engine.definition.steps.get(raw.status)
         if spec is None or spec.options.consume_lag:
             return None
-        return raw, spec
+        return spec
 
     async def _work(self) -> float | None:
         """Do the run's due work. Returns when to look again, or None when idle."""

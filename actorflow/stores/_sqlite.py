@@ -90,7 +90,7 @@ class _State(enum.Enum):
 class _Write(Generic[R]):
     """One write waiting for its batch: what to run inside the transaction, and its answer.
 
-    ``apply(conn, *args)`` runs inside the transaction. The writer parks its own task
+    ``apply(conn, arg)`` runs inside the transaction. The writer parks its own task
     (no Event, no closure): with thousands of writes in flight, every object less per
     write is garbage the collector does not have to walk.
     """
@@ -98,7 +98,7 @@ class _Write(Generic[R]):
     __slots__ = (
         "aborted",
         "apply",
-        "args",
+        "arg",
         "error",
         "publish",
         "queue",
@@ -109,13 +109,13 @@ class _Write(Generic[R]):
 
     def __init__(
         self,
-        apply: Callable[..., R],
-        args: tuple[Any, ...],
+        apply: Callable[[sqlite3.Connection, Any], R],
+        arg: Any,
         publish: RawRecord | None,
         queue: list[_Write[Any]],
     ) -> None:
         self.apply = apply
-        self.args = args
+        self.arg = arg
         self.publish = publish
         self.queue = queue
         self.state = _State.QUEUED
@@ -344,13 +344,13 @@ class SQLiteStore:
 
     async def _submit(
         self,
-        apply: Callable[..., R],
-        args: tuple[Any, ...] = (),
+        apply: Callable[[sqlite3.Connection, Any], R],
+        arg: Any,
         publish: RawRecord | None = None,
     ) -> R:
         await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: nothing written
         self._connection()  # raises when closed
-        write = _Write(apply, args, publish, self._queue)
+        write = _Write(apply, arg, publish, self._queue)
         self._queue.append(write)
         if self._leading:
             write.task = trio.lowlevel.current_task()
@@ -460,7 +460,7 @@ class SQLiteStore:
                 if savepoints:
                     conn.execute("SAVEPOINT write")
                 try:
-                    value = write.apply(conn, *write.args)
+                    value = write.apply(conn, write.arg)
                 except Exception as exc:
                     if _fails_transaction(exc):
                         raise
@@ -508,22 +508,24 @@ class SQLiteStore:
         # A plain function that hands back the group-commit coroutine: one coroutine frame
         # less for each of the thousands of writes in flight (await it like any ``async def``).
         timer_rows = None if timers is None else _timer_rows(record, timers)
+        if timer_rows is None and not scrub_history:
+            return self._submit(_apply_version, record, record)  # no tuple to keep waiting
         return self._submit(_apply_commit, (record, timer_rows, scrub_history), record)
 
     async def set_cursor(self, name: str, value: str) -> None:
-        def apply(conn: sqlite3.Connection) -> None:
+        def apply(conn: sqlite3.Connection, _: object) -> None:
             conn.execute(
                 "INSERT INTO cursors (name, value) VALUES (?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                 (name, value),
             )
 
-        await self._submit(apply, ())
+        await self._submit(apply, None)
 
     async def claim_schedule(self, key: str, fire_at: datetime) -> bool:
         stamp = _to_text(fire_at)
 
-        def apply(conn: sqlite3.Connection) -> bool:
+        def apply(conn: sqlite3.Connection, _: object) -> bool:
             cursor = conn.execute(
                 "INSERT INTO schedules (key, fire_at) VALUES (?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET fire_at = excluded.fire_at "
@@ -532,7 +534,7 @@ class SQLiteStore:
             )
             return cursor.rowcount == 1
 
-        return await self._submit(apply, ())
+        return await self._submit(apply, None)
 
     # -- reads -------------------------------------------------------------------------
 
@@ -709,11 +711,9 @@ class SQLiteStore:
 
 
 def _apply_create(
-    conn: sqlite3.Connection,
-    record: RawRecord,
-    params: _Params,
-    timer_rows: list[_Params],
+    conn: sqlite3.Connection, arg: tuple[RawRecord, _Params, list[_Params]]
 ) -> RawRecord:
+    record, params, timer_rows = arg
     row = conn.execute(
         "SELECT run_id, run_state FROM runs WHERE workflow_name = ? AND foreign_id = ? "
         "ORDER BY seq DESC LIMIT 1",
@@ -731,12 +731,15 @@ def _apply_create(
     return record
 
 
+def _apply_version(conn: sqlite3.Connection, record: RawRecord) -> RawRecord:
+    """A commit that leaves the run's timers and history as they are."""
+    return _apply_commit(conn, (record, None, False))
+
+
 def _apply_commit(
-    conn: sqlite3.Connection,
-    record: RawRecord,
-    timer_rows: list[_Params] | None,
-    scrub_history: bool,
+    conn: sqlite3.Connection, arg: tuple[RawRecord, list[_Params] | None, bool]
 ) -> RawRecord:
+    record, timer_rows, scrub_history = arg
     # The rows are made here, in the batch, not when the write is queued: objects that
     # wait in the queue survive garbage collections, these die at once.
     params = _record_params(record)

@@ -468,7 +468,7 @@ async def test_a_write_failing_halfway_is_undone_alone(store: SQLiteStore) -> No
     v1 = await store.create_run(raw())
     before = store.stats.transactions
 
-    def half_then_boom(conn: sqlite3.Connection) -> None:
+    def half_then_boom(conn: sqlite3.Connection, _: object) -> None:
         conn.execute("INSERT INTO cursors (name, value) VALUES ('half', 'written')")
         raise RuntimeError("boom")
 
@@ -476,7 +476,7 @@ async def test_a_write_failing_halfway_is_undone_alone(store: SQLiteStore) -> No
 
     async def broken() -> None:
         try:
-            await store._submit(half_then_boom)
+            await store._submit(half_then_boom, None)
         except RuntimeError as exc:
             outcomes["broken"] = str(exc)
 
