@@ -22,10 +22,26 @@ def _run_state(value: int) -> RunState:
     return value if type(value) is RunState else RunState(value)
 
 
+_ID_BYTES = 16
+_POOL_IDS = 256
+_random = bytearray()
+"""Random bytes for the next run ids: one ``os.urandom`` call per 256 ids, not per id."""
+
+
+def _forget_random() -> None:
+    _random.clear()  # a forked child must never hand out its parent's ids
+
+
+os.register_at_fork(after_in_child=_forget_random)
+
+
 def new_run_id() -> str:
     """A new run's id: a random (version 4) UUID as 32 hex digits, like ``uuid4().hex``
-    (without the UUID object: this runs for every trigger)."""
-    raw = bytearray(os.urandom(16))
+    (from a pool of ``os.urandom`` bytes, without a UUID object: this runs per trigger)."""
+    if not _random:
+        _random.extend(os.urandom(_ID_BYTES * _POOL_IDS))
+    raw = _random[-_ID_BYTES:]
+    del _random[-_ID_BYTES:]
     raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     return raw.hex()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import json.encoder
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast, final
 
 import attrs
@@ -15,8 +17,41 @@ T = TypeVar("T")
 
 converter = make_converter()
 
-# One encoder for every call: json.dumps with options builds a new JSONEncoder each time.
-_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+def _not_serialisable(obj: object) -> Any:
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def _make_encode() -> Callable[[Any], str]:
+    """Compact JSON text of unstructured data, as ``JSONEncoder.encode`` makes it.
+
+    ``JSONEncoder.encode`` builds a C encoder (and a closure and a dict) on every call;
+    this one is built once and reused (no circular-reference check: a cycle fails with
+    RecursionError instead of ValueError, both reported as SerializationError).
+    """
+    encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # an interpreter without the C accelerator
+        return encode
+    iterencode = make(
+        None,
+        _not_serialisable,
+        json.encoder.encode_basestring,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        True,
+    )
+
+    def fast(obj: Any) -> str:
+        return "".join(iterencode(obj, 0))
+
+    return fast
+
+
+_ENCODE = _make_encode()
 _DECODE = json.JSONDecoder().raw_decode
 
 

@@ -1,0 +1,79 @@
+"""Hot-path helpers that replace standard-library calls: they must behave like them."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from typing import Any
+
+import attrs
+import pytest
+
+from actorflow._errors import SerializationError
+from actorflow._record import new_run_id
+from actorflow._serde import _ENCODE, ObjectCodec, _loads
+
+
+def test_run_ids_are_version_4_uuids_and_unique() -> None:
+    ids = [new_run_id() for _ in range(5_000)]
+    assert len(set(ids)) == len(ids)
+    for run_id in ids[:600]:  # crosses a refill of the random pool
+        parsed = uuid.UUID(run_id)
+        assert parsed.hex == run_id
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_never_repeats_its_parents_next_run_ids() -> None:
+    new_run_id()  # the pool now holds random bytes the child would inherit
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, " ".join(new_run_id() for _ in range(10)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split())
+    parent = {new_run_id() for _ in range(10)}
+    assert len(child) == 10
+    assert not child & parent
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{}, {"a": [1, 2.5, None, True, "é\n\u2028"]}, "text", 3, [], 1e100, {"k": math.inf}],
+)
+def test_object_json_is_what_the_standard_encoder_writes(value: object) -> None:
+    standard = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode(value)
+    assert _ENCODE(value) == standard
+    assert _loads(standard) == json.loads(standard) or value != value
+
+
+@pytest.mark.parametrize("text", ['{"a":1}', ' {"a": 1} ', "\n[1]"])
+def test_stored_json_reads_like_json_loads(text: str) -> None:
+    assert _loads(text) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", ["", "{} x", "nul", "{"])
+def test_broken_stored_json_raises_like_json_loads(text: str) -> None:
+    with pytest.raises(json.JSONDecodeError):
+        _loads(text)
+
+
+@attrs.define
+class Holder:
+    items: list[Any] = attrs.Factory(list)
+
+
+def test_unserialisable_and_cyclic_objects_are_serialization_errors() -> None:
+    codec = ObjectCodec(Holder, "wf")
+    with pytest.raises(SerializationError, match="not JSON serializable"):
+        codec.encode(Holder([object()]))
+    cyclic: list[object] = []
+    cyclic.append(cyclic)
+    with pytest.raises(SerializationError):
+        codec.encode(Holder(cyclic))
