@@ -70,7 +70,9 @@ class ChangeFeed:
         self.published = 0
         # An OrderedDict drops its oldest entry in O(1); a dict would scan its deleted
         # slots from the front on every drop.
-        self._recent: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        """Keys ``"<version> <run id>"``: strings, which the garbage collector never walks
+        (tuples it would, for as long as RECENT versions stay here)."""
         self.supervisors: dict[str, Any] = {}
         """Workflow name -> the supervisor running it on this store instance, if any."""
 
@@ -81,13 +83,13 @@ class ChangeFeed:
 
     def was_published(self, run_id: str, version: int) -> bool:
         """Whether this feed published that version recently (the last RECENT versions)."""
-        return (run_id, version) in self._recent
+        return f"{version} {run_id}" in self._recent
 
     def publish(self, record: RawRecord) -> None:
         """Hand a committed version to every matching subscriber (never blocks)."""
         self.published += 1
         recent = self._recent
-        recent[(record.run_id, record.version)] = None
+        recent[f"{record.version} {record.run_id}"] = None
         if len(recent) > RECENT:
             recent.popitem(last=False)
         if self._subscribers:
