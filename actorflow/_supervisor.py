@@ -421,12 +421,29 @@ class Supervisor(Generic[T, S]):
         # this one; the poll stays the safety net.
         changes = getattr(engine.store, "changes", None)
         mark = 0 if changes is None else changes.mark()
+        # SQLiteStore: ``data_version`` changes only when another connection commits.
+        data_version = getattr(engine.store, "data_version", None)
+        seen_version: int | None = None
         while True:
             if changes is None:
                 await trio.sleep(interval)
             else:
                 await changes.wait(mark, interval)
                 mark = changes.mark()
+            if data_version is not None:
+                try:
+                    # The log's end first: whatever was written up to it, if nobody else
+                    # committed since the last look, was written by this store instance
+                    # and woke its runs in-process already.
+                    last = await engine.store.last_event_id()
+                    version = await data_version()
+                except Exception as exc:
+                    log.warning("workflow %r: reading the event log failed: %s", engine.name, exc)
+                    continue
+                if version == seen_version:
+                    after = max(after, last)
+                    continue
+                seen_version = version
             while True:
                 try:
                     events = await engine.store.read_events(after, TAIL_BATCH, engine.name)

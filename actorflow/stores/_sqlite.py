@@ -672,6 +672,20 @@ class SQLiteStore:
 
         return await self._read("read_events", query)
 
+    async def data_version(self) -> int:
+        """A number that changes whenever another connection (another process, or another
+        SQLiteStore on the same file) commits, and never for this store's own writes.
+
+        The supervisor's event-log tail reads the log only when it changed, instead of
+        reading back every version this store wrote (see ``PRAGMA data_version``).
+        """
+
+        def query(conn: sqlite3.Connection) -> int:
+            row = conn.execute("PRAGMA data_version").fetchone()
+            return int(row[0])
+
+        return await self._read("data_version", query)
+
     async def last_event_id(self) -> int:
         def query(conn: sqlite3.Connection) -> int:
             row = conn.execute("SELECT max(id) FROM history").fetchone()

@@ -555,6 +555,20 @@ async def test_two_stores_on_one_file_stay_consistent(tmp_path: Path) -> None:
         assert [e.version for e in await one.read_events(0)] == [1, 2]
 
 
+
+async def test_data_version_moves_only_for_other_connections_writes(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    async with SQLiteStore(path) as one, SQLiteStore(path) as two:
+        start = await one.data_version()
+        v1 = await one.create_run(raw())
+        await one.commit(nxt(v1, status=2))
+        assert await one.data_version() == start  # its own writes
+        await two.set_cursor("c", "1")
+        after_other = await one.data_version()
+        assert after_other != start
+        assert await one.data_version() == after_other  # nothing new since
+
+
 _ROOT = Path(__file__).resolve().parents[2]
 _WRITER = """
 import sys
