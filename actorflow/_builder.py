@@ -289,7 +289,7 @@ class Builder(Generic[T, S]):
         scrub: Callable[[T], T] | None = None,
         grace_period: timedelta = timedelta(seconds=10),
         poll_interval: timedelta = timedelta(seconds=1),
-        max_active_runs: int = 10_000,
+        max_active_runs: int = 2_000,
         streamer: Any = None,
         shards: int = 16,
         lease: timedelta = timedelta(seconds=10),
@@ -305,7 +305,9 @@ class Builder(Generic[T, S]):
                 (default: a new object from the type's defaults).
             grace_period: how long ``stop()`` lets steps in flight finish.
             poll_interval: how often to look for work written by other processes.
-            max_active_runs: at most this many runs are worked on at once.
+            max_active_runs: at most this many runs are worked on at once in this process;
+                more wait their turn as ids (first in, first out) and reuse the tasks
+                of runs that finish. Raise it for steps that mostly wait on slow I/O.
             streamer: an EventStreamer to publish every transition to (a StoreLogStreamer
                 must be over ``store`` itself).
             shards: with a store that supports scale-out (PostgreSQL), runs are split into

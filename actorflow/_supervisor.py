@@ -245,26 +245,44 @@ class Supervisor(Generic[T, S]):
         self, run_id: str, known: RawRecord | None = None, timers: list[Timer] | None = None
     ) -> RunActor[T, S]:
         assert self._nursery is not None
+        actor = self._actor(run_id, known, timers)
+        self._nursery.start_soon(self._drive, actor)
+        return actor
+
+    def _actor(
+        self, run_id: str, known: RawRecord | None, timers: list[Timer] | None
+    ) -> RunActor[T, S]:
         actor = RunActor(self, run_id)
         if known is not None and timers is not None:
             actor.start_from(known, timers)
         self.actors[run_id] = actor
-        self._nursery.start_soon(actor.main)
         return actor
 
+    async def _drive(self, actor: RunActor[T, S]) -> None:
+        """The task of ``actor`` and, when it is done, of the runs waiting for a slot, one
+        after another: a burst of runs reuses tasks instead of spawning one per run."""
+        current: RunActor[T, S] | None = actor
+        while current is not None:
+            await current.main()
+            current = self._next_waiting()
+
+    def _next_waiting(self) -> RunActor[T, S] | None:
+        """An actor for the longest-waiting run, when there is one and room for it."""
+        while self._waiting and len(self.actors) < self.max_active_runs:
+            if self.stopping or self._nursery is None:
+                self._waiting.clear()
+                return None
+            run_id = next(iter(self._waiting))
+            known, timers = self._waiting.pop(run_id)
+            if run_id not in self.actors:
+                return self._actor(run_id, known, timers)
+        return None
+
     def forget(self, actor: RunActor[T, S]) -> None:
+        """``actor`` stopped: its slot is free (its task takes the next waiting run)."""
         if self.actors.get(actor.run_id) is actor:
             del self.actors[actor.run_id]
             self._remember(actor.run_id, actor.known_version)
-        # A slot is free: start the longest-waiting run.
-        while self._waiting and len(self.actors) < self.max_active_runs:
-            run_id = next(iter(self._waiting))
-            known, timers = self._waiting.pop(run_id)
-            if self.stopping or self._nursery is None:
-                self._waiting.clear()
-                break
-            if run_id not in self.actors:
-                self._spawn(run_id, known, timers)
         if self._room:
             self._room.unpark_all()
 

@@ -415,10 +415,12 @@ async def test_bursts_beyond_max_active_runs_wait_as_ids_not_tasks(
 ) -> None:
     release = trio.Event()
     peak = 0
+    tasks: set[trio.lowlevel.Task] = set()
     builder = af.Builder("burst", Count, Rep)
 
     @builder.step(Rep.COUNTING, to=Rep.DONE)
     async def gated(run: af.Run[Count, Rep]) -> Rep:
+        tasks.add(trio.lowlevel.current_task())
         await release.wait()
         return Rep.DONE
 
@@ -434,6 +436,8 @@ async def test_bursts_beyond_max_active_runs_wait_as_ids_not_tasks(
         for i, run_id in enumerate(ids):
             await workflow.await_status(f"f{i}", run_id, Rep.DONE)
     assert peak == 5
+    # The five tasks took the waiting runs one after another: no task per run.
+    assert len(tasks) == 5
 
 
 async def test_a_second_workflow_object_on_the_same_store_hands_work_to_the_running_one(
