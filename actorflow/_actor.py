@@ -171,7 +171,17 @@ class RunActor(Generic[T, S]):
         self.task = trio.lowlevel.current_task()
         self._retry_at = sup.retry_at.pop(self.run_id, -math.inf)
         try:
-            await self._loop()
+            # The loop is written here, not in a method of its own: one coroutine frame
+            # less for every run in flight.
+            while not sup.stopping and sup.owns(self.run_id):
+                message = self._poll()
+                if message is None:
+                    spec = self._ready_step()
+                    if spec is not None and self._raw is not None:
+                        await self._step(self._raw, spec)  # the common case
+                        continue
+                if not await self._turn(message):
+                    return
         except Exception as exc:
             # Never let one run take the workflow down: log, and try again later.
             log.exception("%s: actor failed; retrying soon", self._where(), exc_info=exc)
@@ -204,41 +214,34 @@ class RunActor(Generic[T, S]):
     def _where(self) -> str:
         return f"workflow {self.engine.name!r} run {self.run_id}"
 
-    async def _loop(self) -> None:
+    async def _turn(self, message: object | None) -> bool:
+        """A turn of the actor's loop other than a plain step: handle ``message``, or do
+        the run's due work, or wait. False when the actor should stop (passivate)."""
         sup = self.sup
-        while not sup.stopping and sup.owns(self.run_id):
-            if self.reload_needed:
-                self.reload_needed = False
-                self._raw = await self.engine.lookup(self.run_id)
-                self._timers = None
+        if message is not None:
+            await self._handle(message)
+            return True
+        deadline = await self._work()
+        if deadline is None:
             message = self._poll()
-            if message is not None:
-                await self._handle(message)
-                continue
-            spec = self._ready_step()
-            if spec is not None and self._raw is not None:
-                await self._step(self._raw, spec)  # the common case, without _work's frame
-                continue
-            deadline = await self._work()
-            if deadline is None:
-                message = self._poll()
-                if message is None:
-                    self._arm_pending_timers()
-                    return  # nothing to do and nothing waiting: passivate
-                await self._handle(message)
-                continue
-            now = trio.current_time()
-            if deadline - now > PASSIVATE_AFTER:
-                # A long wait (error backoff, consume lag): give the slot back and let the
-                # supervisor's timer wake a new actor then.
-                message = self._poll()
-                if message is None:
-                    sup.wake_later(self.run_id, deadline, self._retry_at)
-                    return
-                await self._handle(message)
-                continue
-            if deadline > now:
-                await self._wait(deadline)
+            if message is None:
+                self._arm_pending_timers()
+                return False  # nothing to do and nothing waiting: passivate
+            await self._handle(message)
+            return True
+        now = trio.current_time()
+        if deadline - now > PASSIVATE_AFTER:
+            # A long wait (error backoff, consume lag): give the slot back and let the
+            # supervisor's timer wake a new actor then.
+            message = self._poll()
+            if message is None:
+                sup.wake_later(self.run_id, deadline, self._retry_at)
+                return False
+            await self._handle(message)
+            return True
+        if deadline > now:
+            await self._wait(deadline)
+        return True
 
     async def _wait(self, deadline: float) -> None:
         message: object = None

@@ -85,7 +85,7 @@ class Engine(Generic[T, S]):
             run_id=raw.run_id,
             status=self.status(raw.status),
             run_state=raw.run_state,
-            object=self.codec.decode(raw.object, f" run {raw.run_id}"),
+            object=self.codec.decode(raw.object, run_id=raw.run_id),
             version=raw.version,
             created_at=raw.created_at,
             updated_at=raw.updated_at,
@@ -93,7 +93,7 @@ class Engine(Generic[T, S]):
         )
 
     def make_run(self, raw: RawRecord) -> Run[T, S]:
-        obj = self.codec.decode(raw.object, f" run {raw.run_id}")
+        obj = self.codec.decode(raw.object, run_id=raw.run_id)
         return Run(raw, self.status(raw.status), obj, self.codec)
 
     def now(self) -> datetime:
@@ -246,7 +246,7 @@ class Engine(Generic[T, S]):
                     reason=result.reason or f"cancelled by {what}",
                 )
                 return await self.commit(new, timers=[]), []
-            encoded = self.codec.encode(run.object, f" run {raw.run_id}")
+            encoded = self.codec.encode(run.object, run_id=raw.run_id)
             new = self.next_version(raw, run_state=RunState.RUNNING, object=encoded)
             if fired is None:
                 return await self.commit(new), None
@@ -276,7 +276,7 @@ class Engine(Generic[T, S]):
                 "run.save_and_repeat())"
             )
         status = int(result)
-        encoded = self.codec.encode(run.object, f" run {raw.run_id}")
+        encoded = self.codec.encode(run.object, run_id=raw.run_id)
         terminal = self.definition.is_terminal(status)
         new = self.next_version(
             raw,
@@ -359,7 +359,7 @@ class Engine(Generic[T, S]):
             raw = await self.commit(
                 self.next_version(raw, run_state=RunState.REQUESTED_DATA_DELETED, reason=reason)
             )
-        obj = self.codec.decode(raw.object, f" run {raw.run_id}")
+        obj = self.codec.decode(raw.object, run_id=raw.run_id)
         if self.scrub is not None:
             try:
                 scrubbed = self.scrub(obj)
@@ -371,7 +371,7 @@ class Engine(Generic[T, S]):
         new = self.next_version(
             raw,
             run_state=RunState.DATA_DELETED,
-            object=self.codec.encode(scrubbed, f" run {raw.run_id}"),
+            object=self.codec.encode(scrubbed, run_id=raw.run_id),
             reason=reason,
         )
         return await self.commit(new, timers=[], scrub_history=True), []

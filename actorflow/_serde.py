@@ -65,6 +65,10 @@ def _loads(text: str) -> Any:
     return data if end == len(text) else json.loads(text)
 
 
+def _place(where: str, run_id: str) -> str:
+    return f" run {run_id}" if run_id else where
+
+
 @final
 class ObjectCodec(Generic[T]):
     """Converts one workflow's object type to and from JSON text."""
@@ -98,25 +102,28 @@ class ObjectCodec(Generic[T]):
             )
         return cast(T, obj)
 
-    def encode(self, obj: T, where: str = "") -> str:
-        """JSON text of ``obj``; SerializationError if cattrs or json cannot convert it."""
+    def encode(self, obj: T, where: str = "", *, run_id: str = "") -> str:
+        """JSON text of ``obj``; SerializationError if cattrs or json cannot convert it.
+
+        ``where`` (or ``run_id``, worded only when needed) places the object in the error.
+        """
         try:
             return _ENCODE(self._unstructure(obj))
         except Exception as exc:
             raise SerializationError(
-                f"workflow {self._workflow!r}{where}: cannot serialise "
+                f"workflow {self._workflow!r}{_place(where, run_id)}: cannot serialise "
                 f"{type(obj).__name__} to JSON: {exc!r}"
             ) from exc
 
-    def decode(self, text: str, where: str = "") -> T:
+    def decode(self, text: str, where: str = "", *, run_id: str = "") -> T:
         """The object stored as ``text``; SerializationError if it does not fit the type."""
         try:
             data = _loads(text)
             return self._structure(data, self.object_type)  # type: ignore[no-any-return]
         except Exception as exc:
             raise SerializationError(
-                f"workflow {self._workflow!r}{where}: stored object does not fit "
-                f"{self.object_type.__name__}: {exc!r}"
+                f"workflow {self._workflow!r}{_place(where, run_id)}: stored object does not "
+                f"fit {self.object_type.__name__}: {exc!r}"
             ) from exc
 
     def default(self) -> T:

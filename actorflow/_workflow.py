@@ -283,7 +283,8 @@ class Workflow(Generic[T, S]):
         stored = await self._store.create_run(raw, timers)
         supervisor = self._local_supervisor()
         if supervisor is not None:
-            supervisor.schedule(timers)
+            if timers:
+                supervisor.schedule(timers)
             if status in definition.steps:
                 supervisor.wake(raw.run_id, stored, timers)
         return raw.run_id

@@ -555,7 +555,6 @@ async def test_two_stores_on_one_file_stay_consistent(tmp_path: Path) -> None:
         assert [e.version for e in await one.read_events(0)] == [1, 2]
 
 
-
 async def test_data_version_moves_only_for_other_connections_writes(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     async with SQLiteStore(path) as one, SQLiteStore(path) as two:
