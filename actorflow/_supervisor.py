@@ -149,13 +149,17 @@ class Supervisor(Generic[T, S]):
                 async with trio.open_nursery() as actors:
                     self._nursery = actors
                     shared = getattr(engine.store, "shared", False)
+                    # SQLiteStore: which other connections' commits are behind us (read
+                    # before the log position, so every one of them is at or before it).
+                    data_version = getattr(engine.store, "data_version", None)
+                    version = await data_version() if shared and data_version else None
                     # Read the log position first: what is written after it, the tail sees.
                     after = await engine.store.last_event_id() if shared else 0
                     await self._load_timers()
                     services.start_soon(self._timer_loop)
                     services.start_soon(self._recover)
                     if shared:
-                        services.start_soon(self._tail, after)
+                        services.start_soon(self._tail, after, version)
                     for service in self._services:
                         services.start_soon(self._singleton, service)
                     task_status.started()
@@ -430,9 +434,12 @@ class Supervisor(Generic[T, S]):
                 return
             after = page[-1].run_id
 
-    async def _tail(self, after: int) -> None:
+    async def _tail(self, after: int, seen_version: object = None) -> None:
         """Follow the store's event log for changes made by other processes (the safety
-        net behind in-process wake-ups; with several processes it is how work is found)."""
+        net behind in-process wake-ups; with several processes it is how work is found).
+
+        ``seen_version``: the store's ``data_version`` when ``after`` was read (SQLite);
+        the log is read again only once another connection has committed since."""
         engine = self.engine
         interval = self.poll_interval.total_seconds()
         # LISTEN/NOTIFY (PostgresStore): woken as soon as another process writes work for
@@ -441,7 +448,6 @@ class Supervisor(Generic[T, S]):
         mark = 0 if changes is None else changes.mark()
         # SQLiteStore: ``data_version`` changes only when another connection commits.
         data_version = getattr(engine.store, "data_version", None)
-        seen_version: int | None = None
         while True:
             if changes is None:
                 await trio.sleep(interval)

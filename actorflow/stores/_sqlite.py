@@ -227,6 +227,8 @@ class SQLiteStore:
         """Write-path counters."""
         self._check_path()
         self._conn: sqlite3.Connection | None = self._open(migrate=True)
+        self._connections = 1
+        """Connections opened so far (a reopened connection counts data_version anew)."""
 
     @property
     def feed(self) -> ChangeFeed:
@@ -335,6 +337,7 @@ class SQLiteStore:
             raise self._fail("the store is closed", "open a new SQLiteStore")
         if self._conn is None:
             self._conn = self._open(migrate=False)
+            self._connections += 1
         return self._conn
 
     def _error(self, what: str, exc: sqlite3.Error) -> StoreError:
@@ -672,17 +675,19 @@ class SQLiteStore:
 
         return await self._read("read_events", query)
 
-    async def data_version(self) -> int:
-        """A number that changes whenever another connection (another process, or another
-        SQLiteStore on the same file) commits, and never for this store's own writes.
+    async def data_version(self) -> tuple[int, int]:
+        """A value that changes whenever another connection (another process, or another
+        SQLiteStore on the same file) commits, and never for this store's own writes
+        (``PRAGMA data_version``, with the connection it was read on: after a reconnect
+        the value is new as well).
 
         The supervisor's event-log tail reads the log only when it changed, instead of
-        reading back every version this store wrote (see ``PRAGMA data_version``).
+        reading back every version this store wrote.
         """
 
-        def query(conn: sqlite3.Connection) -> int:
+        def query(conn: sqlite3.Connection) -> tuple[int, int]:
             row = conn.execute("PRAGMA data_version").fetchone()
-            return int(row[0])
+            return self._connections, int(row[0])
 
         return await self._read("data_version", query)
 
