@@ -77,3 +77,22 @@ def test_unserialisable_and_cyclic_objects_are_serialization_errors() -> None:
     cyclic.append(cyclic)
     with pytest.raises(SerializationError):
         codec.encode(Holder(cyclic))
+
+
+def test_sqlite_time_text_is_isoformat_in_utc() -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from actorflow.stores._sqlite import _created_text, _to_text
+
+    moments = [
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(2026, 11, 26, 15, 0, 0, 0, tzinfo=UTC),
+        datetime(2026, 11, 26, 15, 0, 0, 7, tzinfo=UTC),
+    ]
+    for moment in moments:
+        assert _to_text(moment) == moment.isoformat(timespec="microseconds")
+        assert _created_text(moment) == _to_text(moment)
+    elsewhere = datetime(2026, 1, 1, 1, tzinfo=timezone(timedelta(hours=2)))
+    assert _to_text(elsewhere) == "2025-12-31T23:00:00.000000+00:00"
+    assert _created_text(elsewhere) == _to_text(elsewhere)
