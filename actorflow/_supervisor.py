@@ -112,7 +112,7 @@ class Supervisor(Generic[T, S]):
         self.grace_period = grace_period
         self.poll_interval = poll_interval
         self.max_active_runs = max_active_runs
-        self._waiting: dict[str, tuple[RawRecord | None, list[Timer] | None]] = {}
+        self._waiting: OrderedDict[str, tuple[RawRecord | None, list[Timer] | None]] = OrderedDict()
         """Runs to wake when an actor slot frees up (insertion order: first in, first out).
         A waiting run costs a dict entry, not a task: memory stays flat under bursts."""
         self._room = trio.lowlevel.ParkingLot()
@@ -276,8 +276,7 @@ class Supervisor(Generic[T, S]):
             if self.stopping or self._nursery is None:
                 self._waiting.clear()
                 return None
-            run_id = next(iter(self._waiting))
-            known, timers = self._waiting.pop(run_id)
+            run_id, (known, timers) = self._waiting.popitem(last=False)
             if run_id not in self.actors:
                 return self._actor(run_id, known, timers)
         return None
