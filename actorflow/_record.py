@@ -7,6 +7,7 @@ A :class:`RawRecord` is what stores keep (object as JSON text, status as int); a
 from __future__ import annotations
 
 import os
+import threading
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -26,10 +27,14 @@ _ID_BYTES = 16
 _POOL_IDS = 256
 _random = bytearray()
 """Random bytes for the next run ids: one ``os.urandom`` call per 256 ids, not per id."""
+_random_lock = threading.Lock()
+"""Event loops in several threads may trigger at once."""
 
 
 def _forget_random() -> None:
+    global _random_lock
     _random.clear()  # a forked child must never hand out its parent's ids
+    _random_lock = threading.Lock()  # another thread may have held it at the fork
 
 
 os.register_at_fork(after_in_child=_forget_random)
@@ -38,10 +43,11 @@ os.register_at_fork(after_in_child=_forget_random)
 def new_run_id() -> str:
     """A new run's id: a random (version 4) UUID as 32 hex digits, like ``uuid4().hex``
     (from a pool of ``os.urandom`` bytes, without a UUID object: this runs per trigger)."""
-    if not _random:
-        _random.extend(os.urandom(_ID_BYTES * _POOL_IDS))
-    raw = _random[-_ID_BYTES:]
-    del _random[-_ID_BYTES:]
+    with _random_lock:
+        if not _random:
+            _random.extend(os.urandom(_ID_BYTES * _POOL_IDS))
+        raw = _random[-_ID_BYTES:]
+        del _random[-_ID_BYTES:]
     raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     return raw.hex()

@@ -11,6 +11,7 @@ period, then cancels; the services go last.
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import functools
 import heapq
@@ -62,6 +63,13 @@ async def _retrying(engine: Engine[Any, Any], what: str, call: Callable[[], Awai
                 exc,
             )
             await trio.sleep(max(delay, 0.01))
+
+
+def _same_context(one: contextvars.Context, other: contextvars.Context) -> bool:
+    """Whether two contexts hold the same variables with the same values."""
+    if len(one) != len(other):
+        return False
+    return all(var in other and other[var] is value for var, value in one.items())
 
 
 @runtime_checkable
@@ -264,11 +272,21 @@ class Supervisor(Generic[T, S]):
 
     async def _drive(self, actor: RunActor[T, S]) -> None:
         """The task of ``actor`` and, when it is done, of the runs waiting for a slot, one
-        after another: a burst of runs reuses tasks instead of spawning one per run."""
+        after another: a burst of runs reuses tasks instead of spawning one per run.
+
+        A run's steps never see context variables that another run's steps set: once a
+        step has set one, the next waiting run gets a new task, started in the context
+        this task started with.
+        """
+        start = contextvars.copy_context()
         current: RunActor[T, S] | None = actor
         while current is not None:
             await current.main()
             current = self._next_waiting()
+            if current is not None and not _same_context(start, contextvars.copy_context()):
+                assert self._nursery is not None  # _next_waiting checked it
+                start.run(self._nursery.start_soon, self._drive, current)
+                return
 
     def _next_waiting(self) -> RunActor[T, S] | None:
         """An actor for the longest-waiting run, when there is one and room for it."""
@@ -466,17 +484,20 @@ class Supervisor(Generic[T, S]):
                 if version == seen_version:
                     after = max(after, last)
                     continue
-                seen_version = version
+            else:
+                version = None
             while True:
                 try:
                     events = await engine.store.read_events(after, TAIL_BATCH, engine.name)
                 except Exception as exc:
+                    # Not read to its end: the next look reads from ``after`` again.
                     log.warning("workflow %r: reading the event log failed: %s", engine.name, exc)
                     break
                 for event in events:
                     after = event.id
                     await self._noticed(event)
                 if len(events) < TAIL_BATCH:
+                    seen_version = version  # read to its end as of that version
                     break
 
     async def _noticed(self, event: Event) -> None:

@@ -96,3 +96,35 @@ def test_sqlite_time_text_is_isoformat_in_utc() -> None:
     elsewhere = datetime(2026, 1, 1, 1, tzinfo=timezone(timedelta(hours=2)))
     assert _to_text(elsewhere) == "2025-12-31T23:00:00.000000+00:00"
     assert _created_text(elsewhere) == _to_text(elsewhere)
+
+
+def test_run_ids_from_many_threads_are_unique() -> None:
+    import threading
+
+    found: list[list[str]] = []
+
+    def make() -> None:
+        found.append([new_run_id() for _ in range(20_000)])
+
+    threads = [threading.Thread(target=make) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [run_id for ids in found for run_id in ids]
+    assert len(every) == 160_000
+    assert len(set(every)) == len(every)
+
+
+def test_created_at_text_of_equal_but_different_local_times() -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from actorflow.stores._sqlite import _created_text
+
+    new_york = ZoneInfo("America/New_York")
+    first = datetime(2024, 11, 3, 1, 30, tzinfo=new_york, fold=0)  # EDT
+    second = datetime(2024, 11, 3, 1, 30, tzinfo=new_york, fold=1)  # EST, an hour later
+    assert first == second  # Python compares these as equal: a cache must not merge them
+    assert _created_text(first) == "2024-11-03T05:30:00.000000+00:00"
+    assert _created_text(second) == "2024-11-03T06:30:00.000000+00:00"

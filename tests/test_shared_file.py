@@ -4,6 +4,7 @@ triggers, callbacks and controls written through the other instance."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -67,6 +68,38 @@ async def test_subscribers_see_another_process_s_writes_once_and_in_order(
                     break
         assert seen == [("elsewhere", 1), ("elsewhere", 2), ("elsewhere", 3)]
         assert run_id
+    finally:
+        await worker_store.aclose()
+        await client_store.aclose()
+
+
+async def test_a_failed_read_of_the_event_log_is_read_again(
+    tmp_path: Path, clock: af.Clock, autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "shared.db"
+    worker_store = af.SQLiteStore(path)  # type: ignore[attr-defined]
+    client_store = af.SQLiteStore(path)  # type: ignore[attr-defined]
+    worker = three_steps(worker_store, clock)
+    client = three_steps(client_store, clock)
+    read_events = worker_store.read_events
+    failures = [0]
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        if failures[0]:
+            failures[0] -= 1
+            raise af.StoreError("simulated: the disk hiccuped")
+        return await read_events(*args, **kwargs)
+
+    monkeypatch.setattr(worker_store, "read_events", flaky)
+    try:
+        async with af.open_workflow(worker):
+            await trio.sleep(2)
+            failures[0] = 1  # the tail's next read, right after another connection's write
+            run_id = await client.trigger("elsewhere")
+            with trio.fail_after(10):  # nothing else is written: only reading again finds it
+                done = await client.await_status("elsewhere", run_id, Three.D)
+            assert failures[0] == 0
+            assert done.object.steps == ["a", "b", "c"]
     finally:
         await worker_store.aclose()
         await client_store.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import itertools
 from collections import Counter as Tally
@@ -438,6 +439,31 @@ async def test_bursts_beyond_max_active_runs_wait_as_ids_not_tasks(
     assert peak == 5
     # The five tasks took the waiting runs one after another: no task per run.
     assert len(tasks) == 5
+
+
+_TRACE: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace", default=None)
+
+
+async def test_a_run_never_sees_context_variables_another_run_s_step_set(
+    clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    seen: dict[str, str | None] = {}
+    builder = af.Builder("contexts", Count, Rep)
+
+    @builder.step(Rep.COUNTING, to=Rep.DONE)
+    async def traced(run: af.Run[Count, Rep]) -> Rep:
+        seen[run.foreign_id] = _TRACE.get()
+        _TRACE.set(f"set by {run.foreign_id}")
+        await trio.sleep(0.01)
+        return Rep.DONE
+
+    # One slot: every run after the first waits, then is handled by a task a run used.
+    workflow = builder.build(af.MemoryStore(), clock=clock, max_active_runs=1)
+    async with af.open_workflow(workflow):
+        ids = [await workflow.trigger(f"f{i}") for i in range(4)]
+        for i, run_id in enumerate(ids):
+            await workflow.await_status(f"f{i}", run_id, Rep.DONE)
+    assert seen == {"f0": None, "f1": None, "f2": None, "f3": None}
 
 
 async def test_a_second_workflow_object_on_the_same_store_hands_work_to_the_running_one(

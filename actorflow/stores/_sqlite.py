@@ -800,7 +800,8 @@ def _apply_commit(
 
 
 def _to_text(moment: datetime) -> str:
-    if moment.tzinfo is UTC:  # what isoformat(timespec="microseconds") writes, faster
+    if type(moment) is datetime and moment.tzinfo is UTC:
+        # What isoformat(timespec="microseconds") writes, faster.
         return _UTC_TEXT % (
             moment.year,
             moment.month,
@@ -823,6 +824,8 @@ _CREATED_LIMIT: Final = 65_536
 
 def _created_text(moment: datetime) -> str:
     """``_to_text`` of a run's ``created_at``, which every version of the run repeats."""
+    if moment.tzinfo is not UTC:  # equal instants may differ (fold): no cache
+        return _to_text(moment)
     text = _CREATED.get(moment)
     if text is None:
         if len(_CREATED) >= _CREATED_LIMIT:
