@@ -5,8 +5,9 @@ psycopg 3's sync API runs in trio worker threads (``trio.to_thread.run_sync`` wi
 for a connection while holding a worker slot another call could use). psycopg's async
 API is asyncio-only, and one thread hop (~0.1 ms) is small next to a commit.
 
-Every write is a single SQL statement in autocommit mode (data-modifying CTEs), so a
-commit or a trigger costs one round trip and is atomic by itself. Every write carries a
+Every write is a single SQL statement (data-modifying CTEs), atomic by itself; triggers
+and commits of many actors are sent together, in one transaction and one thread hop
+(group commit, ``_postgres_batch.py``). Every write carries a
 random ``writer`` token stored with it; when a connection dies before the answer arrives,
 the write is retried, and the retry recognises its own earlier commit by that token. So a
 write is reported done only once it is known to be committed, and never applied twice.
@@ -43,6 +44,7 @@ from .._record import Event, Meta, RawRecord, Timer
 from .._runstate import RunState
 from ._filters import RunFilter
 from ._messages import in_progress, no_foreign_run, no_run
+from ._postgres_batch import GroupCommit, Write
 from ._postgres_listen import ChangeSignal, FollowedFeed, Notifications
 from ._postgres_schema import Queries, lock_key, migrate, quote_schema
 from ._shards import ShardOwnership
@@ -232,6 +234,8 @@ class PostgresStore:
         self.notifications = Notifications(self, f"actorflow_{channel:016x}", self._origin.hex)
         """LISTEN/NOTIFY (see ``_postgres_listen``); served while a workflow runs here."""
         self._ownerships: dict[str, list[ShardOwnership]] = {}
+        self._group = GroupCommit(self._call, self._published, max(1, pool_size // 2))
+        """create_run and commit: many actors' writes in one transaction (group commit)."""
 
     @property
     def feed(self) -> ChangeFeed:
@@ -534,6 +538,20 @@ class PostgresStore:
         q = self._q
         statement = q.create_run[bool(timers), not owned]
 
+        def diagnose(conn: _Conn) -> bool:
+            """The statement stored nothing: True when an earlier attempt of this write
+            did; raises when an unfinished run is in the way; False: try again."""
+            row = conn.execute(q.create_run_diagnose, params).fetchone()
+            assert row is not None
+            own, blocking_id, blocking_state = row
+            if own:
+                return True  # an earlier attempt committed; its answer was lost
+            if blocking_id is not None:
+                raise in_progress(
+                    record.workflow_name, record.foreign_id, blocking_id, blocking_state
+                )
+            return False  # the run in the way finished between the two statements
+
         def create(conn: _Conn) -> None:
             from psycopg.errors import UniqueViolation
 
@@ -547,22 +565,16 @@ class PostgresStore:
                     if row is not None and row[0]:
                         return
                     raise InvalidArgument(f"run id {record.run_id} already exists") from None
-                row = conn.execute(q.create_run_diagnose, params).fetchone()
-                assert row is not None
-                own, blocking_id, blocking_state = row
-                if own:
-                    return  # an earlier attempt committed; its answer was lost
-                if blocking_id is not None:
-                    raise in_progress(
-                        record.workflow_name, record.foreign_id, blocking_id, blocking_state
-                    )
-                # The run in the way finished between the two statements: try again.
+                if diagnose(conn):
+                    return
             raise StoreError(f"create_run of {record.run_id}: the foreign id kept changing")
 
-        await self._call(f"create_run of run {record.run_id}", create, write=True)
-        self._feed.publish(record)
-        if owned:
-            self.notifications.owner_wrote()
+        def settle(conn: _Conn) -> None:
+            if not diagnose(conn):
+                create(conn)
+
+        what = f"create_run of run {record.run_id}"
+        await self._group.write(Write(what, statement, params, settle, create, record, owned))
         return record
 
     async def commit(
@@ -580,9 +592,8 @@ class PostgresStore:
         replace = "keep" if timers is None else "replace" if timers else "clear"
         statement = q.commit[replace, scrub_history, not owned]
 
-        def commit(conn: _Conn) -> None:
-            if conn.execute(statement, params).fetchone() is not None:
-                return
+        def settle(conn: _Conn) -> None:
+            """The statement stored nothing: why (or an earlier attempt of it did)."""
             row = conn.execute(q.commit_diagnose, params).fetchone()
             if row is None:
                 raise no_run(record.workflow_name, record.run_id)
@@ -593,11 +604,21 @@ class PostgresStore:
                 f"run {record.run_id} is at version {stored}, not {record.version - 1}"
             )
 
-        await self._call(f"commit of run {record.run_id} v{record.version}", commit, write=True)
-        self._feed.publish(record)
-        if owned:
-            self.notifications.owner_wrote()
+        def commit(conn: _Conn) -> None:
+            if conn.execute(statement, params).fetchone() is None:
+                settle(conn)
+
+        what = f"commit of run {record.run_id} v{record.version}"
+        await self._group.write(Write(what, statement, params, settle, commit, record, owned))
         return record
+
+    def _published(self, writes: list[Write]) -> None:
+        """Writes just committed: hand them to this process's subscribers, and let other
+        processes' subscribers know when an owner wrote (others' writes NOTIFY by SQL)."""
+        for write in writes:
+            self._feed.publish(write.publish)
+        if any(write.owned for write in writes):
+            self.notifications.owner_wrote()
 
     async def set_cursor(self, name: str, value: str) -> None:
         q = self._q
@@ -798,6 +819,7 @@ class PostgresStore:
             return
         self._closed = True
         with trio.CancelScope(shield=True):
+            await self._group.idle.wait()  # the batch in flight finishes first
             async with self._open_lock:
                 pool, self._pool = self._pool, None
             if pool is not None:

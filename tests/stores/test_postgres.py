@@ -238,6 +238,80 @@ async def test_unreachable_for_too_long_raises_and_says_the_outcome_is_unknown(
             pytest.fail("an unconfirmed write was published")
 
 
+# -- group commit --------------------------------------------------------------------------
+
+
+async def test_concurrent_writes_share_transactions_and_are_answered_each_on_their_own(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store(pool_size=4)
+    runs = [await store.create_run(raw(f"f{i}")) for i in range(20)]
+    calls: list[object] = []
+    real = PostgresStore._attempt
+
+    def counting(self: PostgresStore, pool: Any, fn: Any, timeout: float) -> Any:
+        calls.append(fn)  # one transaction (or one single statement) in a worker thread
+        return real(self, pool, fn, timeout)
+
+    monkeypatch.setattr(PostgresStore, "_attempt", counting)
+    outcomes: dict[int, str] = {}
+
+    async def commit(i: int) -> None:
+        # Every third write is stale (its base is not the stored version): it alone fails.
+        base = nxt(runs[i], status=2) if i % 3 == 0 else runs[i]
+        try:
+            await store.commit(nxt(base, status=3))
+            outcomes[i] = "ok"
+        except af.VersionConflict:
+            outcomes[i] = "conflict"
+
+    with store.feed.subscribe(workflow_name="wf") as sub:
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(commit, i)
+        published = []
+        while True:
+            try:
+                published.append(sub._receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+    assert outcomes == {i: "conflict" if i % 3 == 0 else "ok" for i in range(20)}
+    assert len(calls) < 10, calls  # far fewer transactions than writes
+    assert sorted(r.foreign_id for r in published) == sorted(
+        f"f{i}" for i in range(20) if i % 3 != 0
+    )
+    for i in range(20):
+        history = await store.history("wf", runs[i].run_id)
+        assert [h.version for h in history] == ([1] if i % 3 == 0 else [1, 2])
+
+
+async def test_a_batch_the_server_refuses_is_run_again_write_by_write(
+    make_store: MakeStore,
+) -> None:
+    store = make_store(pool_size=2)
+    taken = await store.create_run(raw("taken"))
+    results: dict[str, object] = {}
+
+    async def create(record: RawRecord) -> None:
+        try:
+            results[record.foreign_id] = await store.create_run(record)
+        except af.ActorflowError as exc:
+            results[record.foreign_id] = exc
+
+    # The duplicate run id fails inside the shared transaction (a unique violation aborts
+    # all of it): the others are stored one by one, and only the duplicate fails.
+    duplicate = attrs.evolve(raw("other"), run_id=taken.run_id)
+    async with trio.open_nursery() as nursery:
+        for record in [raw("a"), duplicate, raw("b"), raw("c")]:
+            nursery.start_soon(create, record)
+    assert isinstance(results["other"], af.InvalidArgument)
+    assert "already exists" in str(results["other"])
+    for foreign_id in "abc":
+        stored = results[foreign_id]
+        assert isinstance(stored, RawRecord)
+        assert await store.lookup("wf", stored.run_id) == stored
+
+
 # -- races between processes -------------------------------------------------------------
 
 
