@@ -44,7 +44,7 @@ from .._record import Event, Meta, RawRecord, Timer
 from .._runstate import RunState
 from ._filters import RunFilter
 from ._messages import in_progress, no_foreign_run, no_run
-from ._postgres_batch import GroupCommit, Write
+from ._postgres_batch import GroupCommit, Write, is_transient
 from ._postgres_listen import ChangeSignal, FollowedFeed, Notifications
 from ._postgres_schema import Queries, lock_key, migrate, quote_schema
 from ._shards import ShardOwnership
@@ -234,7 +234,8 @@ class PostgresStore:
         self.notifications = Notifications(self, f"actorflow_{channel:016x}", self._origin.hex)
         """LISTEN/NOTIFY (see ``_postgres_listen``); served while a workflow runs here."""
         self._ownerships: dict[str, list[ShardOwnership]] = {}
-        self._group = GroupCommit(self._call, self._published, max(1, pool_size // 2))
+        log_lock = (b"SELECT pg_advisory_xact_lock_shared(%s::int8)", [self._log_key])
+        self._group = GroupCommit(self._call, self._published, max(1, pool_size // 2), log_lock)
         """create_run and commit: many actors' writes in one transaction (group commit)."""
 
     @property
@@ -433,10 +434,12 @@ class PostgresStore:
         broken = False
         try:
             return fn(conn)
-        except psycopg.OperationalError as exc:  # connection lost, deadlock, shutdown...
-            broken = conn.broken
-            raise _Transient(exc, sent=True) from exc
         except psycopg.Error as exc:
+            broken = conn.broken
+            if is_transient(conn, exc):  # connection lost, deadlock, shutdown...: try again
+                raise _Transient(exc, sent=True) from exc
+            # Refused for good, even when psycopg files it as operational (an index row
+            # too large, a full disk, a statement timeout): retrying will not help.
             raise StoreError(
                 f"PostgreSQL at {self._where} refused a request: {self._describe(exc)}"
             ) from None
@@ -744,14 +747,16 @@ class PostgresStore:
         The fix is a per-schema advisory lock. Every write takes it *shared*, in the same
         statement, before its history id is drawn (a MATERIALIZED CTE scanned before the
         insert's nextval), and holds it until its commit: writers never wait for each other.
+        A group-commit batch takes it first of all, before any row lock (see
+        ``_postgres_batch.GroupCommit``), and holds it until the batch commits.
         This method takes it *exclusive* in one statement that also reads the sequence's
         last value ``bound``: once granted, every id <= ``bound`` belongs to a write that
         has committed or rolled back (each held the shared lock from before drawing its id
         until it finished). The rows are then read, in a later statement (a later
         snapshot), limited to ``id <= bound``: a gapless prefix, up to ids of rolled-back
         writes, which never appear. Writes that arrive while the exclusive lock is wanted
-        queue behind it for about one commit: readers cost writers a short pause rather
-        than every write being serialised through one lock.
+        queue behind it for about one commit (one batch: a few milliseconds): readers cost
+        writers a short pause rather than every write being serialised through one lock.
         """
         if limit < 1:
             return []

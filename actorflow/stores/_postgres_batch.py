@@ -18,6 +18,7 @@ only the write at fault fails.
 
 from __future__ import annotations
 
+import copy
 import enum
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, final
@@ -52,9 +53,9 @@ class Write:
     """
 
     __slots__ = (
-        "aborted",
         "alone",
         "error",
+        "lead",
         "owned",
         "params",
         "publish",
@@ -90,16 +91,17 @@ class Write:
         self.state = _State.QUEUED
         self.error: BaseException | None = None
         self.task: trio.lowlevel.Task | None = None
-        self.aborted = False
+        self.lead = False
+        """Set when a leader whose own write is done hands the leading over to this one."""
 
     def __call__(self, _: Any) -> trio.lowlevel.Abort:
-        """Cancelled while queued: the write leaves the queue, never sent. Once its batch
-        is in flight the outcome is awaited (stored or not) before Cancelled is raised."""
-        if self.state is _State.QUEUED:
+        """Cancelled while queued: the write leaves the queue, never sent, and the writer
+        gets Cancelled. Once its batch is in flight the writer waits for the outcome and
+        gets it; the cancellation reaches it at its next checkpoint."""
+        if self.state is _State.QUEUED and not self.lead:
             self.queue.remove(self)
             self.task = None
             return trio.lowlevel.Abort.SUCCEEDED
-        self.aborted = True
         return trio.lowlevel.Abort.FAILED
 
     def resolve(self, error: BaseException | None) -> None:
@@ -107,6 +109,9 @@ class Write:
             return
         self.error = error
         self.state = _State.DONE
+        self.wake()
+
+    def wake(self) -> None:
         task, self.task = self.task, None
         if task is not None:
             trio.lowlevel.reschedule(task)
@@ -116,7 +121,30 @@ _REFUSED: Final = object()
 """What a batch returns when the server refused it as a whole."""
 
 
-def _run_batch(batch: list[Write]) -> Callable[[_Conn], Any]:
+_TRANSIENT_STATES: Final = frozenset({"57P01", "57P02", "57P03", "53300"})
+"""Admin or crash shutdown, the server starting up, too many connections."""
+
+
+def is_transient(conn: _Conn, exc: Exception) -> bool:
+    """Whether a request failed by no fault of its own: the connection is gone or going,
+    or the transaction was rolled back by a deadlock or serialization failure. Such a
+    request is sent again; any other error (even one psycopg files as operational, such
+    as an index row too large, a full disk or a statement timeout) is the request's own:
+    a batch is rerun write by write, a single write fails."""
+    import psycopg
+    import psycopg.errors
+
+    if conn.broken or isinstance(
+        exc, psycopg.errors.TransactionRollback | psycopg.errors.LockNotAvailable
+    ):
+        return True
+    state = getattr(exc, "sqlstate", None)
+    if state is None:  # raised by the client library: the connection, not the request
+        return isinstance(exc, psycopg.OperationalError)
+    return state.startswith("08") or state in _TRANSIENT_STATES
+
+
+def _run_batch(batch: list[Write], log_lock: tuple[bytes, list[Any]]) -> Callable[[_Conn], Any]:
     def run(conn: _Conn) -> list[BaseException | None] | object:
         import psycopg
 
@@ -124,6 +152,8 @@ def _run_batch(batch: list[Write]) -> Callable[[_Conn], Any]:
         try:
             with conn.transaction():
                 with conn.pipeline():
+                    # The event-log lock before any row lock (see GroupCommit).
+                    conn.execute(*log_lock)
                     cursors = [conn.execute(w.statement, w.params) for w in batch]
                 for write, cursor in zip(batch, cursors, strict=True):
                     try:
@@ -133,9 +163,9 @@ def _run_batch(batch: list[Write]) -> Callable[[_Conn], Any]:
                         outcomes.append(exc)
                     else:
                         outcomes.append(None)
-        except psycopg.OperationalError:
-            raise  # the connection or the transaction was lost: the batch is retried
-        except psycopg.Error:
+        except psycopg.Error as exc:
+            if is_transient(conn, exc):
+                raise  # an OperationalError: the batch is retried whole
             return _REFUSED
         return outcomes
 
@@ -144,44 +174,71 @@ def _run_batch(batch: list[Write]) -> Callable[[_Conn], Any]:
 
 @final
 class GroupCommit:
-    """The write queue of one PostgresStore (see the module docstring)."""
+    """The write queue of one PostgresStore (see the module docstring).
+
+    Up to ``in_flight`` writers lead at once, each sending batches from the queue. A
+    leader whose own write is done leaves as soon as its batch is answered, handing the
+    leading to the oldest queued writer, so no writer serves others for long.
+
+    Each batch takes the event-log lock (shared) before any row lock: a transaction that
+    held it while waiting for a row lock could stall behind a reader waiting for the
+    exclusive lock, which waits for that transaction (a cycle PostgreSQL only breaks after
+    ``deadlock_timeout``). A single write is one statement and holds no lock while waiting.
+    """
 
     def __init__(
-        self, call: Call, published: Callable[[list[Write]], None], in_flight: int
+        self,
+        call: Call,
+        published: Callable[[list[Write]], None],
+        in_flight: int,
+        log_lock: tuple[bytes, list[Any]],
     ) -> None:
         self._call = call
         self._published = published
         self._in_flight = in_flight
+        self._log_lock = log_lock
         self._queue: list[Write] = []
         self._leaders = 0
         self.idle = trio.Event()
         self.idle.set()
 
     async def write(self, write: Write) -> None:
-        """Store ``write`` with the batch it joins; raises its own error, if any."""
+        """Store ``write`` with the batch it joins; raises its own error, if any.
+
+        Cancelled before its batch is sent: nothing is written and Cancelled is raised.
+        Once sent, the outcome is returned (or its error raised) whatever happens, and a
+        cancellation reaches the caller at its next checkpoint: never a write whose fate
+        the caller cannot know.
+        """
         await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: nothing sent
         write.queue = self._queue
         self._queue.append(write)
         if self._leaders < self._in_flight:
-            await self._lead()
-        # Another leader may have taken this write into its batch: wait for its answer.
-        if write.state is not _State.DONE:
+            if not self._leaders:
+                self.idle = trio.Event()
+            self._leaders += 1
+            await self._lead(write)
+        while write.state is not _State.DONE:
+            # Another leader has it (or will take it); or it is handed the leading.
             write.task = trio.lowlevel.current_task()
             await trio.lowlevel.wait_task_rescheduled(write)
-        await trio.lowlevel.checkpoint_if_cancelled()
+            if write.lead:
+                write.lead = False
+                await self._lead(write)
         if write.error is not None:
             raise write.error
 
-    async def _lead(self) -> None:
-        if not self._leaders:
-            self.idle = trio.Event()
-        self._leaders += 1
+    async def _lead(self, own: Write) -> None:
+        """Send batches until ``own`` is answered (or the queue is empty), then hand the
+        leading to the oldest queued writer, or give it up. ``_leaders`` counts this
+        leader already."""
+        handed = False
         try:
             # Let every task that is runnable now add its write to this batch.
             await trio.lowlevel.cancel_shielded_checkpoint()
             # Others wait on the batches: they finish even if the leader is cancelled.
             with trio.CancelScope(shield=True):
-                while self._queue:
+                while self._queue and own.state is not _State.DONE:
                     batch = self._queue[:MAX_BATCH]
                     del self._queue[:MAX_BATCH]
                     for write in batch:
@@ -192,14 +249,19 @@ class GroupCommit:
                         for write in batch:
                             if write.state is not _State.DONE:
                                 write.resolve(StoreError(f"{write.what}: interrupted"))
+            successor = next((w for w in self._queue if w.task is not None), None)
+            if successor is not None:
+                successor.lead = handed = True
+                successor.wake()
         finally:
-            self._leaders -= 1
-            if not self._leaders:
-                self.idle.set()
-                # Only after an unexpected BaseException: nobody leads what is queued.
-                for orphan in self._queue:
-                    orphan.resolve(StoreError(f"{orphan.what}: the write leader failed; retry"))
-                self._queue.clear()
+            if not handed:
+                self._leaders -= 1
+                if not self._leaders:
+                    self.idle.set()
+                    # Only after an unexpected BaseException: nobody leads what is queued.
+                    for orphan in self._queue:
+                        orphan.resolve(StoreError(f"{orphan.what}: the write leader failed"))
+                    self._queue.clear()
 
     async def _send(self, batch: list[Write]) -> None:
         if len(batch) == 1:
@@ -208,12 +270,12 @@ class GroupCommit:
         try:
             outcomes = await self._call(
                 f"group commit of {len(batch)} writes ({batch[0].what}, ...)",
-                _run_batch(batch),
+                _run_batch(batch, self._log_lock),
                 write=True,
             )
         except StoreError as exc:
             for write in batch:
-                write.resolve(StoreError(f"{write.what}: {exc}"))
+                write.resolve(copy.copy(exc))  # its type too (ServerUnavailable, ...)
             return
         if outcomes is _REFUSED:
             await self._one_by_one(batch)

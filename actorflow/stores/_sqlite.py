@@ -96,7 +96,6 @@ class _Write(Generic[R]):
     """
 
     __slots__ = (
-        "aborted",
         "apply",
         "arg",
         "error",
@@ -122,19 +121,18 @@ class _Write(Generic[R]):
         self.value: R | None = None
         self.error: BaseException | None = None
         self.task: trio.lowlevel.Task | None = None
-        self.aborted = False
 
     def __call__(self, _: Any) -> trio.lowlevel.Abort:
         """The abort function of the waiting writer (the write itself: no bound method
         per write). Cancelled while still queued: the write leaves the queue (never
-        written). Once its batch runs, the outcome is decided (stored or not) before
-        Cancelled reaches the caller, never still pending."""
+        written) and the writer gets Cancelled. Once its batch runs, the writer waits for
+        the outcome and gets it (its result or error); the cancellation reaches it at its
+        next checkpoint. Never a write whose fate the caller cannot know."""
         if self.state is _State.QUEUED:
             self.queue.remove(self)  # never written
             self.task = None
             return trio.lowlevel.Abort.SUCCEEDED
-        self.aborted = True  # in a batch already: wait for its outcome, then raise
-        return trio.lowlevel.Abort.FAILED
+        return trio.lowlevel.Abort.FAILED  # in a batch already: wait for its outcome
 
     def resolve(self, value: Any, error: BaseException | None) -> None:
         if self.state is _State.DONE:
@@ -358,9 +356,7 @@ class SQLiteStore:
         if self._leading:
             write.task = trio.lowlevel.current_task()
             await trio.lowlevel.wait_task_rescheduled(write)
-            if write.aborted:
-                await trio.lowlevel.checkpoint_if_cancelled()
-            return write.result()
+            return write.result()  # a cancellation during its batch: at the next checkpoint
         self._leading = True
         self._idle = trio.Event()
         try:
@@ -377,7 +373,8 @@ class SQLiteStore:
             for orphan in self._queue:
                 orphan.resolve(None, self._fail("the write leader failed", "retry the write"))
             self._queue.clear()
-        await trio.lowlevel.checkpoint_if_cancelled()
+        # Stored or refused, the caller learns which; a cancellation that came meanwhile
+        # reaches it at its next checkpoint (as with trio.to_thread.run_sync).
         return write.result()
 
     async def _drain(self) -> None:

@@ -312,6 +312,73 @@ async def test_a_batch_the_server_refuses_is_run_again_write_by_write(
         assert await store.lookup("wf", stored.run_id) == stored
 
 
+async def test_a_write_the_server_refuses_for_good_fails_alone_and_at_once(
+    make_store: MakeStore,
+) -> None:
+    # An index row too large is filed by psycopg as an OperationalError, yet retrying
+    # cannot cure it: only that write fails, without retrying for retry_timeout.
+    store = make_store(pool_size=2, retry_timeout=30)
+    results: dict[str, object] = {}
+
+    async def create(record: RawRecord) -> None:
+        try:
+            results[record.foreign_id[:5]] = await store.create_run(record)
+        except af.ActorflowError as exc:
+            results[record.foreign_id[:5]] = exc
+
+    started = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for record in [raw("a"), raw("huge-" + os.urandom(6_000).hex()), raw("b"), raw("c")]:
+            nursery.start_soon(create, record)
+    assert trio.current_time() - started < 10
+    assert isinstance(results["huge-"], af.StoreError)
+    assert "refused" in str(results["huge-"])
+    assert "may or may not" not in str(results["huge-"])
+    for foreign_id in "abc":
+        assert isinstance(results[foreign_id], RawRecord)
+
+
+async def test_a_writer_cancelled_while_its_batch_is_in_flight_gets_its_outcome(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    store = make_store(pool_size=2)
+    runs = [await store.create_run(raw(f"f{i}")) for i in range(2)]
+    in_flight, release = threading.Event(), threading.Event()
+    real = PostgresStore._attempt
+
+    def held(self: PostgresStore, pool: Any, fn: Any, timeout: float) -> Any:
+        in_flight.set()
+        release.wait(10)
+        return real(self, pool, fn, timeout)
+
+    monkeypatch.setattr(PostgresStore, "_attempt", held)
+    outcome: dict[int, str] = {}
+    scopes: dict[int, trio.CancelScope] = {}
+
+    async def commit(i: int) -> None:
+        with trio.CancelScope() as scope:
+            scopes[i] = scope
+            stored = await store.commit(nxt(runs[i], status=2))
+            outcome[i] = f"stored v{stored.version}"
+            await trio.lowlevel.checkpoint()  # the cancellation comes here
+            outcome[i] += ", not cancelled"
+
+    async with trio.open_nursery() as nursery:
+        for i in range(2):
+            nursery.start_soon(commit, i)
+        await trio.to_thread.run_sync(in_flight.wait, 10)
+        for scope in scopes.values():
+            scope.cancel()
+        await trio.sleep(0.05)
+        assert outcome == {}  # both wait for their batch, which is still in the thread
+        release.set()
+    assert outcome == {0: "stored v2", 1: "stored v2"}
+    for run in runs:
+        assert (await store.lookup("wf", run.run_id)).version == 2
+
+
 # -- races between processes -------------------------------------------------------------
 
 

@@ -507,7 +507,8 @@ async def test_run_ids_and_foreign_ids_cannot_be_reused_or_moved(store: SQLiteSt
 
 
 async def test_cancelled_writers(store: SQLiteStore) -> None:
-    """A queued writer that is cancelled is not written; one already in a batch is."""
+    """A queued writer that is cancelled is not written; one already in a batch is, and
+    its caller gets the result (the cancellation comes at its next checkpoint)."""
     records = [await store.create_run(raw(f"f{i}")) for i in range(4)]
     scopes: dict[str, trio.CancelScope] = {}
     outcome: dict[str, str] = {}
@@ -517,7 +518,9 @@ async def test_cancelled_writers(store: SQLiteStore) -> None:
             scopes[name] = scope
             await store.commit(nxt(record))
             outcome[name] = "returned"
-        if scope.cancelled_caught:
+            await trio.lowlevel.checkpoint()
+            outcome[name] = "returned, not cancelled"
+        if scope.cancelled_caught and name not in outcome:
             outcome[name] = "cancelled"
 
     with _write_locked(store.path) as other:
@@ -534,7 +537,12 @@ async def test_cancelled_writers(store: SQLiteStore) -> None:
             await trio.sleep(0.01)
             assert outcome == {"c": "cancelled"}  # a and b wait for their batch's outcome
             other.execute("ROLLBACK")
-    assert outcome == {"a": "cancelled", "b": "cancelled", "c": "cancelled", "d": "returned"}
+    assert outcome == {
+        "a": "returned",  # stored: the caller knows, then its next checkpoint is cancelled
+        "b": "returned",
+        "c": "cancelled",  # never written
+        "d": "returned, not cancelled",
+    }
     versions = [(await store.lookup("wf", r.run_id)).version for r in records]
     assert versions == [2, 2, 1, 2]
 
