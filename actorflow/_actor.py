@@ -471,11 +471,7 @@ class RunActor(Generic[T, S]):
                 # Encoded into ``new``: let the run and its object go before the wait for
                 # the commit (objects held across it outlive garbage collections).
                 del run, result
-                if not timers and not had_timers:
-                    await engine.store.commit(new)
-                    engine.committed(new.run_id, None)
-                else:
-                    await engine.commit(new, timers=timers)
+                await engine.commit(new, timers=timers, had_timers=had_timers)
         except Exception as exc:
             await self._failed(raw, key, exc, key, spec.options)
             return

@@ -758,13 +758,9 @@ def _apply_commit(
     record, timer_rows, scrub_history = arg
     # The rows are made here, in the batch, not when the write is queued: objects that
     # wait in the queue survive garbage collections, these die at once.
-    created, updated = _created_text(record.created_at), _to_text(record.updated_at)
-    meta = _meta_text(record.meta)
-    status, run_state = int(record.status), int(record.run_state)
-    run_id, workflow_name, foreign_id = record.run_id, record.workflow_name, record.foreign_id
-    obj, version = record.object, record.version
-    update = (status, run_state, obj, version, created, updated, meta, run_id)
-    if conn.execute(_UPDATE_RUN, (*update, workflow_name, foreign_id, version - 1)).rowcount != 1:
+    params = _record_params(record)
+    update = (*params[3:], record.run_id, record.workflow_name, record.foreign_id)
+    if conn.execute(_UPDATE_RUN, (*update, record.version - 1)).rowcount != 1:
         row = conn.execute(
             "SELECT version, foreign_id FROM runs WHERE run_id = ? AND workflow_name = ?",
             (record.run_id, record.workflow_name),
@@ -779,8 +775,7 @@ def _apply_commit(
         raise VersionConflict(
             f"run {record.run_id} is at version {row[0]}, not {record.version - 1}"
         )
-    history = (workflow_name, foreign_id, run_id, status, run_state, obj, version, created)
-    conn.execute(_INSERT_HISTORY, (*history, updated, meta))
+    conn.execute(_INSERT_HISTORY, params)
     if timer_rows is not None:
         conn.execute("DELETE FROM timers WHERE run_id = ?", (record.run_id,))
         if timer_rows:
