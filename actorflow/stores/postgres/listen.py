@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, final
 
 import trio
 
+from actorflow.stores import realtime
 from actorflow.stores.feed import ChangeFeed, Subscription
 
 log = logging.getLogger("actorflow")
@@ -81,9 +82,10 @@ class ChangeSignal:
         self._lot.unpark_all()
 
     async def wait(self, mark: int, poll: float) -> None:
-        """Wait until a change was counted after ``mark`` (at most ``poll`` seconds)."""
+        """Wait until a change was counted after ``mark`` (at most ``poll`` seconds of real
+        time: the safety net must not spin while a virtual clock jumps)."""
         if self._count == mark:
-            with trio.move_on_after(poll):
+            with realtime.move_on_after(poll):
                 await self._lot.park()
         # Let a burst of notifications arrive, so it costs one read, not one each.
         await trio.sleep(SETTLE)
@@ -148,6 +150,7 @@ class Notifications:
         if origin == self.origin:
             return  # our own write: published at commit, routed in process
         self.feed.bump()
+        self._store._feed.notice_external()
         if kind != "f":
             self.routing.bump()
 
@@ -191,6 +194,7 @@ class Notifications:
                 # Anything may have happened while we were not listening.
                 self.routing.bump()
                 self.feed.bump()
+                store._feed.notice_external()
                 await self._receive(conn)
             except Exception as exc:
                 log.warning(
@@ -212,7 +216,7 @@ class Notifications:
         conn.add_notify_handler(lambda n: backlog.append(n.payload))
         fd = pgconn.socket
         while True:
-            with trio.move_on_after(KEEPALIVE) as idle:
+            with realtime.move_on_after(KEEPALIVE) as idle:
                 await trio.lowlevel.wait_readable(fd)
             if idle.cancelled_caught:
                 await trio.to_thread.run_sync(conn.execute, b"SELECT 1")
@@ -257,7 +261,7 @@ class Notifications:
                     if failures == 1:
                         log.warning("%r: reading the event log's position failed: %s", store, exc)
                 if not feed.has_subscribers:
-                    with trio.move_on_after(FOLLOW_POLL):
+                    with realtime.move_on_after(FOLLOW_POLL):
                         await feed.subscribed.wait()
                 continue
             mark = self.feed.mark()
