@@ -13,6 +13,12 @@ a year (and a lease measured on it would expire at every jump). Those use this m
   while there is nothing to time) cancels the scope at the real deadline through the
   run's trio token. A task waiting on a real-time alarm counts as blocked for the
   autojump clock, which jumps to the next virtual deadline meanwhile.
+- :func:`holding_virtual_time`: the other way round, for a store whose I/O runs in worker
+  threads (PostgreSQL): trio's autojump clock jumps while a task waits for a thread (trio
+  issue #456), so a commit would land a year late. While the block runs, a system task
+  waits in ``wait_all_tasks_blocked(cushion=inf)``; the run loop never autojumps while
+  such a waiter exists, and that one never wakes by itself, so virtual time stands still
+  until the thread answered. Nothing happens under trio's own clock.
 """
 
 from __future__ import annotations
@@ -24,12 +30,23 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from typing import final
+from typing import Any, TypeVar, final
 
 import trio
 import trio.testing
 
-__all__ = ["is_virtual", "move_on_after", "move_on_at", "now", "sleep", "sleep_until"]
+R = TypeVar("R")
+
+__all__ = [
+    "holding_virtual_time",
+    "is_virtual",
+    "move_on_after",
+    "move_on_at",
+    "now",
+    "sleep",
+    "sleep_until",
+    "to_thread",
+]
 
 
 def now() -> float:
@@ -135,3 +152,32 @@ async def sleep_until(deadline: float) -> None:
 async def sleep(seconds: float) -> None:
     """Sleep ``seconds`` of real time."""
     await sleep_until(time.monotonic() + seconds)
+
+
+@contextmanager
+def holding_virtual_time() -> Iterator[None]:
+    """Keep an autojump clock from jumping while the block runs (see the module doc)."""
+    clock = trio.lowlevel.current_clock()
+    if not isinstance(clock, trio.testing.MockClock) or clock.autojump_threshold == math.inf:
+        yield
+        return
+    scope = trio.CancelScope()
+
+    async def hold() -> None:
+        with scope:
+            await trio.testing.wait_all_tasks_blocked(cushion=math.inf)
+
+    trio.lowlevel.spawn_system_task(hold, name="actorflow-hold-virtual-time")
+    try:
+        yield
+    finally:
+        scope.cancel()
+
+
+async def to_thread(
+    fn: Callable[..., R], *args: Any, limiter: trio.CapacityLimiter | None = None
+) -> R:
+    """``trio.to_thread.run_sync`` that keeps an autojump clock from jumping meanwhile:
+    for a store's short database calls, so virtual time stays honest."""
+    with holding_virtual_time():
+        return await trio.to_thread.run_sync(fn, *args, limiter=limiter)

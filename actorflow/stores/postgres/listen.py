@@ -170,7 +170,7 @@ class Notifications:
         failures = 0
         while True:
             try:
-                conn = await trio.to_thread.run_sync(store._listen_connect, self.channel)
+                conn = await realtime.to_thread(store._listen_connect, self.channel)
             except Exception as exc:
                 failures += 1
                 delay = min(0.1 * 2**failures, MAX_BACKOFF)
@@ -207,7 +207,7 @@ class Notifications:
                 with trio.CancelScope(shield=True):
                     with contextlib.suppress(Exception):
                         trio.lowlevel.notify_closing(conn.pgconn.socket)
-                    await trio.to_thread.run_sync(_close_quietly, conn)
+                    await realtime.to_thread(_close_quietly, conn)
 
     async def _receive(self, conn: Any) -> None:
         pgconn = conn.pgconn
@@ -219,7 +219,7 @@ class Notifications:
             with realtime.move_on_after(KEEPALIVE) as idle:
                 await trio.lowlevel.wait_readable(fd)
             if idle.cancelled_caught:
-                await trio.to_thread.run_sync(conn.execute, b"SELECT 1")
+                await realtime.to_thread(conn.execute, b"SELECT 1")
             else:
                 pgconn.consume_input()  # raises when the connection is gone
                 while (notify := pgconn.notifies()) is not None:

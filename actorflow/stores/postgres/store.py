@@ -41,6 +41,7 @@ from actorflow._model.errors import (
 )
 from actorflow._model.record import Event, Meta, RawRecord, Timer
 from actorflow._model.run_state import RunState
+from actorflow.stores import realtime
 from actorflow.stores.feed import ChangeFeed
 from actorflow.stores.filters import RunFilter
 from actorflow.stores.messages import in_progress, no_foreign_run, no_run
@@ -234,6 +235,9 @@ class PostgresStore:
         self.notifications = Notifications(self, f"actorflow_{channel:016x}", self._origin.hex)
         """LISTEN/NOTIFY (see ``_postgres_listen``); served while a workflow runs here."""
         self._ownerships: dict[str, list[ShardOwnership]] = {}
+        self.calls = 0
+        """Database round trips made so far: pooled reads and writes, and the lease
+        connection's calls (for tests and tuning)."""
         log_lock = (b"SELECT pg_advisory_xact_lock_shared(%s::int8)", [self._log_key])
         self._group = GroupCommit(self._call, self._published, max(1, pool_size // 2), log_lock)
         """create_run and commit: many actors' writes in one transaction (group commit)."""
@@ -373,9 +377,9 @@ class PostgresStore:
             return pool
         async with self._open_lock:
             if self._pool is None:
-                opened = await trio.to_thread.run_sync(self._open_sync, limiter=self._limiter)
+                opened = await realtime.to_thread(self._open_sync, limiter=self._limiter)
                 if self._closed:
-                    await trio.to_thread.run_sync(opened.close)
+                    await realtime.to_thread(opened.close)
                     raise StoreError(f"{self!r} is closed")
                 self._pool = opened
             return self._pool
@@ -470,6 +474,7 @@ class PostgresStore:
         commit. When time runs out a StoreError says whether the write may have happened.
         """
         pool = await self._open()
+        self.calls += 1
         start = trio.current_time()
         deadline = start + self._retry_timeout
         delay = 0.02
@@ -477,7 +482,7 @@ class PostgresStore:
         while True:
             timeout = max(0.1, min(self._connect_timeout, deadline - trio.current_time()))
             try:
-                return await trio.to_thread.run_sync(
+                return await realtime.to_thread(
                     self._attempt, pool, fn, timeout, limiter=self._limiter
                 )
             except _Transient as exc:
@@ -491,7 +496,7 @@ class PostgresStore:
                 from psycopg_pool import PoolTimeout
 
                 if isinstance(cause, PoolTimeout):
-                    probed = await trio.to_thread.run_sync(self._probe, limiter=self._limiter)
+                    probed = await realtime.to_thread(self._probe, limiter=self._limiter)
                     if probed:
                         reason = f"{reason}; connecting fails: {probed}"
                 message = (
@@ -828,7 +833,7 @@ class PostgresStore:
             async with self._open_lock:
                 pool, self._pool = self._pool, None
             if pool is not None:
-                await trio.to_thread.run_sync(self._close_sync, pool)
+                await realtime.to_thread(self._close_sync, pool)
 
     def _close_sync(self, pool: _Pool) -> None:
         import psycopg
@@ -861,7 +866,8 @@ class _Dedicated:
     async def run(self, fn: Callable[[_Conn], R], *, attempts: int = 2) -> R:
         """``fn(connection)`` in a thread; a broken connection is replaced and ``fn``
         tried again (``attempts`` in all). Raises ServerUnavailable or StoreError."""
-        return await trio.to_thread.run_sync(self._run, fn, attempts, limiter=self._limiter)
+        self._store.calls += 1
+        return await realtime.to_thread(self._run, fn, attempts, limiter=self._limiter)
 
     def _run(self, fn: Callable[[_Conn], R], attempts: int) -> R:
         import psycopg
@@ -913,4 +919,4 @@ class _Dedicated:
                 conn.close()
 
     async def aclose(self) -> None:
-        await trio.to_thread.run_sync(self._close, limiter=self._limiter)
+        await realtime.to_thread(self._close, limiter=self._limiter)
