@@ -25,6 +25,7 @@ from actorflow._model.run import SpecialResult
 from actorflow._model.run_state import RunState
 from actorflow._runtime.engine import RESUME, Engine, log
 from actorflow._runtime.ports import ActorHost
+from actorflow._runtime.user_code import user_error
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
@@ -87,6 +88,8 @@ async def _call_user(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         return await fn(*args)
     except StoreError as exc:
         raise StepError(f"{fn_name(fn)} raised {type(exc).__name__}: {exc}") from exc
+    except trio.Cancelled as exc:
+        raise user_error(exc, fn_name(fn)) from exc
 
 
 @final
@@ -180,9 +183,10 @@ class RunActor(Generic[T, S]):
                         continue
                 if not await self._turn(message):
                     return
-        except Exception as exc:
+        except (Exception, trio.Cancelled) as exc:
             # Never let one run take the workflow down: log, and try again later.
-            log.exception("%s: actor failed; retrying soon", self._where(), exc_info=exc)
+            error = user_error(exc, "the run's actor")
+            log.error("%s: actor failed; retrying soon", self._where(), exc_info=error)
             sup.retry_later(self.run_id)
         finally:
             self._close()
@@ -278,9 +282,10 @@ class RunActor(Generic[T, S]):
                     continue
                 message.reply.set(error=StoreError(f"{self._where()}: kept changing; try again"))
                 return
-            except Exception as exc:
+            except (Exception, trio.Cancelled) as exc:
+                error = user_error(exc, "a callback or control")
                 self.reload_needed = True
-                message.reply.set(error=exc)
+                message.reply.set(error=error)
                 return
             if new is not None:
                 self._stored(new, timers)
@@ -384,8 +389,8 @@ class RunActor(Generic[T, S]):
             new, timers = await action
         except _StoppedBeforeStart:
             return
-        except Exception as exc:
-            await self._failed(raw, what, exc, key, options)
+        except (Exception, trio.Cancelled) as exc:
+            await self._failed(raw, what, user_error(exc, what), key, options)
             return
         self._settled(raw, key, new, timers)
 
@@ -456,8 +461,8 @@ class RunActor(Generic[T, S]):
             error.__cause__ = exc
             await self._failed(raw, key, error, key, spec.options)
             return
-        except Exception as exc:
-            await self._failed(raw, key, exc, key, spec.options)
+        except (Exception, trio.Cancelled) as exc:
+            await self._failed(raw, key, user_error(exc, key), key, spec.options)
             return
         try:
             if isinstance(result, SpecialResult):
@@ -470,8 +475,8 @@ class RunActor(Generic[T, S]):
                 # the commit (objects held across it outlive garbage collections).
                 del run, result
                 await engine.commit(new, timers=timers, had_timers=had_timers)
-        except Exception as exc:
-            await self._failed(raw, key, exc, key, spec.options)
+        except (Exception, trio.Cancelled) as exc:  # a timer function is user code too
+            await self._failed(raw, key, user_error(exc, key), key, spec.options)
             return
         self._settled(raw, key, new, timers)
 

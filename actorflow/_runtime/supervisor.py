@@ -146,6 +146,13 @@ class Supervisor(Generic[T, S]):
                         trio.current_time() + self.grace_period.total_seconds()
                     )
                 services.cancel_scope.cancel()
+            if not self._stop.is_set():
+                # Only a trio.Cancelled that nothing cancelled (swallowed by a nursery it
+                # made cancel itself) gets here: never return as if stopped.
+                raise ActorflowError(
+                    f"workflow {engine.name!r} stopped unexpectedly: one of its tasks raised "
+                    "trio.Cancelled while nothing had cancelled it"
+                )
         finally:
             self.stopping = True
             self._nursery = None
