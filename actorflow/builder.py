@@ -56,8 +56,7 @@ def is_async_callable(fn: object) -> bool:
             fn = wrapped
             continue
         if not inspect.isroutine(fn) and not isinstance(fn, type):
-            call = getattr(type(fn), "__call__", None)
-            return call is not None and inspect.iscoroutinefunction(call)
+            return inspect.iscoroutinefunction(type(fn).__call__)
         return False
     return False
 

@@ -273,7 +273,7 @@ def test_functions_that_are_not_async_are_refused() -> None:
         builder.add_step(Status.STARTED, sync_step, to=Status.MIDDLE)
     with pytest.raises(af.BuildError, match="not async"):
         builder.add_step(Status.STARTED, SyncCallable(), to=Status.MIDDLE)
-    with pytest.raises(af.BuildError, match="callback function .*lambda.* is not async"):
+    with pytest.raises(af.BuildError, match=r"callback function .*lambda.* is not async"):
         builder.add_callback(Status.MIDDLE, lambda run, payload: Status.END, to=Status.END)
     with pytest.raises(af.BuildError, match="timeout function sync_step is not async"):
         builder.add_timeout(Status.MIDDLE, af.after(timedelta(1)), sync_step, to=Status.END)
@@ -289,7 +289,7 @@ def test_functions_that_are_not_async_are_refused() -> None:
     async def timer(run: object, now: object) -> None:
         return None
 
-    with pytest.raises(af.BuildError, match="timer .*timer is async"):
+    with pytest.raises(af.BuildError, match=r"timer .*timer is async"):
         builder.add_timeout(Status.MIDDLE, timer, cb, to=Status.END)
     # Awaitable callables of every shape are accepted.
     builder.add_step(Status.STARTED, AsyncCallable(), to=Status.MIDDLE)

@@ -100,4 +100,3 @@ def check_options_for(kind: str, options: dict[str, Any], where: str) -> None:
     for name in sorted(options):
         if name in useless:
             raise BuildError(f"{where}: option {name} has no effect on a {kind}: {useless[name]}")
-

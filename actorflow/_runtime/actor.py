@@ -12,12 +12,13 @@ import contextlib
 import enum
 import math
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar, final
 
 import attrs
 import trio
 
+from actorflow._model.clock import trio_deadline
 from actorflow._model.definition import StepSpec, fn_name
 from actorflow._model.errors import ActorflowError, StepError, StoreError, VersionConflict
 from actorflow._model.record import RawRecord, Timer
@@ -34,6 +35,8 @@ MAILBOX_SIZE = 16
 PASSIVATE_AFTER = 1.0
 """Waits longer than this many seconds passivate the actor instead of holding its slot."""
 ASK_ATTEMPTS = 5
+MIN_SNOOZE = timedelta(milliseconds=10)
+"""The shortest wait before a skipped timeout fires again (``error_backoff`` may be 0)."""
 
 Op = Callable[[RawRecord], Awaitable[tuple[RawRecord | None, list[Timer] | None, Any]]]
 """An operation run by the actor on its latest record: returns (new record, timers, reply)."""
@@ -108,6 +111,8 @@ class RunActor(Generic[T, S]):
         self._retry_at = -math.inf
         self._skipped_version = 0
         self._wait_scope: trio.CancelScope | None = None
+        self._snoozed: dict[Timer, datetime] | None = None
+        """Timers whose timeout returned run.skip(): the wall time each may fire again."""
         self.task: trio.lowlevel.Task | None = None
 
     # -- the mailbox -----------------------------------------------------------------------
@@ -171,6 +176,8 @@ class RunActor(Generic[T, S]):
         sup = self.sup
         self.task = trio.lowlevel.current_task()
         self._retry_at = sup.retry_at.pop(self.run_id, -math.inf)
+        if sup.snoozed:
+            self._snoozed = sup.snoozed.pop(self.run_id, None)
         try:
             # The loop is written here, not in a method of its own: one coroutine frame
             # less for every run in flight.
@@ -192,6 +199,9 @@ class RunActor(Generic[T, S]):
             self._close()
 
     def _close(self) -> None:
+        if self._snoozed:
+            # Kept for the run's next actor: a skipped timeout waits out its back-off.
+            self.sup.snoozed[self.run_id] = self._snoozed
         # Synchronous: no message can arrive between the last check and the removal.
         self.sup.forget(self)
         while True:
@@ -209,9 +219,23 @@ class RunActor(Generic[T, S]):
         """Before passivating: make sure the supervisor wakes the run for its next timer."""
         if self._timers:
             now = self.engine.now()
-            future = [t.fire_at for t in self._timers if t.fire_at > now]
+            future = [w for w in map(self._fires_at, self._timers) if w > now]
             if future:
                 self.sup.arm(self.run_id, min(future))
+
+    def _fires_at(self, timer: Timer) -> datetime:
+        """When ``timer`` is due: its time, or later when its timeout skipped."""
+        snoozed = self._snoozed
+        if snoozed is None:
+            return timer.fire_at
+        return snoozed.get(timer, timer.fire_at)
+
+    def _snooze(self, timer: Timer, backoff: timedelta) -> None:
+        """The timeout of ``timer`` skipped: it fires again after ``backoff``, nothing stored."""
+        timers = self._timers or []
+        snoozed = {t: w for t, w in (self._snoozed or {}).items() if t in timers}
+        snoozed[timer] = self.engine.now() + max(backoff, MIN_SNOOZE)
+        self._snoozed = snoozed
 
     def _where(self) -> str:
         return f"workflow {self.engine.name!r} run {self.run_id}"
@@ -348,12 +372,16 @@ class RunActor(Generic[T, S]):
         if raw.run_state.active:
             if timers is None:
                 timers = await self._run_timers()
+            snoozed: datetime | None = None
             if timers:
                 now = engine.now()
                 for timer in timers:
                     if timer.kind != RESUME and timer.status == raw.status and timer.fire_at <= now:
-                        await self._fire_timeout(raw, timer)
-                        return now_trio
+                        fires_at = self._fires_at(timer)
+                        if fires_at <= now:
+                            await self._fire_timeout(raw, timer)
+                            return now_trio
+                        snoozed = fires_at if snoozed is None else min(snoozed, fires_at)
             spec = engine.definition.steps.get(raw.status)
             if spec is not None and raw.version != self._skipped_version:
                 lag = spec.options.consume_lag
@@ -364,6 +392,8 @@ class RunActor(Generic[T, S]):
                         return now_trio + (ready - now).total_seconds()
                 await self._step(raw, spec)
                 return now_trio
+            if snoozed is not None:
+                return trio_deadline(engine.clock, snoozed)
             return None
         if raw.run_state is RunState.PAUSED:
             if timers is None:
@@ -499,10 +529,10 @@ class RunActor(Generic[T, S]):
                     raise _StoppedBeforeStart
                 result = await _call_user(spec.fn, run, timer.fire_at)
             new, timers = await engine.apply_result(raw, run, result, spec.to, key, fired=timer)
-            if new is None:  # skipped: this timer is used up
-                assert self._timers is not None
-                remaining = [t for t in self._timers if t != timer]
-                return await self._replace_timers(raw, remaining)
+            if new is None:  # skipped: nothing is stored; it fires again after the back-off
+                engine.reset_errors(raw.run_id, key)
+                self._snooze(timer, spec.options.error_backoff)
+                return raw, None
             return new, timers
 
         await self._guarded(raw, key, action(), key=key, options=spec.options)

@@ -366,7 +366,9 @@ class Engine(Generic[T, S]):
                 scrubbed = self.scrub(obj)
             except (Exception, trio.Cancelled) as exc:
                 error = user_error(exc, "the scrub function")
-                raise ActorflowError(f"{self.where(raw)}: scrub function failed: {error!r}") from exc
+                raise ActorflowError(
+                    f"{self.where(raw)}: scrub function failed: {error!r}"
+                ) from exc
             self.codec.check(scrubbed, "the scrub function's result")
         else:
             scrubbed = self.codec.default()

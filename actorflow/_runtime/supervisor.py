@@ -103,6 +103,8 @@ class Supervisor(Generic[T, S]):
         with it are stale and skipped."""
         self.retry_at: dict[str, float] = {}
         """Backoff deadlines of passivated runs, for the actor that picks them up again."""
+        self.snoozed: dict[str, dict[Timer, datetime]] = {}
+        """Skipped timeouts of passivated runs and when each may fire again (likewise)."""
         self._heap_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._services = services

@@ -21,8 +21,7 @@ def is_stray_cancel(exc: BaseException) -> bool:
     """Whether ``exc`` is a ``trio.Cancelled`` that no cancelled scope of the current task
     explains (its effective deadline is neither -inf nor past)."""
     return (
-        isinstance(exc, trio.Cancelled)
-        and trio.current_effective_deadline() > trio.current_time()
+        isinstance(exc, trio.Cancelled) and trio.current_effective_deadline() > trio.current_time()
     )
 
 

@@ -2,8 +2,8 @@
 
 The last fired cron time is claimed in the store before triggering, so a restart (or a
 second process) never fires one time twice. It is claimed once the ``filter`` has decided:
-a filter that raises is logged and asked again about the same time after the back-off. A time missed while nothing ran fires once at
-start; earlier missed times are skipped.
+a filter that raises is logged and asked again about the same time after the back-off. A
+time missed while nothing ran fires once at start; earlier missed times are skipped.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ import trio
 from trio.testing import MockClock
 
 import actorflow as af
-from tests.conftest import START, StoreMaker
 from actorflow.testing import wait_for
+from tests.conftest import START, StoreMaker
 from tests.workflows import Three, three_steps
 
 
@@ -122,9 +122,7 @@ async def test_a_filter_that_raises_is_logged_and_asked_again_before_the_time_is
 
     with trio.fail_after(2 * 3600):
         async with af.open_workflow(workflow), trio.open_nursery() as nursery:
-            nursery.start_soon(
-                lambda: workflow.schedule_trigger("report", "@hourly", filter=flaky)
-            )
+            nursery.start_soon(lambda: workflow.schedule_trigger("report", "@hourly", filter=flaky))
             await wait_for(workflow, "report", lambda r: r.status is Three.D)
             nursery.cancel_scope.cancel()
     first = START + timedelta(hours=1)
