@@ -308,6 +308,9 @@ class SQLiteStore:
                     "use a file on a local disk",
                 )
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            # Deleted and overwritten content is zeroed, not left in free space: what
+            # delete_data scrubs leaves no copy in the file (see _wipe_log for the WAL).
+            conn.execute("PRAGMA secure_delete = ON")
             if migrate:
                 # Blocking (with the busy timeout) is fine here: this is not async code.
                 conn.execute("BEGIN IMMEDIATE")
@@ -510,7 +513,50 @@ class SQLiteStore:
         timer_rows = None if timers is None else _timer_rows(record, timers)
         if timer_rows is None and not scrub_history:
             return self._submit(_apply_version, record, record)  # no tuple to keep waiting
+        if scrub_history:
+            return self._scrub(record, timer_rows)
         return self._submit(_apply_commit, (record, timer_rows, scrub_history), record)
+
+    async def _scrub(self, record: RawRecord, timer_rows: list[_Params] | None) -> RawRecord:
+        """Commit a version that overwrites every stored object of the run, then wipe the
+        old copies out of the write-ahead log too."""
+        stored = await self._submit(_apply_commit, (record, timer_rows, True), record)
+        await self._wipe_log(record.run_id)
+        return stored
+
+    async def _wipe_log(self, run_id: str) -> None:
+        """Checkpoint the WAL into the database file and truncate it to zero bytes.
+
+        The WAL holds every page written since the last checkpoint, old objects included;
+        ``secure_delete`` zeroes them in the database file. Another process reading an
+        older snapshot keeps the checkpoint from finishing: retried with back-off for up
+        to ``lock_timeout``, then StoreError (the scrub itself is stored).
+        """
+        deadline = trio.current_time() + self._lock_timeout
+        delay = _FIRST_BACKOFF
+        while True:
+            await trio.lowlevel.checkpoint()
+            problem = ""
+            try:
+                row = self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if row is None or row[0] != 0:
+                    problem = "another connection is reading or writing"
+            except sqlite3.Error as exc:
+                if not _is_busy(exc):
+                    raise self._error("truncating the write-ahead log failed", exc) from exc
+                problem = str(exc)
+            if not problem:
+                return
+            now = trio.current_time()
+            if now >= deadline:
+                raise self._fail(
+                    f"run {run_id}: its data is scrubbed in the database, but the write-ahead "
+                    f"log (which may still hold old copies) could not be truncated within "
+                    f"{self._lock_timeout:g} s ({problem})",
+                    "call delete_data again when the other processes are idle",
+                )
+            await trio.sleep(min(delay, deadline - now))
+            delay = min(delay * 2, _MAX_BACKOFF)
 
     async def set_cursor(self, name: str, value: str) -> None:
         def apply(conn: sqlite3.Connection, _: object) -> None:
