@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,10 +17,10 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from .._errors import InvalidArgument
-from .._workflow import Workflow
-from ..gateway._protocol import Access, check_token
-from ..gateway._server import GatewaySettings, _Connection, _Gateway
+from actorflow._model.errors import InvalidArgument
+from actorflow.gateway.protocol import Access
+from actorflow.gateway.server import Connection, Gateway, GatewaySettings
+from actorflow.workflow import Workflow
 
 log = logging.getLogger("actorflow.console")
 
@@ -42,22 +41,12 @@ SECURITY_HEADERS: Final = {
 
 
 @final
-class Level(enum.Enum):
-    """What a visitor may do: everything, or only look."""
-
-    FULL = "full"
-    READ_ONLY = "read_only"
-
-
-@final
 @attrs.frozen
 class ConsoleSettings:
-    """The workflows served and who may see and steer them."""
+    """The workflows served and who may see and steer them (the gateway's rules)."""
 
     names: tuple[str, ...]
-    gateway: _Gateway
-    token: str | None
-    read_only_token: str | None
+    gateway: Gateway
 
     @classmethod
     def make(
@@ -66,6 +55,7 @@ class ConsoleSettings:
         *,
         token: str | None,
         read_only_token: str | None,
+        max_connections: int = 256,
     ) -> ConsoleSettings:
         served: dict[str, Workflow[Any, Any]] = {}
         for workflow in workflows:
@@ -76,15 +66,6 @@ class ConsoleSettings:
             served[workflow.name] = workflow
         if not served:
             raise InvalidArgument("serve_console needs at least one workflow")
-        for name, value in (("token", token), ("read_only_token", read_only_token)):
-            if value is not None and (not isinstance(value, str) or not value):
-                raise InvalidArgument(f"{name} must be a non-empty string or None")
-        if read_only_token is not None and token is None:
-            raise InvalidArgument(
-                "read_only_token needs token: without a token everybody may steer anyway"
-            )
-        if read_only_token is not None and read_only_token == token:
-            raise InvalidArgument("read_only_token must differ from token")
         settings = GatewaySettings(
             token=token,
             max_message_bytes=1 << 20,
@@ -94,33 +75,31 @@ class ConsoleSettings:
             max_subscriptions=64,
             subscription_buffer=256,
             handshake_timeout=10.0,
-            max_connections=256,
+            max_connections=max_connections,
             max_handshakes=128,
+            read_only_token=read_only_token,
         )
         settings.check()
-        return cls(tuple(served), _Gateway(served, settings), token, read_only_token)
+        return cls(tuple(served), Gateway(served, settings))
 
-    def access(self, connection: HTTPConnection) -> Level | Access:
-        """The visitor's level, or why it has none (``Access.MISSING``/``WRONG``)."""
-        if self.token is None:
-            return Level.FULL
-        headers = connection.scope["headers"]
+    @property
+    def auth(self) -> bool:
+        return self.gateway.settings.token is not None
+
+    def access(self, connection: HTTPConnection) -> Access:
+        """What the visitor's token grants (``GRANTED``, ``READ_ONLY``) or why not."""
         target = connection.url.path
         if connection.url.query:
             target += "?" + connection.url.query
-        verdict = check_token(self.token, headers, target)
-        if verdict is Access.GRANTED:
-            return Level.FULL
-        if self.read_only_token is not None:
-            if check_token(self.read_only_token, headers, target) is Access.GRANTED:
-                return Level.READ_ONLY
-        return verdict
+        return self.gateway.access(connection.scope["headers"], target)
 
 
-def _refusal(verdict: Access) -> tuple[int, str]:
+def _refusal(verdict: Access) -> tuple[int, str] | None:
     if verdict is Access.MISSING:
         return 401, "a token is required: Authorization: Bearer <token>"
-    return 403, "wrong token"
+    if verdict is Access.WRONG:
+        return 403, "wrong token"
+    return None
 
 
 def build_app(settings: ConsoleSettings) -> Starlette:
@@ -130,9 +109,10 @@ def build_app(settings: ConsoleSettings) -> Starlette:
         return FileResponse(STATIC / "index.html", headers=SECURITY_HEADERS)
 
     async def session(request: Request) -> Response:
-        level = settings.access(request)
-        if isinstance(level, Access):
-            status, message = _refusal(level)
+        access = settings.access(request)
+        refusal = _refusal(access)
+        if refusal is not None:
+            status, message = refusal
             return JSONResponse(
                 {"error": message},
                 status_code=status,
@@ -140,8 +120,8 @@ def build_app(settings: ConsoleSettings) -> Starlette:
             )
         return JSONResponse(
             {
-                "access": level.value,
-                "auth": settings.token is not None,
+                "access": "read_only" if access is Access.READ_ONLY else "full",
+                "auth": settings.auth,
                 "workflows": list(settings.names),
             },
             headers=SECURITY_HEADERS,
@@ -151,12 +131,11 @@ def build_app(settings: ConsoleSettings) -> Starlette:
         return PlainTextResponse("ok\n", headers=SECURITY_HEADERS)
 
     async def websocket(ws: WebSocket) -> None:
-        level = settings.access(ws)
-        if isinstance(level, Access):
-            status, message = _refusal(level)
-            await ws.send_denial_response(
-                PlainTextResponse(message + "\n", status_code=status)
-            )
+        access = settings.access(ws)
+        refusal = _refusal(access)
+        if refusal is not None:
+            status, message = refusal
+            await ws.send_denial_response(PlainTextResponse(message + "\n", status_code=status))
             return
         gateway = settings.gateway
         if gateway.connections >= gateway.settings.max_connections:
@@ -168,7 +147,7 @@ def build_app(settings: ConsoleSettings) -> Starlette:
         try:
             await ws.accept()
             channel = _WebSocketChannel(ws)
-            await _Connection(gateway, channel).serve()
+            await Connection(gateway, channel, read_only=access is Access.READ_ONLY).serve()
         except* (trio_websocket.ConnectionClosed, trio.BrokenResourceError) as group:
             log.debug("console websocket ended abruptly: %r", group.exceptions)
         except* Exception as group:

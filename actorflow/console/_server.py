@@ -17,14 +17,14 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from .._errors import InvalidArgument
-from .._workflow import Workflow
-from ._app import ConsoleSettings, build_app
+from actorflow._model.errors import InvalidArgument
+from actorflow.console._app import ConsoleSettings, build_app
+from actorflow.workflow import Workflow
 
 log = logging.getLogger("actorflow.console")
 
 
-async def serve_console(
+async def serve(
     workflows: Iterable[Workflow[Any, Any]],
     host: str = "127.0.0.1",
     port: int = 0,

@@ -277,7 +277,8 @@ async function start() {
   gateway.onReconnect = () => route();
   try {
     await gateway.connect();
-    const described = await gateway.call("workflows");
+    const served = await gateway.call("workflows");
+    const described = await Promise.all(served.map((wf) => gateway.call("describe", {workflow: wf.name})));
     app.workflows = new Map(described.map((wf) => [wf.name, wf]));
   } catch (error) {
     $("#main").replaceChildren(el("p", {class: "error", role: "alert", text: explain(error)}));
@@ -399,7 +400,7 @@ function renderWorkflowCard(card, wf, counts, paused, processes) {
     el("h2", {id: `wf-${wf.name}`}, el("a", {href: runsLink(""), text: wf.name}),
       el("span", {class: "muted", text: ` · ${counts.total} runs`})),
     attention,
-    pausedList,
+    pausedList || "",
     el("div", {class: "grid"},
       countTable("By run state", byState, (name) => runsLink(`&run_state=${name}`)),
       countTable("By status", byStatus, (name) => runsLink(`&status=${name}`))),
@@ -541,12 +542,12 @@ function runsScreen(main, params) {
     const first = !filters.after;
     summary.textContent = `${page.length} run${page.length === 1 ? "" : "s"} on this page, newest first` +
       (first ? "; new and changed runs appear live." : ".");
-    pager.replaceChildren(
+    pager.replaceChildren(...[
       first ? null : el("button", {type: "button", class: "quiet", text: "← Newest",
         onclick: () => navigate(hashFor({...filters, after: ""}))}),
       page.length === PAGE ? el("button", {type: "button", class: "quiet", id: "older", text: "Older →",
         onclick: () => navigate(hashFor({...filters, after: page[page.length - 1].run_id}))}) : null,
-    );
+    ].filter(Boolean));
     app.gateway.call("count_runs", args).then((counts) => {
       if (!stopped) summary.textContent += ` ${counts.total} match in all.`;
     }, () => {});
@@ -719,7 +720,7 @@ function diffTable(changes) {
   return el("table", {class: "diff", id: "diff"},
     el("thead", {}, el("tr", {}, el("th", {text: "change"}), el("th", {text: "field"}),
       el("th", {text: "before"}), el("th", {text: "after"}))),
-    el("tbody", {}, changes.map((c) => el("tr", {class: c.op},
+    el("tbody", {}, changes.map((c) => el("tr", {class: `diff-${c.op}`},
       el("td", {class: "op", text: {added: "+ added", removed: "− removed", changed: "~ changed"}[c.op]}),
       el("td", {text: c.path}), el("td", {text: show(c.before)}), el("td", {text: show(c.after)})))));
 }

@@ -671,28 +671,37 @@ class PostgresStore:
         self,
         workflow_name: str,
         *,
-        foreign_id: str | None = None,
+        foreign_id: str | Sequence[str] | None = None,
         status: int | Sequence[int] | None = None,
         run_state: RunState | Sequence[RunState] | None = None,
         limit: int = 25,
         after: str | None = None,
         descending: bool = False,
+        foreign_id_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> list[RawRecord]:
-        flt = RunFilter.make(foreign_id=foreign_id, status=status, run_state=run_state, limit=limit)
+        flt = RunFilter.make(
+            foreign_id=foreign_id,
+            status=status,
+            run_state=run_state,
+            limit=limit,
+            foreign_id_prefix=foreign_id_prefix,
+            created_after=created_after,
+            created_before=created_before,
+        )
         query = self._q.list_runs(
-            foreign_id=flt.foreign_id is not None,
+            foreign_id=flt.foreign_ids is not None,
             status=flt.statuses is not None,
             run_state=flt.run_states is not None,
             after=after is not None,
             descending=descending,
+            prefix=flt.foreign_id_prefix is not None,
+            created_after=flt.created_after is not None,
+            created_before=flt.created_before is not None,
         )
-        params: dict[str, Any] = {
-            "workflow_name": workflow_name,
-            "foreign_id": flt.foreign_id,
-            "status": sorted(flt.statuses or ()),
-            "run_state": sorted(int(s) for s in flt.run_states or ()),
-            "limit": flt.limit,
-        }
+        params = _filter_params(workflow_name, flt)
+        params["limit"] = flt.limit
         q = self._q
 
         def list_runs(conn: _Conn) -> list[RawRecord]:
@@ -704,6 +713,43 @@ class PostgresStore:
             return [_record(r) for r in conn.execute(query, params).fetchall()]
 
         return await self._call("list_runs", list_runs)
+
+    async def count_runs(
+        self,
+        workflow_name: str,
+        *,
+        foreign_id: str | Sequence[str] | None = None,
+        status: int | Sequence[int] | None = None,
+        run_state: RunState | Sequence[RunState] | None = None,
+        foreign_id_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> dict[tuple[int, RunState], int]:
+        flt = RunFilter.make(
+            foreign_id=foreign_id,
+            status=status,
+            run_state=run_state,
+            foreign_id_prefix=foreign_id_prefix,
+            created_after=created_after,
+            created_before=created_before,
+        )
+        query = self._q.count_runs(
+            foreign_id=flt.foreign_ids is not None,
+            status=flt.statuses is not None,
+            run_state=flt.run_states is not None,
+            prefix=flt.foreign_id_prefix is not None,
+            created_after=flt.created_after is not None,
+            created_before=flt.created_before is not None,
+        )
+        params = _filter_params(workflow_name, flt)
+
+        def count_runs(conn: _Conn) -> dict[tuple[int, RunState], int]:
+            return {
+                (int(s), RunState(st)): int(n)
+                for s, st, n in conn.execute(query, params).fetchall()
+            }
+
+        return await self._call("count_runs", count_runs)
 
     async def history(self, workflow_name: str, run_id: str) -> list[RawRecord]:
         q = self._q
@@ -914,3 +960,16 @@ class _Dedicated:
 
     async def aclose(self) -> None:
         await trio.to_thread.run_sync(self._close, limiter=self._limiter)
+
+
+def _filter_params(workflow_name: str, flt: RunFilter) -> dict[str, Any]:
+    """The named parameters of a run filter's WHERE clause (see Queries.list_runs)."""
+    return {
+        "workflow_name": workflow_name,
+        "foreign_id": list(flt.foreign_ids or ()),
+        "foreign_id_prefix": flt.foreign_id_prefix,
+        "status": sorted(flt.statuses or ()),
+        "run_state": sorted(int(s) for s in flt.run_states or ()),
+        "created_after": flt.created_after,
+        "created_before": flt.created_before,
+    }
