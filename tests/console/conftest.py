@@ -39,12 +39,6 @@ CHROMIUM_ARGS = [
 ]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/console/test_browser" in item.nodeid:
-            item.add_marker(pytest.mark.browser)
-
-
 class Parcel(enum.IntEnum):
     REGISTERED = 1
     PACKED = 2
@@ -123,9 +117,7 @@ def chromium() -> str:
     return found
 
 
-async def in_browser(
-    script: Callable[[Any], R], *, width: int = 1280, height: int = 800
-) -> R:
+async def in_browser(script: Callable[[Any], R], *, width: int = 1280, height: int = 800) -> R:
     """Run ``script(page)`` in a fresh headless Chromium page, in a worker thread."""
     executable = chromium()
 

@@ -199,16 +199,19 @@ async def test_count_runs_by_status_and_run_state(store: Store) -> None:
     await store.commit(nxt(made[0], run_state=af.RunState.RUNNING))
     await store.commit(nxt(made[1], run_state=af.RunState.PAUSED, status=3))
     await store.create_run(raw("elsewhere", workflow="other"))
-    I, R, P = af.RunState.INITIATED, af.RunState.RUNNING, af.RunState.PAUSED
-    assert await store.count_runs("wf") == {(1, R): 1, (1, I): 2, (2, I): 2, (3, P): 1}
-    assert await store.count_runs("wf", status=[1, 3]) == {(1, R): 1, (1, I): 2, (3, P): 1}
-    assert await store.count_runs("wf", run_state=P) == {(3, P): 1}
-    assert await store.count_runs("wf", foreign_id=["f0", "f2", "f9"]) == {(1, R): 1, (1, I): 1}
+    INIT, RUN, PAUSE = af.RunState.INITIATED, af.RunState.RUNNING, af.RunState.PAUSED
+    assert await store.count_runs("wf") == {(1, RUN): 1, (1, INIT): 2, (2, INIT): 2, (3, PAUSE): 1}
+    assert await store.count_runs("wf", status=[1, 3]) == {(1, RUN): 1, (1, INIT): 2, (3, PAUSE): 1}
+    assert await store.count_runs("wf", run_state=PAUSE) == {(3, PAUSE): 1}
+    assert await store.count_runs("wf", foreign_id=["f0", "f2", "f9"]) == {
+        (1, RUN): 1,
+        (1, INIT): 1,
+    }
     assert await store.count_runs("wf", foreign_id_prefix="f") == await store.count_runs("wf")
     assert await store.count_runs(
         "wf", created_after=T0 + timedelta(minutes=4), created_before=T0 + timedelta(hours=1)
-    ) == {(1, I): 1, (2, I): 1}
-    assert await store.count_runs("other") == {(1, I): 1}
+    ) == {(1, INIT): 1, (2, INIT): 1}
+    assert await store.count_runs("other") == {(1, INIT): 1}
     assert await store.count_runs("nobody") == {}
 
 

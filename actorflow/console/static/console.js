@@ -462,7 +462,7 @@ function runsScreen(main, params) {
   let subscription = null;
   const rows = new Map();  // run_id -> <tr>
   const select = (name, label, options, value) => el("label", {}, label,
-    el("select", {name, id: `filter-${name}`},
+    el("select", {name, id: `filter-${name.replace("_", "-")}`},
       el("option", {value: "", text: "any"}),
       options.map((o) => el("option", {value: o, text: o, selected: o === value}))));
   const form = el("form", {class: "filters card", role: "search", "aria-label": "Filter runs",
