@@ -22,6 +22,7 @@ from actorflow._model.definition import (
 )
 from actorflow._model.errors import BuildError
 from actorflow._model.options import Options
+from actorflow._model.statuses import parse_status
 from actorflow._model.timers import TimerFn
 
 if TYPE_CHECKING:
@@ -150,20 +151,10 @@ class Builder(Generic[T, S]):
     # -- building --------------------------------------------------------------------------
 
     def _status(self, value: Any, where: str) -> S:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise BuildError(f"workflow {self.name!r}: {where}: {value!r} is not a status")
-        if isinstance(value, enum.Enum) and not isinstance(value, self.status_type):
-            raise BuildError(
-                f"workflow {self.name!r}: {where}: {value!r} is not a member of "
-                f"{self.status_type.__name__}"
-            )
         try:
-            status = self.status_type(value)
-        except ValueError:
-            raise BuildError(
-                f"workflow {self.name!r}: {where}: {value!r} is not a member of "
-                f"{self.status_type.__name__}"
-            ) from None
+            status = parse_status(self.status_type, value)
+        except ValueError as exc:
+            raise BuildError(f"workflow {self.name!r}: {where}: {exc}") from None
         if status <= 0:
             raise BuildError(
                 f"workflow {self.name!r}: {where}: status {status.name}={int(status)} is reserved "

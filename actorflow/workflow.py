@@ -25,6 +25,7 @@ from actorflow._model.options import Options
 from actorflow._model.record import RawRecord, Record, Timer, new_run_id
 from actorflow._model.run import Run
 from actorflow._model.run_state import RunState
+from actorflow._model.statuses import parse_status
 from actorflow._runtime.actor import Op, Stopped
 from actorflow._runtime.engine import NO_TIMERS, Engine
 from actorflow._runtime.ports import Ownership, Service
@@ -206,21 +207,10 @@ class Workflow(Generic[T, S]):
     # -- argument checks -------------------------------------------------------------------------
 
     def _status_arg(self, status: object, what: str = "status") -> S:
-        enum_type = self._definition.status_type
-        if isinstance(status, enum.Enum) and not isinstance(status, enum_type):
-            raise InvalidArgument(
-                f"workflow {self.name!r}: {what} {status!r} is not a {enum_type.__name__}"
-            )
-        if isinstance(status, bool) or not isinstance(status, int):
-            raise InvalidArgument(
-                f"workflow {self.name!r}: {what} must be a {enum_type.__name__}, not {status!r}"
-            )
         try:
-            return enum_type(status)  # type: ignore[return-value]
-        except ValueError:
-            raise InvalidArgument(
-                f"workflow {self.name!r}: {what} {status!r} is not a member of {enum_type.__name__}"
-            ) from None
+            return parse_status(self._definition.status_type, status)  # type: ignore[return-value]
+        except ValueError as exc:
+            raise InvalidArgument(f"workflow {self.name!r}: {what} {exc}") from None
 
     def _foreign_id_arg(self, foreign_id: object) -> str:
         if not isinstance(foreign_id, str) or not foreign_id or len(foreign_id) > MAX_FOREIGN_ID:

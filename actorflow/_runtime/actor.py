@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -23,8 +24,10 @@ from actorflow._model.errors import ActorflowError, StepError, StoreError, Versi
 from actorflow._model.record import RawRecord, Timer
 from actorflow._model.run import SpecialResult
 from actorflow._model.run_state import RunState
-from actorflow._runtime.engine import RESUME, Engine, log
+from actorflow._runtime.engine import RESUME, Engine
 from actorflow._runtime.ports import ActorHost
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)

@@ -16,6 +16,7 @@ import enum
 import functools
 import heapq
 import itertools
+import logging
 import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -29,9 +30,11 @@ from actorflow._model.errors import ActorflowError
 from actorflow._model.record import Event, RawRecord, Timer
 from actorflow._model.run_state import RunState
 from actorflow._runtime.actor import Ask, Op, Reply, RunActor, Stopped
-from actorflow._runtime.engine import Engine, log
+from actorflow._runtime.engine import Engine
 from actorflow._runtime.ports import Leadership, Ownership, Service
 from actorflow.stores.feed import ChangeFeed
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)

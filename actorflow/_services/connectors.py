@@ -12,16 +12,19 @@ been handled, acknowledged and its cursor stored.
 
 from __future__ import annotations
 
+import logging
+
 import trio
 
 from actorflow._model.clock import trio_deadline
 from actorflow._model.definition import ConnectorSpec, fn_name
 from actorflow._model.errors import InvalidArgument
 from actorflow._model.options import Options
-from actorflow._runtime.engine import log
 from actorflow._services.context import ServiceContext
 from actorflow.streaming._protocol import ConnectorEvent, EventSource
 from actorflow.streaming._stats import ConnectorStats, connector_stats
+
+log = logging.getLogger(__name__)
 
 MIN_DELAY = 0.01
 """Seconds: the shortest back-off, so that ``error_backoff=timedelta(0)`` never spins."""

@@ -7,6 +7,7 @@ at least once per change and never forgets one.
 from __future__ import annotations
 
 import enum
+import logging
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -16,7 +17,9 @@ from actorflow._model.errors import StoreError
 from actorflow._model.options import Options
 from actorflow._model.record import Event
 from actorflow._model.run_state import RunState
-from actorflow._runtime.engine import Engine, log
+from actorflow._runtime.engine import Engine
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)

@@ -10,12 +10,12 @@ run); nothing is skipped.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import trio
 
 from actorflow._model.errors import InvalidArgument
-from actorflow._runtime.engine import log
 from actorflow._services.connectors import retry_delay
 from actorflow._services.context import ServiceContext
 from actorflow.streaming._stats import relay_stats
@@ -26,6 +26,8 @@ from actorflow.streaming._store_log import (
     parse_cursor,
     transition_event,
 )
+
+log = logging.getLogger(__name__)
 
 BATCH = 500
 

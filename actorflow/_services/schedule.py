@@ -8,6 +8,7 @@ start; earlier missed times are skipped.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, TypeVar
@@ -23,8 +24,9 @@ from actorflow._model.errors import (
     StoreError,
     WorkflowInProgress,
 )
-from actorflow._runtime.engine import log
 from actorflow._services.context import ServiceContext
+
+log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 _TICK = timedelta(microseconds=1)

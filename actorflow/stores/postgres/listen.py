@@ -47,7 +47,7 @@ from actorflow._model.record import RawRecord
 from actorflow.stores.feed import ChangeFeed, Subscription
 from actorflow.stores.postgres.connection import PgConnection
 
-log = logging.getLogger("actorflow")
+log = logging.getLogger(__name__)
 
 
 FEED_NOTIFY_GAP = 0.05
