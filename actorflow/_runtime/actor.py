@@ -432,7 +432,7 @@ class RunActor(Generic[T, S]):
             self._back_off(count, opts)
 
     def _back_off(self, count: int, options: Any) -> None:
-        self._retry_at = trio.current_time() + options.backoff(count).total_seconds()
+        self._retry_at = trio.current_time() + options.retry_seconds(count)
 
     async def _step(self, raw: RawRecord, spec: StepSpec) -> None:
         """Run the step of the run's status and store what it returned.

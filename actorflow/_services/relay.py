@@ -16,7 +16,6 @@ from typing import Any
 import trio
 
 from actorflow._model.errors import InvalidArgument
-from actorflow._services.connectors import retry_delay
 from actorflow._services.context import ServiceContext
 from actorflow.streaming._stats import relay_stats
 from actorflow.streaming._store_log import (
@@ -78,7 +77,7 @@ async def run_relay(ctx: ServiceContext, streamer: Any) -> None:
             failures += 1
             stats.errors += 1
             stats.last_error = f"{type(exc).__name__}: {exc}"
-            delay = retry_delay(options, failures)
+            delay = options.retry_seconds(failures)
             log.warning(
                 "workflow %r: relay to %r failed (%d in a row), re-publishing from event %d "
                 "in %.3g s: %s",
