@@ -19,6 +19,7 @@ from actorflow._model.record import Event
 from actorflow._model.run_state import RunState
 from actorflow._runtime.engine import Engine
 from actorflow._runtime.retry import retrying
+from actorflow._runtime.user_code import user_error
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,11 @@ async def follow_events(
             if cursor is None:
                 stored = await store.get_cursor(cursor_name)
                 cursor = int(stored) if stored else 0
+            mark = store.feed.mark()
             events = await store.read_events(cursor, BATCH, engine.name)
             if not events:
-                with trio.move_on_after(poll):
-                    await store.feed.wait_published()
+                # An in-process commit, another process's write, or the real-time poll.
+                await store.feed.wait_change(mark, poll)
                 continue
             for event in events:
                 await handle(event)
@@ -86,9 +88,12 @@ async def run_hooks(engine: Engine[T, S], poll_interval: timedelta) -> None:
             return
 
         async def call_hook() -> None:
-            history = await engine.store.history(engine.name, event.run_id)
-            raw = next(r for r in history if r.version == event.version)
-            await hook(engine.typed(raw))
+            try:
+                history = await engine.store.history(engine.name, event.run_id)
+                raw = next(r for r in history if r.version == event.version)
+                await hook(engine.typed(raw))
+            except trio.Cancelled as exc:  # a stray one is the hook's error; a real one ends us
+                raise user_error(exc, f"on_{kind} hook") from exc
 
         await retrying(
             call_hook,
