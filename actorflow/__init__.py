@@ -38,6 +38,7 @@ from .stores import Store as Store
 from .streaming import ConnectorEvent as ConnectorEvent
 from .streaming import EventSource as EventSource
 from .streaming import EventStreamer as EventStreamer
+from .streaming import KafkaStreamer as KafkaStreamer
 from .streaming import MemorySource as MemorySource
 from .streaming import MemoryStreamer as MemoryStreamer
 from .streaming import RedisStreamer as RedisStreamer

@@ -30,6 +30,7 @@ from ._runstate import RunState
 from ._serde import ObjectCodec
 from ._supervisor import Ownership, Service, Supervisor
 from .stores import Store
+from .streaming._source import check_reachable
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
@@ -129,6 +130,8 @@ class Workflow(Generic[T, S]):
         """
         if self._supervisor is not None:
             raise ActorflowError(f"workflow {self.name!r} is already running in this process")
+        # A streamer or source that cannot be reached fails the start, after a bounded wait.
+        await check_reachable([self._streamer, *(c.source for c in self._definition.connectors)])
         supervisor = Supervisor(
             self._engine,
             grace_period=self._grace_period,
