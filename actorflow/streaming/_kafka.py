@@ -584,6 +584,8 @@ class _KafkaSender:
         stats.sent += delivery.reported - len(delivery.errors)
         if delivery.errors:
             stats.delivery_errors += len(delivery.errors)
+            # The broker may have lost the topic (a restart on memory storage): look again.
+            self._streamer._topics_ready.discard(topic)
             raise StreamError(
                 f"Kafka at {self._streamer.bootstrap_servers}: {len(delivery.errors)} of "
                 f"{len(messages)} messages to {topic!r} were not delivered: {delivery.errors[0]}"
