@@ -9,6 +9,7 @@ nox.options.default_venv_backend = "venv"
 
 ALL_EXTRAS = ".[dev,postgres,redis,kafka]"
 RUFF = "ruff==0.17.6"  # keep in step with the dev extra in pyproject.toml
+IMPORT_LINTER = "import-linter==2.17"  # likewise
 
 
 @nox.session
@@ -21,11 +22,12 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff, including the ASYNC (flake8-async) rules."""
+    """ruff, including the ASYNC (flake8-async) rules, and the import-linter layer contract."""
     paths = ["actorflow", "tests", "examples", "noxfile.py", "bench"]
-    session.install(RUFF)
+    session.install(RUFF, IMPORT_LINTER)
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
+    session.run("lint-imports")  # the layer contract in pyproject.toml (docs/architecture.md)
 
 
 @nox.session

@@ -17,12 +17,12 @@ from typing import Any, TypeVar
 
 import trio
 
-from ._clock import Clock, TrioClock
-from ._errors import Lagged, RunNotFound
-from ._feed import Subscription
-from ._record import Record
-from ._serde import converter
-from ._workflow import Workflow
+from actorflow._model.clock import Clock, TrioClock
+from actorflow._model.codec import converter
+from actorflow._model.errors import Lagged, RunNotFound
+from actorflow._model.record import Record
+from actorflow.stores.feed import Subscription
+from actorflow.workflow import Workflow
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)

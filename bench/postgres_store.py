@@ -16,7 +16,7 @@ import attrs
 import trio
 
 from actorflow import RunState
-from actorflow._record import Meta, RawRecord
+from actorflow._model.record import Meta, RawRecord
 from actorflow.stores import PostgresStore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

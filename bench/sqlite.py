@@ -34,8 +34,8 @@ import attrs
 import trio
 
 import actorflow as af
-from actorflow.stores import _sqlite_schema
-from actorflow.stores._sqlite import SQLiteStats
+from actorflow.stores.sqlite import schema as _sqlite_schema
+from actorflow.stores.sqlite.store import SQLiteStats
 
 RAW_BATCH = 50
 """Transitions per transaction in the batched raw baseline."""

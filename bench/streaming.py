@@ -27,7 +27,7 @@ import attrs
 import trio
 
 import actorflow as af
-from actorflow._record import Meta, RawRecord
+from actorflow._model.record import Meta, RawRecord
 from actorflow.streaming import ConnectorEvent, EventSender, relay_stats, transition_event
 from actorflow.streaming._redis import encode_event
 

@@ -9,8 +9,7 @@ import attrs
 import pytest
 
 import actorflow as af
-
-from .workflows import Status, YinYang, yinyang
+from tests.workflows import Status, YinYang, yinyang
 
 
 class WithZero(enum.IntEnum):

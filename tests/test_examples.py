@@ -16,12 +16,7 @@ import trio
 import trio.testing
 
 import actorflow as af
-from actorflow.testing import trio_clock
-from examples.callback.main import Expense
-from examples.callback.main import run_example as run_callback
-from examples.getting_started.main import Status
-from examples.getting_started.main import run_example as run_getting_started
-from examples.order_processing.main import (
+from actorflow.demo.main import (
     DEMO_ORDERS,
     check,
     expected_status,
@@ -29,12 +24,16 @@ from examples.order_processing.main import (
     run_demo,
     summary,
 )
-from examples.order_processing.workflow import OrderStatus, ReportStatus
+from actorflow.demo.workflow import OrderStatus, ReportStatus
+from actorflow.testing import trio_clock
+from examples.callback.main import Expense
+from examples.callback.main import run_example as run_callback
+from examples.getting_started.main import Status
+from examples.getting_started.main import run_example as run_getting_started
 from examples.schedule.main import simulate_week
 from examples.timeout.main import Table
 from examples.timeout.main import run_example as run_timeout
-
-from .conftest import START
+from tests.conftest import START
 
 ROOT = Path(__file__).resolve().parent.parent
 

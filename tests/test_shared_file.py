@@ -11,8 +11,7 @@ import trio
 from trio.testing import MockClock
 
 import actorflow as af
-
-from .workflows import Status, Three, three_steps, yinyang
+from tests.workflows import Status, Three, three_steps, yinyang
 
 pytestmark = pytest.mark.skipif(not hasattr(af, "SQLiteStore"), reason="no SQLiteStore")
 

@@ -16,9 +16,8 @@ from trio.testing import MockClock
 
 import actorflow as af
 from actorflow.testing import require, wait_for
-
-from .conftest import StoreMaker
-from .workflows import Counter, Status, Three, YinYang, three_steps, yinyang
+from tests.conftest import StoreMaker
+from tests.workflows import Counter, Status, Three, YinYang, three_steps, yinyang
 
 
 async def test_trigger_await_and_history(

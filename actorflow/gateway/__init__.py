@@ -3,11 +3,11 @@
 The wire protocol is described in docs/gateway.md.
 """
 
-from ._client import GatewayClient as GatewayClient
-from ._client import GatewaySubscription as GatewaySubscription
-from ._client import open_gateway_client as open_gateway_client
-from ._protocol import ErrorCode as ErrorCode
-from ._server import serve_gateway as serve_gateway
+from actorflow.gateway.client import GatewayClient as GatewayClient
+from actorflow.gateway.client import GatewaySubscription as GatewaySubscription
+from actorflow.gateway.client import open_gateway_client as open_gateway_client
+from actorflow.gateway.protocol import ErrorCode as ErrorCode
+from actorflow.gateway.server import serve_gateway as serve_gateway
 
 __all__ = [
     "ErrorCode",

@@ -4,27 +4,27 @@ See docs/streaming.md (streamers, the outbox relay, Kafka) and
 docs/connectors.md (connectors, ``af.connect``).
 """
 
-from ._kafka import KafkaStats as KafkaStats
-from ._kafka import KafkaStreamer as KafkaStreamer
-from ._memory import MemorySource as MemorySource
-from ._memory import MemoryStreamer as MemoryStreamer
-from ._protocol import TRANSITION_HEADERS as TRANSITION_HEADERS
-from ._protocol import ConnectorEvent as ConnectorEvent
-from ._protocol import EventError as EventError
-from ._protocol import EventReceiver as EventReceiver
-from ._protocol import EventSender as EventSender
-from ._protocol import EventSource as EventSource
-from ._protocol import EventStreamer as EventStreamer
-from ._protocol import Start as Start
-from ._protocol import StreamError as StreamError
-from ._redis import RedisStreamer as RedisStreamer
-from ._source import StreamSource as StreamSource
-from ._stats import ConnectorStats as ConnectorStats
-from ._stats import RelayStats as RelayStats
-from ._stats import connector_stats as connector_stats
-from ._stats import relay_stats as relay_stats
-from ._store_log import StoreLogStreamer as StoreLogStreamer
-from ._store_log import transition_event as transition_event
+from actorflow.streaming._kafka import KafkaStats as KafkaStats
+from actorflow.streaming._kafka import KafkaStreamer as KafkaStreamer
+from actorflow.streaming._memory import MemorySource as MemorySource
+from actorflow.streaming._memory import MemoryStreamer as MemoryStreamer
+from actorflow.streaming._protocol import TRANSITION_HEADERS as TRANSITION_HEADERS
+from actorflow.streaming._protocol import ConnectorEvent as ConnectorEvent
+from actorflow.streaming._protocol import EventError as EventError
+from actorflow.streaming._protocol import EventReceiver as EventReceiver
+from actorflow.streaming._protocol import EventSender as EventSender
+from actorflow.streaming._protocol import EventSource as EventSource
+from actorflow.streaming._protocol import EventStreamer as EventStreamer
+from actorflow.streaming._protocol import Start as Start
+from actorflow.streaming._protocol import StreamError as StreamError
+from actorflow.streaming._redis import RedisStreamer as RedisStreamer
+from actorflow.streaming._source import StreamSource as StreamSource
+from actorflow.streaming._stats import ConnectorStats as ConnectorStats
+from actorflow.streaming._stats import RelayStats as RelayStats
+from actorflow.streaming._stats import connector_stats as connector_stats
+from actorflow.streaming._stats import relay_stats as relay_stats
+from actorflow.streaming._store_log import StoreLogStreamer as StoreLogStreamer
+from actorflow.streaming._store_log import transition_event as transition_event
 
 __all__ = [
     "TRANSITION_HEADERS",

@@ -33,8 +33,8 @@ from typing import Any, Literal, TypeVar, final
 import attrs
 import trio
 
-from .._errors import ActorflowError, InvalidArgument
-from ._protocol import (
+from actorflow._model.errors import ActorflowError, InvalidArgument
+from actorflow.streaming._protocol import (
     ConnectorEvent,
     EventError,
     EventReceiver,
@@ -45,7 +45,7 @@ from ._protocol import (
     check_start,
     check_topic,
 )
-from ._source import StreamSource
+from actorflow.streaming._source import StreamSource
 
 log = logging.getLogger("actorflow")
 client_log = logging.getLogger("actorflow.kafka")

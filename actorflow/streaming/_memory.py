@@ -9,8 +9,8 @@ from typing import final
 import attrs
 import trio
 
-from .._errors import InvalidArgument
-from ._protocol import (
+from actorflow._model.errors import InvalidArgument
+from actorflow.streaming._protocol import (
     ConnectorEvent,
     EventError,
     EventReceiver,

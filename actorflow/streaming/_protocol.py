@@ -19,7 +19,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, final, runtime_chec
 
 import attrs
 
-from .._errors import ActorflowError, InvalidArgument
+from actorflow._model.errors import ActorflowError, InvalidArgument
 
 Start = Literal["earliest", "latest"]
 """Where a consumer name that has no cursor yet starts: the oldest event, or the next one."""

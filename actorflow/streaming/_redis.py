@@ -30,8 +30,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import trio
 
-from .._errors import ActorflowError, InvalidArgument
-from ._protocol import (
+from actorflow._model.errors import ActorflowError, InvalidArgument
+from actorflow.streaming._protocol import (
     ConnectorEvent,
     EventError,
     EventReceiver,

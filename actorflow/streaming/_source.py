@@ -6,8 +6,14 @@ from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import final
 
-from .._errors import InvalidArgument
-from ._protocol import EventReceiver, EventStreamer, Start, check_start, check_topic
+from actorflow._model.errors import InvalidArgument
+from actorflow.streaming._protocol import (
+    EventReceiver,
+    EventStreamer,
+    Start,
+    check_start,
+    check_topic,
+)
 
 
 @final

@@ -15,10 +15,10 @@ from typing import final
 
 import trio
 
-from .._errors import InvalidArgument, StoreError
-from .._record import Event
-from ..stores import Store
-from ._protocol import (
+from actorflow._model.errors import InvalidArgument, StoreError
+from actorflow._model.record import Event
+from actorflow.stores import Store
+from actorflow.streaming._protocol import (
     ConnectorEvent,
     EventReceiver,
     EventSender,
@@ -214,7 +214,7 @@ def reads_log_of(streamer: StoreLogStreamer, store: Store) -> bool:
     store object, or two SQLite stores on the same file."""
     if streamer.store is store:
         return True
-    from ..stores import SQLiteStore
+    from actorflow.stores import SQLiteStore
 
     mine = streamer.store
     if isinstance(mine, SQLiteStore) and isinstance(store, SQLiteStore):
@@ -224,7 +224,7 @@ def reads_log_of(streamer: StoreLogStreamer, store: Store) -> bool:
 
 def check_relay_streamer(streamer: object, store: Store) -> str | None:
     """Why ``streamer`` cannot be the ``streamer=`` of a workflow on ``store`` (None: it can)."""
-    from ._protocol import EventStreamer
+    from actorflow.streaming._protocol import EventStreamer
 
     if not isinstance(streamer, EventStreamer):
         return (

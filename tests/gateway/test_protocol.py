@@ -11,7 +11,7 @@ import attrs
 import pytest
 
 import actorflow as af
-from actorflow.gateway._protocol import (
+from actorflow.gateway.protocol import (
     OPS,
     Access,
     ErrorCode,

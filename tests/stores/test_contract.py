@@ -10,7 +10,7 @@ import pytest
 import trio
 
 import actorflow as af
-from actorflow._record import Meta, RawRecord, Timer
+from actorflow._model.record import Meta, RawRecord, Timer
 from actorflow.stores import Store
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

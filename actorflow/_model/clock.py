@@ -1,0 +1,61 @@
+"""Wall clocks, and the bridge from wall time to trio deadlines.
+
+Timers are stored as aware UTC instants and armed as trio deadlines:
+``trio.current_time() + (fire_at - clock.now())``. With :func:`actorflow.testing.trio_clock`
+wall time is derived from trio time, so a MockClock moves both together.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Protocol, final, runtime_checkable
+
+import trio
+
+from actorflow._model.errors import InvalidArgument
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """Tells the current wall time as an aware UTC datetime."""
+
+    def now(self) -> datetime: ...
+
+
+@final
+class SystemClock:
+    """The real wall clock."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+@final
+class TrioClock:
+    """Wall time = ``start + trio.current_time()``: virtual under a MockClock."""
+
+    def __init__(self, start: datetime) -> None:
+        self._start = require_aware(start, "trio_clock start")
+
+    def now(self) -> datetime:
+        return self._start + timedelta(seconds=trio.current_time())
+
+    def __repr__(self) -> str:
+        return f"TrioClock(start={self._start.isoformat()})"
+
+
+def require_aware(when: datetime, what: str) -> datetime:
+    """Return ``when`` in UTC; raise InvalidArgument for a naive or non-datetime value."""
+    if not isinstance(when, datetime):
+        raise InvalidArgument(f"{what} must be a datetime, not {type(when).__name__}")
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise InvalidArgument(
+            f"{what} is a naive datetime ({when.isoformat()}); give it a timezone, "
+            "e.g. datetime(..., tzinfo=datetime.UTC)"
+        )
+    return when.astimezone(UTC)
+
+
+def trio_deadline(clock: Clock, when: datetime) -> float:
+    """The trio deadline at which ``clock`` will read ``when`` (in the past: now)."""
+    return trio.current_time() + max(0.0, (when - clock.now()).total_seconds())

@@ -1,0 +1,138 @@
+"""A validated workflow definition: the graph as data, free of I/O."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from actorflow._model.options import Options
+from actorflow._model.timers import TimerFn
+
+StepFn = Callable[[Any], Awaitable[Any]]
+CallbackFn = Callable[[Any, bytes], Awaitable[Any]]
+TimeoutFn = Callable[[Any, Any], Awaitable[Any]]
+HookFn = Callable[[Any], Awaitable[None]]
+ConnectorFn = Callable[[Any, Any], Awaitable[None]]
+
+
+def fn_name(fn: object) -> str:
+    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
+
+
+@attrs.frozen
+class StepSpec:
+    from_status: enum.IntEnum
+    fn: StepFn
+    to: frozenset[enum.IntEnum]
+    options: Options
+    key: str = attrs.field(init=False, eq=False)
+    """How errors and logs name the step (``"step <function name>"``)."""
+
+    @key.default
+    def _key(self) -> str:
+        return f"step {fn_name(self.fn)}"
+
+
+@attrs.frozen
+class CallbackSpec:
+    from_status: enum.IntEnum
+    fn: CallbackFn
+    to: frozenset[enum.IntEnum]
+
+
+@attrs.frozen
+class TimeoutSpec:
+    from_status: enum.IntEnum
+    index: int
+    timer: TimerFn
+    fn: TimeoutFn
+    to: frozenset[enum.IntEnum]
+    options: Options
+
+    @property
+    def kind(self) -> str:
+        return f"timeout:{self.index}"
+
+
+@attrs.frozen
+class ConnectorSpec:
+    name: str
+    source: Any
+    fn: ConnectorFn
+    options: Options
+
+
+@attrs.frozen
+class Definition:
+    """Everything ``Builder.build`` checked, ready for the engine."""
+
+    name: str
+    object_type: type[Any]
+    status_type: type[enum.IntEnum]
+    steps: Mapping[int, StepSpec]
+    callbacks: Mapping[int, Sequence[CallbackSpec]]
+    timeouts: Mapping[int, Sequence[TimeoutSpec]]
+    connectors: Sequence[ConnectorSpec]
+    hooks: Mapping[str, HookFn]
+    start: enum.IntEnum
+    starts: frozenset[enum.IntEnum]
+    declared: Sequence[enum.IntEnum]
+
+    def destinations(self, status: int) -> frozenset[enum.IntEnum]:
+        found: set[enum.IntEnum] = set()
+        if status in self.steps:
+            found |= self.steps[status].to
+        for cb in self.callbacks.get(status, ()):
+            found |= cb.to
+        for to in self.timeouts.get(status, ()):
+            found |= to.to
+        return frozenset(found)
+
+    def is_terminal(self, status: int) -> bool:
+        return (
+            status not in self.steps
+            and status not in self.callbacks
+            and (status not in self.timeouts)
+        )
+
+    _members: Mapping[int, enum.IntEnum] = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        # Enum calls are slow on the hot path; a dict lookup is not.
+        object.__setattr__(self, "_members", {int(m): m for m in self.status_type})
+
+    def status(self, value: int) -> enum.IntEnum | int:
+        return self._members.get(value, value)
+
+    def mermaid(self) -> str:
+        """The graph as a Mermaid ``stateDiagram-v2``."""
+        lines = ["stateDiagram-v2", "    direction LR"]
+        for start in sorted(self.starts, key=self.declared.index):
+            lines.append(f"    [*] --> {start.name}")
+        seen: set[tuple[str, str]] = set()
+        terminals: list[enum.IntEnum] = []
+
+        def edge(a: enum.IntEnum, b: enum.IntEnum, label: str) -> None:
+            if (a.name, b.name + label) not in seen:
+                seen.add((a.name, b.name + label))
+                lines.append(f"    {a.name} --> {b.name}{label}")
+
+        for status in self.declared:
+            if status in self.steps:
+                for to in sorted(self.steps[status].to):
+                    edge(status, to, "")
+            for cb in self.callbacks.get(status, ()):
+                for to in sorted(cb.to):
+                    edge(status, to, ": callback")
+            for tm in self.timeouts.get(status, ()):
+                for to in sorted(tm.to):
+                    edge(status, to, ": timeout")
+        for status in self.declared:
+            if self.is_terminal(status) and status not in terminals:
+                terminals.append(status)
+        for status in terminals:
+            lines.append(f"    {status.name} --> [*]")
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,70 @@
+"""Per-step options (steps, timeouts, connectors)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import attrs
+
+from actorflow._model.errors import BuildError
+
+
+def _non_negative_int(_: Any, attribute: attrs.Attribute[int], value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise BuildError(f"option {attribute.name} must be an int >= 0, not {value!r}")
+
+
+def _non_negative_delta(_: Any, attribute: attrs.Attribute[timedelta], value: timedelta) -> None:
+    if not isinstance(value, timedelta) or value < timedelta(0):
+        raise BuildError(f"option {attribute.name} must be a timedelta >= 0, not {value!r}")
+
+
+def _concurrency(_: Any, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise BuildError(f"option {attribute.name} must be None or an int >= 1, not {value!r}")
+
+
+@attrs.frozen
+class Options:
+    """How a step (or timeout, or connector) is run.
+
+    Attributes:
+        pause_after_errors: pause the run after this many consecutive errors (0: never).
+        error_backoff: delay before the first retry; doubles per consecutive error.
+        max_error_backoff: cap of the retry delay.
+        consume_lag: only act on a run that has been at the status at least this long.
+        max_concurrency: at most this many runs execute this function at once (None: no cap).
+    """
+
+    pause_after_errors: int = attrs.field(default=0, validator=_non_negative_int)
+    error_backoff: timedelta = attrs.field(
+        default=timedelta(seconds=1), validator=_non_negative_delta
+    )
+    max_error_backoff: timedelta = attrs.field(
+        default=timedelta(minutes=10), validator=_non_negative_delta
+    )
+    consume_lag: timedelta = attrs.field(default=timedelta(0), validator=_non_negative_delta)
+    max_concurrency: int | None = attrs.field(default=None, validator=_concurrency)
+
+    def merged(self, overrides: dict[str, Any], where: str) -> Options:
+        """These options with ``overrides`` applied; BuildError names an unknown option."""
+        known = {f.name for f in attrs.fields(Options)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise BuildError(
+                f"{where}: unknown option(s) {', '.join(unknown)}; known options are "
+                f"{', '.join(sorted(known))}"
+            )
+        try:
+            return attrs.evolve(self, **overrides)
+        except BuildError as exc:
+            raise BuildError(f"{where}: {exc}") from None
+
+    def backoff(self, errors: int) -> timedelta:
+        """The delay before retrying after ``errors`` consecutive errors."""
+        if errors <= 0:
+            return timedelta(0)
+        factor = 2 ** min(errors - 1, 30)
+        delay: timedelta = self.error_backoff * factor
+        return min(delay, max(self.max_error_backoff, self.error_backoff))

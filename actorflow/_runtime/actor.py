@@ -1,0 +1,510 @@
+"""RunActor: the only task that changes its run while a supervisor runs.
+
+Loop: take a message if one waits, else do the run's due work (a step, a due timeout, an
+automatic resume), else exit. Waits (error backoff, consume lag) are receives with a
+deadline, so a callback or control call interrupts them. An actor that has nothing to do
+exits at once: its state is in the store and the supervisor spawns a new one on demand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import math
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, Generic, TypeVar, final
+
+import attrs
+import trio
+
+from actorflow._model.definition import StepSpec, fn_name
+from actorflow._model.errors import ActorflowError, StepError, StoreError, VersionConflict
+from actorflow._model.record import RawRecord, Timer
+from actorflow._model.run import SpecialResult
+from actorflow._model.run_state import RunState
+from actorflow._runtime.engine import RESUME, Engine, log
+from actorflow._runtime.ports import ActorHost
+
+T = TypeVar("T")
+S = TypeVar("S", bound=enum.IntEnum)
+
+MAILBOX_SIZE = 16
+PASSIVATE_AFTER = 1.0
+"""Waits longer than this many seconds passivate the actor instead of holding its slot."""
+ASK_ATTEMPTS = 5
+
+Op = Callable[[RawRecord], Awaitable[tuple[RawRecord | None, list[Timer] | None, Any]]]
+"""An operation run by the actor on its latest record: returns (new record, timers, reply)."""
+
+
+class Stopped(ActorflowError):
+    """The actor stopped before it handled the message; the caller does it inline."""
+
+
+@final
+class Reply:
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def set(self, value: Any = None, error: BaseException | None = None) -> None:
+        if not self._done.is_set():
+            self._value, self._error = value, error
+            self._done.set()
+
+    async def wait(self) -> Any:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+@attrs.frozen
+class Ask:
+    op: Op
+    reply: Reply
+
+
+WAKE = object()
+
+_Mailbox = tuple[trio.MemorySendChannel[object], trio.MemoryReceiveChannel[object]]
+
+
+class _StoppedBeforeStart(Exception):
+    """A graceful stop began while the step waited for its concurrency slot."""
+
+
+def _resume_due(timers: list[Timer], now: datetime) -> bool:
+    """Whether the automatic resume among ``timers`` is due."""
+    return any(timer.kind == RESUME and timer.fire_at <= now for timer in timers)
+
+
+async def _call_user(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """Call a user function; a StoreError it raises is its own error, not ours."""
+    try:
+        return await fn(*args)
+    except StoreError as exc:
+        raise StepError(f"{fn_name(fn)} raised {type(exc).__name__}: {exc}") from exc
+
+
+@final
+class RunActor(Generic[T, S]):
+    def __init__(self, supervisor: ActorHost, run_id: str) -> None:
+        self.sup = supervisor
+        self.engine: Engine[T, S] = supervisor.engine
+        self.run_id = run_id
+        # The mailbox is made on first use: most actors never get a message, and a
+        # memory channel is about eight objects for the garbage collector to walk.
+        self._mailbox: _Mailbox | None = None
+        self._closed = False
+        self.reload_needed = True
+        self._raw: RawRecord | None = None
+        self._timers: list[Timer] | None = None
+        self._retry_at = -math.inf
+        self._skipped_version = 0
+        self._wait_scope: trio.CancelScope | None = None
+        self.task: trio.lowlevel.Task | None = None
+
+    # -- the mailbox -----------------------------------------------------------------------
+
+    @property
+    def send(self) -> trio.MemorySendChannel[object]:
+        """Where messages for this actor go (BrokenResourceError once it has stopped)."""
+        return self._open_mailbox()[0]
+
+    def _open_mailbox(self) -> _Mailbox:
+        if self._mailbox is None:
+            self._mailbox = trio.open_memory_channel[object](MAILBOX_SIZE)
+            if self._closed:
+                self._mailbox[1].close()
+        return self._mailbox
+
+    def _take(self) -> object:
+        """The next waiting message; raises WouldBlock when there is none."""
+        if self._mailbox is None:
+            raise trio.WouldBlock
+        return self._mailbox[1].receive_nowait()
+
+    def _poll(self) -> object | None:
+        """The next waiting message, or None (no exception: this runs on every step)."""
+        if self._mailbox is None or not self._mailbox[1].statistics().current_buffer_used:
+            return None
+        try:
+            return self._mailbox[1].receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return None
+
+    # -- called by the supervisor (synchronous) ----------------------------------------------
+
+    def poke(self) -> None:
+        """Ask the actor to reload its run from the store and look for work."""
+        self.reload_needed = True
+        with contextlib.suppress(
+            trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError
+        ):
+            self.send.send_nowait(WAKE)
+
+    @property
+    def known_version(self) -> int:
+        """The version of the run this actor last read or wrote (0 before it read it)."""
+        return 0 if self._raw is None or self.reload_needed else self._raw.version
+
+    def start_from(self, raw: RawRecord, timers: list[Timer]) -> None:
+        """Begin with the run as it was just stored (saves reading it back)."""
+        if self._raw is None and self.reload_needed:
+            self._raw, self._timers = raw, timers
+            self.reload_needed = False
+
+    def interrupt(self) -> None:
+        """Stop waiting (used by a graceful stop)."""
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
+    # -- the task ------------------------------------------------------------------------------
+
+    async def main(self) -> None:
+        sup = self.sup
+        self.task = trio.lowlevel.current_task()
+        self._retry_at = sup.retry_at.pop(self.run_id, -math.inf)
+        try:
+            # The loop is written here, not in a method of its own: one coroutine frame
+            # less for every run in flight.
+            while not sup.stopping and sup.owns(self.run_id):
+                message = self._poll()
+                if message is None:
+                    spec = self._ready_step()
+                    if spec is not None and self._raw is not None:
+                        await self._step(self._raw, spec)  # the common case
+                        continue
+                if not await self._turn(message):
+                    return
+        except Exception as exc:
+            # Never let one run take the workflow down: log, and try again later.
+            log.exception("%s: actor failed; retrying soon", self._where(), exc_info=exc)
+            sup.retry_later(self.run_id)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        # Synchronous: no message can arrive between the last check and the removal.
+        self.sup.forget(self)
+        while True:
+            try:
+                message = self._take()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if isinstance(message, Ask):
+                message.reply.set(error=Stopped("run actor stopped"))
+        self._closed = True
+        if self._mailbox is not None:
+            self._mailbox[1].close()
+
+    def _arm_pending_timers(self) -> None:
+        """Before passivating: make sure the supervisor wakes the run for its next timer."""
+        if self._timers:
+            now = self.engine.now()
+            future = [t.fire_at for t in self._timers if t.fire_at > now]
+            if future:
+                self.sup.arm(self.run_id, min(future))
+
+    def _where(self) -> str:
+        return f"workflow {self.engine.name!r} run {self.run_id}"
+
+    async def _turn(self, message: object | None) -> bool:
+        """A turn of the actor's loop other than a plain step: handle ``message``, or do
+        the run's due work, or wait. False when the actor should stop (passivate)."""
+        sup = self.sup
+        if message is not None:
+            await self._handle(message)
+            return True
+        deadline = await self._work()
+        if deadline is None:
+            message = self._poll()
+            if message is None:
+                self._arm_pending_timers()
+                return False  # nothing to do and nothing waiting: passivate
+            await self._handle(message)
+            return True
+        now = trio.current_time()
+        if deadline - now > PASSIVATE_AFTER:
+            # A long wait (error backoff, consume lag): give the slot back and let the
+            # supervisor's timer wake a new actor then.
+            message = self._poll()
+            if message is None:
+                sup.wake_later(self.run_id, deadline, self._retry_at)
+                return False
+            await self._handle(message)
+            return True
+        if deadline > now:
+            await self._wait(deadline)
+        return True
+
+    async def _wait(self, deadline: float) -> None:
+        message: object = None
+        with trio.CancelScope(deadline=deadline) as scope:
+            self._wait_scope = scope
+            try:
+                message = await self._open_mailbox()[1].receive()
+            finally:
+                self._wait_scope = None
+        if message is not None:
+            await self._handle(message)
+
+    async def _handle(self, message: object) -> None:
+        if message is WAKE:
+            return
+        assert isinstance(message, Ask)
+        try:
+            await self._answer(message)
+        except BaseException:
+            # Cancelled (graceful stop past its grace) or a store failure while reading:
+            # the caller must never wait forever; Stopped makes it apply the op itself.
+            message.reply.set(error=Stopped("run actor stopped"))
+            raise
+
+    async def _answer(self, message: Ask) -> None:
+        for attempt in range(ASK_ATTEMPTS):
+            try:
+                raw = await self._current()
+                new, timers, value = await message.op(raw)
+            except VersionConflict:
+                self.reload_needed = True
+                if attempt + 1 < ASK_ATTEMPTS:
+                    self._raw = await self.engine.lookup(self.run_id)
+                    self._timers = None
+                    self.reload_needed = False
+                    continue
+                message.reply.set(error=StoreError(f"{self._where()}: kept changing; try again"))
+                return
+            except Exception as exc:
+                self.reload_needed = True
+                message.reply.set(error=exc)
+                return
+            if new is not None:
+                self._stored(new, timers)
+                if timers is not None:
+                    # The op may come from another Workflow object on this store, whose
+                    # engine does not arm timers here: arm them (idempotent otherwise).
+                    self.sup.schedule_run(self.run_id, timers)
+            message.reply.set(value)
+            return
+
+    async def _current(self) -> RawRecord:
+        if self._raw is None or self.reload_needed:
+            self._raw = await self.engine.lookup(self.run_id)
+            self.reload_needed = False
+            self._timers = None
+        return self._raw
+
+    def _stored(self, new: RawRecord, timers: list[Timer] | None) -> None:
+        if (
+            self._raw is None
+            or new.status != self._raw.status
+            or new.run_state != self._raw.run_state
+        ):
+            self._retry_at = -math.inf
+        self._raw = new
+        if timers is not None:
+            self._timers = timers
+
+    async def _run_timers(self) -> list[Timer]:
+        if self._timers is None:
+            self._timers = await self.engine.store.list_timers(self.engine.name, self.run_id)
+        return self._timers
+
+    def _ready_step(self) -> StepSpec | None:
+        """The step of the run (``_raw``) when it is all there is to do now, known without
+        reading anything: no timers, no backoff, no consume lag. Else None, and
+        :meth:`_work` sorts it out."""
+        raw = self._raw
+        if raw is None or self.reload_needed or self._timers is None or self._timers:
+            return None
+        if not raw.run_state.active or raw.version == self._skipped_version:
+            return None
+        if self._retry_at != -math.inf and trio.current_time() < self._retry_at:
+            return None
+        spec = self.engine.definition.steps.get(raw.status)
+        if spec is None or spec.options.consume_lag:
+            return None
+        return spec
+
+    async def _work(self) -> float | None:
+        """Do the run's due work. Returns when to look again, or None when idle."""
+        engine = self.engine
+        raw = self._raw
+        if raw is None or self.reload_needed:
+            raw = await self._current()
+        now_trio = trio.current_time()
+        if now_trio < self._retry_at:
+            return self._retry_at
+        timers = self._timers
+        if raw.run_state.active:
+            if timers is None:
+                timers = await self._run_timers()
+            if timers:
+                now = engine.now()
+                for timer in timers:
+                    if timer.kind != RESUME and timer.status == raw.status and timer.fire_at <= now:
+                        await self._fire_timeout(raw, timer)
+                        return now_trio
+            spec = engine.definition.steps.get(raw.status)
+            if spec is not None and raw.version != self._skipped_version:
+                lag = spec.options.consume_lag
+                if lag:
+                    now = engine.now()
+                    ready = raw.updated_at + lag
+                    if ready > now:
+                        return now_trio + (ready - now).total_seconds()
+                await self._step(raw, spec)
+                return now_trio
+            return None
+        if raw.run_state is RunState.PAUSED:
+            if timers is None:
+                timers = await self._run_timers()
+            if _resume_due(timers, engine.now()):
+                await self._guarded(
+                    raw, "automatic resume", engine.resume(raw, "resumed automatically")
+                )
+                return now_trio
+        return None
+
+    async def _guarded(
+        self,
+        raw: RawRecord,
+        what: str,
+        action: Awaitable[tuple[RawRecord | None, list[Timer] | None]],
+        *,
+        key: str = "",
+        options: Any = None,
+    ) -> None:
+        """Await ``action``; on an error count it (when ``key`` is given) and back off."""
+        try:
+            new, timers = await action
+        except _StoppedBeforeStart:
+            return
+        except Exception as exc:
+            await self._failed(raw, what, exc, key, options)
+            return
+        self._settled(raw, key, new, timers)
+
+    def _settled(
+        self, raw: RawRecord, key: str, new: RawRecord | None, timers: list[Timer] | None
+    ) -> None:
+        """An action on ``raw`` stored ``new`` (None: it chose to store nothing)."""
+        if new is None:
+            self._skipped_version = raw.version
+            if key:
+                self.engine.reset_errors(raw.run_id, key)
+            return
+        self._stored(new, timers)
+
+    async def _failed(
+        self, raw: RawRecord, what: str, exc: Exception, key: str, options: Any
+    ) -> None:
+        """An action on ``raw`` failed: count the error (when ``key`` is given), back off,
+        or pause the run once its options say so."""
+        if isinstance(exc, VersionConflict):
+            self.reload_needed = True
+            return
+        if isinstance(exc, StoreError):
+            log.warning("%s: store error during %s: %s", self._where(), what, exc)
+            self._back_off(1, self.engine.default_options)
+            return
+        if not key:
+            log.exception("%s: %s failed", self._where(), what, exc_info=exc)
+            self._back_off(1, self.engine.default_options)
+            return
+        opts = options or self.engine.default_options
+        try:
+            count, paused = await self.engine.count_error(raw, key, exc, opts)
+        except VersionConflict:
+            self.reload_needed = True
+            return
+        if paused is not None:
+            self._stored(paused, None)
+            self._timers = None
+        else:
+            self._back_off(count, opts)
+
+    def _back_off(self, count: int, options: Any) -> None:
+        self._retry_at = trio.current_time() + options.backoff(count).total_seconds()
+
+    async def _step(self, raw: RawRecord, spec: StepSpec) -> None:
+        """Run the step of the run's status and store what it returned.
+
+        The hot path of the engine: written flat (no helper coroutines, no closures), as
+        every coroutine frame here is held by each of thousands of runs in flight.
+        """
+        engine = self.engine
+        key = spec.key
+        had_timers = self._timers is None or bool(self._timers)
+        try:
+            run = engine.make_run(raw)
+            if spec.options.max_concurrency is None:
+                if self.sup.stopping:
+                    return
+                result = await spec.fn(run)
+            else:
+                async with engine.limiter(spec, spec.options):
+                    if self.sup.stopping:
+                        return
+                    result = await spec.fn(run)
+        except StoreError as exc:  # raised by the step itself: its own error, not ours
+            error = StepError(f"{fn_name(spec.fn)} raised {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            await self._failed(raw, key, error, key, spec.options)
+            return
+        except Exception as exc:
+            await self._failed(raw, key, exc, key, spec.options)
+            return
+        try:
+            if isinstance(result, SpecialResult):
+                new, timers = await engine.apply_result(
+                    raw, run, result, spec.to, key, had_timers=had_timers
+                )
+            else:
+                new, timers = engine.plan_status(raw, run, result, spec.to, key)
+                # Encoded into ``new``: let the run and its object go before the wait for
+                # the commit (objects held across it outlive garbage collections).
+                del run, result
+                await engine.commit(new, timers=timers, had_timers=had_timers)
+        except Exception as exc:
+            await self._failed(raw, key, exc, key, spec.options)
+            return
+        self._settled(raw, key, new, timers)
+
+    async def _fire_timeout(self, raw: RawRecord, timer: Timer) -> None:
+        engine = self.engine
+        specs = engine.definition.timeouts.get(raw.status, ())
+        spec = next((s for s in specs if s.kind == timer.kind), None)
+        if spec is None:
+            # The definition changed since the timer was stored: drop it.
+            assert self._timers is not None
+            remaining = [t for t in self._timers if t != timer]
+            await self._guarded(raw, "dropping a stale timer", self._replace_timers(raw, remaining))
+            return
+        key = f"timeout {fn_name(spec.fn)}"
+
+        async def action() -> tuple[RawRecord | None, list[Timer] | None]:
+            run = engine.make_run(raw)
+            async with engine.limiter(spec, spec.options):
+                if self.sup.stopping:
+                    raise _StoppedBeforeStart
+                result = await _call_user(spec.fn, run, timer.fire_at)
+            new, timers = await engine.apply_result(raw, run, result, spec.to, key, fired=timer)
+            if new is None:  # skipped: this timer is used up
+                assert self._timers is not None
+                remaining = [t for t in self._timers if t != timer]
+                return await self._replace_timers(raw, remaining)
+            return new, timers
+
+        await self._guarded(raw, key, action(), key=key, options=spec.options)
+
+    async def _replace_timers(
+        self, raw: RawRecord, timers: list[Timer]
+    ) -> tuple[RawRecord | None, list[Timer] | None]:
+        # A version with unchanged data: the only way to change timers atomically.
+        new = self.engine.next_version(raw)
+        return await self.engine.commit(new, timers=timers), timers

@@ -1,0 +1,431 @@
+"""The engine: turns function results and control calls into stored transitions.
+
+It holds no task of its own; the run actors (and, when no supervisor runs in this process,
+the caller's own task) drive it. Every change goes through :meth:`Engine.commit`, which
+relies on the store's optimistic version check, so two writers never both win.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
+from datetime import datetime, timedelta
+from typing import Any, Generic, NoReturn, TypeVar
+
+import trio
+
+from actorflow._model.clock import Clock
+from actorflow._model.codec import ObjectCodec
+from actorflow._model.definition import Definition, fn_name
+from actorflow._model.errors import (
+    ActorflowError,
+    CallbackError,
+    InvalidTransition,
+    RunNotFound,
+    StepError,
+    StoreError,
+)
+from actorflow._model.options import Options
+from actorflow._model.record import Meta, RawRecord, Record, Timer
+from actorflow._model.run import Run, Special, SpecialResult
+from actorflow._model.run_state import RunState, check_transition
+from actorflow.stores import Store
+
+T = TypeVar("T")
+S = TypeVar("S", bound=enum.IntEnum)
+
+log = logging.getLogger("actorflow")
+
+RESUME = "resume"
+META_CACHE = 256
+NO_TIMERS: list[Timer] = []
+"""The timers of a version that has none. Shared (one list, not one per version in
+flight), so it is never mutated: code that changes timers builds a new list."""
+
+
+class Engine(Generic[T, S]):
+    """One workflow's rules applied to stored records."""
+
+    def __init__(
+        self,
+        definition: Definition,
+        store: Store,
+        codec: ObjectCodec[T],
+        clock: Clock,
+        resume_paused_after: timedelta | None,
+        scrub: Callable[[T], T] | None,
+        default_options: Options,
+    ) -> None:
+        self.definition = definition
+        self.name = definition.name
+        self.store = store
+        self.codec = codec
+        self.clock = clock
+        self.resume_paused_after = resume_paused_after
+        self.scrub = scrub
+        self.default_options = default_options
+        self._limiters: dict[object, trio.CapacityLimiter] = {}
+        self._errors: dict[str, dict[str, int]] = {}
+        self._metas: dict[tuple[str, int], Meta] = {}
+        """Meta of error-free versions, shared: one object per (reason, status), not per run."""
+        self.on_timers: Callable[[str, list[Timer]], None] | None = None
+        """Set by a running supervisor: arms timers as soon as they are stored."""
+
+    # -- conversions -------------------------------------------------------------------------
+
+    def status(self, value: int) -> S:
+        return self.definition.status(value)  # type: ignore[return-value]
+
+    def typed(self, raw: RawRecord) -> Record[T, S]:
+        return Record(
+            workflow_name=raw.workflow_name,
+            foreign_id=raw.foreign_id,
+            run_id=raw.run_id,
+            status=self.status(raw.status),
+            run_state=raw.run_state,
+            object=self.codec.decode(raw.object, run_id=raw.run_id),
+            version=raw.version,
+            created_at=raw.created_at,
+            updated_at=raw.updated_at,
+            meta=raw.meta,
+        )
+
+    def make_run(self, raw: RawRecord) -> Run[T, S]:
+        obj = self.codec.decode(raw.object, run_id=raw.run_id)
+        return Run(raw, self.status(raw.status), obj, self.codec)
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def limiter(self, key: object, options: Options) -> AbstractAsyncContextManager[Any]:
+        if options.max_concurrency is None:
+            return nullcontext()
+        limiter = self._limiters.get(key)
+        if limiter is None:
+            limiter = self._limiters[key] = trio.CapacityLimiter(options.max_concurrency)
+        return limiter
+
+    def where(self, raw: RawRecord, what: str = "") -> str:
+        status = self.status(raw.status)
+        name = status.name if isinstance(status, enum.Enum) else str(status)
+        return f"workflow {self.name!r} run {raw.run_id} at {name}" + (f" ({what})" if what else "")
+
+    # -- building versions -------------------------------------------------------------------
+
+    def next_version(
+        self,
+        raw: RawRecord,
+        *,
+        status: int | None = None,
+        run_state: RunState | None = None,
+        object: str | None = None,
+        reason: str | None = None,
+        error_count: int = 0,
+        error_message: str = "",
+    ) -> RawRecord:
+        new_status = raw.status if status is None else int(status)
+        meta = self._meta(
+            raw.meta.run_state_reason if reason is None else reason,
+            new_status,
+            error_count,
+            error_message,
+        )
+        return RawRecord(
+            workflow_name=raw.workflow_name,
+            foreign_id=raw.foreign_id,
+            run_id=raw.run_id,
+            status=new_status,
+            run_state=raw.run_state if run_state is None else run_state,
+            object=raw.object if object is None else object,
+            version=raw.version + 1,
+            created_at=raw.created_at,
+            updated_at=max(self.now(), raw.updated_at),
+            meta=meta,
+        )
+
+    def first_meta(self, status: int) -> Meta:
+        """The Meta of a run's first version at ``status``."""
+        return self._meta("", status, 0, "")
+
+    def _meta(self, reason: str, status: int, error_count: int, error_message: str) -> Meta:
+        if error_count or error_message:
+            return Meta(reason, self._description(status), error_count, error_message)
+        key = (reason, status)
+        meta = self._metas.get(key)
+        if meta is None:
+            if len(self._metas) >= META_CACHE:
+                self._metas.clear()  # reasons given to pause/cancel are open-ended
+            meta = self._metas[key] = Meta(reason, self._description(status))
+        return meta
+
+    def _description(self, status: int) -> str:
+        member = self.status(status)
+        return member.name if isinstance(member, enum.Enum) else str(status)
+
+    def timers_for(self, run: Run[T, S], status: int, now: datetime) -> list[Timer]:
+        """The timers of ``status`` for this run (what its timeouts' timer functions say)."""
+        timers: list[Timer] = []
+        for spec in self.definition.timeouts.get(status, ()):
+            when = spec.timer(run, now)
+            if when is None:
+                continue
+            if not isinstance(when, datetime) or when.tzinfo is None:
+                raise StepError(
+                    f"{self.where(run._raw)}: timer {fn_name(spec.timer)} of status "
+                    f"{self.status(status)!r} returned {when!r}; it must return an aware "
+                    "datetime or None"
+                )
+            timers.append(Timer(self.name, run.run_id, int(status), spec.kind, when))
+        return timers
+
+    # -- committing --------------------------------------------------------------------------
+
+    async def commit(
+        self,
+        new: RawRecord,
+        *,
+        timers: list[Timer] | None = None,
+        scrub_history: bool = False,
+        had_timers: bool = True,
+    ) -> RawRecord:
+        """Store ``new`` (and replace the run's timers with ``timers`` unless None).
+
+        ``had_timers=False`` says the version ``new`` replaces had no timers (the caller
+        knows it, and the store's version check proves it is still that version): no
+        timers then means nothing to delete and nothing to disarm.
+        """
+        if timers is not None and not timers and not had_timers:
+            timers = None
+        stored = await self.store.commit(new, timers=timers, scrub_history=scrub_history)
+        self.committed(new.run_id, timers)
+        return stored
+
+    def committed(self, run_id: str, timers: list[Timer] | None) -> None:
+        """Bookkeeping after a version of the run was stored."""
+        if self._errors:
+            self._errors.pop(run_id, None)
+        if timers is not None and self.on_timers is not None:
+            self.on_timers(run_id, timers)
+
+    def reset_errors(self, run_id: str, key: str) -> None:
+        """The function behind ``key`` returned normally: its errors are no longer consecutive."""
+        counts = self._errors.get(run_id)
+        if counts is not None:
+            counts.pop(key, None)
+            if not counts:
+                del self._errors[run_id]
+
+    async def apply_result(
+        self,
+        raw: RawRecord,
+        run: Run[T, S],
+        result: object,
+        allowed: frozenset[enum.IntEnum],
+        what: str,
+        fired: Timer | None = None,
+        had_timers: bool = True,
+    ) -> tuple[RawRecord | None, list[Timer] | None]:
+        """Store what a step/callback/timeout returned. Returns (new record or None, timers).
+
+        ``fired`` is the timer whose timeout returned ``result``: used up by any result
+        that stores something, so it never fires twice.
+
+        Raises StepError for a result that is neither a special result nor an allowed status.
+        """
+        if isinstance(result, SpecialResult):
+            if result.kind is Special.SKIP:
+                return None, None
+            if result.kind is Special.PAUSE:
+                return await self.pause(raw, result.reason or f"paused by {what}", drop=fired)
+            if result.kind is Special.CANCEL:
+                new = self.next_version(
+                    raw,
+                    run_state=RunState.CANCELLED,
+                    reason=result.reason or f"cancelled by {what}",
+                )
+                return await self.commit(new, timers=[]), []
+            encoded = self.codec.encode(run.object, run_id=raw.run_id)
+            new = self.next_version(raw, run_state=RunState.RUNNING, object=encoded)
+            if fired is None:
+                return await self.commit(new), None
+            remaining = _without(await self._run_timers(raw), fired)
+            return await self.commit(new, timers=remaining), remaining
+        new, timers = self.plan_status(raw, run, result, allowed, what)
+        return await self.commit(new, timers=timers, had_timers=had_timers), timers
+
+    def plan_status(
+        self,
+        raw: RawRecord,
+        run: Run[T, S],
+        result: object,
+        allowed: frozenset[enum.IntEnum],
+        what: str,
+    ) -> tuple[RawRecord, list[Timer]]:
+        """The version (and its timers) a status result stores; nothing is written yet.
+
+        Raises StepError for a result that is not an allowed status (special results
+        go through :meth:`apply_result`).
+        """
+        if isinstance(result, bool) or not isinstance(result, int) or result not in allowed:
+            names = ", ".join(sorted(s.name for s in allowed))
+            raise StepError(
+                f"{self.where(raw, what)} returned {result!r}, which is not an allowed "
+                f"destination (allowed: {names}; or run.skip(), run.pause(), run.cancel(), "
+                "run.save_and_repeat())"
+            )
+        status = int(result)
+        encoded = self.codec.encode(run.object, run_id=raw.run_id)
+        terminal = self.definition.is_terminal(status)
+        new = self.next_version(
+            raw,
+            status=status,
+            run_state=RunState.COMPLETED if terminal else RunState.RUNNING,
+            object=encoded,
+        )
+        if terminal or status not in self.definition.timeouts:
+            return new, NO_TIMERS
+        return new, self.timers_for(run, status, new.updated_at)
+
+    async def count_error(
+        self, raw: RawRecord, key: str, exc: BaseException, options: Options
+    ) -> tuple[int, RawRecord | None]:
+        """Count a consecutive error of ``key`` for the run; pause it at the limit.
+
+        Returns (the error count, the paused record or None)."""
+        counts = self._errors.setdefault(raw.run_id, {})
+        count = counts[key] = counts.get(key, 0) + 1
+        message = f"{type(exc).__name__}: {exc}"
+        log.warning("%s: error %d: %s", self.where(raw, key), count, message, exc_info=exc)
+        if options.pause_after_errors and count >= options.pause_after_errors:
+            reason = f"paused after {count} consecutive errors in {key}: {message}"[:2000]
+            try:
+                paused, _ = await self.pause(raw, reason, error_count=count, error_message=message)
+            except InvalidTransition:
+                return count, None
+            return count, paused
+        return count, None
+
+    # -- run-state controls --------------------------------------------------------------------
+
+    async def _run_timers(self, raw: RawRecord) -> list[Timer]:
+        return await self.store.list_timers(self.name, raw.run_id)
+
+    async def pause(
+        self,
+        raw: RawRecord,
+        reason: str,
+        *,
+        error_count: int = 0,
+        error_message: str = "",
+        drop: Timer | None = None,
+    ) -> tuple[RawRecord, list[Timer]]:
+        self.check_state(raw, RunState.PAUSED)
+        timers = [t for t in await self._run_timers(raw) if t.kind != RESUME]
+        if drop is not None:
+            timers = _without(timers, drop)
+        if self.resume_paused_after is not None:
+            timers.append(
+                Timer(
+                    self.name, raw.run_id, raw.status, RESUME, self.now() + self.resume_paused_after
+                )
+            )
+        new = self.next_version(
+            raw,
+            run_state=RunState.PAUSED,
+            reason=reason,
+            error_count=error_count,
+            error_message=error_message,
+        )
+        return await self.commit(new, timers=timers), timers
+
+    async def resume(
+        self, raw: RawRecord, reason: str = "resumed"
+    ) -> tuple[RawRecord, list[Timer]]:
+        self.check_state(raw, RunState.RUNNING)
+        timers = [t for t in await self._run_timers(raw) if t.kind != RESUME]
+        new = self.next_version(raw, run_state=RunState.RUNNING, reason=reason)
+        return await self.commit(new, timers=timers), timers
+
+    async def cancel(self, raw: RawRecord, reason: str) -> tuple[RawRecord, list[Timer]]:
+        self.check_state(raw, RunState.CANCELLED)
+        new = self.next_version(raw, run_state=RunState.CANCELLED, reason=reason)
+        return await self.commit(new, timers=[]), []
+
+    async def delete_data(self, raw: RawRecord, reason: str) -> tuple[RawRecord, list[Timer]]:
+        if raw.run_state is not RunState.REQUESTED_DATA_DELETED:
+            self.check_state(raw, RunState.REQUESTED_DATA_DELETED)
+            raw = await self.commit(
+                self.next_version(raw, run_state=RunState.REQUESTED_DATA_DELETED, reason=reason)
+            )
+        obj = self.codec.decode(raw.object, run_id=raw.run_id)
+        if self.scrub is not None:
+            try:
+                scrubbed = self.scrub(obj)
+            except Exception as exc:
+                raise ActorflowError(f"{self.where(raw)}: scrub function failed: {exc!r}") from exc
+            self.codec.check(scrubbed, "the scrub function's result")
+        else:
+            scrubbed = self.codec.default()
+        new = self.next_version(
+            raw,
+            run_state=RunState.DATA_DELETED,
+            object=self.codec.encode(scrubbed, run_id=raw.run_id),
+            reason=reason,
+        )
+        return await self.commit(new, timers=[], scrub_history=True), []
+
+    def check_state(self, raw: RawRecord, new: RunState) -> None:
+        old = raw.run_state
+        # A run is INITIATED until its first transition; it may do what a RUNNING run may.
+        if old is RunState.INITIATED and new is RunState.CANCELLED:
+            return
+        check_transition(old, new, run_id=raw.run_id)
+
+    # -- callbacks -----------------------------------------------------------------------------
+
+    async def callback(
+        self, raw: RawRecord, status: int, payload: bytes
+    ) -> tuple[RawRecord | None, list[Timer] | None]:
+        """Run the callbacks of ``status`` on the run; None when it is not there any more."""
+        if raw.status != status or not raw.run_state.active:
+            return None, None
+        for spec in self.definition.callbacks.get(status, ()):
+            run = self.make_run(raw)
+            key = f"callback {fn_name(spec.fn)}"
+            try:
+                try:
+                    result = await spec.fn(run, payload)
+                except StoreError as exc:  # raised by the user's code: its own error
+                    raise StepError(f"{key} raised {type(exc).__name__}: {exc}") from exc
+                self.reset_errors(raw.run_id, key)
+                new, timers = await self.apply_result(raw, run, result, spec.to, key)
+            except StoreError:
+                raise
+            except Exception as exc:
+                await self._callback_failed(raw, key, exc)
+            if new is not None:
+                return new, timers
+        return None, None
+
+    async def _callback_failed(self, raw: RawRecord, key: str, exc: Exception) -> NoReturn:
+        count, paused = await self.count_error(raw, key, exc, self.default_options)
+        note = f"; the run was paused ({paused.meta.run_state_reason})" if paused else ""
+        raise CallbackError(
+            f"{self.where(raw, key)} failed ({count} consecutive error(s)){note}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+    async def lookup(self, run_id: str) -> RawRecord:
+        return await self.store.lookup(self.name, run_id)
+
+    async def require_run(self, run_id: str) -> RawRecord:
+        if not isinstance(run_id, str) or not run_id:
+            raise RunNotFound(f"workflow {self.name!r}: run id must be a non-empty string")
+        return await self.store.lookup(self.name, run_id)
+
+
+def _without(timers: list[Timer], timer: Timer | None) -> list[Timer]:
+    """``timers`` without ``timer``."""
+    return [t for t in timers if t != timer]

@@ -1,0 +1,88 @@
+"""The runtime's ports: the small Protocols its parts talk through.
+
+``RunActor`` reaches its supervisor only through ``ActorHost``; the supervisor reaches
+shard leases (PostgreSQL scale-out) through ``Ownership``/``Leadership``; services are
+plain coroutine factories. Lower modules depend on these, never on the classes behind them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import trio
+
+from actorflow._model.record import Timer
+
+if TYPE_CHECKING:
+    from actorflow._runtime.engine import Engine
+
+Service = Callable[[], Awaitable[None]]
+"""A long-running workflow service (hooks, connectors, relay): runs until cancelled."""
+
+
+class ActorHost(Protocol):
+    """What a ``RunActor`` needs from the supervisor that spawned it."""
+
+    engine: Engine[Any, Any]
+    stopping: bool
+    """True once the workflow stops: actors finish their step and take no new work."""
+    retry_at: dict[str, float]
+    """Trio times before which a run's failed step must not be retried, by run id."""
+
+    def owns(self, run_id: str) -> bool:
+        """Whether this process may work on the run now."""
+        ...
+
+    def forget(self, actor: Any) -> None:
+        """The actor has ended: drop it (and start the next waiting run in its place)."""
+        ...
+
+    def retry_later(self, run_id: str) -> None:
+        """Look at the run again after the retry delay (its store read failed)."""
+        ...
+
+    def wake_later(self, run_id: str, deadline: float, retry_at: float) -> None:
+        """The actor passivates: wake a new one for the run at trio time ``deadline``."""
+        ...
+
+    def schedule_run(self, run_id: str, timers: list[Timer]) -> None:
+        """The run's pending timers changed to ``timers``: arm them."""
+        ...
+
+    def arm(self, run_id: str, when: datetime) -> None:
+        """Wake the run at wall time ``when``."""
+        ...
+
+
+@runtime_checkable
+class Ownership(Protocol):
+    """Which runs this process may work on (scale-out: shard leases). Without one, all."""
+
+    def owns(self, run_id: str) -> bool:
+        """True while this process holds the lease of the run's shard."""
+        ...
+
+    async def serve(
+        self,
+        on_change: Callable[[], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Hold and renew leases until cancelled; call ``on_change()`` whenever the set of
+        owned shards changes. Reports started once the first leases are held."""
+        ...
+
+
+@runtime_checkable
+class Leadership(Protocol):
+    """An Ownership that also elects one process per workflow to run its singleton
+    services (hooks, relay, connectors: two copies would deliver twice and race on their
+    durable cursors). ``leader`` may only change together with an ``on_change()`` call
+    (or turn False by the passing of time, which ``owns`` does as well)."""
+
+    @property
+    def leader(self) -> bool:
+        """True while this process runs the workflow's singleton services."""
+        ...

@@ -1,0 +1,487 @@
+"""Supervisor: one per running workflow. Spawns run actors, arms timers, recovers runs.
+
+Structure (all inside ``Workflow.run``)::
+
+    services nursery: timer loop · event-log tail · hooks · connectors · relay
+      actors nursery: one RunActor per active run (bounded by max_active_runs)
+
+A graceful stop stops new work, interrupts idle waits, gives steps in flight the grace
+period, then cancels; the services go last.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+import functools
+import heapq
+import itertools
+import math
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar, final
+
+import trio
+
+from actorflow._model.clock import trio_deadline
+from actorflow._model.errors import ActorflowError
+from actorflow._model.record import Event, RawRecord, Timer
+from actorflow._model.run_state import RunState
+from actorflow._runtime.actor import Ask, Op, Reply, RunActor, Stopped
+from actorflow._runtime.engine import Engine, log
+from actorflow._runtime.ports import Leadership, Ownership, Service
+from actorflow.stores.feed import ChangeFeed
+
+T = TypeVar("T")
+S = TypeVar("S", bound=enum.IntEnum)
+
+RECOVERY_PAGE = 500
+TAIL_BATCH = 1000
+RETRY_DELAY = timedelta(seconds=5)
+SEEN_LIMIT = 100_000
+
+R = TypeVar("R")
+
+
+async def _retrying(engine: Engine[Any, Any], what: str, call: Callable[[], Awaitable[R]]) -> R:
+    """``await call()`` until it succeeds: a store hiccup must not stop the workflow."""
+    failures = 0
+    while True:
+        try:
+            return await call()
+        except Exception as exc:
+            failures += 1
+            delay = engine.default_options.backoff(failures).total_seconds()
+            log.warning(
+                "workflow %r: %s failed (attempt %d, retrying in %.1f s): %s",
+                engine.name,
+                what,
+                failures,
+                delay,
+                exc,
+            )
+            await trio.sleep(max(delay, 0.01))
+
+
+def _same_context(one: contextvars.Context, other: contextvars.Context) -> bool:
+    """Whether two contexts hold the same variables with the same values."""
+    if len(one) != len(other):
+        return False
+    return all(var in other and other[var] is value for var, value in one.items())
+
+
+@final
+class Supervisor(Generic[T, S]):
+    def __init__(
+        self,
+        engine: Engine[T, S],
+        *,
+        grace_period: timedelta,
+        poll_interval: timedelta,
+        max_active_runs: int,
+        services: list[Service],
+        ownership: Ownership | None = None,
+    ) -> None:
+        self.engine = engine
+        self.grace_period = grace_period
+        self.poll_interval = poll_interval
+        self.max_active_runs = max_active_runs
+        self._waiting: OrderedDict[str, tuple[RawRecord | None, list[Timer] | None]] = OrderedDict()
+        """Runs to wake when an actor slot frees up (insertion order: first in, first out).
+        A waiting run costs a dict entry, not a task: memory stays flat under bursts."""
+        self._room = trio.lowlevel.ParkingLot()
+        self.actors: dict[str, RunActor[T, S]] = {}
+        self._seen: OrderedDict[str, int] = OrderedDict()
+        """run id -> the version its last actor knew (bounded; see ``_remember``)."""
+        self.stopping = False
+        self._stop = trio.Event()
+        self._heap: list[tuple[datetime, int, str]] = []
+        self._counter = itertools.count()
+        self._armed: dict[str, datetime] = {}
+        """The earliest wake-up of each run with one pending; heap entries that disagree
+        with it are stale and skipped."""
+        self.retry_at: dict[str, float] = {}
+        """Backoff deadlines of passivated runs, for the actor that picks them up again."""
+        self._heap_changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._services = services
+        self.ownership = ownership
+        self._services_nursery: trio.Nursery | None = None
+        self._leader_changed = trio.Event()
+        self._leader_scopes: set[trio.CancelScope] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        engine = self.engine
+        engine.on_timers = self.schedule_run
+        try:
+            async with trio.open_nursery() as services:
+                self._services_nursery = services
+                if self.ownership is not None:
+                    await services.start(self.ownership.serve, self._ownership_changed)
+                async with trio.open_nursery() as actors:
+                    self._nursery = actors
+                    shared = getattr(engine.store, "shared", False)
+                    # SQLiteStore: which other connections' commits are behind us (read
+                    # before the log position, so every one of them is at or before it).
+                    data_version = getattr(engine.store, "data_version", None)
+                    version = await data_version() if shared and data_version else None
+                    # Read the log position first: what is written after it, the tail sees.
+                    after = await engine.store.last_event_id() if shared else 0
+                    await self._load_timers()
+                    services.start_soon(self._timer_loop)
+                    services.start_soon(self._recover)
+                    if shared:
+                        services.start_soon(self._tail, after, version)
+                    for service in self._services:
+                        services.start_soon(self._singleton, service)
+                    task_status.started()
+                    await self._stop.wait()
+                    self.stopping = True
+                    for actor in list(self.actors.values()):
+                        actor.interrupt()
+                    actors.cancel_scope.deadline = (
+                        trio.current_time() + self.grace_period.total_seconds()
+                    )
+                services.cancel_scope.cancel()
+        finally:
+            self.stopping = True
+            self._nursery = None
+            self._services_nursery = None
+            engine.on_timers = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- ownership ---------------------------------------------------------------------------
+
+    def owns(self, run_id: str) -> bool:
+        return self.ownership is None or self.ownership.owns(run_id)
+
+    def _ownership_changed(self) -> None:
+        """Shards moved: let go of runs we lost, pick up runs and timers of shards we got."""
+        for actor in list(self.actors.values()):
+            if not self.owns(actor.run_id):
+                actor.interrupt()
+        if not self._leads():
+            for scope in self._leader_scopes:
+                scope.cancel()
+        self._leader_changed.set()
+        self._leader_changed = trio.Event()
+        if self._nursery is not None and self._services_nursery is not None and not self.stopping:
+            self._services_nursery.start_soon(self._load_timers)
+            self._services_nursery.start_soon(self._recover)
+
+    def _leads(self) -> bool:
+        ownership = self.ownership
+        return not isinstance(ownership, Leadership) or ownership.leader
+
+    async def _singleton(self, service: Service) -> None:
+        """Run ``service`` while this process leads the workflow (always, without leader
+        election); stop it when the leadership moves away, start it again when it is back."""
+        while True:
+            while not self._leads():
+                await self._leader_changed.wait()
+            with trio.CancelScope() as scope:
+                self._leader_scopes.add(scope)
+                try:
+                    await service()
+                    return
+                finally:
+                    self._leader_scopes.discard(scope)
+            log.info("workflow %r: not the leader any more: service stopped", self.engine.name)
+
+    async def _load_timers(self) -> None:
+        timers = await _retrying(
+            self.engine, "loading timers", lambda: self.engine.store.list_timers(self.engine.name)
+        )
+        self.schedule([t for t in timers if self.owns(t.run_id)])
+
+    # -- actors --------------------------------------------------------------------------------
+
+    def wake(
+        self, run_id: str, known: RawRecord | None = None, timers: list[Timer] | None = None
+    ) -> None:
+        """Make sure an actor looks at the run now (spawning one if needed).
+
+        ``known`` (with its ``timers``) is the run as the caller just stored it: a new
+        actor starts from it instead of reading the run back from the store.
+        """
+        if self.stopping or self._nursery is None or not self.owns(run_id):
+            return
+        actor = self.actors.get(run_id)
+        if actor is not None:
+            actor.poke()
+        elif len(self.actors) >= self.max_active_runs:
+            if known is not None or run_id not in self._waiting:
+                self._waiting[run_id] = (known, timers)
+        else:
+            self._spawn(run_id, known, timers)
+
+    def _spawn(
+        self, run_id: str, known: RawRecord | None = None, timers: list[Timer] | None = None
+    ) -> RunActor[T, S]:
+        assert self._nursery is not None
+        actor = self._actor(run_id, known, timers)
+        self._nursery.start_soon(self._drive, actor)
+        return actor
+
+    def _actor(
+        self, run_id: str, known: RawRecord | None, timers: list[Timer] | None
+    ) -> RunActor[T, S]:
+        actor: RunActor[T, S] = RunActor(self, run_id)
+        if known is not None and timers is not None:
+            actor.start_from(known, timers)
+        self.actors[run_id] = actor
+        return actor
+
+    async def _drive(self, actor: RunActor[T, S]) -> None:
+        """The task of ``actor`` and, when it is done, of the runs waiting for a slot, one
+        after another: a burst of runs reuses tasks instead of spawning one per run.
+
+        A run's steps never see context variables that another run's steps set: once a
+        step has set one, the next waiting run gets a new task, started in the context
+        this task started with.
+        """
+        start = contextvars.copy_context()
+        current: RunActor[T, S] | None = actor
+        while current is not None:
+            await current.main()
+            current = self._next_waiting()
+            if current is not None and not _same_context(start, contextvars.copy_context()):
+                assert self._nursery is not None  # _next_waiting checked it
+                start.run(self._nursery.start_soon, self._drive, current)
+                return
+
+    def _next_waiting(self) -> RunActor[T, S] | None:
+        """An actor for the longest-waiting run, when there is one and room for it."""
+        while self._waiting and len(self.actors) < self.max_active_runs:
+            if self.stopping or self._nursery is None:
+                self._waiting.clear()
+                return None
+            run_id, (known, timers) = self._waiting.popitem(last=False)
+            if run_id not in self.actors:
+                return self._actor(run_id, known, timers)
+        return None
+
+    def forget(self, actor: RunActor[T, S]) -> None:
+        """``actor`` stopped: its slot is free (its task takes the next waiting run)."""
+        if self.actors.get(actor.run_id) is actor:
+            del self.actors[actor.run_id]
+            self._remember(actor.run_id, actor.known_version)
+        if self._room:
+            self._room.unpark_all()
+
+    async def _relay_to_feed(self, event: Event) -> None:
+        """Publish another process's version on this process's change feed, so subscribers
+        here (subscribe, the gateway, watch) see it too. Stores that follow other processes
+        themselves (PostgreSQL) have a feed of their own kind and are left to it."""
+        store = self.engine.store
+        feed = store.feed
+        if type(feed) is not ChangeFeed or not feed.has_subscribers:
+            return
+        if feed.was_published(event.run_id, event.version):
+            return  # written through this store instance: published at commit
+        try:
+            history = await store.history(self.engine.name, event.run_id)
+        except Exception as exc:
+            log.warning(
+                "workflow %r: reading run %s failed: %s", self.engine.name, event.run_id, exc
+            )
+            return
+        for raw in history:
+            if raw.version == event.version and not feed.was_published(raw.run_id, raw.version):
+                feed.publish(raw)
+
+    def _remember(self, run_id: str, version: int) -> None:
+        """Keep the version a finished actor last knew: the tail then does not wake the
+        run for events up to it (mostly this process's own writes, read back)."""
+        if version:
+            seen = self._seen
+            seen[run_id] = version
+            seen.move_to_end(run_id)
+            if len(seen) > SEEN_LIMIT:
+                seen.popitem(last=False)  # the oldest; forgetting is safe
+
+    async def ask(self, run_id: str, op: Op) -> Any:
+        """Have the run's actor perform ``op``; raises Stopped when stopping."""
+        while True:
+            if self.stopping or self._nursery is None:
+                raise Stopped("the workflow is stopping")
+            actor = self.actors.get(run_id) or self._spawn(run_id)
+            if actor.task is not None and actor.task is trio.lowlevel.current_task():
+                raise ActorflowError(
+                    f"workflow {self.engine.name!r} run {run_id}: a step cannot pause, resume, "
+                    "cancel or call back its own run through the workflow (it would wait for "
+                    "itself); return run.pause(), run.cancel() or a status instead"
+                )
+            reply = Reply()
+            try:
+                await actor.send.send(Ask(op, reply))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                continue  # that actor just passivated: spawn a new one
+            return await reply.wait()
+
+    def retry_later(self, run_id: str) -> None:
+        self.arm(run_id, self.engine.now() + RETRY_DELAY)
+
+    def wake_later(self, run_id: str, deadline: float, retry_at: float) -> None:
+        """A passivating actor's long wait: wake the run at trio time ``deadline``."""
+        if retry_at > trio.current_time():
+            self.retry_at[run_id] = retry_at
+        wait = timedelta(seconds=max(0.0, deadline - trio.current_time()))
+        self.arm(run_id, self.engine.now() + wait)
+
+    # -- timers --------------------------------------------------------------------------------
+
+    def schedule(self, timers: list[Timer]) -> None:
+        """Arm the timers of each run in ``timers`` (replacing what was armed for them)."""
+        by_run: dict[str, datetime] = {}
+        for timer in timers:
+            earliest = by_run.get(timer.run_id)
+            if earliest is None or timer.fire_at < earliest:
+                by_run[timer.run_id] = timer.fire_at
+        for run_id, when in by_run.items():
+            self._armed.pop(run_id, None)
+            self.arm(run_id, when)
+
+    def schedule_run(self, run_id: str, timers: list[Timer]) -> None:
+        """The run's timers are now exactly ``timers`` (called on every commit that sets them)."""
+        self._armed.pop(run_id, None)
+        if timers:
+            self.arm(run_id, min(t.fire_at for t in timers))
+
+    def arm(self, run_id: str, when: datetime) -> None:
+        """Wake the run at ``when`` unless it is already due to be woken earlier."""
+        current = self._armed.get(run_id)
+        if current is not None and current <= when:
+            return
+        self._armed[run_id] = when
+        heapq.heappush(self._heap, (when, next(self._counter), run_id))
+        if self._heap[0][2] == run_id:
+            self._heap_changed.set()
+        if len(self._heap) > 2 * len(self._armed) + 1024:
+            self._heap = [(w, next(self._counter), r) for r, w in self._armed.items()]
+            heapq.heapify(self._heap)
+
+    async def _timer_loop(self) -> None:
+        clock = self.engine.clock
+        while True:
+            self._heap_changed = trio.Event()
+            deadline = trio_deadline(clock, self._heap[0][0]) if self._heap else math.inf
+            with trio.move_on_at(deadline):
+                await self._heap_changed.wait()
+            now = clock.now()
+            while self._heap and self._heap[0][0] <= now:
+                when, _, run_id = heapq.heappop(self._heap)
+                if self._armed.get(run_id) != when:
+                    continue  # stale: the run's timers changed since
+                del self._armed[run_id]
+                self.wake(run_id)
+            await trio.lowlevel.checkpoint()
+
+    # -- recovery and other processes' writes ----------------------------------------------
+
+    async def _recover(self) -> None:
+        """Spawn an actor for every unfinished run that has a step to run."""
+        engine = self.engine
+        statuses = [int(s) for s in engine.definition.steps]
+        if not statuses:
+            return
+        after: str | None = None
+        while not self.stopping:
+            page = await _retrying(
+                engine,
+                "recovering runs",
+                functools.partial(
+                    engine.store.list_runs,
+                    engine.name,
+                    status=statuses,
+                    run_state=[RunState.INITIATED, RunState.RUNNING],
+                    limit=RECOVERY_PAGE,
+                    after=after,
+                ),
+            )
+            for raw in page:
+                if self.stopping:
+                    return
+                if raw.run_id in self.actors or not self.owns(raw.run_id):
+                    continue
+                while len(self.actors) + len(self._waiting) >= self.max_active_runs:
+                    await self._room.park()  # recovery goes no faster than runs finish
+                    if self.stopping:
+                        return
+                self.wake(raw.run_id)
+            if len(page) < RECOVERY_PAGE:
+                return
+            after = page[-1].run_id
+
+    async def _tail(self, after: int, seen_version: object = None) -> None:
+        """Follow the store's event log for changes made by other processes (the safety
+        net behind in-process wake-ups; with several processes it is how work is found).
+
+        ``seen_version``: the store's ``data_version`` when ``after`` was read (SQLite);
+        the log is read again only once another connection has committed since."""
+        engine = self.engine
+        interval = self.poll_interval.total_seconds()
+        # LISTEN/NOTIFY (PostgresStore): woken as soon as another process writes work for
+        # this one; the poll stays the safety net.
+        changes = getattr(engine.store, "changes", None)
+        mark = 0 if changes is None else changes.mark()
+        # SQLiteStore: ``data_version`` changes only when another connection commits.
+        data_version = getattr(engine.store, "data_version", None)
+        while True:
+            if changes is None:
+                await trio.sleep(interval)
+            else:
+                await changes.wait(mark, interval)
+                mark = changes.mark()
+            if data_version is not None:
+                try:
+                    # The log's end first: whatever was written up to it, if nobody else
+                    # committed since the last look, was written by this store instance
+                    # and woke its runs in-process already.
+                    last = await engine.store.last_event_id()
+                    version = await data_version()
+                except Exception as exc:
+                    log.warning("workflow %r: reading the event log failed: %s", engine.name, exc)
+                    continue
+                if version == seen_version:
+                    after = max(after, last)
+                    continue
+            else:
+                version = None
+            while True:
+                try:
+                    events = await engine.store.read_events(after, TAIL_BATCH, engine.name)
+                except Exception as exc:
+                    # Not read to its end: the next look reads from ``after`` again.
+                    log.warning("workflow %r: reading the event log failed: %s", engine.name, exc)
+                    break
+                for event in events:
+                    after = event.id
+                    await self._noticed(event)
+                if len(events) < TAIL_BATCH:
+                    seen_version = version  # read to its end as of that version
+                    break
+
+    async def _noticed(self, event: Event) -> None:
+        await self._relay_to_feed(event)
+        if event.run_state.finished or not self.owns(event.run_id):
+            return
+        definition = self.engine.definition
+        actor = self.actors.get(event.run_id)
+        known = actor.known_version if actor is not None else self._seen.get(event.run_id, 0)
+        if known >= event.version:
+            return  # nothing new: our own write, or a version an actor here has seen
+        if event.status in definition.timeouts or event.run_state is RunState.PAUSED:
+            try:
+                self.schedule(await self.engine.store.list_timers(self.engine.name, event.run_id))
+            except Exception as exc:
+                log.warning("workflow %r: reading timers failed: %s", self.engine.name, exc)
+        if actor is not None:
+            actor.poke()
+        elif event.status in definition.steps and event.run_state.active:
+            self.wake(event.run_id)

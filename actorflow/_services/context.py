@@ -1,0 +1,50 @@
+"""What a service (hooks, schedules, connectors, relay) gets from its workflow.
+
+Services sit below the public API: they never import ``Workflow``. The workflow hands each
+service a frozen ``ServiceContext`` with the few things services use, and ``handle``: the
+public workflow object itself, typed as the small ``WorkflowHandle`` Protocol, which
+services pass on to user functions (a connector's ``fn(workflow, event)``) and use to
+trigger runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, Protocol, final
+
+import attrs
+
+from actorflow._model.clock import Clock
+from actorflow._model.definition import Definition
+from actorflow._model.options import Options
+from actorflow.stores import Store
+
+
+class WorkflowHandle(Protocol):
+    """The part of ``af.Workflow`` that services call."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def trigger(self, foreign_id: str, start: Any = None, *, initial: Any = None) -> str: ...
+
+    async def latest(self, foreign_id: str) -> Any: ...
+
+
+@final
+@attrs.frozen
+class ServiceContext:
+    """A workflow as its services see it."""
+
+    name: str
+    store: Store
+    clock: Clock
+    definition: Definition
+    default_options: Options
+    poll_interval: timedelta
+    handle: WorkflowHandle
+    """The public workflow: passed to user functions, used to trigger runs."""
+    check_trigger_args: Callable[[object, object, object], None]
+    """Raises InvalidArgument for a foreign id, start status or initial object that
+    ``trigger`` would refuse (so a schedule fails at once, not at its first cron time)."""

@@ -1,0 +1,159 @@
+"""``schedule_trigger``: trigger a run at every cron time (croniter), durably de-duplicated.
+
+The last fired cron time is claimed in the store before triggering, so a restart (or a
+second process) never fires one time twice. A time missed while nothing ran fires once at
+start; earlier missed times are skipped.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any, TypeVar
+
+import trio
+from croniter import croniter
+
+from actorflow._model.clock import trio_deadline
+from actorflow._model.errors import (
+    ActorflowError,
+    InvalidArgument,
+    RunNotFound,
+    StoreError,
+    WorkflowInProgress,
+)
+from actorflow._runtime.engine import log
+from actorflow._services.context import ServiceContext
+
+R = TypeVar("R")
+_TICK = timedelta(microseconds=1)
+
+ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+
+def parse_cron(spec: str) -> str:
+    """The 5-field expression for ``spec``; InvalidArgument when it is not valid."""
+    if not isinstance(spec, str):
+        raise InvalidArgument(f"cron spec must be a string, not {spec!r}")
+    expression = ALIASES.get(spec.strip().lower(), spec.strip())
+    problem = ""
+    if len(expression.split()) != 5 or not croniter.is_valid(expression):
+        problem = "use 5 fields (minute hour day month weekday) or one of " + ", ".join(
+            sorted(ALIASES)
+        )
+    else:
+        try:  # valid syntax can still never match (e.g. 31 February)
+            croniter(expression, datetime(2000, 1, 1, tzinfo=UTC)).get_next(datetime)
+        except Exception as exc:
+            problem = f"it never matches ({exc})"
+    if problem:
+        raise InvalidArgument(f"invalid cron spec {spec!r}: {problem}")
+    return expression
+
+
+def _next_after(expression: str, after: datetime, tz: tzinfo) -> datetime:
+    return croniter(expression, after.astimezone(tz)).get_next(datetime).astimezone(UTC)
+
+
+def _prev_before(expression: str, before: datetime, tz: tzinfo) -> datetime:
+    return croniter(expression, before.astimezone(tz)).get_prev(datetime).astimezone(UTC)
+
+
+async def _allowed(filter: Callable[..., Any] | None, when: datetime) -> bool:
+    if filter is None:
+        return True
+    try:
+        takes_time = bool(inspect.signature(filter).parameters)
+    except (TypeError, ValueError):
+        takes_time = True
+    result = filter(when) if takes_time else filter()
+    if inspect.isawaitable(result):
+        result = await result
+    return bool(result)
+
+
+async def schedule_trigger(
+    ctx: ServiceContext,
+    foreign_id: str,
+    spec: str,
+    start: Any = None,
+    *,
+    initial: Any = None,
+    filter: Callable[..., Any] | None = None,
+    tz: tzinfo = UTC,
+) -> None:
+    expression = parse_cron(spec)
+    ctx.check_trigger_args(foreign_id, start, initial)
+    clock = ctx.clock
+    store = ctx.store
+    key = f"schedule:{ctx.name}:{foreign_id}:{expression}"
+    last = await _patiently(ctx, key, lambda: store.last_schedule(key))
+    now = clock.now()
+    due = _next_after(expression, now if last is None else last, tz)
+    if due < now:  # missed while nothing ran: fire the latest missed time once, now
+        due = _prev_before(expression, now + _TICK, tz)
+    failures = 0
+    while True:
+        await trio.sleep_until(trio_deadline(clock, due))
+        # A wall clock that runs slow against trio's: wait out the rest.
+        while clock.now() < due:  # noqa: ASYNC110
+            await trio.sleep_until(trio_deadline(clock, due))
+        fired = due
+        try:
+            await _fire(ctx, key, fired, foreign_id, start, initial, filter)
+        except ActorflowError as exc:
+            failures += 1
+            delay = max(ctx.default_options.backoff(failures).total_seconds(), 0.01)
+            log.warning("schedule %r: %s failed (retrying in %.1f s): %s", key, fired, delay, exc)
+            await trio.sleep(delay)
+            continue  # the same cron time again, unless it was claimed
+        failures = 0
+        due = _next_after(expression, max(fired, clock.now()), tz)
+
+
+async def _fire(
+    ctx: ServiceContext,
+    key: str,
+    fired: datetime,
+    foreign_id: str,
+    start: Any,
+    initial: Any,
+    filter: Callable[..., Any] | None,
+) -> None:
+    """Claim ``fired`` (so it is never fired twice), then trigger unless told to skip."""
+    if not await ctx.store.claim_schedule(key, fired):
+        return
+    try:
+        latest = await ctx.handle.latest(foreign_id)
+        if not latest.run_state.finished:
+            log.info("schedule %r: %s skipped, run %s unfinished", key, fired, latest.run_id)
+            return
+    except RunNotFound:
+        pass
+    if not await _allowed(filter, fired):
+        return
+    try:
+        await ctx.handle.trigger(foreign_id, start, initial=initial)
+    except WorkflowInProgress:
+        return
+
+
+async def _patiently(ctx: ServiceContext, key: str, call: Callable[[], Awaitable[R]]) -> R:
+    failures = 0
+    while True:
+        try:
+            return await call()
+        except StoreError as exc:
+            failures += 1
+            delay = max(ctx.default_options.backoff(failures).total_seconds(), 0.01)
+            log.warning("schedule %r: store error (retrying in %.1f s): %s", key, delay, exc)
+            await trio.sleep(delay)

@@ -1,0 +1,385 @@
+"""``Builder``: declare a workflow's steps, callbacks, timeouts, connectors and hooks."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+
+import attrs
+
+from actorflow._model.clock import Clock, SystemClock
+from actorflow._model.codec import ObjectCodec
+from actorflow._model.definition import (
+    CallbackSpec,
+    ConnectorSpec,
+    Definition,
+    HookFn,
+    StepSpec,
+    TimeoutSpec,
+    fn_name,
+)
+from actorflow._model.errors import BuildError
+from actorflow._model.options import Options
+from actorflow._model.timers import TimerFn
+
+if TYPE_CHECKING:
+    from actorflow.stores import Store
+    from actorflow.workflow import Workflow
+
+T = TypeVar("T")
+S = TypeVar("S", bound=enum.IntEnum)
+F = TypeVar("F", bound=Callable[..., Any])
+
+_UNSET: Any = object()
+
+
+@attrs.define
+class _Pending:
+    kind: str  # "step" | "callback" | "timeout"
+    from_status: Any
+    fn: Any
+    to: Any
+    options: dict[str, Any]
+    timer: Any = None
+
+
+@final
+class Builder(Generic[T, S]):
+    """Declares a workflow: a state machine over ``status_type`` acting on ``object_type``.
+
+    Example::
+
+        builder = af.Builder("orders", Order, Status)
+
+        @builder.step(Status.CREATED, to=Status.PAID)
+        async def pay(run: af.Run[Order, Status]) -> Status:
+            return Status.PAID
+
+        workflow = builder.build(af.SQLiteStore("actorflow.db"))
+    """
+
+    def __init__(self, name: str, object_type: type[T], status_type: type[S]) -> None:
+        if not isinstance(name, str) or not name or len(name) > 200:
+            raise BuildError(f"workflow name must be a non-empty string, not {name!r}")
+        if not (isinstance(status_type, type) and issubclass(status_type, enum.IntEnum)):
+            raise BuildError(
+                f"workflow {name!r}: status_type must be an IntEnum, not {status_type!r}"
+            )
+        self.name = name
+        self._codec = ObjectCodec(object_type, name)
+        self.object_type = object_type
+        self.status_type = status_type
+        self._pending: list[_Pending] = []
+        self._connectors: list[ConnectorSpec] = []
+        self._connector_options: list[dict[str, Any]] = []
+        self._hooks: dict[str, list[HookFn]] = {}
+
+    # -- declaring -------------------------------------------------------------------------
+
+    def step(self, from_status: S, *, to: S | Sequence[S], **options: Any) -> Callable[[F], F]:
+        """Decorator form of :meth:`add_step`."""
+
+        def register(fn: F) -> F:
+            self.add_step(from_status, fn, to, **options)
+            return fn
+
+        return register
+
+    def add_step(
+        self, from_status: S, fn: Callable[..., Any], to: S | Sequence[S], **options: Any
+    ) -> None:
+        """``async def fn(run) -> Status`` runs whenever a run is at ``from_status``."""
+        self._check_fn(fn, "step")
+        self._pending.append(_Pending("step", from_status, fn, to, options))
+
+    def add_callback(self, from_status: S, fn: Callable[..., Any], to: S | Sequence[S]) -> None:
+        """``async def fn(run, payload: bytes) -> Status`` handles ``workflow.callback``."""
+        self._check_fn(fn, "callback")
+        self._pending.append(_Pending("callback", from_status, fn, to, {}))
+
+    def add_timeout(
+        self,
+        from_status: S,
+        timer: TimerFn,
+        fn: Callable[..., Any],
+        to: S | Sequence[S],
+        **options: Any,
+    ) -> None:
+        """``async def fn(run, now) -> Status`` runs when ``timer(run, now)`` expires."""
+        if not callable(timer):
+            raise BuildError(
+                f"workflow {self.name!r}: timeout timer must be callable (use af.after or af.at), "
+                f"not {timer!r}"
+            )
+        self._check_fn(fn, "timeout")
+        self._pending.append(_Pending("timeout", from_status, fn, to, options, timer))
+
+    def add_connector(self, name: str, source: Any, fn: Callable[..., Any], **options: Any) -> None:
+        """``async def fn(workflow, event)`` for every event of ``source`` (at least once)."""
+        if not isinstance(name, str) or not name:
+            raise BuildError(f"workflow {self.name!r}: connector name must be a non-empty string")
+        self._check_fn(fn, "connector")
+        self._connectors.append(ConnectorSpec(name, source, fn, Options()))
+        self._connector_options.append(options)
+
+    def on_complete(self, fn: HookFn) -> HookFn:
+        """``async def fn(record)`` once per run that completes (at least once)."""
+        return self._hook("complete", fn)
+
+    def on_pause(self, fn: HookFn) -> HookFn:
+        """``async def fn(record)`` once per pause of a run (at least once)."""
+        return self._hook("pause", fn)
+
+    def on_cancel(self, fn: HookFn) -> HookFn:
+        """``async def fn(record)`` once per run that is cancelled (at least once)."""
+        return self._hook("cancel", fn)
+
+    def _hook(self, kind: str, fn: HookFn) -> HookFn:
+        self._check_fn(fn, f"on_{kind} hook")
+        self._hooks.setdefault(kind, []).append(fn)
+        return fn
+
+    def _check_fn(self, fn: object, what: str) -> None:
+        if not callable(fn):
+            raise BuildError(
+                f"workflow {self.name!r}: {what} function must be callable, not {fn!r}"
+            )
+
+    # -- building --------------------------------------------------------------------------
+
+    def _status(self, value: Any, where: str) -> S:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BuildError(f"workflow {self.name!r}: {where}: {value!r} is not a status")
+        if isinstance(value, enum.Enum) and not isinstance(value, self.status_type):
+            raise BuildError(
+                f"workflow {self.name!r}: {where}: {value!r} is not a member of "
+                f"{self.status_type.__name__}"
+            )
+        try:
+            status = self.status_type(value)
+        except ValueError:
+            raise BuildError(
+                f"workflow {self.name!r}: {where}: {value!r} is not a member of "
+                f"{self.status_type.__name__}"
+            ) from None
+        if status <= 0:
+            raise BuildError(
+                f"workflow {self.name!r}: {where}: status {status.name}={int(status)} is reserved "
+                "(0 and negative values); number your statuses from 1"
+            )
+        return status
+
+    def _destinations(self, to: Any, where: str) -> frozenset[S]:
+        values = (
+            [to]
+            if isinstance(to, int)
+            else list(to)
+            if isinstance(to, Sequence | set | frozenset)
+            else None
+        )
+        if not values:
+            raise BuildError(
+                f"workflow {self.name!r}: {where}: to= must be a status or a non-empty sequence "
+                f"of statuses, not {to!r}"
+            )
+        return frozenset(self._status(v, f"{where} destination") for v in values)
+
+    def definition(self, default_options: Options | None = None) -> Definition:
+        """Validate the graph and return it as data. Raises BuildError."""
+        defaults = default_options or Options()
+        steps: dict[int, StepSpec] = {}
+        callbacks: dict[int, list[CallbackSpec]] = {}
+        timeouts: dict[int, list[TimeoutSpec]] = {}
+        declared: list[enum.IntEnum] = []
+        sources: list[enum.IntEnum] = []
+        targets: set[enum.IntEnum] = set()
+
+        def note(status: enum.IntEnum) -> None:
+            if status not in declared:
+                declared.append(status)
+
+        for item in self._pending:
+            where = f"{item.kind} {fn_name(item.fn)}"
+            src = self._status(item.from_status, f"{where} from_status")
+            to = self._destinations(item.to, where)
+            note(src)
+            if src not in sources:
+                sources.append(src)
+            for dest in sorted(to):
+                note(dest)
+            targets |= to
+            if item.kind == "step":
+                if src in steps:
+                    raise BuildError(
+                        f"workflow {self.name!r}: status {src.name} already has a step "
+                        f"({fn_name(steps[src].fn)}); at most one step per status — add "
+                        f"{fn_name(item.fn)}'s work to it or give it its own status"
+                    )
+                steps[src] = StepSpec(src, item.fn, to, defaults.merged(item.options, where))
+            elif item.kind == "callback":
+                callbacks.setdefault(src, []).append(CallbackSpec(src, item.fn, to))
+            else:
+                existing = timeouts.setdefault(src, [])
+                existing.append(
+                    TimeoutSpec(
+                        src,
+                        len(existing),
+                        item.timer,
+                        item.fn,
+                        to,
+                        defaults.merged(item.options, where),
+                    )
+                )
+        if not sources:
+            raise BuildError(
+                f"workflow {self.name!r} has no steps, callbacks or timeouts; add at least one"
+            )
+        starts = [s for s in sources if s not in targets]
+        if not starts:
+            raise BuildError(
+                f"workflow {self.name!r} has no starting status: every status with outgoing "
+                "transitions is also a destination; a run needs a status to start at"
+            )
+        from actorflow.streaming._protocol import EventSource
+
+        names: set[str] = set()
+        connectors: list[ConnectorSpec] = []
+        for spec, options in zip(self._connectors, self._connector_options, strict=True):
+            if spec.name in names:
+                raise BuildError(
+                    f"workflow {self.name!r}: connector name {spec.name!r} is used twice; "
+                    "connector names must be unique (they name the durable cursor)"
+                )
+            names.add(spec.name)
+            connectors.append(
+                attrs.evolve(spec, options=defaults.merged(options, f"connector {spec.name!r}"))
+            )
+        for spec in connectors:
+            if not isinstance(spec.source, EventSource):
+                raise BuildError(
+                    f"workflow {self.name!r} connector {spec.name!r}: the source "
+                    f"{spec.source!r} is not an af.EventSource (use af.connect(...), "
+                    "af.MemorySource(...), actorflow.streaming.StreamSource(...) or an object "
+                    "with an open(consumer, after) method)"
+                )
+        hooks = {kind: _chain(fns) for kind, fns in self._hooks.items()}
+        return Definition(
+            name=self.name,
+            object_type=self.object_type,
+            status_type=self.status_type,
+            steps=steps,
+            callbacks=callbacks,
+            timeouts=timeouts,
+            connectors=connectors,
+            hooks=hooks,
+            start=starts[0],
+            starts=frozenset(starts),
+            declared=declared,
+        )
+
+    def build(
+        self,
+        store: Store,
+        *,
+        clock: Clock | None = None,
+        default_options: Options | dict[str, Any] | None = None,
+        resume_paused_after: timedelta | None = timedelta(hours=1),
+        scrub: Callable[[T], T] | None = None,
+        grace_period: timedelta = timedelta(seconds=10),
+        poll_interval: timedelta = timedelta(seconds=1),
+        max_active_runs: int = 2_000,
+        streamer: Any = None,
+        shards: int = 16,
+        lease: timedelta = timedelta(seconds=10),
+    ) -> Workflow[T, S]:
+        """Validate the graph and bind it to a store. Raises BuildError.
+
+        Args:
+            store: where runs live (MemoryStore, SQLiteStore, PostgresStore).
+            clock: wall clock (``actorflow.testing.trio_clock`` in tests).
+            default_options: options for every step, timeout and connector.
+            resume_paused_after: paused runs resume after this long (None: never).
+            scrub: ``delete_data`` replaces the object with ``scrub(object)``
+                (default: a new object from the type's defaults).
+            grace_period: how long ``stop()`` lets steps in flight finish.
+            poll_interval: how often to look for work written by other processes.
+            max_active_runs: at most this many runs are worked on at once in this process;
+                more wait their turn as ids (first in, first out) and reuse the tasks
+                of runs that finish. Raise it for steps that mostly wait on slow I/O.
+            streamer: an EventStreamer to publish every transition to (a StoreLogStreamer
+                must be over ``store`` itself).
+            shards: with a store that supports scale-out (PostgreSQL), runs are split into
+                this many shards, leased by the worker processes.
+            lease: how long a shard lease lasts without renewal; a dead worker's shards are
+                taken over after at most this long.
+        """
+        from actorflow.workflow import Workflow
+
+        if isinstance(default_options, dict):
+            options = Options().merged(default_options, "default_options")
+        elif default_options is None or isinstance(default_options, Options):
+            options = default_options or Options()
+        else:
+            raise BuildError(
+                f"default_options must be an af.Options or a dict, not {default_options!r}"
+            )
+        if resume_paused_after is not None and (
+            not isinstance(resume_paused_after, timedelta) or resume_paused_after < timedelta(0)
+        ):
+            raise BuildError(
+                f"resume_paused_after must be a timedelta >= 0 or None, not {resume_paused_after!r}"
+            )
+        if not isinstance(grace_period, timedelta) or grace_period < timedelta(0):
+            raise BuildError(f"grace_period must be a timedelta >= 0, not {grace_period!r}")
+        if not isinstance(poll_interval, timedelta) or poll_interval < timedelta(milliseconds=10):
+            raise BuildError(f"poll_interval must be a timedelta >= 10 ms, not {poll_interval!r}")
+        if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= 4096:
+            raise BuildError(f"shards must be an int from 1 to 4096, not {shards!r}")
+        if not isinstance(lease, timedelta) or lease < timedelta(seconds=1):
+            raise BuildError(f"lease must be a timedelta of at least 1 s, not {lease!r}")
+        if not isinstance(max_active_runs, int) or max_active_runs < 1:
+            raise BuildError(f"max_active_runs must be an int >= 1, not {max_active_runs!r}")
+        if clock is None:
+            clock = SystemClock()
+        if not callable(getattr(clock, "now", None)):
+            raise BuildError(
+                f"clock must have a now() method returning an aware datetime, not {clock!r}"
+            )
+        from actorflow.stores import Store as StoreProtocol
+
+        if not isinstance(store, StoreProtocol):
+            raise BuildError(f"workflow {self.name!r}: {store!r} is not a store")
+        if streamer is not None:
+            from actorflow.streaming._store_log import check_relay_streamer
+
+            problem = check_relay_streamer(streamer, store)
+            if problem is not None:
+                raise BuildError(f"workflow {self.name!r}: {problem}")
+        return Workflow(
+            self.definition(options),
+            store,
+            codec=self._codec,
+            clock=clock,
+            default_options=options,
+            resume_paused_after=resume_paused_after,
+            scrub=scrub,
+            grace_period=grace_period,
+            poll_interval=poll_interval,
+            max_active_runs=max_active_runs,
+            streamer=streamer,
+            shards=shards,
+            lease=lease,
+        )
+
+
+def _chain(fns: list[HookFn]) -> HookFn:
+    if len(fns) == 1:
+        return fns[0]
+
+    async def all_of(record: Any) -> None:
+        for fn in fns:
+            await fn(record)
+
+    return all_of

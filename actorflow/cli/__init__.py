@@ -1,0 +1,197 @@
+"""The ``actorflow`` command line (see docs/cli.md).
+
+Exit codes: 0 done, 1 the command failed (unknown run, refused change, store error),
+2 the command line is wrong (bad MODULE:ATTR, unknown status name, missing argument),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from actorflow.cli import commands as _cli_commands
+from actorflow.cli import worker as _cli_worker
+from actorflow.cli.app import (
+    APP_ENV,
+    TOKEN_ENV,
+    USAGE,
+    UsageError,
+    describe_error,
+    exit_code_of,
+    user_error,
+)
+from actorflow.cli.demo import demo
+
+__all__ = ["main", "parser"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports mistakes as a :class:`UsageError` (one line) instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see: {self.prog} --help)")
+
+
+def _app_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--app",
+        metavar="MODULE:ATTR",
+        help=f"the workflows: a Workflow, a list of them or a function returning them "
+        f"(default: ${APP_ENV})",
+    )
+    parser.add_argument("--workflow", metavar="NAME", help="which workflow, when there are several")
+
+
+def _json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON (the gateway's records)")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line's argument parser."""
+    top = _Parser(
+        prog="actorflow",
+        description="Durable, typed workflows on trio: run workers, inspect and change runs.",
+        epilog="Statuses and run states are accepted by name or number. Docs: docs/cli.md",
+    )
+    top.add_argument(
+        "--traceback", action="store_true", help="show the full traceback of errors (debugging)"
+    )
+    commands = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    worker = commands.add_parser(
+        "worker",
+        help="run workflows until Ctrl-C/SIGTERM (and serve the gateway)",
+        description="Run the workflows of MODULE:ATTR on their stores until SIGINT or SIGTERM, "
+        "then stop gracefully: steps in flight finish, nothing is lost.",
+    )
+    worker.add_argument("app", metavar="MODULE:ATTR")
+    worker.add_argument(
+        "--gateway",
+        metavar="HOST:PORT",
+        help="also serve the websocket gateway there (port 0: any)",
+    )
+    worker.add_argument("--token", help=f"the gateway's token (default: ${TOKEN_ENV})")
+    worker.set_defaults(handler=_cli_worker.worker)
+
+    runs = commands.add_parser("runs", help="list runs, show one, show its history")
+    runs_commands = runs.add_subparsers(dest="runs_command", metavar="ACTION", parser_class=_Parser)
+    runs_commands.required = True
+    listing = runs_commands.add_parser("list", help="the latest version of each run")
+    _app_option(listing)
+    listing.add_argument("--foreign-id", help="only runs of this foreign id")
+    listing.add_argument(
+        "--status", action="append", help="only runs at this status (repeat or comma-separate)"
+    )
+    listing.add_argument(
+        "--run-state",
+        action="append",
+        help="only runs in this run state, e.g. RUNNING,PAUSED (repeat or comma-separate)",
+    )
+    listing.add_argument("--limit", type=int, default=25, help="at most this many (default 25)")
+    listing.add_argument("--after", metavar="RUN_ID", help="the page after this run id")
+    listing.add_argument("--descending", action="store_true", help="newest first")
+    _json_option(listing)
+    listing.set_defaults(handler=_cli_commands.runs_list)
+    show = runs_commands.add_parser("show", help="the latest version of a run")
+    show.add_argument("run_id", metavar="RUN_ID")
+    _app_option(show)
+    _json_option(show)
+    show.set_defaults(handler=_cli_commands.runs_show)
+    history = runs_commands.add_parser("history", help="every stored version of a run")
+    history.add_argument("run_id", metavar="RUN_ID")
+    _app_option(history)
+    _json_option(history)
+    history.set_defaults(handler=_cli_commands.runs_history)
+
+    trigger = commands.add_parser("trigger", help="start a run; prints its run id")
+    trigger.add_argument("foreign_id", metavar="FOREIGN_ID")
+    _app_option(trigger)
+    trigger.add_argument("--start", metavar="STATUS", help="start at this status")
+    trigger.add_argument("--initial", metavar="JSON", help="the initial object as JSON")
+    trigger.set_defaults(handler=_cli_commands.trigger)
+
+    callback = commands.add_parser(
+        "callback", help="hand a payload to the callback of a run waiting at STATUS"
+    )
+    callback.add_argument("foreign_id", metavar="FOREIGN_ID")
+    callback.add_argument("status", metavar="STATUS")
+    _app_option(callback)
+    payload = callback.add_mutually_exclusive_group(required=True)
+    payload.add_argument("--data", metavar="TEXT", help="the payload (UTF-8)")
+    payload.add_argument(
+        "--file", metavar="PATH", help="read the payload from a file (- for stdin)"
+    )
+    callback.set_defaults(handler=_cli_commands.callback)
+
+    for name, what in (
+        ("pause", "pause a run"),
+        ("resume", "resume a paused run"),
+        ("cancel", "cancel an unfinished run"),
+    ):
+        control = commands.add_parser(name, help=what)
+        control.add_argument("run_id", metavar="RUN_ID")
+        _app_option(control)
+        control.add_argument("--reason", help="why (stored with the run)")
+        control.set_defaults(handler=_cli_commands.control)
+
+    graph = commands.add_parser("graph", help="print the Mermaid state diagram")
+    graph.add_argument("app", metavar="MODULE:ATTR")
+    graph.add_argument("--workflow", metavar="NAME", help="only this workflow")
+    graph.set_defaults(handler=_cli_commands.graph)
+
+    watch = commands.add_parser("watch", help="print runs changing, live, through a gateway")
+    watch.add_argument("--url", required=True, help="the gateway, e.g. ws://127.0.0.1:8765/")
+    watch.add_argument("--token", help=f"the gateway's token (default: ${TOKEN_ENV})")
+    watch.add_argument("--workflow", metavar="NAME", help="only this workflow (default: all)")
+    watch.add_argument("--foreign-id", help="only runs of this foreign id")
+    watch.add_argument("--count", type=int, metavar="N", help="exit after N changes")
+    _json_option(watch)
+    watch.set_defaults(handler=_cli_worker.watch)
+
+    commands.add_parser(
+        "demo",
+        help="the order-processing demo (options: actorflow demo --help)",
+        add_help=False,
+        prefix_chars="\0",  # every argument goes to the demo's own command line
+    ).set_defaults(handler=None)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (the console script exits with it)."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    show_traceback = False
+    try:
+        top = parser()
+        args, extra = top.parse_known_args(args_list)
+        show_traceback = args.traceback
+        if args.command == "demo":
+            return demo(extra)
+        if extra:
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see: actorflow --help)")
+        handler: Handler = args.handler
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            raise
+        error = user_error(exc)
+        if error is None:
+            raise
+        if show_traceback:
+            traceback.print_exception(exc)
+        code = exit_code_of(error)
+        print(f"actorflow: error: {describe_error(error)}", file=sys.stderr, flush=True)
+        return USAGE if code is None else code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""``actorflow worker`` (run workflows, optionally serve the gateway) and ``actorflow watch``."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import signal
+import sys
+from typing import Any, Final
+
+import trio
+
+from actorflow._model.errors import GatewayError
+from actorflow.cli.app import (
+    App,
+    CliError,
+    UsageError,
+    load_app,
+    parse_host_port,
+    token_from,
+)
+from actorflow.cli.format import change_line, dumps
+from actorflow.gateway import open_gateway_client, serve_gateway
+from actorflow.gateway.client import GatewayClient
+
+STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+
+
+def _say(text: str) -> None:
+    """Progress of the worker: on stderr, so stdout stays for data."""
+    print(text, file=sys.stderr, flush=True)
+
+
+# -- worker -------------------------------------------------------------------------------------
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Run the workflows of MODULE:ATTR until SIGINT or SIGTERM, then stop gracefully."""
+    app = load_app(args.app)
+    gateway = parse_host_port(args.gateway) if args.gateway else None
+    token = token_from(args.token)
+    if token is not None and gateway is None:
+        raise UsageError("--token only makes sense with --gateway HOST:PORT")
+    trio.run(functools.partial(serve_worker, app, gateway, token))
+    return 0
+
+
+async def serve_worker(app: App, gateway: tuple[str, int] | None, token: str | None) -> None:
+    """Serve until a stop signal: stop the gateway, let steps in flight finish (each
+    workflow's grace period), close the stores. A second signal cancels at once."""
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        try:
+            async with trio.open_nursery() as outer:
+                async with trio.open_nursery() as inner:
+                    for workflow in app.workflows:
+                        await inner.start(workflow.run)
+                    gateway_scope = trio.CancelScope()
+                    if gateway is not None:
+                        host, port = gateway
+                        bound = await inner.start(
+                            _serve_gateway, app, host, port, token, gateway_scope
+                        )
+                        where = f"[{host}]" if ":" in host else host
+                        # Tests and scripts read this line to find a port chosen by the system.
+                        _say(f"gateway listening on ws://{where}:{bound}/")
+                    _say(
+                        f"worker running {', '.join(app.names)} (pid {os.getpid()}); "
+                        "Ctrl-C or SIGTERM stops it gracefully"
+                    )
+                    received = await signals.__anext__()
+                    _say(
+                        f"got {signal.Signals(received).name}: stopping gracefully (steps in "
+                        "flight finish; send it again to stop at once)"
+                    )
+                    gateway_scope.cancel()
+                    for workflow in app.workflows:
+                        workflow.stop()
+                    outer.start_soon(_force_on_signal, signals, inner.cancel_scope)
+                outer.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                for store in app.stores():
+                    await store.aclose()
+    _say("worker stopped")
+
+
+async def _serve_gateway(
+    app: App,
+    host: str,
+    port: int,
+    token: str | None,
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with scope:
+        try:
+            await serve_gateway(app.workflows, host, port, token=token, task_status=task_status)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise CliError(f"cannot serve the gateway on {host}:{port}: {reason}") from None
+
+
+async def _force_on_signal(signals: Any, scope: trio.CancelScope) -> None:
+    received = await signals.__anext__()
+    _say(f"got {signal.Signals(received).name} again: stopping now")
+    scope.cancel()
+
+
+# -- watch --------------------------------------------------------------------------------------
+
+
+def watch(args: argparse.Namespace) -> int:
+    """Print every change of the gateway's runs as it is stored, until Ctrl-C."""
+    url: str = args.url
+    if not url.startswith(("ws://", "wss://")):
+        raise UsageError(f"--url {url!r} must start with ws:// or wss://")
+    if args.count is not None and args.count < 1:
+        raise UsageError(f"--count must be at least 1, not {args.count}")
+    token = token_from(args.token)
+    return trio.run(
+        functools.partial(
+            watch_gateway,
+            url,
+            token=token,
+            workflow=args.workflow,
+            foreign_id=args.foreign_id,
+            count=args.count,
+            as_json=args.json,
+        )
+    )
+
+
+async def watch_gateway(
+    url: str,
+    *,
+    token: str | None,
+    workflow: str | None,
+    foreign_id: str | None,
+    count: int | None,
+    as_json: bool,
+) -> int:
+    """Subscribe to every served workflow (or one) and print each change; stop after
+    ``count`` changes, on SIGINT/SIGTERM, or fail when the connection is lost."""
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        async with open_gateway_client(url, token=token) as client:
+            names = [workflow] if workflow else [w["name"] for w in await client.workflows()]
+            if not names:
+                raise CliError(f"the gateway at {url} serves no workflows")
+            send, receive = trio.open_memory_channel[dict[str, Any]](0)
+            async with trio.open_nursery() as outer:
+                outer.start_soon(_stop_on_signal, signals, outer.cancel_scope)
+                async with trio.open_nursery() as followers:
+                    async with send:
+                        for name in names:
+                            await followers.start(_follow, client, name, foreign_id, send.clone())
+                    what = f" for foreign id {foreign_id!r}" if foreign_id else ""
+                    _say(f"watching {', '.join(names)}{what} at {url} (Ctrl-C to stop)")
+                    seen = 0
+                    async for record in receive:
+                        print(dumps(record) if as_json else change_line(record), flush=True)
+                        seen += 1
+                        if count is not None and seen >= count:
+                            followers.cancel_scope.cancel()
+                            break
+                # Reached only when the followers ended without an error (or --count).
+                outer.cancel_scope.cancel()
+    return 0
+
+
+async def _follow(
+    client: GatewayClient,
+    name: str,
+    foreign_id: str | None,
+    send: trio.MemorySendChannel[dict[str, Any]],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    async with send, client.subscribe(name, foreign_id=foreign_id) as changes:
+        task_status.started()
+        try:
+            async for record in changes:
+                await send.send(record)
+        except GatewayError as exc:
+            raise CliError(f"watching {name} ended: {exc}") from None
+
+
+async def _stop_on_signal(signals: Any, scope: trio.CancelScope) -> None:
+    await signals.__anext__()
+    scope.cancel()

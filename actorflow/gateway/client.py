@@ -1,0 +1,572 @@
+"""``open_gateway_client``: a trio client of the websocket gateway.
+
+One connection per client. A reader task, in a nursery owned by the client's context
+manager, routes replies to the waiting requests by id and pushes events into bounded
+subscription buffers; a writer task sends, so a cancelled request never cuts a frame in
+half. When the connection ends, every pending request and subscription fails with
+:class:`GatewayError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import itertools
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from typing import Any, Final, NoReturn, final
+
+import trio
+import trio_websocket
+
+from actorflow._model.codec import converter
+from actorflow._model.errors import GatewayError
+from actorflow.gateway.protocol import (
+    ErrorCode,
+    Event,
+    Reply,
+    RequestId,
+    encode,
+    parse_server_message,
+)
+
+log = logging.getLogger("actorflow.gateway")
+
+Status = int | str
+"""A status as its integer value (an IntEnum member will do) or its name."""
+
+OUTGOING_QUEUE: Final = 64
+CONTROL_TIMEOUT: Final = 1.0
+"""How long closing a subscription or abandoning a request may wait to tell the server."""
+
+
+def _status(value: Status | enum.IntEnum) -> Status:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise GatewayError(
+            f"a status must be an int, an IntEnum member or a name, not {value!r}",
+            ErrorCode.INVALID_ARGUMENT,
+        )
+    return int(value)
+
+
+def _statuses(value: Status | Sequence[Status]) -> Status | list[Status]:
+    if isinstance(value, int | str):
+        return _status(value)
+    return [_status(v) for v in value]
+
+
+def _run_states(value: Status | Sequence[Status]) -> Status | list[Status]:
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, int | str):
+        return value
+    return [v.name if isinstance(v, enum.Enum) else v for v in value]
+
+
+@final
+class _Pending:
+    """A request waiting for its reply."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.reply: Reply | None = None
+        self.error: GatewayError | None = None
+
+    def resolve(self, reply: Reply) -> None:
+        if not self.done.is_set():
+            self.reply = reply
+            self.done.set()
+
+    def fail(self, error: GatewayError) -> None:
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise GatewayError(str(self.error), self.error.code)
+        assert self.reply is not None
+        if not self.reply.ok:
+            raise self.reply.error()
+        return self.reply.result
+
+
+@final
+class GatewaySubscription:
+    """A live stream of record dicts for one subscription; iterate it with ``async for``.
+
+    At most ``buffer`` records wait unread; when more arrive (or the gateway reports that
+    it had to drop changes), the stream delivers what it holds and then raises
+    :class:`GatewayError` with code ``lagged``.
+    """
+
+    def __init__(self, subscription_id: RequestId, buffer: int) -> None:
+        self.id = subscription_id
+        self._send, self._receive = trio.open_memory_channel[dict[str, Any]](buffer)
+        self._ended: GatewayError | None = None
+
+    @property
+    def lagged(self) -> bool:
+        """True once records were dropped for this subscriber."""
+        return self._ended is not None and self._ended.code == ErrorCode.LAGGED
+
+    @property
+    def ended(self) -> bool:
+        """True once no more records will arrive."""
+        return self._ended is not None
+
+    def _push(self, record: dict[str, Any]) -> bool:
+        """Buffer a record; False (and the stream ends lagged) when the buffer is full."""
+        if self._ended is not None:
+            return True
+        try:
+            self._send.send_nowait(record)
+        except trio.WouldBlock:
+            self._end(
+                GatewayError(
+                    f"subscription {self.id!r} fell behind: its buffer of "
+                    f"{self._send.statistics().max_buffer_size} records overflowed",
+                    ErrorCode.LAGGED,
+                )
+            )
+            return False
+        return True
+
+    def _end(self, error: GatewayError) -> None:
+        if self._ended is None:
+            self._ended = error
+            self._send.close()
+
+    async def receive(self) -> dict[str, Any]:
+        """The next record.
+
+        Raises:
+            GatewayError: the stream ended (``lagged``, ``connection_closed``, or the
+                server's error) and every buffered record was delivered.
+        """
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            error = self._ended or GatewayError("subscription closed", ErrorCode.CONNECTION_CLOSED)
+            raise GatewayError(str(error), error.code) from None
+
+    def __aiter__(self) -> GatewaySubscription:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        return await self.receive()
+
+
+@final
+class GatewayClient:
+    """A connection to a gateway. Get one from :func:`open_gateway_client`.
+
+    Every method raises :class:`GatewayError` (with ``.code``, see docs/gateway.md) when
+    the gateway refuses the request, the request fails there, or the connection is gone.
+    """
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self._ws = ws
+        self._ids = itertools.count(1)
+        self._pending: dict[RequestId, _Pending] = {}
+        self._subscriptions: dict[RequestId, GatewaySubscription] = {}
+        self._outgoing, self._to_write = trio.open_memory_channel[str](OUTGOING_QUEUE)
+        self._closed: GatewayError | None = None
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write)
+            task_status.started()
+            await self._read()
+            nursery.cancel_scope.cancel()
+
+    async def _write(self) -> None:
+        try:
+            async for text in self._to_write:
+                await self._ws.send_message(text)
+        except trio_websocket.ConnectionClosed:
+            pass  # the reader notices too and fails everything
+        finally:
+            self._to_write.close()  # senders fail instead of waiting for room forever
+
+    async def _put(self, message: Mapping[str, Any]) -> None:
+        try:
+            text = encode(message)
+        except (TypeError, ValueError) as exc:
+            raise GatewayError(
+                f"op {message.get('op')!r}: the arguments are not JSON: {exc}",
+                ErrorCode.INVALID_ARGUMENT,
+            ) from None
+        try:
+            await self._outgoing.send(text)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._check_open()
+            raise GatewayError("connection closed", ErrorCode.CONNECTION_CLOSED) from None
+
+    async def _read(self) -> None:
+        error = GatewayError("connection closed", ErrorCode.CONNECTION_CLOSED)
+        try:
+            while True:
+                self._route(await self._ws.get_message())
+        except trio_websocket.ConnectionClosed as exc:
+            error = _closed_error(exc.reason)
+        finally:
+            self._shut(error)
+
+    def _shut(self, error: GatewayError) -> None:
+        if self._closed is None:
+            self._closed = error
+        for pending in self._pending.values():
+            pending.fail(error)
+        for subscription in self._subscriptions.values():
+            subscription._end(error)
+
+    def _route(self, data: str | bytes) -> None:
+        try:
+            message = parse_server_message(data)
+        except ValueError as exc:
+            log.warning("gateway client: ignored a message it cannot read: %s", exc)
+            return
+        if isinstance(message, Event):
+            subscription = self._subscriptions.get(message.id)
+            if subscription is None:
+                return
+            if message.event == "record" and message.record is not None:
+                if not subscription._push(message.record):
+                    self._tell(
+                        {"id": next(self._ids), "op": "unsubscribe", "subscription": message.id}
+                    )
+            elif message.event == "lagged":
+                subscription._end(
+                    GatewayError(
+                        f"subscription {message.id!r} fell behind at the gateway and missed "
+                        "changes",
+                        ErrorCode.LAGGED,
+                    )
+                )
+            elif message.event == "error":
+                subscription._end(GatewayError(message.message, message.code or "internal"))
+            return
+        pending = self._pending.get(message.id) if message.id is not None else None
+        if pending is not None:
+            pending.resolve(message)
+        elif not message.ok:
+            log.warning("gateway client: error reply to no request: %s", message.message)
+
+    def _tell(self, message: Mapping[str, Any]) -> None:
+        """Send a message nobody waits for, if there is room; dropping it is harmless."""
+        with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self._outgoing.send_nowait(encode(message))
+
+    def _check_open(self) -> None:
+        if self._closed is not None:
+            raise GatewayError(str(self._closed), self._closed.code)
+
+    async def _call(self, op: str, **args: Any) -> Any:
+        self._check_open()
+        request_id = next(self._ids)
+        pending = _Pending()
+        self._pending[request_id] = pending
+        try:
+            await self._put({"id": request_id, "op": op, **args})
+            await pending.done.wait()
+        except trio.Cancelled:
+            if not pending.done.is_set():
+                self._tell({"id": next(self._ids), "op": "abort", "request": request_id})
+            raise
+        finally:
+            del self._pending[request_id]
+        return pending.result()
+
+    async def request(self, op: str, **args: Any) -> Any:
+        """Send any op with JSON arguments and return its result (the raw protocol)."""
+        return await self._call(op, **args)
+
+    # -- the API -----------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """A round trip to the gateway."""
+        await self._call("ping")
+
+    async def workflows(self) -> list[dict[str, Any]]:
+        """The served workflows: name, statuses (name -> value) and start status."""
+        result: list[dict[str, Any]] = await self._call("workflows")
+        return result
+
+    async def trigger(
+        self,
+        workflow: str,
+        foreign_id: str,
+        start: Status | None = None,
+        initial: Mapping[str, Any] | object | None = None,
+    ) -> str:
+        """Start a run; returns its run id.
+
+        ``initial`` is the object as a JSON object (dict), or an attrs/dataclass instance,
+        which is unstructured with cattrs first.
+        """
+        args: dict[str, Any] = {"workflow": workflow, "foreign_id": foreign_id}
+        if start is not None:
+            args["start"] = _status(start)
+        if initial is not None:
+            args["initial"] = initial if isinstance(initial, Mapping) else _unstructure(initial)
+        run_id: str = await self._call("trigger", **args)
+        return run_id
+
+    async def await_status(
+        self,
+        workflow: str,
+        foreign_id: str,
+        run_id: str,
+        status: Status,
+        timeout: float | None = None,  # noqa: ASYNC109 (the API's name; the server times it)
+    ) -> dict[str, Any]:
+        """The record as it was when the run reached ``status`` (code ``timeout`` after
+        ``timeout`` seconds, ``status_not_reached`` if it finished elsewhere)."""
+        args: dict[str, Any] = {
+            "workflow": workflow,
+            "foreign_id": foreign_id,
+            "run_id": run_id,
+            "status": _status(status),
+        }
+        if timeout is not None:
+            args["timeout"] = timeout
+        record: dict[str, Any] = await self._call("await_status", **args)
+        return record
+
+    async def callback(
+        self, workflow: str, foreign_id: str, status: Status, payload: bytes
+    ) -> dict[str, Any] | None:
+        """Hand ``payload`` to the callback at ``status``; the record after its transition,
+        or None when the latest run is not at ``status``."""
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise GatewayError(
+                f"payload must be bytes, not {type(payload).__name__}", ErrorCode.INVALID_ARGUMENT
+            )
+        record: dict[str, Any] | None = await self._call(
+            "callback",
+            workflow=workflow,
+            foreign_id=foreign_id,
+            status=_status(status),
+            payload=base64.b64encode(bytes(payload)).decode("ascii"),
+        )
+        return record
+
+    async def lookup(self, workflow: str, run_id: str) -> dict[str, Any]:
+        """The latest version of a run (code ``not_found`` if there is none)."""
+        record: dict[str, Any] = await self._call("lookup", workflow=workflow, run_id=run_id)
+        return record
+
+    async def latest(self, workflow: str, foreign_id: str) -> dict[str, Any]:
+        """The latest version of the newest run of ``foreign_id``."""
+        record: dict[str, Any] = await self._call(
+            "latest", workflow=workflow, foreign_id=foreign_id
+        )
+        return record
+
+    async def history(self, workflow: str, run_id: str) -> list[dict[str, Any]]:
+        """Every stored version of a run, oldest first."""
+        records: list[dict[str, Any]] = await self._call(
+            "history", workflow=workflow, run_id=run_id
+        )
+        return records
+
+    async def list_runs(
+        self,
+        workflow: str,
+        *,
+        foreign_id: str | None = None,
+        status: Status | Sequence[Status] | None = None,
+        run_state: Status | Sequence[Status] | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+        descending: bool | None = None,
+    ) -> list[dict[str, Any]]:
+        """The latest version of each matching run, in creation order (keyset pages:
+        ``after`` is the run id of the last record of the previous page)."""
+        args: dict[str, Any] = {
+            "foreign_id": foreign_id,
+            "status": None if status is None else _statuses(status),
+            "run_state": None if run_state is None else _run_states(run_state),
+            "limit": limit,
+            "after": after,
+            "descending": descending,
+        }
+        records: list[dict[str, Any]] = await self._call(
+            "list_runs", workflow=workflow, **{k: v for k, v in args.items() if v is not None}
+        )
+        return records
+
+    async def pause(self, workflow: str, run_id: str, reason: str | None = None) -> dict[str, Any]:
+        """Pause a run (code ``invalid_transition`` unless it is initiated or running)."""
+        return await self._control("pause", workflow, run_id, reason)
+
+    async def resume(self, workflow: str, run_id: str, reason: str | None = None) -> dict[str, Any]:
+        """Resume a paused run."""
+        return await self._control("resume", workflow, run_id, reason)
+
+    async def cancel(self, workflow: str, run_id: str, reason: str | None = None) -> dict[str, Any]:
+        """Cancel an unfinished run."""
+        return await self._control("cancel", workflow, run_id, reason)
+
+    async def _control(
+        self, op: str, workflow: str, run_id: str, reason: str | None
+    ) -> dict[str, Any]:
+        args: dict[str, Any] = {"workflow": workflow, "run_id": run_id}
+        if reason is not None:
+            args["reason"] = reason
+        record: dict[str, Any] = await self._call(op, **args)
+        return record
+
+    @asynccontextmanager
+    async def subscribe(
+        self,
+        workflow: str,
+        foreign_id: str | None = None,
+        run_id: str | None = None,
+        *,
+        buffer: int = 256,
+    ) -> AsyncIterator[GatewaySubscription]:
+        """Every stored change of the matching runs from now on, live, as record dicts.
+
+        ``async with client.subscribe("orders", foreign_id="o-1") as changes:`` then
+        ``async for record in changes``. Leaving the block unsubscribes.
+        """
+        if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
+            raise GatewayError("buffer must be a positive int", ErrorCode.INVALID_ARGUMENT)
+        self._check_open()
+        request_id = next(self._ids)
+        subscription = GatewaySubscription(request_id, buffer)
+        self._subscriptions[request_id] = subscription
+        args: dict[str, Any] = {"workflow": workflow}
+        if foreign_id is not None:
+            args["foreign_id"] = foreign_id
+        if run_id is not None:
+            args["run_id"] = run_id
+        pending = _Pending()
+        self._pending[request_id] = pending
+        acknowledged = False
+        try:
+            try:
+                await self._put({"id": request_id, "op": "subscribe", **args})
+                await pending.done.wait()
+            finally:
+                del self._pending[request_id]
+            pending.result()
+            acknowledged = True
+            yield subscription
+        finally:
+            del self._subscriptions[request_id]
+            subscription._end(GatewayError("subscription closed", ErrorCode.CONNECTION_CLOSED))
+            if acknowledged and self._closed is None:
+                message = encode(
+                    {"id": next(self._ids), "op": "unsubscribe", "subscription": request_id}
+                )
+                with (
+                    trio.CancelScope(shield=True),
+                    trio.move_on_after(CONTROL_TIMEOUT),
+                    suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+                ):
+                    await self._outgoing.send(message)
+
+
+def _unstructure(value: object) -> Any:
+    try:
+        return converter.unstructure(value)
+    except Exception as exc:
+        raise GatewayError(
+            f"initial must be a JSON object or an attrs/dataclass instance: {exc}",
+            ErrorCode.INVALID_ARGUMENT,
+        ) from None
+
+
+def _rejected_error(url: str, exc: trio_websocket.ConnectionRejected) -> GatewayError:
+    body = (exc.body or b"").decode("utf-8", "replace").strip()
+    detail = f"the gateway at {url} refused the connection (HTTP {exc.status_code}"
+    detail += f": {body})" if body else ")"
+    if exc.status_code in (401, 403):
+        return GatewayError(f"{detail}; check the token", ErrorCode.UNAUTHORIZED)
+    if exc.status_code == 503:
+        return GatewayError(detail, ErrorCode.BUSY)
+    return GatewayError(detail, ErrorCode.CONNECTION_FAILED)
+
+
+def _closed_error(reason: trio_websocket.CloseReason | None) -> GatewayError:
+    if reason is None:
+        return GatewayError("connection closed", ErrorCode.CONNECTION_CLOSED)
+    detail = f"connection closed (code {reason.code}"
+    detail += f": {reason.reason})" if reason.reason else ")"
+    if reason.code == 1009:
+        return GatewayError(detail, ErrorCode.TOO_LARGE)
+    return GatewayError(detail, ErrorCode.CONNECTION_CLOSED)
+
+
+@asynccontextmanager
+async def open_gateway_client(
+    url: str,
+    *,
+    token: str | None = None,
+    max_message_bytes: int = 64 << 20,
+    connect_timeout: float = 10.0,
+    close_timeout: float = 5.0,
+) -> AsyncIterator[GatewayClient]:
+    """Connect to a gateway: ``async with af.open_gateway_client(url, token=...) as client``.
+
+    Args:
+        url: ``ws://host:port/`` (or ``wss://``).
+        token: sent as ``Authorization: Bearer <token>``.
+        max_message_bytes: larger messages from the gateway close the connection.
+        connect_timeout: seconds to connect and complete the handshake.
+        close_timeout: seconds to wait for the closing handshake on exit.
+
+    Raises:
+        GatewayError: ``unauthorized`` when the gateway refuses the token, ``busy`` when
+            it serves too many connections, ``connection_failed`` when it cannot be reached.
+    """
+    headers = [] if token is None else [(b"authorization", f"Bearer {token}".encode())]
+    async with AsyncExitStack() as stack:
+        try:
+            ws = await stack.enter_async_context(
+                trio_websocket.open_websocket_url(
+                    url,
+                    extra_headers=headers,
+                    max_message_size=max_message_bytes,
+                    connect_timeout=connect_timeout,
+                    disconnect_timeout=close_timeout,
+                )
+            )
+        except trio_websocket.ConnectionRejected as exc:
+            raise _rejected_error(url, exc) from None
+        except (trio_websocket.HandshakeError, OSError) as exc:
+            raise GatewayError(
+                f"cannot connect to the gateway at {url}: {exc!r}", ErrorCode.CONNECTION_FAILED
+            ) from exc
+        client = GatewayClient(ws)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(client._run)
+                try:
+                    yield client
+                finally:
+                    client._shut(GatewayError("client closed", ErrorCode.CONNECTION_CLOSED))
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # Our tasks never raise; a lone exception is the caller's own: hand it back bare.
+            if len(group.exceptions) != 1:
+                raise
+            _reraise_bare(group.exceptions[0])
+
+
+def _reraise_bare(exc: BaseException) -> NoReturn:
+    """Raise ``exc`` as it was, without the group it came in as its context."""
+    context = exc.__context__
+    try:
+        raise exc
+    finally:
+        exc.__context__ = context
+        del exc, context

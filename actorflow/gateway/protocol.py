@@ -1,0 +1,610 @@
+"""The gateway's wire protocol as data: message shapes, argument rules, error codes.
+
+Pure and free of I/O, so it is tested without sockets. docs/gateway.md describes the same
+protocol for people writing clients in other languages; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import hmac
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, final
+from urllib.parse import parse_qs, urlsplit
+
+import attrs
+import cattrs
+
+from actorflow._model.codec import converter
+from actorflow._model.errors import (
+    CallbackError,
+    GatewayError,
+    InvalidArgument,
+    InvalidTransition,
+    Lagged,
+    RunNotFound,
+    StatusNotReached,
+    WorkflowInProgress,
+)
+from actorflow._model.record import Record
+from actorflow._model.run_state import RunState
+
+RequestId = int | str
+"""A request id: a JSON integer or string, chosen by the client, unique among its
+requests in flight on one connection."""
+
+MAX_LIST_LIMIT: Final = 1000
+"""The largest page ``list_runs`` serves over the gateway."""
+
+
+@final
+class ErrorCode(enum.StrEnum):
+    """The ``error.code`` values of error replies (and of :class:`GatewayError`)."""
+
+    BAD_JSON = "bad_json"
+    INVALID_ARGUMENT = "invalid_argument"
+    UNKNOWN_OP = "unknown_op"
+    UNKNOWN_WORKFLOW = "unknown_workflow"
+    NOT_FOUND = "not_found"
+    IN_PROGRESS = "in_progress"
+    INVALID_TRANSITION = "invalid_transition"
+    STATUS_NOT_REACHED = "status_not_reached"
+    CALLBACK_FAILED = "callback_failed"
+    TIMEOUT = "timeout"
+    TOO_LARGE = "too_large"
+    RATE_LIMITED = "rate_limited"
+    BUSY = "busy"
+    INTERNAL = "internal"
+    # Raised by the client only; never in an error reply.
+    UNAUTHORIZED = "unauthorized"
+    CONNECTION_FAILED = "connection_failed"
+    CONNECTION_CLOSED = "connection_closed"
+    LAGGED = "lagged"
+
+
+@final
+class ProtocolError(Exception):
+    """A request the gateway refuses before doing anything; becomes an error reply."""
+
+    def __init__(self, code: ErrorCode, message: str, request_id: RequestId | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+def error_code(exc: BaseException) -> ErrorCode:
+    """The error code an exception raised while serving a request is reported as."""
+    if isinstance(exc, ProtocolError):
+        return exc.code
+    if isinstance(exc, GatewayError):
+        return _known_code(exc.code)
+    table: tuple[tuple[type[BaseException], ErrorCode], ...] = (
+        (RunNotFound, ErrorCode.NOT_FOUND),
+        (WorkflowInProgress, ErrorCode.IN_PROGRESS),
+        (InvalidTransition, ErrorCode.INVALID_TRANSITION),
+        (InvalidArgument, ErrorCode.INVALID_ARGUMENT),
+        (StatusNotReached, ErrorCode.STATUS_NOT_REACHED),
+        (CallbackError, ErrorCode.CALLBACK_FAILED),
+        (Lagged, ErrorCode.LAGGED),
+        (TimeoutError, ErrorCode.TIMEOUT),
+    )
+    for kind, code in table:
+        if isinstance(exc, kind):
+            return code
+    return ErrorCode.INTERNAL
+
+
+def _known_code(code: str) -> ErrorCode:
+    try:
+        return ErrorCode(code)
+    except ValueError:
+        return ErrorCode.INTERNAL
+
+
+def error_message(exc: BaseException, code: ErrorCode) -> str:
+    """The message of an error reply; internal errors do not leak their details."""
+    if code is ErrorCode.INTERNAL:
+        return f"internal error ({type(exc).__name__}); the gateway log has the details"
+    return str(exc) or type(exc).__name__
+
+
+# -- requests ------------------------------------------------------------------------------
+
+
+@final
+class ArgKind(enum.Enum):
+    """How one request argument is checked and converted."""
+
+    STR = "a non-empty string"
+    STATUS = "a status (integer value or name)"
+    STATUSES = "a status or a list of statuses"
+    RUN_STATES = "a run state (name or integer) or a list of them"
+    OBJECT = "a JSON object"
+    BASE64 = "a base64 string"
+    TIMEOUT = "a non-negative number of seconds"
+    LIMIT = f"an integer from 1 to {MAX_LIST_LIMIT}"
+    BOOL = "true or false"
+    REQUEST_ID = "a request id (integer or string)"
+    TEXT = "a string"
+
+
+@final
+@attrs.frozen
+class Arg:
+    """One argument of an op."""
+
+    name: str
+    kind: ArgKind
+    required: bool = True
+
+
+_WORKFLOW = Arg("workflow", ArgKind.STR)
+_FOREIGN_ID = Arg("foreign_id", ArgKind.STR)
+_RUN_ID = Arg("run_id", ArgKind.STR)
+_REASON = Arg("reason", ArgKind.TEXT, required=False)
+
+OPS: Final[Mapping[str, tuple[Arg, ...]]] = {
+    "ping": (),
+    "workflows": (),
+    "trigger": (
+        _WORKFLOW,
+        _FOREIGN_ID,
+        Arg("start", ArgKind.STATUS, required=False),
+        Arg("initial", ArgKind.OBJECT, required=False),
+    ),
+    "await_status": (
+        _WORKFLOW,
+        _FOREIGN_ID,
+        _RUN_ID,
+        Arg("status", ArgKind.STATUS),
+        Arg("timeout", ArgKind.TIMEOUT, required=False),
+    ),
+    "callback": (
+        _WORKFLOW,
+        _FOREIGN_ID,
+        Arg("status", ArgKind.STATUS),
+        Arg("payload", ArgKind.BASE64),
+    ),
+    "lookup": (_WORKFLOW, _RUN_ID),
+    "latest": (_WORKFLOW, _FOREIGN_ID),
+    "history": (_WORKFLOW, _RUN_ID),
+    "list_runs": (
+        _WORKFLOW,
+        Arg("foreign_id", ArgKind.STR, required=False),
+        Arg("status", ArgKind.STATUSES, required=False),
+        Arg("run_state", ArgKind.RUN_STATES, required=False),
+        Arg("limit", ArgKind.LIMIT, required=False),
+        Arg("after", ArgKind.STR, required=False),
+        Arg("descending", ArgKind.BOOL, required=False),
+    ),
+    "pause": (_WORKFLOW, _RUN_ID, _REASON),
+    "resume": (_WORKFLOW, _RUN_ID, _REASON),
+    "cancel": (_WORKFLOW, _RUN_ID, _REASON),
+    "subscribe": (
+        _WORKFLOW,
+        Arg("foreign_id", ArgKind.STR, required=False),
+        Arg("run_id", ArgKind.STR, required=False),
+    ),
+    "unsubscribe": (Arg("subscription", ArgKind.REQUEST_ID),),
+    "abort": (Arg("request", ArgKind.REQUEST_ID),),
+}
+"""Every op and its arguments. Optional arguments may be omitted or null."""
+
+INLINE_OPS: Final = frozenset({"ping", "workflows", "unsubscribe", "abort"})
+"""Ops answered at once by the connection's reader; they never count as in flight."""
+
+
+@final
+@attrs.frozen
+class Request:
+    """A parsed request: its id, op and raw arguments (everything but ``id`` and ``op``)."""
+
+    id: RequestId
+    op: str
+    args: Mapping[str, Any]
+
+
+def is_request_id(value: object) -> bool:
+    """True for a JSON integer (not a boolean) or string."""
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def parse_request(data: str | bytes, max_bytes: int) -> Request:
+    """Parse one incoming message into a :class:`Request`.
+
+    Raises:
+        ProtocolError: ``too_large``, ``bad_json``, ``invalid_argument`` (not an object, bad
+            id or op) or ``unknown_op``; ``request_id`` is set when the id could be read.
+    """
+    if isinstance(data, str):
+        size = len(data) if len(data) * 4 <= max_bytes else len(data.encode("utf-8", "replace"))
+    else:
+        size = len(data)
+    if size > max_bytes:
+        raise ProtocolError(
+            ErrorCode.TOO_LARGE, f"message of {size} bytes is over the limit of {max_bytes}"
+        )
+    try:
+        message = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(ErrorCode.BAD_JSON, f"message is not valid JSON: {exc}") from None
+    except RecursionError:
+        # e.g. '[' * 200_000 + ']' * 200_000: small enough to pass the size limit.
+        raise ProtocolError(
+            ErrorCode.BAD_JSON, "message is nested too deeply to be a request"
+        ) from None
+    if not isinstance(message, dict):
+        raise ProtocolError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"a request must be a JSON object, not {_json_type(message)}",
+        )
+    request_id = message.get("id")
+    if not is_request_id(request_id):
+        raise ProtocolError(
+            ErrorCode.INVALID_ARGUMENT,
+            f'"id" must be an integer or a string, not {_json_type(request_id)}',
+        )
+    assert isinstance(request_id, int | str)
+    op = message.get("op")
+    if not isinstance(op, str):
+        raise ProtocolError(
+            ErrorCode.INVALID_ARGUMENT, f'"op" must be a string, not {_json_type(op)}', request_id
+        )
+    if op not in OPS:
+        known = ", ".join(sorted(OPS))
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_OP, f"unknown op {op!r}; known ops: {known}", request_id
+        )
+    args = {k: v for k, v in message.items() if k not in ("id", "op")}
+    return Request(request_id, op, args)
+
+
+def check_args(request: Request) -> dict[str, Any]:
+    """The request's arguments checked against :data:`OPS` and converted.
+
+    Omitted and null optional arguments are left out; ``BASE64`` arguments become bytes.
+    Statuses stay as sent (int or name): only the workflow knows its enum.
+
+    Raises:
+        ProtocolError: ``invalid_argument`` for a missing, unknown or ill-typed argument.
+    """
+    spec = OPS[request.op]
+    names = {arg.name for arg in spec}
+    unknown = sorted(set(request.args) - names)
+    if unknown:
+        allowed = ", ".join(sorted(names)) or "none"
+        raise ProtocolError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"op {request.op!r} takes no argument {unknown[0]!r} (arguments: {allowed})",
+            request.id,
+        )
+    checked: dict[str, Any] = {}
+    for arg in spec:
+        value = request.args.get(arg.name)
+        if value is None:
+            if arg.required:
+                raise ProtocolError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    f"op {request.op!r} needs {arg.name!r}: {arg.kind.value}",
+                    request.id,
+                )
+            continue
+        converted = _convert(arg.kind, value)
+        if converted is _INVALID:
+            raise ProtocolError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"op {request.op!r}: {arg.name!r} must be {arg.kind.value}, "
+                f"not {_json_type(value)} {_short(value)}",
+                request.id,
+            )
+        checked[arg.name] = converted
+    return checked
+
+
+_INVALID: Final = object()
+
+
+def _is_status(value: object) -> bool:
+    return (isinstance(value, str) and bool(value)) or (
+        isinstance(value, int) and not isinstance(value, bool)
+    )
+
+
+def _convert(kind: ArgKind, value: object) -> object:
+    if kind is ArgKind.STR:
+        return value if isinstance(value, str) and value else _INVALID
+    if kind is ArgKind.TEXT:
+        return value if isinstance(value, str) else _INVALID
+    if kind is ArgKind.STATUS:
+        return value if _is_status(value) else _INVALID
+    if kind in (ArgKind.STATUSES, ArgKind.RUN_STATES):
+        if _is_status(value):
+            return value
+        if isinstance(value, list) and value and all(_is_status(v) for v in value):
+            return value
+        return _INVALID
+    if kind is ArgKind.OBJECT:
+        return value if isinstance(value, dict) else _INVALID
+    if kind is ArgKind.BASE64:
+        if not isinstance(value, str):
+            return _INVALID
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            return _INVALID
+    if kind is ArgKind.TIMEOUT:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return _INVALID
+        return float(value) if math.isfinite(value) and value >= 0 else _INVALID
+    if kind is ArgKind.LIMIT:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return _INVALID
+        return value if 1 <= value <= MAX_LIST_LIMIT else _INVALID
+    if kind is ArgKind.BOOL:
+        return value if isinstance(value, bool) else _INVALID
+    if kind is ArgKind.REQUEST_ID:
+        return value if is_request_id(value) else _INVALID
+    raise AssertionError(kind)  # pragma: no cover
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def coerce_status(status_type: type[enum.IntEnum], value: object, what: str = "status") -> int:
+    """A status sent as its integer value or its name, as the enum's int value.
+
+    Raises:
+        ProtocolError: ``invalid_argument`` when it is not a member of ``status_type``.
+    """
+    members = ", ".join(f"{m.name}={m.value}" for m in status_type)
+    if isinstance(value, str):
+        member = status_type.__members__.get(value) or status_type.__members__.get(value.upper())
+        if member is not None:
+            return int(member)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return int(status_type(value))
+        except ValueError:
+            pass
+    raise ProtocolError(
+        ErrorCode.INVALID_ARGUMENT,
+        f"{what} {value!r} is not a member of {status_type.__name__} ({members})",
+    )
+
+
+def coerce_statuses(status_type: type[enum.IntEnum], value: object) -> int | list[int]:
+    """One status or a list of statuses (see :func:`coerce_status`)."""
+    if isinstance(value, list):
+        return [coerce_status(status_type, v) for v in value]
+    return coerce_status(status_type, value)
+
+
+def coerce_run_states(value: object) -> RunState | list[RunState]:
+    """One run state or a list of them, each as a name or an integer."""
+    if isinstance(value, list):
+        return [RunState(coerce_status(RunState, v, "run_state")) for v in value]
+    return RunState(coerce_status(RunState, value, "run_state"))
+
+
+def structure_object(object_type: type[Any], data: object) -> Any:
+    """Build a workflow object from its JSON form with the workflow codec's converter.
+
+    Raises:
+        ProtocolError: ``invalid_argument`` when ``data`` does not fit ``object_type``.
+    """
+    if not isinstance(data, dict):
+        raise ProtocolError(
+            ErrorCode.INVALID_ARGUMENT, f"initial must be a JSON object, not {_json_type(data)}"
+        )
+    try:
+        return converter.structure(data, object_type)
+    except Exception as exc:
+        if isinstance(exc, cattrs.BaseValidationError):
+            detail = "; ".join(cattrs.transform_error(exc, path="initial"))
+        else:
+            detail = f"{type(exc).__name__}: {exc}"
+        raise ProtocolError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"initial does not fit {object_type.__name__}: {detail}",
+        ) from None
+
+
+# -- replies and events ------------------------------------------------------------------------
+
+
+def record_to_json(record: Record[Any, Any], object_type: type[Any]) -> dict[str, Any]:
+    """A record as the JSON object the gateway sends."""
+    status = record.status
+    return {
+        "workflow_name": record.workflow_name,
+        "foreign_id": record.foreign_id,
+        "run_id": record.run_id,
+        "status": int(status),
+        "status_name": status.name if isinstance(status, enum.Enum) else str(int(status)),
+        "run_state": record.run_state.name,
+        "version": record.version,
+        "object": converter.unstructure(record.object, object_type),
+        "created_at": record.created_at.isoformat(),
+        "updated_at": record.updated_at.isoformat(),
+        "meta": record.meta.to_dict(),
+    }
+
+
+def describe_workflow(name: str, status_type: type[enum.IntEnum], start: int) -> dict[str, Any]:
+    """What the ``workflows`` op reports about one workflow."""
+    return {
+        "name": name,
+        "statuses": {member.name: int(member) for member in status_type},
+        "start": status_type(start).name,
+    }
+
+
+def reply_ok(request_id: RequestId, result: object) -> dict[str, Any]:
+    return {"id": request_id, "ok": True, "result": result}
+
+
+def reply_error(request_id: RequestId | None, code: ErrorCode, message: str) -> dict[str, Any]:
+    return {"id": request_id, "ok": False, "error": {"code": str(code), "message": message}}
+
+
+def event_record(subscription: RequestId, record: dict[str, Any]) -> dict[str, Any]:
+    return {"id": subscription, "event": "record", "record": record}
+
+
+def event_lagged(subscription: RequestId) -> dict[str, Any]:
+    return {"id": subscription, "event": "lagged", "missed": True}
+
+
+def event_error(subscription: RequestId, code: ErrorCode, message: str) -> dict[str, Any]:
+    return {
+        "id": subscription,
+        "event": "error",
+        "error": {"code": str(code), "message": message},
+    }
+
+
+def encode(message: Mapping[str, Any]) -> str:
+    """JSON text of an outgoing message."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+# -- what the client reads ---------------------------------------------------------------------
+
+
+@final
+@attrs.frozen
+class Reply:
+    """A reply to request ``id``: ``result`` when ``ok``, else ``code`` and ``message``."""
+
+    id: RequestId | None
+    ok: bool
+    result: Any = None
+    code: str = ""
+    message: str = ""
+
+    def error(self) -> GatewayError:
+        return GatewayError(self.message or self.code, self.code or "error")
+
+
+@final
+@attrs.frozen
+class Event:
+    """A message pushed for subscription ``id``: ``record``, ``lagged`` or ``error``."""
+
+    id: RequestId
+    event: str
+    record: dict[str, Any] | None = None
+    code: str = ""
+    message: str = ""
+
+
+def parse_server_message(data: str | bytes) -> Reply | Event:
+    """Parse a message from the gateway (for clients).
+
+    Raises:
+        ValueError: the message is not one the protocol defines.
+    """
+    message = json.loads(data)
+    if not isinstance(message, dict):
+        raise ValueError("a gateway message must be a JSON object")
+    message_id = message.get("id")
+    error = message.get("error")
+    code, text = "", ""
+    if isinstance(error, dict):
+        code, text = str(error.get("code", "")), str(error.get("message", ""))
+    if "event" in message:
+        if not isinstance(message_id, int | str) or isinstance(message_id, bool):
+            raise ValueError("an event needs a subscription id")
+        record = message.get("record")
+        return Event(
+            message_id,
+            str(message["event"]),
+            record if isinstance(record, dict) else None,
+            code,
+            text,
+        )
+    if message_id is not None and not is_request_id(message_id):
+        raise ValueError("a reply id must be an integer, a string or null")
+    ok = message.get("ok")
+    if not isinstance(ok, bool):
+        raise ValueError('a reply needs "ok": true or false')
+    return Reply(message_id, ok, message.get("result"), code, text)
+
+
+# -- access and rate ---------------------------------------------------------------------------
+
+
+@final
+class Access(enum.Enum):
+    """The verdict on a handshake's credentials."""
+
+    GRANTED = "granted"
+    MISSING = "missing"
+    WRONG = "wrong"
+
+
+def check_token(token: str | None, headers: Iterable[tuple[bytes, bytes]], target: str) -> Access:
+    """Check ``Authorization: Bearer <token>`` or a ``?token=`` query parameter.
+
+    ``target`` is the request target of the handshake (path and query). Comparisons are
+    constant-time. With no token configured, everyone is granted access.
+    """
+    if token is None:
+        return Access.GRANTED
+    expected = token.encode()
+    offered: list[bytes] = []
+    for name, value in headers:
+        if name.lower() == b"authorization":
+            scheme, _, credentials = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer":
+                offered.append(credentials.strip())
+    query = parse_qs(urlsplit(target).query, keep_blank_values=True)
+    offered.extend(value.encode() for value in query.get("token", ()))
+    if not offered:
+        return Access.MISSING
+    granted = False
+    for candidate in offered:
+        granted |= hmac.compare_digest(candidate, expected)
+    return Access.GRANTED if granted else Access.WRONG
+
+
+@final
+class TokenBucket:
+    """Allows ``rate`` messages per second on average and bursts of up to ``burst``."""
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._stamp = now
+
+    def take(self, now: float) -> bool:
+        """Spend one token if there is one; False means over the limit."""
+        elapsed = max(0.0, now - self._stamp)
+        self._stamp = now
+        self._tokens = min(float(self.burst), self._tokens + elapsed * self.rate)
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False

@@ -1,0 +1,533 @@
+"""``serve_gateway``: workflows served over a websocket (trio-websocket).
+
+One task tree per connection: trio-websocket's reader, our reader (parses requests and
+answers the cheap ones), one task per request in flight, one per subscription, and a
+single writer, so no frame is ever cut in half by a cancelled sender. Every connection
+runs under a guard that logs and contains what goes wrong in it: trio-websocket 0.12.2
+lets an exception in a connection (its own reader task included) take the whole server
+down, so we accept connections ourselves (``trio.serve_listeners`` and
+``trio_websocket.wrap_server_stream``) rather than through ``serve_websocket``.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections.abc import Iterable
+from typing import Any, Final, final
+
+import attrs
+import trio
+import trio_websocket
+
+from actorflow._model.errors import InvalidArgument, Lagged
+from actorflow.gateway.protocol import (
+    INLINE_OPS,
+    Access,
+    ErrorCode,
+    ProtocolError,
+    Request,
+    RequestId,
+    TokenBucket,
+    check_args,
+    check_token,
+    coerce_run_states,
+    coerce_status,
+    coerce_statuses,
+    describe_workflow,
+    encode,
+    error_code,
+    error_message,
+    event_error,
+    event_lagged,
+    event_record,
+    parse_request,
+    record_to_json,
+    reply_error,
+    reply_ok,
+    structure_object,
+)
+from actorflow.workflow import Workflow
+
+log = logging.getLogger("actorflow.gateway")
+
+OUTGOING_QUEUE: Final = 16
+"""Messages waiting for the writer of one connection; producers wait when it is full."""
+LINGER_SECONDS: Final = 1.0
+"""After closing a connection for a too-large message, how long we read and drop what the
+peer still sends, so it gets our close frame rather than a TCP reset."""
+MESSAGE_TOO_BIG: Final = 1009
+
+
+@final
+@attrs.frozen
+class GatewaySettings:
+    """The limits of one gateway (see :func:`serve_gateway`)."""
+
+    token: str | None
+    max_message_bytes: int
+    rate: float
+    burst: int
+    max_in_flight: int
+    max_subscriptions: int
+    subscription_buffer: int
+    handshake_timeout: float
+    max_connections: int
+    max_handshakes: int
+
+    def check(self) -> None:
+        """Raise InvalidArgument for settings that cannot work."""
+        if self.token is not None and (not isinstance(self.token, str) or not self.token):
+            raise InvalidArgument("token must be a non-empty string or None")
+        positive_ints = {
+            "max_message_bytes": self.max_message_bytes,
+            "burst": self.burst,
+            "max_in_flight": self.max_in_flight,
+            "max_subscriptions": self.max_subscriptions,
+            "subscription_buffer": self.subscription_buffer,
+            "max_connections": self.max_connections,
+            "max_handshakes": self.max_handshakes,
+        }
+        for name, value in positive_ints.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgument(f"{name} must be a positive int, not {value!r}")
+        for name, number in (("rate", self.rate), ("handshake_timeout", self.handshake_timeout)):
+            if not isinstance(number, int | float) or not math.isfinite(number) or number <= 0:
+                raise InvalidArgument(f"{name} must be a positive number, not {number!r}")
+
+
+async def serve_gateway(
+    workflows: Iterable[Workflow[Any, Any]],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    token: str | None = None,
+    max_message_bytes: int = 1 << 20,
+    rate: float = 100.0,
+    burst: int = 200,
+    max_in_flight: int = 64,
+    max_subscriptions: int = 64,
+    subscription_buffer: int = 256,
+    handshake_timeout: float = 10.0,
+    max_connections: int = 1024,
+    max_handshakes: int = 128,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``workflows`` over a websocket until cancelled; use with ``nursery.start``.
+
+    The started value is the bound port (``port=0`` picks a free one). The protocol is in
+    docs/gateway.md.
+
+    Args:
+        workflows: the workflows to serve, addressed by their names.
+        host: the address to bind; the default only accepts local connections.
+        port: the port to bind, 0 for any free one.
+        token: when set, a handshake must carry ``Authorization: Bearer <token>`` or a
+            ``token`` query parameter; others are refused with HTTP 401 (none) or 403
+            (wrong).
+        max_message_bytes: larger incoming messages close the connection (code 1009).
+        rate: incoming messages per second allowed per connection, on average.
+        burst: how many messages a connection may send at once above ``rate``.
+        max_in_flight: requests served at once per connection; more get ``busy``.
+        max_subscriptions: subscriptions per connection; more get ``busy``.
+        subscription_buffer: changes buffered per subscription before it is ``lagged``.
+        handshake_timeout: seconds a new connection has to complete its handshake.
+        max_connections: accepted connections served at once; more are refused with HTTP
+            503. Connections still in their handshake do not count.
+        max_handshakes: connections still in their handshake (not yet authenticated);
+            when a new one would exceed it, the oldest pending handshake is dropped, so
+            idle TCP connections cannot lock clients out.
+
+    Raises:
+        InvalidArgument: no workflows, two with one name, or an unusable setting.
+        OSError: the address cannot be bound.
+    """
+    served: dict[str, Workflow[Any, Any]] = {}
+    for workflow in workflows:
+        if not isinstance(workflow, Workflow):
+            raise InvalidArgument(f"serve_gateway serves Workflow objects, not {workflow!r}")
+        if workflow.name in served:
+            raise InvalidArgument(f"serve_gateway got two workflows named {workflow.name!r}")
+        served[workflow.name] = workflow
+    if not served:
+        raise InvalidArgument("serve_gateway needs at least one workflow")
+    settings = GatewaySettings(
+        token=token,
+        max_message_bytes=max_message_bytes,
+        rate=rate,
+        burst=burst,
+        max_in_flight=max_in_flight,
+        max_subscriptions=max_subscriptions,
+        subscription_buffer=subscription_buffer,
+        handshake_timeout=handshake_timeout,
+        max_connections=max_connections,
+        max_handshakes=max_handshakes,
+    )
+    settings.check()
+    gateway = _Gateway(served, settings)
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound: int = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, gateway.handle_stream, listeners)
+        log.info("gateway serving %s on %s:%d", ", ".join(served), host, bound)
+        task_status.started(bound)
+
+
+@final
+class _Gateway:
+    """What all connections share: the workflows and the settings."""
+
+    def __init__(self, workflows: dict[str, Workflow[Any, Any]], settings: GatewaySettings):
+        self.workflows = workflows
+        self.settings = settings
+        self.connections = 0
+        """Accepted websocket connections being served."""
+        self.handshakes: dict[object, trio.CancelScope] = {}
+        """Connections still in their handshake, oldest first."""
+        self.evicted = 0
+        """Pending handshakes dropped to make room for newer ones."""
+
+    async def handle_stream(self, stream: trio.SocketStream) -> None:
+        """Serve one TCP connection; nothing that goes wrong in it escapes."""
+        try:
+            await self._serve_stream(stream)
+        except* (
+            trio_websocket.ConnectionClosed,
+            trio_websocket.HandshakeError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+        ) as group:
+            log.debug("gateway connection ended abruptly: %r", group.exceptions)
+        except* Exception as group:
+            log.error("gateway connection failed", exc_info=group)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_stream(self, stream: trio.SocketStream) -> None:
+        ws: trio_websocket.WebSocketConnection | None = None
+        async with trio.open_nursery() as nursery:
+            try:
+                ws = await self._handshake(nursery, stream)
+                if ws is not None:
+                    try:
+                        await _Connection(self, ws).serve()
+                    finally:
+                        self.connections -= 1  # counted by _accept
+            finally:
+                nursery.cancel_scope.cancel()
+        if ws is not None and ws.closed is not None and ws.closed.code == MESSAGE_TOO_BIG:
+            await _linger(stream)
+
+    async def _handshake(
+        self, nursery: trio.Nursery, stream: trio.SocketStream
+    ) -> trio_websocket.WebSocketConnection | None:
+        """The accepted websocket, or None (refused, timed out, or dropped for a newer one).
+
+        At most ``max_handshakes`` connections are in this phase at once: a new one drops
+        the oldest, so a flood of idle connections (slowloris) cannot keep clients out for
+        ``handshake_timeout``; a real client completes its handshake in milliseconds.
+        """
+        key = object()
+        scope = trio.move_on_after(self.settings.handshake_timeout)
+        pending = self.handshakes
+        while len(pending) >= self.settings.max_handshakes:
+            oldest = next(iter(pending))
+            pending.pop(oldest).cancel()
+            self.evicted += 1
+            log.debug("gateway dropped the oldest pending handshake to make room")
+        pending[key] = scope
+        try:
+            with scope:
+                request = await trio_websocket.wrap_server_stream(
+                    nursery, stream, max_message_size=self.settings.max_message_bytes
+                )
+                return await self._accept(request)
+            return None
+        finally:
+            pending.pop(key, None)
+
+    async def _accept(
+        self, request: trio_websocket.WebSocketRequest
+    ) -> trio_websocket.WebSocketConnection | None:
+        """Accept (counted in :attr:`connections`) or refuse, by token and capacity."""
+        access = check_token(self.settings.token, request.headers, request.path)
+        if access is Access.GRANTED and self.connections >= self.settings.max_connections:
+            log.warning("gateway refused a connection: %d connections", self.connections)
+            await request.reject(503, body=b"too many connections; try again later\n")
+            return None
+        if access is Access.GRANTED:
+            self.connections += 1  # before the await, so two handshakes cannot both pass
+            try:
+                connection: trio_websocket.WebSocketConnection = await request.accept()
+            except BaseException:
+                self.connections -= 1
+                raise
+            return connection
+        if access is Access.MISSING:
+            status, body = 401, b"a token is required: Authorization: Bearer <token>\n"
+        else:
+            status, body = 403, b"wrong token\n"
+        log.info("gateway refused a connection from %s: %s token", request.remote, access.value)
+        await request.reject(
+            status,
+            extra_headers=[(b"content-type", b"text/plain"), (b"www-authenticate", b"Bearer")],
+            body=body,
+        )
+        return None
+
+
+async def _linger(stream: trio.SocketStream) -> None:
+    """Read and drop what the peer still sends, briefly, then let the caller close."""
+    with trio.move_on_after(LINGER_SECONDS):
+        try:
+            await stream.send_eof()
+            while await stream.receive_some(65536):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+@final
+class _Connection:
+    """One accepted websocket: requests in, replies and events out."""
+
+    def __init__(self, gateway: _Gateway, ws: trio_websocket.WebSocketConnection) -> None:
+        self._gateway = gateway
+        self._settings = gateway.settings
+        self._ws = ws
+        self._outgoing, self._to_write = trio.open_memory_channel[str](OUTGOING_QUEUE)
+        self._requests: dict[RequestId, trio.CancelScope] = {}
+        self._subscriptions: dict[RequestId, trio.CancelScope] = {}
+        self._bucket = TokenBucket(self._settings.rate, self._settings.burst, trio.current_time())
+
+    async def serve(self) -> None:
+        """Serve until the peer goes away; then stop everything of this connection."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write, nursery.cancel_scope)
+            try:
+                await self._read(nursery)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _write(self, done: trio.CancelScope) -> None:
+        try:
+            async for text in self._to_write:
+                await self._ws.send_message(text)
+        except trio_websocket.ConnectionClosed:
+            pass
+        finally:
+            done.cancel()
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        await self._outgoing.send(encode(message))
+
+    async def _read(self, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                data = await self._ws.get_message()
+            except trio_websocket.ConnectionClosed:
+                return
+            # Every frame spends a token, well-formed or not, and over the limit every frame
+            # gets rate_limited (with its id when it has one, so the caller's request ends),
+            # never a full answer: malformed messages are no way around the limit.
+            allowed = self._bucket.take(trio.current_time())
+            try:
+                request = parse_request(data, self._settings.max_message_bytes)
+            except ProtocolError as exc:
+                if allowed:
+                    await self._send(reply_error(exc.request_id, exc.code, exc.message))
+                else:
+                    await self._send(self._rate_limited(exc.request_id))
+                continue
+            if not allowed:
+                await self._send(self._rate_limited(request.id))
+                continue
+            await self._dispatch(request, nursery)
+
+    def _rate_limited(self, request_id: RequestId | None) -> dict[str, Any]:
+        return reply_error(
+            request_id,
+            ErrorCode.RATE_LIMITED,
+            f"over {self._settings.rate:g} messages per second; slow down",
+        )
+
+    async def _dispatch(self, request: Request, nursery: trio.Nursery) -> None:
+        if request.id in self._requests or request.id in self._subscriptions:
+            await self._send(
+                reply_error(
+                    request.id,
+                    ErrorCode.INVALID_ARGUMENT,
+                    f"request id {request.id!r} is already in use on this connection",
+                )
+            )
+            return
+        if request.op in INLINE_OPS:
+            await self._send(self._answer_inline(request))
+            return
+        scope = trio.CancelScope()
+        if request.op == "subscribe":
+            if len(self._subscriptions) >= self._settings.max_subscriptions:
+                await self._send(
+                    reply_error(
+                        request.id,
+                        ErrorCode.BUSY,
+                        f"at most {self._settings.max_subscriptions} subscriptions per "
+                        "connection; unsubscribe first",
+                    )
+                )
+                return
+            self._subscriptions[request.id] = scope
+            nursery.start_soon(self._subscribe, request, scope)
+            return
+        if len(self._requests) >= self._settings.max_in_flight:
+            await self._send(
+                reply_error(
+                    request.id,
+                    ErrorCode.BUSY,
+                    f"at most {self._settings.max_in_flight} requests in flight per "
+                    "connection; wait for replies",
+                )
+            )
+            return
+        self._requests[request.id] = scope
+        nursery.start_soon(self._serve_request, request, scope)
+
+    def _answer_inline(self, request: Request) -> dict[str, Any]:
+        try:
+            args = check_args(request)
+        except ProtocolError as exc:
+            return reply_error(request.id, exc.code, exc.message)
+        if request.op == "ping":
+            return reply_ok(request.id, "pong")
+        if request.op == "workflows":
+            described = [
+                describe_workflow(name, wf.status_type, int(wf.definition.start))
+                for name, wf in self._gateway.workflows.items()
+            ]
+            return reply_ok(request.id, described)
+        table = self._subscriptions if request.op == "unsubscribe" else self._requests
+        key = "subscription" if request.op == "unsubscribe" else "request"
+        scope = table.pop(args[key], None)
+        if scope is not None:
+            scope.cancel()
+        return reply_ok(request.id, scope is not None)
+
+    @staticmethod
+    def _forget(
+        table: dict[RequestId, trio.CancelScope], key: RequestId, scope: trio.CancelScope
+    ) -> None:
+        if table.get(key) is scope:
+            del table[key]
+
+    async def _serve_request(self, request: Request, scope: trio.CancelScope) -> None:
+        try:
+            with scope:
+                try:
+                    reply = reply_ok(request.id, await self._perform(request))
+                    text = encode(reply)
+                except Exception as exc:
+                    text = encode(reply_error(request.id, *self._describe_error(request, exc)))
+                await self._outgoing.send(text)
+        finally:
+            self._forget(self._requests, request.id, scope)
+
+    def _describe_error(self, request: Request, exc: Exception) -> tuple[ErrorCode, str]:
+        code = error_code(exc)
+        if code is ErrorCode.INTERNAL:
+            log.error("gateway op %r failed", request.op, exc_info=exc)
+        return code, error_message(exc, code)
+
+    def _workflow(self, request: Request, name: str) -> Workflow[Any, Any]:
+        try:
+            return self._gateway.workflows[name]
+        except KeyError:
+            known = ", ".join(sorted(self._gateway.workflows))
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_WORKFLOW,
+                f"no workflow named {name!r} is served here; served: {known}",
+                request.id,
+            ) from None
+
+    async def _perform(self, request: Request) -> object:
+        args = check_args(request)
+        wf = self._workflow(request, args["workflow"])
+        statuses: type[enum.IntEnum] = wf.status_type
+        op = request.op
+        if op == "trigger":
+            start = args.get("start")
+            initial = args.get("initial")
+            return await wf.trigger(
+                args["foreign_id"],
+                None if start is None else statuses(coerce_status(statuses, start, "start")),
+                initial=None if initial is None else structure_object(wf.object_type, initial),
+            )
+        if op == "await_status":
+            record = await wf.await_status(
+                args["foreign_id"],
+                args["run_id"],
+                statuses(coerce_status(statuses, args["status"])),
+                timeout=args.get("timeout"),
+            )
+            return record_to_json(record, wf.object_type)
+        if op == "callback":
+            found = await wf.callback(
+                args["foreign_id"],
+                statuses(coerce_status(statuses, args["status"])),
+                args["payload"],
+            )
+            return None if found is None else record_to_json(found, wf.object_type)
+        if op == "lookup":
+            return record_to_json(await wf.lookup(args["run_id"]), wf.object_type)
+        if op == "latest":
+            return record_to_json(await wf.latest(args["foreign_id"]), wf.object_type)
+        if op == "history":
+            return [record_to_json(r, wf.object_type) for r in await wf.history(args["run_id"])]
+        if op == "list_runs":
+            status = args.get("status")
+            run_state = args.get("run_state")
+            found_runs = await wf.list_runs(
+                foreign_id=args.get("foreign_id"),
+                status=None if status is None else coerce_statuses(statuses, status),
+                run_state=None if run_state is None else coerce_run_states(run_state),
+                limit=args.get("limit", 25),
+                after=args.get("after"),
+                descending=args.get("descending", False),
+            )
+            return [record_to_json(r, wf.object_type) for r in found_runs]
+        if op in ("pause", "resume", "cancel"):
+            control = {"pause": wf.pause, "resume": wf.resume, "cancel": wf.cancel}[op]
+            reason = args.get("reason")
+            changed = await (
+                control(args["run_id"]) if reason is None else control(args["run_id"], reason)
+            )
+            return record_to_json(changed, wf.object_type)
+        raise AssertionError(f"op {op!r} has no handler")  # pragma: no cover
+
+    async def _subscribe(self, request: Request, scope: trio.CancelScope) -> None:
+        acknowledged = False
+        try:
+            with scope:
+                try:
+                    args = check_args(request)
+                    wf = self._workflow(request, args["workflow"])
+                    async with wf.subscribe(
+                        foreign_id=args.get("foreign_id"),
+                        run_id=args.get("run_id"),
+                        buffer=self._settings.subscription_buffer,
+                    ) as stream:
+                        await self._send(reply_ok(request.id, {"subscription": request.id}))
+                        acknowledged = True
+                        async for record in stream:
+                            event = event_record(request.id, record_to_json(record, wf.object_type))
+                            await self._send(event)
+                except Lagged:
+                    await self._send(event_lagged(request.id))
+                except Exception as exc:
+                    code, message = self._describe_error(request, exc)
+                    if acknowledged:
+                        await self._send(event_error(request.id, code, message))
+                    else:
+                        await self._send(reply_error(request.id, code, message))
+        finally:
+            self._forget(self._subscriptions, request.id, scope)

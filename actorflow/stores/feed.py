@@ -1,0 +1,148 @@
+"""The in-process change feed: every version a store commits is published here.
+
+Await, subscribe, hooks and relays wait on it instead of polling. Subscribers get a
+bounded buffer; one that falls behind is marked lagged rather than slowing commits.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from actorflow._model.errors import Lagged
+from actorflow._model.record import RawRecord
+
+_Key = tuple[str, str]
+
+RECENT = 65_536
+"""How many published versions a feed remembers, to tell its own from other processes'."""
+
+
+@attrs.define(eq=False)
+class Subscription:
+    """A live stream of committed versions that match a filter."""
+
+    _send: trio.MemorySendChannel[RawRecord]
+    _receive: trio.MemoryReceiveChannel[RawRecord]
+    lagged: bool = False
+
+    def _push(self, record: RawRecord) -> None:
+        if self.lagged:
+            return
+        try:
+            self._send.send_nowait(record)
+        except trio.WouldBlock:
+            self.lagged = True
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def receive(self) -> RawRecord:
+        """The next matching version; raises :class:`Lagged` once the buffer overflowed."""
+        try:
+            return self._receive.receive_nowait()
+        except trio.WouldBlock:
+            if self.lagged:
+                raise Lagged("subscriber fell behind and missed changes") from None
+        return await self._receive.receive()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> RawRecord:
+        return await self.receive()
+
+
+class ChangeFeed:
+    """Fan-out of committed versions to in-process subscribers, indexed by filter."""
+
+    def __init__(self) -> None:
+        self._by_run: dict[str, set[Subscription]] = {}
+        self._by_foreign: dict[_Key, set[Subscription]] = {}
+        self._by_workflow: dict[str, set[Subscription]] = {}
+        self._everything: set[Subscription] = set()
+        self._lot = trio.lowlevel.ParkingLot()
+        self._subscribers = 0
+        self.published = 0
+        # An OrderedDict drops its oldest entry in O(1); a dict would scan its deleted
+        # slots from the front on every drop.
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        """Keys ``"<version> <run id>"``: strings, which the garbage collector never walks
+        (tuples it would, for as long as RECENT versions stay here)."""
+        self.supervisors: dict[str, Any] = {}
+        """Workflow name -> the supervisor running it on this store instance, if any."""
+
+    @property
+    def has_subscribers(self) -> bool:
+        """True while anybody in this process subscribes."""
+        return self._subscribers > 0
+
+    def was_published(self, run_id: str, version: int) -> bool:
+        """Whether this feed published that version recently (the last RECENT versions)."""
+        return f"{version} {run_id}" in self._recent
+
+    def publish(self, record: RawRecord) -> None:
+        """Hand a committed version to every matching subscriber (never blocks)."""
+        self.published += 1
+        recent = self._recent
+        recent[f"{record.version} {record.run_id}"] = None
+        if len(recent) > RECENT:
+            recent.popitem(last=False)
+        if self._subscribers:
+            for bucket in (
+                self._by_run.get(record.run_id),
+                self._by_foreign.get((record.workflow_name, record.foreign_id)),
+                self._by_workflow.get(record.workflow_name),
+                self._everything,
+            ):
+                if bucket:
+                    for sub in bucket:
+                        sub._push(record)
+        if self._lot:
+            self._lot.unpark_all()
+
+    async def wait_published(self) -> None:
+        """Wait until the next publish."""
+        await self._lot.park()
+
+    @contextmanager
+    def subscribe(
+        self,
+        *,
+        workflow_name: str | None = None,
+        foreign_id: str | None = None,
+        run_id: str | None = None,
+        buffer: int = 1024,
+    ) -> Iterator[Subscription]:
+        """Subscribe to versions of one run, one foreign id, one workflow, or everything."""
+        send, receive = trio.open_memory_channel[RawRecord](buffer)
+        sub = Subscription(send, receive)
+        bucket: set[Subscription]
+        index: dict[str, set[Subscription]] | dict[_Key, set[Subscription]] | None
+        key: str | _Key
+        if run_id is not None:
+            index, key = self._by_run, run_id
+        elif foreign_id is not None:
+            if workflow_name is None:
+                raise ValueError("a foreign_id filter needs a workflow_name")
+            index, key = self._by_foreign, (workflow_name, foreign_id)
+        elif workflow_name is not None:
+            index, key = self._by_workflow, workflow_name
+        else:
+            index, key = None, ""
+        bucket = self._everything if index is None else index.setdefault(key, set())  # type: ignore[arg-type]
+        bucket.add(sub)
+        self._subscribers += 1
+        try:
+            yield sub
+        finally:
+            self._subscribers -= 1
+            bucket.discard(sub)
+            if index is not None and not bucket:
+                index.pop(key, None)  # type: ignore[arg-type]
+            send.close()
+            receive.close()

@@ -1,0 +1,218 @@
+"""MemoryStore: the in-process store for tests and demos. Nothing survives the process."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from datetime import datetime
+from typing import final
+
+import attrs
+import trio
+
+from actorflow._model.errors import VersionConflict
+from actorflow._model.record import Event, RawRecord, Timer
+from actorflow._model.run_state import RunState
+from actorflow.stores.feed import ChangeFeed
+from actorflow.stores.filters import RunFilter
+from actorflow.stores.messages import in_progress, no_foreign_run, no_run
+
+
+@attrs.define
+class _WorkflowRuns:
+    order: list[str] = attrs.Factory(list)
+    seq: dict[str, int] = attrs.Factory(dict)
+    latest_by_foreign: dict[str, str] = attrs.Factory(dict)
+
+
+@final
+class MemoryStore:
+    """A store held in dictionaries. Fast, deterministic under the autojump clock, volatile."""
+
+    shared = False
+
+    def __init__(self) -> None:
+        self._feed = ChangeFeed()
+        self._workflows: dict[str, _WorkflowRuns] = {}
+        self._runs: dict[str, RawRecord] = {}
+        self._history: dict[str, list[RawRecord]] = {}
+        self._events: list[Event] = []
+        self._timers: dict[str, list[Timer]] = {}
+        self._cursors: dict[str, str] = {}
+        self._schedules: dict[str, datetime] = {}
+        self._closed = False
+
+    @property
+    def feed(self) -> ChangeFeed:
+        return self._feed
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(runs={len(self._runs)})"
+
+    def _log(self, record: RawRecord) -> None:
+        self._history.setdefault(record.run_id, []).append(record)
+        self._events.append(
+            Event(
+                id=len(self._events) + 1,
+                workflow_name=record.workflow_name,
+                foreign_id=record.foreign_id,
+                run_id=record.run_id,
+                status=record.status,
+                run_state=record.run_state,
+                version=record.version,
+                created_at=record.updated_at,
+            )
+        )
+        self._feed.publish(record)
+
+    async def create_run(self, record: RawRecord, timers: Sequence[Timer] = ()) -> RawRecord:
+        await trio.lowlevel.checkpoint()
+        runs = self._workflows.setdefault(record.workflow_name, _WorkflowRuns())
+        previous_id = runs.latest_by_foreign.get(record.foreign_id)
+        if previous_id is not None:
+            previous = self._runs[previous_id]
+            if not previous.run_state.finished:
+                raise in_progress(
+                    record.workflow_name, record.foreign_id, previous_id, previous.run_state
+                )
+        if record.run_id in self._runs:
+            raise ValueError(f"run id {record.run_id} already exists")
+        runs.seq[record.run_id] = len(runs.order)
+        runs.order.append(record.run_id)
+        runs.latest_by_foreign[record.foreign_id] = record.run_id
+        self._runs[record.run_id] = record
+        if timers:
+            self._timers[record.run_id] = sorted(timers, key=lambda t: t.fire_at)
+        self._log(record)
+        return record
+
+    async def commit(
+        self,
+        record: RawRecord,
+        *,
+        timers: Sequence[Timer] | None = None,
+        scrub_history: bool = False,
+    ) -> RawRecord:
+        await trio.lowlevel.checkpoint()
+        current = self._get(record.workflow_name, record.run_id)
+        if current.version != record.version - 1:
+            raise VersionConflict(
+                f"run {record.run_id} is at version {current.version}, not {record.version - 1}"
+            )
+        self._runs[record.run_id] = record
+        if timers is not None:
+            if timers:
+                self._timers[record.run_id] = sorted(timers, key=lambda t: t.fire_at)
+            else:
+                self._timers.pop(record.run_id, None)
+        if scrub_history:
+            self._history[record.run_id] = [
+                attrs.evolve(old, object=record.object) for old in self._history[record.run_id]
+            ]
+        self._log(record)
+        return record
+
+    def _get(self, workflow_name: str, run_id: str) -> RawRecord:
+        record = self._runs.get(run_id)
+        if record is None or record.workflow_name != workflow_name:
+            raise no_run(workflow_name, run_id)
+        return record
+
+    async def lookup(self, workflow_name: str, run_id: str) -> RawRecord:
+        await trio.lowlevel.checkpoint()
+        return self._get(workflow_name, run_id)
+
+    async def latest(self, workflow_name: str, foreign_id: str) -> RawRecord:
+        await trio.lowlevel.checkpoint()
+        runs = self._workflows.get(workflow_name)
+        run_id = runs.latest_by_foreign.get(foreign_id) if runs else None
+        if run_id is None:
+            raise no_foreign_run(workflow_name, foreign_id)
+        return self._runs[run_id]
+
+    async def list_runs(
+        self,
+        workflow_name: str,
+        *,
+        foreign_id: str | None = None,
+        status: int | Sequence[int] | None = None,
+        run_state: RunState | Sequence[RunState] | None = None,
+        limit: int = 25,
+        after: str | None = None,
+        descending: bool = False,
+    ) -> list[RawRecord]:
+        await trio.lowlevel.checkpoint()
+        flt = RunFilter.make(foreign_id=foreign_id, status=status, run_state=run_state, limit=limit)
+        runs = self._workflows.get(workflow_name, _WorkflowRuns())
+        if after is not None:
+            if after not in runs.seq:
+                raise no_run(workflow_name, after, "after=")
+            position = runs.seq[after]
+        else:
+            position = len(runs.order) if descending else -1
+        if descending:
+            indexes = range(position - 1, -1, -1)
+        else:
+            indexes = range(position + 1, len(runs.order))
+        found: list[RawRecord] = []
+        for index in indexes:
+            record = self._runs[runs.order[index]]
+            if flt.matches(record):
+                found.append(record)
+                if len(found) >= flt.limit:
+                    break
+        return found
+
+    async def history(self, workflow_name: str, run_id: str) -> list[RawRecord]:
+        await trio.lowlevel.checkpoint()
+        self._get(workflow_name, run_id)
+        return list(self._history[run_id])
+
+    async def list_timers(self, workflow_name: str, run_id: str | None = None) -> list[Timer]:
+        await trio.lowlevel.checkpoint()
+        if run_id is not None:
+            return [t for t in self._timers.get(run_id, ()) if t.workflow_name == workflow_name]
+        found = [t for ts in self._timers.values() for t in ts if t.workflow_name == workflow_name]
+        found.sort(key=lambda t: t.fire_at)
+        return found
+
+    async def read_events(
+        self, after: int, limit: int = 100, workflow_name: str | None = None
+    ) -> list[Event]:
+        await trio.lowlevel.checkpoint()
+        start = bisect.bisect_right(self._events, after, key=lambda e: e.id)
+        found: list[Event] = []
+        for event in self._events[start:]:
+            if workflow_name is None or event.workflow_name == workflow_name:
+                found.append(event)
+                if len(found) >= limit:
+                    break
+        return found
+
+    async def last_event_id(self) -> int:
+        await trio.lowlevel.checkpoint()
+        return len(self._events)
+
+    async def get_cursor(self, name: str) -> str | None:
+        await trio.lowlevel.checkpoint()
+        return self._cursors.get(name)
+
+    async def set_cursor(self, name: str, value: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self._cursors[name] = value
+
+    async def claim_schedule(self, key: str, fire_at: datetime) -> bool:
+        await trio.lowlevel.checkpoint()
+        last = self._schedules.get(key)
+        if last is not None and fire_at <= last:
+            return False
+        self._schedules[key] = fire_at
+        return True
+
+    async def last_schedule(self, key: str) -> datetime | None:
+        await trio.lowlevel.checkpoint()
+        return self._schedules.get(key)
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self._closed = True

@@ -1,0 +1,127 @@
+"""The store seam: one Protocol that every store implements and one contract suite tests.
+
+Stores keep raw records (object as JSON, status as int) for any number of workflows,
+each scoped by ``workflow_name``. A transition is one atomic :meth:`Store.commit`: the
+new latest version (optimistic version check), its history row (which is also the
+event-log entry), and the run's timers replaced when asked. Every successful write is
+published on :attr:`Store.feed` after it is durable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from actorflow._model.record import Event, RawRecord, Timer
+from actorflow._model.run_state import RunState
+from actorflow.stores.feed import ChangeFeed
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What a workflow needs from durable storage."""
+
+    shared: bool
+    """True when other processes may write to the same storage (SQLite file, PostgreSQL)."""
+
+    @property
+    def feed(self) -> ChangeFeed:
+        """The in-process change feed this store publishes every durable write to."""
+        ...
+
+    async def create_run(self, record: RawRecord, timers: Sequence[Timer] = ()) -> RawRecord:
+        """Store the first version (``version == 1``) of a new run, with its timers.
+
+        Raises:
+            WorkflowInProgress: the latest run of ``(workflow_name, foreign_id)`` has a run
+                state that is not finished (INITIATED, RUNNING or PAUSED).
+        """
+        ...
+
+    async def commit(
+        self,
+        record: RawRecord,
+        *,
+        timers: Sequence[Timer] | None = None,
+        scrub_history: bool = False,
+    ) -> RawRecord:
+        """Store ``record`` as the next version of its run, atomically with its history row.
+
+        ``record.version`` must be the stored version + 1. ``timers=None`` leaves the run's
+        timers as they are; a sequence replaces all of them. ``scrub_history=True`` also
+        overwrites the object of every earlier version with ``record.object``.
+
+        Raises:
+            VersionConflict: the stored version is not ``record.version - 1``.
+            RunNotFound: no such run.
+        """
+        ...
+
+    async def lookup(self, workflow_name: str, run_id: str) -> RawRecord:
+        """The latest version of a run. Raises RunNotFound."""
+        ...
+
+    async def latest(self, workflow_name: str, foreign_id: str) -> RawRecord:
+        """The latest version of the most recently created run of a foreign id.
+
+        Raises RunNotFound."""
+        ...
+
+    async def list_runs(
+        self,
+        workflow_name: str,
+        *,
+        foreign_id: str | None = None,
+        status: int | Sequence[int] | None = None,
+        run_state: RunState | Sequence[RunState] | None = None,
+        limit: int = 25,
+        after: str | None = None,
+        descending: bool = False,
+    ) -> list[RawRecord]:
+        """The latest version of each matching run, in creation order (or reversed).
+
+        ``after`` is the run id of the last record of the previous page (keyset
+        pagination); an unknown ``after`` raises RunNotFound."""
+        ...
+
+    async def history(self, workflow_name: str, run_id: str) -> list[RawRecord]:
+        """Every stored version of a run, oldest first. Raises RunNotFound."""
+        ...
+
+    async def list_timers(self, workflow_name: str, run_id: str | None = None) -> list[Timer]:
+        """Pending timers of one run, or of the whole workflow, earliest first."""
+        ...
+
+    async def read_events(
+        self, after: int, limit: int = 100, workflow_name: str | None = None
+    ) -> list[Event]:
+        """Event-log entries with ``id > after``, in commit order (ids strictly increase)."""
+        ...
+
+    async def last_event_id(self) -> int:
+        """The id of the newest event-log entry (0 when the log is empty)."""
+        ...
+
+    async def get_cursor(self, name: str) -> str | None:
+        """A durable named cursor (connectors, relays, hooks), or None if never set."""
+        ...
+
+    async def set_cursor(self, name: str, value: str) -> None:
+        """Durably set a named cursor."""
+        ...
+
+    async def claim_schedule(self, key: str, fire_at: datetime) -> bool:
+        """Atomically record ``fire_at`` as the last fired time of schedule ``key``.
+
+        Returns False (and changes nothing) when ``fire_at`` is not later than the time
+        already recorded: that cron time has fired before."""
+        ...
+
+    async def last_schedule(self, key: str) -> datetime | None:
+        """The last fired time of schedule ``key``, or None."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and files. The store must not be used afterwards."""
+        ...

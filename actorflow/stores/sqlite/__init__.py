@@ -1,0 +1,1 @@
+"""actorflow/stores/sqlite."""

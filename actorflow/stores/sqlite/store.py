@@ -1,0 +1,944 @@
+"""SQLiteStore: the embedded, durable store (WAL), with group commit on the trio thread."""
+
+from __future__ import annotations
+
+import enum
+import functools
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Generic, TypeVar, final
+
+import attrs
+import trio
+
+from actorflow._model.errors import (
+    ActorflowError,
+    InvalidArgument,
+    StoreError,
+    VersionConflict,
+)
+from actorflow._model.record import Event, Meta, RawRecord, Timer
+from actorflow._model.run_state import RunState
+from actorflow.stores.feed import ChangeFeed
+from actorflow.stores.filters import RunFilter
+from actorflow.stores.messages import in_progress, no_foreign_run, no_run
+from actorflow.stores.sqlite import schema as _sqlite_schema
+
+R = TypeVar("R")
+
+_SYNCHRONOUS: Final = ("NORMAL", "FULL")
+_MAX_BATCH: Final = 2000
+_OPEN_BUSY_TIMEOUT: Final = 5.0
+_FIRST_BACKOFF: Final = 0.001
+_MAX_BACKOFF: Final = 0.1
+
+_RECORD_COLUMNS: Final = (
+    "workflow_name, foreign_id, run_id, status, run_state, object, version, created_at, "
+    "updated_at, meta"
+)
+_INSERT_RUN: Final = f"INSERT INTO runs ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_HISTORY: Final = (
+    f"INSERT INTO history ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# foreign_id is checked, not set: assigning an indexed column rewrites its index entry.
+_UPDATE_RUN: Final = (
+    "UPDATE runs SET status = ?, run_state = ?, object = ?, version = ?, created_at = ?, "
+    "updated_at = ?, meta = ? "
+    "WHERE run_id = ? AND workflow_name = ? AND foreign_id = ? AND version = ?"
+)
+_INSERT_TIMER: Final = (
+    "INSERT INTO timers (workflow_name, run_id, status, kind, fire_at) VALUES (?, ?, ?, ?, ?)"
+)
+_UNFINISHED: Final = frozenset(s for s in RunState if not s.finished)
+
+_Params = tuple[Any, ...]
+
+
+@final
+@attrs.define
+class SQLiteStats:
+    """Counters of a :class:`SQLiteStore`'s write path (for tests, metrics and tuning)."""
+
+    transactions: int = 0
+    """Write transactions committed (one per batch of writes)."""
+    writes: int = 0
+    """Write operations answered (successful or not)."""
+    largest_batch: int = 0
+    """The most writes ever carried by one transaction."""
+    lock_retries: int = 0
+    """Times a batch waited because another connection held the write lock."""
+    failed_transactions: int = 0
+    """Batches rolled back and reported as StoreError to all their writers."""
+
+
+class _NeedsSavepoints(Exception):
+    """A write failed after it may have written: run the batch again with savepoints."""
+
+
+class _State(enum.Enum):
+    QUEUED = enum.auto()
+    IN_FLIGHT = enum.auto()
+    DONE = enum.auto()
+
+
+@final
+class _Write(Generic[R]):
+    """One write waiting for its batch: what to run inside the transaction, and its answer.
+
+    ``apply(conn, arg)`` runs inside the transaction. The writer parks its own task
+    (no Event, no closure): with thousands of writes in flight, every object less per
+    write is garbage the collector does not have to walk.
+    """
+
+    __slots__ = (
+        "apply",
+        "arg",
+        "error",
+        "publish",
+        "queue",
+        "state",
+        "task",
+        "value",
+    )
+
+    def __init__(
+        self,
+        apply: Callable[[sqlite3.Connection, Any], R],
+        arg: Any,
+        publish: RawRecord | None,
+        queue: list[_Write[Any]],
+    ) -> None:
+        self.apply = apply
+        self.arg = arg
+        self.publish = publish
+        self.queue = queue
+        self.state = _State.QUEUED
+        self.value: R | None = None
+        self.error: BaseException | None = None
+        self.task: trio.lowlevel.Task | None = None
+
+    def __call__(self, _: Any) -> trio.lowlevel.Abort:
+        """The abort function of the waiting writer (the write itself: no bound method
+        per write). Cancelled while still queued: the write leaves the queue (never
+        written) and the writer gets Cancelled. Once its batch runs, the writer waits for
+        the outcome and gets it (its result or error); the cancellation reaches it at its
+        next checkpoint. Never a write whose fate the caller cannot know."""
+        if self.state is _State.QUEUED:
+            self.queue.remove(self)  # never written
+            self.task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+        return trio.lowlevel.Abort.FAILED  # in a batch already: wait for its outcome
+
+    def resolve(self, value: Any, error: BaseException | None) -> None:
+        if self.state is _State.DONE:
+            return
+        self.value = value
+        self.error = error
+        self.state = _State.DONE
+        task, self.task = self.task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+    def result(self) -> R:
+        if self.error is not None:
+            raise self.error
+        return self.value  # type: ignore[return-value]
+
+
+@final
+class SQLiteStore:
+    """The embedded durable store: one SQLite file in WAL mode.
+
+    Every write (create_run, commit, set_cursor, claim_schedule) goes through group
+    commit: the first writer to arrive leads, yields once so that other runnable tasks can
+    add their writes, then stores the whole batch in one transaction and answers each
+    writer on its own (a conflict for one write does not fail the others). Records are
+    published on :attr:`feed` only after COMMIT returned. No background task is needed.
+
+    All SQLite calls run inline on the trio thread, never in a worker thread, so trio's
+    autojump clock stays honest; writes are short. When another process holds the write
+    lock, a batch is retried with ``trio.sleep`` backoff for up to ``lock_timeout``
+    seconds (trio time), then fails with :class:`~actorflow.StoreError`.
+
+    Several processes may open one file at the same time (on one machine; not over a
+    network file system): SQLite serialises their transactions and the version checks
+    keep every run consistent, so a process that only triggers, calls back or reads is
+    safe beside a worker. Only one process should run workflows (``Workflow.run``) on a
+    file: two would each run steps and timers for the same runs. The change feed is
+    in-process: subscribers see only the writes of their own process.
+
+    Args:
+        path: the database file; its directory must exist and be writable (WAL keeps
+            ``-wal`` and ``-shm`` files beside it).
+        synchronous: ``"NORMAL"`` (default: durable against process crashes, may lose the
+            last transactions on power loss) or ``"FULL"`` (fsync on every commit).
+        lock_timeout: seconds a write waits for another process's write lock.
+
+    Raises:
+        InvalidArgument: ``synchronous`` or ``lock_timeout`` is not valid.
+        SchemaVersionError: the file was written by a newer actorflow.
+        StoreError: the file cannot be opened or written (missing directory, read-only,
+            not a database); the message names the path and what to do.
+    """
+
+    shared = True
+    """Other processes may write to the same file (see the class docstring)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "NORMAL",
+        lock_timeout: float = 5.0,
+    ) -> None:
+        if not isinstance(synchronous, str) or synchronous.upper() not in _SYNCHRONOUS:
+            raise InvalidArgument(
+                f"synchronous must be one of {', '.join(map(repr, _SYNCHRONOUS))}, "
+                f"not {synchronous!r}"
+            )
+        if (
+            not isinstance(lock_timeout, int | float)
+            or isinstance(lock_timeout, bool)
+            or not lock_timeout >= 0
+        ):
+            raise InvalidArgument(f"lock_timeout must be seconds >= 0, not {lock_timeout!r}")
+        text = os.fspath(path)
+        if not isinstance(text, str) or text in ("", ":memory:") or text.startswith("file:"):
+            raise InvalidArgument(
+                f"SQLiteStore needs the path of a database file, not {text!r} "
+                "(for an in-memory store use MemoryStore)"
+            )
+        self._path = Path(text)
+        self._synchronous: str = synchronous.upper()
+        self._lock_timeout = float(lock_timeout)
+        self._feed = ChangeFeed()
+        self._queue: list[_Write[Any]] = []
+        self._leading = False
+        self._idle: trio.Event | None = None
+        self._closed = False
+        self.stats = SQLiteStats()
+        """Write-path counters."""
+        self._check_path()
+        self._conn: sqlite3.Connection | None = self._open(migrate=True)
+        self._connections = 1
+        """Connections opened so far (a reopened connection counts data_version anew)."""
+
+    @property
+    def feed(self) -> ChangeFeed:
+        return self._feed
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    @property
+    def synchronous(self) -> str:
+        """The ``PRAGMA synchronous`` level in use: ``"NORMAL"`` or ``"FULL"``."""
+        return self._synchronous
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self._path)!r}, synchronous={self._synchronous!r})"
+
+    async def __aenter__(self) -> SQLiteStore:
+        await trio.lowlevel.checkpoint()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- opening -----------------------------------------------------------------------
+
+    def _fail(self, problem: str, advice: str) -> StoreError:
+        return StoreError(f"SQLite store {str(self._path)!r}: {problem}; {advice}")
+
+    def _check_path(self) -> None:
+        """Refuse paths SQLite could not use, with a message better than SQLite's."""
+        directory = self._path.parent
+        if not directory.is_dir():
+            raise self._fail(
+                f"the directory {str(directory)!r} does not exist",
+                "create it first or choose another path",
+            )
+        if self._path.is_dir():
+            raise self._fail("the path is a directory", "give the path of a database file")
+        effective = os.access in os.supports_effective_ids
+        if self._path.exists() and not os.access(
+            self._path, os.R_OK | os.W_OK, effective_ids=effective
+        ):
+            raise self._fail(
+                "the file is not readable and writable by this process",
+                "make it writable (chmod/chown) or choose another path",
+            )
+        if not os.access(directory, os.W_OK | os.X_OK, effective_ids=effective):
+            raise self._fail(
+                f"the directory {str(directory)!r} is not writable by this process (SQLite "
+                "creates its -wal and -shm files beside the database)",
+                "make the directory writable or choose another path",
+            )
+
+    def _open(self, *, migrate: bool) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self._path,
+                timeout=_OPEN_BUSY_TIMEOUT,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise self._error("cannot open the database", exc) from exc
+        try:
+            if migrate:
+                # Refuse other files before anything (even the journal mode) changes them.
+                _sqlite_schema.inspect(conn, repr(str(self._path)))
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            if mode is None or str(mode[0]).lower() != "wal":
+                raise self._fail(
+                    f"SQLite refused WAL mode (journal mode is {mode!r})",
+                    "use a file on a local disk",
+                )
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            if migrate:
+                # Blocking (with the busy timeout) is fine here: this is not async code.
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    _sqlite_schema.migrate(conn, repr(str(self._path)))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            # From here on nobody blocks the trio thread: a locked database is retried
+            # with trio.sleep backoff instead.
+            conn.execute("PRAGMA busy_timeout = 0")
+        except ActorflowError:
+            conn.close()
+            raise
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self._error("cannot open the database", exc) from exc
+        return conn
+
+    def _connection(self, *, closing_ok: bool = False) -> sqlite3.Connection:
+        """The open connection (reopened after a failure); ``closing_ok`` for aclose's wait."""
+        if self._closed and not closing_ok:
+            raise self._fail("the store is closed", "open a new SQLiteStore")
+        if self._conn is None:
+            self._conn = self._open(migrate=False)
+            self._connections += 1
+        return self._conn
+
+    def _error(self, what: str, exc: sqlite3.Error) -> StoreError:
+        return self._fail(f"{what}: {exc}", _advice(exc))
+
+    # -- group commit ------------------------------------------------------------------
+
+    async def _submit(
+        self,
+        apply: Callable[[sqlite3.Connection, Any], R],
+        arg: Any,
+        publish: RawRecord | None = None,
+    ) -> R:
+        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: nothing written
+        self._connection()  # raises when closed
+        write = _Write(apply, arg, publish, self._queue)
+        self._queue.append(write)
+        if self._leading:
+            write.task = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(write)
+            return write.result()  # a cancellation during its batch: at the next checkpoint
+        self._leading = True
+        self._idle = trio.Event()
+        try:
+            # Let every task that is runnable now add its write to this batch.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            # The batch must finish even if the leader is cancelled: other writers wait on it.
+            with trio.CancelScope(shield=True):
+                await self._drain()
+        finally:
+            self._leading = False
+            self._idle.set()
+            # Only reachable after an unexpected BaseException (KeyboardInterrupt, a bug):
+            # nobody leads the writes still queued, so fail them rather than hang them.
+            for orphan in self._queue:
+                orphan.resolve(None, self._fail("the write leader failed", "retry the write"))
+            self._queue.clear()
+        # Stored or refused, the caller learns which; a cancellation that came meanwhile
+        # reaches it at its next checkpoint (as with trio.to_thread.run_sync).
+        return write.result()
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch = self._queue[:_MAX_BATCH]
+            del self._queue[:_MAX_BATCH]
+            for write in batch:
+                write.state = _State.IN_FLIGHT
+            try:
+                await self._execute(batch)
+            finally:
+                for write in batch:
+                    if write.state is not _State.DONE:
+                        write.resolve(None, self._fail("the write was interrupted", "retry it"))
+
+    async def _execute(self, batch: list[_Write[Any]]) -> None:
+        deadline = trio.current_time() + self._lock_timeout
+        delay = _FIRST_BACKOFF
+        while True:
+            try:
+                outcomes = self._attempt(batch)
+            except StoreError as exc:  # the connection could not be reopened
+                self.stats.failed_transactions += 1
+                self.stats.writes += len(batch)
+                for write in batch:
+                    write.resolve(None, StoreError(*exc.args))
+                return
+            except sqlite3.Error as exc:
+                now = trio.current_time()
+                if _is_busy(exc) and now < deadline:
+                    self.stats.lock_retries += 1
+                    await trio.sleep(min(delay, deadline - now))
+                    delay = min(delay * 2, _MAX_BACKOFF)
+                    continue
+                self.stats.failed_transactions += 1
+                self.stats.writes += len(batch)
+                if _is_busy(exc):
+                    what = (
+                        f"the database stayed locked by another connection for "
+                        f"{self._lock_timeout:g} s; nothing of this write was stored"
+                    )
+                else:
+                    what = "the write transaction failed and was rolled back"
+                for write in batch:
+                    failure = self._error(what, exc)
+                    failure.__cause__ = exc
+                    write.resolve(None, failure)
+                return
+            self.stats.transactions += 1
+            self.stats.writes += len(batch)
+            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+            # Commit order is event order: publish every stored record first, then answer.
+            for write, (_, error) in zip(batch, outcomes, strict=True):
+                if error is None and write.publish is not None:
+                    self._feed.publish(write.publish)
+            for write, (value, error) in zip(batch, outcomes, strict=True):
+                write.resolve(value, error)
+            return
+
+    def _attempt(self, batch: list[_Write[Any]]) -> list[tuple[Any, BaseException | None]]:
+        """Run the batch in one transaction; each write succeeds or fails on its own.
+
+        Every ``apply`` raises its ActorflowErrors (conflicts, refusals) before it writes
+        anything, so the fast path needs no savepoints. Any other error inside one write
+        may leave part of it behind: then the transaction is rolled back and the batch
+        run again with a savepoint around each write.
+
+        Raises sqlite3.Error (after rolling back) when the transaction as a whole failed.
+        """
+        try:
+            return self._attempt_once(batch, savepoints=False)
+        except _NeedsSavepoints:
+            return self._attempt_once(batch, savepoints=True)
+
+    def _attempt_once(
+        self, batch: list[_Write[Any]], *, savepoints: bool
+    ) -> list[tuple[Any, BaseException | None]]:
+        conn = self._connection(closing_ok=True)  # aclose waits for this batch
+        conn.execute("BEGIN IMMEDIATE")
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
+            for write in batch:
+                if savepoints:
+                    conn.execute("SAVEPOINT write")
+                try:
+                    value = write.apply(conn, write.arg)
+                except Exception as exc:
+                    if _fails_transaction(exc):
+                        raise
+                    if savepoints:
+                        conn.execute("ROLLBACK TO write")
+                        conn.execute("RELEASE write")
+                    elif not isinstance(exc, ActorflowError):
+                        raise _NeedsSavepoints from exc
+                    outcomes.append((None, exc))
+                else:
+                    if savepoints:
+                        conn.execute("RELEASE write")
+                    outcomes.append((value, None))
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback(conn)
+            raise
+        return outcomes
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        if conn.in_transaction:
+            # The connection is unusable; a fresh one is opened for the next operation.
+            conn.close()
+            self._conn = None
+
+    # -- writes ------------------------------------------------------------------------
+
+    async def create_run(self, record: RawRecord, timers: Sequence[Timer] = ()) -> RawRecord:
+        params = _record_params(record)
+        timer_rows = _timer_rows(record, timers)
+        return await self._submit(_apply_create, (record, params, timer_rows), record)
+
+    def commit(
+        self,
+        record: RawRecord,
+        *,
+        timers: Sequence[Timer] | None = None,
+        scrub_history: bool = False,
+    ) -> Coroutine[Any, Any, RawRecord]:
+        # A plain function that hands back the group-commit coroutine: one coroutine frame
+        # less for each of the thousands of writes in flight (await it like any ``async def``).
+        timer_rows = None if timers is None else _timer_rows(record, timers)
+        if timer_rows is None and not scrub_history:
+            return self._submit(_apply_version, record, record)  # no tuple to keep waiting
+        return self._submit(_apply_commit, (record, timer_rows, scrub_history), record)
+
+    async def set_cursor(self, name: str, value: str) -> None:
+        def apply(conn: sqlite3.Connection, _: object) -> None:
+            conn.execute(
+                "INSERT INTO cursors (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+
+        await self._submit(apply, None)
+
+    async def claim_schedule(self, key: str, fire_at: datetime) -> bool:
+        stamp = _to_text(fire_at)
+
+        def apply(conn: sqlite3.Connection, _: object) -> bool:
+            cursor = conn.execute(
+                "INSERT INTO schedules (key, fire_at) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET fire_at = excluded.fire_at "
+                "WHERE excluded.fire_at > schedules.fire_at",
+                (key, stamp),
+            )
+            return cursor.rowcount == 1
+
+        return await self._submit(apply, None)
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def _read(self, what: str, query: Callable[[sqlite3.Connection], R]) -> R:
+        await trio.lowlevel.checkpoint()
+        deadline = trio.current_time() + self._lock_timeout
+        delay = _FIRST_BACKOFF
+        while True:
+            conn = self._connection()
+            try:
+                return query(conn)
+            except sqlite3.Error as exc:
+                now = trio.current_time()
+                if not _is_busy(exc) or now >= deadline:
+                    raise self._error(f"{what} failed", exc) from exc
+            await trio.sleep(min(delay, deadline - now))
+            delay = min(delay * 2, _MAX_BACKOFF)
+
+    async def lookup(self, workflow_name: str, run_id: str) -> RawRecord:
+        def query(conn: sqlite3.Connection) -> RawRecord:
+            row = conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM runs WHERE run_id = ? AND workflow_name = ?",
+                (run_id, workflow_name),
+            ).fetchone()
+            if row is None:
+                raise no_run(workflow_name, run_id)
+            return _decode_record(row)
+
+        return await self._read("lookup", query)
+
+    async def latest(self, workflow_name: str, foreign_id: str) -> RawRecord:
+        def query(conn: sqlite3.Connection) -> RawRecord:
+            row = conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM runs WHERE workflow_name = ? AND foreign_id = ? "
+                "ORDER BY seq DESC LIMIT 1",
+                (workflow_name, foreign_id),
+            ).fetchone()
+            if row is None:
+                raise no_foreign_run(workflow_name, foreign_id)
+            return _decode_record(row)
+
+        return await self._read("latest", query)
+
+    async def list_runs(
+        self,
+        workflow_name: str,
+        *,
+        foreign_id: str | None = None,
+        status: int | Sequence[int] | None = None,
+        run_state: RunState | Sequence[RunState] | None = None,
+        limit: int = 25,
+        after: str | None = None,
+        descending: bool = False,
+    ) -> list[RawRecord]:
+        flt = RunFilter.make(foreign_id=foreign_id, status=status, run_state=run_state, limit=limit)
+        where = ["workflow_name = ?"]
+        args: list[Any] = [workflow_name]
+        if flt.foreign_id is not None:
+            where.append("foreign_id = ?")
+            args.append(flt.foreign_id)
+        for column, values in (("status", flt.statuses), ("run_state", flt.run_states)):
+            if values is not None:
+                where.append(f"{column} IN ({', '.join('?' * len(values))})")
+                args.extend(sorted(int(v) for v in values))
+
+        def query(conn: sqlite3.Connection) -> list[RawRecord]:
+            conditions, values = list(where), list(args)
+            if after is not None:
+                row = conn.execute(
+                    "SELECT seq FROM runs WHERE run_id = ? AND workflow_name = ?",
+                    (after, workflow_name),
+                ).fetchone()
+                if row is None:
+                    raise no_run(workflow_name, after, "after=")
+                conditions.append("seq < ?" if descending else "seq > ?")
+                values.append(row[0])
+            order = "DESC" if descending else "ASC"
+            rows = conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM runs WHERE {' AND '.join(conditions)} "
+                f"ORDER BY seq {order} LIMIT ?",
+                (*values, flt.limit),
+            ).fetchall()
+            return [_decode_record(row) for row in rows]
+
+        return await self._read("list_runs", query)
+
+    async def history(self, workflow_name: str, run_id: str) -> list[RawRecord]:
+        def query(conn: sqlite3.Connection) -> list[RawRecord]:
+            rows = conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM history WHERE run_id = ? AND workflow_name = ? "
+                "ORDER BY version",
+                (run_id, workflow_name),
+            ).fetchall()
+            if not rows:
+                raise no_run(workflow_name, run_id)
+            return [_decode_record(row) for row in rows]
+
+        return await self._read("history", query)
+
+    async def list_timers(self, workflow_name: str, run_id: str | None = None) -> list[Timer]:
+        def query(conn: sqlite3.Connection) -> list[Timer]:
+            sql = "SELECT workflow_name, run_id, status, kind, fire_at FROM timers "
+            if run_id is None:
+                rows = conn.execute(
+                    sql + "WHERE workflow_name = ? ORDER BY fire_at, id", (workflow_name,)
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    sql + "WHERE run_id = ? AND workflow_name = ? ORDER BY fire_at, id",
+                    (run_id, workflow_name),
+                ).fetchall()
+            return [Timer(w, r, s, k, _from_text(f)) for w, r, s, k, f in rows]
+
+        return await self._read("list_timers", query)
+
+    async def read_events(
+        self, after: int, limit: int = 100, workflow_name: str | None = None
+    ) -> list[Event]:
+        sql = (
+            "SELECT id, workflow_name, foreign_id, run_id, status, run_state, version, "
+            "updated_at FROM history WHERE id > ? "
+        )
+        args: tuple[Any, ...] = (after,)
+        if workflow_name is not None:
+            sql += "AND workflow_name = ? "
+            args += (workflow_name,)
+        sql += "ORDER BY id LIMIT ?"
+        args += (limit,)
+
+        def query(conn: sqlite3.Connection) -> list[Event]:
+            return [
+                Event(i, w, f, r, s, RunState(st), v, _from_text(u))
+                for i, w, f, r, s, st, v, u in conn.execute(sql, args)
+            ]
+
+        return await self._read("read_events", query)
+
+    async def data_version(self) -> tuple[int, int]:
+        """A value that changes whenever another connection (another process, or another
+        SQLiteStore on the same file) commits, and never for this store's own writes
+        (``PRAGMA data_version``, with the connection it was read on: after a reconnect
+        the value is new as well).
+
+        The supervisor's event-log tail reads the log only when it changed, instead of
+        reading back every version this store wrote.
+        """
+
+        def query(conn: sqlite3.Connection) -> tuple[int, int]:
+            row = conn.execute("PRAGMA data_version").fetchone()
+            return self._connections, int(row[0])
+
+        return await self._read("data_version", query)
+
+    async def last_event_id(self) -> int:
+        def query(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT max(id) FROM history").fetchone()
+            return 0 if row is None or row[0] is None else int(row[0])
+
+        return await self._read("last_event_id", query)
+
+    async def get_cursor(self, name: str) -> str | None:
+        def query(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT value FROM cursors WHERE name = ?", (name,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._read("get_cursor", query)
+
+    async def last_schedule(self, key: str) -> datetime | None:
+        def query(conn: sqlite3.Connection) -> datetime | None:
+            row = conn.execute("SELECT fire_at FROM schedules WHERE key = ?", (key,)).fetchone()
+            return None if row is None else _from_text(row[0])
+
+        return await self._read("last_schedule", query)
+
+    # -- closing -----------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Finish the batch in flight, then close the database. Idempotent."""
+        self._closed = True
+        if self._leading and self._idle is not None:
+            with trio.CancelScope(shield=True):
+                await self._idle.wait()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        await trio.lowlevel.checkpoint()
+
+
+# -- writes inside the transaction (module functions: no closure per write) -------------
+
+
+def _apply_create(
+    conn: sqlite3.Connection, arg: tuple[RawRecord, _Params, list[_Params]]
+) -> RawRecord:
+    record, params, timer_rows = arg
+    row = conn.execute(
+        "SELECT run_id, run_state FROM runs WHERE workflow_name = ? AND foreign_id = ? "
+        "ORDER BY seq DESC LIMIT 1",
+        (record.workflow_name, record.foreign_id),
+    ).fetchone()
+    if row is not None and row[1] in _UNFINISHED:
+        raise in_progress(record.workflow_name, record.foreign_id, row[0], row[1])
+    try:
+        conn.execute(_INSERT_RUN, params)
+    except sqlite3.IntegrityError:
+        raise InvalidArgument(f"run id {record.run_id} already exists") from None
+    conn.execute(_INSERT_HISTORY, params)
+    if timer_rows:
+        conn.executemany(_INSERT_TIMER, timer_rows)
+    return record
+
+
+def _apply_version(conn: sqlite3.Connection, record: RawRecord) -> RawRecord:
+    """A commit that leaves the run's timers and history as they are."""
+    return _apply_commit(conn, (record, None, False))
+
+
+def _apply_commit(
+    conn: sqlite3.Connection, arg: tuple[RawRecord, list[_Params] | None, bool]
+) -> RawRecord:
+    record, timer_rows, scrub_history = arg
+    # The rows are made here, in the batch, not when the write is queued: objects that
+    # wait in the queue survive garbage collections, these die at once.
+    params = _record_params(record)
+    update = (*params[3:], record.run_id, record.workflow_name, record.foreign_id)
+    if conn.execute(_UPDATE_RUN, (*update, record.version - 1)).rowcount != 1:
+        row = conn.execute(
+            "SELECT version, foreign_id FROM runs WHERE run_id = ? AND workflow_name = ?",
+            (record.run_id, record.workflow_name),
+        ).fetchone()
+        if row is None:
+            raise no_run(record.workflow_name, record.run_id)
+        if row[1] != record.foreign_id:
+            raise InvalidArgument(
+                f"run {record.run_id} belongs to foreign id {row[1]!r}; a commit "
+                f"cannot move it to {record.foreign_id!r}"
+            )
+        raise VersionConflict(
+            f"run {record.run_id} is at version {row[0]}, not {record.version - 1}"
+        )
+    conn.execute(_INSERT_HISTORY, params)
+    if timer_rows is not None:
+        conn.execute("DELETE FROM timers WHERE run_id = ?", (record.run_id,))
+        if timer_rows:
+            conn.executemany(_INSERT_TIMER, timer_rows)
+    if scrub_history:
+        conn.execute(
+            "UPDATE history SET object = ? WHERE run_id = ?",
+            (record.object, record.run_id),
+        )
+    return record
+
+
+# -- encoding --------------------------------------------------------------------------
+
+
+def _to_text(moment: datetime) -> str:
+    if type(moment) is datetime and moment.tzinfo is UTC:
+        # What isoformat(timespec="microseconds") writes, faster.
+        return _UTC_TEXT % (
+            moment.year,
+            moment.month,
+            moment.day,
+            moment.hour,
+            moment.minute,
+            moment.second,
+            moment.microsecond,
+        )
+    offset = moment.utcoffset() if isinstance(moment, datetime) else None
+    if offset is None:
+        raise InvalidArgument(f"datetimes must be timezone-aware (UTC), not {moment!r}")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+_UTC_TEXT: Final = "%04d-%02d-%02dT%02d:%02d:%02d.%06d+00:00"
+_CREATED: dict[datetime, str] = {}
+_CREATED_LIMIT: Final = 65_536
+
+
+def _created_text(moment: datetime) -> str:
+    """``_to_text`` of a run's ``created_at``, which every version of the run repeats."""
+    if moment.tzinfo is not UTC:  # equal instants may differ (fold): no cache
+        return _to_text(moment)
+    text = _CREATED.get(moment)
+    if text is None:
+        if len(_CREATED) >= _CREATED_LIMIT:
+            _CREATED.clear()
+        text = _CREATED[moment] = _to_text(moment)
+    return text
+
+
+def _from_text(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _meta_text(meta: Meta) -> str:
+    return json.dumps(meta.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _meta_from_text(text: str) -> Meta:
+    return Meta.from_dict(json.loads(text))
+
+
+def _record_params(record: RawRecord) -> _Params:
+    return (
+        record.workflow_name,
+        record.foreign_id,
+        record.run_id,
+        int(record.status),
+        int(record.run_state),
+        record.object,
+        record.version,
+        _created_text(record.created_at),
+        _to_text(record.updated_at),
+        _meta_text(record.meta),
+    )
+
+
+def _decode_record(row: Any) -> RawRecord:
+    workflow_name, foreign_id, run_id, status, run_state, obj, version, created, updated, meta = row
+    return RawRecord(
+        workflow_name=workflow_name,
+        foreign_id=foreign_id,
+        run_id=run_id,
+        status=status,
+        run_state=RunState(run_state),
+        object=obj,
+        version=version,
+        created_at=_from_text(created),
+        updated_at=_from_text(updated),
+        meta=_meta_from_text(meta),
+    )
+
+
+def _timer_rows(record: RawRecord, timers: Sequence[Timer]) -> list[_Params]:
+    rows = []
+    for timer in timers:
+        if timer.run_id != record.run_id or timer.workflow_name != record.workflow_name:
+            raise InvalidArgument(
+                f"timer {timer.kind!r} belongs to run {timer.run_id} of workflow "
+                f"{timer.workflow_name!r}, not to run {record.run_id} of workflow "
+                f"{record.workflow_name!r}"
+            )
+        rows.append(
+            (
+                timer.workflow_name,
+                timer.run_id,
+                int(timer.status),
+                timer.kind,
+                _to_text(timer.fire_at),
+            )
+        )
+    return rows
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    return _primary_code(exc) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _fails_transaction(exc: Exception) -> bool:
+    """Whether an error inside one write dooms the whole transaction (I/O, full, locked)."""
+    if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.ProgrammingError):
+        return False
+    return isinstance(exc, sqlite3.DatabaseError)
+
+
+_ADVICE: Final = {
+    sqlite3.SQLITE_BUSY: (
+        "another process holds the write lock; make sure only short transactions run "
+        "against this file, then retry"
+    ),
+    sqlite3.SQLITE_LOCKED: "another connection holds a lock; retry",
+    sqlite3.SQLITE_FULL: (
+        "the disk (or the database's max_page_count) is full; free space and retry"
+    ),
+    sqlite3.SQLITE_IOERR: "the disk reported an I/O error; check the disk and retry",
+    sqlite3.SQLITE_READONLY: (
+        "the file or its directory is read-only for this process; make both writable or "
+        "choose another path"
+    ),
+    sqlite3.SQLITE_CANTOPEN: (
+        "SQLite cannot open the file; check that the path is a file in an existing, "
+        "writable directory"
+    ),
+    sqlite3.SQLITE_NOTADB: (
+        "the file is not a SQLite database; choose another path (actorflow never overwrites it)"
+    ),
+    sqlite3.SQLITE_CORRUPT: "the database file is corrupt; restore it from a backup",
+    sqlite3.SQLITE_PERM: "permission denied; check the file's permissions",
+}
+
+
+def _advice(exc: sqlite3.Error) -> str:
+    code = _primary_code(exc)
+    if code is not None and code in _ADVICE:
+        return _ADVICE[code]
+    return "check the file and retry"

@@ -1,0 +1,630 @@
+"""``Workflow``: a built workflow bound to a store; what users trigger, await and control."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import timedelta
+from typing import Any, Generic, TypeVar, cast, final, overload
+
+import trio
+
+from actorflow._model.clock import Clock
+from actorflow._model.codec import ObjectCodec
+from actorflow._model.definition import Definition
+from actorflow._model.errors import (
+    ActorflowError,
+    InvalidArgument,
+    RunNotFound,
+    StatusNotReached,
+    StoreError,
+    VersionConflict,
+)
+from actorflow._model.options import Options
+from actorflow._model.record import RawRecord, Record, Timer, new_run_id
+from actorflow._model.run import Run
+from actorflow._model.run_state import RunState
+from actorflow._runtime.actor import Op, Stopped
+from actorflow._runtime.engine import NO_TIMERS, Engine
+from actorflow._runtime.ports import Ownership, Service
+from actorflow._runtime.supervisor import Supervisor
+from actorflow._services.context import ServiceContext
+from actorflow.stores import Store
+from actorflow.stores.feed import Subscription
+from actorflow.streaming._source import check_reachable
+
+T = TypeVar("T")
+S = TypeVar("S", bound=enum.IntEnum)
+
+INLINE_ATTEMPTS = 5
+MAX_FOREIGN_ID = 512
+
+
+@final
+class Workflow(Generic[T, S]):
+    """A workflow definition bound to a store. Built by :meth:`Builder.build`."""
+
+    def __init__(
+        self,
+        definition: Definition,
+        store: Store,
+        *,
+        codec: ObjectCodec[T],
+        clock: Clock,
+        default_options: Options,
+        resume_paused_after: timedelta | None,
+        scrub: Callable[[T], T] | None,
+        grace_period: timedelta,
+        poll_interval: timedelta,
+        max_active_runs: int,
+        streamer: Any,
+        shards: int = 16,
+        lease: timedelta = timedelta(seconds=10),
+    ) -> None:
+        self._definition = definition
+        self._store = store
+        self._codec = codec
+        self._clock = clock
+        self._engine: Engine[T, S] = Engine(
+            definition, store, codec, clock, resume_paused_after, scrub, default_options
+        )
+        self._grace_period = grace_period
+        self._poll_interval = poll_interval
+        self._max_active_runs = max_active_runs
+        self._streamer = streamer
+        self._shards = shards
+        self._lease = lease
+        self._supervisor: Supervisor[T, S] | None = None
+
+    # -- description -------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The workflow's name."""
+        return self._definition.name
+
+    @property
+    def store(self) -> Store:
+        """The store this workflow keeps its runs in."""
+        return self._store
+
+    @property
+    def clock(self) -> Clock:
+        """The wall clock the workflow uses for timers and timestamps."""
+        return self._clock
+
+    @property
+    def definition(self) -> Definition:
+        """The validated graph."""
+        return self._definition
+
+    @property
+    def object_type(self) -> type[T]:
+        return cast(type[T], self._codec.object_type)
+
+    @property
+    def status_type(self) -> type[S]:
+        return self._definition.status_type  # type: ignore[return-value]
+
+    @property
+    def streamer(self) -> Any:
+        return self._streamer
+
+    @property
+    def running(self) -> bool:
+        """True while ``run`` serves this workflow in this process."""
+        return self._supervisor is not None and not self._supervisor.stopping
+
+    def graph(self) -> str:
+        """The workflow as a Mermaid ``stateDiagram-v2`` text."""
+        return self._definition.mermaid()
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.name!r} on {self._store!r}>"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the workflow until cancelled or :meth:`stop`; use with ``nursery.start``.
+
+        Recovers unfinished runs and pending timers, then reports started.
+        """
+        if self._supervisor is not None:
+            raise ActorflowError(f"workflow {self.name!r} is already running in this process")
+        # A streamer or source that cannot be reached fails the start, after a bounded wait.
+        await check_reachable([self._streamer, *(c.source for c in self._definition.connectors)])
+        supervisor = Supervisor(
+            self._engine,
+            grace_period=self._grace_period,
+            poll_interval=self._poll_interval,
+            max_active_runs=self._max_active_runs,
+            services=self._services(),
+            ownership=self._ownership(),
+        )
+        self._supervisor = supervisor
+        # Other Workflow objects of this workflow on the same store instance (in this
+        # process) hand their triggers, callbacks and controls to this supervisor.
+        running = self._store.feed.supervisors
+        registered = running.setdefault(self.name, supervisor) is supervisor
+        try:
+            await supervisor.serve(task_status=task_status)
+        finally:
+            self._supervisor = None
+            if registered:
+                del running[self.name]
+
+    def _local_supervisor(self) -> Supervisor[T, S] | None:
+        """The supervisor serving this workflow in this process: ours, or one running for
+        another Workflow object of the same name on the same store instance."""
+        supervisor = self._supervisor
+        if supervisor is None:
+            other: Supervisor[T, S] | None = self._store.feed.supervisors.get(self.name)
+            supervisor = other
+        if supervisor is None or supervisor.stopping:
+            return None
+        return supervisor
+
+    def stop(self) -> None:
+        """Graceful stop: take no new work, let steps in flight finish (up to the grace
+        period), then make :meth:`run` return. Does nothing when not running."""
+        if self._supervisor is not None:
+            self._supervisor.stop()
+
+    def _ownership(self) -> Ownership | None:
+        make = getattr(self._store, "shard_ownership", None)
+        if make is None:
+            return None
+        ownership: Ownership = make(self.name, shards=self._shards, lease=self._lease)
+        return ownership
+
+    def _services(self) -> list[Service]:
+        services: list[Service] = []
+        if self._definition.hooks:
+            from actorflow._services.hooks import run_hooks
+
+            services.append(lambda: run_hooks(self._engine, self._poll_interval))
+        if self._definition.connectors:
+            from actorflow._services.connectors import run_connectors
+
+            services.append(lambda: run_connectors(self._service_context()))
+        if self._streamer is not None:
+            from actorflow._services.relay import run_relay
+
+            services.append(lambda: run_relay(self._service_context(), self._streamer))
+        return services
+
+    def _service_context(self) -> ServiceContext:
+        return ServiceContext(
+            name=self.name,
+            store=self._store,
+            clock=self._clock,
+            definition=self._definition,
+            default_options=self._engine.default_options,
+            poll_interval=self._poll_interval,
+            handle=self,
+            check_trigger_args=self.check_trigger_args,
+        )
+
+    # -- argument checks -------------------------------------------------------------------------
+
+    def _status_arg(self, status: object, what: str = "status") -> S:
+        enum_type = self._definition.status_type
+        if isinstance(status, enum.Enum) and not isinstance(status, enum_type):
+            raise InvalidArgument(
+                f"workflow {self.name!r}: {what} {status!r} is not a {enum_type.__name__}"
+            )
+        if isinstance(status, bool) or not isinstance(status, int):
+            raise InvalidArgument(
+                f"workflow {self.name!r}: {what} must be a {enum_type.__name__}, not {status!r}"
+            )
+        try:
+            return enum_type(status)  # type: ignore[return-value]
+        except ValueError:
+            raise InvalidArgument(
+                f"workflow {self.name!r}: {what} {status!r} is not a member of {enum_type.__name__}"
+            ) from None
+
+    def _foreign_id_arg(self, foreign_id: object) -> str:
+        if not isinstance(foreign_id, str) or not foreign_id or len(foreign_id) > MAX_FOREIGN_ID:
+            raise InvalidArgument(
+                f"workflow {self.name!r}: foreign_id must be a non-empty string of at most "
+                f"{MAX_FOREIGN_ID} characters, not {foreign_id!r}"
+            )
+        return foreign_id
+
+    def _run_id_arg(self, run_id: object) -> str:
+        if not isinstance(run_id, str) or not run_id:
+            raise InvalidArgument(f"workflow {self.name!r}: run_id must be a non-empty string")
+        return run_id
+
+    # -- triggering ------------------------------------------------------------------------------
+
+    def check_trigger_args(self, foreign_id: object, start: object, initial: object) -> None:
+        """Raise InvalidArgument now for arguments ``trigger`` would refuse later."""
+        self._foreign_id_arg(foreign_id)
+        if start is not None:
+            status = self._status_arg(start, "start")
+            if self._definition.is_terminal(status):
+                raise InvalidArgument(
+                    f"workflow {self.name!r}: cannot start at {status.name}: it has no step, "
+                    "callback or timeout"
+                )
+        if initial is not None:
+            self._codec.encode(self._codec.check(initial, "initial"), " (initial object)")
+
+    @property
+    def default_options(self) -> Options:
+        """The options every step, timeout and connector starts from."""
+        return self._engine.default_options
+
+    async def trigger(
+        self, foreign_id: str, start: S | None = None, *, initial: T | None = None
+    ) -> str:
+        """Start a new run for ``foreign_id``; returns its run id.
+
+        Raises:
+            WorkflowInProgress: the latest run of ``foreign_id`` is not finished.
+            InvalidArgument: a status outside the enum, or ``initial`` of the wrong type.
+        """
+        foreign_id = self._foreign_id_arg(foreign_id)
+        definition = self._definition
+        status = definition.start if start is None else self._status_arg(start, "start")
+        if definition.is_terminal(status):
+            raise InvalidArgument(
+                f"workflow {self.name!r}: cannot start at {status.name}: it has no step, callback "
+                "or timeout (a run there would be complete at once)"
+            )
+        obj = self._codec.default() if initial is None else self._codec.check(initial, "initial")
+        encoded = self._codec.encode(obj, " (initial object)")
+        now = self._clock.now()
+        raw = RawRecord(
+            workflow_name=self.name,
+            foreign_id=foreign_id,
+            run_id=new_run_id(),
+            status=int(status),
+            run_state=RunState.INITIATED,
+            object=encoded,
+            version=1,
+            created_at=now,
+            updated_at=now,
+            meta=self._engine.first_meta(status),
+        )
+        timers = NO_TIMERS
+        if status in definition.timeouts:
+            try:
+                run: Run[T, S] = Run(raw, cast(S, status), obj, self._codec)
+                timers = self._engine.timers_for(run, status, now)
+            except ActorflowError as exc:
+                raise InvalidArgument(str(exc)) from None
+        stored = await self._store.create_run(raw, timers)
+        supervisor = self._local_supervisor()
+        if supervisor is not None:
+            if timers:
+                supervisor.schedule(timers)
+            if status in definition.steps:
+                supervisor.wake(raw.run_id, stored, timers)
+        return raw.run_id
+
+    async def schedule_trigger(
+        self,
+        foreign_id: str,
+        spec: str,
+        start: S | None = None,
+        *,
+        initial: T | None = None,
+        filter: Callable[..., Any] | None = None,
+    ) -> None:
+        """Trigger at every cron time of ``spec`` until cancelled (see docs/schedules.md)."""
+        from actorflow._services.schedule import schedule_trigger
+
+        await schedule_trigger(
+            self._service_context(), foreign_id, spec, start, initial=initial, filter=filter
+        )
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def lookup(self, run_id: str) -> Record[T, S]:
+        """The latest version of a run. Raises RunNotFound."""
+        return self._engine.typed(await self._store.lookup(self.name, self._run_id_arg(run_id)))
+
+    async def latest(self, foreign_id: str) -> Record[T, S]:
+        """The latest version of the newest run of ``foreign_id``. Raises RunNotFound."""
+        raw = await self._store.latest(self.name, self._foreign_id_arg(foreign_id))
+        return self._engine.typed(raw)
+
+    async def list_runs(
+        self,
+        *,
+        foreign_id: str | None = None,
+        status: S | Sequence[S] | None = None,
+        run_state: RunState | Sequence[RunState] | None = None,
+        limit: int = 25,
+        after: str | None = None,
+        descending: bool = False,
+    ) -> list[Record[T, S]]:
+        """The latest version of each matching run, in creation order (keyset pages)."""
+        statuses: int | list[int] | None = None
+        if status is not None:
+            if isinstance(status, int):
+                statuses = int(self._status_arg(status))
+            else:
+                statuses = [int(self._status_arg(s)) for s in status]
+        found = await self._store.list_runs(
+            self.name,
+            foreign_id=foreign_id,
+            status=statuses,
+            run_state=run_state,
+            limit=limit,
+            after=after,
+            descending=descending,
+        )
+        return [self._engine.typed(raw) for raw in found]
+
+    async def history(self, run_id: str) -> list[Record[T, S]]:
+        """Every stored version of a run, oldest first. Raises RunNotFound."""
+        found = await self._store.history(self.name, self._run_id_arg(run_id))
+        return [self._engine.typed(raw) for raw in found]
+
+    async def await_status(
+        self,
+        foreign_id: str,
+        run_id: str,
+        status: S,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (the API's name)
+    ) -> Record[T, S]:
+        """Wait until the run has been at ``status``; return it as it was when it got there.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+            RunNotFound: no such run for that foreign id.
+            StatusNotReached: the run finished without reaching ``status``.
+        """
+        wanted = int(self._status_arg(status))
+        foreign_id = self._foreign_id_arg(foreign_id)
+        run_id = self._run_id_arg(run_id)
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0
+        ):
+            raise InvalidArgument(
+                f"workflow {self.name!r}: timeout must be a number of seconds >= 0 or None, "
+                f"not {timeout!r}"
+            )
+        if timeout is None:
+            return await self._await_status(foreign_id, run_id, wanted)
+        try:
+            with trio.fail_after(timeout):
+                return await self._await_status(foreign_id, run_id, wanted)
+        except trio.TooSlowError:
+            raise TimeoutError(
+                f"workflow {self.name!r} run {run_id} did not reach "
+                f"{self._definition.status(wanted)!r} within {timeout} s"
+            ) from None
+
+    async def _await_status(self, foreign_id: str, run_id: str, wanted: int) -> Record[T, S]:
+        poll = self._poll_interval.total_seconds() if self._store.shared else math_inf
+        while True:
+            with self._store.feed.subscribe(run_id=run_id) as sub:
+                found = await self._await_in(sub, foreign_id, run_id, wanted, poll)
+            if found is not None:
+                return found
+            # The subscription lagged: subscribe afresh and read the history again.
+
+    async def _await_in(
+        self, sub: Subscription, foreign_id: str, run_id: str, wanted: int, poll: float
+    ) -> Record[T, S] | None:
+        while True:
+            history = await self._store.history(self.name, run_id)
+            if history[0].foreign_id != foreign_id:
+                raise RunNotFound(
+                    f"workflow {self.name!r}: run {run_id} belongs to foreign id "
+                    f"{history[0].foreign_id!r}, not {foreign_id!r}"
+                )
+            for raw in history:
+                if raw.status == wanted:
+                    return self._engine.typed(raw)
+            self._check_reachable(history[-1], wanted)
+            if sub.lagged:
+                return None
+            found = await _next_matching(sub, wanted, poll)
+            if found is not None:
+                return self._engine.typed(found)
+
+    def _check_reachable(self, raw: RawRecord, wanted: int) -> None:
+        if raw.run_state.finished:
+            raise StatusNotReached(
+                f"workflow {self.name!r} run {raw.run_id} is {raw.run_state.name} at "
+                f"{raw.meta.status_description} and never reached "
+                f"{self._definition.status(wanted)!r}"
+            )
+
+    @asynccontextmanager
+    async def subscribe(
+        self, *, foreign_id: str | None = None, run_id: str | None = None, buffer: int = 1024
+    ) -> AsyncIterator[AsyncIterator[Record[T, S]]]:
+        """Live stream of every stored change of this workflow's runs that matches.
+
+        The iterator raises :class:`Lagged` if more than ``buffer`` changes wait unread.
+        """
+        if foreign_id is not None:
+            foreign_id = self._foreign_id_arg(foreign_id)
+        if run_id is not None:
+            run_id = self._run_id_arg(run_id)
+        with self._store.feed.subscribe(
+            workflow_name=self.name, foreign_id=foreign_id, run_id=run_id, buffer=buffer
+        ) as sub:
+            yield self._typed_stream(sub, foreign_id)
+        await trio.lowlevel.checkpoint()
+
+    async def _typed_stream(
+        self, sub: Subscription, foreign_id: str | None
+    ) -> AsyncIterator[Record[T, S]]:
+        async for raw in sub:
+            if raw.workflow_name == self.name and foreign_id in (None, raw.foreign_id):
+                yield self._engine.typed(raw)
+
+    # -- changing runs ---------------------------------------------------------------------------
+
+    async def _perform(self, run_id: str, op: Op) -> Any:
+        supervisor = self._local_supervisor()
+        if supervisor is not None and supervisor.owns(run_id):
+            try:
+                return await supervisor.ask(run_id, op)
+            except Stopped:
+                pass
+        # Not ours to run (no worker here, or another process owns its shard): apply it
+        # directly; the store's version check serialises it with the owner's transitions.
+        for _ in range(INLINE_ATTEMPTS):
+            raw = await self._store.lookup(self.name, run_id)
+            try:
+                _, _, value = await op(raw)
+            except VersionConflict:
+                continue
+            return value
+        raise StoreError(f"workflow {self.name!r} run {run_id} kept changing; try again")
+
+    async def callback(self, foreign_id: str, status: S, payload: bytes) -> Record[T, S] | None:
+        """Hand ``payload`` to the callback of the latest run of ``foreign_id`` at ``status``.
+
+        Returns the record after the callback's transition is durably stored, or None when
+        the run is not at ``status`` (or not running, or the callback skipped).
+
+        Raises:
+            RunNotFound: no run for ``foreign_id``.
+            CallbackError: the callback raised or returned an invalid result (counted like a
+                step error; the run may be paused by it).
+        """
+        foreign_id = self._foreign_id_arg(foreign_id)
+        wanted = self._status_arg(status)
+        if wanted not in self._definition.callbacks:
+            raise InvalidArgument(
+                f"workflow {self.name!r} has no callback at {wanted.name}; "
+                "add one with builder.add_callback"
+            )
+        if isinstance(payload, bytearray | memoryview):
+            payload = bytes(payload)
+        if not isinstance(payload, bytes):
+            raise InvalidArgument(
+                f"workflow {self.name!r}: callback payload must be bytes, "
+                f"not {type(payload).__name__}"
+            )
+        latest = await self._store.latest(self.name, foreign_id)
+        if latest.status != int(wanted) or not latest.run_state.active:
+            return None
+        engine = self._engine
+
+        async def op(raw: RawRecord) -> tuple[RawRecord | None, list[Timer] | None, Any]:
+            if raw.status != int(wanted) or not raw.run_state.active:
+                return None, None, None
+            new, timers = await engine.callback(raw, int(wanted), payload)
+            return new, timers, (engine.typed(new) if new is not None else None)
+
+        result: Record[T, S] | None = await self._perform(latest.run_id, op)
+        return result
+
+    async def _control(self, run_id: str, action: str, reason: str) -> Record[T, S]:
+        run_id = self._run_id_arg(run_id)
+        if not isinstance(reason, str):
+            raise InvalidArgument(f"workflow {self.name!r}: reason must be a string")
+        await self._store.lookup(self.name, run_id)  # RunNotFound before anything else
+        engine = self._engine
+        methods: dict[str, Callable[[RawRecord, str], Awaitable[tuple[RawRecord, list[Timer]]]]] = {
+            "pause": engine.pause,
+            "resume": engine.resume,
+            "cancel": engine.cancel,
+            "delete_data": engine.delete_data,
+        }
+        method = methods[action]
+
+        async def op(raw: RawRecord) -> tuple[RawRecord | None, list[Timer] | None, Any]:
+            new, timers = await method(raw, reason)
+            return new, timers, engine.typed(new)
+
+        record: Record[T, S] = await self._perform(run_id, op)
+        supervisor = self._local_supervisor()
+        if action == "resume" and supervisor is not None:
+            supervisor.wake(run_id)
+        return record
+
+    async def pause(self, run_id: str, reason: str = "paused") -> Record[T, S]:
+        """Pause a run. Raises InvalidTransition unless it is INITIATED or RUNNING."""
+        return await self._control(run_id, "pause", reason)
+
+    async def resume(self, run_id: str, reason: str = "resumed") -> Record[T, S]:
+        """Resume a paused run. Raises InvalidTransition unless it is PAUSED."""
+        return await self._control(run_id, "resume", reason)
+
+    async def cancel(self, run_id: str, reason: str = "cancelled") -> Record[T, S]:
+        """Cancel a run. Raises InvalidTransition for a finished run."""
+        return await self._control(run_id, "cancel", reason)
+
+    async def delete_data(self, run_id: str, reason: str = "data deleted") -> Record[T, S]:
+        """Scrub a COMPLETED or CANCELLED run's object, history included; ends DATA_DELETED."""
+        return await self._control(run_id, "delete_data", reason)
+
+
+math_inf = float("inf")
+
+
+async def _next_matching(sub: Subscription, wanted: int, poll: float) -> RawRecord | None:
+    """The next published version at ``wanted``; None to re-read the history (poll or lag)."""
+    with trio.move_on_after(poll):
+        while True:
+            try:
+                raw = await sub.receive()
+            except ActorflowError:  # lagged: re-read the history
+                return None
+            if raw.status == wanted:
+                return raw
+            if raw.run_state.finished:
+                return None
+    return None
+
+
+@overload
+def open_workflow(workflow: Workflow[T, S], /) -> _OpenWorkflows[Workflow[T, S]]: ...
+@overload
+def open_workflow(
+    *workflows: Workflow[Any, Any],
+) -> _OpenWorkflows[tuple[Workflow[Any, Any], ...]]: ...
+
+
+def open_workflow(*workflows: Workflow[Any, Any]) -> _OpenWorkflows[Any]:
+    """``async with af.open_workflow(wf, ...) as wf:`` runs them, stops them on exit."""
+    if not workflows:
+        raise InvalidArgument("open_workflow needs at least one workflow")
+    value: Any = workflows[0] if len(workflows) == 1 else workflows
+    return _OpenWorkflows(workflows, value)
+
+
+W = TypeVar("W")
+
+
+@final
+class _OpenWorkflows(Generic[W]):
+    def __init__(self, workflows: tuple[Workflow[Any, Any], ...], value: W) -> None:
+        self._workflows = workflows
+        self._value = value
+        self._cm: AbstractAsyncContextManager[None] | None = None
+
+    async def __aenter__(self) -> W:
+        self._cm = self._serve()
+        await self._cm.__aenter__()
+        return self._value
+
+    async def __aexit__(self, *exc: object) -> bool | None:
+        assert self._cm is not None
+        result: bool | None = await self._cm.__aexit__(*exc)  # type: ignore[arg-type]
+        return result
+
+    @asynccontextmanager
+    async def _serve(self) -> AsyncIterator[None]:
+        async with trio.open_nursery() as nursery:
+            for workflow in self._workflows:
+                await nursery.start(workflow.run)
+            try:
+                yield
+            finally:
+                for workflow in self._workflows:
+                    workflow.stop()

@@ -1,0 +1,1 @@
+"""Tests of the runtime (actorflow._runtime): timers, callbacks, crashes, robustness."""

@@ -1,0 +1,1 @@
+"""Tests of the services (actorflow._services): schedules, connectors, relay, hooks."""

@@ -1,0 +1,102 @@
+"""schedule_trigger: cron times in virtual time, skipping, filters, restarts."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timedelta
+
+import attrs
+import pytest
+import trio
+from trio.testing import MockClock
+
+import actorflow as af
+from tests.conftest import START, StoreMaker
+from tests.workflows import Three, three_steps
+
+
+class Wait(enum.IntEnum):
+    WAITING = 1
+    DONE = 2
+
+
+@attrs.define
+class Nothing:
+    pass
+
+
+def waiting(store: af.Store, clock: af.Clock) -> af.Workflow[Nothing, Wait]:
+    builder = af.Builder("waiting", Nothing, Wait)
+
+    async def done(run: af.Run[Nothing, Wait], payload: bytes) -> Wait:
+        return Wait.DONE
+
+    builder.add_callback(Wait.WAITING, done, to=Wait.DONE)
+    return builder.build(store, clock=clock)
+
+
+def hours(records: list[af.Record[object, Wait]] | list[af.Record[object, Three]]) -> list[float]:
+    return [(r.created_at - START) / timedelta(hours=1) for r in records]
+
+
+async def test_fires_at_each_cron_time(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    workflow = three_steps(make_store(), clock)
+    async with af.open_workflow(workflow), trio.open_nursery() as nursery:
+        nursery.start_soon(workflow.schedule_trigger, "report", "@hourly")
+        await trio.sleep(3.5 * 3600)
+        nursery.cancel_scope.cancel()
+    runs = await workflow.list_runs()
+    assert hours(runs) == [1, 2, 3]
+    assert all(r.status is Three.D for r in runs)
+
+
+async def test_skips_while_unfinished_and_when_filtered(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    workflow = waiting(make_store(), clock)
+    asked: list[datetime] = []
+
+    def not_at_two(when: datetime) -> bool:
+        asked.append(when)
+        return when.hour != 12
+
+    async with af.open_workflow(workflow), trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: workflow.schedule_trigger("daily", "0 * * * *", filter=not_at_two)
+        )
+        await trio.sleep(1.5 * 3600)  # 10:00 fired; 11:00 will be skipped (unfinished)
+        await trio.sleep(1 * 3600)
+        await workflow.callback("daily", Wait.WAITING, b"")  # 11:30
+        await trio.sleep(2 * 3600)  # 12:00 filtered out, 13:00 fires
+        nursery.cancel_scope.cancel()
+    assert hours(await workflow.list_runs()) == [1, 4]
+    assert [w.hour for w in asked] == [10, 12, 13]
+
+
+async def test_restart_never_fires_twice_and_fires_a_missed_time_once(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    workflow = three_steps(make_store(), clock)
+
+    async def schedule_for(seconds: float) -> None:
+        with trio.move_on_after(seconds):
+            await workflow.schedule_trigger("r", "0 * * * *")
+
+    async with af.open_workflow(workflow):
+        await trio.sleep_until(1800)  # 09:30
+        await schedule_for(3600)  # fires at 10:00, stops at 10:30
+        await schedule_for(1)  # a restart at 10:30 must not fire 10:00 again
+        await trio.sleep_until(4.5 * 3600)  # down until 13:30: 11, 12 and 13 missed
+        await schedule_for(3600)  # fires once for the missed times on start, then 14:00
+    assert hours(await workflow.list_runs()) == [1, 4.5, 5]
+
+
+async def test_invalid_specs_are_refused(make_store: StoreMaker, clock: af.Clock) -> None:
+    workflow = three_steps(make_store(), clock)
+    for spec in ["", "* * *", "61 * * * *", "@fortnightly", "every hour"]:
+        with pytest.raises(af.InvalidArgument, match="cron spec"):
+            await workflow.schedule_trigger("x", spec)
+    with pytest.raises(af.InvalidArgument):
+        await workflow.schedule_trigger("x", "@daily", Wait.DONE)  # type: ignore[arg-type]
