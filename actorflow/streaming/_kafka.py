@@ -110,6 +110,8 @@ class KafkaStats:
     version or a later one (a relay re-published them)."""
     commits: int = 0
     """Offset commits (acknowledgements)."""
+    commit_errors: int = 0
+    """Asynchronous commits the broker refused (a later commit covers them)."""
     rebalances: int = 0
     """Partition assignments and revocations seen by receivers."""
 
@@ -155,6 +157,11 @@ class KafkaStreamer:
         poll_interval: the longest one call into the client blocks its worker thread
             (how soon a cancelled receive returns).
         batch: messages fetched per call.
+        async_commits: ``ack`` sends the offset commit without waiting for the broker's
+            answer (many times faster for a busy connector); offsets still only move
+            after ``ack``, and closing the receiver or losing a partition waits for the
+            last commit. A process killed meanwhile has its last few acknowledged events
+            delivered again (still at-least-once). Default: ``ack`` waits for the commit.
 
     Raises:
         ActorflowError: confluent-kafka is not installed (``pip install actorflow[kafka]``).
@@ -179,6 +186,7 @@ class KafkaStreamer:
         join_timeout: timedelta = timedelta(seconds=60),
         poll_interval: timedelta = timedelta(milliseconds=100),
         batch: int = 500,
+        async_commits: bool = False,
     ) -> None:
         self._kafka = _confluent()
         if isinstance(bootstrap_servers, str):
@@ -259,6 +267,7 @@ class KafkaStreamer:
         self.join_timeout = join_timeout
         self.poll_interval = poll_interval
         self.batch = batch
+        self.async_commits = bool(async_commits)
         self.stats = KafkaStats()
         self._admin: Any = None
         self._admin_limiter = trio.CapacityLimiter(1)
@@ -450,11 +459,17 @@ class KafkaStreamer:
         start = check_start(start)
         name = await self._ensure_topic(topic)
         limiter = trio.CapacityLimiter(1)
+        commit_errors: list[str] = []
+
+        def on_commit(error: Any, partitions: Any) -> None:
+            if error is not None:
+                commit_errors.append(str(error))
+
+        settings = {"group.id": group, "auto.offset.reset": start, "on_commit": on_commit}
         client = await trio.to_thread.run_sync(
-            lambda: self._make("consumer", **{"group.id": group, "auto.offset.reset": start}),
-            limiter=limiter,
+            lambda: self._make("consumer", **settings), limiter=limiter
         )
-        receiver = _KafkaReceiver(self, client, name, group, start, limiter)
+        receiver = _KafkaReceiver(self, client, name, group, start, limiter, commit_errors)
         try:
             await receiver.join()
             yield receiver
@@ -648,9 +663,13 @@ class _KafkaReceiver:
         group: str,
         start: Start,
         limiter: trio.CapacityLimiter,
+        commit_errors: list[str],
     ) -> None:
         self._streamer = streamer
         self._consumer = consumer
+        self._commit_errors = commit_errors
+        self._uncommitted: dict[int, int] = {}
+        """Asynchronous mode: the last offset sent per partition, until one is confirmed."""
         self._topic = topic
         self._group = group
         self._start = start
@@ -688,7 +707,35 @@ class _KafkaReceiver:
             self._callback_errors.append(exc)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
-        self._rebalances.append(("revoke", [p.partition for p in partitions]))
+        numbers = [p.partition for p in partitions]
+        try:
+            self._commit_now(consumer, numbers)  # before the next owner reads them
+        except BaseException as exc:
+            log.warning(
+                "Kafka %s group %s: committing before a rebalance failed (the next owner "
+                "may deliver a few acknowledged events again): %s",
+                self._topic,
+                self._group,
+                exc,
+            )
+        self._rebalances.append(("revoke", numbers))
+
+    def _commit_now(self, consumer: Any, numbers: list[int] | None = None) -> None:
+        """Asynchronous mode: commit the last offsets sent for ``numbers`` (all: None) and
+        wait for the broker (worker thread)."""
+        kafka = self._streamer._kafka
+        pending = {
+            number: offset
+            for number, offset in list(self._uncommitted.items())
+            if numbers is None or number in numbers
+        }
+        if not pending:
+            return
+        offsets = [kafka.TopicPartition(self._topic, n, o) for n, o in pending.items()]
+        consumer.commit(offsets=offsets, asynchronous=False)
+        for number, offset in pending.items():
+            if self._uncommitted.get(number) == offset:
+                del self._uncommitted[number]
 
     def _commit_start_offsets(self, consumer: Any, partitions: list[Any]) -> None:
         """Give partitions the group has no offset for one now: the cursor exists from the
@@ -821,6 +868,19 @@ class _KafkaReceiver:
     async def _commit(self, partition: int, offset: int) -> None:
         kafka = self._streamer._kafka
         tp = kafka.TopicPartition(self._topic, partition, offset)
+        if self._streamer.async_commits:
+            # Only queued in librdkafka (no network wait, no thread): safe beside a
+            # consume() running in the worker thread, librdkafka is thread-safe.
+            try:
+                self._consumer.commit(offsets=[tp], asynchronous=True)
+            except kafka.KafkaException as exc:
+                raise self._streamer._error(
+                    f"committing offset {offset} of {self._topic}:{partition}", exc
+                ) from None
+            self._uncommitted[partition] = offset
+            self._streamer.stats.commits += 1
+            await trio.lowlevel.checkpoint()
+            return
         await self._call(
             f"committing offset {offset} of {self._topic}:{partition}",
             lambda: self._consumer.commit(offsets=[tp], asynchronous=False),
@@ -849,6 +909,16 @@ class _KafkaReceiver:
             f"consuming {self._topic!r}", lambda: consumer.consume(batch, wait)
         )
         self._apply_rebalances()
+        if self._commit_errors:
+            self._streamer.stats.commit_errors += len(self._commit_errors)
+            log.warning(
+                "Kafka %s group %s: %d asynchronous commits failed (a later one covers them): %s",
+                self._topic,
+                self._group,
+                len(self._commit_errors),
+                self._commit_errors[0],
+            )
+            self._commit_errors.clear()
         if self._callback_errors:
             error = self._callback_errors.pop(0)
             self._callback_errors.clear()
@@ -959,11 +1029,19 @@ class _KafkaReceiver:
             await self._commit(partition.number, commit)
 
     async def close(self) -> None:
-        """Leave the group (bounded by ``connect_timeout``)."""
+        """Commit what was acknowledged, then leave the group (bounded by
+        ``connect_timeout``)."""
         consumer = self._consumer
+
+        def finish() -> None:
+            try:
+                self._commit_now(consumer)
+            finally:
+                consumer.close()
+
         with trio.move_on_after(self._streamer.connect_timeout.total_seconds() + 1):
             try:
-                await trio.to_thread.run_sync(consumer.close, abandon_on_cancel=True)
+                await trio.to_thread.run_sync(finish, abandon_on_cancel=True)
             except self._streamer._kafka.KafkaException as exc:
                 log.warning(
                     "Kafka consumer of group %r did not close cleanly: %s", self._group, exc
