@@ -669,6 +669,8 @@ class _KafkaReceiver:
         self._consumer = consumer
         self._commit_errors = commit_errors
         self._uncommitted: dict[int, int] = {}
+        self._not_owned: set[int] = set()
+        """Partitions revoked and not assigned again (kept by the rebalance callbacks)."""
         """Asynchronous mode: the last offset sent per partition, until one is confirmed."""
         self._topic = topic
         self._group = group
@@ -700,6 +702,7 @@ class _KafkaReceiver:
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         try:
             mine = [p for p in partitions if p.topic == self._topic]
+            self._not_owned.difference_update(p.partition for p in mine)
             if mine:
                 self._commit_start_offsets(consumer, mine)
             self._rebalances.append(("assign", [p.partition for p in mine]))
@@ -708,6 +711,7 @@ class _KafkaReceiver:
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         numbers = [p.partition for p in partitions]
+        self._not_owned.update(numbers)
         try:
             self._commit_now(consumer, numbers)  # before the next owner reads them
         except BaseException as exc:
@@ -881,10 +885,14 @@ class _KafkaReceiver:
             self._streamer.stats.commits += 1
             await trio.lowlevel.checkpoint()
             return
-        await self._call(
-            f"committing offset {offset} of {self._topic}:{partition}",
-            lambda: self._consumer.commit(offsets=[tp], asynchronous=False),
-        )
+
+        def commit() -> None:
+            # Checked in the worker thread, where the rebalance callbacks run too: an ack
+            # that raced a rebalance must not move the offset of a partition gone elsewhere.
+            if partition not in self._not_owned:
+                self._consumer.commit(offsets=[tp], asynchronous=False)
+
+        await self._call(f"committing offset {offset} of {self._topic}:{partition}", commit)
         self._streamer.stats.commits += 1
 
     def _forget(self, partition: _Partition, commit: int) -> None:
