@@ -43,7 +43,10 @@ async def test_every_order_is_paid_through_kafka_then_shipped(tmp_path: Path) ->
         await payments.aclose()
     # Each workflow published to its own topic; each connector has its own group.
     assert streamer.topic_name("orders").endswith("-orders")
-    assert streamer.stats.sent >= 4 * 4 + 4 * 2 and streamer.stats.undecodable == 0
+    # Every order's AWAITING_PAYMENT reached payments, and every SETTLED reached orders,
+    # through Kafka (what the relays sent after the last order shipped may not be sent yet).
+    assert streamer.stats.received >= 4 + 4 and streamer.stats.sent >= 4 + 4
+    assert streamer.stats.undecodable == 0
 
 
 async def test_the_example_runs_from_the_command_line() -> None:
