@@ -103,6 +103,8 @@ class Supervisor(Generic[T, S]):
         with it are stale and skipped."""
         self.retry_at: dict[str, float] = {}
         """Backoff deadlines of passivated runs, for the actor that picks them up again."""
+        self.snoozed: dict[str, dict[Timer, datetime]] = {}
+        """Skipped timeouts of passivated runs and when each may fire again (likewise)."""
         self._heap_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._services = services
@@ -146,6 +148,13 @@ class Supervisor(Generic[T, S]):
                         trio.current_time() + self.grace_period.total_seconds()
                     )
                 services.cancel_scope.cancel()
+            if not self._stop.is_set():
+                # Only a trio.Cancelled that nothing cancelled (swallowed by a nursery it
+                # made cancel itself) gets here: never return as if stopped.
+                raise ActorflowError(
+                    f"workflow {engine.name!r} stopped unexpectedly: one of its tasks raised "
+                    "trio.Cancelled while nothing had cancelled it"
+                )
         finally:
             self.stopping = True
             self._nursery = None
@@ -425,16 +434,22 @@ class Supervisor(Generic[T, S]):
         ``seen_version``: the store's ``data_version`` when ``after`` was read (SQLite);
         the log is read again only once another connection has committed since."""
         engine = self.engine
+        # The safety-net poll is measured in real time: other processes live in real
+        # time, and a poll on a virtual clock would spin while a test jumps a year.
         interval = self.poll_interval.total_seconds()
         # LISTEN/NOTIFY (PostgresStore): woken as soon as another process writes work for
         # this one; the poll stays the safety net.
         changes = getattr(engine.store, "changes", None)
         mark = 0 if changes is None else changes.mark()
-        # SQLiteStore: ``data_version`` changes only when another connection commits.
+        # SQLiteStore: ``data_version`` changes only when another connection commits; a
+        # watcher thread looks at it in real time and wakes us only when it changed.
         data_version = getattr(engine.store, "data_version", None)
+        feed = engine.store.feed
+        external = feed.external
         while True:
             if changes is None:
-                await trio.sleep(interval)
+                await feed.wait_external(external, interval)
+                external = feed.external
             else:
                 await changes.wait(mark, interval)
                 mark = changes.mark()

@@ -17,6 +17,7 @@ from actorflow._model.options import Options
 from actorflow._model.record import Event
 from actorflow._model.run_state import RunState
 from actorflow._runtime.engine import Engine, log
+from actorflow._runtime.user_code import user_error
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
@@ -45,10 +46,11 @@ async def follow_events(
             if cursor is None:
                 stored = await store.get_cursor(cursor_name)
                 cursor = int(stored) if stored else 0
+            mark = store.feed.mark()
             events = await store.read_events(cursor, BATCH, engine.name)
             if not events:
-                with trio.move_on_after(poll):
-                    await store.feed.wait_published()
+                # An in-process commit, another process's write, or the real-time poll.
+                await store.feed.wait_change(mark, poll)
                 continue
             for event in events:
                 await handle(event)
@@ -87,7 +89,8 @@ async def run_hooks(engine: Engine[T, S], poll_interval: timedelta) -> None:
                 raw = next(r for r in history if r.version == event.version)
                 await hook(engine.typed(raw))
                 return
-            except Exception as exc:
+            except (Exception, trio.Cancelled) as exc:
+                error = user_error(exc, f"on_{kind} hook")
                 errors += 1
                 log.warning(
                     "workflow %r: on_%s hook failed for run %s (attempt %d): %r",
@@ -95,7 +98,7 @@ async def run_hooks(engine: Engine[T, S], poll_interval: timedelta) -> None:
                     kind,
                     event.run_id,
                     errors,
-                    exc,
+                    error,
                 )
                 await trio.sleep(max(options.backoff(errors).total_seconds(), 0.001))
 

@@ -169,6 +169,12 @@ class PostgresStore:
         return self._feed
 
     @property
+    def calls(self) -> int:
+        """Database round trips made so far (pooled and dedicated connections; for tests
+        and tuning)."""
+        return self._db.calls
+
+    @property
     def changes(self) -> ChangeSignal:
         """Bumped when another process wrote a trigger, callback or control (NOTIFY):
         the supervisor's event-log tail waits on it instead of sleeping a whole poll."""
@@ -412,28 +418,37 @@ class PostgresStore:
         self,
         workflow_name: str,
         *,
-        foreign_id: str | None = None,
+        foreign_id: str | Sequence[str] | None = None,
         status: int | Sequence[int] | None = None,
         run_state: RunState | Sequence[RunState] | None = None,
         limit: int = 25,
         after: str | None = None,
         descending: bool = False,
+        foreign_id_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> list[RawRecord]:
-        flt = RunFilter.make(foreign_id=foreign_id, status=status, run_state=run_state, limit=limit)
+        flt = RunFilter.make(
+            foreign_id=foreign_id,
+            status=status,
+            run_state=run_state,
+            limit=limit,
+            foreign_id_prefix=foreign_id_prefix,
+            created_after=created_after,
+            created_before=created_before,
+        )
         query = self._q.list_runs(
-            foreign_id=flt.foreign_id is not None,
+            foreign_id=flt.foreign_ids is not None,
             status=flt.statuses is not None,
             run_state=flt.run_states is not None,
             after=after is not None,
             descending=descending,
+            prefix=flt.foreign_id_prefix is not None,
+            created_after=flt.created_after is not None,
+            created_before=flt.created_before is not None,
         )
-        params: dict[str, Any] = {
-            "workflow_name": workflow_name,
-            "foreign_id": flt.foreign_id,
-            "status": sorted(flt.statuses or ()),
-            "run_state": sorted(int(s) for s in flt.run_states or ()),
-            "limit": flt.limit,
-        }
+        params = _filter_params(workflow_name, flt)
+        params["limit"] = flt.limit
         q = self._q
 
         def list_runs(conn: _Conn) -> list[RawRecord]:
@@ -445,6 +460,43 @@ class PostgresStore:
             return [_record(r) for r in conn.execute(query, params).fetchall()]
 
         return await self._db.call("list_runs", list_runs)
+
+    async def count_runs(
+        self,
+        workflow_name: str,
+        *,
+        foreign_id: str | Sequence[str] | None = None,
+        status: int | Sequence[int] | None = None,
+        run_state: RunState | Sequence[RunState] | None = None,
+        foreign_id_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> dict[tuple[int, RunState], int]:
+        flt = RunFilter.make(
+            foreign_id=foreign_id,
+            status=status,
+            run_state=run_state,
+            foreign_id_prefix=foreign_id_prefix,
+            created_after=created_after,
+            created_before=created_before,
+        )
+        query = self._q.count_runs(
+            foreign_id=flt.foreign_ids is not None,
+            status=flt.statuses is not None,
+            run_state=flt.run_states is not None,
+            prefix=flt.foreign_id_prefix is not None,
+            created_after=flt.created_after is not None,
+            created_before=flt.created_before is not None,
+        )
+        params = _filter_params(workflow_name, flt)
+
+        def count_runs(conn: _Conn) -> dict[tuple[int, RunState], int]:
+            return {
+                (int(s), RunState(st)): int(n)
+                for s, st, n in conn.execute(query, params).fetchall()
+            }
+
+        return await self._db.call("count_runs", count_runs)
 
     async def history(self, workflow_name: str, run_id: str) -> list[RawRecord]:
         q = self._q
@@ -567,3 +619,16 @@ class PostgresStore:
         with trio.CancelScope(shield=True):
             await self._group.idle.wait()  # the batch in flight finishes first
             await self._db.close(drop=self._q.drop_schema if self._drop_schema_on_close else None)
+
+
+def _filter_params(workflow_name: str, flt: RunFilter) -> dict[str, Any]:
+    """The named parameters of a run filter's WHERE clause (see Queries.list_runs)."""
+    return {
+        "workflow_name": workflow_name,
+        "foreign_id": list(flt.foreign_ids or ()),
+        "foreign_id_prefix": flt.foreign_id_prefix,
+        "status": sorted(flt.statuses or ()),
+        "run_state": sorted(int(s) for s in flt.run_states or ()),
+        "created_after": flt.created_after,
+        "created_before": flt.created_before,
+    }
