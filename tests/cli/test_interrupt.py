@@ -132,3 +132,25 @@ async def test_ctrl_c_ends_watch_and_worker_with_130(tmp_path: Path) -> None:
     assert err[-1] == "worker stopped"
     assert any(line.startswith("got SIGINT: stopping gracefully") for line in err)
     assert not any("Traceback" in line for line in out + err)
+
+
+async def test_ctrl_c_mid_demo_through_scripts_demo(tmp_path: Path) -> None:
+    """``bash scripts/demo`` execs the installed ``actorflow demo``: the SIGINT reaches it
+    and its exit code is the script's. (The environment is prepared here, as if
+    scripts/demo had made and installed it, so the test needs no network.)"""
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "demo").write_text((ROOT / "scripts" / "demo").read_text())
+    (tmp_path / "pyproject.toml").write_text("")
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").symlink_to(sys.executable)
+    launcher = bin_dir / "actorflow"
+    launcher.write_text(f'#!/bin/sh\nexec {" ".join(map(repr, LAUNCH))} "$@"\n')
+    launcher.chmod(0o755)
+    (tmp_path / ".venv" / ".actorflow-installed").touch()
+    code, out, err = await _interrupt(
+        ["bash", str(tmp_path / "scripts" / "demo")], r"order-\d+\s+v2", cwd=tmp_path
+    )
+    assert code == 130
+    assert err == ["actorflow demo: interrupted"], err
+    assert not any("Traceback" in line for line in out + err)
