@@ -485,7 +485,7 @@ class Workflow(Generic[T, S]):
                     f"run {run_id} is at {at} and would wait for "
                     f"{self._definition.status(wanted)!r} forever"
                 )
-            self._warn_if_unattended(history[-1], wanted, watch)
+            await self._warn_if_unattended(history[-1], wanted, watch)
             if sub.lagged:
                 return None
             found = None  # another process wrote, or the poll: read the history again
@@ -496,14 +496,23 @@ class Workflow(Generic[T, S]):
             if found is not None:
                 return self._engine.typed(found)
 
-    def _warn_if_unattended(self, raw: RawRecord, wanted: int, watch: _Unattended) -> None:
+    async def _warn_if_unattended(
+        self, raw: RawRecord, wanted: int, watch: _Unattended
+    ) -> None:
         """A shared store, the workflow not running in this process, and the run unchanged
-        for UNATTENDED_AFTER seconds: say so once (is a worker running elsewhere?)."""
+        for UNATTENDED_AFTER seconds with no timer of its own due meanwhile: say so once
+        (is a worker running elsewhere?)."""
         now = trio.current_time()
         if raw.version != watch.version or self._local_supervisor() is not None:
             watch.version, watch.since = raw.version, now
             return
         if not watch.warned and now - watch.since >= UNATTENDED_AFTER:
+            timers = await self._store.list_timers(self.name, raw.run_id)
+            due = [t.fire_at for t in timers if t.fire_at >= self._engine.now()]
+            if due:  # waiting for its timer is not being unattended: look again after it
+                wait = min(due) - self._engine.now()
+                watch.since = trio.current_time() + wait.total_seconds()
+                return
             watch.warned = True
             log.warning(
                 "workflow %r: run %s has waited %.0f s at %s for %r and nothing moved it; "

@@ -434,8 +434,13 @@ class Supervisor(Generic[T, S]):
         data_version = getattr(engine.store, "data_version", None)
         feed = engine.store.feed
         external = feed.external
+        failures = 0
         while True:
-            if changes is None:
+            if failures:
+                # A failed read is a local matter: read again after a back-off on trio's
+                # clock (not at the next real-time poll), so nothing is missed meanwhile.
+                await trio.sleep(engine.default_options.retry_seconds(failures))
+            elif changes is None:
                 await feed.wait_external(external, interval)
                 external = feed.external
             else:
@@ -450,9 +455,11 @@ class Supervisor(Generic[T, S]):
                     version = await data_version()
                 except Exception as exc:
                     log.warning("workflow %r: reading the event log failed: %s", engine.name, exc)
+                    failures += 1
                     continue
                 if version == seen_version:
                     after = max(after, last)
+                    failures = 0
                     continue
             else:
                 version = None
@@ -462,7 +469,9 @@ class Supervisor(Generic[T, S]):
                 except Exception as exc:
                     # Not read to its end: the next look reads from ``after`` again.
                     log.warning("workflow %r: reading the event log failed: %s", engine.name, exc)
+                    failures += 1
                     break
+                failures = 0
                 for event in events:
                     after = event.id
                     await self._noticed(event)

@@ -8,6 +8,7 @@ import json
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -157,6 +158,10 @@ class _Write(Generic[R]):
         return self.value  # type: ignore[return-value]
 
 
+_OPEN: dict[str, weakref.WeakSet[SQLiteStore]] = {}
+"""Open SQLiteStore objects by resolved file path (see ``SQLiteStore._tell_siblings``)."""
+
+
 @final
 class _Watcher:
     """A thread that looks at ``PRAGMA data_version`` on a connection of its own every
@@ -293,6 +298,8 @@ class SQLiteStore:
         """Connections opened so far (a reopened connection counts data_version anew)."""
         self._watcher: _Watcher | None = None
         self._feed.watch = self._watch
+        self._key = str(self._path.resolve())
+        _OPEN.setdefault(self._key, weakref.WeakSet()).add(self)
 
     def _watch(self) -> None:
         """Make sure a watcher thread reports other connections' commits to this trio run
@@ -310,6 +317,20 @@ class SQLiteStore:
     def _noticed(self) -> None:
         self.stats.changes_noticed += 1
         self._feed.notice_external()
+
+    def _tell_siblings(self) -> None:
+        """Other SQLiteStore objects on this file, watching in this trio run, learn of the
+        commit at once: no watcher thread (real time) in between, so two "processes" in
+        one test under the autojump clock see each other's writes at the same virtual
+        instant."""
+        siblings = _OPEN.get(self._key)
+        if not siblings or len(siblings) < 2:
+            return
+        token = trio.lowlevel.current_trio_token()
+        for other in list(siblings):
+            watcher = other._watcher
+            if other is not self and watcher is not None and watcher.token is token:
+                other._noticed()
 
     @property
     def feed(self) -> ChangeFeed:
@@ -513,9 +534,13 @@ class SQLiteStore:
             self.stats.writes += len(batch)
             self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
             # Commit order is event order: publish every stored record first, then answer.
+            published = False
             for write, (_, error) in zip(batch, outcomes, strict=True):
                 if error is None and write.publish is not None:
                     self._feed.publish(write.publish)
+                    published = True
+            if published:
+                self._tell_siblings()
             for write, (value, error) in zip(batch, outcomes, strict=True):
                 write.resolve(value, error)
             return
@@ -878,6 +903,11 @@ class SQLiteStore:
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
+        siblings = _OPEN.get(self._key)
+        if siblings is not None:
+            siblings.discard(self)
+            if not siblings:
+                del _OPEN[self._key]
         if self._leading and self._idle is not None:
             with trio.CancelScope(shield=True):
                 await self._idle.wait()
