@@ -21,6 +21,7 @@ from actorflow._model.definition import (
     fn_name,
 )
 from actorflow._model.errors import BuildError
+from actorflow._model.evolution import Evolution, StatusMapping, UpgradeFn
 from actorflow._model.options import Options
 from actorflow._model.timers import TimerFn
 
@@ -75,6 +76,8 @@ class Builder(Generic[T, S]):
         self._connectors: list[ConnectorSpec] = []
         self._connector_options: list[dict[str, Any]] = []
         self._hooks: dict[str, list[HookFn]] = {}
+        self._mappings: list[tuple[Any, Any, str]] = []
+        self._upgrade: UpgradeFn | None = None
 
     # -- declaring -------------------------------------------------------------------------
 
@@ -135,6 +138,75 @@ class Builder(Generic[T, S]):
     def on_cancel(self, fn: HookFn) -> HookFn:
         """``async def fn(record)`` once per run that is cancelled (at least once)."""
         return self._hook("cancel", fn)
+
+    # -- evolving a workflow whose runs are in flight (docs/upgrading.md) --------------------
+
+    def rename_status(self, old_value: int, new_status: S) -> None:
+        """Runs stored at ``old_value`` (a status value the enum no longer has) are at
+        ``new_status`` now: moved there, as a new version with a reason, when next loaded.
+
+        ``new_status`` must be new too: a status that already has runs of its own is
+        refused when the workflow starts (use :meth:`retire` to merge into it).
+        """
+        self._mappings.append((old_value, new_status, "rename"))
+
+    def retire(self, old_value: int, *, to: S) -> None:
+        """Runs stored at the retired status value ``old_value`` move to ``to`` (an existing
+        status) when next loaded; to a terminal status, they complete."""
+        self._mappings.append((old_value, to, "retire"))
+
+    def upgrade_object(self, fn: UpgradeFn) -> UpgradeFn:
+        """``fn(dict) -> dict`` converts a stored object that no longer fits the object
+        type (as JSON data) into one that does. Applied when a run is next loaded and
+        stored as a new version; a run whose upgrade fails is parked with the reason."""
+        if not callable(fn):
+            raise BuildError(f"workflow {self.name!r}: upgrade_object needs a function, not {fn!r}")
+        if self._upgrade is not None:
+            raise BuildError(
+                f"workflow {self.name!r}: upgrade_object is already set "
+                f"({fn_name(self._upgrade)}); make one function do every upgrade"
+            )
+        self._upgrade = fn
+        return fn
+
+    def _evolution(self) -> Evolution:
+        members = {int(m) for m in self.status_type}
+        targets: dict[int, int] = {}
+        mappings: dict[int, StatusMapping] = {}
+        for old, new, kind in self._mappings:
+            where = f"{'rename_status' if kind == 'rename' else 'retire'}({old!r}, ...)"
+            if isinstance(old, enum.Enum | bool) or not isinstance(old, int):
+                raise BuildError(
+                    f"workflow {self.name!r}: {where}: the old status must be given as its "
+                    f"stored int value (the enum no longer has it), not {old!r}"
+                )
+            if not 0 < old < 2**63:
+                raise BuildError(
+                    f"workflow {self.name!r}: {where}: {old} is not a status value (1 to 2**63-1)"
+                )
+            target = self._status(new, f"{where} new status")
+            if old in mappings:
+                raise BuildError(
+                    f"workflow {self.name!r}: status {old} is mapped twice "
+                    f"(to {mappings[old].new.name} and to {target.name}); map it once"
+                )
+            mappings[old] = StatusMapping(old, target, kind)
+            targets[int(target)] = old
+        for old, mapping in mappings.items():
+            if old in members:
+                if old in targets:
+                    raise BuildError(
+                        f"workflow {self.name!r}: mapping cycle: status {old} is mapped to "
+                        f"{mapping.new.name}={int(mapping.new)} and status {targets[old]} is "
+                        f"mapped to {old}; map only values the enum no longer has"
+                    )
+                raise BuildError(
+                    f"workflow {self.name!r}: status {old} "
+                    f"({self.status_type(old).name}) is still a member of "
+                    f"{self.status_type.__name__}; rename_status/retire map only values the "
+                    "enum no longer has"
+                )
+        return Evolution(mappings, self._upgrade)
 
     def _hook(self, kind: str, fn: HookFn) -> HookFn:
         self._check_fn(fn, f"on_{kind} hook")
@@ -277,6 +349,7 @@ class Builder(Generic[T, S]):
             start=starts[0],
             starts=frozenset(starts),
             declared=declared,
+            evolution=self._evolution(),
         )
 
     def build(
@@ -293,6 +366,8 @@ class Builder(Generic[T, S]):
         streamer: Any = None,
         shards: int = 16,
         lease: timedelta = timedelta(seconds=10),
+        on_stranded: str = "pause",
+        check_at_start: bool = True,
     ) -> Workflow[T, S]:
         """Validate the graph and bind it to a store. Raises BuildError.
 
@@ -314,6 +389,12 @@ class Builder(Generic[T, S]):
                 this many shards, leased by the worker processes.
             lease: how long a shard lease lasts without renewal; a dead worker's shards are
                 taken over after at most this long.
+            on_stranded: what ``run`` does with stored runs this definition cannot move
+                (see docs/upgrading.md): ``"pause"`` parks them PAUSED with a reason naming
+                the problem and starts; ``"refuse"`` raises BuildError and does not start.
+            check_at_start: compare the stored unfinished runs with the definition when
+                ``run`` starts (``Workflow.check``); False skips it (run
+                ``actorflow runs check`` yourself then).
         """
         from actorflow.workflow import Workflow
 
@@ -341,6 +422,10 @@ class Builder(Generic[T, S]):
             raise BuildError(f"lease must be a timedelta of at least 1 s, not {lease!r}")
         if not isinstance(max_active_runs, int) or max_active_runs < 1:
             raise BuildError(f"max_active_runs must be an int >= 1, not {max_active_runs!r}")
+        if on_stranded not in ("pause", "refuse"):
+            raise BuildError(f"on_stranded must be 'pause' or 'refuse', not {on_stranded!r}")
+        if not isinstance(check_at_start, bool):
+            raise BuildError(f"check_at_start must be a bool, not {check_at_start!r}")
         if clock is None:
             clock = SystemClock()
         if not callable(getattr(clock, "now", None)):
@@ -371,6 +456,8 @@ class Builder(Generic[T, S]):
             streamer=streamer,
             shards=shards,
             lease=lease,
+            on_stranded=on_stranded,
+            check_at_start=check_at_start,
         )
 
 

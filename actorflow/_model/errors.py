@@ -65,3 +65,10 @@ class GatewayError(ActorflowError):
 
 class StatusNotReached(ActorflowError):
     """``await_status``: the run finished without ever reaching the status."""
+
+
+def lone_build_error(error: BaseException) -> BuildError | None:
+    """The BuildError that ``error`` is, or that nested exception groups hold alone."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error if isinstance(error, BuildError) else None

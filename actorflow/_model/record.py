@@ -65,6 +65,9 @@ class Meta:
     """Consecutive errors of the current step when the version was stored."""
     error_message: str = ""
     """The last error, when the run was paused because of errors."""
+    definition: str = ""
+    """The fingerprint of the workflow definition that wrote this version (empty for
+    versions written before fingerprints were stored)."""
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)

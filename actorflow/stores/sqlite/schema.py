@@ -74,7 +74,23 @@ _V1: Migration = (
     "CREATE TABLE schedules (key TEXT PRIMARY KEY, fire_at TEXT NOT NULL) WITHOUT ROWID",
 )
 
-MIGRATIONS: list[Migration] = [_V1]
+_V2_DEFINITIONS: Migration = (
+    # Every workflow definition (fingerprint) that ran on this store, in the order they
+    # first registered: a worker processes runs written by its own definition or by one
+    # registered before it, never by a newer one (rolling deploys, docs/upgrading.md).
+    """
+    CREATE TABLE definitions (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        workflow_name TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        summary TEXT NOT NULL,
+        registered_at TEXT NOT NULL,
+        UNIQUE (workflow_name, fingerprint)
+    )
+    """,
+)
+
+MIGRATIONS: list[Migration] = [_V1, _V2_DEFINITIONS]
 """Forward migrations; append only. Index ``i`` upgrades version ``i`` to ``i + 1``."""
 
 
