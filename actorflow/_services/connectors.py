@@ -19,6 +19,7 @@ from actorflow._model.definition import ConnectorSpec, fn_name
 from actorflow._model.errors import InvalidArgument
 from actorflow._model.options import Options
 from actorflow._runtime.engine import log
+from actorflow._runtime.user_code import user_error
 from actorflow._services.context import ServiceContext
 from actorflow.streaming._protocol import ConnectorEvent, EventSource
 from actorflow.streaming._stats import ConnectorStats, connector_stats
@@ -79,7 +80,8 @@ async def serve_connector(ctx: ServiceContext, spec: ConnectorSpec, stats: Conne
                     failures = 0
                     stats.handled += 1
                     stats.cursor = event.id
-        except Exception as exc:
+        except (Exception, trio.Cancelled) as caught:
+            exc = user_error(caught, f"connector {spec.name!r} source {source!r}")
             failures += 1
             stats.source_errors += 1
             stats.last_error = f"{type(exc).__name__}: {exc}"
@@ -114,7 +116,8 @@ async def _handle(
         try:
             await spec.fn(ctx.handle, event)
             return
-        except Exception as exc:
+        except (Exception, trio.Cancelled) as caught:
+            exc = user_error(caught, f"connector function {fn_name(spec.fn)}")
             errors += 1
             stats.errors += 1
             stats.last_error = f"{type(exc).__name__}: {exc}"

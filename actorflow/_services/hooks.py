@@ -17,6 +17,7 @@ from actorflow._model.options import Options
 from actorflow._model.record import Event
 from actorflow._model.run_state import RunState
 from actorflow._runtime.engine import Engine, log
+from actorflow._runtime.user_code import user_error
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
@@ -87,7 +88,8 @@ async def run_hooks(engine: Engine[T, S], poll_interval: timedelta) -> None:
                 raw = next(r for r in history if r.version == event.version)
                 await hook(engine.typed(raw))
                 return
-            except Exception as exc:
+            except (Exception, trio.Cancelled) as exc:
+                error = user_error(exc, f"on_{kind} hook")
                 errors += 1
                 log.warning(
                     "workflow %r: on_%s hook failed for run %s (attempt %d): %r",
@@ -95,7 +97,7 @@ async def run_hooks(engine: Engine[T, S], poll_interval: timedelta) -> None:
                     kind,
                     event.run_id,
                     errors,
-                    exc,
+                    error,
                 )
                 await trio.sleep(max(options.backoff(errors).total_seconds(), 0.001))
 

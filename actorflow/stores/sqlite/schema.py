@@ -74,7 +74,12 @@ _V1: Migration = (
     "CREATE TABLE schedules (key TEXT PRIMARY KEY, fire_at TEXT NOT NULL) WITHOUT ROWID",
 )
 
-_V2_DEFINITIONS: Migration = (
+_V2: Migration = (
+    # list_runs/count_runs with a created-at range (the web console's date filter).
+    "CREATE INDEX runs_by_created ON runs (workflow_name, created_at)",
+)
+
+_V3_DEFINITIONS: Migration = (
     # Every workflow definition (fingerprint) that ran on this store, in the order they
     # first registered: a worker processes runs written by its own definition or by one
     # registered before it, never by a newer one (rolling deploys, docs/upgrading.md).
@@ -90,7 +95,7 @@ _V2_DEFINITIONS: Migration = (
     """,
 )
 
-MIGRATIONS: list[Migration] = [_V1, _V2_DEFINITIONS]
+MIGRATIONS: list[Migration] = [_V1, _V2, _V3_DEFINITIONS]
 """Forward migrations; append only. Index ``i`` upgrades version ``i`` to ``i + 1``."""
 
 
