@@ -601,7 +601,9 @@ def plan_upgrade(engine: Engine[Any, Any], raw: RawRecord, timers: list[Timer]) 
     if terminal and mapping is None:
         return UpgradePlan(f"{name}={status}", ev.NO_WAY_FORWARD)
     new_object: str | None = None
-    if not object_fits(engine, raw.object):
+    if not object_fits(engine, raw.object) or (
+        definition.evolution.upgrade is not None and _object_schema_changed(engine, raw)
+    ):
         if definition.evolution.upgrade is None:
             return UpgradePlan(
                 f"{engine.codec.object_type.__name__} (add builder.upgrade_object)",
@@ -640,6 +642,18 @@ def plan_upgrade(engine: Engine[Any, Any], raw: RawRecord, timers: list[Timer]) 
         new_timers,
         tuple(reasons),
     )
+
+
+def _object_schema_changed(engine: Engine[Any, Any], raw: RawRecord) -> bool:
+    """Whether the definition that wrote the run had another object schema (as far as
+    the definitions registry knows; an unknown writer counts as the same)."""
+    theirs = engine.summaries.get(raw.meta.definition)
+    if theirs is None:
+        return False
+    try:
+        return bool(json.loads(theirs)["object"] != json.loads(engine.definition.summary)["object"])
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def object_fits(engine: Engine[Any, Any], text: str) -> bool:
