@@ -461,10 +461,14 @@ class Engine(Generic[T, S]):
     async def register(self) -> None:
         """Record this definition in the store (once) and learn which ones came before it."""
         register = getattr(self.store, "register_definition", None)
-        self.registered = True
+        self.registered = True  # concurrent first writes register once
         if register is None:
             return
-        known = await register(self.name, self.fingerprint, self.definition.summary, self.now())
+        try:
+            known = await register(self.name, self.fingerprint, self.definition.summary, self.now())
+        except BaseException:
+            self.registered = False
+            raise
         older = True
         for fp, summary, _at in known:
             self.summaries[fp] = summary

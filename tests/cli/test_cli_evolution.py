@@ -11,7 +11,7 @@ import pytest
 
 from actorflow import cli
 
-V1 = '''
+V1 = """
 import enum, os
 from datetime import timedelta
 import attrs
@@ -41,9 +41,9 @@ def workflows():
     b.add_callback(S.WAITING, paid, to=S.DONE)
     b.add_timeout(S.WAITING, af.after(timedelta(hours=1)), paid, to=S.DONE)
     return [b.build(af.SQLiteStore(DB))]
-'''
+"""
 
-V2 = '''
+V2 = """
 import enum, os
 from datetime import timedelta
 import attrs
@@ -78,9 +78,9 @@ def workflows():
     b.add_callback(S.AWAITING_PAYMENT, paid, to=S.DONE)
     b.add_timeout(S.AWAITING_PAYMENT, af.after(timedelta(hours=1)), paid, to=S.DONE)
     return [b.build(af.SQLiteStore(DB))]
-'''
+"""
 
-V3_STRANDED = '''
+V3_STRANDED = """
 import enum, os
 import attrs
 import actorflow as af
@@ -103,7 +103,7 @@ def workflows():
         return S.DONE
 
     return [b.build(af.SQLiteStore(DB))]
-'''
+"""
 
 
 @pytest.fixture
