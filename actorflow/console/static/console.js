@@ -248,6 +248,13 @@ function showLogin(message) {
 }
 
 async function start() {
+  // A link may carry the token in its fragment (#token=...), which never reaches a
+  // server: keep it for this tab and take it out of the address bar.
+  const offered = /^#token=([^&]*)/.exec(location.hash);
+  if (offered) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(offered[1]));
+    history.replaceState(null, "", location.pathname + "#/");
+  }
   const token = sessionStorage.getItem(TOKEN_KEY) || "";
   let session;
   try {
