@@ -473,6 +473,8 @@ function runsScreen(main, params) {
   let stopped = false;
   let subscription = null;
   const rows = new Map();  // run_id -> <tr>
+  let total = null;  // runs matching in all, once counted
+  let describePage = () => {};
   const select = (name, label, options, value) => el("label", {}, label,
     el("select", {name, id: `filter-${name.replace("_", "-")}`},
       el("option", {value: "", text: "any"}),
@@ -552,8 +554,12 @@ function runsScreen(main, params) {
     }
     if (!page.length) tbody.append(el("tr", {}, el("td", {colspan: 8, class: "muted", text: "No runs match."})));
     const first = !filters.after;
-    summary.textContent = `${page.length} run${page.length === 1 ? "" : "s"} on this page, newest first` +
-      (first ? "; new and changed runs appear live." : ".");
+    describePage = () => {
+      summary.textContent = `${rows.size} run${rows.size === 1 ? "" : "s"} on this page, newest first` +
+        (first ? "; new and changed runs appear live." : ".") +
+        (total === null ? "" : ` ${total} match in all.`);
+    };
+    describePage();
     pager.replaceChildren(...[
       first ? null : el("button", {type: "button", class: "quiet", text: "← Newest",
         onclick: () => navigate(hashFor({...filters, after: ""}))}),
@@ -561,7 +567,8 @@ function runsScreen(main, params) {
         onclick: () => navigate(hashFor({...filters, after: page[page.length - 1].run_id}))}) : null,
     ].filter(Boolean));
     app.gateway.call("count_runs", args).then((counts) => {
-      if (!stopped) summary.textContent += ` ${counts.total} match in all.`;
+      total = counts.total;
+      if (!stopped) describePage();
     }, () => {});
   };
 
@@ -578,11 +585,13 @@ function runsScreen(main, params) {
       const tr = renderRow(record, true);
       rows.set(record.run_id, tr);
       tbody.prepend(tr);
+      if (total !== null) total += 1;
       if (rows.size > PAGE) {
         const last = tbody.lastElementChild;
         rows.delete(last.dataset.runId);
         last.remove();
       }
+      describePage();
     }
   };
 
