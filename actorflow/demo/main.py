@@ -38,6 +38,7 @@ import attrs
 import trio
 
 import actorflow as af
+from actorflow._model.errors import is_interrupt
 from actorflow.demo.workflow import (
     ORDERS,
     Order,
@@ -211,8 +212,8 @@ def report_clock_offset(now: datetime, lead: timedelta, last_report: datetime | 
 
 
 async def until_stopped() -> None:
-    """Wait for Ctrl-C (SIGINT) or SIGTERM."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    """Wait for SIGTERM (Ctrl-C interrupts the whole demo: see ``_until_interrupted``)."""
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
         async for _ in signals:
             return
 
@@ -311,6 +312,8 @@ async def run_demo(
                     f"\nEvery run is done. The console stays open on them: {console_url}"
                     f"#token={token} (Ctrl-C stops it)."
                 )
+                final = [await orders.lookup(run_id) for run_id in run_ids.values()]
+                out("\n" + summary(Outcome(final, report, trio.current_time() - started)))
                 await (keep_open or (lambda url, token: until_stopped()))(console_url, token)
             nursery.cancel_scope.cancel()
 
@@ -376,6 +379,30 @@ def _only_error(exc: BaseException) -> af.ActorflowError | None:
     return exc if isinstance(exc, af.ActorflowError) else None
 
 
+async def _until_interrupted(demo: Callable[[], Awaitable[Outcome]]) -> Outcome:
+    """Run ``demo``; Ctrl-C cancels it cleanly (trio's default would raise
+    KeyboardInterrupt wherever the code is, say inside a database write, and the workflows
+    would log it as a failed step), then raises KeyboardInterrupt here."""
+    outcome: list[Outcome] = []
+    interrupted = False
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def on_signal() -> None:
+                nonlocal interrupted
+                async for _ in signals:
+                    interrupted = True
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(on_signal)
+            outcome.append(await demo())
+            nursery.cancel_scope.cancel()
+    if interrupted or not outcome:
+        raise KeyboardInterrupt
+    return outcome[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     """The demo's command line; returns the exit code."""
     parser = argparse.ArgumentParser(
@@ -412,9 +439,10 @@ def main(argv: list[str] | None = None) -> int:
         console = (host.strip("[]") or "127.0.0.1", int(port))
 
     def run(db: Path) -> Outcome:
-        return trio.run(
-            functools.partial(run_demo, db, payment_timeout=args.payment_timeout, console=console)
+        demo = functools.partial(
+            run_demo, db, payment_timeout=args.payment_timeout, console=console
         )
+        return trio.run(_until_interrupted, demo)
 
     try:
         if args.db is not None:
@@ -422,13 +450,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             with tempfile.TemporaryDirectory(prefix="actorflow-demo-") as directory:
                 outcome = run(Path(directory) / "demo.db")
-    except (af.ActorflowError, BaseExceptionGroup) as exc:
+    except BaseException as exc:
         error = _only_error(exc)
-        if error is None:
+        if error is not None:
+            print(f"actorflow demo: error: {error}", file=sys.stderr)
+            return 1
+        if not is_interrupt(exc):
             raise
-        print(f"actorflow demo: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+        print("actorflow demo: interrupted", file=sys.stderr, flush=True)
         return 130
     print(f"\nSummary ({len(outcome.orders)} orders and a report in {outcome.seconds:.1f} s):\n")
     print(summary(outcome))
