@@ -17,6 +17,7 @@ from actorflow._model.errors import (
     ActorflowError,
     InvalidArgument,
     RunNotFound,
+    SerializationError,
     StatusNotReached,
     StoreError,
     VersionConflict,
@@ -25,6 +26,7 @@ from actorflow._model.options import Options
 from actorflow._model.record import RawRecord, Record, Timer, new_run_id
 from actorflow._model.run import Run
 from actorflow._model.run_state import RunState
+from actorflow._model.text import check_text
 from actorflow._runtime.actor import Op, Stopped
 from actorflow._runtime.engine import NO_TIMERS, Engine
 from actorflow._runtime.ports import Ownership, Service
@@ -228,12 +230,18 @@ class Workflow(Generic[T, S]):
                 f"workflow {self.name!r}: foreign_id must be a non-empty string of at most "
                 f"{MAX_FOREIGN_ID} characters, not {foreign_id!r}"
             )
-        return foreign_id
+        return check_text(foreign_id, f"workflow {self.name!r}: foreign_id {foreign_id!r}")
 
-    def _run_id_arg(self, run_id: object) -> str:
+    def _run_id_arg(self, run_id: object, what: str = "run_id") -> str:
         if not isinstance(run_id, str) or not run_id:
-            raise InvalidArgument(f"workflow {self.name!r}: run_id must be a non-empty string")
-        return run_id
+            raise InvalidArgument(f"workflow {self.name!r}: {what} must be a non-empty string")
+        return check_text(run_id, f"workflow {self.name!r}: {what} {run_id!r}")
+
+    def _encode_initial(self, obj: T) -> str:
+        try:
+            return self._codec.encode(obj, " (initial object)")
+        except SerializationError as exc:
+            raise InvalidArgument(str(exc)) from None
 
     # -- triggering ------------------------------------------------------------------------------
 
@@ -248,7 +256,7 @@ class Workflow(Generic[T, S]):
                     "callback or timeout"
                 )
         if initial is not None:
-            self._codec.encode(self._codec.check(initial, "initial"), " (initial object)")
+            self._encode_initial(self._codec.check(initial, "initial"))
 
     @property
     def default_options(self) -> Options:
@@ -273,7 +281,7 @@ class Workflow(Generic[T, S]):
                 "or timeout (a run there would be complete at once)"
             )
         obj = self._codec.default() if initial is None else self._codec.check(initial, "initial")
-        encoded = self._codec.encode(obj, " (initial object)")
+        encoded = self._encode_initial(obj)
         now = self._clock.now()
         raw = RawRecord(
             workflow_name=self.name,
@@ -347,6 +355,10 @@ class Workflow(Generic[T, S]):
                 statuses = int(self._status_arg(status))
             else:
                 statuses = [int(self._status_arg(s)) for s in status]
+        if foreign_id is not None:
+            foreign_id = self._foreign_id_arg(foreign_id)
+        if after is not None:
+            after = self._run_id_arg(after, "after")
         found = await self._store.list_runs(
             self.name,
             foreign_id=foreign_id,
@@ -524,6 +536,7 @@ class Workflow(Generic[T, S]):
         run_id = self._run_id_arg(run_id)
         if not isinstance(reason, str):
             raise InvalidArgument(f"workflow {self.name!r}: reason must be a string")
+        check_text(reason, f"workflow {self.name!r}: reason {reason!r}")
         await self._store.lookup(self.name, run_id)  # RunNotFound before anything else
         engine = self._engine
         methods: dict[str, Callable[[RawRecord, str], Awaitable[tuple[RawRecord, list[Timer]]]]] = {
