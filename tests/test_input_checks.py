@@ -98,7 +98,7 @@ async def test_invalid_text_is_invalid_argument_on_every_store(store: Store) -> 
 async def test_non_finite_numbers_are_refused_on_every_store(store: Store) -> None:
     wf = build(store, af.SystemClock())
     for value in (math.nan, math.inf, -math.inf):
-        with pytest.raises(af.InvalidArgument, match="object.amount is not a finite number"):
+        with pytest.raises(af.InvalidArgument, match=r"object\.amount is not a finite number"):
             await wf.trigger("f1", initial=Obj(amount=value))
     assert await wf.list_runs() == []
 
@@ -167,7 +167,7 @@ def test_json_from_outside_is_structured_strictly() -> None:
     for path, data in cases.items():
         with pytest.raises(af.InvalidArgument, match=re.escape(path)):
             structure_json(data, Obj, "initial")
-    with pytest.raises(af.InvalidArgument, match="initial.amount is not a finite number"):
+    with pytest.raises(af.InvalidArgument, match=r"initial\.amount is not a finite number"):
         structure_json({"amount": math.inf}, Obj, "initial")
     with pytest.raises(af.InvalidArgument, match=r"initial.tags\[0\] is not valid Unicode"):
         structure_json({"tags": [BAD]}, Obj, "initial")

@@ -280,6 +280,28 @@ def test_app_from_the_environment(
         (["pause", "feedface", "--app", "{app}:workflow"], 1, "feedface"),
         (["trigger", "f", "--app", "{app}:workflow", "--initial", "{bad"], 2, "not valid JSON"),
         (["trigger", "f", "--app", "{app}:workflow", "--initial", "[]"], 2, "JSON object"),
+        # #13: initial is structured strictly, naming the field; text and numbers are checked
+        (
+            ["trigger", "f", "--app", "{app}:workflow", "--initial", '{"yin": "maybe"}'],
+            2,
+            "initial.yin",
+        ),
+        (
+            ["trigger", "f", "--app", "{app}:workflow", "--initial", '{"note": 5}'],
+            2,
+            "initial.note",
+        ),
+        (
+            ["trigger", "f", "--app", "{app}:workflow", "--initial", '{"colour": 1}'],
+            2,
+            "(colour) @ initial",
+        ),
+        (
+            ["trigger", "f", "--app", "{app}:workflow", "--initial", '{"count": NaN}'],
+            2,
+            "NaN is not JSON",
+        ),
+        (["trigger", "f\udcff", "--app", "{app}:workflow"], 2, "not valid Unicode"),
         (["trigger", "f", "--app", "{app}:workflow", "--start", "END"], 2, "cannot start at END"),
         (["callback", "f", "MIDDLE", "--app", "{app}:workflow"], 2, "--data"),
         (["callback", "nobody", "MIDDLE", "--data", "x", "--app", "{app}:workflow"], 1, "nobody"),
