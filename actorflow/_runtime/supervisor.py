@@ -16,9 +16,9 @@ import enum
 import functools
 import heapq
 import itertools
+import logging
 import math
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar, final
 
@@ -29,9 +29,12 @@ from actorflow._model.errors import ActorflowError
 from actorflow._model.record import Event, RawRecord, Timer
 from actorflow._model.run_state import RunState
 from actorflow._runtime.actor import Ask, Op, Reply, RunActor, Stopped
-from actorflow._runtime.engine import Engine, log
+from actorflow._runtime.engine import Engine
 from actorflow._runtime.ports import Leadership, Ownership, Service
+from actorflow._runtime.retry import retrying
 from actorflow.stores.feed import ChangeFeed
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
@@ -42,26 +45,6 @@ RETRY_DELAY = timedelta(seconds=5)
 SEEN_LIMIT = 100_000
 
 R = TypeVar("R")
-
-
-async def _retrying(engine: Engine[Any, Any], what: str, call: Callable[[], Awaitable[R]]) -> R:
-    """``await call()`` until it succeeds: a store hiccup must not stop the workflow."""
-    failures = 0
-    while True:
-        try:
-            return await call()
-        except Exception as exc:
-            failures += 1
-            delay = engine.default_options.backoff(failures).total_seconds()
-            log.warning(
-                "workflow %r: %s failed (attempt %d, retrying in %.1f s): %s",
-                engine.name,
-                what,
-                failures,
-                delay,
-                exc,
-            )
-            await trio.sleep(max(delay, 0.01))
 
 
 def _same_context(one: contextvars.Context, other: contextvars.Context) -> bool:
@@ -103,6 +86,8 @@ class Supervisor(Generic[T, S]):
         with it are stale and skipped."""
         self.retry_at: dict[str, float] = {}
         """Backoff deadlines of passivated runs, for the actor that picks them up again."""
+        self.snoozed: dict[str, dict[Timer, datetime]] = {}
+        """Skipped timeouts of passivated runs and when each may fire again (likewise)."""
         self._heap_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._services = services
@@ -146,6 +131,13 @@ class Supervisor(Generic[T, S]):
                         trio.current_time() + self.grace_period.total_seconds()
                     )
                 services.cancel_scope.cancel()
+            if not self._stop.is_set():
+                # Only a trio.Cancelled that nothing cancelled (swallowed by a nursery it
+                # made cancel itself) gets here: never return as if stopped.
+                raise ActorflowError(
+                    f"workflow {engine.name!r} stopped unexpectedly: one of its tasks raised "
+                    "trio.Cancelled while nothing had cancelled it"
+                )
         finally:
             self.stopping = True
             self._nursery = None
@@ -194,8 +186,12 @@ class Supervisor(Generic[T, S]):
             log.info("workflow %r: not the leader any more: service stopped", self.engine.name)
 
     async def _load_timers(self) -> None:
-        timers = await _retrying(
-            self.engine, "loading timers", lambda: self.engine.store.list_timers(self.engine.name)
+        engine = self.engine
+        timers = await retrying(
+            lambda: engine.store.list_timers(engine.name),
+            options=engine.default_options,
+            what=f"workflow {engine.name!r}: loading timers",
+            log=log,
         )
         self.schedule([t for t in timers if self.owns(t.run_id)])
 
@@ -392,9 +388,7 @@ class Supervisor(Generic[T, S]):
             return
         after: str | None = None
         while not self.stopping:
-            page = await _retrying(
-                engine,
-                "recovering runs",
+            page = await retrying(
                 functools.partial(
                     engine.store.list_runs,
                     engine.name,
@@ -403,6 +397,9 @@ class Supervisor(Generic[T, S]):
                     limit=RECOVERY_PAGE,
                     after=after,
                 ),
+                options=engine.default_options,
+                what=f"workflow {engine.name!r}: recovering runs",
+                log=log,
             )
             for raw in page:
                 if self.stopping:
@@ -425,16 +422,22 @@ class Supervisor(Generic[T, S]):
         ``seen_version``: the store's ``data_version`` when ``after`` was read (SQLite);
         the log is read again only once another connection has committed since."""
         engine = self.engine
+        # The safety-net poll is measured in real time: other processes live in real
+        # time, and a poll on a virtual clock would spin while a test jumps a year.
         interval = self.poll_interval.total_seconds()
         # LISTEN/NOTIFY (PostgresStore): woken as soon as another process writes work for
         # this one; the poll stays the safety net.
         changes = getattr(engine.store, "changes", None)
         mark = 0 if changes is None else changes.mark()
-        # SQLiteStore: ``data_version`` changes only when another connection commits.
+        # SQLiteStore: ``data_version`` changes only when another connection commits; a
+        # watcher thread looks at it in real time and wakes us only when it changed.
         data_version = getattr(engine.store, "data_version", None)
+        feed = engine.store.feed
+        external = feed.external
         while True:
             if changes is None:
-                await trio.sleep(interval)
+                await feed.wait_external(external, interval)
+                external = feed.external
             else:
                 await changes.wait(mark, interval)
                 mark = changes.mark()
