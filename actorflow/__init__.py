@@ -37,6 +37,7 @@ from actorflow.stores import Store as Store
 from actorflow.streaming import ConnectorEvent as ConnectorEvent
 from actorflow.streaming import EventSource as EventSource
 from actorflow.streaming import EventStreamer as EventStreamer
+from actorflow.streaming import KafkaStreamer as KafkaStreamer
 from actorflow.streaming import MemorySource as MemorySource
 from actorflow.streaming import MemoryStreamer as MemoryStreamer
 from actorflow.streaming import RedisStreamer as RedisStreamer
@@ -82,6 +83,7 @@ __all__ = [
     "ConnectorEvent",
     "EventSource",
     "EventStreamer",
+    "KafkaStreamer",
     "MemorySource",
     "MemoryStreamer",
     "RedisStreamer",

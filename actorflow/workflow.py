@@ -32,6 +32,7 @@ from actorflow._runtime.supervisor import Supervisor
 from actorflow._services.context import ServiceContext
 from actorflow.stores import Store
 from actorflow.stores.feed import Subscription
+from actorflow.streaming._source import check_reachable
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
@@ -131,6 +132,8 @@ class Workflow(Generic[T, S]):
         """
         if self._supervisor is not None:
             raise ActorflowError(f"workflow {self.name!r} is already running in this process")
+        # A streamer or source that cannot be reached fails the start, after a bounded wait.
+        await check_reachable([self._streamer, *(c.source for c in self._definition.connectors)])
         supervisor = Supervisor(
             self._engine,
             grace_period=self._grace_period,
