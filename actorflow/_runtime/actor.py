@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -24,9 +25,11 @@ from actorflow._model.errors import ActorflowError, StepError, StoreError, Versi
 from actorflow._model.record import RawRecord, Timer
 from actorflow._model.run import SpecialResult
 from actorflow._model.run_state import RunState
-from actorflow._runtime.engine import RESUME, Engine, log
+from actorflow._runtime.engine import RESUME, Engine
 from actorflow._runtime.ports import ActorHost
 from actorflow._runtime.user_code import user_error
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
@@ -464,7 +467,7 @@ class RunActor(Generic[T, S]):
             self._back_off(count, opts)
 
     def _back_off(self, count: int, options: Any) -> None:
-        self._retry_at = trio.current_time() + options.backoff(count).total_seconds()
+        self._retry_at = trio.current_time() + options.retry_seconds(count)
 
     async def _step(self, raw: RawRecord, spec: StepSpec) -> None:
         """Run the step of the run's status and store what it returned.

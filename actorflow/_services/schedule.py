@@ -9,7 +9,8 @@ time missed while nothing ran fires once at start; earlier missed times are skip
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, TypeVar
 
@@ -26,9 +27,11 @@ from actorflow._model.errors import (
     StoreError,
     WorkflowInProgress,
 )
-from actorflow._runtime.engine import log
+from actorflow._runtime.retry import retrying
 from actorflow._runtime.user_code import user_error
 from actorflow._services.context import ServiceContext
+
+log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 _TICK = timedelta(microseconds=1)
@@ -107,7 +110,13 @@ async def schedule_trigger(
     clock = ctx.clock
     store = ctx.store
     key = f"schedule:{ctx.name}:{foreign_id}:{expression}"
-    last = await _patiently(ctx, key, lambda: store.last_schedule(key))
+    last = await retrying(
+        lambda: store.last_schedule(key),
+        options=ctx.default_options,
+        what=f"schedule {key!r}: reading its last cron time",
+        log=log,
+        retry_on=StoreError,
+    )
     now = clock.now()
     due = _next_after(expression, now if last is None else last, tz)
     if due < now:  # missed while nothing ran: fire the latest missed time once, now
@@ -123,8 +132,8 @@ async def schedule_trigger(
             await _fire(ctx, key, fired, foreign_id, start, initial, filter)
         except ActorflowError as exc:
             failures += 1
-            delay = max(ctx.default_options.backoff(failures).total_seconds(), 0.01)
-            log.warning("schedule %r: %s failed (retrying in %.1f s): %s", key, fired, delay, exc)
+            delay = ctx.default_options.retry_seconds(failures)
+            log.warning("schedule %r: %s failed (retrying in %.3g s): %s", key, fired, delay, exc)
             await trio.sleep(delay)
             continue  # the same cron time again, unless it was claimed
         failures = 0
@@ -159,15 +168,3 @@ async def _fire(
         await ctx.handle.trigger(foreign_id, start, initial=initial)
     except WorkflowInProgress:
         return
-
-
-async def _patiently(ctx: ServiceContext, key: str, call: Callable[[], Awaitable[R]]) -> R:
-    failures = 0
-    while True:
-        try:
-            return await call()
-        except StoreError as exc:
-            failures += 1
-            delay = max(ctx.default_options.backoff(failures).total_seconds(), 0.01)
-            log.warning("schedule %r: store error (retrying in %.1f s): %s", key, delay, exc)
-            await trio.sleep(delay)
