@@ -25,6 +25,8 @@ from actorflow.gateway import open_gateway_client, serve_gateway
 from actorflow.gateway.client import GatewayClient
 
 STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+INTERRUPTED: Final = 130
+"""Exit code after Ctrl-C (SIGINT), as for every command."""
 
 
 def _say(text: str) -> None:
@@ -42,13 +44,16 @@ def worker(args: argparse.Namespace) -> int:
     token = token_from(args.token)
     if token is not None and gateway is None:
         raise UsageError("--token only makes sense with --gateway HOST:PORT")
-    trio.run(functools.partial(serve_worker, app, gateway, token))
-    return 0
+    stopped_by = trio.run(functools.partial(serve_worker, app, gateway, token))
+    # Ctrl-C (SIGINT) is an interruption (130, like every command); SIGTERM a normal stop.
+    return INTERRUPTED if stopped_by == signal.SIGINT else 0
 
 
-async def serve_worker(app: App, gateway: tuple[str, int] | None, token: str | None) -> None:
+async def serve_worker(app: App, gateway: tuple[str, int] | None, token: str | None) -> int | None:
     """Serve until a stop signal: stop the gateway, let steps in flight finish (each
-    workflow's grace period), close the stores. A second signal cancels at once."""
+    workflow's grace period), close the stores. A second signal cancels at once.
+    Returns the signal that stopped it."""
+    received: int | None = None
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         try:
             async with trio.open_nursery() as outer:
@@ -83,6 +88,7 @@ async def serve_worker(app: App, gateway: tuple[str, int] | None, token: str | N
                 for store in app.stores():
                     await store.aclose()
     _say("worker stopped")
+    return received
 
 
 async def _serve_gateway(
@@ -143,6 +149,7 @@ async def watch_gateway(
 ) -> int:
     """Subscribe to every served workflow (or one) and print each change; stop after
     ``count`` changes, on SIGINT/SIGTERM, or fail when the connection is lost."""
+    got: list[int] = []
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async with open_gateway_client(url, token=token) as client:
             names = [workflow] if workflow else [w["name"] for w in await client.workflows()]
@@ -150,7 +157,7 @@ async def watch_gateway(
                 raise CliError(f"the gateway at {url} serves no workflows")
             send, receive = trio.open_memory_channel[dict[str, Any]](0)
             async with trio.open_nursery() as outer:
-                outer.start_soon(_stop_on_signal, signals, outer.cancel_scope)
+                outer.start_soon(_stop_on_signal, signals, outer.cancel_scope, got)
                 async with trio.open_nursery() as followers:
                     async with send:
                         for name in names:
@@ -166,6 +173,9 @@ async def watch_gateway(
                             break
                 # Reached only when the followers ended without an error (or --count).
                 outer.cancel_scope.cancel()
+    if got and got[0] == signal.SIGINT:
+        _say("actorflow: interrupted")
+        return INTERRUPTED
     return 0
 
 
@@ -186,6 +196,6 @@ async def _follow(
             raise CliError(f"watching {name} ended: {exc}") from None
 
 
-async def _stop_on_signal(signals: Any, scope: trio.CancelScope) -> None:
-    await signals.__anext__()
+async def _stop_on_signal(signals: Any, scope: trio.CancelScope, got: list[int]) -> None:
+    got.append(await signals.__anext__())
     scope.cancel()
