@@ -11,6 +11,7 @@ period, then cancels; the services go last.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import enum
 import functools
@@ -115,6 +116,13 @@ class Supervisor(Generic[T, S]):
             if refused is not None:
                 raise refused from None
             raise
+
+    async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
+        engine = self.engine
+        # SQLiteStore: one process runs workflows on a file (StoreError for a second one).
+        worker_lock = getattr(engine.store, "worker_lock", None)
+        with worker_lock() if worker_lock is not None else contextlib.nullcontext():
+            await self._serve(task_status)
 
     async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
         engine = self.engine

@@ -95,11 +95,13 @@ class ConsoleSettings:
 
 
 def _refusal(verdict: Access) -> tuple[int, str] | None:
+    if verdict in (Access.GRANTED, Access.READ_ONLY):
+        return None
     if verdict is Access.MISSING:
         return 401, "a token is required: Authorization: Bearer <token>"
-    if verdict is Access.WRONG:
-        return 403, "wrong token"
-    return None
+    if verdict is Access.SEVERAL:
+        return 400, "send exactly one credential: one Authorization header or one token parameter"
+    return 403, "wrong token"
 
 
 def build_app(settings: ConsoleSettings) -> Starlette:
