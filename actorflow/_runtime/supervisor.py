@@ -109,7 +109,7 @@ class Supervisor(Generic[T, S]):
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
-            await self._serve(task_status)
+            await self._serve_locked(task_status)
         except BaseExceptionGroup as group:
             # A refusal at start comes alone: raise it as itself, not in a group.
             refused = lone_build_error(group)
@@ -117,7 +117,7 @@ class Supervisor(Generic[T, S]):
                 raise refused from None
             raise
 
-    async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
+    async def _serve_locked(self, task_status: trio.TaskStatus[None]) -> None:
         engine = self.engine
         # SQLiteStore: one process runs workflows on a file (StoreError for a second one).
         worker_lock = getattr(engine.store, "worker_lock", None)
