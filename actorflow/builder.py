@@ -293,6 +293,8 @@ class Builder(Generic[T, S]):
         streamer: Any = None,
         shards: int = 16,
         lease: timedelta = timedelta(seconds=10),
+        metrics: Any = None,
+        tracing: Any = False,
     ) -> Workflow[T, S]:
         """Validate the graph and bind it to a store. Raises BuildError.
 
@@ -314,6 +316,12 @@ class Builder(Generic[T, S]):
                 this many shards, leased by the worker processes.
             lease: how long a shard lease lasts without renewal; a dead worker's shards are
                 taken over after at most this long.
+            metrics: a ``prometheus_client.CollectorRegistry`` to report the workflow's
+                metrics to (docs/metrics.md); None (the default): the global registry when
+                ``actorflow[metrics]`` is installed, else none; False: no metrics.
+            tracing: True: an OpenTelemetry span per step, callback, timeout, hook and
+                connector call, from the global tracer provider (or pass a TracerProvider);
+                needs ``actorflow[otel]``. Default False.
         """
         from actorflow.workflow import Workflow
 
@@ -347,6 +355,10 @@ class Builder(Generic[T, S]):
             raise BuildError(
                 f"clock must have a now() method returning an aware datetime, not {clock!r}"
             )
+        from actorflow._observe import metrics_registry, tracer_provider
+
+        metrics_registry(metrics)  # BuildError now for a wrong value or a missing extra
+        tracer_provider(tracing)
         from actorflow.stores import Store as StoreProtocol
 
         if not isinstance(store, StoreProtocol):
@@ -371,6 +383,8 @@ class Builder(Generic[T, S]):
             streamer=streamer,
             shards=shards,
             lease=lease,
+            metrics=metrics,
+            tracing=tracing,
         )
 
 

@@ -23,7 +23,9 @@ from actorflow._model.errors import (
     StoreError,
     WorkflowInProgress,
 )
+from actorflow._model.process import ProcessState
 from actorflow._runtime.engine import log
+from actorflow._runtime.observe import Process, process_name
 from actorflow._services.context import ServiceContext
 
 R = TypeVar("R")
@@ -93,6 +95,25 @@ async def schedule_trigger(
 ) -> None:
     expression = parse_cron(spec)
     ctx.check_trigger_args(foreign_id, start, initial)
+    # luno/workflow's name for a schedule's process: ``<foreign id>-scheduler-<spec>``.
+    process = ctx.service(process_name(foreign_id, "scheduler", spec), 0.0)
+    process.state = ProcessState.RUNNING
+    try:
+        await _schedule(ctx, process, expression, foreign_id, start, initial, filter, tz)
+    finally:
+        process.state = ProcessState.STOPPED
+
+
+async def _schedule(
+    ctx: ServiceContext,
+    process: Process,
+    expression: str,
+    foreign_id: str,
+    start: Any,
+    initial: Any,
+    filter: Callable[..., Any] | None,
+    tz: tzinfo,
+) -> None:
     clock = ctx.clock
     store = ctx.store
     key = f"schedule:{ctx.name}:{foreign_id}:{expression}"
@@ -112,11 +133,27 @@ async def schedule_trigger(
             await _fire(ctx, key, fired, foreign_id, start, initial, filter)
         except ActorflowError as exc:
             failures += 1
+            process.state = ProcessState.ERRORING
+            if ctx.observer is not None:
+                ctx.observer.error(process.name)
             delay = max(ctx.default_options.backoff(failures).total_seconds(), 0.01)
-            log.warning("schedule %r: %s failed (retrying in %.1f s): %s", key, fired, delay, exc)
+            log.warning(
+                "schedule %r: %s failed (retrying in %.1f s): %s",
+                key,
+                fired,
+                delay,
+                exc,
+                extra={
+                    "workflow_name": ctx.name,
+                    "process_name": process.name,
+                    "foreign_id": foreign_id,
+                    "error_count": failures,
+                },
+            )
             await trio.sleep(delay)
             continue  # the same cron time again, unless it was claimed
         failures = 0
+        process.state = ProcessState.RUNNING
         due = _next_after(expression, max(fired, clock.now()), tz)
 
 
@@ -135,7 +172,17 @@ async def _fire(
     try:
         latest = await ctx.handle.latest(foreign_id)
         if not latest.run_state.finished:
-            log.info("schedule %r: %s skipped, run %s unfinished", key, fired, latest.run_id)
+            log.info(
+                "schedule %r: %s skipped, run %s unfinished",
+                key,
+                fired,
+                latest.run_id,
+                extra={
+                    "workflow_name": ctx.name,
+                    "foreign_id": foreign_id,
+                    "run_id": latest.run_id,
+                },
+            )
             return
     except RunNotFound:
         pass
@@ -155,5 +202,11 @@ async def _patiently(ctx: ServiceContext, key: str, call: Callable[[], Awaitable
         except StoreError as exc:
             failures += 1
             delay = max(ctx.default_options.backoff(failures).total_seconds(), 0.01)
-            log.warning("schedule %r: store error (retrying in %.1f s): %s", key, delay, exc)
+            log.warning(
+                "schedule %r: store error (retrying in %.1f s): %s",
+                key,
+                delay,
+                exc,
+                extra={"workflow_name": ctx.name, "schedule": key},
+            )
             await trio.sleep(delay)

@@ -78,6 +78,12 @@ def parser() -> argparse.ArgumentParser:
         help="also serve the websocket gateway there (port 0: any)",
     )
     worker.add_argument("--token", help=f"the gateway's token (default: ${TOKEN_ENV})")
+    worker.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics, /healthz and /readyz there (port 0: any); "
+        "needs actorflow[metrics]",
+    )
     worker.set_defaults(handler=_cli_worker.worker)
 
     runs = commands.add_parser("runs", help="list runs, show one, show its history")

@@ -42,17 +42,38 @@ def worker(args: argparse.Namespace) -> int:
     token = token_from(args.token)
     if token is not None and gateway is None:
         raise UsageError("--token only makes sense with --gateway HOST:PORT")
-    trio.run(functools.partial(serve_worker, app, gateway, token))
+    metrics = parse_host_port(args.metrics, "--metrics") if args.metrics else None
+    if metrics is not None:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            raise UsageError(
+                "--metrics needs prometheus-client: pip install 'actorflow[metrics]'"
+            ) from None
+    trio.run(functools.partial(serve_worker, app, gateway, token, metrics=metrics))
     return 0
 
 
-async def serve_worker(app: App, gateway: tuple[str, int] | None, token: str | None) -> None:
+async def serve_worker(
+    app: App,
+    gateway: tuple[str, int] | None,
+    token: str | None,
+    *,
+    metrics: tuple[str, int] | None = None,
+) -> None:
     """Serve until a stop signal: stop the gateway, let steps in flight finish (each
     workflow's grace period), close the stores. A second signal cancels at once."""
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         try:
             async with trio.open_nursery() as outer:
                 async with trio.open_nursery() as inner:
+                    metrics_scope = trio.CancelScope()
+                    if metrics is not None:
+                        # Before the workflows: /healthz and /readyz answer during recovery.
+                        host, port = metrics
+                        bound = await inner.start(_serve_metrics, app, host, port, metrics_scope)
+                        where = f"[{host}]" if ":" in host else host
+                        _say(f"metrics listening on http://{where}:{bound}/metrics")
                     for workflow in app.workflows:
                         await inner.start(workflow.run)
                     gateway_scope = trio.CancelScope()
@@ -76,6 +97,7 @@ async def serve_worker(app: App, gateway: tuple[str, int] | None, token: str | N
                     gateway_scope.cancel()
                     for workflow in app.workflows:
                         workflow.stop()
+                    metrics_scope.cancel()
                     outer.start_soon(_force_on_signal, signals, inner.cancel_scope)
                 outer.cancel_scope.cancel()
         finally:
@@ -100,6 +122,24 @@ async def _serve_gateway(
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise CliError(f"cannot serve the gateway on {host}:{port}: {reason}") from None
+
+
+async def _serve_metrics(
+    app: App,
+    host: str,
+    port: int,
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    from actorflow._observe.http import serve_metrics
+
+    with scope:
+        try:
+            await serve_metrics(app.workflows, host, port, task_status=task_status)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise CliError(f"cannot serve the metrics on {host}:{port}: {reason}") from None
 
 
 async def _force_on_signal(signals: Any, scope: trio.CancelScope) -> None:
