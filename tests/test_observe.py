@@ -164,9 +164,14 @@ async def test_metrics_go_to_the_registry_given(autojump_clock: Any, clock: af.C
     assert get("workflow_process_error_count", process_name="busy-consumer") == 1
     assert get("workflow_process_lag_alert", process_name="new-consumer") == 0.0
     assert get("workflow_process_states", process_name="new-consumer") == float(S.STOPPED)
-    assert get(
-        "workflow_run_state_changes", previous_run_state="Running", current_run_state="Completed"
-    ) == 1
+    assert (
+        get(
+            "workflow_run_state_changes",
+            previous_run_state="Running",
+            current_run_state="Completed",
+        )
+        == 1
+    )
     assert get("actorflow_run_duration_seconds_count") == 1
     # luno's latency buckets.
     buckets = sorted(

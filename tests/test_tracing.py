@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -250,3 +251,30 @@ async def test_without_a_trace_at_trigger_nothing_is_stored(
     assert "trace_origin" not in record.meta.to_dict()
     steps = of_kind(exporter.get_finished_spans(), "step")
     assert steps and all(s.parent is None for s in steps)  # each a root of its own
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def test_the_tracing_example_prints_one_trace() -> None:
+    root = ROOT
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [sys.executable, "-m", "examples.tracing"],
+            cwd=root,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    lines = result.stdout.decode().splitlines()
+    spans = [line.split() for line in lines if line.startswith("span ")]
+    names = [words[1] if words[1] != "step" else f"step {words[2]}" for words in spans]
+    assert names == [
+        "checkout",
+        "scan",
+        "step shipping/ordered-consumer",
+        "step shipping/packed-consumer",
+    ]
+    assert len({words[words.index("trace") + 1] for words in spans}) == 1
+    assert "order-1: SHIPPED by parcel-post" in lines

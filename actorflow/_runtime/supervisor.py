@@ -61,6 +61,7 @@ async def _retrying(engine: Engine[Any, Any], what: str, call: Callable[[], Awai
                 failures,
                 delay,
                 exc,
+                extra={"workflow_name": engine.name, "error_count": failures},
             )
             await trio.sleep(max(delay, 0.01))
 
@@ -267,7 +268,11 @@ class Supervisor(Generic[T, S]):
                     return
                 finally:
                     self._leader_scopes.discard(scope)
-            log.info("workflow %r: not the leader any more: service stopped", self.engine.name)
+            log.info(
+                "workflow %r: not the leader any more: service stopped",
+                self.engine.name,
+                extra={"workflow_name": self.engine.name},
+            )
 
     async def _load_timers(self) -> None:
         timers = await _retrying(
@@ -364,7 +369,11 @@ class Supervisor(Generic[T, S]):
             history = await store.history(self.engine.name, event.run_id)
         except Exception as exc:
             log.warning(
-                "workflow %r: reading run %s failed: %s", self.engine.name, event.run_id, exc
+                "workflow %r: reading run %s failed: %s",
+                self.engine.name,
+                event.run_id,
+                exc,
+                extra={"workflow_name": self.engine.name, "run_id": event.run_id},
             )
             return
         for raw in history:
@@ -524,7 +533,12 @@ class Supervisor(Generic[T, S]):
                     last = await engine.store.last_event_id()
                     version = await data_version()
                 except Exception as exc:
-                    log.warning("workflow %r: reading the event log failed: %s", engine.name, exc)
+                    log.warning(
+                        "workflow %r: reading the event log failed: %s",
+                        engine.name,
+                        exc,
+                        extra={"workflow_name": engine.name},
+                    )
                     continue
                 if version == seen_version:
                     after = max(after, last)
@@ -536,7 +550,12 @@ class Supervisor(Generic[T, S]):
                     events = await engine.store.read_events(after, TAIL_BATCH, engine.name)
                 except Exception as exc:
                     # Not read to its end: the next look reads from ``after`` again.
-                    log.warning("workflow %r: reading the event log failed: %s", engine.name, exc)
+                    log.warning(
+                        "workflow %r: reading the event log failed: %s",
+                        engine.name,
+                        exc,
+                        extra={"workflow_name": engine.name},
+                    )
                     break
                 for event in events:
                     after = event.id
@@ -558,7 +577,12 @@ class Supervisor(Generic[T, S]):
             try:
                 self.schedule(await self.engine.store.list_timers(self.engine.name, event.run_id))
             except Exception as exc:
-                log.warning("workflow %r: reading timers failed: %s", self.engine.name, exc)
+                log.warning(
+                    "workflow %r: reading timers failed: %s",
+                    self.engine.name,
+                    exc,
+                    extra={"workflow_name": self.engine.name, "run_id": event.run_id},
+                )
         if actor is not None:
             actor.poke()
         elif event.status in definition.steps and event.run_state.active:
