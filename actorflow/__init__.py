@@ -28,6 +28,7 @@ from actorflow._model.timers import after as after
 from actorflow._model.timers import at as at
 from actorflow.builder import Builder as Builder
 from actorflow.connect import connect as connect
+from actorflow.console import serve_console as serve_console
 from actorflow.gateway import open_gateway_client as open_gateway_client
 from actorflow.gateway import serve_gateway as serve_gateway
 from actorflow.stores import MemoryStore as MemoryStore
@@ -75,6 +76,7 @@ __all__ = [
     "connect",
     "open_gateway_client",
     "serve_gateway",
+    "serve_console",
     "MemoryStore",
     "PostgresStore",
     "SQLiteStore",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import functools
+import inspect
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
@@ -21,7 +23,7 @@ from actorflow._model.definition import (
     fn_name,
 )
 from actorflow._model.errors import BuildError
-from actorflow._model.options import Options
+from actorflow._model.options import Options, check_options_for
 from actorflow._model.timers import TimerFn
 
 if TYPE_CHECKING:
@@ -33,6 +35,30 @@ S = TypeVar("S", bound=enum.IntEnum)
 F = TypeVar("F", bound=Callable[..., Any])
 
 _UNSET: Any = object()
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+
+def is_async_callable(fn: object) -> bool:
+    """Whether calling ``fn`` gives an awaitable: an ``async def`` function (also behind
+    ``functools.partial`` or ``functools.wraps`` decorators) or an object whose
+    ``__call__`` is one."""
+    seen = 0
+    while seen < 100:
+        seen += 1
+        if inspect.iscoroutinefunction(fn):
+            return True
+        if isinstance(fn, functools.partial):
+            fn = fn.func
+            continue
+        wrapped = getattr(fn, "__wrapped__", None)
+        if wrapped is not None:
+            fn = wrapped
+            continue
+        if not inspect.isroutine(fn) and not isinstance(fn, type):
+            return inspect.iscoroutinefunction(type(fn).__call__)
+        return False
+    return False
 
 
 @attrs.define
@@ -67,6 +93,13 @@ class Builder(Generic[T, S]):
             raise BuildError(
                 f"workflow {name!r}: status_type must be an IntEnum, not {status_type!r}"
             )
+        for member in status_type:
+            if not INT64_MIN <= member.value <= INT64_MAX:
+                raise BuildError(
+                    f"workflow {name!r}: status {status_type.__name__}.{member.name}="
+                    f"{member.value} does not fit a signed 64-bit integer (the stores keep "
+                    f"statuses as such); use values from 1 to {INT64_MAX}"
+                )
         self.name = name
         self._codec = ObjectCodec(object_type, name)
         self.object_type = object_type
@@ -92,11 +125,19 @@ class Builder(Generic[T, S]):
     ) -> None:
         """``async def fn(run) -> Status`` runs whenever a run is at ``from_status``."""
         self._check_fn(fn, "step")
+        check_options_for("step", options, f"workflow {self.name!r}: step {fn_name(fn)}")
         self._pending.append(_Pending("step", from_status, fn, to, options))
 
-    def add_callback(self, from_status: S, fn: Callable[..., Any], to: S | Sequence[S]) -> None:
-        """``async def fn(run, payload: bytes) -> Status`` handles ``workflow.callback``."""
+    def add_callback(
+        self, from_status: S, fn: Callable[..., Any], to: S | Sequence[S], **options: Any
+    ) -> None:
+        """``async def fn(run, payload: bytes) -> Status`` handles ``workflow.callback``.
+
+        Callbacks take no options: they run in the ``callback`` call, which gets their
+        error (the build's ``default_options`` decide when repeated errors pause the run).
+        """
         self._check_fn(fn, "callback")
+        check_options_for("callback", options, f"workflow {self.name!r}: callback {fn_name(fn)}")
         self._pending.append(_Pending("callback", from_status, fn, to, {}))
 
     def add_timeout(
@@ -113,7 +154,13 @@ class Builder(Generic[T, S]):
                 f"workflow {self.name!r}: timeout timer must be callable (use af.after or af.at), "
                 f"not {timer!r}"
             )
+        if is_async_callable(timer):
+            raise BuildError(
+                f"workflow {self.name!r}: timeout timer {fn_name(timer)} is async; a timer is a "
+                "plain function timer(run, now) -> datetime | None (use af.after or af.at)"
+            )
         self._check_fn(fn, "timeout")
+        check_options_for("timeout", options, f"workflow {self.name!r}: timeout {fn_name(fn)}")
         self._pending.append(_Pending("timeout", from_status, fn, to, options, timer))
 
     def add_connector(self, name: str, source: Any, fn: Callable[..., Any], **options: Any) -> None:
@@ -121,6 +168,7 @@ class Builder(Generic[T, S]):
         if not isinstance(name, str) or not name:
             raise BuildError(f"workflow {self.name!r}: connector name must be a non-empty string")
         self._check_fn(fn, "connector")
+        check_options_for("connector", options, f"workflow {self.name!r}: connector {name!r}")
         self._connectors.append(ConnectorSpec(name, source, fn, Options()))
         self._connector_options.append(options)
 
@@ -145,6 +193,11 @@ class Builder(Generic[T, S]):
         if not callable(fn):
             raise BuildError(
                 f"workflow {self.name!r}: {what} function must be callable, not {fn!r}"
+            )
+        if not is_async_callable(fn):
+            raise BuildError(
+                f"workflow {self.name!r}: {what} function {fn_name(fn)} is not async; "
+                f"declare it with `async def` (actorflow awaits it)"
             )
 
     # -- building --------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar, cast, final, overload
 
 import trio
@@ -415,30 +415,73 @@ class Workflow(Generic[T, S]):
     async def list_runs(
         self,
         *,
-        foreign_id: str | None = None,
+        foreign_id: str | Sequence[str] | None = None,
         status: S | Sequence[S] | None = None,
         run_state: RunState | Sequence[RunState] | None = None,
         limit: int = 25,
         after: str | None = None,
         descending: bool = False,
+        foreign_id_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> list[Record[T, S]]:
-        """The latest version of each matching run, in creation order (keyset pages)."""
-        statuses: int | list[int] | None = None
-        if status is not None:
-            if isinstance(status, int):
-                statuses = int(self._status_arg(status))
-            else:
-                statuses = [int(self._status_arg(s)) for s in status]
+        """The latest version of each matching run, in creation order (keyset pages).
+
+        ``foreign_id`` is one id or a sequence of ids; ``created_after`` (inclusive) and
+        ``created_before`` (exclusive) are aware datetimes. Raises InvalidArgument for bad
+        filters and RunNotFound for an unknown ``after``."""
         found = await self._store.list_runs(
             self.name,
             foreign_id=foreign_id,
-            status=statuses,
+            status=self._statuses_arg(status),
             run_state=run_state,
             limit=limit,
             after=after,
             descending=descending,
+            foreign_id_prefix=foreign_id_prefix,
+            created_after=created_after,
+            created_before=created_before,
         )
         return [self._engine.typed(raw) for raw in found]
+
+    async def count_runs(
+        self,
+        *,
+        foreign_id: str | Sequence[str] | None = None,
+        status: S | Sequence[S] | None = None,
+        run_state: RunState | Sequence[RunState] | None = None,
+        foreign_id_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> dict[tuple[S, RunState], int]:
+        """How many runs match (the filters of :meth:`list_runs`), by (status, run state).
+
+        Pairs without runs are left out; ``sum(counts.values())`` is the total."""
+        counts = await self._store.count_runs(
+            self.name,
+            foreign_id=foreign_id,
+            status=self._statuses_arg(status),
+            run_state=run_state,
+            foreign_id_prefix=foreign_id_prefix,
+            created_after=created_after,
+            created_before=created_before,
+        )
+        status_type = self.status_type
+        found: dict[tuple[S, RunState], int] = {}
+        for (value, run_state_), count in sorted(counts.items()):
+            try:
+                key = (status_type(value), run_state_)
+            except ValueError:  # a status no longer in the enum: counted under its value
+                key = (cast(S, value), run_state_)
+            found[key] = found.get(key, 0) + count
+        return found
+
+    def _statuses_arg(self, status: S | Sequence[S] | None) -> int | list[int] | None:
+        if status is None:
+            return None
+        if isinstance(status, int):
+            return int(self._status_arg(status))
+        return [int(self._status_arg(s)) for s in status]
 
     async def history(self, run_id: str) -> list[Record[T, S]]:
         """Every stored version of a run, oldest first. Raises RunNotFound."""

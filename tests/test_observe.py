@@ -153,7 +153,13 @@ async def test_metrics_go_to_the_registry_given(autojump_clock: Any, clock: af.C
     async with af.open_workflow(workflow):
         run_id = await workflow.trigger("x")
         await workflow.await_status("x", run_id, Job.DONE)
+        await trio.sleep(16)  # actorflow_runs is counted afresh every 15 s
+        counted = samples(registry)
     found = samples(registry)
+    runs = ("actorflow_runs", frozenset(
+        {"workflow_name": "jobs", "status": "DONE", "run_state": "Completed"}.items()
+    ))  # fmt: skip
+    assert counted[runs] == 1
     base = {"workflow_name": "jobs"}
 
     def get(name: str, **labels: str) -> float:

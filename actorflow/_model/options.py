@@ -71,3 +71,35 @@ class Options:
         factor = 2 ** min(errors - 1, 30)
         delay: timedelta = self.error_backoff * factor
         return min(delay, max(self.max_error_backoff, self.error_backoff))
+
+
+WITHOUT_EFFECT: dict[str, dict[str, str]] = {
+    "timeout": {
+        "consume_lag": "a timeout fires when its timer says; delay it in the timer function",
+    },
+    "connector": {
+        "pause_after_errors": "a connector has no run to pause; it retries with back-off",
+        "max_concurrency": "a connector handles its events one at a time, in order",
+    },
+}
+"""Options that do nothing for a kind of function, and why (a BuildError says so)."""
+
+
+def check_options_for(kind: str, options: dict[str, Any], where: str) -> None:
+    """BuildError for an option that would have no effect on a ``kind`` of function.
+
+    ``kind``: ``"step"``, ``"timeout"``, ``"connector"`` or ``"callback"`` (which takes
+    none). Unknown option names are left to :meth:`Options.merged`, which lists the known.
+    """
+    if kind == "callback":
+        if options:
+            raise BuildError(
+                f"{where}: callbacks take no options ({', '.join(sorted(options))}); they run "
+                "inside workflow.callback(), which gets their error (build(default_options=...) "
+                "sets pause_after_errors for callbacks)"
+            )
+        return
+    useless = WITHOUT_EFFECT.get(kind, {})
+    for name in sorted(options):
+        if name in useless:
+            raise BuildError(f"{where}: option {name} has no effect on a {kind}: {useless[name]}")

@@ -12,12 +12,13 @@ import contextlib
 import enum
 import math
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar, final
 
 import attrs
 import trio
 
+from actorflow._model.clock import trio_deadline
 from actorflow._model.definition import StepSpec, fn_name
 from actorflow._model.errors import ActorflowError, StepError, StoreError, VersionConflict
 from actorflow._model.record import RawRecord, Timer
@@ -26,6 +27,7 @@ from actorflow._model.run_state import RunState
 from actorflow._runtime.engine import RESUME, Engine, log
 from actorflow._runtime.observe import run_fields
 from actorflow._runtime.ports import ActorHost
+from actorflow._runtime.user_code import user_error
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
@@ -34,6 +36,8 @@ MAILBOX_SIZE = 16
 PASSIVATE_AFTER = 1.0
 """Waits longer than this many seconds passivate the actor instead of holding its slot."""
 ASK_ATTEMPTS = 5
+MIN_SNOOZE = timedelta(milliseconds=10)
+"""The shortest wait before a skipped timeout fires again (``error_backoff`` may be 0)."""
 
 Op = Callable[[RawRecord], Awaitable[tuple[RawRecord | None, list[Timer] | None, Any]]]
 """An operation run by the actor on its latest record: returns (new record, timers, reply)."""
@@ -90,6 +94,8 @@ async def _call_user(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         return await fn(*args)
     except StoreError as exc:
         raise StepError(f"{fn_name(fn)} raised {type(exc).__name__}: {exc}") from exc
+    except trio.Cancelled as exc:
+        raise user_error(exc, fn_name(fn)) from exc
 
 
 @final
@@ -108,6 +114,8 @@ class RunActor(Generic[T, S]):
         self._retry_at = -math.inf
         self._skipped_version = 0
         self._wait_scope: trio.CancelScope | None = None
+        self._snoozed: dict[Timer, datetime] | None = None
+        """Timers whose timeout returned run.skip(): the wall time each may fire again."""
         self.task: trio.lowlevel.Task | None = None
 
     # -- the mailbox -----------------------------------------------------------------------
@@ -177,6 +185,8 @@ class RunActor(Generic[T, S]):
         sup = self.sup
         self.task = trio.lowlevel.current_task()
         self._retry_at = sup.retry_at.pop(self.run_id, -math.inf)
+        if sup.snoozed:
+            self._snoozed = sup.snoozed.pop(self.run_id, None)
         try:
             # The loop is written here, not in a method of its own: one coroutine frame
             # less for every run in flight.
@@ -192,16 +202,23 @@ class RunActor(Generic[T, S]):
                         continue
                 if not await self._turn(message):
                     return
-        except Exception as exc:
+        except (Exception, trio.Cancelled) as exc:
             # Never let one run take the workflow down: log, and try again later.
-            log.exception(
-                "%s: actor failed; retrying soon", self._where(), exc_info=exc, extra=self._fields()
+            error = user_error(exc, "the run's actor")
+            log.error(
+                "%s: actor failed; retrying soon",
+                self._where(),
+                exc_info=error,
+                extra=self._fields(),
             )
             sup.retry_later(self.run_id)
         finally:
             self._close()
 
     def _close(self) -> None:
+        if self._snoozed:
+            # Kept for the run's next actor: a skipped timeout waits out its back-off.
+            self.sup.snoozed[self.run_id] = self._snoozed
         # Synchronous: no message can arrive between the last check and the removal.
         self.sup.forget(self)
         while True:
@@ -219,9 +236,23 @@ class RunActor(Generic[T, S]):
         """Before passivating: make sure the supervisor wakes the run for its next timer."""
         if self._timers:
             now = self.engine.now()
-            future = [t.fire_at for t in self._timers if t.fire_at > now]
+            future = [w for w in map(self._fires_at, self._timers) if w > now]
             if future:
                 self.sup.arm(self.run_id, min(future))
+
+    def _fires_at(self, timer: Timer) -> datetime:
+        """When ``timer`` is due: its time, or later when its timeout skipped."""
+        snoozed = self._snoozed
+        if snoozed is None:
+            return timer.fire_at
+        return snoozed.get(timer, timer.fire_at)
+
+    def _snooze(self, timer: Timer, backoff: timedelta) -> None:
+        """The timeout of ``timer`` skipped: it fires again after ``backoff``, nothing stored."""
+        timers = self._timers or []
+        snoozed = {t: w for t, w in (self._snoozed or {}).items() if t in timers}
+        snoozed[timer] = self.engine.now() + max(backoff, MIN_SNOOZE)
+        self._snoozed = snoozed
 
     def _where(self) -> str:
         return f"workflow {self.engine.name!r} run {self.run_id}"
@@ -298,9 +329,10 @@ class RunActor(Generic[T, S]):
                     continue
                 message.reply.set(error=StoreError(f"{self._where()}: kept changing; try again"))
                 return
-            except Exception as exc:
+            except (Exception, trio.Cancelled) as exc:
+                error = user_error(exc, "a callback or control")
                 self.reload_needed = True
-                message.reply.set(error=exc)
+                message.reply.set(error=error)
                 return
             if new is not None:
                 self._stored(new, timers)
@@ -363,12 +395,16 @@ class RunActor(Generic[T, S]):
         if raw.run_state.active:
             if timers is None:
                 timers = await self._run_timers()
+            snoozed: datetime | None = None
             if timers:
                 now = engine.now()
                 for timer in timers:
                     if timer.kind != RESUME and timer.status == raw.status and timer.fire_at <= now:
-                        await self._fire_timeout(raw, timer)
-                        return now_trio
+                        fires_at = self._fires_at(timer)
+                        if fires_at <= now:
+                            await self._fire_timeout(raw, timer)
+                            return now_trio
+                        snoozed = fires_at if snoozed is None else min(snoozed, fires_at)
             spec = engine.definition.steps.get(raw.status)
             if spec is not None and raw.version != self._skipped_version:
                 lag = spec.options.consume_lag
@@ -382,6 +418,8 @@ class RunActor(Generic[T, S]):
                 else:
                     await self._observed_step(raw, spec)
                 return now_trio
+            if snoozed is not None:
+                return trio_deadline(engine.clock, snoozed)
             return None
         if raw.run_state is RunState.PAUSED:
             if timers is None:
@@ -409,9 +447,10 @@ class RunActor(Generic[T, S]):
             new, timers = await action
         except _StoppedBeforeStart:
             return NOT_STARTED
-        except Exception as exc:
-            await self._failed(raw, what, exc, key, options)
-            return exc
+        except (Exception, trio.Cancelled) as exc:
+            error = user_error(exc, what)
+            await self._failed(raw, what, error, key, options)
+            return error
         self._settled(raw, key, new, timers)
         return new
 
@@ -487,8 +526,10 @@ class RunActor(Generic[T, S]):
             observer.end(token, "not started")
         else:
             assert result is None or isinstance(result, RawRecord)
-            if result is None:
+            if result is None or result is raw:  # a timeout that skips stores nothing
                 observer.skipped(process, "run.skip()")
+                observer.end(token, "skipped")
+                return
             observer.end(token, self.engine.outcome(raw, result))
 
     async def _step(self, raw: RawRecord, spec: StepSpec) -> object:
@@ -514,13 +555,14 @@ class RunActor(Generic[T, S]):
                         return NOT_STARTED
                     result = await spec.fn(run)
         except StoreError as exc:  # raised by the step itself: its own error, not ours
-            error = StepError(f"{fn_name(spec.fn)} raised {type(exc).__name__}: {exc}")
-            error.__cause__ = exc
+            step_error = StepError(f"{fn_name(spec.fn)} raised {type(exc).__name__}: {exc}")
+            step_error.__cause__ = exc
+            await self._failed(raw, key, step_error, key, spec.options)
+            return step_error
+        except (Exception, trio.Cancelled) as exc:
+            error = user_error(exc, key)
             await self._failed(raw, key, error, key, spec.options)
             return error
-        except Exception as exc:
-            await self._failed(raw, key, exc, key, spec.options)
-            return exc
         try:
             if isinstance(result, SpecialResult):
                 new, timers = await engine.apply_result(
@@ -532,9 +574,10 @@ class RunActor(Generic[T, S]):
                 # the commit (objects held across it outlive garbage collections).
                 del run, result
                 await engine.commit(new, timers=timers, had_timers=had_timers)
-        except Exception as exc:
-            await self._failed(raw, key, exc, key, spec.options)
-            return exc
+        except (Exception, trio.Cancelled) as exc:  # a timer function is user code too
+            error = user_error(exc, key)
+            await self._failed(raw, key, error, key, spec.options)
+            return error
         self._settled(raw, key, new, timers)
         return new
 
@@ -557,10 +600,10 @@ class RunActor(Generic[T, S]):
                     raise _StoppedBeforeStart
                 result = await _call_user(spec.fn, run, timer.fire_at)
             new, timers = await engine.apply_result(raw, run, result, spec.to, key, fired=timer)
-            if new is None:  # skipped: this timer is used up
-                assert self._timers is not None
-                remaining = [t for t in self._timers if t != timer]
-                return await self._replace_timers(raw, remaining)
+            if new is None:  # skipped: nothing is stored; it fires again after the back-off
+                engine.reset_errors(raw.run_id, key)
+                self._snooze(timer, spec.options.error_backoff)
+                return raw, None
             return new, timers
 
         observer = engine.observer

@@ -33,6 +33,7 @@ from actorflow._model.record import Meta, RawRecord, Record, Timer
 from actorflow._model.run import Run, Special, SpecialResult
 from actorflow._model.run_state import RunState, check_transition
 from actorflow._runtime.observe import Observer, Process, process_name, run_fields
+from actorflow._runtime.user_code import user_error
 from actorflow.stores import Store
 
 T = TypeVar("T")
@@ -428,8 +429,11 @@ class Engine(Generic[T, S]):
         if self.scrub is not None:
             try:
                 scrubbed = self.scrub(obj)
-            except Exception as exc:
-                raise ActorflowError(f"{self.where(raw)}: scrub function failed: {exc!r}") from exc
+            except (Exception, trio.Cancelled) as exc:
+                error = user_error(exc, "the scrub function")
+                raise ActorflowError(
+                    f"{self.where(raw)}: scrub function failed: {error!r}"
+                ) from exc
             self.codec.check(scrubbed, "the scrub function's result")
         else:
             scrubbed = self.codec.default()
@@ -478,10 +482,16 @@ class Engine(Generic[T, S]):
                 if observer is not None:
                     observer.end(token, "error", exc)
                 raise
-            except Exception as exc:
+            except (Exception, trio.Cancelled) as exc:
+                try:
+                    error = user_error(exc, key)
+                except BaseException:
+                    if observer is not None:
+                        observer.end(token, "cancelled", exc)
+                    raise
                 if observer is not None:
-                    observer.end(token, "error", exc)
-                await self._callback_failed(raw, key, exc)
+                    observer.end(token, "error", error)
+                await self._callback_failed(raw, key, error)
             except BaseException as exc:
                 if observer is not None:
                     observer.end(token, "cancelled", exc)

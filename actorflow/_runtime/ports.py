@@ -30,6 +30,8 @@ class ActorHost(Protocol):
     """True once the workflow stops: actors finish their step and take no new work."""
     retry_at: dict[str, float]
     """Trio times before which a run's failed step must not be retried, by run id."""
+    snoozed: dict[str, dict[Timer, datetime]]
+    """Timers whose timeout skipped, with the wall time each may fire again, by run id."""
 
     def owns(self, run_id: str) -> bool:
         """Whether this process may work on the run now."""

@@ -105,6 +105,8 @@ class Supervisor(Generic[T, S]):
         with it are stale and skipped."""
         self.retry_at: dict[str, float] = {}
         """Backoff deadlines of passivated runs, for the actor that picks them up again."""
+        self.snoozed: dict[str, dict[Timer, datetime]] = {}
+        """Skipped timeouts of passivated runs and when each may fire again (likewise)."""
         self._heap_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._services = services
@@ -154,6 +156,13 @@ class Supervisor(Generic[T, S]):
                         trio.current_time() + self.grace_period.total_seconds()
                     )
                 services.cancel_scope.cancel()
+            if not self._stop.is_set():
+                # Only a trio.Cancelled that nothing cancelled (swallowed by a nursery it
+                # made cancel itself) gets here: never return as if stopped.
+                raise ActorflowError(
+                    f"workflow {engine.name!r} stopped unexpectedly: one of its tasks raised "
+                    "trio.Cancelled while nothing had cancelled it"
+                )
         finally:
             self.stopping = True
             self.serving = False

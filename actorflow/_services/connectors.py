@@ -23,6 +23,7 @@ from actorflow._model.options import Options
 from actorflow._model.process import ProcessState
 from actorflow._runtime.engine import log
 from actorflow._runtime.observe import Process, process_name
+from actorflow._runtime.user_code import user_error
 from actorflow._services.context import ServiceContext
 from actorflow.streaming._protocol import ConnectorEvent, EventSource
 from actorflow.streaming._stats import ConnectorStats, connector_stats
@@ -116,7 +117,8 @@ async def _serve(
                     stats.handled += 1
                     stats.cursor = event.id
                     process.state = ProcessState.RUNNING
-        except Exception as exc:
+        except (Exception, trio.Cancelled) as caught:
+            exc = user_error(caught, f"connector {spec.name!r} source {source!r}")
             failures += 1
             stats.source_errors += 1
             stats.last_error = f"{type(exc).__name__}: {exc}"
@@ -181,7 +183,13 @@ async def _handle(
         )
         try:
             await spec.fn(ctx.handle, event)
-        except Exception as exc:
+        except (Exception, trio.Cancelled) as caught:
+            try:
+                exc = user_error(caught, f"connector function {fn_name(spec.fn)}")
+            except BaseException:
+                if observer is not None:
+                    observer.end(token, "cancelled", caught)
+                raise
             if observer is not None:
                 observer.end(token, "error", exc)
             process.state = ProcessState.ERRORING

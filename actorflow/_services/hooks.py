@@ -19,6 +19,7 @@ from actorflow._model.record import Event
 from actorflow._model.run_state import RunState
 from actorflow._runtime.engine import Engine, log
 from actorflow._runtime.observe import RUN_STATE_NAMES, Process, process_name, run_fields
+from actorflow._runtime.user_code import user_error
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
@@ -107,12 +108,18 @@ async def run_hooks(engine: Engine[T, S], poll_interval: timedelta) -> None:
                 if observer is not None:
                     token = observer.begin("hook", process.name, raw)
                 await hook(engine.typed(raw))
-            except Exception as exc:
+            except (Exception, trio.Cancelled) as exc:
+                try:
+                    error = user_error(exc, f"on_{kind} hook")
+                except BaseException:
+                    if observer is not None and token is not None:
+                        observer.end(token, "cancelled", exc)
+                    raise
                 if observer is not None:
                     if token is None:
                         observer.error(process.name)
                     else:
-                        observer.end(token, "error", exc)
+                        observer.end(token, "error", error)
                 process.state = ProcessState.ERRORING
                 errors += 1
                 log.warning(
@@ -121,7 +128,7 @@ async def run_hooks(engine: Engine[T, S], poll_interval: timedelta) -> None:
                     kind,
                     event.run_id,
                     errors,
-                    exc,
+                    error,
                     extra={
                         "workflow_name": engine.name,
                         "process_name": process.name,

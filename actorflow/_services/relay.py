@@ -18,6 +18,7 @@ from actorflow._model.errors import InvalidArgument
 from actorflow._model.process import ProcessState
 from actorflow._runtime.engine import log
 from actorflow._runtime.observe import Process
+from actorflow._runtime.user_code import user_error
 from actorflow._services.connectors import retry_delay
 from actorflow._services.context import ServiceContext
 from actorflow.streaming._stats import relay_stats
@@ -89,7 +90,8 @@ async def _relay(ctx: ServiceContext, streamer: Any, process: Process) -> None:
                     stats.published += len(events)
                     stats.batches += 1
                     stats.cursor = follower.after
-        except Exception as exc:
+        except (Exception, trio.Cancelled) as caught:
+            exc = user_error(caught, f"streamer {streamer!r}")
             failures += 1
             stats.errors += 1
             stats.last_error = f"{type(exc).__name__}: {exc}"

@@ -1,8 +1,9 @@
 """``schedule_trigger``: trigger a run at every cron time (croniter), durably de-duplicated.
 
 The last fired cron time is claimed in the store before triggering, so a restart (or a
-second process) never fires one time twice. A time missed while nothing ran fires once at
-start; earlier missed times are skipped.
+second process) never fires one time twice. It is claimed once the ``filter`` has decided:
+a filter that raises is logged and asked again about the same time after the back-off. A
+time missed while nothing ran fires once at start; earlier missed times are skipped.
 """
 
 from __future__ import annotations
@@ -16,16 +17,19 @@ import trio
 from croniter import croniter
 
 from actorflow._model.clock import trio_deadline
+from actorflow._model.definition import fn_name
 from actorflow._model.errors import (
     ActorflowError,
     InvalidArgument,
     RunNotFound,
+    StepError,
     StoreError,
     WorkflowInProgress,
 )
 from actorflow._model.process import ProcessState
 from actorflow._runtime.engine import log
 from actorflow._runtime.observe import Process, process_name
+from actorflow._runtime.user_code import user_error
 from actorflow._services.context import ServiceContext
 
 R = TypeVar("R")
@@ -71,16 +75,23 @@ def _prev_before(expression: str, before: datetime, tz: tzinfo) -> datetime:
 
 
 async def _allowed(filter: Callable[..., Any] | None, when: datetime) -> bool:
+    """What ``filter`` says of the cron time ``when``; StepError when it raises."""
     if filter is None:
         return True
     try:
         takes_time = bool(inspect.signature(filter).parameters)
     except (TypeError, ValueError):
         takes_time = True
-    result = filter(when) if takes_time else filter()
-    if inspect.isawaitable(result):
-        result = await result
-    return bool(result)
+    try:
+        result = filter(when) if takes_time else filter()
+        if inspect.isawaitable(result):
+            result = await result
+        return bool(result)
+    except (Exception, trio.Cancelled) as caught:
+        exc = user_error(caught, f"schedule filter {fn_name(filter)}")
+        raise StepError(
+            f"schedule filter {fn_name(filter)} raised {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 async def schedule_trigger(
@@ -166,12 +177,16 @@ async def _fire(
     initial: Any,
     filter: Callable[..., Any] | None,
 ) -> None:
-    """Claim ``fired`` (so it is never fired twice), then trigger unless told to skip."""
-    if not await ctx.store.claim_schedule(key, fired):
-        return
+    """Trigger at ``fired`` unless told to skip. ``fired`` is claimed (so it is never
+    fired twice) once that is decided: a filter that raises leaves it unclaimed, to be
+    tried again."""
     try:
         latest = await ctx.handle.latest(foreign_id)
-        if not latest.run_state.finished:
+        unfinished = not latest.run_state.finished
+    except RunNotFound:
+        unfinished = False
+    if unfinished:
+        if await ctx.store.claim_schedule(key, fired):
             log.info(
                 "schedule %r: %s skipped, run %s unfinished",
                 key,
@@ -183,10 +198,9 @@ async def _fire(
                     "run_id": latest.run_id,
                 },
             )
-            return
-    except RunNotFound:
-        pass
-    if not await _allowed(filter, fired):
+        return
+    allowed = await _allowed(filter, fired)
+    if not await ctx.store.claim_schedule(key, fired) or not allowed:
         return
     try:
         await ctx.handle.trigger(foreign_id, start, initial=initial)

@@ -72,17 +72,37 @@ class Store(Protocol):
         self,
         workflow_name: str,
         *,
-        foreign_id: str | None = None,
+        foreign_id: str | Sequence[str] | None = None,
         status: int | Sequence[int] | None = None,
         run_state: RunState | Sequence[RunState] | None = None,
         limit: int = 25,
         after: str | None = None,
         descending: bool = False,
+        foreign_id_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> list[RawRecord]:
         """The latest version of each matching run, in creation order (or reversed).
 
-        ``after`` is the run id of the last record of the previous page (keyset
-        pagination); an unknown ``after`` raises RunNotFound."""
+        ``foreign_id`` is one id or a sequence of ids (any of them matches);
+        ``created_after`` is inclusive and ``created_before`` exclusive. ``after`` is the
+        run id of the last record of the previous page (keyset pagination); an unknown
+        ``after`` raises RunNotFound. Bad filters raise InvalidArgument."""
+        ...
+
+    async def count_runs(
+        self,
+        workflow_name: str,
+        *,
+        foreign_id: str | Sequence[str] | None = None,
+        status: int | Sequence[int] | None = None,
+        run_state: RunState | Sequence[RunState] | None = None,
+        foreign_id_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> dict[tuple[int, RunState], int]:
+        """How many runs match the filters of :meth:`list_runs`, by (status, run state);
+        pairs with no run are left out."""
         ...
 
     async def history(self, workflow_name: str, run_id: str) -> list[RawRecord]:

@@ -56,18 +56,18 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, final
+from typing import Any, Protocol, final
 
 import attrs
 import trio
 
 from actorflow._model.errors import InvalidArgument, StoreError
+from actorflow.stores.postgres.connection import PgConnection
+from actorflow.stores.postgres.listen import Notifications
 from actorflow.stores.postgres.schema import quote_schema
 
 log = logging.getLogger("actorflow")
 
-if TYPE_CHECKING:
-    from actorflow.stores.postgres.store import PostgresStore
 
 MAX_SHARDS = 4096
 WARN_EVERY = 30.0
@@ -272,6 +272,20 @@ class LeaseQueries:
         )
 
 
+class ShardHost(Protocol):
+    """What shard leases need from their store."""
+
+    @property
+    def schema(self) -> str: ...
+
+    @property
+    def notifications(self) -> Notifications: ...
+
+    def register_ownership(self, ownership: ShardOwnership) -> None: ...
+
+    def unregister_ownership(self, ownership: ShardOwnership) -> None: ...
+
+
 @final
 class ShardOwnership:
     """The :class:`~actorflow._runtime.ports.Ownership` of one worker process for one workflow.
@@ -280,7 +294,13 @@ class ShardOwnership:
     """
 
     def __init__(
-        self, store: PostgresStore, workflow_name: str, *, shards: int, lease: timedelta
+        self,
+        store: ShardHost,
+        db: PgConnection,
+        workflow_name: str,
+        *,
+        shards: int,
+        lease: timedelta,
     ) -> None:
         if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= MAX_SHARDS:
             raise InvalidArgument(f"shards must be an int from 1 to {MAX_SHARDS}, not {shards!r}")
@@ -301,7 +321,8 @@ class ShardOwnership:
             "lease": lease,
             "shards": shards,
         }
-        self._db = store._lease_connection(f"leases of {workflow_name!r}")
+        self._pool = db
+        self._db = db.dedicated(f"leases of {workflow_name!r}")
         self._changed = trio.Event()
         self.target = 0
         self.workers: list[str] = []
@@ -343,7 +364,7 @@ class ShardOwnership:
             InvalidArgument: other live workers run this workflow with another ``shards``.
         """
         store = self.store
-        store._register_ownership(self)
+        store.register_ownership(self)
         started = False
         try:
             await self._start()
@@ -364,7 +385,7 @@ class ShardOwnership:
                 nursery.start_soon(self._watch_expiry, on_change)
                 await self._heartbeat(on_change, nursery)
         finally:
-            store._unregister_ownership(self)
+            store.unregister_ownership(self)
             self.book = LeaseBook(self.timings)
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + min(5.0, self.timings.lease)
@@ -389,7 +410,7 @@ class ShardOwnership:
         failures = 0
         while True:
             try:
-                await self.store._open()
+                await self._pool.open()
                 await self._db.run(self._setup)
                 await self._tick()
                 return

@@ -25,7 +25,7 @@ from actorflow._model.errors import (
 from actorflow._model.record import Event, Meta, RawRecord, Timer
 from actorflow._model.run_state import RunState
 from actorflow.stores.feed import ChangeFeed
-from actorflow.stores.filters import RunFilter
+from actorflow.stores.filters import RunFilter, prefix_upper_bound
 from actorflow.stores.messages import in_progress, no_foreign_run, no_run
 from actorflow.stores.sqlite import schema as _sqlite_schema
 
@@ -308,6 +308,9 @@ class SQLiteStore:
                     "use a file on a local disk",
                 )
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            # Deleted and overwritten content is zeroed, not left in free space: what
+            # delete_data scrubs leaves no copy in the file (see _wipe_log for the WAL).
+            conn.execute("PRAGMA secure_delete = ON")
             if migrate:
                 # Blocking (with the busy timeout) is fine here: this is not async code.
                 conn.execute("BEGIN IMMEDIATE")
@@ -510,7 +513,50 @@ class SQLiteStore:
         timer_rows = None if timers is None else _timer_rows(record, timers)
         if timer_rows is None and not scrub_history:
             return self._submit(_apply_version, record, record)  # no tuple to keep waiting
+        if scrub_history:
+            return self._scrub(record, timer_rows)
         return self._submit(_apply_commit, (record, timer_rows, scrub_history), record)
+
+    async def _scrub(self, record: RawRecord, timer_rows: list[_Params] | None) -> RawRecord:
+        """Commit a version that overwrites every stored object of the run, then wipe the
+        old copies out of the write-ahead log too."""
+        stored = await self._submit(_apply_commit, (record, timer_rows, True), record)
+        await self._wipe_log(record.run_id)
+        return stored
+
+    async def _wipe_log(self, run_id: str) -> None:
+        """Checkpoint the WAL into the database file and truncate it to zero bytes.
+
+        The WAL holds every page written since the last checkpoint, old objects included;
+        ``secure_delete`` zeroes them in the database file. Another process reading an
+        older snapshot keeps the checkpoint from finishing: retried with back-off for up
+        to ``lock_timeout``, then StoreError (the scrub itself is stored).
+        """
+        deadline = trio.current_time() + self._lock_timeout
+        delay = _FIRST_BACKOFF
+        while True:
+            await trio.lowlevel.checkpoint()
+            problem = ""
+            try:
+                row = self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if row is None or row[0] != 0:
+                    problem = "another connection is reading or writing"
+            except sqlite3.Error as exc:
+                if not _is_busy(exc):
+                    raise self._error("truncating the write-ahead log failed", exc) from exc
+                problem = str(exc)
+            if not problem:
+                return
+            now = trio.current_time()
+            if now >= deadline:
+                raise self._fail(
+                    f"run {run_id}: its data is scrubbed in the database, but the write-ahead "
+                    f"log (which may still hold old copies) could not be truncated within "
+                    f"{self._lock_timeout:g} s ({problem})",
+                    "call delete_data again when the other processes are idle",
+                )
+            await trio.sleep(min(delay, deadline - now))
+            delay = min(delay * 2, _MAX_BACKOFF)
 
     async def set_cursor(self, name: str, value: str) -> None:
         def apply(conn: sqlite3.Connection, _: object) -> None:
@@ -582,23 +628,26 @@ class SQLiteStore:
         self,
         workflow_name: str,
         *,
-        foreign_id: str | None = None,
+        foreign_id: str | Sequence[str] | None = None,
         status: int | Sequence[int] | None = None,
         run_state: RunState | Sequence[RunState] | None = None,
         limit: int = 25,
         after: str | None = None,
         descending: bool = False,
+        foreign_id_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> list[RawRecord]:
-        flt = RunFilter.make(foreign_id=foreign_id, status=status, run_state=run_state, limit=limit)
-        where = ["workflow_name = ?"]
-        args: list[Any] = [workflow_name]
-        if flt.foreign_id is not None:
-            where.append("foreign_id = ?")
-            args.append(flt.foreign_id)
-        for column, values in (("status", flt.statuses), ("run_state", flt.run_states)):
-            if values is not None:
-                where.append(f"{column} IN ({', '.join('?' * len(values))})")
-                args.extend(sorted(int(v) for v in values))
+        flt = RunFilter.make(
+            foreign_id=foreign_id,
+            status=status,
+            run_state=run_state,
+            limit=limit,
+            foreign_id_prefix=foreign_id_prefix,
+            created_after=created_after,
+            created_before=created_before,
+        )
+        where, args = _run_conditions(workflow_name, flt)
 
         def query(conn: sqlite3.Connection) -> list[RawRecord]:
             conditions, values = list(where), list(args)
@@ -620,6 +669,36 @@ class SQLiteStore:
             return [_decode_record(row) for row in rows]
 
         return await self._read("list_runs", query)
+
+    async def count_runs(
+        self,
+        workflow_name: str,
+        *,
+        foreign_id: str | Sequence[str] | None = None,
+        status: int | Sequence[int] | None = None,
+        run_state: RunState | Sequence[RunState] | None = None,
+        foreign_id_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> dict[tuple[int, RunState], int]:
+        flt = RunFilter.make(
+            foreign_id=foreign_id,
+            status=status,
+            run_state=run_state,
+            foreign_id_prefix=foreign_id_prefix,
+            created_after=created_after,
+            created_before=created_before,
+        )
+        where, args = _run_conditions(workflow_name, flt)
+        sql = (
+            f"SELECT status, run_state, count(*) FROM runs WHERE {' AND '.join(where)} "
+            "GROUP BY status, run_state"
+        )
+
+        def query(conn: sqlite3.Connection) -> dict[tuple[int, RunState], int]:
+            return {(s, RunState(st)): n for s, st, n in conn.execute(sql, args)}
+
+        return await self._read("count_runs", query)
 
     async def history(self, workflow_name: str, run_id: str) -> list[RawRecord]:
         def query(conn: sqlite3.Connection) -> list[RawRecord]:
@@ -789,6 +868,41 @@ def _apply_commit(
 
 
 # -- encoding --------------------------------------------------------------------------
+
+
+def _run_conditions(workflow_name: str, flt: RunFilter) -> tuple[list[str], list[Any]]:
+    """The WHERE conditions (joined with AND) and their parameters for a run filter."""
+    where = ["workflow_name = ?"]
+    args: list[Any] = [workflow_name]
+    if flt.foreign_ids is not None and len(flt.foreign_ids) == 1:
+        where.append("foreign_id = ?")
+        args.append(flt.foreign_ids[0])
+    elif flt.foreign_ids is not None:
+        # One parameter however many ids (SQLite limits the number of parameters).
+        where.append("foreign_id IN (SELECT value FROM json_each(?))")
+        args.append(json.dumps(flt.foreign_ids))
+    if flt.foreign_id_prefix is not None:
+        # A range the (workflow_name, foreign_id, seq) index can serve, and the exact test.
+        prefix = flt.foreign_id_prefix
+        where.append("foreign_id >= ?")
+        args.append(prefix)
+        upper = prefix_upper_bound(prefix)
+        if upper is not None:
+            where.append("foreign_id < ?")
+            args.append(upper)
+        where.append("substr(foreign_id, 1, ?) = ?")
+        args.extend((len(prefix), prefix))
+    for column, values in (("status", flt.statuses), ("run_state", flt.run_states)):
+        if values is not None:
+            where.append(f"{column} IN ({', '.join('?' * len(values))})")
+            args.extend(sorted(int(v) for v in values))
+    if flt.created_after is not None:
+        where.append("created_at >= ?")
+        args.append(_to_text(flt.created_after))
+    if flt.created_before is not None:
+        where.append("created_at < ?")
+        args.append(_to_text(flt.created_before))
+    return where, args
 
 
 def _to_text(moment: datetime) -> str:
