@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import subprocess
 import sys
 import textwrap
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -301,3 +304,53 @@ def test_process_state_values_are_luno_s() -> None:
 
 
 _ = (Status, UTC)
+
+
+PG_DSN = os.environ.get("ACTORFLOW_PG_DSN", "")
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    if not PG_DSN:
+        pytest.skip("ACTORFLOW_PG_DSN not set: readiness on PostgreSQL was NOT tested")
+    import psycopg
+
+    name = f"af_test_{uuid.uuid4().hex[:16]}"
+    yield name
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'.encode())
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    with trio.fail_after(20):
+        while not predicate():  # noqa: ASYNC110 (leases move in the database: no event here)
+            await trio.sleep(0.05)
+
+
+@pytest.mark.postgres
+async def test_readiness_and_states_of_two_postgres_workers(pg_schema: str) -> None:
+    """Each worker is ready once it holds its fair share of shards; one leads the
+    singleton services, the other stands by (IDLE)."""
+    from actorflow.stores import PostgresStore
+
+    gate = trio.Event()
+    gate.set()
+    stores = [PostgresStore(PG_DSN, schema=pg_schema, pool_size=2) for _ in range(2)]
+    workers = [
+        jobs(store, af.SystemClock(), gate, {}, metrics=False, lease=timedelta(seconds=1))
+        for store in stores
+    ]
+    hook = "completed-run-state-change-hook-consumer"
+    try:
+        async with af.open_workflow(workers[0]):
+            await _until(lambda: workers[0].ready)
+            assert workers[0].states()["shard-ownership"] is S.RUNNING
+            assert workers[0].states()[hook] is S.RUNNING  # the only worker leads
+            async with af.open_workflow(workers[1]):
+                await _until(lambda: all(w.ready for w in workers))
+                hooks = sorted(w.states()[hook] for w in workers)
+                assert hooks == [S.RUNNING, S.IDLE]  # one leads, one stands by
+    finally:
+        for store in stores:
+            await store.aclose()
+    assert not workers[0].ready

@@ -230,7 +230,7 @@ class Supervisor(Generic[T, S]):
         target = getattr(ownership, "target", 0)
         if held is None:
             return True
-        return len(held()) >= max(1, int(target))
+        return len(held()) >= int(target)
 
     @property
     def ready(self) -> bool:
