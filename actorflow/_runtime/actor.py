@@ -505,7 +505,7 @@ class RunActor(Generic[T, S]):
         observer = engine.observer
         process = engine.step_processes[raw.status]
         lag = (engine.now() - raw.updated_at).total_seconds()
-        process.took_up(observer, engine.name, lag, run_fields(raw))
+        process.took_up(observer, engine.name, lag, raw)
         if observer is None:
             await self._step(raw, spec)
             return
@@ -612,7 +612,7 @@ class RunActor(Generic[T, S]):
             return
         process = engine.timeout_processes[raw.status]
         lag = (engine.now() - timer.fire_at).total_seconds()
-        process.took_up(observer, engine.name, lag, run_fields(raw))
+        process.took_up(observer, engine.name, lag, raw)
         token = observer.begin("timeout", process.name, raw)
         try:
             result = await self._guarded(raw, key, action(), key=key, options=spec.options)

@@ -183,15 +183,21 @@ class Process:
         self.alerting = False
 
     def took_up(
-        self, observer: Observer | None, workflow: str, lag: float, fields: Mapping[str, Any]
+        self,
+        observer: Observer | None,
+        workflow: str,
+        lag: float,
+        about: RawRecord | Mapping[str, Any],
     ) -> None:
         """The process takes up a run or event ``lag`` seconds old: report the lag, and
-        log a warning when it crosses the ``lag_alert`` threshold (once, not per event)."""
+        log a warning when it crosses the ``lag_alert`` threshold (once, not per event).
+        ``about``: the run taken up, or the log fields of the event."""
         alert: bool | None = None
         if self.lag_alert:
             alert = lag > self.lag_alert
             if alert != self.alerting:
                 self.alerting = alert
+                fields = run_fields(about) if isinstance(about, RawRecord) else about
                 extra = {**fields, "process_name": self.name, "lag_seconds": lag}
                 if alert:
                     log.warning(

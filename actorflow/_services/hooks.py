@@ -18,7 +18,7 @@ from actorflow._model.process import ProcessState
 from actorflow._model.record import Event
 from actorflow._model.run_state import RunState
 from actorflow._runtime.engine import Engine, log
-from actorflow._runtime.observe import RUN_STATE_NAMES, Process, process_name, run_fields
+from actorflow._runtime.observe import RUN_STATE_NAMES, Process, process_name
 from actorflow._runtime.user_code import user_error
 
 T = TypeVar("T")
@@ -104,7 +104,7 @@ async def run_hooks(engine: Engine[T, S], poll_interval: timedelta) -> None:
                 raw = next(r for r in history if r.version == event.version)
                 if errors == 0:
                     lag = (engine.now() - raw.updated_at).total_seconds()
-                    process.took_up(observer, engine.name, lag, run_fields(raw))
+                    process.took_up(observer, engine.name, lag, raw)
                 if observer is not None:
                     token = observer.begin("hook", process.name, raw)
                 await hook(engine.typed(raw))
