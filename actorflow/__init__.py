@@ -38,6 +38,7 @@ from actorflow.stores import Store as Store
 from actorflow.streaming import ConnectorEvent as ConnectorEvent
 from actorflow.streaming import EventSource as EventSource
 from actorflow.streaming import EventStreamer as EventStreamer
+from actorflow.streaming import KafkaStreamer as KafkaStreamer
 from actorflow.streaming import MemorySource as MemorySource
 from actorflow.streaming import MemoryStreamer as MemoryStreamer
 from actorflow.streaming import RedisStreamer as RedisStreamer
@@ -84,6 +85,7 @@ __all__ = [
     "ConnectorEvent",
     "EventSource",
     "EventStreamer",
+    "KafkaStreamer",
     "MemorySource",
     "MemoryStreamer",
     "RedisStreamer",

@@ -34,6 +34,7 @@ from actorflow._runtime.supervisor import Supervisor
 from actorflow._services.context import ServiceContext
 from actorflow.stores import Store
 from actorflow.stores.feed import Subscription
+from actorflow.streaming._source import check_reachable
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
@@ -201,6 +202,8 @@ class Workflow(Generic[T, S]):
         """
         if self._supervisor is not None:
             raise ActorflowError(f"workflow {self.name!r} is already running in this process")
+        # A streamer or source that cannot be reached fails the start, after a bounded wait.
+        await check_reachable([self._streamer, *(c.source for c in self._definition.connectors)])
         supervisor = Supervisor(
             self._engine,
             grace_period=self._grace_period,
@@ -549,7 +552,9 @@ class Workflow(Generic[T, S]):
             self._check_reachable(history[-1], wanted)
             if sub.lagged:
                 return None
-            found = await _next_matching(sub, wanted, poll)
+            found = None  # another process wrote, or the poll: read the history again
+            with self._store.feed.until_external(poll):
+                found = await _next_matching(sub, wanted)
             if found is not None:
                 return self._engine.typed(found)
 
@@ -690,19 +695,18 @@ class Workflow(Generic[T, S]):
 math_inf = float("inf")
 
 
-async def _next_matching(sub: Subscription, wanted: int, poll: float) -> RawRecord | None:
-    """The next published version at ``wanted``; None to re-read the history (poll or lag)."""
-    with trio.move_on_after(poll):
-        while True:
-            try:
-                raw = await sub.receive()
-            except ActorflowError:  # lagged: re-read the history
-                return None
-            if raw.status == wanted:
-                return raw
-            if raw.run_state.finished:
-                return None
-    return None
+async def _next_matching(sub: Subscription, wanted: int) -> RawRecord | None:
+    """The next published version at ``wanted``; None to re-read the history (lag).
+    The caller bounds the wait (another process's write, or the real-time poll)."""
+    while True:
+        try:
+            raw = await sub.receive()
+        except ActorflowError:  # lagged: re-read the history
+            return None
+        if raw.status == wanted:
+            return raw
+        if raw.run_state.finished:
+            return None
 
 
 @overload

@@ -521,16 +521,22 @@ class Supervisor(Generic[T, S]):
         ``seen_version``: the store's ``data_version`` when ``after`` was read (SQLite);
         the log is read again only once another connection has committed since."""
         engine = self.engine
+        # The safety-net poll is measured in real time: other processes live in real
+        # time, and a poll on a virtual clock would spin while a test jumps a year.
         interval = self.poll_interval.total_seconds()
         # LISTEN/NOTIFY (PostgresStore): woken as soon as another process writes work for
         # this one; the poll stays the safety net.
         changes = getattr(engine.store, "changes", None)
         mark = 0 if changes is None else changes.mark()
-        # SQLiteStore: ``data_version`` changes only when another connection commits.
+        # SQLiteStore: ``data_version`` changes only when another connection commits; a
+        # watcher thread looks at it in real time and wakes us only when it changed.
         data_version = getattr(engine.store, "data_version", None)
+        feed = engine.store.feed
+        external = feed.external
         while True:
             if changes is None:
-                await trio.sleep(interval)
+                await feed.wait_external(external, interval)
+                external = feed.external
             else:
                 await changes.wait(mark, interval)
                 mark = changes.mark()

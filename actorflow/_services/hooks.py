@@ -55,10 +55,11 @@ async def follow_events(
             if cursor is None:
                 stored = await store.get_cursor(cursor_name)
                 cursor = int(stored) if stored else 0
+            mark = store.feed.mark()
             events = await store.read_events(cursor, BATCH, engine.name)
             if not events:
-                with trio.move_on_after(poll):
-                    await store.feed.wait_published()
+                # An in-process commit, another process's write, or the real-time poll.
+                await store.feed.wait_change(mark, poll)
                 continue
             for event in events:
                 await handle(event)

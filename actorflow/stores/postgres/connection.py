@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 import trio
 
 from actorflow._model.errors import SchemaVersionError, StoreError
+from actorflow.stores import realtime
 from actorflow.stores.postgres.schema import migrate
 
 if TYPE_CHECKING:
@@ -155,6 +156,9 @@ class PgConnection:
         self._open_lock = trio.Lock()
         self._pool: _Pool | None = None
         self.closed = False
+        self.calls = 0
+        """Database round trips made so far: pooled calls and dedicated connections' calls
+        (for tests and tuning)."""
 
     async def close(self, *, drop: bytes | None = None) -> None:
         """Close the pool, first running ``drop`` (SQL) when given. Idempotent."""
@@ -163,7 +167,7 @@ class PgConnection:
             async with self._open_lock:
                 pool, self._pool = self._pool, None
             if pool is not None:
-                await trio.to_thread.run_sync(self._close_sync, pool, drop)
+                await realtime.to_thread(self._close_sync, pool, drop)
 
     def scrub(self, text: str) -> str:
         """``text`` without the password, whatever form the DSN gave it in."""
@@ -185,9 +189,9 @@ class PgConnection:
             return pool
         async with self._open_lock:
             if self._pool is None:
-                opened = await trio.to_thread.run_sync(self._open_sync, limiter=self._limiter)
+                opened = await realtime.to_thread(self._open_sync, limiter=self._limiter)
                 if self.closed:
-                    await trio.to_thread.run_sync(opened.close)
+                    await realtime.to_thread(opened.close)
                     raise StoreError(f"PostgreSQL at {self.where}: the store is closed")
                 self._pool = opened
             return self._pool
@@ -282,6 +286,7 @@ class PgConnection:
         commit. When time runs out a StoreError says whether the write may have happened.
         """
         pool = await self.open()
+        self.calls += 1
         start = trio.current_time()
         deadline = start + self._retry_timeout
         delay = 0.02
@@ -289,7 +294,7 @@ class PgConnection:
         while True:
             timeout = max(0.1, min(self._connect_timeout, deadline - trio.current_time()))
             try:
-                return await trio.to_thread.run_sync(
+                return await realtime.to_thread(
                     self._attempt, pool, fn, timeout, limiter=self._limiter
                 )
             except Transient as exc:
@@ -303,7 +308,7 @@ class PgConnection:
                 from psycopg_pool import PoolTimeout
 
                 if isinstance(cause, PoolTimeout):
-                    probed = await trio.to_thread.run_sync(self._probe, limiter=self._limiter)
+                    probed = await realtime.to_thread(self._probe, limiter=self._limiter)
                     if probed:
                         reason = f"{reason}; connecting fails: {probed}"
                 message = (
@@ -380,7 +385,8 @@ class Dedicated:
     async def run(self, fn: Callable[[_Conn], R], *, attempts: int = 2) -> R:
         """``fn(connection)`` in a thread; a broken connection is replaced and ``fn``
         tried again (``attempts`` in all). Raises ServerUnavailable or StoreError."""
-        return await trio.to_thread.run_sync(self._run, fn, attempts, limiter=self._limiter)
+        self._db.calls += 1
+        return await realtime.to_thread(self._run, fn, attempts, limiter=self._limiter)
 
     def _run(self, fn: Callable[[_Conn], R], attempts: int) -> R:
         import psycopg
@@ -432,4 +438,4 @@ class Dedicated:
                 conn.close()
 
     async def aclose(self) -> None:
-        await trio.to_thread.run_sync(self._close, limiter=self._limiter)
+        await realtime.to_thread(self._close, limiter=self._limiter)

@@ -44,6 +44,7 @@ from typing import Any, Protocol, final
 import trio
 
 from actorflow._model.record import RawRecord
+from actorflow.stores import realtime
 from actorflow.stores.feed import ChangeFeed, Subscription
 from actorflow.stores.postgres.connection import PgConnection
 
@@ -81,9 +82,10 @@ class ChangeSignal:
         self._lot.unpark_all()
 
     async def wait(self, mark: int, poll: float) -> None:
-        """Wait until a change was counted after ``mark`` (at most ``poll`` seconds)."""
+        """Wait until a change was counted after ``mark`` (at most ``poll`` seconds of real
+        time: the safety net must not spin while a virtual clock jumps)."""
         if self._count == mark:
-            with trio.move_on_after(poll):
+            with realtime.move_on_after(poll):
                 await self._lot.park()
         # Let a burst of notifications arrive, so it costs one read, not one each.
         await trio.sleep(SETTLE)
@@ -167,6 +169,7 @@ class Notifications:
         if origin == self.origin:
             return  # our own write: published at commit, routed in process
         self.feed.bump()
+        self._followed.notice_external()
         if kind != "f":
             self.routing.bump()
 
@@ -186,7 +189,7 @@ class Notifications:
         failures = 0
         while True:
             try:
-                conn = await trio.to_thread.run_sync(self._db.listen_connect, self.channel)
+                conn = await realtime.to_thread(self._db.listen_connect, self.channel)
             except Exception as exc:
                 failures += 1
                 delay = min(0.1 * 2**failures, MAX_BACKOFF)
@@ -210,6 +213,7 @@ class Notifications:
                 # Anything may have happened while we were not listening.
                 self.routing.bump()
                 self.feed.bump()
+                self._followed.notice_external()
                 await self._receive(conn)
             except Exception as exc:
                 log.warning(
@@ -222,7 +226,7 @@ class Notifications:
                 with trio.CancelScope(shield=True):
                     with contextlib.suppress(Exception):
                         trio.lowlevel.notify_closing(conn.pgconn.socket)
-                    await trio.to_thread.run_sync(_close_quietly, conn)
+                    await realtime.to_thread(_close_quietly, conn)
 
     async def _receive(self, conn: Any) -> None:
         pgconn = conn.pgconn
@@ -231,10 +235,10 @@ class Notifications:
         conn.add_notify_handler(lambda n: backlog.append(n.payload))
         fd = pgconn.socket
         while True:
-            with trio.move_on_after(KEEPALIVE) as idle:
+            with realtime.move_on_after(KEEPALIVE) as idle:
                 await trio.lowlevel.wait_readable(fd)
             if idle.cancelled_caught:
-                await trio.to_thread.run_sync(conn.execute, b"SELECT 1")
+                await realtime.to_thread(conn.execute, b"SELECT 1")
             else:
                 pgconn.consume_input()  # raises when the connection is gone
                 while (notify := pgconn.notifies()) is not None:
@@ -276,7 +280,7 @@ class Notifications:
                     if failures == 1:
                         log.warning("%r: reading the event log's position failed: %s", store, exc)
                 if not feed.has_subscribers:
-                    with trio.move_on_after(FOLLOW_POLL):
+                    with realtime.move_on_after(FOLLOW_POLL):
                         await feed.subscribed.wait()
                 continue
             mark = self.feed.mark()

@@ -62,6 +62,7 @@ import attrs
 import trio
 
 from actorflow._model.errors import InvalidArgument, StoreError
+from actorflow.stores import realtime
 from actorflow.stores.postgres.connection import PgConnection
 from actorflow.stores.postgres.listen import Notifications
 from actorflow.stores.postgres.schema import quote_schema
@@ -335,16 +336,16 @@ class ShardOwnership:
 
     def owns(self, run_id: str) -> bool:
         """True while this worker may act on the run (holds its shard's lease)."""
-        return self.book.owns(shard_of(run_id, self.shards), trio.current_time())
+        return self.book.owns(shard_of(run_id, self.shards), realtime.now())
 
     @property
     def leader(self) -> bool:
         """True while this worker holds shard 0: it runs the workflow's singleton services."""
-        return self.book.owns(0, trio.current_time())
+        return self.book.owns(0, realtime.now())
 
     def held(self) -> list[int]:
         """The shards this worker may act on now."""
-        return self.book.held(trio.current_time())
+        return self.book.held(realtime.now())
 
     async def serve(
         self,
@@ -387,8 +388,10 @@ class ShardOwnership:
         finally:
             store.unregister_ownership(self)
             self.book = LeaseBook(self.timings)
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + min(5.0, self.timings.lease)
+            with (
+                trio.CancelScope(shield=True),
+                realtime.move_on_after(min(5.0, self.timings.lease)),
+            ):
                 if started:
                     await self._exit()
                 else:
@@ -399,7 +402,7 @@ class ShardOwnership:
     def _warn(self, failures: int) -> Callable[..., None]:
         """``log.warning`` for the first failure in a row and then every WARN_EVERY
         seconds; ``log.debug`` in between, so an outage is reported, not flooded."""
-        now = trio.current_time()
+        now = realtime.now()
         if failures == 1 or now - self._warned >= WARN_EVERY:
             self._warned = now
             return log.warning
@@ -428,7 +431,7 @@ class ShardOwnership:
                     delay,
                     exc,
                 )
-                await trio.sleep(delay)
+                await realtime.sleep(delay)
 
     def _setup(self, conn: Any) -> None:
         q = self._queries
@@ -452,7 +455,7 @@ class ShardOwnership:
     async def _tick(self) -> tuple[list[int], list[int]]:
         """One round of the protocol. Returns (gained, lost) shards."""
         releasing = sorted(self.book.releasing)
-        sent = trio.current_time()
+        sent = realtime.now()
         result: TickResult = await self._db.run(lambda conn: self._tick_sync(conn, releasing))
         self.workers = result.workers
         self.target = result.target
@@ -479,10 +482,10 @@ class ShardOwnership:
     async def _heartbeat(self, on_change: Callable[[], None], nursery: trio.Nursery) -> None:
         timings = self.timings
         failures = 0
-        next_tick = trio.current_time() + timings.renew_every
+        next_tick = realtime.now() + timings.renew_every
         while True:
-            await trio.sleep_until(next_tick)
-            started = trio.current_time()
+            await realtime.sleep_until(next_tick)
+            started = realtime.now()
             try:
                 gained, lost = await self._tick()
             except Exception as exc:
@@ -499,7 +502,7 @@ class ShardOwnership:
                     timings.lease - timings.margin,
                     exc,
                 )
-                next_tick = trio.current_time() + delay
+                next_tick = realtime.now() + delay
                 continue
             if failures:
                 log.warning(
@@ -525,7 +528,7 @@ class ShardOwnership:
                     gained,
                     self.held(),
                 )
-            extras = self.book.extras(self.target, trio.current_time())
+            extras = self.book.extras(self.target, realtime.now())
             if extras:
                 self.book.start_release(extras)
                 nursery.start_soon(self._release, extras)
@@ -541,7 +544,7 @@ class ShardOwnership:
             shards,
             len(self.workers),
         )
-        await trio.sleep(self.timings.drain)
+        await realtime.sleep(self.timings.drain)
         params = {**self._params, "shards": shards, "hold": timedelta(0)}
         try:
             await self._db.run(lambda conn: conn.execute(self._queries.release, params))
@@ -561,9 +564,9 @@ class ShardOwnership:
         """Tell the supervisor as soon as a lease ran out locally without a renewal."""
         while True:
             self._changed = trio.Event()
-            with trio.move_on_at(self.book.next_deadline()):
+            with realtime.move_on_at(self.book.next_deadline()):
                 await self._changed.wait()
-            expired = self.book.expire(trio.current_time())
+            expired = self.book.expire(realtime.now())
             if expired:
                 log.warning(
                     "workflow %r: worker %s stops working on shards %s: their leases were "

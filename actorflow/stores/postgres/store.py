@@ -169,6 +169,12 @@ class PostgresStore:
         return self._feed
 
     @property
+    def calls(self) -> int:
+        """Database round trips made so far (pooled and dedicated connections; for tests
+        and tuning)."""
+        return self._db.calls
+
+    @property
     def changes(self) -> ChangeSignal:
         """Bumped when another process wrote a trigger, callback or control (NOTIFY):
         the supervisor's event-log tail waits on it instead of sleeping a whole poll."""

@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +37,8 @@ _MAX_BATCH: Final = 2000
 _OPEN_BUSY_TIMEOUT: Final = 5.0
 _FIRST_BACKOFF: Final = 0.001
 _MAX_BACKOFF: Final = 0.1
+WATCH_INTERVAL: Final = 0.05
+"""Real seconds between two looks of the watcher thread at ``PRAGMA data_version``."""
 
 _RECORD_COLUMNS: Final = (
     "workflow_name, foreign_id, run_id, status, run_state, object, version, created_at, "
@@ -74,6 +77,10 @@ class SQLiteStats:
     """Times a batch waited because another connection held the write lock."""
     failed_transactions: int = 0
     """Batches rolled back and reported as StoreError to all their writers."""
+    reads: int = 0
+    """Read operations (lookups, histories, event-log reads, data_version...)."""
+    changes_noticed: int = 0
+    """Times the watcher thread saw another connection commit and woke the trio side."""
 
 
 class _NeedsSavepoints(Exception):
@@ -148,6 +155,63 @@ class _Write(Generic[R]):
         if self.error is not None:
             raise self.error
         return self.value  # type: ignore[return-value]
+
+
+@final
+class _Watcher:
+    """A thread that looks at ``PRAGMA data_version`` on a connection of its own every
+    ``interval`` real seconds, and tells the trio run (through its token) only when it
+    changed: some other connection, in this process or another one, committed.
+
+    It never touches the store's connection, holds no lock between looks, and ends when
+    stopped or when the trio run it reports to is over.
+    """
+
+    def __init__(
+        self, path: Path, token: trio.lowlevel.TrioToken, notice: Callable[[], None]
+    ) -> None:
+        self.token = token
+        self._path = path
+        self._notice = notice
+        self._stop = threading.Event()
+        self.thread = threading.Thread(
+            target=self._serve, name="actorflow-sqlite-watch", daemon=True
+        )
+        self.thread.start()
+
+    def alive(self) -> bool:
+        return self.thread.is_alive() and not self._stop.is_set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _serve(self) -> None:
+        conn: sqlite3.Connection | None = None
+        last: int | None = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    if conn is None:
+                        conn = sqlite3.connect(self._path, timeout=0, isolation_level=None)
+                        # A new connection counts anew, and commits may have slipped in
+                        # before it looked: its first look reports a change, to be safe.
+                        last = None
+                    row = conn.execute("PRAGMA data_version").fetchone()
+                    version = int(row[0])
+                except sqlite3.Error:
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                else:
+                    if version != last:
+                        self.token.run_sync_soon(self._notice)
+                    last = version
+                self._stop.wait(WATCH_INTERVAL)
+        except trio.RunFinishedError:
+            pass
+        finally:
+            if conn is not None:
+                conn.close()
 
 
 @final
@@ -227,6 +291,25 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = self._open(migrate=True)
         self._connections = 1
         """Connections opened so far (a reopened connection counts data_version anew)."""
+        self._watcher: _Watcher | None = None
+        self._feed.watch = self._watch
+
+    def _watch(self) -> None:
+        """Make sure a watcher thread reports other connections' commits to this trio run
+        (started by the first waiter; see :meth:`ChangeFeed.wait_external`)."""
+        if self._closed:
+            return
+        token = trio.lowlevel.current_trio_token()
+        watcher = self._watcher
+        if watcher is not None and watcher.token is token and watcher.alive():
+            return
+        if watcher is not None:
+            watcher.stop()
+        self._watcher = _Watcher(self._path, token, self._noticed)
+
+    def _noticed(self) -> None:
+        self.stats.changes_noticed += 1
+        self._feed.notice_external()
 
     @property
     def feed(self) -> ChangeFeed:
@@ -586,6 +669,7 @@ class SQLiteStore:
 
     async def _read(self, what: str, query: Callable[[sqlite3.Connection], R]) -> R:
         await trio.lowlevel.checkpoint()
+        self.stats.reads += 1
         deadline = trio.current_time() + self._lock_timeout
         delay = _FIRST_BACKOFF
         while True:
@@ -793,6 +877,9 @@ class SQLiteStore:
     async def aclose(self) -> None:
         """Finish the batch in flight, then close the database. Idempotent."""
         self._closed = True
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
         if self._leading and self._idle is not None:
             with trio.CancelScope(shield=True):
                 await self._idle.wait()
