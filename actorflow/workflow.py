@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Generic, TypeVar, cast, final, overload
 
 import trio
@@ -26,6 +26,8 @@ from actorflow._model.process import ProcessState
 from actorflow._model.record import RawRecord, Record, Timer, new_run_id
 from actorflow._model.run import Run
 from actorflow._model.run_state import RunState
+from actorflow._model.settings import BuildSettings
+from actorflow._model.statuses import parse_status
 from actorflow._runtime.actor import Op, Stopped
 from actorflow._runtime.engine import NO_TIMERS, Engine
 from actorflow._runtime.observe import Observer, process_name
@@ -34,6 +36,7 @@ from actorflow._runtime.supervisor import Supervisor
 from actorflow._services.context import ServiceContext
 from actorflow.stores import Store
 from actorflow.stores.feed import Subscription
+from actorflow.stores.protocol import ShardedStore
 from actorflow.streaming._source import check_reachable
 
 T = TypeVar("T")
@@ -53,37 +56,31 @@ class Workflow(Generic[T, S]):
         store: Store,
         *,
         codec: ObjectCodec[T],
-        clock: Clock,
-        default_options: Options,
-        resume_paused_after: timedelta | None,
-        scrub: Callable[[T], T] | None,
-        grace_period: timedelta,
-        poll_interval: timedelta,
-        max_active_runs: int,
-        streamer: Any,
-        shards: int = 16,
-        lease: timedelta = timedelta(seconds=10),
-        metrics: Any = None,
-        tracing: Any = False,
+        settings: BuildSettings,
     ) -> None:
         self._definition = definition
         self._store = store
         self._codec = codec
-        self._clock = clock
+        self._settings = settings
+        self._clock = settings.clock
         self._engine: Engine[T, S] = Engine(
-            definition, store, codec, clock, resume_paused_after, scrub, default_options
+            definition,
+            store,
+            codec,
+            settings.clock,
+            settings.resume_paused_after,
+            settings.scrub,
+            settings.default_options,
         )
-        self._grace_period = grace_period
-        self._poll_interval = poll_interval
-        self._max_active_runs = max_active_runs
-        self._streamer = streamer
-        self._shards = shards
-        self._lease = lease
+        self._grace_period = settings.grace_period
+        self._poll_interval = settings.poll_interval
+        self._max_active_runs = settings.max_active_runs
+        self._streamer = settings.streamer
         self._supervisor: Supervisor[T, S] | None = None
         self._declare_services()
         from actorflow._observe import make_observer
 
-        self._engine.observer = make_observer(self, metrics, tracing)
+        self._engine.observer = make_observer(self, settings.metrics, settings.tracing)
 
     def _declare_services(self) -> None:
         """Name the service processes ``states()`` reports before they first run."""
@@ -242,11 +239,14 @@ class Workflow(Generic[T, S]):
             self._supervisor.stop()
 
     def _ownership(self) -> Ownership | None:
-        make = getattr(self._store, "shard_ownership", None)
-        if make is None:
+        if self._settings.ownership is not None:
+            given: Ownership = self._settings.ownership
+            return given
+        if not isinstance(self._store, ShardedStore):
             return None
-        ownership: Ownership = make(self.name, shards=self._shards, lease=self._lease)
-        return ownership
+        return self._store.shard_ownership(
+            self.name, shards=self._settings.shards, lease=self._settings.lease
+        )
 
     def _services(self) -> list[Service]:
         services: list[Service] = []
@@ -286,21 +286,10 @@ class Workflow(Generic[T, S]):
     # -- argument checks -------------------------------------------------------------------------
 
     def _status_arg(self, status: object, what: str = "status") -> S:
-        enum_type = self._definition.status_type
-        if isinstance(status, enum.Enum) and not isinstance(status, enum_type):
-            raise InvalidArgument(
-                f"workflow {self.name!r}: {what} {status!r} is not a {enum_type.__name__}"
-            )
-        if isinstance(status, bool) or not isinstance(status, int):
-            raise InvalidArgument(
-                f"workflow {self.name!r}: {what} must be a {enum_type.__name__}, not {status!r}"
-            )
         try:
-            return enum_type(status)  # type: ignore[return-value]
-        except ValueError:
-            raise InvalidArgument(
-                f"workflow {self.name!r}: {what} {status!r} is not a member of {enum_type.__name__}"
-            ) from None
+            return parse_status(self._definition.status_type, status)  # type: ignore[return-value]
+        except ValueError as exc:
+            raise InvalidArgument(f"workflow {self.name!r}: {what} {exc}") from None
 
     def _foreign_id_arg(self, foreign_id: object) -> str:
         if not isinstance(foreign_id, str) or not foreign_id or len(foreign_id) > MAX_FOREIGN_ID:

@@ -25,6 +25,10 @@ def _concurrency(_: Any, attribute: attrs.Attribute[int | None], value: int | No
         raise BuildError(f"option {attribute.name} must be None or an int >= 1, not {value!r}")
 
 
+MIN_RETRY_SECONDS = 0.01
+"""The shortest wait before any retry (see ``Options.retry_seconds``)."""
+
+
 @attrs.frozen
 class Options:
     """How a step (or timeout, or connector) is run.
@@ -63,6 +67,11 @@ class Options:
             return attrs.evolve(self, **overrides)
         except BuildError as exc:
             raise BuildError(f"{where}: {exc}") from None
+
+    def retry_seconds(self, errors: int) -> float:
+        """Seconds to wait before retrying after ``errors`` consecutive errors: the
+        back-off, but at least ``MIN_RETRY_SECONDS`` so that a zero back-off never spins."""
+        return max(self.backoff(errors).total_seconds(), MIN_RETRY_SECONDS)
 
     def backoff(self, errors: int) -> timedelta:
         """The delay before retrying after ``errors`` consecutive errors."""

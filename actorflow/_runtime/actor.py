@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -24,10 +25,12 @@ from actorflow._model.errors import ActorflowError, StepError, StoreError, Versi
 from actorflow._model.record import RawRecord, Timer
 from actorflow._model.run import SpecialResult
 from actorflow._model.run_state import RunState
-from actorflow._runtime.engine import RESUME, Engine, log
+from actorflow._runtime.engine import RESUME, Engine
 from actorflow._runtime.observe import run_fields
 from actorflow._runtime.ports import ActorHost
 from actorflow._runtime.user_code import user_error
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
@@ -496,7 +499,7 @@ class RunActor(Generic[T, S]):
             self._back_off(count, opts)
 
     def _back_off(self, count: int, options: Any) -> None:
-        self._retry_at = trio.current_time() + options.backoff(count).total_seconds()
+        self._retry_at = trio.current_time() + options.retry_seconds(count)
 
     async def _observed_step(self, raw: RawRecord, spec: StepSpec) -> None:
         """:meth:`_step` reported to the workflow's observer (metrics, traces) and checked

@@ -39,7 +39,7 @@ from actorflow.stores import Store
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
 
-log = logging.getLogger("actorflow")
+log = logging.getLogger(__name__)
 
 RESUME = "resume"
 META_CACHE = 256

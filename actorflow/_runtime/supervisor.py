@@ -16,9 +16,9 @@ import enum
 import functools
 import heapq
 import itertools
+import logging
 import math
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar, final
 
@@ -30,9 +30,12 @@ from actorflow._model.process import ProcessState
 from actorflow._model.record import Event, RawRecord, Timer
 from actorflow._model.run_state import RunState
 from actorflow._runtime.actor import Ask, Op, Reply, RunActor, Stopped
-from actorflow._runtime.engine import Engine, log
+from actorflow._runtime.engine import Engine
 from actorflow._runtime.ports import Leadership, Ownership, Service
+from actorflow._runtime.retry import retrying
 from actorflow.stores.feed import ChangeFeed
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
@@ -43,27 +46,6 @@ RETRY_DELAY = timedelta(seconds=5)
 SEEN_LIMIT = 100_000
 
 R = TypeVar("R")
-
-
-async def _retrying(engine: Engine[Any, Any], what: str, call: Callable[[], Awaitable[R]]) -> R:
-    """``await call()`` until it succeeds: a store hiccup must not stop the workflow."""
-    failures = 0
-    while True:
-        try:
-            return await call()
-        except Exception as exc:
-            failures += 1
-            delay = engine.default_options.backoff(failures).total_seconds()
-            log.warning(
-                "workflow %r: %s failed (attempt %d, retrying in %.1f s): %s",
-                engine.name,
-                what,
-                failures,
-                delay,
-                exc,
-                extra={"workflow_name": engine.name, "error_count": failures},
-            )
-            await trio.sleep(max(delay, 0.01))
 
 
 def _same_context(one: contextvars.Context, other: contextvars.Context) -> bool:
@@ -284,8 +266,12 @@ class Supervisor(Generic[T, S]):
             )
 
     async def _load_timers(self) -> None:
-        timers = await _retrying(
-            self.engine, "loading timers", lambda: self.engine.store.list_timers(self.engine.name)
+        engine = self.engine
+        timers = await retrying(
+            lambda: engine.store.list_timers(engine.name),
+            options=engine.default_options,
+            what=f"workflow {engine.name!r}: loading timers",
+            log=log,
         )
         self.schedule([t for t in timers if self.owns(t.run_id)])
 
@@ -487,9 +473,7 @@ class Supervisor(Generic[T, S]):
             return
         after: str | None = None
         while not self.stopping:
-            page = await _retrying(
-                engine,
-                "recovering runs",
+            page = await retrying(
                 functools.partial(
                     engine.store.list_runs,
                     engine.name,
@@ -498,6 +482,9 @@ class Supervisor(Generic[T, S]):
                     limit=RECOVERY_PAGE,
                     after=after,
                 ),
+                options=engine.default_options,
+                what=f"workflow {engine.name!r}: recovering runs",
+                log=log,
             )
             for raw in page:
                 if self.stopping:

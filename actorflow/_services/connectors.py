@@ -12,6 +12,7 @@ been handled, acknowledged and its cursor stored.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import trio
@@ -21,15 +22,13 @@ from actorflow._model.definition import ConnectorSpec, fn_name
 from actorflow._model.errors import InvalidArgument
 from actorflow._model.options import Options
 from actorflow._model.process import ProcessState
-from actorflow._runtime.engine import log
 from actorflow._runtime.observe import Process, process_name
 from actorflow._runtime.user_code import user_error
 from actorflow._services.context import ServiceContext
 from actorflow.streaming._protocol import ConnectorEvent, EventSource
 from actorflow.streaming._stats import ConnectorStats, connector_stats
 
-MIN_DELAY = 0.01
-"""Seconds: the shortest back-off, so that ``error_backoff=timedelta(0)`` never spins."""
+log = logging.getLogger(__name__)
 
 
 def cursor_name(workflow_name: str, connector_name: str) -> str:
@@ -54,11 +53,6 @@ def event_fields(ctx: ServiceContext, spec: ConnectorSpec, event: ConnectorEvent
         "foreign_id": event.foreign_id,
         "event_type": event.type,
     }
-
-
-def retry_delay(options: Options, errors: int) -> float:
-    """Seconds to wait after ``errors`` consecutive failures."""
-    return max(options.backoff(errors).total_seconds(), MIN_DELAY)
 
 
 async def run_connectors(ctx: ServiceContext) -> None:
@@ -125,7 +119,7 @@ async def _serve(
             process.state = ProcessState.ERRORING
             if ctx.observer is not None:
                 ctx.observer.error(process.name)
-            delay = retry_delay(spec.options, failures)
+            delay = spec.options.retry_seconds(failures)
             log.warning(
                 "workflow %r connector %r: source %r failed (%d in a row), reopening in %.3g s: %s",
                 ctx.name,
@@ -196,7 +190,7 @@ async def _handle(
             errors += 1
             stats.errors += 1
             stats.last_error = f"{type(exc).__name__}: {exc}"
-            delay = retry_delay(spec.options, errors)
+            delay = spec.options.retry_seconds(errors)
             log.warning(
                 "workflow %r connector %r: %s failed on event %s (foreign id %r, type %r), "
                 "attempt %d, retrying in %.3g s: %s",

@@ -7,6 +7,7 @@ at least once per change and never forgets one.
 from __future__ import annotations
 
 import enum
+import logging
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -17,9 +18,12 @@ from actorflow._model.options import Options
 from actorflow._model.process import ProcessState
 from actorflow._model.record import Event
 from actorflow._model.run_state import RunState
-from actorflow._runtime.engine import Engine, log
+from actorflow._runtime.engine import Engine
 from actorflow._runtime.observe import RUN_STATE_NAMES, Process, process_name
+from actorflow._runtime.retry import retrying
 from actorflow._runtime.user_code import user_error
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
@@ -69,7 +73,7 @@ async def follow_events(
         except StoreError as exc:
             # Handled events may be handled again (at least once); none is skipped.
             failures += 1
-            delay = max(engine.default_options.backoff(failures).total_seconds(), 0.01)
+            delay = engine.default_options.retry_seconds(failures)
             log.warning(
                 "workflow %r: %s: store error (retrying in %.1f s): %s",
                 engine.name,
@@ -97,58 +101,58 @@ async def run_hooks(engine: Engine[T, S], poll_interval: timedelta) -> None:
             return
         process = processes[kind]
         observer = engine.observer
-        errors = 0
-        while True:
+        attempts = 0
+
+        def failed(token: object, error: BaseException) -> None:
+            if observer is not None:
+                if token is None:
+                    observer.error(process.name)
+                else:
+                    observer.end(token, "error", error)
+            process.state = ProcessState.ERRORING
+
+        async def call_hook() -> None:
+            nonlocal attempts
+            attempts += 1
             token: object = None
             try:
                 history = await engine.store.history(engine.name, event.run_id)
                 raw = next(r for r in history if r.version == event.version)
-                if errors == 0:
+                if attempts == 1:
                     lag = (engine.now() - raw.updated_at).total_seconds()
                     process.took_up(observer, engine.name, lag, raw)
                 if observer is not None:
                     token = observer.begin("hook", process.name, raw)
                 await hook(engine.typed(raw))
-            except (Exception, trio.Cancelled) as exc:
+            except trio.Cancelled as exc:  # a stray one is the hook's error; a real one ends us
                 try:
                     error = user_error(exc, f"on_{kind} hook")
                 except BaseException:
                     if observer is not None and token is not None:
                         observer.end(token, "cancelled", exc)
                     raise
-                if observer is not None:
-                    if token is None:
-                        observer.error(process.name)
-                    else:
-                        observer.end(token, "error", error)
-                process.state = ProcessState.ERRORING
-                errors += 1
-                log.warning(
-                    "workflow %r: on_%s hook failed for run %s (attempt %d): %r",
-                    engine.name,
-                    kind,
-                    event.run_id,
-                    errors,
-                    error,
-                    extra={
-                        "workflow_name": engine.name,
-                        "process_name": process.name,
-                        "run_id": event.run_id,
-                        "foreign_id": event.foreign_id,
-                        "version": event.version,
-                        "error_count": errors,
-                    },
-                )
-                await trio.sleep(max(options.backoff(errors).total_seconds(), 0.001))
-            except BaseException as exc:
-                if observer is not None and token is not None:
-                    observer.end(token, "cancelled", exc)
+                failed(token, error)
+                raise error from exc
+            except Exception as exc:
+                failed(token, exc)
                 raise
-            else:
-                if observer is not None:
-                    observer.end(token, "handled")
-                process.state = ProcessState.RUNNING
-                return
+            if observer is not None:
+                observer.end(token, "handled")
+            process.state = ProcessState.RUNNING
+
+        await retrying(
+            call_hook,
+            options=options,
+            what=f"workflow {engine.name!r}: on_{kind} hook for run {event.run_id}",
+            log=log,
+            extra={
+                "workflow_name": engine.name,
+                "process_name": process.name,
+                "run_id": event.run_id,
+                "foreign_id": event.foreign_id,
+                "version": event.version,
+            },
+        )
 
     for process in processes.values():
         process.state = ProcessState.RUNNING

@@ -10,16 +10,15 @@ run); nothing is skipped.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import trio
 
 from actorflow._model.errors import InvalidArgument
 from actorflow._model.process import ProcessState
-from actorflow._runtime.engine import log
 from actorflow._runtime.observe import Process
 from actorflow._runtime.user_code import user_error
-from actorflow._services.connectors import retry_delay
 from actorflow._services.context import ServiceContext
 from actorflow.streaming._stats import relay_stats
 from actorflow.streaming._store_log import (
@@ -29,6 +28,8 @@ from actorflow.streaming._store_log import (
     parse_cursor,
     transition_event,
 )
+
+log = logging.getLogger(__name__)
 
 BATCH = 500
 PROCESS = "outbox-consumer"
@@ -98,7 +99,7 @@ async def _relay(ctx: ServiceContext, streamer: Any, process: Process) -> None:
             process.state = ProcessState.ERRORING
             if ctx.observer is not None:
                 ctx.observer.error(process.name)
-            delay = retry_delay(options, failures)
+            delay = options.retry_seconds(failures)
             log.warning(
                 "workflow %r: relay to %r failed (%d in a row), re-publishing from event %d "
                 "in %.3g s: %s",

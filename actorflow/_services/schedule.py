@@ -9,7 +9,8 @@ time missed while nothing ran fires once at start; earlier missed times are skip
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, TypeVar
 
@@ -27,10 +28,12 @@ from actorflow._model.errors import (
     WorkflowInProgress,
 )
 from actorflow._model.process import ProcessState
-from actorflow._runtime.engine import log
 from actorflow._runtime.observe import Process, process_name
+from actorflow._runtime.retry import retrying
 from actorflow._runtime.user_code import user_error
 from actorflow._services.context import ServiceContext
+
+log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 _TICK = timedelta(microseconds=1)
@@ -128,7 +131,13 @@ async def _schedule(
     clock = ctx.clock
     store = ctx.store
     key = f"schedule:{ctx.name}:{foreign_id}:{expression}"
-    last = await _patiently(ctx, key, lambda: store.last_schedule(key))
+    last = await retrying(
+        lambda: store.last_schedule(key),
+        options=ctx.default_options,
+        what=f"schedule {key!r}: reading its last cron time",
+        log=log,
+        retry_on=StoreError,
+    )
     now = clock.now()
     due = _next_after(expression, now if last is None else last, tz)
     if due < now:  # missed while nothing ran: fire the latest missed time once, now
@@ -147,9 +156,9 @@ async def _schedule(
             process.state = ProcessState.ERRORING
             if ctx.observer is not None:
                 ctx.observer.error(process.name)
-            delay = max(ctx.default_options.backoff(failures).total_seconds(), 0.01)
+            delay = ctx.default_options.retry_seconds(failures)
             log.warning(
-                "schedule %r: %s failed (retrying in %.1f s): %s",
+                "schedule %r: %s failed (retrying in %.3g s): %s",
                 key,
                 fired,
                 delay,
@@ -206,21 +215,3 @@ async def _fire(
         await ctx.handle.trigger(foreign_id, start, initial=initial)
     except WorkflowInProgress:
         return
-
-
-async def _patiently(ctx: ServiceContext, key: str, call: Callable[[], Awaitable[R]]) -> R:
-    failures = 0
-    while True:
-        try:
-            return await call()
-        except StoreError as exc:
-            failures += 1
-            delay = max(ctx.default_options.backoff(failures).total_seconds(), 0.01)
-            log.warning(
-                "schedule %r: store error (retrying in %.1f s): %s",
-                key,
-                delay,
-                exc,
-                extra={"workflow_name": ctx.name, "schedule": key},
-            )
-            await trio.sleep(delay)

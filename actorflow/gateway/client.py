@@ -32,7 +32,7 @@ from actorflow.gateway.protocol import (
     parse_server_message,
 )
 
-log = logging.getLogger("actorflow.gateway")
+log = logging.getLogger(__name__)
 
 Status = int | str
 """A status as its integer value (an IntEnum member will do) or its name."""

@@ -33,6 +33,7 @@ from actorflow._model.errors import (
 )
 from actorflow._model.record import Record
 from actorflow._model.run_state import RunState
+from actorflow._model.statuses import parse_status
 
 RequestId = int | str
 """A request id: a JSON integer or string, chosen by the client, unique among its
@@ -416,20 +417,10 @@ def coerce_status(status_type: type[enum.IntEnum], value: object, what: str = "s
     Raises:
         ProtocolError: ``invalid_argument`` when it is not a member of ``status_type``.
     """
-    members = ", ".join(f"{m.name}={m.value}" for m in status_type)
-    if isinstance(value, str):
-        member = status_type.__members__.get(value) or status_type.__members__.get(value.upper())
-        if member is not None:
-            return int(member)
-    elif isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return int(status_type(value))
-        except ValueError:
-            pass
-    raise ProtocolError(
-        ErrorCode.INVALID_ARGUMENT,
-        f"{what} {value!r} is not a member of {status_type.__name__} ({members})",
-    )
+    try:
+        return int(parse_status(status_type, value, by_name=True))
+    except ValueError as exc:
+        raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"{what} {exc}") from None
 
 
 def coerce_statuses(status_type: type[enum.IntEnum], value: object) -> int | list[int]:

@@ -55,7 +55,7 @@ from actorflow.gateway.protocol import (
 )
 from actorflow.workflow import Workflow
 
-log = logging.getLogger("actorflow.gateway")
+log = logging.getLogger(__name__)
 
 OUTGOING_QUEUE: Final = 16
 """Messages waiting for the writer of one connection; producers wait when it is full."""

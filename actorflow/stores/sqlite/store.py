@@ -8,7 +8,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -584,21 +584,19 @@ class SQLiteStore:
         timer_rows = _timer_rows(record, timers)
         return await self._submit(_apply_create, (record, params, timer_rows), record)
 
-    def commit(
+    async def commit(
         self,
         record: RawRecord,
         *,
         timers: Sequence[Timer] | None = None,
         scrub_history: bool = False,
-    ) -> Coroutine[Any, Any, RawRecord]:
-        # A plain function that hands back the group-commit coroutine: one coroutine frame
-        # less for each of the thousands of writes in flight (await it like any ``async def``).
+    ) -> RawRecord:
         timer_rows = None if timers is None else _timer_rows(record, timers)
         if timer_rows is None and not scrub_history:
-            return self._submit(_apply_version, record, record)  # no tuple to keep waiting
+            return await self._submit(_apply_version, record, record)
         if scrub_history:
-            return self._scrub(record, timer_rows)
-        return self._submit(_apply_commit, (record, timer_rows, scrub_history), record)
+            return await self._scrub(record, timer_rows)
+        return await self._submit(_apply_commit, (record, timer_rows, scrub_history), record)
 
     async def _scrub(self, record: RawRecord, timer_rows: list[_Params] | None) -> RawRecord:
         """Commit a version that overwrites every stored object of the run, then wipe the
@@ -993,38 +991,11 @@ def _run_conditions(workflow_name: str, flt: RunFilter) -> tuple[list[str], list
 
 
 def _to_text(moment: datetime) -> str:
-    if type(moment) is datetime and moment.tzinfo is UTC:
-        # What isoformat(timespec="microseconds") writes, faster.
-        return _UTC_TEXT % (
-            moment.year,
-            moment.month,
-            moment.day,
-            moment.hour,
-            moment.minute,
-            moment.second,
-            moment.microsecond,
-        )
+    """The stored text of an instant: UTC, ISO 8601 to the microsecond (sorts by time)."""
     offset = moment.utcoffset() if isinstance(moment, datetime) else None
     if offset is None:
         raise InvalidArgument(f"datetimes must be timezone-aware (UTC), not {moment!r}")
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-_UTC_TEXT: Final = "%04d-%02d-%02dT%02d:%02d:%02d.%06d+00:00"
-_CREATED: dict[datetime, str] = {}
-_CREATED_LIMIT: Final = 65_536
-
-
-def _created_text(moment: datetime) -> str:
-    """``_to_text`` of a run's ``created_at``, which every version of the run repeats."""
-    if moment.tzinfo is not UTC:  # equal instants may differ (fold): no cache
-        return _to_text(moment)
-    text = _CREATED.get(moment)
-    if text is None:
-        if len(_CREATED) >= _CREATED_LIMIT:
-            _CREATED.clear()
-        text = _CREATED[moment] = _to_text(moment)
-    return text
 
 
 def _from_text(text: str) -> datetime:
@@ -1050,7 +1021,7 @@ def _record_params(record: RawRecord) -> _Params:
         int(record.run_state),
         record.object,
         record.version,
-        _created_text(record.created_at),
+        _to_text(record.created_at),
         _to_text(record.updated_at),
         _meta_text(record.meta),
     )
