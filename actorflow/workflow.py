@@ -6,8 +6,9 @@ import enum
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
-from typing import Any, Generic, TypeVar, cast, final, overload
+from typing import Any, Generic, NoReturn, TypeVar, cast, final, overload
 
+import attrs
 import trio
 
 from actorflow._model.clock import Clock
@@ -29,7 +30,7 @@ from actorflow._model.run_state import RunState
 from actorflow._model.settings import BuildSettings
 from actorflow._model.statuses import parse_status
 from actorflow._runtime.actor import Op, Stopped
-from actorflow._runtime.engine import NO_TIMERS, Engine
+from actorflow._runtime.engine import NO_TIMERS, Engine, log
 from actorflow._runtime.observe import Observer, process_name
 from actorflow._runtime.ports import Ownership, Service
 from actorflow._runtime.supervisor import Supervisor
@@ -518,15 +519,34 @@ class Workflow(Generic[T, S]):
 
     async def _await_status(self, foreign_id: str, run_id: str, wanted: int) -> Record[T, S]:
         poll = self._poll_interval.total_seconds() if self._store.shared else math_inf
+        watch = _Unattended(trio.current_time())
         while True:
             with self._store.feed.subscribe(run_id=run_id) as sub:
-                found = await self._await_in(sub, foreign_id, run_id, wanted, poll)
+                found = await self._await_in(sub, foreign_id, run_id, wanted, poll, watch)
             if found is not None:
                 return found
             # The subscription lagged: subscribe afresh and read the history again.
 
+    def _runs_nowhere(self) -> bool:
+        """True when nothing can move this workflow's runs: it is not running in this
+        process and its store is one no other process can reach (MemoryStore)."""
+        return not self._store.shared and self._local_supervisor() is None
+
+    def _not_running(self, what: str) -> ActorflowError:
+        return ActorflowError(
+            f"workflow {self.name!r} is not running in this process, and no other process "
+            f"can reach its {self._store!r}: {what}. Run it around the call: "
+            "`async with af.open_workflow(workflow):` (or `nursery.start(workflow.run)`)"
+        )
+
     async def _await_in(
-        self, sub: Subscription, foreign_id: str, run_id: str, wanted: int, poll: float
+        self,
+        sub: Subscription,
+        foreign_id: str,
+        run_id: str,
+        wanted: int,
+        poll: float,
+        watch: _Unattended,
     ) -> Record[T, S] | None:
         while True:
             history = await self._store.history(self.name, run_id)
@@ -539,13 +559,42 @@ class Workflow(Generic[T, S]):
                 if raw.status == wanted:
                     return self._engine.typed(raw)
             self._check_reachable(history[-1], wanted)
+            if self._runs_nowhere():
+                at = history[-1].meta.status_description or history[-1].status
+                raise self._not_running(
+                    f"run {run_id} is at {at} and would wait for "
+                    f"{self._definition.status(wanted)!r} forever"
+                )
+            self._warn_if_unattended(history[-1], wanted, watch)
             if sub.lagged:
                 return None
             found = None  # another process wrote, or the poll: read the history again
-            with self._store.feed.until_external(poll):
+            unattended = not watch.warned and self._local_supervisor() is None
+            warn_at = watch.since + UNATTENDED_AFTER if unattended else math_inf
+            with self._store.feed.until_external(poll), trio.move_on_at(warn_at):
                 found = await _next_matching(sub, wanted)
             if found is not None:
                 return self._engine.typed(found)
+
+    def _warn_if_unattended(self, raw: RawRecord, wanted: int, watch: _Unattended) -> None:
+        """A shared store, the workflow not running in this process, and the run unchanged
+        for UNATTENDED_AFTER seconds: say so once (is a worker running elsewhere?)."""
+        now = trio.current_time()
+        if raw.version != watch.version or self._local_supervisor() is not None:
+            watch.version, watch.since = raw.version, now
+            return
+        if not watch.warned and now - watch.since >= UNATTENDED_AFTER:
+            watch.warned = True
+            log.warning(
+                "workflow %r: run %s has waited %.0f s at %s for %r and nothing moved it; "
+                "the workflow is not running in this process: is a worker running on %r?",
+                self.name,
+                raw.run_id,
+                now - watch.since,
+                raw.meta.status_description or raw.status,
+                self._definition.status(wanted),
+                self._store,
+            )
 
     def _check_reachable(self, raw: RawRecord, wanted: int) -> None:
         if raw.run_state.finished:
@@ -627,6 +676,12 @@ class Workflow(Generic[T, S]):
             )
         latest = await self._store.latest(self.name, foreign_id)
         if latest.status != int(wanted) or not latest.run_state.active:
+            if self._runs_nowhere() and latest.run_state.active:
+                raise self._not_running(
+                    f"the latest run of {foreign_id!r} is at "
+                    f"{latest.meta.status_description or latest.status}, not at "
+                    f"{wanted.name}, and nothing will move it there"
+                )
             return None
         engine = self._engine
         parent = self._trace_origin()  # the caller's trace: the callback's span continues it
@@ -682,6 +737,18 @@ class Workflow(Generic[T, S]):
 
 
 math_inf = float("inf")
+UNATTENDED_AFTER = 60.0
+"""Seconds (trio time) ``await_status`` waits on a shared store, with the workflow not
+running in this process and the run unchanged, before it logs one warning."""
+
+
+@attrs.define
+class _Unattended:
+    """How long an ``await_status`` has seen its run unchanged (see UNATTENDED_AFTER)."""
+
+    since: float
+    version: int = 0
+    warned: bool = False
 
 
 async def _next_matching(sub: Subscription, wanted: int) -> RawRecord | None:
@@ -736,11 +803,45 @@ class _OpenWorkflows(Generic[W]):
 
     @asynccontextmanager
     async def _serve(self) -> AsyncIterator[None]:
-        async with trio.open_nursery() as nursery:
-            for workflow in self._workflows:
-                await nursery.start(workflow.run)
-            try:
-                yield
-            finally:
+        body: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
                 for workflow in self._workflows:
-                    workflow.stop()
+                    await nursery.start(workflow.run)
+                try:
+                    yield
+                except BaseException as exc:
+                    body = exc
+                    raise
+                finally:
+                    for workflow in self._workflows:
+                        workflow.stop()
+        except BaseExceptionGroup as group:
+            # The workflows stopped cleanly: the block's own exception is all there is.
+            # Hand it back as itself, so ``except af.WorkflowInProgress:`` around the
+            # block works; a group stays a group when several things really failed.
+            if body is None or not _holds_only(group, body):
+                raise
+            _reraise_bare(body)
+
+
+def _holds_only(group: BaseExceptionGroup[BaseException], error: BaseException) -> bool:
+    """Whether ``group`` holds ``error`` and nothing else. Compared by leaves: trio may
+    rebuild a group that passes through a nursery (``split``), never its leaves."""
+    return [id(e) for e in _leaves(group)] == [id(e) for e in _leaves(error)]
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for sub in error.exceptions for leaf in _leaves(sub)]
+    return [error]
+
+
+def _reraise_bare(exc: BaseException) -> NoReturn:
+    """Raise ``exc`` as it was, without the group it came in as its context."""
+    context, suppress = exc.__context__, exc.__suppress_context__
+    try:
+        raise exc
+    finally:
+        exc.__context__, exc.__suppress_context__ = context, suppress
+        del exc, context

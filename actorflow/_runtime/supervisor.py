@@ -11,6 +11,7 @@ period, then cancels; the services go last.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import enum
 import functools
@@ -104,6 +105,13 @@ class Supervisor(Generic[T, S]):
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        engine = self.engine
+        # SQLiteStore: one process runs workflows on a file (StoreError for a second one).
+        worker_lock = getattr(engine.store, "worker_lock", None)
+        with worker_lock() if worker_lock is not None else contextlib.nullcontext():
+            await self._serve(task_status)
+
+    async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
         engine = self.engine
         engine.on_timers = self.schedule_run
         try:

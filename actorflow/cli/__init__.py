@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
+from actorflow._model.errors import is_interrupt
 from actorflow.cli import commands as _cli_commands
 from actorflow.cli import worker as _cli_worker
 from actorflow.cli.app import (
@@ -30,6 +31,8 @@ from actorflow.cli.app import (
 from actorflow.cli.demo import demo
 
 __all__ = ["main", "parser"]
+
+INTERRUPTED = 130
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -236,11 +239,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler: Handler = args.handler
         with _logging(args.command, show_traceback):
             return handler(args)
-    except KeyboardInterrupt:
-        return 130
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
+        if is_interrupt(exc):  # Ctrl-C: one line, no traceback, exit 130
+            print("actorflow: interrupted", file=sys.stderr, flush=True)
+            return INTERRUPTED
         error = user_error(exc)
         if show_traceback:
             traceback.print_exception(exc)

@@ -25,6 +25,8 @@ from actorflow.gateway import open_gateway_client, serve_gateway
 from actorflow.gateway.client import GatewayClient
 
 STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+INTERRUPTED: Final = 130
+"""Exit code after Ctrl-C (SIGINT), as for every command."""
 
 
 def _say(text: str) -> None:
@@ -50,8 +52,9 @@ def worker(args: argparse.Namespace) -> int:
             raise UsageError(
                 "--metrics needs prometheus-client: pip install 'actorflow[metrics]'"
             ) from None
-    trio.run(functools.partial(serve_worker, app, gateway, token, metrics=metrics))
-    return 0
+    stopped_by = trio.run(functools.partial(serve_worker, app, gateway, token, metrics=metrics))
+    # Ctrl-C (SIGINT) is an interruption (130, like every command); SIGTERM a normal stop.
+    return INTERRUPTED if stopped_by == signal.SIGINT else 0
 
 
 async def serve_worker(
@@ -60,9 +63,11 @@ async def serve_worker(
     token: str | None,
     *,
     metrics: tuple[str, int] | None = None,
-) -> None:
+) -> int | None:
     """Serve until a stop signal: stop the gateway, let steps in flight finish (each
-    workflow's grace period), close the stores. A second signal cancels at once."""
+    workflow's grace period), close the stores. A second signal cancels at once.
+    Returns the signal that stopped it."""
+    received: int | None = None
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         try:
             async with trio.open_nursery() as outer:
@@ -105,6 +110,7 @@ async def serve_worker(
                 for store in app.stores():
                     await store.aclose()
     _say("worker stopped")
+    return received
 
 
 async def _serve_gateway(
@@ -183,6 +189,7 @@ async def watch_gateway(
 ) -> int:
     """Subscribe to every served workflow (or one) and print each change; stop after
     ``count`` changes, on SIGINT/SIGTERM, or fail when the connection is lost."""
+    got: list[int] = []
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async with open_gateway_client(url, token=token) as client:
             names = [workflow] if workflow else [w["name"] for w in await client.workflows()]
@@ -190,7 +197,7 @@ async def watch_gateway(
                 raise CliError(f"the gateway at {url} serves no workflows")
             send, receive = trio.open_memory_channel[dict[str, Any]](0)
             async with trio.open_nursery() as outer:
-                outer.start_soon(_stop_on_signal, signals, outer.cancel_scope)
+                outer.start_soon(_stop_on_signal, signals, outer.cancel_scope, got)
                 async with trio.open_nursery() as followers:
                     async with send:
                         for name in names:
@@ -206,6 +213,9 @@ async def watch_gateway(
                             break
                 # Reached only when the followers ended without an error (or --count).
                 outer.cancel_scope.cancel()
+    if got and got[0] == signal.SIGINT:
+        _say("actorflow: interrupted")
+        return INTERRUPTED
     return 0
 
 
@@ -226,6 +236,6 @@ async def _follow(
             raise CliError(f"watching {name} ended: {exc}") from None
 
 
-async def _stop_on_signal(signals: Any, scope: trio.CancelScope) -> None:
-    await signals.__anext__()
+async def _stop_on_signal(signals: Any, scope: trio.CancelScope, got: list[int]) -> None:
+    got.append(await signals.__anext__())
     scope.cancel()

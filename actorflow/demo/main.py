@@ -26,9 +26,10 @@ import contextlib
 import functools
 import json
 import secrets
+import signal
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ import attrs
 import trio
 
 import actorflow as af
+from actorflow._model.errors import is_interrupt
 from actorflow.demo.workflow import (
     ORDERS,
     Order,
@@ -331,6 +333,30 @@ def summary(outcome: Outcome) -> str:
     )
 
 
+async def _until_interrupted(demo: Callable[[], Awaitable[Outcome]]) -> Outcome:
+    """Run ``demo``; Ctrl-C cancels it cleanly (trio's default would raise
+    KeyboardInterrupt wherever the code is, say inside a database write, and the workflows
+    would log it as a failed step), then raises KeyboardInterrupt here."""
+    outcome: list[Outcome] = []
+    interrupted = False
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def on_signal() -> None:
+                nonlocal interrupted
+                async for _ in signals:
+                    interrupted = True
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(on_signal)
+            outcome.append(await demo())
+            nursery.cancel_scope.cancel()
+    if interrupted or not outcome:
+        raise KeyboardInterrupt
+    return outcome[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     """The demo's command line; returns the exit code."""
     parser = argparse.ArgumentParser(
@@ -353,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--payment-timeout must be between 0.5 and 50 seconds")
 
     def run(db: Path) -> Outcome:
-        return trio.run(functools.partial(run_demo, db, payment_timeout=args.payment_timeout))
+        demo = functools.partial(run_demo, db, payment_timeout=args.payment_timeout)
+        return trio.run(_until_interrupted, demo)
 
     try:
         if args.db is not None:
@@ -364,7 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     except af.ActorflowError as exc:
         print(f"actorflow demo: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        if not is_interrupt(exc):
+            raise
+        print("actorflow demo: interrupted", file=sys.stderr, flush=True)
         return 130
     print(f"\nSummary ({len(outcome.orders)} orders and a report in {outcome.seconds:.1f} s):\n")
     print(summary(outcome))

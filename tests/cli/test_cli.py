@@ -505,3 +505,67 @@ def test_an_unexpected_error_is_one_line_too(
     )
     code, _, err = run_cli(capsys, "--traceback", "graph", f"{app}:workflow")
     assert code == 1 and "Traceback" in err
+
+
+@pytest.mark.slow
+async def test_a_second_worker_on_one_sqlite_file_is_refused_while_others_may_use_it(
+    app: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ref = f"{app}:workflow"
+
+    async def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+        with trio.fail_after(60):
+            return await trio.run_process(
+                command(*args),
+                cwd=tmp_path,
+                env=env,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+
+    async def start_worker() -> tuple[trio.Process, Lines]:
+        process = await trio.lowlevel.open_process(
+            command("worker", ref),
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        assert process.stderr is not None
+        lines = Lines(process.stderr)
+        with trio.fail_after(30):
+            await lines.until(r"worker running yinyang")
+        return process, lines
+
+    first, _ = await start_worker()
+    workers = [first]
+    try:
+        second = await run("worker", ref)
+        assert second.returncode == 1
+        err = second.stderr.decode()
+        assert len(err.splitlines()) == 1, err
+        assert err.startswith("actorflow: error: ")
+        assert f"another process (pid {first.pid}) already runs workflows on this file" in err
+        # Other processes still trigger, call back and read beside the worker.
+        triggered = await run("trigger", "f", "--start", "MIDDLE", "--app", ref)
+        assert triggered.returncode == 0, triggered.stderr
+        called = await run("callback", "f", "MIDDLE", "--data", "paid", "--app", ref)
+        assert called.returncode == 0, called.stderr
+        shown = await run("runs", "show", triggered.stdout.decode().strip(), "--app", ref, "--json")
+        assert json.loads(shown.stdout)["status_name"] == "END"
+        # The lock dies with its process, also with kill -9.
+        first.kill()
+        await first.wait()
+        third, _ = await start_worker()
+        workers.append(third)
+        third.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            assert await third.wait() == 0
+    finally:
+        for process in workers:
+            if process.returncode is None:
+                process.kill()
+                with trio.CancelScope(shield=True):
+                    await process.wait()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -58,6 +59,8 @@ _INSERT_TIMER: Final = (
     "INSERT INTO timers (workflow_name, run_id, status, kind, fire_at) VALUES (?, ?, ?, ?, ?)"
 )
 _UNFINISHED: Final = frozenset(s for s in RunState if not s.finished)
+WORKER_LOCK_SUFFIX: Final = "-worker.lock"
+"""The lock file beside the database that a process running workflows holds."""
 
 _Params = tuple[Any, ...]
 
@@ -579,6 +582,22 @@ class SQLiteStore:
 
     # -- writes ------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def worker_lock(self) -> Iterator[None]:
+        """Hold the file's worker lock while workflows run on it in this process.
+
+        One process runs workflows on a SQLite file (two would both run steps and timers
+        for the same runs); any number of others may trigger, call back and read. The lock
+        is an exclusive ``flock`` on ``<database>-worker.lock``, shared by every workflow
+        of this process on the file and released when the last one stops, or by the
+        operating system when the process dies (also by kill -9).
+
+        Raises:
+            StoreError: another process holds it.
+        """
+        with _WORKER_LOCKS.hold(self._path, self._fail):
+            yield
+
     async def create_run(self, record: RawRecord, timers: Sequence[Timer] = ()) -> RawRecord:
         params = _record_params(record)
         timer_rows = _timer_rows(record, timers)
@@ -885,6 +904,80 @@ class SQLiteStore:
         if conn is not None:
             conn.close()
         await trio.lowlevel.checkpoint()
+
+
+# -- the worker lock -------------------------------------------------------------------
+
+
+@final
+class _WorkerLocks:
+    """This process's worker locks, one per database file, counted by their holders."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[int, int]] = {}
+        """lock file -> (file descriptor, holders)."""
+        self._mutex = threading.Lock()
+
+    @contextlib.contextmanager
+    def hold(self, database: Path, fail: Callable[[str, str], StoreError]) -> Iterator[None]:
+        path = os.path.realpath(str(database) + WORKER_LOCK_SUFFIX)
+        self._acquire(path, fail)
+        try:
+            yield
+        finally:
+            self._release(path)
+
+    def _acquire(self, path: str, fail: Callable[[str, str], StoreError]) -> None:
+        with self._mutex:
+            held = self._held.get(path)
+            if held is not None:
+                self._held[path] = (held[0], held[1] + 1)
+                return
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            except OSError as exc:
+                raise fail(
+                    f"cannot open the worker lock file {path!r}: {exc.strerror}",
+                    "make the database's directory writable",
+                ) from None
+            try:
+                _lock_exclusively(fd)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise fail(
+                    f"another process (pid {holder}) already runs workflows on this file "
+                    f"(it holds {path!r})",
+                    "run one worker process per SQLite file (others may still trigger, call "
+                    "back and read), stop the other one first, or use PostgresStore to run "
+                    "several workers",
+                ) from None
+            except OSError as exc:
+                os.close(fd)
+                raise fail(f"cannot lock {path!r}: {exc.strerror}", "use a local disk") from None
+            text = f"{os.getpid()}\n".encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, text, 0)
+            self._held[path] = (fd, 1)
+
+    def _release(self, path: str) -> None:
+        with self._mutex:
+            fd, holders = self._held[path]
+            if holders > 1:
+                self._held[path] = (fd, holders - 1)
+                return
+            del self._held[path]
+            os.close(fd)  # releases the lock
+
+
+def _lock_exclusively(fd: int) -> None:
+    """An exclusive, non-blocking lock on ``fd``; BlockingIOError when someone holds it."""
+    import fcntl  # POSIX (Linux, macOS): where actorflow runs
+
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+_WORKER_LOCKS: Final = _WorkerLocks()
 
 
 # -- writes inside the transaction (module functions: no closure per write) -------------
