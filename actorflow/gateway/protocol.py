@@ -254,6 +254,8 @@ def parse_request(data: str | bytes, max_bytes: int) -> Request:
             ErrorCode.TOO_LARGE, f"message of {size} bytes is over the limit of {max_bytes}"
         )
     try:
+        if not isinstance(data, str):
+            data = data.decode("utf-8")  # strictly: json.loads would pass surrogates through
         message = json.loads(data, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(ErrorCode.BAD_JSON, f"message is not valid JSON: {exc}") from None

@@ -103,3 +103,15 @@ async def test_serving_without_a_token_needs_no_sign_in(nursery: trio.Nursery) -
             run_id = await client.trigger("parcels", "p-1")
             record = await client.await_status("parcels", "p-1", run_id, Parcel.PACKED)
             assert record["version"] == 2
+
+
+async def test_several_credentials_are_refused_even_with_the_right_one(
+    console: ConsoleUnderTest,
+) -> None:
+    """#13: one credential per request; the gateway's rule holds on the console too."""
+    with trio.fail_after(LIMIT):
+        for token in (TOKEN, READ_ONLY_TOKEN):
+            status, _, _ = await fetch(console.url + f"api/session?token={token}", token)
+            assert status == 400
+            status, _, _ = await fetch(console.url + f"api/session?token=x&token={token}")
+            assert status == 400
