@@ -28,6 +28,7 @@ FAILURE: Final = 1
 
 APP_ENV: Final = "ACTORFLOW_APP"
 TOKEN_ENV: Final = "ACTORFLOW_TOKEN"
+READ_ONLY_TOKEN_ENV: Final = "ACTORFLOW_READ_ONLY_TOKEN"
 
 
 class CliError(Exception):
@@ -236,18 +237,18 @@ def parse_run_states(values: Sequence[str] | None) -> list[RunState] | None:
     return None if states is None else [RunState(s) for s in states]
 
 
-def parse_host_port(text: str) -> tuple[str, int]:
+def parse_host_port(text: str, option: str = "--gateway") -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:PORT`` for IPv6, ``:PORT`` for 127.0.0.1)."""
     host, sep, port_text = text.rpartition(":")
     if not sep:
-        raise UsageError(f"--gateway {text!r} is not HOST:PORT, e.g. 127.0.0.1:8765")
+        raise UsageError(f"{option} {text!r} is not HOST:PORT, e.g. 127.0.0.1:8765")
     host = host.strip("[]") or "127.0.0.1"
     try:
         port = int(port_text)
     except ValueError:
         port = -1
     if not 0 <= port <= 65535:
-        raise UsageError(f"--gateway {text!r}: the port must be a number from 0 to 65535")
+        raise UsageError(f"{option} {text!r}: the port must be a number from 0 to 65535")
     return host, port
 
 
@@ -287,6 +288,6 @@ def read_payload(data: str | None, file: str | None) -> bytes:
         raise UsageError(f"cannot read --file {file}: {exc.strerror or exc}") from None
 
 
-def token_from(value: str | None) -> str | None:
-    """``--token``, or the ``ACTORFLOW_TOKEN`` environment variable."""
-    return value or os.environ.get(TOKEN_ENV) or None
+def token_from(value: str | None, env: str = TOKEN_ENV) -> str | None:
+    """``--token``, or the ``ACTORFLOW_TOKEN`` environment variable (``env``)."""
+    return value or os.environ.get(env) or None
