@@ -18,6 +18,7 @@ from actorflow._model.errors import (
     ActorflowError,
     InvalidArgument,
     RunNotFound,
+    SerializationError,
     StatusNotReached,
     StoreError,
     VersionConflict,
@@ -29,6 +30,7 @@ from actorflow._model.run import Run
 from actorflow._model.run_state import RunState
 from actorflow._model.settings import BuildSettings
 from actorflow._model.statuses import parse_status
+from actorflow._model.text import check_text
 from actorflow._runtime.actor import Op, Stopped
 from actorflow._runtime.engine import NO_TIMERS, Engine, log
 from actorflow._runtime.observe import Observer, process_name
@@ -298,12 +300,30 @@ class Workflow(Generic[T, S]):
                 f"workflow {self.name!r}: foreign_id must be a non-empty string of at most "
                 f"{MAX_FOREIGN_ID} characters, not {foreign_id!r}"
             )
-        return foreign_id
+        return check_text(foreign_id, f"workflow {self.name!r}: foreign_id {foreign_id!r}")
 
-    def _run_id_arg(self, run_id: object) -> str:
+    def _run_id_arg(self, run_id: object, what: str = "run_id") -> str:
         if not isinstance(run_id, str) or not run_id:
-            raise InvalidArgument(f"workflow {self.name!r}: run_id must be a non-empty string")
-        return run_id
+            raise InvalidArgument(f"workflow {self.name!r}: {what} must be a non-empty string")
+        return check_text(run_id, f"workflow {self.name!r}: {what} {run_id!r}")
+
+    def _encode_initial(self, obj: T) -> str:
+        try:
+            return self._codec.encode(obj, " (initial object)")
+        except SerializationError as exc:
+            raise InvalidArgument(str(exc)) from None
+
+    def _filter_text(self, foreign_id: object, *others: object) -> None:
+        """InvalidArgument for a list_runs/count_runs filter string of invalid text (the
+        store checks the types)."""
+        values = list(others)
+        if isinstance(foreign_id, str):
+            values.append(foreign_id)
+        elif isinstance(foreign_id, Sequence):
+            values.extend(foreign_id)
+        for value in values:
+            if isinstance(value, str):
+                check_text(value, f"workflow {self.name!r}: filter {value!r}")
 
     # -- triggering ------------------------------------------------------------------------------
 
@@ -318,7 +338,7 @@ class Workflow(Generic[T, S]):
                     "callback or timeout"
                 )
         if initial is not None:
-            self._codec.encode(self._codec.check(initial, "initial"), " (initial object)")
+            self._encode_initial(self._codec.check(initial, "initial"))
 
     @property
     def default_options(self) -> Options:
@@ -343,7 +363,7 @@ class Workflow(Generic[T, S]):
                 "or timeout (a run there would be complete at once)"
             )
         obj = self._codec.default() if initial is None else self._codec.check(initial, "initial")
-        encoded = self._codec.encode(obj, " (initial object)")
+        encoded = self._encode_initial(obj)
         now = self._clock.now()
         raw = RawRecord(
             workflow_name=self.name,
@@ -423,6 +443,7 @@ class Workflow(Generic[T, S]):
         ``foreign_id`` is one id or a sequence of ids; ``created_after`` (inclusive) and
         ``created_before`` (exclusive) are aware datetimes. Raises InvalidArgument for bad
         filters and RunNotFound for an unknown ``after``."""
+        self._filter_text(foreign_id, foreign_id_prefix, after)
         found = await self._store.list_runs(
             self.name,
             foreign_id=foreign_id,
@@ -450,6 +471,7 @@ class Workflow(Generic[T, S]):
         """How many runs match (the filters of :meth:`list_runs`), by (status, run state).
 
         Pairs without runs are left out; ``sum(counts.values())`` is the total."""
+        self._filter_text(foreign_id, foreign_id_prefix)
         counts = await self._store.count_runs(
             self.name,
             foreign_id=foreign_id,
@@ -699,6 +721,7 @@ class Workflow(Generic[T, S]):
         run_id = self._run_id_arg(run_id)
         if not isinstance(reason, str):
             raise InvalidArgument(f"workflow {self.name!r}: reason must be a string")
+        check_text(reason, f"workflow {self.name!r}: reason {reason!r}")
         await self._store.lookup(self.name, run_id)  # RunNotFound before anything else
         engine = self._engine
         methods: dict[str, Callable[[RawRecord, str], Awaitable[tuple[RawRecord, list[Timer]]]]] = {

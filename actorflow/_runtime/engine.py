@@ -32,6 +32,7 @@ from actorflow._model.options import Options
 from actorflow._model.record import Meta, RawRecord, Record, Timer
 from actorflow._model.run import Run, Special, SpecialResult
 from actorflow._model.run_state import RunState, check_transition
+from actorflow._model.text import printable
 from actorflow._runtime.observe import Observer, Process, process_name, run_fields
 from actorflow._runtime.user_code import user_error
 from actorflow.stores import Store
@@ -203,6 +204,9 @@ class Engine(Generic[T, S]):
     def _meta(
         self, reason: str, status: int, error_count: int, error_message: str, trace_origin: str
     ) -> Meta:
+        # Reasons and messages made from user code (run.pause(reason), an exception's text)
+        # are stored as they are unless they hold invalid text, which no store can write.
+        reason, error_message = printable(reason), printable(error_message)
         if error_count or error_message or trace_origin:
             return Meta(reason, self._description(status), error_count, error_message, trace_origin)
         key = (reason, status)
