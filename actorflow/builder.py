@@ -429,20 +429,17 @@ class Builder(Generic[T, S]):
                   worker's shards are taken over after at most this long.
                 - ``ownership``: which runs this process works on (an ``Ownership``;
                   default: the store's shard leases, or every run).
-<<<<<<< HEAD
-                - ``on_stranded``: what ``run`` does with stored runs this definition cannot
-                  move (docs/upgrading.md): ``"pause"`` (default) parks them PAUSED with a
-                  reason naming the problem and starts; ``"refuse"`` raises BuildError.
-                - ``check_at_start``: compare the stored unfinished runs with the definition
-                  when ``run`` starts (True); False skips it (``actorflow runs check``).
-=======
                 - ``metrics``: a ``prometheus_client.CollectorRegistry`` to report the
                   workflow's metrics to (docs/metrics.md); None (the default): the global
                   registry when ``actorflow[metrics]`` is installed, else none; False: none.
                 - ``tracing``: True: an OpenTelemetry span per step, callback, timeout, hook
                   and connector call, from the global tracer provider (or pass a
                   TracerProvider); needs ``actorflow[otel]``. Default False.
->>>>>>> main
+                - ``on_stranded``: what ``run`` does with stored runs this definition cannot
+                  move (docs/upgrading.md): ``"pause"`` (default) parks them PAUSED with a
+                  reason naming the problem and starts; ``"refuse"`` raises BuildError.
+                - ``check_at_start``: compare the stored unfinished runs with the definition
+                  when ``run`` starts (True); False skips it (``actorflow runs check``).
         """
         from actorflow.stores import Store as StoreProtocol
         from actorflow.workflow import Workflow

@@ -82,9 +82,7 @@ class Workflow(Generic[T, S]):
         self._max_active_runs = settings.max_active_runs
         self._streamer = settings.streamer
         self._supervisor: Supervisor[T, S] | None = None
-<<<<<<< HEAD
         self._last_check: CheckReport | None = None
-=======
         self._declare_services()
         from actorflow._observe import make_observer
 
@@ -108,7 +106,6 @@ class Workflow(Generic[T, S]):
             from actorflow._services.relay import PROCESS
 
             engine.service(PROCESS)
->>>>>>> main
 
     # -- description -------------------------------------------------------------------------
 

@@ -50,15 +50,12 @@ class Meta:
     """Consecutive errors of the current step when the version was stored."""
     error_message: str = ""
     """The last error, when the run was paused because of errors."""
-<<<<<<< HEAD
-    definition: str = ""
-    """The fingerprint of the workflow definition that wrote this version (empty for
-    versions written before fingerprints were stored)."""
-=======
     trace_origin: str = ""
     """The W3C ``traceparent`` of the trace that was active when the run was triggered
     (tracing on; luno/workflow's ``Meta.TraceOrigin``): the parent of its steps' spans."""
->>>>>>> main
+    definition: str = ""
+    """The fingerprint of the workflow definition that wrote this version (empty for
+    versions written before fingerprints were stored)."""
 
     def to_dict(self) -> dict[str, Any]:
         data = attrs.asdict(self)

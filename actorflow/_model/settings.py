@@ -112,18 +112,15 @@ class BuildSettings:
     ownership: Any = None
     """Which runs this process works on (an ``Ownership``); None: the store's shard leases
     when it has them (PostgreSQL), else every run."""
-<<<<<<< HEAD
-    on_stranded: str = attrs.field(default="pause", validator=_one_of("pause", "refuse"))
-    """What ``run`` does with stored runs the definition cannot move (docs/upgrading.md)."""
-    check_at_start: bool = attrs.field(default=True, validator=_bool)
-    """Whether ``run`` compares the stored unfinished runs with the definition first."""
-=======
     metrics: Any = None
     """A ``prometheus_client.CollectorRegistry``, None (the global one when installed),
     True or False (checked by ``actorflow._observe``, which imports prometheus-client)."""
     tracing: Any = False
     """True, False or an OpenTelemetry TracerProvider (checked by ``actorflow._observe``)."""
->>>>>>> main
+    on_stranded: str = attrs.field(default="pause", validator=_one_of("pause", "refuse"))
+    """What ``run`` does with stored runs the definition cannot move (docs/upgrading.md)."""
+    check_at_start: bool = attrs.field(default=True, validator=_bool)
+    """Whether ``run`` compares the stored unfinished runs with the definition first."""
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> BuildSettings:

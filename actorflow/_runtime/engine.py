@@ -79,7 +79,6 @@ class Engine(Generic[T, S]):
         """Meta of error-free versions, shared: one object per (reason, status), not per run."""
         self.on_timers: Callable[[str, list[Timer]], None] | None = None
         """Set by a running supervisor: arms timers as soon as they are stored."""
-<<<<<<< HEAD
         self.fingerprint = definition.fingerprint
         self.older: set[str] = {"", definition.fingerprint}
         """Definitions whose runs this one may process: itself, the ones registered before
@@ -90,7 +89,6 @@ class Engine(Generic[T, S]):
         """Whether this definition was recorded in the store (before its first write)."""
         self.summaries: dict[str, str] = {definition.fingerprint: definition.summary}
         """The statuses, edges and object schema of every known definition, by fingerprint."""
-=======
         self.observer: Observer | None = None
         """Metrics and traces (None: off, and the hot path skips them)."""
         self.step_processes: dict[int, Process] = {
@@ -134,7 +132,6 @@ class Engine(Generic[T, S]):
                 if name is not None:
                     found.add(name)
         return found
->>>>>>> main
 
     # -- conversions -------------------------------------------------------------------------
 
@@ -204,16 +201,13 @@ class Engine(Generic[T, S]):
             error_message,
             raw.meta.trace_origin,
         )
-<<<<<<< HEAD
-        if status is None and object is None and raw.meta.definition != self.fingerprint:
-            # Only the run state changed: the data is still what that definition wrote.
-            meta = attrs.evolve(meta, definition=raw.meta.definition)
-=======
         new_state = raw.run_state if run_state is None else run_state
         if self.observer is not None:
             # As luno/workflow: counted as the version is made, before it is stored.
             self.observer.run_state_changed(raw.run_state, new_state)
->>>>>>> main
+        if status is None and object is None and raw.meta.definition != self.fingerprint:
+            # Only the run state changed: the data is still what that definition wrote.
+            meta = attrs.evolve(meta, definition=raw.meta.definition)
         return RawRecord(
             workflow_name=raw.workflow_name,
             foreign_id=raw.foreign_id,
@@ -231,15 +225,6 @@ class Engine(Generic[T, S]):
         """The Meta of a run's first version at ``status``."""
         return self._meta("", status, 0, "", trace_origin)
 
-<<<<<<< HEAD
-    def _meta(self, reason: str, status: int, error_count: int, error_message: str) -> Meta:
-        fp = self.fingerprint
-        # Reasons and messages made from user code (run.pause(reason), an exception's text)
-        # are stored as they are unless they hold invalid text, which no store can write.
-        reason, error_message = printable(reason), printable(error_message)
-        if error_count or error_message:
-            return Meta(reason, self._description(status), error_count, error_message, fp)
-=======
     def _meta(
         self, reason: str, status: int, error_count: int, error_message: str, trace_origin: str
     ) -> Meta:
@@ -247,14 +232,22 @@ class Engine(Generic[T, S]):
         # are stored as they are unless they hold invalid text, which no store can write.
         reason, error_message = printable(reason), printable(error_message)
         if error_count or error_message or trace_origin:
-            return Meta(reason, self._description(status), error_count, error_message, trace_origin)
->>>>>>> main
+            return Meta(
+                reason,
+                self._description(status),
+                error_count,
+                error_message,
+                trace_origin,
+                self.fingerprint,
+            )
         key = (reason, status)
         meta = self._metas.get(key)
         if meta is None:
             if len(self._metas) >= META_CACHE:
                 self._metas.clear()  # reasons given to pause/cancel are open-ended
-            meta = self._metas[key] = Meta(reason, self._description(status), definition=fp)
+            meta = self._metas[key] = Meta(
+                reason, self._description(status), definition=self.fingerprint
+            )
         return meta
 
     def _description(self, status: int) -> str:
@@ -507,16 +500,13 @@ class Engine(Generic[T, S]):
         ``parent``: the traceparent of the caller of ``workflow.callback`` (tracing on)."""
         if raw.status != status or not raw.run_state.active:
             return None, None
-<<<<<<< HEAD
         if not await self.accepts(raw):
             raise ActorflowError(
                 f"{self.where(raw)} was last written by definition {raw.meta.definition}, "
                 f"which is newer than this process's definition {self.fingerprint}: call "
                 "back through a process that runs the newer definition"
             )
-=======
         observer = self.observer
->>>>>>> main
         for spec in self.definition.callbacks.get(status, ()):
             run = self.make_run(raw)
             key = f"callback {fn_name(spec.fn)}"

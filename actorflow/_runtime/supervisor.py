@@ -26,13 +26,9 @@ from typing import Any, Generic, TypeVar, final
 import trio
 
 from actorflow._model.clock import trio_deadline
-<<<<<<< HEAD
 from actorflow._model.errors import ActorflowError, lone_build_error
 from actorflow._model.evolution import CheckReport
-=======
-from actorflow._model.errors import ActorflowError
 from actorflow._model.process import ProcessState
->>>>>>> main
 from actorflow._model.record import Event, RawRecord, Timer
 from actorflow._model.run_state import RunState
 from actorflow._runtime.actor import Ask, Op, Reply, RunActor, Stopped
