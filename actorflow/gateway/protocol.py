@@ -161,6 +161,7 @@ OPS: Final[Mapping[str, tuple[Arg, ...]]] = {
         _FOREIGN_ID,
         Arg("start", ArgKind.STATUS, required=False),
         Arg("initial", ArgKind.OBJECT, required=False),
+        Arg("traceparent", ArgKind.TEXT, required=False),
     ),
     "await_status": (
         _WORKFLOW,
@@ -174,6 +175,7 @@ OPS: Final[Mapping[str, tuple[Arg, ...]]] = {
         _FOREIGN_ID,
         Arg("status", ArgKind.STATUS),
         Arg("payload", ArgKind.BASE64),
+        Arg("traceparent", ArgKind.TEXT, required=False),
     ),
     "lookup": (_WORKFLOW, _RUN_ID),
     "latest": (_WORKFLOW, _FOREIGN_ID),
@@ -254,6 +256,8 @@ def parse_request(data: str | bytes, max_bytes: int) -> Request:
             ErrorCode.TOO_LARGE, f"message of {size} bytes is over the limit of {max_bytes}"
         )
     try:
+        if not isinstance(data, str):
+            data = data.decode("utf-8")  # strictly: json.loads would pass surrogates through
         message = json.loads(data, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(ErrorCode.BAD_JSON, f"message is not valid JSON: {exc}") from None
