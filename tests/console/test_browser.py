@@ -73,6 +73,8 @@ async def test_filter_watch_live_read_history_and_steer(
         expect(card.locator("h2")).to_contain_text("5 runs")
         expect(card.locator(".banner")).to_contain_text("1 paused")
         expect(card).to_contain_text("address unclear")
+        expect(card.locator("tr[data-process='timers']")).to_be_visible()
+        expect(card.locator("tr[data-process='registered-consumer']")).to_contain_text("idle")
         page.screenshot(path=str(screenshot_path(tmp_path, "console-overview.png")))
 
         # Filter with the keyboard: type a prefix and press Enter.
