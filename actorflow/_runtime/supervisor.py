@@ -11,6 +11,7 @@ period, then cancels; the services go last.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import enum
 import functools
@@ -25,11 +26,14 @@ from typing import Any, Generic, TypeVar, final
 import trio
 
 from actorflow._model.clock import trio_deadline
-from actorflow._model.errors import ActorflowError
+from actorflow._model.errors import ActorflowError, lone_build_error
+from actorflow._model.evolution import CheckReport
+from actorflow._model.process import ProcessState
 from actorflow._model.record import Event, RawRecord, Timer
 from actorflow._model.run_state import RunState
 from actorflow._runtime.actor import Ask, Op, Reply, RunActor, Stopped
 from actorflow._runtime.engine import Engine
+from actorflow._runtime.evolution import check
 from actorflow._runtime.ports import Leadership, Ownership, Service
 from actorflow._runtime.retry import retrying
 from actorflow.stores.feed import ChangeFeed
@@ -65,8 +69,14 @@ class Supervisor(Generic[T, S]):
         max_active_runs: int,
         services: list[Service],
         ownership: Ownership | None = None,
+        on_stranded: str | None = "pause",
     ) -> None:
         self.engine = engine
+        self.on_stranded = on_stranded
+        """None: no check at start; else what the check does with stranded runs."""
+        self.last_check: CheckReport | None = None
+        self._to_migrate: set[str] = set()
+        """Runs the check found to migrate or park, woken once this process owns them."""
         self.grace_period = grace_period
         self.poll_interval = poll_interval
         self.max_active_runs = max_active_runs
@@ -95,10 +105,31 @@ class Supervisor(Generic[T, S]):
         self._services_nursery: trio.Nursery | None = None
         self._leader_changed = trio.Event()
         self._leader_scopes: set[trio.CancelScope] = set()
+        self.serving = False
+        """True from the started report until the stop: recovered timers, taking work."""
+        self.recovered = False
+        """True once every unfinished run found at start (or at a shard change) was woken."""
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self._serve_locked(task_status)
+        except BaseExceptionGroup as group:
+            # A refusal at start comes alone: raise it as itself, not in a group.
+            refused = lone_build_error(group)
+            if refused is not None:
+                raise refused from None
+            raise
+
+    async def _serve_locked(self, task_status: trio.TaskStatus[None]) -> None:
+        engine = self.engine
+        # SQLiteStore: one process runs workflows on a file (StoreError for a second one).
+        worker_lock = getattr(engine.store, "worker_lock", None)
+        with worker_lock() if worker_lock is not None else contextlib.nullcontext():
+            await self._serve(task_status)
+
+    async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
         engine = self.engine
         engine.on_timers = self.schedule_run
         try:
@@ -115,16 +146,27 @@ class Supervisor(Generic[T, S]):
                     version = await data_version() if shared and data_version else None
                     # Read the log position first: what is written after it, the tail sees.
                     after = await engine.store.last_event_id() if shared else 0
+                    to_wake: list[str] = []
+                    if self.on_stranded is not None:
+                        result = await check(engine, on_stranded=self.on_stranded, owns=self.owns)
+                        self.last_check = result.report
+                        to_wake = result.to_wake
+                    elif not engine.registered:
+                        await engine.register()
                     await self._load_timers()
+                    self._to_migrate.update(to_wake)
+                    self._wake_to_migrate()
                     services.start_soon(self._timer_loop)
                     services.start_soon(self._recover)
                     if shared:
                         services.start_soon(self._tail, after, version)
                     for service in self._services:
                         services.start_soon(self._singleton, service)
+                    self.serving = True
                     task_status.started()
                     await self._stop.wait()
                     self.stopping = True
+                    self.serving = False
                     for actor in list(self.actors.values()):
                         actor.interrupt()
                     actors.cancel_scope.deadline = (
@@ -140,12 +182,81 @@ class Supervisor(Generic[T, S]):
                 )
         finally:
             self.stopping = True
+            self.serving = False
             self._nursery = None
             self._services_nursery = None
             engine.on_timers = None
 
     def stop(self) -> None:
         self._stop.set()
+
+    # -- health ------------------------------------------------------------------------------
+
+    def states(self) -> dict[str, ProcessState]:
+        """The state of the step and timeout consumers, the timers and shard ownership,
+        worked out now from what the supervisor holds (no bookkeeping on the hot path)."""
+        engine = self.engine
+        if not self.serving:
+            return _all_stopped(self.process_names())
+        erroring = engine.erroring()
+        busy: set[int] = set()
+        for actor in self.actors.values():
+            status = actor.active_status
+            if status is not None:
+                busy.add(status)
+        for known, _ in self._waiting.values():
+            if known is not None:
+                busy.add(known.status)
+        found: dict[str, ProcessState] = {}
+        for processes in (engine.step_processes, engine.timeout_processes):
+            for status, process in processes.items():
+                if process.name in erroring:
+                    found[process.name] = ProcessState.ERRORING
+                elif status in busy:
+                    found[process.name] = ProcessState.RUNNING
+                else:
+                    found[process.name] = ProcessState.IDLE
+        found["timers"] = ProcessState.RUNNING if self._armed else ProcessState.IDLE
+        if self.ownership is not None:
+            found["shard-ownership"] = (
+                ProcessState.RUNNING if self.has_share() else ProcessState.IDLE
+            )
+        return found
+
+    def counts(self) -> tuple[int, int, int]:
+        """(run actors, runs waiting for a slot, runs with an armed timer)."""
+        return len(self.actors), len(self._waiting), len(self._armed)
+
+    def process_names(self) -> list[str]:
+        """The names :meth:`states` reports."""
+        engine = self.engine
+        names = [p.name for p in engine.step_processes.values()]
+        names += [p.name for p in engine.timeout_processes.values()]
+        names.append("timers")
+        if self.ownership is not None:
+            names.append("shard-ownership")
+        return names
+
+    def has_share(self) -> bool:
+        """Whether this process holds its fair share of shard leases (always, without
+        scale-out)."""
+        ownership = self.ownership
+        if ownership is None:
+            return True
+        held = getattr(ownership, "held", None)
+        target = getattr(ownership, "target", 0)
+        if held is None:
+            return True
+        return len(held()) >= int(target)
+
+    @property
+    def ready(self) -> bool:
+        """Recovered and taking work (and, with scale-out, holding its share of shards)."""
+        return self.serving and self.recovered and self.has_share()
+
+    def leads(self) -> bool:
+        """Whether this process runs the workflow's singleton services now."""
+        return self._leads()
 
     # -- ownership ---------------------------------------------------------------------------
 
@@ -163,8 +274,15 @@ class Supervisor(Generic[T, S]):
         self._leader_changed.set()
         self._leader_changed = trio.Event()
         if self._nursery is not None and self._services_nursery is not None and not self.stopping:
+            self._wake_to_migrate()
             self._services_nursery.start_soon(self._load_timers)
             self._services_nursery.start_soon(self._recover)
+
+    def _wake_to_migrate(self) -> None:
+        """Wake the runs to migrate that this process owns: each migrates as it loads."""
+        for run_id in [r for r in self._to_migrate if self.owns(r)]:
+            self._to_migrate.discard(run_id)
+            self.wake(run_id)
 
     def _leads(self) -> bool:
         ownership = self.ownership
@@ -183,7 +301,11 @@ class Supervisor(Generic[T, S]):
                     return
                 finally:
                     self._leader_scopes.discard(scope)
-            log.info("workflow %r: not the leader any more: service stopped", self.engine.name)
+            log.info(
+                "workflow %r: not the leader any more: service stopped",
+                self.engine.name,
+                extra={"workflow_name": self.engine.name},
+            )
 
     async def _load_timers(self) -> None:
         engine = self.engine
@@ -284,7 +406,11 @@ class Supervisor(Generic[T, S]):
             history = await store.history(self.engine.name, event.run_id)
         except Exception as exc:
             log.warning(
-                "workflow %r: reading run %s failed: %s", self.engine.name, event.run_id, exc
+                "workflow %r: reading run %s failed: %s",
+                self.engine.name,
+                event.run_id,
+                exc,
+                extra={"workflow_name": self.engine.name, "run_id": event.run_id},
             )
             return
         for raw in history:
@@ -385,6 +511,7 @@ class Supervisor(Generic[T, S]):
         engine = self.engine
         statuses = [int(s) for s in engine.definition.steps]
         if not statuses:
+            self.recovered = True
             return
         after: str | None = None
         while not self.stopping:
@@ -412,6 +539,7 @@ class Supervisor(Generic[T, S]):
                         return
                 self.wake(raw.run_id)
             if len(page) < RECOVERY_PAGE:
+                self.recovered = True
                 return
             after = page[-1].run_id
 
@@ -454,7 +582,12 @@ class Supervisor(Generic[T, S]):
                     last = await engine.store.last_event_id()
                     version = await data_version()
                 except Exception as exc:
-                    log.warning("workflow %r: reading the event log failed: %s", engine.name, exc)
+                    log.warning(
+                        "workflow %r: reading the event log failed: %s",
+                        engine.name,
+                        exc,
+                        extra={"workflow_name": engine.name},
+                    )
                     failures += 1
                     continue
                 if version == seen_version:
@@ -468,7 +601,12 @@ class Supervisor(Generic[T, S]):
                     events = await engine.store.read_events(after, TAIL_BATCH, engine.name)
                 except Exception as exc:
                     # Not read to its end: the next look reads from ``after`` again.
-                    log.warning("workflow %r: reading the event log failed: %s", engine.name, exc)
+                    log.warning(
+                        "workflow %r: reading the event log failed: %s",
+                        engine.name,
+                        exc,
+                        extra={"workflow_name": engine.name},
+                    )
                     failures += 1
                     break
                 failures = 0
@@ -492,8 +630,17 @@ class Supervisor(Generic[T, S]):
             try:
                 self.schedule(await self.engine.store.list_timers(self.engine.name, event.run_id))
             except Exception as exc:
-                log.warning("workflow %r: reading timers failed: %s", self.engine.name, exc)
+                log.warning(
+                    "workflow %r: reading timers failed: %s",
+                    self.engine.name,
+                    exc,
+                    extra={"workflow_name": self.engine.name, "run_id": event.run_id},
+                )
         if actor is not None:
             actor.poke()
         elif event.status in definition.steps and event.run_state.active:
             self.wake(event.run_id)
+
+
+def _all_stopped(names: list[str]) -> dict[str, ProcessState]:
+    return dict.fromkeys(names, ProcessState.STOPPED)

@@ -21,6 +21,7 @@ from actorflow.cli import worker as _cli_worker
 from actorflow.cli.app import (
     APP_ENV,
     FAILURE,
+    READ_ONLY_TOKEN_ENV,
     TOKEN_ENV,
     USAGE,
     UsageError,
@@ -73,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser(
         "worker",
-        help="run workflows until Ctrl-C/SIGTERM (and serve the gateway)",
+        help="run workflows until Ctrl-C/SIGTERM (and serve the gateway, the console)",
         description="Run the workflows of MODULE:ATTR on their stores until SIGINT or SIGTERM, "
         "then stop gracefully: steps in flight finish, nothing is lost.",
     )
@@ -83,10 +84,29 @@ def parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="also serve the websocket gateway there (port 0: any)",
     )
-    worker.add_argument("--token", help=f"the gateway's token (default: ${TOKEN_ENV})")
+    worker.add_argument(
+        "--console",
+        metavar="HOST:PORT",
+        help="also serve the web console there (port 0: any; needs actorflow[console])",
+    )
+    worker.add_argument(
+        "--token", help=f"the gateway's and the console's token (default: ${TOKEN_ENV})"
+    )
+    worker.add_argument(
+        "--read-only-token",
+        help=f"a second token that may look but not steer (default: ${READ_ONLY_TOKEN_ENV})",
+    )
+    worker.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics, /healthz and /readyz there (port 0: any); "
+        "needs actorflow[metrics]",
+    )
     worker.set_defaults(handler=_cli_worker.worker)
 
-    runs = commands.add_parser("runs", help="list runs, show one, show its history")
+    runs = commands.add_parser(
+        "runs", help="list runs, show one, its history; check and migrate them after a change"
+    )
     runs_commands = runs.add_subparsers(dest="runs_command", metavar="ACTION", parser_class=_Parser)
     runs_commands.required = True
     listing = runs_commands.add_parser("list", help="the latest version of each run")
@@ -115,6 +135,27 @@ def parser() -> argparse.ArgumentParser:
     _app_option(history)
     _json_option(history)
     history.set_defaults(handler=_cli_commands.runs_history)
+    check = runs_commands.add_parser(
+        "check",
+        help="compare stored runs with the definition (exit 1 if some are stranded)",
+        description="Report unfinished runs the workflow's current definition cannot move: "
+        "unknown statuses, statuses without step/callback/timeout, objects that no longer "
+        "fit, timers of removed timeouts, runs to migrate, runs of a newer definition.",
+    )
+    _app_option(check)
+    _json_option(check)
+    check.set_defaults(handler=_cli_commands.runs_check)
+    migrate = runs_commands.add_parser(
+        "migrate",
+        help="apply rename_status/retire/upgrade_object to every unfinished run now",
+        description="Migrate every unfinished run to the current definition, each run in its "
+        "own transaction, with a progress bar; runs that cannot be migrated are parked "
+        "(PAUSED with the reason). Resumable: run it again after an interruption.",
+    )
+    _app_option(migrate)
+    migrate.add_argument("--dry-run", action="store_true", help="report only, write nothing")
+    _json_option(migrate)
+    migrate.set_defaults(handler=_cli_commands.runs_migrate)
 
     trigger = commands.add_parser("trigger", help="start a run; prints its run id")
     trigger.add_argument("foreign_id", metavar="FOREIGN_ID")

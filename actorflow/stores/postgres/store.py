@@ -378,6 +378,19 @@ class PostgresStore:
 
         await self._db.call(f"set_cursor {name!r}", set_cursor, write=True)
 
+    async def register_definition(
+        self, workflow_name: str, fingerprint: str, summary: str, now: datetime
+    ) -> list[tuple[str, str, datetime]]:
+        """Record a definition of the workflow (once); every one known, oldest first."""
+        q = self._q
+
+        def register(conn: _Conn) -> list[tuple[str, str, datetime]]:
+            conn.execute(q.register_definition, [workflow_name, fingerprint, summary, _aware(now)])
+            rows = conn.execute(q.definitions, [workflow_name]).fetchall()
+            return [(str(fp), str(text), at) for fp, text, at in rows]
+
+        return await self._db.call("register_definition", register, write=True)
+
     async def claim_schedule(self, key: str, fire_at: datetime) -> bool:
         params = {"key": key, "fire_at": _aware(fire_at), "writer": _writer_token()}
         q = self._q
@@ -607,6 +620,43 @@ class PostgresStore:
             return None if row is None else _utc(row[0])
 
         return await self._db.call("last_schedule", last_schedule)
+
+    # -- maintenance ------------------------------------------------------------------------
+
+    async def vacuum(self) -> None:
+        """Rewrite the tables that hold objects (``VACUUM FULL`` of ``runs`` and
+        ``history``, with their TOAST tables), so the old row versions that ``delete_data``
+        and every update leave behind are gone from the database files.
+
+        PostgreSQL never overwrites a row in place: an UPDATE writes a new version and
+        leaves the old one, bytes and all, as a dead tuple, which a plain VACUUM marks
+        reusable but does not erase. ``VACUUM FULL`` copies the live rows into new files
+        and deletes the old ones. It holds an exclusive lock on each table while it runs
+        (workers and clients wait): run it in a quiet moment, e.g. after a batch of
+        deletions. Write-ahead log segments, replicas and backups keep their copies until
+        they are recycled or expire (see docs/stores.md).
+
+        Raises:
+            StoreError: the server refused or could not be reached.
+        """
+        import psycopg
+
+        await self._db.open()  # the tables exist (the schema is migrated on first use)
+        schema = quote_schema(self._schema)
+        db = self._db
+
+        def rewrite() -> None:
+            with psycopg.connect(db.dsn, autocommit=True, **db.connect_kwargs) as conn:
+                for table in ("runs", "history"):
+                    conn.execute(f"VACUUM (FULL, ANALYZE) {schema}.{table}".encode())
+
+        try:
+            await trio.to_thread.run_sync(rewrite)
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"PostgreSQL at {db.where}: VACUUM FULL of schema {self._schema!r} failed: "
+                f"{db.describe(exc)}"
+            ) from None
 
     # -- lifecycle --------------------------------------------------------------------------
 
