@@ -21,7 +21,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, cast, final
 
-import trio
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
