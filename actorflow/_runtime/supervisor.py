@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextvars
 import enum
 import functools
-import heapq
-import itertools
 import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -31,6 +29,7 @@ from actorflow._model.run_state import RunState
 from actorflow._runtime.actor import Ask, Op, Reply, RunActor, Stopped
 from actorflow._runtime.engine import Engine, log
 from actorflow._runtime.ports import Leadership, Ownership, Service
+from actorflow._runtime.timers import TimerWindow
 from actorflow.stores.feed import ChangeFeed
 
 T = TypeVar("T")
@@ -40,6 +39,13 @@ RECOVERY_PAGE = 500
 TAIL_BATCH = 1000
 RETRY_DELAY = timedelta(seconds=5)
 SEEN_LIMIT = 100_000
+WAITING_FROM_BACKFILL = 4
+"""trigger_many queues at most this many times max_active_runs runs for a slot; a
+recovery pass finds the others in the store."""
+TIMER_HORIZON = timedelta(hours=1)
+"""Stored timers due within this are held in memory; later ones are paged in."""
+TIMER_CAPACITY = 10_000
+"""About how many stored timers memory holds at most."""
 
 R = TypeVar("R")
 
@@ -96,11 +102,8 @@ class Supervisor(Generic[T, S]):
         """run id -> the version its last actor knew (bounded; see ``_remember``)."""
         self.stopping = False
         self._stop = trio.Event()
-        self._heap: list[tuple[datetime, int, str]] = []
-        self._counter = itertools.count()
-        self._armed: dict[str, datetime] = {}
-        """The earliest wake-up of each run with one pending; heap entries that disagree
-        with it are stale and skipped."""
+        self.timers = TimerWindow(TIMER_HORIZON, TIMER_CAPACITY)
+        """Wake-ups due soon; the rest of the stored timers are paged in as time passes."""
         self.retry_at: dict[str, float] = {}
         """Backoff deadlines of passivated runs, for the actor that picks them up again."""
         self._heap_changed = trio.Event()
@@ -110,6 +113,8 @@ class Supervisor(Generic[T, S]):
         self._services_nursery: trio.Nursery | None = None
         self._leader_changed = trio.Event()
         self._leader_scopes: set[trio.CancelScope] = set()
+        self._recovering = False
+        self._recover_again = False
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -130,9 +135,10 @@ class Supervisor(Generic[T, S]):
                     version = await data_version() if shared and data_version else None
                     # Read the log position first: what is written after it, the tail sees.
                     after = await engine.store.last_event_id() if shared else 0
-                    await self._load_timers()
+                    # Nothing pageable is waited for: timers are read by the timer loop
+                    # and runs by recovery, in short steps, after ready is reported.
                     services.start_soon(self._timer_loop)
-                    services.start_soon(self._recover)
+                    self._request_recovery()
                     if shared:
                         services.start_soon(self._tail, after, version)
                     for service in self._services:
@@ -171,8 +177,9 @@ class Supervisor(Generic[T, S]):
         self._leader_changed.set()
         self._leader_changed = trio.Event()
         if self._nursery is not None and self._services_nursery is not None and not self.stopping:
-            self._services_nursery.start_soon(self._load_timers)
-            self._services_nursery.start_soon(self._recover)
+            self.timers.reset()  # timers of the shards we got are read page by page
+            self._heap_changed.set()
+            self._request_recovery()
 
     def _leads(self) -> bool:
         ownership = self.ownership
@@ -192,12 +199,6 @@ class Supervisor(Generic[T, S]):
                 finally:
                     self._leader_scopes.discard(scope)
             log.info("workflow %r: not the leader any more: service stopped", self.engine.name)
-
-    async def _load_timers(self) -> None:
-        timers = await _retrying(
-            self.engine, "loading timers", lambda: self.engine.store.list_timers(self.engine.name)
-        )
-        self.schedule([t for t in timers if self.owns(t.run_id)])
 
     # -- actors --------------------------------------------------------------------------------
 
@@ -219,6 +220,17 @@ class Supervisor(Generic[T, S]):
                 self._waiting[run_id] = (known, timers)
         else:
             self._spawn(run_id, known, timers)
+
+    def wake_new(self, known: RawRecord, timers: list[Timer]) -> None:
+        """A run was just created here by trigger_many: start it from ``known``.
+
+        When more runs wait for a slot than could start soon, the run is left to a
+        recovery pass instead, which reads them back page by page: a backfill of a
+        million runs costs no memory per run here."""
+        if len(self._waiting) < WAITING_FROM_BACKFILL * self.max_active_runs:
+            self.wake(known.run_id, known, timers)
+        else:
+            self._request_recovery()
 
     def _spawn(
         self, run_id: str, known: RawRecord | None = None, timers: list[Timer] | None = None
@@ -325,14 +337,14 @@ class Supervisor(Generic[T, S]):
             return await reply.wait()
 
     def retry_later(self, run_id: str) -> None:
-        self.arm(run_id, self.engine.now() + RETRY_DELAY)
+        self._arm(run_id, self.engine.now() + RETRY_DELAY, pinned=True)
 
     def wake_later(self, run_id: str, deadline: float, retry_at: float) -> None:
         """A passivating actor's long wait: wake the run at trio time ``deadline``."""
         if retry_at > trio.current_time():
             self.retry_at[run_id] = retry_at
         wait = timedelta(seconds=max(0.0, deadline - trio.current_time()))
-        self.arm(run_id, self.engine.now() + wait)
+        self._arm(run_id, self.engine.now() + wait, pinned=True)
 
     # -- timers --------------------------------------------------------------------------------
 
@@ -344,45 +356,73 @@ class Supervisor(Generic[T, S]):
             if earliest is None or timer.fire_at < earliest:
                 by_run[timer.run_id] = timer.fire_at
         for run_id, when in by_run.items():
-            self._armed.pop(run_id, None)
+            self.timers.disarm(run_id)
             self.arm(run_id, when)
 
     def schedule_run(self, run_id: str, timers: list[Timer]) -> None:
         """The run's timers are now exactly ``timers`` (called on every commit that sets them)."""
-        self._armed.pop(run_id, None)
+        self.timers.disarm(run_id)
         if timers:
             self.arm(run_id, min(t.fire_at for t in timers))
 
     def arm(self, run_id: str, when: datetime) -> None:
-        """Wake the run at ``when`` unless it is already due to be woken earlier."""
-        current = self._armed.get(run_id)
-        if current is not None and current <= when:
-            return
-        self._armed[run_id] = when
-        heapq.heappush(self._heap, (when, next(self._counter), run_id))
-        if self._heap[0][2] == run_id:
+        """Wake the run at ``when`` (a stored timer of it) unless it is already due to be
+        woken earlier. Held in memory only when due within the timer window."""
+        self._arm(run_id, when, pinned=False)
+
+    def _arm(self, run_id: str, when: datetime, *, pinned: bool) -> None:
+        if self.timers.arm(run_id, when, self.engine.now(), pinned=pinned):
             self._heap_changed.set()
-        if len(self._heap) > 2 * len(self._armed) + 1024:
-            self._heap = [(w, next(self._counter), r) for r, w in self._armed.items()]
-            heapq.heapify(self._heap)
 
     async def _timer_loop(self) -> None:
-        clock = self.engine.clock
+        engine = self.engine
+        clock = engine.clock
+        window = self.timers
+        failures = 0
         while True:
+            request = window.page_request(clock.now())
+            if request is not None:
+                after, limit = request
+                try:
+                    rows = await engine.store.timers_after(engine.name, after, limit)
+                except Exception as exc:
+                    window.page_failed(clock.now())
+                    failures += 1
+                    log.warning("workflow %r: reading timers failed: %s", engine.name, exc)
+                    await trio.sleep(engine.default_options.backoff(failures).total_seconds())
+                    continue
+                failures = 0
+                window.page_read(rows, limit, clock.now(), self.owns)
+                await trio.lowlevel.checkpoint()
+                continue
             self._heap_changed = trio.Event()
-            deadline = trio_deadline(clock, self._heap[0][0]) if self._heap else math.inf
+            when = window.next_wake(clock.now())
+            deadline = math.inf if when is None else trio_deadline(clock, when)
             with trio.move_on_at(deadline):
                 await self._heap_changed.wait()
-            now = clock.now()
-            while self._heap and self._heap[0][0] <= now:
-                when, _, run_id = heapq.heappop(self._heap)
-                if self._armed.get(run_id) != when:
-                    continue  # stale: the run's timers changed since
-                del self._armed[run_id]
+            for run_id in window.pop_due(clock.now()):
                 self.wake(run_id)
             await trio.lowlevel.checkpoint()
 
     # -- recovery and other processes' writes ----------------------------------------------
+
+    def _request_recovery(self) -> None:
+        """Have a recovery pass run (again, after the one under way)."""
+        if self._recovering:
+            self._recover_again = True
+        elif self._services_nursery is not None and not self.stopping:
+            self._recovering = True
+            self._services_nursery.start_soon(self._recovery)
+
+    async def _recovery(self) -> None:
+        try:
+            while True:
+                self._recover_again = False
+                await self._recover()
+                if not self._recover_again or self.stopping:
+                    return
+        finally:
+            self._recovering = False
 
     async def _recover(self) -> None:
         """Spawn an actor for every unfinished run that has a step to run."""

@@ -267,8 +267,13 @@ def parse_initial(workflow: Workflow[Any, Any], text: str | None) -> Any:
         data = json.loads(text)
     except ValueError as exc:
         raise UsageError(f"--initial is not valid JSON: {exc}") from None
+    return structure_initial(workflow, data, "--initial")
+
+
+def structure_initial(workflow: Workflow[Any, Any], data: Any, what: str) -> Any:
+    """The initial object from decoded JSON ``data`` (a JSON object)."""
     if not isinstance(data, dict):
-        raise UsageError(f"--initial must be a JSON object, not {type(data).__name__}")
+        raise UsageError(f"{what} must be a JSON object, not {type(data).__name__}")
     object_type = workflow.object_type
     try:
         return converter.structure(data, object_type)
@@ -277,7 +282,7 @@ def parse_initial(workflow: Workflow[Any, Any], text: str | None) -> Any:
             detail = "; ".join(cattrs.transform_error(exc, path="initial"))
         else:
             detail = f"{type(exc).__name__}: {exc}"
-        raise UsageError(f"--initial does not fit {object_type.__name__}: {detail}") from None
+        raise UsageError(f"{what} does not fit {object_type.__name__}: {detail}") from None
 
 
 def read_payload(data: str | None, file: str | None) -> bytes:
