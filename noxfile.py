@@ -7,14 +7,15 @@ import nox
 nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.default_venv_backend = "venv"
 
-ALL_EXTRAS = ".[dev,postgres,redis]"
+ALL_EXTRAS = ".[dev,postgres,redis,console,kafka]"
 RUFF = "ruff==0.17.6"  # keep in step with the dev extra in pyproject.toml
 IMPORT_LINTER = "import-linter==2.17"  # likewise
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite (PostgreSQL/Redis tests need ACTORFLOW_PG_DSN / ACTORFLOW_REDIS_URL)."""
+    """Run the test suite (PostgreSQL/Redis/Kafka tests need ACTORFLOW_PG_DSN /
+    ACTORFLOW_REDIS_URL / ACTORFLOW_KAFKA_BOOTSTRAP)."""
     session.install("-e", ALL_EXTRAS)
     session.run("pytest", *session.posargs)
 

@@ -27,6 +27,7 @@ from actorflow._model.timers import after as after
 from actorflow._model.timers import at as at
 from actorflow.builder import Builder as Builder
 from actorflow.connect import connect as connect
+from actorflow.console import serve_console as serve_console
 from actorflow.gateway import open_gateway_client as open_gateway_client
 from actorflow.gateway import serve_gateway as serve_gateway
 from actorflow.stores import MemoryStore as MemoryStore
@@ -36,6 +37,7 @@ from actorflow.stores import Store as Store
 from actorflow.streaming import ConnectorEvent as ConnectorEvent
 from actorflow.streaming import EventSource as EventSource
 from actorflow.streaming import EventStreamer as EventStreamer
+from actorflow.streaming import KafkaStreamer as KafkaStreamer
 from actorflow.streaming import MemorySource as MemorySource
 from actorflow.streaming import MemoryStreamer as MemoryStreamer
 from actorflow.streaming import RedisStreamer as RedisStreamer
@@ -73,6 +75,7 @@ __all__ = [
     "connect",
     "open_gateway_client",
     "serve_gateway",
+    "serve_console",
     "MemoryStore",
     "PostgresStore",
     "SQLiteStore",
@@ -80,6 +83,7 @@ __all__ = [
     "ConnectorEvent",
     "EventSource",
     "EventStreamer",
+    "KafkaStreamer",
     "MemorySource",
     "MemoryStreamer",
     "RedisStreamer",

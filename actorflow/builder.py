@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import enum
+import functools
+import inspect
 from collections.abc import Callable, Sequence
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
 import attrs
 
-from actorflow._model.clock import Clock, SystemClock
 from actorflow._model.codec import ObjectCodec
 from actorflow._model.definition import (
     CallbackSpec,
@@ -21,7 +21,9 @@ from actorflow._model.definition import (
     fn_name,
 )
 from actorflow._model.errors import BuildError
-from actorflow._model.options import Options
+from actorflow._model.options import Options, check_options_for
+from actorflow._model.settings import BuildSettings
+from actorflow._model.statuses import parse_status
 from actorflow._model.timers import TimerFn
 
 if TYPE_CHECKING:
@@ -33,6 +35,30 @@ S = TypeVar("S", bound=enum.IntEnum)
 F = TypeVar("F", bound=Callable[..., Any])
 
 _UNSET: Any = object()
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+
+def is_async_callable(fn: object) -> bool:
+    """Whether calling ``fn`` gives an awaitable: an ``async def`` function (also behind
+    ``functools.partial`` or ``functools.wraps`` decorators) or an object whose
+    ``__call__`` is one."""
+    seen = 0
+    while seen < 100:
+        seen += 1
+        if inspect.iscoroutinefunction(fn):
+            return True
+        if isinstance(fn, functools.partial):
+            fn = fn.func
+            continue
+        wrapped = getattr(fn, "__wrapped__", None)
+        if wrapped is not None:
+            fn = wrapped
+            continue
+        if not inspect.isroutine(fn) and not isinstance(fn, type):
+            return inspect.iscoroutinefunction(type(fn).__call__)
+        return False
+    return False
 
 
 @attrs.define
@@ -67,6 +93,13 @@ class Builder(Generic[T, S]):
             raise BuildError(
                 f"workflow {name!r}: status_type must be an IntEnum, not {status_type!r}"
             )
+        for member in status_type:
+            if not INT64_MIN <= member.value <= INT64_MAX:
+                raise BuildError(
+                    f"workflow {name!r}: status {status_type.__name__}.{member.name}="
+                    f"{member.value} does not fit a signed 64-bit integer (the stores keep "
+                    f"statuses as such); use values from 1 to {INT64_MAX}"
+                )
         self.name = name
         self._codec = ObjectCodec(object_type, name)
         self.object_type = object_type
@@ -92,11 +125,19 @@ class Builder(Generic[T, S]):
     ) -> None:
         """``async def fn(run) -> Status`` runs whenever a run is at ``from_status``."""
         self._check_fn(fn, "step")
+        check_options_for("step", options, f"workflow {self.name!r}: step {fn_name(fn)}")
         self._pending.append(_Pending("step", from_status, fn, to, options))
 
-    def add_callback(self, from_status: S, fn: Callable[..., Any], to: S | Sequence[S]) -> None:
-        """``async def fn(run, payload: bytes) -> Status`` handles ``workflow.callback``."""
+    def add_callback(
+        self, from_status: S, fn: Callable[..., Any], to: S | Sequence[S], **options: Any
+    ) -> None:
+        """``async def fn(run, payload: bytes) -> Status`` handles ``workflow.callback``.
+
+        Callbacks take no options: they run in the ``callback`` call, which gets their
+        error (the build's ``default_options`` decide when repeated errors pause the run).
+        """
         self._check_fn(fn, "callback")
+        check_options_for("callback", options, f"workflow {self.name!r}: callback {fn_name(fn)}")
         self._pending.append(_Pending("callback", from_status, fn, to, {}))
 
     def add_timeout(
@@ -113,7 +154,13 @@ class Builder(Generic[T, S]):
                 f"workflow {self.name!r}: timeout timer must be callable (use af.after or af.at), "
                 f"not {timer!r}"
             )
+        if is_async_callable(timer):
+            raise BuildError(
+                f"workflow {self.name!r}: timeout timer {fn_name(timer)} is async; a timer is a "
+                "plain function timer(run, now) -> datetime | None (use af.after or af.at)"
+            )
         self._check_fn(fn, "timeout")
+        check_options_for("timeout", options, f"workflow {self.name!r}: timeout {fn_name(fn)}")
         self._pending.append(_Pending("timeout", from_status, fn, to, options, timer))
 
     def add_connector(self, name: str, source: Any, fn: Callable[..., Any], **options: Any) -> None:
@@ -121,6 +168,7 @@ class Builder(Generic[T, S]):
         if not isinstance(name, str) or not name:
             raise BuildError(f"workflow {self.name!r}: connector name must be a non-empty string")
         self._check_fn(fn, "connector")
+        check_options_for("connector", options, f"workflow {self.name!r}: connector {name!r}")
         self._connectors.append(ConnectorSpec(name, source, fn, Options()))
         self._connector_options.append(options)
 
@@ -146,24 +194,19 @@ class Builder(Generic[T, S]):
             raise BuildError(
                 f"workflow {self.name!r}: {what} function must be callable, not {fn!r}"
             )
+        if not is_async_callable(fn):
+            raise BuildError(
+                f"workflow {self.name!r}: {what} function {fn_name(fn)} is not async; "
+                f"declare it with `async def` (actorflow awaits it)"
+            )
 
     # -- building --------------------------------------------------------------------------
 
     def _status(self, value: Any, where: str) -> S:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise BuildError(f"workflow {self.name!r}: {where}: {value!r} is not a status")
-        if isinstance(value, enum.Enum) and not isinstance(value, self.status_type):
-            raise BuildError(
-                f"workflow {self.name!r}: {where}: {value!r} is not a member of "
-                f"{self.status_type.__name__}"
-            )
         try:
-            status = self.status_type(value)
-        except ValueError:
-            raise BuildError(
-                f"workflow {self.name!r}: {where}: {value!r} is not a member of "
-                f"{self.status_type.__name__}"
-            ) from None
+            status = parse_status(self.status_type, value)
+        except ValueError as exc:
+            raise BuildError(f"workflow {self.name!r}: {where}: {exc}") from None
         if status <= 0:
             raise BuildError(
                 f"workflow {self.name!r}: {where}: status {status.name}={int(status)} is reserved "
@@ -279,98 +322,49 @@ class Builder(Generic[T, S]):
             declared=declared,
         )
 
-    def build(
-        self,
-        store: Store,
-        *,
-        clock: Clock | None = None,
-        default_options: Options | dict[str, Any] | None = None,
-        resume_paused_after: timedelta | None = timedelta(hours=1),
-        scrub: Callable[[T], T] | None = None,
-        grace_period: timedelta = timedelta(seconds=10),
-        poll_interval: timedelta = timedelta(seconds=1),
-        max_active_runs: int = 2_000,
-        streamer: Any = None,
-        shards: int = 16,
-        lease: timedelta = timedelta(seconds=10),
-    ) -> Workflow[T, S]:
+    def build(self, store: Store, **options: Any) -> Workflow[T, S]:
         """Validate the graph and bind it to a store. Raises BuildError.
 
         Args:
             store: where runs live (MemoryStore, SQLiteStore, PostgresStore).
-            clock: wall clock (``actorflow.testing.trio_clock`` in tests).
-            default_options: options for every step, timeout and connector.
-            resume_paused_after: paused runs resume after this long (None: never).
-            scrub: ``delete_data`` replaces the object with ``scrub(object)``
-                (default: a new object from the type's defaults).
-            grace_period: how long ``stop()`` lets steps in flight finish.
-            poll_interval: how often to look for work written by other processes.
-            max_active_runs: at most this many runs are worked on at once in this process;
-                more wait their turn as ids (first in, first out) and reuse the tasks
-                of runs that finish. Raise it for steps that mostly wait on slow I/O.
-            streamer: an EventStreamer to publish every transition to (a StoreLogStreamer
-                must be over ``store`` itself).
-            shards: with a store that supports scale-out (PostgreSQL), runs are split into
-                this many shards, leased by the worker processes.
-            lease: how long a shard lease lasts without renewal; a dead worker's shards are
-                taken over after at most this long.
+            **options: build options (each checked by ``BuildSettings``):
+
+                - ``clock``: wall clock (``actorflow.testing.trio_clock`` in tests).
+                - ``default_options``: options for every step, timeout and connector (an
+                  ``af.Options`` or a dict of option names and values).
+                - ``resume_paused_after``: paused runs resume after this long (None: never;
+                  default 1 hour).
+                - ``scrub``: ``delete_data`` replaces the object with ``scrub(object)``
+                  (default: a new object from the type's defaults).
+                - ``grace_period``: how long ``stop()`` lets steps in flight finish (10 s).
+                - ``poll_interval``: how often to look for work written by other processes.
+                - ``max_active_runs``: at most this many runs are worked on at once in this
+                  process (2,000); more wait their turn as ids (first in, first out) and
+                  reuse the tasks of runs that finish. Raise it for steps that mostly wait
+                  on slow I/O.
+                - ``streamer``: an EventStreamer to publish every transition to (a
+                  StoreLogStreamer must be over ``store`` itself).
+                - ``shards``: with a store that supports scale-out (PostgreSQL), runs are
+                  split into this many shards (16), leased by the worker processes.
+                - ``lease``: how long a shard lease lasts without renewal (10 s); a dead
+                  worker's shards are taken over after at most this long.
+                - ``ownership``: which runs this process works on (an ``Ownership``;
+                  default: the store's shard leases, or every run).
         """
+        from actorflow.stores import Store as StoreProtocol
         from actorflow.workflow import Workflow
 
-        if isinstance(default_options, dict):
-            options = Options().merged(default_options, "default_options")
-        elif default_options is None or isinstance(default_options, Options):
-            options = default_options or Options()
-        else:
-            raise BuildError(
-                f"default_options must be an af.Options or a dict, not {default_options!r}"
-            )
-        if resume_paused_after is not None and (
-            not isinstance(resume_paused_after, timedelta) or resume_paused_after < timedelta(0)
-        ):
-            raise BuildError(
-                f"resume_paused_after must be a timedelta >= 0 or None, not {resume_paused_after!r}"
-            )
-        if not isinstance(grace_period, timedelta) or grace_period < timedelta(0):
-            raise BuildError(f"grace_period must be a timedelta >= 0, not {grace_period!r}")
-        if not isinstance(poll_interval, timedelta) or poll_interval < timedelta(milliseconds=10):
-            raise BuildError(f"poll_interval must be a timedelta >= 10 ms, not {poll_interval!r}")
-        if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= 4096:
-            raise BuildError(f"shards must be an int from 1 to 4096, not {shards!r}")
-        if not isinstance(lease, timedelta) or lease < timedelta(seconds=1):
-            raise BuildError(f"lease must be a timedelta of at least 1 s, not {lease!r}")
-        if not isinstance(max_active_runs, int) or max_active_runs < 1:
-            raise BuildError(f"max_active_runs must be an int >= 1, not {max_active_runs!r}")
-        if clock is None:
-            clock = SystemClock()
-        if not callable(getattr(clock, "now", None)):
-            raise BuildError(
-                f"clock must have a now() method returning an aware datetime, not {clock!r}"
-            )
-        from actorflow.stores import Store as StoreProtocol
-
+        settings = BuildSettings.from_options(options)
         if not isinstance(store, StoreProtocol):
             raise BuildError(f"workflow {self.name!r}: {store!r} is not a store")
-        if streamer is not None:
+        if settings.streamer is not None:
             from actorflow.streaming._store_log import check_relay_streamer
 
-            problem = check_relay_streamer(streamer, store)
+            problem = check_relay_streamer(settings.streamer, store)
             if problem is not None:
                 raise BuildError(f"workflow {self.name!r}: {problem}")
         return Workflow(
-            self.definition(options),
-            store,
-            codec=self._codec,
-            clock=clock,
-            default_options=options,
-            resume_paused_after=resume_paused_after,
-            scrub=scrub,
-            grace_period=grace_period,
-            poll_interval=poll_interval,
-            max_active_runs=max_active_runs,
-            streamer=streamer,
-            shards=shards,
-            lease=lease,
+            self.definition(settings.default_options), store, codec=self._codec, settings=settings
         )
 
 

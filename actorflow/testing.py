@@ -15,12 +15,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-import trio
-
 from actorflow._model.clock import Clock, TrioClock
 from actorflow._model.codec import converter
 from actorflow._model.errors import Lagged, RunNotFound
 from actorflow._model.record import Record
+from actorflow.stores import Store
 from actorflow.stores.feed import Subscription
 from actorflow.workflow import Workflow
 
@@ -60,7 +59,7 @@ async def wait_for(
                     for record in await workflow.history(latest.run_id):
                         if predicate(record):
                             return record
-                await _next_change(sub, store.shared)
+                await _next_change(sub, store)
 
 
 def _diff(expected: object, actual: object) -> str:
@@ -118,11 +117,14 @@ async def await_timeout_insert(
                 timers = await store.list_timers(workflow.name, run_id)
                 if any(t.status == int(status) and t.kind.startswith("timeout") for t in timers):
                     return
-                await _next_change(sub, store.shared)
+                await _next_change(sub, store)
 
 
-async def _next_change(sub: Subscription, shared: bool) -> None:
-    """Wait for the next published change (or a poll interval, for shared stores)."""
-    with trio.move_on_after(1.0 if shared else float("inf")):
-        with contextlib.suppress(Lagged):
-            await sub.receive()
+async def _next_change(sub: Subscription, store: Store) -> None:
+    """Wait for the next published change, or (shared stores) another process's write
+    noticed by the store, or a second of real time."""
+    with (
+        store.feed.until_external(1.0 if store.shared else float("inf")),
+        contextlib.suppress(Lagged),
+    ):
+        await sub.receive()

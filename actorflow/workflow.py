@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Generic, TypeVar, cast, final, overload
 
 import trio
@@ -25,6 +25,8 @@ from actorflow._model.options import Options
 from actorflow._model.record import RawRecord, Record, Timer, new_run_id
 from actorflow._model.run import Run
 from actorflow._model.run_state import RunState
+from actorflow._model.settings import BuildSettings
+from actorflow._model.statuses import parse_status
 from actorflow._runtime.actor import Op, Stopped
 from actorflow._runtime.engine import NO_TIMERS, Engine
 from actorflow._runtime.ports import Ownership, Service
@@ -32,6 +34,8 @@ from actorflow._runtime.supervisor import Supervisor
 from actorflow._services.context import ServiceContext
 from actorflow.stores import Store
 from actorflow.stores.feed import Subscription
+from actorflow.stores.protocol import ShardedStore
+from actorflow.streaming._source import check_reachable
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
@@ -55,30 +59,26 @@ class Workflow(Generic[T, S]):
         store: Store,
         *,
         codec: ObjectCodec[T],
-        clock: Clock,
-        default_options: Options,
-        resume_paused_after: timedelta | None,
-        scrub: Callable[[T], T] | None,
-        grace_period: timedelta,
-        poll_interval: timedelta,
-        max_active_runs: int,
-        streamer: Any,
-        shards: int = 16,
-        lease: timedelta = timedelta(seconds=10),
+        settings: BuildSettings,
     ) -> None:
         self._definition = definition
         self._store = store
         self._codec = codec
-        self._clock = clock
+        self._settings = settings
+        self._clock = settings.clock
         self._engine: Engine[T, S] = Engine(
-            definition, store, codec, clock, resume_paused_after, scrub, default_options
+            definition,
+            store,
+            codec,
+            settings.clock,
+            settings.resume_paused_after,
+            settings.scrub,
+            settings.default_options,
         )
-        self._grace_period = grace_period
-        self._poll_interval = poll_interval
-        self._max_active_runs = max_active_runs
-        self._streamer = streamer
-        self._shards = shards
-        self._lease = lease
+        self._grace_period = settings.grace_period
+        self._poll_interval = settings.poll_interval
+        self._max_active_runs = settings.max_active_runs
+        self._streamer = settings.streamer
         self._supervisor: Supervisor[T, S] | None = None
 
     # -- description -------------------------------------------------------------------------
@@ -136,6 +136,8 @@ class Workflow(Generic[T, S]):
         """
         if self._supervisor is not None:
             raise ActorflowError(f"workflow {self.name!r} is already running in this process")
+        # A streamer or source that cannot be reached fails the start, after a bounded wait.
+        await check_reachable([self._streamer, *(c.source for c in self._definition.connectors)])
         supervisor = Supervisor(
             self._engine,
             grace_period=self._grace_period,
@@ -174,11 +176,14 @@ class Workflow(Generic[T, S]):
             self._supervisor.stop()
 
     def _ownership(self) -> Ownership | None:
-        make = getattr(self._store, "shard_ownership", None)
-        if make is None:
+        if self._settings.ownership is not None:
+            given: Ownership = self._settings.ownership
+            return given
+        if not isinstance(self._store, ShardedStore):
             return None
-        ownership: Ownership = make(self.name, shards=self._shards, lease=self._lease)
-        return ownership
+        return self._store.shard_ownership(
+            self.name, shards=self._settings.shards, lease=self._settings.lease
+        )
 
     def _services(self) -> list[Service]:
         services: list[Service] = []
@@ -211,21 +216,10 @@ class Workflow(Generic[T, S]):
     # -- argument checks -------------------------------------------------------------------------
 
     def _status_arg(self, status: object, what: str = "status") -> S:
-        enum_type = self._definition.status_type
-        if isinstance(status, enum.Enum) and not isinstance(status, enum_type):
-            raise InvalidArgument(
-                f"workflow {self.name!r}: {what} {status!r} is not a {enum_type.__name__}"
-            )
-        if isinstance(status, bool) or not isinstance(status, int):
-            raise InvalidArgument(
-                f"workflow {self.name!r}: {what} must be a {enum_type.__name__}, not {status!r}"
-            )
         try:
-            return enum_type(status)  # type: ignore[return-value]
-        except ValueError:
-            raise InvalidArgument(
-                f"workflow {self.name!r}: {what} {status!r} is not a member of {enum_type.__name__}"
-            ) from None
+            return parse_status(self._definition.status_type, status)  # type: ignore[return-value]
+        except ValueError as exc:
+            raise InvalidArgument(f"workflow {self.name!r}: {what} {exc}") from None
 
     def _foreign_id_arg(self, foreign_id: object) -> str:
         if not isinstance(foreign_id, str) or not foreign_id or len(foreign_id) > MAX_FOREIGN_ID:
@@ -449,30 +443,73 @@ class Workflow(Generic[T, S]):
     async def list_runs(
         self,
         *,
-        foreign_id: str | None = None,
+        foreign_id: str | Sequence[str] | None = None,
         status: S | Sequence[S] | None = None,
         run_state: RunState | Sequence[RunState] | None = None,
         limit: int = 25,
         after: str | None = None,
         descending: bool = False,
+        foreign_id_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> list[Record[T, S]]:
-        """The latest version of each matching run, in creation order (keyset pages)."""
-        statuses: int | list[int] | None = None
-        if status is not None:
-            if isinstance(status, int):
-                statuses = int(self._status_arg(status))
-            else:
-                statuses = [int(self._status_arg(s)) for s in status]
+        """The latest version of each matching run, in creation order (keyset pages).
+
+        ``foreign_id`` is one id or a sequence of ids; ``created_after`` (inclusive) and
+        ``created_before`` (exclusive) are aware datetimes. Raises InvalidArgument for bad
+        filters and RunNotFound for an unknown ``after``."""
         found = await self._store.list_runs(
             self.name,
             foreign_id=foreign_id,
-            status=statuses,
+            status=self._statuses_arg(status),
             run_state=run_state,
             limit=limit,
             after=after,
             descending=descending,
+            foreign_id_prefix=foreign_id_prefix,
+            created_after=created_after,
+            created_before=created_before,
         )
         return [self._engine.typed(raw) for raw in found]
+
+    async def count_runs(
+        self,
+        *,
+        foreign_id: str | Sequence[str] | None = None,
+        status: S | Sequence[S] | None = None,
+        run_state: RunState | Sequence[RunState] | None = None,
+        foreign_id_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> dict[tuple[S, RunState], int]:
+        """How many runs match (the filters of :meth:`list_runs`), by (status, run state).
+
+        Pairs without runs are left out; ``sum(counts.values())`` is the total."""
+        counts = await self._store.count_runs(
+            self.name,
+            foreign_id=foreign_id,
+            status=self._statuses_arg(status),
+            run_state=run_state,
+            foreign_id_prefix=foreign_id_prefix,
+            created_after=created_after,
+            created_before=created_before,
+        )
+        status_type = self.status_type
+        found: dict[tuple[S, RunState], int] = {}
+        for (value, run_state_), count in sorted(counts.items()):
+            try:
+                key = (status_type(value), run_state_)
+            except ValueError:  # a status no longer in the enum: counted under its value
+                key = (cast(S, value), run_state_)
+            found[key] = found.get(key, 0) + count
+        return found
+
+    def _statuses_arg(self, status: S | Sequence[S] | None) -> int | list[int] | None:
+        if status is None:
+            return None
+        if isinstance(status, int):
+            return int(self._status_arg(status))
+        return [int(self._status_arg(s)) for s in status]
 
     async def history(self, run_id: str) -> list[Record[T, S]]:
         """Every stored version of a run, oldest first. Raises RunNotFound."""
@@ -540,7 +577,9 @@ class Workflow(Generic[T, S]):
             self._check_reachable(history[-1], wanted)
             if sub.lagged:
                 return None
-            found = await _next_matching(sub, wanted, poll)
+            found = None  # another process wrote, or the poll: read the history again
+            with self._store.feed.until_external(poll):
+                found = await _next_matching(sub, wanted)
             if found is not None:
                 return self._engine.typed(found)
 
@@ -680,19 +719,18 @@ class Workflow(Generic[T, S]):
 math_inf = float("inf")
 
 
-async def _next_matching(sub: Subscription, wanted: int, poll: float) -> RawRecord | None:
-    """The next published version at ``wanted``; None to re-read the history (poll or lag)."""
-    with trio.move_on_after(poll):
-        while True:
-            try:
-                raw = await sub.receive()
-            except ActorflowError:  # lagged: re-read the history
-                return None
-            if raw.status == wanted:
-                return raw
-            if raw.run_state.finished:
-                return None
-    return None
+async def _next_matching(sub: Subscription, wanted: int) -> RawRecord | None:
+    """The next published version at ``wanted``; None to re-read the history (lag).
+    The caller bounds the wait (another process's write, or the real-time poll)."""
+    while True:
+        try:
+            raw = await sub.receive()
+        except ActorflowError:  # lagged: re-read the history
+            return None
+        if raw.status == wanted:
+            return raw
+        if raw.run_state.finished:
+            return None
 
 
 @overload

@@ -9,8 +9,8 @@
 Every figure is compared with a baseline measured in the same run on the same machine
 (plain sqlite3, a raw Redis client loop, ...), so the ratios travel between machines
 better than the absolute numbers. Benchmarks that need a server run only when its
-variable is set (ACTORFLOW_REDIS_URL, ACTORFLOW_PG_DSN) and are skipped, with the
-reason printed, otherwise.
+variable is set (ACTORFLOW_REDIS_URL, ACTORFLOW_PG_DSN, ACTORFLOW_KAFKA_BOOTSTRAP) and are
+skipped, with the reason printed, otherwise.
 """
 
 from __future__ import annotations
@@ -67,6 +67,48 @@ def _streaming(quick: bool) -> list[Row]:
         ratio = "baseline" if name == "raw_xadd" else (f"{value / raw:.2f} x raw" if raw else "")
         rows.append(Row(f"Redis Streams: {name} ({events:,} events)", value, "events/s", ratio))
     return rows
+
+
+def _kafka(quick: bool) -> list[Row]:
+    """bench/kafka.py, when ACTORFLOW_KAFKA_BOOTSTRAP is set: the relay and a connector
+    beside confluent-kafka's own produce and consume rates, against the same broker."""
+    if not os.environ.get("ACTORFLOW_KAFKA_BOOTSTRAP"):
+        print("kafka: skipped (set ACTORFLOW_KAFKA_BOOTSTRAP to run bench/kafka.py)")
+        return []
+    module = importlib.import_module("bench.kafka")
+    events = 1_000 if quick else 5_000
+    figures = _call(module.run, events)
+    if not figures:
+        return []
+    produce, consume = figures["raw_produce"], figures["raw_consume"]
+    memory = figures["memory_connector"]
+    return [
+        Row(f"Kafka: confluent-kafka produce ({events:,} events)", produce, "events/s", "baseline"),
+        Row(f"Kafka: confluent-kafka consume ({events:,} events)", consume, "events/s", "baseline"),
+        Row(
+            f"Kafka: outbox relay -> KafkaStreamer ({events:,} events)",
+            figures["relay"],
+            "events/s",
+            f"{figures['relay'] / produce:.2f} x raw produce",
+        ),
+        Row(
+            f"Kafka: connector <- MemorySource ({events:,} events)", memory, "events/s", "baseline"
+        ),
+        Row(
+            f"Kafka: connector <- KafkaStreamer ({events:,} events)",
+            figures["connector"],
+            "events/s",
+            f"{figures['connector'] / memory:.2f} x MemorySource, "
+            f"{figures['connector'] / consume:.3f} x raw consume",
+        ),
+        Row(
+            f"Kafka: connector <- KafkaStreamer, async_commits ({events:,} events)",
+            figures["connector_async_commits"],
+            "events/s",
+            f"{figures['connector_async_commits'] / memory:.2f} x MemorySource, "
+            f"{figures['connector_async_commits'] / consume:.3f} x raw consume",
+        ),
+    ]
 
 
 def _postgres(quick: bool) -> list[Row]:
@@ -154,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda: sqlite_bench.measure(sqlite_bench.QUICK if args.quick else sqlite_bench.FULL),
         ),
         ("streaming", lambda: _streaming(args.quick)),
+        ("kafka", lambda: _kafka(args.quick)),
         ("postgres", lambda: _postgres(args.quick)),
     ]
     for what, section in sections:

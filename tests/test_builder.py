@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+import functools
 from datetime import timedelta
+from typing import Any
 
 import attrs
 import pytest
@@ -170,3 +172,132 @@ def test_public_exports() -> None:
         assert hasattr(af, name), name
     assert callable(af.testing.trio_clock)
     assert attrs.has(af.Record)
+
+
+class Huge(enum.IntEnum):
+    ONE = 1
+    TWO = 2
+    HUGE = 2**63
+
+
+class HugeNegative(enum.IntEnum):
+    ONE = 1
+    TWO = 2
+    LOW = -(2**63) - 1
+
+
+@pytest.mark.parametrize("status_type", [Huge, HugeNegative])
+def test_status_values_beyond_64_bits_are_refused(status_type: type[enum.IntEnum]) -> None:
+    with pytest.raises(af.BuildError, match="signed 64-bit"):
+        builder = af.Builder("w", YinYang, status_type)
+        builder.add_step(status_type(1), noop, to=status_type(2))
+        builder.build(af.MemoryStore())
+
+
+class Edge(enum.IntEnum):
+    ONE = 1
+    TOP = 2**63 - 1
+
+
+def test_the_largest_64_bit_status_is_accepted() -> None:
+    builder = af.Builder("w", YinYang, Edge)
+    builder.add_step(Edge.ONE, noop, to=Edge.TOP)
+    builder.build(af.MemoryStore())
+
+
+def test_options_without_effect_are_refused() -> None:
+    builder = af.Builder("w", YinYang, Status)
+    with pytest.raises(af.BuildError, match="consume_lag has no effect on a timeout"):
+        builder.add_timeout(
+            Status.MIDDLE,
+            af.after(timedelta(hours=1)),
+            cb,
+            to=Status.END,
+            consume_lag=timedelta(seconds=5),
+        )
+    with pytest.raises(af.BuildError, match="pause_after_errors has no effect on a connector"):
+        builder.add_connector("c", af.MemorySource([]), cb, pause_after_errors=3)
+    with pytest.raises(af.BuildError, match="max_concurrency has no effect on a connector"):
+        builder.add_connector("c", af.MemorySource([]), cb, max_concurrency=3)
+    with pytest.raises(af.BuildError, match="callbacks take no options"):
+        builder.add_callback(Status.MIDDLE, cb, to=Status.END, error_backoff=timedelta(1))
+    # What does have an effect is accepted.
+    builder.add_step(
+        Status.STARTED,
+        noop,
+        to=Status.MIDDLE,
+        pause_after_errors=1,
+        error_backoff=timedelta(seconds=1),
+        max_error_backoff=timedelta(seconds=9),
+        consume_lag=timedelta(seconds=1),
+        max_concurrency=2,
+    )
+    builder.add_timeout(
+        Status.MIDDLE,
+        af.after(timedelta(hours=1)),
+        cb,
+        to=Status.END,
+        pause_after_errors=1,
+        error_backoff=timedelta(seconds=1),
+        max_error_backoff=timedelta(seconds=9),
+        max_concurrency=2,
+    )
+    builder.add_connector(
+        "c",
+        af.MemorySource([]),
+        cb,
+        error_backoff=timedelta(seconds=1),
+        max_error_backoff=timedelta(seconds=9),
+        consume_lag=timedelta(seconds=1),
+    )
+    builder.build(af.MemoryStore())
+
+
+def sync_step(run: object) -> int:
+    return 2
+
+
+class AsyncCallable:
+    async def __call__(self, run: object) -> int:
+        return 2
+
+
+class SyncCallable:
+    def __call__(self, run: object) -> int:
+        return 2
+
+
+def test_functions_that_are_not_async_are_refused() -> None:
+    builder = af.Builder("w", YinYang, Status)
+    with pytest.raises(af.BuildError, match="step function sync_step is not async"):
+        builder.add_step(Status.STARTED, sync_step, to=Status.MIDDLE)
+    with pytest.raises(af.BuildError, match="not async"):
+        builder.add_step(Status.STARTED, SyncCallable(), to=Status.MIDDLE)
+    with pytest.raises(af.BuildError, match=r"callback function .*lambda.* is not async"):
+        builder.add_callback(Status.MIDDLE, lambda run, payload: Status.END, to=Status.END)
+    with pytest.raises(af.BuildError, match="timeout function sync_step is not async"):
+        builder.add_timeout(Status.MIDDLE, af.after(timedelta(1)), sync_step, to=Status.END)
+    with pytest.raises(af.BuildError, match="connector function sync_step is not async"):
+        builder.add_connector("c", af.MemorySource([]), sync_step)
+    with pytest.raises(af.BuildError, match="on_complete hook function sync_step is not async"):
+        builder.on_complete(sync_step)
+    with pytest.raises(af.BuildError, match="on_pause hook"):
+        builder.on_pause(sync_step)
+    with pytest.raises(af.BuildError, match="on_cancel hook"):
+        builder.on_cancel(sync_step)
+
+    async def timer(run: object, now: object) -> None:
+        return None
+
+    with pytest.raises(af.BuildError, match=r"timer .*timer is async"):
+        builder.add_timeout(Status.MIDDLE, timer, cb, to=Status.END)
+    # Awaitable callables of every shape are accepted.
+    builder.add_step(Status.STARTED, AsyncCallable(), to=Status.MIDDLE)
+    builder.add_callback(Status.MIDDLE, functools.partial(cb), to=Status.END)
+
+    @functools.wraps(noop)
+    def decorated(run: object) -> Any:
+        return noop(run)
+
+    builder.add_timeout(Status.MIDDLE, af.after(timedelta(1)), decorated, to=Status.END)
+    builder.build(af.MemoryStore())

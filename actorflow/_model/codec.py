@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import json.encoder
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast, final
 
@@ -18,51 +17,9 @@ T = TypeVar("T")
 converter = make_converter()
 
 
-def _not_serialisable(obj: object) -> Any:
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
-
-
-def _make_encode() -> Callable[[Any], str]:
-    """Compact JSON text of unstructured data, as ``JSONEncoder.encode`` makes it.
-
-    ``JSONEncoder.encode`` builds a C encoder (and a closure and a dict) on every call;
-    this one is built once and reused (no circular-reference check: a cycle fails with
-    RecursionError instead of ValueError, both reported as SerializationError).
-    """
-    encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:  # an interpreter without the C accelerator
-        return encode
-    iterencode = make(
-        None,
-        _not_serialisable,
-        json.encoder.encode_basestring,
-        None,
-        ":",
-        ",",
-        False,
-        False,
-        True,
-    )
-
-    def fast(obj: Any) -> str:
-        return "".join(iterencode(obj, 0))
-
-    return fast
-
-
-_ENCODE = _make_encode()
-_DECODE = json.JSONDecoder().raw_decode
-
-
-def _loads(text: str) -> Any:
-    """``json.loads`` without its two whitespace scans when there is no whitespace around
-    the value (what we store); anything else goes through ``json.loads`` itself."""
-    try:
-        data, end = _DECODE(text)
-    except ValueError:
-        return json.loads(text)
-    return data if end == len(text) else json.loads(text)
+_ENCODE: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+"""Compact JSON text of unstructured data (one encoder, reused)."""
+_loads = json.loads
 
 
 def _place(where: str, run_id: str) -> str:

@@ -25,6 +25,10 @@ def _concurrency(_: Any, attribute: attrs.Attribute[int | None], value: int | No
         raise BuildError(f"option {attribute.name} must be None or an int >= 1, not {value!r}")
 
 
+MIN_RETRY_SECONDS = 0.01
+"""The shortest wait before any retry (see ``Options.retry_seconds``)."""
+
+
 @attrs.frozen
 class Options:
     """How a step (or timeout, or connector) is run.
@@ -61,6 +65,11 @@ class Options:
         except BuildError as exc:
             raise BuildError(f"{where}: {exc}") from None
 
+    def retry_seconds(self, errors: int) -> float:
+        """Seconds to wait before retrying after ``errors`` consecutive errors: the
+        back-off, but at least ``MIN_RETRY_SECONDS`` so that a zero back-off never spins."""
+        return max(self.backoff(errors).total_seconds(), MIN_RETRY_SECONDS)
+
     def backoff(self, errors: int) -> timedelta:
         """The delay before retrying after ``errors`` consecutive errors."""
         if errors <= 0:
@@ -68,3 +77,35 @@ class Options:
         factor = 2 ** min(errors - 1, 30)
         delay: timedelta = self.error_backoff * factor
         return min(delay, max(self.max_error_backoff, self.error_backoff))
+
+
+WITHOUT_EFFECT: dict[str, dict[str, str]] = {
+    "timeout": {
+        "consume_lag": "a timeout fires when its timer says; delay it in the timer function",
+    },
+    "connector": {
+        "pause_after_errors": "a connector has no run to pause; it retries with back-off",
+        "max_concurrency": "a connector handles its events one at a time, in order",
+    },
+}
+"""Options that do nothing for a kind of function, and why (a BuildError says so)."""
+
+
+def check_options_for(kind: str, options: dict[str, Any], where: str) -> None:
+    """BuildError for an option that would have no effect on a ``kind`` of function.
+
+    ``kind``: ``"step"``, ``"timeout"``, ``"connector"`` or ``"callback"`` (which takes
+    none). Unknown option names are left to :meth:`Options.merged`, which lists the known.
+    """
+    if kind == "callback":
+        if options:
+            raise BuildError(
+                f"{where}: callbacks take no options ({', '.join(sorted(options))}); they run "
+                "inside workflow.callback(), which gets their error (build(default_options=...) "
+                "sets pause_after_errors for callbacks)"
+            )
+        return
+    useless = WITHOUT_EFFECT.get(kind, {})
+    for name in sorted(options):
+        if name in useless:
+            raise BuildError(f"{where}: option {name} has no effect on a {kind}: {useless[name]}")

@@ -10,21 +10,26 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import math
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar, final
 
 import attrs
 import trio
 
+from actorflow._model.clock import trio_deadline
 from actorflow._model.definition import StepSpec, fn_name
 from actorflow._model.errors import ActorflowError, StepError, StoreError, VersionConflict
 from actorflow._model.record import RawRecord, Timer
 from actorflow._model.run import SpecialResult
 from actorflow._model.run_state import RunState
-from actorflow._runtime.engine import RESUME, Engine, log
+from actorflow._runtime.engine import RESUME, Engine
 from actorflow._runtime.ports import ActorHost
+from actorflow._runtime.user_code import user_error
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
@@ -33,6 +38,8 @@ MAILBOX_SIZE = 16
 PASSIVATE_AFTER = 1.0
 """Waits longer than this many seconds passivate the actor instead of holding its slot."""
 ASK_ATTEMPTS = 5
+MIN_SNOOZE = timedelta(milliseconds=10)
+"""The shortest wait before a skipped timeout fires again (``error_backoff`` may be 0)."""
 
 Op = Callable[[RawRecord], Awaitable[tuple[RawRecord | None, list[Timer] | None, Any]]]
 """An operation run by the actor on its latest record: returns (new record, timers, reply)."""
@@ -87,6 +94,8 @@ async def _call_user(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         return await fn(*args)
     except StoreError as exc:
         raise StepError(f"{fn_name(fn)} raised {type(exc).__name__}: {exc}") from exc
+    except trio.Cancelled as exc:
+        raise user_error(exc, fn_name(fn)) from exc
 
 
 @final
@@ -105,6 +114,8 @@ class RunActor(Generic[T, S]):
         self._retry_at = -math.inf
         self._skipped_version = 0
         self._wait_scope: trio.CancelScope | None = None
+        self._snoozed: dict[Timer, datetime] | None = None
+        """Timers whose timeout returned run.skip(): the wall time each may fire again."""
         self.task: trio.lowlevel.Task | None = None
 
     # -- the mailbox -----------------------------------------------------------------------
@@ -168,6 +179,8 @@ class RunActor(Generic[T, S]):
         sup = self.sup
         self.task = trio.lowlevel.current_task()
         self._retry_at = sup.retry_at.pop(self.run_id, -math.inf)
+        if sup.snoozed:
+            self._snoozed = sup.snoozed.pop(self.run_id, None)
         try:
             # The loop is written here, not in a method of its own: one coroutine frame
             # less for every run in flight.
@@ -180,14 +193,18 @@ class RunActor(Generic[T, S]):
                         continue
                 if not await self._turn(message):
                     return
-        except Exception as exc:
+        except (Exception, trio.Cancelled) as exc:
             # Never let one run take the workflow down: log, and try again later.
-            log.exception("%s: actor failed; retrying soon", self._where(), exc_info=exc)
+            error = user_error(exc, "the run's actor")
+            log.error("%s: actor failed; retrying soon", self._where(), exc_info=error)
             sup.retry_later(self.run_id)
         finally:
             self._close()
 
     def _close(self) -> None:
+        if self._snoozed:
+            # Kept for the run's next actor: a skipped timeout waits out its back-off.
+            self.sup.snoozed[self.run_id] = self._snoozed
         # Synchronous: no message can arrive between the last check and the removal.
         self.sup.forget(self)
         while True:
@@ -205,9 +222,26 @@ class RunActor(Generic[T, S]):
         """Before passivating: make sure the supervisor wakes the run for its next timer."""
         if self._timers:
             now = self.engine.now()
-            future = [t.fire_at for t in self._timers if t.fire_at > now]
+            future = [(self._fires_at(t), t) for t in self._timers]
+            future = [(w, t) for w, t in future if w > now]
             if future:
-                self.sup.arm(self.run_id, min(future))
+                when, timer = min(future, key=lambda pair: pair[0])
+                # A snoozed timeout's time exists in memory only: held whatever its time.
+                self.sup.arm(self.run_id, when, pinned=when != timer.fire_at)
+
+    def _fires_at(self, timer: Timer) -> datetime:
+        """When ``timer`` is due: its time, or later when its timeout skipped."""
+        snoozed = self._snoozed
+        if snoozed is None:
+            return timer.fire_at
+        return snoozed.get(timer, timer.fire_at)
+
+    def _snooze(self, timer: Timer, backoff: timedelta) -> None:
+        """The timeout of ``timer`` skipped: it fires again after ``backoff``, nothing stored."""
+        timers = self._timers or []
+        snoozed = {t: w for t, w in (self._snoozed or {}).items() if t in timers}
+        snoozed[timer] = self.engine.now() + max(backoff, MIN_SNOOZE)
+        self._snoozed = snoozed
 
     def _where(self) -> str:
         return f"workflow {self.engine.name!r} run {self.run_id}"
@@ -278,9 +312,10 @@ class RunActor(Generic[T, S]):
                     continue
                 message.reply.set(error=StoreError(f"{self._where()}: kept changing; try again"))
                 return
-            except Exception as exc:
+            except (Exception, trio.Cancelled) as exc:
+                error = user_error(exc, "a callback or control")
                 self.reload_needed = True
-                message.reply.set(error=exc)
+                message.reply.set(error=error)
                 return
             if new is not None:
                 self._stored(new, timers)
@@ -343,12 +378,16 @@ class RunActor(Generic[T, S]):
         if raw.run_state.active:
             if timers is None:
                 timers = await self._run_timers()
+            snoozed: datetime | None = None
             if timers:
                 now = engine.now()
                 for timer in timers:
                     if timer.kind != RESUME and timer.status == raw.status and timer.fire_at <= now:
-                        await self._fire_timeout(raw, timer)
-                        return now_trio
+                        fires_at = self._fires_at(timer)
+                        if fires_at <= now:
+                            await self._fire_timeout(raw, timer)
+                            return now_trio
+                        snoozed = fires_at if snoozed is None else min(snoozed, fires_at)
             spec = engine.definition.steps.get(raw.status)
             if spec is not None and raw.version != self._skipped_version:
                 lag = spec.options.consume_lag
@@ -359,6 +398,8 @@ class RunActor(Generic[T, S]):
                         return now_trio + (ready - now).total_seconds()
                 await self._step(raw, spec)
                 return now_trio
+            if snoozed is not None:
+                return trio_deadline(engine.clock, snoozed)
             return None
         if raw.run_state is RunState.PAUSED:
             if timers is None:
@@ -384,8 +425,8 @@ class RunActor(Generic[T, S]):
             new, timers = await action
         except _StoppedBeforeStart:
             return
-        except Exception as exc:
-            await self._failed(raw, what, exc, key, options)
+        except (Exception, trio.Cancelled) as exc:
+            await self._failed(raw, what, user_error(exc, what), key, options)
             return
         self._settled(raw, key, new, timers)
 
@@ -429,7 +470,7 @@ class RunActor(Generic[T, S]):
             self._back_off(count, opts)
 
     def _back_off(self, count: int, options: Any) -> None:
-        self._retry_at = trio.current_time() + options.backoff(count).total_seconds()
+        self._retry_at = trio.current_time() + options.retry_seconds(count)
 
     async def _step(self, raw: RawRecord, spec: StepSpec) -> None:
         """Run the step of the run's status and store what it returned.
@@ -456,8 +497,8 @@ class RunActor(Generic[T, S]):
             error.__cause__ = exc
             await self._failed(raw, key, error, key, spec.options)
             return
-        except Exception as exc:
-            await self._failed(raw, key, exc, key, spec.options)
+        except (Exception, trio.Cancelled) as exc:
+            await self._failed(raw, key, user_error(exc, key), key, spec.options)
             return
         try:
             if isinstance(result, SpecialResult):
@@ -470,8 +511,8 @@ class RunActor(Generic[T, S]):
                 # the commit (objects held across it outlive garbage collections).
                 del run, result
                 await engine.commit(new, timers=timers, had_timers=had_timers)
-        except Exception as exc:
-            await self._failed(raw, key, exc, key, spec.options)
+        except (Exception, trio.Cancelled) as exc:  # a timer function is user code too
+            await self._failed(raw, key, user_error(exc, key), key, spec.options)
             return
         self._settled(raw, key, new, timers)
 
@@ -494,10 +535,10 @@ class RunActor(Generic[T, S]):
                     raise _StoppedBeforeStart
                 result = await _call_user(spec.fn, run, timer.fire_at)
             new, timers = await engine.apply_result(raw, run, result, spec.to, key, fired=timer)
-            if new is None:  # skipped: this timer is used up
-                assert self._timers is not None
-                remaining = [t for t in self._timers if t != timer]
-                return await self._replace_timers(raw, remaining)
+            if new is None:  # skipped: nothing is stored; it fires again after the back-off
+                engine.reset_errors(raw.run_id, key)
+                self._snooze(timer, spec.options.error_backoff)
+                return raw, None
             return new, timers
 
         await self._guarded(raw, key, action(), key=key, options=spec.options)

@@ -31,12 +31,13 @@ from actorflow._model.options import Options
 from actorflow._model.record import Meta, RawRecord, Record, Timer
 from actorflow._model.run import Run, Special, SpecialResult
 from actorflow._model.run_state import RunState, check_transition
+from actorflow._runtime.user_code import user_error
 from actorflow.stores import Store
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
 
-log = logging.getLogger("actorflow")
+log = logging.getLogger(__name__)
 
 RESUME = "resume"
 META_CACHE = 256
@@ -363,8 +364,11 @@ class Engine(Generic[T, S]):
         if self.scrub is not None:
             try:
                 scrubbed = self.scrub(obj)
-            except Exception as exc:
-                raise ActorflowError(f"{self.where(raw)}: scrub function failed: {exc!r}") from exc
+            except (Exception, trio.Cancelled) as exc:
+                error = user_error(exc, "the scrub function")
+                raise ActorflowError(
+                    f"{self.where(raw)}: scrub function failed: {error!r}"
+                ) from exc
             self.codec.check(scrubbed, "the scrub function's result")
         else:
             scrubbed = self.codec.default()
@@ -403,8 +407,8 @@ class Engine(Generic[T, S]):
                 new, timers = await self.apply_result(raw, run, result, spec.to, key)
             except StoreError:
                 raise
-            except Exception as exc:
-                await self._callback_failed(raw, key, exc)
+            except (Exception, trio.Cancelled) as exc:
+                await self._callback_failed(raw, key, user_error(exc, key))
             if new is not None:
                 return new, timers
         return None, None

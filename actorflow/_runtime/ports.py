@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-
-import trio
+from typing import TYPE_CHECKING, Any, Protocol
 
 from actorflow._model.record import Timer
+from actorflow.stores.protocol import Leadership as Leadership
+from actorflow.stores.protocol import Ownership as Ownership
 
 if TYPE_CHECKING:
     from actorflow._runtime.engine import Engine
@@ -30,6 +30,8 @@ class ActorHost(Protocol):
     """True once the workflow stops: actors finish their step and take no new work."""
     retry_at: dict[str, float]
     """Trio times before which a run's failed step must not be retried, by run id."""
+    snoozed: dict[str, dict[Timer, datetime]]
+    """Timers whose timeout skipped, with the wall time each may fire again, by run id."""
 
     def owns(self, run_id: str) -> bool:
         """Whether this process may work on the run now."""
@@ -51,38 +53,7 @@ class ActorHost(Protocol):
         """The run's pending timers changed to ``timers``: arm them."""
         ...
 
-    def arm(self, run_id: str, when: datetime) -> None:
-        """Wake the run at wall time ``when``."""
-        ...
-
-
-@runtime_checkable
-class Ownership(Protocol):
-    """Which runs this process may work on (scale-out: shard leases). Without one, all."""
-
-    def owns(self, run_id: str) -> bool:
-        """True while this process holds the lease of the run's shard."""
-        ...
-
-    async def serve(
-        self,
-        on_change: Callable[[], None],
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Hold and renew leases until cancelled; call ``on_change()`` whenever the set of
-        owned shards changes. Reports started once the first leases are held."""
-        ...
-
-
-@runtime_checkable
-class Leadership(Protocol):
-    """An Ownership that also elects one process per workflow to run its singleton
-    services (hooks, relay, connectors: two copies would deliver twice and race on their
-    durable cursors). ``leader`` may only change together with an ``on_change()`` call
-    (or turn False by the passing of time, which ``owns`` does as well)."""
-
-    @property
-    def leader(self) -> bool:
-        """True while this process runs the workflow's singleton services."""
+    def arm(self, run_id: str, when: datetime, *, pinned: bool = False) -> None:
+        """Wake the run at wall time ``when`` (a stored timer's time; ``pinned``: a time
+        that exists in memory only, which the supervisor must hold however far away)."""
         ...

@@ -14,9 +14,9 @@ from __future__ import annotations
 import contextvars
 import enum
 import functools
+import logging
 import math
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar, final
 
@@ -27,10 +27,13 @@ from actorflow._model.errors import ActorflowError
 from actorflow._model.record import Event, RawRecord, Timer
 from actorflow._model.run_state import RunState
 from actorflow._runtime.actor import Ask, Op, Reply, RunActor, Stopped
-from actorflow._runtime.engine import Engine, log
+from actorflow._runtime.engine import Engine
 from actorflow._runtime.ports import Leadership, Ownership, Service
+from actorflow._runtime.retry import retrying
 from actorflow._runtime.timers import TimerWindow
 from actorflow.stores.feed import ChangeFeed
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
@@ -48,26 +51,6 @@ TIMER_CAPACITY = 10_000
 """About how many stored timers memory holds at most."""
 
 R = TypeVar("R")
-
-
-async def _retrying(engine: Engine[Any, Any], what: str, call: Callable[[], Awaitable[R]]) -> R:
-    """``await call()`` until it succeeds: a store hiccup must not stop the workflow."""
-    failures = 0
-    while True:
-        try:
-            return await call()
-        except Exception as exc:
-            failures += 1
-            delay = engine.default_options.backoff(failures).total_seconds()
-            log.warning(
-                "workflow %r: %s failed (attempt %d, retrying in %.1f s): %s",
-                engine.name,
-                what,
-                failures,
-                delay,
-                exc,
-            )
-            await trio.sleep(max(delay, 0.01))
 
 
 def _same_context(one: contextvars.Context, other: contextvars.Context) -> bool:
@@ -106,6 +89,8 @@ class Supervisor(Generic[T, S]):
         """Wake-ups due soon; the rest of the stored timers are paged in as time passes."""
         self.retry_at: dict[str, float] = {}
         """Backoff deadlines of passivated runs, for the actor that picks them up again."""
+        self.snoozed: dict[str, dict[Timer, datetime]] = {}
+        """Skipped timeouts of passivated runs and when each may fire again (likewise)."""
         self._heap_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._services = services
@@ -152,6 +137,13 @@ class Supervisor(Generic[T, S]):
                         trio.current_time() + self.grace_period.total_seconds()
                     )
                 services.cancel_scope.cancel()
+            if not self._stop.is_set():
+                # Only a trio.Cancelled that nothing cancelled (swallowed by a nursery it
+                # made cancel itself) gets here: never return as if stopped.
+                raise ActorflowError(
+                    f"workflow {engine.name!r} stopped unexpectedly: one of its tasks raised "
+                    "trio.Cancelled while nothing had cancelled it"
+                )
         finally:
             self.stopping = True
             self._nursery = None
@@ -365,10 +357,11 @@ class Supervisor(Generic[T, S]):
         if timers:
             self.arm(run_id, min(t.fire_at for t in timers))
 
-    def arm(self, run_id: str, when: datetime) -> None:
-        """Wake the run at ``when`` (a stored timer of it) unless it is already due to be
-        woken earlier. Held in memory only when due within the timer window."""
-        self._arm(run_id, when, pinned=False)
+    def arm(self, run_id: str, when: datetime, *, pinned: bool = False) -> None:
+        """Wake the run at ``when`` unless it is already due to be woken earlier. A stored
+        timer's time is held in memory only inside the timer window; a ``pinned`` one
+        (in memory only: backoff, a snoozed timeout) always."""
+        self._arm(run_id, when, pinned=pinned)
 
     def _arm(self, run_id: str, when: datetime, *, pinned: bool) -> None:
         if self.timers.arm(run_id, when, self.engine.now(), pinned=pinned):
@@ -389,7 +382,9 @@ class Supervisor(Generic[T, S]):
                     window.page_failed(clock.now())
                     failures += 1
                     log.warning("workflow %r: reading timers failed: %s", engine.name, exc)
-                    await trio.sleep(engine.default_options.backoff(failures).total_seconds())
+                    await trio.sleep(
+                        max(engine.default_options.backoff(failures).total_seconds(), 0.01)
+                    )
                     continue
                 failures = 0
                 window.page_read(rows, limit, clock.now(), self.owns)
@@ -432,9 +427,7 @@ class Supervisor(Generic[T, S]):
             return
         after: str | None = None
         while not self.stopping:
-            page = await _retrying(
-                engine,
-                "recovering runs",
+            page = await retrying(
                 functools.partial(
                     engine.store.list_runs,
                     engine.name,
@@ -443,6 +436,9 @@ class Supervisor(Generic[T, S]):
                     limit=RECOVERY_PAGE,
                     after=after,
                 ),
+                options=engine.default_options,
+                what=f"workflow {engine.name!r}: recovering runs",
+                log=log,
             )
             for raw in page:
                 if self.stopping:
@@ -465,16 +461,22 @@ class Supervisor(Generic[T, S]):
         ``seen_version``: the store's ``data_version`` when ``after`` was read (SQLite);
         the log is read again only once another connection has committed since."""
         engine = self.engine
+        # The safety-net poll is measured in real time: other processes live in real
+        # time, and a poll on a virtual clock would spin while a test jumps a year.
         interval = self.poll_interval.total_seconds()
         # LISTEN/NOTIFY (PostgresStore): woken as soon as another process writes work for
         # this one; the poll stays the safety net.
         changes = getattr(engine.store, "changes", None)
         mark = 0 if changes is None else changes.mark()
-        # SQLiteStore: ``data_version`` changes only when another connection commits.
+        # SQLiteStore: ``data_version`` changes only when another connection commits; a
+        # watcher thread looks at it in real time and wakes us only when it changed.
         data_version = getattr(engine.store, "data_version", None)
+        feed = engine.store.feed
+        external = feed.external
         while True:
             if changes is None:
-                await trio.sleep(interval)
+                await feed.wait_external(external, interval)
+                external = feed.external
             else:
                 await changes.wait(mark, interval)
                 mark = changes.mark()

@@ -12,29 +12,25 @@ been handled, acknowledged and its cursor stored.
 
 from __future__ import annotations
 
+import logging
+
 import trio
 
 from actorflow._model.clock import trio_deadline
 from actorflow._model.definition import ConnectorSpec, fn_name
 from actorflow._model.errors import InvalidArgument
 from actorflow._model.options import Options
-from actorflow._runtime.engine import log
+from actorflow._runtime.user_code import user_error
 from actorflow._services.context import ServiceContext
 from actorflow.streaming._protocol import ConnectorEvent, EventSource
 from actorflow.streaming._stats import ConnectorStats, connector_stats
 
-MIN_DELAY = 0.01
-"""Seconds: the shortest back-off, so that ``error_backoff=timedelta(0)`` never spins."""
+log = logging.getLogger(__name__)
 
 
 def cursor_name(workflow_name: str, connector_name: str) -> str:
     """The store cursor of a connector."""
     return f"connector:{workflow_name}:{connector_name}"
-
-
-def retry_delay(options: Options, errors: int) -> float:
-    """Seconds to wait after ``errors`` consecutive failures."""
-    return max(options.backoff(errors).total_seconds(), MIN_DELAY)
 
 
 async def run_connectors(ctx: ServiceContext) -> None:
@@ -79,11 +75,12 @@ async def serve_connector(ctx: ServiceContext, spec: ConnectorSpec, stats: Conne
                     failures = 0
                     stats.handled += 1
                     stats.cursor = event.id
-        except Exception as exc:
+        except (Exception, trio.Cancelled) as caught:
+            exc = user_error(caught, f"connector {spec.name!r} source {source!r}")
             failures += 1
             stats.source_errors += 1
             stats.last_error = f"{type(exc).__name__}: {exc}"
-            delay = retry_delay(spec.options, failures)
+            delay = spec.options.retry_seconds(failures)
             log.warning(
                 "workflow %r connector %r: source %r failed (%d in a row), reopening in %.3g s: %s",
                 ctx.name,
@@ -114,11 +111,12 @@ async def _handle(
         try:
             await spec.fn(ctx.handle, event)
             return
-        except Exception as exc:
+        except (Exception, trio.Cancelled) as caught:
+            exc = user_error(caught, f"connector function {fn_name(spec.fn)}")
             errors += 1
             stats.errors += 1
             stats.last_error = f"{type(exc).__name__}: {exc}"
-            delay = retry_delay(spec.options, errors)
+            delay = spec.options.retry_seconds(errors)
             log.warning(
                 "workflow %r connector %r: %s failed on event %s (foreign id %r, type %r), "
                 "attempt %d, retrying in %.3g s: %s",

@@ -7,6 +7,7 @@ at least once per change and never forgets one.
 from __future__ import annotations
 
 import enum
+import logging
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -16,7 +17,11 @@ from actorflow._model.errors import StoreError
 from actorflow._model.options import Options
 from actorflow._model.record import Event
 from actorflow._model.run_state import RunState
-from actorflow._runtime.engine import Engine, log
+from actorflow._runtime.engine import Engine
+from actorflow._runtime.retry import retrying
+from actorflow._runtime.user_code import user_error
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
@@ -45,10 +50,11 @@ async def follow_events(
             if cursor is None:
                 stored = await store.get_cursor(cursor_name)
                 cursor = int(stored) if stored else 0
+            mark = store.feed.mark()
             events = await store.read_events(cursor, BATCH, engine.name)
             if not events:
-                with trio.move_on_after(poll):
-                    await store.feed.wait_published()
+                # An in-process commit, another process's write, or the real-time poll.
+                await store.feed.wait_change(mark, poll)
                 continue
             for event in events:
                 await handle(event)
@@ -58,7 +64,7 @@ async def follow_events(
         except StoreError as exc:
             # Handled events may be handled again (at least once); none is skipped.
             failures += 1
-            delay = max(engine.default_options.backoff(failures).total_seconds(), 0.01)
+            delay = engine.default_options.retry_seconds(failures)
             log.warning(
                 "workflow %r: %s: store error (retrying in %.1f s): %s",
                 engine.name,
@@ -80,23 +86,20 @@ async def run_hooks(engine: Engine[T, S], poll_interval: timedelta) -> None:
         hook = hooks.get(kind) if kind else None
         if hook is None:
             return
-        errors = 0
-        while True:
+
+        async def call_hook() -> None:
             try:
                 history = await engine.store.history(engine.name, event.run_id)
                 raw = next(r for r in history if r.version == event.version)
                 await hook(engine.typed(raw))
-                return
-            except Exception as exc:
-                errors += 1
-                log.warning(
-                    "workflow %r: on_%s hook failed for run %s (attempt %d): %r",
-                    engine.name,
-                    kind,
-                    event.run_id,
-                    errors,
-                    exc,
-                )
-                await trio.sleep(max(options.backoff(errors).total_seconds(), 0.001))
+            except trio.Cancelled as exc:  # a stray one is the hook's error; a real one ends us
+                raise user_error(exc, f"on_{kind} hook") from exc
+
+        await retrying(
+            call_hook,
+            options=options,
+            what=f"workflow {engine.name!r}: on_{kind} hook for run {event.run_id}",
+            log=log,
+        )
 
     await follow_events(engine, f"hooks:{engine.name}", poll_interval, handle)

@@ -10,13 +10,13 @@ run); nothing is skipped.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import trio
 
 from actorflow._model.errors import InvalidArgument
-from actorflow._runtime.engine import log
-from actorflow._services.connectors import retry_delay
+from actorflow._runtime.user_code import user_error
 from actorflow._services.context import ServiceContext
 from actorflow.streaming._stats import relay_stats
 from actorflow.streaming._store_log import (
@@ -26,6 +26,8 @@ from actorflow.streaming._store_log import (
     parse_cursor,
     transition_event,
 )
+
+log = logging.getLogger(__name__)
 
 BATCH = 500
 
@@ -72,11 +74,12 @@ async def run_relay(ctx: ServiceContext, streamer: Any) -> None:
                     stats.published += len(events)
                     stats.batches += 1
                     stats.cursor = follower.after
-        except Exception as exc:
+        except (Exception, trio.Cancelled) as caught:
+            exc = user_error(caught, f"streamer {streamer!r}")
             failures += 1
             stats.errors += 1
             stats.last_error = f"{type(exc).__name__}: {exc}"
-            delay = retry_delay(options, failures)
+            delay = options.retry_seconds(failures)
             log.warning(
                 "workflow %r: relay to %r failed (%d in a row), re-publishing from event %d "
                 "in %.3g s: %s",

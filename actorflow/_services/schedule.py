@@ -1,14 +1,16 @@
 """``schedule_trigger``: trigger a run at every cron time (croniter), durably de-duplicated.
 
 The last fired cron time is claimed in the store before triggering, so a restart (or a
-second process) never fires one time twice. A time missed while nothing ran fires once at
-start; earlier missed times are skipped.
+second process) never fires one time twice. It is claimed once the ``filter`` has decided:
+a filter that raises is logged and asked again about the same time after the back-off. A
+time missed while nothing ran fires once at start; earlier missed times are skipped.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, TypeVar
 
@@ -16,15 +18,20 @@ import trio
 from croniter import croniter
 
 from actorflow._model.clock import trio_deadline
+from actorflow._model.definition import fn_name
 from actorflow._model.errors import (
     ActorflowError,
     InvalidArgument,
     RunNotFound,
+    StepError,
     StoreError,
     WorkflowInProgress,
 )
-from actorflow._runtime.engine import log
+from actorflow._runtime.retry import retrying
+from actorflow._runtime.user_code import user_error
 from actorflow._services.context import ServiceContext
+
+log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 _TICK = timedelta(microseconds=1)
@@ -69,16 +76,23 @@ def _prev_before(expression: str, before: datetime, tz: tzinfo) -> datetime:
 
 
 async def _allowed(filter: Callable[..., Any] | None, when: datetime) -> bool:
+    """What ``filter`` says of the cron time ``when``; StepError when it raises."""
     if filter is None:
         return True
     try:
         takes_time = bool(inspect.signature(filter).parameters)
     except (TypeError, ValueError):
         takes_time = True
-    result = filter(when) if takes_time else filter()
-    if inspect.isawaitable(result):
-        result = await result
-    return bool(result)
+    try:
+        result = filter(when) if takes_time else filter()
+        if inspect.isawaitable(result):
+            result = await result
+        return bool(result)
+    except (Exception, trio.Cancelled) as caught:
+        exc = user_error(caught, f"schedule filter {fn_name(filter)}")
+        raise StepError(
+            f"schedule filter {fn_name(filter)} raised {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 async def schedule_trigger(
@@ -96,7 +110,13 @@ async def schedule_trigger(
     clock = ctx.clock
     store = ctx.store
     key = f"schedule:{ctx.name}:{foreign_id}:{expression}"
-    last = await _patiently(ctx, key, lambda: store.last_schedule(key))
+    last = await retrying(
+        lambda: store.last_schedule(key),
+        options=ctx.default_options,
+        what=f"schedule {key!r}: reading its last cron time",
+        log=log,
+        retry_on=StoreError,
+    )
     now = clock.now()
     due = _next_after(expression, now if last is None else last, tz)
     if due < now:  # missed while nothing ran: fire the latest missed time once, now
@@ -112,8 +132,8 @@ async def schedule_trigger(
             await _fire(ctx, key, fired, foreign_id, start, initial, filter)
         except ActorflowError as exc:
             failures += 1
-            delay = max(ctx.default_options.backoff(failures).total_seconds(), 0.01)
-            log.warning("schedule %r: %s failed (retrying in %.1f s): %s", key, fired, delay, exc)
+            delay = ctx.default_options.retry_seconds(failures)
+            log.warning("schedule %r: %s failed (retrying in %.3g s): %s", key, fired, delay, exc)
             await trio.sleep(delay)
             continue  # the same cron time again, unless it was claimed
         failures = 0
@@ -129,31 +149,22 @@ async def _fire(
     initial: Any,
     filter: Callable[..., Any] | None,
 ) -> None:
-    """Claim ``fired`` (so it is never fired twice), then trigger unless told to skip."""
-    if not await ctx.store.claim_schedule(key, fired):
-        return
+    """Trigger at ``fired`` unless told to skip. ``fired`` is claimed (so it is never
+    fired twice) once that is decided: a filter that raises leaves it unclaimed, to be
+    tried again."""
     try:
         latest = await ctx.handle.latest(foreign_id)
-        if not latest.run_state.finished:
-            log.info("schedule %r: %s skipped, run %s unfinished", key, fired, latest.run_id)
-            return
+        unfinished = not latest.run_state.finished
     except RunNotFound:
-        pass
-    if not await _allowed(filter, fired):
+        unfinished = False
+    if unfinished:
+        if await ctx.store.claim_schedule(key, fired):
+            log.info("schedule %r: %s skipped, run %s unfinished", key, fired, latest.run_id)
+        return
+    allowed = await _allowed(filter, fired)
+    if not await ctx.store.claim_schedule(key, fired) or not allowed:
         return
     try:
         await ctx.handle.trigger(foreign_id, start, initial=initial)
     except WorkflowInProgress:
         return
-
-
-async def _patiently(ctx: ServiceContext, key: str, call: Callable[[], Awaitable[R]]) -> R:
-    failures = 0
-    while True:
-        try:
-            return await call()
-        except StoreError as exc:
-            failures += 1
-            delay = max(ctx.default_options.backoff(failures).total_seconds(), 0.01)
-            log.warning("schedule %r: store error (retrying in %.1f s): %s", key, delay, exc)
-            await trio.sleep(delay)

@@ -8,15 +8,18 @@ Exit codes: 0 done, 1 the command failed (unknown run, refused change, store err
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
 from actorflow.cli import commands as _cli_commands
 from actorflow.cli import worker as _cli_worker
 from actorflow.cli.app import (
     APP_ENV,
+    FAILURE,
     TOKEN_ENV,
     USAGE,
     UsageError,
@@ -172,8 +175,56 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+class _LogLines(logging.Formatter):
+    """``actorflow: warning: <message>``, one line: the traceback of a logged error only
+    with ``--traceback`` (the message already names the exception)."""
+
+    def __init__(self, tracebacks: bool) -> None:
+        super().__init__("actorflow: %(levelname)s: %(message)s")
+        self.tracebacks = tracebacks
+
+    def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord(record.__dict__)
+        record.levelname = record.levelname.lower()
+        if not self.tracebacks:
+            record.exc_info = None
+            record.exc_text = None
+            record.stack_info = None
+        return super().format(record)
+
+
+@contextlib.contextmanager
+def _logging(command: str | None, tracebacks: bool) -> Iterator[None]:
+    """Log lines on stderr while the command runs, unless the application set up logging.
+
+    A worker logs warnings (step errors, retries); a one-shot command only errors, as it
+    reports its own failure in one line (a failing callback is logged as a warning too).
+    """
+    root = logging.getLogger()
+    library = logging.getLogger("actorflow")
+    if root.handlers or library.handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogLines(tracebacks))
+    handler.setLevel(logging.WARNING if command == "worker" or tracebacks else logging.ERROR)
+    level = root.level
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (the console script exits with it)."""
+    """Run the command line; returns the exit code (the console script exits with it).
+
+    Errors are one line on stderr; tracebacks (of the error, and of errors logged on the
+    way) only with ``--traceback``.
+    """
     args_list = list(sys.argv[1:] if argv is None else argv)
     show_traceback = False
     try:
@@ -185,17 +236,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extra:
             raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see: actorflow --help)")
         handler: Handler = args.handler
-        return handler(args)
+        with _logging(args.command, show_traceback):
+            return handler(args)
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
         error = user_error(exc)
-        if error is None:
-            raise
         if show_traceback:
             traceback.print_exception(exc)
+        if error is None:
+            # A bug (ours or the application's): still one line, the rest on request.
+            print(
+                f"actorflow: error: unexpected {type(exc).__name__}: {describe_error(exc)}"
+                + ("" if show_traceback else " (run again with --traceback to see where)"),
+                file=sys.stderr,
+                flush=True,
+            )
+            return FAILURE
         code = exit_code_of(error)
         print(f"actorflow: error: {describe_error(error)}", file=sys.stderr, flush=True)
         return USAGE if code is None else code

@@ -20,6 +20,7 @@ import cattrs
 from actorflow._model.codec import converter
 from actorflow._model.errors import ActorflowError, BuildError, InvalidArgument
 from actorflow._model.run_state import RunState
+from actorflow._model.statuses import parse_status as _parse_status
 from actorflow.workflow import Workflow
 
 USAGE: Final = 2
@@ -212,17 +213,10 @@ def _kind(value: object) -> str:
 
 def parse_status(status_type: type[enum.IntEnum], text: str, what: str = "status") -> enum.IntEnum:
     """A status given by name (any case) or integer value."""
-    value = text.strip()
-    member = status_type.__members__.get(value) or status_type.__members__.get(value.upper())
-    if member is None:
-        try:
-            member = status_type(int(value))
-        except ValueError:
-            member = None
-    if member is None:
-        members = ", ".join(f"{m.name}={m.value}" for m in status_type)
-        raise UsageError(f"{what} {text!r} is not one of {status_type.__name__}: {members}")
-    return member
+    try:
+        return _parse_status(status_type, text, by_name=True)
+    except ValueError as exc:
+        raise UsageError(f"{what} {exc}") from None
 
 
 def parse_statuses(

@@ -15,6 +15,7 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from datetime import datetime
 from typing import Any, Final, NoReturn, final
 
 import trio
@@ -31,7 +32,7 @@ from actorflow.gateway.protocol import (
     parse_server_message,
 )
 
-log = logging.getLogger("actorflow.gateway")
+log = logging.getLogger(__name__)
 
 Status = int | str
 """A status as its integer value (an IntEnum member will do) or its name."""
@@ -64,6 +65,33 @@ def _run_states(value: Status | Sequence[Status]) -> Status | list[Status]:
     if isinstance(value, int | str):
         return value
     return [v.name if isinstance(v, enum.Enum) else v for v in value]
+
+
+def _filters(
+    foreign_id: str | Sequence[str] | None,
+    status: Status | Sequence[Status] | None,
+    run_state: Status | Sequence[Status] | None,
+    foreign_id_prefix: str | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+) -> dict[str, Any]:
+    """The JSON arguments of list_runs/count_runs filters (None: not sent)."""
+    for name, moment in (("created_after", created_after), ("created_before", created_before)):
+        if moment is not None and (not isinstance(moment, datetime) or moment.utcoffset() is None):
+            raise GatewayError(
+                f"{name} must be a timezone-aware datetime, not {moment!r}",
+                ErrorCode.INVALID_ARGUMENT,
+            )
+    return {
+        "foreign_id": foreign_id
+        if foreign_id is None or isinstance(foreign_id, str)
+        else list(foreign_id),
+        "foreign_id_prefix": foreign_id_prefix,
+        "status": None if status is None else _statuses(status),
+        "run_state": None if run_state is None else _run_states(run_state),
+        "created_after": None if created_after is None else created_after.isoformat(),
+        "created_before": None if created_before is None else created_before.isoformat(),
+    }
 
 
 @final
@@ -380,27 +408,57 @@ class GatewayClient:
         self,
         workflow: str,
         *,
-        foreign_id: str | None = None,
+        foreign_id: str | Sequence[str] | None = None,
         status: Status | Sequence[Status] | None = None,
         run_state: Status | Sequence[Status] | None = None,
         limit: int | None = None,
         after: str | None = None,
         descending: bool | None = None,
+        foreign_id_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> list[dict[str, Any]]:
         """The latest version of each matching run, in creation order (keyset pages:
         ``after`` is the run id of the last record of the previous page)."""
-        args: dict[str, Any] = {
-            "foreign_id": foreign_id,
-            "status": None if status is None else _statuses(status),
-            "run_state": None if run_state is None else _run_states(run_state),
-            "limit": limit,
-            "after": after,
-            "descending": descending,
-        }
+        args = _filters(
+            foreign_id, status, run_state, foreign_id_prefix, created_after, created_before
+        )
+        args.update(limit=limit, after=after, descending=descending)
         records: list[dict[str, Any]] = await self._call(
             "list_runs", workflow=workflow, **{k: v for k, v in args.items() if v is not None}
         )
         return records
+
+    async def count_runs(
+        self,
+        workflow: str,
+        *,
+        foreign_id: str | Sequence[str] | None = None,
+        status: Status | Sequence[Status] | None = None,
+        run_state: Status | Sequence[Status] | None = None,
+        foreign_id_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> dict[str, Any]:
+        """How many runs match: ``{"total", "by_status", "by_run_state",
+        "by_status_and_run_state"}`` (see docs/gateway.md)."""
+        args = _filters(
+            foreign_id, status, run_state, foreign_id_prefix, created_after, created_before
+        )
+        counts: dict[str, Any] = await self._call(
+            "count_runs", workflow=workflow, **{k: v for k, v in args.items() if v is not None}
+        )
+        return counts
+
+    async def timers(self, workflow: str, run_id: str) -> list[dict[str, Any]]:
+        """The run's pending timers: status, status_name, kind and fire_at."""
+        found: list[dict[str, Any]] = await self._call("timers", workflow=workflow, run_id=run_id)
+        return found
+
+    async def describe(self, workflow: str) -> dict[str, Any]:
+        """A workflow's statuses, starts, callbacks, timeouts, graph and object type."""
+        described: dict[str, Any] = await self._call("describe", workflow=workflow)
+        return described
 
     async def pause(self, workflow: str, run_id: str, reason: str | None = None) -> dict[str, Any]:
         """Pause a run (code ``invalid_transition`` unless it is initiated or running)."""
@@ -413,6 +471,12 @@ class GatewayClient:
     async def cancel(self, workflow: str, run_id: str, reason: str | None = None) -> dict[str, Any]:
         """Cancel an unfinished run."""
         return await self._control("cancel", workflow, run_id, reason)
+
+    async def delete_data(
+        self, workflow: str, run_id: str, reason: str | None = None
+    ) -> dict[str, Any]:
+        """Scrub a finished run's object (ends in ``DATA_DELETED``)."""
+        return await self._control("delete_data", workflow, run_id, reason)
 
     async def _control(
         self, op: str, workflow: str, run_id: str, reason: str | None

@@ -13,6 +13,7 @@ import hmac
 import json
 import math
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any, Final, final
 from urllib.parse import parse_qs, urlsplit
 
@@ -32,6 +33,7 @@ from actorflow._model.errors import (
 )
 from actorflow._model.record import Record
 from actorflow._model.run_state import RunState
+from actorflow._model.statuses import parse_status
 
 RequestId = int | str
 """A request id: a JSON integer or string, chosen by the client, unique among its
@@ -58,6 +60,7 @@ class ErrorCode(enum.StrEnum):
     TOO_LARGE = "too_large"
     RATE_LIMITED = "rate_limited"
     BUSY = "busy"
+    FORBIDDEN = "forbidden"
     INTERNAL = "internal"
     # Raised by the client only; never in an error reply.
     UNAUTHORIZED = "unauthorized"
@@ -131,6 +134,8 @@ class ArgKind(enum.Enum):
     BOOL = "true or false"
     REQUEST_ID = "a request id (integer or string)"
     TEXT = "a string"
+    FOREIGN_IDS = "a non-empty string or a list of them"
+    DATETIME = "an ISO 8601 date-time with a UTC offset"
 
 
 @final
@@ -175,16 +180,32 @@ OPS: Final[Mapping[str, tuple[Arg, ...]]] = {
     "history": (_WORKFLOW, _RUN_ID),
     "list_runs": (
         _WORKFLOW,
-        Arg("foreign_id", ArgKind.STR, required=False),
+        Arg("foreign_id", ArgKind.FOREIGN_IDS, required=False),
+        Arg("foreign_id_prefix", ArgKind.STR, required=False),
         Arg("status", ArgKind.STATUSES, required=False),
         Arg("run_state", ArgKind.RUN_STATES, required=False),
+        Arg("created_after", ArgKind.DATETIME, required=False),
+        Arg("created_before", ArgKind.DATETIME, required=False),
         Arg("limit", ArgKind.LIMIT, required=False),
         Arg("after", ArgKind.STR, required=False),
         Arg("descending", ArgKind.BOOL, required=False),
     ),
+    "count_runs": (
+        _WORKFLOW,
+        Arg("foreign_id", ArgKind.FOREIGN_IDS, required=False),
+        Arg("foreign_id_prefix", ArgKind.STR, required=False),
+        Arg("status", ArgKind.STATUSES, required=False),
+        Arg("run_state", ArgKind.RUN_STATES, required=False),
+        Arg("created_after", ArgKind.DATETIME, required=False),
+        Arg("created_before", ArgKind.DATETIME, required=False),
+    ),
+    "timers": (_WORKFLOW, _RUN_ID),
+    "describe": (_WORKFLOW,),
+    "states": (_WORKFLOW,),
     "pause": (_WORKFLOW, _RUN_ID, _REASON),
     "resume": (_WORKFLOW, _RUN_ID, _REASON),
     "cancel": (_WORKFLOW, _RUN_ID, _REASON),
+    "delete_data": (_WORKFLOW, _RUN_ID, _REASON),
     "subscribe": (
         _WORKFLOW,
         Arg("foreign_id", ArgKind.STR, required=False),
@@ -197,6 +218,9 @@ OPS: Final[Mapping[str, tuple[Arg, ...]]] = {
 
 INLINE_OPS: Final = frozenset({"ping", "workflows", "unsubscribe", "abort"})
 """Ops answered at once by the connection's reader; they never count as in flight."""
+
+STEERING_OPS: Final = frozenset({"trigger", "callback", "pause", "resume", "cancel", "delete_data"})
+"""Ops that change runs; a read-only connection gets ``forbidden`` for them."""
 
 
 @final
@@ -349,6 +373,20 @@ def _convert(kind: ArgKind, value: object) -> object:
         return value if isinstance(value, bool) else _INVALID
     if kind is ArgKind.REQUEST_ID:
         return value if is_request_id(value) else _INVALID
+    if kind is ArgKind.FOREIGN_IDS:
+        if isinstance(value, str) and value:
+            return value
+        if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
+            return value
+        return _INVALID
+    if kind is ArgKind.DATETIME:
+        if not isinstance(value, str):
+            return _INVALID
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return _INVALID
+        return moment if moment.utcoffset() is not None else _INVALID
     raise AssertionError(kind)  # pragma: no cover
 
 
@@ -377,20 +415,10 @@ def coerce_status(status_type: type[enum.IntEnum], value: object, what: str = "s
     Raises:
         ProtocolError: ``invalid_argument`` when it is not a member of ``status_type``.
     """
-    members = ", ".join(f"{m.name}={m.value}" for m in status_type)
-    if isinstance(value, str):
-        member = status_type.__members__.get(value) or status_type.__members__.get(value.upper())
-        if member is not None:
-            return int(member)
-    elif isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return int(status_type(value))
-        except ValueError:
-            pass
-    raise ProtocolError(
-        ErrorCode.INVALID_ARGUMENT,
-        f"{what} {value!r} is not a member of {status_type.__name__} ({members})",
-    )
+    try:
+        return int(parse_status(status_type, value, by_name=True))
+    except ValueError as exc:
+        raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"{what} {exc}") from None
 
 
 def coerce_statuses(status_type: type[enum.IntEnum], value: object) -> int | list[int]:
@@ -457,6 +485,64 @@ def describe_workflow(name: str, status_type: type[enum.IntEnum], start: int) ->
         "name": name,
         "statuses": {member.name: int(member) for member in status_type},
         "start": status_type(start).name,
+    }
+
+
+def describe_definition(definition: Any, graph: str, object_type: type[Any]) -> dict[str, Any]:
+    """What the ``describe`` op reports about one workflow: its statuses, where runs may
+    start, which statuses take callbacks or have timeouts, the terminal ones, the Mermaid
+    graph, and the object type with its default value (``null`` when the type has no
+    default construction)."""
+    status_type: type[enum.IntEnum] = definition.status_type
+    names = [member.name for member in definition.declared]
+    try:
+        initial = converter.unstructure(object_type(), object_type)
+    except Exception:
+        initial = None
+    return {
+        "name": definition.name,
+        "statuses": {member.name: int(member) for member in status_type},
+        "start": definition.start.name,
+        "starts": [m.name for m in definition.declared if m in definition.starts],
+        "callbacks": [n for n in names if int(status_type[n]) in definition.callbacks],
+        "timeouts": [n for n in names if int(status_type[n]) in definition.timeouts],
+        "terminal": [n for n in names if definition.is_terminal(int(status_type[n]))],
+        "graph": graph,
+        "object_type": getattr(object_type, "__name__", str(object_type)),
+        "initial": initial,
+    }
+
+
+def count_to_json(counts: Mapping[tuple[Any, RunState], int]) -> dict[str, Any]:
+    """The ``count_runs`` result: the total, counts by status name, by run state, and
+    by both (``[status_name, run_state, count]`` triples)."""
+    by_status: dict[str, int] = {}
+    by_run_state: dict[str, int] = {}
+    pairs: list[list[Any]] = []
+    for (status, run_state), count in counts.items():
+        name = status.name if isinstance(status, enum.Enum) else str(int(status))
+        by_status[name] = by_status.get(name, 0) + count
+        by_run_state[run_state.name] = by_run_state.get(run_state.name, 0) + count
+        pairs.append([name, run_state.name, count])
+    return {
+        "total": sum(counts.values()),
+        "by_status": by_status,
+        "by_run_state": by_run_state,
+        "by_status_and_run_state": pairs,
+    }
+
+
+def timer_to_json(timer: Any, status_type: type[enum.IntEnum]) -> dict[str, Any]:
+    """A pending timer as the ``timers`` op sends it."""
+    try:
+        name = status_type(timer.status).name
+    except ValueError:
+        name = str(timer.status)
+    return {
+        "status": int(timer.status),
+        "status_name": name,
+        "kind": timer.kind,
+        "fire_at": timer.fire_at.isoformat(),
     }
 
 
@@ -560,6 +646,7 @@ class Access(enum.Enum):
     """The verdict on a handshake's credentials."""
 
     GRANTED = "granted"
+    READ_ONLY = "read_only"
     MISSING = "missing"
     WRONG = "wrong"
 
@@ -587,6 +674,23 @@ def check_token(token: str | None, headers: Iterable[tuple[bytes, bytes]], targe
     for candidate in offered:
         granted |= hmac.compare_digest(candidate, expected)
     return Access.GRANTED if granted else Access.WRONG
+
+
+def check_access(
+    token: str | None,
+    read_only_token: str | None,
+    headers: Iterable[tuple[bytes, bytes]],
+    target: str,
+) -> Access:
+    """Like :func:`check_token`, with a second token that grants ``READ_ONLY`` access."""
+    verdict = check_token(token, headers, target)
+    if (
+        verdict is Access.WRONG
+        and read_only_token is not None
+        and check_token(read_only_token, headers, target) is Access.GRANTED
+    ):
+        return Access.READ_ONLY
+    return verdict
 
 
 @final

@@ -15,7 +15,7 @@ import enum
 import logging
 import math
 from collections.abc import Iterable
-from typing import Any, Final, final
+from typing import Any, Final, Protocol, final
 
 import attrs
 import trio
@@ -24,17 +24,20 @@ import trio_websocket
 from actorflow._model.errors import InvalidArgument, Lagged
 from actorflow.gateway.protocol import (
     INLINE_OPS,
+    STEERING_OPS,
     Access,
     ErrorCode,
     ProtocolError,
     Request,
     RequestId,
     TokenBucket,
+    check_access,
     check_args,
-    check_token,
     coerce_run_states,
     coerce_status,
     coerce_statuses,
+    count_to_json,
+    describe_definition,
     describe_workflow,
     encode,
     error_code,
@@ -47,10 +50,11 @@ from actorflow.gateway.protocol import (
     reply_error,
     reply_ok,
     structure_object,
+    timer_to_json,
 )
 from actorflow.workflow import Workflow
 
-log = logging.getLogger("actorflow.gateway")
+log = logging.getLogger(__name__)
 
 OUTGOING_QUEUE: Final = 16
 """Messages waiting for the writer of one connection; producers wait when it is full."""
@@ -75,11 +79,21 @@ class GatewaySettings:
     handshake_timeout: float
     max_connections: int
     max_handshakes: int
+    read_only_token: str | None = None
 
     def check(self) -> None:
         """Raise InvalidArgument for settings that cannot work."""
         if self.token is not None and (not isinstance(self.token, str) or not self.token):
             raise InvalidArgument("token must be a non-empty string or None")
+        if self.read_only_token is not None:
+            if not isinstance(self.read_only_token, str) or not self.read_only_token:
+                raise InvalidArgument("read_only_token must be a non-empty string or None")
+            if self.token is None:
+                raise InvalidArgument(
+                    "read_only_token needs token: without a token everybody may steer anyway"
+                )
+            if self.read_only_token == self.token:
+                raise InvalidArgument("read_only_token must differ from token")
         positive_ints = {
             "max_message_bytes": self.max_message_bytes,
             "burst": self.burst,
@@ -103,6 +117,7 @@ async def serve_gateway(
     port: int = 0,
     *,
     token: str | None = None,
+    read_only_token: str | None = None,
     max_message_bytes: int = 1 << 20,
     rate: float = 100.0,
     burst: int = 200,
@@ -126,6 +141,9 @@ async def serve_gateway(
         token: when set, a handshake must carry ``Authorization: Bearer <token>`` or a
             ``token`` query parameter; others are refused with HTTP 401 (none) or 403
             (wrong).
+        read_only_token: a second token whose connections may read and subscribe but
+            not steer: trigger, callback, pause, resume, cancel and delete_data are
+            answered with ``forbidden``. Needs ``token``.
         max_message_bytes: larger incoming messages close the connection (code 1009).
         rate: incoming messages per second allowed per connection, on average.
         burst: how many messages a connection may send at once above ``rate``.
@@ -163,9 +181,10 @@ async def serve_gateway(
         handshake_timeout=handshake_timeout,
         max_connections=max_connections,
         max_handshakes=max_handshakes,
+        read_only_token=read_only_token,
     )
     settings.check()
-    gateway = _Gateway(served, settings)
+    gateway = Gateway(served, settings)
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound: int = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
@@ -175,7 +194,7 @@ async def serve_gateway(
 
 
 @final
-class _Gateway:
+class Gateway:
     """What all connections share: the workflows and the settings."""
 
     def __init__(self, workflows: dict[str, Workflow[Any, Any]], settings: GatewaySettings):
@@ -208,10 +227,11 @@ class _Gateway:
         ws: trio_websocket.WebSocketConnection | None = None
         async with trio.open_nursery() as nursery:
             try:
-                ws = await self._handshake(nursery, stream)
-                if ws is not None:
+                accepted = await self._handshake(nursery, stream)
+                if accepted is not None:
+                    ws, read_only = accepted
                     try:
-                        await _Connection(self, ws).serve()
+                        await Connection(self, ws, read_only=read_only).serve()
                     finally:
                         self.connections -= 1  # counted by _accept
             finally:
@@ -221,8 +241,9 @@ class _Gateway:
 
     async def _handshake(
         self, nursery: trio.Nursery, stream: trio.SocketStream
-    ) -> trio_websocket.WebSocketConnection | None:
-        """The accepted websocket, or None (refused, timed out, or dropped for a newer one).
+    ) -> tuple[trio_websocket.WebSocketConnection, bool] | None:
+        """The accepted websocket and whether it is read-only, or None (refused, timed
+        out, or dropped for a newer one).
 
         At most ``max_handshakes`` connections are in this phase at once: a new one drops
         the oldest, so a flood of idle connections (slowloris) cannot keep clients out for
@@ -247,23 +268,29 @@ class _Gateway:
         finally:
             pending.pop(key, None)
 
+    def access(self, headers: Iterable[tuple[bytes, bytes]], target: str) -> Access:
+        """The access a handshake's credentials grant (see :func:`check_access`)."""
+        settings = self.settings
+        return check_access(settings.token, settings.read_only_token, headers, target)
+
     async def _accept(
         self, request: trio_websocket.WebSocketRequest
-    ) -> trio_websocket.WebSocketConnection | None:
+    ) -> tuple[trio_websocket.WebSocketConnection, bool] | None:
         """Accept (counted in :attr:`connections`) or refuse, by token and capacity."""
-        access = check_token(self.settings.token, request.headers, request.path)
-        if access is Access.GRANTED and self.connections >= self.settings.max_connections:
+        access = self.access(request.headers, request.path)
+        granted = access in (Access.GRANTED, Access.READ_ONLY)
+        if granted and self.connections >= self.settings.max_connections:
             log.warning("gateway refused a connection: %d connections", self.connections)
             await request.reject(503, body=b"too many connections; try again later\n")
             return None
-        if access is Access.GRANTED:
+        if granted:
             self.connections += 1  # before the await, so two handshakes cannot both pass
             try:
                 connection: trio_websocket.WebSocketConnection = await request.accept()
             except BaseException:
                 self.connections -= 1
                 raise
-            return connection
+            return connection, access is Access.READ_ONLY
         if access is Access.MISSING:
             status, body = 401, b"a token is required: Authorization: Bearer <token>\n"
         else:
@@ -275,6 +302,38 @@ class _Gateway:
             body=body,
         )
         return None
+
+
+def states_to_json(wf: Workflow[Any, Any]) -> dict[str, Any]:
+    """``workflow.states()`` as JSON: each process's state (and whatever else it reports).
+
+    Raises:
+        ProtocolError: ``unknown_op`` when this actorflow's workflows do not report states.
+    """
+    states = getattr(wf, "states", None)
+    if states is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_OP, "this actorflow's workflows have no states()")
+    found: dict[str, Any] = {}
+    for name, state in states().items():
+        if attrs.has(type(state)):
+            found[name] = {
+                k: (v.name.lower() if isinstance(v, enum.Enum) else v)
+                for k, v in attrs.asdict(state, recurse=False).items()
+                if v is None or isinstance(v, str | int | float | bool | enum.Enum)
+            }
+        elif isinstance(state, enum.Enum):
+            found[name] = {"state": state.name.lower()}
+        else:
+            found[name] = {"state": str(state)}
+    return found
+
+
+class MessageChannel(Protocol):
+    """The two calls a :class:`Connection` makes on its websocket."""
+
+    async def get_message(self) -> str | bytes: ...
+
+    async def send_message(self, message: str) -> None: ...
 
 
 async def _linger(stream: trio.SocketStream) -> None:
@@ -289,11 +348,16 @@ async def _linger(stream: trio.SocketStream) -> None:
 
 
 @final
-class _Connection:
-    """One accepted websocket: requests in, replies and events out."""
+class Connection:
+    """One accepted websocket: requests in, replies and events out.
 
-    def __init__(self, gateway: _Gateway, ws: trio_websocket.WebSocketConnection) -> None:
+    ``ws`` is a trio-websocket connection, or anything with its ``get_message`` and
+    ``send_message`` that ends with ``trio_websocket.ConnectionClosed`` (the web console
+    serves this protocol over Starlette's websocket)."""
+
+    def __init__(self, gateway: Gateway, ws: MessageChannel, *, read_only: bool = False) -> None:
         self._gateway = gateway
+        self._read_only = read_only
         self._settings = gateway.settings
         self._ws = ws
         self._outgoing, self._to_write = trio.open_memory_channel[str](OUTGOING_QUEUE)
@@ -364,6 +428,15 @@ class _Connection:
             return
         if request.op in INLINE_OPS:
             await self._send(self._answer_inline(request))
+            return
+        if self._read_only and request.op in STEERING_OPS:
+            await self._send(
+                reply_error(
+                    request.id,
+                    ErrorCode.FORBIDDEN,
+                    f"op {request.op!r} changes runs; this connection's token is read-only",
+                )
+            )
             return
         scope = trio.CancelScope()
         if request.op == "subscribe":
@@ -483,20 +556,41 @@ class _Connection:
             return record_to_json(await wf.latest(args["foreign_id"]), wf.object_type)
         if op == "history":
             return [record_to_json(r, wf.object_type) for r in await wf.history(args["run_id"])]
-        if op == "list_runs":
+        if op in ("list_runs", "count_runs"):
             status = args.get("status")
             run_state = args.get("run_state")
+            filters: dict[str, Any] = {
+                "foreign_id": args.get("foreign_id"),
+                "foreign_id_prefix": args.get("foreign_id_prefix"),
+                "status": None if status is None else coerce_statuses(statuses, status),
+                "run_state": None if run_state is None else coerce_run_states(run_state),
+                "created_after": args.get("created_after"),
+                "created_before": args.get("created_before"),
+            }
+            if op == "count_runs":
+                return count_to_json(await wf.count_runs(**filters))
             found_runs = await wf.list_runs(
-                foreign_id=args.get("foreign_id"),
-                status=None if status is None else coerce_statuses(statuses, status),
-                run_state=None if run_state is None else coerce_run_states(run_state),
+                **filters,
                 limit=args.get("limit", 25),
                 after=args.get("after"),
                 descending=args.get("descending", False),
             )
             return [record_to_json(r, wf.object_type) for r in found_runs]
-        if op in ("pause", "resume", "cancel"):
-            control = {"pause": wf.pause, "resume": wf.resume, "cancel": wf.cancel}[op]
+        if op == "timers":
+            await wf.lookup(args["run_id"])  # not_found for an unknown run
+            pending = await wf.store.list_timers(wf.name, args["run_id"])
+            return [timer_to_json(t, statuses) for t in pending]
+        if op == "describe":
+            return describe_definition(wf.definition, wf.graph(), wf.object_type)
+        if op == "states":
+            return states_to_json(wf)
+        if op in ("pause", "resume", "cancel", "delete_data"):
+            control = {
+                "pause": wf.pause,
+                "resume": wf.resume,
+                "cancel": wf.cancel,
+                "delete_data": wf.delete_data,
+            }[op]
             reason = args.get("reason")
             changed = await (
                 control(args["run_id"]) if reason is None else control(args["run_id"], reason)

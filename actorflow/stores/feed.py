@@ -2,12 +2,19 @@
 
 Await, subscribe, hooks and relays wait on it instead of polling. Subscribers get a
 bounded buffer; one that falls behind is marked lagged rather than slowing commits.
+
+Other processes' writes never reach this feed as records; a store that can tell when one
+happened (SQLite's ``data_version`` watcher thread, PostgreSQL's LISTEN/NOTIFY) calls
+:meth:`ChangeFeed.notice_external`, which wakes :meth:`ChangeFeed.wait_external` and
+:meth:`ChangeFeed.wait_change`. Their safety-net poll is measured in real time
+(:mod:`actorflow.stores.realtime`), so a quiet store costs nothing while a virtual clock
+jumps.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -16,6 +23,7 @@ import trio
 
 from actorflow._model.errors import Lagged
 from actorflow._model.record import RawRecord
+from actorflow.stores import realtime
 
 _Key = tuple[str, str]
 
@@ -75,6 +83,68 @@ class ChangeFeed:
         (tuples it would, for as long as RECENT versions stay here)."""
         self.supervisors: dict[str, Any] = {}
         """Workflow name -> the supervisor running it on this store instance, if any."""
+        self.external = 0
+        """How many times another process was noticed writing (see :meth:`notice_external`)."""
+        self._external_lot = trio.lowlevel.ParkingLot()
+        self._change_lot = trio.lowlevel.ParkingLot()
+        self._external_scopes: set[trio.CancelScope] = set()
+        self.watch: Callable[[], None] | None = None
+        """Set by a store that notices other processes' writes by itself: called (on the
+        trio thread) by every waiter, to make sure it is watching."""
+
+    # -- other processes' writes -------------------------------------------------------
+
+    def notice_external(self) -> None:
+        """Another process (or connection) may have written: wake who waits for that."""
+        self.external += 1
+        self._external_lot.unpark_all()
+        self._change_lot.unpark_all()
+        for scope in self._external_scopes:
+            scope.cancel()
+
+    @contextmanager
+    def until_external(self, poll: float) -> Iterator[trio.CancelScope]:
+        """A cancel scope that is cancelled when another process is noticed writing, or
+        after ``poll`` seconds of real time (``math.inf``: never, for unshared stores)."""
+        if poll == float("inf"):
+            with trio.CancelScope() as scope:
+                yield scope
+            return
+        if self.watch is not None:
+            self.watch()
+        with realtime.move_on_after(poll) as scope:
+            self._external_scopes.add(scope)
+            try:
+                yield scope
+            finally:
+                self._external_scopes.discard(scope)
+
+    def mark(self) -> tuple[int, int]:
+        """The feed's position, for :meth:`wait_change` (take it *before* reading)."""
+        return (self.published, self.external)
+
+    async def wait_external(self, mark: int, poll: float) -> None:
+        """Wait until another process was noticed writing after ``mark`` (a value of
+        :attr:`external`), or ``poll`` seconds of real time passed."""
+        if self.watch is not None:
+            self.watch()
+        if self.external != mark:
+            await trio.lowlevel.checkpoint()
+            return
+        with realtime.move_on_after(poll):
+            await self._external_lot.park()
+
+    async def wait_change(self, mark: tuple[int, int], poll: float) -> None:
+        """Wait until something was published or another process was noticed writing
+        after ``mark`` (from :meth:`mark`), or ``poll`` seconds of real time passed (the
+        safety net of shared stores; ``math.inf`` for a store nobody else can write)."""
+        if self.watch is not None and poll != float("inf"):
+            self.watch()
+        if self.mark() != mark:
+            await trio.lowlevel.checkpoint()
+            return
+        with realtime.move_on_after(poll):
+            await self._change_lot.park()
 
     @property
     def has_subscribers(self) -> bool:
@@ -104,6 +174,8 @@ class ChangeFeed:
                         sub._push(record)
         if self._lot:
             self._lot.unpark_all()
+        if self._change_lot:
+            self._change_lot.unpark_all()
 
     async def wait_published(self) -> None:
         """Wait until the next publish."""

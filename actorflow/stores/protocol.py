@@ -9,9 +9,11 @@ published on :attr:`Store.feed` after it is durable.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
+
+import trio
 
 from actorflow._model.errors import ActorflowError
 from actorflow._model.record import Event, RawRecord, Timer
@@ -85,17 +87,37 @@ class Store(Protocol):
         self,
         workflow_name: str,
         *,
-        foreign_id: str | None = None,
+        foreign_id: str | Sequence[str] | None = None,
         status: int | Sequence[int] | None = None,
         run_state: RunState | Sequence[RunState] | None = None,
         limit: int = 25,
         after: str | None = None,
         descending: bool = False,
+        foreign_id_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> list[RawRecord]:
         """The latest version of each matching run, in creation order (or reversed).
 
-        ``after`` is the run id of the last record of the previous page (keyset
-        pagination); an unknown ``after`` raises RunNotFound."""
+        ``foreign_id`` is one id or a sequence of ids (any of them matches);
+        ``created_after`` is inclusive and ``created_before`` exclusive. ``after`` is the
+        run id of the last record of the previous page (keyset pagination); an unknown
+        ``after`` raises RunNotFound. Bad filters raise InvalidArgument."""
+        ...
+
+    async def count_runs(
+        self,
+        workflow_name: str,
+        *,
+        foreign_id: str | Sequence[str] | None = None,
+        status: int | Sequence[int] | None = None,
+        run_state: RunState | Sequence[RunState] | None = None,
+        foreign_id_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> dict[tuple[int, RunState], int]:
+        """How many runs match the filters of :meth:`list_runs`, by (status, run state);
+        pairs with no run are left out."""
         ...
 
     async def history(self, workflow_name: str, run_id: str) -> list[RawRecord]:
@@ -167,4 +189,48 @@ class Store(Protocol):
 
     async def aclose(self) -> None:
         """Release connections and files. The store must not be used afterwards."""
+        ...
+
+
+@runtime_checkable
+class Ownership(Protocol):
+    """Which runs this process may work on (scale-out: shard leases). Without one, all."""
+
+    def owns(self, run_id: str) -> bool:
+        """True while this process holds the lease of the run's shard."""
+        ...
+
+    async def serve(
+        self,
+        on_change: Callable[[], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Hold and renew leases until cancelled; call ``on_change()`` whenever the set of
+        owned shards changes. Reports started once the first leases are held."""
+        ...
+
+
+@runtime_checkable
+class Leadership(Protocol):
+    """An Ownership that also elects one process per workflow to run its singleton
+    services (hooks, relay, connectors: two copies would deliver twice and race on their
+    durable cursors). ``leader`` may only change together with an ``on_change()`` call
+    (or turn False by the passing of time, which ``owns`` does as well)."""
+
+    @property
+    def leader(self) -> bool:
+        """True while this process runs the workflow's singleton services."""
+        ...
+
+
+@runtime_checkable
+class ShardedStore(Protocol):
+    """A store that splits each workflow's runs into shards leased by worker processes
+    (PostgreSQL): ``Workflow.run`` serves the ownership it makes."""
+
+    def shard_ownership(
+        self, workflow_name: str, *, shards: int = 16, lease: timedelta = timedelta(seconds=10)
+    ) -> Ownership:
+        """The shard leases of this process for ``workflow_name`` (also a Leadership)."""
         ...

@@ -1,9 +1,11 @@
 """Event streaming: the EventStreamer and EventSource seams and their implementations.
 
-See docs/streaming.md (streamers, the outbox relay, the Kafka seam) and
+See docs/streaming.md (streamers, the outbox relay, Kafka) and
 docs/connectors.md (connectors, ``af.connect``).
 """
 
+from actorflow.streaming._kafka import KafkaStats as KafkaStats
+from actorflow.streaming._kafka import KafkaStreamer as KafkaStreamer
 from actorflow.streaming._memory import MemorySource as MemorySource
 from actorflow.streaming._memory import MemoryStreamer as MemoryStreamer
 from actorflow.streaming._protocol import TRANSITION_HEADERS as TRANSITION_HEADERS
@@ -33,6 +35,8 @@ __all__ = [
     "EventSender",
     "EventSource",
     "EventStreamer",
+    "KafkaStats",
+    "KafkaStreamer",
     "MemorySource",
     "MemoryStreamer",
     "RedisStreamer",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import final
 
@@ -36,3 +37,17 @@ class StreamSource:
     def open(self, consumer: str, after: str | None) -> AbstractAsyncContextManager[EventReceiver]:
         """The streamer's receiver of the topic for ``consumer``."""
         return self.streamer.open_receiver(self.topic, consumer, start=self.start)
+
+    async def check_reachable(self) -> None:
+        """Check that the streamer's platform answers (when the streamer can tell)."""
+        await check_reachable([self.streamer])
+
+
+async def check_reachable(streams: Iterable[object]) -> None:
+    """Call ``check_reachable()`` on each streamer or source that has one (Kafka waits a
+    bounded time for its cluster), so ``Workflow.run`` fails to start with a clear
+    StreamError instead of retrying a wrong address in the background for ever."""
+    for stream in streams:
+        check = getattr(stream, "check_reachable", None)
+        if check is not None:
+            await check()

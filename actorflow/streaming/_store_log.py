@@ -51,8 +51,9 @@ def transition_event(event: Event) -> ConnectorEvent:
 
 
 def poll_seconds(store: Store, poll_interval: timedelta) -> float:
-    """How long to wait on the change feed before reading again: other processes'
-    writes do not reach this process's feed, so shared stores are polled."""
+    """How long (real seconds) to wait on the change feed before reading again: other
+    processes' writes reach this process's feed only as notices (SQLite's watcher,
+    PostgreSQL's NOTIFY), so shared stores are also polled, as a safety net."""
     return poll_interval.total_seconds() if store.shared else float("inf")
 
 
@@ -77,14 +78,16 @@ class LogFollower:
 
     async def next_batch(self) -> list[Event]:
         """The next entries after :attr:`after` (at least one), advancing it."""
+        feed = self.store.feed
         while True:
+            mark = feed.mark()
             events = await self.store.read_events(self.after, self._batch, self.workflow_name)
             if events:
                 self.after = events[-1].id
                 return events
-            # No checkpoint between the read and parking: a commit cannot slip in between.
-            with trio.move_on_after(self._poll):
-                await self.store.feed.wait_published()
+            # An in-process commit, another process's write (noticed by the store), or
+            # the safety-net poll in real time; a commit after ``mark`` returns at once.
+            await feed.wait_change(mark, self._poll)
 
 
 def parse_cursor(value: str | None, name: str) -> int:

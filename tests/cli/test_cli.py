@@ -495,3 +495,43 @@ async def test_demo_runs_green() -> None:
     assert re.search(r"order-1003\s+PAYMENT_EXPIRED\s+COMPLETED\s+3", out)
     assert re.search(r"order-1006\s+AWAITING_PAYMENT\s+CANCELLED\s+3", out)
     assert re.search(r"sales-report\s+PUBLISHED\s+COMPLETED\s+2", out)
+
+
+def test_a_failing_callback_prints_one_line_in_a_real_process(app: str, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ref = f"{app}:workflow"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            command(*args), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
+
+    assert run("trigger", "f", "--start", "MIDDLE", "--app", ref).returncode == 0
+    failed = run("callback", "f", "MIDDLE", "--data", "bad", "--app", ref)
+    assert failed.returncode == 1
+    assert failed.stdout == ""
+    assert len(failed.stderr.splitlines()) == 1, failed.stderr
+    assert failed.stderr.startswith("actorflow: error: ")
+    assert "ValueError: cannot parse payload" in failed.stderr
+    # On request: the traceback of the error, and of what was logged on the way.
+    shown = run("--traceback", "callback", "f", "MIDDLE", "--data", "bad", "--app", ref)
+    assert shown.returncode == 1
+    assert "Traceback" in shown.stderr and "cannot parse payload" in shown.stderr
+    assert shown.stderr.splitlines()[-1].startswith("actorflow: error: ")
+
+
+def test_an_unexpected_error_is_one_line_too(
+    app: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(args: object) -> int:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(cli._cli_commands, "graph", broken)
+    code, out, err = run_cli(capsys, "graph", f"{app}:workflow")
+    assert (code, out) == (1, "")
+    assert err == (
+        "actorflow: error: unexpected ZeroDivisionError: division by zero (run again with "
+        "--traceback to see where)\n"
+    )
+    code, _, err = run_cli(capsys, "--traceback", "graph", f"{app}:workflow")
+    assert code == 1 and "Traceback" in err

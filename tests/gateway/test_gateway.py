@@ -15,6 +15,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import attrs
@@ -736,3 +737,122 @@ async def test_cannot_connect_is_a_gateway_error() -> None:
 def test_public_exports() -> None:
     assert af.serve_gateway is af.gateway.serve_gateway
     assert af.open_gateway_client is af.gateway.open_gateway_client
+
+
+# -- what the web console reads: filters, counts, timers, descriptions; read-only tokens ---
+
+
+async def test_list_and_count_runs_with_the_console_filters(url: str) -> None:
+    with trio.fail_after(LIMIT):
+        async with client_at(url) as client:
+            ids = {}
+            for foreign_id in ("order-1", "order-2", "refund-1"):
+                ids[foreign_id] = await client.trigger("yinyang", foreign_id)
+                await client.await_status("yinyang", foreign_id, ids[foreign_id], "MIDDLE")
+            await client.pause("yinyang", ids["order-2"], "check the address")
+            listed = await client.list_runs("yinyang", foreign_id_prefix="order-")
+            assert [r["foreign_id"] for r in listed] == ["order-1", "order-2"]
+            listed = await client.list_runs("yinyang", foreign_id=["refund-1", "order-1"])
+            assert [r["foreign_id"] for r in listed] == ["order-1", "refund-1"]
+            first = listed[0]["created_at"]
+            after = await client.request(
+                "list_runs", workflow="yinyang", created_after=first, descending=True
+            )
+            assert [r["foreign_id"] for r in after] == ["refund-1", "order-2", "order-1"]
+            before = await client.list_runs("yinyang", created_before=datetime.fromisoformat(first))
+            assert before == []
+            counts = await client.count_runs("yinyang")
+            assert counts["total"] == 3
+            assert counts["by_status"] == {"MIDDLE": 3}
+            assert counts["by_run_state"] == {"RUNNING": 2, "PAUSED": 1}
+            assert sorted(counts["by_status_and_run_state"]) == [
+                ["MIDDLE", "PAUSED", 1],
+                ["MIDDLE", "RUNNING", 2],
+            ]
+            paused = await client.count_runs("yinyang", run_state="PAUSED")
+            assert paused["total"] == 1
+            for bad in ({"created_after": "yesterday"}, {"created_after": "2026-01-01T00:00"}):
+                with pytest.raises(af.GatewayError) as info:
+                    await client.request("list_runs", workflow="yinyang", **bad)
+                assert info.value.code == "invalid_argument"
+
+
+async def test_describe_timers_and_delete_data(nursery: trio.Nursery) -> None:
+    builder = af.Builder("timed", YinYang, Status)
+
+    @builder.step(Status.STARTED, to=Status.MIDDLE)
+    async def start(run: af.Run[YinYang, Status]) -> Status:
+        return Status.MIDDLE
+
+    async def expire(run: af.Run[YinYang, Status], now: Any) -> Status:
+        return Status.END
+
+    builder.add_timeout(Status.MIDDLE, af.after(timedelta(hours=1)), expire, to=[Status.END])
+    timed = builder.build(af.MemoryStore())
+    await nursery.start(timed.run)
+    url = await start_gateway(nursery, timed)
+    with trio.fail_after(LIMIT):
+        async with client_at(url) as client:
+            described = await client.describe("timed")
+            assert described["starts"] == ["STARTED"]
+            assert described["timeouts"] == ["MIDDLE"]
+            assert described["callbacks"] == []
+            assert described["terminal"] == ["END"]
+            assert described["graph"] == timed.graph()
+            assert described["object_type"] == "YinYang"
+            assert described["initial"] == {"yin": False, "yang": False, "count": 0, "note": ""}
+            run_id = await client.trigger("timed", "t1")
+            await client.await_status("timed", "t1", run_id, "MIDDLE")
+            timers = await client.timers("timed", run_id)
+            assert [(t["status_name"], t["kind"]) for t in timers] == [("MIDDLE", "timeout:0")]
+            due = datetime.fromisoformat(timers[0]["fire_at"])
+            assert due - datetime.now(UTC) > timedelta(minutes=59)
+            with pytest.raises(af.GatewayError) as info:
+                await client.timers("timed", "no-such-run")
+            assert info.value.code == "not_found"
+            with pytest.raises(af.GatewayError) as info:
+                await client.delete_data("timed", run_id)
+            assert info.value.code == "invalid_transition"
+            await client.cancel("timed", run_id, "not needed")
+            deleted = await client.delete_data("timed", run_id, "customer asked")
+            assert deleted["run_state"] == "DATA_DELETED"
+            assert await client.timers("timed", run_id) == []
+
+
+async def test_a_read_only_token_may_look_but_not_steer(
+    nursery: trio.Nursery, workflow: af.Workflow[YinYang, Status]
+) -> None:
+    url = await start_gateway(nursery, workflow, read_only_token="peek")
+    with trio.fail_after(LIMIT):
+        async with client_at(url) as client:
+            run_id = await client.trigger("yinyang", "f1")
+            await client.await_status("yinyang", "f1", run_id, "MIDDLE")
+        async with client_at(url, token="peek") as looker:
+            assert (await looker.lookup("yinyang", run_id))["status_name"] == "MIDDLE"
+            assert len(await looker.history("yinyang", run_id)) == 2
+            assert (await looker.count_runs("yinyang"))["total"] == 1
+            refused = [
+                looker.trigger("yinyang", "f2"),
+                looker.callback("yinyang", "f1", "MIDDLE", b"x"),
+                looker.pause("yinyang", run_id),
+                looker.resume("yinyang", run_id),
+                looker.cancel("yinyang", run_id),
+                looker.delete_data("yinyang", run_id),
+            ]
+            for call in refused:
+                with pytest.raises(af.GatewayError) as info:
+                    await call
+                assert info.value.code == "forbidden"
+            async with looker.subscribe("yinyang", run_id=run_id):
+                pass
+        assert (await workflow.lookup(run_id)).run_state is af.RunState.RUNNING
+        with pytest.raises(af.GatewayError) as info:
+            async with client_at(url, token="nope"):
+                pass
+        assert info.value.code == "unauthorized"
+    with pytest.raises(af.InvalidArgument, match="needs token"):
+        await nursery.start(functools.partial(af.serve_gateway, [workflow], read_only_token="peek"))
+    with pytest.raises(af.InvalidArgument, match="differ"):
+        await nursery.start(
+            functools.partial(af.serve_gateway, [workflow], token="a", read_only_token="a")
+        )

@@ -242,3 +242,50 @@ async def test_wait_for_helper_waits_for_the_trigger(
         await trio.sleep(10)
         await workflow.trigger("late")
     assert found[0].object.yin
+
+
+class Gate(enum.IntEnum):
+    WAITING = 1
+    OPEN = 2
+
+
+@attrs.define
+class Tries:
+    n: int = 0
+
+
+@pytest.mark.parametrize("backoff", [timedelta(seconds=1), timedelta(seconds=30)])
+async def test_a_timeout_that_skips_stores_nothing_and_fires_again_after_its_backoff(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock, backoff: timedelta
+) -> None:
+    builder = af.Builder("gate", Tries, Gate)
+    fired: list[float] = []
+
+    async def maybe_open(run: af.Run[Tries, Gate], now: datetime) -> Gate:
+        fired.append(trio.current_time())
+        run.object.n += 1
+        if len(fired) < 3:
+            return run.skip()
+        return Gate.OPEN
+
+    builder.add_timeout(
+        Gate.WAITING,
+        af.after(timedelta(minutes=1)),
+        maybe_open,
+        to=Gate.OPEN,
+        error_backoff=backoff,
+    )
+    workflow = builder.build(make_store(), clock=clock)
+    async with af.open_workflow(workflow):
+        run_id = await workflow.trigger("f")
+        with trio.fail_after(3600):
+            opened = await workflow.await_status("f", run_id, Gate.OPEN)
+    step = backoff.total_seconds()
+    assert fired == pytest.approx([60, 60 + step, 60 + 2 * step])
+    # Skipping wrote nothing: the run went from its first version straight to OPEN, and
+    # the object changes of the skipped calls were not kept.
+    assert [(r.version, r.status) for r in await workflow.history(run_id)] == [
+        (1, Gate.WAITING),
+        (2, Gate.OPEN),
+    ]
+    assert opened.object.n == 1

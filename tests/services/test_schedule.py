@@ -11,6 +11,7 @@ import trio
 from trio.testing import MockClock
 
 import actorflow as af
+from actorflow.testing import wait_for
 from tests.conftest import START, StoreMaker
 from tests.workflows import Three, three_steps
 
@@ -100,3 +101,36 @@ async def test_invalid_specs_are_refused(make_store: StoreMaker, clock: af.Clock
             await workflow.schedule_trigger("x", spec)
     with pytest.raises(af.InvalidArgument):
         await workflow.schedule_trigger("x", "@daily", Wait.DONE)  # type: ignore[arg-type]
+
+
+async def test_a_filter_that_raises_is_logged_and_asked_again_before_the_time_is_claimed(
+    make_store: StoreMaker,
+    clock: af.Clock,
+    autojump_clock: MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = make_store()
+    workflow = three_steps(store, clock)
+    key = "schedule:three:report:0 * * * *"
+    asked: list[tuple[datetime, datetime | None]] = []
+
+    async def flaky(when: datetime) -> bool:
+        asked.append((when, await store.last_schedule(key)))
+        if len(asked) < 3:
+            raise ValueError("the calendar service is down")
+        return True
+
+    with trio.fail_after(2 * 3600):
+        async with af.open_workflow(workflow), trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: workflow.schedule_trigger("report", "@hourly", filter=flaky))
+            await wait_for(workflow, "report", lambda r: r.status is Three.D)
+            nursery.cancel_scope.cancel()
+    first = START + timedelta(hours=1)
+    # Asked three times about the same cron time; not claimed until the filter decided.
+    assert asked == [(first, None)] * 3
+    assert await store.last_schedule(key) == first
+    runs = await workflow.list_runs()
+    assert len(runs) == 1
+    # Retried after the back-off (1 s, then 2 s), not at once.
+    assert 3 <= (runs[0].created_at - first).total_seconds() < 4
+    assert "the calendar service is down" in caplog.text

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import attrs
 import pytest
@@ -142,6 +142,77 @@ async def test_list_runs_filters_order_and_keyset_pages(store: Store) -> None:
         await store.list_runs("wf", after="nope")
     with pytest.raises(af.InvalidArgument):
         await store.list_runs("wf", limit=0)
+
+
+async def test_list_runs_by_creation_time_foreign_ids_and_prefix(store: Store) -> None:
+    made = []
+    for i, foreign_id in enumerate(["order-1", "order-2", "order-10", "ordex", "refund-1", "o"]):
+        created = T0 + timedelta(minutes=i)
+        record = attrs.evolve(raw(foreign_id), created_at=created, updated_at=created)
+        made.append(await store.create_run(record))
+    ids = [r.run_id for r in made]
+
+    async def listed(**filters: object) -> list[str]:
+        return [r.run_id for r in await store.list_runs("wf", limit=100, **filters)]  # type: ignore[arg-type]
+
+    window = {
+        "created_after": T0 + timedelta(minutes=1),
+        "created_before": T0 + timedelta(minutes=4),
+    }
+    assert await listed(**window) == ids[1:4]  # after inclusive, before exclusive
+    assert await listed(created_after=T0 + timedelta(minutes=4)) == ids[4:]
+    assert await listed(created_before=T0 + timedelta(seconds=1)) == ids[:1]
+    other_zone = timezone(timedelta(hours=2))
+    assert await listed(created_after=(T0 + timedelta(minutes=5)).astimezone(other_zone)) == [
+        ids[5]
+    ]
+    assert await listed(foreign_id=["refund-1", "order-2", "missing"]) == [ids[1], ids[4]]
+    assert await listed(foreign_id=("order-1",)) == ids[:1]
+    assert await listed(foreign_id=[]) == []
+    assert await listed(foreign_id_prefix="order-") == ids[:3]
+    assert await listed(foreign_id_prefix="order-1") == [ids[0], ids[2]]
+    assert await listed(foreign_id_prefix="o") == [ids[0], ids[1], ids[2], ids[3], ids[5]]
+    assert await listed(foreign_id_prefix="order-", descending=True) == ids[2::-1]
+    assert await listed(foreign_id_prefix="order-", **window) == ids[1:3]
+    page = await store.list_runs("wf", limit=2, foreign_id_prefix="o", descending=True)
+    rest = await store.list_runs(
+        "wf", limit=10, foreign_id_prefix="o", descending=True, after=page[-1].run_id
+    )
+    assert [r.run_id for r in page + rest] == [ids[5], ids[3], ids[2], ids[1], ids[0]]
+    with pytest.raises(af.InvalidArgument):
+        await store.list_runs("wf", created_after=datetime(2026, 1, 1))  # naive
+    with pytest.raises(af.InvalidArgument):
+        await store.list_runs("wf", foreign_id_prefix="")
+    with pytest.raises(af.InvalidArgument):
+        await store.list_runs("wf", foreign_id=[1, 2])  # type: ignore[list-item]
+
+
+async def test_count_runs_by_status_and_run_state(store: Store) -> None:
+    assert await store.count_runs("wf") == {}
+    made = []
+    for i in range(6):
+        created = T0 + timedelta(minutes=i)
+        record = attrs.evolve(
+            raw(f"f{i}", status=1 + i % 2), created_at=created, updated_at=created
+        )
+        made.append(await store.create_run(record))
+    await store.commit(nxt(made[0], run_state=af.RunState.RUNNING))
+    await store.commit(nxt(made[1], run_state=af.RunState.PAUSED, status=3))
+    await store.create_run(raw("elsewhere", workflow="other"))
+    INIT, RUN, PAUSE = af.RunState.INITIATED, af.RunState.RUNNING, af.RunState.PAUSED
+    assert await store.count_runs("wf") == {(1, RUN): 1, (1, INIT): 2, (2, INIT): 2, (3, PAUSE): 1}
+    assert await store.count_runs("wf", status=[1, 3]) == {(1, RUN): 1, (1, INIT): 2, (3, PAUSE): 1}
+    assert await store.count_runs("wf", run_state=PAUSE) == {(3, PAUSE): 1}
+    assert await store.count_runs("wf", foreign_id=["f0", "f2", "f9"]) == {
+        (1, RUN): 1,
+        (1, INIT): 1,
+    }
+    assert await store.count_runs("wf", foreign_id_prefix="f") == await store.count_runs("wf")
+    assert await store.count_runs(
+        "wf", created_after=T0 + timedelta(minutes=4), created_before=T0 + timedelta(hours=1)
+    ) == {(1, INIT): 1, (2, INIT): 1}
+    assert await store.count_runs("other") == {(1, INIT): 1}
+    assert await store.count_runs("nobody") == {}
 
 
 async def test_latest_is_most_recent_run_of_foreign_id(store: Store) -> None:

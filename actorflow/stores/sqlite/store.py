@@ -7,7 +7,8 @@ import functools
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Coroutine, Sequence
+import threading
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -25,7 +26,7 @@ from actorflow._model.errors import (
 from actorflow._model.record import Event, Meta, RawRecord, Timer
 from actorflow._model.run_state import RunState
 from actorflow.stores.feed import ChangeFeed
-from actorflow.stores.filters import RunFilter
+from actorflow.stores.filters import RunFilter, prefix_upper_bound
 from actorflow.stores.messages import in_progress, no_foreign_run, no_run
 from actorflow.stores.sqlite import schema as _sqlite_schema
 
@@ -36,6 +37,8 @@ _MAX_BATCH: Final = 2000
 _OPEN_BUSY_TIMEOUT: Final = 5.0
 _FIRST_BACKOFF: Final = 0.001
 _MAX_BACKOFF: Final = 0.1
+WATCH_INTERVAL: Final = 0.05
+"""Real seconds between two looks of the watcher thread at ``PRAGMA data_version``."""
 
 _RECORD_COLUMNS: Final = (
     "workflow_name, foreign_id, run_id, status, run_state, object, version, created_at, "
@@ -80,6 +83,10 @@ class SQLiteStats:
     """Times a batch waited because another connection held the write lock."""
     failed_transactions: int = 0
     """Batches rolled back and reported as StoreError to all their writers."""
+    reads: int = 0
+    """Read operations (lookups, histories, event-log reads, data_version...)."""
+    changes_noticed: int = 0
+    """Times the watcher thread saw another connection commit and woke the trio side."""
 
 
 class _NeedsSavepoints(Exception):
@@ -154,6 +161,63 @@ class _Write(Generic[R]):
         if self.error is not None:
             raise self.error
         return self.value  # type: ignore[return-value]
+
+
+@final
+class _Watcher:
+    """A thread that looks at ``PRAGMA data_version`` on a connection of its own every
+    ``interval`` real seconds, and tells the trio run (through its token) only when it
+    changed: some other connection, in this process or another one, committed.
+
+    It never touches the store's connection, holds no lock between looks, and ends when
+    stopped or when the trio run it reports to is over.
+    """
+
+    def __init__(
+        self, path: Path, token: trio.lowlevel.TrioToken, notice: Callable[[], None]
+    ) -> None:
+        self.token = token
+        self._path = path
+        self._notice = notice
+        self._stop = threading.Event()
+        self.thread = threading.Thread(
+            target=self._serve, name="actorflow-sqlite-watch", daemon=True
+        )
+        self.thread.start()
+
+    def alive(self) -> bool:
+        return self.thread.is_alive() and not self._stop.is_set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _serve(self) -> None:
+        conn: sqlite3.Connection | None = None
+        last: int | None = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    if conn is None:
+                        conn = sqlite3.connect(self._path, timeout=0, isolation_level=None)
+                        # A new connection counts anew, and commits may have slipped in
+                        # before it looked: its first look reports a change, to be safe.
+                        last = None
+                    row = conn.execute("PRAGMA data_version").fetchone()
+                    version = int(row[0])
+                except sqlite3.Error:
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                else:
+                    if version != last:
+                        self.token.run_sync_soon(self._notice)
+                    last = version
+                self._stop.wait(WATCH_INTERVAL)
+        except trio.RunFinishedError:
+            pass
+        finally:
+            if conn is not None:
+                conn.close()
 
 
 @final
@@ -233,6 +297,25 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = self._open(migrate=True)
         self._connections = 1
         """Connections opened so far (a reopened connection counts data_version anew)."""
+        self._watcher: _Watcher | None = None
+        self._feed.watch = self._watch
+
+    def _watch(self) -> None:
+        """Make sure a watcher thread reports other connections' commits to this trio run
+        (started by the first waiter; see :meth:`ChangeFeed.wait_external`)."""
+        if self._closed:
+            return
+        token = trio.lowlevel.current_trio_token()
+        watcher = self._watcher
+        if watcher is not None and watcher.token is token and watcher.alive():
+            return
+        if watcher is not None:
+            watcher.stop()
+        self._watcher = _Watcher(self._path, token, self._noticed)
+
+    def _noticed(self) -> None:
+        self.stats.changes_noticed += 1
+        self._feed.notice_external()
 
     @property
     def feed(self) -> ChangeFeed:
@@ -314,6 +397,9 @@ class SQLiteStore:
                     "use a file on a local disk",
                 )
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            # Deleted and overwritten content is zeroed, not left in free space: what
+            # delete_data scrubs leaves no copy in the file (see _wipe_log for the WAL).
+            conn.execute("PRAGMA secure_delete = ON")
             if migrate:
                 # Blocking (with the busy timeout) is fine here: this is not async code.
                 conn.execute("BEGIN IMMEDIATE")
@@ -509,19 +595,60 @@ class SQLiteStore:
         timer_rows = _timer_rows(record, timers)
         return await self._submit(_apply_create, (record, params, timer_rows), record)
 
-    def commit(
+    async def commit(
         self,
         record: RawRecord,
         *,
         timers: Sequence[Timer] | None = None,
         scrub_history: bool = False,
-    ) -> Coroutine[Any, Any, RawRecord]:
-        # A plain function that hands back the group-commit coroutine: one coroutine frame
-        # less for each of the thousands of writes in flight (await it like any ``async def``).
+    ) -> RawRecord:
         timer_rows = None if timers is None else _timer_rows(record, timers)
         if timer_rows is None and not scrub_history:
-            return self._submit(_apply_version, record, record)  # no tuple to keep waiting
-        return self._submit(_apply_commit, (record, timer_rows, scrub_history), record)
+            return await self._submit(_apply_version, record, record)
+        if scrub_history:
+            return await self._scrub(record, timer_rows)
+        return await self._submit(_apply_commit, (record, timer_rows, scrub_history), record)
+
+    async def _scrub(self, record: RawRecord, timer_rows: list[_Params] | None) -> RawRecord:
+        """Commit a version that overwrites every stored object of the run, then wipe the
+        old copies out of the write-ahead log too."""
+        stored = await self._submit(_apply_commit, (record, timer_rows, True), record)
+        await self._wipe_log(record.run_id)
+        return stored
+
+    async def _wipe_log(self, run_id: str) -> None:
+        """Checkpoint the WAL into the database file and truncate it to zero bytes.
+
+        The WAL holds every page written since the last checkpoint, old objects included;
+        ``secure_delete`` zeroes them in the database file. Another process reading an
+        older snapshot keeps the checkpoint from finishing: retried with back-off for up
+        to ``lock_timeout``, then StoreError (the scrub itself is stored).
+        """
+        deadline = trio.current_time() + self._lock_timeout
+        delay = _FIRST_BACKOFF
+        while True:
+            await trio.lowlevel.checkpoint()
+            problem = ""
+            try:
+                row = self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if row is None or row[0] != 0:
+                    problem = "another connection is reading or writing"
+            except sqlite3.Error as exc:
+                if not _is_busy(exc):
+                    raise self._error("truncating the write-ahead log failed", exc) from exc
+                problem = str(exc)
+            if not problem:
+                return
+            now = trio.current_time()
+            if now >= deadline:
+                raise self._fail(
+                    f"run {run_id}: its data is scrubbed in the database, but the write-ahead "
+                    f"log (which may still hold old copies) could not be truncated within "
+                    f"{self._lock_timeout:g} s ({problem})",
+                    "call delete_data again when the other processes are idle",
+                )
+            await trio.sleep(min(delay, deadline - now))
+            delay = min(delay * 2, _MAX_BACKOFF)
 
     async def create_runs(
         self, items: Sequence[tuple[RawRecord, Sequence[Timer]]]
@@ -566,6 +693,7 @@ class SQLiteStore:
 
     async def _read(self, what: str, query: Callable[[sqlite3.Connection], R]) -> R:
         await trio.lowlevel.checkpoint()
+        self.stats.reads += 1
         deadline = trio.current_time() + self._lock_timeout
         delay = _FIRST_BACKOFF
         while True:
@@ -608,23 +736,26 @@ class SQLiteStore:
         self,
         workflow_name: str,
         *,
-        foreign_id: str | None = None,
+        foreign_id: str | Sequence[str] | None = None,
         status: int | Sequence[int] | None = None,
         run_state: RunState | Sequence[RunState] | None = None,
         limit: int = 25,
         after: str | None = None,
         descending: bool = False,
+        foreign_id_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> list[RawRecord]:
-        flt = RunFilter.make(foreign_id=foreign_id, status=status, run_state=run_state, limit=limit)
-        where = ["workflow_name = ?"]
-        args: list[Any] = [workflow_name]
-        if flt.foreign_id is not None:
-            where.append("foreign_id = ?")
-            args.append(flt.foreign_id)
-        for column, values in (("status", flt.statuses), ("run_state", flt.run_states)):
-            if values is not None:
-                where.append(f"{column} IN ({', '.join('?' * len(values))})")
-                args.extend(sorted(int(v) for v in values))
+        flt = RunFilter.make(
+            foreign_id=foreign_id,
+            status=status,
+            run_state=run_state,
+            limit=limit,
+            foreign_id_prefix=foreign_id_prefix,
+            created_after=created_after,
+            created_before=created_before,
+        )
+        where, args = _run_conditions(workflow_name, flt)
 
         def query(conn: sqlite3.Connection) -> list[RawRecord]:
             conditions, values = list(where), list(args)
@@ -646,6 +777,36 @@ class SQLiteStore:
             return [_decode_record(row) for row in rows]
 
         return await self._read("list_runs", query)
+
+    async def count_runs(
+        self,
+        workflow_name: str,
+        *,
+        foreign_id: str | Sequence[str] | None = None,
+        status: int | Sequence[int] | None = None,
+        run_state: RunState | Sequence[RunState] | None = None,
+        foreign_id_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> dict[tuple[int, RunState], int]:
+        flt = RunFilter.make(
+            foreign_id=foreign_id,
+            status=status,
+            run_state=run_state,
+            foreign_id_prefix=foreign_id_prefix,
+            created_after=created_after,
+            created_before=created_before,
+        )
+        where, args = _run_conditions(workflow_name, flt)
+        sql = (
+            f"SELECT status, run_state, count(*) FROM runs WHERE {' AND '.join(where)} "
+            "GROUP BY status, run_state"
+        )
+
+        def query(conn: sqlite3.Connection) -> dict[tuple[int, RunState], int]:
+            return {(s, RunState(st)): n for s, st, n in conn.execute(sql, args)}
+
+        return await self._read("count_runs", query)
 
     async def history(self, workflow_name: str, run_id: str) -> list[RawRecord]:
         def query(conn: sqlite3.Connection) -> list[RawRecord]:
@@ -800,6 +961,9 @@ class SQLiteStore:
     async def aclose(self) -> None:
         """Finish the batch in flight, then close the database. Idempotent."""
         self._closed = True
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
         if self._leading and self._idle is not None:
             with trio.CancelScope(shield=True):
                 await self._idle.wait()
@@ -936,39 +1100,47 @@ def _apply_commit(
 # -- encoding --------------------------------------------------------------------------
 
 
+def _run_conditions(workflow_name: str, flt: RunFilter) -> tuple[list[str], list[Any]]:
+    """The WHERE conditions (joined with AND) and their parameters for a run filter."""
+    where = ["workflow_name = ?"]
+    args: list[Any] = [workflow_name]
+    if flt.foreign_ids is not None and len(flt.foreign_ids) == 1:
+        where.append("foreign_id = ?")
+        args.append(flt.foreign_ids[0])
+    elif flt.foreign_ids is not None:
+        # One parameter however many ids (SQLite limits the number of parameters).
+        where.append("foreign_id IN (SELECT value FROM json_each(?))")
+        args.append(json.dumps(flt.foreign_ids))
+    if flt.foreign_id_prefix is not None:
+        # A range the (workflow_name, foreign_id, seq) index can serve, and the exact test.
+        prefix = flt.foreign_id_prefix
+        where.append("foreign_id >= ?")
+        args.append(prefix)
+        upper = prefix_upper_bound(prefix)
+        if upper is not None:
+            where.append("foreign_id < ?")
+            args.append(upper)
+        where.append("substr(foreign_id, 1, ?) = ?")
+        args.extend((len(prefix), prefix))
+    for column, values in (("status", flt.statuses), ("run_state", flt.run_states)):
+        if values is not None:
+            where.append(f"{column} IN ({', '.join('?' * len(values))})")
+            args.extend(sorted(int(v) for v in values))
+    if flt.created_after is not None:
+        where.append("created_at >= ?")
+        args.append(_to_text(flt.created_after))
+    if flt.created_before is not None:
+        where.append("created_at < ?")
+        args.append(_to_text(flt.created_before))
+    return where, args
+
+
 def _to_text(moment: datetime) -> str:
-    if type(moment) is datetime and moment.tzinfo is UTC:
-        # What isoformat(timespec="microseconds") writes, faster.
-        return _UTC_TEXT % (
-            moment.year,
-            moment.month,
-            moment.day,
-            moment.hour,
-            moment.minute,
-            moment.second,
-            moment.microsecond,
-        )
+    """The stored text of an instant: UTC, ISO 8601 to the microsecond (sorts by time)."""
     offset = moment.utcoffset() if isinstance(moment, datetime) else None
     if offset is None:
         raise InvalidArgument(f"datetimes must be timezone-aware (UTC), not {moment!r}")
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-_UTC_TEXT: Final = "%04d-%02d-%02dT%02d:%02d:%02d.%06d+00:00"
-_CREATED: dict[datetime, str] = {}
-_CREATED_LIMIT: Final = 65_536
-
-
-def _created_text(moment: datetime) -> str:
-    """``_to_text`` of a run's ``created_at``, which every version of the run repeats."""
-    if moment.tzinfo is not UTC:  # equal instants may differ (fold): no cache
-        return _to_text(moment)
-    text = _CREATED.get(moment)
-    if text is None:
-        if len(_CREATED) >= _CREATED_LIMIT:
-            _CREATED.clear()
-        text = _CREATED[moment] = _to_text(moment)
-    return text
 
 
 def _from_text(text: str) -> datetime:
@@ -994,7 +1166,7 @@ def _record_params(record: RawRecord) -> _Params:
         int(record.run_state),
         record.object,
         record.version,
-        _created_text(record.created_at),
+        _to_text(record.created_at),
         _to_text(record.updated_at),
         _meta_text(record.meta),
     )

@@ -29,7 +29,7 @@ if not DSN:
 import psycopg  # noqa: E402
 
 from actorflow.stores.postgres import schema as _postgres_schema  # noqa: E402
-from actorflow.stores.postgres import store as _postgres  # noqa: E402
+from actorflow.stores.postgres.connection import PgConnection, Transient  # noqa: E402
 
 pytestmark = pytest.mark.postgres
 
@@ -193,17 +193,17 @@ async def test_write_whose_answer_was_lost_is_recognised_not_repeated(
 ) -> None:
     store = make_store()
     await store.list_runs("wf")  # open the pool first
-    real = PostgresStore._attempt
+    real = PgConnection._attempt
     lost = {"n": 0}
 
-    def attempt_and_lose_answer(self: PostgresStore, pool: Any, fn: Any, timeout: float) -> Any:
+    def attempt_and_lose_answer(self: PgConnection, pool: Any, fn: Any, timeout: float) -> Any:
         result = real(self, pool, fn, timeout)  # the write commits...
         if lost["n"] < 1:
             lost["n"] += 1  # ...but the answer is lost with the connection
-            raise _postgres._Transient(psycopg.OperationalError("simulated"), sent=True)
+            raise Transient(psycopg.OperationalError("simulated"), sent=True)
         return result
 
-    monkeypatch.setattr(PostgresStore, "_attempt", attempt_and_lose_answer)
+    monkeypatch.setattr(PgConnection, "_attempt", attempt_and_lose_answer)
     with store.feed.subscribe(workflow_name="wf") as sub:
         v1 = await store.create_run(raw())
         lost["n"] = 0
@@ -223,10 +223,10 @@ async def test_unreachable_for_too_long_raises_and_says_the_outcome_is_unknown(
     store = make_store(retry_timeout=0.3)
     v1 = await store.create_run(raw())
 
-    def always_lost(self: PostgresStore, pool: Any, fn: Any, timeout: float) -> Any:
-        raise _postgres._Transient(psycopg.OperationalError("server went away"), sent=True)
+    def always_lost(self: PgConnection, pool: Any, fn: Any, timeout: float) -> Any:
+        raise Transient(psycopg.OperationalError("server went away"), sent=True)
 
-    monkeypatch.setattr(PostgresStore, "_attempt", always_lost)
+    monkeypatch.setattr(PgConnection, "_attempt", always_lost)
     with store.feed.subscribe(workflow_name="wf") as sub:
         with pytest.raises(af.StoreError, match="may or may not have been stored"):
             await store.commit(nxt(v1, status=2))
@@ -247,13 +247,13 @@ async def test_concurrent_writes_share_transactions_and_are_answered_each_on_the
     store = make_store(pool_size=4)
     runs = [await store.create_run(raw(f"f{i}")) for i in range(20)]
     calls: list[object] = []
-    real = PostgresStore._attempt
+    real = PgConnection._attempt
 
     def counting(self: PostgresStore, pool: Any, fn: Any, timeout: float) -> Any:
         calls.append(fn)  # one transaction (or one single statement) in a worker thread
         return real(self, pool, fn, timeout)
 
-    monkeypatch.setattr(PostgresStore, "_attempt", counting)
+    monkeypatch.setattr(PgConnection, "_attempt", counting)
     outcomes: dict[int, str] = {}
 
     async def commit(i: int) -> None:
@@ -343,14 +343,14 @@ async def test_a_writer_cancelled_while_its_batch_is_in_flight_gets_its_outcome(
     store = make_store(pool_size=2)
     runs = [await store.create_run(raw(f"f{i}")) for i in range(2)]
     in_flight, release = threading.Event(), threading.Event()
-    real = PostgresStore._attempt
+    real = PgConnection._attempt
 
     def held(self: PostgresStore, pool: Any, fn: Any, timeout: float) -> Any:
         in_flight.set()
         release.wait(10)
         return real(self, pool, fn, timeout)
 
-    monkeypatch.setattr(PostgresStore, "_attempt", held)
+    monkeypatch.setattr(PgConnection, "_attempt", held)
     outcome: dict[int, str] = {}
     scopes: dict[int, trio.CancelScope] = {}
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import enum
 import os
 import pwd
 import shutil
 import sqlite3
 import sys
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta, timezone
@@ -641,3 +643,85 @@ async def test_two_processes_write_one_file_safely(tmp_path: Path) -> None:
         events = await store.read_events(0, 10_000)
         assert len(events) == 200 * 4 + len(history)
         assert [e.id for e in events] == sorted({e.id for e in events})
+
+
+# -- delete_data leaves no copy in the files -------------------------------------------
+
+
+class Steps(enum.IntEnum):
+    ONE = 1
+    TWO = 2
+    THREE = 3
+    DONE = 4
+
+
+@attrs.define
+class Secret:
+    text: str = ""
+    count: int = 0
+
+
+def _secret_workflow(store: af.Store) -> af.Workflow[Secret, Steps]:
+    builder = af.Builder("secrets", Secret, Steps)
+
+    async def advance(run: af.Run[Secret, Steps]) -> Steps:
+        run.object.count += 1
+        return Steps(run.status + 1)
+
+    for status in (Steps.ONE, Steps.TWO, Steps.THREE):
+        builder.add_step(status, advance, to=Steps(status + 1))
+    return builder.build(store)
+
+
+def _copies(path: Path, marker: str) -> int:
+    """How often ``marker`` appears in the database file and its WAL, byte for byte."""
+    found = 0
+    for file in (path, path.with_name(path.name + "-wal")):
+        if file.exists():
+            found += file.read_bytes().count(marker.encode())
+    return found
+
+
+async def test_delete_data_leaves_no_copy_in_the_database_file_or_its_wal(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = SQLiteStore(path)
+    workflow = _secret_workflow(store)
+    secret, kept = f"SECRET-{uuid.uuid4().hex}", f"KEPT-{uuid.uuid4().hex}"
+    try:
+        async with af.open_workflow(workflow):
+            deleted = await workflow.trigger("a", initial=Secret(secret * 200))
+            other = await workflow.trigger("b", initial=Secret(kept * 200))
+            for run_id in (deleted, other):
+                await workflow.await_status("a" if run_id == deleted else "b", run_id, Steps.DONE)
+            assert _copies(path, secret) >= 4  # one per version, at least
+            record = await workflow.delete_data(deleted, "erasure request")
+            assert record.run_state is af.RunState.DATA_DELETED
+            assert record.object == Secret()
+            # Right after delete_data returns, with the store still open.
+            assert _copies(path, secret) == 0
+            assert _copies(path, kept) >= 1  # the check does see what is there
+    finally:
+        await store.aclose()
+    assert _copies(path, secret) == 0
+
+
+async def test_delete_data_waits_for_a_reader_of_an_old_snapshot(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = SQLiteStore(path, lock_timeout=0.2)
+    workflow = _secret_workflow(store)
+    secret = f"SECRET-{uuid.uuid4().hex}"
+    try:
+        run_id = await workflow.trigger("a", initial=Secret(secret))
+        await workflow.cancel(run_id, "no")
+        with closing(sqlite3.connect(path, isolation_level=None)) as reader:
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM history").fetchone()  # holds its snapshot
+            with pytest.raises(af.StoreError, match="could not be truncated"):
+                await workflow.delete_data(run_id, "erasure request")
+            reader.execute("COMMIT")
+        # The run is scrubbed in the database; asking again also empties the WAL.
+        assert (await workflow.lookup(run_id)).run_state is af.RunState.DATA_DELETED
+        await workflow.delete_data(run_id, "erasure request, again")
+        assert _copies(path, secret) == 0
+    finally:
+        await store.aclose()

@@ -1,0 +1,44 @@
+"""Telling user code's errors from real cancellation.
+
+A ``trio.Cancelled`` that user code raises while no cancel scope around it is cancelled
+(say, one caught inside the code's own ``CancelScope`` and raised again outside it) is
+not a cancellation: left alone, it would end the workflow's nursery without a word. It
+is an error of that code like any other, counted, logged and retried.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from actorflow._model.errors import StepError
+
+
+class StrayCancelled(StepError):
+    """User code raised ``trio.Cancelled`` while nothing around it was cancelled."""
+
+
+def is_stray_cancel(exc: BaseException) -> bool:
+    """Whether ``exc`` is a ``trio.Cancelled`` that no cancelled scope of the current task
+    explains (its effective deadline is neither -inf nor past)."""
+    return (
+        isinstance(exc, trio.Cancelled) and trio.current_effective_deadline() > trio.current_time()
+    )
+
+
+def user_error(exc: BaseException, what: str) -> Exception:
+    """The error to count for ``exc``, raised by user code named by ``what``.
+
+    Raises ``exc`` again when it is not the code's own error: a real cancellation,
+    KeyboardInterrupt, SystemExit, a group of such.
+    """
+    if isinstance(exc, Exception):
+        return exc
+    if is_stray_cancel(exc):
+        error = StrayCancelled(
+            f"{what} raised trio.Cancelled while nothing around it was cancelled (a "
+            "Cancelled caught inside its own cancel scope and raised outside it?); "
+            "counted as an error of that function"
+        )
+        error.__cause__ = exc
+        return error
+    raise exc

@@ -1,0 +1,201 @@
+"""The console's ASGI application: the page, its assets, a session check and ``/ws``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Final, final
+
+import attrs
+import trio
+import trio_websocket
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket
+
+from actorflow._model.errors import InvalidArgument
+from actorflow.gateway.protocol import Access
+from actorflow.gateway.server import Connection, Gateway, GatewaySettings
+from actorflow.workflow import Workflow
+
+log = logging.getLogger("actorflow.console")
+
+STATIC: Final = Path(__file__).parent / "static"
+
+SECURITY_HEADERS: Final = {
+    # Only our own scripts and styles (Mermaid writes inline styles into its SVG); the
+    # websocket goes back to this origin; no framing (steering buttons must not be
+    # clickjacked).
+    "content-security-policy": (
+        "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-cache",
+}
+
+
+@final
+@attrs.frozen
+class ConsoleSettings:
+    """The workflows served and who may see and steer them (the gateway's rules)."""
+
+    names: tuple[str, ...]
+    gateway: Gateway
+
+    @classmethod
+    def make(
+        cls,
+        workflows: Iterable[Workflow[Any, Any]],
+        *,
+        token: str | None,
+        read_only_token: str | None,
+        max_connections: int = 256,
+    ) -> ConsoleSettings:
+        served: dict[str, Workflow[Any, Any]] = {}
+        for workflow in workflows:
+            if not isinstance(workflow, Workflow):
+                raise InvalidArgument(f"serve_console serves Workflow objects, not {workflow!r}")
+            if workflow.name in served:
+                raise InvalidArgument(f"serve_console got two workflows named {workflow.name!r}")
+            served[workflow.name] = workflow
+        if not served:
+            raise InvalidArgument("serve_console needs at least one workflow")
+        settings = GatewaySettings(
+            token=token,
+            max_message_bytes=1 << 20,
+            rate=100.0,
+            burst=200,
+            max_in_flight=64,
+            max_subscriptions=64,
+            subscription_buffer=256,
+            handshake_timeout=10.0,
+            max_connections=max_connections,
+            max_handshakes=128,
+            read_only_token=read_only_token,
+        )
+        settings.check()
+        return cls(tuple(served), Gateway(served, settings))
+
+    @property
+    def auth(self) -> bool:
+        return self.gateway.settings.token is not None
+
+    def access(self, connection: HTTPConnection) -> Access:
+        """What the visitor's token grants (``GRANTED``, ``READ_ONLY``) or why not."""
+        target = connection.url.path
+        if connection.url.query:
+            target += "?" + connection.url.query
+        return self.gateway.access(connection.scope["headers"], target)
+
+
+def _refusal(verdict: Access) -> tuple[int, str] | None:
+    if verdict is Access.MISSING:
+        return 401, "a token is required: Authorization: Bearer <token>"
+    if verdict is Access.WRONG:
+        return 403, "wrong token"
+    return None
+
+
+def build_app(settings: ConsoleSettings) -> Starlette:
+    """The Starlette application of one console."""
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers=SECURITY_HEADERS)
+
+    async def session(request: Request) -> Response:
+        access = settings.access(request)
+        refusal = _refusal(access)
+        if refusal is not None:
+            status, message = refusal
+            return JSONResponse(
+                {"error": message},
+                status_code=status,
+                headers={**SECURITY_HEADERS, "www-authenticate": "Bearer"},
+            )
+        return JSONResponse(
+            {
+                "access": "read_only" if access is Access.READ_ONLY else "full",
+                "auth": settings.auth,
+                "workflows": list(settings.names),
+            },
+            headers=SECURITY_HEADERS,
+        )
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok\n", headers=SECURITY_HEADERS)
+
+    async def websocket(ws: WebSocket) -> None:
+        access = settings.access(ws)
+        refusal = _refusal(access)
+        if refusal is not None:
+            status, message = refusal
+            await ws.send_denial_response(PlainTextResponse(message + "\n", status_code=status))
+            return
+        gateway = settings.gateway
+        if gateway.connections >= gateway.settings.max_connections:
+            await ws.send_denial_response(
+                PlainTextResponse("too many connections; try again later\n", status_code=503)
+            )
+            return
+        gateway.connections += 1
+        try:
+            await ws.accept()
+            channel = _WebSocketChannel(ws)
+            await Connection(gateway, channel, read_only=access is Access.READ_ONLY).serve()
+        except* (trio_websocket.ConnectionClosed, trio.BrokenResourceError) as group:
+            log.debug("console websocket ended abruptly: %r", group.exceptions)
+        except* Exception as group:
+            log.error("console websocket failed", exc_info=group)
+        finally:
+            gateway.connections -= 1
+
+    static = StaticFiles(directory=STATIC)
+
+    async def asset(request: Request) -> Response:
+        response = await static.get_response(request.path_params["path"], request.scope)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    return Starlette(
+        routes=[
+            Route("/", index),
+            Route("/api/session", session),
+            Route("/healthz", healthz),
+            Route("/static/{path:path}", asset),
+            WebSocketRoute("/ws", websocket),
+        ]
+    )
+
+
+@final
+class _WebSocketChannel:
+    """A Starlette websocket with the two calls the gateway's connection makes, closing
+    as trio-websocket does (``ConnectionClosed``)."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self._ws = ws
+
+    async def get_message(self) -> str | bytes:
+        message = await self._ws.receive()
+        if message["type"] == "websocket.disconnect":
+            code = int(message.get("code", 1000))
+            raise trio_websocket.ConnectionClosed(trio_websocket.CloseReason(code, None))
+        text = message.get("text")
+        if text is not None:
+            return str(text)
+        return bytes(message.get("bytes") or b"")
+
+    async def send_message(self, text: str) -> None:
+        try:
+            await self._ws.send_text(text)
+        except (RuntimeError, OSError) as exc:
+            # The peer is gone (hypercorn refuses sends after a disconnect).
+            raise trio_websocket.ConnectionClosed(
+                trio_websocket.CloseReason(1006, str(exc))
+            ) from None

@@ -1,0 +1,76 @@
+"""``serve_console``: the web console, a Starlette app on hypercorn's trio worker.
+
+The page (``static/``) is plain HTML, CSS and JavaScript, shipped in the wheel; it talks
+the gateway's websocket protocol on ``/ws`` of the same origin, served here by the
+gateway's own connection code over Starlette's websocket, so the console needs one port
+and steering from the page follows exactly the rules of the gateway (tokens, limits,
+read-only access).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from actorflow._model.errors import InvalidArgument
+from actorflow.console._app import ConsoleSettings, build_app
+from actorflow.workflow import Workflow
+
+log = logging.getLogger("actorflow.console")
+
+
+async def serve(
+    workflows: Iterable[Workflow[Any, Any]],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    token: str | None = None,
+    read_only_token: str | None = None,
+    graceful_timeout: float = 1.0,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the web console for ``workflows`` until cancelled; use with ``nursery.start``.
+
+    The started value is the bound port (``port=0`` picks a free one). Open
+    ``http://host:port/`` in a browser. Serving the console does not run the workflows:
+    run them in the same process (``open_workflow``), or point the console at a store that
+    another process runs (live updates then only show changes stored by this process).
+
+    Args:
+        workflows: the workflows to show and steer, addressed by their names.
+        host: the address to bind; the default only accepts local connections.
+        port: the port to bind, 0 for any free one.
+        token: when set, the page asks for it once (kept in the browser tab's session
+            storage) and every request and websocket must carry it.
+        read_only_token: a second token that may look but not steer (trigger, callback,
+            pause, resume, cancel and delete data are refused with ``forbidden``). Needs
+            ``token``.
+        graceful_timeout: seconds open requests get to finish when the console stops.
+
+    Raises:
+        InvalidArgument: no workflows, two with one name, or unusable tokens.
+        OSError: the address cannot be bound.
+    """
+    settings = ConsoleSettings.make(workflows, token=token, read_only_token=read_only_token)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise InvalidArgument(f"port must be an int from 0 to 65535, not {port!r}")
+    if not isinstance(host, str) or not host:
+        raise InvalidArgument(f"host must be a non-empty string, not {host!r}")
+    config = hypercorn.config.Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.graceful_timeout = graceful_timeout
+    config.accesslog = None
+    config.errorlog = logging.getLogger("actorflow.console.http")
+    config.websocket_max_message_size = settings.gateway.settings.max_message_bytes
+    config.include_server_header = False
+    app = build_app(settings)
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(hypercorn.trio.serve, app, config)
+        bound = int(binds[0].rsplit(":", 1)[1])
+        log.info("console serving %s on http://%s", ", ".join(settings.names), binds[0])
+        task_status.started(bound)

@@ -1,0 +1,1 @@
+"""Two workflows, each with a store of its own, talking only through Kafka (see main.py)."""
