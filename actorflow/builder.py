@@ -350,6 +350,9 @@ class Builder(Generic[T, S]):
                   worker's shards are taken over after at most this long.
                 - ``ownership``: which runs this process works on (an ``Ownership``;
                   default: the store's shard leases, or every run).
+                - ``history_retention``: an ``af.Retention``: delete old versions of
+                  finished runs (keep the last K, or those younger than T); None (the
+                  default) keeps every version.
         """
         from actorflow.stores import Store as StoreProtocol
         from actorflow.workflow import Workflow

@@ -199,6 +199,11 @@ class Workflow(Generic[T, S]):
             from actorflow._services.relay import run_relay
 
             services.append(lambda: run_relay(self._service_context(), self._streamer))
+        retention = self._settings.history_retention
+        if retention is not None:
+            from actorflow._services.retention import run_retention
+
+            services.append(lambda: run_retention(self._service_context(), retention))
         return services
 
     def _service_context(self) -> ServiceContext:
