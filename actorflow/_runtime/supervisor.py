@@ -420,18 +420,25 @@ class Supervisor(Generic[T, S]):
             self._recovering = False
 
     async def _recover(self) -> None:
-        """Spawn an actor for every unfinished run that has a step to run."""
+        """Spawn an actor for every unfinished run that has a step to run.
+
+        One status at a time: each page is then a range of the store's (workflow, status,
+        creation) index, however many runs wait at other statuses (a query for several
+        statuses at once may walk every run of the workflow in creation order instead)."""
+        for status in self.engine.definition.steps:
+            if not await self._recover_status(int(status)):
+                return
+
+    async def _recover_status(self, status: int) -> bool:
+        """Recover the runs at ``status``; False when stopping."""
         engine = self.engine
-        statuses = [int(s) for s in engine.definition.steps]
-        if not statuses:
-            return
         after: str | None = None
         while not self.stopping:
             page = await retrying(
                 functools.partial(
                     engine.store.list_runs,
                     engine.name,
-                    status=statuses,
+                    status=status,
                     run_state=[RunState.INITIATED, RunState.RUNNING],
                     limit=RECOVERY_PAGE,
                     after=after,
@@ -442,17 +449,18 @@ class Supervisor(Generic[T, S]):
             )
             for raw in page:
                 if self.stopping:
-                    return
+                    return False
                 if raw.run_id in self.actors or not self.owns(raw.run_id):
                     continue
                 while len(self.actors) + len(self._waiting) >= self.max_active_runs:
                     await self._room.park()  # recovery goes no faster than runs finish
                     if self.stopping:
-                        return
+                        return False
                 self.wake(raw.run_id)
             if len(page) < RECOVERY_PAGE:
-                return
+                return True
             after = page[-1].run_id
+        return False
 
     async def _tail(self, after: int, seen_version: object = None) -> None:
         """Follow the store's event log for changes made by other processes (the safety

@@ -829,8 +829,12 @@ class SQLiteStore:
                     sql + "WHERE workflow_name = ? ORDER BY fire_at, id", (workflow_name,)
                 ).fetchall()
             else:
+                # INDEXED BY: left alone, SQLite walks the (workflow_name, fire_at) index
+                # for its order, which reads every timer of the workflow (0.7 s at 1M).
                 rows = conn.execute(
-                    sql + "WHERE run_id = ? AND workflow_name = ? ORDER BY fire_at, id",
+                    "SELECT workflow_name, run_id, status, kind, fire_at FROM timers "
+                    "INDEXED BY timers_by_run "
+                    "WHERE run_id = ? AND workflow_name = ? ORDER BY fire_at, id",
                     (run_id, workflow_name),
                 ).fetchall()
             return [Timer(w, r, s, k, _from_text(f)) for w, r, s, k, f in rows]
