@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import enum
-import functools
-import inspect
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
@@ -19,6 +17,7 @@ from actorflow._model.definition import (
     StepSpec,
     TimeoutSpec,
     fn_name,
+    is_async_callable,
 )
 from actorflow._model.errors import BuildError
 from actorflow._model.options import Options, check_options_for
@@ -37,28 +36,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 _UNSET: Any = object()
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
-
-
-def is_async_callable(fn: object) -> bool:
-    """Whether calling ``fn`` gives an awaitable: an ``async def`` function (also behind
-    ``functools.partial`` or ``functools.wraps`` decorators) or an object whose
-    ``__call__`` is one."""
-    seen = 0
-    while seen < 100:
-        seen += 1
-        if inspect.iscoroutinefunction(fn):
-            return True
-        if isinstance(fn, functools.partial):
-            fn = fn.func
-            continue
-        wrapped = getattr(fn, "__wrapped__", None)
-        if wrapped is not None:
-            fn = wrapped
-            continue
-        if not inspect.isroutine(fn) and not isinstance(fn, type):
-            return inspect.iscoroutinefunction(type(fn).__call__)
-        return False
-    return False
 
 
 @attrs.define

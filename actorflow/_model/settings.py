@@ -13,6 +13,7 @@ from typing import Any, final
 import attrs
 
 from actorflow._model.clock import Clock, SystemClock
+from actorflow._model.definition import is_async_callable
 from actorflow._model.errors import BuildError
 from actorflow._model.options import Options
 
@@ -66,8 +67,8 @@ def _options(value: Any) -> Options:
 
 
 def _scrub(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and not callable(value):
-        _fail(attribute, value, "a function of the object, or None")
+    if value is not None and (not callable(value) or is_async_callable(value)):
+        _fail(attribute, value, "a plain (not async) function of the object, or None")
 
 
 @final

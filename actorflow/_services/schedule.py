@@ -107,6 +107,10 @@ async def schedule_trigger(
 ) -> None:
     expression = parse_cron(spec)
     ctx.check_trigger_args(foreign_id, start, initial)
+    if filter is not None and not callable(filter):
+        raise InvalidArgument(
+            f"schedule filter must be a function filter(when) -> bool (or async), not {filter!r}"
+        )
     clock = ctx.clock
     store = ctx.store
     key = f"schedule:{ctx.name}:{foreign_id}:{expression}"
@@ -164,7 +168,19 @@ async def _fire(
     allowed = await _allowed(filter, fired)
     if not await ctx.store.claim_schedule(key, fired) or not allowed:
         return
-    try:
-        await ctx.handle.trigger(foreign_id, start, initial=initial)
-    except WorkflowInProgress:
-        return
+
+    async def trigger() -> None:
+        try:
+            await ctx.handle.trigger(foreign_id, start, initial=initial)
+        except WorkflowInProgress:
+            return
+
+    # Claimed: this time is ours alone to fire, so a store error is retried here (trying
+    # the claim again would find it taken and never trigger).
+    await retrying(
+        trigger,
+        options=ctx.default_options,
+        what=f"schedule {key!r}: triggering the run of {fired}",
+        log=log,
+        retry_on=StoreError,
+    )
