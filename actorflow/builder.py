@@ -23,6 +23,7 @@ from actorflow._model.errors import BuildError
 from actorflow._model.options import Options, check_options_for
 from actorflow._model.settings import BuildSettings
 from actorflow._model.statuses import parse_status
+from actorflow._model.text import is_valid_text
 from actorflow._model.timers import TimerFn
 
 if TYPE_CHECKING:
@@ -64,8 +65,10 @@ class Builder(Generic[T, S]):
     """
 
     def __init__(self, name: str, object_type: type[T], status_type: type[S]) -> None:
-        if not isinstance(name, str) or not name or len(name) > 200:
-            raise BuildError(f"workflow name must be a non-empty string, not {name!r}")
+        if not isinstance(name, str) or not name or len(name) > 200 or not is_valid_text(name):
+            raise BuildError(
+                f"workflow name must be a non-empty string of valid text, not {name!r}"
+            )
         if not (isinstance(status_type, type) and issubclass(status_type, enum.IntEnum)):
             raise BuildError(
                 f"workflow {name!r}: status_type must be an IntEnum, not {status_type!r}"
@@ -142,8 +145,11 @@ class Builder(Generic[T, S]):
 
     def add_connector(self, name: str, source: Any, fn: Callable[..., Any], **options: Any) -> None:
         """``async def fn(workflow, event)`` for every event of ``source`` (at least once)."""
-        if not isinstance(name, str) or not name:
-            raise BuildError(f"workflow {self.name!r}: connector name must be a non-empty string")
+        if not isinstance(name, str) or not name or not is_valid_text(name):
+            raise BuildError(
+                f"workflow {self.name!r}: connector name must be a non-empty string of valid "
+                f"text, not {name!r}"
+            )
         self._check_fn(fn, "connector")
         check_options_for("connector", options, f"workflow {self.name!r}: connector {name!r}")
         self._connectors.append(ConnectorSpec(name, source, fn, Options()))
@@ -327,11 +333,21 @@ class Builder(Generic[T, S]):
                   worker's shards are taken over after at most this long.
                 - ``ownership``: which runs this process works on (an ``Ownership``;
                   default: the store's shard leases, or every run).
+                - ``metrics``: a ``prometheus_client.CollectorRegistry`` to report the
+                  workflow's metrics to (docs/metrics.md); None (the default): the global
+                  registry when ``actorflow[metrics]`` is installed, else none; False: none.
+                - ``tracing``: True: an OpenTelemetry span per step, callback, timeout, hook
+                  and connector call, from the global tracer provider (or pass a
+                  TracerProvider); needs ``actorflow[otel]``. Default False.
         """
         from actorflow.stores import Store as StoreProtocol
         from actorflow.workflow import Workflow
 
         settings = BuildSettings.from_options(options)
+        from actorflow._observe import metrics_registry, tracer_provider
+
+        metrics_registry(settings.metrics)  # BuildError now: a wrong value, a missing extra
+        tracer_provider(settings.tracing)
         if not isinstance(store, StoreProtocol):
             raise BuildError(f"workflow {self.name!r}: {store!r} is not a store")
         if settings.streamer is not None:

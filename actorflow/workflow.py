@@ -18,18 +18,22 @@ from actorflow._model.errors import (
     ActorflowError,
     InvalidArgument,
     RunNotFound,
+    SerializationError,
     StatusNotReached,
     StoreError,
     VersionConflict,
 )
 from actorflow._model.options import Options
+from actorflow._model.process import ProcessState
 from actorflow._model.record import RawRecord, Record, Timer, new_run_id
 from actorflow._model.run import Run
 from actorflow._model.run_state import RunState
 from actorflow._model.settings import BuildSettings
 from actorflow._model.statuses import parse_status
+from actorflow._model.text import check_text
 from actorflow._runtime.actor import Op, Stopped
 from actorflow._runtime.engine import NO_TIMERS, Engine, log
+from actorflow._runtime.observe import Observer, process_name
 from actorflow._runtime.ports import Ownership, Service
 from actorflow._runtime.supervisor import Supervisor
 from actorflow._services.context import ServiceContext
@@ -76,6 +80,29 @@ class Workflow(Generic[T, S]):
         self._max_active_runs = settings.max_active_runs
         self._streamer = settings.streamer
         self._supervisor: Supervisor[T, S] | None = None
+        self._declare_services()
+        from actorflow._observe import make_observer
+
+        self._engine.observer = make_observer(self, settings.metrics, settings.tracing)
+
+    def _declare_services(self) -> None:
+        """Name the service processes ``states()`` reports before they first run."""
+        engine = self._engine
+        if self._definition.hooks:
+            from actorflow._services.hooks import STATE_OF_HOOK, hook_process
+
+            for kind in self._definition.hooks:
+                if kind in STATE_OF_HOOK:
+                    engine.service(hook_process(kind))
+        for spec in self._definition.connectors:
+            engine.service(
+                process_name(spec.name, "connector-consumer"),
+                spec.options.lag_alert.total_seconds(),
+            )
+        if self._streamer is not None:
+            from actorflow._services.relay import PROCESS
+
+            engine.service(PROCESS)
 
     # -- description -------------------------------------------------------------------------
 
@@ -119,6 +146,49 @@ class Workflow(Generic[T, S]):
     def graph(self) -> str:
         """The workflow as a Mermaid ``stateDiagram-v2`` text."""
         return self._definition.mermaid()
+
+    @property
+    def observer(self) -> Observer | None:
+        """Where the workflow reports metrics and spans (None: both off)."""
+        return self._engine.observer
+
+    def states(self) -> dict[str, ProcessState]:
+        """Each process of the workflow in this process and its state, as luno/workflow's
+        ``States()``: the step consumers (``<status>-consumer``), timeout consumers
+        (``<status>-timeout-consumer``), ``timers``, hooks, connectors
+        (``<name>-connector-consumer``), the relay (``outbox-consumer``), schedules
+        (``<foreign id>-scheduler-<spec>``) and, with scale-out, ``shard-ownership``."""
+        engine = self._engine
+        supervisor = self._supervisor
+        if supervisor is None:
+            found = dict.fromkeys(
+                [p.name for p in engine.step_processes.values()]
+                + [p.name for p in engine.timeout_processes.values()]
+                + ["timers"],
+                ProcessState.STOPPED,
+            )
+            standby = False
+        else:
+            found = supervisor.states()
+            standby = supervisor.serving and not supervisor.leads()
+        for name, process in engine.services.items():
+            state = process.state
+            if standby and state is ProcessState.STOPPED:
+                state = ProcessState.IDLE  # another process leads: this one stands by
+            found[name] = state
+        return found
+
+    def _runtime_counts(self) -> tuple[int, int, int]:
+        """(run actors, runs waiting for a slot, runs with an armed timer) in this process."""
+        supervisor = self._supervisor
+        return (0, 0, 0) if supervisor is None else supervisor.counts()
+
+    @property
+    def ready(self) -> bool:
+        """True while :meth:`run` serves the workflow here, recovered and taking work (with
+        scale-out: holding its share of shard leases). What ``/readyz`` reports."""
+        supervisor = self._supervisor
+        return supervisor is not None and supervisor.ready
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r} on {self._store!r}>"
@@ -195,6 +265,11 @@ class Workflow(Generic[T, S]):
             from actorflow._services.relay import run_relay
 
             services.append(lambda: run_relay(self._service_context(), self._streamer))
+        refresh = getattr(self._engine.observer, "refresh_run_counts", None)
+        for observer in getattr(self._engine.observer, "observers", ()):
+            refresh = getattr(observer, "refresh_run_counts", refresh)
+        if refresh is not None and hasattr(self._store, "count_runs"):
+            services.append(refresh)
         return services
 
     def _service_context(self) -> ServiceContext:
@@ -207,6 +282,8 @@ class Workflow(Generic[T, S]):
             poll_interval=self._poll_interval,
             handle=self,
             check_trigger_args=self.check_trigger_args,
+            observer=self._engine.observer,
+            service=self._engine.service,
         )
 
     # -- argument checks -------------------------------------------------------------------------
@@ -223,12 +300,30 @@ class Workflow(Generic[T, S]):
                 f"workflow {self.name!r}: foreign_id must be a non-empty string of at most "
                 f"{MAX_FOREIGN_ID} characters, not {foreign_id!r}"
             )
-        return foreign_id
+        return check_text(foreign_id, f"workflow {self.name!r}: foreign_id {foreign_id!r}")
 
-    def _run_id_arg(self, run_id: object) -> str:
+    def _run_id_arg(self, run_id: object, what: str = "run_id") -> str:
         if not isinstance(run_id, str) or not run_id:
-            raise InvalidArgument(f"workflow {self.name!r}: run_id must be a non-empty string")
-        return run_id
+            raise InvalidArgument(f"workflow {self.name!r}: {what} must be a non-empty string")
+        return check_text(run_id, f"workflow {self.name!r}: {what} {run_id!r}")
+
+    def _encode_initial(self, obj: T) -> str:
+        try:
+            return self._codec.encode(obj, " (initial object)")
+        except SerializationError as exc:
+            raise InvalidArgument(str(exc)) from None
+
+    def _filter_text(self, foreign_id: object, *others: object) -> None:
+        """InvalidArgument for a list_runs/count_runs filter string of invalid text (the
+        store checks the types)."""
+        values = list(others)
+        if isinstance(foreign_id, str):
+            values.append(foreign_id)
+        elif isinstance(foreign_id, Sequence):
+            values.extend(foreign_id)
+        for value in values:
+            if isinstance(value, str):
+                check_text(value, f"workflow {self.name!r}: filter {value!r}")
 
     # -- triggering ------------------------------------------------------------------------------
 
@@ -243,7 +338,7 @@ class Workflow(Generic[T, S]):
                     "callback or timeout"
                 )
         if initial is not None:
-            self._codec.encode(self._codec.check(initial, "initial"), " (initial object)")
+            self._encode_initial(self._codec.check(initial, "initial"))
 
     @property
     def default_options(self) -> Options:
@@ -268,7 +363,7 @@ class Workflow(Generic[T, S]):
                 "or timeout (a run there would be complete at once)"
             )
         obj = self._codec.default() if initial is None else self._codec.check(initial, "initial")
-        encoded = self._codec.encode(obj, " (initial object)")
+        encoded = self._encode_initial(obj)
         now = self._clock.now()
         raw = RawRecord(
             workflow_name=self.name,
@@ -280,7 +375,7 @@ class Workflow(Generic[T, S]):
             version=1,
             created_at=now,
             updated_at=now,
-            meta=self._engine.first_meta(status),
+            meta=self._engine.first_meta(status, self._trace_origin()),
         )
         timers = NO_TIMERS
         if status in definition.timeouts:
@@ -297,6 +392,11 @@ class Workflow(Generic[T, S]):
             if status in definition.steps:
                 supervisor.wake(raw.run_id, stored, timers)
         return raw.run_id
+
+    def _trace_origin(self) -> str:
+        """The traceparent of the trace active in the caller (tracing on), else ""."""
+        observer = self._engine.observer
+        return "" if observer is None else observer.trace_origin()
 
     async def schedule_trigger(
         self,
@@ -343,6 +443,7 @@ class Workflow(Generic[T, S]):
         ``foreign_id`` is one id or a sequence of ids; ``created_after`` (inclusive) and
         ``created_before`` (exclusive) are aware datetimes. Raises InvalidArgument for bad
         filters and RunNotFound for an unknown ``after``."""
+        self._filter_text(foreign_id, foreign_id_prefix, after)
         found = await self._store.list_runs(
             self.name,
             foreign_id=foreign_id,
@@ -370,6 +471,7 @@ class Workflow(Generic[T, S]):
         """How many runs match (the filters of :meth:`list_runs`), by (status, run state).
 
         Pairs without runs are left out; ``sum(counts.values())`` is the total."""
+        self._filter_text(foreign_id, foreign_id_prefix)
         counts = await self._store.count_runs(
             self.name,
             foreign_id=foreign_id,
@@ -604,11 +706,12 @@ class Workflow(Generic[T, S]):
                 )
             return None
         engine = self._engine
+        parent = self._trace_origin()  # the caller's trace: the callback's span continues it
 
         async def op(raw: RawRecord) -> tuple[RawRecord | None, list[Timer] | None, Any]:
             if raw.status != int(wanted) or not raw.run_state.active:
                 return None, None, None
-            new, timers = await engine.callback(raw, int(wanted), payload)
+            new, timers = await engine.callback(raw, int(wanted), payload, parent=parent)
             return new, timers, (engine.typed(new) if new is not None else None)
 
         result: Record[T, S] | None = await self._perform(latest.run_id, op)
@@ -618,6 +721,7 @@ class Workflow(Generic[T, S]):
         run_id = self._run_id_arg(run_id)
         if not isinstance(reason, str):
             raise InvalidArgument(f"workflow {self.name!r}: reason must be a string")
+        check_text(reason, f"workflow {self.name!r}: reason {reason!r}")
         await self._store.lookup(self.name, run_id)  # RunNotFound before anything else
         engine = self._engine
         methods: dict[str, Callable[[RawRecord, str], Awaitable[tuple[RawRecord, list[Timer]]]]] = {

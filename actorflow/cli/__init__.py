@@ -21,6 +21,7 @@ from actorflow.cli import worker as _cli_worker
 from actorflow.cli.app import (
     APP_ENV,
     FAILURE,
+    READ_ONLY_TOKEN_ENV,
     TOKEN_ENV,
     USAGE,
     UsageError,
@@ -73,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser(
         "worker",
-        help="run workflows until Ctrl-C/SIGTERM (and serve the gateway)",
+        help="run workflows until Ctrl-C/SIGTERM (and serve the gateway, the console)",
         description="Run the workflows of MODULE:ATTR on their stores until SIGINT or SIGTERM, "
         "then stop gracefully: steps in flight finish, nothing is lost.",
     )
@@ -83,7 +84,24 @@ def parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="also serve the websocket gateway there (port 0: any)",
     )
-    worker.add_argument("--token", help=f"the gateway's token (default: ${TOKEN_ENV})")
+    worker.add_argument(
+        "--console",
+        metavar="HOST:PORT",
+        help="also serve the web console there (port 0: any; needs actorflow[console])",
+    )
+    worker.add_argument(
+        "--token", help=f"the gateway's and the console's token (default: ${TOKEN_ENV})"
+    )
+    worker.add_argument(
+        "--read-only-token",
+        help=f"a second token that may look but not steer (default: ${READ_ONLY_TOKEN_ENV})",
+    )
+    worker.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics, /healthz and /readyz there (port 0: any); "
+        "needs actorflow[metrics]",
+    )
     worker.set_defaults(handler=_cli_worker.worker)
 
     runs = commands.add_parser("runs", help="list runs, show one, show its history")

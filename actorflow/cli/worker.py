@@ -7,12 +7,14 @@ import functools
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import trio
 
 from actorflow._model.errors import GatewayError
 from actorflow.cli.app import (
+    READ_ONLY_TOKEN_ENV,
     App,
     CliError,
     UsageError,
@@ -21,6 +23,7 @@ from actorflow.cli.app import (
     token_from,
 )
 from actorflow.cli.format import change_line, dumps
+from actorflow.console import serve_console
 from actorflow.gateway import open_gateway_client, serve_gateway
 from actorflow.gateway.client import GatewayClient
 
@@ -41,34 +44,94 @@ def worker(args: argparse.Namespace) -> int:
     """Run the workflows of MODULE:ATTR until SIGINT or SIGTERM, then stop gracefully."""
     app = load_app(args.app)
     gateway = parse_host_port(args.gateway) if args.gateway else None
+    console = parse_host_port(args.console, "--console") if args.console else None
     token = token_from(args.token)
-    if token is not None and gateway is None:
-        raise UsageError("--token only makes sense with --gateway HOST:PORT")
-    stopped_by = trio.run(functools.partial(serve_worker, app, gateway, token))
+    read_only_token = token_from(args.read_only_token, READ_ONLY_TOKEN_ENV)
+    if token is not None and gateway is None and console is None:
+        raise UsageError("--token only makes sense with --gateway or --console HOST:PORT")
+    if read_only_token is not None and token is None:
+        raise UsageError("--read-only-token needs --token (without one everybody may steer)")
+    if read_only_token is not None and gateway is None and console is None:
+        raise UsageError("--read-only-token only makes sense with --gateway or --console")
+    metrics = parse_host_port(args.metrics, "--metrics") if args.metrics else None
+    if metrics is not None:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            raise UsageError(
+                "--metrics needs prometheus-client: pip install 'actorflow[metrics]'"
+            ) from None
+    stopped_by = trio.run(
+        functools.partial(
+            serve_worker,
+            app,
+            gateway,
+            token,
+            console=console,
+            read_only_token=read_only_token,
+            metrics=metrics,
+        )
+    )
     # Ctrl-C (SIGINT) is an interruption (130, like every command); SIGTERM a normal stop.
     return INTERRUPTED if stopped_by == signal.SIGINT else 0
 
 
-async def serve_worker(app: App, gateway: tuple[str, int] | None, token: str | None) -> int | None:
-    """Serve until a stop signal: stop the gateway, let steps in flight finish (each
-    workflow's grace period), close the stores. A second signal cancels at once.
-    Returns the signal that stopped it."""
+async def serve_worker(
+    app: App,
+    gateway: tuple[str, int] | None,
+    token: str | None,
+    *,
+    console: tuple[str, int] | None = None,
+    read_only_token: str | None = None,
+    metrics: tuple[str, int] | None = None,
+) -> int | None:
+    """Serve until a stop signal: stop the gateway and the console, let steps in flight
+    finish (each workflow's grace period), close the stores. A second signal cancels at
+    once. Returns the signal that stopped it."""
     received: int | None = None
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         try:
             async with trio.open_nursery() as outer:
                 async with trio.open_nursery() as inner:
+                    metrics_scope = trio.CancelScope()
+                    if metrics is not None:
+                        # Before the workflows: /healthz and /readyz answer during recovery.
+                        host, port = metrics
+                        bound = await inner.start(_serve_metrics, app, host, port, metrics_scope)
+                        where = f"[{host}]" if ":" in host else host
+                        _say(f"metrics listening on http://{where}:{bound}/metrics")
                     for workflow in app.workflows:
                         await inner.start(workflow.run)
-                    gateway_scope = trio.CancelScope()
+                    servers_scope = trio.CancelScope()
                     if gateway is not None:
                         host, port = gateway
-                        bound = await inner.start(
-                            _serve_gateway, app, host, port, token, gateway_scope
+                        serve = functools.partial(
+                            serve_gateway,
+                            app.workflows,
+                            host,
+                            port,
+                            token=token,
+                            read_only_token=read_only_token,
                         )
-                        where = f"[{host}]" if ":" in host else host
+                        bound = await inner.start(
+                            _serve, f"gateway on {host}:{port}", serve, servers_scope
+                        )
                         # Tests and scripts read this line to find a port chosen by the system.
-                        _say(f"gateway listening on ws://{where}:{bound}/")
+                        _say(f"gateway listening on ws://{_where(host)}:{bound}/")
+                    if console is not None:
+                        host, port = console
+                        serve = functools.partial(
+                            serve_console,
+                            app.workflows,
+                            host,
+                            port,
+                            token=token,
+                            read_only_token=read_only_token,
+                        )
+                        bound = await inner.start(
+                            _serve, f"console on {host}:{port}", serve, servers_scope
+                        )
+                        _say(f"console listening on http://{_where(host)}:{bound}/")
                     _say(
                         f"worker running {', '.join(app.names)} (pid {os.getpid()}); "
                         "Ctrl-C or SIGTERM stops it gracefully"
@@ -78,9 +141,10 @@ async def serve_worker(app: App, gateway: tuple[str, int] | None, token: str | N
                         f"got {signal.Signals(received).name}: stopping gracefully (steps in "
                         "flight finish; send it again to stop at once)"
                     )
-                    gateway_scope.cancel()
+                    servers_scope.cancel()
                     for workflow in app.workflows:
                         workflow.stop()
+                    metrics_scope.cancel()
                     outer.start_soon(_force_on_signal, signals, inner.cancel_scope)
                 outer.cancel_scope.cancel()
         finally:
@@ -91,21 +155,43 @@ async def serve_worker(app: App, gateway: tuple[str, int] | None, token: str | N
     return received
 
 
-async def _serve_gateway(
-    app: App,
-    host: str,
-    port: int,
-    token: str | None,
+def _where(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def _serve(
+    what: str,
+    serve: Callable[..., Awaitable[None]],
     scope: trio.CancelScope,
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Run the gateway or the console (``serve``, which reports its bound port) in
+    ``scope``, so a stop signal ends it before the workflows stop."""
     with scope:
         try:
-            await serve_gateway(app.workflows, host, port, token=token, task_status=task_status)
+            await serve(task_status=task_status)
         except OSError as exc:
             reason = exc.strerror or str(exc)
-            raise CliError(f"cannot serve the gateway on {host}:{port}: {reason}") from None
+            raise CliError(f"cannot serve the {what}: {reason}") from None
+
+
+async def _serve_metrics(
+    app: App,
+    host: str,
+    port: int,
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    from actorflow._observe.http import serve_metrics
+
+    with scope:
+        try:
+            await serve_metrics(app.workflows, host, port, task_status=task_status)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise CliError(f"cannot serve the metrics on {host}:{port}: {reason}") from None
 
 
 async def _force_on_signal(signals: Any, scope: trio.CancelScope) -> None:

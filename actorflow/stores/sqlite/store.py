@@ -40,6 +40,12 @@ _FIRST_BACKOFF: Final = 0.001
 _MAX_BACKOFF: Final = 0.1
 WATCH_INTERVAL: Final = 0.05
 """Real seconds between two looks of the watcher thread at ``PRAGMA data_version``."""
+CHECKPOINT_GAP: Final = 0.05
+"""Real seconds between two checkpoints of the checkpointer thread (at most)."""
+WAL_BOUND_PAGES: Final = 16_384
+"""The writer checkpoints inline only when the WAL grew past this many pages (64 MiB at
+SQLite's default 4 KiB pages): the checkpointer thread could not keep up, or a reader held
+an old snapshot all along. Normally the WAL stays well below (see docs/stores.md)."""
 
 _RECORD_COLUMNS: Final = (
     "workflow_name, foreign_id, run_id, status, run_state, object, version, created_at, "
@@ -218,6 +224,69 @@ class _Watcher:
 
 
 @final
+class _Checkpointer:
+    """A thread that copies the write-ahead log back into the database file
+    (``PRAGMA wal_checkpoint(PASSIVE)``) on a connection of its own.
+
+    SQLite's own auto-checkpoint runs inside the ``COMMIT`` that crosses 1,000 WAL pages,
+    on the trio thread: a stall of milliseconds for whichever caller's write is in that
+    batch. Here the writer only nudges the thread after each transaction; a PASSIVE
+    checkpoint never waits for the writer nor blocks it, and releases the GIL while it
+    copies and syncs. The thread is started by the first write and ends with the store.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.checkpoints = 0
+        """Checkpoints done (read by tests and stats; written by the thread only)."""
+        self.done = threading.Condition()
+        self.thread = threading.Thread(
+            target=self._serve, name="actorflow-sqlite-checkpoint", daemon=True
+        )
+        self.thread.start()
+
+    def nudge(self) -> None:
+        """A transaction was committed: checkpoint soon."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def wait_for(self, checkpoints: int, timeout: float) -> bool:
+        """Block (in a worker thread) until ``checkpoints`` were done, or ``timeout``."""
+        with self.done:
+            return self.done.wait_for(lambda: self.checkpoints >= checkpoints, timeout)
+
+    def _serve(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            while True:
+                self._wake.wait()
+                if self._stop.is_set():
+                    return
+                self._wake.clear()
+                try:
+                    if conn is None:
+                        conn = sqlite3.connect(self._path, timeout=0, isolation_level=None)
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:  # busy, or the file went away: try again later
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                else:
+                    with self.done:
+                        self.checkpoints += 1
+                        self.done.notify_all()
+                self._stop.wait(CHECKPOINT_GAP)
+        finally:
+            if conn is not None:
+                conn.close()
+
+
+@final
 class SQLiteStore:
     """The embedded durable store: one SQLite file in WAL mode.
 
@@ -296,6 +365,7 @@ class SQLiteStore:
         """Connections opened so far (a reopened connection counts data_version anew)."""
         self._watcher: _Watcher | None = None
         self._feed.watch = self._watch
+        self._checkpointer: _Checkpointer | None = None
 
     def _watch(self) -> None:
         """Make sure a watcher thread reports other connections' commits to this trio run
@@ -309,6 +379,14 @@ class SQLiteStore:
         if watcher is not None:
             watcher.stop()
         self._watcher = _Watcher(self._path, token, self._noticed)
+
+    def _nudge_checkpointer(self) -> None:
+        checkpointer = self._checkpointer
+        if checkpointer is None or not checkpointer.thread.is_alive():
+            if self._closed:
+                return
+            checkpointer = self._checkpointer = _Checkpointer(self._path)
+        checkpointer.nudge()
 
     def _noticed(self) -> None:
         self.stats.changes_noticed += 1
@@ -394,6 +472,9 @@ class SQLiteStore:
                     "use a file on a local disk",
                 )
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            # Checkpoints run in a thread of their own (see _Checkpointer); the writer's
+            # COMMIT checkpoints inline only past this bound.
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_BOUND_PAGES}")
             # Deleted and overwritten content is zeroed, not left in free space: what
             # delete_data scrubs leaves no copy in the file (see _wipe_log for the WAL).
             conn.execute("PRAGMA secure_delete = ON")
@@ -514,6 +595,7 @@ class SQLiteStore:
                 return
             self.stats.transactions += 1
             self.stats.writes += len(batch)
+            self._nudge_checkpointer()
             self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
             # Commit order is event order: publish every stored record first, then answer.
             for write, (_, error) in zip(batch, outcomes, strict=True):
@@ -762,9 +844,13 @@ class SQLiteStore:
                 conditions.append("seq < ?" if descending else "seq > ?")
                 values.append(row[0])
             order = "DESC" if descending else "ASC"
+            # The page's seqs first (from an index alone where it can), then its rows.
+            index = _page_index(conn, workflow_name, flt, descending)
+            hint = f"INDEXED BY {index} " if index else ""
             rows = conn.execute(
-                f"SELECT {_RECORD_COLUMNS} FROM runs WHERE {' AND '.join(conditions)} "
-                f"ORDER BY seq {order} LIMIT ?",
+                f"SELECT {_RECORD_COLUMNS} FROM runs WHERE seq IN (SELECT seq FROM runs "
+                f"{hint}WHERE {' AND '.join(conditions)} ORDER BY seq {order} LIMIT ?) "
+                f"ORDER BY seq {order}",
                 (*values, flt.limit),
             ).fetchall()
             return [_decode_record(row) for row in rows]
@@ -791,15 +877,43 @@ class SQLiteStore:
             created_before=created_before,
         )
         where, args = _run_conditions(workflow_name, flt)
+        hint = ""
+        if flt.foreign_ids is not None:
+            hint = "INDEXED BY runs_by_foreign_id "
+        elif flt.run_states is not None and flt.statuses is None:
+            hint = "INDEXED BY runs_by_run_state "  # SQLite prefers the status index
         sql = (
-            f"SELECT status, run_state, count(*) FROM runs WHERE {' AND '.join(where)} "
+            f"SELECT status, run_state, count(*) FROM runs {hint}WHERE {' AND '.join(where)} "
             "GROUP BY status, run_state"
         )
 
         def query(conn: sqlite3.Connection) -> dict[tuple[int, RunState], int]:
             return {(s, RunState(st)): n for s, st, n in conn.execute(sql, args)}
 
-        return await self._read("count_runs", query)
+        # Counting reads every matching run (a second or more for a million): on a
+        # connection of its own in a worker thread, so the trio thread runs on meanwhile.
+        return await self._read_in_thread("count_runs", query)
+
+    async def _read_in_thread(self, what: str, query: Callable[[sqlite3.Connection], R]) -> R:
+        """Run a long read-only ``query`` on a new connection in a worker thread (WAL
+        readers never wait for the writer). Under trio's autojump clock, virtual time
+        may run on meanwhile (trio issue #456)."""
+        self._connection()  # raises when closed
+
+        def run() -> R:
+            try:
+                conn = sqlite3.connect(self._path, isolation_level=None, timeout=5.0)
+            except sqlite3.Error as exc:
+                raise self._error(f"{what} failed", exc) from exc
+            try:
+                conn.execute("PRAGMA query_only = 1")
+                return query(conn)
+            except sqlite3.Error as exc:
+                raise self._error(f"{what} failed", exc) from exc
+            finally:
+                conn.close()
+
+        return await trio.to_thread.run_sync(run)
 
     async def history(self, workflow_name: str, run_id: str) -> list[RawRecord]:
         def query(conn: sqlite3.Connection) -> list[RawRecord]:
@@ -897,6 +1011,9 @@ class SQLiteStore:
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         if self._leading and self._idle is not None:
             with trio.CancelScope(shield=True):
                 await self._idle.wait()
@@ -1046,6 +1163,71 @@ def _apply_commit(
 
 
 # -- encoding --------------------------------------------------------------------------
+
+
+_NARROW: Final = 40_000
+"""A creation-time or foreign-id-prefix range with fewer runs than this is read from its
+index and sorted; a wider one is walked in creation order (see ``_page_index``)."""
+
+
+def _page_index(
+    conn: sqlite3.Connection, workflow_name: str, flt: RunFilter, descending: bool
+) -> str | None:
+    """The index a page of ``flt`` should be read with, None to leave it to SQLite.
+
+    SQLite cannot know how many runs a range holds (no statistics unless ANALYZE ran), and
+    guessing wrong costs a sort of the whole range, or a walk past every run outside it.
+    A capped count on the range's own index (at most ``_NARROW`` index entries) decides:
+    a narrow range is read whole from its index (covering: no row is read) and sorted; a
+    wide one is walked in creation order, where matches come soon. Measured by
+    bench/console_queries.py."""
+    if flt.foreign_ids is not None:
+        return "runs_by_foreign_id"  # a few runs per id
+    ranges: list[tuple[int, str]] = []
+    if flt.created_after is not None or flt.created_before is not None:
+        where, args = ["workflow_name = ?"], [workflow_name]
+        if flt.created_after is not None:
+            where.append("created_at >= ?")
+            args.append(_to_text(flt.created_after))
+        if flt.created_before is not None:
+            where.append("created_at < ?")
+            args.append(_to_text(flt.created_before))
+        ranges.append((_capped_count(conn, "runs_by_created", where, args), "runs_by_created"))
+    if flt.foreign_id_prefix is not None:
+        prefix = flt.foreign_id_prefix
+        where, args = ["workflow_name = ?", "foreign_id >= ?"], [workflow_name, prefix]
+        upper = prefix_upper_bound(prefix)
+        if upper is not None:
+            where.append("foreign_id < ?")
+            args.append(upper)
+        ranges.append(
+            (_capped_count(conn, "runs_by_foreign_id", where, args), "runs_by_foreign_id")
+        )
+    if not ranges:
+        return None
+    size, index = min(ranges)
+    if size < _NARROW:
+        return index
+    # A wide range: walk in creation order, unless a creation-time range starts far from
+    # where the walk starts (many runs created on the walk's side of it).
+    far_side = flt.created_before if descending else flt.created_after
+    if index == "runs_by_created" and far_side is not None:
+        where = ["workflow_name = ?", "created_at >= ?" if descending else "created_at < ?"]
+        far = _capped_count(conn, "runs_by_created", where, [workflow_name, _to_text(far_side)])
+        if far >= _NARROW:
+            return "runs_by_created"
+    if flt.statuses is None and flt.run_states is None:
+        return "runs_by_workflow"
+    return None  # a status or run state index walks in creation order too
+
+
+def _capped_count(conn: sqlite3.Connection, index: str, where: list[str], args: list[Any]) -> int:
+    row = conn.execute(
+        f"SELECT count(*) FROM (SELECT 1 FROM runs INDEXED BY {index} "
+        f"WHERE {' AND '.join(where)} LIMIT {_NARROW})",
+        args,
+    ).fetchone()
+    return int(row[0])
 
 
 def _run_conditions(workflow_name: str, flt: RunFilter) -> tuple[list[str], list[Any]]:
