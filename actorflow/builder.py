@@ -356,11 +356,21 @@ class Builder(Generic[T, S]):
                   worker's shards are taken over after at most this long.
                 - ``ownership``: which runs this process works on (an ``Ownership``;
                   default: the store's shard leases, or every run).
+                - ``metrics``: a ``prometheus_client.CollectorRegistry`` to report the
+                  workflow's metrics to (docs/metrics.md); None (the default): the global
+                  registry when ``actorflow[metrics]`` is installed, else none; False: none.
+                - ``tracing``: True: an OpenTelemetry span per step, callback, timeout, hook
+                  and connector call, from the global tracer provider (or pass a
+                  TracerProvider); needs ``actorflow[otel]``. Default False.
         """
         from actorflow.stores import Store as StoreProtocol
         from actorflow.workflow import Workflow
 
         settings = BuildSettings.from_options(options)
+        from actorflow._observe import metrics_registry, tracer_provider
+
+        metrics_registry(settings.metrics)  # BuildError now: a wrong value, a missing extra
+        tracer_provider(settings.tracing)
         if not isinstance(store, StoreProtocol):
             raise BuildError(f"workflow {self.name!r}: {store!r} is not a store")
         if settings.streamer is not None:

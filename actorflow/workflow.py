@@ -24,6 +24,7 @@ from actorflow._model.errors import (
     VersionConflict,
 )
 from actorflow._model.options import Options
+from actorflow._model.process import ProcessState
 from actorflow._model.record import RawRecord, Record, Timer, new_run_id
 from actorflow._model.run import Run
 from actorflow._model.run_state import RunState
@@ -32,6 +33,7 @@ from actorflow._model.statuses import parse_status
 from actorflow._model.text import check_text
 from actorflow._runtime.actor import Op, Stopped
 from actorflow._runtime.engine import NO_TIMERS, Engine, log
+from actorflow._runtime.observe import Observer, process_name
 from actorflow._runtime.ports import Ownership, Service
 from actorflow._runtime.supervisor import Supervisor
 from actorflow._services.context import ServiceContext
@@ -78,6 +80,29 @@ class Workflow(Generic[T, S]):
         self._max_active_runs = settings.max_active_runs
         self._streamer = settings.streamer
         self._supervisor: Supervisor[T, S] | None = None
+        self._declare_services()
+        from actorflow._observe import make_observer
+
+        self._engine.observer = make_observer(self, settings.metrics, settings.tracing)
+
+    def _declare_services(self) -> None:
+        """Name the service processes ``states()`` reports before they first run."""
+        engine = self._engine
+        if self._definition.hooks:
+            from actorflow._services.hooks import STATE_OF_HOOK, hook_process
+
+            for kind in self._definition.hooks:
+                if kind in STATE_OF_HOOK:
+                    engine.service(hook_process(kind))
+        for spec in self._definition.connectors:
+            engine.service(
+                process_name(spec.name, "connector-consumer"),
+                spec.options.lag_alert.total_seconds(),
+            )
+        if self._streamer is not None:
+            from actorflow._services.relay import PROCESS
+
+            engine.service(PROCESS)
 
     # -- description -------------------------------------------------------------------------
 
@@ -121,6 +146,49 @@ class Workflow(Generic[T, S]):
     def graph(self) -> str:
         """The workflow as a Mermaid ``stateDiagram-v2`` text."""
         return self._definition.mermaid()
+
+    @property
+    def observer(self) -> Observer | None:
+        """Where the workflow reports metrics and spans (None: both off)."""
+        return self._engine.observer
+
+    def states(self) -> dict[str, ProcessState]:
+        """Each process of the workflow in this process and its state, as luno/workflow's
+        ``States()``: the step consumers (``<status>-consumer``), timeout consumers
+        (``<status>-timeout-consumer``), ``timers``, hooks, connectors
+        (``<name>-connector-consumer``), the relay (``outbox-consumer``), schedules
+        (``<foreign id>-scheduler-<spec>``) and, with scale-out, ``shard-ownership``."""
+        engine = self._engine
+        supervisor = self._supervisor
+        if supervisor is None:
+            found = dict.fromkeys(
+                [p.name for p in engine.step_processes.values()]
+                + [p.name for p in engine.timeout_processes.values()]
+                + ["timers"],
+                ProcessState.STOPPED,
+            )
+            standby = False
+        else:
+            found = supervisor.states()
+            standby = supervisor.serving and not supervisor.leads()
+        for name, process in engine.services.items():
+            state = process.state
+            if standby and state is ProcessState.STOPPED:
+                state = ProcessState.IDLE  # another process leads: this one stands by
+            found[name] = state
+        return found
+
+    def _runtime_counts(self) -> tuple[int, int, int]:
+        """(run actors, runs waiting for a slot, runs with an armed timer) in this process."""
+        supervisor = self._supervisor
+        return (0, 0, 0) if supervisor is None else supervisor.counts()
+
+    @property
+    def ready(self) -> bool:
+        """True while :meth:`run` serves the workflow here, recovered and taking work (with
+        scale-out: holding its share of shard leases). What ``/readyz`` reports."""
+        supervisor = self._supervisor
+        return supervisor is not None and supervisor.ready
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r} on {self._store!r}>"
@@ -197,6 +265,11 @@ class Workflow(Generic[T, S]):
             from actorflow._services.relay import run_relay
 
             services.append(lambda: run_relay(self._service_context(), self._streamer))
+        refresh = getattr(self._engine.observer, "refresh_run_counts", None)
+        for observer in getattr(self._engine.observer, "observers", ()):
+            refresh = getattr(observer, "refresh_run_counts", refresh)
+        if refresh is not None and hasattr(self._store, "count_runs"):
+            services.append(refresh)
         return services
 
     def _service_context(self) -> ServiceContext:
@@ -209,6 +282,8 @@ class Workflow(Generic[T, S]):
             poll_interval=self._poll_interval,
             handle=self,
             check_trigger_args=self.check_trigger_args,
+            observer=self._engine.observer,
+            service=self._engine.service,
         )
 
     # -- argument checks -------------------------------------------------------------------------
@@ -300,7 +375,7 @@ class Workflow(Generic[T, S]):
             version=1,
             created_at=now,
             updated_at=now,
-            meta=self._engine.first_meta(status),
+            meta=self._engine.first_meta(status, self._trace_origin()),
         )
         timers = NO_TIMERS
         if status in definition.timeouts:
@@ -317,6 +392,11 @@ class Workflow(Generic[T, S]):
             if status in definition.steps:
                 supervisor.wake(raw.run_id, stored, timers)
         return raw.run_id
+
+    def _trace_origin(self) -> str:
+        """The traceparent of the trace active in the caller (tracing on), else ""."""
+        observer = self._engine.observer
+        return "" if observer is None else observer.trace_origin()
 
     async def schedule_trigger(
         self,
@@ -626,11 +706,12 @@ class Workflow(Generic[T, S]):
                 )
             return None
         engine = self._engine
+        parent = self._trace_origin()  # the caller's trace: the callback's span continues it
 
         async def op(raw: RawRecord) -> tuple[RawRecord | None, list[Timer] | None, Any]:
             if raw.status != int(wanted) or not raw.run_state.active:
                 return None, None, None
-            new, timers = await engine.callback(raw, int(wanted), payload)
+            new, timers = await engine.callback(raw, int(wanted), payload, parent=parent)
             return new, timers, (engine.typed(new) if new is not None else None)
 
         result: Record[T, S] | None = await self._perform(latest.run_id, op)

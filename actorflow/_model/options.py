@@ -39,6 +39,8 @@ class Options:
         max_error_backoff: cap of the retry delay.
         consume_lag: only act on a run that has been at the status at least this long.
         max_concurrency: at most this many runs execute this function at once (None: no cap).
+        lag_alert: alert (the ``workflow_process_lag_alert`` gauge and a warning log) when a
+            step or connector takes up a run or event older than this (0: no alert).
     """
 
     pause_after_errors: int = attrs.field(default=0, validator=_non_negative_int)
@@ -50,6 +52,7 @@ class Options:
     )
     consume_lag: timedelta = attrs.field(default=timedelta(0), validator=_non_negative_delta)
     max_concurrency: int | None = attrs.field(default=None, validator=_concurrency)
+    lag_alert: timedelta = attrs.field(default=timedelta(0), validator=_non_negative_delta)
 
     def merged(self, overrides: dict[str, Any], where: str) -> Options:
         """These options with ``overrides`` applied; BuildError names an unknown option."""

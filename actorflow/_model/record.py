@@ -50,9 +50,15 @@ class Meta:
     """Consecutive errors of the current step when the version was stored."""
     error_message: str = ""
     """The last error, when the run was paused because of errors."""
+    trace_origin: str = ""
+    """The W3C ``traceparent`` of the trace that was active when the run was triggered
+    (tracing on; luno/workflow's ``Meta.TraceOrigin``): the parent of its steps' spans."""
 
     def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        data = attrs.asdict(self)
+        if not self.trace_origin:
+            del data["trace_origin"]  # stored only when there is one
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Meta:

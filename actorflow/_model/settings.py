@@ -99,6 +99,11 @@ class BuildSettings:
     ownership: Any = None
     """Which runs this process works on (an ``Ownership``); None: the store's shard leases
     when it has them (PostgreSQL), else every run."""
+    metrics: Any = None
+    """A ``prometheus_client.CollectorRegistry``, None (the global one when installed),
+    True or False (checked by ``actorflow._observe``, which imports prometheus-client)."""
+    tracing: Any = False
+    """True, False or an OpenTelemetry TracerProvider (checked by ``actorflow._observe``)."""
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> BuildSettings:

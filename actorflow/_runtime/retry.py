@@ -10,8 +10,8 @@ Loops that keep counters of their own between attempts (connectors, the relay) u
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import trio
 
@@ -27,8 +27,10 @@ async def retrying(
     what: str,
     log: logging.Logger,
     retry_on: type[Exception] | tuple[type[Exception], ...] = Exception,
+    extra: Mapping[str, Any] | None = None,
 ) -> R:
-    """``await call()`` until it succeeds; log each failure (``what`` says what failed).
+    """``await call()`` until it succeeds; log each failure (``what`` says what failed;
+    ``extra``: the log record's fields, such as the workflow's and run's identifiers).
 
     Exceptions other than ``retry_on`` (and ``trio.Cancelled``) propagate at once.
     """
@@ -40,6 +42,11 @@ async def retrying(
             failures += 1
             delay = options.retry_seconds(failures)
             log.warning(
-                "%s failed (attempt %d, retrying in %.3g s): %s", what, failures, delay, exc
+                "%s failed (attempt %d, retrying in %.3g s): %s",
+                what,
+                failures,
+                delay,
+                exc,
+                extra={**(extra or {}), "error_count": failures},
             )
             await trio.sleep(delay)

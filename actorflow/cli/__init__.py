@@ -96,6 +96,12 @@ def parser() -> argparse.ArgumentParser:
         "--read-only-token",
         help=f"a second token that may look but not steer (default: ${READ_ONLY_TOKEN_ENV})",
     )
+    worker.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics, /healthz and /readyz there (port 0: any); "
+        "needs actorflow[metrics]",
+    )
     worker.set_defaults(handler=_cli_worker.worker)
 
     runs = commands.add_parser("runs", help="list runs, show one, show its history")

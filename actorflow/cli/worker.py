@@ -53,9 +53,23 @@ def worker(args: argparse.Namespace) -> int:
         raise UsageError("--read-only-token needs --token (without one everybody may steer)")
     if read_only_token is not None and gateway is None and console is None:
         raise UsageError("--read-only-token only makes sense with --gateway or --console")
+    metrics = parse_host_port(args.metrics, "--metrics") if args.metrics else None
+    if metrics is not None:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            raise UsageError(
+                "--metrics needs prometheus-client: pip install 'actorflow[metrics]'"
+            ) from None
     stopped_by = trio.run(
         functools.partial(
-            serve_worker, app, gateway, token, console=console, read_only_token=read_only_token
+            serve_worker,
+            app,
+            gateway,
+            token,
+            console=console,
+            read_only_token=read_only_token,
+            metrics=metrics,
         )
     )
     # Ctrl-C (SIGINT) is an interruption (130, like every command); SIGTERM a normal stop.
@@ -69,6 +83,7 @@ async def serve_worker(
     *,
     console: tuple[str, int] | None = None,
     read_only_token: str | None = None,
+    metrics: tuple[str, int] | None = None,
 ) -> int | None:
     """Serve until a stop signal: stop the gateway and the console, let steps in flight
     finish (each workflow's grace period), close the stores. A second signal cancels at
@@ -78,6 +93,13 @@ async def serve_worker(
         try:
             async with trio.open_nursery() as outer:
                 async with trio.open_nursery() as inner:
+                    metrics_scope = trio.CancelScope()
+                    if metrics is not None:
+                        # Before the workflows: /healthz and /readyz answer during recovery.
+                        host, port = metrics
+                        bound = await inner.start(_serve_metrics, app, host, port, metrics_scope)
+                        where = f"[{host}]" if ":" in host else host
+                        _say(f"metrics listening on http://{where}:{bound}/metrics")
                     for workflow in app.workflows:
                         await inner.start(workflow.run)
                     servers_scope = trio.CancelScope()
@@ -122,6 +144,7 @@ async def serve_worker(
                     servers_scope.cancel()
                     for workflow in app.workflows:
                         workflow.stop()
+                    metrics_scope.cancel()
                     outer.start_soon(_force_on_signal, signals, inner.cancel_scope)
                 outer.cancel_scope.cancel()
         finally:
@@ -151,6 +174,24 @@ async def _serve(
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise CliError(f"cannot serve the {what}: {reason}") from None
+
+
+async def _serve_metrics(
+    app: App,
+    host: str,
+    port: int,
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    from actorflow._observe.http import serve_metrics
+
+    with scope:
+        try:
+            await serve_metrics(app.workflows, host, port, task_status=task_status)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise CliError(f"cannot serve the metrics on {host}:{port}: {reason}") from None
 
 
 async def _force_on_signal(signals: Any, scope: trio.CancelScope) -> None:

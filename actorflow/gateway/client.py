@@ -353,7 +353,7 @@ class GatewayClient:
             args["start"] = _status(start)
         if initial is not None:
             args["initial"] = initial if isinstance(initial, Mapping) else _unstructure(initial)
-        run_id: str = await self._call("trigger", **args)
+        run_id: str = await self._call("trigger", **args, **_trace_context())
         return run_id
 
     async def await_status(
@@ -392,6 +392,7 @@ class GatewayClient:
             foreign_id=foreign_id,
             status=_status(status),
             payload=base64.b64encode(bytes(payload)).decode("ascii"),
+            **_trace_context(),
         )
         return record
 
@@ -687,3 +688,14 @@ def _reraise_bare(exc: BaseException) -> NoReturn:
     finally:
         exc.__context__ = context
         del exc, context
+
+
+def _trace_context() -> dict[str, str]:
+    """The caller's W3C ``traceparent`` (with actorflow[otel] and a span active), so the
+    run's trace continues the caller's across the gateway."""
+    try:
+        from actorflow._observe.tracing import current_traceparent
+    except ImportError:
+        return {}
+    traceparent = current_traceparent()
+    return {"traceparent": traceparent} if traceparent else {}

@@ -161,6 +161,7 @@ OPS: Final[Mapping[str, tuple[Arg, ...]]] = {
         _FOREIGN_ID,
         Arg("start", ArgKind.STATUS, required=False),
         Arg("initial", ArgKind.OBJECT, required=False),
+        Arg("traceparent", ArgKind.TEXT, required=False),
     ),
     "await_status": (
         _WORKFLOW,
@@ -174,6 +175,7 @@ OPS: Final[Mapping[str, tuple[Arg, ...]]] = {
         _FOREIGN_ID,
         Arg("status", ArgKind.STATUS),
         Arg("payload", ArgKind.BASE64),
+        Arg("traceparent", ArgKind.TEXT, required=False),
     ),
     "lookup": (_WORKFLOW, _RUN_ID),
     "latest": (_WORKFLOW, _FOREIGN_ID),

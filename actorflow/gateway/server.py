@@ -24,6 +24,7 @@ import trio
 import trio_websocket
 
 from actorflow._model.errors import InvalidArgument, Lagged
+from actorflow._observe import live_gateways
 from actorflow.gateway.protocol import (
     INLINE_OPS,
     STEERING_OPS,
@@ -309,6 +310,9 @@ class Gateway:
         self.refusals = RefusalLimiter(
             settings.max_refused_handshakes, settings.refused_handshake_window
         )
+        self.subscriptions = 0
+        """Live subscriptions over all connections (a metric)."""
+        live_gateways.add(self)
 
     async def handle_stream(self, stream: trio.SocketStream) -> None:
         """Serve one TCP connection; nothing that goes wrong in it escapes."""
@@ -680,6 +684,19 @@ class Connection:
 
     async def _perform(self, request: Request) -> object:
         args = check_args(request)
+        traceparent = args.pop("traceparent", None)
+        if traceparent:
+            # The caller's W3C trace context: the run's trace continues the caller's.
+            try:
+                from actorflow._observe.tracing import continue_trace
+            except ImportError:  # no actorflow[otel] here: nothing to continue
+                pass
+            else:
+                with continue_trace(traceparent):
+                    return await self._perform_op(request, args)
+        return await self._perform_op(request, args)
+
+    async def _perform_op(self, request: Request, args: dict[str, Any]) -> object:
         wf = self._workflow(request, args["workflow"])
         statuses: type[enum.IntEnum] = wf.status_type
         op = request.op
@@ -768,9 +785,13 @@ class Connection:
                     ) as stream:
                         await self._send(reply_ok(request.id, {"subscription": request.id}))
                         acknowledged = True
-                        async for record in stream:
-                            event = event_record(request.id, record_to_json(record, wf.object_type))
-                            await self._send(event)
+                        self._gateway.subscriptions += 1
+                        try:
+                            async for record in stream:
+                                json_record = record_to_json(record, wf.object_type)
+                                await self._send(event_record(request.id, json_record))
+                        finally:
+                            self._gateway.subscriptions -= 1
                 except Lagged:
                     await self._send(event_lagged(request.id))
                 except Exception as exc:
