@@ -26,6 +26,7 @@ from actorflow._model.errors import (
 )
 from actorflow._model.record import Event, Meta, RawRecord, Timer
 from actorflow._model.run_state import RunState
+from actorflow.stores import realtime
 from actorflow.stores.feed import ChangeFeed
 from actorflow.stores.filters import RunFilter, prefix_upper_bound
 from actorflow.stores.messages import in_progress, no_foreign_run, no_run
@@ -710,11 +711,13 @@ class SQLiteStore:
         """Checkpoint the WAL into the database file and truncate it to zero bytes.
 
         The WAL holds every page written since the last checkpoint, old objects included;
-        ``secure_delete`` zeroes them in the database file. Another process reading an
-        older snapshot keeps the checkpoint from finishing: retried with back-off for up
-        to ``lock_timeout``, then StoreError (the scrub itself is stored).
+        ``secure_delete`` zeroes them in the database file. Another connection reading an
+        older snapshot (or checkpointing: the checkpointer thread) keeps the checkpoint
+        from finishing: retried with back-off for up to ``lock_timeout`` seconds of real
+        time (the other connections live in real time, also under a virtual clock), then
+        StoreError (the scrub itself is stored).
         """
-        deadline = trio.current_time() + self._lock_timeout
+        deadline = realtime.now() + self._lock_timeout
         delay = _FIRST_BACKOFF
         while True:
             await trio.lowlevel.checkpoint()
@@ -729,7 +732,7 @@ class SQLiteStore:
                 problem = str(exc)
             if not problem:
                 return
-            now = trio.current_time()
+            now = realtime.now()
             if now >= deadline:
                 raise self._fail(
                     f"run {run_id}: its data is scrubbed in the database, but the write-ahead "
@@ -737,7 +740,7 @@ class SQLiteStore:
                     f"{self._lock_timeout:g} s ({problem})",
                     "call delete_data again when the other processes are idle",
                 )
-            await trio.sleep(min(delay, deadline - now))
+            await realtime.sleep(min(delay, deadline - now))
             delay = min(delay * 2, _MAX_BACKOFF)
 
     async def set_cursor(self, name: str, value: str) -> None:
