@@ -533,6 +533,21 @@ def test_sasl_tls_and_timeouts_pass_through_and_secrets_stay_hidden() -> None:
     assert "s3cret" not in repr(streamer)
 
 
+async def test_actorflow_imports_without_confluent_kafka() -> None:
+    script = (
+        "import sys; sys.modules['confluent_kafka'] = None\n"
+        "import actorflow as af\n"
+        "try:\n"
+        "    af.KafkaStreamer('localhost:9092')\n"
+        "except af.ActorflowError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = await trio.run_process(
+        [sys.executable, "-c", script], cwd=ROOT, capture_stdout=True, capture_stderr=True
+    )
+    assert "pip install actorflow[kafka]" in result.stdout.decode(), result.stderr
+
+
 def test_without_confluent_kafka_the_error_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
