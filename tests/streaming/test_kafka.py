@@ -207,6 +207,43 @@ async def test_transitions_go_through_kafka_to_another_workflows_connector(
 
 
 @kafka
+async def test_consume_lag_and_error_backoff_apply_to_a_kafka_source(
+    streamer: af.KafkaStreamer,
+) -> None:
+    sent = ConnectorEvent(id="e1", foreign_id="f1", type="x", created_at=datetime.now(UTC))
+    attempts: list[float] = []
+    first_seen: list[datetime] = []
+    handled = trio.Event()
+
+    async def flaky(workflow: Any, event: ConnectorEvent) -> None:
+        attempts.append(trio.current_time())
+        first_seen.append(datetime.now(UTC))
+        if len(attempts) == 1:
+            raise RuntimeError("first attempt fails")
+        handled.set()
+
+    builder = af.Builder("lagging", Note, Step)
+    builder.add_step(Step.PLACED, _done, to=Step.DONE)
+    builder.add_connector(
+        "feed",
+        streamer.source("feed"),
+        flaky,
+        consume_lag=timedelta(seconds=1),
+        error_backoff=timedelta(milliseconds=300),
+    )
+    workflow = builder.build(af.MemoryStore())
+    async with af.open_workflow(workflow):
+        async with streamer.open_sender("feed") as sender:
+            await sender.send(sent)
+        with trio.fail_after(WAIT):
+            await handled.wait()
+    assert first_seen[0] - sent.created_at >= timedelta(seconds=1)  # held for consume_lag
+    assert attempts[1] - attempts[0] >= 0.3  # then backed off once
+    stats = connector_stats(workflow)["feed"]
+    assert stats.errors == 1 and "first attempt fails" in stats.last_error
+
+
+@kafka
 async def test_a_relay_republication_is_delivered_once(streamer: af.KafkaStreamer) -> None:
     sent = [event(n, "t") for n in range(4)]
     async with streamer.open_sender("t") as sender:
