@@ -19,6 +19,7 @@ from actorflow._model.errors import StoreError as StoreError
 from actorflow._model.errors import VersionConflict as VersionConflict
 from actorflow._model.errors import WorkflowInProgress as WorkflowInProgress
 from actorflow._model.options import Options as Options
+from actorflow._model.process import ProcessState as ProcessState
 from actorflow._model.record import Meta as Meta
 from actorflow._model.record import Record as Record
 from actorflow._model.run import Run as Run
@@ -65,6 +66,7 @@ __all__ = [
     "VersionConflict",
     "WorkflowInProgress",
     "Options",
+    "ProcessState",
     "Meta",
     "Record",
     "Run",

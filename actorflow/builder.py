@@ -6,12 +6,10 @@ import enum
 import functools
 import inspect
 from collections.abc import Callable, Sequence
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
 import attrs
 
-from actorflow._model.clock import Clock, SystemClock
 from actorflow._model.codec import ObjectCodec
 from actorflow._model.definition import (
     CallbackSpec,
@@ -24,6 +22,9 @@ from actorflow._model.definition import (
 )
 from actorflow._model.errors import BuildError
 from actorflow._model.options import Options, check_options_for
+from actorflow._model.settings import BuildSettings
+from actorflow._model.statuses import parse_status
+from actorflow._model.text import is_valid_text
 from actorflow._model.timers import TimerFn
 
 if TYPE_CHECKING:
@@ -87,8 +88,10 @@ class Builder(Generic[T, S]):
     """
 
     def __init__(self, name: str, object_type: type[T], status_type: type[S]) -> None:
-        if not isinstance(name, str) or not name or len(name) > 200:
-            raise BuildError(f"workflow name must be a non-empty string, not {name!r}")
+        if not isinstance(name, str) or not name or len(name) > 200 or not is_valid_text(name):
+            raise BuildError(
+                f"workflow name must be a non-empty string of valid text, not {name!r}"
+            )
         if not (isinstance(status_type, type) and issubclass(status_type, enum.IntEnum)):
             raise BuildError(
                 f"workflow {name!r}: status_type must be an IntEnum, not {status_type!r}"
@@ -165,8 +168,11 @@ class Builder(Generic[T, S]):
 
     def add_connector(self, name: str, source: Any, fn: Callable[..., Any], **options: Any) -> None:
         """``async def fn(workflow, event)`` for every event of ``source`` (at least once)."""
-        if not isinstance(name, str) or not name:
-            raise BuildError(f"workflow {self.name!r}: connector name must be a non-empty string")
+        if not isinstance(name, str) or not name or not is_valid_text(name):
+            raise BuildError(
+                f"workflow {self.name!r}: connector name must be a non-empty string of valid "
+                f"text, not {name!r}"
+            )
         self._check_fn(fn, "connector")
         check_options_for("connector", options, f"workflow {self.name!r}: connector {name!r}")
         self._connectors.append(ConnectorSpec(name, source, fn, Options()))
@@ -203,20 +209,10 @@ class Builder(Generic[T, S]):
     # -- building --------------------------------------------------------------------------
 
     def _status(self, value: Any, where: str) -> S:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise BuildError(f"workflow {self.name!r}: {where}: {value!r} is not a status")
-        if isinstance(value, enum.Enum) and not isinstance(value, self.status_type):
-            raise BuildError(
-                f"workflow {self.name!r}: {where}: {value!r} is not a member of "
-                f"{self.status_type.__name__}"
-            )
         try:
-            status = self.status_type(value)
-        except ValueError:
-            raise BuildError(
-                f"workflow {self.name!r}: {where}: {value!r} is not a member of "
-                f"{self.status_type.__name__}"
-            ) from None
+            status = parse_status(self.status_type, value)
+        except ValueError as exc:
+            raise BuildError(f"workflow {self.name!r}: {where}: {exc}") from None
         if status <= 0:
             raise BuildError(
                 f"workflow {self.name!r}: {where}: status {status.name}={int(status)} is reserved "
@@ -332,98 +328,59 @@ class Builder(Generic[T, S]):
             declared=declared,
         )
 
-    def build(
-        self,
-        store: Store,
-        *,
-        clock: Clock | None = None,
-        default_options: Options | dict[str, Any] | None = None,
-        resume_paused_after: timedelta | None = timedelta(hours=1),
-        scrub: Callable[[T], T] | None = None,
-        grace_period: timedelta = timedelta(seconds=10),
-        poll_interval: timedelta = timedelta(seconds=1),
-        max_active_runs: int = 2_000,
-        streamer: Any = None,
-        shards: int = 16,
-        lease: timedelta = timedelta(seconds=10),
-    ) -> Workflow[T, S]:
+    def build(self, store: Store, **options: Any) -> Workflow[T, S]:
         """Validate the graph and bind it to a store. Raises BuildError.
 
         Args:
             store: where runs live (MemoryStore, SQLiteStore, PostgresStore).
-            clock: wall clock (``actorflow.testing.trio_clock`` in tests).
-            default_options: options for every step, timeout and connector.
-            resume_paused_after: paused runs resume after this long (None: never).
-            scrub: ``delete_data`` replaces the object with ``scrub(object)``
-                (default: a new object from the type's defaults).
-            grace_period: how long ``stop()`` lets steps in flight finish.
-            poll_interval: how often to look for work written by other processes.
-            max_active_runs: at most this many runs are worked on at once in this process;
-                more wait their turn as ids (first in, first out) and reuse the tasks
-                of runs that finish. Raise it for steps that mostly wait on slow I/O.
-            streamer: an EventStreamer to publish every transition to (a StoreLogStreamer
-                must be over ``store`` itself).
-            shards: with a store that supports scale-out (PostgreSQL), runs are split into
-                this many shards, leased by the worker processes.
-            lease: how long a shard lease lasts without renewal; a dead worker's shards are
-                taken over after at most this long.
+            **options: build options (each checked by ``BuildSettings``):
+
+                - ``clock``: wall clock (``actorflow.testing.trio_clock`` in tests).
+                - ``default_options``: options for every step, timeout and connector (an
+                  ``af.Options`` or a dict of option names and values).
+                - ``resume_paused_after``: paused runs resume after this long (None: never;
+                  default 1 hour).
+                - ``scrub``: ``delete_data`` replaces the object with ``scrub(object)``
+                  (default: a new object from the type's defaults).
+                - ``grace_period``: how long ``stop()`` lets steps in flight finish (10 s).
+                - ``poll_interval``: how often to look for work written by other processes.
+                - ``max_active_runs``: at most this many runs are worked on at once in this
+                  process (2,000); more wait their turn as ids (first in, first out) and
+                  reuse the tasks of runs that finish. Raise it for steps that mostly wait
+                  on slow I/O.
+                - ``streamer``: an EventStreamer to publish every transition to (a
+                  StoreLogStreamer must be over ``store`` itself).
+                - ``shards``: with a store that supports scale-out (PostgreSQL), runs are
+                  split into this many shards (16), leased by the worker processes.
+                - ``lease``: how long a shard lease lasts without renewal (10 s); a dead
+                  worker's shards are taken over after at most this long.
+                - ``ownership``: which runs this process works on (an ``Ownership``;
+                  default: the store's shard leases, or every run).
+                - ``metrics``: a ``prometheus_client.CollectorRegistry`` to report the
+                  workflow's metrics to (docs/metrics.md); None (the default): the global
+                  registry when ``actorflow[metrics]`` is installed, else none; False: none.
+                - ``tracing``: True: an OpenTelemetry span per step, callback, timeout, hook
+                  and connector call, from the global tracer provider (or pass a
+                  TracerProvider); needs ``actorflow[otel]``. Default False.
         """
+        from actorflow.stores import Store as StoreProtocol
         from actorflow.workflow import Workflow
 
-        if isinstance(default_options, dict):
-            options = Options().merged(default_options, "default_options")
-        elif default_options is None or isinstance(default_options, Options):
-            options = default_options or Options()
-        else:
-            raise BuildError(
-                f"default_options must be an af.Options or a dict, not {default_options!r}"
-            )
-        if resume_paused_after is not None and (
-            not isinstance(resume_paused_after, timedelta) or resume_paused_after < timedelta(0)
-        ):
-            raise BuildError(
-                f"resume_paused_after must be a timedelta >= 0 or None, not {resume_paused_after!r}"
-            )
-        if not isinstance(grace_period, timedelta) or grace_period < timedelta(0):
-            raise BuildError(f"grace_period must be a timedelta >= 0, not {grace_period!r}")
-        if not isinstance(poll_interval, timedelta) or poll_interval < timedelta(milliseconds=10):
-            raise BuildError(f"poll_interval must be a timedelta >= 10 ms, not {poll_interval!r}")
-        if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= 4096:
-            raise BuildError(f"shards must be an int from 1 to 4096, not {shards!r}")
-        if not isinstance(lease, timedelta) or lease < timedelta(seconds=1):
-            raise BuildError(f"lease must be a timedelta of at least 1 s, not {lease!r}")
-        if not isinstance(max_active_runs, int) or max_active_runs < 1:
-            raise BuildError(f"max_active_runs must be an int >= 1, not {max_active_runs!r}")
-        if clock is None:
-            clock = SystemClock()
-        if not callable(getattr(clock, "now", None)):
-            raise BuildError(
-                f"clock must have a now() method returning an aware datetime, not {clock!r}"
-            )
-        from actorflow.stores import Store as StoreProtocol
+        settings = BuildSettings.from_options(options)
+        from actorflow._observe import metrics_registry, tracer_provider
 
+        metrics_registry(settings.metrics)  # BuildError now: a wrong value, a missing extra
+        tracer_provider(settings.tracing)
         if not isinstance(store, StoreProtocol):
             raise BuildError(f"workflow {self.name!r}: {store!r} is not a store")
-        if streamer is not None:
+        if settings.streamer is not None:
             from actorflow.streaming._store_log import check_relay_streamer
 
-            problem = check_relay_streamer(streamer, store)
+            problem = check_relay_streamer(settings.streamer, store)
             if problem is not None:
                 raise BuildError(f"workflow {self.name!r}: {problem}")
         return Workflow(
-            self.definition(options),
-            store,
-            codec=self._codec,
-            clock=clock,
-            default_options=options,
-            resume_paused_after=resume_paused_after,
-            scrub=scrub,
-            grace_period=grace_period,
-            poll_interval=poll_interval,
-            max_active_runs=max_active_runs,
-            streamer=streamer,
-            shards=shards,
-            lease=lease,
+            self.definition(settings.default_options), store, codec=self._codec, settings=settings
         )
 
 

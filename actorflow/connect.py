@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, final
 from actorflow._model.errors import InvalidArgument
 from actorflow._model.record import Event
 from actorflow._model.run_state import RunState
+from actorflow._model.statuses import parse_status
 from actorflow.streaming._protocol import ConnectorEvent, EventReceiver, EventSource
 from actorflow.streaming._store_log import (
     LogFollower,
@@ -80,22 +81,8 @@ def connect(other_workflow: Workflow[Any, Any], status: enum.IntEnum | None = No
         raise InvalidArgument(f"af.connect needs a built workflow, not {other_workflow!r}")
     if status is None:
         return WorkflowSource(other_workflow, None)
-    status_type = other_workflow.status_type
-    if isinstance(status, bool) or not isinstance(status, int):
-        raise InvalidArgument(
-            f"af.connect({other_workflow.name!r}): status must be a {status_type.__name__}, "
-            f"not {status!r}"
-        )
-    if isinstance(status, enum.Enum) and not isinstance(status, status_type):
-        raise InvalidArgument(
-            f"af.connect({other_workflow.name!r}): status {status!r} is not a "
-            f"{status_type.__name__}"
-        )
     try:
-        member = status_type(status)
-    except ValueError:
-        raise InvalidArgument(
-            f"af.connect({other_workflow.name!r}): {status!r} is not a member of "
-            f"{status_type.__name__}"
-        ) from None
+        member = parse_status(other_workflow.status_type, status)
+    except ValueError as exc:
+        raise InvalidArgument(f"af.connect({other_workflow.name!r}): status {exc}") from None
     return WorkflowSource(other_workflow, int(member))

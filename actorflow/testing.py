@@ -12,13 +12,16 @@ import enum
 import json
 import pprint
 from collections.abc import Callable
-from datetime import datetime
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import Any, TypeVar, cast
 
 from actorflow._model.clock import Clock, TrioClock
 from actorflow._model.codec import converter
-from actorflow._model.errors import Lagged, RunNotFound
-from actorflow._model.record import Record
+from actorflow._model.errors import BuildError, InvalidArgument, Lagged, RunNotFound
+from actorflow._model.record import RawRecord, Record, new_run_id
+from actorflow._model.run import Run, Special, SpecialResult
+from actorflow._model.run_state import RunState
+from actorflow.builder import Builder
 from actorflow.stores import Store
 from actorflow.stores.feed import Subscription
 from actorflow.workflow import Workflow
@@ -27,7 +30,10 @@ T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
 
 __all__ = [
+    "Special",
+    "SpecialResult",
     "await_timeout_insert",
+    "make_run",
     "require",
     "trigger_callback_on",
     "trio_clock",
@@ -128,3 +134,82 @@ async def _next_change(sub: Subscription, store: Store) -> None:
         contextlib.suppress(Lagged),
     ):
         await sub.receive()
+
+
+def make_run(
+    workflow_or_builder: Workflow[T, S] | Builder[T, S],
+    obj: T,
+    *,
+    status: S | None = None,
+    foreign_id: str = "test",
+    run_id: str | None = None,
+) -> Run[T, S]:
+    """An ``af.Run`` to call one step, callback or timeout function with directly: no
+    store, no supervisor, no trio run needed.
+
+    ``run.object`` is ``obj`` itself, so the test sees what the function changed. A special
+    result (``run.skip()``, ``run.pause(reason)``, ``run.cancel(reason)``,
+    ``run.save_and_repeat()``) is a :class:`SpecialResult` that compares equal to the same
+    call: ``assert await fn(run) == run.pause("out of stock")``; its ``kind`` is a
+    :class:`Special` and its ``reason`` the text given.
+
+    Args:
+        workflow_or_builder: the workflow (or its builder) the function belongs to.
+        obj: the run's object, an instance of the workflow's object type.
+        status: the status the run is at (default: the workflow's start status).
+        foreign_id: the run's foreign id.
+        run_id: the run's id (default: a new one).
+
+    Raises:
+        InvalidArgument: ``obj`` is not of the object type (or cannot be stored as JSON),
+            ``status`` is not one of the workflow's statuses, or an id is not a non-empty
+            string.
+    """
+    if isinstance(workflow_or_builder, Workflow):
+        codec = workflow_or_builder._codec
+        name = workflow_or_builder.name
+        status_type: type[S] = workflow_or_builder.status_type
+        start: enum.IntEnum = workflow_or_builder.definition.start
+    elif isinstance(workflow_or_builder, Builder):
+        codec = workflow_or_builder._codec
+        name = workflow_or_builder.name
+        status_type = workflow_or_builder.status_type
+        try:
+            start = workflow_or_builder.definition().start
+        except BuildError:
+            start = next(iter(status_type))  # an unfinished graph: its first status
+    else:
+        raise InvalidArgument(
+            f"make_run needs an af.Workflow or an af.Builder, not {workflow_or_builder!r}"
+        )
+    where = f"make_run({name!r})"
+    codec.check(obj, f"{where} object")
+    if status is None:
+        status = cast(S, start)
+    else:
+        wrong = isinstance(status, bool) or not isinstance(status, int)
+        wrong = wrong or (isinstance(status, enum.Enum) and not isinstance(status, status_type))
+        try:
+            status = status_type(status)
+        except ValueError:
+            wrong = True
+        if wrong:
+            raise InvalidArgument(
+                f"{where}: status must be a {status_type.__name__}, not {status!r}"
+            )
+    for label, value in (("foreign_id", foreign_id), ("run_id", run_id)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise InvalidArgument(f"{where}: {label} must be a non-empty string, not {value!r}")
+    now = datetime.now(UTC)
+    raw = RawRecord(
+        workflow_name=name,
+        foreign_id=foreign_id,
+        run_id=run_id or new_run_id(),
+        status=int(status),
+        run_state=RunState.RUNNING,
+        object=codec.encode(obj, f" ({where} object)"),
+        version=1,
+        created_at=now,
+        updated_at=now,
+    )
+    return Run(raw, status, obj, codec)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar, cast, final, overload
+from datetime import datetime
+from typing import Any, Generic, NoReturn, TypeVar, cast, final, overload
 
+import attrs
 import trio
 
 from actorflow._model.clock import Clock
@@ -17,21 +18,28 @@ from actorflow._model.errors import (
     ActorflowError,
     InvalidArgument,
     RunNotFound,
+    SerializationError,
     StatusNotReached,
     StoreError,
     VersionConflict,
 )
 from actorflow._model.options import Options
+from actorflow._model.process import ProcessState
 from actorflow._model.record import RawRecord, Record, Timer, new_run_id
 from actorflow._model.run import Run
 from actorflow._model.run_state import RunState
+from actorflow._model.settings import BuildSettings
+from actorflow._model.statuses import parse_status
+from actorflow._model.text import check_text
 from actorflow._runtime.actor import Op, Stopped
-from actorflow._runtime.engine import NO_TIMERS, Engine
+from actorflow._runtime.engine import NO_TIMERS, Engine, log
+from actorflow._runtime.observe import Observer, process_name
 from actorflow._runtime.ports import Ownership, Service
 from actorflow._runtime.supervisor import Supervisor
 from actorflow._services.context import ServiceContext
 from actorflow.stores import Store
 from actorflow.stores.feed import Subscription
+from actorflow.stores.protocol import ShardedStore
 from actorflow.streaming._source import check_reachable
 
 T = TypeVar("T")
@@ -51,31 +59,50 @@ class Workflow(Generic[T, S]):
         store: Store,
         *,
         codec: ObjectCodec[T],
-        clock: Clock,
-        default_options: Options,
-        resume_paused_after: timedelta | None,
-        scrub: Callable[[T], T] | None,
-        grace_period: timedelta,
-        poll_interval: timedelta,
-        max_active_runs: int,
-        streamer: Any,
-        shards: int = 16,
-        lease: timedelta = timedelta(seconds=10),
+        settings: BuildSettings,
     ) -> None:
         self._definition = definition
         self._store = store
         self._codec = codec
-        self._clock = clock
+        self._settings = settings
+        self._clock = settings.clock
         self._engine: Engine[T, S] = Engine(
-            definition, store, codec, clock, resume_paused_after, scrub, default_options
+            definition,
+            store,
+            codec,
+            settings.clock,
+            settings.resume_paused_after,
+            settings.scrub,
+            settings.default_options,
         )
-        self._grace_period = grace_period
-        self._poll_interval = poll_interval
-        self._max_active_runs = max_active_runs
-        self._streamer = streamer
-        self._shards = shards
-        self._lease = lease
+        self._grace_period = settings.grace_period
+        self._poll_interval = settings.poll_interval
+        self._max_active_runs = settings.max_active_runs
+        self._streamer = settings.streamer
         self._supervisor: Supervisor[T, S] | None = None
+        self._declare_services()
+        from actorflow._observe import make_observer
+
+        self._engine.observer = make_observer(self, settings.metrics, settings.tracing)
+
+    def _declare_services(self) -> None:
+        """Name the service processes ``states()`` reports before they first run."""
+        engine = self._engine
+        if self._definition.hooks:
+            from actorflow._services.hooks import STATE_OF_HOOK, hook_process
+
+            for kind in self._definition.hooks:
+                if kind in STATE_OF_HOOK:
+                    engine.service(hook_process(kind))
+        for spec in self._definition.connectors:
+            engine.service(
+                process_name(spec.name, "connector-consumer"),
+                spec.options.lag_alert.total_seconds(),
+            )
+        if self._streamer is not None:
+            from actorflow._services.relay import PROCESS
+
+            engine.service(PROCESS)
 
     # -- description -------------------------------------------------------------------------
 
@@ -119,6 +146,49 @@ class Workflow(Generic[T, S]):
     def graph(self) -> str:
         """The workflow as a Mermaid ``stateDiagram-v2`` text."""
         return self._definition.mermaid()
+
+    @property
+    def observer(self) -> Observer | None:
+        """Where the workflow reports metrics and spans (None: both off)."""
+        return self._engine.observer
+
+    def states(self) -> dict[str, ProcessState]:
+        """Each process of the workflow in this process and its state, as luno/workflow's
+        ``States()``: the step consumers (``<status>-consumer``), timeout consumers
+        (``<status>-timeout-consumer``), ``timers``, hooks, connectors
+        (``<name>-connector-consumer``), the relay (``outbox-consumer``), schedules
+        (``<foreign id>-scheduler-<spec>``) and, with scale-out, ``shard-ownership``."""
+        engine = self._engine
+        supervisor = self._supervisor
+        if supervisor is None:
+            found = dict.fromkeys(
+                [p.name for p in engine.step_processes.values()]
+                + [p.name for p in engine.timeout_processes.values()]
+                + ["timers"],
+                ProcessState.STOPPED,
+            )
+            standby = False
+        else:
+            found = supervisor.states()
+            standby = supervisor.serving and not supervisor.leads()
+        for name, process in engine.services.items():
+            state = process.state
+            if standby and state is ProcessState.STOPPED:
+                state = ProcessState.IDLE  # another process leads: this one stands by
+            found[name] = state
+        return found
+
+    def _runtime_counts(self) -> tuple[int, int, int]:
+        """(run actors, runs waiting for a slot, runs with an armed timer) in this process."""
+        supervisor = self._supervisor
+        return (0, 0, 0) if supervisor is None else supervisor.counts()
+
+    @property
+    def ready(self) -> bool:
+        """True while :meth:`run` serves the workflow here, recovered and taking work (with
+        scale-out: holding its share of shard leases). What ``/readyz`` reports."""
+        supervisor = self._supervisor
+        return supervisor is not None and supervisor.ready
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r} on {self._store!r}>"
@@ -172,11 +242,14 @@ class Workflow(Generic[T, S]):
             self._supervisor.stop()
 
     def _ownership(self) -> Ownership | None:
-        make = getattr(self._store, "shard_ownership", None)
-        if make is None:
+        if self._settings.ownership is not None:
+            given: Ownership = self._settings.ownership
+            return given
+        if not isinstance(self._store, ShardedStore):
             return None
-        ownership: Ownership = make(self.name, shards=self._shards, lease=self._lease)
-        return ownership
+        return self._store.shard_ownership(
+            self.name, shards=self._settings.shards, lease=self._settings.lease
+        )
 
     def _services(self) -> list[Service]:
         services: list[Service] = []
@@ -192,6 +265,11 @@ class Workflow(Generic[T, S]):
             from actorflow._services.relay import run_relay
 
             services.append(lambda: run_relay(self._service_context(), self._streamer))
+        refresh = getattr(self._engine.observer, "refresh_run_counts", None)
+        for observer in getattr(self._engine.observer, "observers", ()):
+            refresh = getattr(observer, "refresh_run_counts", refresh)
+        if refresh is not None and hasattr(self._store, "count_runs"):
+            services.append(refresh)
         return services
 
     def _service_context(self) -> ServiceContext:
@@ -204,26 +282,17 @@ class Workflow(Generic[T, S]):
             poll_interval=self._poll_interval,
             handle=self,
             check_trigger_args=self.check_trigger_args,
+            observer=self._engine.observer,
+            service=self._engine.service,
         )
 
     # -- argument checks -------------------------------------------------------------------------
 
     def _status_arg(self, status: object, what: str = "status") -> S:
-        enum_type = self._definition.status_type
-        if isinstance(status, enum.Enum) and not isinstance(status, enum_type):
-            raise InvalidArgument(
-                f"workflow {self.name!r}: {what} {status!r} is not a {enum_type.__name__}"
-            )
-        if isinstance(status, bool) or not isinstance(status, int):
-            raise InvalidArgument(
-                f"workflow {self.name!r}: {what} must be a {enum_type.__name__}, not {status!r}"
-            )
         try:
-            return enum_type(status)  # type: ignore[return-value]
-        except ValueError:
-            raise InvalidArgument(
-                f"workflow {self.name!r}: {what} {status!r} is not a member of {enum_type.__name__}"
-            ) from None
+            return parse_status(self._definition.status_type, status)  # type: ignore[return-value]
+        except ValueError as exc:
+            raise InvalidArgument(f"workflow {self.name!r}: {what} {exc}") from None
 
     def _foreign_id_arg(self, foreign_id: object) -> str:
         if not isinstance(foreign_id, str) or not foreign_id or len(foreign_id) > MAX_FOREIGN_ID:
@@ -231,12 +300,30 @@ class Workflow(Generic[T, S]):
                 f"workflow {self.name!r}: foreign_id must be a non-empty string of at most "
                 f"{MAX_FOREIGN_ID} characters, not {foreign_id!r}"
             )
-        return foreign_id
+        return check_text(foreign_id, f"workflow {self.name!r}: foreign_id {foreign_id!r}")
 
-    def _run_id_arg(self, run_id: object) -> str:
+    def _run_id_arg(self, run_id: object, what: str = "run_id") -> str:
         if not isinstance(run_id, str) or not run_id:
-            raise InvalidArgument(f"workflow {self.name!r}: run_id must be a non-empty string")
-        return run_id
+            raise InvalidArgument(f"workflow {self.name!r}: {what} must be a non-empty string")
+        return check_text(run_id, f"workflow {self.name!r}: {what} {run_id!r}")
+
+    def _encode_initial(self, obj: T) -> str:
+        try:
+            return self._codec.encode(obj, " (initial object)")
+        except SerializationError as exc:
+            raise InvalidArgument(str(exc)) from None
+
+    def _filter_text(self, foreign_id: object, *others: object) -> None:
+        """InvalidArgument for a list_runs/count_runs filter string of invalid text (the
+        store checks the types)."""
+        values = list(others)
+        if isinstance(foreign_id, str):
+            values.append(foreign_id)
+        elif isinstance(foreign_id, Sequence):
+            values.extend(foreign_id)
+        for value in values:
+            if isinstance(value, str):
+                check_text(value, f"workflow {self.name!r}: filter {value!r}")
 
     # -- triggering ------------------------------------------------------------------------------
 
@@ -251,7 +338,7 @@ class Workflow(Generic[T, S]):
                     "callback or timeout"
                 )
         if initial is not None:
-            self._codec.encode(self._codec.check(initial, "initial"), " (initial object)")
+            self._encode_initial(self._codec.check(initial, "initial"))
 
     @property
     def default_options(self) -> Options:
@@ -276,7 +363,7 @@ class Workflow(Generic[T, S]):
                 "or timeout (a run there would be complete at once)"
             )
         obj = self._codec.default() if initial is None else self._codec.check(initial, "initial")
-        encoded = self._codec.encode(obj, " (initial object)")
+        encoded = self._encode_initial(obj)
         now = self._clock.now()
         raw = RawRecord(
             workflow_name=self.name,
@@ -288,7 +375,7 @@ class Workflow(Generic[T, S]):
             version=1,
             created_at=now,
             updated_at=now,
-            meta=self._engine.first_meta(status),
+            meta=self._engine.first_meta(status, self._trace_origin()),
         )
         timers = NO_TIMERS
         if status in definition.timeouts:
@@ -305,6 +392,11 @@ class Workflow(Generic[T, S]):
             if status in definition.steps:
                 supervisor.wake(raw.run_id, stored, timers)
         return raw.run_id
+
+    def _trace_origin(self) -> str:
+        """The traceparent of the trace active in the caller (tracing on), else ""."""
+        observer = self._engine.observer
+        return "" if observer is None else observer.trace_origin()
 
     async def schedule_trigger(
         self,
@@ -351,6 +443,7 @@ class Workflow(Generic[T, S]):
         ``foreign_id`` is one id or a sequence of ids; ``created_after`` (inclusive) and
         ``created_before`` (exclusive) are aware datetimes. Raises InvalidArgument for bad
         filters and RunNotFound for an unknown ``after``."""
+        self._filter_text(foreign_id, foreign_id_prefix, after)
         found = await self._store.list_runs(
             self.name,
             foreign_id=foreign_id,
@@ -378,6 +471,7 @@ class Workflow(Generic[T, S]):
         """How many runs match (the filters of :meth:`list_runs`), by (status, run state).
 
         Pairs without runs are left out; ``sum(counts.values())`` is the total."""
+        self._filter_text(foreign_id, foreign_id_prefix)
         counts = await self._store.count_runs(
             self.name,
             foreign_id=foreign_id,
@@ -447,15 +541,34 @@ class Workflow(Generic[T, S]):
 
     async def _await_status(self, foreign_id: str, run_id: str, wanted: int) -> Record[T, S]:
         poll = self._poll_interval.total_seconds() if self._store.shared else math_inf
+        watch = _Unattended(trio.current_time())
         while True:
             with self._store.feed.subscribe(run_id=run_id) as sub:
-                found = await self._await_in(sub, foreign_id, run_id, wanted, poll)
+                found = await self._await_in(sub, foreign_id, run_id, wanted, poll, watch)
             if found is not None:
                 return found
             # The subscription lagged: subscribe afresh and read the history again.
 
+    def _runs_nowhere(self) -> bool:
+        """True when nothing can move this workflow's runs: it is not running in this
+        process and its store is one no other process can reach (MemoryStore)."""
+        return not self._store.shared and self._local_supervisor() is None
+
+    def _not_running(self, what: str) -> ActorflowError:
+        return ActorflowError(
+            f"workflow {self.name!r} is not running in this process, and no other process "
+            f"can reach its {self._store!r}: {what}. Run it around the call: "
+            "`async with af.open_workflow(workflow):` (or `nursery.start(workflow.run)`)"
+        )
+
     async def _await_in(
-        self, sub: Subscription, foreign_id: str, run_id: str, wanted: int, poll: float
+        self,
+        sub: Subscription,
+        foreign_id: str,
+        run_id: str,
+        wanted: int,
+        poll: float,
+        watch: _Unattended,
     ) -> Record[T, S] | None:
         while True:
             history = await self._store.history(self.name, run_id)
@@ -468,13 +581,42 @@ class Workflow(Generic[T, S]):
                 if raw.status == wanted:
                     return self._engine.typed(raw)
             self._check_reachable(history[-1], wanted)
+            if self._runs_nowhere():
+                at = history[-1].meta.status_description or history[-1].status
+                raise self._not_running(
+                    f"run {run_id} is at {at} and would wait for "
+                    f"{self._definition.status(wanted)!r} forever"
+                )
+            self._warn_if_unattended(history[-1], wanted, watch)
             if sub.lagged:
                 return None
             found = None  # another process wrote, or the poll: read the history again
-            with self._store.feed.until_external(poll):
+            unattended = not watch.warned and self._local_supervisor() is None
+            warn_at = watch.since + UNATTENDED_AFTER if unattended else math_inf
+            with self._store.feed.until_external(poll), trio.move_on_at(warn_at):
                 found = await _next_matching(sub, wanted)
             if found is not None:
                 return self._engine.typed(found)
+
+    def _warn_if_unattended(self, raw: RawRecord, wanted: int, watch: _Unattended) -> None:
+        """A shared store, the workflow not running in this process, and the run unchanged
+        for UNATTENDED_AFTER seconds: say so once (is a worker running elsewhere?)."""
+        now = trio.current_time()
+        if raw.version != watch.version or self._local_supervisor() is not None:
+            watch.version, watch.since = raw.version, now
+            return
+        if not watch.warned and now - watch.since >= UNATTENDED_AFTER:
+            watch.warned = True
+            log.warning(
+                "workflow %r: run %s has waited %.0f s at %s for %r and nothing moved it; "
+                "the workflow is not running in this process: is a worker running on %r?",
+                self.name,
+                raw.run_id,
+                now - watch.since,
+                raw.meta.status_description or raw.status,
+                self._definition.status(wanted),
+                self._store,
+            )
 
     def _check_reachable(self, raw: RawRecord, wanted: int) -> None:
         if raw.run_state.finished:
@@ -556,13 +698,20 @@ class Workflow(Generic[T, S]):
             )
         latest = await self._store.latest(self.name, foreign_id)
         if latest.status != int(wanted) or not latest.run_state.active:
+            if self._runs_nowhere() and latest.run_state.active:
+                raise self._not_running(
+                    f"the latest run of {foreign_id!r} is at "
+                    f"{latest.meta.status_description or latest.status}, not at "
+                    f"{wanted.name}, and nothing will move it there"
+                )
             return None
         engine = self._engine
+        parent = self._trace_origin()  # the caller's trace: the callback's span continues it
 
         async def op(raw: RawRecord) -> tuple[RawRecord | None, list[Timer] | None, Any]:
             if raw.status != int(wanted) or not raw.run_state.active:
                 return None, None, None
-            new, timers = await engine.callback(raw, int(wanted), payload)
+            new, timers = await engine.callback(raw, int(wanted), payload, parent=parent)
             return new, timers, (engine.typed(new) if new is not None else None)
 
         result: Record[T, S] | None = await self._perform(latest.run_id, op)
@@ -572,6 +721,7 @@ class Workflow(Generic[T, S]):
         run_id = self._run_id_arg(run_id)
         if not isinstance(reason, str):
             raise InvalidArgument(f"workflow {self.name!r}: reason must be a string")
+        check_text(reason, f"workflow {self.name!r}: reason {reason!r}")
         await self._store.lookup(self.name, run_id)  # RunNotFound before anything else
         engine = self._engine
         methods: dict[str, Callable[[RawRecord, str], Awaitable[tuple[RawRecord, list[Timer]]]]] = {
@@ -610,6 +760,18 @@ class Workflow(Generic[T, S]):
 
 
 math_inf = float("inf")
+UNATTENDED_AFTER = 60.0
+"""Seconds (trio time) ``await_status`` waits on a shared store, with the workflow not
+running in this process and the run unchanged, before it logs one warning."""
+
+
+@attrs.define
+class _Unattended:
+    """How long an ``await_status`` has seen its run unchanged (see UNATTENDED_AFTER)."""
+
+    since: float
+    version: int = 0
+    warned: bool = False
 
 
 async def _next_matching(sub: Subscription, wanted: int) -> RawRecord | None:
@@ -664,11 +826,45 @@ class _OpenWorkflows(Generic[W]):
 
     @asynccontextmanager
     async def _serve(self) -> AsyncIterator[None]:
-        async with trio.open_nursery() as nursery:
-            for workflow in self._workflows:
-                await nursery.start(workflow.run)
-            try:
-                yield
-            finally:
+        body: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
                 for workflow in self._workflows:
-                    workflow.stop()
+                    await nursery.start(workflow.run)
+                try:
+                    yield
+                except BaseException as exc:
+                    body = exc
+                    raise
+                finally:
+                    for workflow in self._workflows:
+                        workflow.stop()
+        except BaseExceptionGroup as group:
+            # The workflows stopped cleanly: the block's own exception is all there is.
+            # Hand it back as itself, so ``except af.WorkflowInProgress:`` around the
+            # block works; a group stays a group when several things really failed.
+            if body is None or not _holds_only(group, body):
+                raise
+            _reraise_bare(body)
+
+
+def _holds_only(group: BaseExceptionGroup[BaseException], error: BaseException) -> bool:
+    """Whether ``group`` holds ``error`` and nothing else. Compared by leaves: trio may
+    rebuild a group that passes through a nursery (``split``), never its leaves."""
+    return [id(e) for e in _leaves(group)] == [id(e) for e in _leaves(error)]
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for sub in error.exceptions for leaf in _leaves(sub)]
+    return [error]
+
+
+def _reraise_bare(exc: BaseException) -> NoReturn:
+    """Raise ``exc`` as it was, without the group it came in as its context."""
+    context, suppress = exc.__context__, exc.__suppress_context__
+    try:
+        raise exc
+    finally:
+        exc.__context__, exc.__suppress_context__ = context, suppress
+        del exc, context

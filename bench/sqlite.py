@@ -32,6 +32,7 @@ from typing import Any
 
 import attrs
 import trio
+from prometheus_client import CollectorRegistry
 
 import actorflow as af
 from actorflow.stores.sqlite import schema as _sqlite_schema
@@ -68,8 +69,10 @@ class Empty:
     pass
 
 
-def three_steps(store: af.Store, name: str = "bench3") -> af.Workflow[Empty, Three]:
-    """A -> B -> C -> D with no-op steps."""
+def three_steps(
+    store: af.Store, name: str = "bench3", metrics: Any = False
+) -> af.Workflow[Empty, Three]:
+    """A -> B -> C -> D with no-op steps (metrics off unless ``metrics`` is a registry)."""
     builder = af.Builder(name, Empty, Three)
 
     @builder.step(Three.A, to=Three.B)
@@ -84,7 +87,7 @@ def three_steps(store: af.Store, name: str = "bench3") -> af.Workflow[Empty, Thr
     async def c(run: af.Run[Empty, Three]) -> Three:
         return Three.D
 
-    return builder.build(store)
+    return builder.build(store, metrics=metrics)
 
 
 class Parked(enum.IntEnum):
@@ -171,9 +174,9 @@ def raw_rate(directory: Path, transitions: int, per_commit: int, name: str = "")
 # -- (b) throughput --------------------------------------------------------------------------
 
 
-async def transitions_rate(store: af.Store, runs: int) -> float:
+async def transitions_rate(store: af.Store, runs: int, metrics: Any = False) -> float:
     """Transitions/s for ``runs`` runs of :func:`three_steps`, all triggered at once."""
-    workflow = three_steps(store)
+    workflow = three_steps(store, metrics=metrics)
     feed = store.feed
     expected = feed.published + 4 * runs  # each run: its first version and 3 transitions
     async with af.open_workflow(workflow):
@@ -335,12 +338,32 @@ def measure(scale: Scale) -> list[Row]:
             lambda: raw_rate(directory, scale.raw_batched, RAW_BATCH, "-before"),
         )
 
-        async def on_sqlite(name: str = "throughput.db") -> tuple[float, SQLiteStats]:
+        async def on_sqlite(
+            name: str = "throughput.db", metrics: Any = False
+        ) -> tuple[float, SQLiteStats]:
             async with af.SQLiteStore(directory / name) as store:
-                rate = await transitions_rate(store, scale.runs)
+                rate = await transitions_rate(store, scale.runs, metrics)
                 return rate, store.stats
 
         sqlite_rate, stats = _timed(f"SQLiteStore, {scale.runs} runs", lambda: trio.run(on_sqlite))
+        # Metrics on and off, alternately (a shared machine drifts): the best of two each.
+        metrics_on = [
+            _timed(
+                "SQLiteStore, metrics on",
+                lambda: trio.run(on_sqlite, "metrics-on.db", CollectorRegistry())[0],
+            )
+        ]
+        metrics_off = [sqlite_rate]
+        metrics_off.append(
+            _timed("SQLiteStore, metrics off", lambda: trio.run(on_sqlite, "metrics-off.db")[0])
+        )
+        metrics_on.append(
+            _timed(
+                "SQLiteStore, metrics on, again",
+                lambda: trio.run(on_sqlite, "metrics-on-2.db", CollectorRegistry())[0],
+            )
+        )
+        with_metrics, without_metrics = max(metrics_on), max(metrics_off)
 
         def with_gc_tuned() -> float:
             thresholds = gc.get_threshold()
@@ -390,6 +413,15 @@ def measure(scale: Scale) -> list[Row]:
                 sqlite_rate,
                 "transitions/s",
                 f"{sqlite_rate / batched:.2f} x batched raw, {sqlite_rate / single:.2f} x 1/commit",
+            )
+        )
+        rows.append(
+            Row(
+                "  the same with metrics on (prometheus-client registry)",
+                with_metrics,
+                "transitions/s",
+                f"{with_metrics / without_metrics:.3f} x metrics off "
+                f"({without_metrics:,.0f}/s; best of two each, alternated)",
             )
         )
         rows.append(

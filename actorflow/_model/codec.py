@@ -4,65 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import json.encoder
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast, final
 
 import attrs
+import cattrs
+import cattrs.cols
 from cattrs.preconf.json import make_converter
 
 from actorflow._model.errors import BuildError, InvalidArgument, SerializationError
+from actorflow._model.text import find_unrepresentable, is_valid_text
 
 T = TypeVar("T")
 
 converter = make_converter()
 
 
-def _not_serialisable(obj: object) -> Any:
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
-
-
-def _make_encode() -> Callable[[Any], str]:
-    """Compact JSON text of unstructured data, as ``JSONEncoder.encode`` makes it.
-
-    ``JSONEncoder.encode`` builds a C encoder (and a closure and a dict) on every call;
-    this one is built once and reused (no circular-reference check: a cycle fails with
-    RecursionError instead of ValueError, both reported as SerializationError).
-    """
-    encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:  # an interpreter without the C accelerator
-        return encode
-    iterencode = make(
-        None,
-        _not_serialisable,
-        json.encoder.encode_basestring,
-        None,
-        ":",
-        ",",
-        False,
-        False,
-        True,
-    )
-
-    def fast(obj: Any) -> str:
-        return "".join(iterencode(obj, 0))
-
-    return fast
-
-
-_ENCODE = _make_encode()
-_DECODE = json.JSONDecoder().raw_decode
-
-
-def _loads(text: str) -> Any:
-    """``json.loads`` without its two whitespace scans when there is no whitespace around
-    the value (what we store); anything else goes through ``json.loads`` itself."""
-    try:
-        data, end = _DECODE(text)
-    except ValueError:
-        return json.loads(text)
-    return data if end == len(text) else json.loads(text)
+_ENCODE: Callable[[Any], str] = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+"""Compact JSON text of unstructured data (one encoder, reused). NaN and infinities are
+refused (docs/gateway.md, "Text and numbers")."""
+_loads = json.loads
 
 
 def _place(where: str, run_id: str) -> str:
@@ -105,15 +68,32 @@ class ObjectCodec(Generic[T]):
     def encode(self, obj: T, where: str = "", *, run_id: str = "") -> str:
         """JSON text of ``obj``; SerializationError if cattrs or json cannot convert it.
 
+        A float that is NaN or infinite, or a string holding a lone surrogate, cannot be
+        stored: every store refuses it alike (docs/gateway.md, "Text and numbers").
         ``where`` (or ``run_id``, worded only when needed) places the object in the error.
         """
+        data: Any = None
         try:
-            return _ENCODE(self._unstructure(obj))
+            data = self._unstructure(obj)
+            text = _ENCODE(data)
         except Exception as exc:
+            found = find_unrepresentable(data, "object") if data is not None else None
+            detail = found if found is not None else repr(exc)
             raise SerializationError(
                 f"workflow {self._workflow!r}{_place(where, run_id)}: cannot serialise "
-                f"{type(obj).__name__} to JSON: {exc!r}"
+                f"{type(obj).__name__} to JSON: {detail}"
             ) from exc
+        if not is_valid_text(text):
+            found = find_unrepresentable(data, "object")
+            raise SerializationError(
+                f"workflow {self._workflow!r}{_place(where, run_id)}: cannot serialise "
+                f"{type(obj).__name__} to JSON: {found or 'it holds invalid text'}"
+            )
+        return text
+
+    def structure_json(self, data: object, what: str) -> T:
+        """An object from JSON data that came from outside; see :func:`structure_json`."""
+        return cast(T, structure_json(data, self.object_type, what))
 
     def decode(self, text: str, where: str = "", *, run_id: str = "") -> T:
         """The object stored as ``text``; SerializationError if it does not fit the type."""
@@ -135,3 +115,104 @@ class ObjectCodec(Generic[T]):
                 f"workflow {self._workflow!r}: {self.object_type.__name__}() needs arguments "
                 f"({exc}); pass initial= to trigger"
             ) from exc
+
+
+def structure_json(data: object, object_type: type[T], what: str) -> T:
+    """A workflow object built from JSON data that came from outside (gateway, CLI).
+
+    Strict, unlike the decoding of the stored form: every value must have its field's type
+    (no ``"maybe"`` for a bool, no ``5`` for a str, no string for a list), unknown members
+    are refused, and so are invalid text and non-finite numbers. Hooks registered on
+    :data:`converter` before the first call apply.
+
+    Raises:
+        InvalidArgument: the data does not fit; the message names the field path
+            (``initial.customer``).
+    """
+    name = object_type.__name__
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"{what} must be a JSON object for {name}, not {_json_kind(data)}")
+    found = find_unrepresentable(data, what)
+    if found is not None:
+        raise InvalidArgument(f"{what} does not fit {name}: {found}")
+    global _strict
+    if _strict is None:
+        _strict = strict_converter()
+    try:
+        return _strict.structure(data, object_type)
+    except Exception as exc:
+        if isinstance(exc, cattrs.BaseValidationError):
+            detail = "; ".join(cattrs.transform_error(exc, path=what))
+        else:
+            detail = f"{type(exc).__name__}: {exc}"
+        raise InvalidArgument(f"{what} does not fit {name}: {detail}") from None
+
+
+_strict: cattrs.Converter | None = None
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__
+
+
+def _exactly(kinds: tuple[type, ...], name: str) -> Callable[[Any, Any], Any]:
+    def structure(value: Any, type_: Any) -> Any:
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            raise TypeError(f"expected {name}, got {_json_kind(value)}")
+        return float(cast(Any, value)) if type_ is float else value
+
+    return structure
+
+
+def _shaped(kind: type, name: str, hook: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def structure(value: Any, type_: Any) -> Any:
+        if not isinstance(value, kind):
+            raise TypeError(f"expected {name}, got {_json_kind(value)}")
+        return hook(value, type_)
+
+    return structure
+
+
+def strict_converter() -> cattrs.Converter:
+    """A copy of :data:`converter` (with the hooks registered on it so far) that structures
+    JSON from outside strictly: see :meth:`ObjectCodec.structure_json`."""
+    strict = converter.copy(forbid_extra_keys=True)
+    strict.register_structure_hook(str, _exactly((str,), "a string"))
+    strict.register_structure_hook(bool, _exactly((bool,), "a boolean"))
+    strict.register_structure_hook(int, _exactly((int,), "an integer"))
+    strict.register_structure_hook(float, _exactly((int, float), "a number"))
+
+    def sequences(type_: Any, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
+        origin = getattr(type_, "__origin__", type_)
+        args: tuple[Any, ...] = getattr(type_, "__args__", ())
+        hook: Callable[[Any, Any], Any]
+        if cattrs.cols.is_frozenset(type_):
+            hook = conv._structure_frozenset
+        elif cattrs.cols.is_any_set(type_):
+            hook = conv._structure_set
+        elif origin is tuple and not (len(args) == 2 and args[1] is ...) and args:
+            hook = conv._structure_tuple
+        elif origin is tuple:
+            hook = cattrs.cols.homogenous_tuple_structure_factory(type_, conv)
+        else:
+            hook = cattrs.cols.list_structure_factory(type_, conv)
+        return _shaped(list, "an array", hook)
+
+    def mappings(type_: Any, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
+        return _shaped(dict, "an object", cattrs.cols.mapping_structure_factory(type_, conv))
+
+    strict.register_structure_hook_factory(
+        lambda t: cattrs.cols.is_sequence(t) or cattrs.cols.is_any_set(t), sequences
+    )
+    strict.register_structure_hook_factory(cattrs.cols.is_mapping, mappings)
+    return strict

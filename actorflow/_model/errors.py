@@ -65,3 +65,23 @@ class GatewayError(ActorflowError):
 
 class StatusNotReached(ActorflowError):
     """``await_status``: the run finished without ever reaching the status."""
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` is Ctrl-C: a KeyboardInterrupt, bare or in (nested) exception groups
+    next to nothing but other KeyboardInterrupts and cancellations (trio delivers SIGINT to
+    the main task, whose nurseries may group it)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    if not isinstance(exc, BaseExceptionGroup):
+        return False
+    interrupts, rest = exc.split(KeyboardInterrupt)
+    if interrupts is None:
+        return False
+    return rest is None or all(type(leaf).__name__ == "Cancelled" for leaf in _leaves(rest))
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]

@@ -25,6 +25,10 @@ def _concurrency(_: Any, attribute: attrs.Attribute[int | None], value: int | No
         raise BuildError(f"option {attribute.name} must be None or an int >= 1, not {value!r}")
 
 
+MIN_RETRY_SECONDS = 0.01
+"""The shortest wait before any retry (see ``Options.retry_seconds``)."""
+
+
 @attrs.frozen
 class Options:
     """How a step (or timeout, or connector) is run.
@@ -35,6 +39,8 @@ class Options:
         max_error_backoff: cap of the retry delay.
         consume_lag: only act on a run that has been at the status at least this long.
         max_concurrency: at most this many runs execute this function at once (None: no cap).
+        lag_alert: alert (the ``workflow_process_lag_alert`` gauge and a warning log) when a
+            step or connector takes up a run or event older than this (0: no alert).
     """
 
     pause_after_errors: int = attrs.field(default=0, validator=_non_negative_int)
@@ -46,6 +52,7 @@ class Options:
     )
     consume_lag: timedelta = attrs.field(default=timedelta(0), validator=_non_negative_delta)
     max_concurrency: int | None = attrs.field(default=None, validator=_concurrency)
+    lag_alert: timedelta = attrs.field(default=timedelta(0), validator=_non_negative_delta)
 
     def merged(self, overrides: dict[str, Any], where: str) -> Options:
         """These options with ``overrides`` applied; BuildError names an unknown option."""
@@ -60,6 +67,11 @@ class Options:
             return attrs.evolve(self, **overrides)
         except BuildError as exc:
             raise BuildError(f"{where}: {exc}") from None
+
+    def retry_seconds(self, errors: int) -> float:
+        """Seconds to wait before retrying after ``errors`` consecutive errors: the
+        back-off, but at least ``MIN_RETRY_SECONDS`` so that a zero back-off never spins."""
+        return max(self.backoff(errors).total_seconds(), MIN_RETRY_SECONDS)
 
     def backoff(self, errors: int) -> timedelta:
         """The delay before retrying after ``errors`` consecutive errors."""

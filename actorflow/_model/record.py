@@ -7,7 +7,7 @@ A :class:`RawRecord` is what stores keep (object as JSON text, status as int); a
 from __future__ import annotations
 
 import os
-import threading
+import time
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -23,34 +23,19 @@ def _run_state(value: int) -> RunState:
     return value if type(value) is RunState else RunState(value)
 
 
-_ID_BYTES = 16
-_POOL_IDS = 256
-_random = bytearray()
-"""Random bytes for the next run ids: one ``os.urandom`` call per 256 ids, not per id."""
-_random_lock = threading.Lock()
-"""Event loops in several threads may trigger at once."""
-
-
-def _forget_random() -> None:
-    global _random_lock
-    _random.clear()  # a forked child must never hand out its parent's ids
-    _random_lock = threading.Lock()  # another thread may have held it at the fork
-
-
-os.register_at_fork(after_in_child=_forget_random)
-
-
 def new_run_id() -> str:
-    """A new run's id: a random (version 4) UUID as 32 hex digits, like ``uuid4().hex``
-    (from a pool of ``os.urandom`` bytes, without a UUID object: this runs per trigger)."""
-    with _random_lock:
-        if not _random:
-            _random.extend(os.urandom(_ID_BYTES * _POOL_IDS))
-        raw = _random[-_ID_BYTES:]
-        del _random[-_ID_BYTES:]
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    return raw.hex()
+    """A new run's id: a time-ordered UUID (version 7, RFC 9562) as 32 hex digits.
+
+    The first 48 bits are the Unix time in milliseconds, so new runs land at the end of the
+    stores' indexes (and ids sort by creation time across processes, to the millisecond);
+    the remaining 74 bits are random.
+    """
+    millis = time.time_ns() // 1_000_000
+    random = int.from_bytes(os.urandom(10))
+    value = (millis & 0xFFFF_FFFF_FFFF) << 80 | random & ((1 << 80) - 1)
+    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
+    value = value & ~(0x3 << 62) | 0x2 << 62  # RFC 9562 variant
+    return f"{value:032x}"
 
 
 @attrs.frozen
@@ -65,9 +50,15 @@ class Meta:
     """Consecutive errors of the current step when the version was stored."""
     error_message: str = ""
     """The last error, when the run was paused because of errors."""
+    trace_origin: str = ""
+    """The W3C ``traceparent`` of the trace that was active when the run was triggered
+    (tracing on; luno/workflow's ``Meta.TraceOrigin``): the parent of its steps' spans."""
 
     def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        data = attrs.asdict(self)
+        if not self.trace_origin:
+            del data["trace_origin"]  # stored only when there is one
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Meta:

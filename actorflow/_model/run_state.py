@@ -19,6 +19,13 @@ class RunState(enum.IntEnum):
     DATA_DELETED = 6
     REQUESTED_DATA_DELETED = 7
 
+    def __str__(self) -> str:
+        # IntEnum prints as its number since Python 3.11; a run state reads better by name.
+        return f"RunState.{self.name}"
+
+    def __format__(self, spec: str) -> str:
+        return str(self) if not spec else format(int(self), spec)
+
     @property
     def finished(self) -> bool:
         """True when the run will not move by itself any more (PAUSED is unfinished)."""

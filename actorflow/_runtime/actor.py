@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -24,9 +25,12 @@ from actorflow._model.errors import ActorflowError, StepError, StoreError, Versi
 from actorflow._model.record import RawRecord, Timer
 from actorflow._model.run import SpecialResult
 from actorflow._model.run_state import RunState
-from actorflow._runtime.engine import RESUME, Engine, log
+from actorflow._runtime.engine import RESUME, Engine
+from actorflow._runtime.observe import run_fields
 from actorflow._runtime.ports import ActorHost
 from actorflow._runtime.user_code import user_error
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
@@ -72,6 +76,8 @@ class Ask:
 
 
 WAKE = object()
+NOT_STARTED = object()
+"""What a step or timeout returns that a graceful stop kept from starting."""
 
 _Mailbox = tuple[trio.MemorySendChannel[object], trio.MemoryReceiveChannel[object]]
 
@@ -155,6 +161,12 @@ class RunActor(Generic[T, S]):
             self.send.send_nowait(WAKE)
 
     @property
+    def active_status(self) -> int | None:
+        """The status of the run while it is active as this actor knows it (else None)."""
+        raw = self._raw
+        return raw.status if raw is not None and raw.run_state.active else None
+
+    @property
     def known_version(self) -> int:
         """The version of the run this actor last read or wrote (0 before it read it)."""
         return 0 if self._raw is None or self.reload_needed else self._raw.version
@@ -186,14 +198,22 @@ class RunActor(Generic[T, S]):
                 if message is None:
                     spec = self._ready_step()
                     if spec is not None and self._raw is not None:
-                        await self._step(self._raw, spec)  # the common case
+                        if self.engine.observer is None and not spec.options.lag_alert:
+                            await self._step(self._raw, spec)  # the common case
+                        else:
+                            await self._observed_step(self._raw, spec)
                         continue
                 if not await self._turn(message):
                     return
         except (Exception, trio.Cancelled) as exc:
             # Never let one run take the workflow down: log, and try again later.
             error = user_error(exc, "the run's actor")
-            log.error("%s: actor failed; retrying soon", self._where(), exc_info=error)
+            log.error(
+                "%s: actor failed; retrying soon",
+                self._where(),
+                exc_info=error,
+                extra=self._fields(),
+            )
             sup.retry_later(self.run_id)
         finally:
             self._close()
@@ -239,6 +259,12 @@ class RunActor(Generic[T, S]):
 
     def _where(self) -> str:
         return f"workflow {self.engine.name!r} run {self.run_id}"
+
+    def _fields(self) -> dict[str, Any]:
+        """The run's identifiers as ``extra=`` fields of a log record."""
+        if self._raw is not None:
+            return run_fields(self._raw)
+        return {"workflow_name": self.engine.name, "run_id": self.run_id}
 
     async def _turn(self, message: object | None) -> bool:
         """A turn of the actor's loop other than a plain step: handle ``message``, or do
@@ -390,7 +416,10 @@ class RunActor(Generic[T, S]):
                     ready = raw.updated_at + lag
                     if ready > now:
                         return now_trio + (ready - now).total_seconds()
-                await self._step(raw, spec)
+                if engine.observer is None and not spec.options.lag_alert:
+                    await self._step(raw, spec)
+                else:
+                    await self._observed_step(raw, spec)
                 return now_trio
             if snoozed is not None:
                 return trio_deadline(engine.clock, snoozed)
@@ -413,16 +442,20 @@ class RunActor(Generic[T, S]):
         *,
         key: str = "",
         options: Any = None,
-    ) -> None:
-        """Await ``action``; on an error count it (when ``key`` is given) and back off."""
+    ) -> object:
+        """Await ``action``; on an error count it (when ``key`` is given) and back off.
+
+        Returns the stored record (None: nothing stored), the error, or NOT_STARTED."""
         try:
             new, timers = await action
         except _StoppedBeforeStart:
-            return
+            return NOT_STARTED
         except (Exception, trio.Cancelled) as exc:
-            await self._failed(raw, what, user_error(exc, what), key, options)
-            return
+            error = user_error(exc, what)
+            await self._failed(raw, what, error, key, options)
+            return error
         self._settled(raw, key, new, timers)
+        return new
 
     def _settled(
         self, raw: RawRecord, key: str, new: RawRecord | None, timers: list[Timer] | None
@@ -444,11 +477,13 @@ class RunActor(Generic[T, S]):
             self.reload_needed = True
             return
         if isinstance(exc, StoreError):
-            log.warning("%s: store error during %s: %s", self._where(), what, exc)
+            log.warning(
+                "%s: store error during %s: %s", self._where(), what, exc, extra=self._fields()
+            )
             self._back_off(1, self.engine.default_options)
             return
         if not key:
-            log.exception("%s: %s failed", self._where(), what, exc_info=exc)
+            log.exception("%s: %s failed", self._where(), what, exc_info=exc, extra=self._fields())
             self._back_off(1, self.engine.default_options)
             return
         opts = options or self.engine.default_options
@@ -464,10 +499,46 @@ class RunActor(Generic[T, S]):
             self._back_off(count, opts)
 
     def _back_off(self, count: int, options: Any) -> None:
-        self._retry_at = trio.current_time() + options.backoff(count).total_seconds()
+        self._retry_at = trio.current_time() + options.retry_seconds(count)
 
-    async def _step(self, raw: RawRecord, spec: StepSpec) -> None:
+    async def _observed_step(self, raw: RawRecord, spec: StepSpec) -> None:
+        """:meth:`_step` reported to the workflow's observer (metrics, traces) and checked
+        against the step's ``lag_alert``."""
+        engine = self.engine
+        observer = engine.observer
+        process = engine.step_processes[raw.status]
+        lag = (engine.now() - raw.updated_at).total_seconds()
+        process.took_up(observer, engine.name, lag, raw)
+        if observer is None:
+            await self._step(raw, spec)
+            return
+        token = observer.begin("step", process.name, raw)
+        try:
+            result = await self._step(raw, spec)
+        except BaseException as exc:
+            observer.end(token, "cancelled", exc)
+            raise
+        self._report(token, raw, result, process.name)
+
+    def _report(self, token: object, raw: RawRecord, result: object, process: str) -> None:
+        observer = self.engine.observer
+        assert observer is not None
+        if isinstance(result, BaseException):
+            observer.end(token, "error", result)
+        elif result is NOT_STARTED:
+            observer.end(token, "not started")
+        else:
+            assert result is None or isinstance(result, RawRecord)
+            if result is None or result is raw:  # a timeout that skips stores nothing
+                observer.skipped(process, "run.skip()")
+                observer.end(token, "skipped")
+                return
+            observer.end(token, self.engine.outcome(raw, result))
+
+    async def _step(self, raw: RawRecord, spec: StepSpec) -> object:
         """Run the step of the run's status and store what it returned.
+
+        Returns the stored record (None: the step skipped), the error, or NOT_STARTED.
 
         The hot path of the engine: written flat (no helper coroutines, no closures), as
         every coroutine frame here is held by each of thousands of runs in flight.
@@ -479,21 +550,22 @@ class RunActor(Generic[T, S]):
             run = engine.make_run(raw)
             if spec.options.max_concurrency is None:
                 if self.sup.stopping:
-                    return
+                    return NOT_STARTED
                 result = await spec.fn(run)
             else:
                 async with engine.limiter(spec, spec.options):
                     if self.sup.stopping:
-                        return
+                        return NOT_STARTED
                     result = await spec.fn(run)
         except StoreError as exc:  # raised by the step itself: its own error, not ours
-            error = StepError(f"{fn_name(spec.fn)} raised {type(exc).__name__}: {exc}")
-            error.__cause__ = exc
-            await self._failed(raw, key, error, key, spec.options)
-            return
+            step_error = StepError(f"{fn_name(spec.fn)} raised {type(exc).__name__}: {exc}")
+            step_error.__cause__ = exc
+            await self._failed(raw, key, step_error, key, spec.options)
+            return step_error
         except (Exception, trio.Cancelled) as exc:
-            await self._failed(raw, key, user_error(exc, key), key, spec.options)
-            return
+            error = user_error(exc, key)
+            await self._failed(raw, key, error, key, spec.options)
+            return error
         try:
             if isinstance(result, SpecialResult):
                 new, timers = await engine.apply_result(
@@ -506,9 +578,11 @@ class RunActor(Generic[T, S]):
                 del run, result
                 await engine.commit(new, timers=timers, had_timers=had_timers)
         except (Exception, trio.Cancelled) as exc:  # a timer function is user code too
-            await self._failed(raw, key, user_error(exc, key), key, spec.options)
-            return
+            error = user_error(exc, key)
+            await self._failed(raw, key, error, key, spec.options)
+            return error
         self._settled(raw, key, new, timers)
+        return new
 
     async def _fire_timeout(self, raw: RawRecord, timer: Timer) -> None:
         engine = self.engine
@@ -535,7 +609,20 @@ class RunActor(Generic[T, S]):
                 return raw, None
             return new, timers
 
-        await self._guarded(raw, key, action(), key=key, options=spec.options)
+        observer = engine.observer
+        if observer is None:
+            await self._guarded(raw, key, action(), key=key, options=spec.options)
+            return
+        process = engine.timeout_processes[raw.status]
+        lag = (engine.now() - timer.fire_at).total_seconds()
+        process.took_up(observer, engine.name, lag, raw)
+        token = observer.begin("timeout", process.name, raw)
+        try:
+            result = await self._guarded(raw, key, action(), key=key, options=spec.options)
+        except BaseException as exc:
+            observer.end(token, "cancelled", exc)
+            raise
+        self._report(token, raw, result, process.name)
 
     async def _replace_timers(
         self, raw: RawRecord, timers: list[Timer]

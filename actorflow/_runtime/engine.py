@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from datetime import datetime, timedelta
@@ -31,13 +32,15 @@ from actorflow._model.options import Options
 from actorflow._model.record import Meta, RawRecord, Record, Timer
 from actorflow._model.run import Run, Special, SpecialResult
 from actorflow._model.run_state import RunState, check_transition
+from actorflow._model.text import printable
+from actorflow._runtime.observe import Observer, Process, process_name, run_fields
 from actorflow._runtime.user_code import user_error
 from actorflow.stores import Store
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
 
-log = logging.getLogger("actorflow")
+log = logging.getLogger(__name__)
 
 RESUME = "resume"
 META_CACHE = 256
@@ -73,6 +76,49 @@ class Engine(Generic[T, S]):
         """Meta of error-free versions, shared: one object per (reason, status), not per run."""
         self.on_timers: Callable[[str, list[Timer]], None] | None = None
         """Set by a running supervisor: arms timers as soon as they are stored."""
+        self.observer: Observer | None = None
+        """Metrics and traces (None: off, and the hot path skips them)."""
+        self.step_processes: dict[int, Process] = {
+            status: Process(
+                process_name(self.status(status), "consumer"),
+                spec.options.lag_alert.total_seconds(),
+            )
+            for status, spec in definition.steps.items()
+        }
+        self.timeout_processes: dict[int, Process] = {
+            status: Process(process_name(self.status(status), "timeout-consumer"))
+            for status in definition.timeouts
+        }
+        self.callback_processes: dict[int, str] = {
+            status: process_name(self.status(status), "callback") for status in definition.callbacks
+        }
+        self.error_processes: dict[str, str] = {}
+        """Error-count keys (``step fn``) -> the process whose errors they are."""
+        for status, spec in definition.steps.items():
+            self.error_processes[spec.key] = self.step_processes[status].name
+        for status, specs in definition.timeouts.items():
+            for timeout in specs:
+                key = f"timeout {fn_name(timeout.fn)}"
+                self.error_processes[key] = self.timeout_processes[status].name
+        self.services: dict[str, Process] = {}
+        """The workflow's service processes (hooks, connectors, relay, schedules, ...)."""
+
+    def service(self, name: str, lag_alert: float = 0.0) -> Process:
+        """The service process called ``name`` (made on first use)."""
+        process = self.services.get(name)
+        if process is None:
+            process = self.services[name] = Process(name, lag_alert)
+        return process
+
+    def erroring(self) -> set[str]:
+        """Names of the step and timeout processes with runs in an error back-off."""
+        found: set[str] = set()
+        for counts in self._errors.values():
+            for key in counts:
+                name = self.error_processes.get(key)
+                if name is not None:
+                    found.add(name)
+        return found
 
     # -- conversions -------------------------------------------------------------------------
 
@@ -132,13 +178,18 @@ class Engine(Generic[T, S]):
             new_status,
             error_count,
             error_message,
+            raw.meta.trace_origin,
         )
+        new_state = raw.run_state if run_state is None else run_state
+        if self.observer is not None:
+            # As luno/workflow: counted as the version is made, before it is stored.
+            self.observer.run_state_changed(raw.run_state, new_state)
         return RawRecord(
             workflow_name=raw.workflow_name,
             foreign_id=raw.foreign_id,
             run_id=raw.run_id,
             status=new_status,
-            run_state=raw.run_state if run_state is None else run_state,
+            run_state=new_state,
             object=raw.object if object is None else object,
             version=raw.version + 1,
             created_at=raw.created_at,
@@ -146,13 +197,18 @@ class Engine(Generic[T, S]):
             meta=meta,
         )
 
-    def first_meta(self, status: int) -> Meta:
+    def first_meta(self, status: int, trace_origin: str = "") -> Meta:
         """The Meta of a run's first version at ``status``."""
-        return self._meta("", status, 0, "")
+        return self._meta("", status, 0, "", trace_origin)
 
-    def _meta(self, reason: str, status: int, error_count: int, error_message: str) -> Meta:
-        if error_count or error_message:
-            return Meta(reason, self._description(status), error_count, error_message)
+    def _meta(
+        self, reason: str, status: int, error_count: int, error_message: str, trace_origin: str
+    ) -> Meta:
+        # Reasons and messages made from user code (run.pause(reason), an exception's text)
+        # are stored as they are unless they hold invalid text, which no store can write.
+        reason, error_message = printable(reason), printable(error_message)
+        if error_count or error_message or trace_origin:
+            return Meta(reason, self._description(status), error_count, error_message, trace_origin)
         key = (reason, status)
         meta = self._metas.get(key)
         if meta is None:
@@ -199,7 +255,13 @@ class Engine(Generic[T, S]):
         """
         if timers is not None and not timers and not had_timers:
             timers = None
-        stored = await self.store.commit(new, timers=timers, scrub_history=scrub_history)
+        observer = self.observer
+        if observer is None:
+            stored = await self.store.commit(new, timers=timers, scrub_history=scrub_history)
+        else:
+            started = time.perf_counter()
+            stored = await self.store.commit(new, timers=timers, scrub_history=scrub_history)
+            observer.committed(time.perf_counter() - started, new)
         self.committed(new.run_id, timers)
         return stored
 
@@ -298,7 +360,14 @@ class Engine(Generic[T, S]):
         counts = self._errors.setdefault(raw.run_id, {})
         count = counts[key] = counts.get(key, 0) + 1
         message = f"{type(exc).__name__}: {exc}"
-        log.warning("%s: error %d: %s", self.where(raw, key), count, message, exc_info=exc)
+        log.warning(
+            "%s: error %d: %s",
+            self.where(raw, key),
+            count,
+            message,
+            exc_info=exc,
+            extra={**run_fields(raw, self.error_processes.get(key, "")), "error_count": count},
+        )
         if options.pause_after_errors and count >= options.pause_after_errors:
             reason = f"paused after {count} consecutive errors in {key}: {message}"[:2000]
             try:
@@ -390,14 +459,22 @@ class Engine(Generic[T, S]):
     # -- callbacks -----------------------------------------------------------------------------
 
     async def callback(
-        self, raw: RawRecord, status: int, payload: bytes
+        self, raw: RawRecord, status: int, payload: bytes, *, parent: str = ""
     ) -> tuple[RawRecord | None, list[Timer] | None]:
-        """Run the callbacks of ``status`` on the run; None when it is not there any more."""
+        """Run the callbacks of ``status`` on the run; None when it is not there any more.
+
+        ``parent``: the traceparent of the caller of ``workflow.callback`` (tracing on)."""
         if raw.status != status or not raw.run_state.active:
             return None, None
+        observer = self.observer
         for spec in self.definition.callbacks.get(status, ()):
             run = self.make_run(raw)
             key = f"callback {fn_name(spec.fn)}"
+            token = (
+                None
+                if observer is None
+                else observer.begin("callback", self.callback_processes[status], raw, parent=parent)
+            )
             try:
                 try:
                     result = await spec.fn(run, payload)
@@ -405,13 +482,37 @@ class Engine(Generic[T, S]):
                     raise StepError(f"{key} raised {type(exc).__name__}: {exc}") from exc
                 self.reset_errors(raw.run_id, key)
                 new, timers = await self.apply_result(raw, run, result, spec.to, key)
-            except StoreError:
+            except StoreError as exc:
+                if observer is not None:
+                    observer.end(token, "error", exc)
                 raise
             except (Exception, trio.Cancelled) as exc:
-                await self._callback_failed(raw, key, user_error(exc, key))
+                try:
+                    error = user_error(exc, key)
+                except BaseException:
+                    if observer is not None:
+                        observer.end(token, "cancelled", exc)
+                    raise
+                if observer is not None:
+                    observer.end(token, "error", error)
+                await self._callback_failed(raw, key, error)
+            except BaseException as exc:
+                if observer is not None:
+                    observer.end(token, "cancelled", exc)
+                raise
+            if observer is not None:
+                observer.end(token, self.outcome(raw, new))
             if new is not None:
                 return new, timers
         return None, None
+
+    def outcome(self, raw: RawRecord, new: RawRecord | None) -> str:
+        """What a unit of work did to ``raw``, in a word (for spans and logs)."""
+        if new is None:
+            return "skipped"
+        if new.run_state is not raw.run_state and new.run_state is not RunState.RUNNING:
+            return new.run_state.name.lower()
+        return self._description(new.status)
 
     async def _callback_failed(self, raw: RawRecord, key: str, exc: Exception) -> NoReturn:
         count, paused = await self.count_error(raw, key, exc, self.default_options)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-
-import trio
+from typing import TYPE_CHECKING, Any, Protocol
 
 from actorflow._model.record import Timer
+from actorflow.stores.protocol import Leadership as Leadership
+from actorflow.stores.protocol import Ownership as Ownership
 
 if TYPE_CHECKING:
     from actorflow._runtime.engine import Engine
@@ -55,36 +55,4 @@ class ActorHost(Protocol):
 
     def arm(self, run_id: str, when: datetime) -> None:
         """Wake the run at wall time ``when``."""
-        ...
-
-
-@runtime_checkable
-class Ownership(Protocol):
-    """Which runs this process may work on (scale-out: shard leases). Without one, all."""
-
-    def owns(self, run_id: str) -> bool:
-        """True while this process holds the lease of the run's shard."""
-        ...
-
-    async def serve(
-        self,
-        on_change: Callable[[], None],
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Hold and renew leases until cancelled; call ``on_change()`` whenever the set of
-        owned shards changes. Reports started once the first leases are held."""
-        ...
-
-
-@runtime_checkable
-class Leadership(Protocol):
-    """An Ownership that also elects one process per workflow to run its singleton
-    services (hooks, relay, connectors: two copies would deliver twice and race on their
-    durable cursors). ``leader`` may only change together with an ``on_change()`` call
-    (or turn False by the passing of time, which ``owns`` does as well)."""
-
-    @property
-    def leader(self) -> bool:
-        """True while this process runs the workflow's singleton services."""
         ...

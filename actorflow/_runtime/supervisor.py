@@ -11,14 +11,15 @@ period, then cancels; the services go last.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import enum
 import functools
 import heapq
 import itertools
+import logging
 import math
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar, final
 
@@ -26,12 +27,16 @@ import trio
 
 from actorflow._model.clock import trio_deadline
 from actorflow._model.errors import ActorflowError
+from actorflow._model.process import ProcessState
 from actorflow._model.record import Event, RawRecord, Timer
 from actorflow._model.run_state import RunState
 from actorflow._runtime.actor import Ask, Op, Reply, RunActor, Stopped
-from actorflow._runtime.engine import Engine, log
+from actorflow._runtime.engine import Engine
 from actorflow._runtime.ports import Leadership, Ownership, Service
+from actorflow._runtime.retry import retrying
 from actorflow.stores.feed import ChangeFeed
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
@@ -42,26 +47,6 @@ RETRY_DELAY = timedelta(seconds=5)
 SEEN_LIMIT = 100_000
 
 R = TypeVar("R")
-
-
-async def _retrying(engine: Engine[Any, Any], what: str, call: Callable[[], Awaitable[R]]) -> R:
-    """``await call()`` until it succeeds: a store hiccup must not stop the workflow."""
-    failures = 0
-    while True:
-        try:
-            return await call()
-        except Exception as exc:
-            failures += 1
-            delay = engine.default_options.backoff(failures).total_seconds()
-            log.warning(
-                "workflow %r: %s failed (attempt %d, retrying in %.1f s): %s",
-                engine.name,
-                what,
-                failures,
-                delay,
-                exc,
-            )
-            await trio.sleep(max(delay, 0.01))
 
 
 def _same_context(one: contextvars.Context, other: contextvars.Context) -> bool:
@@ -112,10 +97,21 @@ class Supervisor(Generic[T, S]):
         self._services_nursery: trio.Nursery | None = None
         self._leader_changed = trio.Event()
         self._leader_scopes: set[trio.CancelScope] = set()
+        self.serving = False
+        """True from the started report until the stop: recovered timers, taking work."""
+        self.recovered = False
+        """True once every unfinished run found at start (or at a shard change) was woken."""
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        engine = self.engine
+        # SQLiteStore: one process runs workflows on a file (StoreError for a second one).
+        worker_lock = getattr(engine.store, "worker_lock", None)
+        with worker_lock() if worker_lock is not None else contextlib.nullcontext():
+            await self._serve(task_status)
+
+    async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
         engine = self.engine
         engine.on_timers = self.schedule_run
         try:
@@ -139,9 +135,11 @@ class Supervisor(Generic[T, S]):
                         services.start_soon(self._tail, after, version)
                     for service in self._services:
                         services.start_soon(self._singleton, service)
+                    self.serving = True
                     task_status.started()
                     await self._stop.wait()
                     self.stopping = True
+                    self.serving = False
                     for actor in list(self.actors.values()):
                         actor.interrupt()
                     actors.cancel_scope.deadline = (
@@ -157,12 +155,81 @@ class Supervisor(Generic[T, S]):
                 )
         finally:
             self.stopping = True
+            self.serving = False
             self._nursery = None
             self._services_nursery = None
             engine.on_timers = None
 
     def stop(self) -> None:
         self._stop.set()
+
+    # -- health ------------------------------------------------------------------------------
+
+    def states(self) -> dict[str, ProcessState]:
+        """The state of the step and timeout consumers, the timers and shard ownership,
+        worked out now from what the supervisor holds (no bookkeeping on the hot path)."""
+        engine = self.engine
+        if not self.serving:
+            return _all_stopped(self.process_names())
+        erroring = engine.erroring()
+        busy: set[int] = set()
+        for actor in self.actors.values():
+            status = actor.active_status
+            if status is not None:
+                busy.add(status)
+        for known, _ in self._waiting.values():
+            if known is not None:
+                busy.add(known.status)
+        found: dict[str, ProcessState] = {}
+        for processes in (engine.step_processes, engine.timeout_processes):
+            for status, process in processes.items():
+                if process.name in erroring:
+                    found[process.name] = ProcessState.ERRORING
+                elif status in busy:
+                    found[process.name] = ProcessState.RUNNING
+                else:
+                    found[process.name] = ProcessState.IDLE
+        found["timers"] = ProcessState.RUNNING if self._armed else ProcessState.IDLE
+        if self.ownership is not None:
+            found["shard-ownership"] = (
+                ProcessState.RUNNING if self.has_share() else ProcessState.IDLE
+            )
+        return found
+
+    def counts(self) -> tuple[int, int, int]:
+        """(run actors, runs waiting for a slot, runs with an armed timer)."""
+        return len(self.actors), len(self._waiting), len(self._armed)
+
+    def process_names(self) -> list[str]:
+        """The names :meth:`states` reports."""
+        engine = self.engine
+        names = [p.name for p in engine.step_processes.values()]
+        names += [p.name for p in engine.timeout_processes.values()]
+        names.append("timers")
+        if self.ownership is not None:
+            names.append("shard-ownership")
+        return names
+
+    def has_share(self) -> bool:
+        """Whether this process holds its fair share of shard leases (always, without
+        scale-out)."""
+        ownership = self.ownership
+        if ownership is None:
+            return True
+        held = getattr(ownership, "held", None)
+        target = getattr(ownership, "target", 0)
+        if held is None:
+            return True
+        return len(held()) >= int(target)
+
+    @property
+    def ready(self) -> bool:
+        """Recovered and taking work (and, with scale-out, holding its share of shards)."""
+        return self.serving and self.recovered and self.has_share()
+
+    def leads(self) -> bool:
+        """Whether this process runs the workflow's singleton services now."""
+        return self._leads()
 
     # -- ownership ---------------------------------------------------------------------------
 
@@ -200,11 +267,19 @@ class Supervisor(Generic[T, S]):
                     return
                 finally:
                     self._leader_scopes.discard(scope)
-            log.info("workflow %r: not the leader any more: service stopped", self.engine.name)
+            log.info(
+                "workflow %r: not the leader any more: service stopped",
+                self.engine.name,
+                extra={"workflow_name": self.engine.name},
+            )
 
     async def _load_timers(self) -> None:
-        timers = await _retrying(
-            self.engine, "loading timers", lambda: self.engine.store.list_timers(self.engine.name)
+        engine = self.engine
+        timers = await retrying(
+            lambda: engine.store.list_timers(engine.name),
+            options=engine.default_options,
+            what=f"workflow {engine.name!r}: loading timers",
+            log=log,
         )
         self.schedule([t for t in timers if self.owns(t.run_id)])
 
@@ -297,7 +372,11 @@ class Supervisor(Generic[T, S]):
             history = await store.history(self.engine.name, event.run_id)
         except Exception as exc:
             log.warning(
-                "workflow %r: reading run %s failed: %s", self.engine.name, event.run_id, exc
+                "workflow %r: reading run %s failed: %s",
+                self.engine.name,
+                event.run_id,
+                exc,
+                extra={"workflow_name": self.engine.name, "run_id": event.run_id},
             )
             return
         for raw in history:
@@ -398,12 +477,11 @@ class Supervisor(Generic[T, S]):
         engine = self.engine
         statuses = [int(s) for s in engine.definition.steps]
         if not statuses:
+            self.recovered = True
             return
         after: str | None = None
         while not self.stopping:
-            page = await _retrying(
-                engine,
-                "recovering runs",
+            page = await retrying(
                 functools.partial(
                     engine.store.list_runs,
                     engine.name,
@@ -412,6 +490,9 @@ class Supervisor(Generic[T, S]):
                     limit=RECOVERY_PAGE,
                     after=after,
                 ),
+                options=engine.default_options,
+                what=f"workflow {engine.name!r}: recovering runs",
+                log=log,
             )
             for raw in page:
                 if self.stopping:
@@ -424,6 +505,7 @@ class Supervisor(Generic[T, S]):
                         return
                 self.wake(raw.run_id)
             if len(page) < RECOVERY_PAGE:
+                self.recovered = True
                 return
             after = page[-1].run_id
 
@@ -461,7 +543,12 @@ class Supervisor(Generic[T, S]):
                     last = await engine.store.last_event_id()
                     version = await data_version()
                 except Exception as exc:
-                    log.warning("workflow %r: reading the event log failed: %s", engine.name, exc)
+                    log.warning(
+                        "workflow %r: reading the event log failed: %s",
+                        engine.name,
+                        exc,
+                        extra={"workflow_name": engine.name},
+                    )
                     continue
                 if version == seen_version:
                     after = max(after, last)
@@ -473,7 +560,12 @@ class Supervisor(Generic[T, S]):
                     events = await engine.store.read_events(after, TAIL_BATCH, engine.name)
                 except Exception as exc:
                     # Not read to its end: the next look reads from ``after`` again.
-                    log.warning("workflow %r: reading the event log failed: %s", engine.name, exc)
+                    log.warning(
+                        "workflow %r: reading the event log failed: %s",
+                        engine.name,
+                        exc,
+                        extra={"workflow_name": engine.name},
+                    )
                     break
                 for event in events:
                     after = event.id
@@ -495,8 +587,17 @@ class Supervisor(Generic[T, S]):
             try:
                 self.schedule(await self.engine.store.list_timers(self.engine.name, event.run_id))
             except Exception as exc:
-                log.warning("workflow %r: reading timers failed: %s", self.engine.name, exc)
+                log.warning(
+                    "workflow %r: reading timers failed: %s",
+                    self.engine.name,
+                    exc,
+                    extra={"workflow_name": self.engine.name, "run_id": event.run_id},
+                )
         if actor is not None:
             actor.poke()
         elif event.status in definition.steps and event.run_state.active:
             self.wake(event.run_id)
+
+
+def _all_stopped(names: list[str]) -> dict[str, ProcessState]:
+    return dict.fromkeys(names, ProcessState.STOPPED)

@@ -12,20 +12,23 @@ been handled, acknowledged and its cursor stored.
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import trio
 
 from actorflow._model.clock import trio_deadline
 from actorflow._model.definition import ConnectorSpec, fn_name
 from actorflow._model.errors import InvalidArgument
 from actorflow._model.options import Options
-from actorflow._runtime.engine import log
+from actorflow._model.process import ProcessState
+from actorflow._runtime.observe import Process, process_name
 from actorflow._runtime.user_code import user_error
 from actorflow._services.context import ServiceContext
 from actorflow.streaming._protocol import ConnectorEvent, EventSource
 from actorflow.streaming._stats import ConnectorStats, connector_stats
 
-MIN_DELAY = 0.01
-"""Seconds: the shortest back-off, so that ``error_backoff=timedelta(0)`` never spins."""
+log = logging.getLogger(__name__)
 
 
 def cursor_name(workflow_name: str, connector_name: str) -> str:
@@ -33,9 +36,23 @@ def cursor_name(workflow_name: str, connector_name: str) -> str:
     return f"connector:{workflow_name}:{connector_name}"
 
 
-def retry_delay(options: Options, errors: int) -> float:
-    """Seconds to wait after ``errors`` consecutive failures."""
-    return max(options.backoff(errors).total_seconds(), MIN_DELAY)
+def process_of(ctx: ServiceContext, spec: ConnectorSpec) -> Process:
+    """The process (``<name>-connector-consumer``) that reports a connector's state."""
+    return ctx.service(
+        process_name(spec.name, "connector-consumer"), spec.options.lag_alert.total_seconds()
+    )
+
+
+def event_fields(ctx: ServiceContext, spec: ConnectorSpec, event: ConnectorEvent) -> dict[str, Any]:
+    """The ``extra=`` fields of a log record about a connector's event."""
+    return {
+        "workflow_name": ctx.name,
+        "process_name": process_name(spec.name, "connector-consumer"),
+        "connector": spec.name,
+        "event_id": event.id,
+        "foreign_id": event.foreign_id,
+        "event_type": event.type,
+    }
 
 
 async def run_connectors(ctx: ServiceContext) -> None:
@@ -60,6 +77,17 @@ async def run_connectors(ctx: ServiceContext) -> None:
 
 async def serve_connector(ctx: ServiceContext, spec: ConnectorSpec, stats: ConnectorStats) -> None:
     """Consume one connector's source until cancelled."""
+    process = process_of(ctx, spec)
+    process.state = ProcessState.RUNNING
+    try:
+        await _serve(ctx, spec, stats, process)
+    finally:
+        process.state = ProcessState.STOPPED
+
+
+async def _serve(
+    ctx: ServiceContext, spec: ConnectorSpec, stats: ConnectorStats, process: Process
+) -> None:
     store = ctx.store
     name = cursor_name(ctx.name, spec.name)
     source: EventSource = spec.source
@@ -72,7 +100,9 @@ async def serve_connector(ctx: ServiceContext, spec: ConnectorSpec, stats: Conne
                 while True:
                     event = await receiver.receive()
                     await _wait_for_lag(ctx, spec.options, event)
-                    await _handle(ctx, spec, stats, event)
+                    lag = (ctx.clock.now() - event.created_at).total_seconds()
+                    process.took_up(ctx.observer, ctx.name, lag, event_fields(ctx, spec, event))
+                    await _handle(ctx, spec, stats, event, process)
                     await receiver.ack(event)
                     await store.set_cursor(name, event.id)
                     # Only a fully handled event ends a run of failures: an ack or cursor
@@ -80,12 +110,16 @@ async def serve_connector(ctx: ServiceContext, spec: ConnectorSpec, stats: Conne
                     failures = 0
                     stats.handled += 1
                     stats.cursor = event.id
+                    process.state = ProcessState.RUNNING
         except (Exception, trio.Cancelled) as caught:
             exc = user_error(caught, f"connector {spec.name!r} source {source!r}")
             failures += 1
             stats.source_errors += 1
             stats.last_error = f"{type(exc).__name__}: {exc}"
-            delay = retry_delay(spec.options, failures)
+            process.state = ProcessState.ERRORING
+            if ctx.observer is not None:
+                ctx.observer.error(process.name)
+            delay = spec.options.retry_seconds(failures)
             log.warning(
                 "workflow %r connector %r: source %r failed (%d in a row), reopening in %.3g s: %s",
                 ctx.name,
@@ -94,6 +128,12 @@ async def serve_connector(ctx: ServiceContext, spec: ConnectorSpec, stats: Conne
                 failures,
                 delay,
                 stats.last_error,
+                extra={
+                    "workflow_name": ctx.name,
+                    "process_name": process.name,
+                    "connector": spec.name,
+                    "error_count": failures,
+                },
             )
             await trio.sleep(delay)
 
@@ -108,20 +148,49 @@ async def _wait_for_lag(ctx: ServiceContext, options: Options, event: ConnectorE
 
 
 async def _handle(
-    ctx: ServiceContext, spec: ConnectorSpec, stats: ConnectorStats, event: ConnectorEvent
+    ctx: ServiceContext,
+    spec: ConnectorSpec,
+    stats: ConnectorStats,
+    event: ConnectorEvent,
+    process: Process,
 ) -> None:
     """Call the connector function until it succeeds, backing off between failures."""
     errors = 0
+    observer = ctx.observer
     while True:
+        token = (
+            None
+            if observer is None
+            else observer.begin(
+                "connector",
+                process.name,
+                None,
+                parent=event.headers.get("traceparent", ""),
+                attributes={
+                    "actorflow.workflow": ctx.name,
+                    "actorflow.connector": spec.name,
+                    "actorflow.event_id": event.id,
+                    "actorflow.foreign_id": event.foreign_id,
+                    "actorflow.event_type": event.type,
+                },
+            )
+        )
         try:
             await spec.fn(ctx.handle, event)
-            return
         except (Exception, trio.Cancelled) as caught:
-            exc = user_error(caught, f"connector function {fn_name(spec.fn)}")
+            try:
+                exc = user_error(caught, f"connector function {fn_name(spec.fn)}")
+            except BaseException:
+                if observer is not None:
+                    observer.end(token, "cancelled", caught)
+                raise
+            if observer is not None:
+                observer.end(token, "error", exc)
+            process.state = ProcessState.ERRORING
             errors += 1
             stats.errors += 1
             stats.last_error = f"{type(exc).__name__}: {exc}"
-            delay = retry_delay(spec.options, errors)
+            delay = spec.options.retry_seconds(errors)
             log.warning(
                 "workflow %r connector %r: %s failed on event %s (foreign id %r, type %r), "
                 "attempt %d, retrying in %.3g s: %s",
@@ -134,5 +203,14 @@ async def _handle(
                 errors,
                 delay,
                 stats.last_error,
+                extra={**event_fields(ctx, spec, event), "error_count": errors},
             )
             await trio.sleep(delay)
+        except BaseException as exc:
+            if observer is not None:
+                observer.end(token, "cancelled", exc)
+            raise
+        else:
+            if observer is not None:
+                observer.end(token, "handled")
+            return

@@ -18,6 +18,7 @@ import attrs
 from actorflow._model.clock import Clock
 from actorflow._model.definition import Definition
 from actorflow._model.options import Options
+from actorflow._runtime.observe import Observer, Process
 from actorflow.stores import Store
 
 
@@ -48,3 +49,8 @@ class ServiceContext:
     check_trigger_args: Callable[[object, object, object], None]
     """Raises InvalidArgument for a foreign id, start status or initial object that
     ``trigger`` would refuse (so a schedule fails at once, not at its first cron time)."""
+    observer: Observer | None = None
+    """Metrics and traces (None: off)."""
+    service: Callable[[str, float], Process] = Process
+    """``service(name, lag_alert_seconds)``: the Process a service keeps its state in
+    (what ``workflow.states()`` reports)."""

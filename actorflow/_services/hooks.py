@@ -7,6 +7,7 @@ at least once per change and never forgets one.
 from __future__ import annotations
 
 import enum
+import logging
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -14,10 +15,15 @@ import trio
 
 from actorflow._model.errors import StoreError
 from actorflow._model.options import Options
+from actorflow._model.process import ProcessState
 from actorflow._model.record import Event
 from actorflow._model.run_state import RunState
-from actorflow._runtime.engine import Engine, log
+from actorflow._runtime.engine import Engine
+from actorflow._runtime.observe import RUN_STATE_NAMES, Process, process_name
+from actorflow._runtime.retry import retrying
 from actorflow._runtime.user_code import user_error
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
@@ -28,6 +34,13 @@ HOOK_OF_STATE = {
     RunState.PAUSED: "pause",
     RunState.CANCELLED: "cancel",
 }
+STATE_OF_HOOK = {kind: state for state, kind in HOOK_OF_STATE.items()}
+
+
+def hook_process(kind: str) -> str:
+    """The process name of the ``on_<kind>`` hook, as luno/workflow names its hook
+    consumers (``completed-run-state-change-hook-consumer``)."""
+    return process_name(RUN_STATE_NAMES[STATE_OF_HOOK[kind]], "run-state-change-hook-consumer")
 
 
 async def follow_events(
@@ -60,13 +73,14 @@ async def follow_events(
         except StoreError as exc:
             # Handled events may be handled again (at least once); none is skipped.
             failures += 1
-            delay = max(engine.default_options.backoff(failures).total_seconds(), 0.01)
+            delay = engine.default_options.retry_seconds(failures)
             log.warning(
                 "workflow %r: %s: store error (retrying in %.1f s): %s",
                 engine.name,
                 cursor_name,
                 delay,
                 exc,
+                extra={"workflow_name": engine.name, "cursor": cursor_name},
             )
             cursor = None
             await trio.sleep(delay)
@@ -76,30 +90,74 @@ async def run_hooks(engine: Engine[T, S], poll_interval: timedelta) -> None:
     """Serve the workflow's hooks until cancelled."""
     hooks = engine.definition.hooks
     options: Options = engine.default_options
+    processes: dict[str, Process] = {
+        kind: engine.service(hook_process(kind)) for kind in hooks if kind in STATE_OF_HOOK
+    }
 
     async def handle(event: Event) -> None:
         kind = HOOK_OF_STATE.get(event.run_state)
         hook = hooks.get(kind) if kind else None
-        if hook is None:
+        if hook is None or kind is None:
             return
-        errors = 0
-        while True:
+        process = processes[kind]
+        observer = engine.observer
+        attempts = 0
+
+        def failed(token: object, error: BaseException) -> None:
+            if observer is not None:
+                if token is None:
+                    observer.error(process.name)
+                else:
+                    observer.end(token, "error", error)
+            process.state = ProcessState.ERRORING
+
+        async def call_hook() -> None:
+            nonlocal attempts
+            attempts += 1
+            token: object = None
             try:
                 history = await engine.store.history(engine.name, event.run_id)
                 raw = next(r for r in history if r.version == event.version)
+                if attempts == 1:
+                    lag = (engine.now() - raw.updated_at).total_seconds()
+                    process.took_up(observer, engine.name, lag, raw)
+                if observer is not None:
+                    token = observer.begin("hook", process.name, raw)
                 await hook(engine.typed(raw))
-                return
-            except (Exception, trio.Cancelled) as exc:
-                error = user_error(exc, f"on_{kind} hook")
-                errors += 1
-                log.warning(
-                    "workflow %r: on_%s hook failed for run %s (attempt %d): %r",
-                    engine.name,
-                    kind,
-                    event.run_id,
-                    errors,
-                    error,
-                )
-                await trio.sleep(max(options.backoff(errors).total_seconds(), 0.001))
+            except trio.Cancelled as exc:  # a stray one is the hook's error; a real one ends us
+                try:
+                    error = user_error(exc, f"on_{kind} hook")
+                except BaseException:
+                    if observer is not None and token is not None:
+                        observer.end(token, "cancelled", exc)
+                    raise
+                failed(token, error)
+                raise error from exc
+            except Exception as exc:
+                failed(token, exc)
+                raise
+            if observer is not None:
+                observer.end(token, "handled")
+            process.state = ProcessState.RUNNING
 
-    await follow_events(engine, f"hooks:{engine.name}", poll_interval, handle)
+        await retrying(
+            call_hook,
+            options=options,
+            what=f"workflow {engine.name!r}: on_{kind} hook for run {event.run_id}",
+            log=log,
+            extra={
+                "workflow_name": engine.name,
+                "process_name": process.name,
+                "run_id": event.run_id,
+                "foreign_id": event.foreign_id,
+                "version": event.version,
+            },
+        )
+
+    for process in processes.values():
+        process.state = ProcessState.RUNNING
+    try:
+        await follow_events(engine, f"hooks:{engine.name}", poll_interval, handle)
+    finally:
+        for process in processes.values():
+            process.state = ProcessState.STOPPED

@@ -10,14 +10,15 @@ run); nothing is skipped.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import trio
 
 from actorflow._model.errors import InvalidArgument
-from actorflow._runtime.engine import log
+from actorflow._model.process import ProcessState
+from actorflow._runtime.observe import Process
 from actorflow._runtime.user_code import user_error
-from actorflow._services.connectors import retry_delay
 from actorflow._services.context import ServiceContext
 from actorflow.streaming._stats import relay_stats
 from actorflow.streaming._store_log import (
@@ -28,7 +29,11 @@ from actorflow.streaming._store_log import (
     transition_event,
 )
 
+log = logging.getLogger(__name__)
+
 BATCH = 500
+PROCESS = "outbox-consumer"
+"""The relay's process name (luno/workflow's outbox consumer)."""
 
 
 def cursor_name(workflow_name: str) -> str:
@@ -46,8 +51,17 @@ async def run_relay(ctx: ServiceContext, streamer: Any) -> None:
     problem = check_relay_streamer(streamer, ctx.store)
     if problem is not None:  # Builder.build refuses these already
         raise InvalidArgument(f"workflow {ctx.name!r}: {problem}")
-    if isinstance(streamer, StoreLogStreamer):
-        await trio.sleep_forever()  # the store's log is the stream: nothing to copy
+    process = ctx.service(PROCESS, 0.0)
+    process.state = ProcessState.RUNNING
+    try:
+        if isinstance(streamer, StoreLogStreamer):
+            await trio.sleep_forever()  # the store's log is the stream: nothing to copy
+        await _relay(ctx, streamer, process)
+    finally:
+        process.state = ProcessState.STOPPED
+
+
+async def _relay(ctx: ServiceContext, streamer: Any, process: Process) -> None:
     stats = relay_stats(ctx.handle)
     store = ctx.store
     name = cursor_name(ctx.name)
@@ -67,9 +81,13 @@ async def run_relay(ctx: ServiceContext, streamer: Any) -> None:
             async with streamer.open_sender(ctx.name) as sender:
                 while True:
                     events = await follower.next_batch()
+                    if events:
+                        lag = (ctx.clock.now() - events[0].created_at).total_seconds()
+                        process.took_up(ctx.observer, ctx.name, lag, {"workflow_name": ctx.name})
                     await sender.send_many([transition_event(event) for event in events])
                     await store.set_cursor(name, str(follower.after))
                     failures = 0
+                    process.state = ProcessState.RUNNING
                     stats.published += len(events)
                     stats.batches += 1
                     stats.cursor = follower.after
@@ -78,7 +96,10 @@ async def run_relay(ctx: ServiceContext, streamer: Any) -> None:
             failures += 1
             stats.errors += 1
             stats.last_error = f"{type(exc).__name__}: {exc}"
-            delay = retry_delay(options, failures)
+            process.state = ProcessState.ERRORING
+            if ctx.observer is not None:
+                ctx.observer.error(process.name)
+            delay = options.retry_seconds(failures)
             log.warning(
                 "workflow %r: relay to %r failed (%d in a row), re-publishing from event %d "
                 "in %.3g s: %s",
@@ -88,5 +109,6 @@ async def run_relay(ctx: ServiceContext, streamer: Any) -> None:
                 stats.cursor,
                 delay,
                 stats.last_error,
+                extra={"workflow_name": ctx.name, "process_name": PROCESS, "error_count": failures},
             )
             await trio.sleep(delay)

@@ -9,7 +9,8 @@ time missed while nothing ran fires once at start; earlier missed times are skip
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, TypeVar
 
@@ -26,9 +27,13 @@ from actorflow._model.errors import (
     StoreError,
     WorkflowInProgress,
 )
-from actorflow._runtime.engine import log
+from actorflow._model.process import ProcessState
+from actorflow._runtime.observe import Process, process_name
+from actorflow._runtime.retry import retrying
 from actorflow._runtime.user_code import user_error
 from actorflow._services.context import ServiceContext
+
+log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 _TICK = timedelta(microseconds=1)
@@ -104,10 +109,35 @@ async def schedule_trigger(
 ) -> None:
     expression = parse_cron(spec)
     ctx.check_trigger_args(foreign_id, start, initial)
+    # luno/workflow's name for a schedule's process: ``<foreign id>-scheduler-<spec>``.
+    process = ctx.service(process_name(foreign_id, "scheduler", spec), 0.0)
+    process.state = ProcessState.RUNNING
+    try:
+        await _schedule(ctx, process, expression, foreign_id, start, initial, filter, tz)
+    finally:
+        process.state = ProcessState.STOPPED
+
+
+async def _schedule(
+    ctx: ServiceContext,
+    process: Process,
+    expression: str,
+    foreign_id: str,
+    start: Any,
+    initial: Any,
+    filter: Callable[..., Any] | None,
+    tz: tzinfo,
+) -> None:
     clock = ctx.clock
     store = ctx.store
     key = f"schedule:{ctx.name}:{foreign_id}:{expression}"
-    last = await _patiently(ctx, key, lambda: store.last_schedule(key))
+    last = await retrying(
+        lambda: store.last_schedule(key),
+        options=ctx.default_options,
+        what=f"schedule {key!r}: reading its last cron time",
+        log=log,
+        retry_on=StoreError,
+    )
     now = clock.now()
     due = _next_after(expression, now if last is None else last, tz)
     if due < now:  # missed while nothing ran: fire the latest missed time once, now
@@ -123,11 +153,27 @@ async def schedule_trigger(
             await _fire(ctx, key, fired, foreign_id, start, initial, filter)
         except ActorflowError as exc:
             failures += 1
-            delay = max(ctx.default_options.backoff(failures).total_seconds(), 0.01)
-            log.warning("schedule %r: %s failed (retrying in %.1f s): %s", key, fired, delay, exc)
+            process.state = ProcessState.ERRORING
+            if ctx.observer is not None:
+                ctx.observer.error(process.name)
+            delay = ctx.default_options.retry_seconds(failures)
+            log.warning(
+                "schedule %r: %s failed (retrying in %.3g s): %s",
+                key,
+                fired,
+                delay,
+                exc,
+                extra={
+                    "workflow_name": ctx.name,
+                    "process_name": process.name,
+                    "foreign_id": foreign_id,
+                    "error_count": failures,
+                },
+            )
             await trio.sleep(delay)
             continue  # the same cron time again, unless it was claimed
         failures = 0
+        process.state = ProcessState.RUNNING
         due = _next_after(expression, max(fired, clock.now()), tz)
 
 
@@ -150,7 +196,17 @@ async def _fire(
         unfinished = False
     if unfinished:
         if await ctx.store.claim_schedule(key, fired):
-            log.info("schedule %r: %s skipped, run %s unfinished", key, fired, latest.run_id)
+            log.info(
+                "schedule %r: %s skipped, run %s unfinished",
+                key,
+                fired,
+                latest.run_id,
+                extra={
+                    "workflow_name": ctx.name,
+                    "foreign_id": foreign_id,
+                    "run_id": latest.run_id,
+                },
+            )
         return
     allowed = await _allowed(filter, fired)
     if not await ctx.store.claim_schedule(key, fired) or not allowed:
@@ -159,15 +215,3 @@ async def _fire(
         await ctx.handle.trigger(foreign_id, start, initial=initial)
     except WorkflowInProgress:
         return
-
-
-async def _patiently(ctx: ServiceContext, key: str, call: Callable[[], Awaitable[R]]) -> R:
-    failures = 0
-    while True:
-        try:
-            return await call()
-        except StoreError as exc:
-            failures += 1
-            delay = max(ctx.default_options.backoff(failures).total_seconds(), 0.01)
-            log.warning("schedule %r: store error (retrying in %.1f s): %s", key, delay, exc)
-            await trio.sleep(delay)

@@ -15,11 +15,13 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
+from actorflow._model.errors import is_interrupt
 from actorflow.cli import commands as _cli_commands
 from actorflow.cli import worker as _cli_worker
 from actorflow.cli.app import (
     APP_ENV,
     FAILURE,
+    READ_ONLY_TOKEN_ENV,
     TOKEN_ENV,
     USAGE,
     UsageError,
@@ -30,6 +32,8 @@ from actorflow.cli.app import (
 from actorflow.cli.demo import demo
 
 __all__ = ["main", "parser"]
+
+INTERRUPTED = 130
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -70,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser(
         "worker",
-        help="run workflows until Ctrl-C/SIGTERM (and serve the gateway)",
+        help="run workflows until Ctrl-C/SIGTERM (and serve the gateway, the console)",
         description="Run the workflows of MODULE:ATTR on their stores until SIGINT or SIGTERM, "
         "then stop gracefully: steps in flight finish, nothing is lost.",
     )
@@ -80,7 +84,24 @@ def parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="also serve the websocket gateway there (port 0: any)",
     )
-    worker.add_argument("--token", help=f"the gateway's token (default: ${TOKEN_ENV})")
+    worker.add_argument(
+        "--console",
+        metavar="HOST:PORT",
+        help="also serve the web console there (port 0: any; needs actorflow[console])",
+    )
+    worker.add_argument(
+        "--token", help=f"the gateway's and the console's token (default: ${TOKEN_ENV})"
+    )
+    worker.add_argument(
+        "--read-only-token",
+        help=f"a second token that may look but not steer (default: ${READ_ONLY_TOKEN_ENV})",
+    )
+    worker.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics, /healthz and /readyz there (port 0: any); "
+        "needs actorflow[metrics]",
+    )
     worker.set_defaults(handler=_cli_worker.worker)
 
     runs = commands.add_parser("runs", help="list runs, show one, show its history")
@@ -230,11 +251,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler: Handler = args.handler
         with _logging(args.command, show_traceback):
             return handler(args)
-    except KeyboardInterrupt:
-        return 130
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
+        if is_interrupt(exc):  # Ctrl-C: one line, no traceback, exit 130
+            print("actorflow: interrupted", file=sys.stderr, flush=True)
+            return INTERRUPTED
         error = user_error(exc)
         if show_traceback:
             traceback.print_exception(exc)

@@ -15,11 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, final
 
-import cattrs
-
-from actorflow._model.codec import converter
+from actorflow._model.codec import structure_json
 from actorflow._model.errors import ActorflowError, BuildError, InvalidArgument
 from actorflow._model.run_state import RunState
+from actorflow._model.statuses import parse_status as _parse_status
 from actorflow.workflow import Workflow
 
 USAGE: Final = 2
@@ -29,6 +28,7 @@ FAILURE: Final = 1
 
 APP_ENV: Final = "ACTORFLOW_APP"
 TOKEN_ENV: Final = "ACTORFLOW_TOKEN"
+READ_ONLY_TOKEN_ENV: Final = "ACTORFLOW_READ_ONLY_TOKEN"
 
 
 class CliError(Exception):
@@ -212,17 +212,10 @@ def _kind(value: object) -> str:
 
 def parse_status(status_type: type[enum.IntEnum], text: str, what: str = "status") -> enum.IntEnum:
     """A status given by name (any case) or integer value."""
-    value = text.strip()
-    member = status_type.__members__.get(value) or status_type.__members__.get(value.upper())
-    if member is None:
-        try:
-            member = status_type(int(value))
-        except ValueError:
-            member = None
-    if member is None:
-        members = ", ".join(f"{m.name}={m.value}" for m in status_type)
-        raise UsageError(f"{what} {text!r} is not one of {status_type.__name__}: {members}")
-    return member
+    try:
+        return _parse_status(status_type, text, by_name=True)
+    except ValueError as exc:
+        raise UsageError(f"{what} {exc}") from None
 
 
 def parse_statuses(
@@ -244,40 +237,38 @@ def parse_run_states(values: Sequence[str] | None) -> list[RunState] | None:
     return None if states is None else [RunState(s) for s in states]
 
 
-def parse_host_port(text: str) -> tuple[str, int]:
+def parse_host_port(text: str, option: str = "--gateway") -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:PORT`` for IPv6, ``:PORT`` for 127.0.0.1)."""
     host, sep, port_text = text.rpartition(":")
     if not sep:
-        raise UsageError(f"--gateway {text!r} is not HOST:PORT, e.g. 127.0.0.1:8765")
+        raise UsageError(f"{option} {text!r} is not HOST:PORT, e.g. 127.0.0.1:8765")
     host = host.strip("[]") or "127.0.0.1"
     try:
         port = int(port_text)
     except ValueError:
         port = -1
     if not 0 <= port <= 65535:
-        raise UsageError(f"--gateway {text!r}: the port must be a number from 0 to 65535")
+        raise UsageError(f"{option} {text!r}: the port must be a number from 0 to 65535")
     return host, port
 
 
 def parse_initial(workflow: Workflow[Any, Any], text: str | None) -> Any:
-    """The initial object from its JSON text (None: the type's defaults)."""
+    """The initial object from its JSON text (None: the type's defaults), structured
+    strictly: wrong types and unknown members are refused, naming the field path."""
     if text is None:
         return None
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant)
     except ValueError as exc:
         raise UsageError(f"--initial is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--initial must be a JSON object, not {type(data).__name__}")
-    object_type = workflow.object_type
     try:
-        return converter.structure(data, object_type)
-    except Exception as exc:
-        if isinstance(exc, cattrs.BaseValidationError):
-            detail = "; ".join(cattrs.transform_error(exc, path="initial"))
-        else:
-            detail = f"{type(exc).__name__}: {exc}"
-        raise UsageError(f"--initial does not fit {object_type.__name__}: {detail}") from None
+        return structure_json(data, workflow.object_type, "initial")
+    except InvalidArgument as exc:
+        raise UsageError(f"--initial: {exc}") from None
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON (numbers must be finite)")
 
 
 def read_payload(data: str | None, file: str | None) -> bytes:
@@ -297,6 +288,6 @@ def read_payload(data: str | None, file: str | None) -> bytes:
         raise UsageError(f"cannot read --file {file}: {exc.strerror or exc}") from None
 
 
-def token_from(value: str | None) -> str | None:
-    """``--token``, or the ``ACTORFLOW_TOKEN`` environment variable."""
-    return value or os.environ.get(TOKEN_ENV) or None
+def token_from(value: str | None, env: str = TOKEN_ENV) -> str | None:
+    """``--token``, or the ``ACTORFLOW_TOKEN`` environment variable (``env``)."""
+    return value or os.environ.get(env) or None

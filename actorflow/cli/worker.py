@@ -7,12 +7,14 @@ import functools
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import trio
 
 from actorflow._model.errors import GatewayError
 from actorflow.cli.app import (
+    READ_ONLY_TOKEN_ENV,
     App,
     CliError,
     UsageError,
@@ -21,10 +23,13 @@ from actorflow.cli.app import (
     token_from,
 )
 from actorflow.cli.format import change_line, dumps
+from actorflow.console import serve_console
 from actorflow.gateway import open_gateway_client, serve_gateway
 from actorflow.gateway.client import GatewayClient
 
 STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+INTERRUPTED: Final = 130
+"""Exit code after Ctrl-C (SIGINT), as for every command."""
 
 
 def _say(text: str) -> None:
@@ -39,31 +44,94 @@ def worker(args: argparse.Namespace) -> int:
     """Run the workflows of MODULE:ATTR until SIGINT or SIGTERM, then stop gracefully."""
     app = load_app(args.app)
     gateway = parse_host_port(args.gateway) if args.gateway else None
+    console = parse_host_port(args.console, "--console") if args.console else None
     token = token_from(args.token)
-    if token is not None and gateway is None:
-        raise UsageError("--token only makes sense with --gateway HOST:PORT")
-    trio.run(functools.partial(serve_worker, app, gateway, token))
-    return 0
+    read_only_token = token_from(args.read_only_token, READ_ONLY_TOKEN_ENV)
+    if token is not None and gateway is None and console is None:
+        raise UsageError("--token only makes sense with --gateway or --console HOST:PORT")
+    if read_only_token is not None and token is None:
+        raise UsageError("--read-only-token needs --token (without one everybody may steer)")
+    if read_only_token is not None and gateway is None and console is None:
+        raise UsageError("--read-only-token only makes sense with --gateway or --console")
+    metrics = parse_host_port(args.metrics, "--metrics") if args.metrics else None
+    if metrics is not None:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            raise UsageError(
+                "--metrics needs prometheus-client: pip install 'actorflow[metrics]'"
+            ) from None
+    stopped_by = trio.run(
+        functools.partial(
+            serve_worker,
+            app,
+            gateway,
+            token,
+            console=console,
+            read_only_token=read_only_token,
+            metrics=metrics,
+        )
+    )
+    # Ctrl-C (SIGINT) is an interruption (130, like every command); SIGTERM a normal stop.
+    return INTERRUPTED if stopped_by == signal.SIGINT else 0
 
 
-async def serve_worker(app: App, gateway: tuple[str, int] | None, token: str | None) -> None:
-    """Serve until a stop signal: stop the gateway, let steps in flight finish (each
-    workflow's grace period), close the stores. A second signal cancels at once."""
+async def serve_worker(
+    app: App,
+    gateway: tuple[str, int] | None,
+    token: str | None,
+    *,
+    console: tuple[str, int] | None = None,
+    read_only_token: str | None = None,
+    metrics: tuple[str, int] | None = None,
+) -> int | None:
+    """Serve until a stop signal: stop the gateway and the console, let steps in flight
+    finish (each workflow's grace period), close the stores. A second signal cancels at
+    once. Returns the signal that stopped it."""
+    received: int | None = None
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         try:
             async with trio.open_nursery() as outer:
                 async with trio.open_nursery() as inner:
+                    metrics_scope = trio.CancelScope()
+                    if metrics is not None:
+                        # Before the workflows: /healthz and /readyz answer during recovery.
+                        host, port = metrics
+                        bound = await inner.start(_serve_metrics, app, host, port, metrics_scope)
+                        where = f"[{host}]" if ":" in host else host
+                        _say(f"metrics listening on http://{where}:{bound}/metrics")
                     for workflow in app.workflows:
                         await inner.start(workflow.run)
-                    gateway_scope = trio.CancelScope()
+                    servers_scope = trio.CancelScope()
                     if gateway is not None:
                         host, port = gateway
-                        bound = await inner.start(
-                            _serve_gateway, app, host, port, token, gateway_scope
+                        serve = functools.partial(
+                            serve_gateway,
+                            app.workflows,
+                            host,
+                            port,
+                            token=token,
+                            read_only_token=read_only_token,
                         )
-                        where = f"[{host}]" if ":" in host else host
+                        bound = await inner.start(
+                            _serve, f"gateway on {host}:{port}", serve, servers_scope
+                        )
                         # Tests and scripts read this line to find a port chosen by the system.
-                        _say(f"gateway listening on ws://{where}:{bound}/")
+                        _say(f"gateway listening on ws://{_where(host)}:{bound}/")
+                    if console is not None:
+                        host, port = console
+                        serve = functools.partial(
+                            serve_console,
+                            app.workflows,
+                            host,
+                            port,
+                            token=token,
+                            read_only_token=read_only_token,
+                        )
+                        bound = await inner.start(
+                            _serve, f"console on {host}:{port}", serve, servers_scope
+                        )
+                        _say(f"console listening on http://{_where(host)}:{bound}/")
                     _say(
                         f"worker running {', '.join(app.names)} (pid {os.getpid()}); "
                         "Ctrl-C or SIGTERM stops it gracefully"
@@ -73,9 +141,10 @@ async def serve_worker(app: App, gateway: tuple[str, int] | None, token: str | N
                         f"got {signal.Signals(received).name}: stopping gracefully (steps in "
                         "flight finish; send it again to stop at once)"
                     )
-                    gateway_scope.cancel()
+                    servers_scope.cancel()
                     for workflow in app.workflows:
                         workflow.stop()
+                    metrics_scope.cancel()
                     outer.start_soon(_force_on_signal, signals, inner.cancel_scope)
                 outer.cancel_scope.cancel()
         finally:
@@ -83,23 +152,46 @@ async def serve_worker(app: App, gateway: tuple[str, int] | None, token: str | N
                 for store in app.stores():
                     await store.aclose()
     _say("worker stopped")
+    return received
 
 
-async def _serve_gateway(
-    app: App,
-    host: str,
-    port: int,
-    token: str | None,
+def _where(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def _serve(
+    what: str,
+    serve: Callable[..., Awaitable[None]],
     scope: trio.CancelScope,
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Run the gateway or the console (``serve``, which reports its bound port) in
+    ``scope``, so a stop signal ends it before the workflows stop."""
     with scope:
         try:
-            await serve_gateway(app.workflows, host, port, token=token, task_status=task_status)
+            await serve(task_status=task_status)
         except OSError as exc:
             reason = exc.strerror or str(exc)
-            raise CliError(f"cannot serve the gateway on {host}:{port}: {reason}") from None
+            raise CliError(f"cannot serve the {what}: {reason}") from None
+
+
+async def _serve_metrics(
+    app: App,
+    host: str,
+    port: int,
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    from actorflow._observe.http import serve_metrics
+
+    with scope:
+        try:
+            await serve_metrics(app.workflows, host, port, task_status=task_status)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise CliError(f"cannot serve the metrics on {host}:{port}: {reason}") from None
 
 
 async def _force_on_signal(signals: Any, scope: trio.CancelScope) -> None:
@@ -143,6 +235,7 @@ async def watch_gateway(
 ) -> int:
     """Subscribe to every served workflow (or one) and print each change; stop after
     ``count`` changes, on SIGINT/SIGTERM, or fail when the connection is lost."""
+    got: list[int] = []
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async with open_gateway_client(url, token=token) as client:
             names = [workflow] if workflow else [w["name"] for w in await client.workflows()]
@@ -150,7 +243,7 @@ async def watch_gateway(
                 raise CliError(f"the gateway at {url} serves no workflows")
             send, receive = trio.open_memory_channel[dict[str, Any]](0)
             async with trio.open_nursery() as outer:
-                outer.start_soon(_stop_on_signal, signals, outer.cancel_scope)
+                outer.start_soon(_stop_on_signal, signals, outer.cancel_scope, got)
                 async with trio.open_nursery() as followers:
                     async with send:
                         for name in names:
@@ -166,6 +259,9 @@ async def watch_gateway(
                             break
                 # Reached only when the followers ended without an error (or --count).
                 outer.cancel_scope.cancel()
+    if got and got[0] == signal.SIGINT:
+        _say("actorflow: interrupted")
+        return INTERRUPTED
     return 0
 
 
@@ -186,6 +282,6 @@ async def _follow(
             raise CliError(f"watching {name} ended: {exc}") from None
 
 
-async def _stop_on_signal(signals: Any, scope: trio.CancelScope) -> None:
-    await signals.__anext__()
+async def _stop_on_signal(signals: Any, scope: trio.CancelScope, got: list[int]) -> None:
+    got.append(await signals.__anext__())
     scope.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final, final
@@ -93,13 +94,37 @@ class ConsoleSettings:
             target += "?" + connection.url.query
         return self.gateway.access(connection.scope["headers"], target)
 
+    def admit(self, connection: HTTPConnection) -> tuple[Access, tuple[int, str] | None]:
+        """The visitor's access and, when refused, the HTTP status and message.
+
+        Requests that offer a wrong credential or several count against the visitor's
+        address, as handshakes do on the gateway: past ``max_refused_handshakes`` the
+        address gets 429 without a look at its credential (a request without one, how the
+        page starts, is not a guess and does not count).
+        """
+        limiter = self.gateway.refusals
+        address = connection.client.host if connection.client is not None else ""
+        now = trio.current_time()
+        if self.auth:
+            wait = limiter.wait(address, now)
+            if wait > 0:
+                retry = math.ceil(wait)
+                return Access.WRONG, (429, f"too many refused tokens; try again in {retry} s")
+        access = self.access(connection)
+        refusal = _refusal(access)
+        if access in (Access.WRONG, Access.SEVERAL):
+            limiter.refused(address, now)
+        return access, refusal
+
 
 def _refusal(verdict: Access) -> tuple[int, str] | None:
+    if verdict in (Access.GRANTED, Access.READ_ONLY):
+        return None
     if verdict is Access.MISSING:
         return 401, "a token is required: Authorization: Bearer <token>"
-    if verdict is Access.WRONG:
-        return 403, "wrong token"
-    return None
+    if verdict is Access.SEVERAL:
+        return 400, "send exactly one credential: one Authorization header or one token parameter"
+    return 403, "wrong token"
 
 
 def build_app(settings: ConsoleSettings) -> Starlette:
@@ -109,8 +134,7 @@ def build_app(settings: ConsoleSettings) -> Starlette:
         return FileResponse(STATIC / "index.html", headers=SECURITY_HEADERS)
 
     async def session(request: Request) -> Response:
-        access = settings.access(request)
-        refusal = _refusal(access)
+        access, refusal = settings.admit(request)
         if refusal is not None:
             status, message = refusal
             return JSONResponse(
@@ -131,8 +155,7 @@ def build_app(settings: ConsoleSettings) -> Starlette:
         return PlainTextResponse("ok\n", headers=SECURITY_HEADERS)
 
     async def websocket(ws: WebSocket) -> None:
-        access = settings.access(ws)
-        refusal = _refusal(access)
+        access, refusal = settings.admit(ws)
         if refusal is not None:
             status, message = refusal
             await ws.send_denial_response(PlainTextResponse(message + "\n", status_code=status))

@@ -26,9 +26,10 @@ import contextlib
 import functools
 import json
 import secrets
+import signal
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ import attrs
 import trio
 
 import actorflow as af
+from actorflow._model.errors import is_interrupt
 from actorflow.demo.workflow import (
     ORDERS,
     Order,
@@ -209,13 +211,26 @@ def report_clock_offset(now: datetime, lead: timedelta, last_report: datetime | 
     return minute - (now + lead)
 
 
+async def until_stopped() -> None:
+    """Wait for SIGTERM (Ctrl-C interrupts the whole demo: see ``_until_interrupted``)."""
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            return
+
+
 async def run_demo(
     db: Path,
     *,
     payment_timeout: float = 3.0,
     out: Callable[[str], None] = print,
+    console: tuple[str, int] | None = None,
+    keep_open: Callable[[str, str], Awaitable[None]] | None = None,
 ) -> Outcome:
-    """Run the demo on the SQLite file ``db``; return the final records."""
+    """Run the demo on the SQLite file ``db``; return the final records.
+
+    With ``console`` (host, port), the web console serves the demo's runs from the start
+    and stays open when they are done, until ``keep_open(url, token)`` returns (default:
+    until Ctrl-C or SIGTERM)."""
     started = trio.current_time()
     store = af.SQLiteStore(db)
     try:
@@ -236,6 +251,24 @@ async def run_demo(
                 functools.partial(af.serve_gateway, [orders, reports], "127.0.0.1", 0, token=token)
             )
             url = f"ws://127.0.0.1:{port}/"
+            console_url = ""
+            if console is not None:
+                host, console_port = console
+                try:
+                    bound = await nursery.start(
+                        functools.partial(
+                            af.serve_console, [orders, reports], host, console_port, token=token
+                        )
+                    )
+                except OSError as exc:
+                    reason = exc.strerror or str(exc)
+                    raise af.ActorflowError(
+                        f"cannot serve the console on {host}:{console_port}: {reason}"
+                    ) from None
+                where = f"[{host}]" if ":" in host else host
+                console_url = f"http://{where}:{bound}/"
+                # The fragment never leaves the browser; the page keeps the token for the tab.
+                out(f"Console on {console_url}#token={token}")
             out(
                 "Orders: PLACED -> AWAITING_PAYMENT -> PAID -> SHIPPED, or PAYMENT_EXPIRED when "
                 "no payment arrives in time."
@@ -274,6 +307,14 @@ async def run_demo(
                 REPORT_ID,
                 lambda r: r.created_at >= session_start and r.status is ReportStatus.PUBLISHED,
             )
+            if console is not None:
+                out(
+                    f"\nEvery run is done. The console stays open on them: {console_url}"
+                    f"#token={token} (Ctrl-C stops it)."
+                )
+                final = [await orders.lookup(run_id) for run_id in run_ids.values()]
+                out("\n" + summary(Outcome(final, report, trio.current_time() - started)))
+                await (keep_open or (lambda url, token: until_stopped()))(console_url, token)
             nursery.cancel_scope.cancel()
 
         final = [await orders.lookup(run_id) for run_id in run_ids.values()]
@@ -331,6 +372,37 @@ def summary(outcome: Outcome) -> str:
     )
 
 
+def _only_error(exc: BaseException) -> af.ActorflowError | None:
+    """The ActorflowError that ``exc`` is or holds alone (nurseries wrap it in groups)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, af.ActorflowError) else None
+
+
+async def _until_interrupted(demo: Callable[[], Awaitable[Outcome]]) -> Outcome:
+    """Run ``demo``; Ctrl-C cancels it cleanly (trio's default would raise
+    KeyboardInterrupt wherever the code is, say inside a database write, and the workflows
+    would log it as a failed step), then raises KeyboardInterrupt here."""
+    outcome: list[Outcome] = []
+    interrupted = False
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def on_signal() -> None:
+                nonlocal interrupted
+                async for _ in signals:
+                    interrupted = True
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(on_signal)
+            outcome.append(await demo())
+            nursery.cancel_scope.cancel()
+    if interrupted or not outcome:
+        raise KeyboardInterrupt
+    return outcome[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     """The demo's command line; returns the exit code."""
     parser = argparse.ArgumentParser(
@@ -348,12 +420,29 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help="how long an order waits for its payment (default 3)",
     )
+    parser.add_argument(
+        "--console",
+        nargs="?",
+        const="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="serve the web console there (default 127.0.0.1:8080) and keep it open on the "
+        "demo's runs until Ctrl-C",
+    )
     args = parser.parse_args(argv)
     if not 0.5 <= args.payment_timeout <= 50:
         parser.error("--payment-timeout must be between 0.5 and 50 seconds")
+    console: tuple[str, int] | None = None
+    if args.console is not None:
+        host, _, port = args.console.rpartition(":")
+        if not port.isdigit() or not 0 <= int(port) <= 65535:
+            parser.error(f"--console {args.console!r} is not HOST:PORT, e.g. 127.0.0.1:8080")
+        console = (host.strip("[]") or "127.0.0.1", int(port))
 
     def run(db: Path) -> Outcome:
-        return trio.run(functools.partial(run_demo, db, payment_timeout=args.payment_timeout))
+        demo = functools.partial(
+            run_demo, db, payment_timeout=args.payment_timeout, console=console
+        )
+        return trio.run(_until_interrupted, demo)
 
     try:
         if args.db is not None:
@@ -361,10 +450,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             with tempfile.TemporaryDirectory(prefix="actorflow-demo-") as directory:
                 outcome = run(Path(directory) / "demo.db")
-    except af.ActorflowError as exc:
-        print(f"actorflow demo: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        error = _only_error(exc)
+        if error is not None:
+            print(f"actorflow demo: error: {error}", file=sys.stderr)
+            return 1
+        if not is_interrupt(exc):
+            raise
+        print("actorflow demo: interrupted", file=sys.stderr, flush=True)
         return 130
     print(f"\nSummary ({len(outcome.orders)} orders and a report in {outcome.seconds:.1f} s):\n")
     print(summary(outcome))

@@ -13,26 +13,30 @@ import base64
 import enum
 import itertools
 import logging
+import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from datetime import datetime
 from typing import Any, Final, NoReturn, final
+from urllib.parse import urlsplit
 
 import trio
 import trio_websocket
 
 from actorflow._model.codec import converter
-from actorflow._model.errors import GatewayError
+from actorflow._model.errors import GatewayError, InvalidArgument
+from actorflow._model.text import find_unrepresentable, is_valid_text
 from actorflow.gateway.protocol import (
     ErrorCode,
     Event,
     Reply,
     RequestId,
+    check_token_text,
     encode,
     parse_server_message,
 )
 
-log = logging.getLogger("actorflow.gateway")
+log = logging.getLogger(__name__)
 
 Status = int | str
 """A status as its integer value (an IntEnum member will do) or its name."""
@@ -230,6 +234,12 @@ class GatewayClient:
                 f"op {message.get('op')!r}: the arguments are not JSON: {exc}",
                 ErrorCode.INVALID_ARGUMENT,
             ) from None
+        if not is_valid_text(text):
+            found = find_unrepresentable(dict(message), "request")
+            raise GatewayError(
+                f"op {message.get('op')!r}: {found or 'the arguments hold invalid text'}",
+                ErrorCode.INVALID_ARGUMENT,
+            )
         try:
             await self._outgoing.send(text)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -343,7 +353,7 @@ class GatewayClient:
             args["start"] = _status(start)
         if initial is not None:
             args["initial"] = initial if isinstance(initial, Mapping) else _unstructure(initial)
-        run_id: str = await self._call("trigger", **args)
+        run_id: str = await self._call("trigger", **args, **_trace_context())
         return run_id
 
     async def await_status(
@@ -382,6 +392,7 @@ class GatewayClient:
             foreign_id=foreign_id,
             status=_status(status),
             payload=base64.b64encode(bytes(payload)).decode("ascii"),
+            **_trace_context(),
         )
         return record
 
@@ -549,12 +560,36 @@ def _unstructure(value: object) -> Any:
         ) from None
 
 
+def _check_url(url: object) -> None:
+    """Raise InvalidArgument unless ``url`` is a ``ws://`` or ``wss://`` URL we can send."""
+    if not isinstance(url, str):
+        raise InvalidArgument(f"url must be a string such as 'ws://127.0.0.1:8765/', not {url!r}")
+    problem = ""
+    if not url.isascii() or not url.isprintable() or " " in url:
+        problem = "it may hold only printable ASCII without spaces (percent-encode the rest)"
+    else:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 (raises ValueError for a port that is not 0-65535)
+        except ValueError as exc:
+            problem = str(exc)
+        else:
+            if parts.scheme not in ("ws", "wss"):
+                problem = "the scheme must be ws:// or wss://"
+            elif not parts.hostname:
+                problem = "it names no host"
+    if problem:
+        raise InvalidArgument(f"not a gateway URL: {url!r}: {problem}")
+
+
 def _rejected_error(url: str, exc: trio_websocket.ConnectionRejected) -> GatewayError:
     body = (exc.body or b"").decode("utf-8", "replace").strip()
     detail = f"the gateway at {url} refused the connection (HTTP {exc.status_code}"
     detail += f": {body})" if body else ")"
-    if exc.status_code in (401, 403):
+    if exc.status_code in (400, 401, 403):
         return GatewayError(f"{detail}; check the token", ErrorCode.UNAUTHORIZED)
+    if exc.status_code == 429:
+        return GatewayError(detail, ErrorCode.RATE_LIMITED)
     if exc.status_code == 503:
         return GatewayError(detail, ErrorCode.BUSY)
     return GatewayError(detail, ErrorCode.CONNECTION_FAILED)
@@ -589,9 +624,28 @@ async def open_gateway_client(
         close_timeout: seconds to wait for the closing handshake on exit.
 
     Raises:
+        InvalidArgument: a URL that is not ``ws://`` or ``wss://`` with a host, a token
+            that cannot be sent (empty, with a newline or other control character), or an
+            unusable setting; nothing is sent then.
         GatewayError: ``unauthorized`` when the gateway refuses the token, ``busy`` when
-            it serves too many connections, ``connection_failed`` when it cannot be reached.
+            it serves too many connections or handshakes, ``rate_limited`` when it refused
+            too many handshakes from this address, ``connection_failed`` when it cannot be
+            reached.
     """
+    _check_url(url)
+    if token is not None:
+        check_token_text(token)
+    for name, value in (("max_message_bytes", max_message_bytes),):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidArgument(f"{name} must be a positive int, not {value!r}")
+    for name, number in (("connect_timeout", connect_timeout), ("close_timeout", close_timeout)):
+        if (
+            isinstance(number, bool)
+            or not isinstance(number, int | float)
+            or not math.isfinite(number)
+            or number <= 0
+        ):
+            raise InvalidArgument(f"{name} must be a positive number of seconds, not {number!r}")
     headers = [] if token is None else [(b"authorization", f"Bearer {token}".encode())]
     async with AsyncExitStack() as stack:
         try:
@@ -634,3 +688,14 @@ def _reraise_bare(exc: BaseException) -> NoReturn:
     finally:
         exc.__context__ = context
         del exc, context
+
+
+def _trace_context() -> dict[str, str]:
+    """The caller's W3C ``traceparent`` (with actorflow[otel] and a span active), so the
+    run's trace continues the caller's across the gateway."""
+    try:
+        from actorflow._observe.tracing import current_traceparent
+    except ImportError:
+        return {}
+    traceparent = current_traceparent()
+    return {"traceparent": traceparent} if traceparent else {}

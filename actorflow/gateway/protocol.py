@@ -18,9 +18,8 @@ from typing import Any, Final, final
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
-import cattrs
 
-from actorflow._model.codec import converter
+from actorflow._model.codec import converter, structure_json
 from actorflow._model.errors import (
     CallbackError,
     GatewayError,
@@ -33,6 +32,8 @@ from actorflow._model.errors import (
 )
 from actorflow._model.record import Record
 from actorflow._model.run_state import RunState
+from actorflow._model.statuses import parse_status
+from actorflow._model.text import INVALID_TEXT, find_unrepresentable, is_valid_text
 
 RequestId = int | str
 """A request id: a JSON integer or string, chosen by the client, unique among its
@@ -160,6 +161,7 @@ OPS: Final[Mapping[str, tuple[Arg, ...]]] = {
         _FOREIGN_ID,
         Arg("start", ArgKind.STATUS, required=False),
         Arg("initial", ArgKind.OBJECT, required=False),
+        Arg("traceparent", ArgKind.TEXT, required=False),
     ),
     "await_status": (
         _WORKFLOW,
@@ -173,6 +175,7 @@ OPS: Final[Mapping[str, tuple[Arg, ...]]] = {
         _FOREIGN_ID,
         Arg("status", ArgKind.STATUS),
         Arg("payload", ArgKind.BASE64),
+        Arg("traceparent", ArgKind.TEXT, required=False),
     ),
     "lookup": (_WORKFLOW, _RUN_ID),
     "latest": (_WORKFLOW, _FOREIGN_ID),
@@ -253,7 +256,9 @@ def parse_request(data: str | bytes, max_bytes: int) -> Request:
             ErrorCode.TOO_LARGE, f"message of {size} bytes is over the limit of {max_bytes}"
         )
     try:
-        message = json.loads(data)
+        if not isinstance(data, str):
+            data = data.decode("utf-8")  # strictly: json.loads would pass surrogates through
+        message = json.loads(data, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(ErrorCode.BAD_JSON, f"message is not valid JSON: {exc}") from None
     except RecursionError:
@@ -273,6 +278,11 @@ def parse_request(data: str | bytes, max_bytes: int) -> Request:
             f'"id" must be an integer or a string, not {_json_type(request_id)}',
         )
     assert isinstance(request_id, int | str)
+    if isinstance(request_id, str) and not is_valid_text(request_id):
+        raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f'"id" {INVALID_TEXT}')
+    found = find_unrepresentable(message, "request")
+    if found is not None:
+        raise ProtocolError(ErrorCode.INVALID_ARGUMENT, found, request_id)
     op = message.get("op")
     if not isinstance(op, str):
         raise ProtocolError(
@@ -285,6 +295,10 @@ def parse_request(data: str | bytes, max_bytes: int) -> Request:
         )
     args = {k: v for k, v in message.items() if k not in ("id", "op")}
     return Request(request_id, op, args)
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON (numbers must be finite)")
 
 
 def check_args(request: Request) -> dict[str, Any]:
@@ -414,20 +428,10 @@ def coerce_status(status_type: type[enum.IntEnum], value: object, what: str = "s
     Raises:
         ProtocolError: ``invalid_argument`` when it is not a member of ``status_type``.
     """
-    members = ", ".join(f"{m.name}={m.value}" for m in status_type)
-    if isinstance(value, str):
-        member = status_type.__members__.get(value) or status_type.__members__.get(value.upper())
-        if member is not None:
-            return int(member)
-    elif isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return int(status_type(value))
-        except ValueError:
-            pass
-    raise ProtocolError(
-        ErrorCode.INVALID_ARGUMENT,
-        f"{what} {value!r} is not a member of {status_type.__name__} ({members})",
-    )
+    try:
+        return int(parse_status(status_type, value, by_name=True))
+    except ValueError as exc:
+        raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"{what} {exc}") from None
 
 
 def coerce_statuses(status_type: type[enum.IntEnum], value: object) -> int | list[int]:
@@ -445,26 +449,16 @@ def coerce_run_states(value: object) -> RunState | list[RunState]:
 
 
 def structure_object(object_type: type[Any], data: object) -> Any:
-    """Build a workflow object from its JSON form with the workflow codec's converter.
+    """Build a workflow object from its JSON form, strictly (see ``structure_json``).
 
     Raises:
-        ProtocolError: ``invalid_argument`` when ``data`` does not fit ``object_type``.
+        ProtocolError: ``invalid_argument`` when ``data`` does not fit ``object_type``;
+            the message names the field path (``initial.customer``).
     """
-    if not isinstance(data, dict):
-        raise ProtocolError(
-            ErrorCode.INVALID_ARGUMENT, f"initial must be a JSON object, not {_json_type(data)}"
-        )
     try:
-        return converter.structure(data, object_type)
-    except Exception as exc:
-        if isinstance(exc, cattrs.BaseValidationError):
-            detail = "; ".join(cattrs.transform_error(exc, path="initial"))
-        else:
-            detail = f"{type(exc).__name__}: {exc}"
-        raise ProtocolError(
-            ErrorCode.INVALID_ARGUMENT,
-            f"initial does not fit {object_type.__name__}: {detail}",
-        ) from None
+        return structure_json(data, object_type, "initial")
+    except InvalidArgument as exc:
+        raise ProtocolError(ErrorCode.INVALID_ARGUMENT, str(exc)) from None
 
 
 # -- replies and events ------------------------------------------------------------------------
@@ -658,31 +652,98 @@ class Access(enum.Enum):
     READ_ONLY = "read_only"
     MISSING = "missing"
     WRONG = "wrong"
+    SEVERAL = "several"
 
 
 def check_token(token: str | None, headers: Iterable[tuple[bytes, bytes]], target: str) -> Access:
-    """Check ``Authorization: Bearer <token>`` or a ``?token=`` query parameter.
+    """Check the one credential of a handshake: ``Authorization: Bearer <token>`` or a
+    ``?token=`` query parameter.
 
-    ``target`` is the request target of the handshake (path and query). Comparisons are
-    constant-time. With no token configured, everyone is granted access.
+    ``target`` is the request target of the handshake (path and query). Exactly one
+    credential may be offered: several ``Authorization`` headers, several ``token``
+    parameters, or one of each is :attr:`Access.SEVERAL`, whatever they hold, so a
+    handshake is one guess. The comparison is constant-time. With no token configured,
+    everyone is granted access.
     """
     if token is None:
         return Access.GRANTED
-    expected = token.encode()
-    offered: list[bytes] = []
-    for name, value in headers:
-        if name.lower() == b"authorization":
-            scheme, _, credentials = value.strip().partition(b" ")
-            if scheme.lower() == b"bearer":
-                offered.append(credentials.strip())
-    query = parse_qs(urlsplit(target).query, keep_blank_values=True)
-    offered.extend(value.encode() for value in query.get("token", ()))
-    if not offered:
+    authorizations = [value for name, value in headers if name.lower() == b"authorization"]
+    in_query = parse_qs(urlsplit(target).query, keep_blank_values=True).get("token", [])
+    if len(authorizations) + len(in_query) > 1:
+        return Access.SEVERAL
+    if in_query:
+        offered = in_query[0].encode()
+    elif authorizations:
+        scheme, _, credentials = authorizations[0].strip().partition(b" ")
+        if scheme.lower() != b"bearer":
+            return Access.MISSING
+        offered = credentials.strip()
+    else:
         return Access.MISSING
-    granted = False
-    for candidate in offered:
-        granted |= hmac.compare_digest(candidate, expected)
-    return Access.GRANTED if granted else Access.WRONG
+    return Access.GRANTED if hmac.compare_digest(offered, token.encode()) else Access.WRONG
+
+
+def check_token_text(token: object) -> str:
+    """``token`` if it can be a credential: a non-empty string of valid text without
+    control characters and without spaces at either end (a header cannot carry more).
+
+    Raises:
+        InvalidArgument: it cannot.
+    """
+    if not isinstance(token, str) or not token:
+        raise InvalidArgument(f"token must be a non-empty string or None, not {token!r}")
+    if not is_valid_text(token) or token != token.strip() or not token.isprintable():
+        raise InvalidArgument(
+            "token must be printable text without control characters (such as a newline) "
+            "and without spaces at either end"
+        )
+    return token
+
+
+@final
+class RefusalLimiter:
+    """Refused handshakes per peer address: ``allowed`` of them at once, then one more
+    every ``window / allowed`` seconds (a token bucket per address).
+
+    At most ``max_peers`` addresses are remembered; past that, addresses whose allowance
+    is whole again are forgotten first, then the least recently refused.
+    """
+
+    def __init__(self, allowed: int, window: float, max_peers: int = 10_000) -> None:
+        self.allowed = allowed
+        self.rate = allowed / window
+        self.max_peers = max_peers
+        self._peers: dict[str, tuple[float, float]] = {}
+        """address -> (refusals left, when counted)"""
+
+    def _left(self, peer: str, now: float) -> float:
+        entry = self._peers.get(peer)
+        if entry is None:
+            return float(self.allowed)
+        left, stamp = entry
+        return min(float(self.allowed), left + max(0.0, now - stamp) * self.rate)
+
+    def wait(self, peer: str, now: float) -> float:
+        """Seconds until ``peer`` may offer a credential again; 0 when it may now."""
+        left = self._left(peer, now)
+        return 0.0 if left >= 1.0 else (1.0 - left) / self.rate
+
+    def refused(self, peer: str, now: float) -> None:
+        """Count one refused handshake of ``peer``."""
+        left = max(0.0, self._left(peer, now) - 1.0)
+        self._peers.pop(peer, None)
+        self._peers[peer] = (left, now)
+        if len(self._peers) > self.max_peers:
+            self._forget(now)
+
+    def _forget(self, now: float) -> None:
+        for peer in [p for p in self._peers if self._left(p, now) >= self.allowed]:
+            del self._peers[peer]
+        while len(self._peers) > self.max_peers:
+            del self._peers[next(iter(self._peers))]
+
+    def __len__(self) -> int:
+        return len(self._peers)
 
 
 def check_access(

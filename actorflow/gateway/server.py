@@ -14,7 +14,9 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import sys
 from collections.abc import Iterable
+from contextlib import suppress
 from typing import Any, Final, Protocol, final
 
 import attrs
@@ -22,17 +24,20 @@ import trio
 import trio_websocket
 
 from actorflow._model.errors import InvalidArgument, Lagged
+from actorflow._observe import live_gateways
 from actorflow.gateway.protocol import (
     INLINE_OPS,
     STEERING_OPS,
     Access,
     ErrorCode,
     ProtocolError,
+    RefusalLimiter,
     Request,
     RequestId,
     TokenBucket,
     check_access,
     check_args,
+    check_token_text,
     coerce_run_states,
     coerce_status,
     coerce_statuses,
@@ -54,7 +59,7 @@ from actorflow.gateway.protocol import (
 )
 from actorflow.workflow import Workflow
 
-log = logging.getLogger("actorflow.gateway")
+log = logging.getLogger(__name__)
 
 OUTGOING_QUEUE: Final = 16
 """Messages waiting for the writer of one connection; producers wait when it is full."""
@@ -62,6 +67,10 @@ LINGER_SECONDS: Final = 1.0
 """After closing a connection for a too-large message, how long we read and drop what the
 peer still sends, so it gets our close frame rather than a TCP reset."""
 MESSAGE_TOO_BIG: Final = 1009
+PROTOCOL_ERRORS: Final = frozenset({1002, 1007, 1009})
+"""Close codes of wsproto's parse failures (protocol error, invalid UTF-8, too big)."""
+CLOSE_FRAME_START: Final = b"\x88"
+MAX_CLOSE_REASON: Final = 120
 
 
 @final
@@ -79,15 +88,16 @@ class GatewaySettings:
     handshake_timeout: float
     max_connections: int
     max_handshakes: int
+    max_refused_handshakes: int = 10
+    refused_handshake_window: float = 60.0
     read_only_token: str | None = None
 
     def check(self) -> None:
         """Raise InvalidArgument for settings that cannot work."""
-        if self.token is not None and (not isinstance(self.token, str) or not self.token):
-            raise InvalidArgument("token must be a non-empty string or None")
+        if self.token is not None:
+            check_token_text(self.token)
         if self.read_only_token is not None:
-            if not isinstance(self.read_only_token, str) or not self.read_only_token:
-                raise InvalidArgument("read_only_token must be a non-empty string or None")
+            check_token_text(self.read_only_token)
             if self.token is None:
                 raise InvalidArgument(
                     "read_only_token needs token: without a token everybody may steer anyway"
@@ -102,11 +112,16 @@ class GatewaySettings:
             "subscription_buffer": self.subscription_buffer,
             "max_connections": self.max_connections,
             "max_handshakes": self.max_handshakes,
+            "max_refused_handshakes": self.max_refused_handshakes,
         }
         for name, value in positive_ints.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgument(f"{name} must be a positive int, not {value!r}")
-        for name, number in (("rate", self.rate), ("handshake_timeout", self.handshake_timeout)):
+        for name, number in (
+            ("rate", self.rate),
+            ("handshake_timeout", self.handshake_timeout),
+            ("refused_handshake_window", self.refused_handshake_window),
+        ):
             if not isinstance(number, int | float) or not math.isfinite(number) or number <= 0:
                 raise InvalidArgument(f"{name} must be a positive number, not {number!r}")
 
@@ -126,7 +141,9 @@ async def serve_gateway(
     subscription_buffer: int = 256,
     handshake_timeout: float = 10.0,
     max_connections: int = 1024,
-    max_handshakes: int = 128,
+    max_handshakes: int = 1024,
+    max_refused_handshakes: int = 10,
+    refused_handshake_window: float = 60.0,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``workflows`` over a websocket until cancelled; use with ``nursery.start``.
@@ -138,9 +155,9 @@ async def serve_gateway(
         workflows: the workflows to serve, addressed by their names.
         host: the address to bind; the default only accepts local connections.
         port: the port to bind, 0 for any free one.
-        token: when set, a handshake must carry ``Authorization: Bearer <token>`` or a
-            ``token`` query parameter; others are refused with HTTP 401 (none) or 403
-            (wrong).
+        token: when set, a handshake must carry exactly one credential,
+            ``Authorization: Bearer <token>`` or a ``token`` query parameter; others are
+            refused with HTTP 401 (none), 403 (wrong) or 400 (several).
         read_only_token: a second token whose connections may read and subscribe but
             not steer: trigger, callback, pause, resume, cancel and delete_data are
             answered with ``forbidden``. Needs ``token``.
@@ -153,9 +170,14 @@ async def serve_gateway(
         handshake_timeout: seconds a new connection has to complete its handshake.
         max_connections: accepted connections served at once; more are refused with HTTP
             503. Connections still in their handshake do not count.
-        max_handshakes: connections still in their handshake (not yet authenticated);
-            when a new one would exceed it, the oldest pending handshake is dropped, so
-            idle TCP connections cannot lock clients out.
+        max_handshakes: connections still in their handshake (not yet authenticated).
+            When a new one would exceed it, the oldest pending one that has sent nothing
+            is refused (HTTP 503) to make room, or else the newcomer is.
+        max_refused_handshakes: refused handshakes (400/401/403) one peer address may
+            have at once; past them, its handshakes get HTTP 429 without a look at their
+            credential until ``refused_handshake_window`` lets one more through.
+        refused_handshake_window: seconds in which an address regains all of its
+            ``max_refused_handshakes`` (one every ``window / max`` seconds).
 
     Raises:
         InvalidArgument: no workflows, two with one name, or an unusable setting.
@@ -181,6 +203,8 @@ async def serve_gateway(
         handshake_timeout=handshake_timeout,
         max_connections=max_connections,
         max_handshakes=max_handshakes,
+        max_refused_handshakes=max_refused_handshakes,
+        refused_handshake_window=refused_handshake_window,
         read_only_token=read_only_token,
     )
     settings.check()
@@ -194,18 +218,101 @@ async def serve_gateway(
 
 
 @final
+class _PeerStream(trio.abc.HalfCloseableStream):
+    """One TCP connection as trio-websocket sees it, with two additions.
+
+    It notes whether the peer has sent anything (a pending handshake that sent nothing is
+    the first to be shed), and when trio-websocket ends a connection for a frame that
+    breaks the protocol (wsproto: invalid UTF-8 in a text frame is 1007), it sends the
+    close frame with that code before closing the TCP connection: trio-websocket 0.12.2
+    closes such connections without one, so the peer would only see 1006.
+    """
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.received = False
+        self.ws: trio_websocket.WebSocketConnection | None = None
+        self._sent_close = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if bytes(data[:1]) == CLOSE_FRAME_START:  # the server's frames are sent whole
+            self._sent_close = True
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.stream.send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.stream.receive_some(max_bytes)
+        if data:
+            self.received = True
+        return data
+
+    def sent_nothing(self) -> bool:
+        """True while the peer has sent no byte (read by us or waiting in the kernel)."""
+        return not self.received and _bytes_waiting(self.stream) == 0
+
+    async def aclose(self) -> None:
+        ws = self.ws
+        reason = None if ws is None else ws.closed
+        if reason is not None and reason.code in PROTOCOL_ERRORS and not self._sent_close:
+            self._sent_close = True
+            detail = (reason.reason or "").encode("utf-8", "replace")[:MAX_CLOSE_REASON]
+            frame = bytes([0x88, 2 + len(detail)]) + reason.code.to_bytes(2, "big") + detail
+            with (
+                trio.move_on_after(LINGER_SECONDS),
+                suppress(
+                    trio.BrokenResourceError, trio.BusyResourceError, trio.ClosedResourceError
+                ),
+            ):
+                await self.stream.send_all(frame)
+        await self.stream.aclose()
+
+
+def _bytes_waiting(stream: trio.SocketStream) -> int:
+    """Bytes received by the kernel and not read yet (0 where that cannot be asked)."""
+    try:
+        import fcntl
+        import termios
+
+        answer = fcntl.ioctl(stream.socket.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except (ImportError, OSError, ValueError):
+        return 0
+    return int.from_bytes(answer, sys.byteorder)
+
+
+@final
+@attrs.define(eq=False)
+class _Handshake:
+    """A connection still in its handshake."""
+
+    peer: _PeerStream
+    scope: trio.CancelScope
+    shed: bool = False
+
+
+@final
 class Gateway:
-    """What all connections share: the workflows and the settings."""
+    """What all connections share: the workflows, the settings and the counters."""
 
     def __init__(self, workflows: dict[str, Workflow[Any, Any]], settings: GatewaySettings):
         self.workflows = workflows
         self.settings = settings
         self.connections = 0
         """Accepted websocket connections being served."""
-        self.handshakes: dict[object, trio.CancelScope] = {}
+        self.handshakes: dict[_Handshake, None] = {}
         """Connections still in their handshake, oldest first."""
-        self.evicted = 0
-        """Pending handshakes dropped to make room for newer ones."""
+        self.shed = 0
+        """Handshakes refused with HTTP 503 because max_handshakes were pending."""
+        self.refusals = RefusalLimiter(
+            settings.max_refused_handshakes, settings.refused_handshake_window
+        )
+        self.subscriptions = 0
+        """Live subscriptions over all connections (a metric)."""
+        live_gateways.add(self)
 
     async def handle_stream(self, stream: trio.SocketStream) -> None:
         """Serve one TCP connection; nothing that goes wrong in it escapes."""
@@ -216,6 +323,7 @@ class Gateway:
             trio_websocket.HandshakeError,
             trio.BrokenResourceError,
             trio.ClosedResourceError,
+            OSError,
         ) as group:
             log.debug("gateway connection ended abruptly: %r", group.exceptions)
         except* Exception as group:
@@ -224,49 +332,66 @@ class Gateway:
             await trio.aclose_forcefully(stream)
 
     async def _serve_stream(self, stream: trio.SocketStream) -> None:
+        peer = _PeerStream(stream)
+        address = str(stream.socket.getpeername()[0])
         ws: trio_websocket.WebSocketConnection | None = None
+        handshake = self._admit(peer)
+        if handshake is None:
+            await _refuse(stream, 503, b"the gateway is busy with handshakes; try again\n")
+            return
         async with trio.open_nursery() as nursery:
             try:
-                accepted = await self._handshake(nursery, stream)
+                accepted = await self._handshake(nursery, handshake, address)
                 if accepted is not None:
                     ws, read_only = accepted
+                    peer.ws = ws
                     try:
                         await Connection(self, ws, read_only=read_only).serve()
                     finally:
                         self.connections -= 1  # counted by _accept
             finally:
                 nursery.cancel_scope.cancel()
-        if ws is not None and ws.closed is not None and ws.closed.code == MESSAGE_TOO_BIG:
+        if handshake.shed:
+            await _refuse(stream, 503, b"the gateway is busy with handshakes; try again\n")
+        elif ws is not None and ws.closed is not None and ws.closed.code == MESSAGE_TOO_BIG:
             await _linger(stream)
 
-    async def _handshake(
-        self, nursery: trio.Nursery, stream: trio.SocketStream
-    ) -> tuple[trio_websocket.WebSocketConnection, bool] | None:
-        """The accepted websocket and whether it is read-only, or None (refused, timed
-        out, or dropped for a newer one).
+    def _admit(self, peer: _PeerStream) -> _Handshake | None:
+        """A slot among the pending handshakes, or None: refuse this connection (503).
 
-        At most ``max_handshakes`` connections are in this phase at once: a new one drops
-        the oldest, so a flood of idle connections (slowloris) cannot keep clients out for
-        ``handshake_timeout``; a real client completes its handshake in milliseconds.
+        When ``max_handshakes`` are pending, the oldest one whose peer has sent nothing
+        yet is shed to make room (an idle TCP connection, a slowloris); when every pending
+        one has sent something, the newcomer is refused instead. Nobody waits to learn it.
         """
-        key = object()
-        scope = trio.move_on_after(self.settings.handshake_timeout)
         pending = self.handshakes
-        while len(pending) >= self.settings.max_handshakes:
-            oldest = next(iter(pending))
-            pending.pop(oldest).cancel()
-            self.evicted += 1
-            log.debug("gateway dropped the oldest pending handshake to make room")
-        pending[key] = scope
+        if len(pending) >= self.settings.max_handshakes:
+            idle = next((h for h in pending if h.peer.sent_nothing()), None)
+            self.shed += 1
+            if idle is None:
+                log.warning("gateway refused a connection: %d handshakes pending", len(pending))
+                return None
+            del pending[idle]
+            idle.shed = True
+            idle.scope.cancel()
+            log.debug("gateway shed an idle pending handshake to make room")
+        handshake = _Handshake(peer, trio.move_on_after(self.settings.handshake_timeout))
+        pending[handshake] = None
+        return handshake
+
+    async def _handshake(
+        self, nursery: trio.Nursery, handshake: _Handshake, address: str
+    ) -> tuple[trio_websocket.WebSocketConnection, bool] | None:
+        """The accepted websocket and whether it is read-only, or None (refused, timed out,
+        or shed)."""
         try:
-            with scope:
+            with handshake.scope:
                 request = await trio_websocket.wrap_server_stream(
-                    nursery, stream, max_message_size=self.settings.max_message_bytes
+                    nursery, handshake.peer, max_message_size=self.settings.max_message_bytes
                 )
-                return await self._accept(request)
+                return await self._accept(request, address)
             return None
         finally:
-            pending.pop(key, None)
+            self.handshakes.pop(handshake, None)
 
     def access(self, headers: Iterable[tuple[bytes, bytes]], target: str) -> Access:
         """The access a handshake's credentials grant (see :func:`check_access`)."""
@@ -274,12 +399,26 @@ class Gateway:
         return check_access(settings.token, settings.read_only_token, headers, target)
 
     async def _accept(
-        self, request: trio_websocket.WebSocketRequest
+        self, request: trio_websocket.WebSocketRequest, address: str
     ) -> tuple[trio_websocket.WebSocketConnection, bool] | None:
         """Accept (counted in :attr:`connections`) or refuse, by token and capacity."""
+        settings = self.settings
+        now = trio.current_time()
+        wait = self.refusals.wait(address, now) if settings.token is not None else 0.0
+        if wait > 0:
+            log.info("gateway refused a connection from %s: too many refused handshakes", address)
+            await request.reject(
+                429,
+                extra_headers=[
+                    (b"content-type", b"text/plain"),
+                    (b"retry-after", str(math.ceil(wait)).encode()),
+                ],
+                body=b"too many refused handshakes from this address; try again later\n",
+            )
+            return None
         access = self.access(request.headers, request.path)
         granted = access in (Access.GRANTED, Access.READ_ONLY)
-        if granted and self.connections >= self.settings.max_connections:
+        if granted and self.connections >= settings.max_connections:
             log.warning("gateway refused a connection: %d connections", self.connections)
             await request.reject(503, body=b"too many connections; try again later\n")
             return None
@@ -291,17 +430,38 @@ class Gateway:
                 self.connections -= 1
                 raise
             return connection, access is Access.READ_ONLY
-        if access is Access.MISSING:
-            status, body = 401, b"a token is required: Authorization: Bearer <token>\n"
-        else:
-            status, body = 403, b"wrong token\n"
-        log.info("gateway refused a connection from %s: %s token", request.remote, access.value)
+        self.refusals.refused(address, now)
+        status, body = {
+            Access.MISSING: (401, b"a token is required: Authorization: Bearer <token>\n"),
+            Access.WRONG: (403, b"wrong token\n"),
+            Access.SEVERAL: (
+                400,
+                b"send exactly one credential: one Authorization header or one token "
+                b"query parameter\n",
+            ),
+        }[access]
+        log.info("gateway refused a connection from %s: %s token", address, access.value)
         await request.reject(
             status,
             extra_headers=[(b"content-type", b"text/plain"), (b"www-authenticate", b"Bearer")],
             body=body,
         )
         return None
+
+
+async def _refuse(stream: trio.SocketStream, status: int, body: bytes) -> None:
+    """Answer a connection whose handshake we will not read with an HTTP refusal, at once."""
+    phrase = {503: b"Service Unavailable"}[status]
+    head = (
+        b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+        b"retry-after: 1\r\nconnection: close\r\n\r\n" % (status, phrase, len(body))
+    )
+    with trio.move_on_after(LINGER_SECONDS):
+        try:
+            await stream.send_all(head + body)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            return
+    await _linger(stream)
 
 
 def states_to_json(wf: Workflow[Any, Any]) -> dict[str, Any]:
@@ -524,6 +684,19 @@ class Connection:
 
     async def _perform(self, request: Request) -> object:
         args = check_args(request)
+        traceparent = args.pop("traceparent", None)
+        if traceparent:
+            # The caller's W3C trace context: the run's trace continues the caller's.
+            try:
+                from actorflow._observe.tracing import continue_trace
+            except ImportError:  # no actorflow[otel] here: nothing to continue
+                pass
+            else:
+                with continue_trace(traceparent):
+                    return await self._perform_op(request, args)
+        return await self._perform_op(request, args)
+
+    async def _perform_op(self, request: Request, args: dict[str, Any]) -> object:
         wf = self._workflow(request, args["workflow"])
         statuses: type[enum.IntEnum] = wf.status_type
         op = request.op
@@ -612,9 +785,13 @@ class Connection:
                     ) as stream:
                         await self._send(reply_ok(request.id, {"subscription": request.id}))
                         acknowledged = True
-                        async for record in stream:
-                            event = event_record(request.id, record_to_json(record, wf.object_type))
-                            await self._send(event)
+                        self._gateway.subscriptions += 1
+                        try:
+                            async for record in stream:
+                                json_record = record_to_json(record, wf.object_type)
+                                await self._send(event_record(request.id, json_record))
+                        finally:
+                            self._gateway.subscriptions -= 1
                 except Lagged:
                     await self._send(event_lagged(request.id))
                 except Exception as exc:

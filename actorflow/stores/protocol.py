@@ -9,9 +9,11 @@ published on :attr:`Store.feed` after it is durable.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
+
+import trio
 
 from actorflow._model.record import Event, RawRecord, Timer
 from actorflow._model.run_state import RunState
@@ -144,4 +146,48 @@ class Store(Protocol):
 
     async def aclose(self) -> None:
         """Release connections and files. The store must not be used afterwards."""
+        ...
+
+
+@runtime_checkable
+class Ownership(Protocol):
+    """Which runs this process may work on (scale-out: shard leases). Without one, all."""
+
+    def owns(self, run_id: str) -> bool:
+        """True while this process holds the lease of the run's shard."""
+        ...
+
+    async def serve(
+        self,
+        on_change: Callable[[], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Hold and renew leases until cancelled; call ``on_change()`` whenever the set of
+        owned shards changes. Reports started once the first leases are held."""
+        ...
+
+
+@runtime_checkable
+class Leadership(Protocol):
+    """An Ownership that also elects one process per workflow to run its singleton
+    services (hooks, relay, connectors: two copies would deliver twice and race on their
+    durable cursors). ``leader`` may only change together with an ``on_change()`` call
+    (or turn False by the passing of time, which ``owns`` does as well)."""
+
+    @property
+    def leader(self) -> bool:
+        """True while this process runs the workflow's singleton services."""
+        ...
+
+
+@runtime_checkable
+class ShardedStore(Protocol):
+    """A store that splits each workflow's runs into shards leased by worker processes
+    (PostgreSQL): ``Workflow.run`` serves the ownership it makes."""
+
+    def shard_ownership(
+        self, workflow_name: str, *, shards: int = 16, lease: timedelta = timedelta(seconds=10)
+    ) -> Ownership:
+        """The shard leases of this process for ``workflow_name`` (also a Leadership)."""
         ...

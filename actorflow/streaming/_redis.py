@@ -47,7 +47,7 @@ from actorflow.streaming._protocol import (
 if TYPE_CHECKING:
     from coredis import Redis
 
-log = logging.getLogger("actorflow")
+log = logging.getLogger(__name__)
 
 PIPELINE_CHUNK = 500
 HEADER_PREFIX = b"h:"

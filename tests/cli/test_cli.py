@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -280,6 +281,28 @@ def test_app_from_the_environment(
         (["pause", "feedface", "--app", "{app}:workflow"], 1, "feedface"),
         (["trigger", "f", "--app", "{app}:workflow", "--initial", "{bad"], 2, "not valid JSON"),
         (["trigger", "f", "--app", "{app}:workflow", "--initial", "[]"], 2, "JSON object"),
+        # #13: initial is structured strictly, naming the field; text and numbers are checked
+        (
+            ["trigger", "f", "--app", "{app}:workflow", "--initial", '{"yin": "maybe"}'],
+            2,
+            "initial.yin",
+        ),
+        (
+            ["trigger", "f", "--app", "{app}:workflow", "--initial", '{"note": 5}'],
+            2,
+            "initial.note",
+        ),
+        (
+            ["trigger", "f", "--app", "{app}:workflow", "--initial", '{"colour": 1}'],
+            2,
+            "(colour) @ initial",
+        ),
+        (
+            ["trigger", "f", "--app", "{app}:workflow", "--initial", '{"count": NaN}'],
+            2,
+            "NaN is not JSON",
+        ),
+        (["trigger", "f\udcff", "--app", "{app}:workflow"], 2, "not valid Unicode"),
         (["trigger", "f", "--app", "{app}:workflow", "--start", "END"], 2, "cannot start at END"),
         (["callback", "f", "MIDDLE", "--app", "{app}:workflow"], 2, "--data"),
         (["callback", "nobody", "MIDDLE", "--data", "x", "--app", "{app}:workflow"], 1, "nobody"),
@@ -450,6 +473,75 @@ async def test_worker_with_gateway_and_watch_end_to_end(app: str, tmp_path: Path
 
 
 @pytest.mark.slow
+async def test_worker_serves_the_console(app: str, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ACTORFLOW_READ_ONLY_TOKEN": "peek"}
+    worker = await trio.lowlevel.open_process(
+        command("worker", f"{app}:workflow", "--console", "127.0.0.1:0", "--token", "s3cret"),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert worker.stderr is not None
+        worker_log = Lines(worker.stderr)
+        with trio.fail_after(20):
+            port = int(
+                (await worker_log.until(r"console listening on http://127\.0\.0\.1:(\d+)/")).group(
+                    1
+                )
+            )
+            await worker_log.until(r"worker running yinyang")
+
+        def session(token: str) -> bytes:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/api/session")
+            request.add_header("Authorization", f"Bearer {token}")
+            with urllib.request.urlopen(request, timeout=10) as response:
+                body: bytes = response.read()
+                return body
+
+        with trio.fail_after(20):
+            assert b'"access":"read_only"' in await trio.to_thread.run_sync(session, "peek")
+            url = f"ws://127.0.0.1:{port}/ws"
+            async with af.open_gateway_client(url, token="s3cret") as client:
+                run_id = await client.trigger("yinyang", "c1")
+                await client.await_status("yinyang", "c1", run_id, "MIDDLE")
+                await client.pause("yinyang", run_id, "from the console")
+            async with af.open_gateway_client(url, token="peek") as looker:
+                with pytest.raises(af.GatewayError, match="read-only"):
+                    await looker.resume("yinyang", run_id)
+        store = af.SQLiteStore(tmp_path / "app.db")
+        try:
+            stored = await store.lookup("yinyang", run_id)
+        finally:
+            await store.aclose()
+        assert stored.run_state is af.RunState.PAUSED
+        assert stored.meta.run_state_reason == "from the console"
+
+        worker.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            log = await worker_log.rest()
+            assert await worker.wait() == 0
+        assert log[-1] == "worker stopped"
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            with trio.CancelScope(shield=True):
+                await worker.wait()
+
+
+async def test_worker_console_options_are_checked(
+    app: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(capsys, "worker", f"{app}:workflow", "--console", "nowhere")
+    assert code == 2 and "--console 'nowhere' is not HOST:PORT" in err
+    code, _, err = run_cli(
+        capsys, "worker", f"{app}:workflow", "--console", ":0", "--read-only-token", "x"
+    )
+    assert code == 2 and "--read-only-token needs --token" in err
+
+
+@pytest.mark.slow
 async def test_demo_runs_green() -> None:
     script = Path(sys.executable).with_name("actorflow")
     argv = [str(script), "demo"] if script.exists() else command("demo")
@@ -505,3 +597,67 @@ def test_an_unexpected_error_is_one_line_too(
     )
     code, _, err = run_cli(capsys, "--traceback", "graph", f"{app}:workflow")
     assert code == 1 and "Traceback" in err
+
+
+@pytest.mark.slow
+async def test_a_second_worker_on_one_sqlite_file_is_refused_while_others_may_use_it(
+    app: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ref = f"{app}:workflow"
+
+    async def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+        with trio.fail_after(60):
+            return await trio.run_process(
+                command(*args),
+                cwd=tmp_path,
+                env=env,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+
+    async def start_worker() -> tuple[trio.Process, Lines]:
+        process = await trio.lowlevel.open_process(
+            command("worker", ref),
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        assert process.stderr is not None
+        lines = Lines(process.stderr)
+        with trio.fail_after(30):
+            await lines.until(r"worker running yinyang")
+        return process, lines
+
+    first, _ = await start_worker()
+    workers = [first]
+    try:
+        second = await run("worker", ref)
+        assert second.returncode == 1
+        err = second.stderr.decode()
+        assert len(err.splitlines()) == 1, err
+        assert err.startswith("actorflow: error: ")
+        assert f"another process (pid {first.pid}) already runs workflows on this file" in err
+        # Other processes still trigger, call back and read beside the worker.
+        triggered = await run("trigger", "f", "--start", "MIDDLE", "--app", ref)
+        assert triggered.returncode == 0, triggered.stderr
+        called = await run("callback", "f", "MIDDLE", "--data", "paid", "--app", ref)
+        assert called.returncode == 0, called.stderr
+        shown = await run("runs", "show", triggered.stdout.decode().strip(), "--app", ref, "--json")
+        assert json.loads(shown.stdout)["status_name"] == "END"
+        # The lock dies with its process, also with kill -9.
+        first.kill()
+        await first.wait()
+        third, _ = await start_worker()
+        workers.append(third)
+        third.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            assert await third.wait() == 0
+    finally:
+        for process in workers:
+            if process.returncode is None:
+                process.kill()
+                with trio.CancelScope(shield=True):
+                    await process.wait()

@@ -241,3 +241,33 @@ async def test_phone_width_is_usable(console: ConsoleUnderTest, tmp_path: Path) 
         expect(row(page, ids["parcel-001"])).to_be_visible()
 
     await in_browser(script, width=390, height=844)
+
+
+async def test_the_demo_leaves_the_console_open_on_its_runs(tmp_path: Path) -> None:
+    from actorflow.demo.main import DEMO_ORDERS, run_demo
+
+    lines: list[str] = []
+
+    async def look(url: str, token: str) -> None:
+        def script(page: Page) -> None:
+            page.goto(f"{url}#token={token}")  # the link the demo prints
+            expect(page.locator("#link")).to_have_text("● live")
+            assert "token" not in page.url
+            card = page.locator("section[data-workflow='orders']")
+            expect(card.locator("h2")).to_contain_text(f"{len(DEMO_ORDERS)} runs")
+            page.click("a[data-nav='runs']")
+            expect(page.locator("#runs-body tr[data-run-id]")).to_have_count(len(DEMO_ORDERS))
+            expect(page.locator("#runs-body")).to_contain_text("SHIPPED")
+            expect(page.locator("#runs-body")).to_contain_text("CANCELLED")
+
+        await in_browser(script)
+
+    outcome = await run_demo(
+        tmp_path / "demo.db",
+        payment_timeout=0.5,
+        out=lines.append,
+        console=("127.0.0.1", 0),
+        keep_open=look,
+    )
+    assert len(outcome.orders) == len(DEMO_ORDERS)
+    assert any(line.startswith("Console on http://127.0.0.1:") for line in lines)

@@ -103,3 +103,27 @@ async def test_serving_without_a_token_needs_no_sign_in(nursery: trio.Nursery) -
             run_id = await client.trigger("parcels", "p-1")
             record = await client.await_status("parcels", "p-1", run_id, Parcel.PACKED)
             assert record["version"] == 2
+
+
+async def test_several_credentials_are_refused_even_with_the_right_one(
+    console: ConsoleUnderTest,
+) -> None:
+    """#13: one credential per request; the gateway's rule holds on the console too."""
+    with trio.fail_after(LIMIT):
+        for token in (TOKEN, READ_ONLY_TOKEN):
+            status, _, _ = await fetch(console.url + f"api/session?token={token}", token)
+            assert status == 400
+            status, _, _ = await fetch(console.url + f"api/session?token=x&token={token}")
+            assert status == 400
+
+
+async def test_wrong_tokens_are_limited_per_address(console: ConsoleUnderTest) -> None:
+    """#13: the console counts wrong credentials per address like the gateway does."""
+    limit = 10  # the default max_refused_handshakes
+    with trio.fail_after(LIMIT):
+        for _ in range(3):
+            assert (await fetch(console.url + "api/session"))[0] == 401  # not a guess
+        for _ in range(limit):
+            assert (await fetch(console.url + "api/session", "guess"))[0] == 403
+        # the right token waits too: the address is slowed down
+        assert (await fetch(console.url + "api/session", TOKEN))[0] == 429

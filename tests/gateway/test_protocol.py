@@ -17,11 +17,14 @@ from actorflow.gateway.protocol import (
     ErrorCode,
     Event,
     ProtocolError,
+    RefusalLimiter,
     Reply,
     Request,
     TokenBucket,
+    check_access,
     check_args,
     check_token,
+    check_token_text,
     coerce_run_states,
     coerce_status,
     coerce_statuses,
@@ -265,3 +268,77 @@ def test_token_bucket_allows_bursts_then_the_rate() -> None:
     assert not bucket.take(100.5)
     assert [bucket.take(200.0) for _ in range(4)] == [True, True, True, False]  # capped at burst
     assert not bucket.take(50.0)  # a clock going backwards adds nothing
+
+
+def test_a_handshake_is_one_guess() -> None:
+    """#13 item 1: every credential offered at once used to be tried."""
+    right = (b"authorization", b"Bearer s3cret")
+    wrong = (b"authorization", b"Bearer guess")
+    assert check_token("s3cret", [wrong, right], "/") is Access.SEVERAL
+    assert check_token("s3cret", [right, right], "/") is Access.SEVERAL
+    assert check_token("s3cret", [right], "/?token=s3cret") is Access.SEVERAL
+    assert check_token("s3cret", [], "/?token=guess&token=s3cret") is Access.SEVERAL
+    assert check_token("s3cret", [(b"authorization", b"Basic x")], "/?token=s3cret") is (
+        Access.SEVERAL
+    )
+    assert check_access("s3cret", "r3ad", [right], "/?token=r3ad") is Access.SEVERAL
+    assert check_access("s3cret", "r3ad", [(b"authorization", b"Bearer r3ad")], "/") is (
+        Access.READ_ONLY
+    )
+    assert check_token(None, [wrong, right], "/?token=x") is Access.GRANTED
+
+
+def test_tokens_must_be_sendable() -> None:
+    assert check_token_text("s3cret-ü ok") == "s3cret-ü ok"
+    for bad in ("", "a\nb", "a\rb", "\tx", " x", "x ", "\ud800", None, 5):
+        with pytest.raises(af.InvalidArgument, match="token"):
+            check_token_text(bad)
+
+
+def test_refused_handshakes_are_limited_per_address() -> None:
+    limiter = RefusalLimiter(allowed=3, window=60.0, max_peers=2)
+    for _ in range(3):
+        assert limiter.wait("10.0.0.1", 100.0) == 0.0
+        limiter.refused("10.0.0.1", 100.0)
+    assert limiter.wait("10.0.0.1", 100.0) == pytest.approx(20.0)  # one per 60/3 s
+    assert limiter.wait("10.0.0.2", 100.0) == 0.0  # per address
+    assert limiter.wait("10.0.0.1", 110.0) == pytest.approx(10.0)
+    assert limiter.wait("10.0.0.1", 120.0) == 0.0
+    limiter.refused("10.0.0.1", 120.0)
+    assert limiter.wait("10.0.0.1", 120.0) == pytest.approx(20.0)
+    # Bounded memory: addresses with their whole allowance back go first, then the oldest.
+    limiter.refused("10.0.0.2", 121.0)
+    limiter.refused("10.0.0.3", 122.0)
+    assert len(limiter) == 2
+    assert limiter.wait("10.0.0.3", 122.0) == 0.0  # 2 of 3 left
+    assert limiter.wait("10.0.0.1", 122.0) == 0.0  # forgotten: the oldest one
+
+
+def test_requests_with_invalid_text_or_non_finite_numbers_are_refused() -> None:
+    bad_id = _refused('{"id": "\\ud800", "op": "ping"}')
+    assert (bad_id.code, bad_id.request_id) == (ErrorCode.INVALID_ARGUMENT, None)
+    deep = _refused('{"id": 7, "op": "trigger", "initial": {"a": ["x", "\\udfff"]}}')
+    assert (deep.code, deep.request_id) == (ErrorCode.INVALID_ARGUMENT, 7)
+    assert "request.initial.a[1] is not valid Unicode" in deep.message
+    key = _refused('{"id": 7, "op": "ping", "\\ud800": 1}')
+    assert "member name" in key.message
+    binary = _refused(b'{"id": 8, "op": "ping", "x": "\xed\xa0\x80"}')  # CESU surrogate
+    assert binary.code is ErrorCode.BAD_JSON
+    for literal in ("NaN", "Infinity", "-Infinity"):
+        assert _refused(f'{{"id": 1, "op": "ping", "x": {literal}}}').code is ErrorCode.BAD_JSON
+    huge = _refused('{"id": 9, "op": "ping", "x": 1e999}')
+    assert (huge.code, huge.request_id) == (ErrorCode.INVALID_ARGUMENT, 9)
+    assert parse_request('{"id": "ü", "op": "ping", "x": "\\u00fc"}', 1000).id == "ü"
+
+
+def test_structure_object_is_strict_and_names_the_path() -> None:
+    for data, path in (
+        ({"count": "2"}, "initial.count"),
+        ({"count": True}, "initial.count"),
+        ({"note": 5}, "initial.note"),
+        ({"colour": "red"}, "extra fields found (colour) @ initial"),
+    ):
+        with pytest.raises(ProtocolError) as info:
+            structure_object(Order, data)
+        assert info.value.code is ErrorCode.INVALID_ARGUMENT
+        assert path in info.value.message

@@ -217,14 +217,25 @@ def test_a_store_log_streamer_over_the_same_sqlite_file_is_accepted(tmp_path: An
 async def test_the_relay_refuses_a_bad_streamer_if_build_was_bypassed(
     autojump_clock: Any,
 ) -> None:
+    from datetime import timedelta
+
+    from actorflow._services.context import ServiceContext
+    from actorflow._services.relay import run_relay
+
     workflow = chain(af.MemoryStore())
+    context = ServiceContext(
+        name=workflow.name,
+        store=workflow.store,
+        clock=workflow.clock,
+        definition=workflow.definition,
+        default_options=workflow.default_options,
+        poll_interval=timedelta(seconds=1),
+        handle=workflow,
+        check_trigger_args=workflow.check_trigger_args,
+    )
     for streamer, message in [
         (object(), "must be an af.EventStreamer"),
         (af.StoreLogStreamer(af.MemoryStore()), "another store"),
     ]:
-        workflow._streamer = streamer
-        with pytest.RaisesGroup(
-            pytest.RaisesExc(af.InvalidArgument, match=message), flatten_subgroups=True
-        ):
-            async with trio.open_nursery() as nursery:
-                await nursery.start(workflow.run)
+        with pytest.raises(af.InvalidArgument, match=message):
+            await run_relay(context, streamer)

@@ -248,6 +248,13 @@ function showLogin(message) {
 }
 
 async function start() {
+  // A link may carry the token in its fragment (#token=...), which never reaches a
+  // server: keep it for this tab and take it out of the address bar.
+  const offered = /^#token=([^&]*)/.exec(location.hash);
+  if (offered) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(offered[1]));
+    history.replaceState(null, "", location.pathname + "#/");
+  }
   const token = sessionStorage.getItem(TOKEN_KEY) || "";
   let session;
   try {
@@ -332,7 +339,9 @@ function overviewScreen(main) {
     const card = el("section", {class: "card", "aria-labelledby": `wf-${wf.name}`, "data-workflow": wf.name});
     grid.append(card);
     let pending = null;
+    let lastCost = 0;  // ms the last refresh took: counting a million runs takes a while
     const refresh = async () => {
+      const started = performance.now();
       const [counts, paused] = await Promise.all([
         app.gateway.call("count_runs", {workflow: wf.name}),
         app.gateway.call("list_runs", {workflow: wf.name, run_state: "PAUSED", limit: 5, descending: true}),
@@ -343,13 +352,16 @@ function overviewScreen(main) {
       } catch (error) {
         processes = error;
       }
+      lastCost = performance.now() - started;
       if (!stopped) renderWorkflowCard(card, wf, counts, paused, processes);
     };
     refresh().catch((error) => card.replaceChildren(el("p", {class: "error", text: explain(error)})));
     // Live: counts are read again after stored changes (at most once a second).
     app.gateway.subscribe({workflow: wf.name}, () => {
       if (pending || stopped) return;
-      pending = setTimeout(() => { pending = null; refresh().catch(() => {}); }, 1000);
+      // At most once a second, and never more than a fifth of the time counting.
+      const wait = Math.max(1000, 5 * lastCost);
+      pending = setTimeout(() => { pending = null; refresh().catch(() => {}); }, wait);
     }).then((sub) => { if (stopped) sub.close(); else subscriptions.push(sub); }, () => {});
   }
   return {stop() { stopped = true; subscriptions.forEach((s) => s.close()); }};
@@ -461,6 +473,8 @@ function runsScreen(main, params) {
   let stopped = false;
   let subscription = null;
   const rows = new Map();  // run_id -> <tr>
+  let total = null;  // runs matching in all, once counted
+  let describePage = () => {};
   const select = (name, label, options, value) => el("label", {}, label,
     el("select", {name, id: `filter-${name.replace("_", "-")}`},
       el("option", {value: "", text: "any"}),
@@ -540,8 +554,12 @@ function runsScreen(main, params) {
     }
     if (!page.length) tbody.append(el("tr", {}, el("td", {colspan: 8, class: "muted", text: "No runs match."})));
     const first = !filters.after;
-    summary.textContent = `${page.length} run${page.length === 1 ? "" : "s"} on this page, newest first` +
-      (first ? "; new and changed runs appear live." : ".");
+    describePage = () => {
+      summary.textContent = `${rows.size} run${rows.size === 1 ? "" : "s"} on this page, newest first` +
+        (first ? "; new and changed runs appear live." : ".") +
+        (total === null ? "" : ` ${total} match in all.`);
+    };
+    describePage();
     pager.replaceChildren(...[
       first ? null : el("button", {type: "button", class: "quiet", text: "← Newest",
         onclick: () => navigate(hashFor({...filters, after: ""}))}),
@@ -549,7 +567,8 @@ function runsScreen(main, params) {
         onclick: () => navigate(hashFor({...filters, after: page[page.length - 1].run_id}))}) : null,
     ].filter(Boolean));
     app.gateway.call("count_runs", args).then((counts) => {
-      if (!stopped) summary.textContent += ` ${counts.total} match in all.`;
+      total = counts.total;
+      if (!stopped) describePage();
     }, () => {});
   };
 
@@ -566,11 +585,13 @@ function runsScreen(main, params) {
       const tr = renderRow(record, true);
       rows.set(record.run_id, tr);
       tbody.prepend(tr);
+      if (total !== null) total += 1;
       if (rows.size > PAGE) {
         const last = tbody.lastElementChild;
         rows.delete(last.dataset.runId);
         last.remove();
       }
+      describePage();
     }
   };
 

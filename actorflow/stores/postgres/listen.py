@@ -48,7 +48,7 @@ from actorflow.stores import realtime
 from actorflow.stores.feed import ChangeFeed, Subscription
 from actorflow.stores.postgres.connection import PgConnection
 
-log = logging.getLogger("actorflow")
+log = logging.getLogger(__name__)
 
 
 FEED_NOTIFY_GAP = 0.05

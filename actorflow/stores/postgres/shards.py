@@ -67,7 +67,7 @@ from actorflow.stores.postgres.connection import PgConnection
 from actorflow.stores.postgres.listen import Notifications
 from actorflow.stores.postgres.schema import quote_schema
 
-log = logging.getLogger("actorflow")
+log = logging.getLogger(__name__)
 
 
 MAX_SHARDS = 4096

@@ -608,6 +608,43 @@ class PostgresStore:
 
         return await self._db.call("last_schedule", last_schedule)
 
+    # -- maintenance ------------------------------------------------------------------------
+
+    async def vacuum(self) -> None:
+        """Rewrite the tables that hold objects (``VACUUM FULL`` of ``runs`` and
+        ``history``, with their TOAST tables), so the old row versions that ``delete_data``
+        and every update leave behind are gone from the database files.
+
+        PostgreSQL never overwrites a row in place: an UPDATE writes a new version and
+        leaves the old one, bytes and all, as a dead tuple, which a plain VACUUM marks
+        reusable but does not erase. ``VACUUM FULL`` copies the live rows into new files
+        and deletes the old ones. It holds an exclusive lock on each table while it runs
+        (workers and clients wait): run it in a quiet moment, e.g. after a batch of
+        deletions. Write-ahead log segments, replicas and backups keep their copies until
+        they are recycled or expire (see docs/stores.md).
+
+        Raises:
+            StoreError: the server refused or could not be reached.
+        """
+        import psycopg
+
+        await self._db.open()  # the tables exist (the schema is migrated on first use)
+        schema = quote_schema(self._schema)
+        db = self._db
+
+        def rewrite() -> None:
+            with psycopg.connect(db.dsn, autocommit=True, **db.connect_kwargs) as conn:
+                for table in ("runs", "history"):
+                    conn.execute(f"VACUUM (FULL, ANALYZE) {schema}.{table}".encode())
+
+        try:
+            await trio.to_thread.run_sync(rewrite)
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"PostgreSQL at {db.where}: VACUUM FULL of schema {self._schema!r} failed: "
+                f"{db.describe(exc)}"
+            ) from None
+
     # -- lifecycle --------------------------------------------------------------------------
 
     async def aclose(self) -> None:

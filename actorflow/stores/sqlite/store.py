@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -58,6 +59,8 @@ _INSERT_TIMER: Final = (
     "INSERT INTO timers (workflow_name, run_id, status, kind, fire_at) VALUES (?, ?, ?, ?, ?)"
 )
 _UNFINISHED: Final = frozenset(s for s in RunState if not s.finished)
+WORKER_LOCK_SUFFIX: Final = "-worker.lock"
+"""The lock file beside the database that a process running workflows holds."""
 
 _Params = tuple[Any, ...]
 
@@ -579,26 +582,40 @@ class SQLiteStore:
 
     # -- writes ------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def worker_lock(self) -> Iterator[None]:
+        """Hold the file's worker lock while workflows run on it in this process.
+
+        One process runs workflows on a SQLite file (two would both run steps and timers
+        for the same runs); any number of others may trigger, call back and read. The lock
+        is an exclusive ``flock`` on ``<database>-worker.lock``, shared by every workflow
+        of this process on the file and released when the last one stops, or by the
+        operating system when the process dies (also by kill -9).
+
+        Raises:
+            StoreError: another process holds it.
+        """
+        with _WORKER_LOCKS.hold(self._path, self._fail):
+            yield
+
     async def create_run(self, record: RawRecord, timers: Sequence[Timer] = ()) -> RawRecord:
         params = _record_params(record)
         timer_rows = _timer_rows(record, timers)
         return await self._submit(_apply_create, (record, params, timer_rows), record)
 
-    def commit(
+    async def commit(
         self,
         record: RawRecord,
         *,
         timers: Sequence[Timer] | None = None,
         scrub_history: bool = False,
-    ) -> Coroutine[Any, Any, RawRecord]:
-        # A plain function that hands back the group-commit coroutine: one coroutine frame
-        # less for each of the thousands of writes in flight (await it like any ``async def``).
+    ) -> RawRecord:
         timer_rows = None if timers is None else _timer_rows(record, timers)
         if timer_rows is None and not scrub_history:
-            return self._submit(_apply_version, record, record)  # no tuple to keep waiting
+            return await self._submit(_apply_version, record, record)
         if scrub_history:
-            return self._scrub(record, timer_rows)
-        return self._submit(_apply_commit, (record, timer_rows, scrub_history), record)
+            return await self._scrub(record, timer_rows)
+        return await self._submit(_apply_commit, (record, timer_rows, scrub_history), record)
 
     async def _scrub(self, record: RawRecord, timer_rows: list[_Params] | None) -> RawRecord:
         """Commit a version that overwrites every stored object of the run, then wipe the
@@ -745,9 +762,13 @@ class SQLiteStore:
                 conditions.append("seq < ?" if descending else "seq > ?")
                 values.append(row[0])
             order = "DESC" if descending else "ASC"
+            # The page's seqs first (from an index alone where it can), then its rows.
+            index = _page_index(conn, workflow_name, flt, descending)
+            hint = f"INDEXED BY {index} " if index else ""
             rows = conn.execute(
-                f"SELECT {_RECORD_COLUMNS} FROM runs WHERE {' AND '.join(conditions)} "
-                f"ORDER BY seq {order} LIMIT ?",
+                f"SELECT {_RECORD_COLUMNS} FROM runs WHERE seq IN (SELECT seq FROM runs "
+                f"{hint}WHERE {' AND '.join(conditions)} ORDER BY seq {order} LIMIT ?) "
+                f"ORDER BY seq {order}",
                 (*values, flt.limit),
             ).fetchall()
             return [_decode_record(row) for row in rows]
@@ -774,15 +795,43 @@ class SQLiteStore:
             created_before=created_before,
         )
         where, args = _run_conditions(workflow_name, flt)
+        hint = ""
+        if flt.foreign_ids is not None:
+            hint = "INDEXED BY runs_by_foreign_id "
+        elif flt.run_states is not None and flt.statuses is None:
+            hint = "INDEXED BY runs_by_run_state "  # SQLite prefers the status index
         sql = (
-            f"SELECT status, run_state, count(*) FROM runs WHERE {' AND '.join(where)} "
+            f"SELECT status, run_state, count(*) FROM runs {hint}WHERE {' AND '.join(where)} "
             "GROUP BY status, run_state"
         )
 
         def query(conn: sqlite3.Connection) -> dict[tuple[int, RunState], int]:
             return {(s, RunState(st)): n for s, st, n in conn.execute(sql, args)}
 
-        return await self._read("count_runs", query)
+        # Counting reads every matching run (a second or more for a million): on a
+        # connection of its own in a worker thread, so the trio thread runs on meanwhile.
+        return await self._read_in_thread("count_runs", query)
+
+    async def _read_in_thread(self, what: str, query: Callable[[sqlite3.Connection], R]) -> R:
+        """Run a long read-only ``query`` on a new connection in a worker thread (WAL
+        readers never wait for the writer). Under trio's autojump clock, virtual time
+        may run on meanwhile (trio issue #456)."""
+        self._connection()  # raises when closed
+
+        def run() -> R:
+            try:
+                conn = sqlite3.connect(self._path, isolation_level=None, timeout=5.0)
+            except sqlite3.Error as exc:
+                raise self._error(f"{what} failed", exc) from exc
+            try:
+                conn.execute("PRAGMA query_only = 1")
+                return query(conn)
+            except sqlite3.Error as exc:
+                raise self._error(f"{what} failed", exc) from exc
+            finally:
+                conn.close()
+
+        return await trio.to_thread.run_sync(run)
 
     async def history(self, workflow_name: str, run_id: str) -> list[RawRecord]:
         def query(conn: sqlite3.Connection) -> list[RawRecord]:
@@ -889,6 +938,80 @@ class SQLiteStore:
         await trio.lowlevel.checkpoint()
 
 
+# -- the worker lock -------------------------------------------------------------------
+
+
+@final
+class _WorkerLocks:
+    """This process's worker locks, one per database file, counted by their holders."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[int, int]] = {}
+        """lock file -> (file descriptor, holders)."""
+        self._mutex = threading.Lock()
+
+    @contextlib.contextmanager
+    def hold(self, database: Path, fail: Callable[[str, str], StoreError]) -> Iterator[None]:
+        path = os.path.realpath(str(database) + WORKER_LOCK_SUFFIX)
+        self._acquire(path, fail)
+        try:
+            yield
+        finally:
+            self._release(path)
+
+    def _acquire(self, path: str, fail: Callable[[str, str], StoreError]) -> None:
+        with self._mutex:
+            held = self._held.get(path)
+            if held is not None:
+                self._held[path] = (held[0], held[1] + 1)
+                return
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            except OSError as exc:
+                raise fail(
+                    f"cannot open the worker lock file {path!r}: {exc.strerror}",
+                    "make the database's directory writable",
+                ) from None
+            try:
+                _lock_exclusively(fd)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise fail(
+                    f"another process (pid {holder}) already runs workflows on this file "
+                    f"(it holds {path!r})",
+                    "run one worker process per SQLite file (others may still trigger, call "
+                    "back and read), stop the other one first, or use PostgresStore to run "
+                    "several workers",
+                ) from None
+            except OSError as exc:
+                os.close(fd)
+                raise fail(f"cannot lock {path!r}: {exc.strerror}", "use a local disk") from None
+            text = f"{os.getpid()}\n".encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, text, 0)
+            self._held[path] = (fd, 1)
+
+    def _release(self, path: str) -> None:
+        with self._mutex:
+            fd, holders = self._held[path]
+            if holders > 1:
+                self._held[path] = (fd, holders - 1)
+                return
+            del self._held[path]
+            os.close(fd)  # releases the lock
+
+
+def _lock_exclusively(fd: int) -> None:
+    """An exclusive, non-blocking lock on ``fd``; BlockingIOError when someone holds it."""
+    import fcntl  # POSIX (Linux, macOS): where actorflow runs
+
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+_WORKER_LOCKS: Final = _WorkerLocks()
+
+
 # -- writes inside the transaction (module functions: no closure per write) -------------
 
 
@@ -957,6 +1080,71 @@ def _apply_commit(
 # -- encoding --------------------------------------------------------------------------
 
 
+_NARROW: Final = 40_000
+"""A creation-time or foreign-id-prefix range with fewer runs than this is read from its
+index and sorted; a wider one is walked in creation order (see ``_page_index``)."""
+
+
+def _page_index(
+    conn: sqlite3.Connection, workflow_name: str, flt: RunFilter, descending: bool
+) -> str | None:
+    """The index a page of ``flt`` should be read with, None to leave it to SQLite.
+
+    SQLite cannot know how many runs a range holds (no statistics unless ANALYZE ran), and
+    guessing wrong costs a sort of the whole range, or a walk past every run outside it.
+    A capped count on the range's own index (at most ``_NARROW`` index entries) decides:
+    a narrow range is read whole from its index (covering: no row is read) and sorted; a
+    wide one is walked in creation order, where matches come soon. Measured by
+    bench/console_queries.py."""
+    if flt.foreign_ids is not None:
+        return "runs_by_foreign_id"  # a few runs per id
+    ranges: list[tuple[int, str]] = []
+    if flt.created_after is not None or flt.created_before is not None:
+        where, args = ["workflow_name = ?"], [workflow_name]
+        if flt.created_after is not None:
+            where.append("created_at >= ?")
+            args.append(_to_text(flt.created_after))
+        if flt.created_before is not None:
+            where.append("created_at < ?")
+            args.append(_to_text(flt.created_before))
+        ranges.append((_capped_count(conn, "runs_by_created", where, args), "runs_by_created"))
+    if flt.foreign_id_prefix is not None:
+        prefix = flt.foreign_id_prefix
+        where, args = ["workflow_name = ?", "foreign_id >= ?"], [workflow_name, prefix]
+        upper = prefix_upper_bound(prefix)
+        if upper is not None:
+            where.append("foreign_id < ?")
+            args.append(upper)
+        ranges.append(
+            (_capped_count(conn, "runs_by_foreign_id", where, args), "runs_by_foreign_id")
+        )
+    if not ranges:
+        return None
+    size, index = min(ranges)
+    if size < _NARROW:
+        return index
+    # A wide range: walk in creation order, unless a creation-time range starts far from
+    # where the walk starts (many runs created on the walk's side of it).
+    far_side = flt.created_before if descending else flt.created_after
+    if index == "runs_by_created" and far_side is not None:
+        where = ["workflow_name = ?", "created_at >= ?" if descending else "created_at < ?"]
+        far = _capped_count(conn, "runs_by_created", where, [workflow_name, _to_text(far_side)])
+        if far >= _NARROW:
+            return "runs_by_created"
+    if flt.statuses is None and flt.run_states is None:
+        return "runs_by_workflow"
+    return None  # a status or run state index walks in creation order too
+
+
+def _capped_count(conn: sqlite3.Connection, index: str, where: list[str], args: list[Any]) -> int:
+    row = conn.execute(
+        f"SELECT count(*) FROM (SELECT 1 FROM runs INDEXED BY {index} "
+        f"WHERE {' AND '.join(where)} LIMIT {_NARROW})",
+        args,
+    ).fetchone()
+    return int(row[0])
+
+
 def _run_conditions(workflow_name: str, flt: RunFilter) -> tuple[list[str], list[Any]]:
     """The WHERE conditions (joined with AND) and their parameters for a run filter."""
     where = ["workflow_name = ?"]
@@ -993,38 +1181,11 @@ def _run_conditions(workflow_name: str, flt: RunFilter) -> tuple[list[str], list
 
 
 def _to_text(moment: datetime) -> str:
-    if type(moment) is datetime and moment.tzinfo is UTC:
-        # What isoformat(timespec="microseconds") writes, faster.
-        return _UTC_TEXT % (
-            moment.year,
-            moment.month,
-            moment.day,
-            moment.hour,
-            moment.minute,
-            moment.second,
-            moment.microsecond,
-        )
+    """The stored text of an instant: UTC, ISO 8601 to the microsecond (sorts by time)."""
     offset = moment.utcoffset() if isinstance(moment, datetime) else None
     if offset is None:
         raise InvalidArgument(f"datetimes must be timezone-aware (UTC), not {moment!r}")
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-_UTC_TEXT: Final = "%04d-%02d-%02dT%02d:%02d:%02d.%06d+00:00"
-_CREATED: dict[datetime, str] = {}
-_CREATED_LIMIT: Final = 65_536
-
-
-def _created_text(moment: datetime) -> str:
-    """``_to_text`` of a run's ``created_at``, which every version of the run repeats."""
-    if moment.tzinfo is not UTC:  # equal instants may differ (fold): no cache
-        return _to_text(moment)
-    text = _CREATED.get(moment)
-    if text is None:
-        if len(_CREATED) >= _CREATED_LIMIT:
-            _CREATED.clear()
-        text = _CREATED[moment] = _to_text(moment)
-    return text
 
 
 def _from_text(text: str) -> datetime:
@@ -1050,7 +1211,7 @@ def _record_params(record: RawRecord) -> _Params:
         int(record.run_state),
         record.object,
         record.version,
-        _created_text(record.created_at),
+        _to_text(record.created_at),
         _to_text(record.updated_at),
         _meta_text(record.meta),
     )

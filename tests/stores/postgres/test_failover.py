@@ -164,9 +164,8 @@ async def test_singleton_services_run_only_while_the_process_leads(
     async def completed(record: af.Record[Box, Two]) -> None:
         hooked.append(record.foreign_id)
 
-    workflow = builder.build(af.MemoryStore())
     ownership = FakeLeadership()
-    workflow._ownership = lambda: ownership  # type: ignore[method-assign]
+    workflow = builder.build(af.MemoryStore(), ownership=ownership)
     async with af.open_workflow(workflow):
         run_id = await workflow.trigger("one")
         await workflow.await_status("one", run_id, Two.B)

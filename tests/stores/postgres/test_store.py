@@ -6,6 +6,7 @@ nothing but the database.
 
 from __future__ import annotations
 
+import enum
 import os
 import socket
 import uuid
@@ -578,3 +579,60 @@ async def test_naive_datetimes_are_refused(make_store: MakeStore) -> None:
     with pytest.raises(af.InvalidArgument, match="timezone-aware"):
         await store.claim_schedule("s", naive)
     assert await store.list_runs("wf") == []
+
+
+# -- delete_data and the bytes left in the files --------------------------------------
+
+
+class Stage(enum.IntEnum):
+    WAITING = 1
+    DONE = 2
+
+
+@attrs.define
+class Private:
+    text: str = ""
+
+
+async def _copies_on_disk(schema: str, marker: str) -> int:
+    """How often ``marker`` appears in the files of the runs and history tables (and their
+    TOAST tables), byte for byte, after a checkpoint wrote every page out."""
+    await sql("CHECKPOINT")
+    paths = await sql(
+        "SELECT pg_relation_filepath(c.oid) FROM pg_class c "
+        "WHERE c.oid IN (%(runs)s::regclass, %(history)s::regclass) "
+        "OR c.oid IN (SELECT reltoastrelid FROM pg_class "
+        "WHERE oid IN (%(runs)s::regclass, %(history)s::regclass))",
+        {"runs": f'"{schema}".runs', "history": f'"{schema}".history'},
+    )
+    assert len(paths) == 4
+    found = 0
+    for (path,) in paths:
+        (content,) = (await sql("SELECT pg_read_binary_file(%s)", [path]))[0]
+        found += bytes(content).count(marker.encode())
+    return found
+
+
+async def test_vacuum_removes_what_delete_data_scrubbed_from_the_table_files(
+    make_store: MakeStore, schema: str
+) -> None:
+    store = make_store()
+    builder = af.Builder("private", Private, Stage)
+
+    async def done(run: af.Run[Private, Stage], payload: bytes) -> Stage:
+        return Stage.DONE
+
+    builder.add_callback(Stage.WAITING, done, to=Stage.DONE)
+    workflow = builder.build(store)
+    secret, kept = f"SECRET-{uuid.uuid4().hex}", f"KEPT-{uuid.uuid4().hex}"
+    run_id = await workflow.trigger("a", initial=Private(secret))
+    await workflow.trigger("b", initial=Private(kept))
+    await workflow.cancel(run_id, "no")
+    await workflow.delete_data(run_id, "erasure request")
+    assert all(r.object == Private() for r in await workflow.history(run_id))
+    # PostgreSQL's guarantee: the old row versions stay in the files as dead tuples.
+    assert await _copies_on_disk(schema, secret) > 0
+    await store.vacuum()
+    assert await _copies_on_disk(schema, secret) == 0
+    assert await _copies_on_disk(schema, kept) > 0  # the check does see what is there
+    assert (await workflow.lookup(run_id)).run_state is af.RunState.DATA_DELETED

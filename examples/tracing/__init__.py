@@ -1,0 +1,1 @@
+"""Tracing example: a run's spans, exported to the console."""
