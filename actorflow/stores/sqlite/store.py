@@ -40,6 +40,12 @@ _FIRST_BACKOFF: Final = 0.001
 _MAX_BACKOFF: Final = 0.1
 WATCH_INTERVAL: Final = 0.05
 """Real seconds between two looks of the watcher thread at ``PRAGMA data_version``."""
+CHECKPOINT_GAP: Final = 0.05
+"""Real seconds between two checkpoints of the checkpointer thread (at most)."""
+WAL_BOUND_PAGES: Final = 16_384
+"""The writer checkpoints inline only when the WAL grew past this many pages (64 MiB at
+SQLite's default 4 KiB pages): the checkpointer thread could not keep up, or a reader held
+an old snapshot all along. Normally the WAL stays well below (see docs/stores.md)."""
 
 _RECORD_COLUMNS: Final = (
     "workflow_name, foreign_id, run_id, status, run_state, object, version, created_at, "
@@ -218,6 +224,69 @@ class _Watcher:
 
 
 @final
+class _Checkpointer:
+    """A thread that copies the write-ahead log back into the database file
+    (``PRAGMA wal_checkpoint(PASSIVE)``) on a connection of its own.
+
+    SQLite's own auto-checkpoint runs inside the ``COMMIT`` that crosses 1,000 WAL pages,
+    on the trio thread: a stall of milliseconds for whichever caller's write is in that
+    batch. Here the writer only nudges the thread after each transaction; a PASSIVE
+    checkpoint never waits for the writer nor blocks it, and releases the GIL while it
+    copies and syncs. The thread is started by the first write and ends with the store.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.checkpoints = 0
+        """Checkpoints done (read by tests and stats; written by the thread only)."""
+        self.done = threading.Condition()
+        self.thread = threading.Thread(
+            target=self._serve, name="actorflow-sqlite-checkpoint", daemon=True
+        )
+        self.thread.start()
+
+    def nudge(self) -> None:
+        """A transaction was committed: checkpoint soon."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def wait_for(self, checkpoints: int, timeout: float) -> bool:
+        """Block (in a worker thread) until ``checkpoints`` were done, or ``timeout``."""
+        with self.done:
+            return self.done.wait_for(lambda: self.checkpoints >= checkpoints, timeout)
+
+    def _serve(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            while True:
+                self._wake.wait()
+                if self._stop.is_set():
+                    return
+                self._wake.clear()
+                try:
+                    if conn is None:
+                        conn = sqlite3.connect(self._path, timeout=0, isolation_level=None)
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:  # busy, or the file went away: try again later
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                else:
+                    with self.done:
+                        self.checkpoints += 1
+                        self.done.notify_all()
+                self._stop.wait(CHECKPOINT_GAP)
+        finally:
+            if conn is not None:
+                conn.close()
+
+
+@final
 class SQLiteStore:
     """The embedded durable store: one SQLite file in WAL mode.
 
@@ -296,6 +365,7 @@ class SQLiteStore:
         """Connections opened so far (a reopened connection counts data_version anew)."""
         self._watcher: _Watcher | None = None
         self._feed.watch = self._watch
+        self._checkpointer: _Checkpointer | None = None
 
     def _watch(self) -> None:
         """Make sure a watcher thread reports other connections' commits to this trio run
@@ -309,6 +379,14 @@ class SQLiteStore:
         if watcher is not None:
             watcher.stop()
         self._watcher = _Watcher(self._path, token, self._noticed)
+
+    def _nudge_checkpointer(self) -> None:
+        checkpointer = self._checkpointer
+        if checkpointer is None or not checkpointer.thread.is_alive():
+            if self._closed:
+                return
+            checkpointer = self._checkpointer = _Checkpointer(self._path)
+        checkpointer.nudge()
 
     def _noticed(self) -> None:
         self.stats.changes_noticed += 1
@@ -394,6 +472,9 @@ class SQLiteStore:
                     "use a file on a local disk",
                 )
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            # Checkpoints run in a thread of their own (see _Checkpointer); the writer's
+            # COMMIT checkpoints inline only past this bound.
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_BOUND_PAGES}")
             # Deleted and overwritten content is zeroed, not left in free space: what
             # delete_data scrubs leaves no copy in the file (see _wipe_log for the WAL).
             conn.execute("PRAGMA secure_delete = ON")
@@ -514,6 +595,7 @@ class SQLiteStore:
                 return
             self.stats.transactions += 1
             self.stats.writes += len(batch)
+            self._nudge_checkpointer()
             self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
             # Commit order is event order: publish every stored record first, then answer.
             for write, (_, error) in zip(batch, outcomes, strict=True):
@@ -929,6 +1011,9 @@ class SQLiteStore:
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         if self._leading and self._idle is not None:
             with trio.CancelScope(shield=True):
                 await self._idle.wait()
