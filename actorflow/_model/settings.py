@@ -70,6 +70,19 @@ def _scrub(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         _fail(attribute, value, "a function of the object, or None")
 
 
+def _one_of(*allowed: str) -> Callable[[Any, Any, Any], None]:
+    def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value not in allowed:
+            _fail(attribute, value, " or ".join(repr(a) for a in allowed))
+
+    return check
+
+
+def _bool(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool):
+        _fail(attribute, value, "a bool")
+
+
 @final
 @attrs.frozen(kw_only=True)
 class BuildSettings:
@@ -104,6 +117,10 @@ class BuildSettings:
     True or False (checked by ``actorflow._observe``, which imports prometheus-client)."""
     tracing: Any = False
     """True, False or an OpenTelemetry TracerProvider (checked by ``actorflow._observe``)."""
+    on_stranded: str = attrs.field(default="pause", validator=_one_of("pause", "refuse"))
+    """What ``run`` does with stored runs the definition cannot move (docs/upgrading.md)."""
+    check_at_start: bool = attrs.field(default=True, validator=_bool)
+    """Whether ``run`` compares the stored unfinished runs with the definition first."""
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> BuildSettings:

@@ -750,6 +750,30 @@ class SQLiteStore:
 
         await self._submit(apply, None)
 
+    async def register_definition(
+        self, workflow_name: str, fingerprint: str, summary: str, now: datetime
+    ) -> list[tuple[str, str, datetime]]:
+        """Record a definition of the workflow (once); every one known, oldest first."""
+
+        def apply(conn: sqlite3.Connection, _: object) -> None:
+            conn.execute(
+                "INSERT INTO definitions (workflow_name, fingerprint, summary, registered_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (workflow_name, fingerprint) DO NOTHING",
+                (workflow_name, fingerprint, summary, _to_text(now)),
+            )
+
+        await self._submit(apply, None)
+
+        def query(conn: sqlite3.Connection) -> list[tuple[str, str, datetime]]:
+            rows = conn.execute(
+                "SELECT fingerprint, summary, registered_at FROM definitions "
+                "WHERE workflow_name = ? ORDER BY seq",
+                (workflow_name,),
+            ).fetchall()
+            return [(fp, text, _from_text(at)) for fp, text, at in rows]
+
+        return await self._read("register_definition", query)
+
     async def claim_schedule(self, key: str, fire_at: datetime) -> bool:
         stamp = _to_text(fire_at)
 
