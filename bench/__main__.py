@@ -82,7 +82,7 @@ def _kafka(quick: bool) -> list[Row]:
         print("kafka: skipped (set ACTORFLOW_KAFKA_BOOTSTRAP to run bench/kafka.py)")
         return []
     module = importlib.import_module("bench.kafka")
-    events = 1_000 if quick else 5_000
+    events = 1_000 if quick else 3_000
     figures = _call(module.run, events)
     if not figures:
         return []

@@ -26,6 +26,7 @@ from actorflow._model.errors import (
 )
 from actorflow._model.record import Event, Meta, RawRecord, Timer
 from actorflow._model.run_state import RunState
+from actorflow.stores import realtime
 from actorflow.stores.feed import ChangeFeed
 from actorflow.stores.filters import RunFilter, prefix_upper_bound
 from actorflow.stores.messages import in_progress, no_foreign_run, no_run
@@ -721,11 +722,13 @@ class SQLiteStore:
         """Checkpoint the WAL into the database file and truncate it to zero bytes.
 
         The WAL holds every page written since the last checkpoint, old objects included;
-        ``secure_delete`` zeroes them in the database file. Another process reading an
-        older snapshot keeps the checkpoint from finishing: retried with back-off for up
-        to ``lock_timeout``, then StoreError (the scrub itself is stored).
+        ``secure_delete`` zeroes them in the database file. Another connection reading an
+        older snapshot (or checkpointing: the checkpointer thread) keeps the checkpoint
+        from finishing: retried with back-off for up to ``lock_timeout`` seconds of real
+        time (the other connections live in real time, also under a virtual clock), then
+        StoreError (the scrub itself is stored).
         """
-        deadline = trio.current_time() + self._lock_timeout
+        deadline = realtime.now() + self._lock_timeout
         delay = _FIRST_BACKOFF
         while True:
             await trio.lowlevel.checkpoint()
@@ -740,7 +743,7 @@ class SQLiteStore:
                 problem = str(exc)
             if not problem:
                 return
-            now = trio.current_time()
+            now = realtime.now()
             if now >= deadline:
                 raise self._fail(
                     f"run {run_id}: its data is scrubbed in the database, but the write-ahead "
@@ -748,7 +751,7 @@ class SQLiteStore:
                     f"{self._lock_timeout:g} s ({problem})",
                     "call delete_data again when the other processes are idle",
                 )
-            await trio.sleep(min(delay, deadline - now))
+            await realtime.sleep(min(delay, deadline - now))
             delay = min(delay * 2, _MAX_BACKOFF)
 
     async def create_runs(
@@ -775,6 +778,30 @@ class SQLiteStore:
             )
 
         await self._submit(apply, None)
+
+    async def register_definition(
+        self, workflow_name: str, fingerprint: str, summary: str, now: datetime
+    ) -> list[tuple[str, str, datetime]]:
+        """Record a definition of the workflow (once); every one known, oldest first."""
+
+        def apply(conn: sqlite3.Connection, _: object) -> None:
+            conn.execute(
+                "INSERT INTO definitions (workflow_name, fingerprint, summary, registered_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (workflow_name, fingerprint) DO NOTHING",
+                (workflow_name, fingerprint, summary, _to_text(now)),
+            )
+
+        await self._submit(apply, None)
+
+        def query(conn: sqlite3.Connection) -> list[tuple[str, str, datetime]]:
+            rows = conn.execute(
+                "SELECT fingerprint, summary, registered_at FROM definitions "
+                "WHERE workflow_name = ? ORDER BY seq",
+                (workflow_name,),
+            ).fetchall()
+            return [(fp, text, _from_text(at)) for fp, text, at in rows]
+
+        return await self._read("register_definition", query)
 
     async def claim_schedule(self, key: str, fire_at: datetime) -> bool:
         stamp = _to_text(fire_at)
