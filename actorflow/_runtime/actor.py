@@ -113,6 +113,8 @@ class RunActor(Generic[T, S]):
         self._closed = False
         self.reload_needed = True
         self._raw: RawRecord | None = None
+        self._own: RawRecord | None = None
+        """The version this actor stored last (its next step takes it up at once)."""
         self._timers: list[Timer] | None = None
         self._retry_at = -math.inf
         self._skipped_version = 0
@@ -360,7 +362,7 @@ class RunActor(Generic[T, S]):
             or new.run_state != self._raw.run_state
         ):
             self._retry_at = -math.inf
-        self._raw = new
+        self._raw = self._own = new
         if timers is not None:
             self._timers = timers
 
@@ -507,7 +509,9 @@ class RunActor(Generic[T, S]):
         engine = self.engine
         observer = engine.observer
         process = engine.step_processes[raw.status]
-        lag = (engine.now() - raw.updated_at).total_seconds()
+        # A version this actor just stored is taken up at once: its lag is nil, and
+        # reading the wall clock for it would cost more than the rest of the metrics.
+        lag = 0.0 if raw is self._own else (engine.now() - raw.updated_at).total_seconds()
         process.took_up(observer, engine.name, lag, raw)
         if observer is None:
             await self._step(raw, spec)
@@ -518,7 +522,10 @@ class RunActor(Generic[T, S]):
         except BaseException as exc:
             observer.end(token, "cancelled", exc)
             raise
-        self._report(token, raw, result, process.name)
+        if type(result) is RawRecord:  # the common case: a transition was stored
+            observer.end(token, engine.outcome(raw, result))
+        else:
+            self._report(token, raw, result, process.name)
 
     def _report(self, token: object, raw: RawRecord, result: object, process: str) -> None:
         observer = self.engine.observer
