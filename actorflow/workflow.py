@@ -22,7 +22,9 @@ from actorflow._model.errors import (
     StatusNotReached,
     StoreError,
     VersionConflict,
+    lone_build_error,
 )
+from actorflow._model.evolution import CheckReport
 from actorflow._model.options import Options
 from actorflow._model.process import ProcessState
 from actorflow._model.record import RawRecord, Record, Timer, new_run_id
@@ -80,6 +82,7 @@ class Workflow(Generic[T, S]):
         self._max_active_runs = settings.max_active_runs
         self._streamer = settings.streamer
         self._supervisor: Supervisor[T, S] | None = None
+        self._last_check: CheckReport | None = None
         self._declare_services()
         from actorflow._observe import make_observer
 
@@ -211,6 +214,7 @@ class Workflow(Generic[T, S]):
             max_active_runs=self._max_active_runs,
             services=self._services(),
             ownership=self._ownership(),
+            on_stranded=self._settings.on_stranded if self._settings.check_at_start else None,
         )
         self._supervisor = supervisor
         # Other Workflow objects of this workflow on the same store instance (in this
@@ -218,11 +222,46 @@ class Workflow(Generic[T, S]):
         running = self._store.feed.supervisors
         registered = running.setdefault(self.name, supervisor) is supervisor
         try:
-            await supervisor.serve(task_status=task_status)
+            await supervisor.serve(task_status=_Started(task_status, supervisor, self))
         finally:
             self._supervisor = None
             if registered:
                 del running[self.name]
+
+    @property
+    def fingerprint(self) -> str:
+        """This definition's fingerprint: a short hash of its statuses, edges, object schema
+        and status mappings, stored on every version it writes (``record.meta.definition``)."""
+        return self._definition.fingerprint
+
+    @property
+    def last_check(self) -> CheckReport | None:
+        """What the check at the last start of :meth:`run` found (None before)."""
+        return self._last_check
+
+    async def check(self) -> CheckReport:
+        """Compare the stored unfinished runs with this definition and report, changing
+        nothing: unknown statuses, statuses that lost their step/callback/timeout, objects
+        that no longer fit, pending timers of removed timeouts, runs to migrate and runs a
+        newer definition wrote, each with counts, example run ids and the definitions that
+        wrote them (``actorflow runs check``)."""
+        from actorflow._runtime.evolution import check
+
+        return (await check(self._engine)).report
+
+    async def migrate(
+        self, *, dry_run: bool = False, progress: Callable[[int], None] | None = None
+    ) -> CheckReport:
+        """Apply the builder's ``rename_status``/``retire``/``upgrade_object`` to every
+        unfinished run now, each run in its own transaction, and park the runs that cannot
+        be migrated (``actorflow runs migrate``). Resumable: run it again after an
+        interruption. ``dry_run`` reports what it would do; ``progress(n)`` is called as
+        runs are handled."""
+        from actorflow._runtime.evolution import migrate
+
+        supervisor = self._local_supervisor()
+        owns = supervisor.owns if supervisor is not None else (lambda run_id: True)
+        return await migrate(self._engine, dry_run=dry_run, progress=progress, owns=owns)
 
     def _local_supervisor(self) -> Supervisor[T, S] | None:
         """The supervisor serving this workflow in this process: ours, or one running for
@@ -384,6 +423,8 @@ class Workflow(Generic[T, S]):
                 timers = self._engine.timers_for(run, status, now)
             except ActorflowError as exc:
                 raise InvalidArgument(str(exc)) from None
+        if not self._engine.registered:
+            await self._engine.register()  # the first write of this definition
         stored = await self._store.create_run(raw, timers)
         supervisor = self._local_supervisor()
         if supervisor is not None:
@@ -665,6 +706,8 @@ class Workflow(Generic[T, S]):
         for _ in range(INLINE_ATTEMPTS):
             raw = await self._store.lookup(self.name, run_id)
             try:
+                if raw.meta.definition != self._engine.fingerprint:
+                    raw = await self._engine.upgrade(raw)  # migrated as it loads
                 _, _, value = await op(raw)
             except VersionConflict:
                 continue
@@ -697,7 +740,7 @@ class Workflow(Generic[T, S]):
                 f"not {type(payload).__name__}"
             )
         latest = await self._store.latest(self.name, foreign_id)
-        if latest.status != int(wanted) or not latest.run_state.active:
+        if self._engine.mapped_status(latest.status) != int(wanted) or not latest.run_state.active:
             if self._runs_nowhere() and latest.run_state.active:
                 raise self._not_running(
                     f"the latest run of {foreign_id!r} is at "
@@ -763,6 +806,22 @@ math_inf = float("inf")
 UNATTENDED_AFTER = 60.0
 """Seconds (trio time) ``await_status`` waits on a shared store, with the workflow not
 running in this process and the run unchanged, before it logs one warning."""
+
+
+@final
+class _Started:
+    """Passes ``started`` on, keeping the check's report on the workflow first."""
+
+    def __init__(
+        self, inner: trio.TaskStatus[None], supervisor: Supervisor[Any, Any], workflow: Any
+    ) -> None:
+        self._inner = inner
+        self._supervisor = supervisor
+        self._workflow = workflow
+
+    def started(self, value: None = None) -> None:
+        self._workflow._last_check = self._supervisor.last_check
+        self._inner.started(value)
 
 
 @attrs.define
@@ -840,6 +899,9 @@ class _OpenWorkflows(Generic[W]):
                     for workflow in self._workflows:
                         workflow.stop()
         except BaseExceptionGroup as group:
+            refused = lone_build_error(group)
+            if refused is not None:  # a workflow refused to start: reported as itself
+                raise refused from None
             # The workflows stopped cleanly: the block's own exception is all there is.
             # Hand it back as itself, so ``except af.WorkflowInProgress:`` around the
             # block works; a group stays a group when several things really failed.

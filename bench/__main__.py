@@ -31,6 +31,7 @@ from typing import Any
 
 import trio
 
+from bench import latency as latency_bench
 from bench import sqlite as sqlite_bench
 from bench.sqlite import Row
 
@@ -76,7 +77,7 @@ def _kafka(quick: bool) -> list[Row]:
         print("kafka: skipped (set ACTORFLOW_KAFKA_BOOTSTRAP to run bench/kafka.py)")
         return []
     module = importlib.import_module("bench.kafka")
-    events = 1_000 if quick else 5_000
+    events = 1_000 if quick else 3_000
     figures = _call(module.run, events)
     if not figures:
         return []
@@ -194,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         (
             "sqlite",
             lambda: sqlite_bench.measure(sqlite_bench.QUICK if args.quick else sqlite_bench.FULL),
+        ),
+        (
+            "latency",
+            lambda: latency_bench.measure(
+                latency_bench.QUICK if args.quick else latency_bench.FULL
+            ),
         ),
         ("streaming", lambda: _streaming(args.quick)),
         ("kafka", lambda: _kafka(args.quick)),

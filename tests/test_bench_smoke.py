@@ -29,6 +29,10 @@ def test_quick_benchmarks_run_and_print_figures(tmp_path: Path) -> None:
         "MemoryStore: 1,000 runs x 3 no-op steps",
         "trigger -> completion p99",
         "peak RSS per parked run",
+        "SQLiteStore: trigger, nothing running p99.9",
+        "SQLiteStore: trigger -> completion, 1,000 in flight p99",
+        "SQLiteStore: 16 web handlers, runs/s",
+        "x lean raw",
     ):
         assert figure in done.stdout, done.stdout
     assert "x batched raw" in done.stdout

@@ -13,6 +13,7 @@ from typing import Any, final
 import attrs
 
 from actorflow._model.clock import Clock, SystemClock
+from actorflow._model.definition import is_async_callable
 from actorflow._model.errors import BuildError
 from actorflow._model.options import Options
 
@@ -66,8 +67,21 @@ def _options(value: Any) -> Options:
 
 
 def _scrub(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and not callable(value):
-        _fail(attribute, value, "a function of the object, or None")
+    if value is not None and (not callable(value) or is_async_callable(value)):
+        _fail(attribute, value, "a plain (not async) function of the object, or None")
+
+
+def _one_of(*allowed: str) -> Callable[[Any, Any, Any], None]:
+    def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value not in allowed:
+            _fail(attribute, value, " or ".join(repr(a) for a in allowed))
+
+    return check
+
+
+def _bool(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool):
+        _fail(attribute, value, "a bool")
 
 
 @final
@@ -104,6 +118,10 @@ class BuildSettings:
     True or False (checked by ``actorflow._observe``, which imports prometheus-client)."""
     tracing: Any = False
     """True, False or an OpenTelemetry TracerProvider (checked by ``actorflow._observe``)."""
+    on_stranded: str = attrs.field(default="pause", validator=_one_of("pause", "refuse"))
+    """What ``run`` does with stored runs the definition cannot move (docs/upgrading.md)."""
+    check_at_start: bool = attrs.field(default=True, validator=_bool)
+    """Whether ``run`` compares the stored unfinished runs with the definition first."""
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> BuildSettings:

@@ -327,9 +327,6 @@ class RunActor(Generic[T, S]):
             except VersionConflict:
                 self.reload_needed = True
                 if attempt + 1 < ASK_ATTEMPTS:
-                    self._raw = await self.engine.lookup(self.run_id)
-                    self._timers = None
-                    self.reload_needed = False
                     continue
                 message.reply.set(error=StoreError(f"{self._where()}: kept changing; try again"))
                 return
@@ -349,9 +346,15 @@ class RunActor(Generic[T, S]):
 
     async def _current(self) -> RawRecord:
         if self._raw is None or self.reload_needed:
-            self._raw = await self.engine.lookup(self.run_id)
-            self.reload_needed = False
+            raw = await self.engine.lookup(self.run_id)
             self._timers = None
+            if raw.meta.definition != self.engine.fingerprint:
+                # Written by another definition: migrate it (or park it) as it loads.
+                upgraded = await self.engine.upgrade(raw)
+                if upgraded is not raw:
+                    raw = upgraded
+            self._raw = raw
+            self.reload_needed = False
         return self._raw
 
     def _stored(self, new: RawRecord, timers: list[Timer] | None) -> None:
@@ -379,6 +382,8 @@ class RunActor(Generic[T, S]):
             return None
         if not raw.run_state.active or raw.version == self._skipped_version:
             return None
+        if raw.meta.definition is not self.engine.fingerprint and not self.engine.accepts_now(raw):
+            return None
         if self._retry_at != -math.inf and trio.current_time() < self._retry_at:
             return None
         spec = self.engine.definition.steps.get(raw.status)
@@ -392,6 +397,9 @@ class RunActor(Generic[T, S]):
         raw = self._raw
         if raw is None or self.reload_needed:
             raw = await self._current()
+        if not engine.accepts_now(raw) and not await engine.accepts(raw):
+            # A newer definition wrote it (rolling deploy): left to a worker that has it.
+            return None
         now_trio = trio.current_time()
         if now_trio < self._retry_at:
             return self._retry_at

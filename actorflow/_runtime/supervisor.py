@@ -26,12 +26,14 @@ from typing import Any, Generic, TypeVar, final
 import trio
 
 from actorflow._model.clock import trio_deadline
-from actorflow._model.errors import ActorflowError
+from actorflow._model.errors import ActorflowError, lone_build_error
+from actorflow._model.evolution import CheckReport
 from actorflow._model.process import ProcessState
 from actorflow._model.record import Event, RawRecord, Timer
 from actorflow._model.run_state import RunState
 from actorflow._runtime.actor import Ask, Op, Reply, RunActor, Stopped
 from actorflow._runtime.engine import Engine
+from actorflow._runtime.evolution import check
 from actorflow._runtime.ports import Leadership, Ownership, Service
 from actorflow._runtime.retry import retrying
 from actorflow.stores.feed import ChangeFeed
@@ -67,8 +69,14 @@ class Supervisor(Generic[T, S]):
         max_active_runs: int,
         services: list[Service],
         ownership: Ownership | None = None,
+        on_stranded: str | None = "pause",
     ) -> None:
         self.engine = engine
+        self.on_stranded = on_stranded
+        """None: no check at start; else what the check does with stranded runs."""
+        self.last_check: CheckReport | None = None
+        self._to_migrate: set[str] = set()
+        """Runs the check found to migrate or park, woken once this process owns them."""
         self.grace_period = grace_period
         self.poll_interval = poll_interval
         self.max_active_runs = max_active_runs
@@ -105,6 +113,16 @@ class Supervisor(Generic[T, S]):
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self._serve_locked(task_status)
+        except BaseExceptionGroup as group:
+            # A refusal at start comes alone: raise it as itself, not in a group.
+            refused = lone_build_error(group)
+            if refused is not None:
+                raise refused from None
+            raise
+
+    async def _serve_locked(self, task_status: trio.TaskStatus[None]) -> None:
         engine = self.engine
         # SQLiteStore: one process runs workflows on a file (StoreError for a second one).
         worker_lock = getattr(engine.store, "worker_lock", None)
@@ -128,7 +146,16 @@ class Supervisor(Generic[T, S]):
                     version = await data_version() if shared and data_version else None
                     # Read the log position first: what is written after it, the tail sees.
                     after = await engine.store.last_event_id() if shared else 0
+                    to_wake: list[str] = []
+                    if self.on_stranded is not None:
+                        result = await check(engine, on_stranded=self.on_stranded, owns=self.owns)
+                        self.last_check = result.report
+                        to_wake = result.to_wake
+                    elif not engine.registered:
+                        await engine.register()
                     await self._load_timers()
+                    self._to_migrate.update(to_wake)
+                    self._wake_to_migrate()
                     services.start_soon(self._timer_loop)
                     services.start_soon(self._recover)
                     if shared:
@@ -247,8 +274,15 @@ class Supervisor(Generic[T, S]):
         self._leader_changed.set()
         self._leader_changed = trio.Event()
         if self._nursery is not None and self._services_nursery is not None and not self.stopping:
+            self._wake_to_migrate()
             self._services_nursery.start_soon(self._load_timers)
             self._services_nursery.start_soon(self._recover)
+
+    def _wake_to_migrate(self) -> None:
+        """Wake the runs to migrate that this process owns: each migrates as it loads."""
+        for run_id in [r for r in self._to_migrate if self.owns(r)]:
+            self._to_migrate.discard(run_id)
+            self.wake(run_id)
 
     def _leads(self) -> bool:
         ownership = self.ownership

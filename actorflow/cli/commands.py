@@ -17,6 +17,7 @@ import trio
 
 from actorflow._model.errors import RunNotFound
 from actorflow._model.record import Record
+from actorflow._runtime.evolution import UNFINISHED
 from actorflow.cli.app import (
     App,
     CliError,
@@ -29,7 +30,15 @@ from actorflow.cli.app import (
     parse_statuses,
     read_payload,
 )
-from actorflow.cli.format import dumps, history_table, runs_table, short, show_record, to_json
+from actorflow.cli.format import (
+    dumps,
+    history_table,
+    progress_bar,
+    runs_table,
+    short,
+    show_record,
+    to_json,
+)
 from actorflow.workflow import Workflow
 
 
@@ -146,6 +155,58 @@ def runs_history(args: argparse.Namespace) -> int:
 
     records = trio.run(main)
     _print(dumps(records, indent=2) if args.json else history_table(records))
+    return 0
+
+
+# -- evolution: check and migrate (docs/upgrading.md) --------------------------------------------
+
+
+def _chosen(app: App, name: str | None) -> list[Workflow[Any, Any]]:
+    return [app.pick(name)] if name is not None else list(app.workflows)
+
+
+def runs_check(args: argparse.Namespace) -> int:
+    """Compare the stored unfinished runs with each workflow's definition; exit 1 when some
+    runs are stranded (a deploy gate), 0 otherwise."""
+    app = load_app(app_reference(args.app))
+
+    async def main() -> list[Any]:
+        async with _closing(app):
+            return [await w.check() for w in _chosen(app, args.workflow)]
+
+    reports = trio.run(main)
+    if args.json:
+        _print(dumps([r.to_dict() for r in reports], indent=2))
+    else:
+        for report in reports:
+            _print(str(report))
+    return 1 if any(r.stranded for r in reports) else 0
+
+
+def runs_migrate(args: argparse.Namespace) -> int:
+    """Apply rename_status/retire/upgrade_object to every unfinished run now, with a
+    progress bar; resumable (run it again after an interruption)."""
+    app = load_app(app_reference(args.app))
+    workflows = _chosen(app, args.workflow)
+
+    async def main() -> list[Any]:
+        reports = []
+        async with _closing(app):
+            for workflow in workflows:
+                verb = "checking" if args.dry_run else "migrating"
+                counts = await workflow.count_runs(run_state=UNFINISHED)
+                total = sum(counts.values())
+                label = f"{workflow.name}: {verb}"
+                with progress_bar(label, total, quiet=args.json) as advance:
+                    reports.append(await workflow.migrate(dry_run=args.dry_run, progress=advance))
+        return reports
+
+    reports = trio.run(main)
+    if args.json:
+        _print(dumps([r.to_dict() for r in reports], indent=2))
+    else:
+        for report in reports:
+            _print(("dry run, nothing written: " if args.dry_run else "") + str(report))
     return 0
 
 

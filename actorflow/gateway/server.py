@@ -465,27 +465,9 @@ async def _refuse(stream: trio.SocketStream, status: int, body: bytes) -> None:
 
 
 def states_to_json(wf: Workflow[Any, Any]) -> dict[str, Any]:
-    """``workflow.states()`` as JSON: each process's state (and whatever else it reports).
-
-    Raises:
-        ProtocolError: ``unknown_op`` when this actorflow's workflows do not report states.
-    """
-    states = getattr(wf, "states", None)
-    if states is None:
-        raise ProtocolError(ErrorCode.UNKNOWN_OP, "this actorflow's workflows have no states()")
-    found: dict[str, Any] = {}
-    for name, state in states().items():
-        if attrs.has(type(state)):
-            found[name] = {
-                k: (v.name.lower() if isinstance(v, enum.Enum) else v)
-                for k, v in attrs.asdict(state, recurse=False).items()
-                if v is None or isinstance(v, str | int | float | bool | enum.Enum)
-            }
-        elif isinstance(state, enum.Enum):
-            found[name] = {"state": state.name.lower()}
-        else:
-            found[name] = {"state": str(state)}
-    return found
+    """``workflow.states()`` as JSON: ``{process: {"state": name}}``, the name in lower
+    case (``running``, ``idle``, ``erroring``, ``stopped``)."""
+    return {name: {"state": state.name.lower()} for name, state in wf.states().items()}
 
 
 class MessageChannel(Protocol):

@@ -40,6 +40,7 @@ class MemoryStore:
         self._timers: dict[str, list[Timer]] = {}
         self._cursors: dict[str, str] = {}
         self._schedules: dict[str, datetime] = {}
+        self._definitions: dict[str, dict[str, tuple[str, datetime]]] = {}
         self._closed = False
 
     @property
@@ -251,6 +252,14 @@ class MemoryStore:
     async def last_schedule(self, key: str) -> datetime | None:
         await trio.lowlevel.checkpoint()
         return self._schedules.get(key)
+
+    async def register_definition(
+        self, workflow_name: str, fingerprint: str, summary: str, now: datetime
+    ) -> list[tuple[str, str, datetime]]:
+        await trio.lowlevel.checkpoint()
+        known = self._definitions.setdefault(workflow_name, {})
+        known.setdefault(fingerprint, (summary, now))
+        return [(fp, text, at) for fp, (text, at) in known.items()]
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()

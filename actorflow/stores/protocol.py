@@ -191,3 +191,22 @@ class ShardedStore(Protocol):
     ) -> Ownership:
         """The shard leases of this process for ``workflow_name`` (also a Leadership)."""
         ...
+
+
+@runtime_checkable
+class DefinitionRegistry(Protocol):
+    """Stores that remember which workflow definitions ran on them (all built-in stores).
+
+    A worker processes runs last written by its own definition or by one registered
+    before it, never by a newer one: that keeps an old worker off runs a new one wrote
+    during a rolling deploy (docs/upgrading.md). A store without it: every fingerprint
+    other than the worker's own counts as newer.
+    """
+
+    async def register_definition(
+        self, workflow_name: str, fingerprint: str, summary: str, now: datetime
+    ) -> list[tuple[str, str, datetime]]:
+        """Record ``fingerprint`` (with its ``summary`` JSON) for the workflow unless it is
+        known; return every known definition as ``(fingerprint, summary, registered_at)``,
+        in the order they were first registered."""
+        ...

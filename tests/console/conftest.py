@@ -122,13 +122,17 @@ async def in_browser(script: Callable[[Any], R], *, width: int = 1280, height: i
     executable = chromium()
 
     def run() -> R:
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import expect, sync_playwright
+
+        # A shared CI machine can be slow to parse Mermaid's 5 MB: wait up to 20 s for
+        # what a test expects to appear (an event wait, not a sleep).
+        expect.set_options(timeout=20_000)
 
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
             try:
                 page = browser.new_page(viewport={"width": width, "height": height})
-                page.set_default_timeout(15_000)
+                page.set_default_timeout(20_000)
                 errors: list[str] = []
                 page.on("pageerror", lambda error: errors.append(str(error)))
                 result = script(page)

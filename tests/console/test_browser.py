@@ -8,6 +8,11 @@ from here (``ACTORFLOW_SCREENSHOTS=1`` writes them into docs/images).
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +27,13 @@ from .conftest import (
     TOKEN,
     ConsoleUnderTest,
     Parcel,
+    build_parcels,
     in_browser,
     screenshot_path,
 )
 
 pytestmark = pytest.mark.browser
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def packed_runs(console: ConsoleUnderTest, *foreign_ids: str) -> dict[str, str]:
@@ -66,6 +73,8 @@ async def test_filter_watch_live_read_history_and_steer(
         expect(card.locator("h2")).to_contain_text("5 runs")
         expect(card.locator(".banner")).to_contain_text("1 paused")
         expect(card).to_contain_text("address unclear")
+        expect(card.locator("tr[data-process='timers']")).to_be_visible()
+        expect(card.locator("tr[data-process='registered-consumer']")).to_contain_text("idle")
         page.screenshot(path=str(screenshot_path(tmp_path, "console-overview.png")))
 
         # Filter with the keyboard: type a prefix and press Enter.
@@ -271,3 +280,66 @@ async def test_the_demo_leaves_the_console_open_on_its_runs(tmp_path: Path) -> N
     )
     assert len(outcome.orders) == len(DEMO_ORDERS)
     assert any(line.startswith("Console on http://127.0.0.1:") for line in lines)
+
+
+async def test_a_worker_process_serves_the_console(tmp_path: Path) -> None:
+    """`actorflow worker --console` on SQLite: the page pauses and resumes a run that the
+    worker process runs, and the store (read here, from another process) saw it."""
+    db = tmp_path / "parcels.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PARCELS_DB": str(db)}
+    command = [
+        sys.executable,
+        "-m",
+        "actorflow.cli",
+        "worker",
+        "tests.console.worker_app:workflow",
+        "--console",
+        "127.0.0.1:0",
+        "--token",
+        TOKEN,
+    ]
+    worker = await trio.lowlevel.open_process(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    store = af.SQLiteStore(db)
+    try:
+        assert worker.stderr is not None
+        log = b""
+        with trio.fail_after(30):
+            while b"worker running parcels" not in log:
+                chunk = await worker.stderr.receive_some()
+                assert chunk, log.decode()
+                log += chunk
+        found = re.search(rb"console listening on (http://127\.0\.0\.1:\d+/)", log)
+        assert found, log.decode()
+        url = found.group(1).decode()
+        workflow = build_parcels(store)  # the same store file, without running it here
+        run_id = await workflow.trigger("parcel-cli")
+
+        def script(page: Page) -> None:
+            sign_in(page, url, TOKEN)
+            page.goto(f"{url}#/run/parcels/{run_id}")
+            expect(page.locator("#run-status")).to_have_text("PACKED")  # the worker's step
+            page.click("#steer-pause")
+            page.fill("#steer-reason", "held at the depot")
+            page.click("#dialog-ok")
+            expect(page.locator("#run-state-now")).to_have_text("PAUSED")
+            paused = trio.from_thread.run(store.lookup, "parcels", run_id)
+            assert paused.run_state is af.RunState.PAUSED
+            assert paused.meta.run_state_reason == "held at the depot"
+            page.click("#steer-resume")
+            page.click("#dialog-ok")
+            expect(page.locator("#run-state-now")).to_have_text("RUNNING")
+
+        await in_browser(script)
+        resumed = await store.lookup("parcels", run_id)
+        assert (resumed.status, resumed.run_state) == (Parcel.PACKED, af.RunState.RUNNING)
+        worker.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            assert await worker.wait() == 0
+    finally:
+        await store.aclose()
+        if worker.returncode is None:
+            worker.kill()
+            with trio.CancelScope(shield=True):
+                await worker.wait()

@@ -803,6 +803,9 @@ async def test_describe_timers_and_delete_data(nursery: trio.Nursery) -> None:
             assert described["initial"] == {"yin": False, "yang": False, "count": 0, "note": ""}
             run_id = await client.trigger("timed", "t1")
             await client.await_status("timed", "t1", run_id, "MIDDLE")
+            states = await client.request("states", workflow="timed")
+            assert states["timers"] == {"state": "running"}
+            assert set(states) == set(timed.states())
             timers = await client.timers("timed", run_id)
             assert [(t["status_name"], t["kind"]) for t in timers] == [("MIDDLE", "timeout:0")]
             due = datetime.fromisoformat(timers[0]["fire_at"])

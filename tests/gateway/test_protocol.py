@@ -13,6 +13,7 @@ import pytest
 import actorflow as af
 from actorflow.gateway.protocol import (
     OPS,
+    STEERING_OPS,
     Access,
     ErrorCode,
     Event,
@@ -208,6 +209,7 @@ def test_record_to_json_has_the_documented_fields() -> None:
             "status_description": "MIDDLE",
             "error_count": 0,
             "error_message": "",
+            "definition": "",
         },
     }
     assert json.loads(encode(event_record(4, data))) == {"id": 4, "event": "record", "record": data}
@@ -268,6 +270,50 @@ def test_token_bucket_allows_bursts_then_the_rate() -> None:
     assert not bucket.take(100.5)
     assert [bucket.take(200.0) for _ in range(4)] == [True, True, True, False]  # capped at burst
     assert not bucket.take(50.0)  # a clock going backwards adds nothing
+
+
+def test_check_access_tells_the_read_only_token_apart() -> None:
+    def access(target: str) -> Access:
+        return check_access("s3cret", "look", [], target)
+
+    assert access("/?token=s3cret") is Access.GRANTED
+    assert access("/?token=look") is Access.READ_ONLY
+    assert access("/?token=nope") is Access.WRONG
+    assert access("/") is Access.MISSING
+    assert check_access("s3cret", None, [], "/?token=look") is Access.WRONG
+    bearer = [(b"authorization", b"Bearer look")]
+    assert check_access("s3cret", "look", bearer, "/") is Access.READ_ONLY
+    assert set(OPS) >= STEERING_OPS
+    assert {"trigger", "callback", "pause", "resume", "cancel", "delete_data"} == STEERING_OPS
+
+
+def test_console_filters_convert_dates_and_foreign_ids() -> None:
+    def list_runs(**args: object) -> dict[str, object]:
+        return check_args(Request(1, "list_runs", {"workflow": "wf", **args}))
+
+    checked = list_runs(
+        created_after="2026-01-01T09:00:00+02:00",
+        created_before="2026-01-02T00:00:00Z",
+        foreign_id=["a", "b"],
+        foreign_id_prefix="or",
+    )
+    assert checked["created_after"] == datetime(2026, 1, 1, 7, tzinfo=UTC)
+    assert checked["created_before"] == datetime(2026, 1, 2, tzinfo=UTC)
+    assert checked["foreign_id"] == ["a", "b"]
+    assert list_runs(foreign_id="a")["foreign_id"] == "a"
+    for bad in (
+        {"created_after": "2026-01-01T09:00:00"},  # no offset
+        {"created_after": "soon"},
+        {"created_before": 1767225600},
+        {"foreign_id": ["a", ""]},
+        {"foreign_id": [1]},
+        {"foreign_id_prefix": ""},
+    ):
+        with pytest.raises(ProtocolError) as info:
+            list_runs(**bad)
+        assert info.value.code is ErrorCode.INVALID_ARGUMENT
+    counted = check_args(Request(2, "count_runs", {"workflow": "wf", "run_state": "PAUSED"}))
+    assert counted == {"workflow": "wf", "run_state": "PAUSED"}
 
 
 def test_a_handshake_is_one_guess() -> None:

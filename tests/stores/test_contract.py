@@ -353,3 +353,28 @@ async def test_many_concurrent_creates_and_commits(store: Store) -> None:
     assert {r.version for r in runs} == {4}
     events = await store.read_events(0, 10_000)
     assert len(events) == 800
+
+
+async def test_definitions_registry_keeps_first_registration_order(store: Store) -> None:
+    from actorflow.stores.protocol import DefinitionRegistry
+
+    assert isinstance(store, DefinitionRegistry)
+    first = await store.register_definition("wf", "aaa", '{"v":1}', T0)
+    assert [(fp, text) for fp, text, _ in first] == [("aaa", '{"v":1}')]
+    await store.register_definition("other", "zzz", "{}", T0)
+    second = await store.register_definition("wf", "bbb", '{"v":2}', T0 + timedelta(hours=1))
+    again = await store.register_definition("wf", "aaa", '{"changed":1}', T0 + timedelta(hours=2))
+    assert [fp for fp, _, _ in second] == ["aaa", "bbb"]
+    assert [(fp, text) for fp, text, _ in again] == [("aaa", '{"v":1}'), ("bbb", '{"v":2}')]
+    assert again[0][2] == T0
+
+
+async def test_meta_definition_round_trips_on_every_version(store: Store) -> None:
+    first = attrs.evolve(raw(), meta=Meta(status_description="ONE", definition="ab12cd"))
+    await store.create_run(first)
+    second = nxt(first, status=2, meta=Meta(run_state_reason="status 9 renamed", definition="ef34"))
+    await store.commit(second)
+    history = await store.history("wf", first.run_id)
+    assert [h.meta.definition for h in history] == ["ab12cd", "ef34"]
+    assert history[-1].meta.run_state_reason == "status 9 renamed"
+    assert (await store.lookup("wf", first.run_id)).meta.definition == "ef34"

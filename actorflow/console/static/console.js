@@ -396,17 +396,21 @@ function renderWorkflowCard(card, wf, counts, paused, processes) {
   let processBlock;
   if (processes instanceof Error || processes === null) {
     processBlock = el("div", {class: "slot", "data-slot": "processes",
-      text: "Processes and lag: this actorflow version does not report them (workflow.states())."});
+      text: "Processes: this actorflow version does not report them (workflow.states())."});
   } else {
-    const rows = Object.entries(processes).map(([name, state]) => {
-      const info = typeof state === "string" ? {state} : state;
-      return el("tr", {}, el("td", {class: "mono", text: name}), el("td", {text: info.state || ""}),
-        el("td", {class: "num", text: info.lag_seconds === undefined || info.lag_seconds === null ? "" : `${info.lag_seconds.toFixed(1)}s`}));
-    });
-    processBlock = el("table", {},
-      el("caption", {class: "muted", style: "text-align:left", text: "Processes"}),
-      el("thead", {}, el("tr", {}, el("th", {text: "process"}), el("th", {text: "state"}), el("th", {class: "num", text: "lag"}))),
-      el("tbody", {}, rows));
+    // Attention first: erroring, then stopped, then the rest.
+    const rank = {erroring: 0, stopped: 1, running: 2, idle: 3};
+    const rows = Object.entries(processes)
+      .map(([name, info]) => [name, (info && info.state) || String(info)])
+      .sort(([a, x], [b, y]) => (rank[x] ?? 9) - (rank[y] ?? 9) || a.localeCompare(b))
+      .map(([name, state]) => el("tr", {"data-process": name},
+        el("td", {class: "mono", text: name}),
+        el("td", {}, el("span", {class: `process process-${state}`, text: state}))));
+    processBlock = el("div", {},
+      el("table", {class: "processes"},
+        el("caption", {class: "muted", style: "text-align:left", text: "Processes (workflow.states())"}),
+        el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", {class: "muted", text: "none"})))),
+      el("p", {class: "muted", text: "Lag per process: the workflow_process_lag_seconds metric (actorflow worker --metrics)."}));
   }
   card.replaceChildren(
     el("h2", {id: `wf-${wf.name}`}, el("a", {href: runsLink(""), text: wf.name}),

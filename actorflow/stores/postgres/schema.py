@@ -156,6 +156,24 @@ MIGRATIONS: list[Migration] = [
         "runs by creation time (list_runs/count_runs created_after/created_before)",
         ("CREATE INDEX runs_workflow_created ON {s}.runs (workflow_name, created_at)",),
     ),
+    Migration(
+        4,
+        "workflow definitions (fingerprints) in the order they first registered",
+        (
+            # A worker processes runs written by its own definition or by one registered
+            # before it, never by a newer one (rolling deploys, docs/upgrading.md).
+            """
+            CREATE TABLE {s}.definitions (
+                seq           bigserial PRIMARY KEY,
+                workflow_name text NOT NULL,
+                fingerprint   text NOT NULL,
+                summary       text NOT NULL,
+                registered_at timestamptz NOT NULL,
+                UNIQUE (workflow_name, fingerprint)
+            )
+            """,
+        ),
+    ),
 ]
 
 
@@ -457,6 +475,14 @@ class Queries:
             "FROM {s}.schedules WHERE key = %(key)s"
         )
         self.last_schedule = q("SELECT last_fired FROM {s}.schedules WHERE key = %s")
+        self.register_definition = q(
+            "INSERT INTO {s}.definitions (workflow_name, fingerprint, summary, registered_at) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT (workflow_name, fingerprint) DO NOTHING"
+        )
+        self.definitions = q(
+            "SELECT fingerprint, summary, registered_at FROM {s}.definitions "
+            "WHERE workflow_name = %s ORDER BY seq"
+        )
         self.drop_schema = q("DROP SCHEMA IF EXISTS {s} CASCADE")
         self._list_runs: dict[tuple[bool, ...], bytes] = {}
 

@@ -378,6 +378,19 @@ class PostgresStore:
 
         await self._db.call(f"set_cursor {name!r}", set_cursor, write=True)
 
+    async def register_definition(
+        self, workflow_name: str, fingerprint: str, summary: str, now: datetime
+    ) -> list[tuple[str, str, datetime]]:
+        """Record a definition of the workflow (once); every one known, oldest first."""
+        q = self._q
+
+        def register(conn: _Conn) -> list[tuple[str, str, datetime]]:
+            conn.execute(q.register_definition, [workflow_name, fingerprint, summary, _aware(now)])
+            rows = conn.execute(q.definitions, [workflow_name]).fetchall()
+            return [(str(fp), str(text), at) for fp, text, at in rows]
+
+        return await self._db.call("register_definition", register, write=True)
+
     async def claim_schedule(self, key: str, fire_at: datetime) -> bool:
         params = {"key": key, "fire_at": _aware(fire_at), "writer": _writer_token()}
         q = self._q

@@ -26,6 +26,7 @@ from actorflow._model.errors import (
 )
 from actorflow._model.record import Event, Meta, RawRecord, Timer
 from actorflow._model.run_state import RunState
+from actorflow.stores import realtime
 from actorflow.stores.feed import ChangeFeed
 from actorflow.stores.filters import RunFilter, prefix_upper_bound
 from actorflow.stores.messages import in_progress, no_foreign_run, no_run
@@ -40,6 +41,12 @@ _FIRST_BACKOFF: Final = 0.001
 _MAX_BACKOFF: Final = 0.1
 WATCH_INTERVAL: Final = 0.05
 """Real seconds between two looks of the watcher thread at ``PRAGMA data_version``."""
+CHECKPOINT_GAP: Final = 0.05
+"""Real seconds between two checkpoints of the checkpointer thread (at most)."""
+WAL_BOUND_PAGES: Final = 16_384
+"""The writer checkpoints inline only when the WAL grew past this many pages (64 MiB at
+SQLite's default 4 KiB pages): the checkpointer thread could not keep up, or a reader held
+an old snapshot all along. Normally the WAL stays well below (see docs/stores.md)."""
 
 _RECORD_COLUMNS: Final = (
     "workflow_name, foreign_id, run_id, status, run_state, object, version, created_at, "
@@ -218,6 +225,69 @@ class _Watcher:
 
 
 @final
+class _Checkpointer:
+    """A thread that copies the write-ahead log back into the database file
+    (``PRAGMA wal_checkpoint(PASSIVE)``) on a connection of its own.
+
+    SQLite's own auto-checkpoint runs inside the ``COMMIT`` that crosses 1,000 WAL pages,
+    on the trio thread: a stall of milliseconds for whichever caller's write is in that
+    batch. Here the writer only nudges the thread after each transaction; a PASSIVE
+    checkpoint never waits for the writer nor blocks it, and releases the GIL while it
+    copies and syncs. The thread is started by the first write and ends with the store.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.checkpoints = 0
+        """Checkpoints done (read by tests and stats; written by the thread only)."""
+        self.done = threading.Condition()
+        self.thread = threading.Thread(
+            target=self._serve, name="actorflow-sqlite-checkpoint", daemon=True
+        )
+        self.thread.start()
+
+    def nudge(self) -> None:
+        """A transaction was committed: checkpoint soon."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def wait_for(self, checkpoints: int, timeout: float) -> bool:
+        """Block (in a worker thread) until ``checkpoints`` were done, or ``timeout``."""
+        with self.done:
+            return self.done.wait_for(lambda: self.checkpoints >= checkpoints, timeout)
+
+    def _serve(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            while True:
+                self._wake.wait()
+                if self._stop.is_set():
+                    return
+                self._wake.clear()
+                try:
+                    if conn is None:
+                        conn = sqlite3.connect(self._path, timeout=0, isolation_level=None)
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:  # busy, or the file went away: try again later
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                else:
+                    with self.done:
+                        self.checkpoints += 1
+                        self.done.notify_all()
+                self._stop.wait(CHECKPOINT_GAP)
+        finally:
+            if conn is not None:
+                conn.close()
+
+
+@final
 class SQLiteStore:
     """The embedded durable store: one SQLite file in WAL mode.
 
@@ -296,6 +366,7 @@ class SQLiteStore:
         """Connections opened so far (a reopened connection counts data_version anew)."""
         self._watcher: _Watcher | None = None
         self._feed.watch = self._watch
+        self._checkpointer: _Checkpointer | None = None
 
     def _watch(self) -> None:
         """Make sure a watcher thread reports other connections' commits to this trio run
@@ -309,6 +380,14 @@ class SQLiteStore:
         if watcher is not None:
             watcher.stop()
         self._watcher = _Watcher(self._path, token, self._noticed)
+
+    def _nudge_checkpointer(self) -> None:
+        checkpointer = self._checkpointer
+        if checkpointer is None or not checkpointer.thread.is_alive():
+            if self._closed:
+                return
+            checkpointer = self._checkpointer = _Checkpointer(self._path)
+        checkpointer.nudge()
 
     def _noticed(self) -> None:
         self.stats.changes_noticed += 1
@@ -394,6 +473,9 @@ class SQLiteStore:
                     "use a file on a local disk",
                 )
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            # Checkpoints run in a thread of their own (see _Checkpointer); the writer's
+            # COMMIT checkpoints inline only past this bound.
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_BOUND_PAGES}")
             # Deleted and overwritten content is zeroed, not left in free space: what
             # delete_data scrubs leaves no copy in the file (see _wipe_log for the WAL).
             conn.execute("PRAGMA secure_delete = ON")
@@ -514,6 +596,7 @@ class SQLiteStore:
                 return
             self.stats.transactions += 1
             self.stats.writes += len(batch)
+            self._nudge_checkpointer()
             self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
             # Commit order is event order: publish every stored record first, then answer.
             for write, (_, error) in zip(batch, outcomes, strict=True):
@@ -628,11 +711,13 @@ class SQLiteStore:
         """Checkpoint the WAL into the database file and truncate it to zero bytes.
 
         The WAL holds every page written since the last checkpoint, old objects included;
-        ``secure_delete`` zeroes them in the database file. Another process reading an
-        older snapshot keeps the checkpoint from finishing: retried with back-off for up
-        to ``lock_timeout``, then StoreError (the scrub itself is stored).
+        ``secure_delete`` zeroes them in the database file. Another connection reading an
+        older snapshot (or checkpointing: the checkpointer thread) keeps the checkpoint
+        from finishing: retried with back-off for up to ``lock_timeout`` seconds of real
+        time (the other connections live in real time, also under a virtual clock), then
+        StoreError (the scrub itself is stored).
         """
-        deadline = trio.current_time() + self._lock_timeout
+        deadline = realtime.now() + self._lock_timeout
         delay = _FIRST_BACKOFF
         while True:
             await trio.lowlevel.checkpoint()
@@ -647,7 +732,7 @@ class SQLiteStore:
                 problem = str(exc)
             if not problem:
                 return
-            now = trio.current_time()
+            now = realtime.now()
             if now >= deadline:
                 raise self._fail(
                     f"run {run_id}: its data is scrubbed in the database, but the write-ahead "
@@ -655,7 +740,7 @@ class SQLiteStore:
                     f"{self._lock_timeout:g} s ({problem})",
                     "call delete_data again when the other processes are idle",
                 )
-            await trio.sleep(min(delay, deadline - now))
+            await realtime.sleep(min(delay, deadline - now))
             delay = min(delay * 2, _MAX_BACKOFF)
 
     async def set_cursor(self, name: str, value: str) -> None:
@@ -667,6 +752,30 @@ class SQLiteStore:
             )
 
         await self._submit(apply, None)
+
+    async def register_definition(
+        self, workflow_name: str, fingerprint: str, summary: str, now: datetime
+    ) -> list[tuple[str, str, datetime]]:
+        """Record a definition of the workflow (once); every one known, oldest first."""
+
+        def apply(conn: sqlite3.Connection, _: object) -> None:
+            conn.execute(
+                "INSERT INTO definitions (workflow_name, fingerprint, summary, registered_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (workflow_name, fingerprint) DO NOTHING",
+                (workflow_name, fingerprint, summary, _to_text(now)),
+            )
+
+        await self._submit(apply, None)
+
+        def query(conn: sqlite3.Connection) -> list[tuple[str, str, datetime]]:
+            rows = conn.execute(
+                "SELECT fingerprint, summary, registered_at FROM definitions "
+                "WHERE workflow_name = ? ORDER BY seq",
+                (workflow_name,),
+            ).fetchall()
+            return [(fp, text, _from_text(at)) for fp, text, at in rows]
+
+        return await self._read("register_definition", query)
 
     async def claim_schedule(self, key: str, fire_at: datetime) -> bool:
         stamp = _to_text(fire_at)
@@ -929,6 +1038,9 @@ class SQLiteStore:
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         if self._leading and self._idle is not None:
             with trio.CancelScope(shield=True):
                 await self._idle.wait()

@@ -725,3 +725,38 @@ async def test_delete_data_waits_for_a_reader_of_an_old_snapshot(tmp_path: Path)
         assert _copies(path, secret) == 0
     finally:
         await store.aclose()
+
+
+async def test_checkpoints_run_in_a_thread_and_keep_the_wal_small(store: SQLiteStore) -> None:
+    """The writer's COMMIT does not checkpoint (SQLite's auto-checkpoint would, inline, every
+    1,000 pages); the checkpointer thread does, so the WAL stays small while far more than
+    its size is written."""
+    wal = trio.Path(f"{store.path}-wal")
+    record = await store.create_run(raw())
+    payload = '"' + "x" * 4000 + '"'  # about a page per version, twice (runs + history)
+    written = 0
+    largest_wal = 0
+    for _ in range(30):
+        for _ in range(60):
+            record = await store.commit(nxt(record, object=payload))
+            written += 2 * len(payload)
+        largest_wal = max(largest_wal, (await wal.stat()).st_size)
+        checkpointer = store._checkpointer
+        assert checkpointer is not None
+        target = checkpointer.checkpoints + 1
+        assert await trio.to_thread.run_sync(checkpointer.wait_for, target, 10.0)
+    assert store.stats.transactions >= 1800
+    # Without the thread, nothing below the bound of 16,384 pages (64 MiB) would
+    # checkpoint, and the WAL would hold everything written (about 14 MB here).
+    assert written > 14_000_000
+    assert largest_wal < written / 2
+
+
+async def test_the_checkpointer_ends_with_the_store(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "c.db")
+    await store.create_run(raw())
+    checkpointer = store._checkpointer
+    assert checkpointer is not None and checkpointer.thread.is_alive()
+    await store.aclose()
+    await trio.to_thread.run_sync(checkpointer.thread.join, 10.0)
+    assert not checkpointer.thread.is_alive()
