@@ -240,9 +240,12 @@ class RunActor(Generic[T, S]):
         """Before passivating: make sure the supervisor wakes the run for its next timer."""
         if self._timers:
             now = self.engine.now()
-            future = [w for w in map(self._fires_at, self._timers) if w > now]
+            future = [(self._fires_at(t), t) for t in self._timers]
+            future = [(w, t) for w, t in future if w > now]
             if future:
-                self.sup.arm(self.run_id, min(future))
+                when, timer = min(future, key=lambda pair: pair[0])
+                # A snoozed timeout's time exists in memory only: held whatever its time.
+                self.sup.arm(self.run_id, when, pinned=when != timer.fire_at)
 
     def _fires_at(self, timer: Timer) -> datetime:
         """When ``timer`` is due: its time, or later when its timeout skipped."""
