@@ -7,7 +7,7 @@ import nox
 nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.default_venv_backend = "venv"
 
-ALL_EXTRAS = ".[dev,postgres,redis,console,kafka,metrics,otel]"
+ALL_EXTRAS = ".[dev,postgres,redis,console,kafka,metrics,otel,cli]"
 RUFF = "ruff==0.17.6"  # keep in step with the dev extra in pyproject.toml
 IMPORT_LINTER = "import-linter==2.17"  # likewise
 

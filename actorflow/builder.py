@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import enum
-import functools
-import inspect
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
@@ -19,8 +17,10 @@ from actorflow._model.definition import (
     StepSpec,
     TimeoutSpec,
     fn_name,
+    is_async_callable,
 )
 from actorflow._model.errors import BuildError
+from actorflow._model.evolution import Evolution, StatusMapping, UpgradeFn
 from actorflow._model.options import Options, check_options_for
 from actorflow._model.settings import BuildSettings
 from actorflow._model.statuses import parse_status
@@ -38,28 +38,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 _UNSET: Any = object()
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
-
-
-def is_async_callable(fn: object) -> bool:
-    """Whether calling ``fn`` gives an awaitable: an ``async def`` function (also behind
-    ``functools.partial`` or ``functools.wraps`` decorators) or an object whose
-    ``__call__`` is one."""
-    seen = 0
-    while seen < 100:
-        seen += 1
-        if inspect.iscoroutinefunction(fn):
-            return True
-        if isinstance(fn, functools.partial):
-            fn = fn.func
-            continue
-        wrapped = getattr(fn, "__wrapped__", None)
-        if wrapped is not None:
-            fn = wrapped
-            continue
-        if not inspect.isroutine(fn) and not isinstance(fn, type):
-            return inspect.iscoroutinefunction(type(fn).__call__)
-        return False
-    return False
 
 
 @attrs.define
@@ -111,6 +89,8 @@ class Builder(Generic[T, S]):
         self._connectors: list[ConnectorSpec] = []
         self._connector_options: list[dict[str, Any]] = []
         self._hooks: dict[str, list[HookFn]] = {}
+        self._mappings: list[tuple[Any, Any, str]] = []
+        self._upgrade: UpgradeFn | None = None
 
     # -- declaring -------------------------------------------------------------------------
 
@@ -189,6 +169,75 @@ class Builder(Generic[T, S]):
     def on_cancel(self, fn: HookFn) -> HookFn:
         """``async def fn(record)`` once per run that is cancelled (at least once)."""
         return self._hook("cancel", fn)
+
+    # -- evolving a workflow whose runs are in flight (docs/upgrading.md) --------------------
+
+    def rename_status(self, old_value: int, new_status: S) -> None:
+        """Runs stored at ``old_value`` (a status value the enum no longer has) are at
+        ``new_status`` now: moved there, as a new version with a reason, when next loaded.
+
+        ``new_status`` must be new too: a status that already has runs of its own is
+        refused when the workflow starts (use :meth:`retire` to merge into it).
+        """
+        self._mappings.append((old_value, new_status, "rename"))
+
+    def retire(self, old_value: int, *, to: S) -> None:
+        """Runs stored at the retired status value ``old_value`` move to ``to`` (an existing
+        status) when next loaded; to a terminal status, they complete."""
+        self._mappings.append((old_value, to, "retire"))
+
+    def upgrade_object(self, fn: UpgradeFn) -> UpgradeFn:
+        """``fn(dict) -> dict`` converts a stored object that no longer fits the object
+        type (as JSON data) into one that does. Applied when a run is next loaded and
+        stored as a new version; a run whose upgrade fails is parked with the reason."""
+        if not callable(fn):
+            raise BuildError(f"workflow {self.name!r}: upgrade_object needs a function, not {fn!r}")
+        if self._upgrade is not None:
+            raise BuildError(
+                f"workflow {self.name!r}: upgrade_object is already set "
+                f"({fn_name(self._upgrade)}); make one function do every upgrade"
+            )
+        self._upgrade = fn
+        return fn
+
+    def _evolution(self) -> Evolution:
+        members = {int(m) for m in self.status_type}
+        targets: dict[int, int] = {}
+        mappings: dict[int, StatusMapping] = {}
+        for old, new, kind in self._mappings:
+            where = f"{'rename_status' if kind == 'rename' else 'retire'}({old!r}, ...)"
+            if isinstance(old, enum.Enum | bool) or not isinstance(old, int):
+                raise BuildError(
+                    f"workflow {self.name!r}: {where}: the old status must be given as its "
+                    f"stored int value (the enum no longer has it), not {old!r}"
+                )
+            if not 0 < old < 2**63:
+                raise BuildError(
+                    f"workflow {self.name!r}: {where}: {old} is not a status value (1 to 2**63-1)"
+                )
+            target = self._status(new, f"{where} new status")
+            if old in mappings:
+                raise BuildError(
+                    f"workflow {self.name!r}: status {old} is mapped twice "
+                    f"(to {mappings[old].new.name} and to {target.name}); map it once"
+                )
+            mappings[old] = StatusMapping(old, target, kind)
+            targets[int(target)] = old
+        for old, mapping in mappings.items():
+            if old in members:
+                if old in targets:
+                    raise BuildError(
+                        f"workflow {self.name!r}: mapping cycle: status {old} is mapped to "
+                        f"{mapping.new.name}={int(mapping.new)} and status {targets[old]} is "
+                        f"mapped to {old}; map only values the enum no longer has"
+                    )
+                raise BuildError(
+                    f"workflow {self.name!r}: status {old} "
+                    f"({self.status_type(old).name}) is still a member of "
+                    f"{self.status_type.__name__}; rename_status/retire map only values the "
+                    "enum no longer has"
+                )
+        return Evolution(mappings, self._upgrade)
 
     def _hook(self, kind: str, fn: HookFn) -> HookFn:
         self._check_fn(fn, f"on_{kind} hook")
@@ -326,6 +375,7 @@ class Builder(Generic[T, S]):
             start=starts[0],
             starts=frozenset(starts),
             declared=declared,
+            evolution=self._evolution(),
         )
 
     def build(self, store: Store, **options: Any) -> Workflow[T, S]:
@@ -356,12 +406,20 @@ class Builder(Generic[T, S]):
                   worker's shards are taken over after at most this long.
                 - ``ownership``: which runs this process works on (an ``Ownership``;
                   default: the store's shard leases, or every run).
+                - ``history_retention``: an ``af.Retention``: delete old versions of
+                  finished runs (keep the last K, or those younger than T); None (the
+                  default) keeps every version.
                 - ``metrics``: a ``prometheus_client.CollectorRegistry`` to report the
                   workflow's metrics to (docs/metrics.md); None (the default): the global
                   registry when ``actorflow[metrics]`` is installed, else none; False: none.
                 - ``tracing``: True: an OpenTelemetry span per step, callback, timeout, hook
                   and connector call, from the global tracer provider (or pass a
                   TracerProvider); needs ``actorflow[otel]``. Default False.
+                - ``on_stranded``: what ``run`` does with stored runs this definition cannot
+                  move (docs/upgrading.md): ``"pause"`` (default) parks them PAUSED with a
+                  reason naming the problem and starts; ``"refuse"`` raises BuildError.
+                - ``check_at_start``: compare the stored unfinished runs with the definition
+                  when ``run`` starts (True); False skips it (``actorflow runs check``).
         """
         from actorflow.stores import Store as StoreProtocol
         from actorflow.workflow import Workflow

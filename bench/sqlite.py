@@ -278,7 +278,7 @@ async def _parked(runs: int, path: str, with_timeout: bool) -> dict[str, Any]:
             await trio.sleep(0.05)  # let anything the triggers woke settle
             after = _maxrss_bytes()
             actors = len(supervisor.actors)
-            heap = len(supervisor._heap)
+            heap = len(supervisor.timers)  # wake-ups held in memory
     return {
         "runs": runs,
         "timeout": with_timeout,

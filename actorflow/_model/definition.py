@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import enum
+import functools
+import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
+from actorflow._model.evolution import Evolution, fingerprint
 from actorflow._model.options import Options
 from actorflow._model.timers import TimerFn
 
@@ -16,6 +19,28 @@ CallbackFn = Callable[[Any, bytes], Awaitable[Any]]
 TimeoutFn = Callable[[Any, Any], Awaitable[Any]]
 HookFn = Callable[[Any], Awaitable[None]]
 ConnectorFn = Callable[[Any, Any], Awaitable[None]]
+
+
+def is_async_callable(fn: object) -> bool:
+    """Whether calling ``fn`` gives an awaitable: an ``async def`` function (also behind
+    ``functools.partial`` or ``functools.wraps`` decorators) or an object whose
+    ``__call__`` is one."""
+    seen = 0
+    while seen < 100:
+        seen += 1
+        if inspect.iscoroutinefunction(fn):
+            return True
+        if isinstance(fn, functools.partial):
+            fn = fn.func
+            continue
+        wrapped = getattr(fn, "__wrapped__", None)
+        if wrapped is not None:
+            fn = wrapped
+            continue
+        if not inspect.isroutine(fn) and not isinstance(fn, type):
+            return inspect.iscoroutinefunction(type(fn).__call__)
+        return False
+    return False
 
 
 def fn_name(fn: object) -> str:
@@ -80,6 +105,7 @@ class Definition:
     start: enum.IntEnum
     starts: frozenset[enum.IntEnum]
     declared: Sequence[enum.IntEnum]
+    evolution: Evolution = attrs.Factory(Evolution)
 
     def destinations(self, status: int) -> frozenset[enum.IntEnum]:
         found: set[enum.IntEnum] = set()
@@ -99,10 +125,28 @@ class Definition:
         )
 
     _members: Mapping[int, enum.IntEnum] = attrs.field(init=False, repr=False, eq=False)
+    fingerprint: str = attrs.field(init=False, eq=False)
+    """A short hash of the statuses, edges, object schema and status mappings."""
+    summary: str = attrs.field(init=False, repr=False, eq=False)
+    """The JSON text the fingerprint hashes."""
 
     def __attrs_post_init__(self) -> None:
         # Enum calls are slow on the hot path; a dict lookup is not.
         object.__setattr__(self, "_members", {int(m): m for m in self.status_type})
+        edges: list[tuple[int, str, Sequence[int]]] = []
+        for status, step in self.steps.items():
+            edges.append((status, "step", [int(t) for t in step.to]))
+        for status, cbs in self.callbacks.items():
+            edges.extend((status, "callback", [int(t) for t in cb.to]) for cb in cbs)
+        for status, tms in self.timeouts.items():
+            edges.extend((status, tm.kind, [int(t) for t in tm.to]) for tm in tms)
+        fp, summary = fingerprint(self.status_type, edges, self.object_type, self.evolution)
+        object.__setattr__(self, "fingerprint", fp)
+        object.__setattr__(self, "summary", summary)
+
+    def can_move(self, status: int) -> bool:
+        """Whether a run at ``status`` has a step, callback or timeout here."""
+        return status in self.steps or status in self.callbacks or status in self.timeouts
 
     def status(self, value: int) -> enum.IntEnum | int:
         return self._members.get(value, value)

@@ -53,6 +53,9 @@ class Meta:
     trace_origin: str = ""
     """The W3C ``traceparent`` of the trace that was active when the run was triggered
     (tracing on; luno/workflow's ``Meta.TraceOrigin``): the parent of its steps' spans."""
+    definition: str = ""
+    """The fingerprint of the workflow definition that wrote this version (empty for
+    versions written before fingerprints were stored)."""
 
     def to_dict(self) -> dict[str, Any]:
         data = attrs.asdict(self)

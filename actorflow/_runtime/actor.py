@@ -239,9 +239,12 @@ class RunActor(Generic[T, S]):
         """Before passivating: make sure the supervisor wakes the run for its next timer."""
         if self._timers:
             now = self.engine.now()
-            future = [w for w in map(self._fires_at, self._timers) if w > now]
+            future = [(self._fires_at(t), t) for t in self._timers]
+            future = [(w, t) for w, t in future if w > now]
             if future:
-                self.sup.arm(self.run_id, min(future))
+                when, timer = min(future, key=lambda pair: pair[0])
+                # A snoozed timeout's time exists in memory only: held whatever its time.
+                self.sup.arm(self.run_id, when, pinned=when != timer.fire_at)
 
     def _fires_at(self, timer: Timer) -> datetime:
         """When ``timer`` is due: its time, or later when its timeout skipped."""
@@ -326,9 +329,6 @@ class RunActor(Generic[T, S]):
             except VersionConflict:
                 self.reload_needed = True
                 if attempt + 1 < ASK_ATTEMPTS:
-                    self._raw = await self.engine.lookup(self.run_id)
-                    self._timers = None
-                    self.reload_needed = False
                     continue
                 message.reply.set(error=StoreError(f"{self._where()}: kept changing; try again"))
                 return
@@ -348,9 +348,15 @@ class RunActor(Generic[T, S]):
 
     async def _current(self) -> RawRecord:
         if self._raw is None or self.reload_needed:
-            self._raw = await self.engine.lookup(self.run_id)
-            self.reload_needed = False
+            raw = await self.engine.lookup(self.run_id)
             self._timers = None
+            if raw.meta.definition != self.engine.fingerprint:
+                # Written by another definition: migrate it (or park it) as it loads.
+                upgraded = await self.engine.upgrade(raw)
+                if upgraded is not raw:
+                    raw = upgraded
+            self._raw = raw
+            self.reload_needed = False
         return self._raw
 
     def _stored(self, new: RawRecord, timers: list[Timer] | None) -> None:
@@ -378,6 +384,8 @@ class RunActor(Generic[T, S]):
             return None
         if not raw.run_state.active or raw.version == self._skipped_version:
             return None
+        if raw.meta.definition is not self.engine.fingerprint and not self.engine.accepts_now(raw):
+            return None
         if self._retry_at != -math.inf and trio.current_time() < self._retry_at:
             return None
         spec = self.engine.definition.steps.get(raw.status)
@@ -391,6 +399,9 @@ class RunActor(Generic[T, S]):
         raw = self._raw
         if raw is None or self.reload_needed:
             raw = await self._current()
+        if not engine.accepts_now(raw) and not await engine.accepts(raw):
+            # A newer definition wrote it (rolling deploy): left to a worker that has it.
+            return None
         now_trio = trio.current_time()
         if now_trio < self._retry_at:
             return self._retry_at

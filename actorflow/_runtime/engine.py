@@ -8,6 +8,7 @@ relies on the store's optimistic version check, so two writers never both win.
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from contextlib import AbstractAsyncContextManager, nullcontext
 from datetime import datetime, timedelta
 from typing import Any, Generic, NoReturn, TypeVar
 
+import attrs
 import trio
 
 from actorflow._model.clock import Clock
@@ -25,6 +27,7 @@ from actorflow._model.errors import (
     CallbackError,
     InvalidTransition,
     RunNotFound,
+    SerializationError,
     StepError,
     StoreError,
 )
@@ -76,6 +79,16 @@ class Engine(Generic[T, S]):
         """Meta of error-free versions, shared: one object per (reason, status), not per run."""
         self.on_timers: Callable[[str, list[Timer]], None] | None = None
         """Set by a running supervisor: arms timers as soon as they are stored."""
+        self.fingerprint = definition.fingerprint
+        self.older: set[str] = {"", definition.fingerprint}
+        """Definitions whose runs this one may process: itself, the ones registered before
+        it in the store, and versions written before fingerprints existed (``""``)."""
+        self.newer: dict[str, str] = {}
+        """Definitions registered after this one (or never registered), by fingerprint."""
+        self.registered = False
+        """Whether this definition was recorded in the store (before its first write)."""
+        self.summaries: dict[str, str] = {definition.fingerprint: definition.summary}
+        """The statuses, edges and object schema of every known definition, by fingerprint."""
         self.observer: Observer | None = None
         """Metrics and traces (None: off, and the hot path skips them)."""
         self.step_processes: dict[int, Process] = {
@@ -126,13 +139,21 @@ class Engine(Generic[T, S]):
         return self.definition.status(value)  # type: ignore[return-value]
 
     def typed(self, raw: RawRecord) -> Record[T, S]:
+        try:
+            obj = self.codec.decode(raw.object, run_id=raw.run_id)
+        except SerializationError:
+            # A version written by an earlier definition: show it upgraded (nothing is
+            # written; the run itself is upgraded when it is next loaded).
+            if raw.meta.definition == self.fingerprint or self.definition.evolution.upgrade is None:
+                raise
+            obj = self.codec.decode(upgraded_object(self, raw), run_id=raw.run_id)
         return Record(
             workflow_name=raw.workflow_name,
             foreign_id=raw.foreign_id,
             run_id=raw.run_id,
             status=self.status(raw.status),
             run_state=raw.run_state,
-            object=self.codec.decode(raw.object, run_id=raw.run_id),
+            object=obj,
             version=raw.version,
             created_at=raw.created_at,
             updated_at=raw.updated_at,
@@ -184,6 +205,9 @@ class Engine(Generic[T, S]):
         if self.observer is not None:
             # As luno/workflow: counted as the version is made, before it is stored.
             self.observer.run_state_changed(raw.run_state, new_state)
+        if status is None and object is None and raw.meta.definition != self.fingerprint:
+            # Only the run state changed: the data is still what that definition wrote.
+            meta = attrs.evolve(meta, definition=raw.meta.definition)
         return RawRecord(
             workflow_name=raw.workflow_name,
             foreign_id=raw.foreign_id,
@@ -208,13 +232,22 @@ class Engine(Generic[T, S]):
         # are stored as they are unless they hold invalid text, which no store can write.
         reason, error_message = printable(reason), printable(error_message)
         if error_count or error_message or trace_origin:
-            return Meta(reason, self._description(status), error_count, error_message, trace_origin)
+            return Meta(
+                reason,
+                self._description(status),
+                error_count,
+                error_message,
+                trace_origin,
+                self.fingerprint,
+            )
         key = (reason, status)
         meta = self._metas.get(key)
         if meta is None:
             if len(self._metas) >= META_CACHE:
                 self._metas.clear()  # reasons given to pause/cancel are open-ended
-            meta = self._metas[key] = Meta(reason, self._description(status))
+            meta = self._metas[key] = Meta(
+                reason, self._description(status), definition=self.fingerprint
+            )
         return meta
 
     def _description(self, status: int) -> str:
@@ -390,12 +423,13 @@ class Engine(Generic[T, S]):
         error_count: int = 0,
         error_message: str = "",
         drop: Timer | None = None,
+        auto_resume: bool = True,
     ) -> tuple[RawRecord, list[Timer]]:
         self.check_state(raw, RunState.PAUSED)
         timers = [t for t in await self._run_timers(raw) if t.kind != RESUME]
         if drop is not None:
             timers = _without(timers, drop)
-        if self.resume_paused_after is not None:
+        if self.resume_paused_after is not None and auto_resume:
             timers.append(
                 Timer(
                     self.name, raw.run_id, raw.status, RESUME, self.now() + self.resume_paused_after
@@ -466,6 +500,12 @@ class Engine(Generic[T, S]):
         ``parent``: the traceparent of the caller of ``workflow.callback`` (tracing on)."""
         if raw.status != status or not raw.run_state.active:
             return None, None
+        if not await self.accepts(raw):
+            raise ActorflowError(
+                f"{self.where(raw)} was last written by definition {raw.meta.definition}, "
+                f"which is newer than this process's definition {self.fingerprint}: call "
+                "back through a process that runs the newer definition"
+            )
         observer = self.observer
         for spec in self.definition.callbacks.get(status, ()):
             run = self.make_run(raw)
@@ -525,10 +565,221 @@ class Engine(Generic[T, S]):
     async def lookup(self, run_id: str) -> RawRecord:
         return await self.store.lookup(self.name, run_id)
 
+    # -- evolution (docs/upgrading.md) -----------------------------------------------------------
+
+    async def register(self) -> None:
+        """Record this definition in the store (once) and learn which ones came before it."""
+        register = getattr(self.store, "register_definition", None)
+        self.registered = True  # concurrent first writes register once
+        if register is None:
+            return
+        try:
+            known = await register(self.name, self.fingerprint, self.definition.summary, self.now())
+        except BaseException:
+            self.registered = False
+            raise
+        older = True
+        for fp, summary, _at in known:
+            self.summaries[fp] = summary
+            if older:
+                self.older.add(fp)
+                self.newer.pop(fp, None)
+            elif fp not in self.older:
+                self.newer[fp] = summary
+            if fp == self.fingerprint:
+                older = False
+
+    def mapped_status(self, status: int) -> int:
+        """The status a run stored at ``status`` is at for this definition."""
+        mapping = self.definition.evolution.mappings.get(status)
+        return status if mapping is None else int(mapping.new)
+
+    def accepts_now(self, raw: RawRecord) -> bool:
+        """Whether this definition may process the run, known without reading the store."""
+        return raw.meta.definition in self.older
+
+    async def accepts(self, raw: RawRecord) -> bool:
+        """Whether this definition may process the run: not when a newer definition (one
+        registered after this one, or not at all) last wrote it. A rolling deploy relies on
+        this: old workers leave the runs new workers wrote alone."""
+        if raw.meta.definition in self.older:
+            return True
+        if raw.meta.definition not in self.newer:
+            await self.register()  # perhaps registered before us since we last looked
+            if raw.meta.definition in self.older:
+                return True
+            self.newer.setdefault(raw.meta.definition, "")
+        return False
+
+    async def upgrade(self, raw: RawRecord) -> RawRecord:
+        """The run as this definition can process it: status mappings and the object
+        upgrade applied, obsolete timers dropped, stored as one new version with a reason;
+        a run it cannot get there is parked (PAUSED, the reason naming the problem).
+        Returns ``raw`` itself when there is nothing to do."""
+        if raw.meta.definition == self.fingerprint or raw.run_state.finished:
+            return raw
+        if not await self.accepts(raw):
+            return raw
+        timers = await self._run_timers(raw)
+        plan = plan_upgrade(self, raw, timers)
+        if plan.problem is not None:
+            if raw.run_state is RunState.PAUSED:
+                return raw
+            reason = f"parked by definition {self.fingerprint}: {plan.kind}: {plan.problem}"
+            log.warning("%s: %s", self.where(raw), reason)
+            paused, _ = await self.pause(raw, reason[:2000], auto_resume=False)
+            return paused
+        if not plan.reasons:
+            return raw
+        new = self.next_version(
+            raw,
+            status=plan.status,
+            run_state=plan.run_state,
+            object=plan.object,
+            reason="; ".join(plan.reasons)[:2000],
+        )
+        log.info("%s: %s", self.where(raw), new.meta.run_state_reason)
+        return await self.commit(new, timers=plan.timers)
+
     async def require_run(self, run_id: str) -> RawRecord:
         if not isinstance(run_id, str) or not run_id:
             raise RunNotFound(f"workflow {self.name!r}: run id must be a non-empty string")
         return await self.store.lookup(self.name, run_id)
+
+
+def upgraded_object(engine: Engine[Any, Any], raw: RawRecord) -> str:
+    """The stored object run through the definition's ``upgrade_object`` function, as JSON
+    text. Raises ActorflowError naming the function and what went wrong."""
+    fn = engine.definition.evolution.upgrade
+    assert fn is not None
+    try:
+        data = json.loads(raw.object)
+    except ValueError as exc:
+        raise ActorflowError(f"the stored object is not JSON: {exc}") from None
+    try:
+        result = fn(data)
+    except Exception as exc:
+        raise ActorflowError(
+            f"upgrade_object function {fn_name(fn)} raised {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(result, dict):
+        raise ActorflowError(
+            f"upgrade_object function {fn_name(fn)} returned {type(result).__name__}, not a dict"
+        )
+    try:
+        text = json.dumps(result, ensure_ascii=False, separators=(",", ":"))
+        obj = engine.codec.decode(text, run_id=raw.run_id)
+        return engine.codec.encode(obj, run_id=raw.run_id)
+    except (ActorflowError, TypeError, ValueError) as exc:
+        raise ActorflowError(
+            f"upgrade_object function {fn_name(fn)} returned an object that does not fit "
+            f"{engine.codec.object_type.__name__}: {exc}"
+        ) from None
+
+
+@attrs.frozen
+class UpgradePlan:
+    """What :meth:`Engine.upgrade` stores for a run (nothing, when ``reasons`` is empty),
+    or the problem that parks it."""
+
+    problem: str | None = None
+    kind: str = ""
+    status: int | None = None
+    run_state: RunState | None = None
+    object: str | None = None
+    timers: list[Timer] | None = None
+    reasons: tuple[str, ...] = ()
+
+
+def plan_upgrade(engine: Engine[Any, Any], raw: RawRecord, timers: list[Timer]) -> UpgradePlan:
+    """Decide what the current definition does with a run another definition wrote."""
+    from actorflow._model import evolution as ev
+
+    definition = engine.definition
+    reasons: list[str] = []
+    status = raw.status
+    mapping = definition.evolution.mappings.get(status)
+    if mapping is not None:
+        status = int(mapping.new)
+        reasons.append(mapping.reason)
+    member = definition.status(status)
+    if not isinstance(member, enum.Enum):
+        return UpgradePlan(
+            f"{status} (not a member of {definition.status_type.__name__}, not mapped by "
+            "rename_status or retire)",
+            ev.UNKNOWN_STATUS,
+        )
+    name = member.name
+    terminal = definition.is_terminal(status)
+    if terminal and mapping is None:
+        return UpgradePlan(f"{name}={status}", ev.NO_WAY_FORWARD)
+    new_object: str | None = None
+    if not object_fits(engine, raw.object) or (
+        definition.evolution.upgrade is not None and _object_schema_changed(engine, raw)
+    ):
+        if definition.evolution.upgrade is None:
+            return UpgradePlan(
+                f"{engine.codec.object_type.__name__} (add builder.upgrade_object)",
+                ev.OBJECT_DOES_NOT_FIT,
+            )
+        try:
+            new_object = upgraded_object(engine, raw)
+        except ActorflowError as exc:
+            return UpgradePlan(str(exc), ev.UPGRADE_FAILED)
+        reasons.append(f"object upgraded by {fn_name(definition.evolution.upgrade)}")
+    kept: list[Timer] = []
+    for timer in timers:
+        if timer.kind == RESUME:
+            kept.append(timer)
+            continue
+        timer_status = timer.status
+        moved = definition.evolution.mappings.get(timer_status)
+        if moved is not None:
+            timer_status = int(moved.new)
+        specs = definition.timeouts.get(timer_status, ())
+        if any(spec.kind == timer.kind for spec in specs) and not terminal:
+            kept.append(attrs.evolve(timer, status=timer_status))
+        else:
+            reasons.append(
+                f"timer {timer.kind} of status {timer.status} dropped ({ev.REMOVED_TIMEOUT})"
+            )
+    new_timers = None if kept == timers else kept
+    if terminal:
+        new_timers = []
+    return UpgradePlan(
+        None,
+        "",
+        status if status != raw.status else None,
+        RunState.COMPLETED if terminal else None,
+        new_object,
+        new_timers,
+        tuple(reasons),
+    )
+
+
+def _object_schema_changed(engine: Engine[Any, Any], raw: RawRecord) -> bool:
+    """Whether the definition that wrote the run had another object schema (as far as
+    the definitions registry knows; an unknown writer counts as the same)."""
+    theirs = engine.summaries.get(raw.meta.definition)
+    if theirs is None:
+        return False
+    try:
+        return bool(json.loads(theirs)["object"] != json.loads(engine.definition.summary)["object"])
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def object_fits(engine: Engine[Any, Any], text: str) -> bool:
+    """Whether a stored object structures into the object type without losing anything
+    the type still has (the rules in docs/upgrading.md)."""
+    from actorflow._model.evolution import lossless
+
+    try:
+        obj = engine.codec.decode(text)
+        again = json.loads(engine.codec.encode(obj))
+        return lossless(json.loads(text), again)
+    except (ActorflowError, ValueError):
+        return False
 
 
 def _without(timers: list[Timer], timer: Timer | None) -> list[Timer]:

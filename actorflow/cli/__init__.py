@@ -104,7 +104,9 @@ def parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(handler=_cli_worker.worker)
 
-    runs = commands.add_parser("runs", help="list runs, show one, show its history")
+    runs = commands.add_parser(
+        "runs", help="list runs, show one, its history; check and migrate them after a change"
+    )
     runs_commands = runs.add_subparsers(dest="runs_command", metavar="ACTION", parser_class=_Parser)
     runs_commands.required = True
     listing = runs_commands.add_parser("list", help="the latest version of each run")
@@ -133,12 +135,41 @@ def parser() -> argparse.ArgumentParser:
     _app_option(history)
     _json_option(history)
     history.set_defaults(handler=_cli_commands.runs_history)
+    check = runs_commands.add_parser(
+        "check",
+        help="compare stored runs with the definition (exit 1 if some are stranded)",
+        description="Report unfinished runs the workflow's current definition cannot move: "
+        "unknown statuses, statuses without step/callback/timeout, objects that no longer "
+        "fit, timers of removed timeouts, runs to migrate, runs of a newer definition.",
+    )
+    _app_option(check)
+    _json_option(check)
+    check.set_defaults(handler=_cli_commands.runs_check)
+    migrate = runs_commands.add_parser(
+        "migrate",
+        help="apply rename_status/retire/upgrade_object to every unfinished run now",
+        description="Migrate every unfinished run to the current definition, each run in its "
+        "own transaction, with a progress bar; runs that cannot be migrated are parked "
+        "(PAUSED with the reason). Resumable: run it again after an interruption.",
+    )
+    _app_option(migrate)
+    migrate.add_argument("--dry-run", action="store_true", help="report only, write nothing")
+    _json_option(migrate)
+    migrate.set_defaults(handler=_cli_commands.runs_migrate)
 
-    trigger = commands.add_parser("trigger", help="start a run; prints its run id")
-    trigger.add_argument("foreign_id", metavar="FOREIGN_ID")
+    trigger = commands.add_parser(
+        "trigger", help="start a run (prints its run id), or many from a JSON-lines file"
+    )
+    trigger.add_argument("foreign_id", metavar="FOREIGN_ID", nargs="?")
     _app_option(trigger)
     trigger.add_argument("--start", metavar="STATUS", help="start at this status")
     trigger.add_argument("--initial", metavar="JSON", help="the initial object as JSON")
+    trigger.add_argument(
+        "--from-file",
+        metavar="PATH",
+        help="start one run per line of a JSON-lines file ('-': stdin): a foreign id as a "
+        'JSON string, or {"foreign_id": ..., "start": ..., "initial": {...}}',
+    )
     trigger.set_defaults(handler=_cli_commands.trigger)
 
     callback = commands.add_parser(

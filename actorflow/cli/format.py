@@ -6,8 +6,10 @@ store commands and ``watch`` (which reads the gateway) print alike.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -92,11 +94,12 @@ def history_table(records: Sequence[Mapping[str, Any]]) -> str:
             _time(r["updated_at"]),
             f"{r['status_name']} ({r['status']})",
             str(r["run_state"]),
+            str((r.get("meta") or {}).get("definition") or "-"),
             _note(r),
         ]
         for r in records
     ]
-    return table(["VERSION", "STORED AT (UTC)", "STATUS", "RUN STATE", "NOTE"], rows)
+    return table(["VERSION", "STORED AT (UTC)", "STATUS", "RUN STATE", "DEFINITION", "NOTE"], rows)
 
 
 def show_record(record: Mapping[str, Any]) -> str:
@@ -114,6 +117,8 @@ def show_record(record: Mapping[str, Any]) -> str:
     ]
     if meta.get("run_state_reason"):
         fields.append(("reason", meta["run_state_reason"]))
+    if meta.get("definition"):
+        fields.append(("definition", meta["definition"]))
     if meta.get("error_count"):
         fields.append(("errors", meta["error_count"]))
     if meta.get("error_message"):
@@ -145,3 +150,32 @@ def short(record: Mapping[str, Any]) -> str:
         f"{record['status_name']}, {record['run_state']}, version {record['version']}"
     )
     return f"{line} ({note})" if note else line
+
+
+@contextlib.contextmanager
+def progress_bar(
+    label: str, total: int | None = None, *, quiet: bool = False
+) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr (rich, from the ``actorflow[cli]`` extra; a plain count
+    without it); yields ``advance(n)``."""
+    if quiet:
+        yield lambda n: None
+        return
+    try:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    except ImportError:
+        done = [0]
+
+        def count(n: int) -> None:
+            done[0] += n
+            if done[0] % 1000 == 0:
+                print(f"{label}: {done[0]} runs", file=sys.stderr, flush=True)
+
+        yield count
+        print(f"{label}: {done[0]} runs", file=sys.stderr, flush=True)
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)

@@ -209,6 +209,7 @@ def test_record_to_json_has_the_documented_fields() -> None:
             "status_description": "MIDDLE",
             "error_count": 0,
             "error_message": "",
+            "definition": "",
         },
     }
     assert json.loads(encode(event_record(4, data))) == {"id": 4, "event": "record", "record": data}

@@ -79,7 +79,23 @@ _V2: Migration = (
     "CREATE INDEX runs_by_created ON runs (workflow_name, created_at)",
 )
 
-MIGRATIONS: list[Migration] = [_V1, _V2]
+_V3_DEFINITIONS: Migration = (
+    # Every workflow definition (fingerprint) that ran on this store, in the order they
+    # first registered: a worker processes runs written by its own definition or by one
+    # registered before it, never by a newer one (rolling deploys, docs/upgrading.md).
+    """
+    CREATE TABLE definitions (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        workflow_name TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        summary TEXT NOT NULL,
+        registered_at TEXT NOT NULL,
+        UNIQUE (workflow_name, fingerprint)
+    )
+    """,
+)
+
+MIGRATIONS: list[Migration] = [_V1, _V2, _V3_DEFINITIONS]
 """Forward migrations; append only. Index ``i`` upgrades version ``i`` to ``i + 1``."""
 
 
