@@ -111,13 +111,13 @@ class WorkflowMetrics:
         parent: str = "",
         attributes: Mapping[str, str | int] | None = None,
     ) -> object:
-        return (process, time.perf_counter())
-
-    def end(self, token: object, outcome: str, error: BaseException | None = None) -> None:
-        process, started = cast(tuple[str, float], token)
         histogram = self.latency.get(process)
         if histogram is None:
             histogram = self.latency[process] = Histogram(LATENCY_BUCKETS)
+        return (process, histogram, time.perf_counter())
+
+    def end(self, token: object, outcome: str, error: BaseException | None = None) -> None:
+        process, histogram, started = cast(tuple[str, Histogram, float], token)
         histogram.observe(time.perf_counter() - started)
         if error is not None and isinstance(error, Exception):
             self.errors[process] = self.errors.get(process, 0) + 1
