@@ -608,8 +608,13 @@ class Supervisor(Generic[T, S]):
         data_version = getattr(engine.store, "data_version", None)
         feed = engine.store.feed
         external = feed.external
+        failures = 0
         while True:
-            if changes is None:
+            if failures:
+                # The last read failed: read again after the back-off, on trio's clock (a
+                # failing read is retried soon whether or not anybody writes again).
+                await trio.sleep(engine.default_options.retry_seconds(failures))
+            elif changes is None:
                 await feed.wait_external(external, interval)
                 external = feed.external
             else:
@@ -623,6 +628,7 @@ class Supervisor(Generic[T, S]):
                     last = await engine.store.last_event_id()
                     version = await data_version()
                 except Exception as exc:
+                    failures += 1
                     log.warning(
                         "workflow %r: reading the event log failed: %s",
                         engine.name,
@@ -640,6 +646,7 @@ class Supervisor(Generic[T, S]):
                     events = await engine.store.read_events(after, TAIL_BATCH, engine.name)
                 except Exception as exc:
                     # Not read to its end: the next look reads from ``after`` again.
+                    failures += 1
                     log.warning(
                         "workflow %r: reading the event log failed: %s",
                         engine.name,
@@ -647,6 +654,7 @@ class Supervisor(Generic[T, S]):
                         extra={"workflow_name": engine.name},
                     )
                     break
+                failures = 0
                 for event in events:
                     after = event.id
                     await self._noticed(event)
