@@ -15,12 +15,14 @@ break luno's dashboards and alerts, so they are exposed untyped (Prometheus's ``
 from __future__ import annotations
 
 import bisect
+import math
 import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, cast, final
 
+import trio
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -35,7 +37,6 @@ from actorflow._model.run_state import RunState
 from actorflow._observe import live_gateways
 from actorflow._runtime.engine import log
 from actorflow._runtime.observe import RUN_STATE_NAMES
-from actorflow.stores import realtime
 
 LATENCY_BUCKETS = (0.01, 0.1, 1.0, 5.0, 10.0, 60.0, 300.0)
 """luno/workflow's buckets of ``workflow_process_latency_seconds``."""
@@ -110,13 +111,13 @@ class WorkflowMetrics:
         parent: str = "",
         attributes: Mapping[str, str | int] | None = None,
     ) -> object:
-        return (process, time.perf_counter())
-
-    def end(self, token: object, outcome: str, error: BaseException | None = None) -> None:
-        process, started = cast(tuple[str, float], token)
         histogram = self.latency.get(process)
         if histogram is None:
             histogram = self.latency[process] = Histogram(LATENCY_BUCKETS)
+        return (process, histogram, time.perf_counter())
+
+    def end(self, token: object, outcome: str, error: BaseException | None = None) -> None:
+        process, histogram, started = cast(tuple[str, Histogram, float], token)
         histogram.observe(time.perf_counter() - started)
         if error is not None and isinstance(error, Exception):
             self.errors[process] = self.errors.get(process, 0) + 1
@@ -157,6 +158,11 @@ class WorkflowMetrics:
             count = getattr(workflow.store, "count_runs", None)
             if count is None:
                 return  # a store without counts: no actorflow_runs
+            feed = workflow.store.feed
+            # Other processes' writes are noticed by the feed; a minute of real time is
+            # the safety net for a shared store.
+            poll = 60.0 if getattr(workflow.store, "shared", False) else math.inf
+            mark = feed.mark()  # before counting: a change during the count counts again
             try:
                 self.run_counts = dict(await count(self.name))
             except Exception as exc:
@@ -167,9 +173,10 @@ class WorkflowMetrics:
                     extra={WORKFLOW: self.name},
                 )
             del workflow
-            # Real time, like every periodic look at the store: under a virtual clock a
-            # 15-second refresh on trio's clock would count runs 2 million times a year.
-            await realtime.sleep(interval.total_seconds())
+            await trio.sleep(interval.total_seconds())
+            # Count again only after something changed: an idle workflow costs no counting
+            # (nor does a virtual year of one under trio's autojump clock).
+            await feed.wait_change(mark, poll)
 
 
 _instruments: weakref.WeakKeyDictionary[CollectorRegistry, Instruments] = (

@@ -611,8 +611,8 @@ class Supervisor(Generic[T, S]):
         failures = 0
         while True:
             if failures:
-                # A failed read is a local matter: read again after a back-off on trio's
-                # clock (not at the next real-time poll), so nothing is missed meanwhile.
+                # The last read failed: read again after the back-off, on trio's clock (a
+                # failing read is retried soon whether or not anybody writes again).
                 await trio.sleep(engine.default_options.retry_seconds(failures))
             elif changes is None:
                 await feed.wait_external(external, interval)
@@ -628,6 +628,7 @@ class Supervisor(Generic[T, S]):
                     last = await engine.store.last_event_id()
                     version = await data_version()
                 except Exception as exc:
+                    failures += 1
                     log.warning(
                         "workflow %r: reading the event log failed: %s",
                         engine.name,
@@ -647,6 +648,7 @@ class Supervisor(Generic[T, S]):
                     events = await engine.store.read_events(after, TAIL_BATCH, engine.name)
                 except Exception as exc:
                     # Not read to its end: the next look reads from ``after`` again.
+                    failures += 1
                     log.warning(
                         "workflow %r: reading the event log failed: %s",
                         engine.name,
