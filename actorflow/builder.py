@@ -406,6 +406,9 @@ class Builder(Generic[T, S]):
                   worker's shards are taken over after at most this long.
                 - ``ownership``: which runs this process works on (an ``Ownership``;
                   default: the store's shard leases, or every run).
+                - ``history_retention``: an ``af.Retention``: delete old versions of
+                  finished runs (keep the last K, or those younger than T); None (the
+                  default) keeps every version.
                 - ``metrics``: a ``prometheus_client.CollectorRegistry`` to report the
                   workflow's metrics to (docs/metrics.md); None (the default): the global
                   registry when ``actorflow[metrics]`` is installed, else none; False: none.
