@@ -127,6 +127,7 @@ async def test_every_version_carries_the_fingerprint_and_an_unchanged_start_is_c
     async with af.open_workflow(wf):
         report = wf.last_check
         assert report is not None and report.ok and report.checked == 2
+        assert wf.states()["definition-check"] is af.ProcessState.IDLE
         assert "all fit this definition" in str(report)
 
 
@@ -277,6 +278,7 @@ async def test_unknown_status_is_parked_with_the_reason(
             report = wf.last_check
             raw = await parked(wf.store, ids[0])
     assert report is not None and report.stranded == 3
+    assert wf.states()["definition-check"] is af.ProcessState.ERRORING
     (finding,) = report.findings
     assert finding.examples == ids and finding.count == 3
     v1 = build_v1(af.MemoryStore()).fingerprint
