@@ -184,9 +184,12 @@ class Workflow(Generic[T, S]):
         if report is not None:
             # The check at start (docs/upgrading.md): erroring while stored runs are
             # stranded (parked) for this definition; the report says which.
-            found[DEFINITION_CHECK] = (
-                ProcessState.ERRORING if report.stranded else ProcessState.IDLE
-            )
+            if supervisor is None:
+                found[DEFINITION_CHECK] = ProcessState.STOPPED
+            elif report.stranded:
+                found[DEFINITION_CHECK] = ProcessState.ERRORING
+            else:
+                found[DEFINITION_CHECK] = ProcessState.IDLE
         return found
 
     def _runtime_counts(self) -> tuple[int, int, int]:
