@@ -277,8 +277,9 @@ async def test_unknown_status_is_parked_with_the_reason(
         async with af.open_workflow(wf):
             report = wf.last_check
             raw = await parked(wf.store, ids[0])
+            assert wf.states()["definition-check"] is af.ProcessState.ERRORING
+        assert wf.states()["definition-check"] is af.ProcessState.STOPPED
     assert report is not None and report.stranded == 3
-    assert wf.states()["definition-check"] is af.ProcessState.ERRORING
     (finding,) = report.findings
     assert finding.examples == ids and finding.count == 3
     v1 = build_v1(af.MemoryStore()).fingerprint
