@@ -22,6 +22,7 @@ from actorflow._model.options import Options as Options
 from actorflow._model.process import ProcessState as ProcessState
 from actorflow._model.record import Meta as Meta
 from actorflow._model.record import Record as Record
+from actorflow._model.retention import Retention as Retention
 from actorflow._model.run import Run as Run
 from actorflow._model.run_state import RunState as RunState
 from actorflow._model.timers import after as after
@@ -69,6 +70,7 @@ __all__ = [
     "ProcessState",
     "Meta",
     "Record",
+    "Retention",
     "Run",
     "RunState",
     "after",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import enum
-import functools
-import inspect
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
@@ -19,6 +17,7 @@ from actorflow._model.definition import (
     StepSpec,
     TimeoutSpec,
     fn_name,
+    is_async_callable,
 )
 from actorflow._model.errors import BuildError
 from actorflow._model.evolution import Evolution, StatusMapping, UpgradeFn
@@ -39,28 +38,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 _UNSET: Any = object()
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
-
-
-def is_async_callable(fn: object) -> bool:
-    """Whether calling ``fn`` gives an awaitable: an ``async def`` function (also behind
-    ``functools.partial`` or ``functools.wraps`` decorators) or an object whose
-    ``__call__`` is one."""
-    seen = 0
-    while seen < 100:
-        seen += 1
-        if inspect.iscoroutinefunction(fn):
-            return True
-        if isinstance(fn, functools.partial):
-            fn = fn.func
-            continue
-        wrapped = getattr(fn, "__wrapped__", None)
-        if wrapped is not None:
-            fn = wrapped
-            continue
-        if not inspect.isroutine(fn) and not isinstance(fn, type):
-            return inspect.iscoroutinefunction(type(fn).__call__)
-        return False
-    return False
 
 
 @attrs.define
@@ -429,6 +406,9 @@ class Builder(Generic[T, S]):
                   worker's shards are taken over after at most this long.
                 - ``ownership``: which runs this process works on (an ``Ownership``;
                   default: the store's shard leases, or every run).
+                - ``history_retention``: an ``af.Retention``: delete old versions of
+                  finished runs (keep the last K, or those younger than T); None (the
+                  default) keeps every version.
                 - ``metrics``: a ``prometheus_client.CollectorRegistry`` to report the
                   workflow's metrics to (docs/metrics.md); None (the default): the global
                   registry when ``actorflow[metrics]`` is installed, else none; False: none.

@@ -4,6 +4,7 @@
     python -m bench --quick      # small scale, prints only (the smoke test runs this)
     python -m bench --no-write   # full scale, prints only
     python -m bench --write PATH # write the figures section into PATH instead
+    python -m bench --scale      # 10k, 100k, 1M parked runs (minutes); updates docs/performance.md
     nox -s bench                 # the same, in a fresh virtualenv
 
 Every figure is compared with a baseline measured in the same run on the same machine
@@ -38,6 +39,10 @@ from bench.sqlite import Row
 DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 BEGIN = "<!-- bench:begin (written by `python -m bench`; edit outside these markers) -->"
 END = "<!-- bench:end -->"
+SCALE_BEGIN = (
+    "<!-- scale:begin (written by `python -m bench --scale`; edit outside these markers) -->"
+)
+SCALE_END = "<!-- scale:end -->"
 
 
 def _call(fn: Callable[..., Any], *args: Any) -> Any:
@@ -77,7 +82,7 @@ def _kafka(quick: bool) -> list[Row]:
         print("kafka: skipped (set ACTORFLOW_KAFKA_BOOTSTRAP to run bench/kafka.py)")
         return []
     module = importlib.import_module("bench.kafka")
-    events = 1_000 if quick else 5_000
+    events = 1_000 if quick else 3_000
     figures = _call(module.run, events)
     if not figures:
         return []
@@ -180,12 +185,60 @@ def write_doc(path: Path, rows: list[Row], command: str, seconds: float) -> None
     path.write_text(text[:start] + section + text[end + len(END) :])
 
 
+def _scale(args: argparse.Namespace) -> int:
+    from bench import scale
+
+    sizes = (
+        tuple(int(size.replace("_", "")) for size in args.sizes.split(","))
+        if args.sizes
+        else scale.SIZES
+    )
+    print(f"actorflow scale benchmark ({', '.join(f'{n:,}' for n in sizes)}) on {_machine()}")
+    started = time.perf_counter()
+    text = scale.main(sizes)
+    seconds = time.perf_counter() - started
+    target = args.write or (None if args.no_write else DOC)
+    if target is not None:
+        command = "python -m bench --scale" + (f" --sizes {args.sizes}" if args.sizes else "")
+        section = "\n".join(
+            [
+                SCALE_BEGIN,
+                "",
+                f"Measured {datetime.date.today().isoformat()} with `{command}` "
+                f"({seconds:.0f} s) on {_machine()}.",
+                "",
+                text,
+                "",
+                SCALE_END,
+            ]
+        )
+        doc = target.read_text() if target.exists() else "# Performance\n"
+        start, end = doc.find(SCALE_BEGIN), doc.find(SCALE_END)
+        if start < 0 or end < start:
+            doc = doc.rstrip("\n") + "\n\n" + section + "\n"
+        else:
+            doc = doc[:start] + section + doc[end + len(SCALE_END) :]
+        target.write_text(doc)
+        print(f"wrote the scale figures into {target}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small scale; prints only")
     parser.add_argument("--no-write", action="store_true", help="do not write the doc")
     parser.add_argument("--write", type=Path, help="write the figures into this file")
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="parked runs with timers at 10k, 100k, 1M (bench/scale.py; not in the quick run)",
+    )
+    parser.add_argument(
+        "--sizes", help="comma-separated run counts for --scale (default 10000,100000,1000000)"
+    )
     args = parser.parse_args(argv)
+    if args.scale:
+        return _scale(args)
     command = "python -m bench" + (" --quick" if args.quick else "")
     started = time.perf_counter()
     rows: list[Row] = []

@@ -1,5 +1,5 @@
-"""Scale-out on PostgreSQL: transitions/s with 1 and 2 worker processes, against the raw
-commit rate of the same server measured in the same run.
+"""Scale-out on PostgreSQL: transitions/s and CPU per transition with 1, 2 and 4 worker
+processes, against the raw commit rate of the same server measured in the same run.
 
 (a) raw: plain psycopg on the same server; one "transition" = ``UPDATE`` of a run row +
     ``INSERT`` of a history row, as the store writes it. Single transitions per commit
@@ -8,7 +8,10 @@ commit rate of the same server measured in the same run.
 (b) fleet: N worker processes (this module's ``worker`` mode) run a 4-step workflow with
     no-op steps on one schema. Once they share the shards, this process triggers the runs
     (16 tasks; it runs no workflow, so each trigger NOTIFYs its owner) and times from the
-    first trigger to the last completion (polling the runs table every 50 ms).
+    first trigger to the last completion (polling the runs table every 50 ms). CPU: user +
+    system seconds of the workers and of the local PostgreSQL server's processes over the
+    same window, per 1,000 transitions: on 2 cores throughput cannot double with more
+    workers, but coordination overhead shows as CPU per transition.
 
     ACTORFLOW_PG_DSN=postgresql://... python -m bench.postgres_scale [runs]
     python -m bench.postgres_scale worker DSN SCHEMA   # one worker (used by (b))
@@ -203,8 +206,47 @@ async def _trigger(dsn: str, schema: str, runs: int) -> float:
         return runs / (time.perf_counter() - start)
 
 
-def fleet_rate(dsn: str, workers: int, runs: int) -> tuple[float, float]:
-    """(transitions/s end to end, triggers/s) with ``workers`` worker processes."""
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc), 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def _server_pids(dsn: str) -> list[int]:
+    """The local PostgreSQL server's processes: its postmaster and the postmaster's
+    children (empty when the server is not on this machine)."""
+    backend = int(_sql(dsn, "SELECT pg_backend_pid()")[0][0])
+    try:
+        with open(f"/proc/{backend}/status") as status:
+            parent = next(int(line.split()[1]) for line in status if line.startswith("PPid:"))
+        children = [
+            int(pid)
+            for pid in os.listdir("/proc")
+            if pid.isdigit() and _parent_of(int(pid)) == parent
+        ]
+    except (OSError, StopIteration):
+        return []
+    return [parent, *children]
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def fleet(dsn: str, workers: int, runs: int) -> tuple[float, float, float]:
+    """(transitions/s end to end, triggers/s, CPU seconds per 1,000 transitions of the
+    workers and the PostgreSQL server together) with ``workers`` worker processes."""
     schema = f"af_bench_scale_{uuid.uuid4().hex[:8]}"
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -216,10 +258,14 @@ def fleet_rate(dsn: str, workers: int, runs: int) -> tuple[float, float]:
                 )
             )
         _wait(lambda: _balanced(dsn, schema, workers), 60, f"{workers} workers sharing shards")
+        server = _server_pids(dsn)
+        pids = [process.pid for process in processes] + server
+        cpu_before = sum(_cpu_seconds(pid) for pid in pids)
         start = time.perf_counter()
         trigger_rate = trio.run(_trigger, dsn, schema, runs)
         _wait(lambda: _completed(dsn, schema) >= runs, 600, f"{runs} runs completing")
         elapsed = time.perf_counter() - start
+        cpu = sum(_cpu_seconds(pid) for pid in pids) - cpu_before
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
@@ -230,7 +276,7 @@ def fleet_rate(dsn: str, workers: int, runs: int) -> tuple[float, float]:
                 process.kill()
                 process.wait()
         _sql(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    return runs * STEPS / elapsed, trigger_rate
+    return runs * STEPS / elapsed, trigger_rate, cpu / (runs * STEPS / 1000)
 
 
 def main(dsn: str | None = None, runs: int = 4_000) -> dict[str, float]:
@@ -243,14 +289,22 @@ def main(dsn: str | None = None, runs: int = 4_000) -> dict[str, float]:
     figures = {"raw_single_16_threads": single, f"raw_batched_{RAW_BATCH}": batched}
     print(f"raw psycopg, 1 transition per commit, {RAW_THREADS} threads: {single:,.0f}/s")
     print(f"raw psycopg, {RAW_BATCH} transitions per commit, 1 connection: {batched:,.0f}/s")
-    for workers in (1, 2):
-        rate, triggers = fleet_rate(dsn, workers, runs)
+    for workers in (1, 2, 4):
+        rate, triggers, cpu = fleet(dsn, workers, runs)
         figures[f"workers_{workers}"] = rate
         figures[f"workers_{workers}_triggers_per_s"] = triggers
+        figures[f"workers_{workers}_cpu_s_per_1000"] = cpu
+        per_worker = rate / workers
         print(
             f"{workers} worker process(es), {runs:,} runs x {STEPS} steps: {rate:,.0f} "
             f"transitions/s ({rate / batched:.2f} x raw batched, {rate / single:.2f} x raw "
-            f"single); triggers {triggers:,.0f}/s"
+            f"single; {per_worker / batched:.2f} x raw batched per worker); triggers "
+            f"{triggers:,.0f}/s; CPU {cpu:.3f} s per 1,000 transitions (workers + server)"
+            + (
+                f", {cpu / figures['workers_1_cpu_s_per_1000']:.2f} x 1 worker"
+                if workers > 1
+                else ""
+            )
         )
     return figures
 

@@ -11,6 +11,8 @@ import attrs
 import pytest
 
 import actorflow as af
+import actorflow.testing
+from tests.conftest import START
 from tests.workflows import Status, YinYang, yinyang
 
 
@@ -301,3 +303,11 @@ def test_functions_that_are_not_async_are_refused() -> None:
 
     builder.add_timeout(Status.MIDDLE, af.after(timedelta(1)), decorated, to=Status.END)
     builder.build(af.MemoryStore())
+
+
+def test_an_async_scrub_function_is_refused() -> None:
+    async def scrub(obj: YinYang) -> YinYang:
+        return YinYang()
+
+    with pytest.raises(af.BuildError, match="scrub must be a plain"):
+        yinyang(af.MemoryStore(), af.testing.trio_clock(START), scrub=scrub)  # type: ignore[arg-type]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import functools
+import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -17,6 +19,28 @@ CallbackFn = Callable[[Any, bytes], Awaitable[Any]]
 TimeoutFn = Callable[[Any, Any], Awaitable[Any]]
 HookFn = Callable[[Any], Awaitable[None]]
 ConnectorFn = Callable[[Any, Any], Awaitable[None]]
+
+
+def is_async_callable(fn: object) -> bool:
+    """Whether calling ``fn`` gives an awaitable: an ``async def`` function (also behind
+    ``functools.partial`` or ``functools.wraps`` decorators) or an object whose
+    ``__call__`` is one."""
+    seen = 0
+    while seen < 100:
+        seen += 1
+        if inspect.iscoroutinefunction(fn):
+            return True
+        if isinstance(fn, functools.partial):
+            fn = fn.func
+            continue
+        wrapped = getattr(fn, "__wrapped__", None)
+        if wrapped is not None:
+            fn = wrapped
+            continue
+        if not inspect.isroutine(fn) and not isinstance(fn, type):
+            return inspect.iscoroutinefunction(type(fn).__call__)
+        return False
+    return False
 
 
 def fn_name(fn: object) -> str:

@@ -170,6 +170,9 @@ class CheckReport:
     findings: list[Finding] = attrs.Factory(list)
     parked: int = 0
     """Runs paused by the check (``on_stranded="pause"``)."""
+    only_definition: bool = False
+    """True when no other definition of the workflow ever wrote to the store: every stored
+    run is this definition's, so none was read (``checked`` stays 0)."""
     _index: dict[tuple[str, str], Finding] = attrs.field(factory=dict, repr=False, eq=False)
 
     def note(self, problem: str, detail: str, run_id: str, definition: str) -> Finding:
@@ -191,9 +194,10 @@ class CheckReport:
         return not self.findings
 
     def lines(self) -> list[str]:
-        head = (
-            f"workflow {self.workflow_name!r} (definition {self.definition}): "
-            f"{self.checked} unfinished run(s) checked"
+        head = f"workflow {self.workflow_name!r} (definition {self.definition}): " + (
+            "the only definition that wrote to the store"
+            if self.only_definition
+            else f"{self.checked} unfinished run(s) checked"
         )
         if self.ok:
             return [head + ": all fit this definition"]

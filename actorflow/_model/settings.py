@@ -13,8 +13,10 @@ from typing import Any, final
 import attrs
 
 from actorflow._model.clock import Clock, SystemClock
+from actorflow._model.definition import is_async_callable
 from actorflow._model.errors import BuildError
 from actorflow._model.options import Options
+from actorflow._model.retention import Retention
 
 MAX_SHARDS = 4096
 
@@ -65,9 +67,14 @@ def _options(value: Any) -> Options:
     raise BuildError(f"default_options must be an af.Options or a dict, not {value!r}")
 
 
+def _retention(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not isinstance(value, Retention):
+        _fail(attribute, value, "an af.Retention(keep_last=..., keep_for=...) or None")
+
+
 def _scrub(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and not callable(value):
-        _fail(attribute, value, "a function of the object, or None")
+    if value is not None and (not callable(value) or is_async_callable(value)):
+        _fail(attribute, value, "a plain (not async) function of the object, or None")
 
 
 def _one_of(*allowed: str) -> Callable[[Any, Any, Any], None]:
@@ -109,6 +116,8 @@ class BuildSettings:
         default=timedelta(seconds=10),
         validator=_timedelta_at_least(timedelta(seconds=1), "of at least 1 s"),
     )
+    history_retention: Retention | None = attrs.field(default=None, validator=_retention)
+    """Delete old versions of finished runs (None: keep every version)."""
     ownership: Any = None
     """Which runs this process works on (an ``Ownership``); None: the store's shard leases
     when it has them (PostgreSQL), else every run."""

@@ -15,6 +15,7 @@ break luno's dashboards and alerts, so they are exposed untyped (Prometheus's ``
 from __future__ import annotations
 
 import bisect
+import math
 import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -110,13 +111,13 @@ class WorkflowMetrics:
         parent: str = "",
         attributes: Mapping[str, str | int] | None = None,
     ) -> object:
-        return (process, time.perf_counter())
-
-    def end(self, token: object, outcome: str, error: BaseException | None = None) -> None:
-        process, started = cast(tuple[str, float], token)
         histogram = self.latency.get(process)
         if histogram is None:
             histogram = self.latency[process] = Histogram(LATENCY_BUCKETS)
+        return (process, histogram, time.perf_counter())
+
+    def end(self, token: object, outcome: str, error: BaseException | None = None) -> None:
+        process, histogram, started = cast(tuple[str, Histogram, float], token)
         histogram.observe(time.perf_counter() - started)
         if error is not None and isinstance(error, Exception):
             self.errors[process] = self.errors.get(process, 0) + 1
@@ -157,6 +158,11 @@ class WorkflowMetrics:
             count = getattr(workflow.store, "count_runs", None)
             if count is None:
                 return  # a store without counts: no actorflow_runs
+            feed = workflow.store.feed
+            # Other processes' writes are noticed by the feed; a minute of real time is
+            # the safety net for a shared store.
+            poll = 60.0 if getattr(workflow.store, "shared", False) else math.inf
+            mark = feed.mark()  # before counting: a change during the count counts again
             try:
                 self.run_counts = dict(await count(self.name))
             except Exception as exc:
@@ -168,6 +174,9 @@ class WorkflowMetrics:
                 )
             del workflow
             await trio.sleep(interval.total_seconds())
+            # Count again only after something changed: an idle workflow costs no counting
+            # (nor does a virtual year of one under trio's autojump clock).
+            await feed.wait_change(mark, poll)
 
 
 _instruments: weakref.WeakKeyDictionary[CollectorRegistry, Instruments] = (

@@ -78,6 +78,8 @@ class Ask:
 WAKE = object()
 NOT_STARTED = object()
 """What a step or timeout returns that a graceful stop kept from starting."""
+NO_TOKEN = object()
+"""A step's token when only its lag alert is on (no observer to tell)."""
 
 _Mailbox = tuple[trio.MemorySendChannel[object], trio.MemoryReceiveChannel[object]]
 
@@ -113,6 +115,8 @@ class RunActor(Generic[T, S]):
         self._closed = False
         self.reload_needed = True
         self._raw: RawRecord | None = None
+        self._own: RawRecord | None = None
+        """The version this actor stored last (its next step takes it up at once)."""
         self._timers: list[Timer] | None = None
         self._retry_at = -math.inf
         self._skipped_version = 0
@@ -198,10 +202,7 @@ class RunActor(Generic[T, S]):
                 if message is None:
                     spec = self._ready_step()
                     if spec is not None and self._raw is not None:
-                        if self.engine.observer is None and not spec.options.lag_alert:
-                            await self._step(self._raw, spec)  # the common case
-                        else:
-                            await self._observed_step(self._raw, spec)
+                        await self._step(self._raw, spec)  # the common case
                         continue
                 if not await self._turn(message):
                     return
@@ -239,9 +240,12 @@ class RunActor(Generic[T, S]):
         """Before passivating: make sure the supervisor wakes the run for its next timer."""
         if self._timers:
             now = self.engine.now()
-            future = [w for w in map(self._fires_at, self._timers) if w > now]
+            future = [(self._fires_at(t), t) for t in self._timers]
+            future = [(w, t) for w, t in future if w > now]
             if future:
-                self.sup.arm(self.run_id, min(future))
+                when, timer = min(future, key=lambda pair: pair[0])
+                # A snoozed timeout's time exists in memory only: held whatever its time.
+                self.sup.arm(self.run_id, when, pinned=when != timer.fire_at)
 
     def _fires_at(self, timer: Timer) -> datetime:
         """When ``timer`` is due: its time, or later when its timeout skipped."""
@@ -363,7 +367,7 @@ class RunActor(Generic[T, S]):
             or new.run_state != self._raw.run_state
         ):
             self._retry_at = -math.inf
-        self._raw = new
+        self._raw = self._own = new
         if timers is not None:
             self._timers = timers
 
@@ -424,10 +428,7 @@ class RunActor(Generic[T, S]):
                     ready = raw.updated_at + lag
                     if ready > now:
                         return now_trio + (ready - now).total_seconds()
-                if engine.observer is None and not spec.options.lag_alert:
-                    await self._step(raw, spec)
-                else:
-                    await self._observed_step(raw, spec)
+                await self._step(raw, spec)
                 return now_trio
             if snoozed is not None:
                 return trio_deadline(engine.clock, snoozed)
@@ -509,24 +510,26 @@ class RunActor(Generic[T, S]):
     def _back_off(self, count: int, options: Any) -> None:
         self._retry_at = trio.current_time() + options.retry_seconds(count)
 
-    async def _observed_step(self, raw: RawRecord, spec: StepSpec) -> None:
-        """:meth:`_step` reported to the workflow's observer (metrics, traces) and checked
-        against the step's ``lag_alert``."""
+    def _begin_step(self, raw: RawRecord) -> object:
+        """A step starts with metrics, traces or a lag alert on: check the lag, tell the
+        observer; returns the token for :meth:`_end_step`."""
         engine = self.engine
         observer = engine.observer
         process = engine.step_processes[raw.status]
-        lag = (engine.now() - raw.updated_at).total_seconds()
+        # A version this actor just stored is taken up at once: its lag is nil, and
+        # reading the wall clock for it would cost more than the rest of the metrics.
+        lag = 0.0 if raw is self._own else (engine.now() - raw.updated_at).total_seconds()
         process.took_up(observer, engine.name, lag, raw)
-        if observer is None:
-            await self._step(raw, spec)
+        return NO_TOKEN if observer is None else observer.begin("step", process.name, raw)
+
+    def _end_step(self, token: object, raw: RawRecord, result: object) -> None:
+        observer = self.engine.observer
+        if token is NO_TOKEN or observer is None:
             return
-        token = observer.begin("step", process.name, raw)
-        try:
-            result = await self._step(raw, spec)
-        except BaseException as exc:
-            observer.end(token, "cancelled", exc)
-            raise
-        self._report(token, raw, result, process.name)
+        if type(result) is RawRecord:  # the common case: a transition was stored
+            observer.end(token, self.engine.outcome(raw, result))
+        else:
+            self._report(token, raw, result, self.engine.step_processes[raw.status].name)
 
     def _report(self, token: object, raw: RawRecord, result: object, process: str) -> None:
         observer = self.engine.observer
@@ -549,47 +552,71 @@ class RunActor(Generic[T, S]):
         Returns the stored record (None: the step skipped), the error, or NOT_STARTED.
 
         The hot path of the engine: written flat (no helper coroutines, no closures), as
-        every coroutine frame here is held by each of thousands of runs in flight.
+        every coroutine frame here is held by each of thousands of runs in flight. With
+        metrics, traces or a lag alert on, it reports to the observer at start and end
+        (``token``); otherwise that costs a test per exit.
         """
         engine = self.engine
         key = spec.key
         had_timers = self._timers is None or bool(self._timers)
+        token = (
+            None
+            if engine.observer is None and not spec.options.lag_alert
+            else self._begin_step(raw)
+        )
         try:
-            run = engine.make_run(raw)
-            if spec.options.max_concurrency is None:
-                if self.sup.stopping:
-                    return NOT_STARTED
-                result = await spec.fn(run)
-            else:
-                async with engine.limiter(spec, spec.options):
+            try:
+                run = engine.make_run(raw)
+                if spec.options.max_concurrency is None:
                     if self.sup.stopping:
+                        if token is not None:
+                            self._end_step(token, raw, NOT_STARTED)
                         return NOT_STARTED
                     result = await spec.fn(run)
-        except StoreError as exc:  # raised by the step itself: its own error, not ours
-            step_error = StepError(f"{fn_name(spec.fn)} raised {type(exc).__name__}: {exc}")
-            step_error.__cause__ = exc
-            await self._failed(raw, key, step_error, key, spec.options)
-            return step_error
-        except (Exception, trio.Cancelled) as exc:
-            error = user_error(exc, key)
-            await self._failed(raw, key, error, key, spec.options)
-            return error
-        try:
-            if isinstance(result, SpecialResult):
-                new, timers = await engine.apply_result(
-                    raw, run, result, spec.to, key, had_timers=had_timers
-                )
-            else:
-                new, timers = engine.plan_status(raw, run, result, spec.to, key)
-                # Encoded into ``new``: let the run and its object go before the wait for
-                # the commit (objects held across it outlive garbage collections).
-                del run, result
-                await engine.commit(new, timers=timers, had_timers=had_timers)
-        except (Exception, trio.Cancelled) as exc:  # a timer function is user code too
-            error = user_error(exc, key)
-            await self._failed(raw, key, error, key, spec.options)
-            return error
+                else:
+                    async with engine.limiter(spec, spec.options):
+                        if self.sup.stopping:
+                            if token is not None:
+                                self._end_step(token, raw, NOT_STARTED)
+                            return NOT_STARTED
+                        result = await spec.fn(run)
+            except StoreError as exc:  # raised by the step itself: its own error, not ours
+                step_error = StepError(f"{fn_name(spec.fn)} raised {type(exc).__name__}: {exc}")
+                step_error.__cause__ = exc
+                await self._failed(raw, key, step_error, key, spec.options)
+                if token is not None:
+                    self._end_step(token, raw, step_error)
+                return step_error
+            except (Exception, trio.Cancelled) as exc:
+                error = user_error(exc, key)
+                await self._failed(raw, key, error, key, spec.options)
+                if token is not None:
+                    self._end_step(token, raw, error)
+                return error
+            try:
+                if isinstance(result, SpecialResult):
+                    new, timers = await engine.apply_result(
+                        raw, run, result, spec.to, key, had_timers=had_timers
+                    )
+                else:
+                    new, timers = engine.plan_status(raw, run, result, spec.to, key)
+                    # Encoded into ``new``: let the run and its object go before the wait
+                    # for the commit (objects held across it outlive garbage collections).
+                    del run, result
+                    await engine.commit(new, timers=timers, had_timers=had_timers)
+            except (Exception, trio.Cancelled) as exc:  # a timer function is user code too
+                error = user_error(exc, key)
+                await self._failed(raw, key, error, key, spec.options)
+                if token is not None:
+                    self._end_step(token, raw, error)
+                return error
+        except BaseException as exc:  # cancelled (a stop past its grace period)
+            if token is not None and token is not NO_TOKEN and engine.observer is not None:
+                engine.observer.end(token, "cancelled", exc)
+            raise
         self._settled(raw, key, new, timers)
+        if token is not None:
+            self._end_step(token, raw, new)
         return new
 
     async def _fire_timeout(self, raw: RawRecord, timer: Timer) -> None:

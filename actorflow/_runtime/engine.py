@@ -552,7 +552,7 @@ class Engine(Generic[T, S]):
             return "skipped"
         if new.run_state is not raw.run_state and new.run_state is not RunState.RUNNING:
             return new.run_state.name.lower()
-        return self._description(new.status)
+        return new.meta.status_description or str(new.status)
 
     async def _callback_failed(self, raw: RawRecord, key: str, exc: Exception) -> NoReturn:
         count, paused = await self.count_error(raw, key, exc, self.default_options)

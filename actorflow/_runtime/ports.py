@@ -53,6 +53,7 @@ class ActorHost(Protocol):
         """The run's pending timers changed to ``timers``: arm them."""
         ...
 
-    def arm(self, run_id: str, when: datetime) -> None:
-        """Wake the run at wall time ``when``."""
+    def arm(self, run_id: str, when: datetime, *, pinned: bool = False) -> None:
+        """Wake the run at wall time ``when`` (a stored timer's time; ``pinned``: a time
+        that exists in memory only, which the supervisor must hold however far away)."""
         ...

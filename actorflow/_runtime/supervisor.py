@@ -15,8 +15,6 @@ import contextlib
 import contextvars
 import enum
 import functools
-import heapq
-import itertools
 import logging
 import math
 from collections import OrderedDict
@@ -36,6 +34,7 @@ from actorflow._runtime.engine import Engine
 from actorflow._runtime.evolution import check
 from actorflow._runtime.ports import Leadership, Ownership, Service
 from actorflow._runtime.retry import retrying
+from actorflow._runtime.timers import TimerWindow
 from actorflow.stores.feed import ChangeFeed
 
 log = logging.getLogger(__name__)
@@ -47,6 +46,13 @@ RECOVERY_PAGE = 500
 TAIL_BATCH = 1000
 RETRY_DELAY = timedelta(seconds=5)
 SEEN_LIMIT = 100_000
+WAITING_FROM_BACKFILL = 4
+"""trigger_many queues at most this many times max_active_runs runs for a slot; a
+recovery pass finds the others in the store."""
+TIMER_HORIZON = timedelta(hours=1)
+"""Stored timers due within this are held in memory; later ones are paged in."""
+TIMER_CAPACITY = 10_000
+"""About how many stored timers memory holds at most."""
 
 R = TypeVar("R")
 
@@ -89,11 +95,8 @@ class Supervisor(Generic[T, S]):
         """run id -> the version its last actor knew (bounded; see ``_remember``)."""
         self.stopping = False
         self._stop = trio.Event()
-        self._heap: list[tuple[datetime, int, str]] = []
-        self._counter = itertools.count()
-        self._armed: dict[str, datetime] = {}
-        """The earliest wake-up of each run with one pending; heap entries that disagree
-        with it are stale and skipped."""
+        self.timers = TimerWindow(TIMER_HORIZON, TIMER_CAPACITY)
+        """Wake-ups due soon; the rest of the stored timers are paged in as time passes."""
         self.retry_at: dict[str, float] = {}
         """Backoff deadlines of passivated runs, for the actor that picks them up again."""
         self.snoozed: dict[str, dict[Timer, datetime]] = {}
@@ -105,8 +108,10 @@ class Supervisor(Generic[T, S]):
         self._services_nursery: trio.Nursery | None = None
         self._leader_changed = trio.Event()
         self._leader_scopes: set[trio.CancelScope] = set()
+        self._recovering = False
+        self._recover_again = False
         self.serving = False
-        """True from the started report until the stop: recovered timers, taking work."""
+        """True from the started report until the stop: taking work (timers are paged in)."""
         self.recovered = False
         """True once every unfinished run found at start (or at a shard change) was woken."""
 
@@ -153,11 +158,12 @@ class Supervisor(Generic[T, S]):
                         to_wake = result.to_wake
                     elif not engine.registered:
                         await engine.register()
-                    await self._load_timers()
                     self._to_migrate.update(to_wake)
                     self._wake_to_migrate()
+                    # Nothing pageable is waited for: timers are read by the timer loop
+                    # and runs by recovery, in short steps, after ready is reported.
                     services.start_soon(self._timer_loop)
-                    services.start_soon(self._recover)
+                    self._request_recovery()
                     if shared:
                         services.start_soon(self._tail, after, version)
                     for service in self._services:
@@ -216,7 +222,7 @@ class Supervisor(Generic[T, S]):
                     found[process.name] = ProcessState.RUNNING
                 else:
                     found[process.name] = ProcessState.IDLE
-        found["timers"] = ProcessState.RUNNING if self._armed else ProcessState.IDLE
+        found["timers"] = ProcessState.RUNNING if len(self.timers) else ProcessState.IDLE
         if self.ownership is not None:
             found["shard-ownership"] = (
                 ProcessState.RUNNING if self.has_share() else ProcessState.IDLE
@@ -225,7 +231,7 @@ class Supervisor(Generic[T, S]):
 
     def counts(self) -> tuple[int, int, int]:
         """(run actors, runs waiting for a slot, runs with an armed timer)."""
-        return len(self.actors), len(self._waiting), len(self._armed)
+        return len(self.actors), len(self._waiting), len(self.timers)
 
     def process_names(self) -> list[str]:
         """The names :meth:`states` reports."""
@@ -275,8 +281,9 @@ class Supervisor(Generic[T, S]):
         self._leader_changed = trio.Event()
         if self._nursery is not None and self._services_nursery is not None and not self.stopping:
             self._wake_to_migrate()
-            self._services_nursery.start_soon(self._load_timers)
-            self._services_nursery.start_soon(self._recover)
+            self.timers.reset()  # timers of the shards we got are read page by page
+            self._heap_changed.set()
+            self._request_recovery()
 
     def _wake_to_migrate(self) -> None:
         """Wake the runs to migrate that this process owns: each migrates as it loads."""
@@ -307,16 +314,6 @@ class Supervisor(Generic[T, S]):
                 extra={"workflow_name": self.engine.name},
             )
 
-    async def _load_timers(self) -> None:
-        engine = self.engine
-        timers = await retrying(
-            lambda: engine.store.list_timers(engine.name),
-            options=engine.default_options,
-            what=f"workflow {engine.name!r}: loading timers",
-            log=log,
-        )
-        self.schedule([t for t in timers if self.owns(t.run_id)])
-
     # -- actors --------------------------------------------------------------------------------
 
     def wake(
@@ -337,6 +334,17 @@ class Supervisor(Generic[T, S]):
                 self._waiting[run_id] = (known, timers)
         else:
             self._spawn(run_id, known, timers)
+
+    def wake_new(self, known: RawRecord, timers: list[Timer]) -> None:
+        """A run was just created here by trigger_many: start it from ``known``.
+
+        When more runs wait for a slot than could start soon, the run is left to a
+        recovery pass instead, which reads them back page by page: a backfill of a
+        million runs costs no memory per run here."""
+        if len(self._waiting) < WAITING_FROM_BACKFILL * self.max_active_runs:
+            self.wake(known.run_id, known, timers)
+        else:
+            self._request_recovery()
 
     def _spawn(
         self, run_id: str, known: RawRecord | None = None, timers: list[Timer] | None = None
@@ -447,14 +455,14 @@ class Supervisor(Generic[T, S]):
             return await reply.wait()
 
     def retry_later(self, run_id: str) -> None:
-        self.arm(run_id, self.engine.now() + RETRY_DELAY)
+        self._arm(run_id, self.engine.now() + RETRY_DELAY, pinned=True)
 
     def wake_later(self, run_id: str, deadline: float, retry_at: float) -> None:
         """A passivating actor's long wait: wake the run at trio time ``deadline``."""
         if retry_at > trio.current_time():
             self.retry_at[run_id] = retry_at
         wait = timedelta(seconds=max(0.0, deadline - trio.current_time()))
-        self.arm(run_id, self.engine.now() + wait)
+        self._arm(run_id, self.engine.now() + wait, pinned=True)
 
     # -- timers --------------------------------------------------------------------------------
 
@@ -466,60 +474,98 @@ class Supervisor(Generic[T, S]):
             if earliest is None or timer.fire_at < earliest:
                 by_run[timer.run_id] = timer.fire_at
         for run_id, when in by_run.items():
-            self._armed.pop(run_id, None)
+            self.timers.disarm(run_id)
             self.arm(run_id, when)
 
     def schedule_run(self, run_id: str, timers: list[Timer]) -> None:
         """The run's timers are now exactly ``timers`` (called on every commit that sets them)."""
-        self._armed.pop(run_id, None)
+        self.timers.disarm(run_id)
         if timers:
             self.arm(run_id, min(t.fire_at for t in timers))
 
-    def arm(self, run_id: str, when: datetime) -> None:
-        """Wake the run at ``when`` unless it is already due to be woken earlier."""
-        current = self._armed.get(run_id)
-        if current is not None and current <= when:
-            return
-        self._armed[run_id] = when
-        heapq.heappush(self._heap, (when, next(self._counter), run_id))
-        if self._heap[0][2] == run_id:
+    def arm(self, run_id: str, when: datetime, *, pinned: bool = False) -> None:
+        """Wake the run at ``when`` unless it is already due to be woken earlier. A stored
+        timer's time is held in memory only inside the timer window; a ``pinned`` one
+        (in memory only: backoff, a snoozed timeout) always."""
+        self._arm(run_id, when, pinned=pinned)
+
+    def _arm(self, run_id: str, when: datetime, *, pinned: bool) -> None:
+        if self.timers.arm(run_id, when, self.engine.now(), pinned=pinned):
             self._heap_changed.set()
-        if len(self._heap) > 2 * len(self._armed) + 1024:
-            self._heap = [(w, next(self._counter), r) for r, w in self._armed.items()]
-            heapq.heapify(self._heap)
 
     async def _timer_loop(self) -> None:
-        clock = self.engine.clock
+        engine = self.engine
+        clock = engine.clock
+        window = self.timers
+        failures = 0
         while True:
+            request = window.page_request(clock.now())
+            if request is not None:
+                after, limit = request
+                try:
+                    rows = await engine.store.timers_after(engine.name, after, limit)
+                except Exception as exc:
+                    window.page_failed(clock.now())
+                    failures += 1
+                    log.warning("workflow %r: reading timers failed: %s", engine.name, exc)
+                    await trio.sleep(
+                        max(engine.default_options.backoff(failures).total_seconds(), 0.01)
+                    )
+                    continue
+                failures = 0
+                window.page_read(rows, limit, clock.now(), self.owns)
+                await trio.lowlevel.checkpoint()
+                continue
             self._heap_changed = trio.Event()
-            deadline = trio_deadline(clock, self._heap[0][0]) if self._heap else math.inf
+            when = window.next_wake(clock.now())
+            deadline = math.inf if when is None else trio_deadline(clock, when)
             with trio.move_on_at(deadline):
                 await self._heap_changed.wait()
-            now = clock.now()
-            while self._heap and self._heap[0][0] <= now:
-                when, _, run_id = heapq.heappop(self._heap)
-                if self._armed.get(run_id) != when:
-                    continue  # stale: the run's timers changed since
-                del self._armed[run_id]
+            for run_id in window.pop_due(clock.now()):
                 self.wake(run_id)
             await trio.lowlevel.checkpoint()
 
     # -- recovery and other processes' writes ----------------------------------------------
 
+    def _request_recovery(self) -> None:
+        """Have a recovery pass run (again, after the one under way)."""
+        if self._recovering:
+            self._recover_again = True
+        elif self._services_nursery is not None and not self.stopping:
+            self._recovering = True
+            self._services_nursery.start_soon(self._recovery)
+
+    async def _recovery(self) -> None:
+        try:
+            while True:
+                self._recover_again = False
+                await self._recover()
+                if not self._recover_again or self.stopping:
+                    return
+        finally:
+            self._recovering = False
+
     async def _recover(self) -> None:
-        """Spawn an actor for every unfinished run that has a step to run."""
+        """Spawn an actor for every unfinished run that has a step to run.
+
+        One status at a time: each page is then a range of the store's (workflow, status,
+        creation) index, however many runs wait at other statuses (a query for several
+        statuses at once may walk every run of the workflow in creation order instead)."""
+        for status in self.engine.definition.steps:
+            if not await self._recover_status(int(status)):
+                return
+        self.recovered = True
+
+    async def _recover_status(self, status: int) -> bool:
+        """Recover the runs at ``status``; False when stopping."""
         engine = self.engine
-        statuses = [int(s) for s in engine.definition.steps]
-        if not statuses:
-            self.recovered = True
-            return
         after: str | None = None
         while not self.stopping:
             page = await retrying(
                 functools.partial(
                     engine.store.list_runs,
                     engine.name,
-                    status=statuses,
+                    status=status,
                     run_state=[RunState.INITIATED, RunState.RUNNING],
                     limit=RECOVERY_PAGE,
                     after=after,
@@ -530,18 +576,18 @@ class Supervisor(Generic[T, S]):
             )
             for raw in page:
                 if self.stopping:
-                    return
+                    return False
                 if raw.run_id in self.actors or not self.owns(raw.run_id):
                     continue
                 while len(self.actors) + len(self._waiting) >= self.max_active_runs:
                     await self._room.park()  # recovery goes no faster than runs finish
                     if self.stopping:
-                        return
+                        return False
                 self.wake(raw.run_id)
             if len(page) < RECOVERY_PAGE:
-                self.recovered = True
-                return
+                return True
             after = page[-1].run_id
+        return False
 
     async def _tail(self, after: int, seen_version: object = None) -> None:
         """Follow the store's event log for changes made by other processes (the safety
@@ -562,8 +608,13 @@ class Supervisor(Generic[T, S]):
         data_version = getattr(engine.store, "data_version", None)
         feed = engine.store.feed
         external = feed.external
+        failures = 0
         while True:
-            if changes is None:
+            if failures:
+                # The last read failed: read again after the back-off, on trio's clock (a
+                # failing read is retried soon whether or not anybody writes again).
+                await trio.sleep(engine.default_options.retry_seconds(failures))
+            elif changes is None:
                 await feed.wait_external(external, interval)
                 external = feed.external
             else:
@@ -577,6 +628,7 @@ class Supervisor(Generic[T, S]):
                     last = await engine.store.last_event_id()
                     version = await data_version()
                 except Exception as exc:
+                    failures += 1
                     log.warning(
                         "workflow %r: reading the event log failed: %s",
                         engine.name,
@@ -594,6 +646,7 @@ class Supervisor(Generic[T, S]):
                     events = await engine.store.read_events(after, TAIL_BATCH, engine.name)
                 except Exception as exc:
                     # Not read to its end: the next look reads from ``after`` again.
+                    failures += 1
                     log.warning(
                         "workflow %r: reading the event log failed: %s",
                         engine.name,
@@ -601,6 +654,7 @@ class Supervisor(Generic[T, S]):
                         extra={"workflow_name": engine.name},
                     )
                     break
+                failures = 0
                 for event in events:
                     after = event.id
                     await self._noticed(event)

@@ -109,6 +109,10 @@ async def schedule_trigger(
 ) -> None:
     expression = parse_cron(spec)
     ctx.check_trigger_args(foreign_id, start, initial)
+    if filter is not None and not callable(filter):
+        raise InvalidArgument(
+            f"schedule filter must be a function filter(when) -> bool (or async), not {filter!r}"
+        )
     # luno/workflow's name for a schedule's process: ``<foreign id>-scheduler-<spec>``.
     process = ctx.service(process_name(foreign_id, "scheduler", spec), 0.0)
     process.state = ProcessState.RUNNING
@@ -211,7 +215,19 @@ async def _fire(
     allowed = await _allowed(filter, fired)
     if not await ctx.store.claim_schedule(key, fired) or not allowed:
         return
-    try:
-        await ctx.handle.trigger(foreign_id, start, initial=initial)
-    except WorkflowInProgress:
-        return
+
+    async def trigger() -> None:
+        try:
+            await ctx.handle.trigger(foreign_id, start, initial=initial)
+        except WorkflowInProgress:
+            return
+
+    # Claimed: this time is ours alone to fire, so a store error is retried here (trying
+    # the claim again would find it taken and never trigger).
+    await retrying(
+        trigger,
+        options=ctx.default_options,
+        what=f"schedule {key!r}: triggering the run of {fired}",
+        log=log,
+        retry_on=StoreError,
+    )

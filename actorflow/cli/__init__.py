@@ -157,11 +157,19 @@ def parser() -> argparse.ArgumentParser:
     _json_option(migrate)
     migrate.set_defaults(handler=_cli_commands.runs_migrate)
 
-    trigger = commands.add_parser("trigger", help="start a run; prints its run id")
-    trigger.add_argument("foreign_id", metavar="FOREIGN_ID")
+    trigger = commands.add_parser(
+        "trigger", help="start a run (prints its run id), or many from a JSON-lines file"
+    )
+    trigger.add_argument("foreign_id", metavar="FOREIGN_ID", nargs="?")
     _app_option(trigger)
     trigger.add_argument("--start", metavar="STATUS", help="start at this status")
     trigger.add_argument("--initial", metavar="JSON", help="the initial object as JSON")
+    trigger.add_argument(
+        "--from-file",
+        metavar="PATH",
+        help="start one run per line of a JSON-lines file ('-': stdin): a foreign id as a "
+        'JSON string, or {"foreign_id": ..., "start": ..., "initial": {...}}',
+    )
     trigger.set_defaults(handler=_cli_commands.trigger)
 
     callback = commands.add_parser(

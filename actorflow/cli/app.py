@@ -261,10 +261,17 @@ def parse_initial(workflow: Workflow[Any, Any], text: str | None) -> Any:
         data = json.loads(text, parse_constant=_no_constant)
     except ValueError as exc:
         raise UsageError(f"--initial is not valid JSON: {exc}") from None
+    return structure_initial(workflow, data, "--initial")
+
+
+def structure_initial(workflow: Workflow[Any, Any], data: Any, what: str) -> Any:
+    """The initial object from decoded JSON ``data`` (a JSON object)."""
+    if not isinstance(data, dict):
+        raise UsageError(f"{what} must be a JSON object, not {type(data).__name__}")
     try:
         return structure_json(data, workflow.object_type, "initial")
     except InvalidArgument as exc:
-        raise UsageError(f"--initial: {exc}") from None
+        raise UsageError(f"{what}: {exc}") from None
 
 
 def _no_constant(name: str) -> object:

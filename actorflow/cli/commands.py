@@ -8,7 +8,9 @@ worker in another process picks it up from the store's event log.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -29,6 +31,7 @@ from actorflow.cli.app import (
     parse_status,
     parse_statuses,
     read_payload,
+    structure_initial,
 )
 from actorflow.cli.format import (
     dumps,
@@ -215,6 +218,12 @@ def runs_migrate(args: argparse.Namespace) -> int:
 
 def trigger(args: argparse.Namespace) -> int:
     """Start a run; print its run id (and nothing else, for scripts)."""
+    if args.from_file is not None:
+        if args.foreign_id is not None:
+            raise UsageError("give FOREIGN_ID or --from-file, not both")
+        return trigger_from_file(args)
+    if args.foreign_id is None:
+        raise UsageError("give the FOREIGN_ID of the run to start (or --from-file PATH)")
     app = load_app(app_reference(args.app))
     workflow = app.pick(args.workflow)
     start = (
@@ -229,6 +238,133 @@ def trigger(args: argparse.Namespace) -> int:
 
     _print(trio.run(main))
     return 0
+
+
+FROM_FILE_CHUNK = 10_000
+"""Lines per trigger_many call (and per progress-bar update)."""
+
+
+def trigger_from_file(args: argparse.Namespace) -> int:
+    """``actorflow trigger --from-file runs.jsonl``: start one run per line, in few
+    transactions (``Workflow.trigger_many``), with a progress bar on stderr. Prints how
+    many runs started; lines refused (bad JSON, a run in progress...) are listed on
+    stderr with their line numbers, and make the exit status 1."""
+    app = load_app(app_reference(args.app))
+    workflow = app.pick(args.workflow)
+    default_start = (
+        None if args.start is None else parse_status(workflow.status_type, args.start, "--start")
+    )
+    default_initial = parse_initial(workflow, args.initial)
+    path: str = args.from_file
+    try:
+        source = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        raise CliError(f"cannot read {path!r}: {exc.strerror or exc}") from None
+    total = None
+    if path != "-":
+        with open(path, "rb") as counting:
+            total = sum(1 for line in counting if line.strip())
+    progress = _Progress(total)
+
+    def item(line: str) -> Any:
+        try:
+            data = json.loads(line)
+        except ValueError as exc:
+            raise UsageError(f"not JSON: {exc}") from None
+        if isinstance(data, str):
+            return (data, default_start, default_initial)
+        if not isinstance(data, dict) or "foreign_id" not in data:
+            raise UsageError('expected a JSON string or an object with a "foreign_id"')
+        start = data.get("start")
+        if isinstance(start, str):
+            start = parse_status(workflow.status_type, start, "start")
+        initial = data.get("initial")
+        if initial is not None:
+            initial = structure_initial(workflow, initial, "initial")
+        unknown = sorted(set(data) - {"foreign_id", "start", "initial"})
+        if unknown:
+            raise UsageError(f"unknown keys {', '.join(unknown)}")
+        return (
+            data["foreign_id"],
+            default_start if start is None else start,
+            default_initial if initial is None else initial,
+        )
+
+    async def main() -> tuple[int, list[str]]:
+        started, refused = 0, []
+        async with _closing(app):
+            chunk: list[tuple[int, Any]] = []
+            for number, line in enumerate(source, 1):
+                if not line.strip():
+                    continue
+                try:
+                    chunk.append((number, item(line)))
+                except CliError as exc:
+                    refused.append(f"line {number}: {exc}")
+                    progress.advance(1)
+                if len(chunk) >= FROM_FILE_CHUNK:
+                    started += await _trigger_chunk(workflow, chunk, refused)
+                    progress.advance(len(chunk))
+                    chunk = []
+            if chunk:
+                started += await _trigger_chunk(workflow, chunk, refused)
+                progress.advance(len(chunk))
+        return started, refused
+
+    try:
+        started, refused = trio.run(main)
+    finally:
+        progress.done()
+        if source is not sys.stdin:
+            source.close()
+    for problem in refused:
+        print(problem, file=sys.stderr)
+    _print(f"started {started:,} run(s)" + (f"; {len(refused):,} refused" if refused else ""))
+    return 1 if refused else 0
+
+
+async def _trigger_chunk(
+    workflow: Workflow[Any, Any], chunk: list[tuple[int, Any]], refused: list[str]
+) -> int:
+    results = await workflow.trigger_many([item for _, item in chunk])
+    started = 0
+    for (number, _), result in zip(chunk, results, strict=True):
+        if isinstance(result, str):
+            started += 1
+        else:
+            refused.append(f"line {number}: {result}")
+    return started
+
+
+class _Progress:
+    """A one-line progress bar on stderr (redrawn in place on a terminal)."""
+
+    WIDTH = 30
+
+    def __init__(self, total: int | None) -> None:
+        self.total = total
+        self.count = 0
+        self.tty = sys.stderr.isatty()
+        self.started = time.monotonic()
+
+    def advance(self, count: int) -> None:
+        self.count += count
+        self._draw(end="\r" if self.tty else "\n")
+
+    def done(self) -> None:
+        if self.count and self.tty:
+            print(file=sys.stderr, flush=True)  # keep the last drawing
+
+    def _draw(self, end: str) -> None:
+        rate = self.count / max(time.monotonic() - self.started, 1e-9)
+        if self.total:
+            share = min(self.count / self.total, 1.0)
+            filled = int(share * self.WIDTH)
+            bar = "#" * filled + "." * (self.WIDTH - filled)
+            text = f"[{bar}] {self.count:,}/{self.total:,} lines {share:4.0%}"
+        else:
+            text = f"{self.count:,} lines"
+        print(f"{text}  {rate:,.0f}/s", end=end, file=sys.stderr, flush=True)
 
 
 def callback(args: argparse.Namespace) -> int:

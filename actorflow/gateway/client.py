@@ -650,7 +650,7 @@ async def open_gateway_client(
     async with AsyncExitStack() as stack:
         try:
             ws = await stack.enter_async_context(
-                trio_websocket.open_websocket_url(
+                _websocket(
                     url,
                     extra_headers=headers,
                     max_message_size=max_message_bytes,
@@ -678,6 +678,26 @@ async def open_gateway_client(
             if len(group.exceptions) != 1:
                 raise
             _reraise_bare(group.exceptions[0])
+
+
+@asynccontextmanager
+async def _websocket(url: str, **options: Any) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """``trio_websocket.open_websocket_url``, except that a closing handshake the gateway
+    does not finish within ``close_timeout`` is no error: the connection is dropped then,
+    and an exception of the caller's own is not replaced by trio-websocket's
+    ``DisconnectionTimeout``."""
+    own: BaseException | None = None
+    try:
+        async with trio_websocket.open_websocket_url(url, **options) as ws:
+            try:
+                yield ws
+            except BaseException as exc:
+                own = exc
+                raise
+    except trio_websocket.DisconnectionTimeout:
+        log.debug("gateway client: the gateway did not finish the closing handshake in time")
+        if own is not None:
+            _reraise_bare(own)
 
 
 def _reraise_bare(exc: BaseException) -> NoReturn:

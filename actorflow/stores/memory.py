@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections.abc import Sequence
 from datetime import datetime
 from typing import final
@@ -10,12 +11,28 @@ from typing import final
 import attrs
 import trio
 
-from actorflow._model.errors import VersionConflict
+from actorflow._model.errors import ActorflowError, InvalidArgument, VersionConflict
 from actorflow._model.record import Event, RawRecord, Timer
 from actorflow._model.run_state import RunState
 from actorflow.stores.feed import ChangeFeed
 from actorflow.stores.filters import RunFilter, count_key
 from actorflow.stores.messages import in_progress, no_foreign_run, no_run
+
+
+def _first(item: tuple[tuple[datetime, int], Timer]) -> tuple[datetime, int]:
+    return item[0]
+
+
+def prunable(
+    old: RawRecord, latest: RawRecord, keep_last: int | None, before: datetime | None
+) -> bool:
+    """Whether history retention lets version ``old`` of a finished run go (see
+    :meth:`Store.prune_history`)."""
+    if old.version >= latest.version:
+        return False
+    if keep_last is not None and old.version > latest.version - keep_last:
+        return False
+    return before is None or old.updated_at < before
 
 
 @attrs.define
@@ -38,6 +55,9 @@ class MemoryStore:
         self._history: dict[str, list[RawRecord]] = {}
         self._events: list[Event] = []
         self._timers: dict[str, list[Timer]] = {}
+        self._timer_ids: dict[str, int] = {}
+        """run id -> the id of its first timer (the others follow): ids for timers_after."""
+        self._next_timer_id = 1
         self._cursors: dict[str, str] = {}
         self._schedules: dict[str, datetime] = {}
         self._definitions: dict[str, dict[str, tuple[str, datetime]]] = {}
@@ -68,6 +88,30 @@ class MemoryStore:
 
     async def create_run(self, record: RawRecord, timers: Sequence[Timer] = ()) -> RawRecord:
         await trio.lowlevel.checkpoint()
+        return self._create(record, timers)
+
+    async def create_runs(
+        self, items: Sequence[tuple[RawRecord, Sequence[Timer]]]
+    ) -> list[RawRecord | ActorflowError]:
+        await trio.lowlevel.checkpoint()
+        results: list[RawRecord | ActorflowError] = []
+        for record, timers in items:
+            try:
+                results.append(self._create(record, timers))
+            except ActorflowError as exc:
+                results.append(exc)
+        return results
+
+    def _set_timers(self, run_id: str, timers: Sequence[Timer]) -> None:
+        if timers:
+            self._timers[run_id] = sorted(timers, key=lambda t: t.fire_at)
+            self._timer_ids[run_id] = self._next_timer_id
+            self._next_timer_id += len(timers)
+        else:
+            self._timers.pop(run_id, None)
+            self._timer_ids.pop(run_id, None)
+
+    def _create(self, record: RawRecord, timers: Sequence[Timer]) -> RawRecord:
         runs = self._workflows.setdefault(record.workflow_name, _WorkflowRuns())
         previous_id = runs.latest_by_foreign.get(record.foreign_id)
         if previous_id is not None:
@@ -77,13 +121,12 @@ class MemoryStore:
                     record.workflow_name, record.foreign_id, previous_id, previous.run_state
                 )
         if record.run_id in self._runs:
-            raise ValueError(f"run id {record.run_id} already exists")
+            raise InvalidArgument(f"run id {record.run_id} already exists")
         runs.seq[record.run_id] = len(runs.order)
         runs.order.append(record.run_id)
         runs.latest_by_foreign[record.foreign_id] = record.run_id
         self._runs[record.run_id] = record
-        if timers:
-            self._timers[record.run_id] = sorted(timers, key=lambda t: t.fire_at)
+        self._set_timers(record.run_id, timers)
         self._log(record)
         return record
 
@@ -102,10 +145,7 @@ class MemoryStore:
             )
         self._runs[record.run_id] = record
         if timers is not None:
-            if timers:
-                self._timers[record.run_id] = sorted(timers, key=lambda t: t.fire_at)
-            else:
-                self._timers.pop(record.run_id, None)
+            self._set_timers(record.run_id, timers)
         if scrub_history:
             self._history[record.run_id] = [
                 attrs.evolve(old, object=record.object) for old in self._history[record.run_id]
@@ -215,6 +255,46 @@ class MemoryStore:
         found = [t for ts in self._timers.values() for t in ts if t.workflow_name == workflow_name]
         found.sort(key=lambda t: t.fire_at)
         return found
+
+    async def timers_after(
+        self, workflow_name: str, after: tuple[datetime, int] | None, limit: int
+    ) -> list[tuple[int, Timer]]:
+        await trio.lowlevel.checkpoint()
+        keyed = (
+            ((timer.fire_at, self._timer_ids[run_id] + index), timer)
+            for run_id, timers in self._timers.items()
+            for index, timer in enumerate(timers)
+            if timer.workflow_name == workflow_name
+        )
+        if after is not None:
+            keyed = ((key, timer) for key, timer in keyed if key > after)
+        return [(key[1], timer) for key, timer in heapq.nsmallest(limit, keyed, key=_first)]
+
+    async def prune_history(
+        self,
+        workflow_name: str,
+        *,
+        keep_last: int | None,
+        before: datetime | None,
+        finished_before: datetime,
+        after_id: int,
+        scan: int,
+    ) -> tuple[int, int | None]:
+        await trio.lowlevel.checkpoint()
+        runs = self._workflows.get(workflow_name, _WorkflowRuns())
+        # Ids here: positions in the creation order (the memory store's history is per run).
+        end = min(after_id + scan, len(runs.order))
+        deleted = 0
+        for run_id in runs.order[after_id:end]:
+            latest = self._runs[run_id]
+            if not latest.run_state.finished or latest.updated_at >= finished_before:
+                continue
+            kept = [
+                old for old in self._history[run_id] if not prunable(old, latest, keep_last, before)
+            ]
+            deleted += len(self._history[run_id]) - len(kept)
+            self._history[run_id] = kept
+        return deleted, (end if end < len(runs.order) else None)
 
     async def read_events(
         self, after: int, limit: int = 100, workflow_name: str | None = None

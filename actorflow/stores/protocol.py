@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import trio
 
+from actorflow._model.errors import ActorflowError
 from actorflow._model.record import Event, RawRecord, Timer
 from actorflow._model.run_state import RunState
 from actorflow.stores.feed import ChangeFeed
@@ -38,6 +39,18 @@ class Store(Protocol):
         Raises:
             WorkflowInProgress: the latest run of ``(workflow_name, foreign_id)`` has a run
                 state that is not finished (INITIATED, RUNNING or PAUSED).
+        """
+        ...
+
+    async def create_runs(
+        self, items: Sequence[tuple[RawRecord, Sequence[Timer]]]
+    ) -> list[RawRecord | ActorflowError]:
+        """Store the first versions of many new runs (with their timers) in as few
+        transactions as the store can; the answer per item is the stored record or the
+        error that refused it (``WorkflowInProgress``, a run id that exists), in order.
+
+        The in-progress rule is that of :meth:`create_run`, applied item by item in order:
+        a second item of a foreign id in one call is refused when the first was stored.
         """
         ...
 
@@ -113,6 +126,36 @@ class Store(Protocol):
 
     async def list_timers(self, workflow_name: str, run_id: str | None = None) -> list[Timer]:
         """Pending timers of one run, or of the whole workflow, earliest first."""
+        ...
+
+    async def timers_after(
+        self, workflow_name: str, after: tuple[datetime, int] | None, limit: int
+    ) -> list[tuple[int, Timer]]:
+        """The next ``limit`` pending timers of the workflow in ``(fire_at, id)`` order,
+        after the key ``after`` (None: from the first), each with its id.
+
+        The id is the store's own number for the timer (positive, unique within the
+        workflow); the supervisor pages through timers by this key, from the ``fire_at``
+        index, instead of loading all of them."""
+        ...
+
+    async def prune_history(
+        self,
+        workflow_name: str,
+        *,
+        keep_last: int | None,
+        before: datetime | None,
+        finished_before: datetime,
+        after_id: int,
+        scan: int,
+    ) -> tuple[int, int | None]:
+        """Delete old versions of finished runs (history retention), one slice at a time.
+
+        Looks at the history rows (versions) with ids in ``(after_id, after_id + scan]``
+        and deletes those of runs that finished (COMPLETED, CANCELLED, DATA_DELETED) before
+        ``finished_before``, that are not the run's latest version, and that both rules
+        given let go: not among the run's ``keep_last`` latest versions, and stored before
+        ``before``. Returns (rows deleted, the next ``after_id``, or None past the end)."""
         ...
 
     async def read_events(

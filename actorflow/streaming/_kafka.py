@@ -336,7 +336,7 @@ class KafkaStreamer:
     def _error(self, what: str, exc: BaseException) -> StreamError:
         detail = exc.args[0] if exc.args else exc
         text = getattr(detail, "str", None)
-        reason = text() if callable(text) else str(detail)
+        reason = text() if callable(text) else (str(detail) or f"{type(exc).__name__} (timed out)")
         return StreamError(f"Kafka at {self.bootstrap_servers}: {what} failed: {reason}")
 
     def _make(self, role: Literal["producer", "consumer", "admin"], **extra: Any) -> Any:
@@ -365,8 +365,12 @@ class KafkaStreamer:
                 self._admin.poll(0)  # serve its log lines
 
         try:
-            return await trio.to_thread.run_sync(call, limiter=self._admin_limiter)
-        except self._kafka.KafkaException as exc:
+            # A cancelled caller does not wait for the metadata timeout: the thread is left
+            # to finish (it keeps the limiter's token until then, so calls never overlap).
+            return await trio.to_thread.run_sync(
+                call, limiter=self._admin_limiter, abandon_on_cancel=True
+            )
+        except (self._kafka.KafkaException, TimeoutError) as exc:
             raise self._error(what, exc) from None
 
     async def check_reachable(self) -> None:
@@ -693,9 +697,14 @@ class _KafkaReceiver:
 
     # -- worker-thread side --------------------------------------------------------------------
 
-    async def _call(self, what: str, fn: Callable[[], R]) -> R:
+    async def _call(self, what: str, fn: Callable[[], R], *, abandon: bool = False) -> R:
+        """Run ``fn`` in a worker thread. ``abandon``: a cancelled caller does not wait for
+        it (only for calls whose result may be lost, like a commit: an abandoned thread
+        keeps the limiter's token, so the next call still waits for it)."""
         try:
-            return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+            return await trio.to_thread.run_sync(
+                fn, limiter=self._limiter, abandon_on_cancel=abandon
+            )
         except self._streamer._kafka.KafkaException as exc:
             raise self._streamer._error(f"{what} (group {self._group!r})", exc) from None
 
@@ -892,7 +901,11 @@ class _KafkaReceiver:
             if partition not in self._not_owned:
                 self._consumer.commit(offsets=[tp], asynchronous=False)
 
-        await self._call(f"committing offset {offset} of {self._topic}:{partition}", commit)
+        # A commit waits for the group coordinator, which may be unreachable: a cancelled
+        # ack leaves it behind (the event stays unacknowledged: ack again or reopen).
+        await self._call(
+            f"committing offset {offset} of {self._topic}:{partition}", commit, abandon=True
+        )
         self._streamer.stats.commits += 1
 
     def _forget(self, partition: _Partition, commit: int) -> None:
@@ -1049,7 +1062,7 @@ class _KafkaReceiver:
 
         with trio.move_on_after(self._streamer.connect_timeout.total_seconds() + 1):
             try:
-                await trio.to_thread.run_sync(finish, abandon_on_cancel=True)
+                await trio.to_thread.run_sync(finish, limiter=self._limiter, abandon_on_cancel=True)
             except self._streamer._kafka.KafkaException as exc:
                 log.warning(
                     "Kafka consumer of group %r did not close cleanly: %s", self._group, exc

@@ -199,6 +199,36 @@ def test_trigger_list_show_history_and_callback(
     assert [(r["version"], r["status_name"]) for r in versions] == [(1, "MIDDLE"), (2, "END")]
 
 
+def test_trigger_from_a_json_lines_file(
+    app: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    ref = f"{app}:workflow"
+    lines = [json.dumps(f"bulk-{i}") for i in range(25)]
+    lines += [
+        json.dumps({"foreign_id": "rich", "start": "middle", "initial": {"note": "hi"}}),
+        "",
+        json.dumps("bulk-3"),  # started by line 4 of this file: refused
+        "{not json",
+        json.dumps({"foreign_id": "odd", "initial": [1]}),
+    ]
+    (tmp_path / "runs.jsonl").write_text("\n".join(lines) + "\n")
+    code, out, err = run_cli(capsys, "trigger", "--from-file", "runs.jsonl", "--app", ref)
+    assert code == 1
+    assert out.strip() == "started 26 run(s); 3 refused"
+    assert "[" in err and "29/29 lines" in err and "100%" in err  # the progress bar
+    assert "line 28: " in err and "'bulk-3' is INITIATED" in err
+    assert "line 29: not JSON" in err
+    assert "line 30: initial must be a JSON object" in err
+    records = json.loads(ok(capsys, "runs", "list", "--app", ref, "--json", "--limit", "100"))
+    assert len(records) == 26
+    rich = [r for r in records if r["foreign_id"] == "rich"]
+    assert rich[0]["status_name"] == "MIDDLE" and rich[0]["object"]["note"] == "hi"
+    code, out, err = run_cli(capsys, "trigger", "--app", ref)
+    assert code == 2 and "FOREIGN_ID" in err
+    code, out, err = run_cli(capsys, "trigger", "x", "--from-file", "runs.jsonl", "--app", ref)
+    assert code == 2 and "not both" in err
+
+
 def test_callback_payload_from_a_file_and_from_stdin(
     app: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

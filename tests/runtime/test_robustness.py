@@ -225,7 +225,7 @@ async def test_timers_of_runs_that_moved_on_are_forgotten(
             await workflow.callback(f"f{i}", Status.MIDDLE, b"paid")
         supervisor = workflow._supervisor
         assert supervisor is not None
-        assert supervisor._armed == {}
+        assert len(supervisor.timers) == 0
     assert (await workflow.lookup(run_id)).status is Status.END
 
 

@@ -444,6 +444,7 @@ def test_the_streaming_names_are_exported() -> None:
         "MemoryStreamer",
         "StoreLogStreamer",
         "RedisStreamer",
+        "KafkaStreamer",
     ):
         assert hasattr(af, name), name
     for name in streaming.__all__:

@@ -13,6 +13,7 @@ from trio.testing import MockClock
 import actorflow as af
 from actorflow.testing import wait_for
 from tests.conftest import START, StoreMaker
+from tests.runtime.test_robustness import FlakyStore
 from tests.workflows import Three, three_steps
 
 
@@ -134,3 +135,27 @@ async def test_a_filter_that_raises_is_logged_and_asked_again_before_the_time_is
     # Retried after the back-off (1 s, then 2 s), not at once.
     assert 3 <= (runs[0].created_at - first).total_seconds() < 4
     assert "the calendar service is down" in caplog.text
+
+
+async def test_a_claimed_time_whose_trigger_fails_is_triggered_after_the_back_off(
+    clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    store = FlakyStore()
+    workflow = three_steps(store, clock)  # type: ignore[arg-type]
+    store.failures["create_run"] = 2
+    with trio.fail_after(2 * 3600):
+        async with af.open_workflow(workflow), trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: workflow.schedule_trigger("report", "@hourly"))
+            record = await wait_for(workflow, "report", lambda r: r.status is Three.D)
+            nursery.cancel_scope.cancel()
+    first = START + timedelta(hours=1)
+    assert 3 <= (record.created_at - first).total_seconds() < 4  # after 1 s, then 2 s
+    assert await store.last_schedule("schedule:three:report:0 * * * *") == first
+
+
+async def test_a_filter_that_is_not_a_function_is_refused_at_once(
+    clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    workflow = three_steps(af.MemoryStore(), clock)
+    with trio.fail_after(2 * 3600), pytest.raises(af.InvalidArgument, match="must be a function"):
+        await workflow.schedule_trigger("report", "@hourly", filter=True)  # type: ignore[arg-type]

@@ -355,6 +355,139 @@ async def test_many_concurrent_creates_and_commits(store: Store) -> None:
     assert len(events) == 800
 
 
+# -- many runs at once, timer pages, history retention (issue #20) --------------------------
+
+
+async def test_create_runs_answers_each_item_in_order(store: Store) -> None:
+    blocker = await store.create_run(raw("busy"))
+    first, second = raw("a"), raw("b")
+    twin = raw("a")  # the same foreign id as an earlier item of this call
+    busy = raw("busy")
+    timer = Timer("wf", second.run_id, 1, "timeout:0", T0 + timedelta(days=30))
+    results = await store.create_runs([(first, ()), (busy, ()), (second, [timer]), (twin, ())])
+    assert results[0] == first
+    assert isinstance(results[1], af.WorkflowInProgress)
+    assert blocker.run_id in str(results[1])
+    assert results[2] == second
+    assert isinstance(results[3], af.WorkflowInProgress)
+    assert first.run_id in str(results[3])
+    assert await store.latest("wf", "a") == first
+    assert await store.lookup("wf", second.run_id) == second
+    assert await store.history("wf", second.run_id) == [second]
+    assert await store.list_timers("wf", second.run_id) == [timer]
+    with pytest.raises(af.RunNotFound):
+        await store.lookup("wf", twin.run_id)
+    assert await store.create_runs([]) == []
+
+
+async def test_create_runs_refuses_an_existing_run_id_alone(store: Store) -> None:
+    existing = await store.create_run(raw("x"))
+    again = attrs.evolve(existing, foreign_id="y")
+    fresh = raw("z")
+    results = await store.create_runs([(again, ()), (fresh, ())])
+    assert isinstance(results[0], af.ActorflowError)
+    assert results[1] == fresh
+    assert await store.lookup("wf", fresh.run_id) == fresh
+
+
+async def test_create_runs_publishes_and_logs_each_run(store: Store) -> None:
+    records = [raw(f"f{i}") for i in range(5)]
+    with store.feed.subscribe(workflow_name="wf") as sub:
+        assert await store.create_runs([(r, ()) for r in records]) == records
+        seen = [await sub.receive() for _ in records]
+    assert {r.run_id for r in seen} == {r.run_id for r in records}
+    events = await store.read_events(0, 100, "wf")
+    assert sorted(e.run_id for e in events) == sorted(r.run_id for r in records)
+
+
+async def test_timers_after_pages_in_fire_at_order(store: Store) -> None:
+    runs = [raw(f"t{i}") for i in range(7)]
+    for index, record in enumerate(runs):
+        # Two runs share each instant: the id orders them.
+        when = T0 + timedelta(minutes=index // 2)
+        await store.create_run(record, [Timer("wf", record.run_id, 1, "timeout:0", when)])
+    other = raw("other", workflow="elsewhere")
+    await store.create_run(other, [Timer("elsewhere", other.run_id, 1, "timeout:0", T0)])
+    seen: list[str] = []
+    after: tuple[datetime, int] | None = None
+    while True:
+        page = await store.timers_after("wf", after, 3)
+        seen.extend(timer.run_id for _, timer in page)
+        if len(page) < 3:
+            break
+        after = (page[-1][1].fire_at, page[-1][0])
+    assert sorted(seen) == sorted(r.run_id for r in runs)
+    assert len(seen) == len(set(seen))
+    everything = await store.timers_after("wf", None, 100)
+    keys = [(timer.fire_at, timer_id) for timer_id, timer in everything]
+    assert keys == sorted(keys) and all(timer_id > 0 for timer_id, _ in everything)
+    assert [t for _, t in everything] == await store.list_timers("wf")
+    # A timer replaced by a commit leaves the pages; its new one joins them.
+    first = runs[0]
+    later = Timer("wf", first.run_id, 2, "timeout:0", T0 + timedelta(days=1))
+    await store.commit(nxt(first, status=2), timers=[later])
+    everything = await store.timers_after("wf", None, 100)
+    assert everything[-1][1] == later
+    assert len(everything) == len(runs)
+    assert await store.timers_after("wf", (later.fire_at, everything[-1][0]), 10) == []
+
+
+async def _prune_all(store: Store, **rules: object) -> int:
+    total, after = 0, 0
+    while True:
+        deleted, nxt_after = await store.prune_history(
+            "wf", finished_before=T0 + timedelta(days=365), after_id=after, scan=2, **rules
+        )  # type: ignore[arg-type]
+        total += deleted
+        if nxt_after is None:
+            return total
+        after = nxt_after
+
+
+async def _finished_run(store: Store, foreign_id: str, versions: int) -> RawRecord:
+    record = await store.create_run(raw(foreign_id))
+    for _ in range(versions - 2):
+        record = await store.commit(nxt(record, run_state=af.RunState.RUNNING))
+    return await store.commit(nxt(record, run_state=af.RunState.COMPLETED))
+
+
+async def test_prune_history_keeps_the_last_versions_of_finished_runs(store: Store) -> None:
+    done = await _finished_run(store, "done", 6)
+    running = await store.create_run(raw("running"))
+    for _ in range(4):
+        running = await store.commit(nxt(running, run_state=af.RunState.RUNNING))
+    assert await _prune_all(store, keep_last=2, before=None) == 4
+    assert [r.version for r in await store.history("wf", done.run_id)] == [5, 6]
+    assert len(await store.history("wf", running.run_id)) == 5  # unfinished: untouched
+    assert await store.lookup("wf", done.run_id) == done
+    assert await _prune_all(store, keep_last=1, before=None) == 1
+    assert await store.history("wf", done.run_id) == [done]
+
+
+async def test_prune_history_by_age_keeps_the_latest_version(store: Store) -> None:
+    done = await _finished_run(store, "done", 4)  # versions at T0 .. T0 + 3 s
+    recent = await _finished_run(store, "recent", 2)
+    assert await _prune_all(store, keep_last=None, before=T0 + timedelta(seconds=2)) == 3
+    assert [r.version for r in await store.history("wf", done.run_id)] == [3, 4]
+    assert await _prune_all(store, keep_last=None, before=T0 + timedelta(days=1)) == 1
+    assert await store.history("wf", done.run_id) == [done]
+    assert await store.history("wf", recent.run_id) == [recent]
+    # Both rules: a version goes only when neither keeps it.
+    both = await _finished_run(store, "both", 5)
+    deleted = await _prune_all(store, keep_last=2, before=T0 + timedelta(seconds=2))
+    assert deleted == 2
+    assert [r.version for r in await store.history("wf", both.run_id)] == [3, 4, 5]
+
+
+async def test_prune_history_waits_until_runs_finished_long_enough(store: Store) -> None:
+    done = await _finished_run(store, "done", 3)
+    deleted, _ = await store.prune_history(
+        "wf", keep_last=1, before=None, finished_before=T0, after_id=0, scan=1000
+    )
+    assert deleted == 0
+    assert len(await store.history("wf", done.run_id)) == 3
+
+
 async def test_definitions_registry_keeps_first_registration_order(store: Store) -> None:
     from actorflow.stores.protocol import DefinitionRegistry
 

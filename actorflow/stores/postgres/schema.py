@@ -431,6 +431,31 @@ class Queries:
             f"SELECT {_TIMER_COLUMNS} FROM {{s}}.timers WHERE workflow_name = %s "
             "ORDER BY fire_at, id"
         )
+        # The supervisor's timer pages: keyset on (fire_at, id), served by the index
+        # timers_workflow_fire in order, whatever the number of timers.
+        self.timers_first = q(
+            f"SELECT {_TIMER_COLUMNS}, id FROM {{s}}.timers WHERE workflow_name = %s "
+            "ORDER BY fire_at, id LIMIT %s"
+        )
+        self.timers_after = q(
+            f"SELECT {_TIMER_COLUMNS}, id FROM {{s}}.timers WHERE workflow_name = %s "
+            "AND (fire_at, id) > (%s, %s) ORDER BY fire_at, id LIMIT %s"
+        )
+        # History retention: a slice of ids at a time, so a pass never holds long locks.
+        self.prune_history = q(
+            """
+            DELETE FROM {s}.history h USING {s}.runs r
+             WHERE h.workflow_name = %(workflow_name)s
+               AND h.id > %(low)s AND h.id <= %(high)s
+               AND r.run_id = h.run_id
+               AND r.run_state = ANY(%(finished)s::int2[])
+               AND r.updated_at < %(finished_before)s
+               AND h.version < r.version
+               AND (%(keep_last)s::int4 IS NULL OR h.version <= r.version - %(keep_last)s::int4)
+               AND (%(before)s::timestamptz IS NULL OR h.updated_at < %(before)s::timestamptz)
+            """
+        )
+        self.last_history_id = q("SELECT max(id) FROM {s}.history")
         # read_events, step 1: wait until no write holds the event-log lock, and read the
         # highest id drawn so far (see the store's read_events for why this is enough).
         self.events_bound = q(

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, final
 import trio
 
 from actorflow._model.errors import (
+    ActorflowError,
     InvalidArgument,
     StoreError,
     VersionConflict,
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 _CREATE_RUN_ATTEMPTS = 5
+_CREATE_MANY_IN_FLIGHT = 1000
+_FINISHED = [int(s) for s in RunState if s.finished]
 
 _TOKENS = random.Random()
 os.register_at_fork(after_in_child=_TOKENS.seed)  # a forked child must not repeat the parent
@@ -327,6 +330,38 @@ class PostgresStore:
         await self._group.write(Write(what, statement, params, settle, create, record, owned))
         return record
 
+    async def create_runs(
+        self, items: Sequence[tuple[RawRecord, Sequence[Timer]]]
+    ) -> list[RawRecord | ActorflowError]:
+        """Many new runs: each is a create_run of its own, all sent at once, so group
+        commit carries them in few transactions (and each keeps its exact retry rules).
+        Items are sent in order; a later item of a foreign id starts only once the
+        earlier one is answered, so the in-progress rule holds item by item."""
+        results: list[RawRecord | ActorflowError | None] = [None] * len(items)
+        pending = list(range(len(items)))
+        while pending:
+            seen: set[str] = set()
+            now: list[int] = []
+            later: list[int] = []
+            for index in pending:
+                foreign_id = items[index][0].foreign_id
+                (later if foreign_id in seen else now).append(index)
+                seen.add(foreign_id)
+
+            async def one(index: int) -> None:
+                record, timers = items[index]
+                try:
+                    results[index] = await self.create_run(record, timers)
+                except ActorflowError as exc:
+                    results[index] = exc
+
+            for start in range(0, len(now), _CREATE_MANY_IN_FLIGHT):
+                async with trio.open_nursery() as nursery:
+                    for index in now[start : start + _CREATE_MANY_IN_FLIGHT]:
+                        nursery.start_soon(one, index)
+            pending = later
+        return [r for r in results if r is not None]
+
     async def commit(
         self,
         record: RawRecord,
@@ -533,6 +568,51 @@ class PostgresStore:
             return [_timer(r) for r in rows]
 
         return await self._db.call("list_timers", list_timers)
+
+    async def timers_after(
+        self, workflow_name: str, after: tuple[datetime, int] | None, limit: int
+    ) -> list[tuple[int, Timer]]:
+        q = self._q
+
+        def page(conn: _Conn) -> list[tuple[int, Timer]]:
+            if after is None:
+                rows = conn.execute(q.timers_first, [workflow_name, limit]).fetchall()
+            else:
+                rows = conn.execute(
+                    q.timers_after, [workflow_name, _aware(after[0]), after[1], limit]
+                ).fetchall()
+            return [(int(r[5]), _timer(r)) for r in rows]
+
+        return await self._db.call("timers_after", page)
+
+    async def prune_history(
+        self,
+        workflow_name: str,
+        *,
+        keep_last: int | None,
+        before: datetime | None,
+        finished_before: datetime,
+        after_id: int,
+        scan: int,
+    ) -> tuple[int, int | None]:
+        q = self._q
+        params = {
+            "workflow_name": workflow_name,
+            "low": after_id,
+            "high": after_id + scan,
+            "finished": _FINISHED,
+            "finished_before": _aware(finished_before),
+            "keep_last": keep_last,
+            "before": None if before is None else _aware(before),
+        }
+
+        def prune(conn: _Conn) -> tuple[int, int | None]:
+            deleted = conn.execute(q.prune_history, params).rowcount
+            row = conn.execute(q.last_history_id).fetchone()
+            last = 0 if row is None or row[0] is None else int(row[0])
+            return deleted, (after_id + scan if after_id + scan < last else None)
+
+        return await self._db.call("prune_history", prune, write=True)
 
     def _event_bound(self, conn: _Conn) -> int:
         """Wait out the writes in flight; every event id up to the result is final."""

@@ -1,0 +1,93 @@
+"""``Workflow.trigger_many``: many runs in few transactions, one result per item."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import trio
+from trio.testing import MockClock
+
+import actorflow as af
+from tests.conftest import StoreMaker
+from tests.workflows import Status, YinYang, yinyang
+
+
+async def test_results_in_order_with_errors_per_item(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    workflow = yinyang(make_store(), clock)
+    busy = await workflow.trigger("busy")
+    results = await workflow.trigger_many(
+        [
+            "plain",
+            {"foreign_id": "mapped", "start": Status.MIDDLE, "initial": YinYang(count=7)},
+            ("tupled", Status.MIDDLE),
+            "busy",  # its latest run is unfinished
+            "plain",  # started by an earlier item of this call
+            {"foreign_id": "x", "start": 99},
+            {"foreign": "typo"},
+            42,
+            ("",),
+        ]
+    )
+    assert [type(r) for r in results[:3]] == [str, str, str]
+    assert isinstance(results[3], af.WorkflowInProgress) and busy in str(results[3])
+    assert isinstance(results[4], af.WorkflowInProgress) and str(results[0]) in str(results[4])
+    for bad in results[5:]:
+        assert isinstance(bad, af.InvalidArgument), bad
+    assert "not a member" in str(results[5])
+    assert "foreign_id" in str(results[6])
+    mapped = await workflow.lookup(str(results[1]))
+    assert mapped.status is Status.MIDDLE and mapped.object.count == 7
+    assert mapped.foreign_id == "mapped" and mapped.version == 1
+    plain = await workflow.latest("plain")
+    assert plain.run_id == results[0] and plain.status is Status.STARTED
+    # A run started at a status with a timeout has its timer stored.
+    timers = await workflow.store.list_timers(workflow.name, str(results[2]))
+    assert [t.fire_at - mapped.created_at for t in timers] == [timedelta(hours=1)]
+
+
+async def test_bad_items_argument_is_refused(make_store: StoreMaker, clock: af.Clock) -> None:
+    workflow = yinyang(make_store(), clock)
+    with pytest.raises(af.InvalidArgument, match="iterable"):
+        await workflow.trigger_many("one-foreign-id")  # type: ignore[arg-type]
+    with pytest.raises(af.InvalidArgument, match="iterable"):
+        await workflow.trigger_many(5)  # type: ignore[arg-type]
+    assert await workflow.trigger_many([]) == []
+
+
+async def test_started_runs_are_processed_by_the_running_workflow(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    workflow = yinyang(make_store(), clock, max_active_runs=3)
+    async with af.open_workflow(workflow):
+        # More runs than may wait for a slot: the rest are found by a recovery pass.
+        ids = await workflow.trigger_many(f"f{i}" for i in range(40))
+        for i, run_id in enumerate(ids):
+            assert isinstance(run_id, str)
+            with trio.fail_after(60):
+                await workflow.await_status(f"f{i}", run_id, Status.MIDDLE)
+        supervisor = workflow._supervisor
+        assert supervisor is not None
+        await trio.sleep(3600)  # their one-hour timeouts fire
+        for i, run_id in enumerate(ids):
+            done = await workflow.await_status(f"f{i}", run_id, Status.END, timeout=1)
+            assert done.object.note == "timed out"
+
+
+async def test_many_runs_in_few_transactions_on_sqlite(tmp_path: object, clock: af.Clock) -> None:
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    store = af.SQLiteStore(tmp_path / "many.db")
+    try:
+        workflow = yinyang(store, clock)
+        results = await workflow.trigger_many(
+            {"foreign_id": f"f{i}", "start": Status.MIDDLE} for i in range(5000)
+        )
+        assert all(isinstance(r, str) for r in results)
+        assert store.stats.transactions <= 5
+        assert len(await workflow.store.list_timers(workflow.name)) == 5000
+    finally:
+        await store.aclose()
