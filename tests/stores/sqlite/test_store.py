@@ -744,12 +744,12 @@ async def test_checkpoints_run_in_a_thread_and_keep_the_wal_small(store: SQLiteS
         checkpointer = store._checkpointer
         assert checkpointer is not None
         target = checkpointer.checkpoints + 1
-        assert await trio.to_thread.run_sync(checkpointer.wait_for, target, 10.0)
+        assert await trio.to_thread.run_sync(checkpointer.wait_for, target, 60.0)
     assert store.stats.transactions >= 1800
     # Without the thread, nothing below the bound of 16,384 pages (64 MiB) would
-    # checkpoint, and the WAL would hold everything written (about 14 MB here).
+    # checkpoint, and the WAL would hold everything written (more than 14 MB here).
     assert written > 14_000_000
-    assert largest_wal < written / 2
+    assert largest_wal < written * 0.7
 
 
 async def test_the_checkpointer_ends_with_the_store(tmp_path: Path) -> None:
