@@ -165,7 +165,8 @@ class Workflow(Generic[T, S]):
         ``States()``: the step consumers (``<status>-consumer``), timeout consumers
         (``<status>-timeout-consumer``), ``timers``, hooks, connectors
         (``<name>-connector-consumer``), the relay (``outbox-consumer``), schedules
-        (``<foreign id>-scheduler-<spec>``) and, with scale-out, ``shard-ownership``."""
+        (``<foreign id>-scheduler-<spec>``), with scale-out ``shard-ownership`` and, after
+        the check at start, ``definition-check`` (erroring when it found stranded runs)."""
         engine = self._engine
         supervisor = self._supervisor
         if supervisor is None:
@@ -184,6 +185,16 @@ class Workflow(Generic[T, S]):
             if standby and state is ProcessState.STOPPED:
                 state = ProcessState.IDLE  # another process leads: this one stands by
             found[name] = state
+        report = self._last_check
+        if report is not None:
+            # The check at start (docs/upgrading.md): erroring while stored runs are
+            # stranded (parked) for this definition; the report says which.
+            if supervisor is None:
+                found[DEFINITION_CHECK] = ProcessState.STOPPED
+            elif report.stranded:
+                found[DEFINITION_CHECK] = ProcessState.ERRORING
+            else:
+                found[DEFINITION_CHECK] = ProcessState.IDLE
         return found
 
     def _runtime_counts(self) -> tuple[int, int, int]:
@@ -931,6 +942,8 @@ class Workflow(Generic[T, S]):
 
 
 math_inf = float("inf")
+DEFINITION_CHECK = "definition-check"
+"""The process ``states()`` reports the check at start as."""
 UNATTENDED_AFTER = 60.0
 """Seconds (trio time) ``await_status`` waits on a shared store, with the workflow not
 running in this process and the run unchanged, before it logs one warning."""

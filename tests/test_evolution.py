@@ -131,6 +131,7 @@ async def test_every_version_carries_the_fingerprint_and_an_unchanged_start_is_c
         assert report is not None and report.ok and report.only_definition
         assert report.checked == 0
         assert "the only definition that wrote to the store: all fit" in str(report)
+        assert wf.states()["definition-check"] is af.ProcessState.IDLE
 
 
 def test_fingerprint_changes_with_statuses_edges_and_object_schema() -> None:
@@ -279,6 +280,8 @@ async def test_unknown_status_is_parked_with_the_reason(
         async with af.open_workflow(wf):
             report = wf.last_check
             raw = await parked(wf.store, ids[0])
+            assert wf.states()["definition-check"] is af.ProcessState.ERRORING
+        assert wf.states()["definition-check"] is af.ProcessState.STOPPED
     assert report is not None and report.stranded == 3
     (finding,) = report.findings
     assert finding.examples == ids and finding.count == 3

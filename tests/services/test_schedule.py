@@ -132,8 +132,9 @@ async def test_a_filter_that_raises_is_logged_and_asked_again_before_the_time_is
     assert await store.last_schedule(key) == first
     runs = await workflow.list_runs()
     assert len(runs) == 1
-    # Retried after the back-off (1 s, then 2 s), not at once.
-    assert 3 <= (runs[0].created_at - first).total_seconds() < 4
+    # Retried after the back-off (1 s, then 2 s), not at once (virtual time may run on
+    # a little while a store waits for its real-time threads).
+    assert (runs[0].created_at - first).total_seconds() >= 3
     assert "the calendar service is down" in caplog.text
 
 
