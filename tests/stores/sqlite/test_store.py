@@ -10,7 +10,7 @@ import sqlite3
 import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -508,6 +508,13 @@ async def test_run_ids_and_foreign_ids_cannot_be_reused_or_moved(store: SQLiteSt
     assert await store.list_runs("other") == []
 
 
+async def _until(condition: Callable[[], bool]) -> None:
+    """Wait (in real time: the store's lock back-off runs on it) until ``condition()``."""
+    with trio.fail_after(10):
+        while not condition():  # noqa: ASYNC110 (counters of the store, no event to wait on)
+            await trio.sleep(0.001)
+
+
 async def test_cancelled_writers(store: SQLiteStore) -> None:
     """A queued writer that is cancelled is not written; one already in a batch is, and
     its caller gets the result (the cancellation comes at its next checkpoint)."""
@@ -529,14 +536,15 @@ async def test_cancelled_writers(store: SQLiteStore) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(write, "a", records[0])
             nursery.start_soon(write, "b", records[1])
-            await trio.sleep(0.02)  # a and b are one batch, now waiting for the lock
-            assert store.stats.lock_retries > 0
+            # a and b are one batch, now waiting for the lock
+            await _until(lambda: store.stats.lock_retries > 0)
             nursery.start_soon(write, "c", records[2])
             nursery.start_soon(write, "d", records[3])
-            await trio.sleep(0.01)  # c and d are queued behind that batch
+            await _until(lambda: len(store._queue) == 2)  # c and d queued behind that batch
             for name in "abc":
                 scopes[name].cancel()
-            await trio.sleep(0.01)
+            await _until(lambda: "c" in outcome)
+            await trio.testing.wait_all_tasks_blocked()
             assert outcome == {"c": "cancelled"}  # a and b wait for their batch's outcome
             other.execute("ROLLBACK")
     assert outcome == {
