@@ -474,7 +474,10 @@ async def test_a_second_worker_joining_the_group_takes_partitions_and_duplicates
     prefix: str, tmp_path: Path, consumers: Any
 ) -> None:
     streamer = kafka_streamer(prefix, partitions=4)
-    first = await consumers(str(tmp_path / "a.db"), 0.005)
+    # The first worker is slow (50 ms an event: 12 s for all of them alone), so events are
+    # still waiting when the group has rebalanced to the second one; on a fast machine a
+    # quick first worker used to finish everything before the second had joined.
+    first = await consumers(str(tmp_path / "a.db"), 0.05)
     await publish(streamer, [f"a{n}" for n in range(40)])
     await first.wait_until(lambda: len(first.ids("handled")) >= 10)
     second = await consumers(str(tmp_path / "b.db"), 0.005)
