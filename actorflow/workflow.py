@@ -421,9 +421,9 @@ class Workflow(Generic[T, S]):
         supervisor = self._local_supervisor()
         if supervisor is not None:
             if timers:
-                supervisor.schedule(timers)
+                supervisor.wake_for_timers(raw.run_id, timers)
             if stored.status in self._definition.steps:
-                supervisor.wake(raw.run_id, stored, timers)
+                supervisor.wake_now(raw.run_id, stored, timers)
         return raw.run_id
 
     async def trigger_many(self, items: Iterable[TriggerItem]) -> list[str | ActorflowError]:
@@ -562,9 +562,9 @@ class Workflow(Generic[T, S]):
         steps = self._definition.steps
         for stored, timers in runs:
             if timers:
-                supervisor.schedule(timers)
+                supervisor.wake_for_timers(stored.run_id, timers)
             if stored.status in steps:
-                supervisor.wake_new(stored, timers)
+                supervisor.wake_created(stored, timers)
 
     def _trace_origin(self) -> str:
         """The traceparent of the trace active in the caller (tracing on), else ""."""
@@ -921,7 +921,7 @@ class Workflow(Generic[T, S]):
         record: Record[T, S] = await self._perform(run_id, op)
         supervisor = self._local_supervisor()
         if action == "resume" and supervisor is not None:
-            supervisor.wake(run_id)
+            supervisor.wake_now(run_id)
         return record
 
     async def pause(self, run_id: str, reason: str = "paused") -> Record[T, S]:
