@@ -110,7 +110,7 @@ class Control(WorkflowCore[T, S]):
         record: Record[T, S] = await self._perform(run_id, op)
         supervisor = self._local_supervisor()
         if action == "resume" and supervisor is not None:
-            supervisor.wake(run_id)
+            supervisor.wake_now(run_id)
         return record
 
     async def pause(self, run_id: str, reason: str = "paused") -> Record[T, S]:

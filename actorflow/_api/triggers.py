@@ -43,9 +43,9 @@ class Triggers(WorkflowCore[T, S]):
         supervisor = self._local_supervisor()
         if supervisor is not None:
             if timers:
-                supervisor.schedule(timers)
+                supervisor.wake_for_timers(raw.run_id, timers)
             if stored.status in self._definition.steps:
-                supervisor.wake(raw.run_id, stored, timers)
+                supervisor.wake_now(raw.run_id, stored, timers)
         return raw.run_id
 
     async def trigger_many(self, items: Iterable[TriggerItem]) -> list[str | ActorflowError]:
@@ -184,6 +184,6 @@ class Triggers(WorkflowCore[T, S]):
         steps = self._definition.steps
         for stored, timers in runs:
             if timers:
-                supervisor.schedule(timers)
+                supervisor.wake_for_timers(stored.run_id, timers)
             if stored.status in steps:
-                supervisor.wake_new(stored, timers)
+                supervisor.wake_created(stored, timers)
