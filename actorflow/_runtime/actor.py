@@ -39,6 +39,8 @@ MAILBOX_SIZE = 16
 PASSIVATE_AFTER = 1.0
 """Waits longer than this many seconds passivate the actor instead of holding its slot."""
 ASK_ATTEMPTS = 5
+RETRY_DELAY = timedelta(seconds=5)
+"""When a run whose actor failed is looked at again."""
 MIN_SNOOZE = timedelta(milliseconds=10)
 """The shortest wait before a skipped timeout fires again (``error_backoff`` may be 0)."""
 
@@ -156,8 +158,9 @@ class RunActor(Generic[T, S]):
 
     # -- called by the supervisor (synchronous) ----------------------------------------------
 
-    def poke(self) -> None:
-        """Ask the actor to reload its run from the store and look for work."""
+    def look_again(self) -> None:
+        """Have the actor reload its run from the store and look for work again (the
+        supervisor calls this when the run changed or is due while the actor lives)."""
         self.reload_needed = True
         with contextlib.suppress(
             trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError
@@ -215,7 +218,7 @@ class RunActor(Generic[T, S]):
                 exc_info=error,
                 extra=self._fields(),
             )
-            sup.retry_later(self.run_id)
+            sup.wake_at(self.run_id, self.engine.now() + RETRY_DELAY, pinned=True)
         finally:
             self._close()
 
@@ -245,7 +248,16 @@ class RunActor(Generic[T, S]):
             if future:
                 when, timer = min(future, key=lambda pair: pair[0])
                 # A snoozed timeout's time exists in memory only: held whatever its time.
-                self.sup.arm(self.run_id, when, pinned=when != timer.fire_at)
+                self.sup.wake_at(self.run_id, when, pinned=when != timer.fire_at)
+
+    def _wake_later(self, deadline: float) -> None:
+        """Passivating during a long wait: have a new actor look at the run at trio time
+        ``deadline`` (and keep the back-off for it)."""
+        now = trio.current_time()
+        if self._retry_at > now:
+            self.sup.retry_at[self.run_id] = self._retry_at
+        wait = timedelta(seconds=max(0.0, deadline - now))
+        self.sup.wake_at(self.run_id, self.engine.now() + wait, pinned=True)
 
     def _fires_at(self, timer: Timer) -> datetime:
         """When ``timer`` is due: its time, or later when its timeout skipped."""
@@ -273,7 +285,6 @@ class RunActor(Generic[T, S]):
     async def _turn(self, message: object | None) -> bool:
         """A turn of the actor's loop other than a plain step: handle ``message``, or do
         the run's due work, or wait. False when the actor should stop (passivate)."""
-        sup = self.sup
         if message is not None:
             await self._handle(message)
             return True
@@ -291,7 +302,7 @@ class RunActor(Generic[T, S]):
             # supervisor's timer wake a new actor then.
             message = self._poll()
             if message is None:
-                sup.wake_later(self.run_id, deadline, self._retry_at)
+                self._wake_later(deadline)
                 return False
             await self._handle(message)
             return True
@@ -343,7 +354,7 @@ class RunActor(Generic[T, S]):
                 if timers is not None:
                     # The op may come from another Workflow object on this store, whose
                     # engine does not arm timers here: arm them (idempotent otherwise).
-                    self.sup.schedule_run(self.run_id, timers)
+                    self.sup.wake_for_timers(self.run_id, timers)
             message.reply.set(value)
             return
 

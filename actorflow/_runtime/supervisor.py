@@ -44,7 +44,6 @@ S = TypeVar("S", bound=enum.IntEnum)
 
 RECOVERY_PAGE = 500
 TAIL_BATCH = 1000
-RETRY_DELAY = timedelta(seconds=5)
 SEEN_LIMIT = 100_000
 WAITING_FROM_BACKFILL = 4
 """trigger_many queues at most this many times max_active_runs runs for a slot; a
@@ -136,7 +135,7 @@ class Supervisor(Generic[T, S]):
 
     async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
         engine = self.engine
-        engine.on_timers = self.schedule_run
+        engine.on_timers = self.wake_for_timers
         try:
             async with trio.open_nursery() as services:
                 self._services_nursery = services
@@ -289,7 +288,7 @@ class Supervisor(Generic[T, S]):
         """Wake the runs to migrate that this process owns: each migrates as it loads."""
         for run_id in [r for r in self._to_migrate if self.owns(r)]:
             self._to_migrate.discard(run_id)
-            self.wake(run_id)
+            self.wake_now(run_id)
 
     def _leads(self) -> bool:
         ownership = self.ownership
@@ -316,7 +315,7 @@ class Supervisor(Generic[T, S]):
 
     # -- actors --------------------------------------------------------------------------------
 
-    def wake(
+    def wake_now(
         self, run_id: str, known: RawRecord | None = None, timers: list[Timer] | None = None
     ) -> None:
         """Make sure an actor looks at the run now (spawning one if needed).
@@ -328,21 +327,21 @@ class Supervisor(Generic[T, S]):
             return
         actor = self.actors.get(run_id)
         if actor is not None:
-            actor.poke()
+            actor.look_again()
         elif len(self.actors) >= self.max_active_runs:
             if known is not None or run_id not in self._waiting:
                 self._waiting[run_id] = (known, timers)
         else:
             self._spawn(run_id, known, timers)
 
-    def wake_new(self, known: RawRecord, timers: list[Timer]) -> None:
+    def wake_created(self, known: RawRecord, timers: list[Timer]) -> None:
         """A run was just created here by trigger_many: start it from ``known``.
 
         When more runs wait for a slot than could start soon, the run is left to a
         recovery pass instead, which reads them back page by page: a backfill of a
         million runs costs no memory per run here."""
         if len(self._waiting) < WAITING_FROM_BACKFILL * self.max_active_runs:
-            self.wake(known.run_id, known, timers)
+            self.wake_now(known.run_id, known, timers)
         else:
             self._request_recovery()
 
@@ -454,44 +453,23 @@ class Supervisor(Generic[T, S]):
                 continue  # that actor just passivated: spawn a new one
             return await reply.wait()
 
-    def retry_later(self, run_id: str) -> None:
-        self._arm(run_id, self.engine.now() + RETRY_DELAY, pinned=True)
-
-    def wake_later(self, run_id: str, deadline: float, retry_at: float) -> None:
-        """A passivating actor's long wait: wake the run at trio time ``deadline``."""
-        if retry_at > trio.current_time():
-            self.retry_at[run_id] = retry_at
-        wait = timedelta(seconds=max(0.0, deadline - trio.current_time()))
-        self._arm(run_id, self.engine.now() + wait, pinned=True)
-
     # -- timers --------------------------------------------------------------------------------
 
-    def schedule(self, timers: list[Timer]) -> None:
-        """Arm the timers of each run in ``timers`` (replacing what was armed for them)."""
-        by_run: dict[str, datetime] = {}
-        for timer in timers:
-            earliest = by_run.get(timer.run_id)
-            if earliest is None or timer.fire_at < earliest:
-                by_run[timer.run_id] = timer.fire_at
-        for run_id, when in by_run.items():
-            self.timers.disarm(run_id)
-            self.arm(run_id, when)
-
-    def schedule_run(self, run_id: str, timers: list[Timer]) -> None:
-        """The run's timers are now exactly ``timers`` (called on every commit that sets them)."""
-        self.timers.disarm(run_id)
-        if timers:
-            self.arm(run_id, min(t.fire_at for t in timers))
-
-    def arm(self, run_id: str, when: datetime, *, pinned: bool = False) -> None:
-        """Wake the run at ``when`` unless it is already due to be woken earlier. A stored
-        timer's time is held in memory only inside the timer window; a ``pinned`` one
-        (in memory only: backoff, a snoozed timeout) always."""
-        self._arm(run_id, when, pinned=pinned)
-
-    def _arm(self, run_id: str, when: datetime, *, pinned: bool) -> None:
+    def wake_at(self, run_id: str, when: datetime, *, pinned: bool = False) -> None:
+        """Have an actor look at the run at wall time ``when``, unless it is already due to
+        be woken earlier. A stored timer's time is held in memory only inside the timer
+        window (later ones are paged in from the store); a ``pinned`` one, which exists in
+        memory only (a back-off, a snoozed timeout), always."""
         if self.timers.arm(run_id, when, self.engine.now(), pinned=pinned):
             self._heap_changed.set()
+
+    def wake_for_timers(self, run_id: str, timers: list[Timer]) -> None:
+        """The run's stored timers are now exactly ``timers`` (every commit that sets them
+        calls this): have an actor look at the run when the earliest is due, forgetting
+        the wake-up of its earlier timers."""
+        self.timers.disarm(run_id)
+        if timers:
+            self.wake_at(run_id, min(t.fire_at for t in timers))
 
     async def _timer_loop(self) -> None:
         engine = self.engine
@@ -522,7 +500,7 @@ class Supervisor(Generic[T, S]):
             with trio.move_on_at(deadline):
                 await self._heap_changed.wait()
             for run_id in window.pop_due(clock.now()):
-                self.wake(run_id)
+                self.wake_now(run_id)
             await trio.lowlevel.checkpoint()
 
     # -- recovery and other processes' writes ----------------------------------------------
@@ -583,7 +561,7 @@ class Supervisor(Generic[T, S]):
                     await self._room.park()  # recovery goes no faster than runs finish
                     if self.stopping:
                         return False
-                self.wake(raw.run_id)
+                self.wake_now(raw.run_id)
             if len(page) < RECOVERY_PAGE:
                 return True
             after = page[-1].run_id
@@ -676,7 +654,10 @@ class Supervisor(Generic[T, S]):
             return  # nothing new: our own write, or a version an actor here has seen
         if event.status in definition.timeouts or event.run_state is RunState.PAUSED:
             try:
-                self.schedule(await self.engine.store.list_timers(self.engine.name, event.run_id))
+                self.wake_for_timers(
+                    event.run_id,
+                    await self.engine.store.list_timers(self.engine.name, event.run_id),
+                )
             except Exception as exc:
                 log.warning(
                     "workflow %r: reading timers failed: %s",
@@ -685,9 +666,9 @@ class Supervisor(Generic[T, S]):
                     extra={"workflow_name": self.engine.name, "run_id": event.run_id},
                 )
         if actor is not None:
-            actor.poke()
+            actor.look_again()
         elif event.status in definition.steps and event.run_state.active:
-            self.wake(event.run_id)
+            self.wake_now(event.run_id)
 
 
 def _all_stopped(names: list[str]) -> dict[str, ProcessState]:
