@@ -32,7 +32,7 @@ from actorflow._model.run_state import RunState
 from actorflow._runtime.actor import Ask, Op, Reply, RunActor, Stopped
 from actorflow._runtime.engine import Engine
 from actorflow._runtime.evolution import check
-from actorflow._runtime.ports import Leadership, Ownership, Service
+from actorflow._runtime.ports import Leadership, OwnedEvents, Ownership, Service
 from actorflow._runtime.retry import retrying
 from actorflow._runtime.timers import TimerWindow
 from actorflow.stores.feed import ChangeFeed
@@ -623,7 +623,7 @@ class Supervisor(Generic[T, S]):
                 version = None
             while True:
                 try:
-                    events = await engine.store.read_events(after, TAIL_BATCH, engine.name)
+                    events, position = await self._read_tail(after)
                 except Exception as exc:
                     # Not read to its end: the next look reads from ``after`` again.
                     failures += 1
@@ -639,9 +639,20 @@ class Supervisor(Generic[T, S]):
                 for event in events:
                     after = event.id
                     await self._noticed(event)
+                after = max(after, position)
                 if len(events) < TAIL_BATCH:
                     seen_version = version  # read to its end as of that version
                     break
+
+    async def _read_tail(self, after: int) -> tuple[list[Event], int]:
+        """The tail's next events after ``after`` and the position after them. With an
+        ownership that reads for itself (PostgreSQL shard leases: ``OwnedEvents``) only
+        other processes' events of the shards held; runs of shards gained later are
+        found by the recovery that follows the gain."""
+        ownership = self.ownership
+        if isinstance(ownership, OwnedEvents):
+            return await ownership.owned_events(after, TAIL_BATCH)
+        return await self.engine.store.read_events(after, TAIL_BATCH, self.engine.name), after
 
     async def _noticed(self, event: Event) -> None:
         await self._relay_to_feed(event)
