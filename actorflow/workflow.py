@@ -33,8 +33,8 @@ from actorflow._model.run_state import RunState
 from actorflow._model.settings import BuildSettings
 from actorflow._model.statuses import parse_status
 from actorflow._model.text import check_text
-from actorflow._runtime.actor import Op, Stopped
 from actorflow._runtime.engine import NO_TIMERS, Engine, log
+from actorflow._runtime.mailbox import Op, Stopped
 from actorflow._runtime.observe import Observer, process_name
 from actorflow._runtime.ports import Ownership, Service
 from actorflow._runtime.supervisor import Supervisor
