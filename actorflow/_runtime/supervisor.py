@@ -29,9 +29,10 @@ from actorflow._model.evolution import CheckReport
 from actorflow._model.process import ProcessState
 from actorflow._model.record import Event, RawRecord, Timer
 from actorflow._model.run_state import RunState
-from actorflow._runtime.actor import Ask, Op, Reply, RunActor, Stopped
+from actorflow._runtime.actor import RunActor
 from actorflow._runtime.engine import Engine
 from actorflow._runtime.evolution import check
+from actorflow._runtime.mailbox import Ask, Op, Reply, Stopped
 from actorflow._runtime.ports import Leadership, Ownership, Service
 from actorflow._runtime.retry import retrying
 from actorflow._runtime.timers import TimerWindow
@@ -448,7 +449,7 @@ class Supervisor(Generic[T, S]):
                 )
             reply = Reply()
             try:
-                await actor.send.send(Ask(op, reply))
+                await actor.mailbox.send.send(Ask(op, reply))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 continue  # that actor just passivated: spawn a new one
             return await reply.wait()
