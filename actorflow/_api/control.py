@@ -11,7 +11,7 @@ from actorflow._api.core import WorkflowCore
 from actorflow._model.errors import InvalidArgument, StoreError, VersionConflict
 from actorflow._model.record import RawRecord, Record, Timer
 from actorflow._model.text import check_text
-from actorflow._runtime.actor import Op, Stopped
+from actorflow._runtime.mailbox import Op, Stopped
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)

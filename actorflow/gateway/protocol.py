@@ -1,4 +1,5 @@
-"""The gateway's wire protocol as data: message shapes, argument rules, error codes.
+"""The gateway's wire protocol as data: message shapes, argument rules, error codes
+(the ops themselves, their arguments and handlers, are the table in ``ops.py``).
 
 Pure and free of I/O, so it is tested without sockets. docs/gateway.md describes the same
 protocol for people writing clients in other languages; keep the two in step.
@@ -12,7 +13,7 @@ import enum
 import hmac
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Final, final
 from urllib.parse import parse_qs, urlsplit
@@ -148,83 +149,6 @@ class Arg:
     required: bool = True
 
 
-_WORKFLOW = Arg("workflow", ArgKind.STR)
-_FOREIGN_ID = Arg("foreign_id", ArgKind.STR)
-_RUN_ID = Arg("run_id", ArgKind.STR)
-_REASON = Arg("reason", ArgKind.TEXT, required=False)
-
-OPS: Final[Mapping[str, tuple[Arg, ...]]] = {
-    "ping": (),
-    "workflows": (),
-    "trigger": (
-        _WORKFLOW,
-        _FOREIGN_ID,
-        Arg("start", ArgKind.STATUS, required=False),
-        Arg("initial", ArgKind.OBJECT, required=False),
-        Arg("traceparent", ArgKind.TEXT, required=False),
-    ),
-    "await_status": (
-        _WORKFLOW,
-        _FOREIGN_ID,
-        _RUN_ID,
-        Arg("status", ArgKind.STATUS),
-        Arg("timeout", ArgKind.TIMEOUT, required=False),
-    ),
-    "callback": (
-        _WORKFLOW,
-        _FOREIGN_ID,
-        Arg("status", ArgKind.STATUS),
-        Arg("payload", ArgKind.BASE64),
-        Arg("traceparent", ArgKind.TEXT, required=False),
-    ),
-    "lookup": (_WORKFLOW, _RUN_ID),
-    "latest": (_WORKFLOW, _FOREIGN_ID),
-    "history": (_WORKFLOW, _RUN_ID),
-    "list_runs": (
-        _WORKFLOW,
-        Arg("foreign_id", ArgKind.FOREIGN_IDS, required=False),
-        Arg("foreign_id_prefix", ArgKind.STR, required=False),
-        Arg("status", ArgKind.STATUSES, required=False),
-        Arg("run_state", ArgKind.RUN_STATES, required=False),
-        Arg("created_after", ArgKind.DATETIME, required=False),
-        Arg("created_before", ArgKind.DATETIME, required=False),
-        Arg("limit", ArgKind.LIMIT, required=False),
-        Arg("after", ArgKind.STR, required=False),
-        Arg("descending", ArgKind.BOOL, required=False),
-    ),
-    "count_runs": (
-        _WORKFLOW,
-        Arg("foreign_id", ArgKind.FOREIGN_IDS, required=False),
-        Arg("foreign_id_prefix", ArgKind.STR, required=False),
-        Arg("status", ArgKind.STATUSES, required=False),
-        Arg("run_state", ArgKind.RUN_STATES, required=False),
-        Arg("created_after", ArgKind.DATETIME, required=False),
-        Arg("created_before", ArgKind.DATETIME, required=False),
-    ),
-    "timers": (_WORKFLOW, _RUN_ID),
-    "describe": (_WORKFLOW,),
-    "states": (_WORKFLOW,),
-    "pause": (_WORKFLOW, _RUN_ID, _REASON),
-    "resume": (_WORKFLOW, _RUN_ID, _REASON),
-    "cancel": (_WORKFLOW, _RUN_ID, _REASON),
-    "delete_data": (_WORKFLOW, _RUN_ID, _REASON),
-    "subscribe": (
-        _WORKFLOW,
-        Arg("foreign_id", ArgKind.STR, required=False),
-        Arg("run_id", ArgKind.STR, required=False),
-    ),
-    "unsubscribe": (Arg("subscription", ArgKind.REQUEST_ID),),
-    "abort": (Arg("request", ArgKind.REQUEST_ID),),
-}
-"""Every op and its arguments. Optional arguments may be omitted or null."""
-
-INLINE_OPS: Final = frozenset({"ping", "workflows", "unsubscribe", "abort"})
-"""Ops answered at once by the connection's reader; they never count as in flight."""
-
-STEERING_OPS: Final = frozenset({"trigger", "callback", "pause", "resume", "cancel", "delete_data"})
-"""Ops that change runs; a read-only connection gets ``forbidden`` for them."""
-
-
 @final
 @attrs.frozen
 class Request:
@@ -240,8 +164,8 @@ def is_request_id(value: object) -> bool:
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
-def parse_request(data: str | bytes, max_bytes: int) -> Request:
-    """Parse one incoming message into a :class:`Request`.
+def read_request(data: str | bytes, max_bytes: int, ops: Collection[str]) -> Request:
+    """Parse one incoming message into a :class:`Request` for one of ``ops``.
 
     Raises:
         ProtocolError: ``too_large``, ``bad_json``, ``invalid_argument`` (not an object, bad
@@ -288,8 +212,8 @@ def parse_request(data: str | bytes, max_bytes: int) -> Request:
         raise ProtocolError(
             ErrorCode.INVALID_ARGUMENT, f'"op" must be a string, not {_json_type(op)}', request_id
         )
-    if op not in OPS:
-        known = ", ".join(sorted(OPS))
+    if op not in ops:
+        known = ", ".join(sorted(ops))
         raise ProtocolError(
             ErrorCode.UNKNOWN_OP, f"unknown op {op!r}; known ops: {known}", request_id
         )
@@ -301,8 +225,8 @@ def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON (numbers must be finite)")
 
 
-def check_args(request: Request) -> dict[str, Any]:
-    """The request's arguments checked against :data:`OPS` and converted.
+def check_arguments(request: Request, spec: tuple[Arg, ...]) -> dict[str, Any]:
+    """The request's arguments checked against its op's ``spec`` and converted.
 
     Omitted and null optional arguments are left out; ``BASE64`` arguments become bytes.
     Statuses stay as sent (int or name): only the workflow knows its enum.
@@ -310,7 +234,6 @@ def check_args(request: Request) -> dict[str, Any]:
     Raises:
         ProtocolError: ``invalid_argument`` for a missing, unknown or ill-typed argument.
     """
-    spec = OPS[request.op]
     names = {arg.name for arg in spec}
     unknown = sorted(set(request.args) - names)
     if unknown:

@@ -11,7 +11,6 @@ down, so we accept connections ourselves (``trio.serve_listeners`` and
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import sys
@@ -25,9 +24,8 @@ import trio_websocket
 
 from actorflow._model.errors import InvalidArgument, Lagged
 from actorflow._observe import live_gateways
+from actorflow.gateway.ops import INLINE_OPS, OPS, STEERING_OPS, check_args, parse_request
 from actorflow.gateway.protocol import (
-    INLINE_OPS,
-    STEERING_OPS,
     Access,
     ErrorCode,
     ProtocolError,
@@ -36,13 +34,7 @@ from actorflow.gateway.protocol import (
     RequestId,
     TokenBucket,
     check_access,
-    check_args,
     check_token_text,
-    coerce_run_states,
-    coerce_status,
-    coerce_statuses,
-    count_to_json,
-    describe_definition,
     describe_workflow,
     encode,
     error_code,
@@ -50,12 +42,9 @@ from actorflow.gateway.protocol import (
     event_error,
     event_lagged,
     event_record,
-    parse_request,
     record_to_json,
     reply_error,
     reply_ok,
-    structure_object,
-    timer_to_json,
 )
 from actorflow.workflow import Workflow
 
@@ -183,15 +172,7 @@ async def serve_gateway(
         InvalidArgument: no workflows, two with one name, or an unusable setting.
         OSError: the address cannot be bound.
     """
-    served: dict[str, Workflow[Any, Any]] = {}
-    for workflow in workflows:
-        if not isinstance(workflow, Workflow):
-            raise InvalidArgument(f"serve_gateway serves Workflow objects, not {workflow!r}")
-        if workflow.name in served:
-            raise InvalidArgument(f"serve_gateway got two workflows named {workflow.name!r}")
-        served[workflow.name] = workflow
-    if not served:
-        raise InvalidArgument("serve_gateway needs at least one workflow")
+    served = _by_name(workflows)
     settings = GatewaySettings(
         token=token,
         max_message_bytes=max_message_bytes,
@@ -215,6 +196,21 @@ async def serve_gateway(
         await nursery.start(trio.serve_listeners, gateway.handle_stream, listeners)
         log.info("gateway serving %s on %s:%d", ", ".join(served), host, bound)
         task_status.started(bound)
+
+
+def _by_name(workflows: Iterable[Workflow[Any, Any]]) -> dict[str, Workflow[Any, Any]]:
+    """The workflows to serve by name. Raises InvalidArgument for none, a non-workflow,
+    or two with one name."""
+    served: dict[str, Workflow[Any, Any]] = {}
+    for workflow in workflows:
+        if not isinstance(workflow, Workflow):
+            raise InvalidArgument(f"serve_gateway serves Workflow objects, not {workflow!r}")
+        if workflow.name in served:
+            raise InvalidArgument(f"serve_gateway got two workflows named {workflow.name!r}")
+        served[workflow.name] = workflow
+    if not served:
+        raise InvalidArgument("serve_gateway needs at least one workflow")
+    return served
 
 
 @final
@@ -464,12 +460,6 @@ async def _refuse(stream: trio.SocketStream, status: int, body: bytes) -> None:
     await _linger(stream)
 
 
-def states_to_json(wf: Workflow[Any, Any]) -> dict[str, Any]:
-    """``workflow.states()`` as JSON: ``{process: {"state": name}}``, the name in lower
-    case (``running``, ``idle``, ``erroring``, ``stopped``)."""
-    return {name: {"state": state.name.lower()} for name, state in wf.states().items()}
-
-
 class MessageChannel(Protocol):
     """The two calls a :class:`Connection` makes on its websocket."""
 
@@ -679,79 +669,9 @@ class Connection:
         return await self._perform_op(request, args)
 
     async def _perform_op(self, request: Request, args: dict[str, Any]) -> object:
-        wf = self._workflow(request, args["workflow"])
-        statuses: type[enum.IntEnum] = wf.status_type
-        op = request.op
-        if op == "trigger":
-            start = args.get("start")
-            initial = args.get("initial")
-            return await wf.trigger(
-                args["foreign_id"],
-                None if start is None else statuses(coerce_status(statuses, start, "start")),
-                initial=None if initial is None else structure_object(wf.object_type, initial),
-            )
-        if op == "await_status":
-            record = await wf.await_status(
-                args["foreign_id"],
-                args["run_id"],
-                statuses(coerce_status(statuses, args["status"])),
-                timeout=args.get("timeout"),
-            )
-            return record_to_json(record, wf.object_type)
-        if op == "callback":
-            found = await wf.callback(
-                args["foreign_id"],
-                statuses(coerce_status(statuses, args["status"])),
-                args["payload"],
-            )
-            return None if found is None else record_to_json(found, wf.object_type)
-        if op == "lookup":
-            return record_to_json(await wf.lookup(args["run_id"]), wf.object_type)
-        if op == "latest":
-            return record_to_json(await wf.latest(args["foreign_id"]), wf.object_type)
-        if op == "history":
-            return [record_to_json(r, wf.object_type) for r in await wf.history(args["run_id"])]
-        if op in ("list_runs", "count_runs"):
-            status = args.get("status")
-            run_state = args.get("run_state")
-            filters: dict[str, Any] = {
-                "foreign_id": args.get("foreign_id"),
-                "foreign_id_prefix": args.get("foreign_id_prefix"),
-                "status": None if status is None else coerce_statuses(statuses, status),
-                "run_state": None if run_state is None else coerce_run_states(run_state),
-                "created_after": args.get("created_after"),
-                "created_before": args.get("created_before"),
-            }
-            if op == "count_runs":
-                return count_to_json(await wf.count_runs(**filters))
-            found_runs = await wf.list_runs(
-                **filters,
-                limit=args.get("limit", 25),
-                after=args.get("after"),
-                descending=args.get("descending", False),
-            )
-            return [record_to_json(r, wf.object_type) for r in found_runs]
-        if op == "timers":
-            await wf.lookup(args["run_id"])  # not_found for an unknown run
-            pending = await wf.store.list_timers(wf.name, args["run_id"])
-            return [timer_to_json(t, statuses) for t in pending]
-        if op == "describe":
-            return describe_definition(wf.definition, wf.graph(), wf.object_type)
-        if op == "states":
-            return states_to_json(wf)
-        if op in ("pause", "resume", "cancel", "delete_data"):
-            control = {
-                "pause": wf.pause,
-                "resume": wf.resume,
-                "cancel": wf.cancel,
-                "delete_data": wf.delete_data,
-            }[op]
-            reason = args.get("reason")
-            changed = await (
-                control(args["run_id"]) if reason is None else control(args["run_id"], reason)
-            )
-            return record_to_json(changed, wf.object_type)
-        raise AssertionError(f"op {op!r} has no handler")  # pragma: no cover
+        handler = OPS[request.op].handler
+        assert handler is not None, f"op {request.op!r} has no handler"
+        return await handler(self._workflow(request, args["workflow"]), args)
 
     async def _subscribe(self, request: Request, scope: trio.CancelScope) -> None:
         acknowledged = False

@@ -273,6 +273,29 @@ class LeaseQueries:
         )
 
 
+@final
+class Owners:
+    """The shard ownerships served in one process, by workflow: whether a run's owner is
+    right here (then its writes need no NOTIFY to be routed)."""
+
+    def __init__(self) -> None:
+        self._by_workflow: dict[str, list[ShardOwnership]] = {}
+
+    def add(self, ownership: ShardOwnership) -> None:
+        self._by_workflow.setdefault(ownership.workflow_name, []).append(ownership)
+
+    def remove(self, ownership: ShardOwnership) -> None:
+        found = self._by_workflow.get(ownership.workflow_name, [])
+        if ownership in found:
+            found.remove(ownership)
+        if not found:
+            self._by_workflow.pop(ownership.workflow_name, None)
+
+    def here(self, workflow_name: str, run_id: str) -> bool:
+        """Whether a workflow running in this process owns the run."""
+        return any(o.owns(run_id) for o in self._by_workflow.get(workflow_name, ()))
+
+
 class ShardHost(Protocol):
     """What shard leases need from their store."""
 
@@ -282,9 +305,8 @@ class ShardHost(Protocol):
     @property
     def notifications(self) -> Notifications: ...
 
-    def register_ownership(self, ownership: ShardOwnership) -> None: ...
-
-    def unregister_ownership(self, ownership: ShardOwnership) -> None: ...
+    @property
+    def owners(self) -> Owners: ...
 
 
 @final
@@ -365,7 +387,7 @@ class ShardOwnership:
             InvalidArgument: other live workers run this workflow with another ``shards``.
         """
         store = self.store
-        store.register_ownership(self)
+        store.owners.add(self)
         started = False
         try:
             await self._start()
@@ -386,7 +408,7 @@ class ShardOwnership:
                 nursery.start_soon(self._watch_expiry, on_change)
                 await self._heartbeat(on_change, nursery)
         finally:
-            store.unregister_ownership(self)
+            store.owners.remove(self)
             self.book = LeaseBook(self.timings)
             with (
                 trio.CancelScope(shield=True),
