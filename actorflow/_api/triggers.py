@@ -142,11 +142,12 @@ class Triggers(WorkflowCore[T, S]):
                 "or timeout (a run there would be complete at once)"
             )
         with_timeouts = status in definition.timeouts
-        if initial is None and defaults is not None and not with_timeouts:
+        if initial is None and defaults is not None:
             encoded = defaults.get(status)
             if encoded is None:
                 encoded = defaults[status] = self._encode_initial(self._codec.default())
-            obj: Any = None
+            # The timer functions get an object of their own (they may change it).
+            obj: Any = self._codec.default() if with_timeouts else None
         else:
             obj = (
                 self._codec.default()
