@@ -120,7 +120,7 @@ class RunActions:
                 result = await _call_user(spec.fn, run, timer.fire_at)
             new, timers = await engine.apply_result(raw, run, result, spec.to, key, fired=timer)
             if new is None:  # skipped: nothing is stored; it fires again after the back-off
-                engine.reset_errors(raw.run_id, key)
+                engine.errors.reset(raw.run_id, key)
                 self.run.snooze(timer, spec.options.error_backoff)
                 return raw, None
             return new, timers
@@ -170,7 +170,7 @@ class RunActions:
         if new is None:  # the action chose to store nothing
             self.run.skipped_version = raw.version
             if key:
-                self.engine.reset_errors(raw.run_id, key)
+                self.engine.errors.reset(raw.run_id, key)
         else:
             self.run.stored(new, timers)
         return new

@@ -140,7 +140,7 @@ class RunActor(Generic[T, S]):
         None when nothing is left to do."""
         engine, run = self.engine, self.run
         raw = await run.load()
-        if not engine.accepts_now(raw) and not await engine.accepts(raw):
+        if not engine.lineage.accepts_now(raw) and not await engine.lineage.accepts(raw):
             # A newer definition wrote it (rolling deploy): left to a worker that has it.
             return None
         now = trio.current_time()

@@ -48,7 +48,7 @@ def process_states(
 ) -> dict[str, ProcessState]:
     """The state of each process of a served workflow; ``busy``: the statuses of the runs
     that have (or wait for) an actor."""
-    erroring = engine.erroring()
+    erroring = engine.errors.erroring()
     found: dict[str, ProcessState] = {}
     for processes in (engine.step_processes, engine.timeout_processes):
         for status, process in processes.items():

@@ -11,6 +11,7 @@ import trio
 
 from actorflow._model.record import RawRecord, Timer
 from actorflow._runtime.engine import RESUME, Engine
+from actorflow._runtime.upgrade import upgrade
 
 MIN_SNOOZE = timedelta(milliseconds=10)
 """The shortest wait before a skipped timeout fires again (``error_backoff`` may be 0)."""
@@ -47,10 +48,10 @@ class RunCopy:
         """The latest record: read from the store when stale (migrated, or parked, when
         another definition wrote it)."""
         if self.raw is None or self.stale:
-            raw = await self.engine.lookup(self.run_id)
+            raw = await self.engine.store.lookup(self.engine.name, self.run_id)
             self.timers = None
             if raw.meta.definition != self.engine.fingerprint:
-                raw = await self.engine.upgrade(raw)
+                raw = await upgrade(self.engine, raw)
             self.raw = raw
             self.stale = False
         return self.raw

@@ -175,8 +175,8 @@ class Supervisor(Generic[T, S]):
             result = await check(engine, on_stranded=self.on_stranded, owns=self.owns)
             self.last_check = result.report
             self._to_migrate.update(result.to_wake)
-        elif not engine.registered:
-            await engine.register()
+        elif not engine.lineage.registered:
+            await engine.lineage.register()
         self._wake_to_migrate()
         # Nothing pageable is waited for: timers are read by the timer loop and runs by
         # recovery, in short steps, after ready is reported.

@@ -27,6 +27,8 @@ from actorflow.gateway.protocol import ErrorCode, check_token_text
 
 log = logging.getLogger(__name__)
 
+GatewaySubscription.__module__ = __name__  # public here; _wire (its plumbing) is private
+
 Status = int | str
 """A status as its integer value (an IntEnum member will do) or its name."""
 

@@ -172,7 +172,7 @@ async def serve_gateway(
         InvalidArgument: no workflows, two with one name, or an unusable setting.
         OSError: the address cannot be bound.
     """
-    served = _by_name(workflows)
+    served = served_by_name(workflows)
     settings = GatewaySettings(
         token=token,
         max_message_bytes=max_message_bytes,
@@ -198,18 +198,20 @@ async def serve_gateway(
         task_status.started(bound)
 
 
-def _by_name(workflows: Iterable[Workflow[Any, Any]]) -> dict[str, Workflow[Any, Any]]:
-    """The workflows to serve by name. Raises InvalidArgument for none, a non-workflow,
-    or two with one name."""
+def served_by_name(
+    workflows: Iterable[Workflow[Any, Any]], server: str = "serve_gateway"
+) -> dict[str, Workflow[Any, Any]]:
+    """The workflows to serve by name (the gateway's, the console's). Raises
+    InvalidArgument, naming ``server``, for none, a non-workflow, or two with one name."""
     served: dict[str, Workflow[Any, Any]] = {}
     for workflow in workflows:
         if not isinstance(workflow, Workflow):
-            raise InvalidArgument(f"serve_gateway serves Workflow objects, not {workflow!r}")
+            raise InvalidArgument(f"{server} serves Workflow objects, not {workflow!r}")
         if workflow.name in served:
-            raise InvalidArgument(f"serve_gateway got two workflows named {workflow.name!r}")
+            raise InvalidArgument(f"{server} got two workflows named {workflow.name!r}")
         served[workflow.name] = workflow
     if not served:
-        raise InvalidArgument("serve_gateway needs at least one workflow")
+        raise InvalidArgument(f"{server} needs at least one workflow")
     return served
 
 
