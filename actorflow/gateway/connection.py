@@ -15,13 +15,13 @@ import trio
 import trio_websocket
 
 from actorflow._model.errors import Lagged
+from actorflow.gateway.access import TokenBucket
 from actorflow.gateway.ops import INLINE_OPS, OPS, STEERING_OPS, check_args, parse_request
 from actorflow.gateway.protocol import (
     ErrorCode,
     ProtocolError,
     Request,
     RequestId,
-    TokenBucket,
     describe_workflow,
     encode,
     error_code,

@@ -23,8 +23,8 @@ import trio_websocket
 
 from actorflow._model.errors import InvalidArgument
 from actorflow._observe import live_gateways
+from actorflow.gateway.access import Access, RefusalLimiter, check_access
 from actorflow.gateway.connection import Connection as Connection
-from actorflow.gateway.protocol import Access, RefusalLimiter, check_access
 from actorflow.gateway.settings import GatewaySettings as GatewaySettings
 from actorflow.workflow import Workflow
 

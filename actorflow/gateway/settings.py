@@ -8,7 +8,7 @@ from typing import final
 import attrs
 
 from actorflow._model.errors import InvalidArgument
-from actorflow.gateway.protocol import check_token_text
+from actorflow.gateway.access import check_token_text
 
 
 @final
