@@ -23,7 +23,8 @@ from actorflow._model.codec import converter
 from actorflow._model.errors import GatewayError, InvalidArgument
 from actorflow.gateway._wire import ClientWire
 from actorflow.gateway._wire import GatewaySubscription as GatewaySubscription
-from actorflow.gateway.protocol import ErrorCode, check_token_text
+from actorflow.gateway.access import check_token_text
+from actorflow.gateway.protocol import ErrorCode
 
 log = logging.getLogger(__name__)
 
