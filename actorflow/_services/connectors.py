@@ -115,10 +115,7 @@ async def _serve(
             exc = user_error(caught, f"connector {spec.name!r} source {source!r}")
             failures += 1
             stats.source_errors += 1
-            stats.last_error = f"{type(exc).__name__}: {exc}"
-            process.state = ProcessState.ERRORING
-            if ctx.observer is not None:
-                ctx.observer.error(process.name)
+            stats.last_error = ctx.failed(process, exc)
             delay = spec.options.retry_seconds(failures)
             log.warning(
                 "workflow %r connector %r: source %r failed (%d in a row), reopening in %.3g s: %s",

@@ -18,9 +18,8 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from actorflow._model.errors import InvalidArgument
-from actorflow.gateway.protocol import Access
-from actorflow.gateway.server import Connection, Gateway, GatewaySettings
+from actorflow.gateway.access import Access
+from actorflow.gateway.server import Connection, Gateway, GatewaySettings, served_by_name
 from actorflow.workflow import Workflow
 
 log = logging.getLogger("actorflow.console")
@@ -58,15 +57,7 @@ class ConsoleSettings:
         read_only_token: str | None,
         max_connections: int = 256,
     ) -> ConsoleSettings:
-        served: dict[str, Workflow[Any, Any]] = {}
-        for workflow in workflows:
-            if not isinstance(workflow, Workflow):
-                raise InvalidArgument(f"serve_console serves Workflow objects, not {workflow!r}")
-            if workflow.name in served:
-                raise InvalidArgument(f"serve_console got two workflows named {workflow.name!r}")
-            served[workflow.name] = workflow
-        if not served:
-            raise InvalidArgument("serve_console needs at least one workflow")
+        served = served_by_name(workflows, "serve_console")
         settings = GatewaySettings(
             token=token,
             max_message_bytes=1 << 20,

@@ -35,13 +35,13 @@ import trio
 
 from actorflow._model.errors import ActorflowError, InvalidArgument
 from actorflow.streaming._protocol import (
+    CheckedSender,
     ConnectorEvent,
     EventError,
     EventReceiver,
     EventSender,
     Start,
     StreamError,
-    check_events,
     check_start,
     check_topic,
 )
@@ -576,7 +576,7 @@ class _Delivery:
 
 
 @final
-class _KafkaSender:
+class _KafkaSender(CheckedSender):
     def __init__(
         self, streamer: KafkaStreamer, producer: Any, topic: str, limiter: trio.CapacityLimiter
     ) -> None:
@@ -591,14 +591,7 @@ class _KafkaSender:
         except self._streamer._kafka.KafkaException as exc:
             raise self._streamer._error(what, exc) from None
 
-    async def send(self, event: ConnectorEvent) -> None:
-        await self.send_many([event])
-
-    async def send_many(self, events: Sequence[ConnectorEvent]) -> None:
-        checked = check_events(events)
-        if not checked:
-            await trio.lowlevel.checkpoint()
-            return
+    async def _send(self, checked: list[ConnectorEvent]) -> None:
         messages = [(e.foreign_id.encode() or None, e.payload, encode_headers(e)) for e in checked]
         delivery = _Delivery(len(messages))
         producer, topic = self._producer, self._topic
