@@ -48,6 +48,8 @@ async def _call_user(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
 class RunActions:
     """The actions of one actor on its run (kept in ``run``, the actor's copy)."""
 
+    __slots__ = ("engine", "host", "run")
+
     def __init__(self, host: ActorHost, engine: Engine[Any, Any], run: RunCopy) -> None:
         self.host = host
         self.engine = engine
@@ -88,7 +90,10 @@ class RunActions:
         async with engine.limiter(spec, spec.options):
             if self.host.stopping:
                 raise _StoppedBeforeStart
-            result = await _call_user(spec.fn, run)
+            try:
+                result = await spec.fn(run)
+            except StoreError as exc:  # raised by the step itself: its own error, not ours
+                raise StepError(f"{fn_name(spec.fn)} raised {type(exc).__name__}: {exc}") from exc
         if isinstance(result, SpecialResult):
             return await engine.apply_result(
                 raw, run, result, spec.to, spec.key, had_timers=had_timers

@@ -44,6 +44,8 @@ RETRY_DELAY = timedelta(seconds=5)
 
 @final
 class RunActor(Generic[T, S]):
+    __slots__ = ("actions", "engine", "mailbox", "run", "run_id", "sup", "task")
+
     def __init__(self, supervisor: ActorHost, run_id: str) -> None:
         self.sup = supervisor
         self.engine: Engine[T, S] = supervisor.engine
@@ -158,11 +160,12 @@ class RunActor(Generic[T, S]):
     async def _do_active_work(self, raw: RawRecord, now: float) -> float | None:
         """:meth:`_do_due_work` for an active run (``now``: the trio time)."""
         engine, run = self.engine, self.run
-        await run.load_timers()
-        timer, snoozed_until = run.due_timeout(raw, engine.now())
-        if timer is not None:
-            await self.actions.fire_timeout(raw, timer)
-            return now
+        snoozed_until = None
+        if await run.load_timers():
+            timer, snoozed_until = run.due_timeout(raw, engine.now())
+            if timer is not None:
+                await self.actions.fire_timeout(raw, timer)
+                return now
         spec = engine.definition.steps.get(raw.status)
         if spec is not None and raw.version != run.skipped_version:
             lag = spec.options.consume_lag

@@ -70,6 +70,8 @@ class Mailbox:
     a channel is about eight objects for the garbage collector to walk.
     """
 
+    __slots__ = ("_channel", "_closed", "_wait_scope")
+
     def __init__(self) -> None:
         self._channel: (
             tuple[trio.MemorySendChannel[object], trio.MemoryReceiveChannel[object]] | None

@@ -22,6 +22,18 @@ class RunCopy:
     """The actor's copy of its run. ``stale`` until read; set stale again whenever the
     store may hold a newer version (a conflict, a change by someone else)."""
 
+    __slots__ = (
+        "engine",
+        "own",
+        "raw",
+        "retry_at",
+        "run_id",
+        "skipped_version",
+        "snoozed",
+        "stale",
+        "timers",
+    )
+
     def __init__(self, engine: Engine[Any, Any], run_id: str) -> None:
         self.engine = engine
         self.run_id = run_id

@@ -18,7 +18,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from actorflow.gateway.protocol import Access
+from actorflow.gateway.access import Access
 from actorflow.gateway.server import Connection, Gateway, GatewaySettings, served_by_name
 from actorflow.workflow import Workflow
 
