@@ -7,6 +7,12 @@ Structure (all inside ``Workflow.run``)::
 
 A graceful stop stops new work, interrupts idle waits, gives steps in flight the grace
 period, then cancels; the services go last.
+
+Having an actor look at a run, the four ways (each documented where it is defined):
+``wake_now`` (now; spawns an actor or has the live one look again), ``wake_created`` (a
+run trigger_many just stored), ``wake_at`` (at a wall time) and ``wake_for_timers`` (when
+the earliest of the run's stored timers is due). Recovery (``recovery.py``) and the store
+tail (``tail.py``) find runs to wake; ``health.py`` reports the processes' states.
 """
 
 from __future__ import annotations
