@@ -11,7 +11,8 @@ from actorflow._api.core import WorkflowCore
 from actorflow._model.errors import InvalidArgument, StoreError, VersionConflict
 from actorflow._model.record import RawRecord, Record, Timer
 from actorflow._model.text import check_text
-from actorflow._runtime.actor import Op, Stopped
+from actorflow._runtime.mailbox import Op, Stopped
+from actorflow._runtime.upgrade import upgrade
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
@@ -35,7 +36,7 @@ class Control(WorkflowCore[T, S]):
             raw = await self._store.lookup(self.name, run_id)
             try:
                 if raw.meta.definition != self._engine.fingerprint:
-                    raw = await self._engine.upgrade(raw)  # migrated as it loads
+                    raw = await upgrade(self._engine, raw)  # migrated as it loads
                 _, _, value = await op(raw)
             except VersionConflict:
                 continue
@@ -68,7 +69,10 @@ class Control(WorkflowCore[T, S]):
                 f"not {type(payload).__name__}"
             )
         latest = await self._store.latest(self.name, foreign_id)
-        if self._engine.mapped_status(latest.status) != int(wanted) or not latest.run_state.active:
+        if (
+            self._engine.lineage.mapped_status(latest.status) != int(wanted)
+            or not latest.run_state.active
+        ):
             if self._runs_nowhere() and latest.run_state.active:
                 raise self._not_running(
                     f"the latest run of {foreign_id!r} is at "

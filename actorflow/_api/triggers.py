@@ -37,8 +37,8 @@ class Triggers(WorkflowCore[T, S]):
             InvalidArgument: a status outside the enum, or ``initial`` of the wrong type.
         """
         raw, timers = self._new_run(foreign_id, start, initial, self._clock.now())
-        if not self._engine.registered:
-            await self._engine.register()  # the first write of this definition
+        if not self._engine.lineage.registered:
+            await self._engine.lineage.register()  # the first write of this definition
         stored = await self._store.create_run(raw, timers)
         supervisor = self._local_supervisor()
         if supervisor is not None:
@@ -110,8 +110,8 @@ class Triggers(WorkflowCore[T, S]):
     async def _create_many(
         self, chunk: list[tuple[int, RawRecord, list[Timer]]], results: list[str | ActorflowError]
     ) -> None:
-        if not self._engine.registered:
-            await self._engine.register()  # the first write of this definition
+        if not self._engine.lineage.registered:
+            await self._engine.lineage.register()  # the first write of this definition
         outcomes = await self._store.create_runs([(raw, timers) for _, raw, timers in chunk])
         started: list[tuple[RawRecord, list[Timer]]] = []
         for (index, _, timers), outcome in zip(chunk, outcomes, strict=True):
@@ -142,11 +142,12 @@ class Triggers(WorkflowCore[T, S]):
                 "or timeout (a run there would be complete at once)"
             )
         with_timeouts = status in definition.timeouts
-        if initial is None and defaults is not None and not with_timeouts:
+        if initial is None and defaults is not None:
             encoded = defaults.get(status)
             if encoded is None:
                 encoded = defaults[status] = self._encode_initial(self._codec.default())
-            obj: Any = None
+            # The timer functions get an object of their own (they may change it).
+            obj: Any = self._codec.default() if with_timeouts else None
         else:
             obj = (
                 self._codec.default()

@@ -163,8 +163,11 @@ async def _start_server(
 async def _start_metrics(
     nursery: trio.Nursery, app: App, address: tuple[str, int], scope: trio.CancelScope
 ) -> None:
+    from actorflow._observe.http import serve_metrics
+
     host, port = address
-    bound = await nursery.start(_serve_metrics, app, host, port, scope)
+    serve = functools.partial(serve_metrics, app.workflows, host, port)
+    bound = await nursery.start(_serve, f"metrics on {host}:{port}", serve, scope)
     _say(f"metrics listening on http://{_where(host)}:{bound}/metrics")
 
 
@@ -179,32 +182,14 @@ async def _serve(
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the gateway or the console (``serve``, which reports its bound port) in
-    ``scope``, so a stop signal ends it before the workflows stop."""
+    """Run the gateway, the console or the metrics (``serve``, which reports its bound
+    port) in ``scope``, so a stop signal ends it before the workflows stop."""
     with scope:
         try:
             await serve(task_status=task_status)
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise CliError(f"cannot serve the {what}: {reason}") from None
-
-
-async def _serve_metrics(
-    app: App,
-    host: str,
-    port: int,
-    scope: trio.CancelScope,
-    *,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    from actorflow._observe.http import serve_metrics
-
-    with scope:
-        try:
-            await serve_metrics(app.workflows, host, port, task_status=task_status)
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise CliError(f"cannot serve the metrics on {host}:{port}: {reason}") from None
 
 
 async def _force_on_signal(signals: Any, scope: trio.CancelScope) -> None:

@@ -29,7 +29,7 @@ from actorflow.gateway.protocol import (
     parse_server_message,
 )
 
-log = logging.getLogger("actorflow.gateway.client")
+log = logging.getLogger(__name__)
 
 OUTGOING_QUEUE: Final = 64
 CONTROL_TIMEOUT: Final = 1.0

@@ -23,9 +23,12 @@ from actorflow._model.codec import converter
 from actorflow._model.errors import GatewayError, InvalidArgument
 from actorflow.gateway._wire import ClientWire
 from actorflow.gateway._wire import GatewaySubscription as GatewaySubscription
-from actorflow.gateway.protocol import ErrorCode, check_token_text
+from actorflow.gateway.access import check_token_text
+from actorflow.gateway.protocol import ErrorCode
 
 log = logging.getLogger(__name__)
+
+GatewaySubscription.__module__ = __name__  # public here; _wire (its plumbing) is private
 
 Status = int | str
 """A status as its integer value (an IntEnum member will do) or its name."""

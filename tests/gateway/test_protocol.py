@@ -11,19 +11,21 @@ import attrs
 import pytest
 
 import actorflow as af
-from actorflow.gateway.ops import OPS, STEERING_OPS, check_args, parse_request
-from actorflow.gateway.protocol import (
+from actorflow.gateway.access import (
     Access,
-    ErrorCode,
-    Event,
-    ProtocolError,
     RefusalLimiter,
-    Reply,
-    Request,
     TokenBucket,
     check_access,
     check_token,
     check_token_text,
+)
+from actorflow.gateway.ops import OPS, STEERING_OPS, check_args, parse_request
+from actorflow.gateway.protocol import (
+    ErrorCode,
+    Event,
+    ProtocolError,
+    Reply,
+    Request,
     coerce_run_states,
     coerce_status,
     coerce_statuses,

@@ -856,7 +856,12 @@ async def test_a_worker_is_woken_only_for_its_own_shards_runs_and_each_completes
     stores = [PostgresStore(DSN, schema=schema) for _ in range(3)]
     a_store, b_store, client_store = stores
     client = _hops(client_store)
-    async with af.open_workflow(_hops(a_store)), af.open_workflow(_hops(b_store)):
+    async with (
+        trio.open_nursery() as nursery,
+        af.open_workflow(_hops(a_store)),
+        af.open_workflow(_hops(b_store)),
+    ):
+        await nursery.start(client_store.listen)  # the client runs no workflow
         owners = [s.owners._by_workflow["hops"][0] for s in (a_store, b_store)]
 
         def shared() -> bool:
@@ -877,5 +882,6 @@ async def test_a_worker_is_woken_only_for_its_own_shards_runs_and_each_completes
             events, _ = await owner.owned_events(0, 100)
             assert sorted(e.run_id for e in events) == sorted(r for r in runs if owner.owns(r))
             assert all(e.version == 1 for e in events)
+        nursery.cancel_scope.cancel()
     for store in stores:
         await store.aclose()
