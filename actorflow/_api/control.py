@@ -11,6 +11,7 @@ from actorflow._api.core import WorkflowCore
 from actorflow._model.errors import InvalidArgument, StoreError, VersionConflict
 from actorflow._model.record import RawRecord, Record, Timer
 from actorflow._model.text import check_text
+from actorflow._runtime.callbacks import run_callbacks
 from actorflow._runtime.mailbox import Op, Stopped
 from actorflow._runtime.upgrade import upgrade
 
@@ -86,7 +87,7 @@ class Control(WorkflowCore[T, S]):
         async def op(raw: RawRecord) -> tuple[RawRecord | None, list[Timer] | None, Any]:
             if raw.status != int(wanted) or not raw.run_state.active:
                 return None, None, None
-            new, timers = await engine.callback(raw, int(wanted), payload, parent=parent)
+            new, timers = await run_callbacks(engine, raw, int(wanted), payload, parent=parent)
             return new, timers, (engine.typed(new) if new is not None else None)
 
         result: Record[T, S] | None = await self._perform(latest.run_id, op)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from datetime import datetime, timedelta
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import Any, Generic, TypeVar
 
 import attrs
 import trio
@@ -24,11 +24,9 @@ from actorflow._model.codec import ObjectCodec
 from actorflow._model.definition import Definition, fn_name
 from actorflow._model.errors import (
     ActorflowError,
-    CallbackError,
     InvalidTransition,
     SerializationError,
     StepError,
-    StoreError,
 )
 from actorflow._model.options import Options
 from actorflow._model.record import Meta, RawRecord, Record, Timer
@@ -466,62 +464,6 @@ class Engine(Generic[T, S]):
             return
         check_transition(old, new, run_id=raw.run_id)
 
-    # -- callbacks -----------------------------------------------------------------------------
-
-    async def callback(
-        self, raw: RawRecord, status: int, payload: bytes, *, parent: str = ""
-    ) -> tuple[RawRecord | None, list[Timer] | None]:
-        """Run the callbacks of ``status`` on the run; None when it is not there any more.
-
-        ``parent``: the traceparent of the caller of ``workflow.callback`` (tracing on)."""
-        if raw.status != status or not raw.run_state.active:
-            return None, None
-        if not await self.lineage.accepts(raw):
-            raise ActorflowError(
-                f"{self.where(raw)} was last written by definition {raw.meta.definition}, "
-                f"which is newer than this process's definition {self.fingerprint}: call "
-                "back through a process that runs the newer definition"
-            )
-        observer = self.observer
-        for spec in self.definition.callbacks.get(status, ()):
-            run = self.make_run(raw)
-            key = f"callback {fn_name(spec.fn)}"
-            token = (
-                None
-                if observer is None
-                else observer.begin("callback", self.callback_processes[status], raw, parent=parent)
-            )
-            try:
-                try:
-                    result = await spec.fn(run, payload)
-                except StoreError as exc:  # raised by the user's code: its own error
-                    raise StepError(f"{key} raised {type(exc).__name__}: {exc}") from exc
-                self.errors.reset(raw.run_id, key)
-                new, timers = await self.apply_result(raw, run, result, spec.to, key)
-            except StoreError as exc:
-                if observer is not None:
-                    observer.end(token, "error", exc)
-                raise
-            except (Exception, trio.Cancelled) as exc:
-                try:
-                    error = user_error(exc, key)
-                except BaseException:
-                    if observer is not None:
-                        observer.end(token, "cancelled", exc)
-                    raise
-                if observer is not None:
-                    observer.end(token, "error", error)
-                await self._callback_failed(raw, key, error)
-            except BaseException as exc:
-                if observer is not None:
-                    observer.end(token, "cancelled", exc)
-                raise
-            if observer is not None:
-                observer.end(token, self.outcome(raw, new))
-            if new is not None:
-                return new, timers
-        return None, None
-
     def outcome(self, raw: RawRecord, new: RawRecord | None) -> str:
         """What a unit of work did to ``raw``, in a word (for spans and logs)."""
         if new is None:
@@ -529,14 +471,6 @@ class Engine(Generic[T, S]):
         if new.run_state is not raw.run_state and new.run_state is not RunState.RUNNING:
             return new.run_state.name.lower()
         return new.meta.status_description or str(new.status)
-
-    async def _callback_failed(self, raw: RawRecord, key: str, exc: Exception) -> NoReturn:
-        count, paused = await self.count_error(raw, key, exc, self.default_options)
-        note = f"; the run was paused ({paused.meta.run_state_reason})" if paused else ""
-        raise CallbackError(
-            f"{self.where(raw, key)} failed ({count} consecutive error(s)){note}: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
 
 
 def upgraded_object(engine: Engine[Any, Any], raw: RawRecord) -> str:
