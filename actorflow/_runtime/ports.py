@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from actorflow._model.record import Timer
 from actorflow.stores.protocol import Leadership as Leadership
+from actorflow.stores.protocol import OwnedEvents as OwnedEvents
 from actorflow.stores.protocol import Ownership as Ownership
 
 if TYPE_CHECKING:

@@ -38,7 +38,7 @@ from actorflow._runtime.engine import Engine
 from actorflow._runtime.evolution import check
 from actorflow._runtime.health import holds_share, process_states, stopped_states
 from actorflow._runtime.mailbox import Ask, Op, Reply, Stopped
-from actorflow._runtime.ports import Leadership, Ownership, Service
+from actorflow._runtime.ports import Leadership, OwnedEvents, Ownership, Service
 from actorflow._runtime.recovery import Recovery
 from actorflow._runtime.tail import StoreTail
 from actorflow._runtime.timers import TimerWindow
@@ -110,7 +110,12 @@ class Supervisor(Generic[T, S]):
         self.serving = False
         """True from the started report until the stop: taking work (timers are paged in)."""
         self.recovery = Recovery(engine, self)
-        self.tail = StoreTail(engine, self, poll_interval)
+        self.tail = StoreTail(
+            engine,
+            self,
+            poll_interval,
+            ownership if isinstance(ownership, OwnedEvents) else None,
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from actorflow._model.record import Event, RawRecord, Timer
 from actorflow._model.run_state import RunState
 from actorflow._runtime.actor import RunActor
 from actorflow._runtime.engine import Engine
+from actorflow._runtime.ports import OwnedEvents
 from actorflow.stores.feed import ChangeFeed
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,19 @@ class StoreTail:
     """Follows the event log from a position; wakes the runs whose new versions this
     process has not seen."""
 
-    def __init__(self, engine: Engine[Any, Any], host: TailHost, poll_interval: timedelta) -> None:
+    def __init__(
+        self,
+        engine: Engine[Any, Any],
+        host: TailHost,
+        poll_interval: timedelta,
+        owned: OwnedEvents | None = None,
+    ) -> None:
         self.engine = engine
         self.host = host
         self.poll_interval = poll_interval
+        self._owned = owned
+        """An ownership that reads the log for this process (PostgreSQL shard leases):
+        then only other processes' events of the shards held are read."""
         self._seen: OrderedDict[str, int] = OrderedDict()
         """run id -> the version its last actor knew (bounded; see :meth:`remember`)."""
         self._after = 0
@@ -116,7 +126,7 @@ class StoreTail:
                 return
         while True:
             try:
-                events = await store.read_events(self._after, TAIL_BATCH, self.engine.name)
+                events, position = await self._read()
             except Exception as exc:
                 # Not read to its end: the next look reads from ``_after`` again.
                 self._read_failed(exc)
@@ -125,9 +135,20 @@ class StoreTail:
             for event in events:
                 self._after = event.id
                 await self._noticed(event)
+            self._after = max(self._after, position)
             if len(events) < TAIL_BATCH:
                 self._seen_version = version  # read to its end as of that version
                 return
+
+    async def _read(self) -> tuple[list[Event], int]:
+        """The next events after ``_after`` and the position after them. With an
+        ownership that reads for itself (``OwnedEvents``) only other processes' events
+        of the shards held; runs of shards gained later are found by the recovery that
+        follows the gain."""
+        if self._owned is not None:
+            return await self._owned.owned_events(self._after, TAIL_BATCH)
+        store = self.engine.store
+        return await store.read_events(self._after, TAIL_BATCH, self.engine.name), self._after
 
     def _read_failed(self, exc: Exception) -> None:
         self._failures += 1

@@ -186,6 +186,25 @@ class EventLog:
 
         return await self._db.call("last_event_id", last)
 
+    async def owned_events(
+        self, workflow_name: str, shards: int, held: list[int], after: int, limit: int
+    ) -> tuple[list[Event], int]:
+        """Events of ``workflow_name`` after ``after`` that other processes wrote to runs
+        of the ``held`` shards (of ``shards``), and the position to read from next: what
+        a worker's tail needs, without every other worker's commits."""
+        q = self._q
+        params: list[Any] = [workflow_name, after, 0, self._origin, shards, held, limit]
+
+        def read(conn: _Conn) -> tuple[list[Event], int]:
+            bound = self.bound(conn)
+            if bound <= after:
+                return [], after
+            params[2] = bound
+            events = [event_of(r) for r in conn.execute(q.owned_events, params).fetchall()]
+            return events, (events[-1].id if len(events) >= limit else bound)
+
+        return await self._db.call("read_events of the shards held", read)
+
     async def others_changes(self, after: int, limit: int) -> tuple[list[RawRecord], int]:
         """Versions other processes stored after event id ``after`` (a gapless prefix),
         and the position to read from next."""

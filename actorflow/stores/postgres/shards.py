@@ -62,9 +62,11 @@ import attrs
 import trio
 
 from actorflow._model.errors import InvalidArgument, StoreError
+from actorflow._model.record import Event
 from actorflow.stores import realtime
 from actorflow.stores.postgres.connection import PgConnection
 from actorflow.stores.postgres.listen import Notifications
+from actorflow.stores.postgres.queries import EventLog
 from actorflow.stores.postgres.schema import quote_schema
 
 log = logging.getLogger(__name__)
@@ -295,6 +297,13 @@ class Owners:
         """Whether a workflow running in this process owns the run."""
         return any(o.owns(run_id) for o in self._by_workflow.get(workflow_name, ()))
 
+    def wants(self, workflow_name: str, run_id: str) -> bool:
+        """Whether another process's write to the run is work for this one: a workflow
+        here owns the run, or the workflow runs here without shard leases (or not at
+        all: a plain subscriber is woken for everything)."""
+        found = self._by_workflow.get(workflow_name)
+        return not found or any(o.owns(run_id) for o in found)
+
 
 class ShardHost(Protocol):
     """What shard leases need from their store."""
@@ -307,6 +316,9 @@ class ShardHost(Protocol):
 
     @property
     def owners(self) -> Owners: ...
+
+    @property
+    def log(self) -> EventLog: ...
 
 
 @final
@@ -368,6 +380,13 @@ class ShardOwnership:
     def held(self) -> list[int]:
         """The shards this worker may act on now."""
         return self.book.held(realtime.now())
+
+    async def owned_events(self, after: int, limit: int) -> tuple[list[Event], int]:
+        """The OwnedEvents capability: other processes' events of the shards held now."""
+        held = self.held()
+        return await self.store.log.owned_events(
+            self.workflow_name, self.shards, held, after, limit
+        )
 
     async def serve(
         self,

@@ -88,17 +88,21 @@ class PostgresStore:
         self.log = EventLog(self._db, self._q, log_key, origin)
         """The event log's gapless reads (see :class:`EventLog`)."""
         channel = lock_key("actorflow.notify", schema) & 0xFFFF_FFFF_FFFF_FFFF
+        self.owners = Owners()
+        """The shard ownerships of workflows running in this process."""
         self.notifications = Notifications(
-            self._db, self.log, self._feed, f"actorflow_{channel:016x}", origin.hex
+            self._db,
+            self.log,
+            self._feed,
+            f"actorflow_{channel:016x}",
+            origin.hex,
+            self.owners.wants,
         )
         """LISTEN/NOTIFY (see ``listen.py``); served while a workflow runs here."""
         self.changes: ChangeSignal = self.notifications.routing
         """Bumped when another process wrote a trigger, callback or control (NOTIFY):
         the supervisor's event-log tail waits on it instead of sleeping a whole poll."""
-        self.owners = Owners()
-        """The shard ownerships of workflows running in this process."""
-        n = self.notifications
-        self._writes = WriteBuilder(self._q, log_key, origin, n.channel, n.routing_payload)
+        self._writes = WriteBuilder(self._q, log_key, origin, self.notifications.channel)
         log_lock = (b"SELECT pg_advisory_xact_lock_shared(%s::int8)", [log_key])
         self._group = GroupCommit(self._db.call, self._published, max(1, pool_size // 2), log_lock)
         """create_run and commit: many actors' writes in one transaction (group commit)."""

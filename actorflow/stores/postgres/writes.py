@@ -12,6 +12,7 @@ functions over one connection.
 from __future__ import annotations
 
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, final
@@ -23,6 +24,7 @@ from actorflow._model.record import RawRecord, Timer
 from actorflow._model.run_state import RunState
 from actorflow.stores.messages import in_progress, no_run
 from actorflow.stores.postgres.batch import Write
+from actorflow.stores.postgres.listen import routing_payload
 from actorflow.stores.postgres.rows import aware, timer_params, writer_token
 from actorflow.stores.postgres.schema import Queries
 
@@ -38,20 +40,17 @@ _FINISHED = [int(s) for s in RunState if s.finished]
 class WriteBuilder:
     """The group-commit writes of one store: run creations and commits."""
 
-    def __init__(
-        self, q: Queries, log_key: int, origin: uuid.UUID, channel: str, payload: str
-    ) -> None:
+    def __init__(self, q: Queries, log_key: int, origin: uuid.UUID, channel: str) -> None:
         self._q = q
         self._log_key = log_key
         self._origin = origin
         self._channel = channel
-        self._payload = payload
 
     def params(
         self, record: RawRecord, timers: Sequence[Timer] | None, notify: bool
     ) -> dict[str, Any]:
         """A record's named parameters, with a fresh writer token (and the NOTIFY's
-        channel and payload when ``notify``)."""
+        channel and payload, naming the run, when ``notify``)."""
         from psycopg.types.json import Jsonb
 
         params = {
@@ -68,10 +67,13 @@ class WriteBuilder:
             "writer": writer_token(),
             "log_key": self._log_key,
             "origin": self._origin,
+            "shard_key": zlib.crc32(record.run_id.encode()),
         }
         if notify:
             params["channel"] = self._channel
-            params["payload"] = self._payload
+            params["payload"] = routing_payload(
+                self._origin.hex, record.workflow_name, record.run_id
+            )
         if timers:
             params.update(timer_params(timers))
         return params
