@@ -102,12 +102,12 @@ class RunActor(Generic[T, S]):
                 if self.mailbox.has_waiting():
                     continue
                 if look_again_at is None:
-                    self._wake_for_next_timer()
-                    return  # nothing to do and nothing waiting: passivate
+                    self._passivate()  # nothing to do and nothing waiting
+                    return
                 if look_again_at - trio.current_time() > PASSIVATE_AFTER:
                     # A long wait (error backoff, consume lag): give the slot back and let
                     # the supervisor's timer wake a new actor then.
-                    self._wake_later(look_again_at)
+                    self._passivate_until(look_again_at)
                     return
                 if look_again_at > trio.current_time():
                     message = await self.mailbox.receive_until(look_again_at)
@@ -180,17 +180,18 @@ class RunActor(Generic[T, S]):
             return trio_deadline(engine.clock, snoozed_until)
         return None
 
-    def _wake_for_next_timer(self) -> None:
-        """Before passivating: make sure the supervisor wakes the run for its next timer."""
+    def _passivate(self) -> None:
+        """Idle: hand the run back to the supervisor, to be woken when its next timer (or
+        skipped timeout) is due."""
         next_wake_up = self.run.next_wake_up(self.engine.now())
         if next_wake_up is not None:
             when, in_memory_only = next_wake_up
             # A snoozed timeout's time exists in memory only: held whatever its time.
             self.sup.wake_at(self.run_id, when, pinned=in_memory_only)
 
-    def _wake_later(self, deadline: float) -> None:
-        """Passivating during a long wait: have a new actor look at the run at trio time
-        ``deadline`` (and keep the back-off for it)."""
+    def _passivate_until(self, deadline: float) -> None:
+        """A long wait ahead: hand the run back to the supervisor, to be woken at trio time
+        ``deadline`` (the back-off is kept for the next actor)."""
         now = trio.current_time()
         if self.run.retry_at > now:
             self.sup.retry_at[self.run_id] = self.run.retry_at
