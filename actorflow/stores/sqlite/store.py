@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import enum
 import functools
 import json
 import os
@@ -14,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Generic, TypeVar, final
+from typing import Any, Final, TypeVar, final
 
 import attrs
 import trio
@@ -30,6 +29,7 @@ from actorflow._model.run_state import RunState
 from actorflow.stores import realtime
 from actorflow.stores.feed import ChangeFeed
 from actorflow.stores.filters import RunFilter, prefix_upper_bound
+from actorflow.stores.group_commit import GroupCommit, Write
 from actorflow.stores.messages import in_progress, no_foreign_run, no_run
 from actorflow.stores.sqlite import schema as _sqlite_schema
 
@@ -104,74 +104,27 @@ class _NeedsSavepoints(Exception):
     """A write failed after it may have written: run the batch again with savepoints."""
 
 
-class _State(enum.Enum):
-    QUEUED = enum.auto()
-    IN_FLIGHT = enum.auto()
-    DONE = enum.auto()
-
-
 @final
-class _Write(Generic[R]):
-    """One write waiting for its batch: what to run inside the transaction, and its answer.
+class _Write(Write[R]):
+    """One write waiting for its batch: what to run inside the transaction.
 
     ``apply(conn, arg)`` runs inside the transaction. The writer parks its own task
     (no Event, no closure): with thousands of writes in flight, every object less per
     write is garbage the collector does not have to walk.
     """
 
-    __slots__ = (
-        "apply",
-        "arg",
-        "error",
-        "publish",
-        "queue",
-        "state",
-        "task",
-        "value",
-    )
+    __slots__ = ("apply", "arg", "publish")
 
     def __init__(
         self,
         apply: Callable[[sqlite3.Connection, Any], R],
         arg: Any,
         publish: RawRecord | None,
-        queue: list[_Write[Any]],
     ) -> None:
+        super().__init__()
         self.apply = apply
         self.arg = arg
         self.publish = publish
-        self.queue = queue
-        self.state = _State.QUEUED
-        self.value: R | None = None
-        self.error: BaseException | None = None
-        self.task: trio.lowlevel.Task | None = None
-
-    def __call__(self, _: Any) -> trio.lowlevel.Abort:
-        """The abort function of the waiting writer (the write itself: no bound method
-        per write). Cancelled while still queued: the write leaves the queue (never
-        written) and the writer gets Cancelled. Once its batch runs, the writer waits for
-        the outcome and gets it (its result or error); the cancellation reaches it at its
-        next checkpoint. Never a write whose fate the caller cannot know."""
-        if self.state is _State.QUEUED:
-            self.queue.remove(self)  # never written
-            self.task = None
-            return trio.lowlevel.Abort.SUCCEEDED
-        return trio.lowlevel.Abort.FAILED  # in a batch already: wait for its outcome
-
-    def resolve(self, value: Any, error: BaseException | None) -> None:
-        if self.state is _State.DONE:
-            return
-        self.value = value
-        self.error = error
-        self.state = _State.DONE
-        task, self.task = self.task, None
-        if task is not None:
-            trio.lowlevel.reschedule(task)
-
-    def result(self) -> R:
-        if self.error is not None:
-            raise self.error
-        return self.value  # type: ignore[return-value]
 
 
 _OPEN: dict[str, weakref.WeakSet[SQLiteStore]] = {}
@@ -303,10 +256,11 @@ class SQLiteStore:
     """The embedded durable store: one SQLite file in WAL mode.
 
     Every write (create_run, commit, set_cursor, claim_schedule) goes through group
-    commit: the first writer to arrive leads, yields once so that other runnable tasks can
-    add their writes, then stores the whole batch in one transaction and answers each
-    writer on its own (a conflict for one write does not fail the others). Records are
-    published on :attr:`feed` only after COMMIT returned. No background task is needed.
+    commit (:mod:`actorflow.stores.group_commit`, one leader): the first writer to arrive
+    leads, yields once so that other runnable tasks can add their writes, then stores the
+    whole batch in one transaction and answers each writer on its own (a conflict for one
+    write does not fail the others). Records are published on :attr:`feed` only after
+    COMMIT returned. No background task is needed.
 
     All SQLite calls run inline on the trio thread, never in a worker thread, so trio's
     autojump clock stays honest; writes are short. When another process holds the write
@@ -365,9 +319,9 @@ class SQLiteStore:
         self._synchronous: str = synchronous.upper()
         self._lock_timeout = float(lock_timeout)
         self._feed = ChangeFeed()
-        self._queue: list[_Write[Any]] = []
-        self._leading = False
-        self._idle: trio.Event | None = None
+        self._group: GroupCommit[_Write[Any]] = GroupCommit(
+            self._execute, leaders=1, max_batch=_MAX_BATCH, fail=self._unanswered
+        )
         self._closed = False
         self.stats = SQLiteStats()
         """Write-path counters."""
@@ -547,46 +501,14 @@ class SQLiteStore:
         arg: Any,
         publish: RawRecord | None = None,
     ) -> R:
+        """Write with the batch it joins (see :mod:`actorflow.stores.group_commit`)."""
         await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: nothing written
         self._connection()  # raises when closed
-        write = _Write(apply, arg, publish, self._queue)
-        self._queue.append(write)
-        if self._leading:
-            write.task = trio.lowlevel.current_task()
-            await trio.lowlevel.wait_task_rescheduled(write)
-            return write.result()  # a cancellation during its batch: at the next checkpoint
-        self._leading = True
-        self._idle = trio.Event()
-        try:
-            # Let every task that is runnable now add its write to this batch.
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            # The batch must finish even if the leader is cancelled: other writers wait on it.
-            with trio.CancelScope(shield=True):
-                await self._drain()
-        finally:
-            self._leading = False
-            self._idle.set()
-            # Only reachable after an unexpected BaseException (KeyboardInterrupt, a bug):
-            # nobody leads the writes still queued, so fail them rather than hang them.
-            for orphan in self._queue:
-                orphan.resolve(None, self._fail("the write leader failed", "retry the write"))
-            self._queue.clear()
-        # Stored or refused, the caller learns which; a cancellation that came meanwhile
-        # reaches it at its next checkpoint (as with trio.to_thread.run_sync).
-        return write.result()
+        value: R = await self._group.write(_Write(apply, arg, publish))
+        return value
 
-    async def _drain(self) -> None:
-        while self._queue:
-            batch = self._queue[:_MAX_BATCH]
-            del self._queue[:_MAX_BATCH]
-            for write in batch:
-                write.state = _State.IN_FLIGHT
-            try:
-                await self._execute(batch)
-            finally:
-                for write in batch:
-                    if write.state is not _State.DONE:
-                        write.resolve(None, self._fail("the write was interrupted", "retry it"))
+    def _unanswered(self, write: _Write[Any], reason: str) -> StoreError:
+        return self._fail(reason, "retry the write")
 
     async def _execute(self, batch: list[_Write[Any]]) -> None:
         deadline = trio.current_time() + self._lock_timeout
@@ -1162,9 +1084,8 @@ class SQLiteStore:
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
-        if self._leading and self._idle is not None:
-            with trio.CancelScope(shield=True):
-                await self._idle.wait()
+        with trio.CancelScope(shield=True):
+            await self._group.idle.wait()
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()

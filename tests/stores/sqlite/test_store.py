@@ -540,7 +540,7 @@ async def test_cancelled_writers(store: SQLiteStore) -> None:
             await _until(lambda: store.stats.lock_retries > 0)
             nursery.start_soon(write, "c", records[2])
             nursery.start_soon(write, "d", records[3])
-            await _until(lambda: len(store._queue) == 2)  # c and d queued behind that batch
+            await _until(lambda: len(store._group.queue) == 2)  # c and d queued behind that batch
             for name in "abc":
                 scopes[name].cancel()
             await _until(lambda: "c" in outcome)
