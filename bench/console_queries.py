@@ -29,6 +29,7 @@ from typing import Any
 import trio
 
 import actorflow as af
+from actorflow.stores.filters import RunFilter
 
 WORKFLOW = "orders"
 OTHER = "refunds"
@@ -135,7 +136,9 @@ async def measure(path: Path, runs: int, repeat: int) -> list[tuple[str, float, 
     """(what, median ms, rows answered) for each console query."""
     store = af.SQLiteStore(path)
     try:
-        middle = await store.list_runs(WORKFLOW, foreign_id=f"order-{runs // 2:07d}", limit=1)
+        middle = await store.list_runs(
+            WORKFLOW, RunFilter.make(foreign_id=f"order-{runs // 2:07d}"), limit=1
+        )
         deep_after = middle[0].run_id
         day = timedelta(days=1)
         ten_days_ago = START + timedelta(days=DAYS - 10)
@@ -171,10 +174,14 @@ async def measure(path: Path, runs: int, repeat: int) -> list[tuple[str, float, 
         ]
         figures: list[tuple[str, float, int]] = []
         for what, filters in queries:
-            found = await store.list_runs(WORKFLOW, limit=PAGE, descending=True, **filters)
+            found = await store.list_runs(
+                WORKFLOW, limit=PAGE, descending=True, flt=RunFilter.make(**filters)
+            )
 
             async def page(filters: dict[str, Any] = filters) -> object:
-                return await store.list_runs(WORKFLOW, limit=PAGE, descending=True, **filters)
+                return await store.list_runs(
+                    WORKFLOW, limit=PAGE, descending=True, flt=RunFilter.make(**filters)
+                )
 
             figures.append((f"page of {PAGE}: {what}", await _time(page, repeat), len(found)))
         counts: list[tuple[str, dict[str, Any]]] = [
@@ -186,10 +193,10 @@ async def measure(path: Path, runs: int, repeat: int) -> list[tuple[str, float, 
             ("count_runs, PAUSED", {"run_state": P}),
         ]
         for what, filters in counts:
-            total = sum((await store.count_runs(WORKFLOW, **filters)).values())
+            total = sum((await store.count_runs(WORKFLOW, RunFilter.make(**filters))).values())
 
             async def count(filters: dict[str, Any] = filters) -> object:
-                return await store.count_runs(WORKFLOW, **filters)
+                return await store.count_runs(WORKFLOW, RunFilter.make(**filters))
 
             figures.append((what, await _time(count, max(3, repeat // 4)), total))
         return figures

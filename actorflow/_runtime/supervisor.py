@@ -36,6 +36,7 @@ from actorflow._runtime.ports import Leadership, Ownership, Service
 from actorflow._runtime.retry import retrying
 from actorflow._runtime.timers import TimerWindow
 from actorflow.stores.feed import ChangeFeed
+from actorflow.stores.filters import RunFilter
 
 log = logging.getLogger(__name__)
 
@@ -565,8 +566,10 @@ class Supervisor(Generic[T, S]):
                 functools.partial(
                     engine.store.list_runs,
                     engine.name,
-                    status=status,
-                    run_state=[RunState.INITIATED, RunState.RUNNING],
+                    RunFilter(
+                        statuses=frozenset([status]),
+                        run_states=frozenset([RunState.INITIATED, RunState.RUNNING]),
+                    ),
                     limit=RECOVERY_PAGE,
                     after=after,
                 ),

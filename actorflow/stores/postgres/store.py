@@ -39,7 +39,7 @@ from actorflow._model.errors import (
 from actorflow._model.record import Event, Meta, RawRecord, Timer
 from actorflow._model.run_state import RunState
 from actorflow.stores.feed import ChangeFeed
-from actorflow.stores.filters import RunFilter
+from actorflow.stores.filters import ANY_RUN, RunFilter, check_limit
 from actorflow.stores.messages import in_progress, no_foreign_run, no_run
 from actorflow.stores.postgres.batch import GroupCommit, Write
 from actorflow.stores.postgres.connection import PgConnection
@@ -465,26 +465,13 @@ class PostgresStore:
     async def list_runs(
         self,
         workflow_name: str,
+        flt: RunFilter = ANY_RUN,
         *,
-        foreign_id: str | Sequence[str] | None = None,
-        status: int | Sequence[int] | None = None,
-        run_state: RunState | Sequence[RunState] | None = None,
         limit: int = 25,
         after: str | None = None,
         descending: bool = False,
-        foreign_id_prefix: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
     ) -> list[RawRecord]:
-        flt = RunFilter.make(
-            foreign_id=foreign_id,
-            status=status,
-            run_state=run_state,
-            limit=limit,
-            foreign_id_prefix=foreign_id_prefix,
-            created_after=created_after,
-            created_before=created_before,
-        )
+        limit = check_limit(limit)
         query = self._q.list_runs(
             foreign_id=flt.foreign_ids is not None,
             status=flt.statuses is not None,
@@ -496,7 +483,7 @@ class PostgresStore:
             created_before=flt.created_before is not None,
         )
         params = _filter_params(workflow_name, flt)
-        params["limit"] = flt.limit
+        params["limit"] = limit
         q = self._q
 
         def list_runs(conn: _Conn) -> list[RawRecord]:
@@ -510,24 +497,8 @@ class PostgresStore:
         return await self._db.call("list_runs", list_runs)
 
     async def count_runs(
-        self,
-        workflow_name: str,
-        *,
-        foreign_id: str | Sequence[str] | None = None,
-        status: int | Sequence[int] | None = None,
-        run_state: RunState | Sequence[RunState] | None = None,
-        foreign_id_prefix: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
+        self, workflow_name: str, flt: RunFilter = ANY_RUN
     ) -> dict[tuple[int, RunState], int]:
-        flt = RunFilter.make(
-            foreign_id=foreign_id,
-            status=status,
-            run_state=run_state,
-            foreign_id_prefix=foreign_id_prefix,
-            created_after=created_after,
-            created_before=created_before,
-        )
         query = self._q.count_runs(
             foreign_id=flt.foreign_ids is not None,
             status=flt.statuses is not None,

@@ -28,7 +28,7 @@ from actorflow._model.record import Event, Meta, RawRecord, Timer
 from actorflow._model.run_state import RunState
 from actorflow.stores import realtime
 from actorflow.stores.feed import ChangeFeed
-from actorflow.stores.filters import RunFilter, prefix_upper_bound
+from actorflow.stores.filters import ANY_RUN, RunFilter, check_limit, prefix_upper_bound
 from actorflow.stores.group_commit import GroupCommit, Write
 from actorflow.stores.messages import in_progress, no_foreign_run, no_run
 from actorflow.stores.sqlite import schema as _sqlite_schema
@@ -811,26 +811,13 @@ class SQLiteStore:
     async def list_runs(
         self,
         workflow_name: str,
+        flt: RunFilter = ANY_RUN,
         *,
-        foreign_id: str | Sequence[str] | None = None,
-        status: int | Sequence[int] | None = None,
-        run_state: RunState | Sequence[RunState] | None = None,
         limit: int = 25,
         after: str | None = None,
         descending: bool = False,
-        foreign_id_prefix: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
     ) -> list[RawRecord]:
-        flt = RunFilter.make(
-            foreign_id=foreign_id,
-            status=status,
-            run_state=run_state,
-            limit=limit,
-            foreign_id_prefix=foreign_id_prefix,
-            created_after=created_after,
-            created_before=created_before,
-        )
+        limit = check_limit(limit)
         where, args = _run_conditions(workflow_name, flt)
 
         def query(conn: sqlite3.Connection) -> list[RawRecord]:
@@ -852,31 +839,15 @@ class SQLiteStore:
                 f"SELECT {_RECORD_COLUMNS} FROM runs WHERE seq IN (SELECT seq FROM runs "
                 f"{hint}WHERE {' AND '.join(conditions)} ORDER BY seq {order} LIMIT ?) "
                 f"ORDER BY seq {order}",
-                (*values, flt.limit),
+                (*values, limit),
             ).fetchall()
             return [_decode_record(row) for row in rows]
 
         return await self._read("list_runs", query)
 
     async def count_runs(
-        self,
-        workflow_name: str,
-        *,
-        foreign_id: str | Sequence[str] | None = None,
-        status: int | Sequence[int] | None = None,
-        run_state: RunState | Sequence[RunState] | None = None,
-        foreign_id_prefix: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
+        self, workflow_name: str, flt: RunFilter = ANY_RUN
     ) -> dict[tuple[int, RunState], int]:
-        flt = RunFilter.make(
-            foreign_id=foreign_id,
-            status=status,
-            run_state=run_state,
-            foreign_id_prefix=foreign_id_prefix,
-            created_after=created_after,
-            created_before=created_before,
-        )
         where, args = _run_conditions(workflow_name, flt)
         hint = ""
         if flt.foreign_ids is not None:
