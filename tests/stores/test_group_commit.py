@@ -104,17 +104,20 @@ async def test_cancelled_while_queued_is_never_sent_in_flight_gets_its_outcome()
             outcome[name] = "cancelled"
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(write, "a")
-        await trio.testing.wait_all_tasks_blocked()  # a's batch is in flight, held
-        nursery.start_soon(write, "b")
-        nursery.start_soon(write, "c")
-        await trio.testing.wait_all_tasks_blocked()
-        assert [w.name for w in group.queue] == ["b", "c"]
-        scopes["a"].cancel()
-        scopes["b"].cancel()
-        await trio.testing.wait_all_tasks_blocked()
-        assert outcome == {"b": "cancelled"}
-        sender.hold.set()
+        try:
+            nursery.start_soon(write, "a")
+            await trio.testing.wait_all_tasks_blocked()  # a's batch is in flight, held
+            nursery.start_soon(write, "b")
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(write, "c")
+            await trio.testing.wait_all_tasks_blocked()
+            assert [w.name for w in group.queue] == ["b", "c"]
+            scopes["a"].cancel()
+            scopes["b"].cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert outcome == {"b": "cancelled"}
+        finally:
+            sender.hold.set()  # a failed check must not leave the batch held
     assert outcome == {"a": "A", "b": "cancelled", "c": "C"}
     assert sender.batches == [["a"], ["c"]]  # c was handed the leading
 
@@ -124,12 +127,14 @@ async def test_up_to_n_leaders_send_at_once() -> None:
     sender.hold = trio.Event()
     group = engine(sender, leaders=2)
     async with trio.open_nursery() as nursery:
-        for name in "abc":
-            nursery.start_soon(group.write, Item(name))
-            await trio.testing.wait_all_tasks_blocked()
-        assert sender.batches == [["a"], ["b"]]  # two in flight, c queued
-        assert group.leaders == 2 and not group.idle.is_set()
-        sender.hold.set()
+        try:
+            for name in "abc":
+                nursery.start_soon(group.write, Item(name))
+                await trio.testing.wait_all_tasks_blocked()
+            assert sender.batches == [["a"], ["b"]]  # two in flight, c queued
+            assert group.leaders == 2 and not group.idle.is_set()
+        finally:
+            sender.hold.set()
     assert sender.batches == [["a"], ["b"], ["c"]]
     assert group.idle.is_set()
 
