@@ -50,6 +50,29 @@ class _Pending:
     timer: Any = None
 
 
+@attrs.define
+class _Graph:
+    """The graph as ``definition`` reads the declarations into it."""
+
+    steps: dict[int, StepSpec] = attrs.Factory(dict)
+    callbacks: dict[int, list[CallbackSpec]] = attrs.Factory(dict)
+    timeouts: dict[int, list[TimeoutSpec]] = attrs.Factory(dict)
+    declared: list[enum.IntEnum] = attrs.Factory(list)
+    """Every status named, in the order first declared."""
+    sources: list[enum.IntEnum] = attrs.Factory(list)
+    """Statuses with outgoing transitions, in declaration order."""
+    targets: set[enum.IntEnum] = attrs.Factory(set)
+
+    def note(self, src: enum.IntEnum, to: frozenset[Any]) -> None:
+        """Record the statuses of one transition ``src -> to``."""
+        for status in [src, *sorted(to)]:
+            if status not in self.declared:
+                self.declared.append(status)
+        if src not in self.sources:
+            self.sources.append(src)
+        self.targets |= to
+
+
 @final
 class Builder(Generic[T, S]):
     """Declares a workflow: a state machine over ``status_type`` acting on ``object_type``.
@@ -287,59 +310,62 @@ class Builder(Generic[T, S]):
     def definition(self, default_options: Options | None = None) -> Definition:
         """Validate the graph and return it as data. Raises BuildError."""
         defaults = default_options or Options()
-        steps: dict[int, StepSpec] = {}
-        callbacks: dict[int, list[CallbackSpec]] = {}
-        timeouts: dict[int, list[TimeoutSpec]] = {}
-        declared: list[enum.IntEnum] = []
-        sources: list[enum.IntEnum] = []
-        targets: set[enum.IntEnum] = set()
-
-        def note(status: enum.IntEnum) -> None:
-            if status not in declared:
-                declared.append(status)
-
+        graph = _Graph()
         for item in self._pending:
-            where = f"{item.kind} {fn_name(item.fn)}"
-            src = self._status(item.from_status, f"{where} from_status")
-            to = self._destinations(item.to, where)
-            note(src)
-            if src not in sources:
-                sources.append(src)
-            for dest in sorted(to):
-                note(dest)
-            targets |= to
-            if item.kind == "step":
-                if src in steps:
-                    raise BuildError(
-                        f"workflow {self.name!r}: status {src.name} already has a step "
-                        f"({fn_name(steps[src].fn)}); at most one step per status — add "
-                        f"{fn_name(item.fn)}'s work to it or give it its own status"
-                    )
-                steps[src] = StepSpec(src, item.fn, to, defaults.merged(item.options, where))
-            elif item.kind == "callback":
-                callbacks.setdefault(src, []).append(CallbackSpec(src, item.fn, to))
-            else:
-                existing = timeouts.setdefault(src, [])
-                existing.append(
-                    TimeoutSpec(
-                        src,
-                        len(existing),
-                        item.timer,
-                        item.fn,
-                        to,
-                        defaults.merged(item.options, where),
-                    )
+            self._add_to_graph(graph, item, defaults)
+        starts = self._starts(graph)
+        return Definition(
+            name=self.name,
+            object_type=self.object_type,
+            status_type=self.status_type,
+            steps=graph.steps,
+            callbacks=graph.callbacks,
+            timeouts=graph.timeouts,
+            connectors=self._connector_specs(defaults),
+            hooks={kind: _chain(fns) for kind, fns in self._hooks.items()},
+            start=starts[0],
+            starts=frozenset(starts),
+            declared=graph.declared,
+            evolution=self._evolution(),
+        )
+
+    def _add_to_graph(self, graph: _Graph, item: _Pending, defaults: Options) -> None:
+        """One declared step, callback or timeout, checked, into ``graph``."""
+        where = f"{item.kind} {fn_name(item.fn)}"
+        src = self._status(item.from_status, f"{where} from_status")
+        to = self._destinations(item.to, where)
+        graph.note(src, to)
+        if item.kind == "step":
+            if src in graph.steps:
+                raise BuildError(
+                    f"workflow {self.name!r}: status {src.name} already has a step "
+                    f"({fn_name(graph.steps[src].fn)}); at most one step per status — add "
+                    f"{fn_name(item.fn)}'s work to it or give it its own status"
                 )
-        if not sources:
+            graph.steps[src] = StepSpec(src, item.fn, to, defaults.merged(item.options, where))
+        elif item.kind == "callback":
+            graph.callbacks.setdefault(src, []).append(CallbackSpec(src, item.fn, to))
+        else:
+            existing = graph.timeouts.setdefault(src, [])
+            options = defaults.merged(item.options, where)
+            existing.append(TimeoutSpec(src, len(existing), item.timer, item.fn, to, options))
+
+    def _starts(self, graph: _Graph) -> list[enum.IntEnum]:
+        """The starting statuses (never a destination), in declaration order."""
+        if not graph.sources:
             raise BuildError(
                 f"workflow {self.name!r} has no steps, callbacks or timeouts; add at least one"
             )
-        starts = [s for s in sources if s not in targets]
+        starts = [s for s in graph.sources if s not in graph.targets]
         if not starts:
             raise BuildError(
                 f"workflow {self.name!r} has no starting status: every status with outgoing "
                 "transitions is also a destination; a run needs a status to start at"
             )
+        return starts
+
+    def _connector_specs(self, defaults: Options) -> list[ConnectorSpec]:
+        """The connectors with their options, checked: unique names, real event sources."""
         from actorflow.streaming._protocol import EventSource
 
         names: set[str] = set()
@@ -362,21 +388,7 @@ class Builder(Generic[T, S]):
                     "af.MemorySource(...), actorflow.streaming.StreamSource(...) or an object "
                     "with an open(consumer, after) method)"
                 )
-        hooks = {kind: _chain(fns) for kind, fns in self._hooks.items()}
-        return Definition(
-            name=self.name,
-            object_type=self.object_type,
-            status_type=self.status_type,
-            steps=steps,
-            callbacks=callbacks,
-            timeouts=timeouts,
-            connectors=connectors,
-            hooks=hooks,
-            start=starts[0],
-            starts=frozenset(starts),
-            declared=declared,
-            evolution=self._evolution(),
-        )
+        return connectors
 
     def build(self, store: Store, **options: Any) -> Workflow[T, S]:
         """Validate the graph and bind it to a store. Raises BuildError.
@@ -421,13 +433,22 @@ class Builder(Generic[T, S]):
                 - ``check_at_start``: compare the stored unfinished runs with the definition
                   when ``run`` starts (True); False skips it (``actorflow runs check``).
         """
-        from actorflow.stores import Store as StoreProtocol
         from actorflow.workflow import Workflow
 
         settings = BuildSettings.from_options(options)
-        from actorflow._observe import metrics_registry, tracer_provider
+        self._check_build(store, settings)
+        return Workflow(
+            self.definition(settings.default_options), store, codec=self._codec, settings=settings
+        )
 
-        metrics_registry(settings.metrics)  # BuildError now: a wrong value, a missing extra
+    def _check_build(self, store: object, settings: BuildSettings) -> None:
+        """BuildError now for what would fail later: the observability options (a wrong
+        value, a missing extra), a store that is not one, a relay streamer over another
+        store."""
+        from actorflow._observe import metrics_registry, tracer_provider
+        from actorflow.stores import Store as StoreProtocol
+
+        metrics_registry(settings.metrics)
         tracer_provider(settings.tracing)
         if not isinstance(store, StoreProtocol):
             raise BuildError(f"workflow {self.name!r}: {store!r} is not a store")
@@ -437,9 +458,6 @@ class Builder(Generic[T, S]):
             problem = check_relay_streamer(settings.streamer, store)
             if problem is not None:
                 raise BuildError(f"workflow {self.name!r}: {problem}")
-        return Workflow(
-            self.definition(settings.default_options), store, codec=self._codec, settings=settings
-        )
 
 
 def _chain(fns: list[HookFn]) -> HookFn:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from actorflow._model.clock import Clock, TrioClock
-from actorflow._model.codec import converter
+from actorflow._model.codec import ObjectCodec, converter
 from actorflow._model.errors import BuildError, InvalidArgument, Lagged, RunNotFound
 from actorflow._model.record import RawRecord, Record, new_run_id
 from actorflow._model.run import Run, Special, SpecialResult
@@ -165,38 +165,10 @@ def make_run(
             ``status`` is not one of the workflow's statuses, or an id is not a non-empty
             string.
     """
-    if isinstance(workflow_or_builder, Workflow):
-        codec = workflow_or_builder._codec
-        name = workflow_or_builder.name
-        status_type: type[S] = workflow_or_builder.status_type
-        start: enum.IntEnum = workflow_or_builder.definition.start
-    elif isinstance(workflow_or_builder, Builder):
-        codec = workflow_or_builder._codec
-        name = workflow_or_builder.name
-        status_type = workflow_or_builder.status_type
-        try:
-            start = workflow_or_builder.definition().start
-        except BuildError:
-            start = next(iter(status_type))  # an unfinished graph: its first status
-    else:
-        raise InvalidArgument(
-            f"make_run needs an af.Workflow or an af.Builder, not {workflow_or_builder!r}"
-        )
+    codec, name, status_type, start = _run_target(workflow_or_builder)
     where = f"make_run({name!r})"
     codec.check(obj, f"{where} object")
-    if status is None:
-        status = cast(S, start)
-    else:
-        wrong = isinstance(status, bool) or not isinstance(status, int)
-        wrong = wrong or (isinstance(status, enum.Enum) and not isinstance(status, status_type))
-        try:
-            status = status_type(status)
-        except ValueError:
-            wrong = True
-        if wrong:
-            raise InvalidArgument(
-                f"{where}: status must be a {status_type.__name__}, not {status!r}"
-            )
+    status = cast(S, start) if status is None else _status_of(status_type, status, where)
     for label, value in (("foreign_id", foreign_id), ("run_id", run_id)):
         if value is not None and (not isinstance(value, str) or not value):
             raise InvalidArgument(f"{where}: {label} must be a non-empty string, not {value!r}")
@@ -213,3 +185,34 @@ def make_run(
         updated_at=now,
     )
     return Run(raw, status, obj, codec)
+
+
+def _run_target(
+    workflow_or_builder: Workflow[T, S] | Builder[T, S],
+) -> tuple[ObjectCodec[T], str, type[S], enum.IntEnum]:
+    """What make_run needs of the workflow (or builder): codec, name, statuses, start."""
+    if isinstance(workflow_or_builder, Workflow):
+        workflow: Workflow[T, S] = workflow_or_builder
+        return workflow._codec, workflow.name, workflow.status_type, workflow.definition.start
+    if isinstance(workflow_or_builder, Builder):
+        builder: Builder[T, S] = workflow_or_builder
+        try:
+            start = builder.definition().start
+        except BuildError:
+            start = next(iter(builder.status_type))  # an unfinished graph: its first status
+        return builder._codec, builder.name, builder.status_type, start
+    raise InvalidArgument(
+        f"make_run needs an af.Workflow or an af.Builder, not {workflow_or_builder!r}"
+    )
+
+
+def _status_of(status_type: type[S], status: object, where: str) -> S:
+    """``status`` as a member of ``status_type``; InvalidArgument when it is none (or a
+    member of another enum)."""
+    foreign = isinstance(status, enum.Enum) and not isinstance(status, status_type)
+    if isinstance(status, int) and not isinstance(status, bool) and not foreign:
+        try:
+            return status_type(status)
+        except ValueError:
+            pass
+    raise InvalidArgument(f"{where}: status must be a {status_type.__name__}, not {status!r}")

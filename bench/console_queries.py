@@ -132,6 +132,42 @@ def _baseline(path: Path, repeat: int) -> float:
         conn.close()
 
 
+_DAY = timedelta(days=1)
+_TEN_DAYS_AGO = START + timedelta(days=DAYS - 10)
+_ONE_DAY = {"created_after": _TEN_DAYS_AGO, "created_before": _TEN_DAYS_AGO + _DAY}
+_P, _R = af.RunState.PAUSED, af.RunState.RUNNING
+
+
+def _queries(runs: int, deep_after: str) -> list[tuple[str, dict[str, Any]]]:
+    """The console's list queries: (what, filters)."""
+    several = [f"order-{i:07d}" for i in range(0, runs, max(1, runs // 50))][:50]
+    return [
+        ("newest page, no filter", {}),
+        ("a page in the middle (keyset after=)", {"after": deep_after}),
+        ("run state PAUSED (1.5%)", {"run_state": _P}),
+        ("status 4 and PAUSED (0.3%)", {"status": 4, "run_state": _P}),
+        ("run state RUNNING or PAUSED", {"run_state": [_R, _P]}),
+        ("foreign id prefix, 10% of runs", {"foreign_id_prefix": "order-09"}),
+        ("foreign id prefix, 100 runs", {"foreign_id_prefix": f"order-{runs // 2:07d}"[:-2]}),
+        ("50 foreign ids", {"foreign_id": several}),
+        ("created in one day, 10 days ago", _ONE_DAY),
+        (
+            "created in the last hour",
+            {"created_after": START + timedelta(days=DAYS) - timedelta(hours=1)},
+        ),
+        ("created before the first day ended", {"created_before": START + _DAY}),
+        ("created in the first 5 days (wide, far back)", {"created_before": START + 5 * _DAY}),
+        ("PAUSED, created in one day", {"run_state": _P, **_ONE_DAY}),
+    ]
+
+
+_COUNTS: list[tuple[str, dict[str, Any]]] = [
+    ("count_runs, every run", {}),
+    ("count_runs, one day", _ONE_DAY),
+    ("count_runs, PAUSED", {"run_state": _P}),
+]
+
+
 async def measure(path: Path, runs: int, repeat: int) -> list[tuple[str, float, int]]:
     """(what, median ms, rows answered) for each console query."""
     store = af.SQLiteStore(path)
@@ -139,60 +175,15 @@ async def measure(path: Path, runs: int, repeat: int) -> list[tuple[str, float, 
         middle = await store.list_runs(
             WORKFLOW, RunFilter.make(foreign_id=f"order-{runs // 2:07d}"), limit=1
         )
-        deep_after = middle[0].run_id
-        day = timedelta(days=1)
-        ten_days_ago = START + timedelta(days=DAYS - 10)
-        several = [f"order-{i:07d}" for i in range(0, runs, max(1, runs // 50))][:50]
-        P, R = af.RunState.PAUSED, af.RunState.RUNNING
-        queries: list[tuple[str, dict[str, Any]]] = [
-            ("newest page, no filter", {}),
-            ("a page in the middle (keyset after=)", {"after": deep_after}),
-            ("run state PAUSED (1.5%)", {"run_state": P}),
-            ("status 4 and PAUSED (0.3%)", {"status": 4, "run_state": P}),
-            ("run state RUNNING or PAUSED", {"run_state": [R, P]}),
-            ("foreign id prefix, 10% of runs", {"foreign_id_prefix": "order-09"}),
-            ("foreign id prefix, 100 runs", {"foreign_id_prefix": f"order-{runs // 2:07d}"[:-2]}),
-            ("50 foreign ids", {"foreign_id": several}),
-            (
-                "created in one day, 10 days ago",
-                {"created_after": ten_days_ago, "created_before": ten_days_ago + day},
-            ),
-            (
-                "created in the last hour",
-                {"created_after": START + timedelta(days=DAYS) - timedelta(hours=1)},
-            ),
-            ("created before the first day ended", {"created_before": START + day}),
-            ("created in the first 5 days (wide, far back)", {"created_before": START + 5 * day}),
-            (
-                "PAUSED, created in one day",
-                {
-                    "run_state": P,
-                    "created_after": ten_days_ago,
-                    "created_before": ten_days_ago + day,
-                },
-            ),
-        ]
         figures: list[tuple[str, float, int]] = []
-        for what, filters in queries:
-            found = await store.list_runs(
-                WORKFLOW, limit=PAGE, descending=True, flt=RunFilter.make(**filters)
-            )
+        for what, filters in _queries(runs, middle[0].run_id):
+            found = await _page(store, filters)
 
             async def page(filters: dict[str, Any] = filters) -> object:
-                return await store.list_runs(
-                    WORKFLOW, limit=PAGE, descending=True, flt=RunFilter.make(**filters)
-                )
+                return await _page(store, filters)
 
             figures.append((f"page of {PAGE}: {what}", await _time(page, repeat), len(found)))
-        counts: list[tuple[str, dict[str, Any]]] = [
-            ("count_runs, every run", {}),
-            (
-                "count_runs, one day",
-                {"created_after": ten_days_ago, "created_before": ten_days_ago + day},
-            ),
-            ("count_runs, PAUSED", {"run_state": P}),
-        ]
-        for what, filters in counts:
+        for what, filters in _COUNTS:
             total = sum((await store.count_runs(WORKFLOW, RunFilter.make(**filters))).values())
 
             async def count(filters: dict[str, Any] = filters) -> object:
@@ -202,6 +193,13 @@ async def measure(path: Path, runs: int, repeat: int) -> list[tuple[str, float, 
         return figures
     finally:
         await store.aclose()
+
+
+async def _page(store: af.SQLiteStore, filters: dict[str, Any]) -> list[Any]:
+    """A newest-first page of the runs ``filters`` match (``after`` is a paging argument)."""
+    paging = {"after": filters["after"]} if "after" in filters else {}
+    flt = RunFilter.make(**{k: v for k, v in filters.items() if k != "after"})
+    return await store.list_runs(WORKFLOW, flt, limit=PAGE, descending=True, **paging)
 
 
 def main() -> None:

@@ -21,54 +21,22 @@ Uses ``ACTORFLOW_KAFKA_BOOTSTRAP``.
 
 from __future__ import annotations
 
-import enum
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-import attrs
 import trio
 
 import actorflow as af
-from actorflow._model.record import Meta, RawRecord
-from actorflow.streaming import ConnectorEvent, EventSender, relay_stats, transition_event
+from actorflow._model.record import RawRecord
+from actorflow.streaming import ConnectorEvent
 from actorflow.streaming._kafka import encode_headers
+from bench import _relay_harness as harness
 
 DEFAULT_EVENTS = 10_000
 COMMIT_EVERY = 500
-
-
-class _Status(enum.IntEnum):
-    WAITING = 1
-    DONE = 2
-
-
-@attrs.define
-class _Empty:
-    pass
-
-
-def _records(count: int) -> list[RawRecord]:
-    now = datetime.now(UTC)
-    return [
-        RawRecord(
-            workflow_name="bench",
-            foreign_id=f"order-{n}",
-            run_id=uuid.uuid4().hex,
-            status=int(_Status.WAITING),
-            run_state=af.RunState.INITIATED,
-            object="{}",
-            version=1,
-            created_at=now,
-            updated_at=now,
-            meta=Meta(status_description="WAITING"),
-        )
-        for n in range(count)
-    ]
 
 
 def _raw_produce(bootstrap: str, topic: str, events: list[ConnectorEvent]) -> float:
@@ -126,42 +94,6 @@ def _raw_consume(bootstrap: str, topic: str, count: int) -> float:
         consumer.close()
 
 
-@attrs.define
-class _FinishLine:
-    """Delegates to a streamer; ``reached`` is set once the event ``last_id`` was sent."""
-
-    inner: af.KafkaStreamer
-    last_id: str
-    reached: trio.Event = attrs.Factory(trio.Event)
-    first_batch: int = 0
-    first_done: float = 0.0
-    """When the first batch was delivered (the producer's set-up is behind it)."""
-
-    @asynccontextmanager
-    async def open_sender(self, topic: str) -> AsyncIterator[_FinishSender]:
-        async with self.inner.open_sender(topic) as sender:
-            yield _FinishSender(self, sender)
-
-    def open_receiver(self, topic: str, consumer: str, *, start: Any = "earliest") -> Any:
-        return self.inner.open_receiver(topic, consumer, start=start)
-
-
-@attrs.define
-class _FinishSender:
-    line: _FinishLine
-    sender: EventSender
-
-    async def send(self, event: ConnectorEvent) -> None:
-        await self.send_many([event])
-
-    async def send_many(self, events: Sequence[ConnectorEvent]) -> None:
-        await self.sender.send_many(events)
-        if not self.line.first_done:
-            self.line.first_batch, self.line.first_done = len(events), time.perf_counter()
-        if events and events[-1].id == self.line.last_id:
-            self.line.reached.set()
-
-
 def _streamer(bootstrap: str, prefix: str, **options: Any) -> af.KafkaStreamer:
     return af.KafkaStreamer(
         bootstrap,
@@ -173,26 +105,15 @@ def _streamer(bootstrap: str, prefix: str, **options: Any) -> af.KafkaStreamer:
 
 
 async def _relay(bootstrap: str, prefix: str, records: list[RawRecord]) -> float:
-    store = af.MemoryStore()
-    for record in records:
-        await store.create_run(record)
-    last = await store.last_event_id()
-    builder = af.Builder("bench", _Empty, _Status)
-
-    async def done(run: Any, payload: bytes) -> _Status:
-        return _Status.DONE
-
-    builder.add_callback(_Status.WAITING, done, to=_Status.DONE)
-    streamer = _FinishLine(_streamer(bootstrap, prefix), str(last))
+    store, last = await harness.store_of(records)
+    streamer = harness.FinishLine(_streamer(bootstrap, prefix), str(last))
     async with streamer.inner.open_sender("bench"):
         pass  # the topic exists before the clock starts
-    workflow = builder.build(store, streamer=streamer)
+    workflow = harness.builder("bench").build(store, streamer=streamer)
     async with af.open_workflow(workflow):
         await streamer.reached.wait()
         end = time.perf_counter()
-    stats = relay_stats(workflow)
-    if stats.errors:
-        raise RuntimeError(f"the relay failed during the benchmark: {stats.last_error}")
+    harness.check_relay(workflow)
     # From the first batch's delivery on: the producer's set-up is not the relay's rate.
     return (len(records) - streamer.first_batch) / (end - streamer.first_done)
 
@@ -221,12 +142,7 @@ async def _connector(
         if handled == count:
             finished.set()
 
-    builder = af.Builder(name, _Empty, _Status)
-
-    async def done(run: Any, payload: bytes) -> _Status:
-        return _Status.DONE
-
-    builder.add_callback(_Status.WAITING, done, to=_Status.DONE)
+    builder = harness.builder(name)
     builder.add_connector("bench", source, on_event)
     workflow = builder.build(af.MemoryStore())
     async with af.open_workflow(workflow):
@@ -241,13 +157,8 @@ async def run(events: int, bootstrap: str | None = None) -> dict[str, float] | N
     if not bootstrap:
         return None
     prefix = f"bench-{uuid.uuid4().hex[:8]}-"
-    records = _records(events)
-    store = af.MemoryStore()
-    await store.create_run(records[0])
-    sample = transition_event((await store.read_events(0, 1))[0])
-    sample_events = [
-        attrs.evolve(sample, id=str(n), foreign_id=f"order-{n}") for n in range(events)
-    ]
+    records = harness.records(events)
+    sample_events = await harness.sample_events(records, events)
     raw_topic = f"{prefix}raw"
     async with _streamer(bootstrap, prefix).open_sender("raw"):
         pass  # created with one partition, like the streamer's

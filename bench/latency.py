@@ -20,13 +20,17 @@ import gc
 import sqlite3
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import attrs
 import trio
 
 import actorflow as af
 from bench.sqlite import Row, Three, _raw_connection, percentile, three_steps
+
+R = TypeVar("R")
 
 WARMUP = 20
 
@@ -232,6 +236,19 @@ async def end_to_end_rate(store: af.Store, runs: int, triggerers: int = 8) -> fl
     return 3 * runs / elapsed
 
 
+def _on_file(path: Path, measure: Callable[[af.SQLiteStore], Awaitable[R]]) -> R:
+    """``measure(store)`` on a new SQLiteStore at ``path`` (closed after), in ``trio.run``."""
+
+    async def run() -> R:
+        store = af.SQLiteStore(path)
+        try:
+            return await measure(store)
+        finally:
+            await store.aclose()
+
+    return trio.run(run)
+
+
 def measure(scale: Scale) -> list[Row]:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="actorflow-latency-") as tmp:
@@ -239,16 +256,14 @@ def measure(scale: Scale) -> list[Row]:
         raw = raw_single_commits(directory, scale.samples)
         rows.extend(_percentiles("raw sqlite3: one transition per commit", raw, None))
 
-        async def interactive() -> tuple[list[float], list[float], list[float]]:
-            store = af.SQLiteStore(directory / "interactive.db")
-            try:
-                alone = await trigger_latencies(store, scale.samples)
-                triggers, completions = await completion_latencies(store, scale.samples)
-            finally:
-                await store.aclose()
+        async def interactive(
+            store: af.SQLiteStore,
+        ) -> tuple[list[float], list[float], list[float]]:
+            alone = await trigger_latencies(store, scale.samples)
+            triggers, completions = await completion_latencies(store, scale.samples)
             return alone, triggers, completions
 
-        alone, triggers, completions = trio.run(interactive)
+        alone, triggers, completions = _on_file(directory / "interactive.db", interactive)
         rows.extend(_percentiles("SQLiteStore: trigger, nothing running", alone, raw))
         rows.extend(_percentiles("SQLiteStore: trigger, workflow running", triggers, raw))
         four_raw = [4 * value for value in raw]
@@ -256,17 +271,11 @@ def measure(scale: Scale) -> list[Row]:
             _percentiles("SQLiteStore: trigger -> completion, 1 at a time", completions, four_raw)
         )
 
-        async def loaded() -> list[float]:
-            store = af.SQLiteStore(directory / "loaded.db")
-            try:
-                _, found = await completion_latencies(
-                    store, scale.loaded_samples, in_flight=scale.loaded_in_flight
-                )
-            finally:
-                await store.aclose()
-            return found
+        async def loaded(store: af.SQLiteStore) -> list[float]:
+            in_flight = scale.loaded_in_flight
+            return (await completion_latencies(store, scale.loaded_samples, in_flight=in_flight))[1]
 
-        under_load = trio.run(loaded)
+        under_load = _on_file(directory / "loaded.db", loaded)
         rows.extend(
             _percentiles(
                 f"SQLiteStore: trigger -> completion, {scale.loaded_in_flight:,} in flight",
@@ -274,48 +283,37 @@ def measure(scale: Scale) -> list[Row]:
                 four_raw,
             )
         )
-
-        async def handlers() -> tuple[float, list[float]]:
-            store = af.SQLiteStore(directory / "handlers.db")
-            try:
-                return await handler_shape(store, scale.handler_clients, scale.handler_seconds)
-            finally:
-                await store.aclose()
-
-        rate, per_run = trio.run(handlers)
+        rate, per_run = _on_file(
+            directory / "handlers.db",
+            lambda store: handler_shape(store, scale.handler_clients, scale.handler_seconds),
+        )
         rows.append(
             Row(f"SQLiteStore: {scale.handler_clients} web handlers, runs/s", rate, "runs/s", "")
         )
         rows.extend(_percentiles("  per run (trigger + await final)", per_run, four_raw))
-
-        lean = raw_lean_rate(directory, scale.raw_transitions)
-
-        async def e2e() -> float:
-            store = af.SQLiteStore(directory / "e2e.db")
-            try:
-                return await end_to_end_rate(store, scale.e2e_runs)
-            finally:
-                await store.aclose()
-
-        gc.collect()
-        rate = trio.run(e2e)
-        rows.append(
-            Row(
-                "raw sqlite3: lean, 2 rows per transition, 100 per commit",
-                lean,
-                "transitions/s",
-                "baseline",
-            )
-        )
-        rows.append(
-            Row(
-                f"SQLiteStore: {scale.e2e_runs:,} runs x 3 steps, 8 triggerers in the window",
-                rate,
-                "transitions/s",
-                f"{rate / lean:.2f} x lean raw",
-            )
-        )
+        rows.extend(_end_to_end(directory, scale))
     return rows
+
+
+def _end_to_end(directory: Path, scale: Scale) -> list[Row]:
+    """Transitions/s with triggers arriving while runs move, beside lean raw sqlite3."""
+    lean = raw_lean_rate(directory, scale.raw_transitions)
+    gc.collect()
+    rate = _on_file(directory / "e2e.db", lambda store: end_to_end_rate(store, scale.e2e_runs))
+    return [
+        Row(
+            "raw sqlite3: lean, 2 rows per transition, 100 per commit",
+            lean,
+            "transitions/s",
+            "baseline",
+        ),
+        Row(
+            f"SQLiteStore: {scale.e2e_runs:,} runs x 3 steps, 8 triggerers in the window",
+            rate,
+            "transitions/s",
+            f"{rate / lean:.2f} x lean raw",
+        ),
+    ]
 
 
 def main(quick: bool = False) -> list[Row]:

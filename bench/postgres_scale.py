@@ -244,9 +244,10 @@ def _parent_of(pid: int) -> int | None:
         return None
 
 
-def fleet(dsn: str, workers: int, runs: int) -> tuple[float, float, float]:
+def fleet(dsn: str, workers: int, runs: int) -> tuple[float, float, float, float]:
     """(transitions/s end to end, triggers/s, CPU seconds per 1,000 transitions of the
-    workers and the PostgreSQL server together) with ``workers`` worker processes."""
+    workers and the PostgreSQL server together, the server's part of that CPU) with
+    ``workers`` worker processes."""
     schema = f"af_bench_scale_{uuid.uuid4().hex[:8]}"
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -258,14 +259,20 @@ def fleet(dsn: str, workers: int, runs: int) -> tuple[float, float, float]:
                 )
             )
         _wait(lambda: _balanced(dsn, schema, workers), 60, f"{workers} workers sharing shards")
-        server = _server_pids(dsn)
-        pids = [process.pid for process in processes] + server
-        cpu_before = sum(_cpu_seconds(pid) for pid in pids)
+        # Server processes that start during the window (connections the pools open
+        # later) count from zero; the workers' own processes are known from the start.
+        server_before = {pid: _cpu_seconds(pid) for pid in _server_pids(dsn)}
+        workers_before = sum(_cpu_seconds(process.pid) for process in processes)
         start = time.perf_counter()
         trigger_rate = trio.run(_trigger, dsn, schema, runs)
         _wait(lambda: _completed(dsn, schema) >= runs, 600, f"{runs} runs completing")
         elapsed = time.perf_counter() - start
-        cpu = sum(_cpu_seconds(pid) for pid in pids) - cpu_before
+        server_cpu = sum(
+            max(0.0, _cpu_seconds(pid) - server_before.get(pid, 0.0))  # 0: gone since
+            for pid in {*server_before, *_server_pids(dsn)}
+        )
+        cpu = sum(_cpu_seconds(process.pid) for process in processes) - workers_before
+        cpu += server_cpu
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
@@ -276,7 +283,7 @@ def fleet(dsn: str, workers: int, runs: int) -> tuple[float, float, float]:
                 process.kill()
                 process.wait()
         _sql(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    return runs * STEPS / elapsed, trigger_rate, cpu / (runs * STEPS / 1000)
+    return runs * STEPS / elapsed, trigger_rate, cpu / (runs * STEPS / 1000), server_cpu / cpu
 
 
 def main(dsn: str | None = None, runs: int = 4_000) -> dict[str, float]:
@@ -290,7 +297,7 @@ def main(dsn: str | None = None, runs: int = 4_000) -> dict[str, float]:
     print(f"raw psycopg, 1 transition per commit, {RAW_THREADS} threads: {single:,.0f}/s")
     print(f"raw psycopg, {RAW_BATCH} transitions per commit, 1 connection: {batched:,.0f}/s")
     for workers in (1, 2, 4):
-        rate, triggers, cpu = fleet(dsn, workers, runs)
+        rate, triggers, cpu, server_share = fleet(dsn, workers, runs)
         figures[f"workers_{workers}"] = rate
         figures[f"workers_{workers}_triggers_per_s"] = triggers
         figures[f"workers_{workers}_cpu_s_per_1000"] = cpu
@@ -299,7 +306,8 @@ def main(dsn: str | None = None, runs: int = 4_000) -> dict[str, float]:
             f"{workers} worker process(es), {runs:,} runs x {STEPS} steps: {rate:,.0f} "
             f"transitions/s ({rate / batched:.2f} x raw batched, {rate / single:.2f} x raw "
             f"single; {per_worker / batched:.2f} x raw batched per worker); triggers "
-            f"{triggers:,.0f}/s; CPU {cpu:.3f} s per 1,000 transitions (workers + server)"
+            f"{triggers:,.0f}/s; CPU {cpu:.3f} s per 1,000 transitions (workers + server; "
+            f"server {server_share:.0%})"
             + (
                 f", {cpu / figures['workers_1_cpu_s_per_1000']:.2f} x 1 worker"
                 if workers > 1
@@ -309,8 +317,22 @@ def main(dsn: str | None = None, runs: int = 4_000) -> dict[str, float]:
     return figures
 
 
+def _profiled_worker(dsn: str, schema: str) -> None:
+    """A worker; with ACTORFLOW_BENCH_PROFILE=DIR, under cProfile, its stats written to
+    DIR/worker-PID.prof when it stops (``python -m pstats`` reads them)."""
+    where = os.environ.get("ACTORFLOW_BENCH_PROFILE")
+    if not where:
+        trio.run(worker, dsn, schema)
+        return
+    import cProfile
+
+    profile = cProfile.Profile(time.thread_time)  # CPU of the trio thread, not waits
+    profile.runcall(trio.run, worker, dsn, schema)
+    profile.dump_stats(os.path.join(where, f"worker-{os.getpid()}.prof"))
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "worker":
-        trio.run(worker, sys.argv[2], sys.argv[3])
+        _profiled_worker(sys.argv[2], sys.argv[3])
     else:
         main(None, int(sys.argv[1]) if len(sys.argv) > 1 else 4_000)

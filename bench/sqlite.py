@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -330,181 +330,219 @@ def _timed(what: str, fn: Callable[[], Any]) -> Any:
 
 def measure(scale: Scale) -> list[Row]:
     """Every figure of this module, measured now, in this process (and one child)."""
-    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="actorflow-bench-") as tmp:
         directory = Path(tmp)
-        single = _timed(
-            "raw sqlite3, 1 per commit", lambda: raw_rate(directory, scale.raw_single, 1)
-        )
-        batched_before = _timed(
-            f"raw sqlite3, {RAW_BATCH} per commit",
-            lambda: raw_rate(directory, scale.raw_batched, RAW_BATCH, "-before"),
-        )
+        rows, single = _throughput_rows(directory, scale)
+        rows += _latency_rows(directory, scale, single)
+        rows += _parked_rows(directory, scale)
+    return rows
 
-        async def on_sqlite(
-            name: str = "throughput.db", metrics: Any = False
-        ) -> tuple[float, SQLiteStats]:
-            async with af.SQLiteStore(directory / name) as store:
-                rate = await transitions_rate(store, scale.runs, metrics)
-                return rate, store.stats
 
-        sqlite_rate, stats = _timed(f"SQLiteStore, {scale.runs} runs", lambda: trio.run(on_sqlite))
-        # Metrics on and off, three runs each in the order on off off on on off (a run
-        # that comes first or later in a process is not favoured), each on a new file;
-        # the best of three each (a shared machine drifts and stalls).
-        metrics_on: list[float] = []
-        metrics_off: list[float] = []
-        for turn, metrics in enumerate((True, False, False, True, True, False)):
-            rates = metrics_on if metrics else metrics_off
-            rates.append(
-                _timed(
-                    f"SQLiteStore, metrics {'on' if metrics else 'off'} ({len(rates) + 1}/3)",
-                    lambda turn=turn, metrics=metrics: trio.run(
-                        on_sqlite, f"metrics-{turn}.db", CollectorRegistry() if metrics else False
-                    )[0],
-                )
+def _throughput_rows(directory: Path, scale: Scale) -> tuple[list[Row], float]:
+    """Transitions/s of the stores beside raw sqlite3's, measured in this order; also
+    returns the raw rate of one write per commit (the latency figures' baseline)."""
+    single = _timed("raw sqlite3, 1 per commit", lambda: raw_rate(directory, scale.raw_single, 1))
+    batched_before = _timed(
+        f"raw sqlite3, {RAW_BATCH} per commit",
+        lambda: raw_rate(directory, scale.raw_batched, RAW_BATCH, "-before"),
+    )
+
+    async def on_sqlite(
+        name: str = "throughput.db", metrics: Any = False
+    ) -> tuple[float, SQLiteStats]:
+        async with af.SQLiteStore(directory / name) as store:
+            rate = await transitions_rate(store, scale.runs, metrics)
+            return rate, store.stats
+
+    sqlite_rate, stats = _timed(f"SQLiteStore, {scale.runs} runs", lambda: trio.run(on_sqlite))
+    with_metrics, without_metrics = _metrics_on_and_off(on_sqlite)
+
+    def with_gc_tuned() -> float:
+        thresholds = gc.get_threshold()
+        gc.set_threshold(GC_TUNED, *thresholds[1:])
+        try:
+            return float(trio.run(on_sqlite, "tuned.db")[0])
+        finally:
+            gc.set_threshold(*thresholds)
+
+    tuned_rate = _timed("SQLiteStore, collector tuned", with_gc_tuned)
+
+    async def steps_on_sqlite() -> float:
+        async with af.SQLiteStore(directory / "steps.db") as store:
+            return await step_rate(store, scale.runs)
+
+    steps_only = _timed("SQLiteStore, steps only", lambda: trio.run(steps_on_sqlite))
+    memory_rate = _timed(
+        f"MemoryStore, {scale.runs} runs",
+        lambda: trio.run(transitions_rate, af.MemoryStore(), scale.runs),
+    )
+    # Shared machines change speed within a minute: the baseline is the mean of the
+    # batched raw rate measured before and after the runs it is compared with.
+    batched_after = _timed(
+        f"raw sqlite3, {RAW_BATCH} per commit, again",
+        lambda: raw_rate(directory, scale.raw_batched, RAW_BATCH, "-after"),
+    )
+    return _throughput_table(
+        scale,
+        _Throughput(
+            single=single,
+            batched_before=batched_before,
+            batched_after=batched_after,
+            sqlite=sqlite_rate,
+            stats=stats,
+            with_metrics=with_metrics,
+            without_metrics=without_metrics,
+            steps_only=steps_only,
+            tuned=tuned_rate,
+            memory=memory_rate,
+        ),
+    ), single
+
+
+@attrs.frozen
+class _Throughput:
+    """The figures of ``_throughput_rows`` (transitions/s; ``stats``: the SQLiteStore's)."""
+
+    single: float
+    batched_before: float
+    batched_after: float
+    sqlite: float
+    stats: SQLiteStats
+    with_metrics: float
+    without_metrics: float
+    steps_only: float
+    tuned: float
+    memory: float
+
+
+def _throughput_table(scale: Scale, f: _Throughput) -> list[Row]:
+    single, batched_before, batched_after = f.single, f.batched_before, f.batched_after
+    sqlite_rate, stats, steps_only, tuned_rate = f.sqlite, f.stats, f.steps_only, f.tuned
+    with_metrics, without_metrics, memory_rate = f.with_metrics, f.without_metrics, f.memory
+    batched = (batched_before + batched_after) / 2
+    return [
+        Row(
+            "raw sqlite3: UPDATE+INSERT, 1 per commit",
+            single,
+            "transitions/s",
+            f"{single / batched:.2f} x batched raw",
+        ),
+        Row(
+            f"raw sqlite3: UPDATE+INSERT, {RAW_BATCH} per commit",
+            batched,
+            "transitions/s",
+            f"baseline: mean of {batched_before:,.0f} before and {batched_after:,.0f} after",
+        ),
+        Row(
+            f"SQLiteStore: {scale.runs:,} runs x 3 no-op steps",
+            sqlite_rate,
+            "transitions/s",
+            f"{sqlite_rate / batched:.2f} x batched raw, {sqlite_rate / single:.2f} x 1/commit",
+        ),
+        Row(
+            "  the same with metrics on (prometheus-client registry)",
+            with_metrics,
+            "transitions/s",
+            f"{with_metrics / without_metrics:.3f} x metrics off "
+            f"({without_metrics:,.0f}/s off; best of three each, interleaved)",
+        ),
+        Row(
+            "  steps only (runs triggered before the clock starts)",
+            steps_only,
+            "transitions/s",
+            f"{steps_only / batched:.2f} x batched raw",
+        ),
+        Row(
+            f"  the same with gc.set_threshold({GC_TUNED:_}, ...)",
+            tuned_rate,
+            "transitions/s",
+            f"{tuned_rate / batched:.2f} x batched raw",
+        ),
+        Row(
+            "  (its writes per transaction, on average)",
+            stats.writes / max(1, stats.transactions),
+            "writes/txn",
+            f"largest {stats.largest_batch}",
+        ),
+        Row(
+            f"MemoryStore: {scale.runs:,} runs x 3 no-op steps",
+            memory_rate,
+            "transitions/s",
+            f"{memory_rate / batched:.2f} x batched raw",
+        ),
+    ]
+
+
+def _metrics_on_and_off(
+    on_sqlite: Callable[[str, Any], Awaitable[tuple[float, SQLiteStats]]],
+) -> tuple[float, float]:
+    """Transitions/s with metrics on and off: three runs each in the order on off off on
+    on off (a run that comes first or later in a process is not favoured), each on a new
+    file; the best of three each (a shared machine drifts and stalls)."""
+    metrics_on: list[float] = []
+    metrics_off: list[float] = []
+    for turn, metrics in enumerate((True, False, False, True, True, False)):
+        rates = metrics_on if metrics else metrics_off
+        rates.append(
+            _timed(
+                f"SQLiteStore, metrics {'on' if metrics else 'off'} ({len(rates) + 1}/3)",
+                lambda turn=turn, metrics=metrics: trio.run(
+                    on_sqlite, f"metrics-{turn}.db", CollectorRegistry() if metrics else False
+                )[0],
             )
-        with_metrics, without_metrics = max(metrics_on), max(metrics_off)
-
-        def with_gc_tuned() -> float:
-            thresholds = gc.get_threshold()
-            gc.set_threshold(GC_TUNED, *thresholds[1:])
-            try:
-                return float(trio.run(on_sqlite, "tuned.db")[0])
-            finally:
-                gc.set_threshold(*thresholds)
-
-        tuned_rate = _timed("SQLiteStore, collector tuned", with_gc_tuned)
-
-        async def steps_on_sqlite() -> float:
-            async with af.SQLiteStore(directory / "steps.db") as store:
-                return await step_rate(store, scale.runs)
-
-        steps_only = _timed("SQLiteStore, steps only", lambda: trio.run(steps_on_sqlite))
-        memory_rate = _timed(
-            f"MemoryStore, {scale.runs} runs",
-            lambda: trio.run(transitions_rate, af.MemoryStore(), scale.runs),
         )
-        # Shared machines change speed within a minute: the baseline is the mean of the
-        # batched raw rate measured before and after the runs it is compared with.
-        batched_after = _timed(
-            f"raw sqlite3, {RAW_BATCH} per commit, again",
-            lambda: raw_rate(directory, scale.raw_batched, RAW_BATCH, "-after"),
+    return max(metrics_on), max(metrics_off)
+
+
+def _latency_rows(directory: Path, scale: Scale, single: float) -> list[Row]:
+    """Trigger-to-completion latency, one run at a time, beside 4 raw single commits."""
+
+    async def latency_on_sqlite() -> list[float]:
+        async with af.SQLiteStore(directory / "latency.db") as store:
+            return await latencies(store, scale.latency_runs)
+
+    lat = _timed(f"latency, {scale.latency_runs} runs", lambda: trio.run(latency_on_sqlite))
+    four_commits = 4 / single  # a run is 4 commits: its trigger and 3 transitions
+    rows = [
+        Row(
+            f"SQLiteStore: trigger -> completion p{q} (1 run at a time)",
+            percentile(lat, q) * 1000,
+            "ms",
+            f"{percentile(lat, q) / four_commits:.1f} x 4 raw single commits",
         )
-        batched = (batched_before + batched_after) / 2
+        for q in (50, 99)
+    ]
+    lat_mem = _timed(
+        "latency on MemoryStore",
+        lambda: trio.run(latencies, af.MemoryStore(), scale.latency_runs),
+    )
+    rows.append(
+        Row("MemoryStore: trigger -> completion p50", statistics.median(lat_mem) * 1000, "ms", "")
+    )
+    return rows
+
+
+def _parked_rows(directory: Path, scale: Scale) -> list[Row]:
+    """Peak memory per parked run (waiting for a callback, with and without a timer)."""
+    rows = []
+    for timeout in (False, True):
+        what = "callback + 1-day timeout" if timeout else "callback"
+        parked = _timed(
+            f"{scale.parked} parked runs ({what})",
+            lambda t=timeout: parked_child(scale.parked, directory, timeout=t),  # type: ignore[misc]
+        )
+        if parked["actors"] > 10:
+            raise RuntimeError(f"{parked['actors']} actors alive for parked runs; want ~0")
         rows.append(
             Row(
-                "raw sqlite3: UPDATE+INSERT, 1 per commit",
-                single,
-                "transitions/s",
-                f"{single / batched:.2f} x batched raw",
+                f"peak RSS per parked run ({what}; {scale.parked:,} runs)",
+                parked["per_run"],
+                "bytes",
+                f"{parked['per_run'] / 2048:.2f} x the 2 KB target; "
+                f"{parked['actors']} actors alive, {parked['timers_armed']} timers armed; "
+                f"{parked['file_bytes_per_run']:.0f} bytes/run on disk",
             )
         )
-        rows.append(
-            Row(
-                f"raw sqlite3: UPDATE+INSERT, {RAW_BATCH} per commit",
-                batched,
-                "transitions/s",
-                f"baseline: mean of {batched_before:,.0f} before and {batched_after:,.0f} after",
-            )
-        )
-        rows.append(
-            Row(
-                f"SQLiteStore: {scale.runs:,} runs x 3 no-op steps",
-                sqlite_rate,
-                "transitions/s",
-                f"{sqlite_rate / batched:.2f} x batched raw, {sqlite_rate / single:.2f} x 1/commit",
-            )
-        )
-        rows.append(
-            Row(
-                "  the same with metrics on (prometheus-client registry)",
-                with_metrics,
-                "transitions/s",
-                f"{with_metrics / without_metrics:.3f} x metrics off "
-                f"({without_metrics:,.0f}/s off; best of three each, interleaved)",
-            )
-        )
-        rows.append(
-            Row(
-                "  steps only (runs triggered before the clock starts)",
-                steps_only,
-                "transitions/s",
-                f"{steps_only / batched:.2f} x batched raw",
-            )
-        )
-        rows.append(
-            Row(
-                f"  the same with gc.set_threshold({GC_TUNED:_}, ...)",
-                tuned_rate,
-                "transitions/s",
-                f"{tuned_rate / batched:.2f} x batched raw",
-            )
-        )
-        rows.append(
-            Row(
-                "  (its writes per transaction, on average)",
-                stats.writes / max(1, stats.transactions),
-                "writes/txn",
-                f"largest {stats.largest_batch}",
-            )
-        )
-        rows.append(
-            Row(
-                f"MemoryStore: {scale.runs:,} runs x 3 no-op steps",
-                memory_rate,
-                "transitions/s",
-                f"{memory_rate / batched:.2f} x batched raw",
-            )
-        )
-
-        async def latency_on_sqlite() -> list[float]:
-            async with af.SQLiteStore(directory / "latency.db") as store:
-                return await latencies(store, scale.latency_runs)
-
-        lat = _timed(f"latency, {scale.latency_runs} runs", lambda: trio.run(latency_on_sqlite))
-        four_commits = 4 / single  # a run is 4 commits: its trigger and 3 transitions
-        for q in (50, 99):
-            value = percentile(lat, q)
-            rows.append(
-                Row(
-                    f"SQLiteStore: trigger -> completion p{q} (1 run at a time)",
-                    value * 1000,
-                    "ms",
-                    f"{value / four_commits:.1f} x 4 raw single commits",
-                )
-            )
-        lat_mem = _timed(
-            "latency on MemoryStore",
-            lambda: trio.run(latencies, af.MemoryStore(), scale.latency_runs),
-        )
-        rows.append(
-            Row(
-                "MemoryStore: trigger -> completion p50",
-                statistics.median(lat_mem) * 1000,
-                "ms",
-                "",
-            )
-        )
-
-        for timeout in (False, True):
-            what = "callback + 1-day timeout" if timeout else "callback"
-            parked = _timed(
-                f"{scale.parked} parked runs ({what})",
-                lambda t=timeout: parked_child(scale.parked, directory, timeout=t),  # type: ignore[misc]
-            )
-            if parked["actors"] > 10:
-                raise RuntimeError(f"{parked['actors']} actors alive for parked runs; want ~0")
-            rows.append(
-                Row(
-                    f"peak RSS per parked run ({what}; {scale.parked:,} runs)",
-                    parked["per_run"],
-                    "bytes",
-                    f"{parked['per_run'] / 2048:.2f} x the 2 KB target; "
-                    f"{parked['actors']} actors alive, {parked['timers_armed']} timers armed; "
-                    f"{parked['file_bytes_per_run']:.0f} bytes/run on disk",
-                )
-            )
     return rows
 
 

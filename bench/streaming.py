@@ -11,38 +11,24 @@ its batches). Uses ``ACTORFLOW_REDIS_URL``, or starts a private ``redis-server``
 
 from __future__ import annotations
 
-import enum
 import os
 import shutil
 import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
-from typing import Any
 
-import attrs
 import trio
 
 import actorflow as af
-from actorflow._model.record import Meta, RawRecord
-from actorflow.streaming import ConnectorEvent, EventSender, relay_stats, transition_event
+from actorflow._model.record import RawRecord
 from actorflow.streaming._redis import encode_event
+from bench import _relay_harness as harness
 
 DEFAULT_EVENTS = 10_000
 PIPELINE = 500
-
-
-class _Status(enum.IntEnum):
-    WAITING = 1
-    DONE = 2
-
-
-@attrs.define
-class _Empty:
-    pass
 
 
 @asynccontextmanager
@@ -78,25 +64,6 @@ async def _redis_url() -> AsyncIterator[str | None]:
         await process.wait()
 
 
-def _records(count: int) -> list[RawRecord]:
-    now = datetime.now(UTC)
-    return [
-        RawRecord(
-            workflow_name="bench",
-            foreign_id=f"order-{n}",
-            run_id=uuid.uuid4().hex,
-            status=int(_Status.WAITING),
-            run_state=af.RunState.INITIATED,
-            object="{}",
-            version=1,
-            created_at=now,
-            updated_at=now,
-            meta=Meta(status_description="WAITING"),
-        )
-        for n in range(count)
-    ]
-
-
 async def _raw_xadd(url: str, prefix: str, fields: list[dict[bytes, bytes]]) -> float:
     import coredis
 
@@ -121,57 +88,15 @@ async def _pipelined_xadd(url: str, prefix: str, fields: list[dict[bytes, bytes]
         return len(fields) / (time.perf_counter() - start)
 
 
-@attrs.define
-class _FinishLine:
-    """Delegates to a streamer; ``reached`` is set once the event ``last_id`` was sent."""
-
-    inner: af.RedisStreamer
-    last_id: str
-    reached: trio.Event = attrs.Factory(trio.Event)
-
-    @asynccontextmanager
-    async def open_sender(self, topic: str) -> AsyncIterator[_FinishSender]:
-        async with self.inner.open_sender(topic) as sender:
-            yield _FinishSender(self, sender)
-
-    def open_receiver(self, topic: str, consumer: str, *, start: Any = "earliest") -> Any:
-        return self.inner.open_receiver(topic, consumer, start=start)
-
-
-@attrs.define
-class _FinishSender:
-    line: _FinishLine
-    sender: EventSender
-
-    async def send(self, event: ConnectorEvent) -> None:
-        await self.send_many([event])
-
-    async def send_many(self, events: Sequence[ConnectorEvent]) -> None:
-        await self.sender.send_many(events)
-        if events and events[-1].id == self.line.last_id:
-            self.line.reached.set()
-
-
 async def _relay(url: str, prefix: str, records: list[RawRecord]) -> float:
-    store = af.MemoryStore()
-    for record in records:
-        await store.create_run(record)
-    last = await store.last_event_id()
-    builder = af.Builder("bench", _Empty, _Status)
-
-    async def done(run: Any, payload: bytes) -> _Status:
-        return _Status.DONE
-
-    builder.add_callback(_Status.WAITING, done, to=_Status.DONE)
-    streamer = _FinishLine(af.RedisStreamer(url, prefix=prefix), str(last))
-    workflow = builder.build(store, streamer=streamer)
+    store, last = await harness.store_of(records)
+    streamer = harness.FinishLine(af.RedisStreamer(url, prefix=prefix), str(last))
+    workflow = harness.builder("bench").build(store, streamer=streamer)
     start = time.perf_counter()
     async with af.open_workflow(workflow):
         await streamer.reached.wait()
         elapsed = time.perf_counter() - start
-    stats = relay_stats(workflow)
-    if stats.errors:
-        raise RuntimeError(f"the relay failed during the benchmark: {stats.last_error}")
+    harness.check_relay(workflow)
     return len(records) / elapsed
 
 
@@ -190,15 +115,8 @@ async def run(events: int) -> dict[str, float] | None:
         if url is None:
             return None
         prefix = f"bench:{uuid.uuid4().hex[:8]}:"
-        records = _records(events)
-        store = af.MemoryStore()
-        for record in records[:1]:
-            await store.create_run(record)
-        sample = transition_event((await store.read_events(0, 1))[0])
-        fields = [
-            encode_event(attrs.evolve(sample, id=str(n), foreign_id=f"order-{n}"))
-            for n in range(events)
-        ]
+        records = harness.records(events)
+        fields = [encode_event(event) for event in await harness.sample_events(records, events)]
         try:
             raw = await _raw_xadd(url, prefix, fields)
             pipelined = await _pipelined_xadd(url, prefix, fields)

@@ -41,3 +41,25 @@ def test_quick_benchmarks_run_and_print_figures(tmp_path: Path) -> None:
     assert "<!-- bench:begin" in text and "<!-- bench:end -->" in text
     assert "`python -m bench --quick`" in text
     assert "| SQLiteStore: 1,000 runs x 3 no-op steps |" in text
+
+
+@pytest.mark.slow
+def test_scale_benchmark_runs_at_a_tiny_size() -> None:
+    """`python -m bench --scale` (minutes at its real sizes) still runs end to end."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--scale", "--sizes", "500", "--no-write"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for figure in (
+        "| restart to ready",
+        "| restart: CPU time",
+        "| trigger_many per CPU second of the process (runs/s) |",
+        "| trigger_many / plain sqlite3 inserts of the same rows (CPU) |",
+        "| peak RSS (MB) |",
+    ):
+        assert figure in done.stdout, done.stdout

@@ -55,7 +55,7 @@ async def test_the_example_on_a_sqlite_file(tmp_path: Path) -> None:
 
 
 async def test_the_example_runs_from_the_command_line() -> None:
-    for argv in (["-m", "examples.connector"], ["examples/connector/main.py", "--memory"]):
+    for argv in (["-m", "examples.connector"], ["-m", "examples.connector", "--memory"]):
         result = await trio.run_process(
             [sys.executable, *argv], cwd=ROOT, capture_stdout=True, capture_stderr=True
         )

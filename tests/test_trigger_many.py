@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import trio
@@ -91,3 +91,28 @@ async def test_many_runs_in_few_transactions_on_sqlite(tmp_path: object, clock: 
         assert len(await workflow.store.list_timers(workflow.name)) == 5000
     finally:
         await store.aclose()
+
+
+async def test_timer_functions_get_an_object_of_their_own(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    # Items without `initial` share one encoded default object; a timer function that
+    # changes the object it is given must not change what the next item's function sees.
+    builder = af.Builder("own-object", YinYang, Status)
+    seen: list[int] = []
+
+    def later(run: af.Run[YinYang, Status], now: datetime) -> datetime:
+        seen.append(run.object.count)
+        run.object.count += 1
+        return now + timedelta(hours=1)
+
+    async def expire(run: af.Run[YinYang, Status], now: datetime) -> Status:
+        return Status.END
+
+    builder.add_timeout(Status.STARTED, later, expire, to=Status.END)
+    workflow = builder.build(make_store(), clock=clock)
+    results = await workflow.trigger_many(["a", "b", "c"])
+    assert all(isinstance(r, str) for r in results)
+    assert seen == [0, 0, 0]
+    for foreign_id in "abc":
+        assert (await workflow.latest(foreign_id)).object.count == 0

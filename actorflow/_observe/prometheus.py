@@ -272,6 +272,14 @@ def _luno(wfs: list[WorkflowMetrics]) -> Iterator[Metric]:
 
 
 def _own(wfs: list[WorkflowMetrics]) -> Iterator[Metric]:
+    yield from _own_workflows(wfs)
+    workflows = [w for w in (m.workflow for m in wfs) if w is not None]
+    yield from _own_stores({id(w.store): w.store for w in workflows})
+    yield from _gateways()
+
+
+def _own_workflows(wfs: list[WorkflowMetrics]) -> Iterator[Metric]:
+    """actorflow's metrics of each workflow in this process."""
     runs = GaugeMetricFamily(
         "actorflow_runs",
         "runs by status and run state, counted in the store (refreshed every 15 s)",
@@ -303,20 +311,6 @@ def _own(wfs: list[WorkflowMetrics]) -> Iterator[Metric]:
         "time from trigger to completion of the runs that completed",
         labels=[WORKFLOW],
     )
-    transactions = CounterMetricFamily(
-        "actorflow_store_transactions",
-        "write transactions the store committed (each carries a batch of writes)",
-        labels=["store"],
-    )
-    writes = CounterMetricFamily(
-        "actorflow_store_writes", "write operations the store answered", labels=["store"]
-    )
-    largest = GaugeMetricFamily(
-        "actorflow_store_largest_batch",
-        "the most writes one transaction of the store carried",
-        labels=["store"],
-    )
-    stores: dict[int, Any] = {}
     for m in wfs:
         name = m.name
         workflow = m.workflow
@@ -335,7 +329,24 @@ def _own(wfs: list[WorkflowMetrics]) -> Iterator[Metric]:
         ready.add_metric([name], 1.0 if workflow.ready else 0.0)
         commit.add_metric([name], m.commit.buckets(), m.commit.sum)
         duration.add_metric([name], m.run_duration.buckets(), m.run_duration.sum)
-        stores[id(workflow.store)] = workflow.store
+    yield from (runs, actors, waiting, timers, ready, commit, duration)
+
+
+def _own_stores(stores: dict[int, Any]) -> Iterator[Metric]:
+    """The write statistics of the workflows' stores (each store once)."""
+    transactions = CounterMetricFamily(
+        "actorflow_store_transactions",
+        "write transactions the store committed (each carries a batch of writes)",
+        labels=["store"],
+    )
+    writes = CounterMetricFamily(
+        "actorflow_store_writes", "write operations the store answered", labels=["store"]
+    )
+    largest = GaugeMetricFamily(
+        "actorflow_store_largest_batch",
+        "the most writes one transaction of the store carried",
+        labels=["store"],
+    )
     for store in stores.values():
         stats = getattr(store, "stats", None)
         if stats is None or not hasattr(stats, "transactions"):
@@ -344,9 +355,7 @@ def _own(wfs: list[WorkflowMetrics]) -> Iterator[Metric]:
         transactions.add_metric(label, float(stats.transactions))
         writes.add_metric(label, float(getattr(stats, "writes", 0)))
         largest.add_metric(label, float(getattr(stats, "largest_batch", 0)))
-    yield from (runs, actors, waiting, timers, ready, commit, duration)
     yield from (transactions, writes, largest)
-    yield from _gateways()
 
 
 def _gateways() -> Iterator[Metric]:

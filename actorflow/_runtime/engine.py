@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from datetime import datetime, timedelta
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import Any, Generic, TypeVar
 
 import attrs
 import trio
@@ -24,18 +24,17 @@ from actorflow._model.codec import ObjectCodec
 from actorflow._model.definition import Definition, fn_name
 from actorflow._model.errors import (
     ActorflowError,
-    CallbackError,
     InvalidTransition,
-    RunNotFound,
     SerializationError,
     StepError,
-    StoreError,
 )
 from actorflow._model.options import Options
 from actorflow._model.record import Meta, RawRecord, Record, Timer
 from actorflow._model.run import Run, Special, SpecialResult
 from actorflow._model.run_state import RunState, check_transition
 from actorflow._model.text import printable
+from actorflow._runtime.error_counts import ErrorCounts
+from actorflow._runtime.lineage import Lineage
 from actorflow._runtime.observe import Observer, Process, process_name, run_fields
 from actorflow._runtime.user_code import user_error
 from actorflow.stores import Store
@@ -74,21 +73,13 @@ class Engine(Generic[T, S]):
         self.scrub = scrub
         self.default_options = default_options
         self._limiters: dict[object, trio.CapacityLimiter] = {}
-        self._errors: dict[str, dict[str, int]] = {}
         self._metas: dict[tuple[str, int], Meta] = {}
         """Meta of error-free versions, shared: one object per (reason, status), not per run."""
         self.on_timers: Callable[[str, list[Timer]], None] | None = None
         """Set by a running supervisor: arms timers as soon as they are stored."""
         self.fingerprint = definition.fingerprint
-        self.older: set[str] = {"", definition.fingerprint}
-        """Definitions whose runs this one may process: itself, the ones registered before
-        it in the store, and versions written before fingerprints existed (``""``)."""
-        self.newer: dict[str, str] = {}
-        """Definitions registered after this one (or never registered), by fingerprint."""
-        self.registered = False
-        """Whether this definition was recorded in the store (before its first write)."""
-        self.summaries: dict[str, str] = {definition.fingerprint: definition.summary}
-        """The statuses, edges and object schema of every known definition, by fingerprint."""
+        self.lineage = Lineage(store, definition, clock)
+        """The other definitions of this workflow: whose runs this one may process."""
         self.observer: Observer | None = None
         """Metrics and traces (None: off, and the hot path skips them)."""
         self.step_processes: dict[int, Process] = {
@@ -113,6 +104,8 @@ class Engine(Generic[T, S]):
             for timeout in specs:
                 key = f"timeout {fn_name(timeout.fn)}"
                 self.error_processes[key] = self.timeout_processes[status].name
+        self.errors = ErrorCounts(self.error_processes)
+        """Consecutive errors of each function on each run."""
         self.services: dict[str, Process] = {}
         """The workflow's service processes (hooks, connectors, relay, schedules, ...)."""
 
@@ -122,16 +115,6 @@ class Engine(Generic[T, S]):
         if process is None:
             process = self.services[name] = Process(name, lag_alert)
         return process
-
-    def erroring(self) -> set[str]:
-        """Names of the step and timeout processes with runs in an error back-off."""
-        found: set[str] = set()
-        for counts in self._errors.values():
-            for key in counts:
-                name = self.error_processes.get(key)
-                if name is not None:
-                    found.add(name)
-        return found
 
     # -- conversions -------------------------------------------------------------------------
 
@@ -300,18 +283,9 @@ class Engine(Generic[T, S]):
 
     def committed(self, run_id: str, timers: list[Timer] | None) -> None:
         """Bookkeeping after a version of the run was stored."""
-        if self._errors:
-            self._errors.pop(run_id, None)
+        self.errors.forget(run_id)
         if timers is not None and self.on_timers is not None:
             self.on_timers(run_id, timers)
-
-    def reset_errors(self, run_id: str, key: str) -> None:
-        """The function behind ``key`` returned normally: its errors are no longer consecutive."""
-        counts = self._errors.get(run_id)
-        if counts is not None:
-            counts.pop(key, None)
-            if not counts:
-                del self._errors[run_id]
 
     async def apply_result(
         self,
@@ -346,7 +320,7 @@ class Engine(Generic[T, S]):
             new = self.next_version(raw, run_state=RunState.RUNNING, object=encoded)
             if fired is None:
                 return await self.commit(new), None
-            remaining = _without(await self._run_timers(raw), fired)
+            remaining = _without(await self.store.list_timers(self.name, raw.run_id), fired)
             return await self.commit(new, timers=remaining), remaining
         new, timers = self.plan_status(raw, run, result, allowed, what)
         return await self.commit(new, timers=timers, had_timers=had_timers), timers
@@ -390,8 +364,7 @@ class Engine(Generic[T, S]):
         """Count a consecutive error of ``key`` for the run; pause it at the limit.
 
         Returns (the error count, the paused record or None)."""
-        counts = self._errors.setdefault(raw.run_id, {})
-        count = counts[key] = counts.get(key, 0) + 1
+        count = self.errors.add(raw.run_id, key)
         message = f"{type(exc).__name__}: {exc}"
         log.warning(
             "%s: error %d: %s",
@@ -412,9 +385,6 @@ class Engine(Generic[T, S]):
 
     # -- run-state controls --------------------------------------------------------------------
 
-    async def _run_timers(self, raw: RawRecord) -> list[Timer]:
-        return await self.store.list_timers(self.name, raw.run_id)
-
     async def pause(
         self,
         raw: RawRecord,
@@ -426,7 +396,9 @@ class Engine(Generic[T, S]):
         auto_resume: bool = True,
     ) -> tuple[RawRecord, list[Timer]]:
         self.check_state(raw, RunState.PAUSED)
-        timers = [t for t in await self._run_timers(raw) if t.kind != RESUME]
+        timers = [
+            t for t in await self.store.list_timers(self.name, raw.run_id) if t.kind != RESUME
+        ]
         if drop is not None:
             timers = _without(timers, drop)
         if self.resume_paused_after is not None and auto_resume:
@@ -448,7 +420,9 @@ class Engine(Generic[T, S]):
         self, raw: RawRecord, reason: str = "resumed"
     ) -> tuple[RawRecord, list[Timer]]:
         self.check_state(raw, RunState.RUNNING)
-        timers = [t for t in await self._run_timers(raw) if t.kind != RESUME]
+        timers = [
+            t for t in await self.store.list_timers(self.name, raw.run_id) if t.kind != RESUME
+        ]
         new = self.next_version(raw, run_state=RunState.RUNNING, reason=reason)
         return await self.commit(new, timers=timers), timers
 
@@ -490,62 +464,6 @@ class Engine(Generic[T, S]):
             return
         check_transition(old, new, run_id=raw.run_id)
 
-    # -- callbacks -----------------------------------------------------------------------------
-
-    async def callback(
-        self, raw: RawRecord, status: int, payload: bytes, *, parent: str = ""
-    ) -> tuple[RawRecord | None, list[Timer] | None]:
-        """Run the callbacks of ``status`` on the run; None when it is not there any more.
-
-        ``parent``: the traceparent of the caller of ``workflow.callback`` (tracing on)."""
-        if raw.status != status or not raw.run_state.active:
-            return None, None
-        if not await self.accepts(raw):
-            raise ActorflowError(
-                f"{self.where(raw)} was last written by definition {raw.meta.definition}, "
-                f"which is newer than this process's definition {self.fingerprint}: call "
-                "back through a process that runs the newer definition"
-            )
-        observer = self.observer
-        for spec in self.definition.callbacks.get(status, ()):
-            run = self.make_run(raw)
-            key = f"callback {fn_name(spec.fn)}"
-            token = (
-                None
-                if observer is None
-                else observer.begin("callback", self.callback_processes[status], raw, parent=parent)
-            )
-            try:
-                try:
-                    result = await spec.fn(run, payload)
-                except StoreError as exc:  # raised by the user's code: its own error
-                    raise StepError(f"{key} raised {type(exc).__name__}: {exc}") from exc
-                self.reset_errors(raw.run_id, key)
-                new, timers = await self.apply_result(raw, run, result, spec.to, key)
-            except StoreError as exc:
-                if observer is not None:
-                    observer.end(token, "error", exc)
-                raise
-            except (Exception, trio.Cancelled) as exc:
-                try:
-                    error = user_error(exc, key)
-                except BaseException:
-                    if observer is not None:
-                        observer.end(token, "cancelled", exc)
-                    raise
-                if observer is not None:
-                    observer.end(token, "error", error)
-                await self._callback_failed(raw, key, error)
-            except BaseException as exc:
-                if observer is not None:
-                    observer.end(token, "cancelled", exc)
-                raise
-            if observer is not None:
-                observer.end(token, self.outcome(raw, new))
-            if new is not None:
-                return new, timers
-        return None, None
-
     def outcome(self, raw: RawRecord, new: RawRecord | None) -> str:
         """What a unit of work did to ``raw``, in a word (for spans and logs)."""
         if new is None:
@@ -553,98 +471,6 @@ class Engine(Generic[T, S]):
         if new.run_state is not raw.run_state and new.run_state is not RunState.RUNNING:
             return new.run_state.name.lower()
         return new.meta.status_description or str(new.status)
-
-    async def _callback_failed(self, raw: RawRecord, key: str, exc: Exception) -> NoReturn:
-        count, paused = await self.count_error(raw, key, exc, self.default_options)
-        note = f"; the run was paused ({paused.meta.run_state_reason})" if paused else ""
-        raise CallbackError(
-            f"{self.where(raw, key)} failed ({count} consecutive error(s)){note}: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
-
-    async def lookup(self, run_id: str) -> RawRecord:
-        return await self.store.lookup(self.name, run_id)
-
-    # -- evolution (docs/upgrading.md) -----------------------------------------------------------
-
-    async def register(self) -> None:
-        """Record this definition in the store (once) and learn which ones came before it."""
-        register = getattr(self.store, "register_definition", None)
-        self.registered = True  # concurrent first writes register once
-        if register is None:
-            return
-        try:
-            known = await register(self.name, self.fingerprint, self.definition.summary, self.now())
-        except BaseException:
-            self.registered = False
-            raise
-        older = True
-        for fp, summary, _at in known:
-            self.summaries[fp] = summary
-            if older:
-                self.older.add(fp)
-                self.newer.pop(fp, None)
-            elif fp not in self.older:
-                self.newer[fp] = summary
-            if fp == self.fingerprint:
-                older = False
-
-    def mapped_status(self, status: int) -> int:
-        """The status a run stored at ``status`` is at for this definition."""
-        mapping = self.definition.evolution.mappings.get(status)
-        return status if mapping is None else int(mapping.new)
-
-    def accepts_now(self, raw: RawRecord) -> bool:
-        """Whether this definition may process the run, known without reading the store."""
-        return raw.meta.definition in self.older
-
-    async def accepts(self, raw: RawRecord) -> bool:
-        """Whether this definition may process the run: not when a newer definition (one
-        registered after this one, or not at all) last wrote it. A rolling deploy relies on
-        this: old workers leave the runs new workers wrote alone."""
-        if raw.meta.definition in self.older:
-            return True
-        if raw.meta.definition not in self.newer:
-            await self.register()  # perhaps registered before us since we last looked
-            if raw.meta.definition in self.older:
-                return True
-            self.newer.setdefault(raw.meta.definition, "")
-        return False
-
-    async def upgrade(self, raw: RawRecord) -> RawRecord:
-        """The run as this definition can process it: status mappings and the object
-        upgrade applied, obsolete timers dropped, stored as one new version with a reason;
-        a run it cannot get there is parked (PAUSED, the reason naming the problem).
-        Returns ``raw`` itself when there is nothing to do."""
-        if raw.meta.definition == self.fingerprint or raw.run_state.finished:
-            return raw
-        if not await self.accepts(raw):
-            return raw
-        timers = await self._run_timers(raw)
-        plan = plan_upgrade(self, raw, timers)
-        if plan.problem is not None:
-            if raw.run_state is RunState.PAUSED:
-                return raw
-            reason = f"parked by definition {self.fingerprint}: {plan.kind}: {plan.problem}"
-            log.warning("%s: %s", self.where(raw), reason)
-            paused, _ = await self.pause(raw, reason[:2000], auto_resume=False)
-            return paused
-        if not plan.reasons:
-            return raw
-        new = self.next_version(
-            raw,
-            status=plan.status,
-            run_state=plan.run_state,
-            object=plan.object,
-            reason="; ".join(plan.reasons)[:2000],
-        )
-        log.info("%s: %s", self.where(raw), new.meta.run_state_reason)
-        return await self.commit(new, timers=plan.timers)
-
-    async def require_run(self, run_id: str) -> RawRecord:
-        if not isinstance(run_id, str) or not run_id:
-            raise RunNotFound(f"workflow {self.name!r}: run id must be a non-empty string")
-        return await self.store.lookup(self.name, run_id)
 
 
 def upgraded_object(engine: Engine[Any, Any], raw: RawRecord) -> str:
@@ -675,111 +501,6 @@ def upgraded_object(engine: Engine[Any, Any], raw: RawRecord) -> str:
             f"upgrade_object function {fn_name(fn)} returned an object that does not fit "
             f"{engine.codec.object_type.__name__}: {exc}"
         ) from None
-
-
-@attrs.frozen
-class UpgradePlan:
-    """What :meth:`Engine.upgrade` stores for a run (nothing, when ``reasons`` is empty),
-    or the problem that parks it."""
-
-    problem: str | None = None
-    kind: str = ""
-    status: int | None = None
-    run_state: RunState | None = None
-    object: str | None = None
-    timers: list[Timer] | None = None
-    reasons: tuple[str, ...] = ()
-
-
-def plan_upgrade(engine: Engine[Any, Any], raw: RawRecord, timers: list[Timer]) -> UpgradePlan:
-    """Decide what the current definition does with a run another definition wrote."""
-    from actorflow._model import evolution as ev
-
-    definition = engine.definition
-    reasons: list[str] = []
-    status = raw.status
-    mapping = definition.evolution.mappings.get(status)
-    if mapping is not None:
-        status = int(mapping.new)
-        reasons.append(mapping.reason)
-    member = definition.status(status)
-    if not isinstance(member, enum.Enum):
-        return UpgradePlan(
-            f"{status} (not a member of {definition.status_type.__name__}, not mapped by "
-            "rename_status or retire)",
-            ev.UNKNOWN_STATUS,
-        )
-    name = member.name
-    terminal = definition.is_terminal(status)
-    if terminal and mapping is None:
-        return UpgradePlan(f"{name}={status}", ev.NO_WAY_FORWARD)
-    new_object: str | None = None
-    if not object_fits(engine, raw.object) or (
-        definition.evolution.upgrade is not None and _object_schema_changed(engine, raw)
-    ):
-        if definition.evolution.upgrade is None:
-            return UpgradePlan(
-                f"{engine.codec.object_type.__name__} (add builder.upgrade_object)",
-                ev.OBJECT_DOES_NOT_FIT,
-            )
-        try:
-            new_object = upgraded_object(engine, raw)
-        except ActorflowError as exc:
-            return UpgradePlan(str(exc), ev.UPGRADE_FAILED)
-        reasons.append(f"object upgraded by {fn_name(definition.evolution.upgrade)}")
-    kept: list[Timer] = []
-    for timer in timers:
-        if timer.kind == RESUME:
-            kept.append(timer)
-            continue
-        timer_status = timer.status
-        moved = definition.evolution.mappings.get(timer_status)
-        if moved is not None:
-            timer_status = int(moved.new)
-        specs = definition.timeouts.get(timer_status, ())
-        if any(spec.kind == timer.kind for spec in specs) and not terminal:
-            kept.append(attrs.evolve(timer, status=timer_status))
-        else:
-            reasons.append(
-                f"timer {timer.kind} of status {timer.status} dropped ({ev.REMOVED_TIMEOUT})"
-            )
-    new_timers = None if kept == timers else kept
-    if terminal:
-        new_timers = []
-    return UpgradePlan(
-        None,
-        "",
-        status if status != raw.status else None,
-        RunState.COMPLETED if terminal else None,
-        new_object,
-        new_timers,
-        tuple(reasons),
-    )
-
-
-def _object_schema_changed(engine: Engine[Any, Any], raw: RawRecord) -> bool:
-    """Whether the definition that wrote the run had another object schema (as far as
-    the definitions registry knows; an unknown writer counts as the same)."""
-    theirs = engine.summaries.get(raw.meta.definition)
-    if theirs is None:
-        return False
-    try:
-        return bool(json.loads(theirs)["object"] != json.loads(engine.definition.summary)["object"])
-    except (ValueError, KeyError, TypeError):
-        return False
-
-
-def object_fits(engine: Engine[Any, Any], text: str) -> bool:
-    """Whether a stored object structures into the object type without losing anything
-    the type still has (the rules in docs/upgrading.md)."""
-    from actorflow._model.evolution import lossless
-
-    try:
-        obj = engine.codec.decode(text)
-        again = json.loads(engine.codec.encode(obj))
-        return lossless(json.loads(text), again)
-    except (ActorflowError, ValueError):
-        return False
 
 
 def _without(timers: list[Timer], timer: Timer | None) -> list[Timer]:

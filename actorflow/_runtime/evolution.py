@@ -18,7 +18,8 @@ from actorflow._model.errors import BuildError, VersionConflict
 from actorflow._model.evolution import CheckReport
 from actorflow._model.record import RawRecord
 from actorflow._model.run_state import RunState
-from actorflow._runtime.engine import Engine, log, plan_upgrade
+from actorflow._runtime.engine import Engine, log
+from actorflow._runtime.upgrade import plan_upgrade, upgrade
 from actorflow.stores.filters import RunFilter
 
 PAGE = 500
@@ -46,7 +47,7 @@ async def _rename_conflicts(engine: Engine[Any, Any], report: CheckReport) -> No
     """A rename onto a status that already has runs written by a definition that had
     that status value itself: those runs would change their meaning."""
     statuses: dict[str, dict[str, str]] = {}
-    for fp, summary in engine.summaries.items():
+    for fp, summary in engine.lineage.summaries.items():
         try:
             statuses[fp] = json.loads(summary)["statuses"]
         except (ValueError, KeyError, TypeError):
@@ -62,7 +63,7 @@ async def _rename_conflicts(engine: Engine[Any, Any], report: CheckReport) -> No
             )
             for raw in page:
                 fp = raw.meta.definition
-                if fp == engine.fingerprint or fp in engine.newer:
+                if fp == engine.fingerprint or fp in engine.lineage.newer:
                     continue
                 if fp in statuses and str(target) not in statuses[fp]:
                     continue  # written after the rename (by a definition without the old one)
@@ -91,13 +92,13 @@ async def check(
     owns; ``"refuse"`` raises BuildError (nothing changed) if any run is stranded. A rename
     onto a status with runs of its own raises BuildError unless None.
     """
-    await engine.register()
+    await engine.lineage.register()
     report = CheckReport(engine.name, engine.fingerprint)
     park = on_stranded == "pause"
     await _rename_conflicts(engine, report)
     if on_stranded is not None:
         refuse_if_needed(report, on_stranded)
-    if set(engine.summaries) <= {engine.fingerprint}:
+    if set(engine.lineage.summaries) <= {engine.fingerprint}:
         # No other definition of this workflow ever wrote to the store: every stored run
         # is this definition's. Nothing to read (a million parked runs start in ms).
         report.only_definition = True
@@ -109,34 +110,8 @@ async def check(
         page = await engine.store.list_runs(engine.name, _UNFINISHED, limit=PAGE, after=after)
         for raw in page:
             report.checked += 1
-            fp = raw.meta.definition
-            if fp == engine.fingerprint:
-                continue
-            if not await engine.accepts(raw):
-                report.note(ev.NEWER_DEFINITION, f"definition {fp}", raw.run_id, fp)
-                continue
-            # Only the timers of a run written by another definition (not every timer of
-            # the workflow at once: millions of them at scale).
-            timers = await engine.store.list_timers(engine.name, raw.run_id)
-            plan = plan_upgrade(engine, raw, timers)
-            if plan.problem is not None:
-                report.note(plan.kind, plan.problem, raw.run_id, fp)
-                if park and raw.run_state is not RunState.PAUSED:
-                    if not owns(raw.run_id):
-                        to_wake.append(raw.run_id)  # parked by its owner, when loaded
-                        continue
-                    try:
-                        await engine.upgrade(raw)
-                    except VersionConflict:
-                        to_wake.append(raw.run_id)  # changed meanwhile: parked when loaded
-                        continue
-                    report.parked += 1
-                continue
-            for reason in plan.reasons:
-                kind = ev.REMOVED_TIMEOUT if ev.REMOVED_TIMEOUT in reason else ev.TO_MIGRATE
-                report.note(kind, reason, raw.run_id, fp)
-            if plan.reasons:
-                to_wake.append(raw.run_id)
+            if raw.meta.definition != engine.fingerprint:
+                await _check_run(engine, raw, report, park=park, owns=owns, to_wake=to_wake)
         if len(page) < PAGE:
             break
         after = page[-1].run_id
@@ -147,6 +122,46 @@ async def check(
     if on_stranded is not None:
         refuse_if_needed(report, on_stranded)
     return CheckResult(report, to_wake)
+
+
+async def _check_run(
+    engine: Engine[Any, Any],
+    raw: RawRecord,
+    report: CheckReport,
+    *,
+    park: bool,
+    owns: Callable[[str], bool],
+    to_wake: list[str],
+) -> None:
+    """Check one run another definition wrote: note what it needs in ``report``, park it
+    now (``park``, when this process owns it) or add it to ``to_wake`` (migrated or parked
+    as it loads)."""
+    fp = raw.meta.definition
+    if not await engine.lineage.accepts(raw):
+        report.note(ev.NEWER_DEFINITION, f"definition {fp}", raw.run_id, fp)
+        return
+    # Only the timers of a run written by another definition (not every timer of the
+    # workflow at once: millions of them at scale).
+    timers = await engine.store.list_timers(engine.name, raw.run_id)
+    plan = plan_upgrade(engine, raw, timers)
+    if plan.problem is not None:
+        report.note(plan.kind, plan.problem, raw.run_id, fp)
+        if park and raw.run_state is not RunState.PAUSED:
+            if not owns(raw.run_id):
+                to_wake.append(raw.run_id)  # parked by its owner, when loaded
+                return
+            try:
+                await upgrade(engine, raw)
+            except VersionConflict:
+                to_wake.append(raw.run_id)  # changed meanwhile: parked when loaded
+                return
+            report.parked += 1
+        return
+    for reason in plan.reasons:
+        kind = ev.REMOVED_TIMEOUT if ev.REMOVED_TIMEOUT in reason else ev.TO_MIGRATE
+        report.note(kind, reason, raw.run_id, fp)
+    if plan.reasons:
+        to_wake.append(raw.run_id)
 
 
 def refuse_if_needed(report: CheckReport, on_stranded: str) -> None:
@@ -178,7 +193,7 @@ async def migrate(
     transaction), parking runs that cannot be migrated. Resumable: migrated runs carry
     this definition's fingerprint and are passed over by a second pass; a pass stopped
     half-way is simply started again. ``dry_run`` only reports."""
-    await engine.register()
+    await engine.lineage.register()
     report = CheckReport(engine.name, engine.fingerprint)
     after: str | None = None
     while True:
@@ -204,7 +219,7 @@ async def _migrate_one(
     fp = raw.meta.definition
     if fp == engine.fingerprint:
         return
-    if not await engine.accepts(raw):
+    if not await engine.lineage.accepts(raw):
         report.note(ev.NEWER_DEFINITION, f"definition {fp}", raw.run_id, fp)
         return
     timers = await engine.store.list_timers(engine.name, raw.run_id)
@@ -225,7 +240,7 @@ async def _migrate_one(
 async def _retrying_upgrade(engine: Engine[Any, Any], raw: RawRecord) -> None:
     for _ in range(5):
         try:
-            await engine.upgrade(raw)
+            await upgrade(engine, raw)
             return
         except VersionConflict:
             raw = await engine.store.lookup(engine.name, raw.run_id)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from actorflow._model.record import Timer
 from actorflow.stores.protocol import Leadership as Leadership
+from actorflow.stores.protocol import OwnedEvents as OwnedEvents
 from actorflow.stores.protocol import Ownership as Ownership
 
 if TYPE_CHECKING:
@@ -41,19 +42,12 @@ class ActorHost(Protocol):
         """The actor has ended: drop it (and start the next waiting run in its place)."""
         ...
 
-    def retry_later(self, run_id: str) -> None:
-        """Look at the run again after the retry delay (its store read failed)."""
+    def wake_at(self, run_id: str, when: datetime, *, pinned: bool = False) -> None:
+        """Have an actor look at the run at wall time ``when`` (``pinned``: a time that
+        exists in memory only, a back-off or a snoozed timeout, which the supervisor must
+        hold however far away)."""
         ...
 
-    def wake_later(self, run_id: str, deadline: float, retry_at: float) -> None:
-        """The actor passivates: wake a new one for the run at trio time ``deadline``."""
-        ...
-
-    def schedule_run(self, run_id: str, timers: list[Timer]) -> None:
-        """The run's pending timers changed to ``timers``: arm them."""
-        ...
-
-    def arm(self, run_id: str, when: datetime, *, pinned: bool = False) -> None:
-        """Wake the run at wall time ``when`` (a stored timer's time; ``pinned``: a time
-        that exists in memory only, which the supervisor must hold however far away)."""
+    def wake_for_timers(self, run_id: str, timers: list[Timer]) -> None:
+        """The run's stored timers are now exactly ``timers``: wake it when one is due."""
         ...

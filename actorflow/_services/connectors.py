@@ -22,7 +22,7 @@ from actorflow._model.definition import ConnectorSpec, fn_name
 from actorflow._model.errors import InvalidArgument
 from actorflow._model.options import Options
 from actorflow._model.process import ProcessState
-from actorflow._runtime.observe import Process, process_name
+from actorflow._runtime.observe import Observer, Process, process_name
 from actorflow._runtime.user_code import user_error
 from actorflow._services.context import ServiceContext
 from actorflow.streaming._protocol import ConnectorEvent, EventSource
@@ -115,10 +115,7 @@ async def _serve(
             exc = user_error(caught, f"connector {spec.name!r} source {source!r}")
             failures += 1
             stats.source_errors += 1
-            stats.last_error = f"{type(exc).__name__}: {exc}"
-            process.state = ProcessState.ERRORING
-            if ctx.observer is not None:
-                ctx.observer.error(process.name)
+            stats.last_error = ctx.failed(process, exc)
             delay = spec.options.retry_seconds(failures)
             log.warning(
                 "workflow %r connector %r: source %r failed (%d in a row), reopening in %.3g s: %s",
@@ -156,61 +153,78 @@ async def _handle(
 ) -> None:
     """Call the connector function until it succeeds, backing off between failures."""
     errors = 0
-    observer = ctx.observer
-    while True:
-        token = (
-            None
-            if observer is None
-            else observer.begin(
-                "connector",
-                process.name,
-                None,
-                parent=event.headers.get("traceparent", ""),
-                attributes={
-                    "actorflow.workflow": ctx.name,
-                    "actorflow.connector": spec.name,
-                    "actorflow.event_id": event.id,
-                    "actorflow.foreign_id": event.foreign_id,
-                    "actorflow.event_type": event.type,
-                },
-            )
+    while (exc := await _call(ctx, spec, event, process)) is not None:
+        process.state = ProcessState.ERRORING
+        errors += 1
+        stats.errors += 1
+        stats.last_error = f"{type(exc).__name__}: {exc}"
+        delay = spec.options.retry_seconds(errors)
+        log.warning(
+            "workflow %r connector %r: %s failed on event %s (foreign id %r, type %r), "
+            "attempt %d, retrying in %.3g s: %s",
+            ctx.name,
+            spec.name,
+            fn_name(spec.fn),
+            event.id,
+            event.foreign_id,
+            event.type,
+            errors,
+            delay,
+            stats.last_error,
+            extra={**event_fields(ctx, spec, event), "error_count": errors},
         )
+        await trio.sleep(delay)
+
+
+async def _call(
+    ctx: ServiceContext, spec: ConnectorSpec, event: ConnectorEvent, process: Process
+) -> Exception | None:
+    """Call the connector function once, in its span; returns its error, or None.
+
+    Raises:
+        BaseException: a real cancellation (or KeyboardInterrupt...), after ending the span.
+    """
+    observer = ctx.observer
+    token = None if observer is None else _begin_span(observer, ctx, spec, event, process)
+    try:
+        await spec.fn(ctx.handle, event)
+    except (Exception, trio.Cancelled) as caught:
         try:
-            await spec.fn(ctx.handle, event)
-        except (Exception, trio.Cancelled) as caught:
-            try:
-                exc = user_error(caught, f"connector function {fn_name(spec.fn)}")
-            except BaseException:
-                if observer is not None:
-                    observer.end(token, "cancelled", caught)
-                raise
+            exc = user_error(caught, f"connector function {fn_name(spec.fn)}")
+        except BaseException:
             if observer is not None:
-                observer.end(token, "error", exc)
-            process.state = ProcessState.ERRORING
-            errors += 1
-            stats.errors += 1
-            stats.last_error = f"{type(exc).__name__}: {exc}"
-            delay = spec.options.retry_seconds(errors)
-            log.warning(
-                "workflow %r connector %r: %s failed on event %s (foreign id %r, type %r), "
-                "attempt %d, retrying in %.3g s: %s",
-                ctx.name,
-                spec.name,
-                fn_name(spec.fn),
-                event.id,
-                event.foreign_id,
-                event.type,
-                errors,
-                delay,
-                stats.last_error,
-                extra={**event_fields(ctx, spec, event), "error_count": errors},
-            )
-            await trio.sleep(delay)
-        except BaseException as exc:
-            if observer is not None:
-                observer.end(token, "cancelled", exc)
+                observer.end(token, "cancelled", caught)
             raise
-        else:
-            if observer is not None:
-                observer.end(token, "handled")
-            return
+        if observer is not None:
+            observer.end(token, "error", exc)
+        return exc
+    except BaseException as exc:
+        if observer is not None:
+            observer.end(token, "cancelled", exc)
+        raise
+    if observer is not None:
+        observer.end(token, "handled")
+    return None
+
+
+def _begin_span(
+    observer: Observer,
+    ctx: ServiceContext,
+    spec: ConnectorSpec,
+    event: ConnectorEvent,
+    process: Process,
+) -> object:
+    """Begin the span of one call, a child of the event's trace context (if it has one)."""
+    return observer.begin(
+        "connector",
+        process.name,
+        None,
+        parent=event.headers.get("traceparent", ""),
+        attributes={
+            "actorflow.workflow": ctx.name,
+            "actorflow.connector": spec.name,
+            "actorflow.event_id": event.id,
+            "actorflow.foreign_id": event.foreign_id,
+            "actorflow.event_type": event.type,
+        },
+    )

@@ -18,6 +18,7 @@ import attrs
 from actorflow._model.clock import Clock
 from actorflow._model.definition import Definition
 from actorflow._model.options import Options
+from actorflow._model.process import ProcessState
 from actorflow._runtime.observe import Observer, Process
 from actorflow.stores import Store
 
@@ -54,3 +55,12 @@ class ServiceContext:
     service: Callable[[str, float], Process] = Process
     """``service(name, lag_alert_seconds)``: the Process a service keeps its state in
     (what ``workflow.states()`` reports)."""
+
+    def failed(self, process: Process, error: BaseException) -> str:
+        """A service's ``process`` failed outside a unit of work (a connector's source, a
+        relay batch): it is ERRORING and the error counted; returns the error's text for
+        the service's ``last_error``."""
+        process.state = ProcessState.ERRORING
+        if self.observer is not None:
+            self.observer.error(process.name)
+        return f"{type(error).__name__}: {error}"

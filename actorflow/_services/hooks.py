@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
+import attrs
 import trio
 
+from actorflow._model.definition import HookFn
 from actorflow._model.errors import StoreError
 from actorflow._model.options import Options
 from actorflow._model.process import ProcessState
@@ -88,65 +91,50 @@ async def follow_events(
 
 async def run_hooks(engine: Engine[T, S], poll_interval: timedelta) -> None:
     """Serve the workflow's hooks until cancelled."""
-    hooks = engine.definition.hooks
-    options: Options = engine.default_options
     processes: dict[str, Process] = {
-        kind: engine.service(hook_process(kind)) for kind in hooks if kind in STATE_OF_HOOK
+        kind: engine.service(hook_process(kind))
+        for kind in engine.definition.hooks
+        if kind in STATE_OF_HOOK
     }
+    hooks = _Hooks(engine, engine.default_options, processes)
+    for process in processes.values():
+        process.state = ProcessState.RUNNING
+    try:
+        await follow_events(engine, f"hooks:{engine.name}", poll_interval, hooks.handle)
+    finally:
+        for process in processes.values():
+            process.state = ProcessState.STOPPED
 
-    async def handle(event: Event) -> None:
+
+@attrs.frozen
+class _Hooks(Generic[T, S]):
+    """Calls the hook of each run-state change, retrying it with the workflow's back-off."""
+
+    engine: Engine[T, S]
+    options: Options
+    processes: Mapping[str, Process]
+
+    async def handle(self, event: Event) -> None:
+        """Call the hook of ``event``'s run state, if there is one, until it succeeds."""
         kind = HOOK_OF_STATE.get(event.run_state)
-        hook = hooks.get(kind) if kind else None
+        hook = self.engine.definition.hooks.get(kind) if kind else None
         if hook is None or kind is None:
             return
-        process = processes[kind]
-        observer = engine.observer
+        process = self.processes[kind]
         attempts = 0
-
-        def failed(token: object, error: BaseException) -> None:
-            if observer is not None:
-                if token is None:
-                    observer.error(process.name)
-                else:
-                    observer.end(token, "error", error)
-            process.state = ProcessState.ERRORING
 
         async def call_hook() -> None:
             nonlocal attempts
             attempts += 1
-            token: object = None
-            try:
-                history = await engine.store.history(engine.name, event.run_id)
-                raw = next(r for r in history if r.version == event.version)
-                if attempts == 1:
-                    lag = (engine.now() - raw.updated_at).total_seconds()
-                    process.took_up(observer, engine.name, lag, raw)
-                if observer is not None:
-                    token = observer.begin("hook", process.name, raw)
-                await hook(engine.typed(raw))
-            except trio.Cancelled as exc:  # a stray one is the hook's error; a real one ends us
-                try:
-                    error = user_error(exc, f"on_{kind} hook")
-                except BaseException:
-                    if observer is not None and token is not None:
-                        observer.end(token, "cancelled", exc)
-                    raise
-                failed(token, error)
-                raise error from exc
-            except Exception as exc:
-                failed(token, exc)
-                raise
-            if observer is not None:
-                observer.end(token, "handled")
-            process.state = ProcessState.RUNNING
+            await self._call(hook, kind, event, process, first=attempts == 1)
 
         await retrying(
             call_hook,
-            options=options,
-            what=f"workflow {engine.name!r}: on_{kind} hook for run {event.run_id}",
+            options=self.options,
+            what=f"workflow {self.engine.name!r}: on_{kind} hook for run {event.run_id}",
             log=log,
             extra={
-                "workflow_name": engine.name,
+                "workflow_name": self.engine.name,
                 "process_name": process.name,
                 "run_id": event.run_id,
                 "foreign_id": event.foreign_id,
@@ -154,10 +142,44 @@ async def run_hooks(engine: Engine[T, S], poll_interval: timedelta) -> None:
             },
         )
 
-    for process in processes.values():
+    async def _call(
+        self, hook: HookFn, kind: str, event: Event, process: Process, *, first: bool
+    ) -> None:
+        """One call of ``hook`` on the version of ``event``, in its span; its error raised
+        (a stray ``trio.Cancelled`` as the hook's error, a real one as it is)."""
+        engine = self.engine
+        observer = engine.observer
+        token: object = None
+        try:
+            history = await engine.store.history(engine.name, event.run_id)
+            raw = next(r for r in history if r.version == event.version)
+            if first:
+                lag = (engine.now() - raw.updated_at).total_seconds()
+                process.took_up(observer, engine.name, lag, raw)
+            if observer is not None:
+                token = observer.begin("hook", process.name, raw)
+            await hook(engine.typed(raw))
+        except trio.Cancelled as exc:  # a stray one is the hook's error; a real one ends us
+            try:
+                error = user_error(exc, f"on_{kind} hook")
+            except BaseException:
+                if observer is not None and token is not None:
+                    observer.end(token, "cancelled", exc)
+                raise
+            self._failed(process, token, error)
+            raise error from exc
+        except Exception as exc:
+            self._failed(process, token, exc)
+            raise
+        if observer is not None:
+            observer.end(token, "handled")
         process.state = ProcessState.RUNNING
-    try:
-        await follow_events(engine, f"hooks:{engine.name}", poll_interval, handle)
-    finally:
-        for process in processes.values():
-            process.state = ProcessState.STOPPED
+
+    def _failed(self, process: Process, token: object, error: BaseException) -> None:
+        observer = self.engine.observer
+        if observer is not None:
+            if token is None:
+                observer.error(process.name)
+            else:
+                observer.end(token, "error", error)
+        process.state = ProcessState.ERRORING

@@ -95,10 +95,7 @@ async def _relay(ctx: ServiceContext, streamer: Any, process: Process) -> None:
             exc = user_error(caught, f"streamer {streamer!r}")
             failures += 1
             stats.errors += 1
-            stats.last_error = f"{type(exc).__name__}: {exc}"
-            process.state = ProcessState.ERRORING
-            if ctx.observer is not None:
-                ctx.observer.error(process.name)
+            stats.last_error = ctx.failed(process, exc)
             delay = options.retry_seconds(failures)
             log.warning(
                 "workflow %r: relay to %r failed (%d in a row), re-publishing from event %d "

@@ -12,8 +12,10 @@ import contextlib
 import logging
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Sequence
-from typing import NoReturn
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NoReturn
+
+import attrs
 
 from actorflow._model.errors import is_interrupt
 from actorflow.cli import commands as _cli_commands
@@ -45,18 +47,258 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see: {self.prog} --help)")
 
 
-def _app_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+@attrs.frozen
+class _Arg:
+    """One argument: ``parser.add_argument(*names, **options)``."""
+
+    names: tuple[str, ...]
+    options: Mapping[str, Any]
+
+
+def _arg(*names: str, **options: Any) -> _Arg:
+    return _Arg(names, options)
+
+
+@attrs.frozen
+class _OneOf:
+    """Arguments of which exactly one (``required``) or at most one may be given."""
+
+    arguments: tuple[_Arg, ...]
+    required: bool = True
+
+
+@attrs.frozen
+class _Command:
+    """A command (or, under ``actions``, a command's actions) and its arguments."""
+
+    name: str
+    help: str
+    handler: Handler | None = None
+    arguments: tuple[_Arg | _OneOf, ...] = ()
+    description: str | None = None
+    actions: tuple[_Command, ...] = ()
+    parser_options: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+_APP = (
+    _arg(
         "--app",
         metavar="MODULE:ATTR",
         help=f"the workflows: a Workflow, a list of them or a function returning them "
         f"(default: ${APP_ENV})",
+    ),
+    _arg("--workflow", metavar="NAME", help="which workflow, when there are several"),
+)
+_JSON = _arg("--json", action="store_true", help="print JSON (the gateway's records)")
+_RUN_ID = _arg("run_id", metavar="RUN_ID")
+
+_WORKER = _Command(
+    "worker",
+    help="run workflows until Ctrl-C/SIGTERM (and serve the gateway, the console)",
+    description="Run the workflows of MODULE:ATTR on their stores until SIGINT or SIGTERM, "
+    "then stop gracefully: steps in flight finish, nothing is lost.",
+    handler=_cli_worker.worker,
+    arguments=(
+        _arg("app", metavar="MODULE:ATTR"),
+        _arg(
+            "--gateway",
+            metavar="HOST:PORT",
+            help="also serve the websocket gateway there (port 0: any)",
+        ),
+        _arg(
+            "--console",
+            metavar="HOST:PORT",
+            help="also serve the web console there (port 0: any; needs actorflow[console])",
+        ),
+        _arg("--token", help=f"the gateway's and the console's token (default: ${TOKEN_ENV})"),
+        _arg(
+            "--read-only-token",
+            help=f"a second token that may look but not steer (default: ${READ_ONLY_TOKEN_ENV})",
+        ),
+        _arg(
+            "--metrics",
+            metavar="HOST:PORT",
+            help="serve Prometheus /metrics, /healthz and /readyz there (port 0: any); "
+            "needs actorflow[metrics]",
+        ),
+    ),
+)
+
+_RUNS = _Command(
+    "runs",
+    help="list runs, show one, its history; check and migrate them after a change",
+    actions=(
+        _Command(
+            "list",
+            help="the latest version of each run",
+            handler=_cli_commands.runs_list,
+            arguments=(
+                *_APP,
+                _arg("--foreign-id", help="only runs of this foreign id"),
+                _arg(
+                    "--status",
+                    action="append",
+                    help="only runs at this status (repeat or comma-separate)",
+                ),
+                _arg(
+                    "--run-state",
+                    action="append",
+                    help="only runs in this run state, e.g. RUNNING,PAUSED "
+                    "(repeat or comma-separate)",
+                ),
+                _arg("--limit", type=int, default=25, help="at most this many (default 25)"),
+                _arg("--after", metavar="RUN_ID", help="the page after this run id"),
+                _arg("--descending", action="store_true", help="newest first"),
+                _JSON,
+            ),
+        ),
+        _Command(
+            "show",
+            help="the latest version of a run",
+            handler=_cli_commands.runs_show,
+            arguments=(_RUN_ID, *_APP, _JSON),
+        ),
+        _Command(
+            "history",
+            help="every stored version of a run",
+            handler=_cli_commands.runs_history,
+            arguments=(_RUN_ID, *_APP, _JSON),
+        ),
+        _Command(
+            "check",
+            help="compare stored runs with the definition (exit 1 if some are stranded)",
+            description="Report unfinished runs the workflow's current definition cannot "
+            "move: unknown statuses, statuses without step/callback/timeout, objects that no "
+            "longer fit, timers of removed timeouts, runs to migrate, runs of a newer "
+            "definition.",
+            handler=_cli_commands.runs_check,
+            arguments=(*_APP, _JSON),
+        ),
+        _Command(
+            "migrate",
+            help="apply rename_status/retire/upgrade_object to every unfinished run now",
+            description="Migrate every unfinished run to the current definition, each run in "
+            "its own transaction, with a progress bar; runs that cannot be migrated are parked "
+            "(PAUSED with the reason). Resumable: run it again after an interruption.",
+            handler=_cli_commands.runs_migrate,
+            arguments=(
+                *_APP,
+                _arg("--dry-run", action="store_true", help="report only, write nothing"),
+                _JSON,
+            ),
+        ),
+    ),
+)
+
+_TRIGGER = _Command(
+    "trigger",
+    help="start a run (prints its run id), or many from a JSON-lines file",
+    handler=_cli_commands.trigger,
+    arguments=(
+        _arg("foreign_id", metavar="FOREIGN_ID", nargs="?"),
+        *_APP,
+        _arg("--start", metavar="STATUS", help="start at this status"),
+        _arg("--initial", metavar="JSON", help="the initial object as JSON"),
+        _arg(
+            "--from-file",
+            metavar="PATH",
+            help="start one run per line of a JSON-lines file ('-': stdin): a foreign id as "
+            'a JSON string, or {"foreign_id": ..., "start": ..., "initial": {...}}',
+        ),
+    ),
+)
+
+_CALLBACK = _Command(
+    "callback",
+    help="hand a payload to the callback of a run waiting at STATUS",
+    handler=_cli_commands.callback,
+    arguments=(
+        _arg("foreign_id", metavar="FOREIGN_ID"),
+        _arg("status", metavar="STATUS"),
+        *_APP,
+        _OneOf(
+            (
+                _arg("--data", metavar="TEXT", help="the payload (UTF-8)"),
+                _arg("--file", metavar="PATH", help="read the payload from a file (- for stdin)"),
+            )
+        ),
+    ),
+)
+
+_CONTROLS = tuple(
+    _Command(
+        name,
+        help=what,
+        handler=_cli_commands.control,
+        arguments=(_RUN_ID, *_APP, _arg("--reason", help="why (stored with the run)")),
     )
-    parser.add_argument("--workflow", metavar="NAME", help="which workflow, when there are several")
+    for name, what in (
+        ("pause", "pause a run"),
+        ("resume", "resume a paused run"),
+        ("cancel", "cancel an unfinished run"),
+    )
+)
+
+_GRAPH = _Command(
+    "graph",
+    help="print the Mermaid state diagram",
+    handler=_cli_commands.graph,
+    arguments=(
+        _arg("app", metavar="MODULE:ATTR"),
+        _arg("--workflow", metavar="NAME", help="only this workflow"),
+    ),
+)
+
+_WATCH = _Command(
+    "watch",
+    help="print runs changing, live, through a gateway",
+    handler=_cli_worker.watch,
+    arguments=(
+        _arg("--url", required=True, help="the gateway, e.g. ws://127.0.0.1:8765/"),
+        _arg("--token", help=f"the gateway's token (default: ${TOKEN_ENV})"),
+        _arg("--workflow", metavar="NAME", help="only this workflow (default: all)"),
+        _arg("--foreign-id", help="only runs of this foreign id"),
+        _arg("--count", type=int, metavar="N", help="exit after N changes"),
+        _JSON,
+    ),
+)
+
+_DEMO = _Command(
+    "demo",
+    help="the order-processing demo (options: actorflow demo --help)",
+    # every argument goes to the demo's own command line (main() hands them over)
+    parser_options={"add_help": False, "prefix_chars": "\0"},
+)
+
+_COMMANDS = (_WORKER, _RUNS, _TRIGGER, _CALLBACK, *_CONTROLS, _GRAPH, _WATCH, _DEMO)
 
 
-def _json_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON (the gateway's records)")
+def _add_arguments(parser: argparse.ArgumentParser, arguments: Sequence[_Arg | _OneOf]) -> None:
+    for argument in arguments:
+        if isinstance(argument, _OneOf):
+            group = parser.add_mutually_exclusive_group(required=argument.required)
+            for choice in argument.arguments:
+                group.add_argument(*choice.names, **choice.options)
+        else:
+            parser.add_argument(*argument.names, **argument.options)
+
+
+def _add_commands(
+    parser: argparse.ArgumentParser, commands: Sequence[_Command], *, dest: str, metavar: str
+) -> None:
+    """The sub-commands of ``parser``, recursively; each sets ``handler`` (None: demo)."""
+    subparsers = parser.add_subparsers(dest=dest, metavar=metavar, parser_class=_Parser)
+    subparsers.required = True
+    for command in commands:
+        options = dict(command.parser_options)
+        if command.description is not None:
+            options["description"] = command.description
+        sub = subparsers.add_parser(command.name, help=command.help, **options)
+        _add_arguments(sub, command.arguments)
+        if command.actions:
+            _add_commands(sub, command.actions, dest=f"{command.name}_command", metavar="ACTION")
+        else:
+            sub.set_defaults(handler=command.handler)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -69,153 +311,7 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument(
         "--traceback", action="store_true", help="show the full traceback of errors (debugging)"
     )
-    commands = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    commands.required = True
-
-    worker = commands.add_parser(
-        "worker",
-        help="run workflows until Ctrl-C/SIGTERM (and serve the gateway, the console)",
-        description="Run the workflows of MODULE:ATTR on their stores until SIGINT or SIGTERM, "
-        "then stop gracefully: steps in flight finish, nothing is lost.",
-    )
-    worker.add_argument("app", metavar="MODULE:ATTR")
-    worker.add_argument(
-        "--gateway",
-        metavar="HOST:PORT",
-        help="also serve the websocket gateway there (port 0: any)",
-    )
-    worker.add_argument(
-        "--console",
-        metavar="HOST:PORT",
-        help="also serve the web console there (port 0: any; needs actorflow[console])",
-    )
-    worker.add_argument(
-        "--token", help=f"the gateway's and the console's token (default: ${TOKEN_ENV})"
-    )
-    worker.add_argument(
-        "--read-only-token",
-        help=f"a second token that may look but not steer (default: ${READ_ONLY_TOKEN_ENV})",
-    )
-    worker.add_argument(
-        "--metrics",
-        metavar="HOST:PORT",
-        help="serve Prometheus /metrics, /healthz and /readyz there (port 0: any); "
-        "needs actorflow[metrics]",
-    )
-    worker.set_defaults(handler=_cli_worker.worker)
-
-    runs = commands.add_parser(
-        "runs", help="list runs, show one, its history; check and migrate them after a change"
-    )
-    runs_commands = runs.add_subparsers(dest="runs_command", metavar="ACTION", parser_class=_Parser)
-    runs_commands.required = True
-    listing = runs_commands.add_parser("list", help="the latest version of each run")
-    _app_option(listing)
-    listing.add_argument("--foreign-id", help="only runs of this foreign id")
-    listing.add_argument(
-        "--status", action="append", help="only runs at this status (repeat or comma-separate)"
-    )
-    listing.add_argument(
-        "--run-state",
-        action="append",
-        help="only runs in this run state, e.g. RUNNING,PAUSED (repeat or comma-separate)",
-    )
-    listing.add_argument("--limit", type=int, default=25, help="at most this many (default 25)")
-    listing.add_argument("--after", metavar="RUN_ID", help="the page after this run id")
-    listing.add_argument("--descending", action="store_true", help="newest first")
-    _json_option(listing)
-    listing.set_defaults(handler=_cli_commands.runs_list)
-    show = runs_commands.add_parser("show", help="the latest version of a run")
-    show.add_argument("run_id", metavar="RUN_ID")
-    _app_option(show)
-    _json_option(show)
-    show.set_defaults(handler=_cli_commands.runs_show)
-    history = runs_commands.add_parser("history", help="every stored version of a run")
-    history.add_argument("run_id", metavar="RUN_ID")
-    _app_option(history)
-    _json_option(history)
-    history.set_defaults(handler=_cli_commands.runs_history)
-    check = runs_commands.add_parser(
-        "check",
-        help="compare stored runs with the definition (exit 1 if some are stranded)",
-        description="Report unfinished runs the workflow's current definition cannot move: "
-        "unknown statuses, statuses without step/callback/timeout, objects that no longer "
-        "fit, timers of removed timeouts, runs to migrate, runs of a newer definition.",
-    )
-    _app_option(check)
-    _json_option(check)
-    check.set_defaults(handler=_cli_commands.runs_check)
-    migrate = runs_commands.add_parser(
-        "migrate",
-        help="apply rename_status/retire/upgrade_object to every unfinished run now",
-        description="Migrate every unfinished run to the current definition, each run in its "
-        "own transaction, with a progress bar; runs that cannot be migrated are parked "
-        "(PAUSED with the reason). Resumable: run it again after an interruption.",
-    )
-    _app_option(migrate)
-    migrate.add_argument("--dry-run", action="store_true", help="report only, write nothing")
-    _json_option(migrate)
-    migrate.set_defaults(handler=_cli_commands.runs_migrate)
-
-    trigger = commands.add_parser(
-        "trigger", help="start a run (prints its run id), or many from a JSON-lines file"
-    )
-    trigger.add_argument("foreign_id", metavar="FOREIGN_ID", nargs="?")
-    _app_option(trigger)
-    trigger.add_argument("--start", metavar="STATUS", help="start at this status")
-    trigger.add_argument("--initial", metavar="JSON", help="the initial object as JSON")
-    trigger.add_argument(
-        "--from-file",
-        metavar="PATH",
-        help="start one run per line of a JSON-lines file ('-': stdin): a foreign id as a "
-        'JSON string, or {"foreign_id": ..., "start": ..., "initial": {...}}',
-    )
-    trigger.set_defaults(handler=_cli_commands.trigger)
-
-    callback = commands.add_parser(
-        "callback", help="hand a payload to the callback of a run waiting at STATUS"
-    )
-    callback.add_argument("foreign_id", metavar="FOREIGN_ID")
-    callback.add_argument("status", metavar="STATUS")
-    _app_option(callback)
-    payload = callback.add_mutually_exclusive_group(required=True)
-    payload.add_argument("--data", metavar="TEXT", help="the payload (UTF-8)")
-    payload.add_argument(
-        "--file", metavar="PATH", help="read the payload from a file (- for stdin)"
-    )
-    callback.set_defaults(handler=_cli_commands.callback)
-
-    for name, what in (
-        ("pause", "pause a run"),
-        ("resume", "resume a paused run"),
-        ("cancel", "cancel an unfinished run"),
-    ):
-        control = commands.add_parser(name, help=what)
-        control.add_argument("run_id", metavar="RUN_ID")
-        _app_option(control)
-        control.add_argument("--reason", help="why (stored with the run)")
-        control.set_defaults(handler=_cli_commands.control)
-
-    graph = commands.add_parser("graph", help="print the Mermaid state diagram")
-    graph.add_argument("app", metavar="MODULE:ATTR")
-    graph.add_argument("--workflow", metavar="NAME", help="only this workflow")
-    graph.set_defaults(handler=_cli_commands.graph)
-
-    watch = commands.add_parser("watch", help="print runs changing, live, through a gateway")
-    watch.add_argument("--url", required=True, help="the gateway, e.g. ws://127.0.0.1:8765/")
-    watch.add_argument("--token", help=f"the gateway's token (default: ${TOKEN_ENV})")
-    watch.add_argument("--workflow", metavar="NAME", help="only this workflow (default: all)")
-    watch.add_argument("--foreign-id", help="only runs of this foreign id")
-    watch.add_argument("--count", type=int, metavar="N", help="exit after N changes")
-    _json_option(watch)
-    watch.set_defaults(handler=_cli_worker.watch)
-
-    commands.add_parser(
-        "demo",
-        help="the order-processing demo (options: actorflow demo --help)",
-        add_help=False,
-        prefix_chars="\0",  # every argument goes to the demo's own command line
-    ).set_defaults(handler=None)
+    _add_commands(top, _COMMANDS, dest="command", metavar="COMMAND")
     return top
 
 

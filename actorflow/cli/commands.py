@@ -11,10 +11,11 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TextIO
 
+import attrs
 import trio
 
 from actorflow._model.errors import RunNotFound
@@ -254,65 +255,12 @@ def trigger_from_file(args: argparse.Namespace) -> int:
     default_start = (
         None if args.start is None else parse_status(workflow.status_type, args.start, "--start")
     )
-    default_initial = parse_initial(workflow, args.initial)
+    lines = _LineParser(workflow, default_start, parse_initial(workflow, args.initial))
     path: str = args.from_file
+    source = _open_lines(path)
+    progress = _Progress(None if path == "-" else _count_lines(path))
     try:
-        source = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
-    except OSError as exc:
-        raise CliError(f"cannot read {path!r}: {exc.strerror or exc}") from None
-    total = None
-    if path != "-":
-        with open(path, "rb") as counting:
-            total = sum(1 for line in counting if line.strip())
-    progress = _Progress(total)
-
-    def item(line: str) -> Any:
-        try:
-            data = json.loads(line)
-        except ValueError as exc:
-            raise UsageError(f"not JSON: {exc}") from None
-        if isinstance(data, str):
-            return (data, default_start, default_initial)
-        if not isinstance(data, dict) or "foreign_id" not in data:
-            raise UsageError('expected a JSON string or an object with a "foreign_id"')
-        start = data.get("start")
-        if isinstance(start, str):
-            start = parse_status(workflow.status_type, start, "start")
-        initial = data.get("initial")
-        if initial is not None:
-            initial = structure_initial(workflow, initial, "initial")
-        unknown = sorted(set(data) - {"foreign_id", "start", "initial"})
-        if unknown:
-            raise UsageError(f"unknown keys {', '.join(unknown)}")
-        return (
-            data["foreign_id"],
-            default_start if start is None else start,
-            default_initial if initial is None else initial,
-        )
-
-    async def main() -> tuple[int, list[str]]:
-        started, refused = 0, []
-        async with _closing(app):
-            chunk: list[tuple[int, Any]] = []
-            for number, line in enumerate(source, 1):
-                if not line.strip():
-                    continue
-                try:
-                    chunk.append((number, item(line)))
-                except CliError as exc:
-                    refused.append(f"line {number}: {exc}")
-                    progress.advance(1)
-                if len(chunk) >= FROM_FILE_CHUNK:
-                    started += await _trigger_chunk(workflow, chunk, refused)
-                    progress.advance(len(chunk))
-                    chunk = []
-            if chunk:
-                started += await _trigger_chunk(workflow, chunk, refused)
-                progress.advance(len(chunk))
-        return started, refused
-
-    try:
-        started, refused = trio.run(main)
+        started, refused = trio.run(_trigger_lines, app, workflow, source, lines, progress)
     finally:
         progress.done()
         if source is not sys.stdin:
@@ -321,6 +269,84 @@ def trigger_from_file(args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
     _print(f"started {started:,} run(s)" + (f"; {len(refused):,} refused" if refused else ""))
     return 1 if refused else 0
+
+
+def _open_lines(path: str) -> TextIO:
+    """The file of ``--from-file`` ('-': stdin)."""
+    try:
+        return sys.stdin if path == "-" else open(path, encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot read {path!r}: {exc.strerror or exc}") from None
+
+
+def _count_lines(path: str) -> int:
+    """How many runs the file asks for (its lines that are not blank): the bar's total."""
+    with open(path, "rb") as counting:
+        return sum(1 for line in counting if line.strip())
+
+
+@attrs.frozen
+class _LineParser:
+    """One line of ``--from-file``: a foreign id as a JSON string, or an object with
+    ``foreign_id`` and optionally ``start`` and ``initial`` (else the command's)."""
+
+    workflow: Workflow[Any, Any]
+    default_start: Any
+    default_initial: Any
+
+    def __call__(self, line: str) -> tuple[str, Any, Any]:
+        try:
+            data = json.loads(line)
+        except ValueError as exc:
+            raise UsageError(f"not JSON: {exc}") from None
+        if isinstance(data, str):
+            return (data, self.default_start, self.default_initial)
+        if not isinstance(data, dict) or "foreign_id" not in data:
+            raise UsageError('expected a JSON string or an object with a "foreign_id"')
+        start = data.get("start")
+        if isinstance(start, str):
+            start = parse_status(self.workflow.status_type, start, "start")
+        initial = data.get("initial")
+        if initial is not None:
+            initial = structure_initial(self.workflow, initial, "initial")
+        unknown = sorted(set(data) - {"foreign_id", "start", "initial"})
+        if unknown:
+            raise UsageError(f"unknown keys {', '.join(unknown)}")
+        return (
+            data["foreign_id"],
+            self.default_start if start is None else start,
+            self.default_initial if initial is None else initial,
+        )
+
+
+async def _trigger_lines(
+    app: App,
+    workflow: Workflow[Any, Any],
+    source: Iterable[str],
+    parse: Callable[[str], Any],
+    progress: _Progress,
+) -> tuple[int, list[str]]:
+    """Trigger the runs of ``source``'s lines, ``FROM_FILE_CHUNK`` at a time; returns how
+    many started and the lines refused."""
+    started, refused = 0, []
+    async with _closing(app):
+        chunk: list[tuple[int, Any]] = []
+        for number, line in enumerate(source, 1):
+            if not line.strip():
+                continue
+            try:
+                chunk.append((number, parse(line)))
+            except CliError as exc:
+                refused.append(f"line {number}: {exc}")
+                progress.advance(1)
+            if len(chunk) >= FROM_FILE_CHUNK:
+                started += await _trigger_chunk(workflow, chunk, refused)
+                progress.advance(len(chunk))
+                chunk = []
+        if chunk:
+            started += await _trigger_chunk(workflow, chunk, refused)
+            progress.advance(len(chunk))
+    return started, refused
 
 
 async def _trigger_chunk(

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+import attrs
 import trio
 
 from actorflow._model.errors import GatewayError
@@ -96,42 +97,14 @@ async def serve_worker(
                     metrics_scope = trio.CancelScope()
                     if metrics is not None:
                         # Before the workflows: /healthz and /readyz answer during recovery.
-                        host, port = metrics
-                        bound = await inner.start(_serve_metrics, app, host, port, metrics_scope)
-                        where = f"[{host}]" if ":" in host else host
-                        _say(f"metrics listening on http://{where}:{bound}/metrics")
+                        await _start_metrics(inner, app, metrics, metrics_scope)
                     for workflow in app.workflows:
                         await inner.start(workflow.run)
                     servers_scope = trio.CancelScope()
-                    if gateway is not None:
-                        host, port = gateway
-                        serve = functools.partial(
-                            serve_gateway,
-                            app.workflows,
-                            host,
-                            port,
-                            token=token,
-                            read_only_token=read_only_token,
-                        )
-                        bound = await inner.start(
-                            _serve, f"gateway on {host}:{port}", serve, servers_scope
-                        )
-                        # Tests and scripts read this line to find a port chosen by the system.
-                        _say(f"gateway listening on ws://{_where(host)}:{bound}/")
-                    if console is not None:
-                        host, port = console
-                        serve = functools.partial(
-                            serve_console,
-                            app.workflows,
-                            host,
-                            port,
-                            token=token,
-                            read_only_token=read_only_token,
-                        )
-                        bound = await inner.start(
-                            _serve, f"console on {host}:{port}", serve, servers_scope
-                        )
-                        _say(f"console listening on http://{_where(host)}:{bound}/")
+                    for server, address in ((_GATEWAY, gateway), (_CONSOLE, console)):
+                        if address is not None:
+                            tokens = (token, read_only_token)
+                            await _start_server(inner, server, app, address, tokens, servers_scope)
                     _say(
                         f"worker running {', '.join(app.names)} (pid {os.getpid()}); "
                         "Ctrl-C or SIGTERM stops it gracefully"
@@ -155,6 +128,49 @@ async def serve_worker(
     return received
 
 
+@attrs.frozen
+class _Server:
+    """What the worker serves beside its workflows: the gateway or the console."""
+
+    what: str
+    scheme: str
+    serve: Callable[..., Awaitable[None]]
+
+
+_GATEWAY: Final = _Server("gateway", "ws", serve_gateway)
+_CONSOLE: Final = _Server("console", "http", serve_console)
+
+
+async def _start_server(
+    nursery: trio.Nursery,
+    server: _Server,
+    app: App,
+    address: tuple[str, int],
+    tokens: tuple[str | None, str | None],
+    scope: trio.CancelScope,
+) -> None:
+    """Start ``server`` on ``address`` in ``scope``; say where it listens."""
+    host, port = address
+    token, read_only_token = tokens
+    serve = functools.partial(
+        server.serve, app.workflows, host, port, token=token, read_only_token=read_only_token
+    )
+    bound = await nursery.start(_serve, f"{server.what} on {host}:{port}", serve, scope)
+    # Tests and scripts read this line to find a port chosen by the system.
+    _say(f"{server.what} listening on {server.scheme}://{_where(host)}:{bound}/")
+
+
+async def _start_metrics(
+    nursery: trio.Nursery, app: App, address: tuple[str, int], scope: trio.CancelScope
+) -> None:
+    from actorflow._observe.http import serve_metrics
+
+    host, port = address
+    serve = functools.partial(serve_metrics, app.workflows, host, port)
+    bound = await nursery.start(_serve, f"metrics on {host}:{port}", serve, scope)
+    _say(f"metrics listening on http://{_where(host)}:{bound}/metrics")
+
+
 def _where(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -166,32 +182,14 @@ async def _serve(
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the gateway or the console (``serve``, which reports its bound port) in
-    ``scope``, so a stop signal ends it before the workflows stop."""
+    """Run the gateway, the console or the metrics (``serve``, which reports its bound
+    port) in ``scope``, so a stop signal ends it before the workflows stop."""
     with scope:
         try:
             await serve(task_status=task_status)
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise CliError(f"cannot serve the {what}: {reason}") from None
-
-
-async def _serve_metrics(
-    app: App,
-    host: str,
-    port: int,
-    scope: trio.CancelScope,
-    *,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    from actorflow._observe.http import serve_metrics
-
-    with scope:
-        try:
-            await serve_metrics(app.workflows, host, port, task_status=task_status)
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise CliError(f"cannot serve the metrics on {host}:{port}: {reason}") from None
 
 
 async def _force_on_signal(signals: Any, scope: trio.CancelScope) -> None:

@@ -18,9 +18,8 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from actorflow._model.errors import InvalidArgument
-from actorflow.gateway.protocol import Access
-from actorflow.gateway.server import Connection, Gateway, GatewaySettings
+from actorflow.gateway.access import Access
+from actorflow.gateway.server import Connection, Gateway, GatewaySettings, served_by_name
 from actorflow.workflow import Workflow
 
 log = logging.getLogger("actorflow.console")
@@ -58,15 +57,7 @@ class ConsoleSettings:
         read_only_token: str | None,
         max_connections: int = 256,
     ) -> ConsoleSettings:
-        served: dict[str, Workflow[Any, Any]] = {}
-        for workflow in workflows:
-            if not isinstance(workflow, Workflow):
-                raise InvalidArgument(f"serve_console serves Workflow objects, not {workflow!r}")
-            if workflow.name in served:
-                raise InvalidArgument(f"serve_console got two workflows named {workflow.name!r}")
-            served[workflow.name] = workflow
-        if not served:
-            raise InvalidArgument("serve_console needs at least one workflow")
+        served = served_by_name(workflows, "serve_console")
         settings = GatewaySettings(
             token=token,
             max_message_bytes=1 << 20,
@@ -129,12 +120,32 @@ def _refusal(verdict: Access) -> tuple[int, str] | None:
 
 def build_app(settings: ConsoleSettings) -> Starlette:
     """The Starlette application of one console."""
+    console = _Console(settings, StaticFiles(directory=STATIC))
+    return Starlette(
+        routes=[
+            Route("/", console.index),
+            Route("/api/session", console.session),
+            Route("/healthz", console.healthz),
+            Route("/static/{path:path}", console.asset),
+            WebSocketRoute("/ws", console.websocket),
+        ]
+    )
 
-    async def index(request: Request) -> Response:
+
+@final
+@attrs.frozen
+class _Console:
+    """The console's endpoints; each response carries ``SECURITY_HEADERS``."""
+
+    settings: ConsoleSettings
+    static: StaticFiles
+
+    async def index(self, request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers=SECURITY_HEADERS)
 
-    async def session(request: Request) -> Response:
-        access, refusal = settings.admit(request)
+    async def session(self, request: Request) -> Response:
+        """What the page may do: full or read-only access, and which workflows."""
+        access, refusal = self.settings.admit(request)
         if refusal is not None:
             status, message = refusal
             return JSONResponse(
@@ -145,22 +156,28 @@ def build_app(settings: ConsoleSettings) -> Starlette:
         return JSONResponse(
             {
                 "access": "read_only" if access is Access.READ_ONLY else "full",
-                "auth": settings.auth,
-                "workflows": list(settings.names),
+                "auth": self.settings.auth,
+                "workflows": list(self.settings.names),
             },
             headers=SECURITY_HEADERS,
         )
 
-    async def healthz(request: Request) -> Response:
+    async def healthz(self, request: Request) -> Response:
         return PlainTextResponse("ok\n", headers=SECURITY_HEADERS)
 
-    async def websocket(ws: WebSocket) -> None:
-        access, refusal = settings.admit(ws)
+    async def asset(self, request: Request) -> Response:
+        response = await self.static.get_response(request.path_params["path"], request.scope)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    async def websocket(self, ws: WebSocket) -> None:
+        """The gateway's protocol over the page's websocket, once admitted."""
+        access, refusal = self.settings.admit(ws)
         if refusal is not None:
             status, message = refusal
             await ws.send_denial_response(PlainTextResponse(message + "\n", status_code=status))
             return
-        gateway = settings.gateway
+        gateway = self.settings.gateway
         if gateway.connections >= gateway.settings.max_connections:
             await ws.send_denial_response(
                 PlainTextResponse("too many connections; try again later\n", status_code=503)
@@ -177,23 +194,6 @@ def build_app(settings: ConsoleSettings) -> Starlette:
             log.error("console websocket failed", exc_info=group)
         finally:
             gateway.connections -= 1
-
-    static = StaticFiles(directory=STATIC)
-
-    async def asset(request: Request) -> Response:
-        response = await static.get_response(request.path_params["path"], request.scope)
-        response.headers.update(SECURITY_HEADERS)
-        return response
-
-    return Starlette(
-        routes=[
-            Route("/", index),
-            Route("/api/session", session),
-            Route("/healthz", healthz),
-            Route("/static/{path:path}", asset),
-            WebSocketRoute("/ws", websocket),
-        ]
-    )
 
 
 @final

@@ -235,13 +235,8 @@ async def run_demo(
     store = af.SQLiteStore(db)
     try:
         timeout = timedelta(seconds=payment_timeout)
-        _, probe = build(store)
-        try:
-            last_report: datetime | None = (await probe.latest(REPORT_ID)).created_at
-        except af.RunNotFound:
-            last_report = None
         lead = timeout + timedelta(seconds=2)
-        report_clock = ShiftedClock(report_clock_offset(datetime.now(UTC), lead, last_report))
+        report_clock = await _report_clock(store, lead)
         orders, reports = build(store, report_clock=report_clock, payment_timeout=timeout)
         session_start = report_clock.now()
         token = secrets.token_urlsafe(16)
@@ -253,60 +248,15 @@ async def run_demo(
             url = f"ws://127.0.0.1:{port}/"
             console_url = ""
             if console is not None:
-                host, console_port = console
-                try:
-                    bound = await nursery.start(
-                        functools.partial(
-                            af.serve_console, [orders, reports], host, console_port, token=token
-                        )
-                    )
-                except OSError as exc:
-                    reason = exc.strerror or str(exc)
-                    raise af.ActorflowError(
-                        f"cannot serve the console on {host}:{console_port}: {reason}"
-                    ) from None
-                where = f"[{host}]" if ":" in host else host
-                console_url = f"http://{where}:{bound}/"
+                console_url = await _start_console(nursery, [orders, reports], console, token)
                 # The fragment never leaves the browser; the page keeps the token for the tab.
                 out(f"Console on {console_url}#token={token}")
-            out(
-                "Orders: PLACED -> AWAITING_PAYMENT -> PAID -> SHIPPED, or PAYMENT_EXPIRED when "
-                "no payment arrives in time."
-            )
-            out(f"Gateway on {url} (token required); store {db}")
-            out(
-                f"The sales report runs on the schedule {SCHEDULE!r}; its next minute starts in "
-                f"{lead.total_seconds():g} s.\n"
-            )
+            _introduce(out, url, db, lead)
             for workflow in (orders, reports):
                 await nursery.start(show_changes, workflow, started, payment_timeout, out)
-            # A time left over from an earlier demo on this database is not this demo's.
-            nursery.start_soon(
-                functools.partial(
-                    reports.schedule_trigger,
-                    REPORT_ID,
-                    SCHEDULE,
-                    filter=lambda when: when >= session_start,
-                )
-            )
-
-            run_ids = {order.foreign_id: await place(orders, order) for order in DEMO_ORDERS}
-            async with (
-                af.open_gateway_client(url, token=token) as client,
-                trio.open_nursery() as customers,
-            ):
-                for order in DEMO_ORDERS:
-                    customers.start_soon(
-                        customer, client, order, run_ids[order.foreign_id], payment_timeout
-                    )
-
-            for foreign_id, run_id in run_ids.items():
-                await wait_until(orders, foreign_id, finished(run_id))
-            report = await wait_until(
-                reports,
-                REPORT_ID,
-                lambda r: r.created_at >= session_start and r.status is ReportStatus.PUBLISHED,
-            )
+            nursery.start_soon(_schedule_reports, reports, session_start)
+            run_ids = await _play_orders(orders, url, token, payment_timeout)
+            report = await _wait_for_the_end(orders, reports, run_ids, session_start)
             if console is not None:
                 out(
                     f"\nEvery run is done. The console stays open on them: {console_url}"
@@ -321,6 +271,90 @@ async def run_demo(
         return Outcome(final, report, trio.current_time() - started)
     finally:
         await store.aclose()
+
+
+async def _report_clock(store: af.Store, lead: timedelta) -> ShiftedClock:
+    """The sales report's clock: its next minute begins ``lead`` from now (and after the
+    last report an earlier demo left in ``store``)."""
+    _, probe = build(store)
+    try:
+        last_report: datetime | None = (await probe.latest(REPORT_ID)).created_at
+    except af.RunNotFound:
+        last_report = None
+    return ShiftedClock(report_clock_offset(datetime.now(UTC), lead, last_report))
+
+
+async def _start_console(
+    nursery: trio.Nursery,
+    workflows: list[af.Workflow[Any, Any]],
+    console: tuple[str, int],
+    token: str,
+) -> str:
+    """Serve the web console on ``console`` (host, port); returns its URL."""
+    host, port = console
+    try:
+        bound = await nursery.start(
+            functools.partial(af.serve_console, workflows, host, port, token=token)
+        )
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise af.ActorflowError(f"cannot serve the console on {host}:{port}: {reason}") from None
+    where = f"[{host}]" if ":" in host else host
+    return f"http://{where}:{bound}/"
+
+
+async def _schedule_reports(
+    reports: af.Workflow[SalesReport, ReportStatus], session_start: datetime
+) -> None:
+    """Trigger the sales report on ``SCHEDULE`` from ``session_start`` on: a time left over
+    from an earlier demo on this database is not this demo's."""
+    await reports.schedule_trigger(REPORT_ID, SCHEDULE, filter=lambda when: when >= session_start)
+
+
+def _introduce(out: Callable[[str], None], url: str, db: Path, lead: timedelta) -> None:
+    """The lines printed before the first order."""
+    out(
+        "Orders: PLACED -> AWAITING_PAYMENT -> PAID -> SHIPPED, or PAYMENT_EXPIRED when "
+        "no payment arrives in time."
+    )
+    out(f"Gateway on {url} (token required); store {db}")
+    out(
+        f"The sales report runs on the schedule {SCHEDULE!r}; its next minute starts in "
+        f"{lead.total_seconds():g} s.\n"
+    )
+
+
+async def _play_orders(
+    orders: af.Workflow[Order, OrderStatus], url: str, token: str, payment_timeout: float
+) -> dict[str, str]:
+    """Place the demo's orders, then play their customers through the gateway at ``url``
+    until each has paid, cancelled or given up; returns the run id of each foreign id."""
+    run_ids = {order.foreign_id: await place(orders, order) for order in DEMO_ORDERS}
+    async with (
+        af.open_gateway_client(url, token=token) as client,
+        trio.open_nursery() as customers,
+    ):
+        for order in DEMO_ORDERS:
+            customers.start_soon(
+                customer, client, order, run_ids[order.foreign_id], payment_timeout
+            )
+    return run_ids
+
+
+async def _wait_for_the_end(
+    orders: af.Workflow[Order, OrderStatus],
+    reports: af.Workflow[SalesReport, ReportStatus],
+    run_ids: dict[str, str],
+    session_start: datetime,
+) -> af.Record[Any, Any]:
+    """Wait until every order is finished and this session's report published; return it."""
+    for foreign_id, run_id in run_ids.items():
+        await wait_until(orders, foreign_id, finished(run_id))
+    return await wait_until(
+        reports,
+        REPORT_ID,
+        lambda r: r.created_at >= session_start and r.status is ReportStatus.PUBLISHED,
+    )
 
 
 def expected_status(order: DemoOrder) -> tuple[OrderStatus, af.RunState]:
@@ -405,6 +439,37 @@ async def _until_interrupted(demo: Callable[[], Awaitable[Outcome]]) -> Outcome:
 
 def main(argv: list[str] | None = None) -> int:
     """The demo's command line; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not 0.5 <= args.payment_timeout <= 50:
+        parser.error("--payment-timeout must be between 0.5 and 50 seconds")
+    console = None if args.console is None else _console_address(parser, args.console)
+
+    def run(db: Path) -> Outcome:
+        demo = functools.partial(
+            run_demo, db, payment_timeout=args.payment_timeout, console=console
+        )
+        return trio.run(_until_interrupted, demo)
+
+    try:
+        if args.db is not None:
+            outcome = run(args.db)
+        else:
+            with tempfile.TemporaryDirectory(prefix="actorflow-demo-") as directory:
+                outcome = run(Path(directory) / "demo.db")
+    except BaseException as exc:
+        error = _only_error(exc)
+        if error is not None:
+            print(f"actorflow demo: error: {error}", file=sys.stderr)
+            return 1
+        if not is_interrupt(exc):
+            raise
+        print("actorflow demo: interrupted", file=sys.stderr, flush=True)
+        return 130
+    return _print_outcome(outcome, args.db)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="actorflow demo",
         description="Order processing with steps, a payment callback through the websocket "
@@ -428,48 +493,30 @@ def main(argv: list[str] | None = None) -> int:
         help="serve the web console there (default 127.0.0.1:8080) and keep it open on the "
         "demo's runs until Ctrl-C",
     )
-    args = parser.parse_args(argv)
-    if not 0.5 <= args.payment_timeout <= 50:
-        parser.error("--payment-timeout must be between 0.5 and 50 seconds")
-    console: tuple[str, int] | None = None
-    if args.console is not None:
-        host, _, port = args.console.rpartition(":")
-        if not port.isdigit() or not 0 <= int(port) <= 65535:
-            parser.error(f"--console {args.console!r} is not HOST:PORT, e.g. 127.0.0.1:8080")
-        console = (host.strip("[]") or "127.0.0.1", int(port))
+    return parser
 
-    def run(db: Path) -> Outcome:
-        demo = functools.partial(
-            run_demo, db, payment_timeout=args.payment_timeout, console=console
-        )
-        return trio.run(_until_interrupted, demo)
 
-    try:
-        if args.db is not None:
-            outcome = run(args.db)
-        else:
-            with tempfile.TemporaryDirectory(prefix="actorflow-demo-") as directory:
-                outcome = run(Path(directory) / "demo.db")
-    except BaseException as exc:
-        error = _only_error(exc)
-        if error is not None:
-            print(f"actorflow demo: error: {error}", file=sys.stderr)
-            return 1
-        if not is_interrupt(exc):
-            raise
-        print("actorflow demo: interrupted", file=sys.stderr, flush=True)
-        return 130
+def _console_address(parser: argparse.ArgumentParser, value: str) -> tuple[str, int]:
+    """``--console HOST:PORT`` as (host, port); a wrong one exits with a usage error."""
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        parser.error(f"--console {value!r} is not HOST:PORT, e.g. 127.0.0.1:8080")
+    return (host.strip("[]") or "127.0.0.1", int(port))
+
+
+def _print_outcome(outcome: Outcome, db: Path | None) -> int:
+    """The summary, what did not end as planned, how to look again; returns the exit code."""
     print(f"\nSummary ({len(outcome.orders)} orders and a report in {outcome.seconds:.1f} s):\n")
     print(summary(outcome))
     problems = check(outcome)
     for problem in problems:
         print(f"actorflow demo: unexpected: {problem}", file=sys.stderr)
-    if args.db is not None:
+    if db is not None:
         print(
             "\nLook at the runs again (from the repository root):\n"
-            f"  ORDERS_DB={args.db} actorflow runs list --workflow orders "
+            f"  ORDERS_DB={db} actorflow runs list --workflow orders "
             "--app actorflow.demo.workflow:workflows\n"
-            f"  ORDERS_DB={args.db} actorflow runs history RUN_ID "
+            f"  ORDERS_DB={db} actorflow runs history RUN_ID "
             "--app actorflow.demo.workflow:workflows"
         )
     else:

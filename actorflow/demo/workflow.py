@@ -91,6 +91,14 @@ def build(
         report_clock: the sales report's wall clock, which its schedule follows.
         payment_timeout: how long an order waits for its payment.
     """
+    orders = _build_orders(store, clock, payment_timeout)
+    return orders, _build_reports(store, orders, report_clock)
+
+
+def _build_orders(
+    store: af.Store, clock: af.Clock | None, payment_timeout: timedelta
+) -> af.Workflow[Order, OrderStatus]:
+    """PLACED -> AWAITING_PAYMENT -> PAID (or PAYMENT_EXPIRED) -> SHIPPED."""
     orders_builder = af.Builder(ORDERS, Order, OrderStatus)
 
     @orders_builder.step(OrderStatus.PLACED, to=OrderStatus.AWAITING_PAYMENT)
@@ -127,8 +135,13 @@ def build(
         run.object.tracking_number = f"TRK-{run.foreign_id.upper()}"
         return OrderStatus.SHIPPED
 
-    orders = orders_builder.build(store, clock=clock)
+    return orders_builder.build(store, clock=clock)
 
+
+def _build_reports(
+    store: af.Store, orders: af.Workflow[Order, OrderStatus], clock: af.Clock | None
+) -> af.Workflow[SalesReport, ReportStatus]:
+    """REQUESTED -> PUBLISHED: a report of every order so far."""
     reports_builder = af.Builder(REPORTS, SalesReport, ReportStatus)
 
     @reports_builder.step(ReportStatus.REQUESTED, to=ReportStatus.PUBLISHED)
@@ -138,23 +151,27 @@ def build(
         while True:
             page = await orders.list_runs(limit=100, after=after)
             for order in page:
-                if order.run_state is af.RunState.CANCELLED:
-                    report.cancelled += 1
-                elif order.status is OrderStatus.SHIPPED:
-                    report.shipped += 1
-                    report.revenue_cents += order.object.amount_cents
-                elif order.status is OrderStatus.PAYMENT_EXPIRED:
-                    report.expired += 1
-                elif not order.run_state.finished:
-                    report.open += 1
+                _count(report, order)
             if len(page) < 100:
                 break
             after = page[-1].run_id
         run.object = report
         return ReportStatus.PUBLISHED
 
-    reports = reports_builder.build(store, clock=report_clock)
-    return orders, reports
+    return reports_builder.build(store, clock=clock)
+
+
+def _count(report: SalesReport, order: af.Record[Order, OrderStatus]) -> None:
+    """Add ``order`` to the report's counts."""
+    if order.run_state is af.RunState.CANCELLED:
+        report.cancelled += 1
+    elif order.status is OrderStatus.SHIPPED:
+        report.shipped += 1
+        report.revenue_cents += order.object.amount_cents
+    elif order.status is OrderStatus.PAYMENT_EXPIRED:
+        report.expired += 1
+    elif not order.run_state.finished:
+        report.open += 1
 
 
 def workflows() -> list[af.Workflow[Order, OrderStatus] | af.Workflow[SalesReport, ReportStatus]]:

@@ -1,4 +1,5 @@
-"""The gateway's wire protocol as data: message shapes, argument rules, error codes.
+"""The gateway's wire protocol as data: message shapes, argument rules, error codes
+(the ops themselves, their arguments and handlers, are the table in ``ops.py``).
 
 Pure and free of I/O, so it is tested without sockets. docs/gateway.md describes the same
 protocol for people writing clients in other languages; keep the two in step.
@@ -9,13 +10,11 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import hmac
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any, Final, final
-from urllib.parse import parse_qs, urlsplit
 
 import attrs
 
@@ -148,83 +147,6 @@ class Arg:
     required: bool = True
 
 
-_WORKFLOW = Arg("workflow", ArgKind.STR)
-_FOREIGN_ID = Arg("foreign_id", ArgKind.STR)
-_RUN_ID = Arg("run_id", ArgKind.STR)
-_REASON = Arg("reason", ArgKind.TEXT, required=False)
-
-OPS: Final[Mapping[str, tuple[Arg, ...]]] = {
-    "ping": (),
-    "workflows": (),
-    "trigger": (
-        _WORKFLOW,
-        _FOREIGN_ID,
-        Arg("start", ArgKind.STATUS, required=False),
-        Arg("initial", ArgKind.OBJECT, required=False),
-        Arg("traceparent", ArgKind.TEXT, required=False),
-    ),
-    "await_status": (
-        _WORKFLOW,
-        _FOREIGN_ID,
-        _RUN_ID,
-        Arg("status", ArgKind.STATUS),
-        Arg("timeout", ArgKind.TIMEOUT, required=False),
-    ),
-    "callback": (
-        _WORKFLOW,
-        _FOREIGN_ID,
-        Arg("status", ArgKind.STATUS),
-        Arg("payload", ArgKind.BASE64),
-        Arg("traceparent", ArgKind.TEXT, required=False),
-    ),
-    "lookup": (_WORKFLOW, _RUN_ID),
-    "latest": (_WORKFLOW, _FOREIGN_ID),
-    "history": (_WORKFLOW, _RUN_ID),
-    "list_runs": (
-        _WORKFLOW,
-        Arg("foreign_id", ArgKind.FOREIGN_IDS, required=False),
-        Arg("foreign_id_prefix", ArgKind.STR, required=False),
-        Arg("status", ArgKind.STATUSES, required=False),
-        Arg("run_state", ArgKind.RUN_STATES, required=False),
-        Arg("created_after", ArgKind.DATETIME, required=False),
-        Arg("created_before", ArgKind.DATETIME, required=False),
-        Arg("limit", ArgKind.LIMIT, required=False),
-        Arg("after", ArgKind.STR, required=False),
-        Arg("descending", ArgKind.BOOL, required=False),
-    ),
-    "count_runs": (
-        _WORKFLOW,
-        Arg("foreign_id", ArgKind.FOREIGN_IDS, required=False),
-        Arg("foreign_id_prefix", ArgKind.STR, required=False),
-        Arg("status", ArgKind.STATUSES, required=False),
-        Arg("run_state", ArgKind.RUN_STATES, required=False),
-        Arg("created_after", ArgKind.DATETIME, required=False),
-        Arg("created_before", ArgKind.DATETIME, required=False),
-    ),
-    "timers": (_WORKFLOW, _RUN_ID),
-    "describe": (_WORKFLOW,),
-    "states": (_WORKFLOW,),
-    "pause": (_WORKFLOW, _RUN_ID, _REASON),
-    "resume": (_WORKFLOW, _RUN_ID, _REASON),
-    "cancel": (_WORKFLOW, _RUN_ID, _REASON),
-    "delete_data": (_WORKFLOW, _RUN_ID, _REASON),
-    "subscribe": (
-        _WORKFLOW,
-        Arg("foreign_id", ArgKind.STR, required=False),
-        Arg("run_id", ArgKind.STR, required=False),
-    ),
-    "unsubscribe": (Arg("subscription", ArgKind.REQUEST_ID),),
-    "abort": (Arg("request", ArgKind.REQUEST_ID),),
-}
-"""Every op and its arguments. Optional arguments may be omitted or null."""
-
-INLINE_OPS: Final = frozenset({"ping", "workflows", "unsubscribe", "abort"})
-"""Ops answered at once by the connection's reader; they never count as in flight."""
-
-STEERING_OPS: Final = frozenset({"trigger", "callback", "pause", "resume", "cancel", "delete_data"})
-"""Ops that change runs; a read-only connection gets ``forbidden`` for them."""
-
-
 @final
 @attrs.frozen
 class Request:
@@ -240,8 +162,8 @@ def is_request_id(value: object) -> bool:
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
-def parse_request(data: str | bytes, max_bytes: int) -> Request:
-    """Parse one incoming message into a :class:`Request`.
+def read_request(data: str | bytes, max_bytes: int, ops: Collection[str]) -> Request:
+    """Parse one incoming message into a :class:`Request` for one of ``ops``.
 
     Raises:
         ProtocolError: ``too_large``, ``bad_json``, ``invalid_argument`` (not an object, bad
@@ -288,8 +210,8 @@ def parse_request(data: str | bytes, max_bytes: int) -> Request:
         raise ProtocolError(
             ErrorCode.INVALID_ARGUMENT, f'"op" must be a string, not {_json_type(op)}', request_id
         )
-    if op not in OPS:
-        known = ", ".join(sorted(OPS))
+    if op not in ops:
+        known = ", ".join(sorted(ops))
         raise ProtocolError(
             ErrorCode.UNKNOWN_OP, f"unknown op {op!r}; known ops: {known}", request_id
         )
@@ -301,8 +223,8 @@ def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON (numbers must be finite)")
 
 
-def check_args(request: Request) -> dict[str, Any]:
-    """The request's arguments checked against :data:`OPS` and converted.
+def check_arguments(request: Request, spec: tuple[Arg, ...]) -> dict[str, Any]:
+    """The request's arguments checked against its op's ``spec`` and converted.
 
     Omitted and null optional arguments are left out; ``BASE64`` arguments become bytes.
     Statuses stay as sent (int or name): only the workflow knows its enum.
@@ -310,7 +232,6 @@ def check_args(request: Request) -> dict[str, Any]:
     Raises:
         ProtocolError: ``invalid_argument`` for a missing, unknown or ill-typed argument.
     """
-    spec = OPS[request.op]
     names = {arg.name for arg in spec}
     unknown = sorted(set(request.args) - names)
     if unknown:
@@ -639,146 +560,3 @@ def parse_server_message(data: str | bytes) -> Reply | Event:
     if not isinstance(ok, bool):
         raise ValueError('a reply needs "ok": true or false')
     return Reply(message_id, ok, message.get("result"), code, text)
-
-
-# -- access and rate ---------------------------------------------------------------------------
-
-
-@final
-class Access(enum.Enum):
-    """The verdict on a handshake's credentials."""
-
-    GRANTED = "granted"
-    READ_ONLY = "read_only"
-    MISSING = "missing"
-    WRONG = "wrong"
-    SEVERAL = "several"
-
-
-def check_token(token: str | None, headers: Iterable[tuple[bytes, bytes]], target: str) -> Access:
-    """Check the one credential of a handshake: ``Authorization: Bearer <token>`` or a
-    ``?token=`` query parameter.
-
-    ``target`` is the request target of the handshake (path and query). Exactly one
-    credential may be offered: several ``Authorization`` headers, several ``token``
-    parameters, or one of each is :attr:`Access.SEVERAL`, whatever they hold, so a
-    handshake is one guess. The comparison is constant-time. With no token configured,
-    everyone is granted access.
-    """
-    if token is None:
-        return Access.GRANTED
-    authorizations = [value for name, value in headers if name.lower() == b"authorization"]
-    in_query = parse_qs(urlsplit(target).query, keep_blank_values=True).get("token", [])
-    if len(authorizations) + len(in_query) > 1:
-        return Access.SEVERAL
-    if in_query:
-        offered = in_query[0].encode()
-    elif authorizations:
-        scheme, _, credentials = authorizations[0].strip().partition(b" ")
-        if scheme.lower() != b"bearer":
-            return Access.MISSING
-        offered = credentials.strip()
-    else:
-        return Access.MISSING
-    return Access.GRANTED if hmac.compare_digest(offered, token.encode()) else Access.WRONG
-
-
-def check_token_text(token: object) -> str:
-    """``token`` if it can be a credential: a non-empty string of valid text without
-    control characters and without spaces at either end (a header cannot carry more).
-
-    Raises:
-        InvalidArgument: it cannot.
-    """
-    if not isinstance(token, str) or not token:
-        raise InvalidArgument(f"token must be a non-empty string or None, not {token!r}")
-    if not is_valid_text(token) or token != token.strip() or not token.isprintable():
-        raise InvalidArgument(
-            "token must be printable text without control characters (such as a newline) "
-            "and without spaces at either end"
-        )
-    return token
-
-
-@final
-class RefusalLimiter:
-    """Refused handshakes per peer address: ``allowed`` of them at once, then one more
-    every ``window / allowed`` seconds (a token bucket per address).
-
-    At most ``max_peers`` addresses are remembered; past that, addresses whose allowance
-    is whole again are forgotten first, then the least recently refused.
-    """
-
-    def __init__(self, allowed: int, window: float, max_peers: int = 10_000) -> None:
-        self.allowed = allowed
-        self.rate = allowed / window
-        self.max_peers = max_peers
-        self._peers: dict[str, tuple[float, float]] = {}
-        """address -> (refusals left, when counted)"""
-
-    def _left(self, peer: str, now: float) -> float:
-        entry = self._peers.get(peer)
-        if entry is None:
-            return float(self.allowed)
-        left, stamp = entry
-        return min(float(self.allowed), left + max(0.0, now - stamp) * self.rate)
-
-    def wait(self, peer: str, now: float) -> float:
-        """Seconds until ``peer`` may offer a credential again; 0 when it may now."""
-        left = self._left(peer, now)
-        return 0.0 if left >= 1.0 else (1.0 - left) / self.rate
-
-    def refused(self, peer: str, now: float) -> None:
-        """Count one refused handshake of ``peer``."""
-        left = max(0.0, self._left(peer, now) - 1.0)
-        self._peers.pop(peer, None)
-        self._peers[peer] = (left, now)
-        if len(self._peers) > self.max_peers:
-            self._forget(now)
-
-    def _forget(self, now: float) -> None:
-        for peer in [p for p in self._peers if self._left(p, now) >= self.allowed]:
-            del self._peers[peer]
-        while len(self._peers) > self.max_peers:
-            del self._peers[next(iter(self._peers))]
-
-    def __len__(self) -> int:
-        return len(self._peers)
-
-
-def check_access(
-    token: str | None,
-    read_only_token: str | None,
-    headers: Iterable[tuple[bytes, bytes]],
-    target: str,
-) -> Access:
-    """Like :func:`check_token`, with a second token that grants ``READ_ONLY`` access."""
-    verdict = check_token(token, headers, target)
-    if (
-        verdict is Access.WRONG
-        and read_only_token is not None
-        and check_token(read_only_token, headers, target) is Access.GRANTED
-    ):
-        return Access.READ_ONLY
-    return verdict
-
-
-@final
-class TokenBucket:
-    """Allows ``rate`` messages per second on average and bursts of up to ``burst``."""
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._tokens = float(burst)
-        self._stamp = now
-
-    def take(self, now: float) -> bool:
-        """Spend one token if there is one; False means over the limit."""
-        elapsed = max(0.0, now - self._stamp)
-        self._stamp = now
-        self._tokens = min(float(self.burst), self._tokens + elapsed * self.rate)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False

@@ -1,8 +1,7 @@
 """``serve_gateway``: workflows served over a websocket (trio-websocket).
 
-One task tree per connection: trio-websocket's reader, our reader (parses requests and
-answers the cheap ones), one task per request in flight, one per subscription, and a
-single writer, so no frame is ever cut in half by a cancelled sender. Every connection
+Accepting connections: handshakes (tokens, limits, shedding idle ones), then one
+:class:`~actorflow.gateway.connection.Connection` per websocket. Every connection
 runs under a guard that logs and contains what goes wrong in it: trio-websocket 0.12.2
 lets an exception in a connection (its own reader task included) take the whole server
 down, so we accept connections ourselves (``trio.serve_listeners`` and
@@ -11,58 +10,26 @@ down, so we accept connections ourselves (``trio.serve_listeners`` and
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import sys
 from collections.abc import Iterable
 from contextlib import suppress
-from typing import Any, Final, Protocol, final
+from typing import Any, Final, final
 
 import attrs
 import trio
 import trio_websocket
 
-from actorflow._model.errors import InvalidArgument, Lagged
+from actorflow._model.errors import InvalidArgument
 from actorflow._observe import live_gateways
-from actorflow.gateway.protocol import (
-    INLINE_OPS,
-    STEERING_OPS,
-    Access,
-    ErrorCode,
-    ProtocolError,
-    RefusalLimiter,
-    Request,
-    RequestId,
-    TokenBucket,
-    check_access,
-    check_args,
-    check_token_text,
-    coerce_run_states,
-    coerce_status,
-    coerce_statuses,
-    count_to_json,
-    describe_definition,
-    describe_workflow,
-    encode,
-    error_code,
-    error_message,
-    event_error,
-    event_lagged,
-    event_record,
-    parse_request,
-    record_to_json,
-    reply_error,
-    reply_ok,
-    structure_object,
-    timer_to_json,
-)
+from actorflow.gateway.access import Access, RefusalLimiter, check_access
+from actorflow.gateway.connection import Connection as Connection
+from actorflow.gateway.settings import GatewaySettings as GatewaySettings
 from actorflow.workflow import Workflow
 
 log = logging.getLogger(__name__)
 
-OUTGOING_QUEUE: Final = 16
-"""Messages waiting for the writer of one connection; producers wait when it is full."""
 LINGER_SECONDS: Final = 1.0
 """After closing a connection for a too-large message, how long we read and drop what the
 peer still sends, so it gets our close frame rather than a TCP reset."""
@@ -71,59 +38,6 @@ PROTOCOL_ERRORS: Final = frozenset({1002, 1007, 1009})
 """Close codes of wsproto's parse failures (protocol error, invalid UTF-8, too big)."""
 CLOSE_FRAME_START: Final = b"\x88"
 MAX_CLOSE_REASON: Final = 120
-
-
-@final
-@attrs.frozen
-class GatewaySettings:
-    """The limits of one gateway (see :func:`serve_gateway`)."""
-
-    token: str | None
-    max_message_bytes: int
-    rate: float
-    burst: int
-    max_in_flight: int
-    max_subscriptions: int
-    subscription_buffer: int
-    handshake_timeout: float
-    max_connections: int
-    max_handshakes: int
-    max_refused_handshakes: int = 10
-    refused_handshake_window: float = 60.0
-    read_only_token: str | None = None
-
-    def check(self) -> None:
-        """Raise InvalidArgument for settings that cannot work."""
-        if self.token is not None:
-            check_token_text(self.token)
-        if self.read_only_token is not None:
-            check_token_text(self.read_only_token)
-            if self.token is None:
-                raise InvalidArgument(
-                    "read_only_token needs token: without a token everybody may steer anyway"
-                )
-            if self.read_only_token == self.token:
-                raise InvalidArgument("read_only_token must differ from token")
-        positive_ints = {
-            "max_message_bytes": self.max_message_bytes,
-            "burst": self.burst,
-            "max_in_flight": self.max_in_flight,
-            "max_subscriptions": self.max_subscriptions,
-            "subscription_buffer": self.subscription_buffer,
-            "max_connections": self.max_connections,
-            "max_handshakes": self.max_handshakes,
-            "max_refused_handshakes": self.max_refused_handshakes,
-        }
-        for name, value in positive_ints.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidArgument(f"{name} must be a positive int, not {value!r}")
-        for name, number in (
-            ("rate", self.rate),
-            ("handshake_timeout", self.handshake_timeout),
-            ("refused_handshake_window", self.refused_handshake_window),
-        ):
-            if not isinstance(number, int | float) or not math.isfinite(number) or number <= 0:
-                raise InvalidArgument(f"{name} must be a positive number, not {number!r}")
 
 
 async def serve_gateway(
@@ -183,15 +97,7 @@ async def serve_gateway(
         InvalidArgument: no workflows, two with one name, or an unusable setting.
         OSError: the address cannot be bound.
     """
-    served: dict[str, Workflow[Any, Any]] = {}
-    for workflow in workflows:
-        if not isinstance(workflow, Workflow):
-            raise InvalidArgument(f"serve_gateway serves Workflow objects, not {workflow!r}")
-        if workflow.name in served:
-            raise InvalidArgument(f"serve_gateway got two workflows named {workflow.name!r}")
-        served[workflow.name] = workflow
-    if not served:
-        raise InvalidArgument("serve_gateway needs at least one workflow")
+    served = served_by_name(workflows)
     settings = GatewaySettings(
         token=token,
         max_message_bytes=max_message_bytes,
@@ -215,6 +121,23 @@ async def serve_gateway(
         await nursery.start(trio.serve_listeners, gateway.handle_stream, listeners)
         log.info("gateway serving %s on %s:%d", ", ".join(served), host, bound)
         task_status.started(bound)
+
+
+def served_by_name(
+    workflows: Iterable[Workflow[Any, Any]], server: str = "serve_gateway"
+) -> dict[str, Workflow[Any, Any]]:
+    """The workflows to serve by name (the gateway's, the console's). Raises
+    InvalidArgument, naming ``server``, for none, a non-workflow, or two with one name."""
+    served: dict[str, Workflow[Any, Any]] = {}
+    for workflow in workflows:
+        if not isinstance(workflow, Workflow):
+            raise InvalidArgument(f"{server} serves Workflow objects, not {workflow!r}")
+        if workflow.name in served:
+            raise InvalidArgument(f"{server} got two workflows named {workflow.name!r}")
+        served[workflow.name] = workflow
+    if not served:
+        raise InvalidArgument(f"{server} needs at least one workflow")
+    return served
 
 
 @final
@@ -464,20 +387,6 @@ async def _refuse(stream: trio.SocketStream, status: int, body: bytes) -> None:
     await _linger(stream)
 
 
-def states_to_json(wf: Workflow[Any, Any]) -> dict[str, Any]:
-    """``workflow.states()`` as JSON: ``{process: {"state": name}}``, the name in lower
-    case (``running``, ``idle``, ``erroring``, ``stopped``)."""
-    return {name: {"state": state.name.lower()} for name, state in wf.states().items()}
-
-
-class MessageChannel(Protocol):
-    """The two calls a :class:`Connection` makes on its websocket."""
-
-    async def get_message(self) -> str | bytes: ...
-
-    async def send_message(self, message: str) -> None: ...
-
-
 async def _linger(stream: trio.SocketStream) -> None:
     """Read and drop what the peer still sends, briefly, then let the caller close."""
     with trio.move_on_after(LINGER_SECONDS):
@@ -487,300 +396,3 @@ async def _linger(stream: trio.SocketStream) -> None:
                 pass
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
-
-
-@final
-class Connection:
-    """One accepted websocket: requests in, replies and events out.
-
-    ``ws`` is a trio-websocket connection, or anything with its ``get_message`` and
-    ``send_message`` that ends with ``trio_websocket.ConnectionClosed`` (the web console
-    serves this protocol over Starlette's websocket)."""
-
-    def __init__(self, gateway: Gateway, ws: MessageChannel, *, read_only: bool = False) -> None:
-        self._gateway = gateway
-        self._read_only = read_only
-        self._settings = gateway.settings
-        self._ws = ws
-        self._outgoing, self._to_write = trio.open_memory_channel[str](OUTGOING_QUEUE)
-        self._requests: dict[RequestId, trio.CancelScope] = {}
-        self._subscriptions: dict[RequestId, trio.CancelScope] = {}
-        self._bucket = TokenBucket(self._settings.rate, self._settings.burst, trio.current_time())
-
-    async def serve(self) -> None:
-        """Serve until the peer goes away; then stop everything of this connection."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write, nursery.cancel_scope)
-            try:
-                await self._read(nursery)
-            finally:
-                nursery.cancel_scope.cancel()
-
-    async def _write(self, done: trio.CancelScope) -> None:
-        try:
-            async for text in self._to_write:
-                await self._ws.send_message(text)
-        except trio_websocket.ConnectionClosed:
-            pass
-        finally:
-            done.cancel()
-
-    async def _send(self, message: dict[str, Any]) -> None:
-        await self._outgoing.send(encode(message))
-
-    async def _read(self, nursery: trio.Nursery) -> None:
-        while True:
-            try:
-                data = await self._ws.get_message()
-            except trio_websocket.ConnectionClosed:
-                return
-            # Every frame spends a token, well-formed or not, and over the limit every frame
-            # gets rate_limited (with its id when it has one, so the caller's request ends),
-            # never a full answer: malformed messages are no way around the limit.
-            allowed = self._bucket.take(trio.current_time())
-            try:
-                request = parse_request(data, self._settings.max_message_bytes)
-            except ProtocolError as exc:
-                if allowed:
-                    await self._send(reply_error(exc.request_id, exc.code, exc.message))
-                else:
-                    await self._send(self._rate_limited(exc.request_id))
-                continue
-            if not allowed:
-                await self._send(self._rate_limited(request.id))
-                continue
-            await self._dispatch(request, nursery)
-
-    def _rate_limited(self, request_id: RequestId | None) -> dict[str, Any]:
-        return reply_error(
-            request_id,
-            ErrorCode.RATE_LIMITED,
-            f"over {self._settings.rate:g} messages per second; slow down",
-        )
-
-    async def _dispatch(self, request: Request, nursery: trio.Nursery) -> None:
-        if request.id in self._requests or request.id in self._subscriptions:
-            await self._send(
-                reply_error(
-                    request.id,
-                    ErrorCode.INVALID_ARGUMENT,
-                    f"request id {request.id!r} is already in use on this connection",
-                )
-            )
-            return
-        if request.op in INLINE_OPS:
-            await self._send(self._answer_inline(request))
-            return
-        if self._read_only and request.op in STEERING_OPS:
-            await self._send(
-                reply_error(
-                    request.id,
-                    ErrorCode.FORBIDDEN,
-                    f"op {request.op!r} changes runs; this connection's token is read-only",
-                )
-            )
-            return
-        scope = trio.CancelScope()
-        if request.op == "subscribe":
-            if len(self._subscriptions) >= self._settings.max_subscriptions:
-                await self._send(
-                    reply_error(
-                        request.id,
-                        ErrorCode.BUSY,
-                        f"at most {self._settings.max_subscriptions} subscriptions per "
-                        "connection; unsubscribe first",
-                    )
-                )
-                return
-            self._subscriptions[request.id] = scope
-            nursery.start_soon(self._subscribe, request, scope)
-            return
-        if len(self._requests) >= self._settings.max_in_flight:
-            await self._send(
-                reply_error(
-                    request.id,
-                    ErrorCode.BUSY,
-                    f"at most {self._settings.max_in_flight} requests in flight per "
-                    "connection; wait for replies",
-                )
-            )
-            return
-        self._requests[request.id] = scope
-        nursery.start_soon(self._serve_request, request, scope)
-
-    def _answer_inline(self, request: Request) -> dict[str, Any]:
-        try:
-            args = check_args(request)
-        except ProtocolError as exc:
-            return reply_error(request.id, exc.code, exc.message)
-        if request.op == "ping":
-            return reply_ok(request.id, "pong")
-        if request.op == "workflows":
-            described = [
-                describe_workflow(name, wf.status_type, int(wf.definition.start))
-                for name, wf in self._gateway.workflows.items()
-            ]
-            return reply_ok(request.id, described)
-        table = self._subscriptions if request.op == "unsubscribe" else self._requests
-        key = "subscription" if request.op == "unsubscribe" else "request"
-        scope = table.pop(args[key], None)
-        if scope is not None:
-            scope.cancel()
-        return reply_ok(request.id, scope is not None)
-
-    @staticmethod
-    def _forget(
-        table: dict[RequestId, trio.CancelScope], key: RequestId, scope: trio.CancelScope
-    ) -> None:
-        if table.get(key) is scope:
-            del table[key]
-
-    async def _serve_request(self, request: Request, scope: trio.CancelScope) -> None:
-        try:
-            with scope:
-                try:
-                    reply = reply_ok(request.id, await self._perform(request))
-                    text = encode(reply)
-                except Exception as exc:
-                    text = encode(reply_error(request.id, *self._describe_error(request, exc)))
-                await self._outgoing.send(text)
-        finally:
-            self._forget(self._requests, request.id, scope)
-
-    def _describe_error(self, request: Request, exc: Exception) -> tuple[ErrorCode, str]:
-        code = error_code(exc)
-        if code is ErrorCode.INTERNAL:
-            log.error("gateway op %r failed", request.op, exc_info=exc)
-        return code, error_message(exc, code)
-
-    def _workflow(self, request: Request, name: str) -> Workflow[Any, Any]:
-        try:
-            return self._gateway.workflows[name]
-        except KeyError:
-            known = ", ".join(sorted(self._gateway.workflows))
-            raise ProtocolError(
-                ErrorCode.UNKNOWN_WORKFLOW,
-                f"no workflow named {name!r} is served here; served: {known}",
-                request.id,
-            ) from None
-
-    async def _perform(self, request: Request) -> object:
-        args = check_args(request)
-        traceparent = args.pop("traceparent", None)
-        if traceparent:
-            # The caller's W3C trace context: the run's trace continues the caller's.
-            try:
-                from actorflow._observe.tracing import continue_trace
-            except ImportError:  # no actorflow[otel] here: nothing to continue
-                pass
-            else:
-                with continue_trace(traceparent):
-                    return await self._perform_op(request, args)
-        return await self._perform_op(request, args)
-
-    async def _perform_op(self, request: Request, args: dict[str, Any]) -> object:
-        wf = self._workflow(request, args["workflow"])
-        statuses: type[enum.IntEnum] = wf.status_type
-        op = request.op
-        if op == "trigger":
-            start = args.get("start")
-            initial = args.get("initial")
-            return await wf.trigger(
-                args["foreign_id"],
-                None if start is None else statuses(coerce_status(statuses, start, "start")),
-                initial=None if initial is None else structure_object(wf.object_type, initial),
-            )
-        if op == "await_status":
-            record = await wf.await_status(
-                args["foreign_id"],
-                args["run_id"],
-                statuses(coerce_status(statuses, args["status"])),
-                timeout=args.get("timeout"),
-            )
-            return record_to_json(record, wf.object_type)
-        if op == "callback":
-            found = await wf.callback(
-                args["foreign_id"],
-                statuses(coerce_status(statuses, args["status"])),
-                args["payload"],
-            )
-            return None if found is None else record_to_json(found, wf.object_type)
-        if op == "lookup":
-            return record_to_json(await wf.lookup(args["run_id"]), wf.object_type)
-        if op == "latest":
-            return record_to_json(await wf.latest(args["foreign_id"]), wf.object_type)
-        if op == "history":
-            return [record_to_json(r, wf.object_type) for r in await wf.history(args["run_id"])]
-        if op in ("list_runs", "count_runs"):
-            status = args.get("status")
-            run_state = args.get("run_state")
-            filters: dict[str, Any] = {
-                "foreign_id": args.get("foreign_id"),
-                "foreign_id_prefix": args.get("foreign_id_prefix"),
-                "status": None if status is None else coerce_statuses(statuses, status),
-                "run_state": None if run_state is None else coerce_run_states(run_state),
-                "created_after": args.get("created_after"),
-                "created_before": args.get("created_before"),
-            }
-            if op == "count_runs":
-                return count_to_json(await wf.count_runs(**filters))
-            found_runs = await wf.list_runs(
-                **filters,
-                limit=args.get("limit", 25),
-                after=args.get("after"),
-                descending=args.get("descending", False),
-            )
-            return [record_to_json(r, wf.object_type) for r in found_runs]
-        if op == "timers":
-            await wf.lookup(args["run_id"])  # not_found for an unknown run
-            pending = await wf.store.list_timers(wf.name, args["run_id"])
-            return [timer_to_json(t, statuses) for t in pending]
-        if op == "describe":
-            return describe_definition(wf.definition, wf.graph(), wf.object_type)
-        if op == "states":
-            return states_to_json(wf)
-        if op in ("pause", "resume", "cancel", "delete_data"):
-            control = {
-                "pause": wf.pause,
-                "resume": wf.resume,
-                "cancel": wf.cancel,
-                "delete_data": wf.delete_data,
-            }[op]
-            reason = args.get("reason")
-            changed = await (
-                control(args["run_id"]) if reason is None else control(args["run_id"], reason)
-            )
-            return record_to_json(changed, wf.object_type)
-        raise AssertionError(f"op {op!r} has no handler")  # pragma: no cover
-
-    async def _subscribe(self, request: Request, scope: trio.CancelScope) -> None:
-        acknowledged = False
-        try:
-            with scope:
-                try:
-                    args = check_args(request)
-                    wf = self._workflow(request, args["workflow"])
-                    async with wf.subscribe(
-                        foreign_id=args.get("foreign_id"),
-                        run_id=args.get("run_id"),
-                        buffer=self._settings.subscription_buffer,
-                    ) as stream:
-                        await self._send(reply_ok(request.id, {"subscription": request.id}))
-                        acknowledged = True
-                        self._gateway.subscriptions += 1
-                        try:
-                            async for record in stream:
-                                json_record = record_to_json(record, wf.object_type)
-                                await self._send(event_record(request.id, json_record))
-                        finally:
-                            self._gateway.subscriptions -= 1
-                except Lagged:
-                    await self._send(event_lagged(request.id))
-                except Exception as exc:
-                    code, message = self._describe_error(request, exc)
-                    if acknowledged:
-                        await self._send(event_error(request.id, code, message))
-                    else:
-                        await self._send(reply_error(request.id, code, message))
-        finally:
-            self._forget(self._subscriptions, request.id, scope)

@@ -200,6 +200,19 @@ class Ownership(Protocol):
 
 
 @runtime_checkable
+class OwnedEvents(Protocol):
+    """An Ownership that reads the event log for its process's tail: the events that
+    other processes wrote to runs it may own (a superset is fine), so a worker does not
+    read every other worker's commits. Runs of shards gained later are found by recovery."""
+
+    async def owned_events(self, after: int, limit: int) -> tuple[list[Event], int]:
+        """Such events with ``id > after`` in id order, with none skipped (as
+        ``Store.read_events``), and the position to read from next (past the events
+        that were left out)."""
+        ...
+
+
+@runtime_checkable
 class Leadership(Protocol):
     """An Ownership that also elects one process per workflow to run its singleton
     services (hooks, relay, connectors: two copies would deliver twice and race on their

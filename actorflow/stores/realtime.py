@@ -26,14 +26,17 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from typing import Any, TypeVar, final
+from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import trio
-import trio.testing
+
+if TYPE_CHECKING:
+    import trio.testing
 
 R = TypeVar("R")
 
@@ -54,9 +57,18 @@ def now() -> float:
     return time.monotonic()
 
 
+def _mock_clock(clock: trio.abc.Clock) -> trio.testing.MockClock | None:
+    """``clock`` if it is a ``MockClock``. ``trio.testing`` is not imported for this: it
+    imports pytest when installed (a tenth of a second at every start), and a MockClock
+    exists only once somebody imported it."""
+    testing = sys.modules.get("trio.testing")
+    mock: type[trio.testing.MockClock] | None = None if testing is None else testing.MockClock
+    return clock if mock is not None and isinstance(clock, mock) else None
+
+
 def is_virtual() -> bool:
     """Whether the current trio run's clock is a ``MockClock`` (virtual time)."""
-    return isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+    return _mock_clock(trio.lowlevel.current_clock()) is not None
 
 
 @final
@@ -157,15 +169,15 @@ async def sleep(seconds: float) -> None:
 @contextmanager
 def holding_virtual_time() -> Iterator[None]:
     """Keep an autojump clock from jumping while the block runs (see the module doc)."""
-    clock = trio.lowlevel.current_clock()
-    if not isinstance(clock, trio.testing.MockClock) or clock.autojump_threshold == math.inf:
+    clock = _mock_clock(trio.lowlevel.current_clock())
+    if clock is None or clock.autojump_threshold == math.inf:
         yield
         return
     scope = trio.CancelScope()
 
     async def hold() -> None:
         with scope:
-            await trio.testing.wait_all_tasks_blocked(cushion=math.inf)
+            await sys.modules["trio.testing"].wait_all_tasks_blocked(cushion=math.inf)
 
     trio.lowlevel.spawn_system_task(hold, name="actorflow-hold-virtual-time")
     try:

@@ -35,13 +35,13 @@ import trio
 
 from actorflow._model.errors import ActorflowError, InvalidArgument
 from actorflow.streaming._protocol import (
+    CheckedSender,
     ConnectorEvent,
     EventError,
     EventReceiver,
     EventSender,
     Start,
     StreamError,
-    check_events,
     check_start,
     check_topic,
 )
@@ -114,6 +114,76 @@ class KafkaStats:
     """Asynchronous commits the broker refused (a later commit covers them)."""
     rebalances: int = 0
     """Partition assignments and revocations seen by receivers."""
+
+
+def _bootstrap(bootstrap_servers: object) -> str:
+    """The ``bootstrap.servers`` setting: a string, or a list of addresses joined."""
+    if isinstance(bootstrap_servers, str):
+        servers = bootstrap_servers
+    elif isinstance(bootstrap_servers, Sequence) and all(
+        isinstance(s, str) and s for s in bootstrap_servers
+    ):
+        servers = ",".join(bootstrap_servers)
+    else:
+        servers = ""
+    if not servers:
+        raise InvalidArgument(
+            "KafkaStreamer needs bootstrap servers, e.g. 'localhost:9092' or "
+            f"['broker-1:9092', 'broker-2:9092'], not {bootstrap_servers!r}"
+        )
+    return servers
+
+
+def _check_topic_prefix(topic_prefix: object) -> None:
+    if not isinstance(topic_prefix, str) or _ILLEGAL_TOPIC_CHARS.search(topic_prefix):
+        raise InvalidArgument(
+            "topic_prefix must be a string of letters, digits, '.', '_' and '-' (what "
+            f"Kafka allows in topic names), not {topic_prefix!r}"
+        )
+
+
+def _librdkafka_settings(what: str, config: object) -> dict[str, Any]:
+    """A copy of the user's extra settings ``what``, none of them the streamer's own."""
+    if config is None:
+        config = {}
+    if not isinstance(config, Mapping) or not all(isinstance(k, str) for k in config):
+        raise InvalidArgument(f"{what} must be a dict of librdkafka settings, not {config!r}")
+    managed = sorted(MANAGED_SETTINGS.intersection(config))
+    if managed:
+        raise InvalidArgument(
+            f"{what} may not set {', '.join(managed)}: the streamer sets them "
+            "(bootstrap servers are its first argument, consumer groups come from "
+            "consumer names, offsets are committed on ack, start= picks the first "
+            "offset)"
+        )
+    return dict(config)
+
+
+def _check_sizes(partitions: object, batch: object, replication_factor: object) -> None:
+    for name, number, least in (("partitions", partitions, 1), ("batch", batch, 1)):
+        if not isinstance(number, int) or isinstance(number, bool) or number < least:
+            raise InvalidArgument(f"{name} must be an int >= {least}, not {number!r}")
+    if replication_factor is not None and (
+        not isinstance(replication_factor, int)
+        or isinstance(replication_factor, bool)
+        or replication_factor < 1
+    ):
+        raise InvalidArgument(
+            f"replication_factor must be None or an int >= 1, not {replication_factor!r}"
+        )
+
+
+def _heartbeat(session_timeout: timedelta, heartbeat_interval: timedelta | None) -> timedelta:
+    """The heartbeat interval (default: a third of the session timeout, at most 3 s)."""
+    if heartbeat_interval is None:
+        heartbeat_interval = min(session_timeout / 3, timedelta(seconds=3))
+    _duration("heartbeat_interval", heartbeat_interval)
+    if heartbeat_interval >= session_timeout:
+        raise InvalidArgument(
+            f"heartbeat_interval ({heartbeat_interval}) must be shorter than "
+            f"session_timeout ({session_timeout})"
+        )
+    return heartbeat_interval
 
 
 @final
@@ -189,74 +259,26 @@ class KafkaStreamer:
         async_commits: bool = False,
     ) -> None:
         self._kafka = _confluent()
-        if isinstance(bootstrap_servers, str):
-            servers = bootstrap_servers
-        elif isinstance(bootstrap_servers, Sequence) and all(
-            isinstance(s, str) and s for s in bootstrap_servers
-        ):
-            servers = ",".join(bootstrap_servers)
-        else:
-            servers = ""
-        if not servers:
-            raise InvalidArgument(
-                "KafkaStreamer needs bootstrap servers, e.g. 'localhost:9092' or "
-                f"['broker-1:9092', 'broker-2:9092'], not {bootstrap_servers!r}"
+        servers = _bootstrap(bootstrap_servers)
+        _check_topic_prefix(topic_prefix)
+        client, producer, consumer = (
+            _librdkafka_settings(what, config)
+            for what, config in (
+                ("client_config", client_config),
+                ("producer_config", producer_config),
+                ("consumer_config", consumer_config),
             )
-        if not isinstance(topic_prefix, str) or _ILLEGAL_TOPIC_CHARS.search(topic_prefix):
-            raise InvalidArgument(
-                "topic_prefix must be a string of letters, digits, '.', '_' and '-' (what "
-                f"Kafka allows in topic names), not {topic_prefix!r}"
-            )
-        configs = {}
-        for what, config in (
-            ("client_config", client_config),
-            ("producer_config", producer_config),
-            ("consumer_config", consumer_config),
-        ):
-            if config is None:
-                config = {}
-            if not isinstance(config, Mapping) or not all(isinstance(k, str) for k in config):
-                raise InvalidArgument(
-                    f"{what} must be a dict of librdkafka settings, not {config!r}"
-                )
-            managed = sorted(MANAGED_SETTINGS.intersection(config))
-            if managed:
-                raise InvalidArgument(
-                    f"{what} may not set {', '.join(managed)}: the streamer sets them "
-                    "(bootstrap servers are its first argument, consumer groups come from "
-                    "consumer names, offsets are committed on ack, start= picks the first "
-                    "offset)"
-                )
-            configs[what] = dict(config)
-        for name, number, least in (("partitions", partitions, 1), ("batch", batch, 1)):
-            if not isinstance(number, int) or isinstance(number, bool) or number < least:
-                raise InvalidArgument(f"{name} must be an int >= {least}, not {number!r}")
-        if replication_factor is not None and (
-            not isinstance(replication_factor, int)
-            or isinstance(replication_factor, bool)
-            or replication_factor < 1
-        ):
-            raise InvalidArgument(
-                f"replication_factor must be None or an int >= 1, not {replication_factor!r}"
-            )
+        )
+        _check_sizes(partitions, batch, replication_factor)
         _duration("session_timeout", session_timeout)
         _duration("connect_timeout", connect_timeout)
         _duration("delivery_timeout", delivery_timeout)
         _duration("join_timeout", join_timeout)
         _duration("poll_interval", poll_interval)
-        if heartbeat_interval is None:
-            heartbeat_interval = min(session_timeout / 3, timedelta(seconds=3))
-        _duration("heartbeat_interval", heartbeat_interval)
-        if heartbeat_interval >= session_timeout:
-            raise InvalidArgument(
-                f"heartbeat_interval ({heartbeat_interval}) must be shorter than "
-                f"session_timeout ({session_timeout})"
-            )
+        heartbeat_interval = _heartbeat(session_timeout, heartbeat_interval)
         self.bootstrap_servers = servers
         self.topic_prefix = topic_prefix
-        self.client_config: dict[str, Any] = configs["client_config"]
-        self.producer_config: dict[str, Any] = configs["producer_config"]
-        self.consumer_config: dict[str, Any] = configs["consumer_config"]
+        self.client_config, self.producer_config, self.consumer_config = client, producer, consumer
         self.partitions = partitions
         self.replication_factor = replication_factor
         self.create_topics = bool(create_topics)
@@ -554,7 +576,7 @@ class _Delivery:
 
 
 @final
-class _KafkaSender:
+class _KafkaSender(CheckedSender):
     def __init__(
         self, streamer: KafkaStreamer, producer: Any, topic: str, limiter: trio.CapacityLimiter
     ) -> None:
@@ -569,14 +591,7 @@ class _KafkaSender:
         except self._streamer._kafka.KafkaException as exc:
             raise self._streamer._error(what, exc) from None
 
-    async def send(self, event: ConnectorEvent) -> None:
-        await self.send_many([event])
-
-    async def send_many(self, events: Sequence[ConnectorEvent]) -> None:
-        checked = check_events(events)
-        if not checked:
-            await trio.lowlevel.checkpoint()
-            return
+    async def _send(self, checked: list[ConnectorEvent]) -> None:
         messages = [(e.foreign_id.encode() or None, e.payload, encode_headers(e)) for e in checked]
         delivery = _Delivery(len(messages))
         producer, topic = self._producer, self._topic

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import final
 
@@ -11,6 +11,7 @@ import trio
 
 from actorflow._model.errors import InvalidArgument
 from actorflow.streaming._protocol import (
+    CheckedSender,
     ConnectorEvent,
     EventError,
     EventReceiver,
@@ -66,17 +67,13 @@ class _LogReceiver:
 
 
 @final
-class _MemorySender:
+class _MemorySender(CheckedSender):
     def __init__(self, log: _Log) -> None:
         self._log = log
 
-    async def send(self, event: ConnectorEvent) -> None:
-        await self.send_many([event])
-
-    async def send_many(self, events: Sequence[ConnectorEvent]) -> None:
-        checked = check_events(events)
+    async def _send(self, events: list[ConnectorEvent]) -> None:
         await trio.lowlevel.checkpoint()
-        self._log.append(checked)
+        self._log.append(events)
 
 
 @final

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, Literal, Protocol, TypeVar, final, runtime_checkable
 
 import attrs
+import trio
 
 from actorflow._model.errors import ActorflowError, InvalidArgument
 
@@ -217,6 +218,25 @@ def check_events(events: Sequence[object]) -> list[ConnectorEvent]:
             raise InvalidArgument(f"only ConnectorEvents can be sent, not {event!r}")
         checked.append(event)
     return checked
+
+
+class CheckedSender:
+    """The front every streamer's sender shares: ``send`` is ``send_many`` of one event,
+    the events are checked, and sending none is only a checkpoint; a subclass sends the
+    checked, non-empty batch in ``_send``."""
+
+    async def send(self, event: ConnectorEvent) -> None:
+        await self.send_many([event])
+
+    async def send_many(self, events: Sequence[ConnectorEvent]) -> None:
+        checked = check_events(events)
+        if not checked:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._send(checked)
+
+    async def _send(self, events: list[ConnectorEvent]) -> None:
+        raise NotImplementedError
 
 
 P = TypeVar("P")

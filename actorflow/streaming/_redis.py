@@ -32,6 +32,7 @@ import trio
 
 from actorflow._model.errors import ActorflowError, InvalidArgument
 from actorflow.streaming._protocol import (
+    CheckedSender,
     ConnectorEvent,
     EventError,
     EventReceiver,
@@ -39,7 +40,6 @@ from actorflow.streaming._protocol import (
     Inflight,
     Start,
     StreamError,
-    check_events,
     check_start,
     check_topic,
 )
@@ -281,7 +281,7 @@ class RedisStreamer:
 
 
 @final
-class _RedisSender:
+class _RedisSender(CheckedSender):
     def __init__(self, streamer: RedisStreamer, client: Redis[bytes], key: bytes) -> None:
         self._streamer = streamer
         self._client = client
@@ -297,14 +297,7 @@ class _RedisSender:
             }
         )
 
-    async def send(self, event: ConnectorEvent) -> None:
-        await self.send_many([event])
-
-    async def send_many(self, events: Sequence[ConnectorEvent]) -> None:
-        checked = check_events(events)
-        if not checked:
-            await trio.lowlevel.checkpoint()
-            return
+    async def _send(self, checked: list[ConnectorEvent]) -> None:
         for first in range(0, len(checked), PIPELINE_CHUNK):
             chunk = checked[first : first + PIPELINE_CHUNK]
             with self._streamer._errors("XADD"):

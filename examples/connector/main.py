@@ -8,15 +8,13 @@ connector function is idempotent.
 
 Run it (no server needed)::
 
-    python -m examples.connector            # on a SQLite file in a temporary directory
-    python examples/connector/main.py --memory
+    python -m examples.connector           # on a SQLite file in a temporary directory
+    python -m examples.connector --memory  # on MemoryStore
 """
 
 from __future__ import annotations
 
 import argparse
-import enum
-import json
 import tempfile
 from datetime import timedelta
 from pathlib import Path
@@ -25,35 +23,22 @@ import attrs
 import trio
 
 import actorflow as af
+from examples.shop import (
+    Order,
+    OrderStatus,
+    PaymentStatus,
+    hand_over_payment,
+    new_orders_builder,
+    place_orders,
+)
 
-
-class PaymentStatus(enum.IntEnum):
-    REQUESTED = 1
-    SETTLED = 2
-
-
-class OrderStatus(enum.IntEnum):
-    PLACED = 1
-    AWAITING_PAYMENT = 2
-    PAID = 3
-    SHIPPED = 4
+__all__ = ["Order", "OrderStatus", "Payment", "PaymentStatus", "build", "run_example"]
 
 
 @attrs.define
 class Payment:
     amount_cents: int = 0
     reference: str = ""
-
-
-@attrs.define
-class Order:
-    amount_cents: int = 0
-    payment_reference: str = ""
-    shipped: bool = False
-
-
-class NotWaitingYet(Exception):
-    """The order has not reached AWAITING_PAYMENT yet: the connector retries later."""
 
 
 def build(
@@ -69,7 +54,8 @@ def build(
 
     payments = pay.build(store, clock=clock)
 
-    orders_builder = af.Builder("orders", Order, OrderStatus)
+    # The rest of the orders workflow (callback, shipping) is in examples/shop.py.
+    orders_builder = new_orders_builder()
 
     @orders_builder.step(OrderStatus.PLACED, to=OrderStatus.AWAITING_PAYMENT)
     async def request_payment(run: af.Run[Order, OrderStatus]) -> OrderStatus:
@@ -80,28 +66,9 @@ def build(
             await payments.trigger(run.foreign_id, initial=Payment(run.object.amount_cents))
         return OrderStatus.AWAITING_PAYMENT
 
-    async def payment_settled(run: af.Run[Order, OrderStatus], payload: bytes) -> OrderStatus:
-        run.object.payment_reference = json.loads(payload)["reference"]
-        return OrderStatus.PAID
-
-    orders_builder.add_callback(OrderStatus.AWAITING_PAYMENT, payment_settled, to=OrderStatus.PAID)
-
-    @orders_builder.step(OrderStatus.PAID, to=OrderStatus.SHIPPED)
-    async def ship(run: af.Run[Order, OrderStatus]) -> OrderStatus:
-        run.object.shipped = True
-        return OrderStatus.SHIPPED
-
     async def on_settled(orders: af.Workflow[Order, OrderStatus], event: af.ConnectorEvent) -> None:
         payment = await payments.lookup(event.header("run_id"))
-        payload = json.dumps({"reference": payment.object.reference}).encode()
-        if await orders.callback(event.foreign_id, OrderStatus.AWAITING_PAYMENT, payload):
-            return
-        latest = await orders.latest(event.foreign_id)
-        if latest.status < OrderStatus.AWAITING_PAYMENT and latest.run_state.active:
-            # The payment settled before the order stored AWAITING_PAYMENT: raising
-            # makes the connector back off and deliver this event again.
-            raise NotWaitingYet(f"order {event.foreign_id} is still {latest.status.name}")
-        # Otherwise the order is past it: this is a repeated delivery; nothing to do.
+        await hand_over_payment(orders, event.foreign_id, payment.object.reference)
 
     orders_builder.add_connector(
         "payments",
@@ -118,21 +85,15 @@ async def run_example(
 ) -> list[af.Record[Order, OrderStatus]]:
     """Place ``count`` orders, wait until every one is shipped; return the final records."""
     payments, orders = build(store, clock=clock)
-    shipped = []
+
+    def say(record: af.Record[Order, OrderStatus]) -> None:
+        print(
+            f"{record.foreign_id}: {record.object.amount_cents} cents paid "
+            f"({record.object.payment_reference}), shipped"
+        )
+
     async with af.open_workflow(payments, orders):
-        placed = {
-            f"order-{n}": await orders.trigger(f"order-{n}", initial=Order(100 * n))
-            for n in range(1, count + 1)
-        }
-        for foreign_id, run_id in placed.items():
-            record = await orders.await_status(foreign_id, run_id, OrderStatus.SHIPPED)
-            shipped.append(record)
-            if not quiet:
-                print(
-                    f"{foreign_id}: {record.object.amount_cents} cents paid "
-                    f"({record.object.payment_reference}), shipped"
-                )
-    return shipped
+        return await place_orders(orders, count, None if quiet else say)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,8 +23,6 @@ Run it against a broker (``ACTORFLOW_KAFKA_BOOTSTRAP`` or ``--bootstrap``)::
 from __future__ import annotations
 
 import argparse
-import enum
-import json
 import os
 import tempfile
 import uuid
@@ -36,34 +34,21 @@ import attrs
 import trio
 
 import actorflow as af
+from examples.shop import (
+    Order,
+    OrderStatus,
+    PaymentStatus,
+    hand_over_payment,
+    new_orders_builder,
+    place_orders,
+)
 
-
-class PaymentStatus(enum.IntEnum):
-    REQUESTED = 1
-    SETTLED = 2
-
-
-class OrderStatus(enum.IntEnum):
-    PLACED = 1
-    AWAITING_PAYMENT = 2
-    PAID = 3
-    SHIPPED = 4
+__all__ = ["Order", "OrderStatus", "Payment", "PaymentStatus", "build", "run_example"]
 
 
 @attrs.define
 class Payment:
     reference: str = ""
-
-
-@attrs.define
-class Order:
-    amount_cents: int = 0
-    payment_reference: str = ""
-    shipped: bool = False
-
-
-class NotWaitingYet(Exception):
-    """The order has not stored AWAITING_PAYMENT yet: the connector retries later."""
 
 
 FAST_RETRIES: dict[str, Any] = {"error_backoff": timedelta(milliseconds=50)}
@@ -73,33 +58,16 @@ def build(
     streamer: af.KafkaStreamer, orders_store: af.Store, payments_store: af.Store
 ) -> tuple[af.Workflow[Order, OrderStatus], af.Workflow[Payment, PaymentStatus]]:
     """The two workflows, each on its own store, connected through ``streamer``."""
-    orders_builder = af.Builder("orders", Order, OrderStatus)
+    # The rest of the orders workflow (callback, shipping) is in examples/shop.py.
+    orders_builder = new_orders_builder()
 
     @orders_builder.step(OrderStatus.PLACED, to=OrderStatus.AWAITING_PAYMENT)
     async def await_payment(run: af.Run[Order, OrderStatus]) -> OrderStatus:
         return OrderStatus.AWAITING_PAYMENT  # published to Kafka by the relay
 
-    async def payment_settled(run: af.Run[Order, OrderStatus], payload: bytes) -> OrderStatus:
-        run.object.payment_reference = json.loads(payload)["reference"]
-        return OrderStatus.PAID
-
-    orders_builder.add_callback(OrderStatus.AWAITING_PAYMENT, payment_settled, to=OrderStatus.PAID)
-
-    @orders_builder.step(OrderStatus.PAID, to=OrderStatus.SHIPPED)
-    async def ship(run: af.Run[Order, OrderStatus]) -> OrderStatus:
-        run.object.shipped = True
-        return OrderStatus.SHIPPED
-
     async def on_payment(orders: af.Workflow[Order, OrderStatus], event: af.ConnectorEvent) -> None:
-        if event.type != str(int(PaymentStatus.SETTLED)):
-            return
-        payload = json.dumps({"reference": event.header("run_id")}).encode()
-        if await orders.callback(event.foreign_id, OrderStatus.AWAITING_PAYMENT, payload):
-            return
-        latest = await orders.latest(event.foreign_id)
-        if latest.status < OrderStatus.AWAITING_PAYMENT and latest.run_state.active:
-            raise NotWaitingYet(f"order {event.foreign_id} is still {latest.status.name}")
-        # Past AWAITING_PAYMENT already: a repeated delivery, nothing to do.
+        if event.type == str(int(PaymentStatus.SETTLED)):
+            await hand_over_payment(orders, event.foreign_id, event.header("run_id"))
 
     orders_builder.add_connector(
         "payments", streamer.source("payments"), on_payment, **FAST_RETRIES
@@ -145,23 +113,17 @@ async def run_example(
     """Place ``count`` orders, wait until every one is shipped; return the final records."""
     orders_store = af.SQLiteStore(directory / "orders.db")
     payments_store = af.SQLiteStore(directory / "payments.db")
+
+    def say(record: af.Record[Order, OrderStatus]) -> None:
+        print(
+            f"{record.foreign_id}: {record.object.amount_cents} cents paid "
+            f"(payment {record.object.payment_reference[:8]}...), shipped"
+        )
+
     try:
         orders, payments = build(streamer, orders_store, payments_store)
-        shipped = []
         async with af.open_workflow(orders, payments):
-            placed = {
-                f"order-{n}": await orders.trigger(f"order-{n}", initial=Order(100 * n))
-                for n in range(1, count + 1)
-            }
-            for foreign_id, run_id in placed.items():
-                record = await orders.await_status(foreign_id, run_id, OrderStatus.SHIPPED)
-                shipped.append(record)
-                if not quiet:
-                    print(
-                        f"{foreign_id}: {record.object.amount_cents} cents paid "
-                        f"(payment {record.object.payment_reference[:8]}...), shipped"
-                    )
-        return shipped
+            return await place_orders(orders, count, None if quiet else say)
     finally:
         await orders_store.aclose()
         await payments_store.aclose()

@@ -618,7 +618,7 @@ def test_an_unexpected_error_is_one_line_too(
     def broken(args: object) -> int:
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(cli._cli_commands, "graph", broken)
+    monkeypatch.setattr(cli._cli_commands, "load_app", broken)  # graph's first call
     code, out, err = run_cli(capsys, "graph", f"{app}:workflow")
     assert (code, out) == (1, "")
     assert err == (

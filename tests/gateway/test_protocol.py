@@ -11,21 +11,21 @@ import attrs
 import pytest
 
 import actorflow as af
-from actorflow.gateway.protocol import (
-    OPS,
-    STEERING_OPS,
+from actorflow.gateway.access import (
     Access,
+    RefusalLimiter,
+    TokenBucket,
+    check_access,
+    check_token,
+    check_token_text,
+)
+from actorflow.gateway.ops import OPS, STEERING_OPS, check_args, parse_request
+from actorflow.gateway.protocol import (
     ErrorCode,
     Event,
     ProtocolError,
-    RefusalLimiter,
     Reply,
     Request,
-    TokenBucket,
-    check_access,
-    check_args,
-    check_token,
-    check_token_text,
     coerce_run_states,
     coerce_status,
     coerce_statuses,
@@ -34,7 +34,6 @@ from actorflow.gateway.protocol import (
     error_message,
     event_lagged,
     event_record,
-    parse_request,
     parse_server_message,
     record_to_json,
     reply_error,
@@ -153,7 +152,15 @@ def test_check_args_refuses_missing_unknown_and_ill_typed_arguments() -> None:
 
 def test_every_op_documents_its_arguments() -> None:
     for op, spec in OPS.items():
-        assert len({arg.name for arg in spec}) == len(spec), op
+        assert len({arg.name for arg in spec.args}) == len(spec.args), op
+
+
+def test_every_op_has_a_handler_or_is_served_by_the_connection() -> None:
+    """One table: an op has a handler, or is inline, or is the subscription stream."""
+    for op, spec in OPS.items():
+        served_by_connection = spec.inline or op == "subscribe"
+        assert (spec.handler is None) == served_by_connection, op
+        assert not (spec.inline and spec.steering), op
 
 
 def test_statuses_are_values_or_names() -> None:

@@ -402,6 +402,24 @@ async def test_create_runs_answers_each_item_in_order(store: Store) -> None:
     assert await store.create_runs([]) == []
 
 
+async def test_create_runs_looks_at_the_latest_run_of_each_foreign_id(store: Store) -> None:
+    # "done": its only run finished; "again": a finished run, then an unfinished one.
+    done = await store.create_run(raw("done"))
+    await store.commit(nxt(done, run_state=af.RunState.COMPLETED))
+    old = await store.create_run(raw("again"))
+    await store.commit(nxt(old, run_state=af.RunState.CANCELLED))
+    newer = await store.create_run(raw("again"))
+    other = await store.create_run(raw("done", workflow="other"))  # another workflow
+    items = [raw("done"), raw("again"), raw("done", workflow="other"), raw("again", workflow="x")]
+    results = await store.create_runs([(r, ()) for r in items])
+    assert results[0] == items[0]
+    assert isinstance(results[1], af.WorkflowInProgress)
+    assert newer.run_id in str(results[1]) and old.run_id not in str(results[1])
+    assert isinstance(results[2], af.WorkflowInProgress) and other.run_id in str(results[2])
+    assert results[3] == items[3]
+    assert await store.latest("wf", "done") == items[0]
+
+
 async def test_create_runs_refuses_an_existing_run_id_alone(store: Store) -> None:
     existing = await store.create_run(raw("x"))
     again = attrs.evolve(existing, foreign_id="y")

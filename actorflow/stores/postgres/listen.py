@@ -5,8 +5,13 @@ instance's ``origin`` so a process ignores its own:
 
 - ``r`` (routing), sent *inside* the write's own statement (``pg_notify`` in a CTE, so it
   is delivered only if the write commits, and only after it): a trigger, callback or
-  control written by a process that does not own the run's shard. The owner's event-log
-  tail (:attr:`Notifications.routing`) wakes and hands the run to its actor.
+  control written by a process that does not own the run's shard. It names the run
+  (:func:`routing_payload`), and only the process whose workflow owns the run's shard
+  bumps :attr:`Notifications.routing`: the owner's event-log tail wakes and hands the run
+  to its actor, the other workers sleep on (each woken tail would read the log under its
+  exclusive lock, stalling every writer: measured, that fan-out was most of the extra CPU
+  per transition with 4 workers). A process not running the workflow under shard leases
+  is woken for every run, as before.
 - ``f`` (feed), sent by :meth:`Notifications.owner_wrote` at most every ``FEED_NOTIFY_GAP``
   seconds, *after* commits made by a run's owner. Nobody needs those to route work; they
   only let other processes' ``subscribe``/``await_status`` see the change quickly.
@@ -37,7 +42,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, final
 
@@ -60,6 +65,9 @@ KEEPALIVE = 15.0
 FOLLOW_POLL = 1.0
 """Seconds: the feed follower's safety-net poll while somebody subscribes."""
 POSITIONS_KEPT = 4
+MAX_PAYLOAD = 7000
+"""Characters: a longer routing payload (PostgreSQL allows under 8000 bytes) names no
+run, so it wakes every listening worker."""
 FOLLOW_BATCH = 1000
 MAX_BACKOFF = 5.0
 
@@ -118,6 +126,21 @@ class FollowedFeed(ChangeFeed):
             yield sub
 
 
+def routing_payload(origin: str, workflow_name: str, run_id: str) -> str:
+    """The ``r`` notification of a write to one run: ``origin:r:LEN:WORKFLOWRUN_ID``
+    (the workflow name's length first, so names may hold any character)."""
+    payload = f"{origin}:r:{len(workflow_name)}:{workflow_name}{run_id}"
+    return payload if len(payload) <= MAX_PAYLOAD else f"{origin}:r"
+
+
+def _routed_run(rest: str) -> tuple[str, str] | None:
+    """(workflow name, run id) from what follows ``origin:r:``; None when it names none."""
+    length, colon, names = rest.partition(":")
+    if not colon or not length.isdigit() or int(length) > len(names):
+        return None
+    return names[: int(length)], names[int(length) :]
+
+
 class ChangeReader(Protocol):
     """The store's reads of the event log that following other processes needs."""
 
@@ -139,13 +162,15 @@ class Notifications:
         feed: FollowedFeed,
         channel: str,
         origin: str,
+        wants: Callable[[str, str], bool] = lambda workflow_name, run_id: True,
     ) -> None:
         self._db = db
         self._reader = reader
         self._followed = feed
         self.channel = channel
         self.origin = origin
-        self.routing_payload = f"{origin}:r"
+        self._wants = wants
+        """Whether a routing notification of (workflow name, run id) is for this process."""
         self.feed_payload = f"{origin}:f"
         self.routing = ChangeSignal()
         """Bumped by other processes' triggers, callbacks and controls (``r``)."""
@@ -165,12 +190,16 @@ class Notifications:
         self._feed_pending.set()
 
     def received(self, payload: str) -> None:
-        origin, _, kind = payload.partition(":")
+        origin, _, rest = payload.partition(":")
         if origin == self.origin:
             return  # our own write: published at commit, routed in process
         self.feed.bump()
         self._followed.notice_external()
-        if kind != "f":
+        kind, _, rest = rest.partition(":")
+        if kind == "f":
+            return
+        run = _routed_run(rest)
+        if run is None or self._wants(*run):
             self.routing.bump()
 
     # -- the services -------------------------------------------------------------------

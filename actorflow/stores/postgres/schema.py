@@ -174,6 +174,15 @@ MIGRATIONS: list[Migration] = [
             """,
         ),
     ),
+    Migration(
+        5,
+        "the shard key of each history row (workers' tails read their shards only)",
+        (
+            # crc32(run_id), the run's shard being shard_key % shards (shards.shard_of);
+            # NULL in rows written before: every worker's tail reads those.
+            "ALTER TABLE {s}.history ADD COLUMN shard_key bigint",
+        ),
+    ),
 ]
 
 
@@ -263,10 +272,10 @@ _UNNEST_TIMERS = (
 
 _HISTORY_INSERT = """
 INSERT INTO {s}.history (run_id, version, workflow_name, foreign_id, status, run_state,
-                         object, created_at, updated_at, meta, writer, origin)
+                         object, created_at, updated_at, meta, writer, origin, shard_key)
 SELECT %(run_id)s, %(version)s::int4, %(workflow_name)s, %(foreign_id)s, %(status)s::int4,
        %(run_state)s::int2, %(object)s, %(created_at)s, %(updated_at)s, %(meta)s,
-       %(writer)s::uuid, %(origin)s::uuid
+       %(writer)s::uuid, %(origin)s::uuid, %(shard_key)s::int8
   FROM log_lock
 RETURNING id
 """
@@ -469,6 +478,14 @@ class Queries:
         self.events_of_workflow = q(
             f"SELECT {_EVENT_COLUMNS} FROM {{s}}.history "
             "WHERE workflow_name = %s AND id > %s AND id <= %s ORDER BY id LIMIT %s"
+        )
+        # A worker's tail: other processes' rows of the shards it holds (and rows from
+        # before shard keys), so no worker reads every other worker's commits.
+        self.owned_events = q(
+            f"SELECT {_EVENT_COLUMNS} FROM {{s}}.history "
+            "WHERE workflow_name = %s AND id > %s AND id <= %s "
+            "AND origin IS DISTINCT FROM %s::uuid "
+            "AND (shard_key IS NULL OR shard_key %% %s = ANY(%s::int4[])) ORDER BY id LIMIT %s"
         )
         self.last_event = q("SELECT coalesce(max(id), 0) FROM {s}.history WHERE id <= %s")
         # The change-feed follower: other processes' versions, full records, in id order.

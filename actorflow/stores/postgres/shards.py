@@ -62,9 +62,11 @@ import attrs
 import trio
 
 from actorflow._model.errors import InvalidArgument, StoreError
+from actorflow._model.record import Event
 from actorflow.stores import realtime
 from actorflow.stores.postgres.connection import PgConnection
 from actorflow.stores.postgres.listen import Notifications
+from actorflow.stores.postgres.queries import EventLog
 from actorflow.stores.postgres.schema import quote_schema
 
 log = logging.getLogger(__name__)
@@ -273,6 +275,36 @@ class LeaseQueries:
         )
 
 
+@final
+class Owners:
+    """The shard ownerships served in one process, by workflow: whether a run's owner is
+    right here (then its writes need no NOTIFY to be routed)."""
+
+    def __init__(self) -> None:
+        self._by_workflow: dict[str, list[ShardOwnership]] = {}
+
+    def add(self, ownership: ShardOwnership) -> None:
+        self._by_workflow.setdefault(ownership.workflow_name, []).append(ownership)
+
+    def remove(self, ownership: ShardOwnership) -> None:
+        found = self._by_workflow.get(ownership.workflow_name, [])
+        if ownership in found:
+            found.remove(ownership)
+        if not found:
+            self._by_workflow.pop(ownership.workflow_name, None)
+
+    def here(self, workflow_name: str, run_id: str) -> bool:
+        """Whether a workflow running in this process owns the run."""
+        return any(o.owns(run_id) for o in self._by_workflow.get(workflow_name, ()))
+
+    def wants(self, workflow_name: str, run_id: str) -> bool:
+        """Whether another process's write to the run is work for this one: a workflow
+        here owns the run, or the workflow runs here without shard leases (or not at
+        all: a plain subscriber is woken for everything)."""
+        found = self._by_workflow.get(workflow_name)
+        return not found or any(o.owns(run_id) for o in found)
+
+
 class ShardHost(Protocol):
     """What shard leases need from their store."""
 
@@ -282,9 +314,11 @@ class ShardHost(Protocol):
     @property
     def notifications(self) -> Notifications: ...
 
-    def register_ownership(self, ownership: ShardOwnership) -> None: ...
+    @property
+    def owners(self) -> Owners: ...
 
-    def unregister_ownership(self, ownership: ShardOwnership) -> None: ...
+    @property
+    def log(self) -> EventLog: ...
 
 
 @final
@@ -347,6 +381,13 @@ class ShardOwnership:
         """The shards this worker may act on now."""
         return self.book.held(realtime.now())
 
+    async def owned_events(self, after: int, limit: int) -> tuple[list[Event], int]:
+        """The OwnedEvents capability: other processes' events of the shards held now."""
+        held = self.held()
+        return await self.store.log.owned_events(
+            self.workflow_name, self.shards, held, after, limit
+        )
+
     async def serve(
         self,
         on_change: Callable[[], None],
@@ -365,7 +406,7 @@ class ShardOwnership:
             InvalidArgument: other live workers run this workflow with another ``shards``.
         """
         store = self.store
-        store.register_ownership(self)
+        store.owners.add(self)
         started = False
         try:
             await self._start()
@@ -386,7 +427,7 @@ class ShardOwnership:
                 nursery.start_soon(self._watch_expiry, on_change)
                 await self._heartbeat(on_change, nursery)
         finally:
-            store.unregister_ownership(self)
+            store.owners.remove(self)
             self.book = LeaseBook(self.timings)
             with (
                 trio.CancelScope(shield=True),

@@ -433,10 +433,13 @@ class Database:
             self.checkpointer.stop()
             self.checkpointer = None
 
-    def close_connection(self) -> None:
+    async def close_connection(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            conn.close()
+            # Closing the file's last connection checkpoints the whole WAL into it (a
+            # tenth of a second after a large backfill): in a thread, not in the trio loop.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(conn.close)
 
 
 # -- the worker lock -------------------------------------------------------------------

@@ -340,5 +340,5 @@ class SQLiteStore:
         self._db.close()
         with trio.CancelScope(shield=True):
             await self._group.idle.wait()
-        self._db.close_connection()
+        await self._db.close_connection()
         await trio.lowlevel.checkpoint()

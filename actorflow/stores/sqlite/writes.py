@@ -218,26 +218,18 @@ def apply_create_many(
     ``executemany`` calls (a run id that exists: item by item, to refuse it alone)."""
     outcomes: list[RawRecord | ActorflowError] = []
     accepted: list[tuple[RawRecord, Params, list[Params]]] = []
-    created: dict[str, str] = {}
+    latest = _latest_runs(conn, [row[0] for row in rows])
     for row in rows:
         record = row[0]
-        blocking = created.get(record.foreign_id)
-        if blocking is not None:
-            outcomes.append(
-                in_progress(record.workflow_name, record.foreign_id, blocking, RunState.INITIATED)
-            )
-            continue
-        found = conn.execute(
-            "SELECT run_id, run_state FROM runs WHERE workflow_name = ? AND foreign_id = ? "
-            "ORDER BY seq DESC LIMIT 1",
-            (record.workflow_name, record.foreign_id),
-        ).fetchone()
+        key = (record.workflow_name, record.foreign_id)
+        found = latest.get(key)
         if found is not None and found[1] in UNFINISHED:
             outcomes.append(
                 in_progress(record.workflow_name, record.foreign_id, found[0], found[1])
             )
             continue
-        created[record.foreign_id] = record.run_id
+        # A later item of this chunk with the same foreign id finds this run unfinished.
+        latest[key] = (record.run_id, RunState.INITIATED)
         accepted.append(row)
         outcomes.append(record)
     if not accepted:
@@ -254,6 +246,28 @@ def apply_create_many(
         return _create_one_by_one(conn, rows, outcomes)
     conn.execute("RELEASE create_many")
     return outcomes
+
+
+def _latest_runs(
+    conn: sqlite3.Connection, records: list[RawRecord]
+) -> dict[tuple[str, str], tuple[str, int]]:
+    """The run id and run state of the latest run of each records' foreign id that has
+    one, in one query per workflow (``MAX_CREATE`` ids fit SQLite's variable limit)."""
+    by_workflow: dict[str, set[str]] = {}
+    for record in records:
+        by_workflow.setdefault(record.workflow_name, set()).add(record.foreign_id)
+    latest: dict[tuple[str, str], tuple[str, int]] = {}
+    for workflow_name, foreign_ids in by_workflow.items():
+        # A bare column beside max() comes from the row holding the maximum (SQLite).
+        query = conn.execute(
+            "SELECT foreign_id, run_id, run_state, max(seq) FROM runs "
+            f"WHERE workflow_name = ? AND foreign_id IN ({', '.join('?' * len(foreign_ids))}) "
+            "GROUP BY foreign_id",
+            (workflow_name, *foreign_ids),
+        )
+        for foreign_id, run_id, run_state, _ in query:
+            latest[workflow_name, foreign_id] = (run_id, run_state)
+    return latest
 
 
 def _create_one_by_one(

@@ -842,3 +842,46 @@ def test_three_workers_5000_runs_kill_9_the_leader_every_run_completes_exactly_o
         f"survivor after the victim began them; hooks repeated {repeated} times; every "
         f"timer fired once but {replays} crash replays of the victim's"
     )
+
+
+@needs_pg
+async def test_a_worker_is_woken_only_for_its_own_shards_runs_and_each_completes(
+    schema: str,
+) -> None:
+    """Two workers share the shards; a client's triggers NOTIFY with the run named, so
+    only the owner's tail wakes, and it reads only other processes' rows of its shards.
+    Every run still completes through NOTIFY (the safety-net poll is 30 s)."""
+    from actorflow.stores import PostgresStore
+
+    stores = [PostgresStore(DSN, schema=schema) for _ in range(3)]
+    a_store, b_store, client_store = stores
+    client = _hops(client_store)
+    async with (
+        trio.open_nursery() as nursery,
+        af.open_workflow(_hops(a_store)),
+        af.open_workflow(_hops(b_store)),
+    ):
+        await nursery.start(client_store.listen)  # the client runs no workflow
+        owners = [s.owners._by_workflow["hops"][0] for s in (a_store, b_store)]
+
+        def shared() -> bool:
+            return sorted(len(o.held()) for o in owners) == [8, 8]
+
+        await _until(shared, 15, "two workers holding 8 shards each")
+        marks = [s.changes.mark() for s in (a_store, b_store)]
+        start = trio.current_time()
+        runs = [await client.trigger(f"r{i}") for i in range(12)]
+        for i, run_id in enumerate(runs):
+            await client.await_status(f"r{i}", run_id, Hop.C, timeout=10)
+        assert trio.current_time() - start < 20  # not the 30 s poll
+        for store, owner, mark in zip((a_store, b_store), owners, marks, strict=True):
+            owned = sum(owner.owns(r) for r in runs)
+            woken = store.changes.mark() - mark
+            assert woken <= owned < len(runs)  # never for the other worker's runs
+            # Its tail reads other processes' rows of its shards only: the triggers.
+            events, _ = await owner.owned_events(0, 100)
+            assert sorted(e.run_id for e in events) == sorted(r for r in runs if owner.owns(r))
+            assert all(e.version == 1 for e in events)
+        nursery.cancel_scope.cancel()
+    for store in stores:
+        await store.aclose()

@@ -637,3 +637,65 @@ async def test_vacuum_removes_what_delete_data_scrubbed_from_the_table_files(
     assert await _copies_on_disk(schema, secret) == 0
     assert await _copies_on_disk(schema, kept) > 0  # the check does see what is there
     assert (await workflow.lookup(run_id)).run_state is af.RunState.DATA_DELETED
+
+
+# -- routing notifications and the workers' tails ------------------------------------------
+
+
+def test_a_routing_notification_wakes_only_the_process_that_wants_its_run() -> None:
+    from actorflow.stores.postgres.listen import (
+        MAX_PAYLOAD,
+        FollowedFeed,
+        Notifications,
+        routing_payload,
+    )
+
+    wanted = {("wf", "mine:1")}
+    n = Notifications(
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        FollowedFeed(),
+        "chan",
+        "me",
+        lambda workflow, run: (workflow, run) in wanted,
+    )
+    n.received(routing_payload("other", "wf", "theirs"))
+    assert (n.routing.mark(), n.feed.mark()) == (0, 1)  # the feed still hears of it
+    n.received(routing_payload("other", "wf", "mine:1"))
+    assert n.routing.mark() == 1
+    n.received(routing_payload("other", "w:f", "mine:1"))  # another workflow, same run id
+    assert n.routing.mark() == 1
+    n.received(routing_payload("me", "wf", "mine:1"))  # our own write
+    assert (n.routing.mark(), n.feed.mark()) == (1, 3)
+    # A notification naming no run (an older writer, or a name too long) wakes everybody.
+    n.received("other:r")
+    assert n.routing.mark() == 2
+    assert routing_payload("other", "wf", "x" * MAX_PAYLOAD) == "other:r"
+    n.received("other:f")
+    assert (n.routing.mark(), n.feed.mark()) == (2, 5)
+
+
+async def test_owned_events_are_other_processes_rows_of_the_shards_held(
+    make_store: MakeStore,
+) -> None:
+    from actorflow.stores.postgres.shards import shard_of
+
+    worker, client = make_store(), make_store()
+    from_client = [await client.create_run(raw(f"c{i}")) for i in range(16)]
+    own = await worker.create_run(raw("w"))
+    # A row from before shard keys (an older writer) is read by every worker.
+    legacy = await client.create_run(raw("legacy"))
+    await sql(
+        f'UPDATE "{worker.schema}".history SET shard_key = NULL WHERE run_id = %s',
+        [legacy.run_id],
+    )
+    held = [0, 2]
+    events, position = await worker.log.owned_events("wf", 4, held, 0, 100)
+    expected = [r.run_id for r in from_client if shard_of(r.run_id, 4) in held]
+    assert [e.run_id for e in events] == [*expected, legacy.run_id]
+    assert own.run_id not in {e.run_id for e in events}
+    assert position == await worker.last_event_id()  # past the rows left out
+    # A page: the position is the last row returned, so nothing is skipped.
+    first, after = await worker.log.owned_events("wf", 4, held, 0, 1)
+    assert [e.run_id for e in first] == expected[:1] and after == first[0].id
+    assert await worker.log.owned_events("wf", 4, held, position, 100) == ([], position)

@@ -1,0 +1,167 @@
+"""``await_status``: waiting until a run has been at a status, wherever it runs."""
+
+from __future__ import annotations
+
+import enum
+from typing import TypeVar
+
+import attrs
+import trio
+
+from actorflow._api.core import WorkflowCore
+from actorflow._model.errors import ActorflowError, InvalidArgument, RunNotFound, StatusNotReached
+from actorflow._model.record import RawRecord, Record
+from actorflow._runtime.engine import log
+from actorflow.stores.feed import Subscription
+
+T = TypeVar("T")
+S = TypeVar("S", bound=enum.IntEnum)
+
+math_inf = float("inf")
+UNATTENDED_AFTER = 60.0
+"""Seconds (trio time) ``await_status`` waits on a shared store, with the workflow not
+running in this process and the run unchanged, before it logs one warning."""
+
+
+class Awaiting(WorkflowCore[T, S]):
+    """Waiting for a status (part of ``af.Workflow``)."""
+
+    async def await_status(
+        self,
+        foreign_id: str,
+        run_id: str,
+        status: S,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (the API's name)
+    ) -> Record[T, S]:
+        """Wait until the run has been at ``status``; return it as it was when it got there.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+            RunNotFound: no such run for that foreign id.
+            StatusNotReached: the run finished without reaching ``status``.
+        """
+        wanted = int(self._status_arg(status))
+        foreign_id = self._foreign_id_arg(foreign_id)
+        run_id = self._run_id_arg(run_id)
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0
+        ):
+            raise InvalidArgument(
+                f"workflow {self.name!r}: timeout must be a number of seconds >= 0 or None, "
+                f"not {timeout!r}"
+            )
+        if timeout is None:
+            return await self._await_status(foreign_id, run_id, wanted)
+        try:
+            with trio.fail_after(timeout):
+                return await self._await_status(foreign_id, run_id, wanted)
+        except trio.TooSlowError:
+            raise TimeoutError(
+                f"workflow {self.name!r} run {run_id} did not reach "
+                f"{self._definition.status(wanted)!r} within {timeout} s"
+            ) from None
+
+    async def _await_status(self, foreign_id: str, run_id: str, wanted: int) -> Record[T, S]:
+        poll = self._poll_interval.total_seconds() if self._store.shared else math_inf
+        watch = _Unattended(trio.current_time())
+        while True:
+            with self._store.feed.subscribe(run_id=run_id) as sub:
+                found = await self._await_in(sub, foreign_id, run_id, wanted, poll, watch)
+            if found is not None:
+                return found
+
+    async def _await_in(
+        self,
+        sub: Subscription,
+        foreign_id: str,
+        run_id: str,
+        wanted: int,
+        poll: float,
+        watch: _Unattended,
+    ) -> Record[T, S] | None:
+        while True:
+            history = await self._store.history(self.name, run_id)
+            if history[0].foreign_id != foreign_id:
+                raise RunNotFound(
+                    f"workflow {self.name!r}: run {run_id} belongs to foreign id "
+                    f"{history[0].foreign_id!r}, not {foreign_id!r}"
+                )
+            for raw in history:
+                if raw.status == wanted:
+                    return self._engine.typed(raw)
+            self._check_reachable(history[-1], wanted)
+            if self._runs_nowhere():
+                at = history[-1].meta.status_description or history[-1].status
+                raise self._not_running(
+                    f"run {run_id} is at {at} and would wait for "
+                    f"{self._definition.status(wanted)!r} forever"
+                )
+            await self._warn_if_unattended(history[-1], wanted, watch)
+            if sub.lagged:
+                return None
+            found = None  # another process wrote, or the poll: read the history again
+            unattended = not watch.warned and self._local_supervisor() is None
+            warn_at = watch.since + UNATTENDED_AFTER if unattended else math_inf
+            with self._store.feed.until_external(poll), trio.move_on_at(warn_at):
+                found = await _next_matching(sub, wanted)
+            if found is not None:
+                return self._engine.typed(found)
+
+    async def _warn_if_unattended(self, raw: RawRecord, wanted: int, watch: _Unattended) -> None:
+        """A shared store, the workflow not running in this process, and the run unchanged
+        for UNATTENDED_AFTER seconds with no timer of its own due meanwhile: say so once
+        (is a worker running elsewhere?)."""
+        now = trio.current_time()
+        if raw.version != watch.version or self._local_supervisor() is not None:
+            watch.version, watch.since = raw.version, now
+            return
+        if not watch.warned and now - watch.since >= UNATTENDED_AFTER:
+            timers = await self._store.list_timers(self.name, raw.run_id)
+            due = [t.fire_at for t in timers if t.fire_at >= self._engine.now()]
+            if due:  # waiting for its timer is not being unattended: look again after it
+                wait = min(due) - self._engine.now()
+                watch.since = trio.current_time() + wait.total_seconds()
+                return
+            watch.warned = True
+            log.warning(
+                "workflow %r: run %s has waited %.0f s at %s for %r and nothing moved it; "
+                "the workflow is not running in this process: is a worker running on %r?",
+                self.name,
+                raw.run_id,
+                now - watch.since,
+                raw.meta.status_description or raw.status,
+                self._definition.status(wanted),
+                self._store,
+            )
+
+    def _check_reachable(self, raw: RawRecord, wanted: int) -> None:
+        if raw.run_state.finished:
+            raise StatusNotReached(
+                f"workflow {self.name!r} run {raw.run_id} is {raw.run_state.name} at "
+                f"{raw.meta.status_description} and never reached "
+                f"{self._definition.status(wanted)!r}"
+            )
+
+
+@attrs.define
+class _Unattended:
+    """How long an ``await_status`` has seen its run unchanged (see UNATTENDED_AFTER)."""
+
+    since: float
+    version: int = 0
+    warned: bool = False
+
+
+async def _next_matching(sub: Subscription, wanted: int) -> RawRecord | None:
+    """The next published version at ``wanted``; None to re-read the history (lag).
+    The caller bounds the wait (another process's write, or the real-time poll)."""
+    while True:
+        try:
+            raw = await sub.receive()
+        except ActorflowError:  # lagged: re-read the history
+            return None
+        if raw.status == wanted:
+            return raw
+        if raw.run_state.finished:
+            return None

@@ -1,0 +1,190 @@
+"""Starting runs: ``trigger``, ``trigger_many`` and the first version of a new run."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any, TypeVar, cast
+
+from actorflow._api.core import WorkflowCore
+from actorflow._model.errors import ActorflowError, InvalidArgument
+from actorflow._model.record import RawRecord, Timer, new_run_id
+from actorflow._model.run import Run
+from actorflow._model.run_state import RunState
+from actorflow._runtime.engine import NO_TIMERS
+
+T = TypeVar("T")
+S = TypeVar("S", bound=enum.IntEnum)
+
+TRIGGER_MANY_CHUNK = 10_000
+"""Items per store call of trigger_many (the store splits further into transactions)."""
+
+TriggerItem = str | Mapping[str, Any] | tuple[Any, ...]
+"""An item of :meth:`Workflow.trigger_many`: a foreign id, a mapping or a tuple."""
+
+
+class Triggers(WorkflowCore[T, S]):
+    """Starting runs (part of ``af.Workflow``)."""
+
+    async def trigger(
+        self, foreign_id: str, start: S | None = None, *, initial: T | None = None
+    ) -> str:
+        """Start a new run for ``foreign_id``; returns its run id.
+
+        Raises:
+            WorkflowInProgress: the latest run of ``foreign_id`` is not finished.
+            InvalidArgument: a status outside the enum, or ``initial`` of the wrong type.
+        """
+        raw, timers = self._new_run(foreign_id, start, initial, self._clock.now())
+        if not self._engine.lineage.registered:
+            await self._engine.lineage.register()  # the first write of this definition
+        stored = await self._store.create_run(raw, timers)
+        supervisor = self._local_supervisor()
+        if supervisor is not None:
+            if timers:
+                supervisor.wake_for_timers(raw.run_id, timers)
+            if stored.status in self._definition.steps:
+                supervisor.wake_now(raw.run_id, stored, timers)
+        return raw.run_id
+
+    async def trigger_many(self, items: Iterable[TriggerItem]) -> list[str | ActorflowError]:
+        """Start many runs in few store transactions (backfills, imports).
+
+        Each item is a foreign id, or a mapping with ``foreign_id`` and optionally
+        ``start`` and ``initial``, or a tuple ``(foreign_id, start, initial)`` (the last
+        two optional). Returns one result per item, in order: the new run id, or the error
+        that refused that item (``WorkflowInProgress`` when the latest run of its foreign
+        id is unfinished, also when an earlier item of this call started it;
+        ``InvalidArgument`` for a malformed item). One refused item does not stop the others.
+
+        Raises:
+            InvalidArgument: ``items`` is not an iterable of items (a single string, say).
+            StoreError: the store failed; items of earlier transactions may be stored.
+        """
+        if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+            raise InvalidArgument(
+                f"workflow {self.name!r}: trigger_many takes an iterable of items (foreign "
+                f"ids, mappings or tuples), not {type(items).__name__}"
+            )
+        results: list[str | ActorflowError] = []
+        chunk: list[tuple[int, RawRecord, list[Timer]]] = []
+        now = self._clock.now()
+        defaults: dict[int, str] = {}
+        for item in items:
+            try:
+                foreign_id, start, initial = self._trigger_item(item)
+                raw, timers = self._new_run(foreign_id, start, initial, now, defaults)
+            except ActorflowError as exc:
+                results.append(exc)
+                continue
+            results.append(raw.run_id)
+            chunk.append((len(results) - 1, raw, timers))
+            if len(chunk) >= TRIGGER_MANY_CHUNK:
+                await self._create_many(chunk, results)
+                chunk = []
+                now = self._clock.now()
+        if chunk:
+            await self._create_many(chunk, results)
+        return results
+
+    def _trigger_item(self, item: object) -> tuple[object, Any, Any]:
+        if isinstance(item, str):
+            return item, None, None
+        if isinstance(item, Mapping):
+            unknown = set(item) - {"foreign_id", "start", "initial"}
+            if "foreign_id" not in item or unknown:
+                raise InvalidArgument(
+                    f"workflow {self.name!r}: a trigger_many item needs a 'foreign_id' and "
+                    f"may have 'start' and 'initial', not {sorted(map(str, item))}"
+                )
+            return item["foreign_id"], item.get("start"), item.get("initial")
+        if isinstance(item, tuple) and 1 <= len(item) <= 3:
+            foreign_id, start, initial = (*item, None, None)[:3]
+            return foreign_id, start, initial
+        raise InvalidArgument(
+            f"workflow {self.name!r}: a trigger_many item is a foreign id, a mapping or a "
+            f"tuple (foreign_id, start, initial), not {item!r:.100}"
+        )
+
+    async def _create_many(
+        self, chunk: list[tuple[int, RawRecord, list[Timer]]], results: list[str | ActorflowError]
+    ) -> None:
+        if not self._engine.lineage.registered:
+            await self._engine.lineage.register()  # the first write of this definition
+        outcomes = await self._store.create_runs([(raw, timers) for _, raw, timers in chunk])
+        started: list[tuple[RawRecord, list[Timer]]] = []
+        for (index, _, timers), outcome in zip(chunk, outcomes, strict=True):
+            if isinstance(outcome, ActorflowError):
+                results[index] = outcome
+            else:
+                started.append((outcome, timers))
+        self._started(started)
+
+    def _new_run(
+        self,
+        foreign_id: object,
+        start: object,
+        initial: object,
+        now: datetime,
+        defaults: dict[int, str] | None = None,
+    ) -> tuple[RawRecord, list[Timer]]:
+        """A new run's first version and timers (nothing stored yet).
+
+        ``defaults`` caches the encoded default object per start status (trigger_many).
+        """
+        foreign_id = self._foreign_id_arg(foreign_id)
+        definition = self._definition
+        status = definition.start if start is None else self._status_arg(start, "start")
+        if definition.is_terminal(status):
+            raise InvalidArgument(
+                f"workflow {self.name!r}: cannot start at {status.name}: it has no step, callback "
+                "or timeout (a run there would be complete at once)"
+            )
+        with_timeouts = status in definition.timeouts
+        if initial is None and defaults is not None:
+            encoded = defaults.get(status)
+            if encoded is None:
+                encoded = defaults[status] = self._encode_initial(self._codec.default())
+            # The timer functions get an object of their own (they may change it).
+            obj: Any = self._codec.default() if with_timeouts else None
+        else:
+            obj = (
+                self._codec.default()
+                if initial is None
+                else self._codec.check(cast(T, initial), "initial")
+            )
+            encoded = self._encode_initial(obj)
+        raw = RawRecord(
+            workflow_name=self.name,
+            foreign_id=foreign_id,
+            run_id=new_run_id(),
+            status=int(status),
+            run_state=RunState.INITIATED,
+            object=encoded,
+            version=1,
+            created_at=now,
+            updated_at=now,
+            meta=self._engine.first_meta(status, self._trace_origin()),
+        )
+        timers = NO_TIMERS
+        if with_timeouts:
+            try:
+                run: Run[T, S] = Run(raw, cast(S, status), obj, self._codec)
+                timers = self._engine.timers_for(run, status, now)
+            except ActorflowError as exc:
+                raise InvalidArgument(str(exc)) from None
+        return raw, timers
+
+    def _started(self, runs: list[tuple[RawRecord, list[Timer]]]) -> None:
+        """Runs were just stored by trigger_many: arm their timers and start those with
+        a step, when a supervisor serves this workflow here."""
+        supervisor = self._local_supervisor()
+        if supervisor is None:
+            return
+        steps = self._definition.steps
+        for stored, timers in runs:
+            if timers:
+                supervisor.wake_for_timers(stored.run_id, timers)
+            if stored.status in steps:
+                supervisor.wake_created(stored, timers)

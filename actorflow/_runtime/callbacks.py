@@ -1,0 +1,91 @@
+"""Callbacks: running the callback functions of a run's status on a payload from outside
+(``workflow.callback``), storing what the first one that moves the run returned, and
+counting the errors of those that fail (the caller gets a CallbackError)."""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import trio
+
+from actorflow._model.definition import CallbackSpec, fn_name
+from actorflow._model.errors import ActorflowError, CallbackError, StepError, StoreError
+from actorflow._model.record import RawRecord, Timer
+from actorflow._runtime.engine import Engine
+from actorflow._runtime.user_code import user_error
+
+Stored = tuple[RawRecord | None, list[Timer] | None]
+
+
+async def run_callbacks(
+    engine: Engine[Any, Any], raw: RawRecord, status: int, payload: bytes, *, parent: str = ""
+) -> Stored:
+    """Run the callbacks of ``status`` on the run; (None, None) when none moved it or the
+    run is not at ``status`` any more.
+
+    ``parent``: the traceparent of the caller of ``workflow.callback`` (tracing on)."""
+    if raw.status != status or not raw.run_state.active:
+        return None, None
+    if not await engine.lineage.accepts(raw):
+        raise ActorflowError(
+            f"{engine.where(raw)} was last written by definition {raw.meta.definition}, "
+            f"which is newer than this process's definition {engine.fingerprint}: call "
+            "back through a process that runs the newer definition"
+        )
+    for spec in engine.definition.callbacks.get(status, ()):
+        new, timers = await _run_callback(engine, spec, raw, payload, parent)
+        if new is not None:
+            return new, timers
+    return None, None
+
+
+async def _run_callback(
+    engine: Engine[Any, Any], spec: CallbackSpec, raw: RawRecord, payload: bytes, parent: str
+) -> Stored:
+    """Call one callback function and store what it returned, reporting to the observer."""
+    observer = engine.observer
+    run = engine.make_run(raw)
+    key = f"callback {fn_name(spec.fn)}"
+    token = (
+        None
+        if observer is None
+        else observer.begin("callback", engine.callback_processes[raw.status], raw, parent=parent)
+    )
+    try:
+        try:
+            result = await spec.fn(run, payload)
+        except StoreError as exc:  # raised by the user's code: its own error
+            raise StepError(f"{key} raised {type(exc).__name__}: {exc}") from exc
+        engine.errors.reset(raw.run_id, key)
+        new, timers = await engine.apply_result(raw, run, result, spec.to, key)
+    except StoreError as exc:
+        if observer is not None:
+            observer.end(token, "error", exc)
+        raise
+    except (Exception, trio.Cancelled) as exc:
+        try:
+            error = user_error(exc, key)
+        except BaseException:
+            if observer is not None:
+                observer.end(token, "cancelled", exc)
+            raise
+        if observer is not None:
+            observer.end(token, "error", error)
+        await _failed(engine, raw, key, error)
+    except BaseException as exc:
+        if observer is not None:
+            observer.end(token, "cancelled", exc)
+        raise
+    if observer is not None:
+        observer.end(token, engine.outcome(raw, new))
+    return new, timers
+
+
+async def _failed(engine: Engine[Any, Any], raw: RawRecord, key: str, exc: Exception) -> NoReturn:
+    """Count the callback's error (pausing the run at its limit) and raise CallbackError."""
+    count, paused = await engine.count_error(raw, key, exc, engine.default_options)
+    note = f"; the run was paused ({paused.meta.run_state_reason})" if paused else ""
+    raise CallbackError(
+        f"{engine.where(raw, key)} failed ({count} consecutive error(s)){note}: "
+        f"{type(exc).__name__}: {exc}"
+    ) from exc

@@ -1,0 +1,288 @@
+"""``Connection``: one accepted websocket served by the op table.
+
+One task tree per connection: our reader (parses requests and answers the inline ops),
+one task per request in flight, one per subscription, and a single writer, so no frame is
+ever cut in half by a cancelled sender. The gateway (``server.py``) and the web console
+accept connections; both serve them with this class.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final, Protocol, final
+
+import trio
+import trio_websocket
+
+from actorflow._model.errors import Lagged
+from actorflow.gateway.access import TokenBucket
+from actorflow.gateway.ops import INLINE_OPS, OPS, STEERING_OPS, check_args, parse_request
+from actorflow.gateway.protocol import (
+    ErrorCode,
+    ProtocolError,
+    Request,
+    RequestId,
+    describe_workflow,
+    encode,
+    error_code,
+    error_message,
+    event_error,
+    event_lagged,
+    event_record,
+    record_to_json,
+    reply_error,
+    reply_ok,
+)
+from actorflow.gateway.settings import GatewaySettings
+from actorflow.workflow import Workflow
+
+log = logging.getLogger(__name__)
+
+OUTGOING_QUEUE: Final = 16
+"""Messages waiting for the writer of one connection; producers wait when it is full."""
+
+
+class ConnectionHost(Protocol):
+    """What a :class:`Connection` uses of the server that accepted it."""
+
+    workflows: dict[str, Workflow[Any, Any]]
+    settings: GatewaySettings
+    subscriptions: int
+    """Live subscriptions over all connections (a metric)."""
+
+
+class MessageChannel(Protocol):
+    """The two calls a :class:`Connection` makes on its websocket."""
+
+    async def get_message(self) -> str | bytes: ...
+
+    async def send_message(self, message: str) -> None: ...
+
+
+@final
+class Connection:
+    """One accepted websocket: requests in, replies and events out.
+
+    ``ws`` is a trio-websocket connection, or anything with its ``get_message`` and
+    ``send_message`` that ends with ``trio_websocket.ConnectionClosed`` (the web console
+    serves this protocol over Starlette's websocket)."""
+
+    def __init__(
+        self, gateway: ConnectionHost, ws: MessageChannel, *, read_only: bool = False
+    ) -> None:
+        self._gateway = gateway
+        self._read_only = read_only
+        self._settings = gateway.settings
+        self._ws = ws
+        self._outgoing, self._to_write = trio.open_memory_channel[str](OUTGOING_QUEUE)
+        self._requests: dict[RequestId, trio.CancelScope] = {}
+        self._subscriptions: dict[RequestId, trio.CancelScope] = {}
+        self._bucket = TokenBucket(self._settings.rate, self._settings.burst, trio.current_time())
+
+    async def serve(self) -> None:
+        """Serve until the peer goes away; then stop everything of this connection."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write, nursery.cancel_scope)
+            try:
+                await self._read(nursery)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _write(self, done: trio.CancelScope) -> None:
+        try:
+            async for text in self._to_write:
+                await self._ws.send_message(text)
+        except trio_websocket.ConnectionClosed:
+            pass
+        finally:
+            done.cancel()
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        await self._outgoing.send(encode(message))
+
+    async def _read(self, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                data = await self._ws.get_message()
+            except trio_websocket.ConnectionClosed:
+                return
+            # Every frame spends a token, well-formed or not, and over the limit every frame
+            # gets rate_limited (with its id when it has one, so the caller's request ends),
+            # never a full answer: malformed messages are no way around the limit.
+            allowed = self._bucket.take(trio.current_time())
+            try:
+                request = parse_request(data, self._settings.max_message_bytes)
+            except ProtocolError as exc:
+                if allowed:
+                    await self._send(reply_error(exc.request_id, exc.code, exc.message))
+                else:
+                    await self._send(self._rate_limited(exc.request_id))
+                continue
+            if not allowed:
+                await self._send(self._rate_limited(request.id))
+                continue
+            await self._dispatch(request, nursery)
+
+    def _rate_limited(self, request_id: RequestId | None) -> dict[str, Any]:
+        return reply_error(
+            request_id,
+            ErrorCode.RATE_LIMITED,
+            f"over {self._settings.rate:g} messages per second; slow down",
+        )
+
+    async def _dispatch(self, request: Request, nursery: trio.Nursery) -> None:
+        if request.id in self._requests or request.id in self._subscriptions:
+            await self._send(
+                reply_error(
+                    request.id,
+                    ErrorCode.INVALID_ARGUMENT,
+                    f"request id {request.id!r} is already in use on this connection",
+                )
+            )
+            return
+        if request.op in INLINE_OPS:
+            await self._send(self._answer_inline(request))
+            return
+        if self._read_only and request.op in STEERING_OPS:
+            await self._send(
+                reply_error(
+                    request.id,
+                    ErrorCode.FORBIDDEN,
+                    f"op {request.op!r} changes runs; this connection's token is read-only",
+                )
+            )
+            return
+        scope = trio.CancelScope()
+        if request.op == "subscribe":
+            if len(self._subscriptions) >= self._settings.max_subscriptions:
+                await self._send(
+                    reply_error(
+                        request.id,
+                        ErrorCode.BUSY,
+                        f"at most {self._settings.max_subscriptions} subscriptions per "
+                        "connection; unsubscribe first",
+                    )
+                )
+                return
+            self._subscriptions[request.id] = scope
+            nursery.start_soon(self._subscribe, request, scope)
+            return
+        if len(self._requests) >= self._settings.max_in_flight:
+            await self._send(
+                reply_error(
+                    request.id,
+                    ErrorCode.BUSY,
+                    f"at most {self._settings.max_in_flight} requests in flight per "
+                    "connection; wait for replies",
+                )
+            )
+            return
+        self._requests[request.id] = scope
+        nursery.start_soon(self._serve_request, request, scope)
+
+    def _answer_inline(self, request: Request) -> dict[str, Any]:
+        try:
+            args = check_args(request)
+        except ProtocolError as exc:
+            return reply_error(request.id, exc.code, exc.message)
+        if request.op == "ping":
+            return reply_ok(request.id, "pong")
+        if request.op == "workflows":
+            described = [
+                describe_workflow(name, wf.status_type, int(wf.definition.start))
+                for name, wf in self._gateway.workflows.items()
+            ]
+            return reply_ok(request.id, described)
+        table = self._subscriptions if request.op == "unsubscribe" else self._requests
+        key = "subscription" if request.op == "unsubscribe" else "request"
+        scope = table.pop(args[key], None)
+        if scope is not None:
+            scope.cancel()
+        return reply_ok(request.id, scope is not None)
+
+    @staticmethod
+    def _forget(
+        table: dict[RequestId, trio.CancelScope], key: RequestId, scope: trio.CancelScope
+    ) -> None:
+        if table.get(key) is scope:
+            del table[key]
+
+    async def _serve_request(self, request: Request, scope: trio.CancelScope) -> None:
+        try:
+            with scope:
+                try:
+                    reply = reply_ok(request.id, await self._perform(request))
+                    text = encode(reply)
+                except Exception as exc:
+                    text = encode(reply_error(request.id, *self._describe_error(request, exc)))
+                await self._outgoing.send(text)
+        finally:
+            self._forget(self._requests, request.id, scope)
+
+    def _describe_error(self, request: Request, exc: Exception) -> tuple[ErrorCode, str]:
+        code = error_code(exc)
+        if code is ErrorCode.INTERNAL:
+            log.error("gateway op %r failed", request.op, exc_info=exc)
+        return code, error_message(exc, code)
+
+    def _workflow(self, request: Request, name: str) -> Workflow[Any, Any]:
+        try:
+            return self._gateway.workflows[name]
+        except KeyError:
+            known = ", ".join(sorted(self._gateway.workflows))
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_WORKFLOW,
+                f"no workflow named {name!r} is served here; served: {known}",
+                request.id,
+            ) from None
+
+    async def _perform(self, request: Request) -> object:
+        args = check_args(request)
+        traceparent = args.pop("traceparent", None)
+        if traceparent:
+            # The caller's W3C trace context: the run's trace continues the caller's.
+            try:
+                from actorflow._observe.tracing import continue_trace
+            except ImportError:  # no actorflow[otel] here: nothing to continue
+                pass
+            else:
+                with continue_trace(traceparent):
+                    return await self._perform_op(request, args)
+        return await self._perform_op(request, args)
+
+    async def _perform_op(self, request: Request, args: dict[str, Any]) -> object:
+        handler = OPS[request.op].handler
+        assert handler is not None, f"op {request.op!r} has no handler"
+        return await handler(self._workflow(request, args["workflow"]), args)
+
+    async def _subscribe(self, request: Request, scope: trio.CancelScope) -> None:
+        acknowledged = False
+        try:
+            with scope:
+                try:
+                    args = check_args(request)
+                    wf = self._workflow(request, args["workflow"])
+                    async with wf.subscribe(
+                        foreign_id=args.get("foreign_id"),
+                        run_id=args.get("run_id"),
+                        buffer=self._settings.subscription_buffer,
+                    ) as stream:
+                        await self._send(reply_ok(request.id, {"subscription": request.id}))
+                        acknowledged = True
+                        self._gateway.subscriptions += 1
+                        try:
+                            async for record in stream:
+                                json_record = record_to_json(record, wf.object_type)
+                                await self._send(event_record(request.id, json_record))
+                        finally:
+                            self._gateway.subscriptions -= 1
+                except Lagged:
+                    await self._send(event_lagged(request.id))
+                except Exception as exc:
+                    code, message = self._describe_error(request, exc)
+                    if acknowledged:
+                        await self._send(event_error(request.id, code, message))
+                    else:
+                        await self._send(reply_error(request.id, code, message))
+        finally:
+            self._forget(self._subscriptions, request.id, scope)

@@ -1,0 +1,64 @@
+"""``GatewaySettings``: the limits of one gateway, checked once at start."""
+
+from __future__ import annotations
+
+import math
+from typing import final
+
+import attrs
+
+from actorflow._model.errors import InvalidArgument
+from actorflow.gateway.access import check_token_text
+
+
+@final
+@attrs.frozen
+class GatewaySettings:
+    """The limits of one gateway (see :func:`serve_gateway`)."""
+
+    token: str | None
+    max_message_bytes: int
+    rate: float
+    burst: int
+    max_in_flight: int
+    max_subscriptions: int
+    subscription_buffer: int
+    handshake_timeout: float
+    max_connections: int
+    max_handshakes: int
+    max_refused_handshakes: int = 10
+    refused_handshake_window: float = 60.0
+    read_only_token: str | None = None
+
+    def check(self) -> None:
+        """Raise InvalidArgument for settings that cannot work."""
+        if self.token is not None:
+            check_token_text(self.token)
+        if self.read_only_token is not None:
+            check_token_text(self.read_only_token)
+            if self.token is None:
+                raise InvalidArgument(
+                    "read_only_token needs token: without a token everybody may steer anyway"
+                )
+            if self.read_only_token == self.token:
+                raise InvalidArgument("read_only_token must differ from token")
+        positive_ints = {
+            "max_message_bytes": self.max_message_bytes,
+            "burst": self.burst,
+            "max_in_flight": self.max_in_flight,
+            "max_subscriptions": self.max_subscriptions,
+            "subscription_buffer": self.subscription_buffer,
+            "max_connections": self.max_connections,
+            "max_handshakes": self.max_handshakes,
+            "max_refused_handshakes": self.max_refused_handshakes,
+        }
+        for name, value in positive_ints.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgument(f"{name} must be a positive int, not {value!r}")
+        for name, number in (
+            ("rate", self.rate),
+            ("handshake_timeout", self.handshake_timeout),
+            ("refused_handshake_window", self.refused_handshake_window),
+        ):
+            if not isinstance(number, int | float) or not math.isfinite(number) or number <= 0:
+                raise InvalidArgument(f"{name} must be a positive number, not {number!r}")

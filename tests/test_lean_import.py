@@ -1,0 +1,59 @@
+"""``import actorflow`` loads what a worker on SQLite needs, and the rest on first use
+(every restart pays for the imports: docs/scale.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import actorflow as af
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_optional_parts_are_imported_on_first_use() -> None:
+    script = textwrap.dedent(
+        """
+        import sys
+        import actorflow as af
+        heavy = ("pytest", "trio.testing", "trio_websocket", "actorflow.gateway",
+                 "actorflow.testing", "actorflow.stores.postgres",
+                 "actorflow.streaming._kafka", "actorflow.streaming._redis", "psycopg")
+        print(sorted(name for name in heavy if name in sys.modules))
+        store = af.PostgresStore
+        print(store.__module__, "actorflow.stores.postgres" in sys.modules)
+        from actorflow.streaming import KafkaStats
+        print(af.testing.__name__, KafkaStats.__module__)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "[]",
+        "actorflow True",
+        "actorflow.testing actorflow.streaming._kafka",
+    ]
+
+
+def test_every_public_name_resolves() -> None:
+    for name in af.__all__:
+        value = getattr(af, name)
+        if isinstance(value, type) or callable(value):
+            assert value.__module__ == "actorflow", name
+    assert af.PostgresStore is af.stores.PostgresStore
+    assert af.KafkaStreamer is af.streaming.KafkaStreamer
+    try:
+        af.NoSuchName  # type: ignore[attr-defined]  # noqa: B018
+    except AttributeError as exc:
+        assert "NoSuchName" in str(exc)
+    else:
+        raise AssertionError("af.NoSuchName resolved")
