@@ -14,6 +14,7 @@ import trio
 from actorflow._model.errors import ActorflowError, InvalidArgument, VersionConflict
 from actorflow._model.record import Event, RawRecord, Timer
 from actorflow._model.run_state import RunState
+from actorflow.stores.base import ClosingStore
 from actorflow.stores.feed import ChangeFeed
 from actorflow.stores.filters import ANY_RUN, RunFilter, check_limit, count_key
 from actorflow.stores.messages import in_progress, no_foreign_run, no_run
@@ -43,7 +44,7 @@ class _WorkflowRuns:
 
 
 @final
-class MemoryStore:
+class MemoryStore(ClosingStore):
     """A store held in dictionaries. Fast, deterministic under the autojump clock, volatile."""
 
     shared = False

@@ -15,7 +15,6 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final, TypeVar, final
 
 import trio
@@ -23,12 +22,13 @@ import trio
 from actorflow._model.errors import ActorflowError, InvalidArgument
 from actorflow._model.record import Event, RawRecord, Timer
 from actorflow._model.run_state import RunState
+from actorflow.stores.base import ClosingStore
 from actorflow.stores.feed import ChangeFeed
 from actorflow.stores.filters import ANY_RUN, RunFilter, check_limit
 from actorflow.stores.group_commit import GroupCommit
 from actorflow.stores.sqlite import queries
 from actorflow.stores.sqlite import writes as w
-from actorflow.stores.sqlite.codec import Params, record_params, timer_rows
+from actorflow.stores.sqlite.codec import record_params, timer_rows
 from actorflow.stores.sqlite.connection import WORKER_LOCK_SUFFIX as WORKER_LOCK_SUFFIX
 from actorflow.stores.sqlite.connection import WORKER_LOCKS, Database
 from actorflow.stores.sqlite.connection import SQLiteStats as SQLiteStats
@@ -39,7 +39,7 @@ _SYNCHRONOUS: Final = ("NORMAL", "FULL")
 
 
 @final
-class SQLiteStore:
+class SQLiteStore(ClosingStore):
     """The embedded durable store: one SQLite file in WAL mode.
 
     Every write (create_run, commit, set_cursor, claim_schedule) goes through group
@@ -132,18 +132,6 @@ class SQLiteStore:
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r}, synchronous={self.synchronous!r})"
 
-    async def __aenter__(self) -> SQLiteStore:
-        await trio.lowlevel.checkpoint()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     @contextlib.contextmanager
     def worker_lock(self) -> Iterator[None]:
         """Hold the file's worker lock while workflows run on it in this process.
@@ -189,15 +177,11 @@ class SQLiteStore:
         rows = None if timers is None else timer_rows(record, timers)
         if rows is None and not scrub_history:
             return await self._submit(w.apply_version, record, record)
+        stored = await self._submit(w.apply_commit, (record, rows, scrub_history), record)
         if scrub_history:
-            return await self._scrub(record, rows)
-        return await self._submit(w.apply_commit, (record, rows, scrub_history), record)
-
-    async def _scrub(self, record: RawRecord, rows: list[Params] | None) -> RawRecord:
-        """Commit a version that overwrites every stored object of the run, then wipe the
-        old copies out of the write-ahead log too."""
-        stored = await self._submit(w.apply_commit, (record, rows, True), record)
-        await self._db.wipe_log(record.run_id)
+            # Every stored object of the run is overwritten: wipe the old copies out of
+            # the write-ahead log too.
+            await self._db.wipe_log(record.run_id)
         return stored
 
     async def create_runs(
