@@ -40,10 +40,13 @@ GROUPS: list[tuple[str, Callable[[str, str], bool]]] = [
             or "json" in n
             or "/_model/codec" in f
             or "cattrs" in f
-            or n in ("_record_params", "_timer_rows", "_to_text", "_decode_record")
+            or "/stores/sqlite/codec" in f
         ),
     ),
-    ("group commit (queue, batch, publish order)", lambda f, n: "/stores/sqlite/" in f),
+    (
+        "group commit and the store's write path (queue, batch, publish order)",
+        lambda f, n: "/stores/group_commit" in f or "/stores/sqlite/" in f,
+    ),
     ("feed publishing and subscribers", lambda f, n: "/stores/feed" in f),
     ("trio scheduling and task switches", lambda f, n: "/trio/" in f or "outcome" in f),
     (
@@ -106,7 +109,7 @@ def e2e(
     async def main() -> None:
         store = af.SQLiteStore(path)
         try:
-            conn = store._connection()
+            conn = store._db.connection()
             if count:
                 conn.set_trace_callback(lambda sql: statements.update([sql.split(None, 1)[0]]))
             if profile is not None:
