@@ -29,6 +29,7 @@ from typing import Any
 import trio
 
 import actorflow as af
+from actorflow.stores.filters import RunFilter
 
 WORKFLOW = "orders"
 OTHER = "refunds"
@@ -171,25 +172,34 @@ async def measure(path: Path, runs: int, repeat: int) -> list[tuple[str, float, 
     """(what, median ms, rows answered) for each console query."""
     store = af.SQLiteStore(path)
     try:
-        middle = await store.list_runs(WORKFLOW, foreign_id=f"order-{runs // 2:07d}", limit=1)
+        middle = await store.list_runs(
+            WORKFLOW, RunFilter.make(foreign_id=f"order-{runs // 2:07d}"), limit=1
+        )
         figures: list[tuple[str, float, int]] = []
         for what, filters in _queries(runs, middle[0].run_id):
-            found = await store.list_runs(WORKFLOW, limit=PAGE, descending=True, **filters)
+            found = await _page(store, filters)
 
             async def page(filters: dict[str, Any] = filters) -> object:
-                return await store.list_runs(WORKFLOW, limit=PAGE, descending=True, **filters)
+                return await _page(store, filters)
 
             figures.append((f"page of {PAGE}: {what}", await _time(page, repeat), len(found)))
         for what, filters in _COUNTS:
-            total = sum((await store.count_runs(WORKFLOW, **filters)).values())
+            total = sum((await store.count_runs(WORKFLOW, RunFilter.make(**filters))).values())
 
             async def count(filters: dict[str, Any] = filters) -> object:
-                return await store.count_runs(WORKFLOW, **filters)
+                return await store.count_runs(WORKFLOW, RunFilter.make(**filters))
 
             figures.append((what, await _time(count, max(3, repeat // 4)), total))
         return figures
     finally:
         await store.aclose()
+
+
+async def _page(store: af.SQLiteStore, filters: dict[str, Any]) -> list[Any]:
+    """A newest-first page of the runs ``filters`` match (``after`` is a paging argument)."""
+    paging = {"after": filters["after"]} if "after" in filters else {}
+    flt = RunFilter.make(**{k: v for k, v in filters.items() if k != "after"})
+    return await store.list_runs(WORKFLOW, flt, limit=PAGE, descending=True, **paging)
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ import trio
 from prometheus_client import CollectorRegistry
 
 import actorflow as af
+from actorflow.stores.filters import RunFilter
 from actorflow.stores.sqlite import schema as _sqlite_schema
 from actorflow.stores.sqlite.store import SQLiteStats
 
@@ -187,7 +188,9 @@ async def transitions_rate(store: af.Store, runs: int, metrics: Any = False) -> 
         while feed.published < expected:
             await feed.wait_published()
         elapsed = time.perf_counter() - start
-    done = await store.list_runs(workflow.name, run_state=af.RunState.COMPLETED, limit=runs)
+    done = await store.list_runs(
+        workflow.name, RunFilter.make(run_state=af.RunState.COMPLETED), limit=runs
+    )
     if len(done) != runs:
         raise RuntimeError(f"only {len(done)} of {runs} runs completed")
     return 3 * runs / elapsed

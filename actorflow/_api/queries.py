@@ -16,6 +16,7 @@ from actorflow._model.record import Record
 from actorflow._model.run_state import RunState
 from actorflow._model.text import check_text
 from actorflow.stores.feed import Subscription
+from actorflow.stores.filters import RunFilter
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
@@ -52,17 +53,16 @@ class Queries(WorkflowCore[T, S]):
         ``created_before`` (exclusive) are aware datetimes. Raises InvalidArgument for bad
         filters and RunNotFound for an unknown ``after``."""
         self._filter_text(foreign_id, foreign_id_prefix, after)
-        found = await self._store.list_runs(
-            self.name,
+        flt = RunFilter.make(
             foreign_id=foreign_id,
             status=self._statuses_arg(status),
             run_state=run_state,
-            limit=limit,
-            after=after,
-            descending=descending,
             foreign_id_prefix=foreign_id_prefix,
             created_after=created_after,
             created_before=created_before,
+        )
+        found = await self._store.list_runs(
+            self.name, flt, limit=limit, after=after, descending=descending
         )
         return [self._engine.typed(raw) for raw in found]
 
@@ -80,8 +80,7 @@ class Queries(WorkflowCore[T, S]):
 
         Pairs without runs are left out; ``sum(counts.values())`` is the total."""
         self._filter_text(foreign_id, foreign_id_prefix)
-        counts = await self._store.count_runs(
-            self.name,
+        flt = RunFilter.make(
             foreign_id=foreign_id,
             status=self._statuses_arg(status),
             run_state=run_state,
@@ -89,6 +88,7 @@ class Queries(WorkflowCore[T, S]):
             created_after=created_after,
             created_before=created_before,
         )
+        counts = await self._store.count_runs(self.name, flt)
         status_type = self.status_type
         found: dict[tuple[S, RunState], int] = {}
         for (value, run_state_), count in sorted(counts.items()):

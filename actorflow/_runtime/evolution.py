@@ -20,9 +20,11 @@ from actorflow._model.record import RawRecord
 from actorflow._model.run_state import RunState
 from actorflow._runtime.engine import Engine, log
 from actorflow._runtime.upgrade import plan_upgrade, upgrade
+from actorflow.stores.filters import RunFilter
 
 PAGE = 500
 UNFINISHED = [RunState.INITIATED, RunState.RUNNING, RunState.PAUSED]
+_UNFINISHED = RunFilter(run_states=frozenset(UNFINISHED))
 
 Progress = Callable[[int], None]
 """Called with the number of runs handled since the last call."""
@@ -56,7 +58,9 @@ async def _rename_conflicts(engine: Engine[Any, Any], report: CheckReport) -> No
         target = int(mapping.new)
         after: str | None = None
         while True:
-            page = await engine.store.list_runs(engine.name, status=target, limit=PAGE, after=after)
+            page = await engine.store.list_runs(
+                engine.name, RunFilter(statuses=frozenset([target])), limit=PAGE, after=after
+            )
             for raw in page:
                 fp = raw.meta.definition
                 if fp == engine.fingerprint or fp in engine.lineage.newer:
@@ -103,9 +107,7 @@ async def check(
     to_wake: list[str] = []
     after: str | None = None
     while True:
-        page = await engine.store.list_runs(
-            engine.name, run_state=UNFINISHED, limit=PAGE, after=after
-        )
+        page = await engine.store.list_runs(engine.name, _UNFINISHED, limit=PAGE, after=after)
         for raw in page:
             report.checked += 1
             if raw.meta.definition != engine.fingerprint:
@@ -195,9 +197,7 @@ async def migrate(
     report = CheckReport(engine.name, engine.fingerprint)
     after: str | None = None
     while True:
-        page = await engine.store.list_runs(
-            engine.name, run_state=UNFINISHED, limit=PAGE, after=after
-        )
+        page = await engine.store.list_runs(engine.name, _UNFINISHED, limit=PAGE, after=after)
         for raw in page:
             report.checked += 1
             await _migrate_one(engine, raw, report, dry_run, owns)

@@ -15,6 +15,7 @@ from actorflow._model.record import RawRecord, Timer
 from actorflow._model.run_state import RunState
 from actorflow._runtime.engine import Engine
 from actorflow._runtime.retry import retrying
+from actorflow.stores.filters import RunFilter
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,10 @@ class Recovery:
                 functools.partial(
                     engine.store.list_runs,
                     engine.name,
-                    status=status,
-                    run_state=[RunState.INITIATED, RunState.RUNNING],
+                    RunFilter(
+                        statuses=frozenset([status]),
+                        run_states=frozenset([RunState.INITIATED, RunState.RUNNING]),
+                    ),
                     limit=RECOVERY_PAGE,
                     after=after,
                 ),

@@ -1,9 +1,11 @@
-"""Validation of list_runs/count_runs filters, shared by every store."""
+"""The list_runs/count_runs filter (:class:`RunFilter`), checked once by the caller that
+builds it and handed to every store as it is."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Final
 
 import attrs
 
@@ -17,18 +19,26 @@ ForeignIds = str | Sequence[str]
 """One foreign id, or a sequence of them (a run matches any)."""
 
 
+def check_limit(limit: int) -> int:
+    """A page size: an int from 1 to ``MAX_PAGE``; InvalidArgument otherwise."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
+        raise InvalidArgument(f"limit must be an int from 1 to {MAX_PAGE}, not {limit!r}")
+    return limit
+
+
 @attrs.frozen
 class RunFilter:
-    """A checked list_runs/count_runs filter; a None field means 'any'.
+    """A checked list_runs/count_runs filter; a None field means 'any' (``RunFilter()``
+    matches every run). Build one from caller arguments with :meth:`make`, which checks
+    them.
 
     ``foreign_ids`` is a tuple (empty: nothing matches); ``created_after`` is inclusive,
     ``created_before`` exclusive; ``foreign_id_prefix`` matches ids that start with it.
     """
 
-    foreign_ids: tuple[str, ...] | None
-    statuses: frozenset[int] | None
-    run_states: frozenset[RunState] | None
-    limit: int
+    foreign_ids: tuple[str, ...] | None = None
+    statuses: frozenset[int] | None = None
+    run_states: frozenset[RunState] | None = None
     foreign_id_prefix: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
@@ -37,16 +47,14 @@ class RunFilter:
     def make(
         cls,
         *,
-        foreign_id: ForeignIds | None,
-        status: int | Sequence[int] | None,
-        run_state: RunState | Sequence[RunState] | None,
-        limit: int = MAX_PAGE,
+        foreign_id: ForeignIds | None = None,
+        status: int | Sequence[int] | None = None,
+        run_state: RunState | Sequence[RunState] | None = None,
         foreign_id_prefix: str | None = None,
         created_after: datetime | None = None,
         created_before: datetime | None = None,
     ) -> RunFilter:
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
-            raise InvalidArgument(f"limit must be an int from 1 to {MAX_PAGE}, not {limit!r}")
+        """The filter of these arguments (None: any). Raises InvalidArgument."""
         foreign_ids: tuple[str, ...] | None = None
         if isinstance(foreign_id, str):
             foreign_ids = (foreign_id,)
@@ -82,13 +90,7 @@ class RunFilter:
             except ValueError as exc:
                 raise InvalidArgument(f"run_state: {exc}") from None
         return cls(
-            foreign_ids,
-            statuses,
-            run_states,
-            limit,
-            foreign_id_prefix,
-            created_after,
-            created_before,
+            foreign_ids, statuses, run_states, foreign_id_prefix, created_after, created_before
         )
 
     @property
@@ -110,6 +112,10 @@ class RunFilter:
             and (self.created_after is None or record.created_at >= self.created_after)
             and (self.created_before is None or record.created_at < self.created_before)
         )
+
+
+ANY_RUN: Final = RunFilter()
+"""The filter that matches every run."""
 
 
 def prefix_upper_bound(prefix: str) -> str | None:

@@ -14,8 +14,9 @@ import trio
 from actorflow._model.errors import ActorflowError, InvalidArgument, VersionConflict
 from actorflow._model.record import Event, RawRecord, Timer
 from actorflow._model.run_state import RunState
+from actorflow.stores.base import ClosingStore
 from actorflow.stores.feed import ChangeFeed
-from actorflow.stores.filters import RunFilter, count_key
+from actorflow.stores.filters import ANY_RUN, RunFilter, check_limit, count_key
 from actorflow.stores.messages import in_progress, no_foreign_run, no_run
 
 
@@ -43,7 +44,7 @@ class _WorkflowRuns:
 
 
 @final
-class MemoryStore:
+class MemoryStore(ClosingStore):
     """A store held in dictionaries. Fast, deterministic under the autojump clock, volatile."""
 
     shared = False
@@ -174,27 +175,14 @@ class MemoryStore:
     async def list_runs(
         self,
         workflow_name: str,
+        flt: RunFilter = ANY_RUN,
         *,
-        foreign_id: str | Sequence[str] | None = None,
-        status: int | Sequence[int] | None = None,
-        run_state: RunState | Sequence[RunState] | None = None,
         limit: int = 25,
         after: str | None = None,
         descending: bool = False,
-        foreign_id_prefix: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
     ) -> list[RawRecord]:
         await trio.lowlevel.checkpoint()
-        flt = RunFilter.make(
-            foreign_id=foreign_id,
-            status=status,
-            run_state=run_state,
-            limit=limit,
-            foreign_id_prefix=foreign_id_prefix,
-            created_after=created_after,
-            created_before=created_before,
-        )
+        limit = check_limit(limit)
         runs = self._workflows.get(workflow_name, _WorkflowRuns())
         if after is not None:
             if after not in runs.seq:
@@ -211,30 +199,14 @@ class MemoryStore:
             record = self._runs[runs.order[index]]
             if flt.matches(record):
                 found.append(record)
-                if len(found) >= flt.limit:
+                if len(found) >= limit:
                     break
         return found
 
     async def count_runs(
-        self,
-        workflow_name: str,
-        *,
-        foreign_id: str | Sequence[str] | None = None,
-        status: int | Sequence[int] | None = None,
-        run_state: RunState | Sequence[RunState] | None = None,
-        foreign_id_prefix: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
+        self, workflow_name: str, flt: RunFilter = ANY_RUN
     ) -> dict[tuple[int, RunState], int]:
         await trio.lowlevel.checkpoint()
-        flt = RunFilter.make(
-            foreign_id=foreign_id,
-            status=status,
-            run_state=run_state,
-            foreign_id_prefix=foreign_id_prefix,
-            created_after=created_after,
-            created_before=created_before,
-        )
         counts: dict[tuple[int, RunState], int] = {}
         for run_id in self._workflows.get(workflow_name, _WorkflowRuns()).order:
             record = self._runs[run_id]

@@ -19,6 +19,7 @@ from actorflow._model.errors import ActorflowError
 from actorflow._model.record import Event, RawRecord, Timer
 from actorflow._model.run_state import RunState
 from actorflow.stores.feed import ChangeFeed
+from actorflow.stores.filters import ANY_RUN, RunFilter
 
 
 @runtime_checkable
@@ -86,38 +87,25 @@ class Store(Protocol):
     async def list_runs(
         self,
         workflow_name: str,
+        flt: RunFilter = ANY_RUN,
         *,
-        foreign_id: str | Sequence[str] | None = None,
-        status: int | Sequence[int] | None = None,
-        run_state: RunState | Sequence[RunState] | None = None,
         limit: int = 25,
         after: str | None = None,
         descending: bool = False,
-        foreign_id_prefix: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
     ) -> list[RawRecord]:
-        """The latest version of each matching run, in creation order (or reversed).
+        """The latest version of each run that ``flt`` matches (checked by whoever made
+        it, see :meth:`RunFilter.make`), in creation order (or reversed).
 
-        ``foreign_id`` is one id or a sequence of ids (any of them matches);
-        ``created_after`` is inclusive and ``created_before`` exclusive. ``after`` is the
-        run id of the last record of the previous page (keyset pagination); an unknown
-        ``after`` raises RunNotFound. Bad filters raise InvalidArgument."""
+        ``limit`` is the page size (1 to ``MAX_PAGE``, else InvalidArgument); ``after`` is
+        the run id of the last record of the previous page (keyset pagination); an unknown
+        ``after`` raises RunNotFound."""
         ...
 
     async def count_runs(
-        self,
-        workflow_name: str,
-        *,
-        foreign_id: str | Sequence[str] | None = None,
-        status: int | Sequence[int] | None = None,
-        run_state: RunState | Sequence[RunState] | None = None,
-        foreign_id_prefix: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
+        self, workflow_name: str, flt: RunFilter = ANY_RUN
     ) -> dict[tuple[int, RunState], int]:
-        """How many runs match the filters of :meth:`list_runs`, by (status, run state);
-        pairs with no run are left out."""
+        """How many runs ``flt`` matches, by (status, run state); pairs with no run are
+        left out."""
         ...
 
     async def history(self, workflow_name: str, run_id: str) -> list[RawRecord]:

@@ -65,7 +65,7 @@ def test_unserialisable_and_cyclic_objects_are_serialization_errors() -> None:
 def test_sqlite_time_text_is_isoformat_in_utc() -> None:
     from datetime import UTC, datetime, timedelta, timezone
 
-    from actorflow.stores.sqlite.store import _to_text
+    from actorflow.stores.sqlite.codec import to_text as _to_text
 
     moments = [
         datetime(1, 1, 1, tzinfo=UTC),
@@ -101,7 +101,7 @@ def test_stored_time_text_of_equal_but_different_local_times() -> None:
     from datetime import datetime
     from zoneinfo import ZoneInfo
 
-    from actorflow.stores.sqlite.store import _to_text
+    from actorflow.stores.sqlite.codec import to_text as _to_text
 
     new_york = ZoneInfo("America/New_York")
     first = datetime(2024, 11, 3, 1, 30, tzinfo=new_york, fold=0)  # EDT

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import attrs
 import pytest
@@ -12,6 +13,7 @@ import trio
 import actorflow as af
 from actorflow._model.record import Meta, RawRecord, Timer
 from actorflow.stores import Store
+from actorflow.stores.filters import RunFilter
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -129,15 +131,17 @@ async def test_list_runs_filters_order_and_keyset_pages(store: Store) -> None:
     assert [r.run_id for r in page1 + page2 + page3] == ids
     back = await store.list_runs("wf", limit=2, after=ids[4], descending=True)
     assert [r.run_id for r in back] == [ids[3], ids[2]]
-    assert [r.run_id for r in await store.list_runs("wf", status=2)] == ids[1::2]
-    assert [r.run_id for r in await store.list_runs("wf", status=[1, 2])] == ids
-    running = await store.list_runs("wf", run_state=af.RunState.RUNNING)
+    assert [r.run_id for r in await store.list_runs("wf", RunFilter.make(status=2))] == ids[1::2]
+    assert [r.run_id for r in await store.list_runs("wf", RunFilter.make(status=[1, 2]))] == ids
+    running = await store.list_runs("wf", RunFilter.make(run_state=af.RunState.RUNNING))
     assert [(r.run_id, r.version) for r in running] == [(ids[3], 2)]
     several = await store.list_runs(
-        "wf", run_state=[af.RunState.RUNNING, af.RunState.INITIATED], status=1
+        "wf", RunFilter.make(run_state=[af.RunState.RUNNING, af.RunState.INITIATED], status=1)
     )
     assert [r.run_id for r in several] == ids[0::2]
-    assert [r.run_id for r in await store.list_runs("wf", foreign_id="f5")] == [ids[5]]
+    assert [r.run_id for r in await store.list_runs("wf", RunFilter.make(foreign_id="f5"))] == [
+        ids[5]
+    ]
     with pytest.raises(af.RunNotFound):
         await store.list_runs("wf", after="nope")
     with pytest.raises(af.InvalidArgument):
@@ -152,8 +156,11 @@ async def test_list_runs_by_creation_time_foreign_ids_and_prefix(store: Store) -
         made.append(await store.create_run(record))
     ids = [r.run_id for r in made]
 
-    async def listed(**filters: object) -> list[str]:
-        return [r.run_id for r in await store.list_runs("wf", limit=100, **filters)]  # type: ignore[arg-type]
+    async def listed(descending: bool = False, **filters: Any) -> list[str]:
+        flt = RunFilter.make(**filters)
+        return [
+            r.run_id for r in await store.list_runs("wf", flt, limit=100, descending=descending)
+        ]
 
     window = {
         "created_after": T0 + timedelta(minutes=1),
@@ -174,17 +181,23 @@ async def test_list_runs_by_creation_time_foreign_ids_and_prefix(store: Store) -
     assert await listed(foreign_id_prefix="o") == [ids[0], ids[1], ids[2], ids[3], ids[5]]
     assert await listed(foreign_id_prefix="order-", descending=True) == ids[2::-1]
     assert await listed(foreign_id_prefix="order-", **window) == ids[1:3]
-    page = await store.list_runs("wf", limit=2, foreign_id_prefix="o", descending=True)
+    page = await store.list_runs(
+        "wf", RunFilter.make(foreign_id_prefix="o"), limit=2, descending=True
+    )
     rest = await store.list_runs(
-        "wf", limit=10, foreign_id_prefix="o", descending=True, after=page[-1].run_id
+        "wf",
+        RunFilter.make(foreign_id_prefix="o"),
+        limit=10,
+        descending=True,
+        after=page[-1].run_id,
     )
     assert [r.run_id for r in page + rest] == [ids[5], ids[3], ids[2], ids[1], ids[0]]
     with pytest.raises(af.InvalidArgument):
-        await store.list_runs("wf", created_after=datetime(2026, 1, 1))  # naive
+        await store.list_runs("wf", RunFilter.make(created_after=datetime(2026, 1, 1)))  # naive
     with pytest.raises(af.InvalidArgument):
-        await store.list_runs("wf", foreign_id_prefix="")
+        await store.list_runs("wf", RunFilter.make(foreign_id_prefix=""))
     with pytest.raises(af.InvalidArgument):
-        await store.list_runs("wf", foreign_id=[1, 2])  # type: ignore[list-item]
+        await store.list_runs("wf", RunFilter.make(foreign_id=[1, 2]))  # type: ignore[list-item]
 
 
 async def test_count_runs_by_status_and_run_state(store: Store) -> None:
@@ -201,15 +214,24 @@ async def test_count_runs_by_status_and_run_state(store: Store) -> None:
     await store.create_run(raw("elsewhere", workflow="other"))
     INIT, RUN, PAUSE = af.RunState.INITIATED, af.RunState.RUNNING, af.RunState.PAUSED
     assert await store.count_runs("wf") == {(1, RUN): 1, (1, INIT): 2, (2, INIT): 2, (3, PAUSE): 1}
-    assert await store.count_runs("wf", status=[1, 3]) == {(1, RUN): 1, (1, INIT): 2, (3, PAUSE): 1}
-    assert await store.count_runs("wf", run_state=PAUSE) == {(3, PAUSE): 1}
-    assert await store.count_runs("wf", foreign_id=["f0", "f2", "f9"]) == {
+    assert await store.count_runs("wf", RunFilter.make(status=[1, 3])) == {
+        (1, RUN): 1,
+        (1, INIT): 2,
+        (3, PAUSE): 1,
+    }
+    assert await store.count_runs("wf", RunFilter.make(run_state=PAUSE)) == {(3, PAUSE): 1}
+    assert await store.count_runs("wf", RunFilter.make(foreign_id=["f0", "f2", "f9"])) == {
         (1, RUN): 1,
         (1, INIT): 1,
     }
-    assert await store.count_runs("wf", foreign_id_prefix="f") == await store.count_runs("wf")
     assert await store.count_runs(
-        "wf", created_after=T0 + timedelta(minutes=4), created_before=T0 + timedelta(hours=1)
+        "wf", RunFilter.make(foreign_id_prefix="f")
+    ) == await store.count_runs("wf")
+    assert await store.count_runs(
+        "wf",
+        RunFilter.make(
+            created_after=T0 + timedelta(minutes=4), created_before=T0 + timedelta(hours=1)
+        ),
     ) == {(1, INIT): 1, (2, INIT): 1}
     assert await store.count_runs("other") == {(1, INIT): 1}
     assert await store.count_runs("nobody") == {}
@@ -223,7 +245,7 @@ async def test_latest_is_most_recent_run_of_foreign_id(store: Store) -> None:
     )
     second = await store.create_run(raw())
     assert (await store.latest("wf", "f1")).run_id == second.run_id
-    both = await store.list_runs("wf", foreign_id="f1")
+    both = await store.list_runs("wf", RunFilter.make(foreign_id="f1"))
     assert [r.run_id for r in both] == [done.run_id, second.run_id]
 
 

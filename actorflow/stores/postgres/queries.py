@@ -49,6 +49,7 @@ def list_runs(
     q: Queries,
     workflow_name: str,
     flt: RunFilter,
+    limit: int,
     after: str | None,
     descending: bool,
 ) -> list[RawRecord]:
@@ -63,7 +64,7 @@ def list_runs(
         created_before=flt.created_before is not None,
     )
     params = filter_params(workflow_name, flt)
-    params["limit"] = flt.limit
+    params["limit"] = limit
     if after is not None:
         row = conn.execute(q.run_seq, [after, workflow_name]).fetchone()
         if row is None:

@@ -28,7 +28,7 @@ from actorflow._model.errors import ActorflowError, InvalidArgument, StoreError
 from actorflow._model.record import Event, RawRecord, Timer
 from actorflow._model.run_state import RunState
 from actorflow.stores.feed import ChangeFeed
-from actorflow.stores.filters import RunFilter
+from actorflow.stores.filters import ANY_RUN, RunFilter, check_limit
 from actorflow.stores.postgres import queries, writes
 from actorflow.stores.postgres.batch import GroupCommit, Write
 from actorflow.stores.postgres.connection import PgConnection
@@ -243,50 +243,21 @@ class PostgresStore:
     async def list_runs(
         self,
         workflow_name: str,
+        flt: RunFilter = ANY_RUN,
         *,
-        foreign_id: str | Sequence[str] | None = None,
-        status: int | Sequence[int] | None = None,
-        run_state: RunState | Sequence[RunState] | None = None,
         limit: int = 25,
         after: str | None = None,
         descending: bool = False,
-        foreign_id_prefix: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
     ) -> list[RawRecord]:
-        flt = RunFilter.make(
-            foreign_id=foreign_id,
-            status=status,
-            run_state=run_state,
-            limit=limit,
-            foreign_id_prefix=foreign_id_prefix,
-            created_after=created_after,
-            created_before=created_before,
-        )
+        page = (check_limit(limit), after, descending)
         q = self._q
         return await self._db.call(
-            "list_runs", lambda c: queries.list_runs(c, q, workflow_name, flt, after, descending)
+            "list_runs", lambda c: queries.list_runs(c, q, workflow_name, flt, *page)
         )
 
     async def count_runs(
-        self,
-        workflow_name: str,
-        *,
-        foreign_id: str | Sequence[str] | None = None,
-        status: int | Sequence[int] | None = None,
-        run_state: RunState | Sequence[RunState] | None = None,
-        foreign_id_prefix: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
+        self, workflow_name: str, flt: RunFilter = ANY_RUN
     ) -> dict[tuple[int, RunState], int]:
-        flt = RunFilter.make(
-            foreign_id=foreign_id,
-            status=status,
-            run_state=run_state,
-            foreign_id_prefix=foreign_id_prefix,
-            created_after=created_after,
-            created_before=created_before,
-        )
         q = self._q
         return await self._db.call(
             "count_runs", lambda c: queries.count_runs(c, q, workflow_name, flt)

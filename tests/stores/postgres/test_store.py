@@ -21,6 +21,7 @@ import trio
 import actorflow as af
 from actorflow._model.record import RawRecord, Timer
 from actorflow.stores import PostgresStore
+from actorflow.stores.filters import RunFilter
 from tests.stores.test_contract import T0, nxt, raw
 
 DSN = os.environ.get("ACTORFLOW_PG_DSN", "")
@@ -397,7 +398,7 @@ async def test_create_run_race_across_processes_one_wins(make_store: MakeStore) 
         winners = [o for o in outcomes if isinstance(o, RawRecord)]
         assert len(winners) == 1, outcomes
         assert outcomes.count("in progress") == 11
-        runs = await stores[0].list_runs("wf", foreign_id="contested", limit=100)
+        runs = await stores[0].list_runs("wf", RunFilter.make(foreign_id="contested"), limit=100)
         assert len(runs) == round_ + 1
         assert (await stores[1].latest("wf", "contested")).run_id == winners[0].run_id
         done = await stores[round_ % 2].commit(nxt(winners[0], run_state=af.RunState.CANCELLED))

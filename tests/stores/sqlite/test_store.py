@@ -204,7 +204,7 @@ async def test_pragmas(tmp_path: Path, level: str) -> None:
     made = SQLiteStore(tmp_path / "store.db", synchronous=level)
     try:
         assert made.synchronous == level.upper()
-        conn = made._connection()
+        conn = made._db.connection()
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         expected = {"NORMAL": 1, "FULL": 2}[level.upper()]
         assert conn.execute("PRAGMA synchronous").fetchone() == (expected,)
@@ -367,7 +367,7 @@ async def test_failed_transaction_fails_its_whole_batch_and_store_recovers(
     store: SQLiteStore,
 ) -> None:
     records = [await store.create_run(raw(f"f{i}")) for i in range(5)]
-    conn = store._connection()
+    conn = store._db.connection()
     (pages,) = conn.execute("PRAGMA page_count").fetchone()
     conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is "full"
     errors: list[BaseException] = []
@@ -540,7 +540,7 @@ async def test_cancelled_writers(store: SQLiteStore) -> None:
             await _until(lambda: store.stats.lock_retries > 0)
             nursery.start_soon(write, "c", records[2])
             nursery.start_soon(write, "d", records[3])
-            await _until(lambda: len(store._queue) == 2)  # c and d queued behind that batch
+            await _until(lambda: len(store._group.queue) == 2)  # c and d queued behind that batch
             for name in "abc":
                 scopes[name].cancel()
             await _until(lambda: "c" in outcome)
@@ -749,7 +749,7 @@ async def test_checkpoints_run_in_a_thread_and_keep_the_wal_small(store: SQLiteS
             record = await store.commit(nxt(record, object=payload))
             written += 2 * len(payload)
         largest_wal = max(largest_wal, (await wal.stat()).st_size)
-        checkpointer = store._checkpointer
+        checkpointer = store._db.checkpointer
         assert checkpointer is not None
         target = checkpointer.checkpoints + 1
         assert await trio.to_thread.run_sync(checkpointer.wait_for, target, 60.0)
@@ -763,7 +763,7 @@ async def test_checkpoints_run_in_a_thread_and_keep_the_wal_small(store: SQLiteS
 async def test_the_checkpointer_ends_with_the_store(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "c.db")
     await store.create_run(raw())
-    checkpointer = store._checkpointer
+    checkpointer = store._db.checkpointer
     assert checkpointer is not None and checkpointer.thread.is_alive()
     await store.aclose()
     await trio.to_thread.run_sync(checkpointer.thread.join, 10.0)

@@ -1,0 +1,118 @@
+"""How SQLiteStore stores records and timers: the row codecs (records to statement
+parameters and back, instants as sortable text) and the statements that write rows."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from actorflow._model.errors import InvalidArgument
+from actorflow._model.record import Meta, RawRecord, Timer
+from actorflow._model.run_state import RunState
+
+RECORD_COLUMNS: Final = (
+    "workflow_name, foreign_id, run_id, status, run_state, object, version, created_at, "
+    "updated_at, meta"
+)
+INSERT_RUN: Final = f"INSERT INTO runs ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+INSERT_HISTORY: Final = (
+    f"INSERT INTO history ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# foreign_id is checked, not set: assigning an indexed column rewrites its index entry.
+UPDATE_RUN: Final = (
+    "UPDATE runs SET status = ?, run_state = ?, object = ?, version = ?, created_at = ?, "
+    "updated_at = ?, meta = ? "
+    "WHERE run_id = ? AND workflow_name = ? AND foreign_id = ? AND version = ?"
+)
+INSERT_TIMER: Final = (
+    "INSERT INTO timers (workflow_name, run_id, status, kind, fire_at) VALUES (?, ?, ?, ?, ?)"
+)
+
+Params = tuple[Any, ...]
+"""The parameters of one statement."""
+
+
+def to_text(moment: datetime) -> str:
+    """The stored text of an instant: UTC, ISO 8601 to the microsecond (sorts by time)."""
+    if type(moment) is datetime and moment.tzinfo is UTC:
+        return _utc_text(moment)
+    offset = moment.utcoffset() if isinstance(moment, datetime) else None
+    if offset is None:
+        raise InvalidArgument(f"datetimes must be timezone-aware (UTC), not {moment!r}")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+@functools.lru_cache(maxsize=256)
+def _utc_text(moment: datetime) -> str:
+    """trigger_many: one created_at and one fire_at for many runs. (UTC only: equal local
+    times may be different instants, as on either side of a daylight-saving fold.)"""
+    return moment.isoformat(timespec="microseconds")
+
+
+def from_text(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def meta_text(meta: Meta) -> str:
+    return json.dumps(meta.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=1024)
+def meta_from_text(text: str) -> Meta:
+    return Meta.from_dict(json.loads(text))
+
+
+def record_params(record: RawRecord) -> Params:
+    return (
+        record.workflow_name,
+        record.foreign_id,
+        record.run_id,
+        int(record.status),
+        int(record.run_state),
+        record.object,
+        record.version,
+        to_text(record.created_at),
+        to_text(record.updated_at),
+        meta_text(record.meta),
+    )
+
+
+def decode_record(row: Any) -> RawRecord:
+    workflow_name, foreign_id, run_id, status, run_state, obj, version, created, updated, meta = row
+    return RawRecord(
+        workflow_name=workflow_name,
+        foreign_id=foreign_id,
+        run_id=run_id,
+        status=status,
+        run_state=RunState(run_state),
+        object=obj,
+        version=version,
+        created_at=from_text(created),
+        updated_at=from_text(updated),
+        meta=meta_from_text(meta),
+    )
+
+
+def timer_rows(record: RawRecord, timers: Sequence[Timer]) -> list[Params]:
+    rows = []
+    for timer in timers:
+        if timer.run_id != record.run_id or timer.workflow_name != record.workflow_name:
+            raise InvalidArgument(
+                f"timer {timer.kind!r} belongs to run {timer.run_id} of workflow "
+                f"{timer.workflow_name!r}, not to run {record.run_id} of workflow "
+                f"{record.workflow_name!r}"
+            )
+        rows.append(
+            (
+                timer.workflow_name,
+                timer.run_id,
+                int(timer.status),
+                timer.kind,
+                to_text(timer.fire_at),
+            )
+        )
+    return rows
