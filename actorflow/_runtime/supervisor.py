@@ -141,21 +141,29 @@ class Supervisor(Generic[T, S]):
                 self._services_nursery = self.recovery.nursery = services
                 if self.ownership is not None:
                     await services.start(self.ownership.serve, self._ownership_changed)
-                async with trio.open_nursery() as actors:
-                    self._nursery = actors
-                    await self._start(services)
-                    self.serving = True
-                    task_status.started()
-                    await self._stop.wait()
-                    # A graceful stop: no new work, idle waits end, steps in flight get
-                    # the grace period.
+                try:
+                    async with trio.open_nursery() as actors:
+                        self._nursery = actors
+                        await self._start(services)
+                        self.serving = True
+                        task_status.started()
+                        await self._stop.wait()
+                        # A graceful stop: no new work, idle waits end, steps in flight get
+                        # the grace period.
+                        self.stopping = True
+                        self.serving = False
+                        for actor in list(self.actors.values()):
+                            actor.interrupt()
+                        actors.cancel_scope.deadline = (
+                            trio.current_time() + self.grace_period.total_seconds()
+                        )
+                finally:
+                    # However the actors' nursery ended (a stop, a cancellation, an error),
+                    # it is closed now while the services still shut down: a run woken from
+                    # here on (a trigger that just committed) is left to the next start.
                     self.stopping = True
                     self.serving = False
-                    for actor in list(self.actors.values()):
-                        actor.interrupt()
-                    actors.cancel_scope.deadline = (
-                        trio.current_time() + self.grace_period.total_seconds()
-                    )
+                    self._nursery = None
                 services.cancel_scope.cancel()
             if not self._stop.is_set():
                 # Only a trio.Cancelled that nothing cancelled (swallowed by a nursery it
