@@ -31,9 +31,15 @@ def is_valid_text(text: str) -> bool:
 
 
 def check_text(value: str, what: str) -> str:
-    """Return ``value`` (a str) unchanged, or raise InvalidArgument if it is invalid text."""
+    """Return ``value`` (a str) unchanged, or raise InvalidArgument if it is invalid text.
+
+    Also refuses NUL characters: ids and reasons are stored as text columns, and
+    PostgreSQL text cannot hold NUL, so the same input must not pass on one store and
+    fail on another (objects are JSON, where NUL is escaped, and may hold it)."""
     if not is_valid_text(value):
         raise InvalidArgument(f"{what} {INVALID_TEXT}")
+    if "\x00" in value:
+        raise InvalidArgument(f"{what} holds a NUL character (\\x00), which no store keeps as text")
     return value
 
 
