@@ -20,6 +20,7 @@ only the write at fault fails.
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -82,10 +83,11 @@ def _run_batch(batch: list[Write], log_lock: tuple[bytes, list[Any]]) -> Callabl
                 with conn.pipeline():
                     # The event-log lock before any row lock (see GroupCommit).
                     conn.execute(*log_lock)
-                    cursors = [conn.execute(w.statement, w.params) for w in batch]
-                for write, cursor in zip(batch, cursors, strict=True):
+                    cursors = _send(conn, batch)
+                rows = [row for cursor in cursors for row in _first_rows(cursor)]
+                for write, row in zip(batch, rows, strict=True):
                     try:
-                        if cursor.fetchone() is None:
+                        if row is None:
                             write.settle(conn)
                     except ActorflowError as exc:  # refused: it stored nothing
                         outcomes.append(exc)
@@ -98,6 +100,23 @@ def _run_batch(batch: list[Write], log_lock: tuple[bytes, list[Any]]) -> Callabl
         return outcomes
 
     return run
+
+
+def _send(conn: _Conn, batch: list[Write]) -> list[Any]:
+    """Send the batch's statements in order, pipelined: each run of consecutive writes
+    with the same statement as one ``executemany`` (one cursor, one query conversion);
+    returns the cursors, in order."""
+    cursors: list[Any] = []
+    for statement, run in itertools.groupby(batch, key=lambda w: w.statement):
+        cursor = conn.cursor()
+        cursor.executemany(statement, [w.params for w in run], returning=True)
+        cursors.append(cursor)
+    return cursors
+
+
+def _first_rows(cursor: Any) -> list[Any]:
+    """The first row (or None) of each statement an ``executemany`` cursor ran."""
+    return [result.fetchone() for result in cursor.results()]
 
 
 @final
