@@ -3,12 +3,14 @@ thread hop, one round trip (pipelined) and one WAL flush, each writer answered o
 
 The first writer to arrive leads: it yields once so that every task runnable now can add
 its write, then hands the whole batch to a worker thread, which sends every write's own
-statement, pipelined, inside one transaction. A statement that stored nothing (its
-version check failed, an unfinished run was in the way, or an earlier attempt of it
-committed already) is settled on its own: its diagnosis raises its ActorflowError and the
-others go on. While batches are in the threads the next ones queue up, so the batches
-grow with the load; a few batches may be in flight at once. Queueing, leading and
-cancellation are the rules of :mod:`actorflow.stores.group_commit`; this module sends.
+statement, pipelined, inside one transaction (consecutive writes with the same statement
+as one ``executemany``, which saves psycopg a cursor and a query conversion per write). A
+statement that stored nothing (its version check failed, an unfinished run was in the
+way, or an earlier attempt of it committed already) is settled on its own: its diagnosis
+raises its ActorflowError and the others go on. While batches are in the threads the next
+ones queue up, so the batches grow with the load; a few batches may be in flight at once.
+Queueing, leading and cancellation are the rules of :mod:`actorflow.stores.group_commit`;
+this module sends.
 
 Every write keeps the single-statement form and the writer token of ``_postgres``: a
 batch whose answer was lost is retried whole, and each write recognises its own earlier
