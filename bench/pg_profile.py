@@ -327,6 +327,11 @@ def main(runs: int = 1_000) -> None:
         f"{plain.get('trio_collector', 0.0) / n * us:.1f} us"
     )
     print(
+        f"worker process CPU {process * us:.1f} us per transition: trio thread "
+        f"{trio_cpu * us:.1f}, functions in worker threads {in_calls * us:.1f}, the rest "
+        f"of the other threads {hop_rest * us:.1f}; server {server * us:.1f}"
+    )
+    print(
         f"profiled run: {profiled['rate']:,.0f} transitions/s, worker process CPU "
         f"{profiled['process_cpu'] / n * us:.1f} us per transition (unprofiled "
         f"{process * us:.1f})"
