@@ -25,13 +25,13 @@ from actorflow._runtime.engine import Engine
 from actorflow._runtime.observe import RUN_STATE_NAMES, Process, process_name
 from actorflow._runtime.retry import retrying
 from actorflow._runtime.user_code import user_error
+from actorflow.streaming._store_log import LogFollower
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
 
-BATCH = 200
 HOOK_OF_STATE = {
     RunState.COMPLETED: "complete",
     RunState.PAUSED: "pause",
@@ -52,29 +52,25 @@ async def follow_events(
     poll_interval: timedelta,
     handle: Any,
 ) -> None:
-    """Call ``await handle(event)`` for each event of the workflow after the durable cursor."""
+    """Call ``await handle(event)`` for each event of the workflow after the durable cursor.
+
+    The log is read by the same :class:`LogFollower` as the store-log streamer's; the
+    cursor is stored after each batch, so after a store error the batch since the stored
+    cursor is handled again (at least once), and no event is skipped."""
     store = engine.store
-    poll = poll_interval.total_seconds() if store.shared else float("inf")
     failures = 0
-    cursor: int | None = None
     while True:
         try:
-            if cursor is None:
-                stored = await store.get_cursor(cursor_name)
-                cursor = int(stored) if stored else 0
-            mark = store.feed.mark()
-            events = await store.read_events(cursor, BATCH, engine.name)
-            if not events:
-                # An in-process commit, another process's write, or the real-time poll.
-                await store.feed.wait_change(mark, poll)
-                continue
-            for event in events:
-                await handle(event)
-                cursor = event.id
-            await store.set_cursor(cursor_name, str(cursor))
-            failures = 0
+            stored = await store.get_cursor(cursor_name)
+            follower = LogFollower(
+                store, engine.name, int(stored) if stored else 0, poll_interval=poll_interval
+            )
+            while True:
+                for event in await follower.next_batch():
+                    await handle(event)
+                await store.set_cursor(cursor_name, str(follower.after))
+                failures = 0
         except StoreError as exc:
-            # Handled events may be handled again (at least once); none is skipped.
             failures += 1
             delay = engine.default_options.retry_seconds(failures)
             log.warning(
@@ -85,7 +81,6 @@ async def follow_events(
                 exc,
                 extra={"workflow_name": engine.name, "cursor": cursor_name},
             )
-            cursor = None
             await trio.sleep(delay)
 
 
