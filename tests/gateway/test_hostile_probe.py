@@ -166,3 +166,23 @@ async def test_list_runs_arguments_of_the_wrong_type_are_invalid_argument_on_eve
                 await wf.count_runs(status=1.5)  # type: ignore[arg-type]
         finally:
             await store.aclose()
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("port", 70000),  # trio bound port 4464 (70000 % 65536) without a word
+        ("port", -1),
+        ("port", "8765"),
+        ("host", ""),
+        ("rate", 10**400),  # OverflowError
+        ("rate", True),
+        ("handshake_timeout", float("inf")),
+    ],
+)
+async def test_serve_gateway_refuses_ports_and_numbers_it_cannot_use(
+    option: str, value: object
+) -> None:
+    wf = _note_workflow(af.MemoryStore())
+    with pytest.raises(af.InvalidArgument, match=option):
+        await af.serve_gateway([wf], **{option: value})
