@@ -3,7 +3,9 @@ the in-memory waits (the back-off after an error, timeouts that skipped)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any, final
 
@@ -32,6 +34,7 @@ class RunCopy:
         "skipped_version",
         "snoozed",
         "stale",
+        "step_scope",
         "timers",
     )
 
@@ -50,6 +53,23 @@ class RunCopy:
         """The version whose step chose to store nothing (it is not run again)."""
         self.snoozed: dict[Timer, datetime] | None = None
         """Timers whose timeout returned run.skip(): the wall time each may fire again."""
+        self.step_scope: trio.CancelScope | None = None
+        """The scope of the step or timeout function in flight (None: none runs)."""
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[trio.CancelScope]:
+        """A scope around a step or timeout function that :meth:`interrupt_step` cancels."""
+        with trio.CancelScope() as scope:
+            self.step_scope = scope
+            try:
+                yield scope
+            finally:
+                self.step_scope = None
+
+    def interrupt_step(self) -> None:
+        """Cancel the step or timeout function in flight, if any (its result is dropped)."""
+        if self.step_scope is not None:
+            self.step_scope.cancel()
 
     def start_from(self, raw: RawRecord, timers: list[Timer]) -> None:
         """Begin with the run as it was just stored (saves reading it back)."""

@@ -25,3 +25,29 @@ def test_a_line_that_is_not_utf8_is_refused_alone(
     assert "line 2: not UTF-8 text" in err
     assert "line 4: " in err and "NUL" in err
     assert "unexpected" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("worker", "{app}:workflow", "--gateway", "127.0.0.1:0", "--token", ""),
+        (
+            "worker",
+            "{app}:workflow",
+            "--gateway",
+            "127.0.0.1:0",
+            "--token",
+            "t",
+            "--read-only-token",
+            "",
+        ),
+        ("watch", "--url", "ws://127.0.0.1:1/", "--token", ""),
+    ],
+)
+def test_an_empty_token_is_a_usage_error_not_an_open_gateway(
+    app: str, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
+) -> None:
+    # `--token "$SECRET"` with SECRET unset served the gateway without a token.
+    code, _, err = run_cli(capsys, *(arg.format(app=app) for arg in argv))
+    assert code == 2
+    assert "is empty" in err

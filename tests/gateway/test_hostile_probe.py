@@ -150,3 +150,39 @@ async def test_filter_dates_outside_utc_years_and_huge_timeouts_are_invalid_argu
     for timeout in (10**400, float("nan"), -1):
         with pytest.raises(af.InvalidArgument, match="timeout"):
             await wf.await_status("f", "r", Stage.DONE, timeout=timeout)
+
+
+async def test_list_runs_arguments_of_the_wrong_type_are_invalid_argument_on_every_store(
+    tmp_path: Path,
+) -> None:
+    # after=5 was a StoreError on PostgreSQL (RunNotFound elsewhere); status=1.5 a TypeError.
+    for store in await _stores(tmp_path):
+        wf = _note_workflow(store)
+        try:
+            for bad in ({"after": 5}, {"after": ""}, {"status": 1.5}, {"status": object()}):
+                with pytest.raises(af.InvalidArgument):
+                    await wf.list_runs(**bad)
+            with pytest.raises(af.InvalidArgument):
+                await wf.count_runs(status=1.5)  # type: ignore[arg-type]
+        finally:
+            await store.aclose()
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("port", 70000),  # trio bound port 4464 (70000 % 65536) without a word
+        ("port", -1),
+        ("port", "8765"),
+        ("host", ""),
+        ("rate", 10**400),  # OverflowError
+        ("rate", True),
+        ("handshake_timeout", float("inf")),
+    ],
+)
+async def test_serve_gateway_refuses_ports_and_numbers_it_cannot_use(
+    option: str, value: object
+) -> None:
+    wf = _note_workflow(af.MemoryStore())
+    with pytest.raises(af.InvalidArgument, match=option):
+        await af.serve_gateway([wf], **{option: value})
