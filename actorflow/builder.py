@@ -89,9 +89,15 @@ class Builder(Generic[T, S]):
     """
 
     def __init__(self, name: str, object_type: type[T], status_type: type[S]) -> None:
-        if not isinstance(name, str) or not name or len(name) > 200 or not is_valid_text(name):
+        if (
+            not isinstance(name, str)
+            or not name
+            or len(name) > 200
+            or not is_valid_text(name)
+            or "\x00" in name
+        ):
             raise BuildError(
-                f"workflow name must be a non-empty string of valid text, not {name!r}"
+                f"workflow name must be a non-empty string of valid text (no NUL), not {name!r}"
             )
         if not (isinstance(status_type, type) and issubclass(status_type, enum.IntEnum)):
             raise BuildError(
@@ -171,10 +177,10 @@ class Builder(Generic[T, S]):
 
     def add_connector(self, name: str, source: Any, fn: Callable[..., Any], **options: Any) -> None:
         """``async def fn(workflow, event)`` for every event of ``source`` (at least once)."""
-        if not isinstance(name, str) or not name or not is_valid_text(name):
+        if not isinstance(name, str) or not name or not is_valid_text(name) or "\x00" in name:
             raise BuildError(
                 f"workflow {self.name!r}: connector name must be a non-empty string of valid "
-                f"text, not {name!r}"
+                f"text (no NUL), not {name!r}"
             )
         self._check_fn(fn, "connector")
         check_options_for("connector", options, f"workflow {self.name!r}: connector {name!r}")

@@ -244,10 +244,13 @@ def _parent_of(pid: int) -> int | None:
         return None
 
 
-def fleet(dsn: str, workers: int, runs: int) -> tuple[float, float, float, float]:
+def fleet(
+    dsn: str, workers: int, runs: int, *, window: bool = False
+) -> tuple[float, float, float, float]:
     """(transitions/s end to end, triggers/s, CPU seconds per 1,000 transitions of the
     workers and the PostgreSQL server together, the server's part of that CPU) with
-    ``workers`` worker processes."""
+    ``workers`` worker processes. ``window``: the workers get SIGUSR1 when the measured
+    window starts and SIGUSR2 when it ends (``bench.pg_profile`` profiles inside it)."""
     schema = f"af_bench_scale_{uuid.uuid4().hex[:8]}"
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -263,10 +266,16 @@ def fleet(dsn: str, workers: int, runs: int) -> tuple[float, float, float, float
         # later) count from zero; the workers' own processes are known from the start.
         server_before = {pid: _cpu_seconds(pid) for pid in _server_pids(dsn)}
         workers_before = sum(_cpu_seconds(process.pid) for process in processes)
+        if window:
+            for process in processes:
+                process.send_signal(signal.SIGUSR1)
         start = time.perf_counter()
         trigger_rate = trio.run(_trigger, dsn, schema, runs)
         _wait(lambda: _completed(dsn, schema) >= runs, 600, f"{runs} runs completing")
         elapsed = time.perf_counter() - start
+        if window:
+            for process in processes:
+                process.send_signal(signal.SIGUSR2)
         server_cpu = sum(
             max(0.0, _cpu_seconds(pid) - server_before.get(pid, 0.0))  # 0: gone since
             for pid in {*server_before, *_server_pids(dsn)}
@@ -319,8 +328,15 @@ def main(dsn: str | None = None, runs: int = 4_000) -> dict[str, float]:
 
 def _profiled_worker(dsn: str, schema: str) -> None:
     """A worker; with ACTORFLOW_BENCH_PROFILE=DIR, under cProfile, its stats written to
-    DIR/worker-PID.prof when it stops (``python -m pstats`` reads them)."""
+    DIR/worker-PID.prof when it stops (``python -m pstats`` reads them). With
+    ACTORFLOW_BENCH_WINDOW=DIR, ``bench.pg_profile``'s measured worker instead."""
     where = os.environ.get("ACTORFLOW_BENCH_PROFILE")
+    window = os.environ.get("ACTORFLOW_BENCH_WINDOW")
+    if window:
+        from bench.pg_profile import windowed_worker
+
+        windowed_worker(dsn, schema, window, worker)
+        return
     if not where:
         trio.run(worker, dsn, schema)
         return

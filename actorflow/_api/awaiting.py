@@ -45,7 +45,9 @@ class Awaiting(WorkflowCore[T, S]):
         foreign_id = self._foreign_id_arg(foreign_id)
         run_id = self._run_id_arg(run_id)
         if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not _seconds_ok(timeout)
         ):
             raise InvalidArgument(
                 f"workflow {self.name!r}: timeout must be a number of seconds >= 0 or None, "
@@ -165,3 +167,11 @@ async def _next_matching(sub: Subscription, wanted: int) -> RawRecord | None:
             return raw
         if raw.run_state.finished:
             return None
+
+
+def _seconds_ok(timeout: float) -> bool:
+    """A timeout trio can take: not negative, not NaN, and an int that fits a float."""
+    try:
+        return float(timeout) >= 0
+    except OverflowError:
+        return False

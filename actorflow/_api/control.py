@@ -24,11 +24,15 @@ INLINE_ATTEMPTS = 5
 class Control(WorkflowCore[T, S]):
     """Changing runs (part of ``af.Workflow``)."""
 
-    async def _perform(self, run_id: str, op: Op) -> Any:
+    async def _perform(self, run_id: str, op: Op, *, interrupt: bool = False) -> Any:
+        """Perform ``op`` on the run: through its actor when it runs here, else on the
+        store. ``interrupt``: a step in flight that has not ended within the grace period
+        is cancelled (a pause or cancel of a run whose step hangs still happens)."""
         supervisor = self._local_supervisor()
         if supervisor is not None and supervisor.owns(run_id):
+            wait = self._grace_period.total_seconds() if interrupt else None
             try:
-                return await supervisor.ask(run_id, op)
+                return await supervisor.ask(run_id, op, interrupt_after=wait)
             except Stopped:
                 pass
         # Not ours to run (no worker here, or another process owns its shard): apply it
@@ -112,7 +116,8 @@ class Control(WorkflowCore[T, S]):
             new, timers = await method(raw, reason)
             return new, timers, engine.typed(new)
 
-        record: Record[T, S] = await self._perform(run_id, op)
+        interrupt = action in ("pause", "cancel")
+        record: Record[T, S] = await self._perform(run_id, op, interrupt=interrupt)
         supervisor = self._local_supervisor()
         if action == "resume" and supervisor is not None:
             supervisor.wake_now(run_id)

@@ -52,7 +52,9 @@ class Queries(WorkflowCore[T, S]):
         ``foreign_id`` is one id or a sequence of ids; ``created_after`` (inclusive) and
         ``created_before`` (exclusive) are aware datetimes. Raises InvalidArgument for bad
         filters and RunNotFound for an unknown ``after``."""
-        self._filter_text(foreign_id, foreign_id_prefix, after)
+        self._filter_text(foreign_id, foreign_id_prefix)
+        if after is not None:
+            after = self._run_id_arg(after, "after")
         flt = RunFilter.make(
             foreign_id=foreign_id,
             status=self._statuses_arg(status),
@@ -102,8 +104,8 @@ class Queries(WorkflowCore[T, S]):
     def _statuses_arg(self, status: S | Sequence[S] | None) -> int | list[int] | None:
         if status is None:
             return None
-        if isinstance(status, int):
-            return int(self._status_arg(status))
+        if isinstance(status, int | str) or not isinstance(status, Sequence):
+            return int(self._status_arg(status))  # InvalidArgument for what is no status
         return [int(self._status_arg(s)) for s in status]
 
     def _filter_text(self, foreign_id: object, *others: object) -> None:

@@ -17,6 +17,7 @@ from actorflow._model.errors import InvalidArgument
 
 INVALID_TEXT: Final = "is not valid Unicode text (it holds a lone surrogate such as \\ud800)"
 NOT_FINITE: Final = "is not a finite number (NaN and infinities are not JSON)"
+HOLDS_NUL: Final = "holds a NUL character (U+0000), which PostgreSQL cannot store"
 
 
 def is_valid_text(text: str) -> bool:
@@ -31,20 +32,21 @@ def is_valid_text(text: str) -> bool:
 
 
 def check_text(value: str, what: str) -> str:
-    """Return ``value`` (a str) unchanged, or raise InvalidArgument if it is invalid text.
-
-    Also refuses NUL characters: ids and reasons are stored as text columns, and
-    PostgreSQL text cannot hold NUL, so the same input must not pass on one store and
-    fail on another (objects are JSON, where NUL is escaped, and may hold it)."""
+    """Return ``value`` (a str: an id, a filter, a reason) unchanged, or raise
+    InvalidArgument if it is invalid text or holds a NUL character (no store may take
+    what PostgreSQL's text columns and jsonb refuse)."""
     if not is_valid_text(value):
         raise InvalidArgument(f"{what} {INVALID_TEXT}")
     if "\x00" in value:
-        raise InvalidArgument(f"{what} holds a NUL character (\\x00), which no store keeps as text")
+        raise InvalidArgument(f"{what} {HOLDS_NUL}")
     return value
 
 
 def printable(text: str) -> str:
-    """``text`` with lone surrogates replaced, for messages made of foreign text."""
+    """``text`` with lone surrogates and NUL characters replaced by ``?``, for messages
+    made of foreign text (stored as they are by every store)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "?")
     if is_valid_text(text):
         return text
     return text.encode("utf-8", "replace").decode("utf-8")

@@ -31,7 +31,8 @@ they were)."""
 
 
 class _StoppedBeforeStart(Exception):
-    """A graceful stop began while the step waited for its concurrency slot."""
+    """A graceful stop began while the step waited for its concurrency slot, or a pause
+    or cancel interrupted the step (or timeout) in flight: nothing is stored."""
 
 
 async def _call_user(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
@@ -90,10 +91,15 @@ class RunActions:
         async with engine.limiter(spec, spec.options):
             if self.host.stopping:
                 raise _StoppedBeforeStart
-            try:
-                result = await spec.fn(run)
-            except StoreError as exc:  # raised by the step itself: its own error, not ours
-                raise StepError(f"{fn_name(spec.fn)} raised {type(exc).__name__}: {exc}") from exc
+            with self.run.interruptible() as scope:
+                try:
+                    result = await spec.fn(run)
+                except StoreError as exc:  # raised by the step itself: its own error
+                    raise StepError(
+                        f"{fn_name(spec.fn)} raised {type(exc).__name__}: {exc}"
+                    ) from exc
+            if scope.cancelled_caught:
+                raise _StoppedBeforeStart
         if isinstance(result, SpecialResult):
             return await engine.apply_result(
                 raw, run, result, spec.to, spec.key, had_timers=had_timers
@@ -122,7 +128,10 @@ class RunActions:
             async with engine.limiter(spec, spec.options):
                 if self.host.stopping:
                     raise _StoppedBeforeStart
-                result = await _call_user(spec.fn, run, timer.fire_at)
+                with self.run.interruptible() as scope:
+                    result = await _call_user(spec.fn, run, timer.fire_at)
+                if scope.cancelled_caught:
+                    raise _StoppedBeforeStart
             new, timers = await engine.apply_result(raw, run, result, spec.to, key, fired=timer)
             if new is None:  # skipped: nothing is stored; it fires again after the back-off
                 engine.errors.reset(raw.run_id, key)

@@ -83,6 +83,11 @@ class RunActor(Generic[T, S]):
         """Stop waiting (a graceful stop, a shard moved away)."""
         self.mailbox.interrupt()
 
+    def interrupt_step(self) -> None:
+        """Cancel the step or timeout function in flight (a pause or cancel waited long
+        enough for it): nothing of it is stored, and the actor takes its messages."""
+        self.run.interrupt_step()
+
     # -- the task ------------------------------------------------------------------------------
 
     async def main(self) -> None:

@@ -3,7 +3,9 @@ the in-memory waits (the back-off after an error, timeouts that skipped)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any, final
 
@@ -11,6 +13,7 @@ import trio
 
 from actorflow._model.record import RawRecord, Timer
 from actorflow._runtime.engine import RESUME, Engine
+from actorflow._runtime.ports import RunWithTimers
 from actorflow._runtime.upgrade import upgrade
 
 MIN_SNOOZE = timedelta(milliseconds=10)
@@ -31,6 +34,7 @@ class RunCopy:
         "skipped_version",
         "snoozed",
         "stale",
+        "step_scope",
         "timers",
     )
 
@@ -49,6 +53,23 @@ class RunCopy:
         """The version whose step chose to store nothing (it is not run again)."""
         self.snoozed: dict[Timer, datetime] | None = None
         """Timers whose timeout returned run.skip(): the wall time each may fire again."""
+        self.step_scope: trio.CancelScope | None = None
+        """The scope of the step or timeout function in flight (None: none runs)."""
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[trio.CancelScope]:
+        """A scope around a step or timeout function that :meth:`interrupt_step` cancels."""
+        with trio.CancelScope() as scope:
+            self.step_scope = scope
+            try:
+                yield scope
+            finally:
+                self.step_scope = None
+
+    def interrupt_step(self) -> None:
+        """Cancel the step or timeout function in flight, if any (its result is dropped)."""
+        if self.step_scope is not None:
+            self.step_scope.cancel()
 
     def start_from(self, raw: RawRecord, timers: list[Timer]) -> None:
         """Begin with the run as it was just stored (saves reading it back)."""
@@ -60,10 +81,17 @@ class RunCopy:
         """The latest record: read from the store when stale (migrated, or parked, when
         another definition wrote it)."""
         if self.raw is None or self.stale:
-            raw = await self.engine.store.lookup(self.engine.name, self.run_id)
+            store = self.engine.store
+            timers: list[Timer] | None = None
+            if isinstance(store, RunWithTimers):  # one request for both (PostgreSQL)
+                raw, timers = await store.lookup_with_timers(self.engine.name, self.run_id)
+            else:
+                raw = await store.lookup(self.engine.name, self.run_id)
             self.timers = None
             if raw.meta.definition != self.engine.fingerprint:
-                raw = await upgrade(self.engine, raw)
+                raw = await upgrade(self.engine, raw)  # reads (and may change) the timers
+            else:
+                self.timers = timers
             self.raw = raw
             self.stale = False
         return self.raw

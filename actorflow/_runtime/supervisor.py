@@ -372,8 +372,12 @@ class Supervisor(Generic[T, S]):
             self.tail.remember(actor.run_id, actor.known_version)
         self.recovery.slot_freed()
 
-    async def ask(self, run_id: str, op: Op) -> Any:
-        """Have the run's actor perform ``op``; raises Stopped when stopping."""
+    async def ask(self, run_id: str, op: Op, *, interrupt_after: float | None = None) -> Any:
+        """Have the run's actor perform ``op``; raises Stopped when stopping.
+
+        ``interrupt_after``: seconds after which a step or timeout function still in
+        flight is cancelled so that ``op`` runs (a pause or cancel of a run whose step
+        hangs); None: wait for it however long it takes."""
         while True:
             if self.stopping or self._nursery is None:
                 raise Stopped("the workflow is stopping")
@@ -389,6 +393,10 @@ class Supervisor(Generic[T, S]):
                 await actor.mailbox.send.send(Ask(op, reply))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 continue  # that actor just passivated: spawn a new one
+            if interrupt_after is not None:
+                with trio.move_on_after(interrupt_after):
+                    return await reply.wait()
+                actor.interrupt_step()
             return await reply.wait()
 
     # -- timers --------------------------------------------------------------------------------

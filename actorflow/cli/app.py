@@ -295,6 +295,11 @@ def read_payload(data: str | None, file: str | None) -> bytes:
         raise UsageError(f"cannot read --file {file}: {exc.strerror or exc}") from None
 
 
-def token_from(value: str | None, env: str = TOKEN_ENV) -> str | None:
-    """``--token``, or the ``ACTORFLOW_TOKEN`` environment variable (``env``)."""
+def token_from(value: str | None, env: str = TOKEN_ENV, option: str = "--token") -> str | None:
+    """``--token``, or the ``ACTORFLOW_TOKEN`` environment variable (``env``).
+
+    An empty ``--token ''`` (say, ``--token "$SECRET"`` with SECRET unset) is a UsageError,
+    never a gateway without a token."""
+    if value is not None and not value:
+        raise UsageError(f"{option} is empty; give the token, or leave {option} out")
     return value or os.environ.get(env) or None

@@ -8,6 +8,7 @@ worker in another process picks it up from the store's event log.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
@@ -20,6 +21,7 @@ import trio
 
 from actorflow._model.errors import RunNotFound
 from actorflow._model.record import Record
+from actorflow._model.text import is_valid_text
 from actorflow._runtime.evolution import UNFINISHED
 from actorflow.cli.app import (
     App,
@@ -272,9 +274,14 @@ def trigger_from_file(args: argparse.Namespace) -> int:
 
 
 def _open_lines(path: str) -> TextIO:
-    """The file of ``--from-file`` ('-': stdin)."""
+    """The file of ``--from-file`` ('-': stdin). Bytes that are not UTF-8 are read as
+    lone surrogates, so that such a line is refused alone (see :class:`_LineParser`)."""
     try:
-        return sys.stdin if path == "-" else open(path, encoding="utf-8")
+        if path == "-":
+            if isinstance(sys.stdin, io.TextIOWrapper):
+                sys.stdin.reconfigure(errors="surrogateescape")
+            return sys.stdin
+        return open(path, encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
         raise CliError(f"cannot read {path!r}: {exc.strerror or exc}") from None
 
@@ -295,6 +302,8 @@ class _LineParser:
     default_initial: Any
 
     def __call__(self, line: str) -> tuple[str, Any, Any]:
+        if not is_valid_text(line):
+            raise UsageError("not UTF-8 text")
         try:
             data = json.loads(line)
         except ValueError as exc:

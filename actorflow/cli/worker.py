@@ -47,7 +47,7 @@ def worker(args: argparse.Namespace) -> int:
     gateway = parse_host_port(args.gateway) if args.gateway else None
     console = parse_host_port(args.console, "--console") if args.console else None
     token = token_from(args.token)
-    read_only_token = token_from(args.read_only_token, READ_ONLY_TOKEN_ENV)
+    read_only_token = token_from(args.read_only_token, READ_ONLY_TOKEN_ENV, "--read-only-token")
     if token is not None and gateway is None and console is None:
         raise UsageError("--token only makes sense with --gateway or --console HOST:PORT")
     if read_only_token is not None and token is None:

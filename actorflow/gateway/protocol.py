@@ -298,7 +298,11 @@ def _convert(kind: ArgKind, value: object) -> object:
     if kind is ArgKind.TIMEOUT:
         if isinstance(value, bool) or not isinstance(value, int | float):
             return _INVALID
-        return float(value) if math.isfinite(value) and value >= 0 else _INVALID
+        try:
+            seconds = float(value)  # an int too large for a float is no timeout either
+        except OverflowError:
+            return _INVALID
+        return seconds if math.isfinite(seconds) and seconds >= 0 else _INVALID
     if kind is ArgKind.LIMIT:
         if isinstance(value, bool) or not isinstance(value, int):
             return _INVALID

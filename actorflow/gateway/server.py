@@ -98,6 +98,11 @@ async def serve_gateway(
         OSError: the address cannot be bound.
     """
     served = served_by_name(workflows)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        # trio would bind port % 65536 (70000: 4464) or fail deep in getaddrinfo
+        raise InvalidArgument(f"port must be an int from 0 to 65535, not {port!r}")
+    if not isinstance(host, str) or not host:
+        raise InvalidArgument(f"host must be a non-empty string, not {host!r}")
     settings = GatewaySettings(
         token=token,
         max_message_bytes=max_message_bytes,

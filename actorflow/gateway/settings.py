@@ -60,5 +60,16 @@ class GatewaySettings:
             ("handshake_timeout", self.handshake_timeout),
             ("refused_handshake_window", self.refused_handshake_window),
         ):
-            if not isinstance(number, int | float) or not math.isfinite(number) or number <= 0:
+            if not _positive_number(number):
                 raise InvalidArgument(f"{name} must be a positive number, not {number!r}")
+
+
+def _positive_number(number: object) -> bool:
+    """A finite number above 0 that fits a float (not a bool, not 10**400)."""
+    if isinstance(number, bool) or not isinstance(number, int | float):
+        return False
+    try:
+        seconds = float(number)
+    except OverflowError:
+        return False
+    return math.isfinite(seconds) and seconds > 0

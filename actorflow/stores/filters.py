@@ -4,7 +4,7 @@ builds it and handed to every store as it is."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Final
 
 import attrs
@@ -74,9 +74,14 @@ class RunFilter:
             )
         for name, moment in (("created_after", created_after), ("created_before", created_before)):
             if moment is not None and (
-                not isinstance(moment, datetime) or moment.utcoffset() is None
+                not isinstance(moment, datetime)
+                or moment.utcoffset() is None
+                or not _in_utc_range(moment)
             ):
-                raise InvalidArgument(f"{name} must be a timezone-aware datetime, not {moment!r}")
+                raise InvalidArgument(
+                    f"{name} must be a timezone-aware datetime within the years 1-9999 in "
+                    f"UTC, not {moment!r}"
+                )
         statuses = None
         if status is not None:
             statuses = frozenset([int(status)] if isinstance(status, int) else map(int, status))
@@ -112,6 +117,15 @@ class RunFilter:
             and (self.created_after is None or record.created_at >= self.created_after)
             and (self.created_before is None or record.created_at < self.created_before)
         )
+
+
+def _in_utc_range(moment: datetime) -> bool:
+    """Whether ``moment`` (aware) can be written in UTC (9999-12-31T23:00-05:00 cannot)."""
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        return False
+    return True
 
 
 ANY_RUN: Final = RunFilter()

@@ -323,3 +323,51 @@ async def _moved_elsewhere(
         await worker.await_status("f", run_id, St.D)
     assert [which for which, _ in fired] == [2]
     assert fired[0][1] == pytest.approx(moved_at + 100)
+
+
+@pytest.mark.parametrize("control", ["pause", "cancel"])
+@pytest.mark.parametrize("where", ["step", "timeout"])
+async def test_a_pause_or_cancel_interrupts_a_function_that_hangs(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock, control: str, where: str
+) -> None:
+    """A step (or timeout) that never returns does not hold a pause or cancel forever: it
+    waits the grace period for the function, then cancels it; nothing of it is stored, no
+    error is counted, and a paused run runs the step again when resumed."""
+    builder = af.Builder("hangs", Obj, St)
+    calls: list[float] = []
+
+    async def hang(run: af.Run[Obj, St]) -> St:
+        calls.append(trio.current_time())
+        run.object.n += 1
+        if len(calls) == 1:
+            await trio.sleep_forever()
+        return St.B
+
+    async def hang_timeout(run: af.Run[Obj, St], now: datetime) -> St:
+        return await hang(run)
+
+    if where == "step":
+        builder.add_step(St.A, hang, to=St.B)
+    else:
+        builder.add_callback(St.A, _moved, to=[St.C])
+        builder.add_timeout(St.A, af.after(timedelta(seconds=5)), hang_timeout, to=[St.B])
+    workflow = builder.build(
+        make_store(), clock=clock, grace_period=timedelta(seconds=3), resume_paused_after=None
+    )
+    async with af.open_workflow(workflow):
+        run_id = await workflow.trigger("f")
+        await trio.sleep(10)  # the step (or the timeout, due at 5 s) hangs by now
+        assert len(calls) == 1
+        asked = trio.current_time()
+        record = await getattr(workflow, control)(run_id, "by test")
+        assert trio.current_time() - asked == pytest.approx(3)
+        assert record.status is St.A
+        assert record.object.n == 0
+        assert record.meta.error_count == 0
+        if control == "pause":
+            await workflow.resume(run_id)
+            done = await workflow.await_status("f", run_id, St.B)
+            assert done.object.n == 1
+            assert len(calls) == 2
+    expected = af.RunState.COMPLETED if control == "pause" else af.RunState.CANCELLED
+    assert (await workflow.lookup(run_id)).run_state is expected

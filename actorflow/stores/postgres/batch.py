@@ -3,12 +3,14 @@ thread hop, one round trip (pipelined) and one WAL flush, each writer answered o
 
 The first writer to arrive leads: it yields once so that every task runnable now can add
 its write, then hands the whole batch to a worker thread, which sends every write's own
-statement, pipelined, inside one transaction. A statement that stored nothing (its
-version check failed, an unfinished run was in the way, or an earlier attempt of it
-committed already) is settled on its own: its diagnosis raises its ActorflowError and the
-others go on. While batches are in the threads the next ones queue up, so the batches
-grow with the load; a few batches may be in flight at once. Queueing, leading and
-cancellation are the rules of :mod:`actorflow.stores.group_commit`; this module sends.
+statement, pipelined, inside one transaction (consecutive writes with the same statement
+as one ``executemany``, which saves psycopg a cursor and a query conversion per write). A
+statement that stored nothing (its version check failed, an unfinished run was in the
+way, or an earlier attempt of it committed already) is settled on its own: its diagnosis
+raises its ActorflowError and the others go on. While batches are in the threads the next
+ones queue up, so the batches grow with the load; a few batches may be in flight at once.
+Queueing, leading and cancellation are the rules of :mod:`actorflow.stores.group_commit`;
+this module sends.
 
 Every write keeps the single-statement form and the writer token of ``_postgres``: a
 batch whose answer was lost is retried whole, and each write recognises its own earlier
@@ -20,6 +22,7 @@ only the write at fault fails.
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -82,10 +85,11 @@ def _run_batch(batch: list[Write], log_lock: tuple[bytes, list[Any]]) -> Callabl
                 with conn.pipeline():
                     # The event-log lock before any row lock (see GroupCommit).
                     conn.execute(*log_lock)
-                    cursors = [conn.execute(w.statement, w.params) for w in batch]
-                for write, cursor in zip(batch, cursors, strict=True):
+                    cursors = _send(conn, batch)
+                rows = [row for cursor in cursors for row in _first_rows(cursor)]
+                for write, row in zip(batch, rows, strict=True):
                     try:
-                        if cursor.fetchone() is None:
+                        if row is None:
                             write.settle(conn)
                     except ActorflowError as exc:  # refused: it stored nothing
                         outcomes.append(exc)
@@ -98,6 +102,23 @@ def _run_batch(batch: list[Write], log_lock: tuple[bytes, list[Any]]) -> Callabl
         return outcomes
 
     return run
+
+
+def _send(conn: _Conn, batch: list[Write]) -> list[Any]:
+    """Send the batch's statements in order, pipelined: each run of consecutive writes
+    with the same statement as one ``executemany`` (one cursor, one query conversion);
+    returns the cursors, in order."""
+    cursors: list[Any] = []
+    for statement, run in itertools.groupby(batch, key=lambda w: w.statement):
+        cursor = conn.cursor()
+        cursor.executemany(statement, [w.params for w in run], returning=True)
+        cursors.append(cursor)
+    return cursors
+
+
+def _first_rows(cursor: Any) -> list[Any]:
+    """The first row (or None) of each statement an ``executemany`` cursor ran."""
+    return [result.fetchone() for result in cursor.results()]
 
 
 @final
