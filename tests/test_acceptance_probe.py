@@ -955,3 +955,303 @@ async def test_naive_time_is_never_returned(
     assert rec.created_at.utcoffset() == timedelta(0)
     assert rec.created_at.tzinfo is not None
     assert datetime.now(UTC) > rec.created_at - timedelta(days=10000)
+
+
+async def test_timeout_raising_or_skipping_fires_again(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    fired: list[float] = []
+
+    async def expired(run: af.Run[Box, E], now: datetime) -> E:
+        fired.append(trio.current_time())
+        if len(fired) == 1:
+            raise RuntimeError("timeout fn failed")
+        if len(fired) == 2:
+            return run.skip()
+        return E.B
+
+    b = af.Builder("tmo", Box, E)
+    b.add_timeout(
+        E.A, af.after(timedelta(minutes=1)), expired, to=[E.B], error_backoff=timedelta(seconds=30)
+    )
+
+    @b.step(E.B, to=E.C)
+    async def finish(run: af.Run[Box, E]) -> E:
+        return E.C
+
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        done = await wf.await_status("f", run_id, E.C)
+        assert done.run_state is af.RunState.COMPLETED
+    assert len(fired) == 3
+    assert fired[1] - fired[0] >= 30 - 1 and fired[2] - fired[1] >= 30 - 1
+    assert [r.status for r in await wf.history(run_id)] == [E.A, E.B, E.C]
+
+
+async def test_callback_that_raises(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    b = af.Builder("cbr", Box, E)
+
+    async def cb(run: af.Run[Box, E], payload: bytes) -> E:
+        if payload == b"boom":
+            raise ValueError("bad payload")
+        if payload == b"junk":
+            return 42  # type: ignore[return-value]
+        run.object.log.append(payload.decode())
+        return E.B
+
+    b.add_callback(E.A, cb, to=[E.B])
+
+    @b.step(E.B, to=E.C)
+    async def finish(run: af.Run[Box, E]) -> E:
+        return E.C
+
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        with pytest.raises(af.ActorflowError):  # the callback's error reaches the caller
+            await wf.callback("f", E.A, b"boom")
+        with pytest.raises(af.ActorflowError):
+            await wf.callback("f", E.A, b"junk")
+        rec = await wf.lookup(run_id)
+        assert rec.status is E.A and rec.run_state in (af.RunState.INITIATED, af.RunState.RUNNING)
+        done = await wf.callback("f", E.A, b"fine")
+        assert done is not None and done.object.log == ["fine"]
+        await wf.await_status("f", run_id, E.C)
+
+
+async def test_testing_helpers(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    wf = signup(make_store(), clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("h")
+        first = await wait_for(wf, "h", lambda r: r.status is St.PROFILE)
+        assert first.version == 2 and first.run_id == run_id
+        # An attrs payload is serialised to JSON.
+        await trigger_callback_on(wf, "h", run_id, St.EMAIL_SENT, User(name="json"))
+        verified = await wf.await_status("h", run_id, St.VERIFIED)
+        assert verified.object.verified
+        rec = await require(
+            wf, "h", St.VERIFIED, User(name="Andrew", email="a@example.com", verified=True)
+        )
+        assert rec.status is St.VERIFIED
+    run = make_run(wf, User(name="direct"), status=St.START)
+    assert run.workflow_name == "signup" and run.object.name == "direct"
+    assert isinstance(run.run_id, str) and run.run_id
+
+
+async def test_trigger_many_bad_items(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    wf = signup(make_store(), clock)
+    out = await wf.trigger_many(
+        ["ok", {"foreign_id": "x", "start": St.DONE}, {"start": St.START}, 5, "ok2"]
+    )
+    assert isinstance(out[0], str) and isinstance(out[4], str)
+    for bad in out[1:4]:
+        assert isinstance(bad, af.ActorflowError)
+    assert sorted(r.foreign_id for r in await wf.list_runs()) == ["ok", "ok2"]
+
+
+async def test_schedule_restart_does_not_fire_twice(
+    tmp_path: Path, autojump_clock: MockClock
+) -> None:
+    clock = trio_clock(START)
+    store = af.SQLiteStore(tmp_path / "s.db")
+    try:
+        for attempt in range(2):
+            wf = signup(store, clock)
+            async with af.open_workflow(wf), trio.open_nursery() as nursery:
+                nursery.start_soon(wf.schedule_trigger, "daily", "@daily")
+                rec = await wait_for(wf, "daily", lambda r: r.status is St.EMAIL_SENT)
+                if attempt == 0:  # finished, so only the cron time guards a second fire
+                    await wf.callback("daily", St.EMAIL_SENT, b"ok")
+                    await wf.await_status("daily", rec.run_id, St.DONE)
+                await trio.sleep(60)
+                nursery.cancel_scope.cancel()
+            runs = await wf.list_runs(foreign_id="daily")
+            assert len(runs) == 1
+        assert runs[0].created_at == datetime(2026, 1, 2, tzinfo=UTC)
+    finally:
+        await store.aclose()
+
+
+async def test_evolution_rename_status(tmp_path: Path, autojump_clock: MockClock) -> None:
+    class Old(enum.IntEnum):
+        A = 1
+        LEGACY = 2
+        C = 3
+
+    class New(enum.IntEnum):
+        A = 1
+        C = 3
+        RENAMED = 4
+
+    clock = trio_clock(START)
+    store = af.SQLiteStore(tmp_path / "e.db")
+    try:
+        old = af.Builder("evo", Box, Old)
+
+        @old.step(Old.A, to=Old.LEGACY)
+        async def a(run: af.Run[Box, Old]) -> Old:
+            return Old.LEGACY
+
+        async def cb(run: af.Run[Box, Old], payload: bytes) -> Old:
+            return Old.C
+
+        old.add_callback(Old.LEGACY, cb, to=[Old.C])
+        wf_old = old.build(store, clock=clock)
+        async with af.open_workflow(wf_old):
+            run_id = await wf_old.trigger("f")
+            await wf_old.await_status("f", run_id, Old.LEGACY)
+
+        new = af.Builder("evo", Box, New)
+
+        @new.step(New.A, to=New.RENAMED)
+        async def a2(run: af.Run[Box, New]) -> New:
+            return New.RENAMED
+
+        async def cb2(run: af.Run[Box, New], payload: bytes) -> New:
+            return New.C
+
+        new.add_callback(New.RENAMED, cb2, to=[New.C])
+        new.rename_status(2, New.RENAMED)
+        wf_new = new.build(store, clock=clock)
+        async with af.open_workflow(wf_new):
+            rec = await wf_new.await_status("f", run_id, New.RENAMED)
+            assert rec.status is New.RENAMED
+            assert await wf_new.callback("f", New.RENAMED, b"") is not None
+            done = await wf_new.await_status("f", run_id, New.C)
+            assert done.run_state is af.RunState.COMPLETED
+    finally:
+        await store.aclose()
+
+
+async def test_hook_that_hangs_does_not_block_runs(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    b = af.Builder("hang-hook", Box, E)
+
+    @b.step(E.A, to=E.B)
+    async def a(run: af.Run[Box, E]) -> E:
+        return E.B
+
+    @b.step(E.B, to=E.C)
+    async def bb(run: af.Run[Box, E]) -> E:
+        return E.C
+
+    async def stuck(record: af.Record[Box, E]) -> None:
+        await trio.sleep_forever()
+
+    b.on_complete(stuck)
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        ids = [await wf.trigger(f"f{i}") for i in range(10)]
+        for i, run_id in enumerate(ids):
+            await wf.await_status(f"f{i}", run_id, E.C, timeout=60)
+    # open_workflow's exit stopped the workflow despite the stuck hook.
+
+
+async def test_gateway_round_trip() -> None:
+    import functools
+
+    wf = signup(af.MemoryStore(), trio_clock(START))
+    with trio.fail_after(20):
+        async with af.open_workflow(wf), trio.open_nursery() as nursery:
+            port = await nursery.start(
+                functools.partial(af.serve_gateway, [wf], "127.0.0.1", 0, token="s3cret")
+            )
+            url = f"ws://127.0.0.1:{port}/"
+            with pytest.raises(af.GatewayError):
+                async with af.open_gateway_client(url, token="wrong") as bad:
+                    await bad.lookup("signup", "x")
+            async with af.open_gateway_client(url, token="s3cret") as client:
+                run_id = await client.trigger("signup", "g1")
+                rec = await client.await_status("signup", "g1", run_id, St.EMAIL_SENT)
+                for key in ("workflow_name", "foreign_id", "run_id", "version", "object"):
+                    assert key in rec
+                assert (rec["status"], rec["status_name"], rec["run_state"]) == (
+                    3,
+                    "EMAIL_SENT",
+                    "RUNNING",
+                )
+                assert rec["object"]["email"] == "a@example.com"
+                async with client.subscribe("signup", run_id=run_id) as updates:
+                    await client.callback("signup", "g1", St.EMAIL_SENT, b"ok")
+                    async for update in updates:
+                        if update["status"] == int(St.VERIFIED):
+                            break
+                assert (await client.lookup("signup", run_id))["run_id"] == run_id
+                runs = await client.list_runs("signup", foreign_id="g1")
+                assert [r["run_id"] for r in runs] == [run_id]
+                second = await client.trigger("other" if False else "signup", "g2")
+                await client.pause("signup", second, "hold")
+                assert (await client.lookup("signup", second))["run_state"] == "PAUSED"
+                await client.resume("signup", second)
+                await client.cancel("signup", second, "stop")
+                assert (await client.lookup("signup", second))["run_state"] == "CANCELLED"
+                with pytest.raises(af.GatewayError):
+                    await client.trigger("no-such-workflow", "x")
+                with pytest.raises(af.GatewayError):
+                    await client.trigger("signup", "g1")  # in progress
+                with pytest.raises(af.GatewayError):
+                    await client.lookup("signup", "no-such-run")
+                with pytest.raises(af.GatewayError):
+                    await client.pause("signup", second, "cancelled already")
+            nursery.cancel_scope.cancel()
+
+
+async def test_lifecycle_edges(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    wf = signup(make_store(), clock)
+    wf.stop()  # before run: harmless
+    async with trio.open_nursery() as nursery:
+        await nursery.start(wf.run)
+        with pytest.raises(Exception):  # noqa: B017 (a second run of the same object)
+            await nursery.start(wf.run)
+        run_id = await wf.trigger("f")
+        await wf.await_status("f", run_id, St.EMAIL_SENT)
+        wf.stop()
+        wf.stop()  # twice: harmless
+    # Restart the same object after stop.
+    async with af.open_workflow(wf):
+        assert await wf.callback("f", St.EMAIL_SENT, b"ok") is not None
+        await wf.await_status("f", run_id, St.DONE)
+    states = wf.states()
+    assert states and all(isinstance(s, af.ProcessState) for s in states.values())
+
+
+class _UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ broke")
+
+
+async def test_hostile_exceptions_are_counted_and_pause(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """An exception whose __str__ raises, or whose text is megabytes long, is an error of
+    the step like any other: counted, and the run paused at the limit with a short reason
+    (it used to fail the actor over and over, the run stuck at INITIATED forever)."""
+
+    async def hostile(run: af.Run[Box, E]) -> E:
+        if run.foreign_id == "unprintable":
+            raise _UnprintableError
+        raise ValueError("x" * 5_000_000)
+
+    wf = flaky(
+        make_store(), clock, hostile, pause_after_errors=2, error_backoff=timedelta(seconds=1)
+    )
+    async with af.open_workflow(wf):
+        for fid in ("unprintable", "huge"):
+            await wf.trigger(fid)
+            with trio.fail_after(3600):
+                paused = await wait_for(wf, fid, lambda r: r.run_state is af.RunState.PAUSED)
+            assert paused.meta.error_count == 2 or "2 consecutive" in paused.meta.run_state_reason
+            assert len(paused.meta.error_message) <= 2000
+            assert len(paused.meta.run_state_reason) <= 2000
+        unprintable = await wf.latest("unprintable")
+        assert "_UnprintableError" in unprintable.meta.error_message

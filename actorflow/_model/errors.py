@@ -92,3 +92,22 @@ def lone_build_error(error: BaseException) -> BuildError | None:
     while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
         error = error.exceptions[0]
     return error if isinstance(error, BuildError) else None
+
+
+ERROR_TEXT_LIMIT = 2000
+"""How much of a user exception's text is kept in a record or a message."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """``"TypeName: text"`` of an exception raised by user code, never raising itself (an
+    exception whose ``__str__`` raises would otherwise fail the code reporting it, over and
+    over) and cut to ERROR_TEXT_LIMIT characters (a multi-megabyte message is not stored
+    with every paused run)."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<str() of the exception failed>"
+    message = f"{type(exc).__name__}: {text}"
+    if len(message) > ERROR_TEXT_LIMIT:
+        message = message[: ERROR_TEXT_LIMIT - 3] + "..."
+    return message

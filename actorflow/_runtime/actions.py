@@ -11,7 +11,7 @@ from typing import Any, final
 import trio
 
 from actorflow._model.definition import StepSpec, fn_name
-from actorflow._model.errors import StepError, StoreError, VersionConflict
+from actorflow._model.errors import StepError, StoreError, VersionConflict, describe_error
 from actorflow._model.record import RawRecord, Timer
 from actorflow._model.run import SpecialResult
 from actorflow._runtime.engine import Engine
@@ -40,7 +40,7 @@ async def _call_user(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
     try:
         return await fn(*args)
     except StoreError as exc:
-        raise StepError(f"{fn_name(fn)} raised {type(exc).__name__}: {exc}") from exc
+        raise StepError(f"{fn_name(fn)} raised {describe_error(exc)}") from exc
     except trio.Cancelled as exc:
         raise user_error(exc, fn_name(fn)) from exc
 
@@ -95,9 +95,7 @@ class RunActions:
                 try:
                     result = await spec.fn(run)
                 except StoreError as exc:  # raised by the step itself: its own error
-                    raise StepError(
-                        f"{fn_name(spec.fn)} raised {type(exc).__name__}: {exc}"
-                    ) from exc
+                    raise StepError(f"{fn_name(spec.fn)} raised {describe_error(exc)}") from exc
             if scope.cancelled_caught:
                 raise _StoppedBeforeStart
         if isinstance(result, SpecialResult):

@@ -9,7 +9,13 @@ from typing import Any, NoReturn
 import trio
 
 from actorflow._model.definition import CallbackSpec, fn_name
-from actorflow._model.errors import ActorflowError, CallbackError, StepError, StoreError
+from actorflow._model.errors import (
+    ActorflowError,
+    CallbackError,
+    StepError,
+    StoreError,
+    describe_error,
+)
 from actorflow._model.record import RawRecord, Timer
 from actorflow._runtime.engine import Engine
 from actorflow._runtime.user_code import user_error
@@ -55,7 +61,7 @@ async def _run_callback(
         try:
             result = await spec.fn(run, payload)
         except StoreError as exc:  # raised by the user's code: its own error
-            raise StepError(f"{key} raised {type(exc).__name__}: {exc}") from exc
+            raise StepError(f"{key} raised {describe_error(exc)}") from exc
         engine.errors.reset(raw.run_id, key)
         new, timers = await engine.apply_result(raw, run, result, spec.to, key)
     except StoreError as exc:
@@ -87,5 +93,5 @@ async def _failed(engine: Engine[Any, Any], raw: RawRecord, key: str, exc: Excep
     note = f"; the run was paused ({paused.meta.run_state_reason})" if paused else ""
     raise CallbackError(
         f"{engine.where(raw, key)} failed ({count} consecutive error(s)){note}: "
-        f"{type(exc).__name__}: {exc}"
+        f"{describe_error(exc)}"
     ) from exc

@@ -27,6 +27,7 @@ from actorflow._model.errors import (
     InvalidTransition,
     SerializationError,
     StepError,
+    describe_error,
 )
 from actorflow._model.options import Options
 from actorflow._model.record import Meta, RawRecord, Record, Timer
@@ -365,7 +366,7 @@ class Engine(Generic[T, S]):
 
         Returns (the error count, the paused record or None)."""
         count = self.errors.add(raw.run_id, key)
-        message = f"{type(exc).__name__}: {exc}"
+        message = describe_error(exc)
         log.warning(
             "%s: error %d: %s",
             self.where(raw, key),

@@ -19,7 +19,7 @@ import trio
 
 from actorflow._model.clock import trio_deadline
 from actorflow._model.definition import ConnectorSpec, fn_name
-from actorflow._model.errors import InvalidArgument
+from actorflow._model.errors import InvalidArgument, describe_error
 from actorflow._model.options import Options
 from actorflow._model.process import ProcessState
 from actorflow._runtime.observe import Observer, Process, process_name
@@ -157,7 +157,7 @@ async def _handle(
         process.state = ProcessState.ERRORING
         errors += 1
         stats.errors += 1
-        stats.last_error = f"{type(exc).__name__}: {exc}"
+        stats.last_error = describe_error(exc)
         delay = spec.options.retry_seconds(errors)
         log.warning(
             "workflow %r connector %r: %s failed on event %s (foreign id %r, type %r), "

@@ -17,6 +17,7 @@ import attrs
 
 from actorflow._model.clock import Clock
 from actorflow._model.definition import Definition
+from actorflow._model.errors import describe_error
 from actorflow._model.options import Options
 from actorflow._model.process import ProcessState
 from actorflow._runtime.observe import Observer, Process
@@ -63,4 +64,4 @@ class ServiceContext:
         process.state = ProcessState.ERRORING
         if self.observer is not None:
             self.observer.error(process.name)
-        return f"{type(error).__name__}: {error}"
+        return describe_error(error)

@@ -26,6 +26,7 @@ from actorflow._model.errors import (
     StepError,
     StoreError,
     WorkflowInProgress,
+    describe_error,
 )
 from actorflow._model.process import ProcessState
 from actorflow._runtime.observe import Process, process_name
@@ -92,9 +93,7 @@ async def _allowed(filter: Callable[..., Any] | None, when: datetime) -> bool:
         return bool(result)
     except (Exception, trio.Cancelled) as caught:
         exc = user_error(caught, f"schedule filter {fn_name(filter)}")
-        raise StepError(
-            f"schedule filter {fn_name(filter)} raised {type(exc).__name__}: {exc}"
-        ) from exc
+        raise StepError(f"schedule filter {fn_name(filter)} raised {describe_error(exc)}") from exc
 
 
 async def schedule_trigger(
