@@ -15,6 +15,7 @@ from actorflow._model.record import Timer
 from actorflow.stores.protocol import Leadership as Leadership
 from actorflow.stores.protocol import OwnedEvents as OwnedEvents
 from actorflow.stores.protocol import Ownership as Ownership
+from actorflow.stores.protocol import RunWithTimers as RunWithTimers
 
 if TYPE_CHECKING:
     from actorflow._runtime.engine import Engine

@@ -13,6 +13,7 @@ import trio
 
 from actorflow._model.record import RawRecord, Timer
 from actorflow._runtime.engine import RESUME, Engine
+from actorflow._runtime.ports import RunWithTimers
 from actorflow._runtime.upgrade import upgrade
 
 MIN_SNOOZE = timedelta(milliseconds=10)
@@ -80,10 +81,17 @@ class RunCopy:
         """The latest record: read from the store when stale (migrated, or parked, when
         another definition wrote it)."""
         if self.raw is None or self.stale:
-            raw = await self.engine.store.lookup(self.engine.name, self.run_id)
+            store = self.engine.store
+            timers: list[Timer] | None = None
+            if isinstance(store, RunWithTimers):  # one request for both (PostgreSQL)
+                raw, timers = await store.lookup_with_timers(self.engine.name, self.run_id)
+            else:
+                raw = await store.lookup(self.engine.name, self.run_id)
             self.timers = None
             if raw.meta.definition != self.engine.fingerprint:
-                raw = await upgrade(self.engine, raw)
+                raw = await upgrade(self.engine, raw)  # reads (and may change) the timers
+            else:
+                self.timers = timers
             self.raw = raw
             self.stale = False
         return self.raw

@@ -213,6 +213,19 @@ class OwnedEvents(Protocol):
 
 
 @runtime_checkable
+class RunWithTimers(Protocol):
+    """A store that reads a run and its timers in one request: for a store whose every
+    read is a thread hop and a round trip (PostgreSQL), an actor taking up a run that
+    another process wrote reads both at once."""
+
+    async def lookup_with_timers(
+        self, workflow_name: str, run_id: str
+    ) -> tuple[RawRecord, list[Timer]]:
+        """``lookup(workflow_name, run_id)`` and ``list_timers(workflow_name, run_id)``."""
+        ...
+
+
+@runtime_checkable
 class Leadership(Protocol):
     """An Ownership that also elects one process per workflow to run its singleton
     services (hooks, relay, connectors: two copies would deliver twice and race on their

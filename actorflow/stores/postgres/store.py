@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import final
+from typing import TYPE_CHECKING, final
 
 import trio
 
@@ -38,6 +38,9 @@ from actorflow.stores.postgres.rows import aware, writer_token
 from actorflow.stores.postgres.schema import Queries, lock_key, quote_schema
 from actorflow.stores.postgres.shards import Owners, ShardOwnership
 from actorflow.stores.postgres.writes import WriteBuilder
+
+if TYPE_CHECKING:
+    from actorflow.stores.postgres.connection import _Conn
 
 
 @final
@@ -233,6 +236,18 @@ class PostgresStore:
     async def lookup(self, workflow_name: str, run_id: str) -> RawRecord:
         q = self._q
         return await self._db.call("lookup", lambda c: queries.lookup(c, q, workflow_name, run_id))
+
+    async def lookup_with_timers(
+        self, workflow_name: str, run_id: str
+    ) -> tuple[RawRecord, list[Timer]]:
+        """The run and its timers in one call (one thread hop; see ``RunWithTimers``)."""
+        q = self._q
+
+        def read(c: _Conn) -> tuple[RawRecord, list[Timer]]:
+            raw = queries.lookup(c, q, workflow_name, run_id)
+            return raw, queries.list_timers(c, q, workflow_name, run_id)
+
+        return await self._db.call("lookup", read)
 
     async def latest(self, workflow_name: str, foreign_id: str) -> RawRecord:
         q = self._q
