@@ -1255,3 +1255,125 @@ async def test_hostile_exceptions_are_counted_and_pause(
             assert len(paused.meta.run_state_reason) <= 2000
         unprintable = await wf.latest("unprintable")
         assert "_UnprintableError" in unprintable.meta.error_message
+
+
+async def test_connector_cursor_survives_restart(tmp_path: Path, autojump_clock: MockClock) -> None:
+    clock = trio_clock(START)
+    path = tmp_path / "c.db"
+    handled: list[str] = []
+
+    def build(store: af.Store, events: list[af.ConnectorEvent]) -> af.Workflow[Box, E]:
+        b = af.Builder("cursor", Box, E)
+
+        @b.step(E.A, to=E.B)
+        async def a(run: af.Run[Box, E]) -> E:
+            return E.B
+
+        async def handler(workflow: af.Workflow[Box, E], event: af.ConnectorEvent) -> None:
+            handled.append(event.id)
+            await workflow.trigger(event.foreign_id)
+
+        b.add_connector("feed", af.MemorySource(events), handler)
+        return b.build(store, clock=clock)
+
+    first = [af.ConnectorEvent(id=str(i), foreign_id=f"e{i}", type="t") for i in range(3)]
+    for events in (first, [*first, af.ConnectorEvent(id="3", foreign_id="e3", type="t")]):
+        store = af.SQLiteStore(path)
+        try:
+            wf = build(store, events)
+            async with af.open_workflow(wf):
+                await wait_for(wf, events[-1].foreign_id, lambda r: r.status is E.B)
+                await trio.sleep(10)
+        finally:
+            await store.aclose()
+    # The restart resumed after the last acknowledged event: each handled once.
+    assert handled == ["0", "1", "2", "3"]
+
+
+async def test_controls_on_paused_and_finished_runs(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    wf = signup(make_store(), clock)
+    run_id = await wf.trigger("f")
+    await wf.pause(run_id, "p")
+    with pytest.raises(af.InvalidTransition):
+        await wf.delete_data(run_id, "paused is not finished")
+    await wf.cancel(run_id, "from paused")
+    rec = await wf.lookup(run_id)
+    assert rec.run_state is af.RunState.CANCELLED and rec.meta.run_state_reason == "from paused"
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        rec.version = 99  # type: ignore[misc]
+    # A callback for a cancelled run does nothing.
+    assert await wf.callback("f", St.EMAIL_SENT, b"ok") is None
+
+
+async def test_trigger_from_a_process_that_only_holds_the_store(
+    tmp_path: Path, autojump_clock: MockClock
+) -> None:
+    clock = trio_clock(START)
+    worker_store = af.SQLiteStore(tmp_path / "shared.db")
+    client_store = af.SQLiteStore(tmp_path / "shared.db")
+    try:
+        worker = signup(worker_store, clock)
+        client = signup(client_store, clock)
+        async with af.open_workflow(worker):
+            run_id = await client.trigger("remote")
+            with trio.fail_after(600):
+                rec = await client.await_status("remote", run_id, St.EMAIL_SENT)
+            assert rec.object.email == "a@example.com"
+            done = await client.callback("remote", St.EMAIL_SENT, b"ok")
+            assert done is not None and done.status is St.VERIFIED
+            with trio.fail_after(2 * 3600):
+                await client.await_status("remote", run_id, St.DONE)
+    finally:
+        await client_store.aclose()
+        await worker_store.aclose()
+
+
+async def test_max_concurrency_and_no_auto_resume(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    active = 0
+    peak = 0
+
+    async def slow(run: af.Run[Box, E]) -> E:
+        nonlocal active, peak
+        if run.foreign_id == "fail":
+            raise RuntimeError("always")
+        active += 1
+        peak = max(peak, active)
+        await trio.sleep(10)
+        active -= 1
+        return E.B
+
+    b = af.Builder("conc", Box, E)
+    b.add_step(E.A, slow, to=E.B, max_concurrency=3, pause_after_errors=1)
+    wf = b.build(make_store(), clock=clock, resume_paused_after=None)
+    async with af.open_workflow(wf):
+        ids = [await wf.trigger(f"f{i}") for i in range(12)]
+        await wf.trigger("fail")
+        for i, run_id in enumerate(ids):
+            await wf.await_status(f"f{i}", run_id, E.B)
+        await trio.sleep(30 * 24 * 3600)
+        assert (await wf.latest("fail")).run_state is af.RunState.PAUSED
+    assert peak == 3
+
+
+async def test_consume_lag_delays_the_step(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    ran_at: list[float] = []
+
+    async def lagged(run: af.Run[Box, E]) -> E:
+        ran_at.append(trio.current_time())
+        return E.B
+
+    b = af.Builder("lag", Box, E)
+    b.add_step(E.A, lagged, to=E.B, consume_lag=timedelta(hours=1))
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        started = trio.current_time()
+        run_id = await wf.trigger("f")
+        rec = await wf.await_status("f", run_id, E.B)
+    assert ran_at[0] - started >= 3600 - 1
+    assert rec.updated_at - rec.created_at >= timedelta(hours=1)
