@@ -1424,7 +1424,7 @@ async def test_slow_subscriber_does_not_stall_the_workflow(
             for i, run_id in enumerate(ids):
                 await wf.await_status(f"s{i}", run_id, St.EMAIL_SENT)
         # The subscriber reads what it still can, or is told it fell behind.
-        with trio.fail_after(60), pytest.raises(af.Lagged):  # noqa: PT012
+        with trio.fail_after(60), pytest.raises(af.Lagged):
             async for _ in never_read:
                 pass
 
