@@ -17,6 +17,7 @@ from trio.testing import MockClock
 
 import actorflow as af
 from actorflow.testing import (
+    Special,
     await_timeout_insert,
     make_run,
     require,
@@ -831,10 +832,26 @@ async def test_make_run_special_results() -> None:
     assert run.foreign_id == "fid" and run.status is E.A
     results = [await a(run) for _ in range(5)]
     assert results[-1] is E.B
-    for special in results[:4]:
-        assert special is not E.B
-        assert special != results[-1]
-    assert len({repr(x) for x in results[:4]}) == 4
+    assert [(r.kind, r.reason) for r in results[:4]] == [  # type: ignore[attr-defined]
+        (Special.PAUSE, "p"),
+        (Special.SKIP, ""),
+        (Special.SAVE_AND_REPEAT, ""),
+        (Special.CANCEL, "c"),
+    ]
+    assert run.object.n == 5
+
+    async def cb(run: af.Run[Box, E], payload: bytes) -> E:
+        run.object.log.append(payload.decode())
+        return E.C
+
+    async def expired(run: af.Run[Box, E], now: datetime) -> E:
+        run.object.log.append(now.isoformat())
+        return E.C
+
+    direct = make_run(b, Box(), status=E.B)
+    assert await cb(direct, b"hi") is E.C
+    assert await expired(direct, START) is E.C
+    assert direct.object.log == ["hi", START.isoformat()]
 
 
 async def test_require_mismatch_is_readable(
@@ -1461,3 +1478,31 @@ async def test_hook_is_retried_after_a_restart(tmp_path: Path, autojump_clock: M
             await store.aclose()
     assert calls[0] == (False, "f")
     assert calls.count((True, "f")) == 1
+
+
+async def test_schedule_filter_that_raises_and_schedule_with_initial(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    wf = signup(make_store(), clock)
+
+    def broken(now: datetime) -> bool:
+        raise ValueError("filter error")
+
+    async with af.open_workflow(wf):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: wf.schedule_trigger("err", "@monthly", filter=broken))
+            await trio.sleep(40 * 24 * 3600)
+            assert await wf.list_runs(foreign_id="err") == []  # as luno: no run, no crash
+            assert af.ProcessState.ERRORING in wf.states().values()
+            nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: wf.schedule_trigger(
+                    "init", "0 12 * * *", St.PROFILE, initial=User(name="sched")
+                )
+            )
+            rec = await wait_for(wf, "init", lambda r: r.status is St.EMAIL_SENT)
+            assert rec.object == User(name="sched", email="a@example.com")
+            assert rec.created_at.hour == 12 and rec.created_at.minute == 0
+            assert [h.status for h in await wf.history(rec.run_id)] == [St.PROFILE, St.EMAIL_SENT]
+            nursery.cancel_scope.cancel()
