@@ -1195,6 +1195,10 @@ async def test_gateway_round_trip() -> None:
                     "RUNNING",
                 )
                 assert rec["object"]["email"] == "a@example.com"
+                # A timeout is a GatewayError and, as in-process, a TimeoutError.
+                with pytest.raises(TimeoutError) as timed_out:
+                    await client.await_status("signup", "g1", run_id, St.DONE, timeout=0.2)
+                assert isinstance(timed_out.value, af.GatewayError)
                 async with client.subscribe("signup", run_id=run_id) as updates:
                     await client.callback("signup", "g1", St.EMAIL_SENT, b"ok")
                     async for update in updates:

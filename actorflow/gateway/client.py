@@ -59,6 +59,11 @@ def _run_states(value: Status | Sequence[Status]) -> Status | list[Status]:
     return [v.name if isinstance(v, enum.Enum) else v for v in value]
 
 
+class GatewayTimeoutError(GatewayError, TimeoutError):
+    """``await_status`` timed out at the gateway: a GatewayError (code ``timeout``) that is
+    also the TimeoutError the in-process ``Workflow.await_status`` raises."""
+
+
 def _filters(
     foreign_id: str | Sequence[str] | None,
     status: Status | Sequence[Status] | None,
@@ -147,7 +152,12 @@ class GatewayClient(ClientWire):
         }
         if timeout is not None:
             args["timeout"] = timeout
-        record: dict[str, Any] = await self._call("await_status", **args)
+        try:
+            record: dict[str, Any] = await self._call("await_status", **args)
+        except GatewayError as exc:
+            if exc.code != ErrorCode.TIMEOUT:
+                raise
+            raise GatewayTimeoutError(str(exc), exc.code) from None
         return record
 
     async def callback(
