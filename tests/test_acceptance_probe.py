@@ -1510,3 +1510,56 @@ async def test_schedule_filter_that_raises_and_schedule_with_initial(
             assert rec.created_at.hour == 12 and rec.created_at.minute == 0
             assert [h.status for h in await wf.history(rec.run_id)] == [St.PROFILE, St.EMAIL_SENT]
             nursery.cancel_scope.cancel()
+
+
+async def test_requested_deletion_finishes_after_a_restart(
+    tmp_path: Path, autojump_clock: MockClock
+) -> None:
+    clock = trio_clock(START)
+    path = tmp_path / "d.db"
+    store = af.SQLiteStore(path)
+    try:
+        wf = signup(store, clock)
+        run_id = await wf.trigger("f")
+        await wf.cancel(run_id, "done")
+        await wf.delete_data(run_id, "gdpr")  # nothing running: scrubbed now or on restart
+        assert (await wf.lookup(run_id)).run_state in (
+            af.RunState.REQUESTED_DATA_DELETED,
+            af.RunState.DATA_DELETED,
+        )
+    finally:
+        await store.aclose()
+    store = af.SQLiteStore(path)
+    try:
+        wf = signup(store, clock)
+        async with af.open_workflow(wf):
+            rec = await wait_for(wf, "f", lambda r: r.run_state is af.RunState.DATA_DELETED)
+            assert rec.object == User()
+    finally:
+        await store.aclose()
+
+
+async def test_pause_while_the_step_runs(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    entered = trio.Event()
+
+    async def slow(run: af.Run[Box, E]) -> E:
+        entered.set()
+        await trio.sleep(60)
+        run.object.n = 1
+        return E.B
+
+    wf = flaky(make_store(), clock, slow)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        await entered.wait()
+        await wf.pause(run_id, "hold")
+        await trio.sleep(30 * 60)  # less than resume_paused_after (1 hour by default)
+        rec = await wf.lookup(run_id)
+        # The pause won: the step's result was not stored over it.
+        assert rec.run_state is af.RunState.PAUSED and rec.status is E.A
+        assert rec.object.n == 0
+        await wf.resume(run_id)
+        done = await wf.await_status("f", run_id, E.C)
+        assert done.run_state is af.RunState.COMPLETED
