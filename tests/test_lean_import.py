@@ -3,19 +3,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import actorflow as af
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.fresh_python import printed_lines
 
 
 def test_optional_parts_are_imported_on_first_use() -> None:
-    script = textwrap.dedent(
-        """
+    script = """
         import sys
         import actorflow as af
         heavy = ("pytest", "trio.testing", "trio_websocket", "actorflow.gateway",
@@ -27,17 +20,7 @@ def test_optional_parts_are_imported_on_first_use() -> None:
         from actorflow.streaming import KafkaStats
         print(af.testing.__name__, KafkaStats.__module__)
         """
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
+    assert printed_lines(script) == [
         "[]",
         "actorflow True",
         "actorflow.testing actorflow.streaming._kafka",

@@ -5,9 +5,6 @@ from __future__ import annotations
 import enum
 import logging
 import os
-import subprocess
-import sys
-import textwrap
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,9 +18,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import actorflow as af
+from tests.fresh_python import printed_lines
 from tests.workflows import Status, yinyang
 
-ROOT = Path(__file__).resolve().parents[1]
 S = af.ProcessState
 
 
@@ -265,8 +262,7 @@ async def _step(run: af.Run[Box, Job]) -> Job:
 def test_the_extras_are_optional(tmp_path: Path) -> None:
     """Without prometheus-client and opentelemetry: import and build work, metrics are off
     by default, and asking for them says which extra to install."""
-    script = textwrap.dedent(
-        """
+    script = """
         import sys
         for name in ("prometheus_client", "opentelemetry"):
             sys.modules[name] = None  # as if not installed
@@ -280,17 +276,7 @@ def test_the_extras_are_optional(tmp_path: Path) -> None:
             except af.BuildError as exc:
                 print(exc)
         """
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
+    assert printed_lines(script) == [
         "metrics= needs prometheus-client: pip install 'actorflow[metrics]'",
         "tracing= needs opentelemetry-api: pip install 'actorflow[otel]'",
     ]
