@@ -1,6 +1,6 @@
-"""Run a short Python script in a fresh interpreter (nothing imported yet), from the
-project's root, and return the lines it printed: for what only a new process shows
-(import side effects, missing optional packages)."""
+"""Run Python in a fresh interpreter (nothing imported yet), from the project's root, and
+return what it printed: for what only a new process shows (import side effects, missing
+optional packages, the benchmarks' command line)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def printed_lines(script: str) -> list[str]:
-    """The lines ``script`` (dedented) printed; fails the test with its stderr if it failed."""
+def python_output(*args: str, timeout: float = 60) -> str:
+    """The standard output of ``python *args``; fails the test with both outputs if the
+    process failed."""
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
+        [sys.executable, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         check=False,
     )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.splitlines()
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def printed_lines(script: str) -> list[str]:
+    """The lines ``script`` (dedented) printed."""
+    return python_output("-c", textwrap.dedent(script)).splitlines()

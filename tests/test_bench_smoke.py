@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.fresh_python import python_output
 
 
 @pytest.mark.slow
 def test_quick_benchmarks_run_and_print_figures(tmp_path: Path) -> None:
     doc = tmp_path / "performance.md"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--write", str(doc)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    out = python_output("-m", "bench", "--quick", "--write", str(doc), timeout=120)
     for figure in (
         "raw sqlite3: UPDATE+INSERT, 50 per commit",
         "SQLiteStore: 1,000 runs x 3 no-op steps",
@@ -34,8 +24,8 @@ def test_quick_benchmarks_run_and_print_figures(tmp_path: Path) -> None:
         "SQLiteStore: 16 web handlers, runs/s",
         "x lean raw",
     ):
-        assert figure in done.stdout, done.stdout
-    assert "x batched raw" in done.stdout
+        assert figure in out, out
+    assert "x batched raw" in out
     # The figures section goes where it is told, between its markers.
     text = doc.read_text()
     assert "<!-- bench:begin" in text and "<!-- bench:end -->" in text
@@ -46,15 +36,7 @@ def test_quick_benchmarks_run_and_print_figures(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_scale_benchmark_runs_at_a_tiny_size() -> None:
     """`python -m bench --scale` (minutes at its real sizes) still runs end to end."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--scale", "--sizes", "500", "--no-write"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    out = python_output("-m", "bench", "--scale", "--sizes", "500", "--no-write", timeout=180)
     for figure in (
         "| restart to ready",
         "| restart: CPU time",
@@ -62,4 +44,4 @@ def test_scale_benchmark_runs_at_a_tiny_size() -> None:
         "| trigger_many / plain sqlite3 inserts of the same rows (CPU) |",
         "| peak RSS (MB) |",
     ):
-        assert figure in done.stdout, done.stdout
+        assert figure in out, out
