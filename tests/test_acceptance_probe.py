@@ -1076,8 +1076,7 @@ async def test_schedule_restart_does_not_fire_twice(
     tmp_path: Path, autojump_clock: MockClock
 ) -> None:
     clock = trio_clock(START)
-    store = af.SQLiteStore(tmp_path / "s.db")
-    try:
+    async with af.SQLiteStore(tmp_path / "s.db") as store:
         for attempt in range(2):
             wf = signup(store, clock)
             async with af.open_workflow(wf), trio.open_nursery() as nursery:
@@ -1091,8 +1090,6 @@ async def test_schedule_restart_does_not_fire_twice(
             runs = await wf.list_runs(foreign_id="daily")
             assert len(runs) == 1
         assert runs[0].created_at == datetime(2026, 1, 2, tzinfo=UTC)
-    finally:
-        await store.aclose()
 
 
 async def test_evolution_rename_status(tmp_path: Path, autojump_clock: MockClock) -> None:
@@ -1107,8 +1104,7 @@ async def test_evolution_rename_status(tmp_path: Path, autojump_clock: MockClock
         RENAMED = 4
 
     clock = trio_clock(START)
-    store = af.SQLiteStore(tmp_path / "e.db")
-    try:
+    async with af.SQLiteStore(tmp_path / "e.db") as store:
         old = af.Builder("evo", Box, Old)
 
         @old.step(Old.A, to=Old.LEGACY)
@@ -1142,8 +1138,6 @@ async def test_evolution_rename_status(tmp_path: Path, autojump_clock: MockClock
             assert await wf_new.callback("f", New.RENAMED, b"") is not None
             done = await wf_new.await_status("f", run_id, New.C)
             assert done.run_state is af.RunState.COMPLETED
-    finally:
-        await store.aclose()
 
 
 async def test_hook_that_hangs_does_not_block_runs(
@@ -1298,14 +1292,11 @@ async def test_connector_cursor_survives_restart(tmp_path: Path, autojump_clock:
 
     first = [af.ConnectorEvent(id=str(i), foreign_id=f"e{i}", type="t") for i in range(3)]
     for events in (first, [*first, af.ConnectorEvent(id="3", foreign_id="e3", type="t")]):
-        store = af.SQLiteStore(path)
-        try:
+        async with af.SQLiteStore(path) as store:
             wf = build(store, events)
             async with af.open_workflow(wf):
                 await wait_for(wf, events[-1].foreign_id, lambda r: r.status is E.B)
                 await trio.sleep(10)
-        finally:
-            await store.aclose()
     # The restart resumed after the last acknowledged event: each handled once.
     assert handled == ["0", "1", "2", "3"]
 
@@ -1470,16 +1461,13 @@ async def test_hook_is_retried_after_a_restart(tmp_path: Path, autojump_clock: M
         return b.build(store, clock=clock)
 
     for works in (False, True):
-        store = af.SQLiteStore(tmp_path / "h.db")
-        try:
+        async with af.SQLiteStore(tmp_path / "h.db") as store:
             wf = build(store, works)
             async with af.open_workflow(wf):
                 if not works:
                     run_id = await wf.trigger("f")
                     await wf.await_status("f", run_id, E.B)
                 await trio.sleep(600)
-        finally:
-            await store.aclose()
     assert calls[0] == (False, "f")
     assert calls.count((True, "f")) == 1
 
@@ -1517,8 +1505,7 @@ async def test_requested_deletion_finishes_after_a_restart(
 ) -> None:
     clock = trio_clock(START)
     path = tmp_path / "d.db"
-    store = af.SQLiteStore(path)
-    try:
+    async with af.SQLiteStore(path) as store:
         wf = signup(store, clock)
         run_id = await wf.trigger("f")
         await wf.cancel(run_id, "done")
@@ -1527,16 +1514,11 @@ async def test_requested_deletion_finishes_after_a_restart(
             af.RunState.REQUESTED_DATA_DELETED,
             af.RunState.DATA_DELETED,
         )
-    finally:
-        await store.aclose()
-    store = af.SQLiteStore(path)
-    try:
+    async with af.SQLiteStore(path) as store:
         wf = signup(store, clock)
         async with af.open_workflow(wf):
             rec = await wait_for(wf, "f", lambda r: r.run_state is af.RunState.DATA_DELETED)
             assert rec.object == User()
-    finally:
-        await store.aclose()
 
 
 async def test_pause_while_the_step_runs(
