@@ -144,6 +144,7 @@ class Supervisor(Generic[T, S]):
                 try:
                     async with trio.open_nursery() as actors:
                         self._nursery = actors
+                        guard = await actors.start(self._closing_guard)
                         await self._start(services)
                         self.serving = True
                         task_status.started()
@@ -152,6 +153,7 @@ class Supervisor(Generic[T, S]):
                         # the grace period.
                         self.stopping = True
                         self.serving = False
+                        guard.cancel()
                         for actor in list(self.actors.values()):
                             actor.interrupt()
                         actors.cancel_scope.deadline = (
@@ -178,6 +180,22 @@ class Supervisor(Generic[T, S]):
             self._nursery = None
             self._services_nursery = self.recovery.nursery = None
             engine.on_timers = None
+
+    async def _closing_guard(self, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+        """Keep the actors' nursery open until it is cancelled or the stop cancels the
+        scope handed back, and mark the supervisor stopping as this task ends.
+
+        trio closes a nursery when its last task ends but resumes the code that opened it
+        only later; a run woken in that window (a trigger that just committed, from any
+        task) would start a task in a closed nursery. Since the nursery cannot close
+        before this task ends, ``stopping`` is set before it closes."""
+        try:
+            with trio.CancelScope() as scope:
+                task_status.started(scope)
+                await trio.sleep_forever()
+        finally:
+            self.stopping = True
+            self.serving = False
 
     async def _start(self, services: trio.Nursery) -> None:
         """Check the stored runs against the definition, then start the timer loop,
