@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
+import trio
+
 from actorflow._api.core import WorkflowCore
 from actorflow._model.errors import ActorflowError, InvalidArgument
 from actorflow._model.record import RawRecord, Timer, new_run_id
@@ -17,8 +19,11 @@ from actorflow._runtime.engine import NO_TIMERS
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
 
-TRIGGER_MANY_CHUNK = 10_000
-"""Items per store call of trigger_many (the store splits further into transactions)."""
+TRIGGER_MANY_CHUNK = 500
+"""Items per store call of trigger_many: one transaction of SQLiteStore (``MAX_CREATE``),
+a few milliseconds of the trio thread (a worker in the same process keeps its latency)."""
+YIELD_EVERY = 100
+"""trigger_many lets other tasks run after building this many runs."""
 
 TriggerItem = str | Mapping[str, Any] | tuple[Any, ...]
 """An item of :meth:`Workflow.trigger_many`: a foreign id, a mapping or a tuple."""
@@ -80,6 +85,9 @@ class Triggers(WorkflowCore[T, S]):
                 continue
             results.append(raw.run_id)
             chunk.append((len(results) - 1, raw, timers))
+            if len(chunk) % YIELD_EVERY == 0:
+                # Building runs is Python on the trio thread: let other tasks in between.
+                await trio.lowlevel.checkpoint()
             if len(chunk) >= TRIGGER_MANY_CHUNK:
                 await self._create_many(chunk, results)
                 chunk = []
