@@ -10,8 +10,9 @@ behaviour through the public API. Every test runs on MemoryStore and SQLiteStore
 from __future__ import annotations
 
 import enum
+import functools
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -506,3 +507,1018 @@ async def test_save_and_repeat_concurrent(
             got = await wait_for(wf, f"concurrent-{i}", lambda r: r.status is St.END)
             assert got.object.count == 10
             assert got.object.workflow_id == 0
+
+
+# --- await_test.go, pause_test.go, runstate_test.go -------------------------------------
+
+
+async def test_await(make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock) -> None:
+    """TestAwait: Await returns the run as it was at the status awaited."""
+    b = af.Builder("consumer lag", Text, St)
+
+    @b.step(St.START, to=St.END)
+    async def hello(run: af.Run[Text, St]) -> St:
+        run.object.value = "hello world"
+        return St.END
+
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("1")
+        res = await wf.await_status("1", run_id, St.END, timeout=LIMIT)
+        # Also when the run reached the status before the call.
+        again = await wf.await_status("1", run_id, St.END, timeout=LIMIT)
+    assert res.status is St.END
+    assert res.object.value == "hello world"
+    assert again == res
+
+
+async def test_retry_of_paused_records(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestRetryOfPausedRecords: a step failing 5 times with pause_after_errors=3 pauses the
+    run; the run is resumed after resume_paused_after and ends once the step succeeds."""
+    b = af.Builder("example", Text, St)
+    calls: list[int] = []
+
+    @b.step(
+        St.START,
+        to=St.END,
+        pause_after_errors=3,
+        error_backoff=timedelta(milliseconds=1),
+    )
+    async def flaky(run: af.Run[Text, St]) -> St:
+        if len(calls) == 5:
+            return St.END
+        calls.append(1)
+        raise RuntimeError("test error")
+
+    wf = b.build(make_store(), clock=clock, resume_paused_after=timedelta(milliseconds=10))
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("12345")
+        await require(wf, "12345", St.END, Text())
+        history = await wf.history(run_id)
+    assert len(calls) == 5
+    paused = [r for r in history if r.run_state is af.RunState.PAUSED]
+    assert paused and "3" in paused[0].meta.run_state_reason
+    assert history[-1].run_state is af.RunState.COMPLETED
+
+
+def always_failing(name: str = "example") -> af.Builder[Text, St]:
+    b = af.Builder(name, Text, St)
+
+    @b.step(St.START, to=St.END, pause_after_errors=1)
+    async def fail(run: af.Run[Text, St]) -> St:
+        raise RuntimeError("test error")
+
+    return b
+
+
+@pytest.mark.parametrize("resume_after", [None, "default"])
+async def test_retry_of_paused_records_config(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock, resume_after: str | None
+) -> None:
+    """TestRetryOfPausedRecordsConfig: with the retry of paused runs disabled
+    (resume_paused_after=None) a paused run stays paused; by default (enabled, 1 hour) it is
+    resumed. luno checks for its ``paused-records-retry-consumer`` process; actorflow's actors
+    resume their own runs, so the behaviour is what is checked."""
+    options: dict[str, Any] = {} if resume_after == "default" else {"resume_paused_after": None}
+    wf = always_failing().build(make_store(), clock=clock, **options)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        paused = await wait_for(wf, "fid", lambda r: r.run_state is af.RunState.PAUSED)
+        await trio.sleep(timedelta(hours=1, minutes=1).total_seconds())
+        history = await wf.history(run_id)
+    resumed = [r for r in history if r.version > paused.version]
+    if resume_after is None:
+        assert resumed == []
+    else:
+        assert resumed and resumed[0].run_state is af.RunState.RUNNING
+        assert resumed[0].updated_at - paused.updated_at >= timedelta(hours=1)
+
+
+def middle_then(fn: Callable[[af.Run[Text, St]], Any]) -> af.Builder[Text, St]:
+    b = af.Builder("example", Text, St)
+
+    @b.step(St.START, to=St.MIDDLE)
+    async def first(run: af.Run[Text, St]) -> St:
+        return St.MIDDLE
+
+    b.add_step(St.MIDDLE, fn, to=St.END)
+    return b
+
+
+async def _complete(run: af.Run[Text, St]) -> Any:
+    return St.END
+
+
+async def _pause(run: af.Run[Text, St]) -> Any:
+    return run.pause("testing pause")
+
+
+async def _cancel(run: af.Run[Text, St]) -> Any:
+    return run.cancel("testing cancel")
+
+
+@pytest.mark.parametrize(
+    ("fn", "last"),
+    [
+        (_complete, af.RunState.COMPLETED),
+        (_pause, af.RunState.PAUSED),
+        (_cancel, af.RunState.CANCELLED),
+    ],
+    ids=["complete", "paused", "cancelled"],
+)
+async def test_run_state(
+    make_store: StoreMaker,
+    clock: af.Clock,
+    autojump_clock: MockClock,
+    fn: Callable[[af.Run[Text, St]], Any],
+    last: af.RunState,
+) -> None:
+    """TestRunState: the run states a run goes through: INITIATED at trigger, RUNNING after
+    its first step, then COMPLETED, PAUSED or CANCELLED as the second step decides."""
+    wf = middle_then(fn).build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        await wait_for(wf, "fid", lambda r: r.run_state is last)
+        await trio.sleep(1)
+        history = await wf.history(run_id)
+    assert [r.run_state for r in history] == [af.RunState.INITIATED, af.RunState.RUNNING, last]
+    if last is not af.RunState.COMPLETED:
+        assert history[-1].meta.run_state_reason.startswith("testing ")
+        assert history[-1].status is St.MIDDLE
+
+
+@attrs.define
+class MyObject:
+    name: str = ""
+    car: str = ""
+
+
+async def test_workflow_run_state_controller(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestWorkflowRunStateController: pause, resume, cancel and delete the data of a stored
+    run (no workflow running), each change stored with its reason."""
+    b = af.Builder("test-workflow", MyObject, St)
+
+    @b.step(St.START, to=St.END)
+    async def step(run: af.Run[MyObject, St]) -> St:
+        return St.END
+
+    wf = b.build(make_store(), clock=clock)
+    run_id = await wf.trigger("foreignID", initial=MyObject("Andrew Wormald", "Audi"))
+    await trio.sleep(0.5)
+    assert (await wf.latest("foreignID")).run_state is af.RunState.INITIATED
+
+    await wf.pause(run_id, "test pause")
+    record = await wf.latest("foreignID")
+    assert record.run_state is af.RunState.PAUSED
+    assert record.meta.run_state_reason == "test pause"
+
+    await wf.resume(run_id)
+    assert (await wf.latest("foreignID")).run_state is af.RunState.RUNNING
+
+    await wf.cancel(run_id, "test cancel")
+    record = await wf.latest("foreignID")
+    assert record.run_state is af.RunState.CANCELLED
+    assert record.meta.run_state_reason == "test cancel"
+
+    await wf.delete_data(run_id, "test delete")
+    record = await wf.latest("foreignID")
+    assert record.run_state is af.RunState.DATA_DELETED
+    assert record.meta.run_state_reason == "test delete"
+    assert record.object == MyObject()
+    # The data is gone from every stored version, not only the latest.
+    for version in await wf.history(run_id):
+        assert "Andrew" not in repr(version.object)
+
+
+def test_is_finished() -> None:
+    """TestIsFinished, TestRunStateFinished: which run states are finished (PAUSED is not)."""
+    finished = {
+        af.RunState.CANCELLED,
+        af.RunState.COMPLETED,
+        af.RunState.DATA_DELETED,
+        af.RunState.REQUESTED_DATA_DELETED,
+    }
+    for state in af.RunState:
+        assert state.finished is (state in finished), state
+
+
+def test_run_state_stopped() -> None:
+    """TestRunStateStopped: the run states in which a run is stopped (it will not move until
+    someone acts on it): PAUSED, CANCELLED and the data-deleted states; COMPLETED is not."""
+    stopped = {
+        af.RunState.PAUSED,
+        af.RunState.CANCELLED,
+        af.RunState.DATA_DELETED,
+        af.RunState.REQUESTED_DATA_DELETED,
+    }
+    for state in af.RunState:
+        assert state.stopped is (state in stopped), state
+
+
+def test_run_state_valid() -> None:
+    """TestRunStateValid: 1 to 7 are run states; anything else is not one (ValueError)."""
+    assert [int(s) for s in af.RunState] == list(range(1, 8))
+    for value in (-1, 0, 8, 9, 9999):
+        with pytest.raises(ValueError):
+            af.RunState(value)
+
+
+def test_run_state_out_of_bounds_string() -> None:
+    """TestRunStateOutOfBoundsString: luno prints ``RunState(999)``; a Python enum refuses
+    the value instead, and a run state prints by name."""
+    assert str(af.RunState.PAUSED) == "RunState.PAUSED"
+    with pytest.raises(ValueError, match="999"):
+        af.RunState(999)
+
+
+# --- testing_test.go, hook_test.go ------------------------------------------------------
+
+
+async def test_require(make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock) -> None:
+    """TestRequire: Require compares the stored object with the expected one after both went
+    through the same encoding."""
+    b = af.Builder("test", Text, St)
+
+    @b.step(St.START, to=St.END)
+    async def lower(run: af.Run[Text, St]) -> St:
+        run.object.value = "Lower"
+        return St.END
+
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        await wf.trigger("10298309123")
+        record = await require(wf, "10298309123", St.END, Text("Lower"))
+    assert record.status is St.END
+
+
+async def test_wait_for(make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock) -> None:
+    """TestWaitFor: WaitFor returns once the predicate holds for the run."""
+    b = af.Builder("test", Text, St)
+
+    @b.step(St.START, to=St.END)
+    async def end(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        await wf.trigger("10298309123")
+        with trio.fail_after(1):
+            got = await wait_for(wf, "10298309123", lambda r: r.run_state is af.RunState.COMPLETED)
+    assert got.run_state is af.RunState.COMPLETED
+
+
+class NotAWorkflow:
+    name = "test"
+
+
+async def test_testing_helpers_validation(autojump_clock: MockClock) -> None:
+    """TestTriggerCallbackOn_validation, TestAwaitTimeoutInsert_validation,
+    TestRequire_validation: the helpers need an actorflow workflow and say so clearly when
+    given something else (luno panics with a message)."""
+    other: Any = NotAWorkflow()
+    calls: list[Callable[[], Awaitable[Any]]] = [
+        lambda: require(other, "fid", St.END, Text()),
+        lambda: wait_for(other, "fid", lambda r: True),
+        lambda: trigger_callback_on(other, "fid", "run", St.END, b""),
+        lambda: await_timeout_insert(other, "fid", "run", St.END),
+    ]
+    for call in calls:
+        with trio.fail_after(1), pytest.raises(af.InvalidArgument, match=r"af\.Workflow"):
+            await call()
+
+
+@pytest.mark.parametrize("hook", ["on_pause", "on_cancel", "on_complete"])
+async def test_workflow_run_state_hooks(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock, hook: str
+) -> None:
+    """TestWorkflow_OnPauseHook, TestWorkflow_OnCancelHook, TestWorkflow_OnCompleteHook: the
+    hook of a run-state change is called when a step pauses, cancels or completes the run."""
+    b = af.Builder("hooks", MyType, St)
+    called = trio.Event()
+    seen: list[af.Record[MyType, St]] = []
+
+    @b.step(St.START, to=St.END)
+    async def step(run: af.Run[MyType, St]) -> St:
+        if hook == "on_pause":
+            return run.pause("Test pausing")
+        if hook == "on_cancel":
+            return run.cancel("Test cancel")
+        return St.END
+
+    async def on_change(record: af.Record[MyType, St]) -> None:
+        seen.append(record)
+        called.set()
+
+    getattr(b, hook)(on_change)
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("andrew")
+        with trio.fail_after(LIMIT):
+            await called.wait()
+    expected = {
+        "on_pause": af.RunState.PAUSED,
+        "on_cancel": af.RunState.CANCELLED,
+        "on_complete": af.RunState.COMPLETED,
+    }[hook]
+    assert seen[0].run_id == run_id and seen[0].run_state is expected
+
+
+async def test_run_hooks(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """Test_runHooks: a hook that fails is called again (at-least-once) until it succeeds."""
+    b = af.Builder("hooks", Text, St)
+
+    @b.step(St.START, to=St.END)
+    async def step(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    calls: list[str] = []
+
+    async def flaky(record: af.Record[Text, St]) -> None:
+        calls.append(record.run_id)
+        if len(calls) < 3:
+            raise RuntimeError("test error")
+
+    b.on_complete(flaky)
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("andrew")
+        await eventually(lambda: len(calls) >= 3)
+        await trio.sleep(3600)
+    assert calls == [run_id] * 3
+
+
+# --- schedule_test.go, _examples/schedule ----------------------------------------------
+
+APRIL_9 = datetime(2023, 4, 9, 8, 30, tzinfo=UTC)
+MAY_1 = datetime(2023, 5, 1, tzinfo=UTC)
+JUNE_1 = datetime(2023, 6, 1, tzinfo=UTC)
+JULY_1 = datetime(2023, 7, 1, tzinfo=UTC)
+
+
+async def sleep_until(clock: af.Clock, when: datetime) -> None:
+    """Sleep (virtual time) until the workflow clock reads ``when``."""
+    await trio.sleep(max(0.0, (when - clock.now()).total_seconds()))
+
+
+def sync_users(name: str = "sync users") -> af.Builder[MyType, St]:
+    b = af.Builder(name, MyType, St)
+
+    @b.step(St.START, to=St.MIDDLE)
+    async def first(run: af.Run[MyType, St]) -> St:
+        return St.MIDDLE
+
+    @b.step(St.MIDDLE, to=St.END)
+    async def second(run: af.Run[MyType, St]) -> St:
+        return St.END
+
+    return b
+
+
+async def test_schedule(make_store: StoreMaker, autojump_clock: MockClock) -> None:
+    """TestSchedule: ``@monthly`` triggers nothing before the first of the next month, a run
+    on May 1st, and another run on June 1st."""
+    clock = trio_clock(APRIL_9)
+    wf = sync_users().build(make_store(), clock=clock)
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        nursery.start_soon(wf.schedule_trigger, "andrew", "@monthly")
+        await sleep_until(clock, MAY_1 - timedelta(minutes=1))
+        with pytest.raises(af.RunNotFound):
+            await wf.latest("andrew")
+        first = await wait_for(wf, "andrew", lambda r: True)
+        assert first.created_at == MAY_1
+        await wf.await_status("andrew", first.run_id, St.END, timeout=LIMIT)
+        second = await wait_for(wf, "andrew", lambda r: r.run_id != first.run_id)
+        assert second.created_at == JUNE_1
+        nursery.cancel_scope.cancel()
+
+
+async def test_workflow_schedule_shutdown(
+    make_store: StoreMaker, autojump_clock: MockClock
+) -> None:
+    """TestWorkflow_ScheduleShutdown: a schedule is a process of the workflow
+    (``andrew-scheduler-@monthly``), running while it runs and shut down after. In
+    actorflow the schedule is the caller's task (it runs until cancelled; stop() does not
+    end it), so the test ends it and stops the workflow."""
+    clock = trio_clock(APRIL_9)
+    wf = sync_users("example").build(make_store(), clock=clock)
+    name = "andrew-scheduler-@monthly"
+    async with af.open_workflow(wf):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wf.schedule_trigger, "andrew", "@monthly")
+            await eventually(lambda: wf.states().get(name) is af.ProcessState.RUNNING)
+            assert wf.states()["start-consumer"] in (
+                af.ProcessState.RUNNING,
+                af.ProcessState.IDLE,
+            )
+            nursery.cancel_scope.cancel()
+        assert wf.states()[name] is af.ProcessState.STOPPED
+        wf.stop()
+    assert all(state is af.ProcessState.STOPPED for state in wf.states().values())
+
+
+async def test_workflow_schedule_filter(make_store: StoreMaker, autojump_clock: MockClock) -> None:
+    """TestWorkflow_ScheduleFilter: a cron time the filter refuses is skipped; the next one
+    it allows triggers again."""
+    clock = trio_clock(APRIL_9)
+    wf = sync_users().build(make_store(), clock=clock)
+    should_skip = False
+
+    def allow() -> bool:
+        return not should_skip
+
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        nursery.start_soon(
+            functools.partial(wf.schedule_trigger, "andrew", "@monthly", filter=allow)
+        )
+        await sleep_until(clock, MAY_1 - timedelta(minutes=1))
+        with pytest.raises(af.RunNotFound):
+            await wf.latest("andrew")
+        first = await wait_for(wf, "andrew", lambda r: True)
+        await wf.await_status("andrew", first.run_id, St.END, timeout=LIMIT)
+
+        should_skip = True
+        await sleep_until(clock, JUNE_1 + timedelta(minutes=1))
+        assert (await wf.latest("andrew")).run_id == first.run_id
+
+        should_skip = False
+        second = await wait_for(wf, "andrew", lambda r: r.run_id != first.run_id)
+        assert second.created_at == JULY_1
+        nursery.cancel_scope.cancel()
+
+
+async def test_workflow_schedule_with_initial_value(
+    make_store: StoreMaker, autojump_clock: MockClock
+) -> None:
+    """TestWorkflow_ScheduleWithInitialValue: scheduled runs start with the initial value."""
+    clock = trio_clock(APRIL_9)
+    b = af.Builder("initial value test", MyType, St)
+    seen: list[str] = []
+
+    @b.step(St.START, to=St.END)
+    async def check(run: af.Run[MyType, St]) -> St:
+        seen.append(run.object.email)
+        return St.END
+
+    wf = b.build(make_store(), clock=clock)
+    initial = MyType(user_id=123, email="test-email@example.com")
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        nursery.start_soon(
+            functools.partial(wf.schedule_trigger, "test", "@monthly", initial=initial)
+        )
+        run = await wait_for(wf, "test", lambda r: True)
+        done = await wf.await_status("test", run.run_id, St.END, timeout=LIMIT)
+        nursery.cancel_scope.cancel()
+    assert seen == ["test-email@example.com"]
+    assert done.object == initial
+
+
+async def test_workflow_schedule_filter_error(
+    make_store: StoreMaker, autojump_clock: MockClock
+) -> None:
+    """TestWorkflow_ScheduleFilterError: a filter that fails triggers nothing (and the
+    schedule goes on, reporting the error in its process state)."""
+    clock = trio_clock(APRIL_9)
+    b = af.Builder("filter error test", MyType, St)
+
+    @b.step(St.START, to=St.END)
+    async def end(run: af.Run[MyType, St]) -> St:
+        return St.END
+
+    wf = b.build(make_store(), clock=clock)
+
+    def broken() -> bool:
+        raise RuntimeError("filter error")
+
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        nursery.start_soon(
+            functools.partial(wf.schedule_trigger, "error-test", "@monthly", filter=broken)
+        )
+        await sleep_until(clock, MAY_1 + timedelta(minutes=5))
+        with pytest.raises(af.RunNotFound):
+            await wf.latest("error-test")
+        assert wf.states()["error-test-scheduler-@monthly"] is af.ProcessState.ERRORING
+        nursery.cancel_scope.cancel()
+
+
+async def test_workflow_schedule_existing_run(
+    make_store: StoreMaker, autojump_clock: MockClock
+) -> None:
+    """TestWorkflow_ScheduleExistingRun: a foreign id whose earlier run has finished gets a
+    new run at the next cron time."""
+    clock = trio_clock(APRIL_9)
+    b = af.Builder("existing run test", MyType, St)
+
+    @b.step(St.START, to=St.END)
+    async def end(run: af.Run[MyType, St]) -> St:
+        return St.END
+
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        first_id = await wf.trigger("existing-test")
+        await wf.await_status("existing-test", first_id, St.END, timeout=LIMIT)
+        nursery.start_soon(wf.schedule_trigger, "existing-test", "@monthly")
+        second = await wait_for(wf, "existing-test", lambda r: r.run_id != first_id)
+        nursery.cancel_scope.cancel()
+    assert second.created_at == MAY_1
+
+
+async def test_example_schedule_workflow(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """_examples/schedule TestExampleWorkflow: ``@hourly`` triggers nothing at first, then a
+    run each hour, each a new run of the same foreign id."""
+    b = af.Builder("schedule trigger example", MyType, St)
+
+    @b.step(St.START, to=St.END)
+    async def end(run: af.Run[MyType, St]) -> St:
+        return St.END
+
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        nursery.start_soon(wf.schedule_trigger, "hourly-run", "@hourly")
+        await trio.sleep(1)
+        with pytest.raises(af.RunNotFound):
+            await wf.latest("hourly-run")
+        first = await wait_for(wf, "hourly-run", lambda r: True)
+        second = await wait_for(wf, "hourly-run", lambda r: r.run_id != first.run_id)
+        nursery.cancel_scope.cancel()
+    assert first.workflow_name == second.workflow_name == "schedule trigger example"
+    assert first.foreign_id == second.foreign_id == "hourly-run"
+    assert second.created_at - first.created_at == timedelta(hours=1)
+
+
+# --- delete_internal_test.go ------------------------------------------------------------
+
+
+@attrs.define
+class Personal:
+    pii: str = ""
+    not_pii: str = ""
+
+
+def personal_workflow(store: af.Store, clock: af.Clock, **build: Any) -> af.Workflow[Personal, St]:
+    b = af.Builder("delete", Personal, St)
+
+    @b.step(St.START, to=St.END)
+    async def end(run: af.Run[Personal, St]) -> St:
+        return St.END
+
+    return b.build(store, clock=clock, **build)
+
+
+def keep_not_pii(obj: Personal) -> Personal:
+    return Personal(not_pii=obj.not_pii)
+
+
+@pytest.mark.parametrize("custom", [True, False], ids=["custom delete", "default delete"])
+async def test_run_delete(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock, custom: bool
+) -> None:
+    """TestRunDelete (golden paths): deleting a finished run's data scrubs its object with
+    the custom scrubber (or to the default object) and ends in DATA_DELETED."""
+    build: dict[str, Any] = {"scrub": keep_not_pii} if custom else {}
+    wf = personal_workflow(make_store(), clock, **build)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid", initial=Personal("my name", "name of the month"))
+        await wf.await_status("fid", run_id, St.END, timeout=LIMIT)
+        await wf.delete_data(run_id, "user asked")
+        record = await wf.lookup(run_id)
+    assert record.run_state is af.RunState.DATA_DELETED
+    assert record.object == (Personal(not_pii="name of the month") if custom else Personal())
+    states = [r.run_state for r in await wf.history(run_id)]
+    assert states[-2:] == [af.RunState.REQUESTED_DATA_DELETED, af.RunState.DATA_DELETED]
+    # DATA_DELETED -> REQUESTED_DATA_DELETED is legal: deleting again scrubs again.
+    await wf.delete_data(run_id, "again")
+    assert (await wf.lookup(run_id)).run_state is af.RunState.DATA_DELETED
+
+
+async def test_run_delete_errors(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestRunDelete (error paths): a scrubber that fails leaves the run at
+    REQUESTED_DATA_DELETED with its error raised to the caller, and a later delete_data
+    finishes the job; an unfinished run's data cannot be deleted."""
+    fail = [True]
+
+    def flaky_scrub(obj: Personal) -> Personal:
+        if fail[0]:
+            raise RuntimeError("test error")
+        return Personal()
+
+    wf = personal_workflow(make_store(), clock, scrub=flaky_scrub)
+    run_id = await wf.trigger("other")
+    with pytest.raises(af.InvalidTransition):
+        await wf.delete_data(run_id, "not finished")
+    await wf.cancel(run_id, "done with it")
+    with pytest.raises(af.ActorflowError, match="test error"):
+        await wf.delete_data(run_id, "user asked")
+    record = await wf.lookup(run_id)
+    assert record.run_state is af.RunState.REQUESTED_DATA_DELETED
+    fail[0] = False
+    await wf.delete_data(run_id, "user asked")
+    record = await wf.lookup(run_id)
+    assert record.run_state is af.RunState.DATA_DELETED and record.object == Personal()
+
+
+# --- callback_internal_test.go ----------------------------------------------------------
+
+
+def callback_workflow(
+    store: af.Store, clock: af.Clock, fn: Callable[[af.Run[Text, St], bytes], Awaitable[Any]]
+) -> af.Workflow[Text, St]:
+    """START has only a callback (to END); MIDDLE is reachable by trigger(start=...)."""
+    b = af.Builder("example", Text, St)
+    b.add_callback(St.START, fn, to=[St.END])
+
+    async def middle(run: af.Run[Text, St], payload: bytes) -> St:
+        return St.END
+
+    b.add_callback(St.MIDDLE, middle, to=[St.END])
+    return b.build(store, clock=clock)
+
+
+async def test_process_callback(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestProcessCallback (golden paths, initiated and running): the callback changes the
+    object and moves the run; the transition is stored once."""
+    calls: list[bytes] = []
+
+    async def fn(run: af.Run[Text, St], payload: bytes) -> St:
+        calls.append(payload)
+        run.object.value = "new data"
+        return St.END
+
+    wf = callback_workflow(make_store(), clock, fn)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("32948623984623", initial=Text("data"))
+        assert (await wf.lookup(run_id)).run_state is af.RunState.INITIATED
+        record = await wf.callback("32948623984623", St.START, b"payload")
+    assert calls == [b"payload"]
+    assert record is not None
+    assert record.status is St.END and record.object.value == "new data"
+    assert record.run_state is af.RunState.COMPLETED and record.version == 2
+
+
+async def test_process_callback_skip(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestProcessCallback "Skip consume": a callback that skips stores nothing."""
+    calls: list[bytes] = []
+
+    async def fn(run: af.Run[Text, St], payload: bytes) -> Any:
+        calls.append(payload)
+        run.object.value = "not saved"
+        return run.skip()
+
+    wf = callback_workflow(make_store(), clock, fn)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid", initial=Text("data"))
+        assert await wf.callback("fid", St.START, b"x") is None
+        record = await wf.lookup(run_id)
+    assert calls == [b"x"]
+    assert record.version == 1 and record.object.value == "data"
+
+
+async def test_process_callback_errors(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestProcessCallback "Return on callbackFunc error": the callback's error reaches the
+    caller, and nothing is stored; "Return on lookup error": no run at all is an error."""
+
+    async def fn(run: af.Run[Text, St], payload: bytes) -> St:
+        raise RuntimeError("test error")
+
+    wf = callback_workflow(make_store(), clock, fn)
+    async with af.open_workflow(wf):
+        with pytest.raises(af.RunNotFound):
+            await wf.callback("nobody", St.START, b"x")
+        run_id = await wf.trigger("fid")
+        with pytest.raises(af.CallbackError, match="test error"):
+            await wf.callback("fid", St.START, b"x")
+        record = await wf.lookup(run_id)
+    assert record.status is St.START and record.run_state is af.RunState.INITIATED
+
+
+@pytest.mark.parametrize("case", ["different status", "paused", "cancelled"])
+async def test_process_callback_ignored(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock, case: str
+) -> None:
+    """TestProcessCallback "Ignore if record is in different state", "Skip if record is
+    stopped (paused)", "(cancelled)": the callback is not called and nothing is stored."""
+    calls: list[bytes] = []
+
+    async def fn(run: af.Run[Text, St], payload: bytes) -> St:
+        calls.append(payload)
+        return St.END
+
+    wf = callback_workflow(make_store(), clock, fn)
+    async with af.open_workflow(wf):
+        if case == "different status":
+            run_id = await wf.trigger("fid", St.MIDDLE)
+        else:
+            run_id = await wf.trigger("fid")
+            if case == "paused":
+                await wf.pause(run_id, "stop")
+            else:
+                await wf.cancel(run_id, "stop")
+        before = await wf.lookup(run_id)
+        assert await wf.callback("fid", St.START, b"x") is None
+        after = await wf.lookup(run_id)
+    assert calls == []
+    assert after == before
+
+
+# --- timeout_internal_test.go -----------------------------------------------------------
+
+
+def timeout_workflow(
+    store: af.Store,
+    clock: af.Clock,
+    fn: Callable[[af.Run[Text, St], datetime], Awaitable[Any]],
+    **options: Any,
+) -> af.Workflow[Text, St]:
+    b = af.Builder("example", Text, St)
+    b.add_timeout(St.START, af.after(timedelta(minutes=1)), fn, to=[St.END], **options)
+    return b.build(store, clock=clock)
+
+
+async def test_process_timeout(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestProcessTimeout (golden paths): an expired timeout of an INITIATED run calls its
+    function once, stores the transition with the object's changes, and is done."""
+    calls: list[datetime] = []
+
+    async def fn(run: af.Run[Text, St], now: datetime) -> St:
+        calls.append(now)
+        run.object.value = "new data"
+        return St.END
+
+    wf = timeout_workflow(make_store(), clock, fn)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid", initial=Text("data"))
+        done = await wf.await_status("fid", run_id, St.END, timeout=LIMIT + 3600)
+        await trio.sleep(3600)
+        history = await wf.history(run_id)
+    assert len(calls) == 1 and calls[0] >= history[0].created_at + timedelta(minutes=1)
+    assert done.object.value == "new data" and done.run_state is af.RunState.COMPLETED
+    assert len(history) == 2
+
+
+async def test_process_timeout_skip(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestProcessTimeout "Skip consume": a timeout that skips stores nothing (not even its
+    object's changes) and fires again after its back-off."""
+    calls: list[datetime] = []
+
+    async def fn(run: af.Run[Text, St], now: datetime) -> Any:
+        # ``now`` is the instant the timeout was due (docs/timeouts.md), the same on each
+        # retry; luno passes the clock's time. The retries are seen on the clock.
+        calls.append(clock.now())
+        run.object.value = "new data"
+        if len(calls) < 3:
+            return run.skip()
+        return St.END
+
+    wf = timeout_workflow(make_store(), clock, fn, error_backoff=timedelta(minutes=5))
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid", initial=Text("data"))
+        done = await wf.await_status("fid", run_id, St.END, timeout=LIMIT + 3600)
+        history = await wf.history(run_id)
+    assert len(calls) == 3
+    assert calls[1] - calls[0] >= timedelta(minutes=5)
+    assert [r.version for r in history] == [1, 2] and history[0].object.value == "data"
+    assert done.object.value == "new data"
+
+
+async def test_process_timeout_pause_on_errors(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestProcessTimeout "Pause record when meeting error count": a timeout that keeps
+    failing pauses the run after pause_after_errors errors."""
+    calls: list[datetime] = []
+
+    async def fn(run: af.Run[Text, St], now: datetime) -> St:
+        calls.append(now)
+        raise RuntimeError("test error")
+
+    wf = timeout_workflow(make_store(), clock, fn, pause_after_errors=2)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        paused = await wait_for(wf, "fid", lambda r: r.run_state is af.RunState.PAUSED)
+        await trio.sleep(60)
+    assert len(calls) == 2
+    assert paused.run_id == run_id and paused.status is St.START
+    assert "test error" in paused.meta.run_state_reason or "error" in paused.meta.run_state_reason
+
+
+# --- step_internal_test.go, pause_internal_test.go --------------------------------------
+
+
+def step_workflow(
+    store: af.Store,
+    clock: af.Clock,
+    fn: Callable[[af.Run[Text, St]], Awaitable[Any]],
+    **build: Any,
+) -> af.Workflow[Text, St]:
+    b = af.Builder("example", Text, St)
+    options = build.pop("options", {})
+    b.add_step(St.START, fn, to=St.END, **options)
+    return b.build(store, clock=clock, **build)
+
+
+async def test_step_consumer(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """Test_stepConsumer (golden paths): a step runs once for an INITIATED run and its
+    changes are stored with the transition."""
+    calls: list[str] = []
+
+    async def fn(run: af.Run[Text, St]) -> St:
+        calls.append(run.run_id)
+        run.object.value = "new data"
+        return St.END
+
+    wf = step_workflow(make_store(), clock, fn)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid", initial=Text("data"))
+        done = await wf.await_status("fid", run_id, St.END, timeout=LIMIT)
+        await trio.sleep(3600)
+    assert calls == [run_id]
+    assert done.object.value == "new data" and done.version == 2
+
+
+async def test_step_consumer_skip(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """Test_stepConsumer "Skip consume": a step that skips stores nothing."""
+    calls: list[str] = []
+
+    async def fn(run: af.Run[Text, St]) -> Any:
+        calls.append(run.run_id)
+        run.object.value = "not saved"
+        return run.skip()
+
+    wf = step_workflow(make_store(), clock, fn)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid", initial=Text("data"))
+        await eventually(lambda: bool(calls))
+        await trio.sleep(60)
+        history = await wf.history(run_id)
+    assert len(history) == 1 and history[0].object.value == "data"
+    assert history[0].run_state is af.RunState.INITIATED
+
+
+async def test_step_consumer_pause_after_errors(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """Test_stepConsumer "Pause record after exceeding allowed error count": with
+    pause_after_errors=3 the step is called three times, then the run is paused (one store,
+    nothing else)."""
+    calls: list[str] = []
+
+    async def fn(run: af.Run[Text, St]) -> St:
+        calls.append(run.run_id)
+        raise RuntimeError("test error")
+
+    wf = step_workflow(
+        make_store(), clock, fn, options={"pause_after_errors": 3}, resume_paused_after=None
+    )
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        await wait_for(wf, "fid", lambda r: r.run_state is af.RunState.PAUSED)
+        await trio.sleep(3600)
+        history = await wf.history(run_id)
+    assert len(calls) == 3
+    assert [r.run_state for r in history] == [af.RunState.INITIATED, af.RunState.PAUSED]
+    assert history[-1].meta.error_count == 3 or "3" in history[-1].meta.run_state_reason
+
+
+@pytest.mark.parametrize(
+    ("pause_after", "errors", "pauses"),
+    [(0, 100, False), (1, 1, True), (3, 1, False)],
+    ids=["not configured", "max retry of 1", "not past max retry"],
+)
+async def test_maybe_auto_pause(
+    make_store: StoreMaker,
+    clock: af.Clock,
+    autojump_clock: MockClock,
+    pause_after: int,
+    errors: int,
+    pauses: bool,
+) -> None:
+    """Test_maybeAutoPause: pause_after_errors=0 never pauses (even after 100 errors); 1
+    pauses at the first error; 3 does not pause after one error."""
+    calls: list[str] = []
+
+    async def fn(run: af.Run[Text, St]) -> St:
+        calls.append(run.run_id)
+        if len(calls) <= errors:
+            raise RuntimeError("test error")
+        return St.END
+
+    wf = step_workflow(
+        make_store(),
+        clock,
+        fn,
+        options={
+            "pause_after_errors": pause_after,
+            "error_backoff": timedelta(milliseconds=1),
+            "max_error_backoff": timedelta(milliseconds=1),
+        },
+        resume_paused_after=None,
+    )
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        last = await wait_for(
+            wf, "fid", lambda r: r.run_state in (af.RunState.PAUSED, af.RunState.COMPLETED)
+        )
+    assert last.run_id == run_id
+    assert (last.run_state is af.RunState.PAUSED) is pauses
+    assert len(calls) == (errors if pauses else errors + 1)
+
+
+async def test_retry_paused_records(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """Test_retryPausedRecords: a paused run is resumed once resume_paused_after has passed
+    since it was paused, not before; a run that is not paused is left alone."""
+    wf = always_failing().build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        paused = await wait_for(wf, "fid", lambda r: r.run_state is af.RunState.PAUSED)
+        await sleep_until(clock, paused.updated_at + timedelta(minutes=59))
+        assert (await wf.lookup(run_id)).version == paused.version
+        resumed = await wait_for(wf, "fid", lambda r: r.version == paused.version + 1)
+        assert resumed.run_state is af.RunState.RUNNING
+        assert resumed.updated_at - paused.updated_at >= timedelta(hours=1)
+        await wf.cancel(run_id, "enough")
+        cancelled = await wf.lookup(run_id)
+        await trio.sleep(timedelta(hours=3).total_seconds())
+        assert await wf.lookup(run_id) == cancelled
+
+
+# --- trigger_internal_test.go, update_internal_test.go ----------------------------------
+
+
+async def test_trigger(make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock) -> None:
+    """Test_trigger: a start status the workflow has no step, callback or timeout for is
+    refused; a second trigger while a run is in progress raises WorkflowInProgress; the
+    first version has version 1 and its status's description."""
+    b = af.Builder("trigger test", Text, St)
+
+    @b.step(St.START, to=St.MIDDLE)
+    async def step(run: af.Run[Text, St]) -> St:
+        return St.MIDDLE
+
+    async def cb(run: af.Run[Text, St], payload: bytes) -> St:
+        return St.END
+
+    b.add_callback(St.MIDDLE, cb, to=[St.END])
+    wf = b.build(make_store(), clock=clock)
+    with pytest.raises(af.InvalidArgument, match="END"):
+        await wf.trigger("1", St.END)
+    assert await wf.list_runs(foreign_id="1") == []
+    run_id = await wf.trigger("1")
+    with pytest.raises(af.WorkflowInProgress):
+        await wf.trigger("1")
+    first = await wf.lookup(run_id)
+    assert first.version == 1
+    assert first.meta.status_description == "START"
+    assert first.run_state is af.RunState.INITIATED
+
+
+async def test_updater(make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock) -> None:
+    """TestUpdater: reaching a status with no way out marks the run COMPLETED ("Mark as
+    completed"); a status that is not an allowed destination is an error, never stored
+    ("No valid transition available")."""
+    b = af.Builder("example", Text, St)
+    calls: list[int] = []
+
+    @b.step(St.START, to=St.MIDDLE, pause_after_errors=2, error_backoff=timedelta(seconds=1))
+    async def wrong(run: af.Run[Text, St]) -> St:
+        calls.append(1)
+        return St.END  # not an allowed destination of START
+
+    wf = b.build(make_store(), clock=clock, resume_paused_after=None)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("bad")
+        paused = await wait_for(wf, "bad", lambda r: r.run_state is af.RunState.PAUSED)
+        assert "END" in paused.meta.run_state_reason or "END" in paused.meta.error_message
+        assert all(r.status is St.START for r in await wf.history(run_id))
+        assert len(calls) == 2
+    ok = middle_then(_complete).build(make_store(), clock=clock)
+    async with af.open_workflow(ok):
+        run_id = await ok.trigger("good")
+        middle = await ok.await_status("good", run_id, St.MIDDLE, timeout=LIMIT)
+        end = await ok.await_status("good", run_id, St.END, timeout=LIMIT)
+    assert middle.run_state is af.RunState.RUNNING
+    assert end.run_state is af.RunState.COMPLETED
