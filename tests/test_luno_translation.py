@@ -1522,3 +1522,345 @@ async def test_updater(make_store: StoreMaker, clock: af.Clock, autojump_clock: 
         end = await ok.await_status("good", run_id, St.END, timeout=LIMIT)
     assert middle.run_state is af.RunState.RUNNING
     assert end.run_state is af.RunState.COMPLETED
+
+
+async def test_require_validation_status(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestRequire_validation: Require of a status the workflow does not have can never be
+    met; it is refused at once instead of waiting forever."""
+    wf = two_steps().build(make_store(), clock=clock)
+    with trio.fail_after(1), pytest.raises(af.InvalidArgument, match="status"):
+        await require(wf, "fid", 99, Text())  # type: ignore[arg-type]
+    with trio.fail_after(1), pytest.raises(af.InvalidArgument, match="predicate"):
+        await wait_for(wf, "fid", "not a function")  # type: ignore[arg-type]
+
+
+# --- builder_internal_test.go -----------------------------------------------------------
+
+
+def test_status_graph() -> None:
+    """TestStatusGraph, TestCreateDiagram: the graph has each transition, the starting
+    status (never a destination) and the terminal one (no way out)."""
+    b = af.Builder("determine starting points", Text, St)
+
+    @b.step(St.START, to=St.MIDDLE)
+    async def step(run: af.Run[Text, St]) -> St:
+        return St.MIDDLE
+
+    async def cb(run: af.Run[Text, St], payload: bytes) -> St:
+        return St.END
+
+    b.add_callback(St.MIDDLE, cb, to=[St.END])
+    lines = {line.strip() for line in b.build(af.MemoryStore()).graph().splitlines()}
+    assert {"[*] --> START", "START --> MIDDLE", "MIDDLE --> END: callback"} <= lines
+    assert "END --> [*]" in lines
+    assert "[*] --> MIDDLE" not in lines and "MIDDLE --> [*]" not in lines
+
+
+def test_create_diagram_two_destinations() -> None:
+    """TestCreateDiagram: a step with two destinations draws both."""
+    b = af.Builder("example", Text, St)
+
+    @b.step(St.START, to=[St.MIDDLE, St.END])
+    async def step(run: af.Run[Text, St]) -> St:
+        return St.MIDDLE
+
+    @b.step(St.MIDDLE, to=St.END)
+    async def step2(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    text = b.build(af.MemoryStore()).graph()
+    assert text.startswith("stateDiagram-v2")
+    for edge in ("START --> MIDDLE", "START --> END", "MIDDLE --> END"):
+        assert edge in text
+
+
+async def test_default_starting_point(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestDefaultStartingPoint: a trigger without a start begins at the first status
+    declared; a workflow with nothing to start from does not build."""
+    b = af.Builder("consumer lag", Text, St)
+
+    @b.step(St.START, to=St.MIDDLE)
+    async def step(run: af.Run[Text, St]) -> St:
+        return St.MIDDLE
+
+    @b.step(St.MIDDLE, to=St.END)
+    async def step2(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    wf = b.build(make_store(), clock=clock)
+    run_id = await wf.trigger("fid")
+    assert (await wf.lookup(run_id)).status is St.START
+    with pytest.raises(af.BuildError, match="start"):
+        af.Builder("nothing to start from", Text, St).build(af.MemoryStore())
+
+
+def _noop_timeout() -> Callable[[af.Run[Text, St], datetime], Awaitable[St]]:
+    async def fn(run: af.Run[Text, St], now: datetime) -> St:
+        return St.END
+
+    return fn
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("max_concurrency", 2), ("consume_lag", timedelta(hours=1))],
+    ids=["parallel count", "lag"],
+)
+def test_add_timeout_dont_allow(option: str, value: Any) -> None:
+    """TestAddTimeoutDontAllowParallelCount, TestAddTimeoutDontAllowLag: options that make
+    no sense for a timeout are refused. actorflow runs a status's timeouts with
+    max_concurrency like a step's (docs/timeouts.md), so only consume_lag is refused."""
+    b = af.Builder("timeouts", Text, St)
+    if option == "consume_lag":
+        with pytest.raises(af.BuildError, match="consume_lag"):
+            b.add_timeout(
+                St.START,
+                af.after(timedelta(hours=1)),
+                _noop_timeout(),
+                to=[St.END],
+                **{option: value},
+            )
+            b.build(af.MemoryStore())
+    else:
+        b.add_timeout(
+            St.START, af.after(timedelta(hours=1)), _noop_timeout(), to=[St.END], **{option: value}
+        )
+        b.build(af.MemoryStore())
+
+
+def test_add_step_single_use_validation() -> None:
+    """TestAddStepSingleUseValidation: a second step for one status is refused."""
+    b = af.Builder("consumer lag", Text, St)
+
+    async def step(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    b.add_step(St.START, step, to=St.END)
+    with pytest.raises(af.BuildError, match="START"):
+        b.add_step(St.START, step, to=St.END)
+        b.build(af.MemoryStore())
+
+
+def test_connector_names_are_unique() -> None:
+    """TestConnectorNamesAreUnique: two connectors with one name are refused."""
+    b = af.Builder("workflow X", Text, St)
+
+    async def fn(workflow: Any, event: af.ConnectorEvent) -> None:
+        return None
+
+    @b.step(St.START, to=St.END)
+    async def step(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    b.add_connector("my-test-connector", af.MemorySource([]), fn)
+    with pytest.raises(af.BuildError, match="my-test-connector"):
+        b.add_connector("my-test-connector", af.MemorySource([]), fn)
+        b.build(af.MemoryStore())
+
+
+class Reserved(enum.IntEnum):
+    SKIP = 0
+    REPEAT = -1
+    START = 1
+    END = 2
+
+
+@pytest.mark.parametrize("reserved", [Reserved.SKIP, Reserved.REPEAT])
+@pytest.mark.parametrize("where", ["from", "to"])
+def test_panic_for_using_reserved_node_values(reserved: Reserved, where: str) -> None:
+    """TestPanicForUsingReservedNodeValues: statuses 0 and below are reserved (luno's skip
+    types); using one as a step's 'from' or 'to' is refused."""
+    b = af.Builder("reserved", Text, Reserved)
+
+    async def step(run: af.Run[Text, Reserved]) -> Reserved:
+        return Reserved.END
+
+    with pytest.raises(af.BuildError, match="reserved"):
+        if where == "from":
+            b.add_step(reserved, step, to=Reserved.END)
+        else:
+            b.add_step(Reserved.START, step, to=reserved)
+        b.build(af.MemoryStore())
+
+
+async def test_with_step_err_back_off(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestWithStepErrBackOff (and TestWithDefaultOptions): a step's own error_backoff
+    overrides the default_options of the build; a step without one uses the default."""
+    b = af.Builder("backoff", Text, St)
+    tries: dict[St, list[datetime]] = {St.START: [], St.MIDDLE: []}
+
+    @b.step(St.START, to=St.MIDDLE, error_backoff=timedelta(minutes=1))
+    async def own(run: af.Run[Text, St]) -> St:
+        tries[St.START].append(clock.now())
+        if len(tries[St.START]) == 1:
+            raise RuntimeError("once")
+        return St.MIDDLE
+
+    @b.step(St.MIDDLE, to=St.END)
+    async def default(run: af.Run[Text, St]) -> St:
+        tries[St.MIDDLE].append(clock.now())
+        if len(tries[St.MIDDLE]) == 1:
+            raise RuntimeError("once")
+        return St.END
+
+    wf = b.build(
+        make_store(), clock=clock, default_options=af.Options(error_backoff=timedelta(hours=1))
+    )
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        await wf.await_status("fid", run_id, St.END, timeout=3 * 3600)
+    own_wait = tries[St.START][1] - tries[St.START][0]
+    default_wait = tries[St.MIDDLE][1] - tries[St.MIDDLE][0]
+    assert timedelta(minutes=1) <= own_wait < timedelta(minutes=2)
+    assert timedelta(hours=1) <= default_wait < timedelta(hours=2, minutes=1)
+
+
+async def test_with_step_consumer_lag(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestWithStepConsumerLag: a step's consume_lag overrides the default one."""
+    b = af.Builder("consumer lag", Text, St)
+
+    @b.step(St.START, to=St.MIDDLE, consume_lag=timedelta(hours=9))
+    async def lagging(run: af.Run[Text, St]) -> St:
+        return St.MIDDLE
+
+    @b.step(St.MIDDLE, to=St.END)
+    async def default(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    wf = b.build(
+        make_store(), clock=clock, default_options=af.Options(consume_lag=timedelta(minutes=1))
+    )
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        middle = await wf.await_status("fid", run_id, St.MIDDLE, timeout=10 * 3600)
+        end = await wf.await_status("fid", run_id, St.END, timeout=3600)
+    created = (await wf.history(run_id))[0].created_at
+    assert timedelta(hours=9) <= middle.updated_at - created < timedelta(hours=9, minutes=1)
+    assert timedelta(minutes=1) <= end.updated_at - middle.updated_at < timedelta(minutes=2)
+
+
+async def test_with_clock(make_store: StoreMaker, autojump_clock: MockClock) -> None:
+    """TestWithClock: the workflow's times come from the clock it was built with."""
+    when = datetime(2020, 2, 2, 12, tzinfo=UTC)
+    wf = two_steps().build(make_store(), clock=trio_clock(when))
+    await trio.sleep(3600)
+    run_id = await wf.trigger("fid")
+    assert (await wf.lookup(run_id)).created_at == when + timedelta(hours=1)
+
+
+def test_build_options_validation() -> None:
+    """TestBuildOptions: build options are checked when the workflow is built (luno accepts
+    any value; a bad one here is a BuildError naming the option)."""
+    for options in (
+        {"scrub": "not a function"},
+        {"resume_paused_after": "soon"},
+        {"default_options": 3},
+        {"clock": "now"},
+    ):
+        with pytest.raises(af.BuildError, match=next(iter(options))):
+            two_steps().build(af.MemoryStore(), **options)
+
+
+async def test_adding_callbacks(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestAddingCallbacks: several callbacks may share a status; each is reached by
+    workflow.callback."""
+    b = af.Builder("callbacks", Text, St)
+    seen: list[str] = []
+
+    async def first(run: af.Run[Text, St], payload: bytes) -> Any:
+        seen.append("first")
+        return St.END if payload == b"first" else run.skip()
+
+    async def second(run: af.Run[Text, St], payload: bytes) -> Any:
+        seen.append("second")
+        return St.END if payload == b"second" else run.skip()
+
+    b.add_callback(St.START, first, to=[St.END])
+    b.add_callback(St.START, second, to=[St.END])
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        await wf.trigger("fid")
+        record = await wf.callback("fid", St.START, b"second")
+    assert record is not None and record.status is St.END
+    assert "second" in seen
+
+
+def test_hook_builders_need_async_functions() -> None:
+    """TestOnPause, TestOnCancel, TestOnComplete: the hooks are registered for their run
+    state (checked in test_workflow_run_state_hooks); a hook that is not async is refused."""
+    for hook in ("on_pause", "on_cancel", "on_complete"):
+        b = two_steps()
+
+        def not_async(record: af.Record[Text, St]) -> None:
+            return None
+
+        with pytest.raises(af.BuildError, match="async"):
+            getattr(b, hook)(not_async)
+            b.build(af.MemoryStore())
+
+
+# --- state_test.go, workflow_internal_test.go -------------------------------------------
+
+
+async def test_internal_state(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestInternalState: every process (steps, timeouts, connectors) is listed; all are
+    stopped before Run and after Stop."""
+    b = af.Builder("example", Text, St)
+
+    @b.step(St.START, to=St.MIDDLE)
+    async def first(run: af.Run[Text, St]) -> St:
+        return St.MIDDLE
+
+    @b.step(St.MIDDLE, to=St.END, max_concurrency=3)
+    async def second(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    b.add_timeout(St.START, af.after(timedelta(hours=1)), _noop_timeout(), to=[St.END])
+
+    async def consume(workflow: Any, event: af.ConnectorEvent) -> None:
+        return None
+
+    b.add_connector("consume-other-stream", af.MemorySource([]), consume)
+    wf = b.build(make_store(), clock=clock)
+    names = {
+        "start-consumer",
+        "middle-consumer",
+        "start-timeout-consumer",
+        "consume-other-stream-connector-consumer",
+    }
+    before = wf.states()
+    assert names <= set(before)
+    assert set(before.values()) == {af.ProcessState.STOPPED}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(wf.run)
+        wf.stop()
+    after = wf.states()
+    assert names <= set(after)
+    assert set(after.values()) == {af.ProcessState.STOPPED}
+
+
+async def test_workflow_run_stop_race(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestWorkflow_RunStopRace: Run and Stop called back to back, many times, neither fail
+    nor hang; Stop when not running does nothing."""
+    wf = two_steps("race-test").build(make_store(), clock=clock)
+    for _ in range(20):
+        with trio.fail_after(LIMIT):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(wf.run)
+                wf.stop()
+        wf.stop()
+    assert not wf.running
