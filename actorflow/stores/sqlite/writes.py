@@ -37,7 +37,7 @@ R = TypeVar("R")
 
 MAX_BATCH: Final = 2000
 """Writes per transaction at most."""
-MAX_CREATE: Final = 2000
+MAX_CREATE: Final = 500
 """Runs per create_runs write at most."""
 UNFINISHED: Final = frozenset(s for s in RunState if not s.finished)
 FINISHED_SQL: Final = ", ".join(str(int(s)) for s in RunState if s.finished)
