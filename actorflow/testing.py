@@ -52,7 +52,15 @@ async def wait_for(
     predicate: Callable[[Record[T, S]], bool],
 ) -> Record[T, S]:
     """Wait until ``predicate`` holds for some stored version of the latest run of
-    ``foreign_id`` (waiting for the run to be triggered if needed); return that version."""
+    ``foreign_id`` (waiting for the run to be triggered if needed); return that version.
+
+    Raises:
+        InvalidArgument: ``workflow`` is not an ``af.Workflow`` or ``predicate`` is not
+            callable.
+    """
+    _check_workflow(workflow, "wait_for")
+    if not callable(predicate):
+        raise InvalidArgument(f"wait_for needs a predicate(record) -> bool, not {predicate!r}")
     store = workflow.store
     while True:  # once more after a lagged subscription
         with store.feed.subscribe(workflow_name=workflow.name, foreign_id=foreign_id) as sub:
@@ -85,7 +93,14 @@ async def require(
     workflow: Workflow[T, S], foreign_id: str, status: S, expected: T
 ) -> Record[T, S]:
     """Wait until the latest run of ``foreign_id`` has been at ``status``, then assert that
-    its object there equals ``expected`` (AssertionError with a diff otherwise)."""
+    its object there equals ``expected`` (AssertionError with a diff otherwise).
+
+    Raises:
+        InvalidArgument: ``workflow`` is not an ``af.Workflow`` or ``status`` is not one of
+            its statuses (it would never be reached).
+    """
+    _check_workflow(workflow, "require")
+    status = _status_of(workflow.status_type, status, f"require({workflow.name!r})")
     record = await wait_for(workflow, foreign_id, lambda r: r.status == status)
     if record.object != expected:
         raise AssertionError(
@@ -99,7 +114,13 @@ async def trigger_callback_on(
     workflow: Workflow[T, S], foreign_id: str, run_id: str, status: S, payload: Any
 ) -> Record[T, S] | None:
     """Wait for the run to reach ``status``, then call ``workflow.callback`` with
-    ``payload`` (bytes, or an attrs object / dataclass / JSON value serialised to JSON)."""
+    ``payload`` (bytes, or an attrs object / dataclass / JSON value serialised to JSON).
+
+    Raises:
+        InvalidArgument: ``workflow`` is not an ``af.Workflow`` (or an argument is bad, as
+            for ``await_status`` and ``callback``).
+    """
+    _check_workflow(workflow, "trigger_callback_on")
     await workflow.await_status(foreign_id, run_id, status)
     if isinstance(payload, bytes | bytearray):
         data = bytes(payload)
@@ -114,7 +135,13 @@ async def await_timeout_insert(
     workflow: Workflow[T, S], foreign_id: str, run_id: str, status: S
 ) -> None:
     """Wait until a timeout of ``status`` is stored for the run, so the test can then move
-    the clock past it."""
+    the clock past it.
+
+    Raises:
+        InvalidArgument: ``workflow`` is not an ``af.Workflow`` (or an argument is bad, as
+            for ``await_status``).
+    """
+    _check_workflow(workflow, "await_timeout_insert")
     await workflow.await_status(foreign_id, run_id, status)
     store = workflow.store
     while True:  # once more after a lagged subscription
@@ -185,6 +212,15 @@ def make_run(
         updated_at=now,
     )
     return Run(raw, status, obj, codec)
+
+
+def _check_workflow(workflow: object, helper: str) -> None:
+    """InvalidArgument unless ``workflow`` is an ``af.Workflow`` (the helpers read its store
+    and definition; anything else would fail later with an unrelated AttributeError)."""
+    if not isinstance(workflow, Workflow):
+        raise InvalidArgument(
+            f"{helper} needs an af.Workflow (built with builder.build), not {workflow!r}"
+        )
 
 
 def _run_target(

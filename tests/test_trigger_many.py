@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 
+import attrs
 import pytest
 import trio
 from trio.testing import MockClock
@@ -144,3 +146,31 @@ async def test_a_large_backfill_lets_other_tasks_run_in_between(
     assert all(isinstance(r, str) for r in results)
     # Every 100 runs built, and every transaction: at least 50 turns for 5,000 runs.
     assert turns >= 50, turns
+
+
+@attrs.define
+class _Ticket:
+    token: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    count: int = 0
+
+
+async def test_a_default_made_by_a_factory_is_made_anew_for_every_run(
+    make_store: StoreMaker, clock: af.Clock
+) -> None:
+    """trigger_many encodes a default object once per call only when the class makes the
+    same default every time: a factory of ids gives every run its own, as trigger does."""
+    builder = af.Builder("tickets", _Ticket, Status)
+
+    @builder.step(Status.STARTED, to=Status.MIDDLE)
+    async def start(run: af.Run[_Ticket, Status]) -> Status:
+        return Status.MIDDLE
+
+    builder.add_callback(Status.MIDDLE, _noop_callback, to=[Status.END])
+    workflow = builder.build(make_store(), clock=clock)
+    results = await workflow.trigger_many(["a", "b", "c"])
+    tokens = {(await workflow.lookup(str(run_id))).object.token for run_id in results}
+    assert len(tokens) == 3
+
+
+async def _noop_callback(run: af.Run[_Ticket, Status], payload: bytes) -> Status:
+    return Status.END

@@ -11,7 +11,7 @@ import trio
 
 from actorflow._api.core import WorkflowCore
 from actorflow._model.errors import ActorflowError, InvalidArgument
-from actorflow._model.record import RawRecord, Timer, new_run_id
+from actorflow._model.record import Meta, RawRecord, Timer, new_run_id
 from actorflow._model.run import Run
 from actorflow._model.run_state import RunState
 from actorflow._runtime.engine import NO_TIMERS
@@ -75,11 +75,11 @@ class Triggers(WorkflowCore[T, S]):
         results: list[str | ActorflowError] = []
         chunk: list[tuple[int, RawRecord, list[Timer]]] = []
         now = self._clock.now()
-        defaults: dict[int, str] = {}
+        shared: dict[int, tuple[Meta, str | None]] = {}
         for item in items:
             try:
                 foreign_id, start, initial = self._trigger_item(item)
-                raw, timers = self._new_run(foreign_id, start, initial, now, defaults)
+                raw, timers = self._new_run(foreign_id, start, initial, now, shared)
             except ActorflowError as exc:
                 results.append(exc)
                 continue
@@ -135,34 +135,40 @@ class Triggers(WorkflowCore[T, S]):
         start: object,
         initial: object,
         now: datetime,
-        defaults: dict[int, str] | None = None,
+        shared: dict[int, tuple[Meta, str | None]] | None = None,
     ) -> tuple[RawRecord, list[Timer]]:
         """A new run's first version and timers (nothing stored yet).
 
-        ``defaults`` caches the encoded default object per start status (trigger_many).
+        ``shared`` (trigger_many) keeps, per start status, what all runs of one call
+        starting there have in common: the first Meta, and the encoded default object
+        when the object class makes the same default every time (no factory of ids or
+        times: checked by making it twice).
         """
         foreign_id = self._foreign_id_arg(foreign_id)
         definition = self._definition
         status = definition.start if start is None else self._status_arg(start, "start")
-        if definition.is_terminal(status):
-            raise InvalidArgument(
-                f"workflow {self.name!r}: cannot start at {status.name}: it has no step, callback "
-                "or timeout (a run there would be complete at once)"
-            )
+        common = None if shared is None else shared.get(status)
+        if common is None:
+            if definition.is_terminal(status):
+                raise InvalidArgument(
+                    f"workflow {self.name!r}: cannot start at {status.name}: it has no step, "
+                    "callback or timeout (a run there would be complete at once)"
+                )
+            meta = self._engine.first_meta(status, self._trace_origin())
+            common = (meta, None if shared is None else self._same_default())
+            if shared is not None:
+                shared[status] = common
+        meta, encoded = common
         with_timeouts = status in definition.timeouts
-        if initial is None and defaults is not None:
-            encoded = defaults.get(status)
-            if encoded is None:
-                encoded = defaults[status] = self._encode_initial(self._codec.default())
-            # The timer functions get an object of their own (they may change it).
-            obj: Any = self._codec.default() if with_timeouts else None
-        else:
-            obj = (
-                self._codec.default()
-                if initial is None
-                else self._codec.check(cast(T, initial), "initial")
-            )
+        obj: Any = None
+        if initial is not None:
+            obj = self._codec.check(cast(T, initial), "initial")
             encoded = self._encode_initial(obj)
+        elif encoded is None:
+            obj = self._codec.default()
+            encoded = self._encode_initial(obj)
+        elif with_timeouts:
+            obj = self._codec.default()  # the timer functions get an object of their own
         raw = RawRecord(
             workflow_name=self.name,
             foreign_id=foreign_id,
@@ -173,7 +179,7 @@ class Triggers(WorkflowCore[T, S]):
             version=1,
             created_at=now,
             updated_at=now,
-            meta=self._engine.first_meta(status, self._trace_origin()),
+            meta=meta,
         )
         timers = NO_TIMERS
         if with_timeouts:
@@ -183,6 +189,11 @@ class Triggers(WorkflowCore[T, S]):
             except ActorflowError as exc:
                 raise InvalidArgument(str(exc)) from None
         return raw, timers
+
+    def _same_default(self) -> str | None:
+        """The encoded default object if two made in a row encode the same, else None."""
+        first = self._encode_initial(self._codec.default())
+        return first if self._encode_initial(self._codec.default()) == first else None
 
     def _started(self, runs: list[tuple[RawRecord, list[Timer]]]) -> None:
         """Runs were just stored by trigger_many: arm their timers and start those with

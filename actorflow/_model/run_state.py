@@ -32,12 +32,27 @@ class RunState(enum.IntEnum):
         return self not in _UNFINISHED
 
     @property
+    def stopped(self) -> bool:
+        """True when the run waits for someone to act on it (resume it, delete its data):
+        PAUSED, CANCELLED and the data-deleted states, as luno's ``Stopped()``. A COMPLETED
+        run is finished but not stopped."""
+        return self in _STOPPED
+
+    @property
     def active(self) -> bool:
         """True when steps, callbacks and timeouts may act on the run."""
         return self in (RunState.INITIATED, RunState.RUNNING)
 
 
 _UNFINISHED = frozenset({RunState.INITIATED, RunState.RUNNING, RunState.PAUSED})
+_STOPPED = frozenset(
+    {
+        RunState.PAUSED,
+        RunState.CANCELLED,
+        RunState.DATA_DELETED,
+        RunState.REQUESTED_DATA_DELETED,
+    }
+)
 
 TRANSITIONS: Mapping[RunState, frozenset[RunState]] = {
     RunState.INITIATED: frozenset({RunState.RUNNING, RunState.PAUSED}),

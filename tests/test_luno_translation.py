@@ -1,0 +1,1524 @@
+"""luno/workflow's own test suite, translated to actorflow's public API (API.md).
+
+Each test is named after the Go test it translates (its name is in the docstring). The
+tests are written from what the Go tests check, not from their code: where luno checks an
+internal function (a consumer, the updater, a store adapter), the test here checks the same
+behaviour through the public API. Every test runs on MemoryStore and SQLiteStore (the
+``make_store`` fixture) under the autojump clock, so hours of timeouts cost nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from trio.testing import MockClock
+
+import actorflow as af
+from actorflow.testing import (
+    await_timeout_insert,
+    require,
+    trigger_callback_on,
+    trio_clock,
+    wait_for,
+)
+from tests.conftest import StoreMaker
+
+LIMIT = 60  # seconds of virtual time any wait may take before the test fails
+
+
+# --- the user sign-up workflow of workflow_test.go -------------------------------------
+
+
+class Signup(enum.IntEnum):
+    INITIATED = 1
+    PROFILE_CREATED = 2
+    EMAIL_CONFIRMATION_SENT = 3
+    EMAIL_VERIFIED = 4
+    CELLPHONE_NUMBER_SUBMITTED = 5
+    OTP_SENT = 6
+    OTP_VERIFIED = 7
+    COMPLETED = 8
+
+
+@attrs.define
+class MyType:
+    user_id: int = 0
+    name: str = ""
+    email: str = ""
+    cellphone: str = ""
+    otp: int = 0
+    otp_verified: bool = False
+
+
+@attrs.define
+class ExternalEmailVerified:
+    is_verified: bool = False
+
+
+@attrs.define
+class ExternalCellPhoneSubmitted:
+    dialing_code: str = ""
+    number: str = ""
+
+
+@attrs.define
+class ExternalOTP:
+    otp_code: int = 0
+
+
+USER_ID = 984892374983743
+PROFILE = "Andrew Wormald"
+EMAIL = "andreww@example.com"
+CELLPHONE = "+44 7467623292"
+OTP = 345345
+
+
+def acceptance_builder(welcomed: list[str]) -> af.Builder[MyType, Signup]:
+    b = af.Builder("user sign up", MyType, Signup)
+
+    @b.step(Signup.INITIATED, to=Signup.PROFILE_CREATED)
+    async def create_profile(run: af.Run[MyType, Signup]) -> Signup:
+        run.object.name = PROFILE
+        return Signup.PROFILE_CREATED
+
+    @b.step(Signup.PROFILE_CREATED, to=Signup.EMAIL_CONFIRMATION_SENT)
+    async def send_email_confirmation(run: af.Run[MyType, Signup]) -> Signup:
+        return Signup.EMAIL_CONFIRMATION_SENT
+
+    async def email_verified(run: af.Run[MyType, Signup], payload: bytes) -> Signup:
+        event = ExternalEmailVerified(**json.loads(payload))
+        if not event.is_verified:
+            return run.skip()
+        run.object.email = EMAIL
+        return Signup.EMAIL_VERIFIED
+
+    b.add_callback(Signup.EMAIL_CONFIRMATION_SENT, email_verified, to=[Signup.EMAIL_VERIFIED])
+
+    async def cellphone_number(run: af.Run[MyType, Signup], payload: bytes) -> Signup:
+        event = ExternalCellPhoneSubmitted(**json.loads(payload))
+        if event.dialing_code and event.number:
+            run.object.cellphone = f"{event.dialing_code} {event.number}"
+        return Signup.CELLPHONE_NUMBER_SUBMITTED
+
+    b.add_callback(Signup.EMAIL_VERIFIED, cellphone_number, to=[Signup.CELLPHONE_NUMBER_SUBMITTED])
+
+    @b.step(Signup.CELLPHONE_NUMBER_SUBMITTED, to=Signup.OTP_SENT, max_concurrency=2)
+    async def send_otp(run: af.Run[MyType, Signup]) -> Signup:
+        run.object.otp = OTP
+        return Signup.OTP_SENT
+
+    async def otp_callback(run: af.Run[MyType, Signup], payload: bytes) -> Signup:
+        if ExternalOTP(**json.loads(payload)).otp_code == OTP:
+            run.object.otp_verified = True
+        return Signup.OTP_VERIFIED
+
+    b.add_callback(Signup.OTP_SENT, otp_callback, to=[Signup.OTP_VERIFIED])
+
+    async def wait_for_account_cool_down(run: af.Run[MyType, Signup], now: datetime) -> Signup:
+        return Signup.COMPLETED
+
+    b.add_timeout(
+        Signup.OTP_VERIFIED,
+        af.after(timedelta(hours=1)),
+        wait_for_account_cool_down,
+        to=[Signup.COMPLETED],
+    )
+
+    async def welcome(record: af.Record[MyType, Signup]) -> None:
+        welcomed.append(f"Welcome {record.object.name}")
+
+    b.on_complete(welcome)
+    return b
+
+
+async def eventually(check: Callable[[], bool]) -> None:
+    """Wait (virtual time) until ``check()`` holds, as luno's ``require.Eventually``."""
+    with trio.fail_after(LIMIT):
+        while not check():  # noqa: ASYNC110 (polling a state nothing signals)
+            await trio.sleep(0.01)
+
+
+async def test_workflow_acceptance_test(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestWorkflowAcceptanceTest: the sign-up flow through steps, three callbacks fed by
+    TriggerCallbackOn, a one-hour timeout after AwaitTimeoutInsert, and the OnComplete hook."""
+    welcomed: list[str] = []
+    wf = acceptance_builder(welcomed).build(make_store(), clock=clock)
+    fid = str(USER_ID)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger(fid, initial=MyType(user_id=USER_ID))
+        await trigger_callback_on(
+            wf, fid, run_id, Signup.EMAIL_CONFIRMATION_SENT, ExternalEmailVerified(True)
+        )
+        await trigger_callback_on(
+            wf,
+            fid,
+            run_id,
+            Signup.EMAIL_VERIFIED,
+            ExternalCellPhoneSubmitted("+44", "7467623292"),
+        )
+        await trigger_callback_on(wf, fid, run_id, Signup.OTP_SENT, ExternalOTP(OTP))
+        await await_timeout_insert(wf, fid, run_id, Signup.OTP_VERIFIED)
+        verified = await wf.await_status(fid, run_id, Signup.OTP_VERIFIED)
+        done = await wf.await_status(fid, run_id, Signup.COMPLETED)
+        assert done.updated_at - verified.updated_at >= timedelta(hours=1)
+
+        latest = await wf.latest(fid)
+        assert latest.status is Signup.COMPLETED
+        assert latest.run_state is af.RunState.COMPLETED
+        assert latest.meta.status_description == "COMPLETED"
+        assert latest.object == MyType(
+            user_id=USER_ID,
+            name=PROFILE,
+            email=EMAIL,
+            cellphone=CELLPHONE,
+            otp=OTP,
+            otp_verified=True,
+        )
+        await eventually(lambda: bool(welcomed))
+    assert welcomed[0] == f"Welcome {PROFILE}"
+
+
+# --- simple workflows used by many tests ----------------------------------------------
+
+
+class St(enum.IntEnum):
+    START = 1
+    MIDDLE = 2
+    END = 3
+
+
+@attrs.define
+class Text:
+    """luno's tests often use a plain string as the object; actorflow's objects are attrs
+    classes (API.md), so a string travels in this one-field class."""
+
+    value: str = ""
+
+
+def two_steps(name: str = "example") -> af.Builder[Text, St]:
+    b = af.Builder(name, Text, St)
+
+    @b.step(St.START, to=St.MIDDLE)
+    async def first(run: af.Run[Text, St]) -> St:
+        return St.MIDDLE
+
+    @b.step(St.MIDDLE, to=St.END)
+    async def second(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    return b
+
+
+async def test_outbox_disabled(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestOutboxDisabled: a two-step workflow without an event streamer runs to the end."""
+    wf = two_steps("super fast workflow").build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        done = await wf.await_status("fid", run_id, St.END, timeout=LIMIT)
+    assert done.run_state is af.RunState.COMPLETED
+
+
+async def test_timeout(make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock) -> None:
+    """TestTimeout: a timeout of one hour fires once the clock has moved past it, and what
+    its function changes in the object is stored with its transition."""
+    b = af.Builder("user sign up", MyType, Signup)
+
+    @b.step(Signup.INITIATED, to=Signup.PROFILE_CREATED)
+    async def create(run: af.Run[MyType, Signup]) -> Signup:
+        return Signup.PROFILE_CREATED
+
+    async def expired(run: af.Run[MyType, Signup], now: datetime) -> Signup:
+        run.object.user_id = USER_ID
+        return Signup.COMPLETED
+
+    b.add_timeout(
+        Signup.PROFILE_CREATED, af.after(timedelta(hours=1)), expired, to=[Signup.COMPLETED]
+    )
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("example")
+        await await_timeout_insert(wf, "example", run_id, Signup.PROFILE_CREATED)
+        created = await wf.await_status("example", run_id, Signup.PROFILE_CREATED)
+        got = await wf.await_status("example", run_id, Signup.COMPLETED)
+    assert got.object.user_id == USER_ID
+    assert got.updated_at - created.updated_at >= timedelta(hours=1)
+
+
+async def test_workflow_err_workflow_not_running(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestWorkflow_ErrWorkflowNotRunning: luno refuses Trigger before Run. API.md differs
+    on purpose: trigger works from a process that only holds the store. What must hold is
+    that such a run is stored and waits (INITIATED) until a workflow runs it."""
+    wf = two_steps("sync users").build(make_store(), clock=clock)
+    run_id = await wf.trigger("andrew")
+    await trio.sleep(3600)
+    waiting = await wf.lookup(run_id)
+    assert waiting.run_state is af.RunState.INITIATED and waiting.status is St.START
+    async with af.open_workflow(wf):
+        done = await wf.await_status("andrew", run_id, St.END, timeout=LIMIT)
+    assert done.run_state is af.RunState.COMPLETED
+
+
+@attrs.define
+class Contact:
+    email: str = ""
+    cellphone: str = ""
+
+
+async def test_workflow_testing_require(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestWorkflow_TestingRequire: Require checks the object as it was at each status."""
+    b = af.Builder("sync users", Contact, St)
+
+    @b.step(St.START, to=St.MIDDLE)
+    async def email(run: af.Run[Contact, St]) -> St:
+        run.object.email = "andrew@workflow.com"
+        return St.MIDDLE
+
+    @b.step(St.MIDDLE, to=St.END)
+    async def phone(run: af.Run[Contact, St]) -> St:
+        run.object.cellphone = "+44 349 8594"
+        return St.END
+
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        await wf.trigger("andrew")
+        await require(wf, "andrew", St.MIDDLE, Contact(email="andrew@workflow.com"))
+        await require(wf, "andrew", St.END, Contact("andrew@workflow.com", "+44 349 8594"))
+        with pytest.raises(AssertionError, match="differs"):
+            await require(wf, "andrew", St.END, Contact("someone@else.com"))
+
+
+@attrs.define
+class YinYang:
+    yin: bool = False
+    yang: bool = False
+
+
+async def test_time_timer_func(make_store: StoreMaker, autojump_clock: MockClock) -> None:
+    """TestTimeTimerFunc: a timeout at a fixed date (TimeTimerFunc, here ``af.at``) fires
+    when the clock reaches that date."""
+    launch = datetime(1992, 4, 9, tzinfo=UTC)
+    clock = trio_clock(datetime(1991, 12, 25, 8, 30, tzinfo=UTC))
+    b = af.Builder("timer_func", YinYang, St)
+
+    async def launched(run: af.Run[YinYang, St], now: datetime) -> St:
+        run.object.yin = True
+        run.object.yang = True
+        return St.END
+
+    b.add_timeout(St.START, af.at(launch), launched, to=[St.END])
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("Andrew Wormald")
+        await await_timeout_insert(wf, "Andrew Wormald", run_id, St.START)
+        done = await require(wf, "Andrew Wormald", St.END, YinYang(yin=True, yang=True))
+    assert done.updated_at >= launch
+
+
+@attrs.define
+class TypeX:
+    val: str = ""
+
+
+def connector_events() -> list[af.ConnectorEvent]:
+    return [
+        af.ConnectorEvent(id="1", foreign_id="SDFJKH-SDKFJHBSD-SDKFJBS", type="2"),
+        af.ConnectorEvent(id="2", foreign_id="XCVXCM-EIXCASDBJ-SDFBJKZ", type="2"),
+    ]
+
+
+def connector_workflow(store: af.Store, clock: af.Clock) -> af.Workflow[TypeX, St]:
+    b = af.Builder("workflow", TypeX, St)
+
+    async def on_event(workflow: Any, event: af.ConnectorEvent) -> None:
+        await workflow.trigger(event.foreign_id, initial=TypeX("trigger set value"))
+
+    b.add_connector("my-test-connector", af.MemorySource(connector_events()), on_event)
+
+    @b.step(St.START, to=St.END)
+    async def step(run: af.Run[TypeX, St]) -> St:
+        run.object.val = "workflow step set value"
+        return St.END
+
+    return b.build(store, clock=clock)
+
+
+async def test_connector(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestConnector: each event of a connector's source triggers a run (with the initial
+    value the connector function gives), which then runs its step."""
+    wf = connector_workflow(make_store(), clock)
+    async with af.open_workflow(wf):
+        for event in connector_events():
+            await require(wf, event.foreign_id, St.START, TypeX("trigger set value"))
+            await require(wf, event.foreign_id, St.END, TypeX("workflow step set value"))
+
+
+async def test_run_connector_test(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """adaptertest.RunConnectorTest: a connector over a source seeded with events triggers a
+    run per event, and each run completes; a restart does not trigger them again."""
+    store = make_store()
+    wf = connector_workflow(store, clock)
+    async with af.open_workflow(wf):
+        for event in connector_events():
+            await require(wf, event.foreign_id, St.END, TypeX("workflow step set value"))
+    again = connector_workflow(make_store(), clock)
+    async with af.open_workflow(again):
+        await trio.sleep(3600)
+        for event in connector_events():
+            assert len(await again.list_runs(foreign_id=event.foreign_id)) == 1
+
+
+@attrs.define
+class TimeWatcher:
+    start_time: datetime | None = None
+    consume_time: datetime | None = None
+
+
+async def test_step_consumer_lag(make_store: StoreMaker, autojump_clock: MockClock) -> None:
+    """TestStepConsumerLag: a step with consume_lag leaves a run alone until the run has
+    been at the status that long, then runs it."""
+    fixed = datetime(2023, 4, 9, 8, 30, tzinfo=UTC)
+    clock = trio_clock(fixed)
+    lag = timedelta(hours=1)
+    b = af.Builder("step consumer lag", TimeWatcher, St)
+
+    @b.step(St.START, to=St.END, consume_lag=lag)
+    async def consume(run: af.Run[TimeWatcher, St]) -> St:
+        run.object.consume_time = clock.now()
+        return St.END
+
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        start_time = clock.now()
+        run_id = await wf.trigger("1", initial=TimeWatcher(start_time=start_time))
+        await trio.sleep(1)
+        assert (await wf.latest("1")).status is St.START
+        await trio.sleep(lag.total_seconds() - 60)
+        assert (await wf.latest("1")).status is St.START
+        done = await wf.await_status("1", run_id, St.END, timeout=LIMIT + 60)
+    assert done.object.start_time == start_time
+    assert done.object.consume_time is not None
+    waited = done.object.consume_time - start_time
+    assert lag <= waited < lag + timedelta(seconds=5)
+
+
+def test_name() -> None:
+    """TestName: a workflow's name is the one its builder was given."""
+    b = af.Builder("test name", Text, St)
+
+    async def step(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    b.add_step(St.START, step, to=St.END)
+    assert b.build(af.MemoryStore()).name == "test name"
+
+
+async def test_expected_processes(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestExpectedProcesses (and _outboxDisabled): States() names each process of the
+    workflow. actorflow's names are luno's (docs/metrics.md) without luno's per-goroutine
+    ``-1-of-N`` suffix, outbox (no streamer here), delete and paused-retry consumers."""
+    wf = acceptance_builder([]).build(make_store(), clock=clock)
+    expected = {
+        "initiated-consumer",
+        "profile_created-consumer",
+        "cellphone_number_submitted-consumer",
+        "otp_verified-timeout-consumer",
+        "completed-run-state-change-hook-consumer",
+    }
+    assert expected <= set(wf.states())
+    up = (af.ProcessState.RUNNING, af.ProcessState.IDLE)
+    async with af.open_workflow(wf):
+        # As luno's processes, the services report their state once they run (Eventually).
+        await eventually(lambda: all(wf.states()[name] in up for name in expected))
+        assert "outbox-consumer" not in wf.states()
+    assert all(wf.states()[name] is af.ProcessState.STOPPED for name in expected)
+
+
+@attrs.define
+class Custom:
+    count: int = 0
+    collection: list[str] = attrs.Factory(list)
+    workflow_id: int = 0
+
+
+def save_and_repeat_builder(name: str, iterations: int) -> af.Builder[Custom, St]:
+    b = af.Builder(name, Custom, St)
+
+    @b.step(St.START, to=St.END)
+    async def repeat(run: af.Run[Custom, St]) -> St:
+        run.object.count += 1
+        run.object.collection.append(f"item-{run.object.count}")
+        if run.object.count < iterations:
+            return run.save_and_repeat()
+        return St.END
+
+    return b
+
+
+async def test_save_and_repeat(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestSaveAndRepeat: a step that saves and repeats 100 times keeps every change."""
+    wf = save_and_repeat_builder("save and repeat", 100).build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("custom-save-and-repeat")
+        expected = Custom(count=100, collection=[f"item-{i + 1}" for i in range(100)])
+        await require(wf, "custom-save-and-repeat", St.END, expected)
+        history = await wf.history(run_id)
+    assert [r.version for r in history] == list(range(1, 102))
+    assert [r.object.count for r in history] == list(range(101))
+    assert all(r.status is St.START for r in history[:-1])
+
+
+async def test_save_and_repeat_concurrent(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestSaveAndRepeat_Concurrent: five workflows on one store save and repeat at once,
+    each keeping its own count."""
+    store = make_store()
+    workflows = [
+        save_and_repeat_builder(f"concurrent-{i}", 10).build(store, clock=clock) for i in range(5)
+    ]
+    async with af.open_workflow(*workflows):
+        for i, wf in enumerate(workflows):
+            await wf.trigger(f"concurrent-{i}")
+        for i, wf in enumerate(workflows):
+            got = await wait_for(wf, f"concurrent-{i}", lambda r: r.status is St.END)
+            assert got.object.count == 10
+            assert got.object.workflow_id == 0
+
+
+# --- await_test.go, pause_test.go, runstate_test.go -------------------------------------
+
+
+async def test_await(make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock) -> None:
+    """TestAwait: Await returns the run as it was at the status awaited."""
+    b = af.Builder("consumer lag", Text, St)
+
+    @b.step(St.START, to=St.END)
+    async def hello(run: af.Run[Text, St]) -> St:
+        run.object.value = "hello world"
+        return St.END
+
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("1")
+        res = await wf.await_status("1", run_id, St.END, timeout=LIMIT)
+        # Also when the run reached the status before the call.
+        again = await wf.await_status("1", run_id, St.END, timeout=LIMIT)
+    assert res.status is St.END
+    assert res.object.value == "hello world"
+    assert again == res
+
+
+async def test_retry_of_paused_records(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestRetryOfPausedRecords: a step failing 5 times with pause_after_errors=3 pauses the
+    run; the run is resumed after resume_paused_after and ends once the step succeeds."""
+    b = af.Builder("example", Text, St)
+    calls: list[int] = []
+
+    @b.step(
+        St.START,
+        to=St.END,
+        pause_after_errors=3,
+        error_backoff=timedelta(milliseconds=1),
+    )
+    async def flaky(run: af.Run[Text, St]) -> St:
+        if len(calls) == 5:
+            return St.END
+        calls.append(1)
+        raise RuntimeError("test error")
+
+    wf = b.build(make_store(), clock=clock, resume_paused_after=timedelta(milliseconds=10))
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("12345")
+        await require(wf, "12345", St.END, Text())
+        history = await wf.history(run_id)
+    assert len(calls) == 5
+    paused = [r for r in history if r.run_state is af.RunState.PAUSED]
+    assert paused and "3" in paused[0].meta.run_state_reason
+    assert history[-1].run_state is af.RunState.COMPLETED
+
+
+def always_failing(name: str = "example") -> af.Builder[Text, St]:
+    b = af.Builder(name, Text, St)
+
+    @b.step(St.START, to=St.END, pause_after_errors=1)
+    async def fail(run: af.Run[Text, St]) -> St:
+        raise RuntimeError("test error")
+
+    return b
+
+
+@pytest.mark.parametrize("resume_after", [None, "default"])
+async def test_retry_of_paused_records_config(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock, resume_after: str | None
+) -> None:
+    """TestRetryOfPausedRecordsConfig: with the retry of paused runs disabled
+    (resume_paused_after=None) a paused run stays paused; by default (enabled, 1 hour) it is
+    resumed. luno checks for its ``paused-records-retry-consumer`` process; actorflow's actors
+    resume their own runs, so the behaviour is what is checked."""
+    options: dict[str, Any] = {} if resume_after == "default" else {"resume_paused_after": None}
+    wf = always_failing().build(make_store(), clock=clock, **options)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        paused = await wait_for(wf, "fid", lambda r: r.run_state is af.RunState.PAUSED)
+        await trio.sleep(timedelta(hours=1, minutes=1).total_seconds())
+        history = await wf.history(run_id)
+    resumed = [r for r in history if r.version > paused.version]
+    if resume_after is None:
+        assert resumed == []
+    else:
+        assert resumed and resumed[0].run_state is af.RunState.RUNNING
+        assert resumed[0].updated_at - paused.updated_at >= timedelta(hours=1)
+
+
+def middle_then(fn: Callable[[af.Run[Text, St]], Any]) -> af.Builder[Text, St]:
+    b = af.Builder("example", Text, St)
+
+    @b.step(St.START, to=St.MIDDLE)
+    async def first(run: af.Run[Text, St]) -> St:
+        return St.MIDDLE
+
+    b.add_step(St.MIDDLE, fn, to=St.END)
+    return b
+
+
+async def _complete(run: af.Run[Text, St]) -> Any:
+    return St.END
+
+
+async def _pause(run: af.Run[Text, St]) -> Any:
+    return run.pause("testing pause")
+
+
+async def _cancel(run: af.Run[Text, St]) -> Any:
+    return run.cancel("testing cancel")
+
+
+@pytest.mark.parametrize(
+    ("fn", "last"),
+    [
+        (_complete, af.RunState.COMPLETED),
+        (_pause, af.RunState.PAUSED),
+        (_cancel, af.RunState.CANCELLED),
+    ],
+    ids=["complete", "paused", "cancelled"],
+)
+async def test_run_state(
+    make_store: StoreMaker,
+    clock: af.Clock,
+    autojump_clock: MockClock,
+    fn: Callable[[af.Run[Text, St]], Any],
+    last: af.RunState,
+) -> None:
+    """TestRunState: the run states a run goes through: INITIATED at trigger, RUNNING after
+    its first step, then COMPLETED, PAUSED or CANCELLED as the second step decides."""
+    wf = middle_then(fn).build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        await wait_for(wf, "fid", lambda r: r.run_state is last)
+        await trio.sleep(1)
+        history = await wf.history(run_id)
+    assert [r.run_state for r in history] == [af.RunState.INITIATED, af.RunState.RUNNING, last]
+    if last is not af.RunState.COMPLETED:
+        assert history[-1].meta.run_state_reason.startswith("testing ")
+        assert history[-1].status is St.MIDDLE
+
+
+@attrs.define
+class MyObject:
+    name: str = ""
+    car: str = ""
+
+
+async def test_workflow_run_state_controller(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestWorkflowRunStateController: pause, resume, cancel and delete the data of a stored
+    run (no workflow running), each change stored with its reason."""
+    b = af.Builder("test-workflow", MyObject, St)
+
+    @b.step(St.START, to=St.END)
+    async def step(run: af.Run[MyObject, St]) -> St:
+        return St.END
+
+    wf = b.build(make_store(), clock=clock)
+    run_id = await wf.trigger("foreignID", initial=MyObject("Andrew Wormald", "Audi"))
+    await trio.sleep(0.5)
+    assert (await wf.latest("foreignID")).run_state is af.RunState.INITIATED
+
+    await wf.pause(run_id, "test pause")
+    record = await wf.latest("foreignID")
+    assert record.run_state is af.RunState.PAUSED
+    assert record.meta.run_state_reason == "test pause"
+
+    await wf.resume(run_id)
+    assert (await wf.latest("foreignID")).run_state is af.RunState.RUNNING
+
+    await wf.cancel(run_id, "test cancel")
+    record = await wf.latest("foreignID")
+    assert record.run_state is af.RunState.CANCELLED
+    assert record.meta.run_state_reason == "test cancel"
+
+    await wf.delete_data(run_id, "test delete")
+    record = await wf.latest("foreignID")
+    assert record.run_state is af.RunState.DATA_DELETED
+    assert record.meta.run_state_reason == "test delete"
+    assert record.object == MyObject()
+    # The data is gone from every stored version, not only the latest.
+    for version in await wf.history(run_id):
+        assert "Andrew" not in repr(version.object)
+
+
+def test_is_finished() -> None:
+    """TestIsFinished, TestRunStateFinished: which run states are finished (PAUSED is not)."""
+    finished = {
+        af.RunState.CANCELLED,
+        af.RunState.COMPLETED,
+        af.RunState.DATA_DELETED,
+        af.RunState.REQUESTED_DATA_DELETED,
+    }
+    for state in af.RunState:
+        assert state.finished is (state in finished), state
+
+
+def test_run_state_stopped() -> None:
+    """TestRunStateStopped: the run states in which a run is stopped (it will not move until
+    someone acts on it): PAUSED, CANCELLED and the data-deleted states; COMPLETED is not."""
+    stopped = {
+        af.RunState.PAUSED,
+        af.RunState.CANCELLED,
+        af.RunState.DATA_DELETED,
+        af.RunState.REQUESTED_DATA_DELETED,
+    }
+    for state in af.RunState:
+        assert state.stopped is (state in stopped), state
+
+
+def test_run_state_valid() -> None:
+    """TestRunStateValid: 1 to 7 are run states; anything else is not one (ValueError)."""
+    assert [int(s) for s in af.RunState] == list(range(1, 8))
+    for value in (-1, 0, 8, 9, 9999):
+        with pytest.raises(ValueError):
+            af.RunState(value)
+
+
+def test_run_state_out_of_bounds_string() -> None:
+    """TestRunStateOutOfBoundsString: luno prints ``RunState(999)``; a Python enum refuses
+    the value instead, and a run state prints by name."""
+    assert str(af.RunState.PAUSED) == "RunState.PAUSED"
+    with pytest.raises(ValueError, match="999"):
+        af.RunState(999)
+
+
+# --- testing_test.go, hook_test.go ------------------------------------------------------
+
+
+async def test_require(make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock) -> None:
+    """TestRequire: Require compares the stored object with the expected one after both went
+    through the same encoding."""
+    b = af.Builder("test", Text, St)
+
+    @b.step(St.START, to=St.END)
+    async def lower(run: af.Run[Text, St]) -> St:
+        run.object.value = "Lower"
+        return St.END
+
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        await wf.trigger("10298309123")
+        record = await require(wf, "10298309123", St.END, Text("Lower"))
+    assert record.status is St.END
+
+
+async def test_wait_for(make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock) -> None:
+    """TestWaitFor: WaitFor returns once the predicate holds for the run."""
+    b = af.Builder("test", Text, St)
+
+    @b.step(St.START, to=St.END)
+    async def end(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        await wf.trigger("10298309123")
+        with trio.fail_after(1):
+            got = await wait_for(wf, "10298309123", lambda r: r.run_state is af.RunState.COMPLETED)
+    assert got.run_state is af.RunState.COMPLETED
+
+
+class NotAWorkflow:
+    name = "test"
+
+
+async def test_testing_helpers_validation(autojump_clock: MockClock) -> None:
+    """TestTriggerCallbackOn_validation, TestAwaitTimeoutInsert_validation,
+    TestRequire_validation: the helpers need an actorflow workflow and say so clearly when
+    given something else (luno panics with a message)."""
+    other: Any = NotAWorkflow()
+    calls: list[Callable[[], Awaitable[Any]]] = [
+        lambda: require(other, "fid", St.END, Text()),
+        lambda: wait_for(other, "fid", lambda r: True),
+        lambda: trigger_callback_on(other, "fid", "run", St.END, b""),
+        lambda: await_timeout_insert(other, "fid", "run", St.END),
+    ]
+    for call in calls:
+        with trio.fail_after(1), pytest.raises(af.InvalidArgument, match=r"af\.Workflow"):
+            await call()
+
+
+@pytest.mark.parametrize("hook", ["on_pause", "on_cancel", "on_complete"])
+async def test_workflow_run_state_hooks(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock, hook: str
+) -> None:
+    """TestWorkflow_OnPauseHook, TestWorkflow_OnCancelHook, TestWorkflow_OnCompleteHook: the
+    hook of a run-state change is called when a step pauses, cancels or completes the run."""
+    b = af.Builder("hooks", MyType, St)
+    called = trio.Event()
+    seen: list[af.Record[MyType, St]] = []
+
+    @b.step(St.START, to=St.END)
+    async def step(run: af.Run[MyType, St]) -> St:
+        if hook == "on_pause":
+            return run.pause("Test pausing")
+        if hook == "on_cancel":
+            return run.cancel("Test cancel")
+        return St.END
+
+    async def on_change(record: af.Record[MyType, St]) -> None:
+        seen.append(record)
+        called.set()
+
+    getattr(b, hook)(on_change)
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("andrew")
+        with trio.fail_after(LIMIT):
+            await called.wait()
+    expected = {
+        "on_pause": af.RunState.PAUSED,
+        "on_cancel": af.RunState.CANCELLED,
+        "on_complete": af.RunState.COMPLETED,
+    }[hook]
+    assert seen[0].run_id == run_id and seen[0].run_state is expected
+
+
+async def test_run_hooks(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """Test_runHooks: a hook that fails is called again (at-least-once) until it succeeds."""
+    b = af.Builder("hooks", Text, St)
+
+    @b.step(St.START, to=St.END)
+    async def step(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    calls: list[str] = []
+
+    async def flaky(record: af.Record[Text, St]) -> None:
+        calls.append(record.run_id)
+        if len(calls) < 3:
+            raise RuntimeError("test error")
+
+    b.on_complete(flaky)
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("andrew")
+        await eventually(lambda: len(calls) >= 3)
+        await trio.sleep(3600)
+    assert calls == [run_id] * 3
+
+
+# --- schedule_test.go, _examples/schedule ----------------------------------------------
+
+APRIL_9 = datetime(2023, 4, 9, 8, 30, tzinfo=UTC)
+MAY_1 = datetime(2023, 5, 1, tzinfo=UTC)
+JUNE_1 = datetime(2023, 6, 1, tzinfo=UTC)
+JULY_1 = datetime(2023, 7, 1, tzinfo=UTC)
+
+
+async def sleep_until(clock: af.Clock, when: datetime) -> None:
+    """Sleep (virtual time) until the workflow clock reads ``when``."""
+    await trio.sleep(max(0.0, (when - clock.now()).total_seconds()))
+
+
+def sync_users(name: str = "sync users") -> af.Builder[MyType, St]:
+    b = af.Builder(name, MyType, St)
+
+    @b.step(St.START, to=St.MIDDLE)
+    async def first(run: af.Run[MyType, St]) -> St:
+        return St.MIDDLE
+
+    @b.step(St.MIDDLE, to=St.END)
+    async def second(run: af.Run[MyType, St]) -> St:
+        return St.END
+
+    return b
+
+
+async def test_schedule(make_store: StoreMaker, autojump_clock: MockClock) -> None:
+    """TestSchedule: ``@monthly`` triggers nothing before the first of the next month, a run
+    on May 1st, and another run on June 1st."""
+    clock = trio_clock(APRIL_9)
+    wf = sync_users().build(make_store(), clock=clock)
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        nursery.start_soon(wf.schedule_trigger, "andrew", "@monthly")
+        await sleep_until(clock, MAY_1 - timedelta(minutes=1))
+        with pytest.raises(af.RunNotFound):
+            await wf.latest("andrew")
+        first = await wait_for(wf, "andrew", lambda r: True)
+        assert first.created_at == MAY_1
+        await wf.await_status("andrew", first.run_id, St.END, timeout=LIMIT)
+        second = await wait_for(wf, "andrew", lambda r: r.run_id != first.run_id)
+        assert second.created_at == JUNE_1
+        nursery.cancel_scope.cancel()
+
+
+async def test_workflow_schedule_shutdown(
+    make_store: StoreMaker, autojump_clock: MockClock
+) -> None:
+    """TestWorkflow_ScheduleShutdown: a schedule is a process of the workflow
+    (``andrew-scheduler-@monthly``), running while it runs and shut down after. In
+    actorflow the schedule is the caller's task (it runs until cancelled; stop() does not
+    end it), so the test ends it and stops the workflow."""
+    clock = trio_clock(APRIL_9)
+    wf = sync_users("example").build(make_store(), clock=clock)
+    name = "andrew-scheduler-@monthly"
+    async with af.open_workflow(wf):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wf.schedule_trigger, "andrew", "@monthly")
+            await eventually(lambda: wf.states().get(name) is af.ProcessState.RUNNING)
+            assert wf.states()["start-consumer"] in (
+                af.ProcessState.RUNNING,
+                af.ProcessState.IDLE,
+            )
+            nursery.cancel_scope.cancel()
+        assert wf.states()[name] is af.ProcessState.STOPPED
+        wf.stop()
+    assert all(state is af.ProcessState.STOPPED for state in wf.states().values())
+
+
+async def test_workflow_schedule_filter(make_store: StoreMaker, autojump_clock: MockClock) -> None:
+    """TestWorkflow_ScheduleFilter: a cron time the filter refuses is skipped; the next one
+    it allows triggers again."""
+    clock = trio_clock(APRIL_9)
+    wf = sync_users().build(make_store(), clock=clock)
+    should_skip = False
+
+    def allow() -> bool:
+        return not should_skip
+
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        nursery.start_soon(
+            functools.partial(wf.schedule_trigger, "andrew", "@monthly", filter=allow)
+        )
+        await sleep_until(clock, MAY_1 - timedelta(minutes=1))
+        with pytest.raises(af.RunNotFound):
+            await wf.latest("andrew")
+        first = await wait_for(wf, "andrew", lambda r: True)
+        await wf.await_status("andrew", first.run_id, St.END, timeout=LIMIT)
+
+        should_skip = True
+        await sleep_until(clock, JUNE_1 + timedelta(minutes=1))
+        assert (await wf.latest("andrew")).run_id == first.run_id
+
+        should_skip = False
+        second = await wait_for(wf, "andrew", lambda r: r.run_id != first.run_id)
+        assert second.created_at == JULY_1
+        nursery.cancel_scope.cancel()
+
+
+async def test_workflow_schedule_with_initial_value(
+    make_store: StoreMaker, autojump_clock: MockClock
+) -> None:
+    """TestWorkflow_ScheduleWithInitialValue: scheduled runs start with the initial value."""
+    clock = trio_clock(APRIL_9)
+    b = af.Builder("initial value test", MyType, St)
+    seen: list[str] = []
+
+    @b.step(St.START, to=St.END)
+    async def check(run: af.Run[MyType, St]) -> St:
+        seen.append(run.object.email)
+        return St.END
+
+    wf = b.build(make_store(), clock=clock)
+    initial = MyType(user_id=123, email="test-email@example.com")
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        nursery.start_soon(
+            functools.partial(wf.schedule_trigger, "test", "@monthly", initial=initial)
+        )
+        run = await wait_for(wf, "test", lambda r: True)
+        done = await wf.await_status("test", run.run_id, St.END, timeout=LIMIT)
+        nursery.cancel_scope.cancel()
+    assert seen == ["test-email@example.com"]
+    assert done.object == initial
+
+
+async def test_workflow_schedule_filter_error(
+    make_store: StoreMaker, autojump_clock: MockClock
+) -> None:
+    """TestWorkflow_ScheduleFilterError: a filter that fails triggers nothing (and the
+    schedule goes on, reporting the error in its process state)."""
+    clock = trio_clock(APRIL_9)
+    b = af.Builder("filter error test", MyType, St)
+
+    @b.step(St.START, to=St.END)
+    async def end(run: af.Run[MyType, St]) -> St:
+        return St.END
+
+    wf = b.build(make_store(), clock=clock)
+
+    def broken() -> bool:
+        raise RuntimeError("filter error")
+
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        nursery.start_soon(
+            functools.partial(wf.schedule_trigger, "error-test", "@monthly", filter=broken)
+        )
+        await sleep_until(clock, MAY_1 + timedelta(minutes=5))
+        with pytest.raises(af.RunNotFound):
+            await wf.latest("error-test")
+        assert wf.states()["error-test-scheduler-@monthly"] is af.ProcessState.ERRORING
+        nursery.cancel_scope.cancel()
+
+
+async def test_workflow_schedule_existing_run(
+    make_store: StoreMaker, autojump_clock: MockClock
+) -> None:
+    """TestWorkflow_ScheduleExistingRun: a foreign id whose earlier run has finished gets a
+    new run at the next cron time."""
+    clock = trio_clock(APRIL_9)
+    b = af.Builder("existing run test", MyType, St)
+
+    @b.step(St.START, to=St.END)
+    async def end(run: af.Run[MyType, St]) -> St:
+        return St.END
+
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        first_id = await wf.trigger("existing-test")
+        await wf.await_status("existing-test", first_id, St.END, timeout=LIMIT)
+        nursery.start_soon(wf.schedule_trigger, "existing-test", "@monthly")
+        second = await wait_for(wf, "existing-test", lambda r: r.run_id != first_id)
+        nursery.cancel_scope.cancel()
+    assert second.created_at == MAY_1
+
+
+async def test_example_schedule_workflow(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """_examples/schedule TestExampleWorkflow: ``@hourly`` triggers nothing at first, then a
+    run each hour, each a new run of the same foreign id."""
+    b = af.Builder("schedule trigger example", MyType, St)
+
+    @b.step(St.START, to=St.END)
+    async def end(run: af.Run[MyType, St]) -> St:
+        return St.END
+
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        nursery.start_soon(wf.schedule_trigger, "hourly-run", "@hourly")
+        await trio.sleep(1)
+        with pytest.raises(af.RunNotFound):
+            await wf.latest("hourly-run")
+        first = await wait_for(wf, "hourly-run", lambda r: True)
+        second = await wait_for(wf, "hourly-run", lambda r: r.run_id != first.run_id)
+        nursery.cancel_scope.cancel()
+    assert first.workflow_name == second.workflow_name == "schedule trigger example"
+    assert first.foreign_id == second.foreign_id == "hourly-run"
+    assert second.created_at - first.created_at == timedelta(hours=1)
+
+
+# --- delete_internal_test.go ------------------------------------------------------------
+
+
+@attrs.define
+class Personal:
+    pii: str = ""
+    not_pii: str = ""
+
+
+def personal_workflow(store: af.Store, clock: af.Clock, **build: Any) -> af.Workflow[Personal, St]:
+    b = af.Builder("delete", Personal, St)
+
+    @b.step(St.START, to=St.END)
+    async def end(run: af.Run[Personal, St]) -> St:
+        return St.END
+
+    return b.build(store, clock=clock, **build)
+
+
+def keep_not_pii(obj: Personal) -> Personal:
+    return Personal(not_pii=obj.not_pii)
+
+
+@pytest.mark.parametrize("custom", [True, False], ids=["custom delete", "default delete"])
+async def test_run_delete(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock, custom: bool
+) -> None:
+    """TestRunDelete (golden paths): deleting a finished run's data scrubs its object with
+    the custom scrubber (or to the default object) and ends in DATA_DELETED."""
+    build: dict[str, Any] = {"scrub": keep_not_pii} if custom else {}
+    wf = personal_workflow(make_store(), clock, **build)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid", initial=Personal("my name", "name of the month"))
+        await wf.await_status("fid", run_id, St.END, timeout=LIMIT)
+        await wf.delete_data(run_id, "user asked")
+        record = await wf.lookup(run_id)
+    assert record.run_state is af.RunState.DATA_DELETED
+    assert record.object == (Personal(not_pii="name of the month") if custom else Personal())
+    states = [r.run_state for r in await wf.history(run_id)]
+    assert states[-2:] == [af.RunState.REQUESTED_DATA_DELETED, af.RunState.DATA_DELETED]
+    # DATA_DELETED -> REQUESTED_DATA_DELETED is legal: deleting again scrubs again.
+    await wf.delete_data(run_id, "again")
+    assert (await wf.lookup(run_id)).run_state is af.RunState.DATA_DELETED
+
+
+async def test_run_delete_errors(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestRunDelete (error paths): a scrubber that fails leaves the run at
+    REQUESTED_DATA_DELETED with its error raised to the caller, and a later delete_data
+    finishes the job; an unfinished run's data cannot be deleted."""
+    fail = [True]
+
+    def flaky_scrub(obj: Personal) -> Personal:
+        if fail[0]:
+            raise RuntimeError("test error")
+        return Personal()
+
+    wf = personal_workflow(make_store(), clock, scrub=flaky_scrub)
+    run_id = await wf.trigger("other")
+    with pytest.raises(af.InvalidTransition):
+        await wf.delete_data(run_id, "not finished")
+    await wf.cancel(run_id, "done with it")
+    with pytest.raises(af.ActorflowError, match="test error"):
+        await wf.delete_data(run_id, "user asked")
+    record = await wf.lookup(run_id)
+    assert record.run_state is af.RunState.REQUESTED_DATA_DELETED
+    fail[0] = False
+    await wf.delete_data(run_id, "user asked")
+    record = await wf.lookup(run_id)
+    assert record.run_state is af.RunState.DATA_DELETED and record.object == Personal()
+
+
+# --- callback_internal_test.go ----------------------------------------------------------
+
+
+def callback_workflow(
+    store: af.Store, clock: af.Clock, fn: Callable[[af.Run[Text, St], bytes], Awaitable[Any]]
+) -> af.Workflow[Text, St]:
+    """START has only a callback (to END); MIDDLE is reachable by trigger(start=...)."""
+    b = af.Builder("example", Text, St)
+    b.add_callback(St.START, fn, to=[St.END])
+
+    async def middle(run: af.Run[Text, St], payload: bytes) -> St:
+        return St.END
+
+    b.add_callback(St.MIDDLE, middle, to=[St.END])
+    return b.build(store, clock=clock)
+
+
+async def test_process_callback(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestProcessCallback (golden paths, initiated and running): the callback changes the
+    object and moves the run; the transition is stored once."""
+    calls: list[bytes] = []
+
+    async def fn(run: af.Run[Text, St], payload: bytes) -> St:
+        calls.append(payload)
+        run.object.value = "new data"
+        return St.END
+
+    wf = callback_workflow(make_store(), clock, fn)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("32948623984623", initial=Text("data"))
+        assert (await wf.lookup(run_id)).run_state is af.RunState.INITIATED
+        record = await wf.callback("32948623984623", St.START, b"payload")
+    assert calls == [b"payload"]
+    assert record is not None
+    assert record.status is St.END and record.object.value == "new data"
+    assert record.run_state is af.RunState.COMPLETED and record.version == 2
+
+
+async def test_process_callback_skip(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestProcessCallback "Skip consume": a callback that skips stores nothing."""
+    calls: list[bytes] = []
+
+    async def fn(run: af.Run[Text, St], payload: bytes) -> Any:
+        calls.append(payload)
+        run.object.value = "not saved"
+        return run.skip()
+
+    wf = callback_workflow(make_store(), clock, fn)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid", initial=Text("data"))
+        assert await wf.callback("fid", St.START, b"x") is None
+        record = await wf.lookup(run_id)
+    assert calls == [b"x"]
+    assert record.version == 1 and record.object.value == "data"
+
+
+async def test_process_callback_errors(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestProcessCallback "Return on callbackFunc error": the callback's error reaches the
+    caller, and nothing is stored; "Return on lookup error": no run at all is an error."""
+
+    async def fn(run: af.Run[Text, St], payload: bytes) -> St:
+        raise RuntimeError("test error")
+
+    wf = callback_workflow(make_store(), clock, fn)
+    async with af.open_workflow(wf):
+        with pytest.raises(af.RunNotFound):
+            await wf.callback("nobody", St.START, b"x")
+        run_id = await wf.trigger("fid")
+        with pytest.raises(af.CallbackError, match="test error"):
+            await wf.callback("fid", St.START, b"x")
+        record = await wf.lookup(run_id)
+    assert record.status is St.START and record.run_state is af.RunState.INITIATED
+
+
+@pytest.mark.parametrize("case", ["different status", "paused", "cancelled"])
+async def test_process_callback_ignored(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock, case: str
+) -> None:
+    """TestProcessCallback "Ignore if record is in different state", "Skip if record is
+    stopped (paused)", "(cancelled)": the callback is not called and nothing is stored."""
+    calls: list[bytes] = []
+
+    async def fn(run: af.Run[Text, St], payload: bytes) -> St:
+        calls.append(payload)
+        return St.END
+
+    wf = callback_workflow(make_store(), clock, fn)
+    async with af.open_workflow(wf):
+        if case == "different status":
+            run_id = await wf.trigger("fid", St.MIDDLE)
+        else:
+            run_id = await wf.trigger("fid")
+            if case == "paused":
+                await wf.pause(run_id, "stop")
+            else:
+                await wf.cancel(run_id, "stop")
+        before = await wf.lookup(run_id)
+        assert await wf.callback("fid", St.START, b"x") is None
+        after = await wf.lookup(run_id)
+    assert calls == []
+    assert after == before
+
+
+# --- timeout_internal_test.go -----------------------------------------------------------
+
+
+def timeout_workflow(
+    store: af.Store,
+    clock: af.Clock,
+    fn: Callable[[af.Run[Text, St], datetime], Awaitable[Any]],
+    **options: Any,
+) -> af.Workflow[Text, St]:
+    b = af.Builder("example", Text, St)
+    b.add_timeout(St.START, af.after(timedelta(minutes=1)), fn, to=[St.END], **options)
+    return b.build(store, clock=clock)
+
+
+async def test_process_timeout(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestProcessTimeout (golden paths): an expired timeout of an INITIATED run calls its
+    function once, stores the transition with the object's changes, and is done."""
+    calls: list[datetime] = []
+
+    async def fn(run: af.Run[Text, St], now: datetime) -> St:
+        calls.append(now)
+        run.object.value = "new data"
+        return St.END
+
+    wf = timeout_workflow(make_store(), clock, fn)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid", initial=Text("data"))
+        done = await wf.await_status("fid", run_id, St.END, timeout=LIMIT + 3600)
+        await trio.sleep(3600)
+        history = await wf.history(run_id)
+    assert len(calls) == 1 and calls[0] >= history[0].created_at + timedelta(minutes=1)
+    assert done.object.value == "new data" and done.run_state is af.RunState.COMPLETED
+    assert len(history) == 2
+
+
+async def test_process_timeout_skip(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestProcessTimeout "Skip consume": a timeout that skips stores nothing (not even its
+    object's changes) and fires again after its back-off."""
+    calls: list[datetime] = []
+
+    async def fn(run: af.Run[Text, St], now: datetime) -> Any:
+        # ``now`` is the instant the timeout was due (docs/timeouts.md), the same on each
+        # retry; luno passes the clock's time. The retries are seen on the clock.
+        calls.append(clock.now())
+        run.object.value = "new data"
+        if len(calls) < 3:
+            return run.skip()
+        return St.END
+
+    wf = timeout_workflow(make_store(), clock, fn, error_backoff=timedelta(minutes=5))
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid", initial=Text("data"))
+        done = await wf.await_status("fid", run_id, St.END, timeout=LIMIT + 3600)
+        history = await wf.history(run_id)
+    assert len(calls) == 3
+    assert calls[1] - calls[0] >= timedelta(minutes=5)
+    assert [r.version for r in history] == [1, 2] and history[0].object.value == "data"
+    assert done.object.value == "new data"
+
+
+async def test_process_timeout_pause_on_errors(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestProcessTimeout "Pause record when meeting error count": a timeout that keeps
+    failing pauses the run after pause_after_errors errors."""
+    calls: list[datetime] = []
+
+    async def fn(run: af.Run[Text, St], now: datetime) -> St:
+        calls.append(now)
+        raise RuntimeError("test error")
+
+    wf = timeout_workflow(make_store(), clock, fn, pause_after_errors=2)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        paused = await wait_for(wf, "fid", lambda r: r.run_state is af.RunState.PAUSED)
+        await trio.sleep(60)
+    assert len(calls) == 2
+    assert paused.run_id == run_id and paused.status is St.START
+    assert "test error" in paused.meta.run_state_reason or "error" in paused.meta.run_state_reason
+
+
+# --- step_internal_test.go, pause_internal_test.go --------------------------------------
+
+
+def step_workflow(
+    store: af.Store,
+    clock: af.Clock,
+    fn: Callable[[af.Run[Text, St]], Awaitable[Any]],
+    **build: Any,
+) -> af.Workflow[Text, St]:
+    b = af.Builder("example", Text, St)
+    options = build.pop("options", {})
+    b.add_step(St.START, fn, to=St.END, **options)
+    return b.build(store, clock=clock, **build)
+
+
+async def test_step_consumer(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """Test_stepConsumer (golden paths): a step runs once for an INITIATED run and its
+    changes are stored with the transition."""
+    calls: list[str] = []
+
+    async def fn(run: af.Run[Text, St]) -> St:
+        calls.append(run.run_id)
+        run.object.value = "new data"
+        return St.END
+
+    wf = step_workflow(make_store(), clock, fn)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid", initial=Text("data"))
+        done = await wf.await_status("fid", run_id, St.END, timeout=LIMIT)
+        await trio.sleep(3600)
+    assert calls == [run_id]
+    assert done.object.value == "new data" and done.version == 2
+
+
+async def test_step_consumer_skip(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """Test_stepConsumer "Skip consume": a step that skips stores nothing."""
+    calls: list[str] = []
+
+    async def fn(run: af.Run[Text, St]) -> Any:
+        calls.append(run.run_id)
+        run.object.value = "not saved"
+        return run.skip()
+
+    wf = step_workflow(make_store(), clock, fn)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid", initial=Text("data"))
+        await eventually(lambda: bool(calls))
+        await trio.sleep(60)
+        history = await wf.history(run_id)
+    assert len(history) == 1 and history[0].object.value == "data"
+    assert history[0].run_state is af.RunState.INITIATED
+
+
+async def test_step_consumer_pause_after_errors(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """Test_stepConsumer "Pause record after exceeding allowed error count": with
+    pause_after_errors=3 the step is called three times, then the run is paused (one store,
+    nothing else)."""
+    calls: list[str] = []
+
+    async def fn(run: af.Run[Text, St]) -> St:
+        calls.append(run.run_id)
+        raise RuntimeError("test error")
+
+    wf = step_workflow(
+        make_store(), clock, fn, options={"pause_after_errors": 3}, resume_paused_after=None
+    )
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        await wait_for(wf, "fid", lambda r: r.run_state is af.RunState.PAUSED)
+        await trio.sleep(3600)
+        history = await wf.history(run_id)
+    assert len(calls) == 3
+    assert [r.run_state for r in history] == [af.RunState.INITIATED, af.RunState.PAUSED]
+    assert history[-1].meta.error_count == 3 or "3" in history[-1].meta.run_state_reason
+
+
+@pytest.mark.parametrize(
+    ("pause_after", "errors", "pauses"),
+    [(0, 100, False), (1, 1, True), (3, 1, False)],
+    ids=["not configured", "max retry of 1", "not past max retry"],
+)
+async def test_maybe_auto_pause(
+    make_store: StoreMaker,
+    clock: af.Clock,
+    autojump_clock: MockClock,
+    pause_after: int,
+    errors: int,
+    pauses: bool,
+) -> None:
+    """Test_maybeAutoPause: pause_after_errors=0 never pauses (even after 100 errors); 1
+    pauses at the first error; 3 does not pause after one error."""
+    calls: list[str] = []
+
+    async def fn(run: af.Run[Text, St]) -> St:
+        calls.append(run.run_id)
+        if len(calls) <= errors:
+            raise RuntimeError("test error")
+        return St.END
+
+    wf = step_workflow(
+        make_store(),
+        clock,
+        fn,
+        options={
+            "pause_after_errors": pause_after,
+            "error_backoff": timedelta(milliseconds=1),
+            "max_error_backoff": timedelta(milliseconds=1),
+        },
+        resume_paused_after=None,
+    )
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        last = await wait_for(
+            wf, "fid", lambda r: r.run_state in (af.RunState.PAUSED, af.RunState.COMPLETED)
+        )
+    assert last.run_id == run_id
+    assert (last.run_state is af.RunState.PAUSED) is pauses
+    assert len(calls) == (errors if pauses else errors + 1)
+
+
+async def test_retry_paused_records(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """Test_retryPausedRecords: a paused run is resumed once resume_paused_after has passed
+    since it was paused, not before; a run that is not paused is left alone."""
+    wf = always_failing().build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        paused = await wait_for(wf, "fid", lambda r: r.run_state is af.RunState.PAUSED)
+        await sleep_until(clock, paused.updated_at + timedelta(minutes=59))
+        assert (await wf.lookup(run_id)).version == paused.version
+        resumed = await wait_for(wf, "fid", lambda r: r.version == paused.version + 1)
+        assert resumed.run_state is af.RunState.RUNNING
+        assert resumed.updated_at - paused.updated_at >= timedelta(hours=1)
+        await wf.cancel(run_id, "enough")
+        cancelled = await wf.lookup(run_id)
+        await trio.sleep(timedelta(hours=3).total_seconds())
+        assert await wf.lookup(run_id) == cancelled
+
+
+# --- trigger_internal_test.go, update_internal_test.go ----------------------------------
+
+
+async def test_trigger(make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock) -> None:
+    """Test_trigger: a start status the workflow has no step, callback or timeout for is
+    refused; a second trigger while a run is in progress raises WorkflowInProgress; the
+    first version has version 1 and its status's description."""
+    b = af.Builder("trigger test", Text, St)
+
+    @b.step(St.START, to=St.MIDDLE)
+    async def step(run: af.Run[Text, St]) -> St:
+        return St.MIDDLE
+
+    async def cb(run: af.Run[Text, St], payload: bytes) -> St:
+        return St.END
+
+    b.add_callback(St.MIDDLE, cb, to=[St.END])
+    wf = b.build(make_store(), clock=clock)
+    with pytest.raises(af.InvalidArgument, match="END"):
+        await wf.trigger("1", St.END)
+    assert await wf.list_runs(foreign_id="1") == []
+    run_id = await wf.trigger("1")
+    with pytest.raises(af.WorkflowInProgress):
+        await wf.trigger("1")
+    first = await wf.lookup(run_id)
+    assert first.version == 1
+    assert first.meta.status_description == "START"
+    assert first.run_state is af.RunState.INITIATED
+
+
+async def test_updater(make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock) -> None:
+    """TestUpdater: reaching a status with no way out marks the run COMPLETED ("Mark as
+    completed"); a status that is not an allowed destination is an error, never stored
+    ("No valid transition available")."""
+    b = af.Builder("example", Text, St)
+    calls: list[int] = []
+
+    @b.step(St.START, to=St.MIDDLE, pause_after_errors=2, error_backoff=timedelta(seconds=1))
+    async def wrong(run: af.Run[Text, St]) -> St:
+        calls.append(1)
+        return St.END  # not an allowed destination of START
+
+    wf = b.build(make_store(), clock=clock, resume_paused_after=None)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("bad")
+        paused = await wait_for(wf, "bad", lambda r: r.run_state is af.RunState.PAUSED)
+        assert "END" in paused.meta.run_state_reason or "END" in paused.meta.error_message
+        assert all(r.status is St.START for r in await wf.history(run_id))
+        assert len(calls) == 2
+    ok = middle_then(_complete).build(make_store(), clock=clock)
+    async with af.open_workflow(ok):
+        run_id = await ok.trigger("good")
+        middle = await ok.await_status("good", run_id, St.MIDDLE, timeout=LIMIT)
+        end = await ok.await_status("good", run_id, St.END, timeout=LIMIT)
+    assert middle.run_state is af.RunState.RUNNING
+    assert end.run_state is af.RunState.COMPLETED
