@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from actorflow._api.core import WorkflowCore
 from actorflow._model.errors import InvalidArgument, StoreError, VersionConflict
 from actorflow._model.record import RawRecord, Record, Timer
+from actorflow._model.run_state import RunState
 from actorflow._model.text import check_text
 from actorflow._runtime.callbacks import run_callbacks
 from actorflow._runtime.mailbox import Op, Stopped
@@ -19,6 +20,14 @@ T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
 
 INLINE_ATTEMPTS = 5
+
+_TARGETS = {
+    "pause": RunState.PAUSED,
+    "resume": RunState.RUNNING,
+    "cancel": RunState.CANCELLED,
+    "delete_data": RunState.REQUESTED_DATA_DELETED,
+}
+"""The run state each control moves a run to."""
 
 
 class Control(WorkflowCore[T, S]):
@@ -102,8 +111,13 @@ class Control(WorkflowCore[T, S]):
         if not isinstance(reason, str):
             raise InvalidArgument(f"workflow {self.name!r}: reason must be a string")
         check_text(reason, f"workflow {self.name!r}: reason {reason!r}")
-        await self._store.lookup(self.name, run_id)  # RunNotFound before anything else
+        stored = await self._store.lookup(self.name, run_id)  # RunNotFound before anything else
         engine = self._engine
+        # Refused at once when the stored run state does not allow it: a step in flight
+        # (one that hangs, say) must not hold a resume or delete_data of a run that is not
+        # paused or finished until the step ends. The actor checks again as it applies it.
+        if not (action == "delete_data" and stored.run_state is RunState.REQUESTED_DATA_DELETED):
+            engine.check_state(stored, _TARGETS[action])
         methods: dict[str, Callable[[RawRecord, str], Awaitable[tuple[RawRecord, list[Timer]]]]] = {
             "pause": engine.pause,
             "resume": engine.resume,

@@ -92,8 +92,10 @@ class RunFilter:
                     run_states = frozenset([RunState(run_state)])
                 else:
                     run_states = frozenset(RunState(s) for s in run_state)
-            except ValueError as exc:
-                raise InvalidArgument(f"run_state: {exc}") from None
+            except (ValueError, TypeError):
+                raise InvalidArgument(
+                    f"run_state must be an af.RunState or a sequence of them, not {run_state!r}"
+                ) from None
         return cls(
             foreign_ids, statuses, run_states, foreign_id_prefix, created_after, created_before
         )
