@@ -2331,3 +2331,36 @@ async def test_metric_process_errors_and_skipped_events(
         {"workflow_name": "failing", "process_name": "start-consumer"},
     )
     assert errors is not None and errors >= 1
+
+
+async def test_workflow_run_state_hooks_from_controls(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestWorkflow_OnPauseHook, TestWorkflow_OnCancelHook (controls): the hooks follow the
+    run-state changes, whoever made them: a pause after errors, pause()/cancel() from
+    outside, also while no workflow ran (the hook is called once it runs)."""
+    b = always_failing("hooks")
+    seen: list[tuple[str, af.RunState, str]] = []
+
+    async def on_pause(record: af.Record[Text, St]) -> None:
+        seen.append((record.foreign_id, record.run_state, "pause"))
+
+    async def on_cancel(record: af.Record[Text, St]) -> None:
+        seen.append((record.foreign_id, record.run_state, "cancel"))
+
+    b.on_pause(on_pause)
+    b.on_cancel(on_cancel)
+    wf = b.build(make_store(), clock=clock, resume_paused_after=None)
+    offline = await wf.trigger("offline")
+    await wf.pause(offline, "by hand")
+    async with af.open_workflow(wf):
+        await wf.trigger("errors")
+        await eventually(lambda: len(seen) >= 2)
+        await wf.cancel(offline, "by hand")
+        await eventually(lambda: len(seen) >= 3)
+        await trio.sleep(3600)
+    assert sorted(seen) == [
+        ("errors", af.RunState.PAUSED, "pause"),
+        ("offline", af.RunState.PAUSED, "pause"),
+        ("offline", af.RunState.CANCELLED, "cancel"),
+    ]
