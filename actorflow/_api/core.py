@@ -24,6 +24,11 @@ T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
 
 MAX_FOREIGN_ID = 512
+# ... and at most this many bytes in UTF-8: PostgreSQL indexes (workflow name, foreign id)
+# and refuses index rows over 2704 bytes; with the longest workflow name (200 characters,
+# 800 bytes) this keeps every store able to take every foreign id the API accepts (512
+# characters of 3-byte text such as CJK fit; 4-byte characters such as emoji: 384).
+MAX_FOREIGN_ID_BYTES = 1536
 
 
 class WorkflowCore(Generic[T, S]):
@@ -143,7 +148,13 @@ class WorkflowCore(Generic[T, S]):
                 f"workflow {self.name!r}: foreign_id must be a non-empty string of at most "
                 f"{MAX_FOREIGN_ID} characters, not {foreign_id!r}"
             )
-        return check_text(foreign_id, f"workflow {self.name!r}: foreign_id {foreign_id!r}")
+        check_text(foreign_id, f"workflow {self.name!r}: foreign_id {foreign_id!r}")
+        if not foreign_id.isascii() and len(foreign_id.encode()) > MAX_FOREIGN_ID_BYTES:
+            raise InvalidArgument(
+                f"workflow {self.name!r}: foreign_id must be at most {MAX_FOREIGN_ID_BYTES} "
+                f"bytes in UTF-8 (this one has {len(foreign_id.encode())}): {foreign_id!r}"
+            )
+        return foreign_id
 
     def _run_id_arg(self, run_id: object, what: str = "run_id") -> str:
         if not isinstance(run_id, str) or not run_id:

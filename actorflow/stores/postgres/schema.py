@@ -18,7 +18,7 @@ from typing import Any, Protocol, final
 
 import attrs
 
-from actorflow._model.errors import InvalidArgument, SchemaVersionError
+from actorflow._model.errors import InvalidArgument, SchemaVersionError, StoreError
 from actorflow._model.run_state import RunState
 
 _UNFINISHED = ", ".join(str(int(s)) for s in RunState if not s.finished)
@@ -186,6 +186,59 @@ MIGRATIONS: list[Migration] = [
 ]
 
 
+#: The tables and columns the migrations above leave. ``migrate`` checks the schema against
+#: it at every open, so a schema that is half-migrated (a table or column gone), or holds
+#: another application's tables under our names, is refused then with a clear StoreError
+#: instead of failing the first write that touches what is missing. A migration that adds
+#: a table or a column adds it here too (tests/stores/postgres: a fresh schema matches).
+TABLES: dict[str, frozenset[str]] = {
+    "runs": frozenset(
+        [
+            "seq",
+            "run_id",
+            "workflow_name",
+            "foreign_id",
+            "status",
+            "run_state",
+            "object",
+            "version",
+            "created_at",
+            "updated_at",
+            "meta",
+        ]
+    ),
+    "history": frozenset(
+        [
+            "id",
+            "run_id",
+            "version",
+            "workflow_name",
+            "foreign_id",
+            "status",
+            "run_state",
+            "object",
+            "created_at",
+            "updated_at",
+            "meta",
+            "writer",
+            "origin",
+            "shard_key",
+        ]
+    ),
+    "timers": frozenset(["id", "run_id", "workflow_name", "status", "kind", "fire_at"]),
+    "cursors": frozenset(["name", "value", "updated_at"]),
+    "schedules": frozenset(["key", "last_fired", "claimed_by", "claimed_at"]),
+    "workers": frozenset(
+        ["workflow_name", "worker_id", "host", "pid", "started_at", "heartbeat_at", "expires_at"]
+    ),
+    "shard_leases": frozenset(
+        ["workflow_name", "shard", "shards", "owner", "epoch", "acquired_at", "expires_at"]
+    ),
+    "definitions": frozenset(["seq", "workflow_name", "fingerprint", "summary", "registered_at"]),
+    "schema_version": frozenset(["version", "description", "applied_at"]),
+}
+
+
 def latest_version() -> int:
     """The schema version this code writes."""
     return MIGRATIONS[-1].version if MIGRATIONS else 0
@@ -209,6 +262,8 @@ def lock_key(*parts: str) -> int:
 class _Cursor(Protocol):
     def fetchone(self) -> Any: ...
 
+    def fetchall(self) -> list[Any]: ...
+
 
 class _Connection(Protocol):
     """The part of a psycopg connection that :func:`migrate` uses (autocommit mode)."""
@@ -228,6 +283,13 @@ def migrate(conn: _Connection, schema: str) -> int:
     s = quote_schema(schema)
     conn.execute(b"SELECT pg_advisory_xact_lock(%s)", [lock_key("actorflow.migrate", schema)])
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}".encode())
+    before = _columns(conn, schema)
+    if "schema_version" in before and not TABLES["schema_version"] <= before["schema_version"]:
+        raise StoreError(
+            f"PostgreSQL schema {schema!r} holds a table schema_version that actorflow did not "
+            f"create (its columns: {', '.join(sorted(before['schema_version']))}): another "
+            "application uses this schema; give the store a schema of its own (schema=)"
+        )
     conn.execute(
         f"""CREATE TABLE IF NOT EXISTS {s}.schema_version (
             version     integer PRIMARY KEY,
@@ -244,6 +306,14 @@ def migrate(conn: _Connection, schema: str) -> int:
             f"knows versions up to {known}: it was written by a newer actorflow; upgrade "
             "actorflow (downgrading the schema is not supported)"
         )
+    if found == 0:
+        theirs = sorted(set(before) & set(TABLES) - {"schema_version"})
+        if theirs:
+            raise StoreError(
+                f"PostgreSQL schema {schema!r} already holds tables actorflow did not create "
+                f"({', '.join(theirs)}): another application uses this schema; give the store "
+                "a schema of its own (schema=)"
+            )
     for migration in MIGRATIONS:
         if migration.version <= found:
             continue
@@ -253,7 +323,39 @@ def migrate(conn: _Connection, schema: str) -> int:
             f"INSERT INTO {s}.schema_version (version, description) VALUES (%s, %s)".encode(),
             [migration.version, migration.description],
         )
+    _check_complete(_columns(conn, schema), schema, known)
     return found
+
+
+def _columns(conn: _Connection, schema: str) -> dict[str, set[str]]:
+    """The columns of each table in ``schema`` (one catalog query)."""
+    rows = conn.execute(
+        b"SELECT c.relname, coalesce(array_agg(a.attname::text) FILTER (WHERE a.attnum > 0 "
+        b"AND NOT a.attisdropped), '{}') FROM pg_class c JOIN pg_namespace n ON "
+        b"n.oid = c.relnamespace LEFT JOIN pg_attribute a ON a.attrelid = c.oid "
+        b"WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f') GROUP BY c.relname",
+        [schema],
+    ).fetchall()
+    return {str(name): set(columns) for name, columns in rows}
+
+
+def _check_complete(present: dict[str, set[str]], schema: str, version: int) -> None:
+    """Raise StoreError naming what a schema at the latest version lacks (half-migrated,
+    or a table or column dropped by hand): refused at open, not at the first write."""
+    lacking: list[str] = []
+    for table, columns in TABLES.items():
+        if table not in present:
+            lacking.append(f"table {table}")
+        else:
+            missing = sorted(columns - present[table])
+            lacking.extend(f"column {table}.{column}" for column in missing)
+    if lacking:
+        shown = ", ".join(lacking)
+        raise StoreError(
+            f"PostgreSQL schema {schema!r} says it is at version {version} but lacks "
+            f"{shown}: it is half-migrated or was changed by hand; restore it from a backup, "
+            "or point the store at another schema (schema=)"
+        )
 
 
 _RUN_COLUMNS = (

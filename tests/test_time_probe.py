@@ -1,0 +1,437 @@
+"""Time probe: timers, timeouts, cron schedules, run-state controls around them and
+restarts, under trio's autojump clock, on MemoryStore, SQLiteStore and PostgresStore.
+
+Written from the public contract (API.md, docs/timeouts.md, docs/schedules.md,
+docs/scale.md) alone; every test waits on events or on virtual time, never on real time.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from trio.testing import MockClock
+
+import actorflow as af
+from actorflow.testing import await_timeout_insert, trio_clock
+
+START = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)  # a Thursday
+DAY = 24 * 3600.0
+PG_DSN = os.environ.get("ACTORFLOW_PG_DSN")
+
+
+class S(enum.IntEnum):
+    START = 1
+    WAIT = 2
+    TIMED_OUT = 3
+    CALLED = 4
+
+
+@attrs.define
+class Box:
+    note: str = ""
+
+
+@attrs.define
+class Fire:
+    run_id: str
+    foreign_id: str
+    due: datetime
+    at: datetime
+
+
+@attrs.define
+class Log:
+    """What the user functions saw, and events to wait on."""
+
+    clock: af.Clock
+    fired: list[Fire] = attrs.field(factory=list)
+    called: list[str] = attrs.field(factory=list)
+    fired_event: trio.Event = attrs.field(factory=trio.Event)
+
+    def fire(self, run: af.Run[Box, S], due: datetime) -> None:
+        self.fired.append(Fire(run.run_id, run.foreign_id, due, self.clock.now()))
+        self.fired_event.set()
+        self.fired_event = trio.Event()
+
+    def fires_of(self, run_id: str) -> list[Fire]:
+        return [f for f in self.fired if f.run_id == run_id]
+
+
+Timer = Callable[[Any, datetime], "datetime | None"]
+
+
+def build(
+    store: af.Store,
+    log: Log,
+    timer: Timer,
+    *,
+    step: bool = True,
+    **options: Any,
+) -> af.Workflow[Box, S]:
+    """START -(step)-> WAIT; at WAIT a callback (-> CALLED) and a timeout (-> TIMED_OUT)."""
+    b = af.Builder("probe", Box, S)
+    if step:
+
+        @b.step(S.START, to=S.WAIT)
+        async def begin(run: af.Run[Box, S]) -> S:
+            return S.WAIT
+
+    async def called(run: af.Run[Box, S], payload: bytes) -> S:
+        log.called.append(run.run_id)
+        run.object.note = payload.decode()
+        return S.CALLED
+
+    async def timed_out(run: af.Run[Box, S], now: datetime) -> S:
+        log.fire(run, now)
+        return S.TIMED_OUT
+
+    b.add_callback(S.WAIT, called, to=S.CALLED)
+    b.add_timeout(S.WAIT, timer, timed_out, to=S.TIMED_OUT)
+    return b.build(store, clock=log.clock, **options)
+
+
+class Stores:
+    """Opens stores on one storage: ``make()`` again is a restart (a new store object on
+    the same file or schema; MemoryStore: the same object). Closes them all at the end."""
+
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        self.kind = kind
+        self._path = tmp_path / "time.db"
+        self._schema = f"af_time_{uuid.uuid4().hex[:16]}"
+        self._opened: list[af.Store] = []
+        self._memory: af.Store | None = None
+        self.latency = timedelta(seconds=1 if kind == "postgres" else 0)
+        """How late a timer may fire at a start (PostgreSQL first takes its shards)."""
+
+    def make(self) -> af.Store:
+        store: af.Store
+        if self.kind == "memory":
+            if self._memory is None:
+                self._memory = af.MemoryStore()
+            return self._memory
+        if self.kind == "sqlite":
+            store = af.SQLiteStore(self._path)
+        else:
+            assert PG_DSN
+            store = af.PostgresStore(PG_DSN, schema=self._schema, pool_size=4)
+        self._opened.append(store)
+        return store
+
+    async def aclose(self) -> None:
+        for store in self._opened:
+            await store.aclose()
+        if self._memory is not None:
+            await self._memory.aclose()
+        if self.kind == "postgres":
+            assert PG_DSN
+            dropper = af.PostgresStore(PG_DSN, schema=self._schema, drop_schema_on_close=True)
+            await dropper.aclose()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
+    if request.param == "postgres" and not PG_DSN:
+        pytest.skip("ACTORFLOW_PG_DSN not set")
+    made = Stores(request.param, tmp_path)
+    try:
+        yield made
+    finally:
+        await made.aclose()
+
+
+def clock() -> af.Clock:
+    return trio_clock(START)
+
+
+async def until(when: datetime, wall: af.Clock) -> None:
+    """Sleep (virtual time) until the workflow clock reads ``when``."""
+    await trio.sleep(max(0.0, (when - wall.now()).total_seconds()))
+
+
+# -- a year of virtual time ----------------------------------------------------------
+
+
+class Day(enum.IntEnum):
+    TICK = 1
+    OPEN = 2
+    CLOSED = 3
+
+
+class Bill(enum.IntEnum):
+    M0 = 1  # a chain of twelve 30-day timeouts: M0 -> M1 -> ... -> M12
+    M1 = 2
+    M2 = 3
+    M3 = 4
+    M4 = 5
+    M5 = 6
+    M6 = 7
+    M7 = 8
+    M8 = 9
+    M9 = 10
+    M10 = 11
+    M11 = 12
+    M12 = 13
+    PAID = 14
+
+
+async def test_a_year_of_daily_schedule_and_30_day_timeouts(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    wall = clock()
+    day_fires: list[tuple[str, datetime, datetime]] = []
+    bill_fires: list[tuple[str, int, datetime, datetime]] = []
+
+    daily = af.Builder("daily", Box, Day)
+
+    @daily.step(Day.TICK, to=Day.OPEN)
+    async def tick(run: af.Run[Box, Day]) -> Day:
+        return Day.OPEN
+
+    async def close(run: af.Run[Box, Day], now: datetime) -> Day:
+        day_fires.append((run.run_id, now, wall.now()))
+        return Day.CLOSED
+
+    daily.add_timeout(Day.OPEN, af.after(timedelta(hours=23)), close, to=Day.CLOSED)
+
+    bills = af.Builder("bills", Box, Bill)
+
+    async def paid(run: af.Run[Box, Bill], payload: bytes) -> Bill:
+        return Bill.PAID
+
+    def overdue_at(status: Bill) -> Callable[[af.Run[Box, Bill], datetime], Any]:
+        async def overdue(run: af.Run[Box, Bill], now: datetime) -> Bill:
+            bill_fires.append((run.run_id, int(status), now, wall.now()))
+            return Bill(status + 1)
+
+        return overdue
+
+    for status in list(Bill)[:12]:
+        bills.add_timeout(
+            status, af.after(timedelta(days=30)), overdue_at(status), to=Bill(status + 1)
+        )
+        bills.add_callback(status, paid, to=Bill.PAID)
+
+    store = stores.make()
+    # metrics=False: the default (a Prometheus registry when prometheus-client is
+    # installed) counts the runs in the store 15 s of workflow time after each change, which
+    # under the autojump clock is after every burst of changes (docs/metrics.md).
+    days = daily.build(store, clock=wall, metrics=False)
+    billing = bills.build(store, clock=wall, metrics=False)
+    async with af.open_workflow(days, billing), trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(days.schedule_trigger, "day", "@daily"))
+        bill_ids = []
+        for i in range(10):
+            bill_ids.append(await billing.trigger(f"bill-{i}"))
+            await trio.sleep(DAY * 7 + 3600)  # staggered by a week and an hour
+        payer = await billing.trigger("payer")
+        await until(START + timedelta(days=100), wall)
+        assert await billing.callback("payer", Bill.M0, b"") is not None
+        started = time.perf_counter()
+        cpu = time.process_time()
+        await until(START + timedelta(days=430), wall)
+        cpu = time.process_time() - cpu
+        seconds = time.perf_counter() - started
+        nursery.cancel_scope.cancel()
+    print(f"{stores.kind}: the rest of the year: {seconds:.3f} s real, {cpu:.3f} s CPU")
+    runs = await days.list_runs(foreign_id="day", limit=1000)
+    # Jan 2 2026 ... Mar 7 2027 (430 days after Jan 1 09:00): one run per midnight
+    assert len(runs) == 430
+    assert all(r.status is Day.CLOSED for r in runs[:-1])
+    assert runs[-1].status is Day.OPEN  # Mar 7 2027 00:00: closes at 23:00
+    assert [r.created_at for r in runs] == [
+        datetime(2026, 1, 2, tzinfo=UTC) + timedelta(days=i) for i in range(430)
+    ]
+    assert len({f[0] for f in day_fires}) == len(day_fires) == 429
+    for run_id, due, at in day_fires:
+        created = next(r.created_at for r in runs if r.run_id == run_id)
+        assert due == created + timedelta(hours=23), (due, created)
+        assert due <= at <= due + timedelta(seconds=1)
+    assert (await billing.lookup(payer)).status is Bill.PAID
+    assert not [f for f in bill_fires if f[0] == payer]
+    assert len(bill_fires) == 10 * 12
+    assert len({(f[0], f[1]) for f in bill_fires}) == 120  # each timer fired once
+    for i, run_id in enumerate(bill_ids):
+        record = await billing.lookup(run_id)
+        assert record.status is Bill.M12
+        mine = sorted((s, due, at) for rid, s, due, at in bill_fires if rid == run_id)
+        created = record.created_at
+        assert created == START + timedelta(days=7 * i, hours=i)
+        for k, (s, due, at) in enumerate(mine):
+            assert s == k + 1
+            assert due == created + timedelta(days=30 * (k + 1))
+            assert due <= at <= due + timedelta(seconds=1)
+    if stores.kind == "sqlite":
+        assert cpu < 5.0, f"a virtual year took {cpu:.2f} s of CPU on SQLite"
+
+
+# -- the timer window, restarts, timers due while nothing ran --------------------------
+
+
+async def test_a_timer_beyond_the_window_fires_also_after_a_restart(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    wall = clock()
+    log = Log(wall)
+    wf = build(stores.make(), log, af.after(timedelta(days=3)))
+    async with af.open_workflow(wf):
+        first = await wf.trigger("first")  # fires while this worker runs
+        await await_timeout_insert(wf, "first", first, S.WAIT)
+        second = await wf.trigger("second")  # armed a day later, fires after the restart
+        await await_timeout_insert(wf, "second", second, S.WAIT)
+        done = await wf.await_status("first", first, S.TIMED_OUT)
+        assert done.updated_at == START + timedelta(days=3)
+    # Restart: a new Workflow on a new store object over the same storage.
+    wf2 = build(stores.make(), log, af.after(timedelta(days=3)))
+    async with af.open_workflow(wf2):
+        third = await wf2.trigger("third")
+        await await_timeout_insert(wf2, "third", third, S.WAIT)
+        done = await wf2.await_status("second", second, S.TIMED_OUT)
+        assert done.updated_at == START + timedelta(days=3)
+        done = await wf2.await_status("third", third, S.TIMED_OUT)
+        assert done.updated_at == wall.now()
+    assert sorted(f.foreign_id for f in log.fired) == ["first", "second", "third"]
+    for f in log.fired:
+        assert f.due == f.at  # exact under the autojump clock
+
+
+async def test_a_timer_due_while_no_worker_ran_fires_at_once_and_once(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    wall = clock()
+    log = Log(wall)
+    wf = build(stores.make(), log, af.after(timedelta(hours=2)))
+    async with af.open_workflow(wf):
+        run_ids = [await wf.trigger(f"r{i}") for i in range(5)]
+        for i, run_id in enumerate(run_ids):
+            await await_timeout_insert(wf, f"r{i}", run_id, S.WAIT)
+    await trio.sleep(5 * DAY)  # nothing runs
+    down_until = wall.now()
+    assert not log.fired
+    wf2 = build(stores.make(), log, af.after(timedelta(hours=2)))
+    async with af.open_workflow(wf2):
+        for i, run_id in enumerate(run_ids):
+            done = await wf2.await_status(f"r{i}", run_id, S.TIMED_OUT)
+            # at once (PostgreSQL: after taking its shards, a few ms of virtual time)
+            assert down_until <= done.updated_at <= down_until + stores.latency
+        await trio.sleep(30 * DAY)
+    assert len(log.fired) == 5
+    for f in log.fired:
+        assert f.due == START + timedelta(hours=2)  # `now` is when it was due
+        assert down_until <= f.at <= down_until + stores.latency
+    # A third start finds nothing to fire.
+    wf3 = build(stores.make(), log, af.after(timedelta(hours=2)))
+    async with af.open_workflow(wf3):
+        await trio.sleep(DAY)
+    assert len(log.fired) == 5
+
+
+async def test_a_far_timer_then_restart_keeps_its_virtual_time(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    """A year-long timer armed, the worker restarted several times on the way: the timer
+    fires once, at its instant, with no store work in between proportional to the wait."""
+    wall = clock()
+    log = Log(wall)
+    timer = af.at(START + timedelta(days=365))
+    wf = build(stores.make(), log, timer)
+    run_id = await wf.trigger("yearly")  # no worker yet: the step runs at the first start
+    for month in range(1, 13):
+        wf = build(stores.make(), log, timer)
+        async with af.open_workflow(wf):
+            await until(START + timedelta(days=30 * month), wall)
+    assert not log.fired
+    wf = build(stores.make(), log, timer)
+    async with af.open_workflow(wf):
+        done = await wf.await_status("yearly", run_id, S.TIMED_OUT)
+    assert done.updated_at == START + timedelta(days=365)
+    assert [(f.due, f.at) for f in log.fired] == [(done.updated_at, done.updated_at)]
+
+
+# -- timeouts racing callbacks ---------------------------------------------------------
+
+
+async def test_a_callback_at_the_instant_of_the_timeout_one_wins_and_no_trace(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    wall = clock()
+    log = Log(wall)
+    due = START + timedelta(hours=1)
+    wf = build(stores.make(), log, af.at(due))
+    winners: dict[str, S] = {}
+    async with af.open_workflow(wf):
+        run_ids = {}
+        for i in range(6):
+            fid = f"race{i}"
+            run_ids[fid] = await wf.trigger(fid)
+            await await_timeout_insert(wf, fid, run_ids[fid], S.WAIT)
+        results: dict[str, af.Record[Box, S] | None] = {}
+
+        seen_at_none: dict[str, af.Record[Box, S]] = {}
+
+        async def call_at_due(fid: str) -> None:
+            await until(due, wall)
+            results[fid] = await wf.callback(fid, S.WAIT, b"paid")
+            if results[fid] is None:
+                seen_at_none[fid] = await wf.latest(fid)
+
+        async with trio.open_nursery() as nursery:
+            for fid in run_ids:
+                nursery.start_soon(call_at_due, fid)
+        for fid in run_ids:
+            record = results[fid] or seen_at_none[fid]
+            # A callback that finds the run moved on returns None: by then the timeout's
+            # transition is stored (else the callback could still have been taken).
+            assert record.status in (S.CALLED, S.TIMED_OUT), (fid, record)
+            winners[fid] = record.status
+        await trio.sleep(10 * DAY)  # nothing else happens
+    for fid, run_id in run_ids.items():
+        history = await wf.history(run_id)
+        statuses = [r.status for r in history]
+        assert statuses == [S.START, S.WAIT, winners[fid]], statuses
+        assert history[-1].run_state is af.RunState.COMPLETED
+        fired = log.fires_of(run_id)
+        if winners[fid] is S.CALLED:
+            assert results[fid] is not None
+            assert not fired, "the timeout fired after the callback won"
+            assert history[-1].object.note == "paid"
+        else:
+            assert results[fid] is None, "the callback answered for a run that timed out"
+            assert len(fired) == 1
+            assert history[-1].object.note == ""
+            assert run_id not in log.called
+
+
+async def test_await_status_with_a_zero_timeout_answers_from_the_store(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    """A timeout bounds the wait, not the look: a status the run reached already is
+    returned with timeout=0 (it was a TimeoutError: the deadline cut the first read)."""
+    wall = clock()
+    log = Log(wall)
+    wf = build(stores.make(), log, af.after(timedelta(minutes=1)))
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("zero")
+        done = await wf.await_status("zero", run_id, S.TIMED_OUT)
+        for timeout in (0, 0.0, 1e-9):
+            assert await wf.await_status("zero", run_id, S.WAIT, timeout=timeout) is not None
+            assert await wf.await_status("zero", run_id, S.TIMED_OUT, timeout=timeout) == done
+        with pytest.raises(af.ActorflowError, match="never reached"):
+            await wf.await_status("zero", run_id, S.CALLED, timeout=0)
+        other = await wf.trigger("other")
+        await await_timeout_insert(wf, "other", other, S.WAIT)
+        with pytest.raises(TimeoutError, match="within 0 s"):
+            await wf.await_status("other", other, S.TIMED_OUT, timeout=0)
+        with pytest.raises(TimeoutError, match="within 59 s"):
+            await wf.await_status("other", other, S.TIMED_OUT, timeout=59)
+        assert await wf.await_status("other", other, S.TIMED_OUT, timeout=2) is not None
