@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-import trio
-
 from actorflow._model.definition import CallbackSpec, fn_name
 from actorflow._model.errors import (
     ActorflowError,
@@ -68,7 +66,7 @@ async def _run_callback(
         if observer is not None:
             observer.end(token, "error", exc)
         raise
-    except (Exception, trio.Cancelled) as exc:
+    except BaseException as exc:
         try:
             error = user_error(exc, key)
         except BaseException:
@@ -78,10 +76,6 @@ async def _run_callback(
         if observer is not None:
             observer.end(token, "error", error)
         await _failed(engine, raw, key, error)
-    except BaseException as exc:
-        if observer is not None:
-            observer.end(token, "cancelled", exc)
-        raise
     if observer is not None:
         observer.end(token, engine.outcome(raw, new))
     return new, timers

@@ -96,7 +96,7 @@ async def _allowed(filter: Callable[..., Any] | None, when: datetime) -> bool:
         if inspect.isawaitable(result):
             result = await result
         return bool(result)
-    except (Exception, trio.Cancelled) as caught:
+    except BaseException as caught:
         exc = user_error(caught, f"schedule filter {fn_name(filter)}")
         raise StepError(f"schedule filter {fn_name(filter)} raised {describe_error(exc)}") from exc
 
