@@ -2473,3 +2473,101 @@ async def test_event_streamer_acceptance(
     assert record.status is Sync.COMPLETED and record.object.uid
     email_set = next(r for r in await wf.history(run_id) if r.status is Sync.EMAIL_SET)
     assert record.updated_at - email_set.updated_at >= timedelta(hours=1)
+
+
+# --- timeouts and triggers across run-state changes (timeout.go, trigger.go semantics) -
+
+
+def callback_or_timeout(
+    store: af.Store, clock: af.Clock, fired: list[datetime], **build: Any
+) -> af.Workflow[Text, St]:
+    """At START a callback (to MIDDLE) races an hour's timeout (to END)."""
+    b = af.Builder("race", Text, St)
+
+    async def answered(run: af.Run[Text, St], payload: bytes) -> St:
+        return St.MIDDLE
+
+    async def expired(run: af.Run[Text, St], now: datetime) -> St:
+        fired.append(now)
+        return St.END
+
+    b.add_callback(St.START, answered, to=[St.MIDDLE])
+    b.add_timeout(St.START, af.after(timedelta(hours=1)), expired, to=[St.END])
+
+    async def finish(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    b.add_step(St.MIDDLE, finish, to=St.END)
+    return b.build(store, clock=clock, **build)
+
+
+async def test_timeout_cancelled_when_the_run_moves_on(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """The timeout of a status is dropped when the run leaves that status (luno cancels the
+    timeout record): a callback that answers first means the timeout never fires."""
+    fired: list[datetime] = []
+    wf = callback_or_timeout(make_store(), clock, fired)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        await await_timeout_insert(wf, "fid", run_id, St.START)
+        await trio.sleep(1800)
+        assert await wf.callback("fid", St.START, b"") is not None
+        await wf.await_status("fid", run_id, St.END, timeout=LIMIT)
+        await trio.sleep(3 * 3600)
+        history = await wf.history(run_id)
+    assert fired == []
+    assert [r.status for r in history] == [St.START, St.MIDDLE, St.END]
+
+
+async def test_timeout_of_a_paused_run_waits_for_resume(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """A paused run's timeout does not fire while it is paused; resumed after its time, it
+    fires; a cancelled run's timeout never fires. (As luno's, the automatic resume of
+    paused runs applies to every pause, one by hand too: it is off here.)"""
+    fired: list[datetime] = []
+    wf = callback_or_timeout(make_store(), clock, fired, resume_paused_after=None)
+    async with af.open_workflow(wf):
+        paused_id = await wf.trigger("paused")
+        cancelled_id = await wf.trigger("cancelled")
+        await await_timeout_insert(wf, "paused", paused_id, St.START)
+        await await_timeout_insert(wf, "cancelled", cancelled_id, St.START)
+        await wf.pause(paused_id, "hold on")
+        await wf.cancel(cancelled_id, "no more")
+        await trio.sleep(2 * 3600)
+        assert fired == []
+        assert (await wf.lookup(paused_id)).run_state is af.RunState.PAUSED
+        await wf.resume(paused_id)
+        done = await wf.await_status("paused", paused_id, St.END, timeout=LIMIT)
+        await trio.sleep(3600)
+    assert len(fired) == 1 and done.run_state is af.RunState.COMPLETED
+    assert (await wf.lookup(cancelled_id)).status is St.START
+
+
+async def test_trigger_in_progress_rules(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """Test_trigger "ErrWorkflowInProgress": a PAUSED latest run is in progress; once it is
+    cancelled, or completed, or its data deleted, a new run may start."""
+    wf = store_workflow(make_store(), clock)
+    first = await wf.trigger("fid")
+    await wf.pause(first, "wait")
+    with pytest.raises(af.WorkflowInProgress):
+        await wf.trigger("fid")
+    await wf.cancel(first, "stop")
+    second = await wf.trigger("fid")
+    await wf.callback("fid", St.START, b"m")
+    with pytest.raises(af.WorkflowInProgress):
+        await wf.trigger("fid")
+    await wf.callback("fid", St.MIDDLE, b"e")
+    await wf.delete_data(second, "gdpr")
+    third = await wf.trigger("fid")
+    assert len({first, second, third}) == 3
+    assert (await wf.latest("fid")).run_id == third
+    runs = await wf.list_runs(foreign_id="fid")
+    assert [r.run_state for r in runs] == [
+        af.RunState.CANCELLED,
+        af.RunState.DATA_DELETED,
+        af.RunState.INITIATED,
+    ]
