@@ -333,6 +333,8 @@ async def test_retention_prunes_only_old_finished_runs_of_its_workflow(
         # await_status of a pruned status still answers with what is left, or says so.
         latest = await wf.await_status("done", done, St.DONE)
         assert latest.run_id == done
+        with pytest.raises(af.ActorflowError, match="history retention"):
+            await wf.await_status("done", done, St.NEW, timeout=60)
         # A run finishing now is not pruned before after_finish.
         late = await finish(wf, "late")
         late_history = await wf.history(late)
@@ -1295,3 +1297,47 @@ async def test_objects_a_store_cannot_hold_are_errors_of_that_run_only(
             assert [r.status for r in await wf.history(run_id)] == [M.A, M.B]
     for fid in fids:
         assert tried[fid] == (2 if fid in poison else 1), fid
+
+
+async def test_controls_from_another_process_while_the_worker_runs(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    """A second store handle (another process's view, no worker) deletes a finished run's
+    data and pauses a run whose step is in flight: the worker finishes the scrub, and the
+    step's result is not stored over the pause (nor twice after the resume)."""
+    if not stores.durable:
+        pytest.skip("two handles on one storage need a durable store")
+    clock = trio_clock(START)
+    entered = trio.Event()
+    release = trio.Event()
+    results: list[str] = []
+
+    async def slow(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "slow" and not release.is_set():
+            entered.set()
+            await release.wait()
+        results.append(run.foreign_id)
+        run.object.tags.append("worked")
+        return St.WAITING
+
+    worker = pipeline(stores.open(), clock, working=slow, resume_paused_after=None)
+    remote = pipeline(stores.open(), clock, working=slow, resume_paused_after=None)
+    async with af.open_workflow(worker):
+        done = await finish(worker, "done")
+        slow_id = await worker.trigger("slow")
+        await entered.wait()
+        await remote.delete_data(done, "erasure")
+        scrubbed = await _await_run_state(worker, done, af.RunState.DATA_DELETED)
+        assert scrubbed.object == Doc()
+        assert all(r.object == Doc() for r in await remote.history(done))
+        paused = await remote.pause(slow_id, "hold")
+        assert paused.run_state is af.RunState.PAUSED
+        release.set()
+        await trio.sleep(600)  # virtual: long past the step's end and any retry
+        rec = await worker.lookup(slow_id)
+        assert rec.run_state is af.RunState.PAUSED and rec.status is St.WORKING
+        await remote.resume(slow_id)
+        rec = await worker.await_status("slow", slow_id, St.WAITING, timeout=3600)
+        assert rec.object.tags == ["worked"]
+    statuses = [r.status for r in await worker.history(slow_id)]
+    assert statuses.count(St.WAITING) == 1
