@@ -12,8 +12,11 @@ from __future__ import annotations
 import enum
 import functools
 import json
-from collections.abc import Awaitable, Callable
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -32,6 +35,40 @@ from actorflow.testing import (
 from tests.conftest import StoreMaker
 
 LIMIT = 60  # seconds of virtual time any wait may take before the test fails
+PG_DSN = os.environ.get("ACTORFLOW_PG_DSN")
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreMaker]:
+    """The store under test (tests/conftest.py's, plus PostgreSQL when ACTORFLOW_PG_DSN is
+    set, in a schema of its own); calling it again reopens the same storage."""
+    if request.param == "postgres" and not PG_DSN:
+        pytest.skip("ACTORFLOW_PG_DSN not set")
+    opened: list[af.Store] = []
+    schema = f"af_luno_{uuid.uuid4().hex[:16]}"
+
+    def make() -> af.Store:
+        if request.param == "memory":
+            if not opened:
+                opened.append(af.MemoryStore())
+            return opened[0]
+        store: af.Store
+        if request.param == "sqlite":
+            store = af.SQLiteStore(tmp_path / "actorflow.db")
+        else:
+            assert PG_DSN is not None
+            store = af.PostgresStore(PG_DSN, schema=schema, pool_size=4)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        await store.aclose()
+    if request.param == "postgres":
+        assert PG_DSN is not None
+        dropper = af.PostgresStore(PG_DSN, schema=schema, pool_size=1, drop_schema_on_close=True)
+        await dropper.get_cursor("drop")  # opens it
+        await dropper.aclose()
 
 
 # --- the user sign-up workflow of workflow_test.go -------------------------------------
@@ -1960,22 +1997,29 @@ async def test_record_store_list_pages(
 ) -> None:
     """adaptertest testList "List with no workflow specified returns all" (pages): pages of
     53 and 100 follow each other without overlap, in creation order both ways, and a last
-    page is short."""
+    page is short. Runs created one after the other list in that order; the runs of one
+    trigger_many are created together (their order among themselves is the store's)."""
     wf = store_workflow(make_store(), clock)
     total = 180
-    ids = await wf.trigger_many([f"fid-{i}" for i in range(total)])
+    ids = await wf.trigger_many([f"fid-{i}" for i in range(total - 20)])
     assert all(isinstance(i, str) for i in ids)
+    for i in range(total - 20, total):
+        await trio.sleep(0.001)
+        ids.append(await wf.trigger(f"fid-{i}"))
+    everything = [r.run_id for r in await wf.list_runs(limit=1000)]
+    assert sorted(everything) == sorted(ids)
+    assert everything[-20:] == ids[-20:]
     first = await wf.list_runs(limit=53)
     second = await wf.list_runs(limit=100, after=first[-1].run_id)
     rest = await wf.list_runs(limit=1000, after=second[-1].run_id)
     assert (len(first), len(second), len(rest)) == (53, 100, total - 153)
-    assert [r.run_id for r in first + second + rest] == ids
+    assert [r.run_id for r in first + second + rest] == everything
     down = await wf.list_runs(limit=1000, descending=True)
-    assert [r.run_id for r in down] == ids[::-1]
-    last_page = await wf.list_runs(limit=100, after=ids[total - 51])
+    assert [r.run_id for r in down] == everything[::-1]
+    last_page = await wf.list_runs(limit=100, after=everything[total - 51])
     assert len(last_page) == 50
-    last_down = await wf.list_runs(limit=100, after=ids[50], descending=True)
-    assert [r.run_id for r in last_down] == ids[49::-1]
+    last_down = await wf.list_runs(limit=100, after=everything[50], descending=True)
+    assert [r.run_id for r in last_down] == everything[49::-1]
 
 
 async def test_record_store_list_workflow_name(
@@ -2331,3 +2375,199 @@ async def test_metric_process_errors_and_skipped_events(
         {"workflow_name": "failing", "process_name": "start-consumer"},
     )
     assert errors is not None and errors >= 1
+
+
+async def test_workflow_run_state_hooks_from_controls(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestWorkflow_OnPauseHook, TestWorkflow_OnCancelHook (controls): the hooks follow the
+    run-state changes, whoever made them: a pause after errors, pause()/cancel() from
+    outside, also while no workflow ran (the hook is called once it runs)."""
+    b = always_failing("hooks")
+    seen: list[tuple[str, af.RunState, str]] = []
+
+    async def on_pause(record: af.Record[Text, St]) -> None:
+        seen.append((record.foreign_id, record.run_state, "pause"))
+
+    async def on_cancel(record: af.Record[Text, St]) -> None:
+        seen.append((record.foreign_id, record.run_state, "cancel"))
+
+    b.on_pause(on_pause)
+    b.on_cancel(on_cancel)
+    wf = b.build(make_store(), clock=clock, resume_paused_after=None)
+    offline = await wf.trigger("offline")
+    await wf.pause(offline, "by hand")
+    async with af.open_workflow(wf):
+        await wf.trigger("errors")
+        await eventually(lambda: len(seen) >= 2)
+        await wf.cancel(offline, "by hand")
+        await eventually(lambda: len(seen) >= 3)
+        await trio.sleep(3600)
+    assert sorted(seen) == [
+        ("errors", af.RunState.PAUSED, "pause"),
+        ("offline", af.RunState.PAUSED, "pause"),
+        ("offline", af.RunState.CANCELLED, "cancel"),
+    ]
+
+
+# --- adapters/adaptertest/eventstreaming.go ("Acceptance test - full workflow run through")
+
+
+class Sync(enum.IntEnum):
+    STARTED = 1
+    EMAIL_SET = 2
+    REGULATION_TIMEOUT = 3
+    COMPLETED = 4
+
+
+@attrs.define
+class User:
+    uid: str = ""
+    email: str = ""
+    country_code: str = ""
+
+
+def cool_down(run: af.Run[User, Sync], now: datetime) -> datetime | None:
+    """An hour's cool-down for users in Great Britain; no timeout for anyone else."""
+    return now + timedelta(hours=1) if run.object.country_code == "GB" else None
+
+
+@pytest.mark.parametrize("streamer", ["memory", "store log"])
+async def test_event_streamer_acceptance(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock, streamer: str
+) -> None:
+    """RunEventStreamerTest "Acceptance test - full workflow run through": with an event
+    streamer, a run goes through a step, a timer function's timeout (an hour for GB users,
+    none for others) and a last step; the transitions reach the stream."""
+    store = make_store()
+    stream: Any = af.MemoryStreamer() if streamer == "memory" else af.StoreLogStreamer(store)
+    b = af.Builder("sync user 2", User, Sync)
+
+    @b.step(Sync.STARTED, to=Sync.EMAIL_SET, max_concurrency=5)
+    async def set_email(run: af.Run[User, Sync]) -> Sync:
+        run.object.email = "andrew@workflow.com"
+        return Sync.EMAIL_SET
+
+    async def regulation(run: af.Run[User, Sync], now: datetime) -> Any:
+        if run.object.email == "andrew@workflow.com":
+            return Sync.REGULATION_TIMEOUT
+        return run.skip()
+
+    b.add_timeout(Sync.EMAIL_SET, cool_down, regulation, to=[Sync.REGULATION_TIMEOUT])
+
+    @b.step(Sync.REGULATION_TIMEOUT, to=Sync.COMPLETED, max_concurrency=5)
+    async def generate_user_id(run: af.Run[User, Sync]) -> Sync:
+        run.object.uid = "user-1"
+        return Sync.COMPLETED
+
+    wf = b.build(store, clock=clock, streamer=stream)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("1", initial=User(country_code="GB"))
+        await await_timeout_insert(wf, "1", run_id, Sync.EMAIL_SET)
+        record = await wf.await_status("1", run_id, Sync.COMPLETED, timeout=2 * 3600)
+        elsewhere = await wf.trigger("2", initial=User(country_code="ZA"))
+        await wf.await_status("2", elsewhere, Sync.EMAIL_SET, timeout=LIMIT)
+        await trio.sleep(24 * 3600)
+        assert (await wf.lookup(elsewhere)).status is Sync.EMAIL_SET
+    assert record.object.email == "andrew@workflow.com"
+    assert record.status is Sync.COMPLETED and record.object.uid
+    email_set = next(r for r in await wf.history(run_id) if r.status is Sync.EMAIL_SET)
+    assert record.updated_at - email_set.updated_at >= timedelta(hours=1)
+
+
+# --- timeouts and triggers across run-state changes (timeout.go, trigger.go semantics) -
+
+
+def callback_or_timeout(
+    store: af.Store, clock: af.Clock, fired: list[datetime], **build: Any
+) -> af.Workflow[Text, St]:
+    """At START a callback (to MIDDLE) races an hour's timeout (to END)."""
+    b = af.Builder("race", Text, St)
+
+    async def answered(run: af.Run[Text, St], payload: bytes) -> St:
+        return St.MIDDLE
+
+    async def expired(run: af.Run[Text, St], now: datetime) -> St:
+        fired.append(now)
+        return St.END
+
+    b.add_callback(St.START, answered, to=[St.MIDDLE])
+    b.add_timeout(St.START, af.after(timedelta(hours=1)), expired, to=[St.END])
+
+    async def finish(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    b.add_step(St.MIDDLE, finish, to=St.END)
+    return b.build(store, clock=clock, **build)
+
+
+async def test_timeout_cancelled_when_the_run_moves_on(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """The timeout of a status is dropped when the run leaves that status (luno cancels the
+    timeout record): a callback that answers first means the timeout never fires."""
+    fired: list[datetime] = []
+    wf = callback_or_timeout(make_store(), clock, fired)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        await await_timeout_insert(wf, "fid", run_id, St.START)
+        await trio.sleep(1800)
+        assert await wf.callback("fid", St.START, b"") is not None
+        await wf.await_status("fid", run_id, St.END, timeout=LIMIT)
+        await trio.sleep(3 * 3600)
+        history = await wf.history(run_id)
+    assert fired == []
+    assert [r.status for r in history] == [St.START, St.MIDDLE, St.END]
+
+
+async def test_timeout_of_a_paused_run_waits_for_resume(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """A paused run's timeout does not fire while it is paused; resumed after its time, it
+    fires; a cancelled run's timeout never fires. (As luno's, the automatic resume of
+    paused runs applies to every pause, one by hand too: it is off here.)"""
+    fired: list[datetime] = []
+    wf = callback_or_timeout(make_store(), clock, fired, resume_paused_after=None)
+    async with af.open_workflow(wf):
+        paused_id = await wf.trigger("paused")
+        cancelled_id = await wf.trigger("cancelled")
+        await await_timeout_insert(wf, "paused", paused_id, St.START)
+        await await_timeout_insert(wf, "cancelled", cancelled_id, St.START)
+        await wf.pause(paused_id, "hold on")
+        await wf.cancel(cancelled_id, "no more")
+        await trio.sleep(2 * 3600)
+        assert fired == []
+        assert (await wf.lookup(paused_id)).run_state is af.RunState.PAUSED
+        await wf.resume(paused_id)
+        done = await wf.await_status("paused", paused_id, St.END, timeout=LIMIT)
+        await trio.sleep(3600)
+    assert len(fired) == 1 and done.run_state is af.RunState.COMPLETED
+    assert (await wf.lookup(cancelled_id)).status is St.START
+
+
+async def test_trigger_in_progress_rules(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """Test_trigger "ErrWorkflowInProgress": a PAUSED latest run is in progress; once it is
+    cancelled, or completed, or its data deleted, a new run may start."""
+    wf = store_workflow(make_store(), clock)
+    first = await wf.trigger("fid")
+    await wf.pause(first, "wait")
+    with pytest.raises(af.WorkflowInProgress):
+        await wf.trigger("fid")
+    await wf.cancel(first, "stop")
+    second = await wf.trigger("fid")
+    await wf.callback("fid", St.START, b"m")
+    with pytest.raises(af.WorkflowInProgress):
+        await wf.trigger("fid")
+    await wf.callback("fid", St.MIDDLE, b"e")
+    await wf.delete_data(second, "gdpr")
+    third = await wf.trigger("fid")
+    assert len({first, second, third}) == 3
+    assert (await wf.latest("fid")).run_id == third
+    runs = await wf.list_runs(foreign_id="fid")
+    assert [r.run_state for r in runs] == [
+        af.RunState.CANCELLED,
+        af.RunState.DATA_DELETED,
+        af.RunState.INITIATED,
+    ]

@@ -356,7 +356,17 @@ class Engine(Generic[T, S]):
         Raises StepError for a result that is not an allowed status (special results
         go through :meth:`apply_result`).
         """
-        if isinstance(result, bool) or not isinstance(result, int) or result not in allowed:
+        if (
+            isinstance(result, bool)
+            or not isinstance(result, int)
+            or result not in allowed
+            # A member of another enum (another workflow's statuses) equal by value is a
+            # mix-up, not this workflow's status.
+            or (
+                isinstance(result, enum.Enum)
+                and not isinstance(result, self.definition.status_type)
+            )
+        ):
             names = ", ".join(sorted(s.name for s in allowed))
             raise StepError(
                 f"{self.where(raw, what)} returned {result!r}, which is not an allowed "
@@ -459,7 +469,7 @@ class Engine(Generic[T, S]):
         if self.scrub is not None:
             try:
                 scrubbed = self.scrub(obj)
-            except (Exception, trio.Cancelled) as exc:
+            except BaseException as exc:
                 error = user_error(exc, "the scrub function")
                 raise ActorflowError(
                     f"{self.where(raw)}: scrub function failed: {error!r}"
