@@ -704,3 +704,193 @@ async def test_a_bad_timer_of_the_start_status_refuses_the_trigger_clearly(
         await wf.trigger("bad")
     with pytest.raises(af.RunNotFound):
         await wf.latest("bad")  # nothing stored
+
+
+# -- cron schedules ------------------------------------------------------------------------
+
+
+def quick(store: af.Store, wall: af.Clock, name: str = "probe") -> af.Workflow[Box, S]:
+    """START -(step)-> WAIT -(callback)-> CALLED: a scheduled run stays unfinished at WAIT
+    until a callback finishes it."""
+    b = af.Builder(name, Box, S)
+
+    @b.step(S.START, to=S.WAIT)
+    async def begin(run: af.Run[Box, S]) -> S:
+        return S.WAIT
+
+    async def called(run: af.Run[Box, S], payload: bytes) -> S:
+        return S.CALLED
+
+    b.add_callback(S.WAIT, called, to=S.CALLED)
+    return b.build(store, clock=wall)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "",
+        "   ",
+        "61 * * * *",
+        "* * *",
+        "* * * * * * *",
+        "@fortnightly",
+        "@every 5m",
+        "TZ=Europe/Paris 0 9 * * *",
+        "CRON_TZ=UTC 0 9 * * *",
+        "0 9 * * 1-5 Europe/Paris",
+        "0 0 30 2 *",  # February 30th: never comes
+        "0 0 31 4,6,9,11 *",  # the 31st of 30-day months: never comes
+        "0 9 * * mon-fri\x00",
+        "0 9 * * 8",
+        123,
+        None,
+        b"@daily",
+    ],
+)
+async def test_a_bad_cron_spec_is_refused_at_once(
+    embedded: Stores, autojump_clock: MockClock, spec: Any
+) -> None:
+    wf = quick(embedded.make(), clock())
+    with trio.fail_after(1), pytest.raises(af.InvalidArgument) as refused:
+        await wf.schedule_trigger("bad", spec)
+    message = str(refused.value)
+    assert repr(spec)[:20] in message or type(spec).__name__ in message, message
+    assert "Traceback" not in message
+
+
+async def test_a_schedule_on_a_clock_with_another_offset_fires_at_utc_cron_times(
+    embedded: Stores, autojump_clock: MockClock
+) -> None:
+    class Paris:
+        """A wall clock that tells the time in UTC+2 (aware): the same instants."""
+
+        def now(self) -> datetime:
+            return trio_clock(START).now().astimezone(timezone(timedelta(hours=2)))
+
+    wf = quick(embedded.make(), Paris())
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(wf.schedule_trigger, "nine", "0 9 * * *"))
+        seen: set[str] = set()
+        for _ in range(3):
+            run = await af.testing.wait_for(
+                wf, "nine", lambda r: r.status is S.WAIT and r.run_id not in seen
+            )
+            seen.add(run.run_id)
+            assert await wf.callback("nine", S.WAIT, b"") is not None
+            await wf.await_status("nine", run.run_id, S.CALLED)
+        nursery.cancel_scope.cancel()
+    runs = await wf.list_runs(foreign_id="nine")
+    assert [r.created_at for r in runs] == [START + timedelta(days=d) for d in (1, 2, 3)]
+    for r in runs:
+        assert r.created_at.utcoffset() == timedelta(0)
+        assert r.updated_at.utcoffset() == timedelta(0)
+
+
+async def test_a_naive_clock_is_refused_clearly(
+    embedded: Stores, autojump_clock: MockClock
+) -> None:
+    class Naive:
+        def now(self) -> datetime:
+            return datetime(2026, 1, 1, 9, 0)
+
+    class Epoch:
+        def now(self) -> float:
+            return 1_767_258_000.0
+
+    for bad, problem in ((Naive(), "naive"), (Epoch(), "must be a datetime, not float")):
+        wf = quick(embedded.make(), bad)  # type: ignore[arg-type]
+        with pytest.raises(af.InvalidArgument, match=f"workflow clock .*{problem}"):
+            await wf.trigger("bad")
+        with pytest.raises(af.RunNotFound):
+            await wf.latest("bad")  # nothing stored (MemoryStore stored a naive run)
+        with pytest.raises(BaseException) as failed:  # a group, or the error itself
+            async with af.open_workflow(wf):
+                await trio.sleep_forever()
+        assert problem in repr(failed.value), repr(failed.value)
+
+
+async def test_a_schedule_run_by_two_workers_on_one_store_fires_once_per_time(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    wall = clock()
+    store = stores.make()
+    one = quick(store, wall)
+    two = quick(stores.make(), wall)
+    finisher = b"done"
+    async with af.open_workflow(one, two), trio.open_nursery() as nursery:
+        for wf in (one, two):
+            nursery.start_soon(functools.partial(wf.schedule_trigger, "hourly", "@hourly"))
+            nursery.start_soon(functools.partial(wf.schedule_trigger, "other", "@hourly"))
+        for hour in range(1, 7):
+            await until(START + timedelta(hours=hour, minutes=30), wall)
+            for fid in ("hourly", "other"):
+                latest = await one.latest(fid)
+                if latest.status is S.WAIT:
+                    await one.callback(fid, S.WAIT, finisher)
+        nursery.cancel_scope.cancel()
+    for fid in ("hourly", "other"):
+        runs = await one.list_runs(foreign_id=fid)
+        created = [r.created_at for r in runs]
+        assert len(created) == len(set(created)) == 6, created
+        assert created == [START + timedelta(hours=h) for h in range(1, 7)]
+
+
+async def test_missed_cron_times_while_down_fire_once_at_start(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    wall = clock()
+    wf = quick(stores.make(), wall)
+    # A schedule that never ran waits for its next time, whatever passed before.
+    await trio.sleep(3 * DAY)
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(wf.schedule_trigger, "daily", "@daily"))
+        await trio.sleep(DAY / 2)
+        with pytest.raises(af.RunNotFound):
+            await wf.latest("daily")  # Jan 4 09:00: the next time is Jan 5 00:00
+        first = await af.testing.wait_for(wf, "daily", lambda r: r.status is S.WAIT)
+        assert first.created_at == datetime(2026, 1, 5, tzinfo=UTC)
+        await wf.callback("daily", S.WAIT, b"")
+        nursery.cancel_scope.cancel()
+    await until(datetime(2026, 1, 9, 12, tzinfo=UTC), wall)  # down: Jan 6, 7, 8, 9 missed
+    restarted = wall.now()
+    wf = quick(stores.make(), wall)
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(wf.schedule_trigger, "daily", "@daily"))
+        late = await af.testing.wait_for(
+            wf, "daily", lambda r: r.status is S.WAIT and r.run_id != first.run_id
+        )
+        assert restarted <= late.created_at <= restarted + stores.latency
+        await wf.callback("daily", S.WAIT, b"")
+        await until(datetime(2026, 1, 10, 1, tzinfo=UTC), wall)
+        nursery.cancel_scope.cancel()
+    runs = await wf.list_runs(foreign_id="daily")
+    assert len(runs) == 3, [r.created_at for r in runs]  # Jan 5, the missed Jan 9, Jan 10
+    assert runs[-1].created_at == datetime(2026, 1, 10, tzinfo=UTC)
+
+
+async def test_a_paused_previous_run_skips_cron_times(
+    embedded: Stores, autojump_clock: MockClock
+) -> None:
+    wall = clock()
+    b = af.Builder("probe", Box, S)
+
+    @b.step(S.START, to=S.WAIT)
+    async def begin(run: af.Run[Box, S]) -> S:
+        return S.WAIT
+
+    async def called(run: af.Run[Box, S], payload: bytes) -> S:
+        return S.CALLED
+
+    b.add_callback(S.WAIT, called, to=S.CALLED)
+    wf = b.build(embedded.make(), clock=wall, resume_paused_after=None)
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(wf.schedule_trigger, "h", "@hourly"))
+        first = await af.testing.wait_for(wf, "h", lambda r: r.status is S.WAIT)
+        await wf.pause(first.run_id, "hold")
+        await trio.sleep(5 * 3600)
+        assert len(await wf.list_runs(foreign_id="h")) == 1
+        await wf.cancel(first.run_id, "drop")
+        await until(START + timedelta(hours=7, minutes=1), wall)
+        nursery.cancel_scope.cancel()
+    runs = await wf.list_runs(foreign_id="h")
+    assert [r.created_at for r in runs] == [START + timedelta(hours=h) for h in (1, 7)]
