@@ -242,7 +242,13 @@ class Engine(Generic[T, S]):
         """The timers of ``status`` for this run (what its timeouts' timer functions say)."""
         timers: list[Timer] = []
         for spec in self.definition.timeouts.get(status, ()):
-            when = spec.timer(run, now)
+            try:
+                when = spec.timer(run, now)
+            except Exception as exc:  # named, so the error (and a pause's reason) says whose
+                raise StepError(
+                    f"{self.where(run._raw)}: timer {fn_name(spec.timer)} of status "
+                    f"{self.status(status)!r} raised {describe_error(exc)}"
+                ) from exc
             if when is None:
                 continue
             if not isinstance(when, datetime) or when.tzinfo is None:
