@@ -458,6 +458,13 @@ async def test_hostile_list_and_count_arguments(stores: Stores, autojump_clock: 
             await wf.list_runs(created_after=moment)  # type: ignore[arg-type]
         with pytest.raises(af.InvalidArgument):
             await wf.count_runs(created_before=moment)  # type: ignore[arg-type]
+    for descending in ("yes", None, 1):
+        with pytest.raises(af.InvalidArgument):
+            await wf.list_runs(descending=descending)  # type: ignore[arg-type]
+    for buffer in (-1, 1.5, "10", None, True):
+        with pytest.raises(af.InvalidArgument):
+            async with wf.subscribe(buffer=buffer):  # type: ignore[arg-type]
+                pass
     # Extreme but valid moments.
     far_past = datetime.min.replace(tzinfo=UTC)
     far_future = datetime.max.replace(tzinfo=UTC)
