@@ -458,6 +458,13 @@ async def test_hostile_list_and_count_arguments(stores: Stores, autojump_clock: 
             await wf.list_runs(created_after=moment)  # type: ignore[arg-type]
         with pytest.raises(af.InvalidArgument):
             await wf.count_runs(created_before=moment)  # type: ignore[arg-type]
+    for descending in ("yes", None, 1):
+        with pytest.raises(af.InvalidArgument):
+            await wf.list_runs(descending=descending)  # type: ignore[arg-type]
+    for buffer in (-1, 1.5, "10", None, True):
+        with pytest.raises(af.InvalidArgument):
+            async with wf.subscribe(buffer=buffer):  # type: ignore[arg-type]
+                pass
     # Extreme but valid moments.
     far_past = datetime.min.replace(tzinfo=UTC)
     far_future = datetime.max.replace(tzinfo=UTC)
@@ -1341,3 +1348,97 @@ async def test_controls_from_another_process_while_the_worker_runs(
         assert rec.object.tags == ["worked"]
     statuses = [r.status for r in await worker.history(slow_id)]
     assert statuses.count(St.WAITING) == 1
+
+
+# --- durations at the edge ----------------------------------------------------------------
+
+
+async def test_a_daily_back_off_keeps_retrying_past_thirty_errors(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """error_backoff of a day doubled 30 times overflowed timedelta: from the 31st
+    consecutive error on, the run's actor failed over and over instead of retrying."""
+    clock = trio_clock(START)
+    calls: list[int] = []
+
+    async def flaky(run: af.Run[Doc, St]) -> St:
+        calls.append(1)
+        if len(calls) <= 35:
+            raise RuntimeError("down")
+        return St.WAITING
+
+    b = af.Builder("daily", Doc, St)
+    b.add_step(
+        St.NEW,
+        flaky,
+        to=St.WAITING,
+        error_backoff=timedelta(days=1),
+        max_error_backoff=timedelta(days=2),
+    )
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        rec = await wf.await_status("f", run_id, St.WAITING, timeout=120 * 86400)
+    assert len(calls) == 36
+    assert rec.updated_at - rec.created_at < timedelta(days=75)
+
+
+def test_durations_beyond_what_a_clock_can_add_are_build_errors() -> None:
+    b = af.Builder("durations", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    for option in ("consume_lag", "error_backoff", "max_error_backoff", "lag_alert"):
+        with pytest.raises(af.BuildError, match=option):
+            one = af.Builder("d", Doc, St)
+            one.add_step(St.NEW, go, to=St.WAITING, **{option: timedelta.max})
+            one.build(af.MemoryStore())
+    for build in (
+        {"resume_paused_after": timedelta.max},
+        {"grace_period": timedelta.max},
+        {"default_options": {"error_backoff": timedelta(days=10**6)}},
+    ):
+        with pytest.raises(af.BuildError):
+            b.build(af.MemoryStore(), **build)
+    with pytest.raises(af.BuildError):
+        af.Retention(keep_for=timedelta.max)
+
+
+async def test_the_longest_durations_allowed_work(
+    make_store: Any, autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A thousand years of consume lag, back-off and automatic resume, and a timer a
+    billion days away: accepted, and nothing overflows (the runs wait)."""
+    clock = trio_clock(START)
+    longest = timedelta(days=365 * 1000)
+    b = af.Builder("longest", Doc, St)
+
+    async def go(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "fail":
+            raise RuntimeError("once")
+        if run.foreign_id == "pause":
+            return run.pause("hold")
+        return St.WAITING
+
+    b.add_step(St.NEW, go, to=St.WAITING, error_backoff=longest, max_error_backoff=longest)
+
+    @b.step(St.WORKING, to=St.WAITING, consume_lag=longest)
+    async def lagging(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    async def late(run: af.Run[Doc, St], now: datetime) -> St:
+        return St.DONE
+
+    b.add_timeout(St.WAITING, af.after(timedelta(days=999_999_999)), late, to=[St.DONE])
+    wf = b.build(make_store(), clock=clock, resume_paused_after=longest)
+    async with af.open_workflow(wf):
+        ids = {fid: await wf.trigger(fid) for fid in ("fail", "pause", "ok")}
+        lag = await wf.trigger("lag", St.WORKING)
+        await trio.sleep(86400)
+        assert (await wf.lookup(ids["ok"])).status is St.WAITING
+        assert (await wf.lookup(ids["pause"])).run_state is af.RunState.PAUSED
+        assert (await wf.lookup(ids["fail"])).version == 1
+        assert (await wf.lookup(lag)).status is St.WORKING
+    assert not [r for r in caplog.records if "actor failed" in r.getMessage()]
