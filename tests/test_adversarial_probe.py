@@ -333,6 +333,8 @@ async def test_retention_prunes_only_old_finished_runs_of_its_workflow(
         # await_status of a pruned status still answers with what is left, or says so.
         latest = await wf.await_status("done", done, St.DONE)
         assert latest.run_id == done
+        with pytest.raises(af.ActorflowError, match="history retention"):
+            await wf.await_status("done", done, St.NEW, timeout=60)
         # A run finishing now is not pruned before after_finish.
         late = await finish(wf, "late")
         late_history = await wf.history(late)
@@ -456,6 +458,13 @@ async def test_hostile_list_and_count_arguments(stores: Stores, autojump_clock: 
             await wf.list_runs(created_after=moment)  # type: ignore[arg-type]
         with pytest.raises(af.InvalidArgument):
             await wf.count_runs(created_before=moment)  # type: ignore[arg-type]
+    for descending in ("yes", None, 1):
+        with pytest.raises(af.InvalidArgument):
+            await wf.list_runs(descending=descending)  # type: ignore[arg-type]
+    for buffer in (-1, 1.5, "10", None, True):
+        with pytest.raises(af.InvalidArgument):
+            async with wf.subscribe(buffer=buffer):  # type: ignore[arg-type]
+                pass
     # Extreme but valid moments.
     far_past = datetime.min.replace(tzinfo=UTC)
     far_future = datetime.max.replace(tzinfo=UTC)
@@ -1200,3 +1209,236 @@ async def test_trigger_many_with_duplicates_and_bad_items(
         isinstance(r, af.WorkflowInProgress) for o in outcomes for r in o if not isinstance(r, str)
     )
     assert sum((await wf.count_runs(foreign_id_prefix="o")).values()) == 60
+
+
+async def test_a_callback_returning_junk_counts_up_to_the_pause(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """Consecutive junk results of a callback are consecutive errors (the count was reset
+    as soon as the function returned, before its result was checked: always 1, never
+    paused)."""
+    clock = trio_clock(START)
+    b = af.Builder("cbjunk", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    async def answer(run: af.Run[Doc, St], payload: bytes) -> St:
+        return St.NEW if payload == b"junk" else St.DONE
+
+    b.add_callback(St.WAITING, answer, to=[St.DONE])
+    wf = b.build(
+        make_store(),
+        clock=clock,
+        default_options={"pause_after_errors": 3},
+        resume_paused_after=None,
+    )
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        await wf.await_status("f", run_id, St.WAITING)
+        for count in (1, 2):
+            with pytest.raises(af.CallbackError, match=f"{count} consecutive"):
+                await wf.callback("f", St.WAITING, b"junk")
+        with pytest.raises(af.CallbackError, match=r"3 consecutive.*paused"):
+            await wf.callback("f", St.WAITING, b"junk")
+        paused = await wf.lookup(run_id)
+        assert paused.run_state is af.RunState.PAUSED and paused.meta.error_count == 3
+        await wf.resume(run_id)
+        done = await wf.callback("f", St.WAITING, b"ok")
+        assert done is not None and done.status is St.DONE
+
+
+@attrs.define
+class Measure:
+    value: float = 0.0
+    label: str = ""
+    extra: Any = None
+
+
+async def test_objects_a_store_cannot_hold_are_errors_of_that_run_only(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    """A step leaving NaN, infinity, a lone surrogate or an unserialisable value in its
+    object has an error of its own (counted, retried from the stored version); the runs
+    committed alongside it in the same group commit are stored as usual."""
+    clock = trio_clock(START)
+    poison: dict[str, Any] = {
+        "nan": ("value", float("nan")),
+        "inf": ("value", float("-inf")),
+        "surrogate": ("label", "bad \udc80 text"),
+        "cycle": ("extra", None),
+    }
+    tried: dict[str, int] = {}
+
+    class M(enum.IntEnum):
+        A = 1
+        B = 2
+
+    b = af.Builder("poison", Measure, M)
+
+    @b.step(M.A, to=M.B, error_backoff=timedelta(seconds=1))
+    async def step(run: af.Run[Measure, M]) -> M:
+        tried[run.foreign_id] = tried.get(run.foreign_id, 0) + 1
+        if run.foreign_id in poison and tried[run.foreign_id] == 1:
+            field, value = poison[run.foreign_id]
+            if run.foreign_id == "cycle":
+                value = []
+                value.append(value)
+            run.object.label = f"ok {run.foreign_id}"
+            run.object.value = 1.5
+            setattr(run.object, field, value)
+            return M.B
+        run.object.label = f"ok {run.foreign_id}"
+        run.object.value = 1.5
+        return M.B
+
+    wf = b.build(stores.open(), clock=clock)
+    fids = [f"plain{i}" for i in range(20)] + sorted(poison)
+    async with af.open_workflow(wf):
+        ids = dict(zip(fids, [r for r in await wf.trigger_many(fids)], strict=True))
+        for fid, run_id in ids.items():
+            assert isinstance(run_id, str)
+            rec = await wf.await_status(fid, run_id, M.B, timeout=3600)
+            assert rec.object == Measure(value=1.5, label=f"ok {fid}")
+            assert [r.status for r in await wf.history(run_id)] == [M.A, M.B]
+    for fid in fids:
+        assert tried[fid] == (2 if fid in poison else 1), fid
+
+
+async def test_controls_from_another_process_while_the_worker_runs(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    """A second store handle (another process's view, no worker) deletes a finished run's
+    data and pauses a run whose step is in flight: the worker finishes the scrub, and the
+    step's result is not stored over the pause (nor twice after the resume)."""
+    if not stores.durable:
+        pytest.skip("two handles on one storage need a durable store")
+    clock = trio_clock(START)
+    entered = trio.Event()
+    release = trio.Event()
+    results: list[str] = []
+
+    async def slow(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "slow" and not release.is_set():
+            entered.set()
+            await release.wait()
+        results.append(run.foreign_id)
+        run.object.tags.append("worked")
+        return St.WAITING
+
+    worker = pipeline(stores.open(), clock, working=slow, resume_paused_after=None)
+    remote = pipeline(stores.open(), clock, working=slow, resume_paused_after=None)
+    async with af.open_workflow(worker):
+        done = await finish(worker, "done")
+        slow_id = await worker.trigger("slow")
+        await entered.wait()
+        await remote.delete_data(done, "erasure")
+        scrubbed = await _await_run_state(worker, done, af.RunState.DATA_DELETED)
+        assert scrubbed.object == Doc()
+        assert all(r.object == Doc() for r in await remote.history(done))
+        paused = await remote.pause(slow_id, "hold")
+        assert paused.run_state is af.RunState.PAUSED
+        release.set()
+        await trio.sleep(600)  # virtual: long past the step's end and any retry
+        rec = await worker.lookup(slow_id)
+        assert rec.run_state is af.RunState.PAUSED and rec.status is St.WORKING
+        await remote.resume(slow_id)
+        rec = await worker.await_status("slow", slow_id, St.WAITING, timeout=3600)
+        assert rec.object.tags == ["worked"]
+    statuses = [r.status for r in await worker.history(slow_id)]
+    assert statuses.count(St.WAITING) == 1
+
+
+# --- durations at the edge ----------------------------------------------------------------
+
+
+async def test_a_daily_back_off_keeps_retrying_past_thirty_errors(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """error_backoff of a day doubled 30 times overflowed timedelta: from the 31st
+    consecutive error on, the run's actor failed over and over instead of retrying."""
+    clock = trio_clock(START)
+    calls: list[int] = []
+
+    async def flaky(run: af.Run[Doc, St]) -> St:
+        calls.append(1)
+        if len(calls) <= 35:
+            raise RuntimeError("down")
+        return St.WAITING
+
+    b = af.Builder("daily", Doc, St)
+    b.add_step(
+        St.NEW,
+        flaky,
+        to=St.WAITING,
+        error_backoff=timedelta(days=1),
+        max_error_backoff=timedelta(days=2),
+    )
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        rec = await wf.await_status("f", run_id, St.WAITING, timeout=120 * 86400)
+    assert len(calls) == 36
+    assert rec.updated_at - rec.created_at < timedelta(days=75)
+
+
+def test_durations_beyond_what_a_clock_can_add_are_build_errors() -> None:
+    b = af.Builder("durations", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    for option in ("consume_lag", "error_backoff", "max_error_backoff", "lag_alert"):
+        with pytest.raises(af.BuildError, match=option):
+            one = af.Builder("d", Doc, St)
+            one.add_step(St.NEW, go, to=St.WAITING, **{option: timedelta.max})
+            one.build(af.MemoryStore())
+    for build in (
+        {"resume_paused_after": timedelta.max},
+        {"grace_period": timedelta.max},
+        {"default_options": {"error_backoff": timedelta(days=10**6)}},
+    ):
+        with pytest.raises(af.BuildError):
+            b.build(af.MemoryStore(), **build)
+    with pytest.raises(af.BuildError):
+        af.Retention(keep_for=timedelta.max)
+
+
+async def test_the_longest_durations_allowed_work(
+    make_store: Any, autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A thousand years of consume lag, back-off and automatic resume, and a timer a
+    billion days away: accepted, and nothing overflows (the runs wait)."""
+    clock = trio_clock(START)
+    longest = timedelta(days=365 * 1000)
+    b = af.Builder("longest", Doc, St)
+
+    async def go(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "fail":
+            raise RuntimeError("once")
+        if run.foreign_id == "pause":
+            return run.pause("hold")
+        return St.WAITING
+
+    b.add_step(St.NEW, go, to=St.WAITING, error_backoff=longest, max_error_backoff=longest)
+
+    @b.step(St.WORKING, to=St.WAITING, consume_lag=longest)
+    async def lagging(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    async def late(run: af.Run[Doc, St], now: datetime) -> St:
+        return St.DONE
+
+    b.add_timeout(St.WAITING, af.after(timedelta(days=999_999_999)), late, to=[St.DONE])
+    wf = b.build(make_store(), clock=clock, resume_paused_after=longest)
+    async with af.open_workflow(wf):
+        ids = {fid: await wf.trigger(fid) for fid in ("fail", "pause", "ok")}
+        lag = await wf.trigger("lag", St.WORKING)
+        await trio.sleep(86400)
+        assert (await wf.lookup(ids["ok"])).status is St.WAITING
+        assert (await wf.lookup(ids["pause"])).run_state is af.RunState.PAUSED
+        assert (await wf.lookup(ids["fail"])).version == 1
+        assert (await wf.lookup(lag)).status is St.WORKING
+    assert not [r for r in caplog.records if "actor failed" in r.getMessage()]

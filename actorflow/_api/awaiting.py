@@ -161,6 +161,11 @@ class Awaiting(WorkflowCore[T, S]):
                 f"workflow {self.name!r} run {raw.run_id} is {raw.run_state.name} at "
                 f"{raw.meta.status_description} and never reached "
                 f"{self._definition.status(wanted)!r}"
+                + (
+                    " (or its version there was deleted by history retention)"
+                    if self._settings.history_retention is not None
+                    else ""
+                )
             )
 
 

@@ -60,8 +60,10 @@ async def _run_callback(
             result = await spec.fn(run, payload)
         except StoreError as exc:  # raised by the user's code: its own error
             raise StepError(f"{key} raised {describe_error(exc)}") from exc
-        engine.errors.reset(raw.run_id, key)
         new, timers = await engine.apply_result(raw, run, result, spec.to, key)
+        # Only a result that was allowed (and stored) ends a run of errors: a callback that
+        # keeps returning junk counts up to its limit like one that keeps raising.
+        engine.errors.reset(raw.run_id, key)
     except StoreError as exc:
         if observer is not None:
             observer.end(token, "error", exc)
