@@ -333,6 +333,8 @@ async def test_retention_prunes_only_old_finished_runs_of_its_workflow(
         # await_status of a pruned status still answers with what is left, or says so.
         latest = await wf.await_status("done", done, St.DONE)
         assert latest.run_id == done
+        with pytest.raises(af.ActorflowError, match="history retention"):
+            await wf.await_status("done", done, St.NEW, timeout=60)
         # A run finishing now is not pruned before after_finish.
         late = await finish(wf, "late")
         late_history = await wf.history(late)
@@ -456,6 +458,13 @@ async def test_hostile_list_and_count_arguments(stores: Stores, autojump_clock: 
             await wf.list_runs(created_after=moment)  # type: ignore[arg-type]
         with pytest.raises(af.InvalidArgument):
             await wf.count_runs(created_before=moment)  # type: ignore[arg-type]
+    for descending in ("yes", None, 1):
+        with pytest.raises(af.InvalidArgument):
+            await wf.list_runs(descending=descending)  # type: ignore[arg-type]
+    for buffer in (-1, 1.5, "10", None, True):
+        with pytest.raises(af.InvalidArgument):
+            async with wf.subscribe(buffer=buffer):  # type: ignore[arg-type]
+                pass
     # Extreme but valid moments.
     far_past = datetime.min.replace(tzinfo=UTC)
     far_future = datetime.max.replace(tzinfo=UTC)
@@ -525,3 +534,911 @@ async def test_odd_object_values_round_trip(stores: Stores, autojump_clock: Mock
         await wf.trigger("bad", initial=Doc(tags=["\ud800"]))
     with pytest.raises(af.RunNotFound):
         await wf.latest("bad")
+
+
+# --- user code that misbehaves ------------------------------------------------------------
+
+
+class Alien(enum.IntEnum):
+    """Another workflow's statuses, equal by value to St's."""
+
+    NEW = 1
+    WORKING = 2
+    WAITING = 3
+    DONE = 4
+
+
+class _MyBase(BaseException):
+    """A BaseException of the user's own (not an Exception)."""
+
+
+STRAY_BASE = [
+    GeneratorExit("closing"),
+    _MyBase("mine"),
+    BaseExceptionGroup("group", [GeneratorExit("in a group")]),
+]
+
+
+@pytest.mark.parametrize("raised", STRAY_BASE, ids=lambda e: type(e).__name__)
+async def test_stray_base_exceptions_of_steps_are_their_errors(
+    make_store: Any, raised: BaseException, autojump_clock: MockClock
+) -> None:
+    """A step raising GeneratorExit (or any BaseException that neither cancels nor exits)
+    is an error of the step: counted, retried, paused at the limit with a reason naming
+    it; it used to end the whole workflow (and the caller's nursery)."""
+    clock = trio_clock(START)
+    calls: list[int] = []
+
+    async def broken(run: af.Run[Doc, St]) -> St:
+        calls.append(1)
+        raise raised
+
+    b = af.Builder("base", Doc, St)
+    b.add_step(St.NEW, broken, to=St.WORKING, pause_after_errors=2)
+    wf = b.build(make_store(), clock=clock, resume_paused_after=None)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        paused = await _await_run_state(wf, run_id, af.RunState.PAUSED)
+    assert len(calls) == 2
+    assert type(raised).__name__ in paused.meta.run_state_reason
+    assert [r.run_state for r in await wf.history(run_id)] == [
+        af.RunState.INITIATED,
+        af.RunState.PAUSED,
+    ]
+
+
+async def test_stray_base_exceptions_of_other_user_functions(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """The same for a callback (its caller gets a clear error), a timeout function (fires
+    again), a hook (retried), a connector (retried) and a scrub function."""
+    clock = trio_clock(START)
+    fired: list[str] = []
+    hooked: list[str] = []
+    connected: list[str] = []
+    retried = trio.Event()
+
+    def note(seen: list[str], item: str) -> None:
+        seen.append(item)
+        if len(hooked) >= 3 and len(connected) >= 2:
+            retried.set()
+
+    b = af.Builder("others", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        run.object.text = "secret"
+        return St.WAITING
+
+    async def answer(run: af.Run[Doc, St], payload: bytes) -> St:
+        if payload == b"bad":
+            raise GeneratorExit("callback closing")
+        return St.DONE
+
+    b.add_callback(St.WAITING, answer, to=[St.DONE])
+
+    async def late(run: af.Run[Doc, St], now: datetime) -> St:
+        fired.append(run.foreign_id)
+        if len(fired) == 1:
+            raise _MyBase("timeout")
+        return St.DONE
+
+    b.add_timeout(
+        St.WAITING,
+        lambda run, now: now + timedelta(hours=1) if run.foreign_id == "t" else None,
+        late,
+        to=[St.DONE],
+        error_backoff=timedelta(seconds=1),
+    )
+
+    async def on_done(record: af.Record[Doc, St]) -> None:
+        note(hooked, record.foreign_id)
+        if len(hooked) == 1:
+            raise GeneratorExit("hook closing")
+
+    b.on_complete(on_done)
+
+    async def connector(workflow: Any, event: af.ConnectorEvent) -> None:
+        note(connected, event.id)
+        if len(connected) == 1:
+            raise _MyBase("connector")
+
+    b.add_connector("events", af.MemorySource([_event("e1")]), connector)
+
+    def scrub(doc: Doc) -> Doc:
+        raise GeneratorExit("scrub closing")
+
+    wf = b.build(make_store(), clock=clock, scrub=scrub)
+    async with af.open_workflow(wf):
+        c = await wf.trigger("c")
+        await wf.await_status("c", c, St.WAITING)
+        with pytest.raises(af.ActorflowError, match="GeneratorExit"):
+            await wf.callback("c", St.WAITING, b"bad")
+        assert (await wf.lookup(c)).status is St.WAITING
+        done = await wf.callback("c", St.WAITING, b"good")
+        assert done is not None and done.status is St.DONE
+        t = await wf.trigger("t")
+        await wf.await_status("t", t, St.DONE)
+        assert fired == ["t", "t"]
+        with trio.fail_after(3600):
+            await retried.wait()
+        assert sorted(set(hooked)) == ["c", "t"]
+        assert connected == ["e1", "e1"]
+        with pytest.raises(af.ActorflowError, match="scrub"):
+            await wf.delete_data(c, "erasure")
+        assert wf.states()  # the workflow is still up
+
+
+def _event(event_id: str) -> af.ConnectorEvent:
+    return af.ConnectorEvent(id=event_id, foreign_id="x", type="t", headers={}, created_at=START)
+
+
+async def test_system_exit_in_a_step_ends_the_process_and_nothing_is_lost(
+    tmp_path: Path, autojump_clock: MockClock
+) -> None:
+    """SystemExit from a step ends the worker as in any Python program; the run is not
+    lost: after a restart the step runs again and the run finishes, each version once."""
+    clock = trio_clock(START)
+    path = tmp_path / "exit.db"
+    exits = [True]
+
+    async def exiting(run: af.Run[Doc, St]) -> St:
+        if exits and run.foreign_id == "x":
+            exits.pop()
+            raise SystemExit(3)
+        run.object.tags.append("worked")
+        return St.WAITING
+
+    async with af.SQLiteStore(path) as store:
+        wf = pipeline(store, clock, working=exiting)
+        ok = await wf.trigger("ok")
+        x = await wf.trigger("x")
+        with pytest.raises(BaseException) as caught:
+            async with af.open_workflow(wf):
+                await trio.sleep_forever()
+        assert (
+            caught.group_contains(SystemExit)
+            if isinstance(caught.value, BaseExceptionGroup)
+            else isinstance(caught.value, SystemExit)
+        )
+    async with af.SQLiteStore(path) as store:
+        wf = pipeline(store, clock, working=exiting)
+        async with af.open_workflow(wf):
+            for fid, run_id in (("ok", ok), ("x", x)):
+                rec = await wf.await_status(fid, run_id, St.WAITING)
+                assert rec.object.tags == ["worked"]
+                statuses = [r.status for r in await wf.history(run_id)]
+                assert statuses == [St.NEW, St.WORKING, St.WAITING]
+
+
+async def test_alien_statuses_and_junk_from_callbacks_and_timeouts(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A member of another enum equal by value is not an allowed status (it was stored as
+    if it were); a callback returning junk raises a clear error to its caller and changes
+    nothing; a timeout function returning junk fires again."""
+    clock = trio_clock(START)
+    step_results: list[Any] = [Alien.WAITING, St.WAITING]
+    timeout_results: list[Any] = [Alien.DONE, "DONE", None, St.DONE]
+
+    b = af.Builder("junk", Doc, St)
+
+    async def step(run: af.Run[Doc, St]) -> St:
+        return step_results.pop(0) if step_results else St.WAITING  # type: ignore[no-any-return]
+
+    b.add_step(St.NEW, step, to=St.WAITING, error_backoff=timedelta(seconds=1))
+
+    async def answer(run: af.Run[Doc, St], payload: bytes) -> St:
+        run.object.text = payload.decode()
+        return {b"alien": Alien.DONE, b"none": None, b"new": St.NEW}.get(payload, St.DONE)  # type: ignore[return-value]
+
+    b.add_callback(St.WAITING, answer, to=[St.DONE])
+
+    async def late(run: af.Run[Doc, St], now: datetime) -> St:
+        return timeout_results.pop(0)  # type: ignore[no-any-return]
+
+    b.add_timeout(
+        St.WAITING,
+        lambda run, now: now + timedelta(hours=1) if run.foreign_id == "t" else None,
+        late,
+        to=[St.DONE],
+        error_backoff=timedelta(seconds=1),
+    )
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        c = await wf.trigger("c")
+        waiting = await wf.await_status("c", c, St.WAITING, timeout=3600)
+        assert step_results == []
+        assert [r.status for r in await wf.history(c)] == [St.NEW, St.WAITING]
+        for junk in (b"alien", b"none", b"new"):
+            with pytest.raises(af.ActorflowError, match="not an allowed destination"):
+                await wf.callback("c", St.WAITING, junk)
+        assert await wf.lookup(c) == waiting
+        t = await wf.trigger("t")
+        done = await wf.await_status("t", t, St.DONE, timeout=24 * 3600)
+        assert timeout_results == [] and done.run_state is af.RunState.COMPLETED
+
+
+async def test_objects_are_never_shared_with_user_code(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """Changing an object after it was handed over (the initial object after trigger,
+    the step's object after it returned, a record's object from lookup/history/await)
+    changes nothing stored."""
+    clock = trio_clock(START)
+    kept: list[Doc] = []
+    proceed = trio.Event()
+
+    async def keeps(run: af.Run[Doc, St]) -> St:
+        run.object.tags.append("worked")
+        kept.append(run.object)
+        return St.WAITING
+
+    wf = pipeline(make_store(), clock, working=keeps)
+    initial = Doc(text="initial", tags=["a"])
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f", initial=initial)
+        initial.tags.append("changed after trigger")
+        initial.text = "changed"
+        rec = await wf.await_status("f", run_id, St.WAITING)
+        kept[0].tags.append("changed after return")
+        kept[0].text = "changed"
+        rec.object.tags.append("changed by reader")
+        for version in await wf.history(run_id):
+            version.object.tags.append("changed by reader")
+        (await wf.lookup(run_id)).object.tags.clear()
+        (await wf.latest("f")).object.text = "changed"
+        proceed.set()
+        again = await wf.lookup(run_id)
+        assert again.object == Doc(text="secret of f", n=1, tags=["a", "worked"])
+        history = await wf.history(run_id)
+        assert history[0].object == Doc(text="initial", tags=["a"])
+        assert history[-1].object == again.object
+        done = await wf.callback("f", St.WAITING, b"ok")
+        assert done is not None
+        assert done.object.tags == ["a", "worked", "ok"]
+
+
+async def test_a_hanging_step_does_not_hold_controls_that_cannot_apply(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """resume and delete_data of a run whose step hangs are refused at once (they used to
+    wait for the step, forever); pause still interrupts it after the grace period."""
+    clock = trio_clock(START)
+    entered = trio.Event()
+
+    async def hangs(run: af.Run[Doc, St]) -> St:
+        entered.set()
+        await trio.sleep_forever()
+        raise AssertionError
+
+    wf = pipeline(make_store(), clock, working=hangs, resume_paused_after=None)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        await entered.wait()
+        with trio.fail_after(1):
+            with pytest.raises(af.InvalidTransition):
+                await wf.resume(run_id)
+            with pytest.raises(af.InvalidTransition):
+                await wf.delete_data(run_id, "x")
+        with trio.fail_after(3600):
+            paused = await wf.pause(run_id, "hold")
+        assert paused.run_state is af.RunState.PAUSED and paused.status is St.WORKING
+
+
+async def test_very_large_objects(make_store: Any, autojump_clock: MockClock) -> None:
+    clock = trio_clock(START)
+
+    async def grows(run: af.Run[Doc, St]) -> St:
+        run.object.tags = ["🙂" * 1000] * 5000  # ~20 MB of JSON text
+        return St.WAITING
+
+    wf = pipeline(make_store(), clock, working=grows)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("big")
+        small = await wf.trigger("small")
+        rec = await wf.await_status("big", run_id, St.WAITING)
+        assert len(rec.object.tags) == 5000 and rec.object.tags[0] == "🙂" * 1000
+        await wf.await_status("small", small, St.WAITING)
+    assert (await wf.lookup(run_id)).object == rec.object
+
+
+# --- crashes ------------------------------------------------------------------------------
+
+REPEATS = 200
+
+
+def crash_workflow(store: af.Store, clock: af.Clock, *, hang: bool) -> af.Workflow[Doc, St]:
+    """NEW -step-> WORKING (save_and_repeat REPEATS times) -step-> WAITING. With ``hang``
+    the WORKING step of "slow" prints that it entered and hangs (the child worker)."""
+    b = af.Builder("crash", Doc, St)
+
+    @b.step(St.NEW, to=St.WORKING)
+    async def new(run: af.Run[Doc, St]) -> St:
+        run.object.tags.append("new")
+        return St.WORKING
+
+    @b.step(St.WORKING, to=St.WAITING)
+    async def work(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "slow" and hang:
+            print("entered slow", flush=True)
+            await trio.sleep_forever()
+        if run.foreign_id == "batch" and run.object.n < REPEATS:
+            run.object.n += 1
+            if hang and run.object.n == REPEATS // 2:
+                print("half way", flush=True)
+            return run.save_and_repeat()
+        return St.WAITING
+
+    return b.build(store, clock=clock)
+
+
+CHILD = """
+import sys
+import trio
+import actorflow as af
+from tests.test_adversarial_probe import crash_workflow
+
+async def main(path):
+    async with af.SQLiteStore(path) as store:
+        wf = crash_workflow(store, af.SystemClock(), hang=True)
+        async with af.open_workflow(wf):
+            await wf.trigger("slow")
+            await wf.trigger("batch")
+            for i in range(10_000):
+                items = [f"m{i}-{j}" for j in range(50)] + [f"m{i}-0", "", 5]
+                results = await wf.trigger_many(items)
+                assert all(isinstance(r, str) for r in results[:50]), results
+                print(f"batch {i}", flush=True)
+
+trio.run(main, sys.argv[1])
+"""
+
+
+async def test_kill_9_mid_step_and_mid_batch_then_restart(
+    tmp_path: Path, autojump_clock: MockClock
+) -> None:
+    """SIGKILL of a worker whose step hangs, while another run saves batches and
+    trigger_many stores runs: after a restart every run finishes, each version is stored
+    once (contiguous versions, the batch counter up by one per version), no foreign id has
+    two runs, and every acknowledged trigger_many item is there."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.fresh_python import ROOT
+
+    path = tmp_path / "crash.db"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    seen: list[str] = []
+
+    def run_child() -> None:
+        child = subprocess.Popen(
+            [sys.executable, str(script), str(path)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None
+        try:
+            for line in child.stdout:  # blocks on the child's output: no guessing
+                seen.append(line.strip())
+                batches = sum(s.startswith("batch ") for s in seen)
+                if "entered slow" in seen and "half way" in seen and batches >= 3:
+                    break
+            else:
+                raise AssertionError(f"child ended: {seen} {child.stderr and child.stderr.read()}")
+            os.kill(child.pid, signal.SIGKILL)
+        finally:
+            child.kill()
+            child.wait(timeout=30)
+        assert child.returncode == -signal.SIGKILL
+
+    await trio.to_thread.run_sync(run_child)
+    acknowledged = [int(s.split()[1]) for s in seen if s.startswith("batch ")]
+    clock = trio_clock(START)
+    async with af.SQLiteStore(path) as store:
+        wf = crash_workflow(store, clock, hang=False)
+        async with af.open_workflow(wf):
+            slow = await wf.latest("slow")
+            batch = await wf.latest("batch")
+            await wf.await_status("slow", slow.run_id, St.WAITING, timeout=3600)
+            done = await wf.await_status("batch", batch.run_id, St.WAITING, timeout=3600)
+            assert done.object.n == REPEATS
+            for i in acknowledged:
+                last = await wf.latest(f"m{i}-49")
+                await wf.await_status(f"m{i}-49", last.run_id, St.WAITING, timeout=3600)
+        for fid in ("slow", "batch"):
+            history = await wf.history((await wf.latest(fid)).run_id)
+            assert [r.version for r in history] == list(range(1, len(history) + 1))
+        history = await wf.history(batch.run_id)
+        ns = [r.object.n for r in history if r.status is St.WORKING]
+        assert ns == list(range(REPEATS + 1)), "a batch's version stored twice or lost"
+        total = sum((await wf.count_runs()).values())
+        runs = []
+        after = None
+        while True:
+            page = await wf.list_runs(limit=1000, after=after)
+            runs.extend(page)
+            if len(page) < 1000:
+                break
+            after = page[-1].run_id
+        assert len(runs) == total
+        fids = [r.foreign_id for r in runs]
+        assert len(fids) == len(set(fids)), "a foreign id got two runs"
+        for i in acknowledged:
+            for j in range(50):
+                assert f"m{i}-{j}" in set(fids)
+
+
+def _valid_store_file(path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        conn.execute("create table t (x)")
+        conn.executemany("insert into t values (?)", [("x" * 1000,)] * 200)
+    conn.close()
+
+
+BROKEN_FILES = {
+    "garbage": lambda p: p.write_bytes(os.urandom(8192)),
+    "text": lambda p: p.write_text("hello, I am not a database\n" * 100),
+    "zeros": lambda p: p.write_bytes(bytes(8192)),
+    "header_then_garbage": lambda p: p.write_bytes(b"SQLite format 3\x00" + os.urandom(8192)),
+    "other_application": _valid_store_file,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN_FILES))
+async def test_broken_store_files_are_a_clear_store_error_at_open(
+    tmp_path: Path, kind: str
+) -> None:
+    path = tmp_path / "broken.db"
+    BROKEN_FILES[kind](path)
+    before = path.read_bytes()
+    with pytest.raises(af.StoreError) as caught:
+        store = af.SQLiteStore(path)
+        try:
+            wf = pipeline(store, af.SystemClock())
+            await wf.trigger("f")
+        finally:
+            await store.aclose()
+    assert str(path.name) in str(caught.value)
+    assert path.read_bytes() == before  # the file is not changed
+
+
+async def test_truncated_and_damaged_store_files(tmp_path: Path) -> None:
+    """A store file cut short or with damaged pages gives StoreError (at open or at the
+    first read of a damaged page), never a bare sqlite3 error; nothing is written."""
+    path = tmp_path / "store.db"
+    async with af.SQLiteStore(path) as store:
+        wf = pipeline(store, af.SystemClock())
+        for chunk in range(4):
+            await wf.trigger_many([f"f{chunk}-{i}" for i in range(500)])
+    whole = path.read_bytes()
+    assert len(whole) > 64 * 1024
+    for damage in ("truncated", "torn"):
+        if damage == "truncated":
+            path.write_bytes(whole[: len(whole) // 3])
+        else:
+            middle = len(whole) // 2
+            path.write_bytes(whole[:middle] + os.urandom(8192) + whole[middle + 8192 :])
+        try:
+            store = af.SQLiteStore(path)
+        except af.StoreError as exc:
+            assert path.name in str(exc)
+            continue
+        try:
+            wf = pipeline(store, af.SystemClock())
+            try:
+                runs = await wf.list_runs(limit=10_000)
+                for rec in runs:
+                    await wf.history(rec.run_id)
+            except af.StoreError as exc:
+                assert "malformed" in str(exc) or path.name in str(exc)
+        finally:
+            await store.aclose()
+
+
+async def test_read_only_store_file_and_directory(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes read-only files")
+    path = tmp_path / "ro.db"
+    async with af.SQLiteStore(path) as store:
+        await pipeline(store, af.SystemClock()).trigger("f")
+    path.chmod(0o444)
+    try:
+        with pytest.raises(af.StoreError, match=r"writable|read-only|readonly"):
+            af.SQLiteStore(path)
+    finally:
+        path.chmod(0o644)
+    directory = tmp_path / "is_a_dir.db"
+    directory.mkdir()
+    with pytest.raises(af.StoreError):
+        af.SQLiteStore(directory)
+
+
+# --- load on one foreign id ---------------------------------------------------------------
+
+
+async def test_many_concurrent_callbacks_for_one_run_apply_once(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    clock = trio_clock(START)
+    calls: list[bytes] = []
+
+    b = af.Builder("cb", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    async def answer(run: af.Run[Doc, St], payload: bytes) -> St:
+        calls.append(payload)
+        await trio.sleep(0.01)
+        run.object.tags.append(payload.decode())
+        return St.DONE
+
+    b.add_callback(St.WAITING, answer, to=[St.DONE])
+    wf = b.build(stores.open(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("one")
+        await wf.await_status("one", run_id, St.WAITING)
+        applied: list[af.Record[Doc, St]] = []
+        nothing: list[int] = []
+
+        async def call(i: int) -> None:
+            rec = await wf.callback("one", St.WAITING, str(i).encode())
+            if rec is None:
+                nothing.append(i)
+            else:
+                applied.append(rec)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(60):
+                nursery.start_soon(call, i)
+    assert len(applied) == 1 and len(nothing) == 59
+    assert len(calls) == 1
+    history = await wf.history(run_id)
+    assert [r.status for r in history] == [St.NEW, St.WAITING, St.DONE]
+    assert history[-1] == applied[0]
+    assert history[-1].object.tags == [calls[0].decode()]
+
+
+async def test_concurrent_triggers_from_two_store_handles(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    """Two store objects on the same storage (two processes' view) and many concurrent
+    triggers of one foreign id: exactly one run; the rest WorkflowInProgress."""
+    clock = trio_clock(START)
+    first = pipeline(stores.open(), clock)
+    second = pipeline(stores.open(), clock)
+    ok: list[str] = []
+    refused: list[int] = []
+
+    async def go(wf: af.Workflow[Doc, St]) -> None:
+        try:
+            ok.append(await wf.trigger("race"))
+        except af.WorkflowInProgress:
+            refused.append(1)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(40):
+            nursery.start_soon(go, first if i % 2 else second)
+    assert len(ok) == 1 and len(refused) == 39
+    assert [r.run_id for r in await first.list_runs(foreign_id="race")] == ok
+    # Again, once the run is finished: one more run, not two.
+    await first.cancel(ok[0], "done")
+    ok.clear()
+    refused.clear()
+    async with trio.open_nursery() as nursery:
+        for i in range(40):
+            nursery.start_soon(go, first if i % 2 else second)
+    assert len(ok) == 1 and len(refused) == 39
+    assert len(await second.list_runs(foreign_id="race")) == 2
+
+
+async def test_trigger_many_with_duplicates_and_bad_items(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    clock = trio_clock(START)
+    wf = pipeline(stores.open(), clock)
+    busy = await wf.trigger("busy")
+    items: list[Any] = [
+        "a",
+        "a",  # duplicate in the batch: the first wins
+        {"foreign_id": "b", "initial": Doc(text="b")},
+        ("c", St.WORKING),
+        ("c2", None, Doc(text="c2")),
+        {"foreign_id": "d", "start": St.DONE},  # terminal start
+        {"foreign_id": ""},
+        None,
+        5,
+        b"bytes",
+        {"foreign_id": "e", "bogus": 1},
+        {"start": St.NEW},
+        ("f", 99),
+        {"foreign_id": "g", "initial": {"text": "a dict"}},
+        {"foreign_id": "h", "initial": Doc(tags=["\ud800"])},
+        "busy",  # unfinished run already stored
+        "z" * 513,
+        "🙂",
+        {"foreign_id": "b"},  # duplicate of a mapping item
+        "a\x00b",
+    ]
+    results = await wf.trigger_many(items)
+    assert len(results) == len(items)
+    good = {0: "a", 2: "b", 3: "c", 4: "c2", 17: "🙂"}
+    for i, result in enumerate(results):
+        if i in good:
+            assert isinstance(result, str), (i, items[i], result)
+            assert (await wf.lookup(result)).foreign_id == good[i]
+        else:
+            assert isinstance(result, af.ActorflowError), (i, items[i], result)
+    assert isinstance(results[1], af.WorkflowInProgress)
+    assert isinstance(results[15], af.WorkflowInProgress)
+    assert isinstance(results[18], af.WorkflowInProgress)
+    assert (await wf.lookup(results[2])).object == Doc(text="b")  # type: ignore[arg-type]
+    assert (await wf.lookup(results[3])).status is St.WORKING  # type: ignore[arg-type]
+    assert (await wf.lookup(results[4])).object == Doc(text="c2")  # type: ignore[arg-type]
+    assert [r.run_id for r in await wf.list_runs(foreign_id="busy")] == [busy]
+    stored = {r.foreign_id for r in await wf.list_runs(limit=100)}
+    assert stored == {"busy", "a", "b", "c", "c2", "🙂"}
+    # Empty and non-sequence inputs.
+    assert await wf.trigger_many([]) == []
+    for bad in (None, "abc", 5, {"foreign_id": "x"}):
+        with pytest.raises(af.InvalidArgument):
+            await wf.trigger_many(bad)  # type: ignore[arg-type]
+    # Concurrent overlapping batches: one run per foreign id in all.
+    batches = [[f"o{(k * 7 + j) % 60}" for j in range(40)] for k in range(6)]
+    outcomes: list[list[str | af.ActorflowError]] = []
+
+    async def send(batch: list[str]) -> None:
+        outcomes.append(await wf.trigger_many(batch))
+
+    async with trio.open_nursery() as nursery:
+        for batch in batches:
+            nursery.start_soon(send, batch)
+    won = [r for outcome in outcomes for r in outcome if isinstance(r, str)]
+    assert len(won) == 60 == len(set(won))
+    assert all(
+        isinstance(r, af.WorkflowInProgress) for o in outcomes for r in o if not isinstance(r, str)
+    )
+    assert sum((await wf.count_runs(foreign_id_prefix="o")).values()) == 60
+
+
+async def test_a_callback_returning_junk_counts_up_to_the_pause(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """Consecutive junk results of a callback are consecutive errors (the count was reset
+    as soon as the function returned, before its result was checked: always 1, never
+    paused)."""
+    clock = trio_clock(START)
+    b = af.Builder("cbjunk", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    async def answer(run: af.Run[Doc, St], payload: bytes) -> St:
+        return St.NEW if payload == b"junk" else St.DONE
+
+    b.add_callback(St.WAITING, answer, to=[St.DONE])
+    wf = b.build(
+        make_store(),
+        clock=clock,
+        default_options={"pause_after_errors": 3},
+        resume_paused_after=None,
+    )
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        await wf.await_status("f", run_id, St.WAITING)
+        for count in (1, 2):
+            with pytest.raises(af.CallbackError, match=f"{count} consecutive"):
+                await wf.callback("f", St.WAITING, b"junk")
+        with pytest.raises(af.CallbackError, match=r"3 consecutive.*paused"):
+            await wf.callback("f", St.WAITING, b"junk")
+        paused = await wf.lookup(run_id)
+        assert paused.run_state is af.RunState.PAUSED and paused.meta.error_count == 3
+        await wf.resume(run_id)
+        done = await wf.callback("f", St.WAITING, b"ok")
+        assert done is not None and done.status is St.DONE
+
+
+@attrs.define
+class Measure:
+    value: float = 0.0
+    label: str = ""
+    extra: Any = None
+
+
+async def test_objects_a_store_cannot_hold_are_errors_of_that_run_only(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    """A step leaving NaN, infinity, a lone surrogate or an unserialisable value in its
+    object has an error of its own (counted, retried from the stored version); the runs
+    committed alongside it in the same group commit are stored as usual."""
+    clock = trio_clock(START)
+    poison: dict[str, Any] = {
+        "nan": ("value", float("nan")),
+        "inf": ("value", float("-inf")),
+        "surrogate": ("label", "bad \udc80 text"),
+        "cycle": ("extra", None),
+    }
+    tried: dict[str, int] = {}
+
+    class M(enum.IntEnum):
+        A = 1
+        B = 2
+
+    b = af.Builder("poison", Measure, M)
+
+    @b.step(M.A, to=M.B, error_backoff=timedelta(seconds=1))
+    async def step(run: af.Run[Measure, M]) -> M:
+        tried[run.foreign_id] = tried.get(run.foreign_id, 0) + 1
+        if run.foreign_id in poison and tried[run.foreign_id] == 1:
+            field, value = poison[run.foreign_id]
+            if run.foreign_id == "cycle":
+                value = []
+                value.append(value)
+            run.object.label = f"ok {run.foreign_id}"
+            run.object.value = 1.5
+            setattr(run.object, field, value)
+            return M.B
+        run.object.label = f"ok {run.foreign_id}"
+        run.object.value = 1.5
+        return M.B
+
+    wf = b.build(stores.open(), clock=clock)
+    fids = [f"plain{i}" for i in range(20)] + sorted(poison)
+    async with af.open_workflow(wf):
+        ids = dict(zip(fids, [r for r in await wf.trigger_many(fids)], strict=True))
+        for fid, run_id in ids.items():
+            assert isinstance(run_id, str)
+            rec = await wf.await_status(fid, run_id, M.B, timeout=3600)
+            assert rec.object == Measure(value=1.5, label=f"ok {fid}")
+            assert [r.status for r in await wf.history(run_id)] == [M.A, M.B]
+    for fid in fids:
+        assert tried[fid] == (2 if fid in poison else 1), fid
+
+
+async def test_controls_from_another_process_while_the_worker_runs(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    """A second store handle (another process's view, no worker) deletes a finished run's
+    data and pauses a run whose step is in flight: the worker finishes the scrub, and the
+    step's result is not stored over the pause (nor twice after the resume)."""
+    if not stores.durable:
+        pytest.skip("two handles on one storage need a durable store")
+    clock = trio_clock(START)
+    entered = trio.Event()
+    release = trio.Event()
+    results: list[str] = []
+
+    async def slow(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "slow" and not release.is_set():
+            entered.set()
+            await release.wait()
+        results.append(run.foreign_id)
+        run.object.tags.append("worked")
+        return St.WAITING
+
+    worker = pipeline(stores.open(), clock, working=slow, resume_paused_after=None)
+    remote = pipeline(stores.open(), clock, working=slow, resume_paused_after=None)
+    async with af.open_workflow(worker):
+        done = await finish(worker, "done")
+        slow_id = await worker.trigger("slow")
+        await entered.wait()
+        await remote.delete_data(done, "erasure")
+        scrubbed = await _await_run_state(worker, done, af.RunState.DATA_DELETED)
+        assert scrubbed.object == Doc()
+        assert all(r.object == Doc() for r in await remote.history(done))
+        paused = await remote.pause(slow_id, "hold")
+        assert paused.run_state is af.RunState.PAUSED
+        release.set()
+        await trio.sleep(600)  # virtual: long past the step's end and any retry
+        rec = await worker.lookup(slow_id)
+        assert rec.run_state is af.RunState.PAUSED and rec.status is St.WORKING
+        await remote.resume(slow_id)
+        rec = await worker.await_status("slow", slow_id, St.WAITING, timeout=3600)
+        assert rec.object.tags == ["worked"]
+    statuses = [r.status for r in await worker.history(slow_id)]
+    assert statuses.count(St.WAITING) == 1
+
+
+# --- durations at the edge ----------------------------------------------------------------
+
+
+async def test_a_daily_back_off_keeps_retrying_past_thirty_errors(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """error_backoff of a day doubled 30 times overflowed timedelta: from the 31st
+    consecutive error on, the run's actor failed over and over instead of retrying."""
+    clock = trio_clock(START)
+    calls: list[int] = []
+
+    async def flaky(run: af.Run[Doc, St]) -> St:
+        calls.append(1)
+        if len(calls) <= 35:
+            raise RuntimeError("down")
+        return St.WAITING
+
+    b = af.Builder("daily", Doc, St)
+    b.add_step(
+        St.NEW,
+        flaky,
+        to=St.WAITING,
+        error_backoff=timedelta(days=1),
+        max_error_backoff=timedelta(days=2),
+    )
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        rec = await wf.await_status("f", run_id, St.WAITING, timeout=120 * 86400)
+    assert len(calls) == 36
+    assert rec.updated_at - rec.created_at < timedelta(days=75)
+
+
+def test_durations_beyond_what_a_clock_can_add_are_build_errors() -> None:
+    b = af.Builder("durations", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    for option in ("consume_lag", "error_backoff", "max_error_backoff", "lag_alert"):
+        with pytest.raises(af.BuildError, match=option):
+            one = af.Builder("d", Doc, St)
+            one.add_step(St.NEW, go, to=St.WAITING, **{option: timedelta.max})
+            one.build(af.MemoryStore())
+    for build in (
+        {"resume_paused_after": timedelta.max},
+        {"grace_period": timedelta.max},
+        {"default_options": {"error_backoff": timedelta(days=10**6)}},
+    ):
+        with pytest.raises(af.BuildError):
+            b.build(af.MemoryStore(), **build)
+    with pytest.raises(af.BuildError):
+        af.Retention(keep_for=timedelta.max)
+
+
+async def test_the_longest_durations_allowed_work(
+    make_store: Any, autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A thousand years of consume lag, back-off and automatic resume, and a timer a
+    billion days away: accepted, and nothing overflows (the runs wait)."""
+    clock = trio_clock(START)
+    longest = timedelta(days=365 * 1000)
+    b = af.Builder("longest", Doc, St)
+
+    async def go(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "fail":
+            raise RuntimeError("once")
+        if run.foreign_id == "pause":
+            return run.pause("hold")
+        return St.WAITING
+
+    b.add_step(St.NEW, go, to=St.WAITING, error_backoff=longest, max_error_backoff=longest)
+
+    @b.step(St.WORKING, to=St.WAITING, consume_lag=longest)
+    async def lagging(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    async def late(run: af.Run[Doc, St], now: datetime) -> St:
+        return St.DONE
+
+    b.add_timeout(St.WAITING, af.after(timedelta(days=999_999_999)), late, to=[St.DONE])
+    wf = b.build(make_store(), clock=clock, resume_paused_after=longest)
+    async with af.open_workflow(wf):
+        ids = {fid: await wf.trigger(fid) for fid in ("fail", "pause", "ok")}
+        lag = await wf.trigger("lag", St.WORKING)
+        await trio.sleep(86400)
+        assert (await wf.lookup(ids["ok"])).status is St.WAITING
+        assert (await wf.lookup(ids["pause"])).run_state is af.RunState.PAUSED
+        assert (await wf.lookup(ids["fail"])).version == 1
+        assert (await wf.lookup(lag)).status is St.WORKING
+    assert not [r for r in caplog.records if "actor failed" in r.getMessage()]

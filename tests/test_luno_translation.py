@@ -12,8 +12,11 @@ from __future__ import annotations
 import enum
 import functools
 import json
-from collections.abc import Awaitable, Callable
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -32,6 +35,40 @@ from actorflow.testing import (
 from tests.conftest import StoreMaker
 
 LIMIT = 60  # seconds of virtual time any wait may take before the test fails
+PG_DSN = os.environ.get("ACTORFLOW_PG_DSN")
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreMaker]:
+    """The store under test (tests/conftest.py's, plus PostgreSQL when ACTORFLOW_PG_DSN is
+    set, in a schema of its own); calling it again reopens the same storage."""
+    if request.param == "postgres" and not PG_DSN:
+        pytest.skip("ACTORFLOW_PG_DSN not set")
+    opened: list[af.Store] = []
+    schema = f"af_luno_{uuid.uuid4().hex[:16]}"
+
+    def make() -> af.Store:
+        if request.param == "memory":
+            if not opened:
+                opened.append(af.MemoryStore())
+            return opened[0]
+        store: af.Store
+        if request.param == "sqlite":
+            store = af.SQLiteStore(tmp_path / "actorflow.db")
+        else:
+            assert PG_DSN is not None
+            store = af.PostgresStore(PG_DSN, schema=schema, pool_size=4)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        await store.aclose()
+    if request.param == "postgres":
+        assert PG_DSN is not None
+        dropper = af.PostgresStore(PG_DSN, schema=schema, pool_size=1, drop_schema_on_close=True)
+        await dropper.get_cursor("drop")  # opens it
+        await dropper.aclose()
 
 
 # --- the user sign-up workflow of workflow_test.go -------------------------------------
@@ -1522,3 +1559,1062 @@ async def test_updater(make_store: StoreMaker, clock: af.Clock, autojump_clock: 
         end = await ok.await_status("good", run_id, St.END, timeout=LIMIT)
     assert middle.run_state is af.RunState.RUNNING
     assert end.run_state is af.RunState.COMPLETED
+
+
+async def test_require_validation_status(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestRequire_validation: Require of a status the workflow does not have can never be
+    met; it is refused at once instead of waiting forever."""
+    wf = two_steps().build(make_store(), clock=clock)
+    with trio.fail_after(1), pytest.raises(af.InvalidArgument, match="status"):
+        await require(wf, "fid", 99, Text())  # type: ignore[arg-type]
+    with trio.fail_after(1), pytest.raises(af.InvalidArgument, match="predicate"):
+        await wait_for(wf, "fid", "not a function")  # type: ignore[arg-type]
+
+
+# --- builder_internal_test.go -----------------------------------------------------------
+
+
+def test_status_graph() -> None:
+    """TestStatusGraph, TestCreateDiagram: the graph has each transition, the starting
+    status (never a destination) and the terminal one (no way out)."""
+    b = af.Builder("determine starting points", Text, St)
+
+    @b.step(St.START, to=St.MIDDLE)
+    async def step(run: af.Run[Text, St]) -> St:
+        return St.MIDDLE
+
+    async def cb(run: af.Run[Text, St], payload: bytes) -> St:
+        return St.END
+
+    b.add_callback(St.MIDDLE, cb, to=[St.END])
+    lines = {line.strip() for line in b.build(af.MemoryStore()).graph().splitlines()}
+    assert {"[*] --> START", "START --> MIDDLE", "MIDDLE --> END: callback"} <= lines
+    assert "END --> [*]" in lines
+    assert "[*] --> MIDDLE" not in lines and "MIDDLE --> [*]" not in lines
+
+
+def test_create_diagram_two_destinations() -> None:
+    """TestCreateDiagram: a step with two destinations draws both."""
+    b = af.Builder("example", Text, St)
+
+    @b.step(St.START, to=[St.MIDDLE, St.END])
+    async def step(run: af.Run[Text, St]) -> St:
+        return St.MIDDLE
+
+    @b.step(St.MIDDLE, to=St.END)
+    async def step2(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    text = b.build(af.MemoryStore()).graph()
+    assert text.startswith("stateDiagram-v2")
+    for edge in ("START --> MIDDLE", "START --> END", "MIDDLE --> END"):
+        assert edge in text
+
+
+async def test_default_starting_point(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestDefaultStartingPoint: a trigger without a start begins at the first status
+    declared; a workflow with nothing to start from does not build."""
+    b = af.Builder("consumer lag", Text, St)
+
+    @b.step(St.START, to=St.MIDDLE)
+    async def step(run: af.Run[Text, St]) -> St:
+        return St.MIDDLE
+
+    @b.step(St.MIDDLE, to=St.END)
+    async def step2(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    wf = b.build(make_store(), clock=clock)
+    run_id = await wf.trigger("fid")
+    assert (await wf.lookup(run_id)).status is St.START
+    with pytest.raises(af.BuildError, match="start"):
+        af.Builder("nothing to start from", Text, St).build(af.MemoryStore())
+
+
+def _noop_timeout() -> Callable[[af.Run[Text, St], datetime], Awaitable[St]]:
+    async def fn(run: af.Run[Text, St], now: datetime) -> St:
+        return St.END
+
+    return fn
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("max_concurrency", 2), ("consume_lag", timedelta(hours=1))],
+    ids=["parallel count", "lag"],
+)
+def test_add_timeout_dont_allow(option: str, value: Any) -> None:
+    """TestAddTimeoutDontAllowParallelCount, TestAddTimeoutDontAllowLag: options that make
+    no sense for a timeout are refused. actorflow runs a status's timeouts with
+    max_concurrency like a step's (docs/timeouts.md), so only consume_lag is refused."""
+    b = af.Builder("timeouts", Text, St)
+    if option == "consume_lag":
+        with pytest.raises(af.BuildError, match="consume_lag"):
+            b.add_timeout(
+                St.START,
+                af.after(timedelta(hours=1)),
+                _noop_timeout(),
+                to=[St.END],
+                **{option: value},
+            )
+            b.build(af.MemoryStore())
+    else:
+        b.add_timeout(
+            St.START, af.after(timedelta(hours=1)), _noop_timeout(), to=[St.END], **{option: value}
+        )
+        b.build(af.MemoryStore())
+
+
+def test_add_step_single_use_validation() -> None:
+    """TestAddStepSingleUseValidation: a second step for one status is refused."""
+    b = af.Builder("consumer lag", Text, St)
+
+    async def step(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    b.add_step(St.START, step, to=St.END)
+    with pytest.raises(af.BuildError, match="START"):
+        b.add_step(St.START, step, to=St.END)
+        b.build(af.MemoryStore())
+
+
+def test_connector_names_are_unique() -> None:
+    """TestConnectorNamesAreUnique: two connectors with one name are refused."""
+    b = af.Builder("workflow X", Text, St)
+
+    async def fn(workflow: Any, event: af.ConnectorEvent) -> None:
+        return None
+
+    @b.step(St.START, to=St.END)
+    async def step(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    b.add_connector("my-test-connector", af.MemorySource([]), fn)
+    with pytest.raises(af.BuildError, match="my-test-connector"):
+        b.add_connector("my-test-connector", af.MemorySource([]), fn)
+        b.build(af.MemoryStore())
+
+
+class Reserved(enum.IntEnum):
+    SKIP = 0
+    REPEAT = -1
+    START = 1
+    END = 2
+
+
+@pytest.mark.parametrize("reserved", [Reserved.SKIP, Reserved.REPEAT])
+@pytest.mark.parametrize("where", ["from", "to"])
+def test_panic_for_using_reserved_node_values(reserved: Reserved, where: str) -> None:
+    """TestPanicForUsingReservedNodeValues: statuses 0 and below are reserved (luno's skip
+    types); using one as a step's 'from' or 'to' is refused."""
+    b = af.Builder("reserved", Text, Reserved)
+
+    async def step(run: af.Run[Text, Reserved]) -> Reserved:
+        return Reserved.END
+
+    with pytest.raises(af.BuildError, match="reserved"):
+        if where == "from":
+            b.add_step(reserved, step, to=Reserved.END)
+        else:
+            b.add_step(Reserved.START, step, to=reserved)
+        b.build(af.MemoryStore())
+
+
+async def test_with_step_err_back_off(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestWithStepErrBackOff (and TestWithDefaultOptions): a step's own error_backoff
+    overrides the default_options of the build; a step without one uses the default."""
+    b = af.Builder("backoff", Text, St)
+    tries: dict[St, list[datetime]] = {St.START: [], St.MIDDLE: []}
+
+    @b.step(St.START, to=St.MIDDLE, error_backoff=timedelta(minutes=1))
+    async def own(run: af.Run[Text, St]) -> St:
+        tries[St.START].append(clock.now())
+        if len(tries[St.START]) == 1:
+            raise RuntimeError("once")
+        return St.MIDDLE
+
+    @b.step(St.MIDDLE, to=St.END)
+    async def default(run: af.Run[Text, St]) -> St:
+        tries[St.MIDDLE].append(clock.now())
+        if len(tries[St.MIDDLE]) == 1:
+            raise RuntimeError("once")
+        return St.END
+
+    wf = b.build(
+        make_store(), clock=clock, default_options=af.Options(error_backoff=timedelta(hours=1))
+    )
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        await wf.await_status("fid", run_id, St.END, timeout=3 * 3600)
+    own_wait = tries[St.START][1] - tries[St.START][0]
+    default_wait = tries[St.MIDDLE][1] - tries[St.MIDDLE][0]
+    assert timedelta(minutes=1) <= own_wait < timedelta(minutes=2)
+    assert timedelta(hours=1) <= default_wait < timedelta(hours=2, minutes=1)
+
+
+async def test_with_step_consumer_lag(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestWithStepConsumerLag: a step's consume_lag overrides the default one."""
+    b = af.Builder("consumer lag", Text, St)
+
+    @b.step(St.START, to=St.MIDDLE, consume_lag=timedelta(hours=9))
+    async def lagging(run: af.Run[Text, St]) -> St:
+        return St.MIDDLE
+
+    @b.step(St.MIDDLE, to=St.END)
+    async def default(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    wf = b.build(
+        make_store(), clock=clock, default_options=af.Options(consume_lag=timedelta(minutes=1))
+    )
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        middle = await wf.await_status("fid", run_id, St.MIDDLE, timeout=10 * 3600)
+        end = await wf.await_status("fid", run_id, St.END, timeout=3600)
+    created = (await wf.history(run_id))[0].created_at
+    assert timedelta(hours=9) <= middle.updated_at - created < timedelta(hours=9, minutes=1)
+    assert timedelta(minutes=1) <= end.updated_at - middle.updated_at < timedelta(minutes=2)
+
+
+async def test_with_clock(make_store: StoreMaker, autojump_clock: MockClock) -> None:
+    """TestWithClock: the workflow's times come from the clock it was built with."""
+    when = datetime(2020, 2, 2, 12, tzinfo=UTC)
+    wf = two_steps().build(make_store(), clock=trio_clock(when))
+    await trio.sleep(3600)
+    run_id = await wf.trigger("fid")
+    assert (await wf.lookup(run_id)).created_at == when + timedelta(hours=1)
+
+
+def test_build_options_validation() -> None:
+    """TestBuildOptions: build options are checked when the workflow is built (luno accepts
+    any value; a bad one here is a BuildError naming the option)."""
+    for options in (
+        {"scrub": "not a function"},
+        {"resume_paused_after": "soon"},
+        {"default_options": 3},
+        {"clock": "now"},
+    ):
+        with pytest.raises(af.BuildError, match=next(iter(options))):
+            two_steps().build(af.MemoryStore(), **options)
+
+
+async def test_adding_callbacks(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestAddingCallbacks: several callbacks may share a status; each is reached by
+    workflow.callback."""
+    b = af.Builder("callbacks", Text, St)
+    seen: list[str] = []
+
+    async def first(run: af.Run[Text, St], payload: bytes) -> Any:
+        seen.append("first")
+        return St.END if payload == b"first" else run.skip()
+
+    async def second(run: af.Run[Text, St], payload: bytes) -> Any:
+        seen.append("second")
+        return St.END if payload == b"second" else run.skip()
+
+    b.add_callback(St.START, first, to=[St.END])
+    b.add_callback(St.START, second, to=[St.END])
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        await wf.trigger("fid")
+        record = await wf.callback("fid", St.START, b"second")
+    assert record is not None and record.status is St.END
+    assert "second" in seen
+
+
+def test_hook_builders_need_async_functions() -> None:
+    """TestOnPause, TestOnCancel, TestOnComplete: the hooks are registered for their run
+    state (checked in test_workflow_run_state_hooks); a hook that is not async is refused."""
+    for hook in ("on_pause", "on_cancel", "on_complete"):
+        b = two_steps()
+
+        def not_async(record: af.Record[Text, St]) -> None:
+            return None
+
+        with pytest.raises(af.BuildError, match="async"):
+            getattr(b, hook)(not_async)
+            b.build(af.MemoryStore())
+
+
+# --- state_test.go, workflow_internal_test.go -------------------------------------------
+
+
+async def test_internal_state(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestInternalState: every process (steps, timeouts, connectors) is listed; all are
+    stopped before Run and after Stop."""
+    b = af.Builder("example", Text, St)
+
+    @b.step(St.START, to=St.MIDDLE)
+    async def first(run: af.Run[Text, St]) -> St:
+        return St.MIDDLE
+
+    @b.step(St.MIDDLE, to=St.END, max_concurrency=3)
+    async def second(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    b.add_timeout(St.START, af.after(timedelta(hours=1)), _noop_timeout(), to=[St.END])
+
+    async def consume(workflow: Any, event: af.ConnectorEvent) -> None:
+        return None
+
+    b.add_connector("consume-other-stream", af.MemorySource([]), consume)
+    wf = b.build(make_store(), clock=clock)
+    names = {
+        "start-consumer",
+        "middle-consumer",
+        "start-timeout-consumer",
+        "consume-other-stream-connector-consumer",
+    }
+    before = wf.states()
+    assert names <= set(before)
+    assert set(before.values()) == {af.ProcessState.STOPPED}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(wf.run)
+        wf.stop()
+    after = wf.states()
+    assert names <= set(after)
+    assert set(after.values()) == {af.ProcessState.STOPPED}
+
+
+async def test_workflow_run_stop_race(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestWorkflow_RunStopRace: Run and Stop called back to back, many times, neither fail
+    nor hang; Stop when not running does nothing."""
+    wf = two_steps("race-test").build(make_store(), clock=clock)
+    for _ in range(20):
+        with trio.fail_after(LIMIT):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(wf.run)
+                wf.stop()
+        wf.stop()
+    assert not wf.running
+
+
+# --- adapters/adaptertest/recordstore.go, through the workflow's API --------------------
+#
+# luno's RecordStore contract stores hand-made records; actorflow's stores are reached
+# through the workflow (the Store protocol is not public), so the runs are made with
+# trigger/callback/pause/cancel on a workflow that is not running (nothing moves them).
+
+
+def store_workflow(
+    store: af.Store, clock: af.Clock, name: str = "my_workflow"
+) -> af.Workflow[Text, St]:
+    b = af.Builder(name, Text, St)
+
+    async def to_middle(run: af.Run[Text, St], payload: bytes) -> St:
+        run.object.value = payload.decode()
+        return St.MIDDLE
+
+    async def to_end(run: af.Run[Text, St], payload: bytes) -> St:
+        run.object.value = payload.decode()
+        return St.END
+
+    b.add_callback(St.START, to_middle, to=[St.MIDDLE])
+    b.add_callback(St.MIDDLE, to_end, to=[St.END])
+    return b.build(store, clock=clock)
+
+
+async def test_record_store_latest(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """adaptertest testLatest: Latest is the run's first version after trigger, and its
+    newest one after it moved to its end (COMPLETED)."""
+    wf = store_workflow(make_store(), clock)
+    run_id = await wf.trigger("Andrew Wormald", initial=Text("Andrew Wormald"))
+    latest = await wf.latest("Andrew Wormald")
+    assert latest == await wf.lookup(run_id)
+    assert (latest.workflow_name, latest.foreign_id, latest.run_id) == (
+        "my_workflow",
+        "Andrew Wormald",
+        run_id,
+    )
+    assert latest.status is St.START and latest.run_state is af.RunState.INITIATED
+    assert latest.object == Text("Andrew Wormald") and latest.created_at == latest.updated_at
+    await wf.callback("Andrew Wormald", St.START, b"m")
+    await wf.callback("Andrew Wormald", St.MIDDLE, b"e")
+    latest = await wf.latest("Andrew Wormald")
+    assert latest.status is St.END and latest.run_state is af.RunState.COMPLETED
+    assert latest.version == 3 and latest.object == Text("e")
+    with pytest.raises(af.RunNotFound):
+        await wf.latest("nobody")
+
+
+async def test_record_store_lookup(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """adaptertest testLookup: Lookup by run id finds the run (and only in its workflow)."""
+    store = make_store()
+    wf = store_workflow(store, clock)
+    other = store_workflow(store, clock, "my_second_workflow")
+    run_id = await wf.trigger("Andrew Wormald")
+    found = await wf.lookup(run_id)
+    assert found.run_id == run_id and found.foreign_id == "Andrew Wormald"
+    with pytest.raises(af.RunNotFound):
+        await wf.lookup("no-such-run")
+    with pytest.raises(af.RunNotFound):
+        await other.lookup(run_id)
+
+
+async def test_record_store_store(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """adaptertest testStore: each update is stored as the run's next version, and Lookup
+    returns the newest one."""
+    wf = store_workflow(make_store(), clock)
+    run_id = await wf.trigger("Andrew Wormald")
+    await trio.sleep(1)
+    middle = await wf.callback("Andrew Wormald", St.START, b"middle")
+    assert middle == await wf.lookup(run_id)
+    await trio.sleep(1)
+    end = await wf.callback("Andrew Wormald", St.MIDDLE, b"end")
+    assert end == await wf.lookup(run_id)
+    history = await wf.history(run_id)
+    assert [(r.version, r.status) for r in history] == [
+        (1, St.START),
+        (2, St.MIDDLE),
+        (3, St.END),
+    ]
+    assert len({r.created_at for r in history}) == 1
+    assert history[0].updated_at < history[1].updated_at < history[2].updated_at
+
+
+async def test_record_store_list_pages(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """adaptertest testList "List with no workflow specified returns all" (pages): pages of
+    53 and 100 follow each other without overlap, in creation order both ways, and a last
+    page is short. Runs created one after the other list in that order; the runs of one
+    trigger_many are created together (their order among themselves is the store's)."""
+    wf = store_workflow(make_store(), clock)
+    total = 180
+    ids = await wf.trigger_many([f"fid-{i}" for i in range(total - 20)])
+    assert all(isinstance(i, str) for i in ids)
+    for i in range(total - 20, total):
+        await trio.sleep(0.001)
+        ids.append(await wf.trigger(f"fid-{i}"))
+    everything = [r.run_id for r in await wf.list_runs(limit=1000)]
+    assert sorted(everything) == sorted(ids)
+    assert everything[-20:] == ids[-20:]
+    first = await wf.list_runs(limit=53)
+    second = await wf.list_runs(limit=100, after=first[-1].run_id)
+    rest = await wf.list_runs(limit=1000, after=second[-1].run_id)
+    assert (len(first), len(second), len(rest)) == (53, 100, total - 153)
+    assert [r.run_id for r in first + second + rest] == everything
+    down = await wf.list_runs(limit=1000, descending=True)
+    assert [r.run_id for r in down] == everything[::-1]
+    last_page = await wf.list_runs(limit=100, after=everything[total - 51])
+    assert len(last_page) == 50
+    last_down = await wf.list_runs(limit=100, after=everything[50], descending=True)
+    assert [r.run_id for r in last_down] == everything[49::-1]
+
+
+async def test_record_store_list_workflow_name(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """adaptertest testList "List - WorkflowName": two workflows on one store each list only
+    their own runs."""
+    store = make_store()
+    first = store_workflow(store, clock)
+    second = store_workflow(store, clock, "my_second_workflow")
+    for i in range(30):
+        await first.trigger(f"f{i}")
+        await second.trigger(f"f{i}")
+    mine = await first.list_runs(limit=1000)
+    assert len(mine) == 30 and {r.workflow_name for r in mine} == {"my_workflow"}
+    theirs = await second.list_runs(limit=1000)
+    assert len(theirs) == 30 and {r.workflow_name for r in theirs} == {"my_second_workflow"}
+    assert (await first.count_runs()) == (await second.count_runs())
+
+
+async def test_record_store_list_filter_by_foreign_id(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """adaptertest testList "List - FilterByForeignID": runs of one foreign id (every run,
+    not only the latest), of several, and of an unknown one (none)."""
+    wf = store_workflow(make_store(), clock)
+    foreign_ids = ["MSDVUI-OBEWF-BYUIOW", "FRELBJK-SRGIUE-RGTJDSF"]
+    for fid in foreign_ids:
+        for _ in range(8):
+            run_id = await wf.trigger(fid)
+            await wf.cancel(run_id, "next")
+    for fid in foreign_ids:
+        runs = await wf.list_runs(foreign_id=fid, limit=100)
+        assert len(runs) == 8 and {r.foreign_id for r in runs} == {fid}
+    assert len(await wf.list_runs(foreign_id=foreign_ids, limit=100)) == 16
+    assert await wf.list_runs(foreign_id="random") == []
+
+
+async def test_record_store_list_filter_by_run_state(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """adaptertest testList "List - FilterByRunState": runs in each run state are listed by
+    that state, and by several states at once."""
+    wf = store_workflow(make_store(), clock)
+    wanted = {
+        af.RunState.INITIATED: 4,
+        af.RunState.RUNNING: 6,
+        af.RunState.COMPLETED: 5,
+        af.RunState.PAUSED: 3,
+        af.RunState.CANCELLED: 1,
+        af.RunState.DATA_DELETED: 2,
+    }
+    n = 0
+    for state, count in wanted.items():
+        for _ in range(count):
+            fid = f"f{n}"
+            n += 1
+            run_id = await wf.trigger(fid)
+            if state is af.RunState.RUNNING:
+                await wf.callback(fid, St.START, b"m")
+            elif state is af.RunState.COMPLETED:
+                await wf.callback(fid, St.START, b"m")
+                await wf.callback(fid, St.MIDDLE, b"e")
+            elif state is af.RunState.PAUSED:
+                await wf.pause(run_id, "p")
+            elif state is af.RunState.CANCELLED:
+                await wf.cancel(run_id, "c")
+            elif state is af.RunState.DATA_DELETED:
+                await wf.cancel(run_id, "c")
+                await wf.delete_data(run_id, "d")
+    for state, count in wanted.items():
+        runs = await wf.list_runs(run_state=state, limit=100)
+        assert len(runs) == count, state
+        assert {r.run_state for r in runs} == {state}
+    both = await wf.list_runs(run_state=[af.RunState.RUNNING, af.RunState.PAUSED], limit=100)
+    assert len(both) == 9
+    assert {r.run_state for r in both} == {af.RunState.RUNNING, af.RunState.PAUSED}
+    counts = await wf.count_runs()
+    assert sum(counts.values()) == sum(wanted.values())
+
+
+async def test_record_store_list_filter_by_status(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """adaptertest testList "List - FilterByStatus": runs at each status are listed by it."""
+    wf = store_workflow(make_store(), clock)
+    wanted = {St.START: 3, St.MIDDLE: 7, St.END: 4}
+    n = 0
+    for status, count in wanted.items():
+        for _ in range(count):
+            fid = f"f{n}"
+            n += 1
+            await wf.trigger(fid)
+            if status is not St.START:
+                await wf.callback(fid, St.START, b"m")
+            if status is St.END:
+                await wf.callback(fid, St.MIDDLE, b"e")
+    for status, count in wanted.items():
+        runs = await wf.list_runs(status=status, limit=100)
+        assert len(runs) == count and {r.status for r in runs} == {status}
+
+
+async def test_record_store_list_filter_by_created_at(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """adaptertest testList "List - Filter by Created At": runs created between two times
+    are listed; none after the later one or before the earlier one."""
+    wf = store_workflow(make_store(), clock)
+    now = clock.now()
+    for i in range(20):
+        await wf.trigger(f"f{i}")
+    t0, t1 = now - timedelta(minutes=1), now + timedelta(minutes=1)
+    assert len(await wf.list_runs(created_after=t0, created_before=t1, limit=100)) == 20
+    assert await wf.list_runs(created_after=t1, limit=100) == []
+    assert await wf.list_runs(created_before=t0, limit=100) == []
+
+
+# --- the examples' tests (_examples/*/..._test.go) ---------------------------------------
+
+
+class Getting(enum.IntEnum):
+    STARTED = 1
+    READ_THE_DOCS = 2
+    FOLLOWED_THE_EXAMPLE = 3
+    CREATED_A_FUN_EXAMPLE = 4
+
+
+@attrs.define
+class GettingStarted:
+    read_the_docs: str = ""
+    follow_an_example: str = ""
+    create_a_fun_example: str = ""
+
+
+async def test_getting_started_workflow(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """_examples/gettingstarted TestWorkflow: three steps, each ticking a box."""
+    b = af.Builder("getting started", GettingStarted, Getting)
+
+    @b.step(Getting.STARTED, to=Getting.READ_THE_DOCS)
+    async def read(run: af.Run[GettingStarted, Getting]) -> Getting:
+        run.object.read_the_docs = "✅"
+        return Getting.READ_THE_DOCS
+
+    @b.step(Getting.READ_THE_DOCS, to=Getting.FOLLOWED_THE_EXAMPLE)
+    async def follow(run: af.Run[GettingStarted, Getting]) -> Getting:
+        run.object.follow_an_example = "✅"
+        return Getting.FOLLOWED_THE_EXAMPLE
+
+    @b.step(Getting.FOLLOWED_THE_EXAMPLE, to=Getting.CREATED_A_FUN_EXAMPLE)
+    async def create(run: af.Run[GettingStarted, Getting]) -> Getting:
+        run.object.create_a_fun_example = "✅"
+        return Getting.CREATED_A_FUN_EXAMPLE
+
+    wf = b.build(make_store(), clock=clock)
+    fid = "82347982374982374"
+    async with af.open_workflow(wf):
+        await wf.trigger(fid)
+        await require(wf, fid, Getting.READ_THE_DOCS, GettingStarted("✅"))
+        await require(wf, fid, Getting.FOLLOWED_THE_EXAMPLE, GettingStarted("✅", "✅"))
+        await require(wf, fid, Getting.CREATED_A_FUN_EXAMPLE, GettingStarted("✅", "✅", "✅"))
+
+
+@attrs.define
+class EmailConfirmationResponse:
+    confirmed: bool = False
+
+
+@attrs.define
+class Example:
+    email_confirmed: bool = False
+    now: datetime | None = None
+
+
+class ExampleStatus(enum.IntEnum):
+    STARTED = 1
+    FOLLOWED_THE_EXAMPLE = 2
+
+
+async def test_callback_workflow(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """_examples/callback TestCallbackWorkflow: a callback fed an attrs payload (as JSON by
+    TriggerCallbackOn) moves the run with what it carried."""
+    b = af.Builder("callback example", Example, ExampleStatus)
+
+    async def confirmed(run: af.Run[Example, ExampleStatus], payload: bytes) -> ExampleStatus:
+        run.object.email_confirmed = EmailConfirmationResponse(**json.loads(payload)).confirmed
+        return ExampleStatus.FOLLOWED_THE_EXAMPLE
+
+    b.add_callback(ExampleStatus.STARTED, confirmed, to=[ExampleStatus.FOLLOWED_THE_EXAMPLE])
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("andrew")
+        await trigger_callback_on(
+            wf, "andrew", run_id, ExampleStatus.STARTED, EmailConfirmationResponse(True)
+        )
+        await require(wf, "andrew", ExampleStatus.FOLLOWED_THE_EXAMPLE, Example(True))
+
+
+async def test_timeout_workflow(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """_examples/timeout TestTimeoutWorkflow: an hour's timeout, after AwaitTimeoutInsert,
+    fires an hour later with that time."""
+    b = af.Builder("timeout example", Example, ExampleStatus)
+
+    async def expired(run: af.Run[Example, ExampleStatus], now: datetime) -> ExampleStatus:
+        run.object.now = now
+        return ExampleStatus.FOLLOWED_THE_EXAMPLE
+
+    b.add_timeout(
+        ExampleStatus.STARTED,
+        af.after(timedelta(hours=1)),
+        expired,
+        to=[ExampleStatus.FOLLOWED_THE_EXAMPLE],
+    )
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        start = clock.now()
+        run_id = await wf.trigger("andrew")
+        assert run_id
+        await await_timeout_insert(wf, "andrew", run_id, ExampleStatus.STARTED)
+        await require(
+            wf,
+            "andrew",
+            ExampleStatus.FOLLOWED_THE_EXAMPLE,
+            Example(now=start + timedelta(hours=1)),
+        )
+
+
+# --- metrics_test.go (metric names and labels: docs/metrics.md) -------------------------
+
+
+def skipping_workflow(
+    store: af.Store, clock: af.Clock, registry: Any, **options: Any
+) -> af.Workflow[Text, St]:
+    """luno's metrics tests' workflow: a step at START that skips (returns 0 in Go)."""
+    b = af.Builder("example", Text, St)
+
+    @b.step(St.START, to=St.MIDDLE, **options)
+    async def skip(run: af.Run[Text, St]) -> Any:
+        return run.skip()
+
+    @b.step(St.MIDDLE, to=St.END)
+    async def end(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    return b.build(store, clock=clock, metrics=registry)
+
+
+def sample(registry: Any, name: str, **labels: str) -> float | None:
+    value: float | None = registry.get_sample_value(name, {"workflow_name": "example", **labels})
+    return value
+
+
+async def test_metric_process_lag(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestMetricProcessLag, TestMetricProcessLagAlert: a run that waited an hour before the
+    workflow ran shows an hour of lag for the step that took it up, and the lag alert is
+    raised when that is beyond the step's lag_alert."""
+    prometheus_client = pytest.importorskip("prometheus_client")
+    registry = prometheus_client.CollectorRegistry()
+    wf = skipping_workflow(make_store(), clock, registry, lag_alert=timedelta(minutes=30))
+    await wf.trigger("29384723984732")
+    await trio.sleep(3600)
+    async with af.open_workflow(wf):
+        await eventually(
+            lambda: (
+                sample(registry, "workflow_process_lag_seconds", process_name="start-consumer")
+                is not None
+            )
+        )
+        lag = sample(registry, "workflow_process_lag_seconds", process_name="start-consumer")
+        assert lag is not None and 3600 <= lag < 3700
+        alert = sample(registry, "workflow_process_lag_alert", process_name="start-consumer")
+        assert alert == 1
+
+
+async def test_metric_process_states(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestMetricProcessStates, TestMetricProcessIdleState: the process-state gauge reads
+    luno's values: 2 running or 3 idle while the workflow runs, 1 once it stopped."""
+    prometheus_client = pytest.importorskip("prometheus_client")
+    registry = prometheus_client.CollectorRegistry()
+    wf = skipping_workflow(make_store(), clock, registry)
+    async with af.open_workflow(wf):
+        await trio.sleep(1)
+        for process in ("start-consumer", "middle-consumer"):
+            state = sample(registry, "workflow_process_states", process_name=process)
+            assert state in (2, 3), process
+    for process in ("start-consumer", "middle-consumer"):
+        assert sample(registry, "workflow_process_states", process_name=process) == 1
+
+
+async def test_metric_process_latency_and_run_state_changes(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestMetricProcessLatency, TestRunStateChanges: each step's handling is timed, and
+    each run-state change is counted by previous and current run state."""
+    prometheus_client = pytest.importorskip("prometheus_client")
+    registry = prometheus_client.CollectorRegistry()
+    wf = two_steps().build(make_store(), clock=clock, metrics=registry)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("983467934")
+        await wf.await_status("983467934", run_id, St.END, timeout=LIMIT)
+    for process in ("start-consumer", "middle-consumer"):
+        count = sample(registry, "workflow_process_latency_seconds_count", process_name=process)
+        assert count is not None and count >= 1, process
+    changes = {
+        (s.labels["previous_run_state"], s.labels["current_run_state"]): s.value
+        for metric in registry.collect()
+        if metric.name == "workflow_run_state_changes"
+        for s in metric.samples
+        if s.labels.get("workflow_name") == "example"
+    }
+    assert changes.get(("Initiated", "Running"), 0) >= 1
+    assert changes.get(("Running", "Completed"), 0) >= 1
+
+
+async def test_metric_process_errors_and_skipped_events(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestMetricProcessErrors, TestMetricProcessSkippedEvents: a failing step counts its
+    errors; a skipping step counts its skips (with the reason)."""
+    prometheus_client = pytest.importorskip("prometheus_client")
+    registry = prometheus_client.CollectorRegistry()
+    wf = skipping_workflow(make_store(), clock, registry)
+    b = af.Builder("failing", Text, St)
+
+    @b.step(St.START, to=St.END)
+    async def fail(run: af.Run[Text, St]) -> St:
+        raise RuntimeError("mock error")
+
+    failing = b.build(wf.store, clock=clock, metrics=registry)
+    async with af.open_workflow(wf, failing):
+        for fid in ("9834679343", "2349839483", "7548702398"):
+            await wf.trigger(fid)
+        await failing.trigger("29384723984732")
+        await trio.sleep(10)
+    skipped = sample(
+        registry,
+        "workflow_process_skipped_events_count",
+        process_name="start-consumer",
+        reason="run.skip()",
+    )
+    assert skipped is not None and skipped >= 3
+    errors = registry.get_sample_value(
+        "workflow_process_error_count",
+        {"workflow_name": "failing", "process_name": "start-consumer"},
+    )
+    assert errors is not None and errors >= 1
+
+
+async def test_workflow_run_state_hooks_from_controls(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestWorkflow_OnPauseHook, TestWorkflow_OnCancelHook (controls): the hooks follow the
+    run-state changes, whoever made them: a pause after errors, pause()/cancel() from
+    outside, also while no workflow ran (the hook is called once it runs)."""
+    b = always_failing("hooks")
+    seen: list[tuple[str, af.RunState, str]] = []
+
+    async def on_pause(record: af.Record[Text, St]) -> None:
+        seen.append((record.foreign_id, record.run_state, "pause"))
+
+    async def on_cancel(record: af.Record[Text, St]) -> None:
+        seen.append((record.foreign_id, record.run_state, "cancel"))
+
+    b.on_pause(on_pause)
+    b.on_cancel(on_cancel)
+    wf = b.build(make_store(), clock=clock, resume_paused_after=None)
+    offline = await wf.trigger("offline")
+    await wf.pause(offline, "by hand")
+    async with af.open_workflow(wf):
+        await wf.trigger("errors")
+        await eventually(lambda: len(seen) >= 2)
+        await wf.cancel(offline, "by hand")
+        await eventually(lambda: len(seen) >= 3)
+        await trio.sleep(3600)
+    assert sorted(seen) == [
+        ("errors", af.RunState.PAUSED, "pause"),
+        ("offline", af.RunState.PAUSED, "pause"),
+        ("offline", af.RunState.CANCELLED, "cancel"),
+    ]
+
+
+# --- adapters/adaptertest/eventstreaming.go ("Acceptance test - full workflow run through")
+
+
+class Sync(enum.IntEnum):
+    STARTED = 1
+    EMAIL_SET = 2
+    REGULATION_TIMEOUT = 3
+    COMPLETED = 4
+
+
+@attrs.define
+class User:
+    uid: str = ""
+    email: str = ""
+    country_code: str = ""
+
+
+def cool_down(run: af.Run[User, Sync], now: datetime) -> datetime | None:
+    """An hour's cool-down for users in Great Britain; no timeout for anyone else."""
+    return now + timedelta(hours=1) if run.object.country_code == "GB" else None
+
+
+@pytest.mark.parametrize("streamer", ["memory", "store log"])
+async def test_event_streamer_acceptance(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock, streamer: str
+) -> None:
+    """RunEventStreamerTest "Acceptance test - full workflow run through": with an event
+    streamer, a run goes through a step, a timer function's timeout (an hour for GB users,
+    none for others) and a last step; the transitions reach the stream."""
+    store = make_store()
+    stream: Any = af.MemoryStreamer() if streamer == "memory" else af.StoreLogStreamer(store)
+    b = af.Builder("sync user 2", User, Sync)
+
+    @b.step(Sync.STARTED, to=Sync.EMAIL_SET, max_concurrency=5)
+    async def set_email(run: af.Run[User, Sync]) -> Sync:
+        run.object.email = "andrew@workflow.com"
+        return Sync.EMAIL_SET
+
+    async def regulation(run: af.Run[User, Sync], now: datetime) -> Any:
+        if run.object.email == "andrew@workflow.com":
+            return Sync.REGULATION_TIMEOUT
+        return run.skip()
+
+    b.add_timeout(Sync.EMAIL_SET, cool_down, regulation, to=[Sync.REGULATION_TIMEOUT])
+
+    @b.step(Sync.REGULATION_TIMEOUT, to=Sync.COMPLETED, max_concurrency=5)
+    async def generate_user_id(run: af.Run[User, Sync]) -> Sync:
+        run.object.uid = "user-1"
+        return Sync.COMPLETED
+
+    wf = b.build(store, clock=clock, streamer=stream)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("1", initial=User(country_code="GB"))
+        await await_timeout_insert(wf, "1", run_id, Sync.EMAIL_SET)
+        record = await wf.await_status("1", run_id, Sync.COMPLETED, timeout=2 * 3600)
+        elsewhere = await wf.trigger("2", initial=User(country_code="ZA"))
+        await wf.await_status("2", elsewhere, Sync.EMAIL_SET, timeout=LIMIT)
+        await trio.sleep(24 * 3600)
+        assert (await wf.lookup(elsewhere)).status is Sync.EMAIL_SET
+    assert record.object.email == "andrew@workflow.com"
+    assert record.status is Sync.COMPLETED and record.object.uid
+    email_set = next(r for r in await wf.history(run_id) if r.status is Sync.EMAIL_SET)
+    assert record.updated_at - email_set.updated_at >= timedelta(hours=1)
+
+
+# --- timeouts and triggers across run-state changes (timeout.go, trigger.go semantics) -
+
+
+def callback_or_timeout(
+    store: af.Store, clock: af.Clock, fired: list[datetime], **build: Any
+) -> af.Workflow[Text, St]:
+    """At START a callback (to MIDDLE) races an hour's timeout (to END)."""
+    b = af.Builder("race", Text, St)
+
+    async def answered(run: af.Run[Text, St], payload: bytes) -> St:
+        return St.MIDDLE
+
+    async def expired(run: af.Run[Text, St], now: datetime) -> St:
+        fired.append(now)
+        return St.END
+
+    b.add_callback(St.START, answered, to=[St.MIDDLE])
+    b.add_timeout(St.START, af.after(timedelta(hours=1)), expired, to=[St.END])
+
+    async def finish(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    b.add_step(St.MIDDLE, finish, to=St.END)
+    return b.build(store, clock=clock, **build)
+
+
+async def test_timeout_cancelled_when_the_run_moves_on(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """The timeout of a status is dropped when the run leaves that status (luno cancels the
+    timeout record): a callback that answers first means the timeout never fires."""
+    fired: list[datetime] = []
+    wf = callback_or_timeout(make_store(), clock, fired)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        await await_timeout_insert(wf, "fid", run_id, St.START)
+        await trio.sleep(1800)
+        assert await wf.callback("fid", St.START, b"") is not None
+        await wf.await_status("fid", run_id, St.END, timeout=LIMIT)
+        await trio.sleep(3 * 3600)
+        history = await wf.history(run_id)
+    assert fired == []
+    assert [r.status for r in history] == [St.START, St.MIDDLE, St.END]
+
+
+async def test_timeout_of_a_paused_run_waits_for_resume(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """A paused run's timeout does not fire while it is paused; resumed after its time, it
+    fires; a cancelled run's timeout never fires. (As luno's, the automatic resume of
+    paused runs applies to every pause, one by hand too: it is off here.)"""
+    fired: list[datetime] = []
+    wf = callback_or_timeout(make_store(), clock, fired, resume_paused_after=None)
+    async with af.open_workflow(wf):
+        paused_id = await wf.trigger("paused")
+        cancelled_id = await wf.trigger("cancelled")
+        await await_timeout_insert(wf, "paused", paused_id, St.START)
+        await await_timeout_insert(wf, "cancelled", cancelled_id, St.START)
+        await wf.pause(paused_id, "hold on")
+        await wf.cancel(cancelled_id, "no more")
+        await trio.sleep(2 * 3600)
+        assert fired == []
+        assert (await wf.lookup(paused_id)).run_state is af.RunState.PAUSED
+        await wf.resume(paused_id)
+        done = await wf.await_status("paused", paused_id, St.END, timeout=LIMIT)
+        await trio.sleep(3600)
+    assert len(fired) == 1 and done.run_state is af.RunState.COMPLETED
+    assert (await wf.lookup(cancelled_id)).status is St.START
+
+
+async def test_trigger_in_progress_rules(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """Test_trigger "ErrWorkflowInProgress": a PAUSED latest run is in progress; once it is
+    cancelled, or completed, or its data deleted, a new run may start."""
+    wf = store_workflow(make_store(), clock)
+    first = await wf.trigger("fid")
+    await wf.pause(first, "wait")
+    with pytest.raises(af.WorkflowInProgress):
+        await wf.trigger("fid")
+    await wf.cancel(first, "stop")
+    second = await wf.trigger("fid")
+    await wf.callback("fid", St.START, b"m")
+    with pytest.raises(af.WorkflowInProgress):
+        await wf.trigger("fid")
+    await wf.callback("fid", St.MIDDLE, b"e")
+    await wf.delete_data(second, "gdpr")
+    third = await wf.trigger("fid")
+    assert len({first, second, third}) == 3
+    assert (await wf.latest("fid")).run_id == third
+    runs = await wf.list_runs(foreign_id="fid")
+    assert [r.run_state for r in runs] == [
+        af.RunState.CANCELLED,
+        af.RunState.DATA_DELETED,
+        af.RunState.INITIATED,
+    ]
+
+
+def test_connector_construction() -> None:
+    """TestConnectorConstruction: a connector is built with its name, function and options
+    (error_backoff); luno's ParallelCount has no connector counterpart here (a connector
+    handles its events in order), and asking for it is a clear BuildError."""
+    b = af.Builder("workflow X", Text, St)
+
+    async def fn(workflow: Any, event: af.ConnectorEvent) -> None:
+        return None
+
+    @b.step(St.START, to=St.END)
+    async def step(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    b.add_connector("my-test-connector", af.MemorySource([]), fn, error_backoff=timedelta(hours=6))
+    wf = b.build(af.MemoryStore())
+    assert "my-test-connector-connector-consumer" in wf.states()
+    other = af.Builder("workflow Y", Text, St)
+    other.add_step(St.START, step, to=St.END)
+    with pytest.raises(af.BuildError, match="max_concurrency"):
+        other.add_connector("c", af.MemorySource([]), fn, max_concurrency=2)
+        other.build(af.MemoryStore())
+
+
+async def test_with_parallel_count(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestWithParallelCount (and the acceptance test's ParallelCount(2)): a step runs at
+    most max_concurrency runs at once; the others wait their turn and all finish."""
+    b = af.Builder("parallel", Text, St)
+    running: list[int] = [0, 0]  # now, most
+
+    @b.step(St.START, to=St.END, max_concurrency=2)
+    async def slow(run: af.Run[Text, St]) -> St:
+        running[0] += 1
+        running[1] = max(running)
+        await trio.sleep(60)
+        running[0] -= 1
+        return St.END
+
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        ids = [await wf.trigger(f"f{i}") for i in range(6)]
+        for i, run_id in enumerate(ids):
+            await wf.await_status(f"f{i}", run_id, St.END, timeout=10 * 60)
+    assert running == [0, 2]

@@ -55,14 +55,17 @@ class Awaiting(WorkflowCore[T, S]):
             )
         if timeout is None:
             return await self._await_status(foreign_id, run_id, wanted)
-        try:
-            with trio.fail_after(timeout):
-                return await self._await_status(foreign_id, run_id, wanted)
-        except trio.TooSlowError:
-            raise TimeoutError(
-                f"workflow {self.name!r} run {run_id} did not reach "
-                f"{self._definition.status(wanted)!r} within {timeout} s"
-            ) from None
+        with trio.move_on_after(timeout):
+            return await self._await_status(foreign_id, run_id, wanted)
+        # The deadline may have cut a read short (a timeout of 0 cuts the first one): what
+        # is stored when it passed decides, so a status reached in time is never a timeout.
+        found = await self._look(foreign_id, run_id, wanted)
+        if found is not None:
+            return found
+        raise TimeoutError(
+            f"workflow {self.name!r} run {run_id} did not reach "
+            f"{self._definition.status(wanted)!r} within {timeout} s"
+        )
 
     async def _await_status(self, foreign_id: str, run_id: str, wanted: int) -> Record[T, S]:
         poll = self._poll_interval.total_seconds() if self._store.shared else math_inf
@@ -83,12 +86,7 @@ class Awaiting(WorkflowCore[T, S]):
         watch: _Unattended,
     ) -> Record[T, S] | None:
         while True:
-            history = await self._store.history(self.name, run_id)
-            if history[0].foreign_id != foreign_id:
-                raise RunNotFound(
-                    f"workflow {self.name!r}: run {run_id} belongs to foreign id "
-                    f"{history[0].foreign_id!r}, not {foreign_id!r}"
-                )
+            history = await self._history(foreign_id, run_id)
             for raw in history:
                 if raw.status == wanted:
                     return self._engine.typed(raw)
@@ -109,6 +107,26 @@ class Awaiting(WorkflowCore[T, S]):
                 found = await _next_matching(sub, wanted)
             if found is not None:
                 return self._engine.typed(found)
+
+    async def _history(self, foreign_id: str, run_id: str) -> list[RawRecord]:
+        """The run's stored versions (RunNotFound: no such run of that foreign id)."""
+        history = await self._store.history(self.name, run_id)
+        if history[0].foreign_id != foreign_id:
+            raise RunNotFound(
+                f"workflow {self.name!r}: run {run_id} belongs to foreign id "
+                f"{history[0].foreign_id!r}, not {foreign_id!r}"
+            )
+        return history
+
+    async def _look(self, foreign_id: str, run_id: str, wanted: int) -> Record[T, S] | None:
+        """One read: the version at ``wanted`` if the run has been there, else None
+        (StatusNotReached: it finished without getting there)."""
+        history = await self._history(foreign_id, run_id)
+        for raw in history:
+            if raw.status == wanted:
+                return self._engine.typed(raw)
+        self._check_reachable(history[-1], wanted)
+        return None
 
     async def _warn_if_unattended(self, raw: RawRecord, wanted: int, watch: _Unattended) -> None:
         """A shared store, the workflow not running in this process, and the run unchanged
@@ -143,6 +161,11 @@ class Awaiting(WorkflowCore[T, S]):
                 f"workflow {self.name!r} run {raw.run_id} is {raw.run_state.name} at "
                 f"{raw.meta.status_description} and never reached "
                 f"{self._definition.status(wanted)!r}"
+                + (
+                    " (or its version there was deleted by history retention)"
+                    if self._settings.history_retention is not None
+                    else ""
+                )
             )
 
 

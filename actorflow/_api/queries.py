@@ -12,6 +12,7 @@ from typing import TypeVar, cast
 import trio
 
 from actorflow._api.core import WorkflowCore
+from actorflow._model.errors import InvalidArgument
 from actorflow._model.record import Record
 from actorflow._model.run_state import RunState
 from actorflow._model.text import check_text
@@ -53,6 +54,10 @@ class Queries(WorkflowCore[T, S]):
         ``created_before`` (exclusive) are aware datetimes. Raises InvalidArgument for bad
         filters and RunNotFound for an unknown ``after``."""
         self._filter_text(foreign_id, foreign_id_prefix)
+        if not isinstance(descending, bool):
+            raise InvalidArgument(
+                f"workflow {self.name!r}: descending must be True or False, not {descending!r}"
+            )
         if after is not None:
             after = self._run_id_arg(after, "after")
         flt = RunFilter.make(
@@ -137,6 +142,11 @@ class Queries(WorkflowCore[T, S]):
             foreign_id = self._foreign_id_arg(foreign_id)
         if run_id is not None:
             run_id = self._run_id_arg(run_id)
+        if not isinstance(buffer, int) or isinstance(buffer, bool) or buffer < 0:
+            raise InvalidArgument(
+                f"workflow {self.name!r}: buffer must be an int >= 0 (changes held unread), "
+                f"not {buffer!r}"
+            )
         with self._store.feed.subscribe(
             workflow_name=self.name, foreign_id=foreign_id, run_id=run_id, buffer=buffer
         ) as sub:

@@ -67,7 +67,9 @@ class Triggers(WorkflowCore[T, S]):
             InvalidArgument: ``items`` is not an iterable of items (a single string, say).
             StoreError: the store failed; items of earlier transactions may be stored.
         """
-        if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+        # A string or a mapping is iterable, but of its characters or keys: one item given
+        # where a sequence of them was meant, not runs to start.
+        if isinstance(items, str | bytes | bytearray | Mapping) or not isinstance(items, Iterable):
             raise InvalidArgument(
                 f"workflow {self.name!r}: trigger_many takes an iterable of items (foreign "
                 f"ids, mappings or tuples), not {type(items).__name__}"

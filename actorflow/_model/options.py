@@ -15,9 +15,17 @@ def _non_negative_int(_: Any, attribute: attrs.Attribute[int], value: int) -> No
         raise BuildError(f"option {attribute.name} must be an int >= 0, not {value!r}")
 
 
+MAX_DELAY = timedelta(days=365 * 1000)
+"""The longest duration an option takes (1000 years): a wall time plus any of them stays
+within datetime's range (a longer one raised OverflowError in the runtime, over and over)."""
+
+
 def _non_negative_delta(_: Any, attribute: attrs.Attribute[timedelta], value: timedelta) -> None:
-    if not isinstance(value, timedelta) or value < timedelta(0):
-        raise BuildError(f"option {attribute.name} must be a timedelta >= 0, not {value!r}")
+    if not isinstance(value, timedelta) or not timedelta(0) <= value <= MAX_DELAY:
+        raise BuildError(
+            f"option {attribute.name} must be a timedelta from 0 to {MAX_DELAY.days} days "
+            f"(1000 years), not {value!r}"
+        )
 
 
 def _concurrency(_: Any, attribute: attrs.Attribute[int | None], value: int | None) -> None:
@@ -78,8 +86,11 @@ class Options:
         if errors <= 0:
             return timedelta(0)
         factor = 2 ** min(errors - 1, 30)
+        cap = max(self.max_error_backoff, self.error_backoff)
+        if self.error_backoff and cap / self.error_backoff < factor:
+            return cap  # multiplying first overflowed for a back-off of a day or more
         delay: timedelta = self.error_backoff * factor
-        return min(delay, max(self.max_error_backoff, self.error_backoff))
+        return min(delay, cap)
 
 
 WITHOUT_EFFECT: dict[str, dict[str, str]] = {

@@ -8,6 +8,7 @@ from typing import Any, final
 import attrs
 
 from actorflow._model.errors import BuildError
+from actorflow._model.options import MAX_DELAY
 
 
 def _keep_last(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -19,9 +20,10 @@ def _duration(least: timedelta) -> Any:
     def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value is None and attribute.name == "keep_for":
             return
-        if not isinstance(value, timedelta) or value < least:
+        if not isinstance(value, timedelta) or not least <= value <= MAX_DELAY:
             raise BuildError(
-                f"Retention {attribute.name} must be a timedelta >= {least}, not {value!r}"
+                f"Retention {attribute.name} must be a timedelta from {least} to "
+                f"{MAX_DELAY.days} days, not {value!r}"
             )
 
     return check

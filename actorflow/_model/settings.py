@@ -12,10 +12,10 @@ from typing import Any, final
 
 import attrs
 
-from actorflow._model.clock import Clock, SystemClock
+from actorflow._model.clock import Clock, SystemClock, checked
 from actorflow._model.definition import is_async_callable
 from actorflow._model.errors import BuildError
-from actorflow._model.options import Options
+from actorflow._model.options import MAX_DELAY, Options
 from actorflow._model.retention import Retention
 
 MAX_SHARDS = 4096
@@ -27,15 +27,17 @@ def _fail(attribute: attrs.Attribute[Any], value: Any, must: str) -> None:
 
 def _timedelta_at_least(least: timedelta, what: str) -> Callable[[Any, Any, Any], None]:
     def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if not isinstance(value, timedelta) or value < least:
-            _fail(attribute, value, f"a timedelta {what}")
+        if not isinstance(value, timedelta) or not least <= value <= MAX_DELAY:
+            _fail(attribute, value, f"a timedelta {what} and at most {MAX_DELAY.days} days")
 
     return check
 
 
 def _optional_timedelta(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and (not isinstance(value, timedelta) or value < timedelta(0)):
-        _fail(attribute, value, "a timedelta >= 0 or None")
+    if value is not None and (
+        not isinstance(value, timedelta) or not timedelta(0) <= value <= MAX_DELAY
+    ):
+        _fail(attribute, value, f"a timedelta from 0 to {MAX_DELAY.days} days, or None")
 
 
 def _int_between(low: int, high: int | None) -> Callable[[Any, Any, Any], None]:
@@ -53,8 +55,11 @@ def _clock(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
 
 
 def _system_clock_if_none(value: Any) -> Clock:
-    clock: Clock = SystemClock() if value is None else value
-    return clock
+    if value is None:
+        return SystemClock()
+    if not callable(getattr(value, "now", None)):
+        return value  # type: ignore[no-any-return]  # the validator refuses it
+    return checked(value)
 
 
 def _options(value: Any) -> Options:

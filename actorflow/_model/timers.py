@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from actorflow._model.clock import require_aware
@@ -21,7 +21,10 @@ def after(delay: timedelta) -> TimerFn:
         raise BuildError(f"after() takes a delay >= 0, not {delay}")
 
     def timer(run: Any, now: datetime) -> datetime:
-        return now + delay
+        try:
+            return now + delay
+        except OverflowError:  # past the year 9999: as good as never, the latest instant
+            return datetime.max.replace(tzinfo=UTC)
 
     timer.__qualname__ = timer.__name__ = f"after({delay})"
     return timer

@@ -8,8 +8,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, final
 
-import trio
-
 from actorflow._model.definition import StepSpec, fn_name
 from actorflow._model.errors import StepError, StoreError, VersionConflict, describe_error
 from actorflow._model.record import RawRecord, Timer
@@ -41,8 +39,11 @@ async def _call_user(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         return await fn(*args)
     except StoreError as exc:
         raise StepError(f"{fn_name(fn)} raised {describe_error(exc)}") from exc
-    except trio.Cancelled as exc:
-        raise user_error(exc, fn_name(fn)) from exc
+    except BaseException as exc:
+        error = user_error(exc, fn_name(fn))
+        if error is exc:
+            raise
+        raise error from exc
 
 
 @final
@@ -175,7 +176,7 @@ class RunActions:
             new, timers = await action
         except _StoppedBeforeStart:
             return NOT_STARTED
-        except (Exception, trio.Cancelled) as exc:
+        except BaseException as exc:
             error = user_error(exc, what)
             await self._after_failure(raw, what, error, key, options)
             return error

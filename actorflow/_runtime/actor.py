@@ -118,7 +118,7 @@ class RunActor(Generic[T, S]):
                     message = await self.mailbox.receive_until(look_again_at)
                     if message is not None:
                         await self._handle_message(message)
-        except (Exception, trio.Cancelled) as exc:
+        except BaseException as exc:
             # Never let one run take the workflow down: log, and try again later.
             error = user_error(exc, "the run's actor")
             log.error(
@@ -231,7 +231,7 @@ class RunActor(Generic[T, S]):
                 error = StoreError(f"{self.actions.where()}: kept changing; try again")
                 message.reply.set(error=error)
                 return
-            except (Exception, trio.Cancelled) as exc:
+            except BaseException as exc:
                 run.stale = True
                 message.reply.set(error=user_error(exc, "a callback or control"))
                 return

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-import trio
-
 from actorflow._model.definition import CallbackSpec, fn_name
 from actorflow._model.errors import (
     ActorflowError,
@@ -62,13 +60,15 @@ async def _run_callback(
             result = await spec.fn(run, payload)
         except StoreError as exc:  # raised by the user's code: its own error
             raise StepError(f"{key} raised {describe_error(exc)}") from exc
-        engine.errors.reset(raw.run_id, key)
         new, timers = await engine.apply_result(raw, run, result, spec.to, key)
+        # Only a result that was allowed (and stored) ends a run of errors: a callback that
+        # keeps returning junk counts up to its limit like one that keeps raising.
+        engine.errors.reset(raw.run_id, key)
     except StoreError as exc:
         if observer is not None:
             observer.end(token, "error", exc)
         raise
-    except (Exception, trio.Cancelled) as exc:
+    except BaseException as exc:
         try:
             error = user_error(exc, key)
         except BaseException:
@@ -78,10 +78,6 @@ async def _run_callback(
         if observer is not None:
             observer.end(token, "error", error)
         await _failed(engine, raw, key, error)
-    except BaseException as exc:
-        if observer is not None:
-            observer.end(token, "cancelled", exc)
-        raise
     if observer is not None:
         observer.end(token, engine.outcome(raw, new))
     return new, timers

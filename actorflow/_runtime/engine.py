@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -242,17 +242,34 @@ class Engine(Generic[T, S]):
         """The timers of ``status`` for this run (what its timeouts' timer functions say)."""
         timers: list[Timer] = []
         for spec in self.definition.timeouts.get(status, ()):
-            when = spec.timer(run, now)
-            if when is None:
-                continue
-            if not isinstance(when, datetime) or when.tzinfo is None:
+            try:
+                when = spec.timer(run, now)
+            except Exception as exc:  # the timer's own error, named (the step is not to blame)
                 raise StepError(
                     f"{self.where(run._raw)}: timer {fn_name(spec.timer)} of status "
-                    f"{self.status(status)!r} returned {when!r}; it must return an aware "
-                    "datetime or None"
-                )
-            timers.append(Timer(self.name, run.run_id, int(status), spec.kind, when))
+                    f"{self.status(status)!r} raised {describe_error(exc)}"
+                ) from exc
+            if when is None:
+                continue
+            fire_at = self._timer_instant(run, status, spec.timer, when)
+            timers.append(Timer(self.name, run.run_id, int(status), spec.kind, fire_at))
         return timers
+
+    def _timer_instant(self, run: Run[T, S], status: int, timer: Any, when: Any) -> datetime:
+        """What a timer function returned, as the aware UTC instant every store keeps (a
+        StepError, saying what is wrong, for anything else)."""
+        problem = ""
+        if not isinstance(when, datetime) or when.tzinfo is None or when.utcoffset() is None:
+            problem = "it must return an aware datetime or None"
+        else:
+            try:
+                return when.astimezone(UTC)
+            except OverflowError:
+                problem = "that instant is beyond year 9999 in UTC"
+        raise StepError(
+            f"{self.where(run._raw)}: timer {fn_name(timer)} of status "
+            f"{self.status(status)!r} returned {when!r}; {problem}"
+        )
 
     # -- committing --------------------------------------------------------------------------
 
@@ -339,7 +356,17 @@ class Engine(Generic[T, S]):
         Raises StepError for a result that is not an allowed status (special results
         go through :meth:`apply_result`).
         """
-        if isinstance(result, bool) or not isinstance(result, int) or result not in allowed:
+        if (
+            isinstance(result, bool)
+            or not isinstance(result, int)
+            or result not in allowed
+            # A member of another enum (another workflow's statuses) equal by value is a
+            # mix-up, not this workflow's status.
+            or (
+                isinstance(result, enum.Enum)
+                and not isinstance(result, self.definition.status_type)
+            )
+        ):
             names = ", ".join(sorted(s.name for s in allowed))
             raise StepError(
                 f"{self.where(raw, what)} returned {result!r}, which is not an allowed "
@@ -442,7 +469,7 @@ class Engine(Generic[T, S]):
         if self.scrub is not None:
             try:
                 scrubbed = self.scrub(obj)
-            except (Exception, trio.Cancelled) as exc:
+            except BaseException as exc:
                 error = user_error(exc, "the scrub function")
                 raise ActorflowError(
                     f"{self.where(raw)}: scrub function failed: {error!r}"

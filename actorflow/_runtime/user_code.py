@@ -10,11 +10,27 @@ from __future__ import annotations
 
 import trio
 
-from actorflow._model.errors import StepError
+from actorflow._model.errors import StepError, describe_error
 
 
 class StrayCancelled(StepError):
     """User code raised ``trio.Cancelled`` while nothing around it was cancelled."""
+
+
+class StrayBaseException(StepError):
+    """User code raised a ``BaseException`` that is neither an ``Exception``, a
+    cancellation nor a request to end the process (``GeneratorExit``, say)."""
+
+
+_PASSED_ON = (trio.Cancelled, KeyboardInterrupt, SystemExit)
+"""What user code may raise that is not its error: it ends the task or the process."""
+
+
+def _passed_on(exc: BaseException) -> bool:
+    """Whether ``exc`` ends the task or the process (or is a group holding such)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(_PASSED_ON)[0] is not None
+    return isinstance(exc, _PASSED_ON)
 
 
 def is_stray_cancel(exc: BaseException) -> bool:
@@ -29,16 +45,23 @@ def user_error(exc: BaseException, what: str) -> Exception:
     """The error to count for ``exc``, raised by user code named by ``what``.
 
     Raises ``exc`` again when it is not the code's own error: a real cancellation,
-    KeyboardInterrupt, SystemExit, a group of such.
+    KeyboardInterrupt, SystemExit, a group holding any of them.
     """
     if isinstance(exc, Exception):
         return exc
+    error: StepError
     if is_stray_cancel(exc):
         error = StrayCancelled(
             f"{what} raised trio.Cancelled while nothing around it was cancelled (a "
             "Cancelled caught inside its own cancel scope and raised outside it?); "
             "counted as an error of that function"
         )
-        error.__cause__ = exc
-        return error
-    raise exc
+    elif _passed_on(exc):
+        raise exc
+    else:
+        error = StrayBaseException(
+            f"{what} raised {type(exc).__name__} ({describe_error(exc)}), a BaseException "
+            "that is not an Exception; counted as an error of that function"
+        )
+    error.__cause__ = exc
+    return error

@@ -111,7 +111,7 @@ async def _serve(
                     stats.handled += 1
                     stats.cursor = event.id
                     process.state = ProcessState.RUNNING
-        except (Exception, trio.Cancelled) as caught:
+        except BaseException as caught:
             exc = user_error(caught, f"connector {spec.name!r} source {source!r}")
             failures += 1
             stats.source_errors += 1
@@ -188,7 +188,7 @@ async def _call(
     token = None if observer is None else _begin_span(observer, ctx, spec, event, process)
     try:
         await spec.fn(ctx.handle, event)
-    except (Exception, trio.Cancelled) as caught:
+    except BaseException as caught:
         try:
             exc = user_error(caught, f"connector function {fn_name(spec.fn)}")
         except BaseException:
@@ -198,10 +198,6 @@ async def _call(
         if observer is not None:
             observer.end(token, "error", exc)
         return exc
-    except BaseException as exc:
-        if observer is not None:
-            observer.end(token, "cancelled", exc)
-        raise
     if observer is not None:
         observer.end(token, "handled")
     return None

@@ -154,7 +154,10 @@ class _Hooks(Generic[T, S]):
             if observer is not None:
                 token = observer.begin("hook", process.name, raw)
             await hook(engine.typed(raw))
-        except trio.Cancelled as exc:  # a stray one is the hook's error; a real one ends us
+        except Exception as exc:
+            self._failed(process, token, exc)
+            raise
+        except BaseException as exc:  # a stray one is the hook's error; a real one ends us
             try:
                 error = user_error(exc, f"on_{kind} hook")
             except BaseException:
@@ -163,9 +166,6 @@ class _Hooks(Generic[T, S]):
                 raise
             self._failed(process, token, error)
             raise error from exc
-        except Exception as exc:
-            self._failed(process, token, exc)
-            raise
         if observer is not None:
             observer.end(token, "handled")
         process.state = ProcessState.RUNNING

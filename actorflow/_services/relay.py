@@ -91,7 +91,7 @@ async def _relay(ctx: ServiceContext, streamer: Any, process: Process) -> None:
                     stats.published += len(events)
                     stats.batches += 1
                     stats.cursor = follower.after
-        except (Exception, trio.Cancelled) as caught:
+        except BaseException as caught:
             exc = user_error(caught, f"streamer {streamer!r}")
             failures += 1
             stats.errors += 1

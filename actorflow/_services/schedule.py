@@ -70,8 +70,13 @@ def parse_cron(spec: str) -> str:
     return expression
 
 
-def _next_after(expression: str, after: datetime, tz: tzinfo) -> datetime:
-    return croniter(expression, after.astimezone(tz)).get_next(datetime).astimezone(UTC)
+def _next_after(expression: str, after: datetime, tz: tzinfo) -> datetime | None:
+    """The first cron time after ``after``; None when there is none before the end of the
+    year 9999 (the last a datetime can hold)."""
+    try:
+        return croniter(expression, after.astimezone(tz)).get_next(datetime).astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
 
 
 def _prev_before(expression: str, before: datetime, tz: tzinfo) -> datetime:
@@ -91,7 +96,7 @@ async def _allowed(filter: Callable[..., Any] | None, when: datetime) -> bool:
         if inspect.isawaitable(result):
             result = await result
         return bool(result)
-    except (Exception, trio.Cancelled) as caught:
+    except BaseException as caught:
         exc = user_error(caught, f"schedule filter {fn_name(filter)}")
         raise StepError(f"schedule filter {fn_name(filter)} raised {describe_error(exc)}") from exc
 
@@ -143,10 +148,19 @@ async def _schedule(
     )
     now = clock.now()
     due = _next_after(expression, now if last is None else last, tz)
-    if due < now:  # missed while nothing ran: fire the latest missed time once, now
+    if due is not None and due < now:  # missed while nothing ran: fire the latest once, now
         due = _prev_before(expression, now + _TICK, tz)
     failures = 0
     while True:
+        if due is None:
+            # No cron time is left that a datetime can hold: nothing will ever fire again.
+            log.info(
+                "schedule %r: no time of the spec is left before the year 10000",
+                key,
+                extra={"workflow_name": ctx.name, "foreign_id": foreign_id},
+            )
+            process.state = ProcessState.IDLE
+            await trio.sleep_forever()
         await trio.sleep_until(trio_deadline(clock, due))
         # A wall clock that runs slow against trio's: wait out the rest.
         while clock.now() < due:  # noqa: ASYNC110

@@ -44,6 +44,7 @@ from actorflow.streaming._protocol import (
     StreamError,
     check_start,
     check_topic,
+    transition_version,
 )
 from actorflow.streaming._source import StreamSource
 
@@ -670,6 +671,11 @@ class _Partition:
         return commit
 
 
+def _ours(message: Any) -> bool:
+    """Whether a message was sent by a KafkaStreamer (it carries the ``af.id`` header)."""
+    return any(name == ID_HEADER for name, _ in message.headers() or ())
+
+
 @final
 class _KafkaReceiver:
     """One member of a consumer group reading one topic."""
@@ -1026,7 +1032,7 @@ class _KafkaReceiver:
                 offset,
                 exc,
             )
-        if event is not None and self._already_handed_out(event):
+        if event is not None and _ours(message) and self._already_handed_out(event):
             event = None
             self.duplicates += 1
             self._streamer.stats.duplicates += 1
@@ -1039,11 +1045,10 @@ class _KafkaReceiver:
     def _already_handed_out(self, event: ConnectorEvent) -> bool:
         """True for a transition event whose run's version (or a later one) this receiver
         has handed out already: the relay re-published it after a failure."""
-        run_id = event.headers.get("run_id")
-        version_text = event.headers.get("version")
-        if run_id is None or version_text is None or not version_text.isdigit():
+        key = transition_version(event)
+        if key is None:
             return False
-        version = int(version_text)
+        run_id, version = key
         seen = self._versions.get(run_id)
         if seen is not None and version <= seen:
             return True

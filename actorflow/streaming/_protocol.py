@@ -118,6 +118,25 @@ class ConnectorEvent:
             ) from None
 
 
+def transition_version(event: ConnectorEvent) -> tuple[str, int] | None:
+    """``(run_id, version)`` of a transition event as the relay publishes it, or None.
+
+    Only an event carrying every transition header, whose ``type`` and ``foreign_id``
+    agree with them and whose version is ASCII decimal digits, is one: another
+    producer's event with a ``run_id`` or ``version`` header of its own is not, and is
+    never taken for a re-publication.
+    """
+    headers = event.headers
+    if any(name not in headers for name in TRANSITION_HEADERS):
+        return None
+    version = headers["version"]
+    if not (version.isascii() and version.isdecimal()) or len(version) > 19:
+        return None
+    if event.type != headers["status"] or event.foreign_id != headers["foreign_id"]:
+        return None
+    return headers["run_id"], int(version)
+
+
 @runtime_checkable
 class EventSender(Protocol):
     """Publishes events to one topic, in order."""

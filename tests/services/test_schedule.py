@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import attrs
 import pytest
@@ -11,7 +11,7 @@ import trio
 from trio.testing import MockClock
 
 import actorflow as af
-from actorflow.testing import wait_for
+from actorflow.testing import trio_clock, wait_for
 from tests.conftest import START, StoreMaker
 from tests.runtime.test_robustness import FlakyStore
 from tests.workflows import Three, three_steps
@@ -160,3 +160,21 @@ async def test_a_filter_that_is_not_a_function_is_refused_at_once(
     workflow = three_steps(af.MemoryStore(), clock)
     with trio.fail_after(2 * 3600), pytest.raises(af.InvalidArgument, match="must be a function"):
         await workflow.schedule_trigger("report", "@hourly", filter=True)  # type: ignore[arg-type]
+
+
+async def test_a_schedule_past_the_last_representable_time_waits_instead_of_crashing(
+    make_store: StoreMaker, autojump_clock: MockClock
+) -> None:
+    """Near the end of the year 9999 the next cron time cannot be represented: the schedule
+    fires what it can, then waits (idle) until cancelled; before, croniter's OverflowError
+    ended it (and the caller's nursery), e.g. when a test left a schedule running under the
+    autojump clock."""
+    clock = trio_clock(datetime(9999, 12, 31, 22, 30, tzinfo=UTC))
+    workflow = three_steps(make_store(), clock)
+    async with af.open_workflow(workflow), trio.open_nursery() as nursery:
+        nursery.start_soon(workflow.schedule_trigger, "report", "@hourly")
+        await trio.sleep(10 * 24 * 3600)
+        assert workflow.states()["report-scheduler-@hourly"] is af.ProcessState.IDLE
+        nursery.cancel_scope.cancel()
+    runs = await workflow.list_runs()
+    assert [r.created_at for r in runs] == [datetime(9999, 12, 31, 23, 0, tzinfo=UTC)]

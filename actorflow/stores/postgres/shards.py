@@ -439,6 +439,7 @@ class ShardOwnership:
             async with trio.open_nursery() as nursery:
                 await nursery.start(store.notifications.serve)
                 task_status.started()
+                nursery.start_soon(self._hold_virtual_time_until_share)
                 nursery.start_soon(self._watch_expiry, on_change)
                 await self._heartbeat(on_change, nursery)
         finally:
@@ -615,6 +616,23 @@ class ShardOwnership:
             )
         self.book.released(shards)
         self._changed.set()
+
+    async def _hold_virtual_time_until_share(self) -> None:
+        """Under trio's autojump clock, keep virtual time still from the start until this
+        worker holds its fair share (for at most the takeover time, in real seconds).
+
+        Leases come free in real time (a worker that just stopped holds them for a moment;
+        one that died holds them until they expire; one with extras drains first), so a
+        worker starting next to another waits real seconds for its shards. Meanwhile the
+        autojump clock would jump to every virtual deadline of the program: a test's
+        ``fail_after`` or ``await_status(timeout=...)`` would run out before the workflow
+        could act. Under trio's own clock this does nothing.
+        """
+        if not realtime.is_virtual():
+            return
+        with realtime.holding_virtual_time(), realtime.move_on_after(self.timings.takeover):
+            while len(self.held()) < self.target:
+                await realtime.sleep(0.05)
 
     async def _watch_expiry(self, on_change: Callable[[], None]) -> None:
         """Tell the supervisor as soon as a lease ran out locally without a renewal."""

@@ -27,6 +27,7 @@ import trio
 from actorflow._model.errors import ActorflowError, InvalidArgument, StoreError
 from actorflow._model.record import Event, RawRecord, Timer
 from actorflow._model.run_state import RunState
+from actorflow.stores import realtime
 from actorflow.stores.feed import ChangeFeed
 from actorflow.stores.filters import ANY_RUN, RunFilter, check_limit
 from actorflow.stores.postgres import queries, writes
@@ -349,7 +350,7 @@ class PostgresStore:
                     conn.execute(f"VACUUM (FULL, ANALYZE) {schema}.{table}".encode())
 
         try:
-            await trio.to_thread.run_sync(rewrite)
+            await realtime.to_thread(rewrite)
         except psycopg.Error as exc:
             raise StoreError(
                 f"PostgreSQL at {db.where}: VACUUM FULL of schema {self.schema!r} failed: "

@@ -399,8 +399,9 @@ class Database:
 
     async def read_in_thread(self, what: str, query: Callable[[sqlite3.Connection], R]) -> R:
         """Run a long read-only ``query`` on a new connection in a worker thread (WAL
-        readers never wait for the writer). Under trio's autojump clock, virtual time
-        may run on meanwhile (trio issue #456)."""
+        readers never wait for the writer). Under trio's autojump clock virtual time stands
+        still meanwhile (trio issue #456): a test's deadlines and sleeps are not pushed
+        past while the thread works."""
         self.connection()  # raises when closed
 
         def run() -> R:
@@ -416,7 +417,7 @@ class Database:
             finally:
                 conn.close()
 
-        return await trio.to_thread.run_sync(run)
+        return await realtime.to_thread(run)
 
     def close(self) -> None:
         """Stop the threads and close the connection (a batch in flight is done)."""
@@ -439,7 +440,7 @@ class Database:
             # Closing the file's last connection checkpoints the whole WAL into it (a
             # tenth of a second after a large backfill): in a thread, not in the trio loop.
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(conn.close)
+                await realtime.to_thread(conn.close)
 
 
 # -- the worker lock -------------------------------------------------------------------

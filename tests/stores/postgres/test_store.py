@@ -11,12 +11,13 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import attrs
 import pytest
 import trio
+import trio.testing
 
 import actorflow as af
 from actorflow._model.record import RawRecord, Timer
@@ -699,3 +700,43 @@ async def test_owned_events_are_other_processes_rows_of_the_shards_held(
     first, after = await worker.log.owned_events("wf", 4, held, 0, 1)
     assert [e.run_id for e in first] == expected[:1] and after == first[0].id
     assert await worker.log.owned_events("wf", 4, held, position, 100) == ([], position)
+
+
+class Hand(enum.IntEnum):
+    NEW = 1
+    DONE = 2
+
+
+@attrs.define
+class Handed:
+    n: int = 0
+
+
+async def test_a_worker_waiting_for_its_leases_holds_virtual_time(
+    make_store: MakeStore, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A worker that starts while another one's leases are still blocked (it just stopped)
+    waits real seconds for its shards; under the autojump clock virtual time stands still
+    meanwhile, so a test's virtual deadline does not run out before the workflow can act
+    (it did: await_status(timeout=60) failed at once on a restarted workflow)."""
+    from actorflow.testing import trio_clock
+
+    def build(store: PostgresStore) -> af.Workflow[Handed, Hand]:
+        builder = af.Builder("handover", Handed, Hand)
+
+        @builder.step(Hand.NEW, to=Hand.DONE)
+        async def done(run: af.Run[Handed, Hand]) -> Hand:
+            return Hand.DONE
+
+        return builder.build(store, clock=trio_clock(datetime(2026, 1, 1, tzinfo=UTC)))
+
+    first = build(make_store())
+    async with af.open_workflow(first):
+        run_id = await first.trigger("a")
+        await first.await_status("a", run_id, Hand.DONE, timeout=60)
+    second = build(make_store())
+    async with af.open_workflow(second):
+        start = trio.current_time()
+        run_id = await second.trigger("b")
+        await second.await_status("b", run_id, Hand.DONE, timeout=60)
+        assert trio.current_time() - start < 1

@@ -768,3 +768,22 @@ async def test_the_checkpointer_ends_with_the_store(tmp_path: Path) -> None:
     await store.aclose()
     await trio.to_thread.run_sync(checkpointer.thread.join, 10.0)
     assert not checkpointer.thread.is_alive()
+
+
+async def test_reads_in_a_thread_hold_virtual_time(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """count_runs (a read in a worker thread) and closing the file (a checkpoint in a
+    thread) keep the autojump clock still: a test's pending deadline is not jumped to while
+    the thread works (it was: a workflow with metrics stopped 60 virtual seconds late)."""
+    store = SQLiteStore(tmp_path / "held.db")
+    for i in range(50):
+        await store.create_run(raw(f"f{i}"))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.sleep, 3600)  # a deadline the clock could jump to
+        start = trio.current_time()
+        for _ in range(20):
+            await store.count_runs("wf")
+        await store.aclose()
+        assert trio.current_time() == start
+        nursery.cancel_scope.cancel()
