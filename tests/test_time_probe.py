@@ -342,6 +342,8 @@ async def test_a_timer_due_while_no_worker_ran_fires_at_once_and_once(
     for f in log.fired:
         assert f.due == START + timedelta(hours=2)  # `now` is when it was due
         assert down_until <= f.at <= down_until + stores.latency
+    if stores.kind == "postgres":
+        return  # (each PostgreSQL restart waits for the leases in real time)
     # A third start finds nothing to fire.
     wf3 = build(stores.make(), log, af.after(timedelta(hours=2)))
     async with af.open_workflow(wf3):
@@ -350,10 +352,11 @@ async def test_a_timer_due_while_no_worker_ran_fires_at_once_and_once(
 
 
 async def test_a_far_timer_then_restart_keeps_its_virtual_time(
-    stores: Stores, autojump_clock: MockClock
+    embedded: Stores, autojump_clock: MockClock
 ) -> None:
     """A year-long timer armed, the worker restarted several times on the way: the timer
     fires once, at its instant, with no store work in between proportional to the wait."""
+    stores = embedded
     wall = clock()
     log = Log(wall)
     timer = af.at(START + timedelta(days=365))
@@ -477,8 +480,9 @@ async def test_pause_before_the_timer_is_due_then_resume_after_it_fires_at_once(
 
 
 async def test_a_paused_run_survives_a_restart_and_the_auto_resume_is_durable(
-    stores: Stores, autojump_clock: MockClock
+    embedded: Stores, autojump_clock: MockClock
 ) -> None:
+    stores = embedded
     wall = clock()
     log = Log(wall)
     timer = af.after(timedelta(hours=3))
@@ -507,8 +511,9 @@ async def test_a_paused_run_survives_a_restart_and_the_auto_resume_is_durable(
 
 
 async def test_cancel_and_delete_data_with_timers_pending_fire_nothing(
-    stores: Stores, autojump_clock: MockClock
+    embedded: Stores, autojump_clock: MockClock
 ) -> None:
+    stores = embedded
     wall = clock()
     log = Log(wall)
     timer = af.after(timedelta(hours=1))
@@ -626,7 +631,7 @@ async def test_timers_at_the_edges_of_time(
             record = await wf.lookup(run_id)
             assert record.status is S.WAIT and record.run_state is af.RunState.RUNNING
             assert await wf.callback(kind, S.WAIT, b"late") is not None
-    if kind == "year9999":  # the far timer survives a restart and nothing overflows
+    if kind == "year9999" and stores.kind != "postgres":  # it survives a restart
         wf = build(stores.make(), log, hostile(kind))
         async with af.open_workflow(wf):
             again = await wf.trigger("again")
@@ -636,8 +641,9 @@ async def test_timers_at_the_edges_of_time(
 
 
 async def test_a_timeout_function_that_hangs_is_interrupted_by_cancel_and_stop(
-    stores: Stores, autojump_clock: MockClock
+    embedded: Stores, autojump_clock: MockClock
 ) -> None:
+    stores = embedded
     wall = clock()
     fired: list[str] = []
     gate = trio.Event()
@@ -836,8 +842,9 @@ async def test_a_schedule_run_by_two_workers_on_one_store_fires_once_per_time(
 
 
 async def test_missed_cron_times_while_down_fire_once_at_start(
-    stores: Stores, autojump_clock: MockClock
+    embedded: Stores, autojump_clock: MockClock
 ) -> None:
+    stores = embedded
     wall = clock()
     wf = quick(stores.make(), wall)
     # A schedule that never ran waits for its next time, whatever passed before.
@@ -894,3 +901,150 @@ async def test_a_paused_previous_run_skips_cron_times(
         nursery.cancel_scope.cancel()
     runs = await wf.list_runs(foreign_id="h")
     assert [r.created_at for r in runs] == [START + timedelta(hours=h) for h in (1, 7)]
+
+
+# -- many timers across the window; a timer due while a callback runs ----------------------
+
+
+async def test_many_timers_spread_over_a_month_each_fire_once_at_their_instant(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    """600 runs (PostgreSQL: 300) whose timers are spread over 30 days (most far beyond
+    the in-memory window, some at its edge, some at one instant), with a restart half-way."""
+    wall = clock()
+    log = Log(wall)
+    edge = [
+        timedelta(hours=1),
+        timedelta(hours=1, microseconds=1),
+        timedelta(hours=1) - (timedelta(microseconds=1)),
+    ]
+
+    def due_of(foreign_id: str) -> datetime:
+        i = int(foreign_id[1:])
+        if i < len(edge):
+            return START + edge[i]
+        if i % 50 == 0:
+            return START + timedelta(days=3)  # many at one instant
+        return START + timedelta(minutes=(i * 7919) % (30 * 24 * 60), seconds=i % 60)
+
+    def timer(run: af.Run[Box, S], now: datetime) -> datetime:
+        return due_of(run.foreign_id)
+
+    wf = build(stores.make(), log, timer, step=False)
+    runs = 300 if stores.kind == "postgres" else 600
+    results = await wf.trigger_many([{"foreign_id": f"r{i}", "start": S.WAIT} for i in range(runs)])
+    assert all(isinstance(r, str) for r in results)
+    async with af.open_workflow(wf):
+        await until(START + timedelta(days=15), wall)
+    halfway = len(log.fired)
+    wf = build(stores.make(), log, timer, step=False)
+    async with af.open_workflow(wf):
+        await until(START + timedelta(days=31), wall)
+    assert 0 < halfway < runs
+    assert len(log.fired) == len({f.run_id for f in log.fired}) == runs
+    for f in log.fired:
+        assert f.due == due_of(f.foreign_id)
+        assert f.due <= f.at <= f.due + stores.latency, (f.foreign_id, f.due, f.at)
+
+
+async def test_a_timer_due_while_a_callback_runs_loses_to_it_without_a_trace(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    wall = clock()
+    fired: list[str] = []
+    gate = trio.Event()
+    entered = trio.Event()
+    b = af.Builder("probe", Box, S)
+
+    @b.step(S.START, to=S.WAIT)
+    async def begin(run: af.Run[Box, S]) -> S:
+        return S.WAIT
+
+    async def slow(run: af.Run[Box, S], payload: bytes) -> S:
+        entered.set()
+        await gate.wait()
+        return S.CALLED
+
+    async def timed_out(run: af.Run[Box, S], now: datetime) -> S:
+        fired.append(run.run_id)
+        return S.TIMED_OUT
+
+    b.add_callback(S.WAIT, slow, to=S.CALLED)
+    b.add_timeout(S.WAIT, af.after(timedelta(minutes=1)), timed_out, to=S.TIMED_OUT)
+    wf = b.build(stores.make(), clock=wall)
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        run_id = await wf.trigger("slow")
+        await await_timeout_insert(wf, "slow", run_id, S.WAIT)
+        answer: list[af.Record[Box, S] | None] = []
+
+        async def call() -> None:
+            answer.append(await wf.callback("slow", S.WAIT, b""))
+
+        nursery.start_soon(call)
+        await entered.wait()
+        await trio.sleep(3600)  # the timer came due while the callback ran
+        gate.set()
+        done = await wf.await_status("slow", run_id, S.CALLED)
+        await trio.sleep(3600)
+    assert answer == [done] or answer == [None]
+    history = [r.status for r in await wf.history(run_id)]
+    if answer == [done]:
+        assert history == [S.START, S.WAIT, S.CALLED] and not fired
+    else:
+        assert history == [S.START, S.WAIT, S.TIMED_OUT] and fired == [run_id]
+
+
+async def test_a_skipping_timeout_paused_then_resumed_and_a_cancel_before_the_auto_resume(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    wall = clock()
+    calls: list[tuple[str, datetime, datetime]] = []
+    b = af.Builder("probe", Box, S)
+
+    @b.step(S.START, to=S.WAIT)
+    async def begin(run: af.Run[Box, S]) -> S:
+        return S.WAIT
+
+    async def not_yet(run: af.Run[Box, S], now: datetime) -> Any:
+        calls.append((run.foreign_id, now, wall.now()))
+        if sum(1 for c in calls if c[0] == run.foreign_id) < 3:
+            return run.skip()
+        return S.TIMED_OUT
+
+    b.add_timeout(
+        S.WAIT,
+        af.after(timedelta(hours=1)),
+        not_yet,
+        to=S.TIMED_OUT,
+        error_backoff=timedelta(minutes=15),
+    )
+    wf = b.build(stores.make(), clock=wall, resume_paused_after=timedelta(hours=1))
+    due = START + timedelta(hours=1)
+    async with af.open_workflow(wf):
+        snoozed = await wf.trigger("snoozed")
+        dropped = await wf.trigger("dropped")
+        await await_timeout_insert(wf, "dropped", dropped, S.WAIT)
+        await until(due - timedelta(minutes=30), wall)
+        await wf.pause(dropped, "hold")  # its timer comes due while it is paused
+        await until(due + timedelta(minutes=5), wall)  # "snoozed" skipped once
+        await wf.pause(snoozed, "hold")
+        await until(due + timedelta(minutes=20), wall)
+        await wf.cancel(dropped, "drop")  # before its automatic resume at due + 30 min
+        done = await wf.await_status("snoozed", snoozed, S.TIMED_OUT)
+        await trio.sleep(DAY)
+    mine = [(now, at) for fid, now, at in calls if fid == "snoozed"]
+    assert [now for now, _ in mine] == [due] * 3  # `now` is when the timer was due
+    assert mine[0][1] == due
+    resumed = next(
+        r.updated_at
+        for r in await wf.history(snoozed)
+        if r.run_state is af.RunState.RUNNING and r.updated_at > due
+    )
+    # auto-resumed an hour after the pause, the overdue timer fired at once, skipped, and
+    # fired again after its back-off
+    assert resumed == due + timedelta(minutes=5, hours=1)
+    assert mine[1][1] == resumed
+    assert mine[2][1] == resumed + timedelta(minutes=15) == done.updated_at
+    assert not [c for c in calls if c[0] == "dropped"]
+    history = await wf.history(dropped)
+    assert [r.run_state for r in history][-2:] == [af.RunState.PAUSED, af.RunState.CANCELLED]
