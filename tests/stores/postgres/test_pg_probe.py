@@ -215,6 +215,47 @@ async def test_values_every_store_takes_are_taken_by_postgres_too(make_store: Ma
     assert (await wf.lookup(big_id)).object == big
 
 
+class Wide(enum.IntEnum):
+    """Statuses the builder allows (up to a signed 64-bit integer), beyond PostgreSQL's
+    integer: once refused by PostgresStore only ("integer out of range")."""
+
+    LOW = 2**31
+    MID = 2**40
+    TOP = 2**63 - 1
+
+
+async def test_status_values_up_to_64_bits_work_as_on_every_store(
+    make_store: MakeStore, schema: str
+) -> None:
+    b = af.Builder("wide", Box, Wide)
+
+    @b.step(Wide.LOW, to=Wide.MID)
+    async def low(run: af.Run[Box, Wide]) -> Wide:
+        return Wide.MID
+
+    async def expired(run: af.Run[Box, Wide], now: datetime) -> Wide:
+        return Wide.TOP
+
+    async def paid(run: af.Run[Box, Wide], payload: bytes) -> Wide:
+        return Wide.TOP
+
+    b.add_timeout(Wide.MID, af.after(timedelta(days=1)), expired, to=Wide.TOP)
+    b.add_callback(Wide.MID, paid, to=Wide.TOP)
+    wf = b.build(make_store())
+    async with af.open_workflow(wf):
+        with trio.fail_after(20):
+            run_id = await wf.trigger("w")
+            await wf.await_status("w", run_id, Wide.MID)
+            assert [t for (t,) in await sql(f'SELECT status FROM "{schema}".timers')] == [2**40]
+            assert [r.run_id for r in await wf.list_runs(status=Wide.MID)] == [run_id]
+            assert await wf.callback("w", Wide.MID, b"") is not None
+            done = await wf.await_status("w", run_id, Wide.TOP)
+    assert done.status is Wide.TOP and done.run_state is af.RunState.COMPLETED
+    assert [r.status for r in await wf.history(run_id)] == [Wide.LOW, Wide.MID, Wide.TOP]
+    counts = await wf.count_runs(status=[Wide.TOP])
+    assert counts, counts
+
+
 async def test_hostile_text_from_user_code_is_stored_or_counted_never_stuck(
     make_store: MakeStore,
 ) -> None:
@@ -839,3 +880,22 @@ async def test_an_event_committed_while_its_shard_arrives_is_not_skipped_by_the_
         assert position >= events[0].id
     finally:
         await trio.to_thread.run_sync(in_flight.close)
+
+
+async def test_a_schema_at_version_5_is_migrated_to_bigint_statuses_keeping_its_runs(
+    make_store: MakeStore, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from actorflow.stores.postgres import schema as pg_schema
+
+    monkeypatch.setattr(pg_schema, "MIGRATIONS", pg_schema.MIGRATIONS[:5])
+    old = payments(make_store())
+    run_id = await old.trigger("kept", initial=Box(n=5))
+    monkeypatch.undo()
+    new = payments(make_store())
+    assert (await new.lookup(run_id)).object == Box(n=5)
+    types = await sql(
+        "SELECT table_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = %s AND column_name = 'status' ORDER BY table_name",
+        [schema],
+    )
+    assert types == [("history", "bigint"), ("runs", "bigint"), ("timers", "bigint")]
