@@ -899,3 +899,8 @@ async def test_a_schema_at_version_5_is_migrated_to_bigint_statuses_keeping_its_
         [schema],
     )
     assert types == [("history", "bigint"), ("runs", "bigint"), ("timers", "bigint")]
+
+
+def test_the_listeners_log_lines_name_the_store_not_an_internal_object() -> None:
+    store = af.PostgresStore(DSN, schema="named")
+    assert repr(store.log) == repr(store) and "named" in repr(store.log)
