@@ -1074,3 +1074,71 @@ async def test_a_restarted_postgres_worker_takes_its_shards_back_within_a_second
                 assert seconds < 2.5, f"restart {i} took {seconds:.2f} s of real time"
     finally:
         await stores.aclose()
+
+
+async def test_a_stop_at_the_instant_timers_come_due_fires_each_once_overall(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    wall = clock()
+    log = Log(wall)
+    due = START + timedelta(hours=2)
+    wf = build(stores.make(), log, af.at(due))
+    ids = {}
+    async with af.open_workflow(wf):
+        for i in range(20):
+            ids[f"s{i}"] = await wf.trigger(f"s{i}")
+        for fid, run_id in ids.items():
+            await await_timeout_insert(wf, fid, run_id, S.WAIT)
+        await until(due, wall)
+        wf.stop()  # at the instant they are due: some may fire, the rest wait
+    before = len(log.fired)
+    wf = build(stores.make(), log, af.at(due))
+    async with af.open_workflow(wf):
+        for fid, run_id in ids.items():
+            await wf.await_status(fid, run_id, S.TIMED_OUT)
+        await trio.sleep(DAY)
+    assert len(log.fired) == 20, (before, len(log.fired))
+    assert {f.run_id for f in log.fired} == set(ids.values())
+    for run_id in ids.values():
+        assert [r.status for r in await wf.history(run_id)] == [S.START, S.WAIT, S.TIMED_OUT]
+
+
+async def test_a_timeout_interrupted_by_a_pause_fires_again_on_resume_with_its_due_time(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    wall = clock()
+    calls: list[tuple[datetime, datetime]] = []
+    gate = trio.Event()
+    b = af.Builder("probe", Box, S)
+
+    @b.step(S.START, to=S.WAIT)
+    async def begin(run: af.Run[Box, S]) -> S:
+        return S.WAIT
+
+    async def slow(run: af.Run[Box, S], now: datetime) -> S:
+        calls.append((now, wall.now()))
+        if len(calls) == 1:
+            gate.set()
+            await trio.sleep_forever()
+        run.object.note = "timed out"
+        return S.TIMED_OUT
+
+    b.add_timeout(S.WAIT, af.after(timedelta(hours=1)), slow, to=S.TIMED_OUT)
+    wf = b.build(stores.make(), clock=wall, resume_paused_after=None)
+    due = START + timedelta(hours=1)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("p")
+        await gate.wait()
+        # the pause gives the function in flight the grace period (10 s), then interrupts it
+        await wf.pause(run_id, "while it ran")
+        assert wall.now() == due + timedelta(seconds=10)
+        await trio.sleep(DAY)
+        assert len(calls) == 1
+        resumed_at = wall.now()
+        await wf.resume(run_id)
+        done = await wf.await_status("p", run_id, S.TIMED_OUT)
+    assert [now for now, _ in calls] == [due, due]
+    assert calls[1][1] == done.updated_at == resumed_at
+    assert done.object.note == "timed out"
+    states = [r.run_state for r in await wf.history(run_id)]
+    assert states.count(af.RunState.PAUSED) == 1
