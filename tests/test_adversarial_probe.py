@@ -362,6 +362,8 @@ ODD_IDS = [
     "--",
     "\t\n",
     "z" * 512,
+    "🙂" * 384,  # 1536 bytes of UTF-8: the longest id, in an index key
+    "\U0010ffff" * 383 + "b",
     "\U0010ffff",
     "\ufeff",
     "a%",
@@ -392,9 +394,13 @@ async def test_odd_foreign_ids_are_kept_apart(stores: Stores, autojump_clock: Mo
     ]
     assert [r.foreign_id for r in await wf.list_runs(foreign_id_prefix="_")] == ["_"]
     assert [r.foreign_id for r in await wf.list_runs(foreign_id_prefix="\\")] == ["\\"]
-    assert [r.foreign_id for r in await wf.list_runs(foreign_id_prefix="🙂")] == ["🙂" * 100]
-    assert [r.foreign_id for r in await wf.list_runs(foreign_id_prefix="\U0010ffff")] == [
-        "\U0010ffff"
+    assert sorted(r.foreign_id for r in await wf.list_runs(foreign_id_prefix="🙂")) == [
+        "🙂" * 100,
+        "🙂" * 384,
+    ]
+    assert sorted(r.foreign_id for r in await wf.list_runs(foreign_id_prefix="\U0010ffff")) == [
+        "\U0010ffff",
+        "\U0010ffff" * 383 + "b",
     ]
     # A sequence with duplicates and unknown ids.
     found = await wf.list_runs(foreign_id=["%", "%", "nobody", "_"], limit=10)
@@ -402,7 +408,7 @@ async def test_odd_foreign_ids_are_kept_apart(stores: Stores, autojump_clock: Mo
     assert await wf.list_runs(foreign_id=[]) == []
     assert await wf.count_runs(foreign_id=[]) == {}
     # Over-long and empty ids are refused the same way everywhere.
-    for bad in ("z" * 513, ""):
+    for bad in ("z" * 513, "", "🙂" * 385):
         with pytest.raises(af.InvalidArgument):
             await wf.trigger(bad)
         with pytest.raises(af.InvalidArgument):
@@ -1442,3 +1448,110 @@ async def test_the_longest_durations_allowed_work(
         assert (await wf.lookup(ids["fail"])).version == 1
         assert (await wf.lookup(lag)).status is St.WORKING
     assert not [r for r in caplog.records if "actor failed" in r.getMessage()]
+
+
+async def test_a_step_changing_its_record_changes_nothing_stored(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    clock = trio_clock(START)
+
+    async def meddles(run: af.Run[Doc, St]) -> St:
+        run.record.object.tags.append("via the record")
+        run.record.object.text = "via the record"
+        return St.WAITING
+
+    wf = pipeline(make_store(), clock, working=meddles)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        rec = await wf.await_status("f", run_id, St.WAITING)
+    assert rec.object == Doc(text="secret of f", n=1)
+    assert all("via the record" not in repr(r.object) for r in await wf.history(run_id))
+
+
+DELETING_CHILD = """
+import sys
+import trio
+import actorflow as af
+from tests.test_adversarial_probe import Doc, pipeline
+
+async def main(path):
+    async with af.SQLiteStore(path) as store:
+        wf = pipeline(store, af.SystemClock())
+        ids = await wf.trigger_many(
+            [{"foreign_id": f"f{i}", "initial": Doc(text=f"secret-{i:03}-x")} for i in range(300)]
+        )
+        for run_id in ids:
+            await wf.cancel(run_id, "done")
+        print("ready", flush=True)
+        async with af.open_workflow(wf):
+            for i, run_id in enumerate(ids):
+                await wf.delete_data(run_id, "erasure")
+                print(f"deleted {i}", flush=True)
+
+trio.run(main, sys.argv[1])
+"""
+
+
+async def test_kill_9_while_deleting_data_then_restart(
+    tmp_path: Path, autojump_clock: MockClock
+) -> None:
+    """SIGKILL while delete_data calls go on: after a restart every deletion that was
+    acknowledged is DATA_DELETED with no copy of the object in the file or its WAL, a
+    deletion in flight finishes or never started, and no other run lost its object."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.fresh_python import ROOT
+
+    path = tmp_path / "deleting.db"
+    script = tmp_path / "child.py"
+    script.write_text(DELETING_CHILD)
+    seen: list[str] = []
+
+    def run_child() -> None:
+        child = subprocess.Popen(
+            [sys.executable, str(script), str(path)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None
+        try:
+            for line in child.stdout:
+                seen.append(line.strip())
+                if sum(s.startswith("deleted ") for s in seen) >= 20:
+                    os.kill(child.pid, signal.SIGKILL)
+                    break
+            else:
+                raise AssertionError(f"child ended: {seen} {child.stderr and child.stderr.read()}")
+        finally:
+            child.kill()
+            child.wait(timeout=30)
+
+    await trio.to_thread.run_sync(run_child)
+    acknowledged = {int(s.split()[1]) for s in seen if s.startswith("deleted ")}
+    clock = trio_clock(START)
+    async with af.SQLiteStore(path) as store:
+        wf = pipeline(store, clock)
+        async with af.open_workflow(wf):
+            for i in range(300):
+                rec = await wf.latest(f"f{i}")
+                if i in acknowledged or rec.run_state is not af.RunState.CANCELLED:
+                    rec = await _await_run_state(wf, rec.run_id, af.RunState.DATA_DELETED)
+                    assert rec.object == Doc()
+                    assert all(r.object == Doc() for r in await wf.history(rec.run_id))
+                else:
+                    assert rec.object == Doc(text=f"secret-{i:03}-x")
+            # Once more after the restart, so the WAL is checkpointed after the last scrub.
+            await wf.delete_data((await wf.latest("f0")).run_id, "again")
+    data = path.read_bytes() + (
+        path.with_name(path.name + "-wal").read_bytes()
+        if path.with_name(path.name + "-wal").exists()
+        else b""
+    )
+    for i in acknowledged:
+        assert f"secret-{i:03}-x".encode() not in data
+    assert b"secret-299-x" in data  # never deleted: still there
