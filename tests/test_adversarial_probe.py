@@ -1555,3 +1555,27 @@ async def test_kill_9_while_deleting_data_then_restart(
     for i in acknowledged:
         assert f"secret-{i:03}-x".encode() not in data
     assert b"secret-299-x" in data  # never deleted: still there
+
+
+async def test_retention_keep_for_keeps_young_versions_only(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    clock = trio_clock(START)
+    retention = af.Retention(
+        keep_for=timedelta(hours=5), after_finish=timedelta(hours=1), every=timedelta(hours=1)
+    )
+    wf = pipeline(stores.open(), clock, history_retention=retention)
+    async with af.open_workflow(wf):
+        slow = await wf.trigger("slow")
+        await wf.await_status("slow", slow, St.WAITING)
+        quick = await finish(wf, "quick")
+        quick_history = await wf.history(quick)
+        await trio.sleep(10 * 3600)
+        done = await wf.callback("slow", St.WAITING, b"late")
+        assert done is not None
+        # quick finished 10 hours ago: only its latest version is left.
+        assert await wf.history(quick) == quick_history[-1:]
+        await trio.sleep(3 * 3600)
+        # slow's first three versions are 13 hours old, its last one 3 hours.
+        assert await wf.history(slow) == [done]
+        assert (await wf.lookup(slow)) == done
