@@ -342,6 +342,8 @@ async def test_a_timer_due_while_no_worker_ran_fires_at_once_and_once(
     for f in log.fired:
         assert f.due == START + timedelta(hours=2)  # `now` is when it was due
         assert down_until <= f.at <= down_until + stores.latency
+    if stores.kind == "postgres":
+        return  # (each PostgreSQL restart waits for the leases in real time)
     # A third start finds nothing to fire.
     wf3 = build(stores.make(), log, af.after(timedelta(hours=2)))
     async with af.open_workflow(wf3):
@@ -350,10 +352,11 @@ async def test_a_timer_due_while_no_worker_ran_fires_at_once_and_once(
 
 
 async def test_a_far_timer_then_restart_keeps_its_virtual_time(
-    stores: Stores, autojump_clock: MockClock
+    embedded: Stores, autojump_clock: MockClock
 ) -> None:
     """A year-long timer armed, the worker restarted several times on the way: the timer
     fires once, at its instant, with no store work in between proportional to the wait."""
+    stores = embedded
     wall = clock()
     log = Log(wall)
     timer = af.at(START + timedelta(days=365))
@@ -477,8 +480,9 @@ async def test_pause_before_the_timer_is_due_then_resume_after_it_fires_at_once(
 
 
 async def test_a_paused_run_survives_a_restart_and_the_auto_resume_is_durable(
-    stores: Stores, autojump_clock: MockClock
+    embedded: Stores, autojump_clock: MockClock
 ) -> None:
+    stores = embedded
     wall = clock()
     log = Log(wall)
     timer = af.after(timedelta(hours=3))
@@ -507,8 +511,9 @@ async def test_a_paused_run_survives_a_restart_and_the_auto_resume_is_durable(
 
 
 async def test_cancel_and_delete_data_with_timers_pending_fire_nothing(
-    stores: Stores, autojump_clock: MockClock
+    embedded: Stores, autojump_clock: MockClock
 ) -> None:
+    stores = embedded
     wall = clock()
     log = Log(wall)
     timer = af.after(timedelta(hours=1))
@@ -626,7 +631,7 @@ async def test_timers_at_the_edges_of_time(
             record = await wf.lookup(run_id)
             assert record.status is S.WAIT and record.run_state is af.RunState.RUNNING
             assert await wf.callback(kind, S.WAIT, b"late") is not None
-    if kind == "year9999":  # the far timer survives a restart and nothing overflows
+    if kind == "year9999" and stores.kind != "postgres":  # it survives a restart
         wf = build(stores.make(), log, hostile(kind))
         async with af.open_workflow(wf):
             again = await wf.trigger("again")
@@ -636,8 +641,9 @@ async def test_timers_at_the_edges_of_time(
 
 
 async def test_a_timeout_function_that_hangs_is_interrupted_by_cancel_and_stop(
-    stores: Stores, autojump_clock: MockClock
+    embedded: Stores, autojump_clock: MockClock
 ) -> None:
+    stores = embedded
     wall = clock()
     fired: list[str] = []
     gate = trio.Event()
@@ -704,3 +710,341 @@ async def test_a_bad_timer_of_the_start_status_refuses_the_trigger_clearly(
         await wf.trigger("bad")
     with pytest.raises(af.RunNotFound):
         await wf.latest("bad")  # nothing stored
+
+
+# -- cron schedules ------------------------------------------------------------------------
+
+
+def quick(store: af.Store, wall: af.Clock, name: str = "probe") -> af.Workflow[Box, S]:
+    """START -(step)-> WAIT -(callback)-> CALLED: a scheduled run stays unfinished at WAIT
+    until a callback finishes it."""
+    b = af.Builder(name, Box, S)
+
+    @b.step(S.START, to=S.WAIT)
+    async def begin(run: af.Run[Box, S]) -> S:
+        return S.WAIT
+
+    async def called(run: af.Run[Box, S], payload: bytes) -> S:
+        return S.CALLED
+
+    b.add_callback(S.WAIT, called, to=S.CALLED)
+    return b.build(store, clock=wall)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "",
+        "   ",
+        "61 * * * *",
+        "* * *",
+        "* * * * * * *",
+        "@fortnightly",
+        "@every 5m",
+        "TZ=Europe/Paris 0 9 * * *",
+        "CRON_TZ=UTC 0 9 * * *",
+        "0 9 * * 1-5 Europe/Paris",
+        "0 0 30 2 *",  # February 30th: never comes
+        "0 0 31 4,6,9,11 *",  # the 31st of 30-day months: never comes
+        "0 9 * * mon-fri\x00",
+        "0 9 * * 8",
+        123,
+        None,
+        b"@daily",
+    ],
+)
+async def test_a_bad_cron_spec_is_refused_at_once(
+    embedded: Stores, autojump_clock: MockClock, spec: Any
+) -> None:
+    wf = quick(embedded.make(), clock())
+    with trio.fail_after(1), pytest.raises(af.InvalidArgument) as refused:
+        await wf.schedule_trigger("bad", spec)
+    message = str(refused.value)
+    assert repr(spec)[:20] in message or type(spec).__name__ in message, message
+    assert "Traceback" not in message
+
+
+async def test_a_schedule_on_a_clock_with_another_offset_fires_at_utc_cron_times(
+    embedded: Stores, autojump_clock: MockClock
+) -> None:
+    class Paris:
+        """A wall clock that tells the time in UTC+2 (aware): the same instants."""
+
+        def now(self) -> datetime:
+            return trio_clock(START).now().astimezone(timezone(timedelta(hours=2)))
+
+    wf = quick(embedded.make(), Paris())
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(wf.schedule_trigger, "nine", "0 9 * * *"))
+        seen: set[str] = set()
+        for _ in range(3):
+            run = await af.testing.wait_for(
+                wf, "nine", lambda r: r.status is S.WAIT and r.run_id not in seen
+            )
+            seen.add(run.run_id)
+            assert await wf.callback("nine", S.WAIT, b"") is not None
+            await wf.await_status("nine", run.run_id, S.CALLED)
+        nursery.cancel_scope.cancel()
+    runs = await wf.list_runs(foreign_id="nine")
+    assert [r.created_at for r in runs] == [START + timedelta(days=d) for d in (1, 2, 3)]
+    for r in runs:
+        assert r.created_at.utcoffset() == timedelta(0)
+        assert r.updated_at.utcoffset() == timedelta(0)
+
+
+async def test_a_naive_clock_is_refused_clearly(
+    embedded: Stores, autojump_clock: MockClock
+) -> None:
+    class Naive:
+        def now(self) -> datetime:
+            return datetime(2026, 1, 1, 9, 0)
+
+    class Epoch:
+        def now(self) -> float:
+            return 1_767_258_000.0
+
+    for bad, problem in ((Naive(), "naive"), (Epoch(), "must be a datetime, not float")):
+        wf = quick(embedded.make(), bad)  # type: ignore[arg-type]
+        with pytest.raises(af.InvalidArgument, match=f"workflow clock .*{problem}"):
+            await wf.trigger("bad")
+        with pytest.raises(af.RunNotFound):
+            await wf.latest("bad")  # nothing stored (MemoryStore stored a naive run)
+        with pytest.raises(BaseException) as failed:  # a group, or the error itself
+            async with af.open_workflow(wf):
+                await trio.sleep_forever()
+        assert problem in repr(failed.value), repr(failed.value)
+
+
+async def test_a_schedule_run_by_two_workers_on_one_store_fires_once_per_time(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    wall = clock()
+    store = stores.make()
+    one = quick(store, wall)
+    two = quick(stores.make(), wall)
+    finisher = b"done"
+    async with af.open_workflow(one, two), trio.open_nursery() as nursery:
+        for wf in (one, two):
+            nursery.start_soon(functools.partial(wf.schedule_trigger, "hourly", "@hourly"))
+            nursery.start_soon(functools.partial(wf.schedule_trigger, "other", "@hourly"))
+        for hour in range(1, 7):
+            await until(START + timedelta(hours=hour, minutes=30), wall)
+            for fid in ("hourly", "other"):
+                latest = await one.latest(fid)
+                if latest.status is S.WAIT:
+                    await one.callback(fid, S.WAIT, finisher)
+        nursery.cancel_scope.cancel()
+    for fid in ("hourly", "other"):
+        runs = await one.list_runs(foreign_id=fid)
+        created = [r.created_at for r in runs]
+        assert len(created) == len(set(created)) == 6, created
+        assert created == [START + timedelta(hours=h) for h in range(1, 7)]
+
+
+async def test_missed_cron_times_while_down_fire_once_at_start(
+    embedded: Stores, autojump_clock: MockClock
+) -> None:
+    stores = embedded
+    wall = clock()
+    wf = quick(stores.make(), wall)
+    # A schedule that never ran waits for its next time, whatever passed before.
+    await trio.sleep(3 * DAY)
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(wf.schedule_trigger, "daily", "@daily"))
+        await trio.sleep(DAY / 2)
+        with pytest.raises(af.RunNotFound):
+            await wf.latest("daily")  # Jan 4 09:00: the next time is Jan 5 00:00
+        first = await af.testing.wait_for(wf, "daily", lambda r: r.status is S.WAIT)
+        assert first.created_at == datetime(2026, 1, 5, tzinfo=UTC)
+        await wf.callback("daily", S.WAIT, b"")
+        nursery.cancel_scope.cancel()
+    await until(datetime(2026, 1, 9, 12, tzinfo=UTC), wall)  # down: Jan 6, 7, 8, 9 missed
+    restarted = wall.now()
+    wf = quick(stores.make(), wall)
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(wf.schedule_trigger, "daily", "@daily"))
+        late = await af.testing.wait_for(
+            wf, "daily", lambda r: r.status is S.WAIT and r.run_id != first.run_id
+        )
+        assert restarted <= late.created_at <= restarted + stores.latency
+        await wf.callback("daily", S.WAIT, b"")
+        await until(datetime(2026, 1, 10, 1, tzinfo=UTC), wall)
+        nursery.cancel_scope.cancel()
+    runs = await wf.list_runs(foreign_id="daily")
+    assert len(runs) == 3, [r.created_at for r in runs]  # Jan 5, the missed Jan 9, Jan 10
+    assert runs[-1].created_at == datetime(2026, 1, 10, tzinfo=UTC)
+
+
+async def test_a_paused_previous_run_skips_cron_times(
+    embedded: Stores, autojump_clock: MockClock
+) -> None:
+    wall = clock()
+    b = af.Builder("probe", Box, S)
+
+    @b.step(S.START, to=S.WAIT)
+    async def begin(run: af.Run[Box, S]) -> S:
+        return S.WAIT
+
+    async def called(run: af.Run[Box, S], payload: bytes) -> S:
+        return S.CALLED
+
+    b.add_callback(S.WAIT, called, to=S.CALLED)
+    wf = b.build(embedded.make(), clock=wall, resume_paused_after=None)
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(wf.schedule_trigger, "h", "@hourly"))
+        first = await af.testing.wait_for(wf, "h", lambda r: r.status is S.WAIT)
+        await wf.pause(first.run_id, "hold")
+        await trio.sleep(5 * 3600)
+        assert len(await wf.list_runs(foreign_id="h")) == 1
+        await wf.cancel(first.run_id, "drop")
+        await until(START + timedelta(hours=7, minutes=1), wall)
+        nursery.cancel_scope.cancel()
+    runs = await wf.list_runs(foreign_id="h")
+    assert [r.created_at for r in runs] == [START + timedelta(hours=h) for h in (1, 7)]
+
+
+# -- many timers across the window; a timer due while a callback runs ----------------------
+
+
+async def test_many_timers_spread_over_a_month_each_fire_once_at_their_instant(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    """600 runs (PostgreSQL: 300) whose timers are spread over 30 days (most far beyond
+    the in-memory window, some at its edge, some at one instant), with a restart half-way."""
+    wall = clock()
+    log = Log(wall)
+    edge = [
+        timedelta(hours=1),
+        timedelta(hours=1, microseconds=1),
+        timedelta(hours=1) - (timedelta(microseconds=1)),
+    ]
+
+    def due_of(foreign_id: str) -> datetime:
+        i = int(foreign_id[1:])
+        if i < len(edge):
+            return START + edge[i]
+        if i % 50 == 0:
+            return START + timedelta(days=3)  # many at one instant
+        return START + timedelta(minutes=(i * 7919) % (30 * 24 * 60), seconds=i % 60)
+
+    def timer(run: af.Run[Box, S], now: datetime) -> datetime:
+        return due_of(run.foreign_id)
+
+    wf = build(stores.make(), log, timer, step=False)
+    runs = 300 if stores.kind == "postgres" else 600
+    results = await wf.trigger_many([{"foreign_id": f"r{i}", "start": S.WAIT} for i in range(runs)])
+    assert all(isinstance(r, str) for r in results)
+    async with af.open_workflow(wf):
+        await until(START + timedelta(days=15), wall)
+    halfway = len(log.fired)
+    wf = build(stores.make(), log, timer, step=False)
+    async with af.open_workflow(wf):
+        await until(START + timedelta(days=31), wall)
+    assert 0 < halfway < runs
+    assert len(log.fired) == len({f.run_id for f in log.fired}) == runs
+    for f in log.fired:
+        assert f.due == due_of(f.foreign_id)
+        assert f.due <= f.at <= f.due + stores.latency, (f.foreign_id, f.due, f.at)
+
+
+async def test_a_timer_due_while_a_callback_runs_loses_to_it_without_a_trace(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    wall = clock()
+    fired: list[str] = []
+    gate = trio.Event()
+    entered = trio.Event()
+    b = af.Builder("probe", Box, S)
+
+    @b.step(S.START, to=S.WAIT)
+    async def begin(run: af.Run[Box, S]) -> S:
+        return S.WAIT
+
+    async def slow(run: af.Run[Box, S], payload: bytes) -> S:
+        entered.set()
+        await gate.wait()
+        return S.CALLED
+
+    async def timed_out(run: af.Run[Box, S], now: datetime) -> S:
+        fired.append(run.run_id)
+        return S.TIMED_OUT
+
+    b.add_callback(S.WAIT, slow, to=S.CALLED)
+    b.add_timeout(S.WAIT, af.after(timedelta(minutes=1)), timed_out, to=S.TIMED_OUT)
+    wf = b.build(stores.make(), clock=wall)
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        run_id = await wf.trigger("slow")
+        await await_timeout_insert(wf, "slow", run_id, S.WAIT)
+        answer: list[af.Record[Box, S] | None] = []
+
+        async def call() -> None:
+            answer.append(await wf.callback("slow", S.WAIT, b""))
+
+        nursery.start_soon(call)
+        await entered.wait()
+        await trio.sleep(3600)  # the timer came due while the callback ran
+        gate.set()
+        done = await wf.await_status("slow", run_id, S.CALLED)
+        await trio.sleep(3600)
+    assert answer == [done] or answer == [None]
+    history = [r.status for r in await wf.history(run_id)]
+    if answer == [done]:
+        assert history == [S.START, S.WAIT, S.CALLED] and not fired
+    else:
+        assert history == [S.START, S.WAIT, S.TIMED_OUT] and fired == [run_id]
+
+
+async def test_a_skipping_timeout_paused_then_resumed_and_a_cancel_before_the_auto_resume(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    wall = clock()
+    calls: list[tuple[str, datetime, datetime]] = []
+    b = af.Builder("probe", Box, S)
+
+    @b.step(S.START, to=S.WAIT)
+    async def begin(run: af.Run[Box, S]) -> S:
+        return S.WAIT
+
+    async def not_yet(run: af.Run[Box, S], now: datetime) -> Any:
+        calls.append((run.foreign_id, now, wall.now()))
+        if sum(1 for c in calls if c[0] == run.foreign_id) < 3:
+            return run.skip()
+        return S.TIMED_OUT
+
+    b.add_timeout(
+        S.WAIT,
+        af.after(timedelta(hours=1)),
+        not_yet,
+        to=S.TIMED_OUT,
+        error_backoff=timedelta(minutes=15),
+    )
+    wf = b.build(stores.make(), clock=wall, resume_paused_after=timedelta(hours=1))
+    due = START + timedelta(hours=1)
+    async with af.open_workflow(wf):
+        snoozed = await wf.trigger("snoozed")
+        dropped = await wf.trigger("dropped")
+        await await_timeout_insert(wf, "dropped", dropped, S.WAIT)
+        await until(due - timedelta(minutes=30), wall)
+        await wf.pause(dropped, "hold")  # its timer comes due while it is paused
+        await until(due + timedelta(minutes=5), wall)  # "snoozed" skipped once
+        await wf.pause(snoozed, "hold")
+        await until(due + timedelta(minutes=20), wall)
+        await wf.cancel(dropped, "drop")  # before its automatic resume at due + 30 min
+        done = await wf.await_status("snoozed", snoozed, S.TIMED_OUT)
+        await trio.sleep(DAY)
+    mine = [(now, at) for fid, now, at in calls if fid == "snoozed"]
+    assert [now for now, _ in mine] == [due] * 3  # `now` is when the timer was due
+    assert mine[0][1] == due
+    resumed = next(
+        r.updated_at
+        for r in await wf.history(snoozed)
+        if r.run_state is af.RunState.RUNNING and r.updated_at > due
+    )
+    # auto-resumed an hour after the pause, the overdue timer fired at once, skipped, and
+    # fired again after its back-off
+    assert resumed == due + timedelta(minutes=5, hours=1)
+    assert mine[1][1] == resumed
+    assert mine[2][1] == resumed + timedelta(minutes=15) == done.updated_at
+    assert not [c for c in calls if c[0] == "dropped"]
+    history = await wf.history(dropped)
+    assert [r.run_state for r in history][-2:] == [af.RunState.PAUSED, af.RunState.CANCELLED]

@@ -44,6 +44,30 @@ class TrioClock:
         return f"TrioClock(start={self._start.isoformat()})"
 
 
+@final
+class CheckedClock:
+    """A user's clock, held to the contract every reader relies on: each ``now()`` is an
+    aware datetime, handed on in UTC (records, timers and cron times are UTC instants); a
+    naive or non-datetime answer is an InvalidArgument naming the clock."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def now(self) -> datetime:
+        return require_aware(self.clock.now(), f"the workflow clock {self.clock!r}: now()")
+
+    def __repr__(self) -> str:
+        return repr(self.clock)
+
+
+def checked(clock: Clock) -> Clock:
+    """``clock`` as the workflow uses it: actorflow's own clocks as they are (they tell
+    UTC), any other one in a :class:`CheckedClock`."""
+    if isinstance(clock, SystemClock | TrioClock | CheckedClock):
+        return clock
+    return CheckedClock(clock)
+
+
 def require_aware(when: datetime, what: str) -> datetime:
     """Return ``when`` in UTC; raise InvalidArgument for a naive or non-datetime value."""
     if not isinstance(when, datetime):

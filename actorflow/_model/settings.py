@@ -12,7 +12,7 @@ from typing import Any, final
 
 import attrs
 
-from actorflow._model.clock import Clock, SystemClock
+from actorflow._model.clock import Clock, SystemClock, checked
 from actorflow._model.definition import is_async_callable
 from actorflow._model.errors import BuildError
 from actorflow._model.options import MAX_DELAY, Options
@@ -55,8 +55,11 @@ def _clock(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
 
 
 def _system_clock_if_none(value: Any) -> Clock:
-    clock: Clock = SystemClock() if value is None else value
-    return clock
+    if value is None:
+        return SystemClock()
+    if not callable(getattr(value, "now", None)):
+        return value  # type: ignore[no-any-return]  # the validator refuses it
+    return checked(value)
 
 
 def _options(value: Any) -> Options:

@@ -9,10 +9,14 @@ servers, no mocks; waits are on events, never on sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import functools
 import itertools
+import json
 import shutil
 import socket
+import struct
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -24,6 +28,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio_websocket
 
 import actorflow as af
 from actorflow.streaming import (
@@ -435,3 +440,469 @@ async def test_kafka_foreign_messages_that_look_like_transitions_are_all_deliver
         await handled(wf, 5)
         assert connector_stats(wf)["feed"].source_errors == 0
     assert [e.payload for e in seen.events] == [f"m{n}".encode() for n in range(5)]
+
+
+# -- cancellation at every schedule point -------------------------------------------------
+
+
+class CancelAtStep(trio.abc.Instrument):
+    """Cancels ``scope`` just before the ``k``-th step of the task that opened it."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.steps = 0
+        self.task: trio.lowlevel.Task | None = None
+        self.scope: trio.CancelScope | None = None
+        self.fired = False
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is not self.task or self.scope is None or self.fired:
+            return
+        self.steps += 1
+        if self.steps >= self.k:
+            self.fired = True
+            self.scope.cancel()
+
+
+async def _consume_with_cancel_at(
+    streamer: af.EventStreamer, topic: str, group: str, k: int, count: int
+) -> tuple[list[str], bool]:
+    """Receive and ack ``count`` events, cancelled at the ``k``-th step; what was acked."""
+    acked: list[str] = []
+    instrument = CancelAtStep(k)
+    trio.lowlevel.add_instrument(instrument)
+    try:
+        with trio.CancelScope() as scope:
+            instrument.task = trio.lowlevel.current_task()
+            instrument.scope = scope
+            async with streamer.open_receiver(topic, group) as receiver:
+                for _ in range(count):
+                    e = await receiver.receive()
+                    await receiver.ack(e)
+                    acked.append(e.id)
+    finally:
+        trio.lowlevel.remove_instrument(instrument)
+    return acked, instrument.fired
+
+
+@redis
+async def test_redis_receiver_cancelled_at_every_step_loses_nothing(
+    rstreamer: af.RedisStreamer,
+) -> None:
+    sent = [event(n, "feed") for n in range(3)]
+    async with rstreamer.open_sender("feed") as sender:
+        await sender.send_many(sent)
+    expected = [e.id for e in sent]
+    for k in itertools.count(1):
+        group = f"g{k}"
+        acked, fired = await _consume_with_cancel_at(rstreamer, "feed", group, k, 3)
+        # whatever was not acknowledged comes again, in order, and nothing acked does
+        rest: list[str] = []
+        async with rstreamer.open_receiver("feed", group) as receiver:
+            while len(acked) + len(rest) < 3:
+                with trio.fail_after(WAIT):
+                    e = await receiver.receive()
+                await receiver.ack(e)
+                rest.append(e.id)
+        assert acked + rest == expected, (k, acked, rest)
+        async with raw_redis() as client:
+            assert (await client.xpending(rstreamer.key("feed"), group)).pending == 0
+        if not fired:
+            break
+    assert k > 5
+
+
+class CancelAfterSteps(trio.abc.Instrument):
+    """Cancels ``scope`` before the ``k``-th task step of the whole program after arming."""
+
+    def __init__(self, k: int, scope: trio.CancelScope) -> None:
+        self.k = k
+        self.steps = 0
+        self.scope = scope
+        self.fired = False
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps += 1
+        if not self.fired and self.steps >= self.k:
+            self.fired = True
+            self.scope.cancel()
+
+
+async def _run_connector(
+    store: af.Store, source: af.EventSource, seen: Seen, last: str, cancel_at: int | None
+) -> bool:
+    """Run the consumer until its cursor is ``last``, or cancel it at step ``cancel_at``
+    of the program; True if it was cancelled."""
+    wf = consumer_workflow(store, source, seen)
+    stats = connector_stats(wf)["feed"]
+    with trio.CancelScope() as scope:
+        instrument = None if cancel_at is None else CancelAfterSteps(cancel_at, scope)
+        if instrument is not None:
+            trio.lowlevel.add_instrument(instrument)
+        try:
+            async with af.open_workflow(wf):
+                await until(lambda: stats.cursor == last)
+        finally:
+            if instrument is not None:
+                trio.lowlevel.remove_instrument(instrument)
+    return instrument is not None and instrument.fired
+
+
+def _check_once_but_the_boundary(seen: Seen, expected: list[str]) -> None:
+    """Every event, in order at first sight; at most one handled twice (the one in flight
+    when the connector was cancelled)."""
+    assert list(dict.fromkeys(seen.ids)) == expected, seen.ids
+    assert len(seen.ids) - len(expected) <= 1, seen.ids
+
+
+@redis
+async def test_a_redis_connector_cancelled_anywhere_resumes_with_at_most_the_one_in_flight(
+    rstreamer: af.RedisStreamer,
+) -> None:
+    for k in range(1, 1000, 3):
+        topic = f"feed{k}"
+        sent = [event(n, topic) for n in range(3)]
+        async with rstreamer.open_sender(topic) as sender:
+            await sender.send_many(sent)
+        store = af.MemoryStore()
+        seen = Seen()
+        source = StreamSource(rstreamer, topic)
+        fired = await _run_connector(store, source, seen, sent[-1].id, k)
+        # Redis keeps the cursor: an event acknowledged there whose cursor write was
+        # cancelled is done. A last event shows that everything before it was handled.
+        sent.append(event(3, topic))
+        async with rstreamer.open_sender(topic) as sender:
+            await sender.send(sent[-1])
+        await _run_connector(store, source, seen, sent[-1].id, None)
+        _check_once_but_the_boundary(seen, [e.id for e in sent])
+        if not fired:
+            break
+    assert k > 20  # the whole life of a connector was walked through
+
+
+def producer_workflow(store: af.Store, **build: Any) -> af.Workflow[Box, Step]:
+    builder = af.Builder("producer", Box, Step)
+
+    @builder.step(Step.A, to=Step.B)
+    async def a(run: af.Run[Box, Step]) -> Step:
+        run.object.note = "done"
+        return Step.B
+
+    return builder.build(store, **build)
+
+
+async def test_an_af_connect_connector_cancelled_anywhere_resumes_with_at_most_one_again(
+    autojump_clock: Any,
+) -> None:
+    for k in range(1, 2000, 5):
+        other, expected = await _stored_history()
+        producer = producer_workflow(other)
+        store = af.MemoryStore()
+        seen = Seen()
+        source = af.connect(producer)
+        fired = await _run_connector(store, source, seen, expected[-1], k)
+        await _run_connector(store, source, seen, expected[-1], None)
+        _check_once_but_the_boundary(seen, expected)
+        if not fired:
+            break
+    assert k > 20
+
+
+async def _stored_history() -> tuple[af.MemoryStore, list[str]]:
+    """A store holding three finished runs of ``producer``, and its event ids."""
+    store = af.MemoryStore()
+    producer = producer_workflow(store)
+    async with af.open_workflow(producer):
+        for n in range(3):
+            run_id = await producer.trigger(f"p{n}")
+            await producer.await_status(f"p{n}", run_id, Step.B)
+    return store, [str(e.id) for e in await store.read_events(0, 100, "producer")]
+
+
+@redis
+async def test_a_relay_cancelled_anywhere_publishes_everything_in_order(
+    rstreamer: af.RedisStreamer,
+) -> None:
+    from actorflow.streaming import relay_stats
+
+    for k in range(1, 2000, 3):
+        store, expected = await _stored_history()
+        streamer = af.RedisStreamer(REDIS_URL or "", prefix=f"{rstreamer.prefix}{k}:")
+        fired = False
+        for cancel_at in (k, None):
+            producer = producer_workflow(store, streamer=streamer, default_options=FAST)
+            stats = relay_stats(producer)
+            with trio.CancelScope() as scope:
+                instrument = CancelAfterSteps(cancel_at or 10**9, scope)
+                trio.lowlevel.add_instrument(instrument)
+                try:
+                    async with af.open_workflow(producer):
+                        await until(lambda s=stats, last=int(expected[-1]): s.cursor == last)
+                finally:
+                    trio.lowlevel.remove_instrument(instrument)
+            fired = fired or instrument.fired
+        async with raw_redis() as client:
+            entries = await client.xrange(streamer.key("producer"))
+        ids = [e.field_values[b"id"].decode() for e in entries]
+        assert list(dict.fromkeys(ids)) == expected, (k, ids)
+        assert len(ids) <= 2 * len(expected)
+        if not fired:
+            break
+    assert k > 20
+
+
+# -- workflows connected to each other ------------------------------------------------------
+
+
+class Order(enum.IntEnum):
+    PLACED = 1
+    AWAITING = 2
+    PAID = 3
+
+
+class Pay(enum.IntEnum):
+    REQUESTED = 1
+    SETTLED = 2
+
+
+def shop(store: af.Store) -> tuple[af.Workflow[Box, Order], af.Workflow[Box, Pay]]:
+    """orders asks payments (a connector on its AWAITING), payments answers (a connector
+    on its SETTLED calls orders back): two workflows connected both ways."""
+    payments_builder = af.Builder("payments", Box, Pay)
+
+    @payments_builder.step(Pay.REQUESTED, to=Pay.SETTLED)
+    async def settle(run: af.Run[Box, Pay]) -> Pay:
+        return Pay.SETTLED
+
+    orders_builder = af.Builder("orders", Box, Order)
+
+    @orders_builder.step(Order.PLACED, to=Order.AWAITING)
+    async def ask(run: af.Run[Box, Order]) -> Order:
+        return Order.AWAITING
+
+    async def paid(run: af.Run[Box, Order], payload: bytes) -> Order:
+        run.object.note += payload.decode()
+        return Order.PAID
+
+    orders_builder.add_callback(Order.AWAITING, paid, to=Order.PAID)
+    payments = payments_builder.build(store)
+
+    async def on_settled(orders: Any, event: ConnectorEvent) -> None:
+        await orders.callback(event.foreign_id, Order.AWAITING, b"paid;")
+
+    settled = af.connect(payments, status=Pay.SETTLED)
+    orders_builder.add_connector("payments", settled, on_settled, **FAST)
+    orders = orders_builder.build(store)
+
+    async def on_awaiting(payments: Any, event: ConnectorEvent) -> None:
+        # A redelivered event whose run finished already must not start another one.
+        try:
+            latest = await payments.latest(event.foreign_id)
+        except af.RunNotFound:
+            latest = None
+        if latest is not None and latest.created_at >= event.created_at:
+            return
+        with contextlib.suppress(af.WorkflowInProgress):  # asked before: done
+            await payments.trigger(event.foreign_id)
+
+    payments_builder2 = af.Builder("payments", Box, Pay)
+    payments_builder2.add_step(Pay.REQUESTED, settle, to=Pay.SETTLED)
+    payments_builder2.add_connector(
+        "orders", af.connect(orders, status=Order.AWAITING), on_awaiting, **FAST
+    )
+    return orders, payments_builder2.build(store)
+
+
+async def test_two_workflows_connected_both_ways_survive_cancellation_anywhere(
+    autojump_clock: Any,
+) -> None:
+    n_orders = 3
+    for k in range(1, 5000, 2):
+        store = af.MemoryStore()
+        orders, payments = shop(store)
+        for n in range(n_orders):
+            await orders.trigger(f"o{n}")
+        fired = False
+        for cancel_at in (k, None):
+            orders, payments = shop(store)
+            with trio.CancelScope() as scope:
+                instrument = CancelAfterSteps(cancel_at or 10**9, scope)
+                trio.lowlevel.add_instrument(instrument)
+                try:
+                    async with af.open_workflow(orders, payments):
+                        for n in range(n_orders):
+                            run_id = (await orders.latest(f"o{n}")).run_id
+                            await orders.await_status(f"o{n}", run_id, Order.PAID)
+                finally:
+                    trio.lowlevel.remove_instrument(instrument)
+            fired = fired or instrument.fired
+        for n in range(n_orders):
+            record = await orders.latest(f"o{n}")
+            assert record.object.note == "paid;", (k, record)
+            assert len(await orders.list_runs(foreign_id=f"o{n}")) == 1
+            assert len(await payments.list_runs(foreign_id=f"o{n}")) == 1
+        if not fired:
+            break
+    assert k > 50
+
+
+# -- the gateway's live watch ---------------------------------------------------------------
+
+TOKEN = "probe-token"
+
+
+def watched_workflow() -> af.Workflow[Box, Step]:
+    builder = af.Builder("watched", Box, Step)
+
+    async def b(run: af.Run[Box, Step], payload: bytes) -> Step:
+        run.object.note = payload.decode()
+        return Step.B
+
+    builder.add_callback(Step.A, b, to=Step.B)
+    return builder.build(af.MemoryStore())
+
+
+async def _gateway(nursery: trio.Nursery, wf: af.Workflow[Any, Any], **options: Any) -> str:
+    port: int = await nursery.start(
+        functools.partial(af.serve_gateway, [wf], "127.0.0.1", 0, token=TOKEN, **options)
+    )
+    return f"ws://127.0.0.1:{port}/"
+
+
+async def test_many_subscribers_each_see_exactly_their_changes_in_order(
+    nursery: trio.Nursery,
+) -> None:
+    wf = watched_workflow()
+    await nursery.start(wf.run)
+    url = await _gateway(nursery, wf)
+    runs = 6
+    got: dict[tuple[int, str | None], list[tuple[str, int]]] = {}
+    ready = trio.Semaphore(0)
+
+    async def watch(client: Any, index: int, foreign_id: str | None, expect: int) -> None:
+        key = (index, foreign_id)
+        got[key] = []
+        async with client.subscribe("watched", foreign_id=foreign_id) as changes:
+            ready.release()
+            while len(got[key]) < expect:
+                record = await changes.receive()
+                got[key].append((record["foreign_id"], record["version"]))
+
+    with trio.fail_after(WAIT):
+        async with (
+            af.open_gateway_client(url, token=TOKEN) as c1,
+            af.open_gateway_client(url, token=TOKEN) as c2,
+            trio.open_nursery() as watchers,
+        ):
+            count = 0
+            for client in (c1, c2):
+                for _ in range(10):  # 10 watching everything, per client
+                    watchers.start_soon(watch, client, count, None, runs * 2)
+                    count += 1
+                for n in range(runs):  # and one per foreign id
+                    watchers.start_soon(watch, client, count, f"f{n}", 2)
+                    count += 1
+            for _ in range(count):
+                await ready.acquire()
+            for n in range(runs):
+                await wf.trigger(f"f{n}")
+            for n in range(runs):
+                await wf.callback(f"f{n}", Step.A, b"x")
+    everything = [(f"f{n}", 1) for n in range(runs)] + [(f"f{n}", 2) for n in range(runs)]
+    for (_, foreign_id), seen in got.items():
+        if foreign_id is None:
+            assert seen == everything
+        else:
+            assert seen == [(foreign_id, 1), (foreign_id, 2)]
+    assert not wf.store.feed.has_subscribers
+
+
+def _raw(url: str, **kwargs: Any) -> Any:
+    return trio_websocket.open_websocket_url(
+        url, extra_headers=[(b"authorization", f"Bearer {TOKEN}".encode())], **kwargs
+    )
+
+
+async def test_subscribers_vanishing_mid_message_free_everything(nursery: trio.Nursery) -> None:
+    """Peers that reset their TCP connection while big events are being written to them:
+    the gateway frees their subscriptions and goes on serving the others."""
+    wf = watched_workflow()
+    url = await _gateway(nursery, wf, subscription_buffer=8)
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    big = "y" * 200_000
+    for round_ in range(3):
+        socks = []
+        with trio.fail_after(WAIT):
+            async with trio.open_nursery() as peers:
+                for _ in range(5):
+                    sock = trio.socket.socket()
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                    await sock.connect(("127.0.0.1", port))
+                    ws = await trio_websocket.wrap_client_stream(
+                        peers, trio.SocketStream(sock), "127.0.0.1", "/",
+                        extra_headers=[(b"authorization", f"Bearer {TOKEN}".encode())],
+                    )  # fmt: skip
+                    request = {"id": 1, "op": "subscribe", "workflow": "watched"}
+                    await ws.send_message(json.dumps(request))
+                    assert json.loads(await ws.get_message())["ok"] is True
+                    socks.append(sock)
+                for n in range(4):
+                    await wf.trigger(f"r{round_}-{n}", initial=Box(note=big))
+                # reset every connection, mid-frame (RST: SO_LINGER 0)
+                for sock in socks:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    sock.close()
+                peers.cancel_scope.cancel()
+        # the gateway lets go of every subscription, and serves a new client
+        await until(lambda: not wf.store.feed.has_subscribers)
+        with trio.fail_after(WAIT):
+            async with af.open_gateway_client(url, token=TOKEN) as client:
+                async with client.subscribe("watched") as changes:
+                    await wf.trigger(f"after-{round_}")
+                    assert (await changes.receive())["foreign_id"] == f"after-{round_}"
+                assert (await client.lookup("watched", (await wf.latest("r0-0")).run_id))["object"][
+                    "note"
+                ] == big
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"foreign_id": ["a"]},
+        {"foreign_id": {"$ne": None}},
+        {"foreign_id": 7},
+        {"foreign_id": True},
+        {"run_id": 1e308},
+        {"run_id": "x" * 2_000_000},
+        {"foreign_id": "a\u0000b"},
+        {"foreign_id": "\ud800"},
+        {"foreign_id": "", "run_id": ""},
+        {"workflow": ["watched"]},
+        {"workflow": "watched\u0000"},
+        {"foreign_id": "*"},
+        {"foreign_id": "%"},
+    ],
+)
+async def test_hostile_subscription_filters_are_refused_or_match_literally(
+    nursery: trio.Nursery, filters: dict[str, Any]
+) -> None:
+    wf = watched_workflow()
+    url = await _gateway(nursery, wf, max_message_bytes=4 << 20)
+    request = {"id": "s", "op": "subscribe", "workflow": "watched", **filters}
+    with trio.fail_after(WAIT):
+        async with _raw(url, max_message_size=4 << 20) as ws:
+            await ws.send_message(json.dumps(request))
+            reply = json.loads(await ws.get_message())
+            if reply["ok"]:
+                # accepted: a literal filter, which matches nothing we store
+                await wf.trigger("f1")
+                await ws.send_message('{"id": "p", "op": "ping"}')
+                pong = json.loads(await ws.get_message())
+                assert pong == {"id": "p", "ok": True, "result": "pong"}
+                assert isinstance(filters.get("foreign_id", ""), str)
+            else:
+                assert reply["id"] == "s"
+                assert reply["error"]["code"] in {"invalid_argument", "unknown_workflow", "too_big"}
+            await ws.send_message('{"id": "q", "op": "ping"}')
+            assert json.loads(await ws.get_message())["ok"] is True
+    await until(lambda: not wf.store.feed.has_subscribers)

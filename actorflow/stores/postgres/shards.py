@@ -125,6 +125,9 @@ class LeaseBook:
         """Held shards and the local time up to which this worker may act on each."""
         self.epochs: dict[int, int] = {}
         self.releasing: set[int] = set()
+        self.gains = 0
+        """How many renewals gained shards so far (a read of the shards held can tell
+        whether shards were gained while it was under way)."""
 
     def owns(self, shard: int, now: float) -> bool:
         until = self.until.get(shard)
@@ -147,6 +150,8 @@ class LeaseBook:
                 continue
             self.until[shard] = until
             self.epochs[shard] = epoch
+        if gained:
+            self.gains += 1
         return sorted(gained), sorted(lost)
 
     def expire(self, now: float) -> list[int]:
@@ -382,11 +387,21 @@ class ShardOwnership:
         return self.book.held(realtime.now())
 
     async def owned_events(self, after: int, limit: int) -> tuple[list[Event], int]:
-        """The OwnedEvents capability: other processes' events of the shards held now."""
-        held = self.held()
-        return await self.store.log.owned_events(
-            self.workflow_name, self.shards, held, after, limit
-        )
+        """The OwnedEvents capability: other processes' events of the shards held now.
+
+        Read again when shards were gained while the read was under way: the position it
+        returns covers events committed up to its end, but only for the shards held at its
+        start, and the recovery that followed the gain may have read the gained shards'
+        runs before those events committed. Skipping them would leave such a run (a
+        callback stored by another process as the shard moved) unnoticed for good."""
+        while True:
+            gains = self.book.gains
+            held = self.held()
+            events, position = await self.store.log.owned_events(
+                self.workflow_name, self.shards, held, after, limit
+            )
+            if self.book.gains == gains:
+                return events, position
 
     async def serve(
         self,
