@@ -1146,6 +1146,25 @@ async def test_concurrent_triggers_from_two_store_handles(
             nursery.start_soon(go, first if i % 2 else second)
     assert len(ok) == 1 and len(refused) == 39
     assert len(await second.list_runs(foreign_id="race")) == 2
+    # trigger and trigger_many (with the id twice in one batch) racing on both handles.
+    await first.cancel(ok[0], "done")
+    ok.clear()
+    refused.clear()
+
+    async def go_many(wf: af.Workflow[Doc, St]) -> None:
+        for result in await wf.trigger_many(["race", "other", "race"]):
+            if isinstance(result, str):
+                ok.append(result)
+            else:
+                assert isinstance(result, af.WorkflowInProgress), result
+                refused.append(1)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(go_many if i % 3 else go, first if i % 2 else second)
+    runs = await first.list_runs(foreign_id=["race", "other"], limit=100)
+    assert len(runs) == 3 + 1  # two finished races, one new race, one other
+    assert sorted(ok) == sorted(r.run_id for r in runs[-2:])
 
 
 async def test_trigger_many_with_duplicates_and_bad_items(
@@ -1579,3 +1598,38 @@ async def test_retention_keep_for_keeps_young_versions_only(
         # slow's first three versions are 13 hours old, its last one 3 hours.
         assert await wf.history(slow) == [done]
         assert (await wf.lookup(slow)) == done
+
+
+async def test_a_store_file_locked_by_another_application(tmp_path: Path) -> None:
+    """Another program holding the file's write lock: opening (with its migrations) and
+    writing give StoreError after lock_timeout, naming the file; nothing stored; all works
+    once the lock is gone."""
+    import sqlite3
+
+    path = tmp_path / "locked.db"
+    async with af.SQLiteStore(path) as store:
+        await pipeline(store, af.SystemClock()).trigger("before")
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            store = af.SQLiteStore(path, lock_timeout=0.3)
+        except af.StoreError as exc:
+            assert path.name in str(exc)
+        else:
+            try:
+                wf = pipeline(store, af.SystemClock())
+                with pytest.raises(af.StoreError, match=r"lock|busy|locked"):
+                    with trio.fail_after(30):
+                        await wf.trigger("during")
+            finally:
+                await store.aclose()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    async with af.SQLiteStore(path) as store:
+        wf = pipeline(store, af.SystemClock())
+        with pytest.raises(af.RunNotFound):
+            await wf.latest("during")
+        await wf.trigger("after")
+        assert {r.foreign_id for r in await wf.list_runs()} == {"before", "after"}
