@@ -1204,3 +1204,40 @@ async def test_a_wall_clock_stepped_forward_fires_overdue_timers_soon(
     print("fired", log.fired[0].at - stepped, "after the step")
     assert log.fired[0].due == START + timedelta(hours=2)
     assert log.fired[0].at - stepped <= timedelta(minutes=1)
+
+
+async def test_delete_data_waiting_for_a_sqlite_reader_holds_virtual_time(
+    tmp_path: Path, autojump_clock: MockClock
+) -> None:
+    """delete_data truncates SQLite's write-ahead log, waiting (real time) for a reader of an
+    old snapshot. That wait let the autojump clock jump to the next deadline: a timer an
+    hour away fired before delete_data returned (seen as a flaky test under load)."""
+    import sqlite3
+    import threading
+
+    stores = Stores("sqlite", tmp_path)
+    try:
+        wall = clock()
+        log = Log(wall)
+        wf = build(stores.make(), log, af.after(timedelta(hours=1)))
+        async with af.open_workflow(wf):
+            gone = await wf.trigger("gone", initial=Box(note="secret"))
+            waiting = await wf.trigger("waiting")
+            await await_timeout_insert(wf, "waiting", waiting, S.WAIT)
+            await wf.cancel(gone, "no")
+            reader = sqlite3.connect(tmp_path / "time.db", check_same_thread=False)
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM history").fetchone()  # an old snapshot
+            release = threading.Timer(0.3, lambda: reader.execute("COMMIT"))
+            release.start()
+            try:
+                before = trio.current_time()
+                await wf.delete_data(gone, "erasure")
+                assert trio.current_time() == before  # virtual time stood still
+            finally:
+                release.join()
+                reader.close()
+            assert not log.fired
+            assert (await wf.lookup(waiting)).status is S.WAIT
+    finally:
+        await stores.aclose()
