@@ -2571,3 +2571,50 @@ async def test_trigger_in_progress_rules(
         af.RunState.DATA_DELETED,
         af.RunState.INITIATED,
     ]
+
+
+def test_connector_construction() -> None:
+    """TestConnectorConstruction: a connector is built with its name, function and options
+    (error_backoff); luno's ParallelCount has no connector counterpart here (a connector
+    handles its events in order), and asking for it is a clear BuildError."""
+    b = af.Builder("workflow X", Text, St)
+
+    async def fn(workflow: Any, event: af.ConnectorEvent) -> None:
+        return None
+
+    @b.step(St.START, to=St.END)
+    async def step(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    b.add_connector("my-test-connector", af.MemorySource([]), fn, error_backoff=timedelta(hours=6))
+    wf = b.build(af.MemoryStore())
+    assert "my-test-connector-connector-consumer" in wf.states()
+    other = af.Builder("workflow Y", Text, St)
+    other.add_step(St.START, step, to=St.END)
+    with pytest.raises(af.BuildError, match="max_concurrency"):
+        other.add_connector("c", af.MemorySource([]), fn, max_concurrency=2)
+        other.build(af.MemoryStore())
+
+
+async def test_with_parallel_count(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestWithParallelCount (and the acceptance test's ParallelCount(2)): a step runs at
+    most max_concurrency runs at once; the others wait their turn and all finish."""
+    b = af.Builder("parallel", Text, St)
+    running: list[int] = [0, 0]  # now, most
+
+    @b.step(St.START, to=St.END, max_concurrency=2)
+    async def slow(run: af.Run[Text, St]) -> St:
+        running[0] += 1
+        running[1] = max(running)
+        await trio.sleep(60)
+        running[0] -= 1
+        return St.END
+
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        ids = [await wf.trigger(f"f{i}") for i in range(6)]
+        for i, run_id in enumerate(ids):
+            await wf.await_status(f"f{i}", run_id, St.END, timeout=10 * 60)
+    assert running == [0, 2]

@@ -350,10 +350,11 @@ async def test_a_timer_due_while_no_worker_ran_fires_at_once_and_once(
 
 
 async def test_a_far_timer_then_restart_keeps_its_virtual_time(
-    stores: Stores, autojump_clock: MockClock
+    embedded: Stores, autojump_clock: MockClock
 ) -> None:
     """A year-long timer armed, the worker restarted several times on the way: the timer
     fires once, at its instant, with no store work in between proportional to the wait."""
+    stores = embedded
     wall = clock()
     log = Log(wall)
     timer = af.at(START + timedelta(days=365))
@@ -709,7 +710,9 @@ async def test_a_bad_timer_of_the_start_status_refuses_the_trigger_clearly(
 # -- cron schedules ------------------------------------------------------------------------
 
 
-def quick(store: af.Store, wall: af.Clock, name: str = "probe") -> af.Workflow[Box, S]:
+def quick(
+    store: af.Store, wall: af.Clock, name: str = "probe", **options: Any
+) -> af.Workflow[Box, S]:
     """START -(step)-> WAIT -(callback)-> CALLED: a scheduled run stays unfinished at WAIT
     until a callback finishes it."""
     b = af.Builder(name, Box, S)
@@ -722,7 +725,7 @@ def quick(store: af.Store, wall: af.Clock, name: str = "probe") -> af.Workflow[B
         return S.CALLED
 
     b.add_callback(S.WAIT, called, to=S.CALLED)
-    return b.build(store, clock=wall)
+    return b.build(store, clock=wall, **options)
 
 
 @pytest.mark.parametrize(
@@ -813,9 +816,11 @@ async def test_a_schedule_run_by_two_workers_on_one_store_fires_once_per_time(
     stores: Stores, autojump_clock: MockClock
 ) -> None:
     wall = clock()
-    store = stores.make()
-    one = quick(store, wall)
-    two = quick(stores.make(), wall)
+    # PostgreSQL: a short lease, so the second worker gets its share of the shards soon
+    # (a joining worker waits for the others to see it and drain: about 2/3 of the lease)
+    lease = {"lease": timedelta(seconds=1.5)} if stores.kind == "postgres" else {}
+    one = quick(stores.make(), wall, **lease)
+    two = quick(stores.make(), wall, **lease)
     finisher = b"done"
     async with af.open_workflow(one, two), trio.open_nursery() as nursery:
         for wf in (one, two):
@@ -894,3 +899,246 @@ async def test_a_paused_previous_run_skips_cron_times(
         nursery.cancel_scope.cancel()
     runs = await wf.list_runs(foreign_id="h")
     assert [r.created_at for r in runs] == [START + timedelta(hours=h) for h in (1, 7)]
+
+
+# -- many timers across the window; a timer due while a callback runs ----------------------
+
+
+async def test_many_timers_spread_over_a_month_each_fire_once_at_their_instant(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    """600 runs (PostgreSQL: 300) whose timers are spread over 30 days (most far beyond
+    the in-memory window, some at its edge, some at one instant), with a restart half-way."""
+    wall = clock()
+    log = Log(wall)
+    edge = [
+        timedelta(hours=1),
+        timedelta(hours=1, microseconds=1),
+        timedelta(hours=1) - (timedelta(microseconds=1)),
+    ]
+
+    def due_of(foreign_id: str) -> datetime:
+        i = int(foreign_id[1:])
+        if i < len(edge):
+            return START + edge[i]
+        if i % 50 == 0:
+            return START + timedelta(days=3)  # many at one instant
+        return START + timedelta(minutes=(i * 7919) % (30 * 24 * 60), seconds=i % 60)
+
+    def timer(run: af.Run[Box, S], now: datetime) -> datetime:
+        return due_of(run.foreign_id)
+
+    wf = build(stores.make(), log, timer, step=False)
+    runs = 300 if stores.kind == "postgres" else 600
+    results = await wf.trigger_many([{"foreign_id": f"r{i}", "start": S.WAIT} for i in range(runs)])
+    assert all(isinstance(r, str) for r in results)
+    async with af.open_workflow(wf):
+        await until(START + timedelta(days=15), wall)
+    halfway = len(log.fired)
+    wf = build(stores.make(), log, timer, step=False)
+    async with af.open_workflow(wf):
+        await until(START + timedelta(days=31), wall)
+    assert 0 < halfway < runs
+    assert len(log.fired) == len({f.run_id for f in log.fired}) == runs
+    for f in log.fired:
+        assert f.due == due_of(f.foreign_id)
+        assert f.due <= f.at <= f.due + stores.latency, (f.foreign_id, f.due, f.at)
+
+
+async def test_a_timer_due_while_a_callback_runs_loses_to_it_without_a_trace(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    wall = clock()
+    fired: list[str] = []
+    gate = trio.Event()
+    entered = trio.Event()
+    b = af.Builder("probe", Box, S)
+
+    @b.step(S.START, to=S.WAIT)
+    async def begin(run: af.Run[Box, S]) -> S:
+        return S.WAIT
+
+    async def slow(run: af.Run[Box, S], payload: bytes) -> S:
+        entered.set()
+        await gate.wait()
+        return S.CALLED
+
+    async def timed_out(run: af.Run[Box, S], now: datetime) -> S:
+        fired.append(run.run_id)
+        return S.TIMED_OUT
+
+    b.add_callback(S.WAIT, slow, to=S.CALLED)
+    b.add_timeout(S.WAIT, af.after(timedelta(minutes=1)), timed_out, to=S.TIMED_OUT)
+    wf = b.build(stores.make(), clock=wall)
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        run_id = await wf.trigger("slow")
+        await await_timeout_insert(wf, "slow", run_id, S.WAIT)
+        answer: list[af.Record[Box, S] | None] = []
+
+        async def call() -> None:
+            answer.append(await wf.callback("slow", S.WAIT, b""))
+
+        nursery.start_soon(call)
+        await entered.wait()
+        await trio.sleep(3600)  # the timer came due while the callback ran
+        gate.set()
+        done = await wf.await_status("slow", run_id, S.CALLED)
+        await trio.sleep(3600)
+    assert answer == [done] or answer == [None]
+    history = [r.status for r in await wf.history(run_id)]
+    if answer == [done]:
+        assert history == [S.START, S.WAIT, S.CALLED] and not fired
+    else:
+        assert history == [S.START, S.WAIT, S.TIMED_OUT] and fired == [run_id]
+
+
+async def test_a_skipping_timeout_paused_then_resumed_and_a_cancel_before_the_auto_resume(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    wall = clock()
+    calls: list[tuple[str, datetime, datetime]] = []
+    b = af.Builder("probe", Box, S)
+
+    @b.step(S.START, to=S.WAIT)
+    async def begin(run: af.Run[Box, S]) -> S:
+        return S.WAIT
+
+    async def not_yet(run: af.Run[Box, S], now: datetime) -> Any:
+        calls.append((run.foreign_id, now, wall.now()))
+        if sum(1 for c in calls if c[0] == run.foreign_id) < 3:
+            return run.skip()
+        return S.TIMED_OUT
+
+    b.add_timeout(
+        S.WAIT,
+        af.after(timedelta(hours=1)),
+        not_yet,
+        to=S.TIMED_OUT,
+        error_backoff=timedelta(minutes=15),
+    )
+    wf = b.build(stores.make(), clock=wall, resume_paused_after=timedelta(hours=1))
+    due = START + timedelta(hours=1)
+    async with af.open_workflow(wf):
+        snoozed = await wf.trigger("snoozed")
+        dropped = await wf.trigger("dropped")
+        await await_timeout_insert(wf, "dropped", dropped, S.WAIT)
+        await until(due - timedelta(minutes=30), wall)
+        await wf.pause(dropped, "hold")  # its timer comes due while it is paused
+        await until(due + timedelta(minutes=5), wall)  # "snoozed" skipped once
+        await wf.pause(snoozed, "hold")
+        await until(due + timedelta(minutes=20), wall)
+        await wf.cancel(dropped, "drop")  # before its automatic resume at due + 30 min
+        done = await wf.await_status("snoozed", snoozed, S.TIMED_OUT)
+        await trio.sleep(DAY)
+    mine = [(now, at) for fid, now, at in calls if fid == "snoozed"]
+    assert [now for now, _ in mine] == [due] * 3  # `now` is when the timer was due
+    assert mine[0][1] == due
+    resumed = next(
+        r.updated_at
+        for r in await wf.history(snoozed)
+        if r.run_state is af.RunState.RUNNING and r.updated_at > due
+    )
+    # auto-resumed an hour after the pause, the overdue timer fired at once, skipped, and
+    # fired again after its back-off
+    assert resumed == due + timedelta(minutes=5, hours=1)
+    assert mine[1][1] == resumed
+    assert mine[2][1] == resumed + timedelta(minutes=15) == done.updated_at
+    assert not [c for c in calls if c[0] == "dropped"]
+    history = await wf.history(dropped)
+    assert [r.run_state for r in history][-2:] == [af.RunState.PAUSED, af.RunState.CANCELLED]
+
+
+async def test_a_restarted_postgres_worker_takes_its_shards_back_within_a_second(
+    tmp_path: Path, autojump_clock: MockClock
+) -> None:
+    """A clean exit blocks its released leases for a moment (EXIT_HOLD, real time); the
+    restarted worker ticked again only after a whole renewal interval (3.3 s), so every
+    restart on PostgreSQL left it idle for seconds. It now ticks every SHORT_TICK while it
+    holds less than its fair share."""
+    if not PG_DSN:
+        pytest.skip("ACTORFLOW_PG_DSN not set")
+    stores = Stores("postgres", tmp_path)
+    try:
+        wall = clock()
+        log = Log(wall)
+        timer = af.after(timedelta(hours=1))
+        for i in range(3):
+            wf = build(stores.make(), log, timer)
+            started = time.perf_counter()
+            async with af.open_workflow(wf):
+                run_id = await wf.trigger(f"r{i}")
+                await wf.await_status(f"r{i}", run_id, S.TIMED_OUT)
+            seconds = time.perf_counter() - started
+            print(f"restart {i}: {seconds:.2f} s real until the timeout fired")
+            if i:
+                assert seconds < 2.5, f"restart {i} took {seconds:.2f} s of real time"
+    finally:
+        await stores.aclose()
+
+
+async def test_a_stop_at_the_instant_timers_come_due_fires_each_once_overall(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    wall = clock()
+    log = Log(wall)
+    due = START + timedelta(hours=2)
+    wf = build(stores.make(), log, af.at(due))
+    ids = {}
+    async with af.open_workflow(wf):
+        for i in range(20):
+            ids[f"s{i}"] = await wf.trigger(f"s{i}")
+        for fid, run_id in ids.items():
+            await await_timeout_insert(wf, fid, run_id, S.WAIT)
+        await until(due, wall)
+        wf.stop()  # at the instant they are due: some may fire, the rest wait
+    before = len(log.fired)
+    wf = build(stores.make(), log, af.at(due))
+    async with af.open_workflow(wf):
+        for fid, run_id in ids.items():
+            await wf.await_status(fid, run_id, S.TIMED_OUT)
+        await trio.sleep(DAY)
+    assert len(log.fired) == 20, (before, len(log.fired))
+    assert {f.run_id for f in log.fired} == set(ids.values())
+    for run_id in ids.values():
+        assert [r.status for r in await wf.history(run_id)] == [S.START, S.WAIT, S.TIMED_OUT]
+
+
+async def test_a_timeout_interrupted_by_a_pause_fires_again_on_resume_with_its_due_time(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    wall = clock()
+    calls: list[tuple[datetime, datetime]] = []
+    gate = trio.Event()
+    b = af.Builder("probe", Box, S)
+
+    @b.step(S.START, to=S.WAIT)
+    async def begin(run: af.Run[Box, S]) -> S:
+        return S.WAIT
+
+    async def slow(run: af.Run[Box, S], now: datetime) -> S:
+        calls.append((now, wall.now()))
+        if len(calls) == 1:
+            gate.set()
+            await trio.sleep_forever()
+        run.object.note = "timed out"
+        return S.TIMED_OUT
+
+    b.add_timeout(S.WAIT, af.after(timedelta(hours=1)), slow, to=S.TIMED_OUT)
+    wf = b.build(stores.make(), clock=wall, resume_paused_after=None)
+    due = START + timedelta(hours=1)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("p")
+        await gate.wait()
+        # the pause gives the function in flight the grace period (10 s), then interrupts it
+        await wf.pause(run_id, "while it ran")
+        assert wall.now() == due + timedelta(seconds=10)
+        await trio.sleep(DAY)
+        assert len(calls) == 1
+        resumed_at = wall.now()
+        await wf.resume(run_id)
+        done = await wf.await_status("p", run_id, S.TIMED_OUT)
+    assert [now for now, _ in calls] == [due, due]
+    assert calls[1][1] == done.updated_at == resumed_at
+    assert done.object.note == "timed out"
+    states = [r.run_state for r in await wf.history(run_id)]
+    assert states.count(af.RunState.PAUSED) == 1

@@ -51,11 +51,26 @@ class Control(WorkflowCore[T, S]):
             try:
                 if raw.meta.definition != self._engine.fingerprint:
                     raw = await upgrade(self._engine, raw)  # migrated as it loads
-                _, _, value = await op(raw)
+                new, timers, value = await op(raw)
             except VersionConflict:
                 continue
+            if new is not None:
+                self._stored_directly(run_id, timers)
             return value
         raise StoreError(f"workflow {self.name!r} run {run_id} kept changing; try again")
+
+    def _stored_directly(self, run_id: str, timers: list[Timer] | None) -> None:
+        """A change this process stored on the store directly: wake the run here if this
+        process works on it after all. Its shard may have arrived while the change was
+        made, after the recovery that follows a gain had read the run; the store counts
+        the write as the owner's own (no notification, not in this process's tail), so
+        nobody else would ever look at the run again."""
+        supervisor = self._local_supervisor()
+        if supervisor is None:
+            return
+        if timers is not None:
+            supervisor.wake_for_timers(run_id, timers)
+        supervisor.wake_now(run_id)
 
     async def callback(self, foreign_id: str, status: S, payload: bytes) -> Record[T, S] | None:
         """Hand ``payload`` to the callback of the latest run of ``foreign_id`` at ``status``.

@@ -155,6 +155,10 @@ class EventLog:
         self._log_key = log_key
         self._origin = origin
 
+    def __repr__(self) -> str:
+        """As the store's (the listener's and follower's log lines name it)."""
+        return f"PostgresStore({self._db.where}, schema={self._db.schema!r})"
+
     def bound(self, conn: _Conn) -> int:
         """Wait out the writes in flight; every event id up to the result is final."""
         row = conn.execute(self._q.events_bound, [self._log_key]).fetchone()

@@ -183,6 +183,18 @@ MIGRATIONS: list[Migration] = [
             "ALTER TABLE {s}.history ADD COLUMN shard_key bigint",
         ),
     ),
+    Migration(
+        6,
+        "statuses as bigint: every IntEnum value a workflow may have (up to 2**63 - 1)",
+        (
+            # The builder accepts status values up to a signed 64-bit integer, as SQLite
+            # and MemoryStore store them; integer columns refused those beyond 2**31 - 1.
+            # Rewrites the three tables (once, at the first open of this version).
+            "ALTER TABLE {s}.runs ALTER COLUMN status TYPE bigint",
+            "ALTER TABLE {s}.history ALTER COLUMN status TYPE bigint",
+            "ALTER TABLE {s}.timers ALTER COLUMN status TYPE bigint",
+        ),
+    ),
 ]
 
 
@@ -367,7 +379,7 @@ _EVENT_COLUMNS = "id, workflow_name, foreign_id, run_id, status, run_state, vers
 
 # Timers arrive as five parallel arrays, so any number of them is one parameter each.
 _UNNEST_TIMERS = (
-    "unnest(%(t_workflow)s::text[], %(t_run)s::text[], %(t_status)s::int4[], "
+    "unnest(%(t_workflow)s::text[], %(t_run)s::text[], %(t_status)s::int8[], "
     "%(t_kind)s::text[], %(t_fire)s::timestamptz[]) AS t(workflow_name, run_id, status, kind, "
     "fire_at)"
 )
@@ -375,7 +387,7 @@ _UNNEST_TIMERS = (
 _HISTORY_INSERT = """
 INSERT INTO {s}.history (run_id, version, workflow_name, foreign_id, status, run_state,
                          object, created_at, updated_at, meta, writer, origin, shard_key)
-SELECT %(run_id)s, %(version)s::int4, %(workflow_name)s, %(foreign_id)s, %(status)s::int4,
+SELECT %(run_id)s, %(version)s::int4, %(workflow_name)s, %(foreign_id)s, %(status)s::int8,
        %(run_state)s::int2, %(object)s, %(created_at)s, %(updated_at)s, %(meta)s,
        %(writer)s::uuid, %(origin)s::uuid, %(shard_key)s::int8
   FROM log_lock
@@ -395,7 +407,7 @@ def _create_run(with_timers: bool, notify: bool) -> str:
         f"""
         WITH ins AS (
             INSERT INTO {{s}}.runs ({_RUN_COLUMNS})
-            VALUES (%(workflow_name)s, %(foreign_id)s, %(run_id)s, %(status)s::int4,
+            VALUES (%(workflow_name)s, %(foreign_id)s, %(run_id)s, %(status)s::int8,
                     %(run_state)s::int2, %(object)s, %(version)s::int4, %(created_at)s,
                     %(updated_at)s, %(meta)s)
             ON CONFLICT (workflow_name, foreign_id) WHERE run_state IN ({_UNFINISHED})
@@ -427,7 +439,7 @@ def _commit(timers: str, scrub: bool, notify: bool) -> str:
         """
         WITH upd AS (
             UPDATE {s}.runs
-               SET status = %(status)s::int4, run_state = %(run_state)s::int2,
+               SET status = %(status)s::int8, run_state = %(run_state)s::int2,
                    object = %(object)s, version = %(version)s::int4,
                    updated_at = %(updated_at)s, meta = %(meta)s
              WHERE run_id = %(run_id)s AND workflow_name = %(workflow_name)s
@@ -646,7 +658,7 @@ class Queries:
         if prefix:
             where.append("starts_with(foreign_id, %(foreign_id_prefix)s::text)")
         if status:
-            where.append("status = ANY(%(status)s::int4[])")
+            where.append("status = ANY(%(status)s::int8[])")
         if run_state:
             where.append("run_state = ANY(%(run_state)s::int2[])")
         if created_after:

@@ -78,6 +78,11 @@ WARN_EVERY = 30.0
 EXIT_HOLD = 0.5
 """Seconds a cleanly exiting worker keeps its released leases blocked, for the database
 writes of steps cancelled with it to land first."""
+SHORT_TICK = 0.25
+"""Seconds between two ticks of a worker that holds less than its fair share (at most
+``renew_every``): leases another worker released come free EXIT_HOLD after its exit (a
+restart) or after its drain, and waiting a whole renewal interval for them kept a
+restarted worker idle for seconds."""
 
 
 def shard_of(run_id: str, shards: int) -> int:
@@ -125,6 +130,9 @@ class LeaseBook:
         """Held shards and the local time up to which this worker may act on each."""
         self.epochs: dict[int, int] = {}
         self.releasing: set[int] = set()
+        self.gains = 0
+        """How many renewals gained shards so far (a read of the shards held can tell
+        whether shards were gained while it was under way)."""
 
     def owns(self, shard: int, now: float) -> bool:
         until = self.until.get(shard)
@@ -147,6 +155,8 @@ class LeaseBook:
                 continue
             self.until[shard] = until
             self.epochs[shard] = epoch
+        if gained:
+            self.gains += 1
         return sorted(gained), sorted(lost)
 
     def expire(self, now: float) -> list[int]:
@@ -382,11 +392,21 @@ class ShardOwnership:
         return self.book.held(realtime.now())
 
     async def owned_events(self, after: int, limit: int) -> tuple[list[Event], int]:
-        """The OwnedEvents capability: other processes' events of the shards held now."""
-        held = self.held()
-        return await self.store.log.owned_events(
-            self.workflow_name, self.shards, held, after, limit
-        )
+        """The OwnedEvents capability: other processes' events of the shards held now.
+
+        Read again when shards were gained while the read was under way: the position it
+        returns covers events committed up to its end, but only for the shards held at its
+        start, and the recovery that followed the gain may have read the gained shards'
+        runs before those events committed. Skipping them would leave such a run (a
+        callback stored by another process as the shard moved) unnoticed for good."""
+        while True:
+            gains = self.book.gains
+            held = self.held()
+            events, position = await self.store.log.owned_events(
+                self.workflow_name, self.shards, held, after, limit
+            )
+            if self.book.gains == gains:
+                return events, position
 
     async def serve(
         self,
@@ -524,7 +544,7 @@ class ShardOwnership:
     async def _heartbeat(self, on_change: Callable[[], None], nursery: trio.Nursery) -> None:
         timings = self.timings
         failures = 0
-        next_tick = realtime.now() + timings.renew_every
+        next_tick = realtime.now() + self._tick_interval()
         while True:
             await realtime.sleep_until(next_tick)
             started = realtime.now()
@@ -554,7 +574,7 @@ class ShardOwnership:
                     self.held(),
                 )
             failures = 0
-            next_tick = started + timings.renew_every
+            next_tick = started + self._tick_interval()
             if lost:
                 log.warning(
                     "workflow %r: worker %s lost shards %s (taken over after its lease expired)",
@@ -576,6 +596,13 @@ class ShardOwnership:
                 nursery.start_soon(self._release, extras)
             if gained or lost or extras:
                 on_change()
+
+    def _tick_interval(self) -> float:
+        """Seconds to the next tick: the renewal interval, shorter while this worker
+        holds less than its fair share (see SHORT_TICK)."""
+        if len(self.held()) < self.target:
+            return min(SHORT_TICK, self.timings.renew_every)
+        return self.timings.renew_every
 
     async def _release(self, shards: list[int]) -> None:
         """Give ``shards`` up: already not owned locally; drain, then free them."""
