@@ -362,6 +362,8 @@ ODD_IDS = [
     "--",
     "\t\n",
     "z" * 512,
+    "🙂" * 384,  # 1536 bytes of UTF-8: the longest id, in an index key
+    "\U0010ffff" * 383 + "b",
     "\U0010ffff",
     "\ufeff",
     "a%",
@@ -392,9 +394,13 @@ async def test_odd_foreign_ids_are_kept_apart(stores: Stores, autojump_clock: Mo
     ]
     assert [r.foreign_id for r in await wf.list_runs(foreign_id_prefix="_")] == ["_"]
     assert [r.foreign_id for r in await wf.list_runs(foreign_id_prefix="\\")] == ["\\"]
-    assert [r.foreign_id for r in await wf.list_runs(foreign_id_prefix="🙂")] == ["🙂" * 100]
-    assert [r.foreign_id for r in await wf.list_runs(foreign_id_prefix="\U0010ffff")] == [
-        "\U0010ffff"
+    assert sorted(r.foreign_id for r in await wf.list_runs(foreign_id_prefix="🙂")) == [
+        "🙂" * 100,
+        "🙂" * 384,
+    ]
+    assert sorted(r.foreign_id for r in await wf.list_runs(foreign_id_prefix="\U0010ffff")) == [
+        "\U0010ffff",
+        "\U0010ffff" * 383 + "b",
     ]
     # A sequence with duplicates and unknown ids.
     found = await wf.list_runs(foreign_id=["%", "%", "nobody", "_"], limit=10)
@@ -402,7 +408,7 @@ async def test_odd_foreign_ids_are_kept_apart(stores: Stores, autojump_clock: Mo
     assert await wf.list_runs(foreign_id=[]) == []
     assert await wf.count_runs(foreign_id=[]) == {}
     # Over-long and empty ids are refused the same way everywhere.
-    for bad in ("z" * 513, ""):
+    for bad in ("z" * 513, "", "🙂" * 385):
         with pytest.raises(af.InvalidArgument):
             await wf.trigger(bad)
         with pytest.raises(af.InvalidArgument):
@@ -1140,6 +1146,25 @@ async def test_concurrent_triggers_from_two_store_handles(
             nursery.start_soon(go, first if i % 2 else second)
     assert len(ok) == 1 and len(refused) == 39
     assert len(await second.list_runs(foreign_id="race")) == 2
+    # trigger and trigger_many (with the id twice in one batch) racing on both handles.
+    await first.cancel(ok[0], "done")
+    ok.clear()
+    refused.clear()
+
+    async def go_many(wf: af.Workflow[Doc, St]) -> None:
+        for result in await wf.trigger_many(["race", "other", "race"]):
+            if isinstance(result, str):
+                ok.append(result)
+            else:
+                assert isinstance(result, af.WorkflowInProgress), result
+                refused.append(1)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(go_many if i % 3 else go, first if i % 2 else second)
+    runs = await first.list_runs(foreign_id=["race", "other"], limit=100)
+    assert len(runs) == 3 + 1  # two finished races, one new race, one other
+    assert sorted(ok) == sorted(r.run_id for r in runs[-2:])
 
 
 async def test_trigger_many_with_duplicates_and_bad_items(
@@ -1442,3 +1467,169 @@ async def test_the_longest_durations_allowed_work(
         assert (await wf.lookup(ids["fail"])).version == 1
         assert (await wf.lookup(lag)).status is St.WORKING
     assert not [r for r in caplog.records if "actor failed" in r.getMessage()]
+
+
+async def test_a_step_changing_its_record_changes_nothing_stored(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    clock = trio_clock(START)
+
+    async def meddles(run: af.Run[Doc, St]) -> St:
+        run.record.object.tags.append("via the record")
+        run.record.object.text = "via the record"
+        return St.WAITING
+
+    wf = pipeline(make_store(), clock, working=meddles)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        rec = await wf.await_status("f", run_id, St.WAITING)
+    assert rec.object == Doc(text="secret of f", n=1)
+    assert all("via the record" not in repr(r.object) for r in await wf.history(run_id))
+
+
+DELETING_CHILD = """
+import sys
+import trio
+import actorflow as af
+from tests.test_adversarial_probe import Doc, pipeline
+
+async def main(path):
+    async with af.SQLiteStore(path) as store:
+        wf = pipeline(store, af.SystemClock())
+        ids = await wf.trigger_many(
+            [{"foreign_id": f"f{i}", "initial": Doc(text=f"secret-{i:03}-x")} for i in range(300)]
+        )
+        for run_id in ids:
+            await wf.cancel(run_id, "done")
+        print("ready", flush=True)
+        async with af.open_workflow(wf):
+            for i, run_id in enumerate(ids):
+                await wf.delete_data(run_id, "erasure")
+                print(f"deleted {i}", flush=True)
+
+trio.run(main, sys.argv[1])
+"""
+
+
+async def test_kill_9_while_deleting_data_then_restart(
+    tmp_path: Path, autojump_clock: MockClock
+) -> None:
+    """SIGKILL while delete_data calls go on: after a restart every deletion that was
+    acknowledged is DATA_DELETED with no copy of the object in the file or its WAL, a
+    deletion in flight finishes or never started, and no other run lost its object."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.fresh_python import ROOT
+
+    path = tmp_path / "deleting.db"
+    script = tmp_path / "child.py"
+    script.write_text(DELETING_CHILD)
+    seen: list[str] = []
+
+    def run_child() -> None:
+        child = subprocess.Popen(
+            [sys.executable, str(script), str(path)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None
+        try:
+            for line in child.stdout:
+                seen.append(line.strip())
+                if sum(s.startswith("deleted ") for s in seen) >= 20:
+                    os.kill(child.pid, signal.SIGKILL)
+                    break
+            else:
+                raise AssertionError(f"child ended: {seen} {child.stderr and child.stderr.read()}")
+        finally:
+            child.kill()
+            child.wait(timeout=30)
+
+    await trio.to_thread.run_sync(run_child)
+    acknowledged = {int(s.split()[1]) for s in seen if s.startswith("deleted ")}
+    clock = trio_clock(START)
+    async with af.SQLiteStore(path) as store:
+        wf = pipeline(store, clock)
+        async with af.open_workflow(wf):
+            for i in range(300):
+                rec = await wf.latest(f"f{i}")
+                if i in acknowledged or rec.run_state is not af.RunState.CANCELLED:
+                    rec = await _await_run_state(wf, rec.run_id, af.RunState.DATA_DELETED)
+                    assert rec.object == Doc()
+                    assert all(r.object == Doc() for r in await wf.history(rec.run_id))
+                else:
+                    assert rec.object == Doc(text=f"secret-{i:03}-x")
+            # Once more after the restart, so the WAL is checkpointed after the last scrub.
+            await wf.delete_data((await wf.latest("f0")).run_id, "again")
+    data = path.read_bytes() + (
+        path.with_name(path.name + "-wal").read_bytes()
+        if path.with_name(path.name + "-wal").exists()
+        else b""
+    )
+    for i in acknowledged:
+        assert f"secret-{i:03}-x".encode() not in data
+    assert b"secret-299-x" in data  # never deleted: still there
+
+
+async def test_retention_keep_for_keeps_young_versions_only(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    clock = trio_clock(START)
+    retention = af.Retention(
+        keep_for=timedelta(hours=5), after_finish=timedelta(hours=1), every=timedelta(hours=1)
+    )
+    wf = pipeline(stores.open(), clock, history_retention=retention)
+    async with af.open_workflow(wf):
+        slow = await wf.trigger("slow")
+        await wf.await_status("slow", slow, St.WAITING)
+        quick = await finish(wf, "quick")
+        quick_history = await wf.history(quick)
+        await trio.sleep(10 * 3600)
+        done = await wf.callback("slow", St.WAITING, b"late")
+        assert done is not None
+        # quick finished 10 hours ago: only its latest version is left.
+        assert await wf.history(quick) == quick_history[-1:]
+        await trio.sleep(3 * 3600)
+        # slow's first three versions are 13 hours old, its last one 3 hours.
+        assert await wf.history(slow) == [done]
+        assert (await wf.lookup(slow)) == done
+
+
+async def test_a_store_file_locked_by_another_application(tmp_path: Path) -> None:
+    """Another program holding the file's write lock: opening (with its migrations) and
+    writing give StoreError after lock_timeout, naming the file; nothing stored; all works
+    once the lock is gone."""
+    import sqlite3
+
+    path = tmp_path / "locked.db"
+    async with af.SQLiteStore(path) as store:
+        await pipeline(store, af.SystemClock()).trigger("before")
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            store = af.SQLiteStore(path, lock_timeout=0.3)
+        except af.StoreError as exc:
+            assert path.name in str(exc)
+        else:
+            try:
+                wf = pipeline(store, af.SystemClock())
+                with pytest.raises(af.StoreError, match=r"lock|busy|locked"):
+                    with trio.fail_after(30):
+                        await wf.trigger("during")
+            finally:
+                await store.aclose()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    async with af.SQLiteStore(path) as store:
+        wf = pipeline(store, af.SystemClock())
+        with pytest.raises(af.RunNotFound):
+            await wf.latest("during")
+        await wf.trigger("after")
+        assert {r.foreign_id for r in await wf.list_runs()} == {"before", "after"}

@@ -35,6 +35,7 @@ from actorflow.streaming import (
     ConnectorEvent,
     StreamSource,
     connector_stats,
+    relay_stats,
 )
 from tests.streaming.conftest import KAFKA_BOOTSTRAP, REDIS_URL, drop_redis_keys, event
 
@@ -623,8 +624,6 @@ async def _stored_history() -> tuple[af.MemoryStore, list[str]]:
 async def test_a_relay_cancelled_anywhere_publishes_everything_in_order(
     rstreamer: af.RedisStreamer,
 ) -> None:
-    from actorflow.streaming import relay_stats
-
     for k in range(1, 2000, 3):
         store, expected = await _stored_history()
         streamer = af.RedisStreamer(REDIS_URL or "", prefix=f"{rstreamer.prefix}{k}:")
@@ -906,3 +905,91 @@ async def test_hostile_subscription_filters_are_refused_or_match_literally(
             await ws.send_message('{"id": "q", "op": "ping"}')
             assert json.loads(await ws.get_message())["ok"] is True
     await until(lambda: not wf.store.feed.has_subscribers)
+
+
+@kafka
+async def test_a_kafka_connector_survives_a_broker_restart_and_gets_what_follows() -> None:
+    from tests.streaming.test_kafka import PrivateTansu, _tansu_binary
+
+    if _tansu_binary() is None:
+        pytest.skip("Tansu is not installed: a broker restart under a connector was NOT tested")
+    broker = PrivateTansu()
+    await broker.start()
+    try:
+        streamer = af.KafkaStreamer(
+            broker.bootstrap,
+            session_timeout=timedelta(seconds=1),
+            heartbeat_interval=timedelta(milliseconds=250),
+            connect_timeout=timedelta(seconds=2),
+            delivery_timeout=timedelta(seconds=1),
+            poll_interval=timedelta(milliseconds=50),
+            join_timeout=timedelta(seconds=10),
+            client_config={"log_level": 0},
+        )
+        store = af.MemoryStore()
+        producer = producer_workflow(store, streamer=streamer, default_options=FAST)
+        seen = Seen()
+        consumer = consumer_workflow(store, streamer.source("producer"), seen)
+        async with af.open_workflow(producer, consumer):
+            await producer.trigger("before")
+            await seen.wait_for(2, WAIT * 2)
+            await broker.kill()
+            await producer.trigger("during")  # held in the outbox while the broker is down
+            relay = relay_stats(producer)
+            await until(lambda: relay.errors >= 1, WAIT * 2)
+            await broker.start()  # empty: memory storage, so the group's offsets are gone
+            await producer.trigger("after")
+            with trio.fail_after(WAIT * 3):
+                while not all(
+                    [e.foreign_id for e in seen.events].count(f) >= 2 for f in ("during", "after")
+                ):
+                    await seen.changed.wait()
+        assert "StreamError" in relay.last_error
+    finally:
+        await broker.kill()
+
+
+@redis
+@pytest.mark.parametrize("start", ["earliest", "latest"])
+async def test_redis_stream_deleted_and_refilled_at_once_loses_nothing_new(
+    rstreamer: af.RedisStreamer, start: Any
+) -> None:
+    """The stream (and so the group) vanishes and new entries arrive before the connector
+    looks again: the group created anew must not skip them, whatever ``start`` said the
+    first time."""
+    seen = Seen()
+    wf = consumer_workflow(af.MemoryStore(), StreamSource(rstreamer, "feed", start=start), seen)
+    key = rstreamer.key("feed")
+    async with af.open_workflow(wf):
+        # the group exists once the connector has opened: wait for one event through it
+        async with rstreamer.open_sender("feed") as sender:
+            for attempt in itertools.count():
+                await sender.send(event(100 + attempt, "feed"))
+                with trio.move_on_after(0.2):
+                    await seen.wait_for(1)
+                if seen.events:
+                    break
+        async with raw_redis() as client, client.pipeline(transaction=True) as pipe:
+            pipe.delete([key])
+            for n in range(3):
+                pipe.xadd(key, _redis_fields(event(n, "feed")))
+        await seen.wait_for(4)
+    assert seen.ids[1:] == [f"feed-{n}" for n in range(3)]
+
+
+@redis
+async def test_a_redis_group_that_vanished_is_created_again_at_the_first_entry(
+    rstreamer: af.RedisStreamer,
+) -> None:
+    key = rstreamer.key("feed")
+    async with rstreamer.open_receiver("feed", "g", start="latest") as receiver:
+        with trio.move_on_after(0.05):
+            await receiver.receive()  # nothing yet
+    async with raw_redis() as client, client.pipeline(transaction=True) as pipe:
+        pipe.delete([key])
+        for n in range(2):
+            pipe.xadd(key, _redis_fields(event(n, "feed")))
+    async with rstreamer.open_receiver("feed", "g", start="latest") as receiver:
+        with trio.fail_after(WAIT):
+            got = [await receiver.receive(), await receiver.receive()]
+    assert [e.id for e in got] == ["feed-0", "feed-1"]

@@ -78,6 +78,11 @@ WARN_EVERY = 30.0
 EXIT_HOLD = 0.5
 """Seconds a cleanly exiting worker keeps its released leases blocked, for the database
 writes of steps cancelled with it to land first."""
+SHORT_TICK = 0.25
+"""Seconds between two ticks of a worker that holds less than its fair share (at most
+``renew_every``): leases another worker released come free EXIT_HOLD after its exit (a
+restart) or after its drain, and waiting a whole renewal interval for them kept a
+restarted worker idle for seconds."""
 
 
 def shard_of(run_id: str, shards: int) -> int:
@@ -539,7 +544,7 @@ class ShardOwnership:
     async def _heartbeat(self, on_change: Callable[[], None], nursery: trio.Nursery) -> None:
         timings = self.timings
         failures = 0
-        next_tick = realtime.now() + timings.renew_every
+        next_tick = realtime.now() + self._tick_interval()
         while True:
             await realtime.sleep_until(next_tick)
             started = realtime.now()
@@ -569,7 +574,7 @@ class ShardOwnership:
                     self.held(),
                 )
             failures = 0
-            next_tick = started + timings.renew_every
+            next_tick = started + self._tick_interval()
             if lost:
                 log.warning(
                     "workflow %r: worker %s lost shards %s (taken over after its lease expired)",
@@ -591,6 +596,13 @@ class ShardOwnership:
                 nursery.start_soon(self._release, extras)
             if gained or lost or extras:
                 on_change()
+
+    def _tick_interval(self) -> float:
+        """Seconds to the next tick: the renewal interval, shorter while this worker
+        holds less than its fair share (see SHORT_TICK)."""
+        if len(self.held()) < self.target:
+            return min(SHORT_TICK, self.timings.renew_every)
+        return self.timings.renew_every
 
     async def _release(self, shards: list[int]) -> None:
         """Give ``shards`` up: already not owned locally; drain, then free them."""
