@@ -103,6 +103,15 @@ class Builder(Generic[T, S]):
             raise BuildError(
                 f"workflow {name!r}: status_type must be an IntEnum, not {status_type!r}"
             )
+        for member_name in status_type.__members__:
+            if not is_valid_text(member_name) or "\x00" in member_name:
+                # Names are stored with each version (its status description) and shown
+                # by graph(), the gateway and the console: PostgreSQL's jsonb, SQLite and
+                # every JSON reader refuse these.
+                raise BuildError(
+                    f"workflow {name!r}: status name {member_name!r} of "
+                    f"{status_type.__name__} must be valid text without NUL characters"
+                )
         for member in status_type:
             if not INT64_MIN <= member.value <= INT64_MAX:
                 raise BuildError(
@@ -177,10 +186,18 @@ class Builder(Generic[T, S]):
 
     def add_connector(self, name: str, source: Any, fn: Callable[..., Any], **options: Any) -> None:
         """``async def fn(workflow, event)`` for every event of ``source`` (at least once)."""
-        if not isinstance(name, str) or not name or not is_valid_text(name) or "\x00" in name:
+        if (
+            not isinstance(name, str)
+            or not name
+            or len(name) > 200
+            or not is_valid_text(name)
+            or "\x00" in name
+        ):
+            # At most 200 characters, as workflow names: its durable cursor is keyed by
+            # both, and PostgreSQL indexes keys of at most 2704 bytes.
             raise BuildError(
                 f"workflow {self.name!r}: connector name must be a non-empty string of valid "
-                f"text (no NUL), not {name!r}"
+                f"text (no NUL) of at most 200 characters, not {name!r}"
             )
         self._check_fn(fn, "connector")
         check_options_for("connector", options, f"workflow {self.name!r}: connector {name!r}")

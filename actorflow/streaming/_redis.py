@@ -195,6 +195,10 @@ class RedisStreamer:
         self.block = block
         self.batch = batch
         self.maxlen = maxlen
+        self._opened: set[tuple[bytes, str]] = set()
+        """(stream, group) pairs this streamer has opened a receiver of: if such a group
+        vanishes (the stream deleted, Redis flushed), it is created again at the first
+        entry, whatever ``start`` says, so what was added since is not skipped."""
 
     def __repr__(self) -> str:
         return f"RedisStreamer({_redacted(self.url)!r}, prefix={self.prefix!r})"
@@ -271,12 +275,24 @@ class RedisStreamer:
         consumer = check_topic(consumer, "consumer")
         start = check_start(start)
         member = consumer if member is None else check_topic(member, "member")
+        again = (key, consumer) in self._opened
         async with self._open_client() as client:
             exists = self._coredis.exceptions.StreamDuplicateConsumerGroupError
             with self._errors("XGROUP CREATE"), suppress(exists):
                 await client.xgroup_create(
-                    key, consumer, identifier="0" if start == "earliest" else "$", mkstream=True
+                    key,
+                    consumer,
+                    identifier="0" if start == "earliest" or again else "$",
+                    mkstream=True,
                 )
+                if again:
+                    log.warning(
+                        "Redis stream %s: consumer group %s had vanished (the stream was "
+                        "deleted or Redis lost its data); created it again at the first entry",
+                        key.decode(errors="replace"),
+                        consumer,
+                    )
+            self._opened.add((key, consumer))
             yield _RedisReceiver(self, client, key, consumer, member)
 
 

@@ -21,7 +21,11 @@ class StreamSource:
     """Consume ``topic`` of ``streamer`` from a connector.
 
     The streamer keeps the cursor of each consumer name (the connector passes its own
-    name), so the connector's ``after`` is not needed and is ignored.
+    name), so the connector's ``after`` is not needed as a position. It still tells that
+    the name is not new: once the connector has handled an event, ``start="latest"`` no
+    longer applies, so a cursor the platform lost (a stream deleted, Redis flushed, a
+    broker emptied) starts again at the oldest event there, and the events that arrived
+    since are delivered rather than skipped.
     """
 
     def __init__(self, streamer: EventStreamer, topic: str, *, start: Start = "earliest") -> None:
@@ -36,7 +40,8 @@ class StreamSource:
 
     def open(self, consumer: str, after: str | None) -> AbstractAsyncContextManager[EventReceiver]:
         """The streamer's receiver of the topic for ``consumer``."""
-        return self.streamer.open_receiver(self.topic, consumer, start=self.start)
+        start: Start = "earliest" if after is not None else self.start
+        return self.streamer.open_receiver(self.topic, consumer, start=start)
 
     async def check_reachable(self) -> None:
         """Check that the streamer's platform answers (when the streamer can tell)."""

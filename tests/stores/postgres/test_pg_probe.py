@@ -256,6 +256,27 @@ async def test_status_values_up_to_64_bits_work_as_on_every_store(
     assert counts, counts
 
 
+def test_status_names_no_store_can_hold_are_refused_at_build() -> None:
+    """Status names are stored with every version (its status description): a NUL or a
+    lone surrogate in one once worked on MemoryStore and failed every trigger on
+    PostgreSQL (jsonb refuses them). Refused by the builder, whatever the store."""
+    for names in ({"A\x00B": 1, "C": 2}, {"A": 1, "C\ud800": 2}):
+        with pytest.raises(af.BuildError, match="status name"):
+            af.Builder("odd", Box, enum.IntEnum("Odd", names))  # type: ignore[misc]
+    fine = enum.IntEnum("Fine", {"Ä b-c ✓": 1, "DONE": 2})  # type: ignore[misc]
+    assert af.Builder("odd", Box, fine).name == "odd"
+    # A connector's durable cursor is keyed by workflow and connector name: both are
+    # bounded so that PostgreSQL's index takes every key (4-byte characters included).
+    b = af.Builder(_wide(200, 4), Box, St)
+
+    async def on_event(workflow: Any, event: af.ConnectorEvent) -> None:
+        pass
+
+    b.add_connector(_wide(200, 5), af.MemorySource([]), on_event)
+    with pytest.raises(af.BuildError, match="200 characters"):
+        b.add_connector(_wide(201, 6), af.MemorySource([]), on_event)
+
+
 async def test_hostile_text_from_user_code_is_stored_or_counted_never_stuck(
     make_store: MakeStore,
 ) -> None:
@@ -904,3 +925,61 @@ async def test_a_schema_at_version_5_is_migrated_to_bigint_statuses_keeping_its_
 def test_the_listeners_log_lines_name_the_store_not_an_internal_object() -> None:
     store = af.PostgresStore(DSN, schema="named")
     assert repr(store.log) == repr(store) and "named" in repr(store.log)
+
+
+_ALLOWED = {
+    (1, 2), (1, 3), (1, 4), (2, 5), (2, 3), (2, 4), (3, 2), (3, 4),
+    (5, 7), (4, 7), (7, 6), (6, 7),
+}  # fmt: skip
+
+
+async def test_controls_racing_from_two_processes_store_only_legal_transitions(
+    make_store: MakeStore, schema: str
+) -> None:
+    """40 tasks on two stores pause, resume and cancel the same runs while a worker moves
+    them: each control succeeds or raises InvalidTransition, never anything else, and the
+    stored history holds only transitions the run-state table allows."""
+    worker = payments(make_store("probe-worker"))
+    other = payments(make_store("probe-other"))
+    outcomes: list[str] = []
+
+    async def meddle(wf: af.Workflow[Box, St], run_id: str, k: int) -> None:
+        for i in range(8):
+            action = ("pause", "resume", "cancel")[(k + i) % 3] if i > 3 else "pause"
+            try:
+                if action == "resume":
+                    await wf.resume(run_id)
+                else:
+                    await getattr(wf, action)(run_id, f"{action} by {k}")
+                outcomes.append(action)
+            except af.InvalidTransition:
+                outcomes.append("refused")
+            await trio.lowlevel.checkpoint()
+
+    async with af.open_workflow(worker):
+        with trio.fail_after(30):
+            ids = [await other.trigger(f"c{i}") for i in range(5)]
+            async with trio.open_nursery() as nursery:
+                for k in range(40):
+                    wf = worker if k % 2 else other
+                    nursery.start_soon(meddle, wf, ids[k % 5], k)
+    assert "refused" in outcomes and "pause" in outcomes
+    rows = await sql(
+        f'SELECT run_id, version, run_state FROM "{schema}".history ORDER BY run_id, version'
+    )
+    last: dict[str, tuple[int, int]] = {}
+    for run_id, version, state in rows:
+        if run_id in last:
+            before_version, before = last[run_id]
+            assert version == before_version + 1, run_id
+            assert before == state or (before, state) in _ALLOWED, (run_id, before, state)
+        last[run_id] = (version, state)
+
+
+async def test_the_longest_connector_cursor_key_fits_postgres(make_store: MakeStore) -> None:
+    from actorflow._services.connectors import cursor_name
+
+    store = make_store()
+    name = cursor_name(_wide(200, 7), _wide(200, 8))
+    await store.set_cursor(name, "42")
+    assert await store.get_cursor(name) == "42"
