@@ -1241,3 +1241,22 @@ async def test_delete_data_waiting_for_a_sqlite_reader_holds_virtual_time(
             assert (await wf.lookup(waiting)).status is S.WAIT
     finally:
         await stores.aclose()
+
+
+async def test_a_leap_day_schedule_waits_two_years_and_fires_once(
+    embedded: Stores, autojump_clock: MockClock
+) -> None:
+    wall = clock()
+    wf = quick(embedded.make(), wall)
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(wf.schedule_trigger, "leap", "0 0 29 2 *"))
+        run = await af.testing.wait_for(wf, "leap", lambda r: r.status is S.WAIT)
+        assert run.created_at == datetime(2028, 2, 29, tzinfo=UTC)
+        await wf.callback("leap", S.WAIT, b"")
+        await until(datetime(2032, 3, 1, tzinfo=UTC), wall)
+        nursery.cancel_scope.cancel()
+    runs = await wf.list_runs(foreign_id="leap")
+    assert [r.created_at for r in runs] == [
+        datetime(2028, 2, 29, tzinfo=UTC),
+        datetime(2032, 2, 29, tzinfo=UTC),
+    ]
