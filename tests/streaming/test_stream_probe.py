@@ -1161,3 +1161,23 @@ async def test_a_redis_server_that_never_answers_fails_the_open_with_stream_erro
             await sender.send(event(1, "t"))
     with pytest.raises(af.InvalidArgument, match="timeout"):
         af.RedisStreamer("redis://x", timeout=timedelta(0))
+
+
+async def test_a_gateway_that_never_answers_the_handshake_is_a_gateway_error(
+    nursery: trio.Nursery,
+) -> None:
+    """A peer that accepts the TCP connection and says nothing (a frozen gateway, the
+    wrong port): open_gateway_client fails after connect_timeout, not never."""
+
+    async def silent(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    listeners = await nursery.start(trio.serve_tcp, silent, 0)
+    port = listeners[0].socket.getsockname()[1]
+    with trio.fail_after(WAIT), pytest.raises(af.GatewayError) as info:
+        async with af.open_gateway_client(
+            f"ws://127.0.0.1:{port}/", token=TOKEN, connect_timeout=0.3
+        ):
+            pytest.fail("connected to a silent peer")
+    assert info.value.code == "connection_failed"
+    assert "no websocket handshake within 0.3 s" in str(info.value)
