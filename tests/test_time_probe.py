@@ -1142,3 +1142,102 @@ async def test_a_timeout_interrupted_by_a_pause_fires_again_on_resume_with_its_d
     assert done.object.note == "timed out"
     states = [r.run_state for r in await wf.history(run_id)]
     assert states.count(af.RunState.PAUSED) == 1
+
+
+# -- a wall clock that jumps -------------------------------------------------------------
+
+
+@attrs.define
+class JumpyClock:
+    """Wall time = START + trio time + ``shift``: the test moves ``shift`` (an NTP step)."""
+
+    shift: timedelta = timedelta(0)
+
+    def now(self) -> datetime:
+        return START + timedelta(seconds=trio.current_time()) + self.shift
+
+
+async def test_a_wall_clock_stepped_back_delays_timers_without_spinning(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    wall = JumpyClock()
+    log = Log(wall)
+    wf = build(stores.make(), log, af.after(timedelta(hours=2)))
+    steps = 0
+
+    class Steps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            nonlocal steps
+            steps += 1
+
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("back")
+        await await_timeout_insert(wf, "back", run_id, S.WAIT)
+        await trio.sleep(3600)
+        wall.shift = -timedelta(hours=1)  # the wall clock is stepped back an hour
+        instrument = Steps()
+        trio.lowlevel.add_instrument(instrument)
+        with realtime.move_on_after(30) as watchdog:
+            done = await wf.await_status("back", run_id, S.TIMED_OUT)
+        trio.lowlevel.remove_instrument(instrument)
+        assert not watchdog.cancelled_caught, "the timer never fired (or spun)"
+    due = START + timedelta(hours=2)
+    assert [f.due for f in log.fired] == [due]
+    assert due <= log.fired[0].at <= due + timedelta(seconds=1)  # at the wall's due time
+    assert done.updated_at == log.fired[0].at
+    assert steps < 2000, f"{steps} task steps while waiting an hour: a loop spins"
+
+
+async def test_a_wall_clock_stepped_forward_fires_overdue_timers_soon(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    wall = JumpyClock()
+    log = Log(wall)
+    wf = build(stores.make(), log, af.after(timedelta(hours=2)))
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fwd")
+        await await_timeout_insert(wf, "fwd", run_id, S.WAIT)
+        await trio.sleep(3600)
+        wall.shift = timedelta(days=1)  # stepped forward a day (NTP, a resumed VM)
+        stepped = wall.now()
+        await wf.await_status("fwd", run_id, S.TIMED_OUT)
+    print("fired", log.fired[0].at - stepped, "after the step")
+    assert log.fired[0].due == START + timedelta(hours=2)
+    assert log.fired[0].at - stepped <= timedelta(minutes=1)
+
+
+async def test_delete_data_waiting_for_a_sqlite_reader_holds_virtual_time(
+    tmp_path: Path, autojump_clock: MockClock
+) -> None:
+    """delete_data truncates SQLite's write-ahead log, waiting (real time) for a reader of an
+    old snapshot. That wait let the autojump clock jump to the next deadline: a timer an
+    hour away fired before delete_data returned (seen as a flaky test under load)."""
+    import sqlite3
+    import threading
+
+    stores = Stores("sqlite", tmp_path)
+    try:
+        wall = clock()
+        log = Log(wall)
+        wf = build(stores.make(), log, af.after(timedelta(hours=1)))
+        async with af.open_workflow(wf):
+            gone = await wf.trigger("gone", initial=Box(note="secret"))
+            waiting = await wf.trigger("waiting")
+            await await_timeout_insert(wf, "waiting", waiting, S.WAIT)
+            await wf.cancel(gone, "no")
+            reader = sqlite3.connect(tmp_path / "time.db", check_same_thread=False)
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM history").fetchone()  # an old snapshot
+            release = threading.Timer(0.3, lambda: reader.execute("COMMIT"))
+            release.start()
+            try:
+                before = trio.current_time()
+                await wf.delete_data(gone, "erasure")
+                assert trio.current_time() == before  # virtual time stood still
+            finally:
+                release.join()
+                reader.close()
+            assert not log.fired
+            assert (await wf.lookup(waiting)).status is S.WAIT
+    finally:
+        await stores.aclose()

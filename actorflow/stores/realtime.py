@@ -13,7 +13,8 @@ a year (and a lease measured on it would expire at every jump). Those use this m
   while there is nothing to time) cancels the scope at the real deadline through the
   run's trio token. A task waiting on a real-time alarm counts as blocked for the
   autojump clock, which jumps to the next virtual deadline meanwhile.
-- :func:`holding_virtual_time`: the other way round, for a store whose I/O runs in worker
+- :func:`holding_virtual_time` (and :func:`wait_for_others`, a real-time back-off under
+  it): the other way round, for a store whose I/O runs in worker
   threads (PostgreSQL): trio's autojump clock jumps while a task waits for a thread (trio
   issue #456), so a commit would land a year late. While the block runs, a system task
   waits in ``wait_all_tasks_blocked(cushion=inf)``; the run loop never autojumps while
@@ -49,6 +50,7 @@ __all__ = [
     "sleep",
     "sleep_until",
     "to_thread",
+    "wait_for_others",
 ]
 
 
@@ -184,6 +186,15 @@ def holding_virtual_time() -> Iterator[None]:
         yield
     finally:
         scope.cancel()
+
+
+async def wait_for_others(seconds: float) -> None:
+    """Sleep ``seconds`` of real time with an autojump clock held still: the back-off of a
+    store waiting for another connection (a lock, a checkpoint), which lives in real time.
+    Virtual time does not jump to the program's next deadline meanwhile (a timer an hour
+    away fired while SQLite waited a few milliseconds for its checkpointer)."""
+    with holding_virtual_time():
+        await sleep(seconds)
 
 
 async def to_thread(

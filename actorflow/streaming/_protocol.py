@@ -21,6 +21,7 @@ import attrs
 import trio
 
 from actorflow._model.errors import ActorflowError, InvalidArgument
+from actorflow._model.text import check_text
 
 Start = Literal["earliest", "latest"]
 """Where a consumer name that has no cursor yet starts: the oldest event, or the next one."""
@@ -46,9 +47,11 @@ def _text(_: Any, attribute: attrs.Attribute[str], value: object) -> None:
         )
 
 
-def _non_empty(_: Any, attribute: attrs.Attribute[str], value: object) -> None:
+def _event_id(_: Any, attribute: attrs.Attribute[str], value: object) -> None:
     if not isinstance(value, str) or not value:
         raise InvalidArgument(f"ConnectorEvent.{attribute.name} must be a non-empty string")
+    # A connector stores the id as its cursor: it must be text every store can hold.
+    check_text(value, f"ConnectorEvent.{attribute.name}")
 
 
 def _headers(value: object) -> dict[str, str]:
@@ -86,7 +89,8 @@ class ConnectorEvent:
     """One event of a stream, as connectors see it.
 
     Attributes:
-        id: unique in its source (for ``af.connect``: the store's event id as text).
+        id: unique in its source (for ``af.connect``: the store's event id as text); valid
+            text without NUL characters, since a connector stores it as its cursor.
         foreign_id: the foreign id the event is about.
         type: what happened (for ``af.connect``: the status int as text).
         headers: string metadata (for ``af.connect`` at least ``workflow_name``,
@@ -98,7 +102,7 @@ class ConnectorEvent:
     so a consumer can deduplicate redeliveries with a set.
     """
 
-    id: str = attrs.field(validator=_non_empty)
+    id: str = attrs.field(validator=_event_id)
     foreign_id: str = attrs.field(validator=_text)
     type: str = attrs.field(validator=_text)
     # Compared, but left out of the hash (a dict is unhashable): equal events still hash

@@ -993,3 +993,110 @@ async def test_a_redis_group_that_vanished_is_created_again_at_the_first_entry(
         with trio.fail_after(WAIT):
             got = [await receiver.receive(), await receiver.receive()]
     assert [e.id for e in got] == ["feed-0", "feed-1"]
+
+
+@kafka
+async def test_kafka_an_oversized_event_is_a_clear_error_and_the_sender_goes_on() -> None:
+    streamer = _kafka_streamer(f"probe5-{uuid.uuid4().hex[:10]}-")
+    big = attrs.evolve(event(0, "feed"), payload=b"z" * (3 << 20))
+    async with streamer.open_sender("feed") as sender:
+        with pytest.raises(af.ActorflowError) as info:
+            await sender.send(big)
+        assert "too large" in str(info.value).lower() or "size" in str(info.value).lower()
+        await sender.send_many([event(1, "feed"), event(2, "feed")])
+    async with streamer.open_receiver("feed", "g") as receiver:
+        with trio.fail_after(WAIT):
+            got = [await receiver.receive(), await receiver.receive()]
+    assert [e.id for e in got] == ["feed-1", "feed-2"]
+
+
+async def test_no_event_follows_the_unsubscribe_reply_and_ids_are_reusable(
+    nursery: trio.Nursery,
+) -> None:
+    wf = watched_workflow()
+    url = await _gateway(nursery, wf, rate=10_000.0, burst=10_000)
+    subscribe = json.dumps({"id": "s", "op": "subscribe", "workflow": "watched"})
+    unsubscribe = json.dumps({"id": "x", "op": "unsubscribe", "subscription": "s"})
+
+    async def flood(round_: int) -> None:
+        for n in range(300):
+            await wf.trigger(f"u{round_}-{n}")
+
+    async def next_message(ws: Any) -> dict[str, Any]:
+        message: dict[str, Any] = json.loads(await ws.get_message())
+        return message
+
+    with trio.fail_after(WAIT):
+        async with _raw(url) as ws:
+            for round_ in range(3):  # the id "s" is free again after each unsubscribe
+                await ws.send_message(subscribe)
+                assert (await next_message(ws))["ok"] is True
+                await ws.send_message(subscribe)  # the same id again: refused
+                dup = await next_message(ws)
+                assert dup["ok"] is False and dup["error"]["code"] == "invalid_argument", dup
+                async with trio.open_nursery() as producers:
+                    producers.start_soon(flood, round_)
+                    while True:  # unsubscribe in the middle of the flood
+                        message = await next_message(ws)
+                        assert message.get("event") == "record", message
+                        if message["record"]["foreign_id"] == f"u{round_}-20":
+                            break
+                    await ws.send_message(unsubscribe)
+                    while True:  # records queued before the reply, none after it
+                        message = await next_message(ws)
+                        if message.get("id") == "x":
+                            assert message == {"id": "x", "ok": True, "result": True}
+                            break
+                        assert message.get("event") == "record", message
+                    producers.cancel_scope.cancel()
+                await ws.send_message('{"id": "p", "op": "ping"}')
+                assert await next_message(ws) == {"id": "p", "ok": True, "result": "pong"}
+    await until(lambda: not wf.store.feed.has_subscribers)
+
+
+def test_an_event_id_a_store_cannot_hold_as_a_cursor_is_refused() -> None:
+    for bad in ("a\x00b", "\ud800"):
+        with pytest.raises(af.InvalidArgument, match=r"ConnectorEvent\.id"):
+            ConnectorEvent(id=bad, foreign_id="f", type="t")
+        with pytest.raises(af.InvalidArgument):
+            af.MemorySource([ConnectorEvent(id=bad, foreign_id="f", type="t")])
+
+
+@redis
+async def test_redis_entries_whose_id_cannot_be_a_cursor_are_dead_letters(
+    rstreamer: af.RedisStreamer, tmp_path: Path
+) -> None:
+    """A NUL in an id would be handed to the function, then fail the cursor write on
+    PostgreSQL (and run the function again on a positional source): it is malformed."""
+    key = rstreamer.key("feed")
+    async with raw_redis() as client:
+        await client.xadd(key, {**_fields(**GOOD_BASE), b"id": b"a\x00b"})
+        await client.xadd(key, _redis_fields(event(1, "feed")))
+    seen = Seen()
+    wf = consumer_workflow(af.SQLiteStore(tmp_path / "c.db"), StreamSource(rstreamer, "feed"), seen)
+    async with af.open_workflow(wf):
+        await seen.wait_for(1)
+        await handled(wf, 1)
+        assert connector_stats(wf)["feed"].source_errors == 0
+    assert seen.ids == ["feed-1"]
+    async with raw_redis() as client:
+        dead = await client.xrange(key + b":dead")
+    assert len(dead) == 1 and b"NUL" in dead[0].field_values[b"error"]
+
+
+@kafka
+async def test_kafka_messages_whose_id_cannot_be_a_cursor_are_skipped() -> None:
+    streamer = _kafka_streamer(f"probe5-{uuid.uuid4().hex[:10]}-")
+    topic = streamer.topic_name("feed")
+    async with streamer.open_sender("feed"):
+        pass  # creates the topic
+    await trio.to_thread.run_sync(
+        _produce_raw, topic, [{"value": b"x", "headers": [("af.id", b"a\x00b")]}]
+    )
+    async with streamer.open_sender("feed") as sender:
+        await sender.send(event(1, "feed"))
+    async with streamer.open_receiver("feed", "g") as receiver:
+        with trio.fail_after(WAIT):
+            got = await receiver.receive()
+        assert receiver.undecodable == 1  # type: ignore[attr-defined]
+    assert got.id == "feed-1"

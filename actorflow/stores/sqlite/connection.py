@@ -352,7 +352,8 @@ class Database:
         ``secure_delete`` zeroes them in the database file. Another connection reading an
         older snapshot (or checkpointing: the checkpointer thread) keeps the checkpoint
         from finishing: retried with back-off for up to ``lock_timeout`` seconds of real
-        time (the other connections live in real time, also under a virtual clock), then
+        time (the other connections live in real time, also under a virtual clock: an
+        autojump clock is held still meanwhile, so no timer fires during the wait), then
         StoreError (the scrub itself is stored).
         """
         deadline = realtime.now() + self.lock_timeout
@@ -378,7 +379,7 @@ class Database:
                     f"{self.lock_timeout:g} s ({problem})",
                     "call delete_data again when the other processes are idle",
                 )
-            await realtime.sleep(min(delay, deadline - now))
+            await realtime.wait_for_others(min(delay, deadline - now))
             delay = min(delay * 2, MAX_BACKOFF)
 
     async def read(self, what: str, query: Callable[[sqlite3.Connection], R]) -> R:
