@@ -20,6 +20,7 @@ Entries hold ``id``, ``foreign_id``, ``type``, ``created_at`` (ISO 8601), ``payl
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
@@ -157,6 +158,10 @@ class RedisStreamer:
         batch: entries read per call.
         maxlen: trim streams to about this many entries on XADD (None: never trim;
             trimming entries that a group has not read yet loses them for that group).
+        timeout: how long a command (or a connection's set-up) may go unanswered,
+            beyond ``block`` for a blocking read, before it fails with StreamError (a
+            server that accepts connections and never answers, or freezes mid-command,
+            must not hang a relay or a connector for ever; None: wait for ever).
 
     Raises:
         ActorflowError: coredis is not installed (``pip install actorflow[redis]``).
@@ -171,6 +176,7 @@ class RedisStreamer:
         block: timedelta = timedelta(seconds=2),
         batch: int = 100,
         maxlen: int | None = None,
+        timeout: timedelta | None = timedelta(seconds=10),
     ) -> None:
         self._coredis = _coredis()
         if not isinstance(url, str) or not url:
@@ -189,12 +195,17 @@ class RedisStreamer:
             raise InvalidArgument(f"batch must be an int >= 1, not {batch!r}")
         if maxlen is not None and (not isinstance(maxlen, int) or maxlen < 1):
             raise InvalidArgument(f"maxlen must be None or an int >= 1, not {maxlen!r}")
+        if timeout is not None and (
+            not isinstance(timeout, timedelta) or timeout < timedelta(milliseconds=1)
+        ):
+            raise InvalidArgument(f"timeout must be a timedelta >= 1 ms or None, not {timeout!r}")
         self.url = url
         self.prefix = prefix
         self.claim_after = claim_after
         self.block = block
         self.batch = batch
         self.maxlen = maxlen
+        self.timeout = timeout
         self._opened: set[tuple[bytes, str]] = set()
         """(stream, group) pairs this streamer has opened a receiver of: if such a group
         vanishes (the stream deleted, Redis flushed), it is created again at the first
@@ -212,10 +223,18 @@ class RedisStreamer:
         return (self._coredis.exceptions.RedisError, OSError, TimeoutError)
 
     @contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
-        """Map client failures to StreamError, once, here."""
+    def _errors(self, what: str, *, wait: timedelta = timedelta(0)) -> Iterator[None]:
+        """Map client failures to StreamError, once, here; a call unanswered for longer
+        than ``timeout`` (plus ``wait``, a blocking read's own wait) is one too."""
+        limit = math.inf if self.timeout is None else (self.timeout + wait).total_seconds()
         try:
-            yield
+            with trio.fail_after(limit):
+                yield
+        except trio.TooSlowError:
+            raise StreamError(
+                f"Redis at {_redacted(self.url)}: {what} got no answer within {limit:g} s "
+                "(the server is frozen or unreachable; RedisStreamer(timeout=...))"
+            ) from None
         except self._client_errors as exc:
             raise StreamError(
                 f"Redis at {_redacted(self.url)}: {what} failed: {type(exc).__name__}: {exc}"
@@ -395,7 +414,7 @@ class _RedisReceiver:
         # If this read is interrupted, Redis may have handed entries to this member that
         # never reached us: look at the pending entries again before reading new ones.
         self._pending_from = b"-"
-        with streamer._errors("XREADGROUP"):
+        with streamer._errors("XREADGROUP", wait=streamer.block):
             reply = await self._client.xreadgroup(
                 self._group,
                 self._member,

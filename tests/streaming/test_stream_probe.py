@@ -33,6 +33,7 @@ import trio_websocket
 import actorflow as af
 from actorflow.streaming import (
     ConnectorEvent,
+    StreamError,
     StreamSource,
     connector_stats,
     relay_stats,
@@ -1100,3 +1101,63 @@ async def test_kafka_messages_whose_id_cannot_be_a_cursor_are_skipped() -> None:
             got = await receiver.receive()
         assert receiver.undecodable == 1  # type: ignore[attr-defined]
     assert got.id == "feed-1"
+
+
+@redis
+async def test_a_frozen_redis_is_a_stream_error_not_a_hang_and_nothing_is_lost(
+    own_redis: OwnRedis,
+) -> None:
+    """SIGSTOP the server under a relay and a connector: both report StreamError within
+    ``timeout`` (not hang for ever), and once it thaws every event arrives."""
+    import signal
+
+    streamer = af.RedisStreamer(
+        own_redis.url,
+        prefix="f:",
+        block=timedelta(milliseconds=100),
+        claim_after=None,
+        timeout=timedelta(milliseconds=500),
+    )
+    store = af.MemoryStore()
+    producer = producer_workflow(store, streamer=streamer, default_options=FAST)
+    seen = Seen()
+    consumer = consumer_workflow(store, StreamSource(streamer, "producer"), seen)
+    assert own_redis.process is not None
+    async with af.open_workflow(producer, consumer):
+        await producer.trigger("before")
+        await seen.wait_for(2)
+        own_redis.process.send_signal(signal.SIGSTOP)
+        try:
+            await producer.trigger("during")
+            relay = relay_stats(producer)
+            connector = connector_stats(consumer)["feed"]
+            await until(lambda: relay.errors >= 1 and connector.source_errors >= 1)
+            assert "got no answer within" in relay.last_error
+            assert "got no answer within" in connector.last_error
+        finally:
+            own_redis.process.send_signal(signal.SIGCONT)
+        await producer.trigger("after")
+        with trio.fail_after(WAIT):
+            while {e.foreign_id for e in seen.events} != {"before", "during", "after"} or len(
+                {e.id for e in seen.events}
+            ) < 6:
+                await seen.changed.wait()
+
+
+async def test_a_redis_server_that_never_answers_fails_the_open_with_stream_error(
+    nursery: trio.Nursery,
+) -> None:
+    async def silent(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    listeners = await nursery.start(trio.serve_tcp, silent, 0)
+    port = listeners[0].socket.getsockname()[1]
+    streamer = af.RedisStreamer(f"redis://127.0.0.1:{port}/0", timeout=timedelta(milliseconds=300))
+    with trio.fail_after(WAIT), pytest.raises(StreamError, match="no answer"):
+        async with streamer.open_receiver("t", "c"):
+            pass
+    with trio.fail_after(WAIT), pytest.raises(StreamError, match="no answer"):
+        async with streamer.open_sender("t") as sender:
+            await sender.send(event(1, "t"))
+    with pytest.raises(af.InvalidArgument, match="timeout"):
+        af.RedisStreamer("redis://x", timeout=timedelta(0))
