@@ -38,6 +38,7 @@ from actorflow.streaming._protocol import (
     EventError,
     EventReceiver,
     EventSender,
+    HandedOut,
     Inflight,
     Start,
     StreamError,
@@ -368,6 +369,10 @@ class _RedisReceiver:
         self._next_claim = trio.current_time()
         self.dead_letters = 0
         """How many unreadable entries this receiver moved to ``<stream>:dead``."""
+        self._handed_out = HandedOut()
+        self.duplicates = 0
+        """Transition events it acknowledged without handing them out: their run was handed
+        out at that version or a later one already (a relay re-published them)."""
 
     @property
     def _claim_every(self) -> float:
@@ -513,6 +518,7 @@ class _RedisReceiver:
                 return
 
     async def _take(self, entries: Sequence[Any]) -> None:
+        repeats: list[bytes] = []
         for entry in entries:
             entry_id: bytes = entry.identifier
             try:
@@ -520,7 +526,23 @@ class _RedisReceiver:
             except EventError as exc:
                 await self._dead_letter(entry_id, entry.field_values, exc)
                 continue
+            if self._handed_out.is_repeat(event):
+                repeats.append(entry_id)
+                continue
             self._buffer.append((entry_id, event))
+        if repeats:
+            # If this fails, the entries stay pending for this member and are read (and
+            # found to be repeats) again.
+            with self._streamer._errors("XACK"):
+                await self._client.xack(self._key, self._group, repeats)
+            self.duplicates += len(repeats)
+            log.info(
+                "Redis stream %s group %s: acknowledged %d re-published transition(s) "
+                "without handing them out again",
+                self._key.decode(errors="replace"),
+                self._group,
+                len(repeats),
+            )
 
     async def _dead_letter(self, entry_id: bytes, fields: Any, error: EventError) -> None:
         dead = self._key + b":dead"

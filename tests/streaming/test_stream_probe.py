@@ -1181,3 +1181,31 @@ async def test_a_gateway_that_never_answers_the_handshake_is_a_gateway_error(
             pytest.fail("connected to a silent peer")
     assert info.value.code == "connection_failed"
     assert "no websocket handshake within 0.3 s" in str(info.value)
+
+
+@redis
+async def test_redis_relay_republications_reach_a_connector_once(
+    rstreamer: af.RedisStreamer,
+) -> None:
+    """A relay that failed after XADD publishes the batch again: the receiver hands each
+    transition out once (acknowledging the copy), like the Kafka receiver; events that
+    are not transitions are never taken for copies."""
+    first = [event(n, "feed") for n in range(3)]
+    later = attrs.evolve(first[0], id="feed-later", headers={**first[0].headers, "version": "99"})
+    foreign = ConnectorEvent(
+        id="x", foreign_id="f", type="t", headers={"run_id": "r", "version": "1"}
+    )
+    async with rstreamer.open_sender("feed") as sender:
+        await sender.send_many(first)
+        await sender.send_many(first)  # re-published
+        await sender.send_many([later, foreign, attrs.evolve(foreign, id="y")])
+        await sender.send(first[1])  # older than what was handed out: a copy too
+    seen = Seen()
+    wf = consumer_workflow(af.MemoryStore(), StreamSource(rstreamer, "feed"), seen)
+    async with af.open_workflow(wf):
+        await seen.wait_for(6)
+        await handled(wf, 6)
+    assert seen.ids == ["feed-0", "feed-1", "feed-2", "feed-later", "x", "y"]
+    async with raw_redis() as client:
+        pending = await client.xpending(rstreamer.key("feed"), "connector:consumer:feed")
+    assert pending.pending == 0
