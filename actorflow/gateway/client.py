@@ -380,29 +380,44 @@ async def open_gateway_client(
     """
     _check_settings(url, token, max_message_bytes, connect_timeout, close_timeout)
     headers = [] if token is None else [(b"authorization", f"Bearer {token}".encode())]
-    async with AsyncExitStack() as stack:
-        ws = await _connect(
-            stack,
-            url,
-            extra_headers=headers,
-            max_message_size=max_message_bytes,
-            connect_timeout=connect_timeout,
-            disconnect_timeout=close_timeout,
+    # trio-websocket's own connect_timeout ends the handshake, but then waits for the
+    # connection's reader task, which a peer that accepted the TCP connection and never
+    # answers keeps alive for ever: this scope bounds the whole connect, and is lifted
+    # once connected.
+    connected = False
+    with trio.CancelScope(deadline=trio.current_time() + connect_timeout) as connecting:
+        async with AsyncExitStack() as stack:
+            ws = await _connect(
+                stack,
+                url,
+                extra_headers=headers,
+                max_message_size=max_message_bytes,
+                connect_timeout=connect_timeout,
+                disconnect_timeout=close_timeout,
+            )
+            connected = True
+            connecting.deadline = math.inf
+            client = GatewayClient(ws)
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(client._run)
+                    try:
+                        yield client
+                    finally:
+                        client._shut(GatewayError("client closed", ErrorCode.CONNECTION_CLOSED))
+                        nursery.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                # Our tasks never raise; a lone exception is the caller's own: hand it
+                # back bare.
+                if len(group.exceptions) != 1:
+                    raise
+                _reraise_bare(group.exceptions[0])
+    if not connected:  # only our deadline can end the block before it connected
+        raise GatewayError(
+            f"cannot connect to the gateway at {url}: no websocket handshake within "
+            f"{connect_timeout:g} s",
+            ErrorCode.CONNECTION_FAILED,
         )
-        client = GatewayClient(ws)
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(client._run)
-                try:
-                    yield client
-                finally:
-                    client._shut(GatewayError("client closed", ErrorCode.CONNECTION_CLOSED))
-                    nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            # Our tasks never raise; a lone exception is the caller's own: hand it back bare.
-            if len(group.exceptions) != 1:
-                raise
-            _reraise_bare(group.exceptions[0])
 
 
 def _check_settings(

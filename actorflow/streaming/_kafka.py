@@ -23,7 +23,7 @@ import hashlib
 import logging
 import re
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
@@ -40,11 +40,11 @@ from actorflow.streaming._protocol import (
     EventError,
     EventReceiver,
     EventSender,
+    HandedOut,
     Start,
     StreamError,
     check_start,
     check_topic,
-    transition_version,
 )
 from actorflow.streaming._source import StreamSource
 
@@ -704,7 +704,7 @@ class _KafkaReceiver:
         self._buffer: deque[tuple[_Partition, int, ConnectorEvent]] = deque()
         self._partitions: dict[int, _Partition] = {}
         self._inflight: dict[str, deque[tuple[_Partition, int]]] = {}
-        self._versions: OrderedDict[str, int] = OrderedDict()
+        self._handed_out = HandedOut()
         # Filled by librdkafka's rebalance callbacks, which run inside consume() in the
         # worker thread; read on the trio side once that call returned.
         self._rebalances: list[tuple[str, list[int]]] = []
@@ -993,7 +993,7 @@ class _KafkaReceiver:
                 self._buffer = deque(item for item in self._buffer if item[0].number not in gone)
                 # Redeliveries from the partitions' new owner (or from this one, if they
                 # come back) are not duplicates of what this receiver handed out.
-                self._versions.clear()
+                self._handed_out.forget()
                 log.info(
                     "Kafka %s group %s: partitions %s were revoked (rebalance)",
                     self._topic,
@@ -1032,7 +1032,7 @@ class _KafkaReceiver:
                 offset,
                 exc,
             )
-        if event is not None and _ours(message) and self._already_handed_out(event):
+        if event is not None and _ours(message) and self._handed_out.is_repeat(event):
             event = None
             self.duplicates += 1
             self._streamer.stats.duplicates += 1
@@ -1041,22 +1041,6 @@ class _KafkaReceiver:
             return
         partition.entries.append(_Entry(offset, event.id, done=False))
         self._buffer.append((partition, offset, event))
-
-    def _already_handed_out(self, event: ConnectorEvent) -> bool:
-        """True for a transition event whose run's version (or a later one) this receiver
-        has handed out already: the relay re-published it after a failure."""
-        key = transition_version(event)
-        if key is None:
-            return False
-        run_id, version = key
-        seen = self._versions.get(run_id)
-        if seen is not None and version <= seen:
-            return True
-        self._versions[run_id] = version
-        self._versions.move_to_end(run_id)
-        if len(self._versions) > 100_000:
-            self._versions.popitem(last=False)
-        return False
 
     async def _commit_skipped_heads(self) -> None:
         """Commit past skipped messages that nothing unacknowledged precedes."""

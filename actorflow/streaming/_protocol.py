@@ -11,7 +11,7 @@ again when a receiver with the same consumer name is opened again.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
@@ -139,6 +139,39 @@ def transition_version(event: ConnectorEvent) -> tuple[str, int] | None:
     if event.type != headers["status"] or event.foreign_id != headers["foreign_id"]:
         return None
     return headers["run_id"], int(version)
+
+
+class HandedOut:
+    """The latest version of each run a receiver handed out, to drop re-publications.
+
+    The relay publishes at-least-once: after a failure it sends a batch again, so a
+    transition can be on a stream twice. A receiver asks :meth:`is_repeat` before handing
+    out an event; a transition event (see :func:`transition_version`) whose run it has
+    already handed out at that version or a later one is a repeat. Other events never
+    are. The most recently seen ``limit`` runs are remembered.
+    """
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._versions: OrderedDict[str, int] = OrderedDict()
+        self._limit = limit
+
+    def is_repeat(self, event: ConnectorEvent) -> bool:
+        key = transition_version(event)
+        if key is None:
+            return False
+        run_id, version = key
+        seen = self._versions.get(run_id)
+        if seen is not None and version <= seen:
+            return True
+        self._versions[run_id] = version
+        self._versions.move_to_end(run_id)
+        if len(self._versions) > self._limit:
+            self._versions.popitem(last=False)
+        return False
+
+    def forget(self) -> None:
+        """Forget everything (what comes next may legitimately repeat what was seen)."""
+        self._versions.clear()
 
 
 @runtime_checkable

@@ -20,6 +20,7 @@ Entries hold ``id``, ``foreign_id``, ``type``, ``created_at`` (ISO 8601), ``payl
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
@@ -37,6 +38,7 @@ from actorflow.streaming._protocol import (
     EventError,
     EventReceiver,
     EventSender,
+    HandedOut,
     Inflight,
     Start,
     StreamError,
@@ -157,6 +159,10 @@ class RedisStreamer:
         batch: entries read per call.
         maxlen: trim streams to about this many entries on XADD (None: never trim;
             trimming entries that a group has not read yet loses them for that group).
+        timeout: how long a command (or a connection's set-up) may go unanswered,
+            beyond ``block`` for a blocking read, before it fails with StreamError (a
+            server that accepts connections and never answers, or freezes mid-command,
+            must not hang a relay or a connector for ever; None: wait for ever).
 
     Raises:
         ActorflowError: coredis is not installed (``pip install actorflow[redis]``).
@@ -171,6 +177,7 @@ class RedisStreamer:
         block: timedelta = timedelta(seconds=2),
         batch: int = 100,
         maxlen: int | None = None,
+        timeout: timedelta | None = timedelta(seconds=10),
     ) -> None:
         self._coredis = _coredis()
         if not isinstance(url, str) or not url:
@@ -189,12 +196,17 @@ class RedisStreamer:
             raise InvalidArgument(f"batch must be an int >= 1, not {batch!r}")
         if maxlen is not None and (not isinstance(maxlen, int) or maxlen < 1):
             raise InvalidArgument(f"maxlen must be None or an int >= 1, not {maxlen!r}")
+        if timeout is not None and (
+            not isinstance(timeout, timedelta) or timeout < timedelta(milliseconds=1)
+        ):
+            raise InvalidArgument(f"timeout must be a timedelta >= 1 ms or None, not {timeout!r}")
         self.url = url
         self.prefix = prefix
         self.claim_after = claim_after
         self.block = block
         self.batch = batch
         self.maxlen = maxlen
+        self.timeout = timeout
         self._opened: set[tuple[bytes, str]] = set()
         """(stream, group) pairs this streamer has opened a receiver of: if such a group
         vanishes (the stream deleted, Redis flushed), it is created again at the first
@@ -212,10 +224,18 @@ class RedisStreamer:
         return (self._coredis.exceptions.RedisError, OSError, TimeoutError)
 
     @contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
-        """Map client failures to StreamError, once, here."""
+    def _errors(self, what: str, *, wait: timedelta = timedelta(0)) -> Iterator[None]:
+        """Map client failures to StreamError, once, here; a call unanswered for longer
+        than ``timeout`` (plus ``wait``, a blocking read's own wait) is one too."""
+        limit = math.inf if self.timeout is None else (self.timeout + wait).total_seconds()
         try:
-            yield
+            with trio.fail_after(limit):
+                yield
+        except trio.TooSlowError:
+            raise StreamError(
+                f"Redis at {_redacted(self.url)}: {what} got no answer within {limit:g} s "
+                "(the server is frozen or unreachable; RedisStreamer(timeout=...))"
+            ) from None
         except self._client_errors as exc:
             raise StreamError(
                 f"Redis at {_redacted(self.url)}: {what} failed: {type(exc).__name__}: {exc}"
@@ -349,6 +369,10 @@ class _RedisReceiver:
         self._next_claim = trio.current_time()
         self.dead_letters = 0
         """How many unreadable entries this receiver moved to ``<stream>:dead``."""
+        self._handed_out = HandedOut()
+        self.duplicates = 0
+        """Transition events it acknowledged without handing them out: their run was handed
+        out at that version or a later one already (a relay re-published them)."""
 
     @property
     def _claim_every(self) -> float:
@@ -395,7 +419,7 @@ class _RedisReceiver:
         # If this read is interrupted, Redis may have handed entries to this member that
         # never reached us: look at the pending entries again before reading new ones.
         self._pending_from = b"-"
-        with streamer._errors("XREADGROUP"):
+        with streamer._errors("XREADGROUP", wait=streamer.block):
             reply = await self._client.xreadgroup(
                 self._group,
                 self._member,
@@ -494,6 +518,7 @@ class _RedisReceiver:
                 return
 
     async def _take(self, entries: Sequence[Any]) -> None:
+        repeats: list[bytes] = []
         for entry in entries:
             entry_id: bytes = entry.identifier
             try:
@@ -501,7 +526,23 @@ class _RedisReceiver:
             except EventError as exc:
                 await self._dead_letter(entry_id, entry.field_values, exc)
                 continue
+            if self._handed_out.is_repeat(event):
+                repeats.append(entry_id)
+                continue
             self._buffer.append((entry_id, event))
+        if repeats:
+            # If this fails, the entries stay pending for this member and are read (and
+            # found to be repeats) again.
+            with self._streamer._errors("XACK"):
+                await self._client.xack(self._key, self._group, repeats)
+            self.duplicates += len(repeats)
+            log.info(
+                "Redis stream %s group %s: acknowledged %d re-published transition(s) "
+                "without handing them out again",
+                self._key.decode(errors="replace"),
+                self._group,
+                len(repeats),
+            )
 
     async def _dead_letter(self, entry_id: bytes, fields: Any, error: EventError) -> None:
         dead = self._key + b":dead"

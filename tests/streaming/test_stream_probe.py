@@ -33,6 +33,7 @@ import trio_websocket
 import actorflow as af
 from actorflow.streaming import (
     ConnectorEvent,
+    StreamError,
     StreamSource,
     connector_stats,
     relay_stats,
@@ -1100,3 +1101,111 @@ async def test_kafka_messages_whose_id_cannot_be_a_cursor_are_skipped() -> None:
             got = await receiver.receive()
         assert receiver.undecodable == 1  # type: ignore[attr-defined]
     assert got.id == "feed-1"
+
+
+@redis
+async def test_a_frozen_redis_is_a_stream_error_not_a_hang_and_nothing_is_lost(
+    own_redis: OwnRedis,
+) -> None:
+    """SIGSTOP the server under a relay and a connector: both report StreamError within
+    ``timeout`` (not hang for ever), and once it thaws every event arrives."""
+    import signal
+
+    streamer = af.RedisStreamer(
+        own_redis.url,
+        prefix="f:",
+        block=timedelta(milliseconds=100),
+        claim_after=None,
+        timeout=timedelta(milliseconds=500),
+    )
+    store = af.MemoryStore()
+    producer = producer_workflow(store, streamer=streamer, default_options=FAST)
+    seen = Seen()
+    consumer = consumer_workflow(store, StreamSource(streamer, "producer"), seen)
+    assert own_redis.process is not None
+    async with af.open_workflow(producer, consumer):
+        await producer.trigger("before")
+        await seen.wait_for(2)
+        own_redis.process.send_signal(signal.SIGSTOP)
+        try:
+            await producer.trigger("during")
+            relay = relay_stats(producer)
+            connector = connector_stats(consumer)["feed"]
+            await until(lambda: relay.errors >= 1 and connector.source_errors >= 1)
+            assert "got no answer within" in relay.last_error
+            assert "got no answer within" in connector.last_error
+        finally:
+            own_redis.process.send_signal(signal.SIGCONT)
+        await producer.trigger("after")
+        with trio.fail_after(WAIT):
+            while {e.foreign_id for e in seen.events} != {"before", "during", "after"} or len(
+                {e.id for e in seen.events}
+            ) < 6:
+                await seen.changed.wait()
+
+
+async def test_a_redis_server_that_never_answers_fails_the_open_with_stream_error(
+    nursery: trio.Nursery,
+) -> None:
+    async def silent(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    listeners = await nursery.start(trio.serve_tcp, silent, 0)
+    port = listeners[0].socket.getsockname()[1]
+    streamer = af.RedisStreamer(f"redis://127.0.0.1:{port}/0", timeout=timedelta(milliseconds=300))
+    with trio.fail_after(WAIT), pytest.raises(StreamError, match="no answer"):
+        async with streamer.open_receiver("t", "c"):
+            pass
+    with trio.fail_after(WAIT), pytest.raises(StreamError, match="no answer"):
+        async with streamer.open_sender("t") as sender:
+            await sender.send(event(1, "t"))
+    with pytest.raises(af.InvalidArgument, match="timeout"):
+        af.RedisStreamer("redis://x", timeout=timedelta(0))
+
+
+async def test_a_gateway_that_never_answers_the_handshake_is_a_gateway_error(
+    nursery: trio.Nursery,
+) -> None:
+    """A peer that accepts the TCP connection and says nothing (a frozen gateway, the
+    wrong port): open_gateway_client fails after connect_timeout, not never."""
+
+    async def silent(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    listeners = await nursery.start(trio.serve_tcp, silent, 0)
+    port = listeners[0].socket.getsockname()[1]
+    with trio.fail_after(WAIT), pytest.raises(af.GatewayError) as info:
+        async with af.open_gateway_client(
+            f"ws://127.0.0.1:{port}/", token=TOKEN, connect_timeout=0.3
+        ):
+            pytest.fail("connected to a silent peer")
+    assert info.value.code == "connection_failed"
+    assert "no websocket handshake within 0.3 s" in str(info.value)
+
+
+@redis
+async def test_redis_relay_republications_reach_a_connector_once(
+    rstreamer: af.RedisStreamer,
+) -> None:
+    """A relay that failed after XADD publishes the batch again: the receiver hands each
+    transition out once (acknowledging the copy), like the Kafka receiver; events that
+    are not transitions are never taken for copies."""
+    first = [event(n, "feed") for n in range(3)]
+    later = attrs.evolve(first[0], id="feed-later", headers={**first[0].headers, "version": "99"})
+    foreign = ConnectorEvent(
+        id="x", foreign_id="f", type="t", headers={"run_id": "r", "version": "1"}
+    )
+    async with rstreamer.open_sender("feed") as sender:
+        await sender.send_many(first)
+        await sender.send_many(first)  # re-published
+        await sender.send_many([later, foreign, attrs.evolve(foreign, id="y")])
+        await sender.send(first[1])  # older than what was handed out: a copy too
+    seen = Seen()
+    wf = consumer_workflow(af.MemoryStore(), StreamSource(rstreamer, "feed"), seen)
+    async with af.open_workflow(wf):
+        await seen.wait_for(6)
+        await handled(wf, 6)
+    assert seen.ids == ["feed-0", "feed-1", "feed-2", "feed-later", "x", "y"]
+    async with raw_redis() as client:
+        pending = await client.xpending(rstreamer.key("feed"), "connector:consumer:feed")
+    assert pending.pending == 0

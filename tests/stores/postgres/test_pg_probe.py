@@ -437,7 +437,7 @@ async def test_50_callers_trigger_and_call_back_the_same_foreign_ids_from_two_pr
     fids = [f"fid-{i}" for i in range(5)]
     started: dict[str, list[str]] = {fid: [] for fid in fids}
     taken: list[tuple[str, str]] = []
-    rounds = 16
+    rounds = 10
 
     async def hammer(wf: af.Workflow[Box, St], k: int) -> None:
         for i in range(rounds):
@@ -656,6 +656,13 @@ async def _database_shows(query: str, params: Any) -> None:
         await trio.sleep(0.01)
 
 
+async def _until(predicate: Callable[[], bool]) -> None:
+    """Wait until ``predicate()`` holds: lease ticks and recovery passes, which no event
+    announces (bounded by the caller's fail_after)."""
+    while not predicate():  # noqa: ASYNC110
+        await trio.sleep(0.01)
+
+
 def _kill_connections(schema: str, channel: str, apps: tuple[str, ...]) -> int:
     """Terminate the backends of this test's stores (pools by application_name; lease and
     listen connections by what they last ran): never another test's or helper's."""
@@ -770,13 +777,14 @@ def _count(schema: str, where: str = "true") -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_a_frozen_worker_loses_its_shards_and_comes_back_without_doing_anything_twice(
     schema: str, tmp_path: Path
 ) -> None:
     from tests.stores.postgres.failover_worker import EXPECTED, Step, create_side_tables
 
     create_side_tables(DSN, schema)
-    runs, lease = 100, 1.5
+    runs, lease = 60, 1.5
     names = ["w0", "w1"]
     logs = [tmp_path / f"{name}.log" for name in names]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -797,7 +805,7 @@ def test_a_frozen_worker_loses_its_shards_and_comes_back_without_doing_anything_
             env=env,
             capture_output=True,
         )
-        _poll(lambda: _count(schema, "run_state = 5") >= 30, 30, "runs completing", logs)
+        _poll(lambda: _count(schema, "run_state = 5") >= 15, 30, "runs completing", logs)
         frozen = workers["w0"]
         pid_rows = _sql(
             f'SELECT worker_id::text FROM "{schema}".workers WHERE pid = %s', [frozen.pid]
@@ -983,3 +991,77 @@ async def test_the_longest_connector_cursor_key_fits_postgres(make_store: MakeSt
     name = cursor_name(_wide(200, 7), _wide(200, 8))
     await store.set_cursor(name, "42")
     assert await store.get_cursor(name) == "42"
+
+
+async def test_trigger_many_survives_its_connections_killed_mid_backfill(
+    make_store: MakeStore, schema: str
+) -> None:
+    """The caller's connections are killed (twice) while a 3000-run backfill is being
+    stored: the calls are retried, every item gets its run id, none is stored twice."""
+    store = make_store("probe-backfill")
+    wf = payments(store)
+    kills: list[int] = []
+    channel = store.notifications.channel
+
+    async def killer() -> None:
+        for at in (600, 1800):
+            await _database_shows(f'SELECT 1 FROM "{schema}".runs HAVING count(*) >= %s', [at])
+            kills.append(
+                await trio.to_thread.run_sync(
+                    _kill_connections, schema, channel, ("probe-backfill",)
+                )
+            )
+
+    await wf.trigger("warm-up")  # the schema exists before the killer looks at it
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(killer)
+            results = await wf.trigger_many([f"b{i}" for i in range(3000)])
+    assert len(kills) == 2 and all(kills), kills
+    ids = [r for r in results if isinstance(r, str)]
+    assert len(ids) == len(set(ids)) == 3000, [r for r in results if not isinstance(r, str)][:3]
+    assert await sql(
+        f'SELECT count(*), count(DISTINCT foreign_id) FROM "{schema}".history WHERE version = 1'
+    ) == [(3001, 3001)]
+
+
+async def test_a_callback_stored_here_as_its_shard_arrives_here_moves_the_run_on(
+    make_store: MakeStore,
+) -> None:
+    """A worker hands a callback to the store directly (another worker holds the run's
+    shard), and the shard arrives here while the callback runs, after the recovery that
+    follows the gain. The store counts the write as the owner's own (no notification, not
+    in this worker's tail): this worker must move the run on by itself."""
+    holder_store = make_store("probe-holder")
+    holder = holder_store.shard_ownership("pay", shards=16, lease=LEASE)
+    arrived = trio.Event()
+    worker: list[af.Workflow[Box, St]] = []
+
+    async def on_callback(run: af.Run[Box, St]) -> None:
+        holder_scope.cancel()  # the holder exits: its leases come free
+        supervisor = worker[0]._supervisor  # type: ignore[attr-defined]
+        with trio.fail_after(20):
+            await _until(lambda: supervisor.owns(run.run_id) and not supervisor.recovery._running)
+        arrived.set()
+
+    async with trio.open_nursery() as nursery:
+        holder_scope = trio.CancelScope()
+
+        async def hold(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with holder_scope:
+                await holder.serve(lambda: None, task_status=task_status)
+
+        await nursery.start(hold)
+        with trio.fail_after(20):
+            await _until(lambda: len(holder.held()) == 16)
+        wf = payments(make_store("probe-w0"), on_callback=on_callback, lease=LEASE)
+        worker.append(wf)
+        await nursery.start(wf.run)
+        with trio.fail_after(30):
+            run_id = await wf.trigger("moving", St.WAITING)
+            assert not wf._supervisor.owns(run_id)  # type: ignore[attr-defined]
+            paid = await wf.callback("moving", St.WAITING, b"paid")
+            assert arrived.is_set() and paid is not None
+            done = await wf.await_status("moving", run_id, St.DONE)
+        nursery.cancel_scope.cancel()
+    assert done.object.note == "paid"
