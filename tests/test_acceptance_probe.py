@@ -1521,6 +1521,33 @@ async def test_requested_deletion_finishes_after_a_restart(
             assert rec.object == User()
 
 
+async def test_a_deletion_cut_short_by_a_crash_is_finished_at_the_next_start(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """A process that stopped between delete_data's two commits (REQUESTED_DATA_DELETED
+    stored, the scrub not yet): the next worker's recovery finishes the deletion, with the
+    reason given then, and the object is gone from every version."""
+    wf = signup(make_store(), clock)
+    run_id = await wf.trigger("f", initial=User(name="secret name"))
+    await wf.cancel(run_id, "done")
+    stored = await wf.store.lookup(wf.name, run_id)
+    # What the crashed process left: the request, stored alone.
+    requested = attrs.evolve(
+        stored,
+        version=stored.version + 1,
+        run_state=af.RunState.REQUESTED_DATA_DELETED,
+        meta=attrs.evolve(stored.meta, run_state_reason="gdpr request 7"),
+    )
+    await wf.store.commit(requested)
+    wf = signup(make_store(), clock)
+    async with af.open_workflow(wf):
+        with trio.fail_after(3600):  # virtual seconds: fails instead of waiting forever
+            rec = await wait_for(wf, "f", lambda r: r.run_state is af.RunState.DATA_DELETED)
+    assert rec.object == User()
+    assert rec.meta.run_state_reason == "gdpr request 7"
+    assert all(h.object == User() for h in await wf.history(run_id))
+
+
 async def test_pause_while_the_step_runs(
     make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
 ) -> None:

@@ -153,6 +153,12 @@ class RunActions:
             raw, "automatic resume", self.engine.resume(raw, "resumed automatically")
         )
 
+    async def finish_deletion(self, raw: RawRecord) -> None:
+        """Scrub the run whose deletion was requested but not finished (the process that
+        asked for it stopped in between), with the reason given then."""
+        reason = raw.meta.run_state_reason or "data deleted"
+        await self._attempt(raw, "data deletion", self.engine.delete_data(raw, reason))
+
     async def _replace_timers(self, raw: RawRecord, timers: list[Timer]) -> Stored:
         # A version with unchanged data: the only way to change timers atomically.
         new = self.engine.next_version(raw)

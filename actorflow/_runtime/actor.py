@@ -143,8 +143,8 @@ class RunActor(Generic[T, S]):
 
     async def _do_due_work(self) -> float | None:
         """Do what is due on the run now: a due timeout, else its step, else an automatic
-        resume. Returns the trio time to look again (now, when something was done), or
-        None when nothing is left to do."""
+        resume, or the end of a data deletion that was asked for. Returns the trio time to
+        look again (now, when something was done), or None when nothing is left to do."""
         engine, run = self.engine, self.run
         raw = await run.load()
         if not engine.lineage.accepts_now(raw) and not await engine.lineage.accepts(raw):
@@ -155,6 +155,9 @@ class RunActor(Generic[T, S]):
             return run.retry_at
         if raw.run_state.active:
             return await self._do_active_work(raw, now)
+        if raw.run_state is RunState.REQUESTED_DATA_DELETED:
+            await self.actions.finish_deletion(raw)
+            return now
         if raw.run_state is RunState.PAUSED:
             await run.load_timers()
             if run.resume_due(engine.now()):

@@ -1,6 +1,6 @@
-"""Recovery: finding the unfinished runs in the store that have a step to run, and having
-an actor look at each (at start, after a shard change, after a backfill too large to
-queue), page by page and no faster than runs finish."""
+"""Recovery: finding the unfinished runs in the store that have a step to run (or a data
+deletion to finish), and having an actor look at each (at start, after a shard change,
+after a backfill too large to queue), page by page and no faster than runs finish."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from actorflow.stores.filters import RunFilter
 log = logging.getLogger(__name__)
 
 RECOVERY_PAGE = 500
+REQUESTED_DELETIONS = RunFilter(run_states=frozenset([RunState.REQUESTED_DATA_DELETED]))
 
 
 class RecoveryHost(Protocol):
@@ -81,18 +82,26 @@ class Recovery:
             self._running = False
 
     async def _recover(self) -> None:
-        """Wake an actor for every unfinished run that has a step to run.
+        """Wake an actor for every unfinished run that has a step to run, and for every
+        run whose data deletion was asked for and not finished.
 
         One status at a time: each page is then a range of the store's (workflow, status,
         creation) index, however many runs wait at other statuses (a query for several
         statuses at once may walk every run of the workflow in creation order instead)."""
         for status in self.engine.definition.steps:
-            if not await self._recover_status(int(status)):
+            active = RunFilter(
+                statuses=frozenset([int(status)]),
+                run_states=frozenset([RunState.INITIATED, RunState.RUNNING]),
+            )
+            if not await self._recover_runs(active):
                 return
+        # A data deletion asked for by a process that stopped before it was done.
+        if not await self._recover_runs(REQUESTED_DELETIONS):
+            return
         self.recovered = True
 
-    async def _recover_status(self, status: int) -> bool:
-        """Recover the runs at ``status``; False when stopping."""
+    async def _recover_runs(self, runs: RunFilter) -> bool:
+        """Wake the runs that ``runs`` selects; False when stopping."""
         engine, host = self.engine, self.host
         after: str | None = None
         while not host.stopping:
@@ -100,10 +109,7 @@ class Recovery:
                 functools.partial(
                     engine.store.list_runs,
                     engine.name,
-                    RunFilter(
-                        statuses=frozenset([status]),
-                        run_states=frozenset([RunState.INITIATED, RunState.RUNNING]),
-                    ),
+                    runs,
                     limit=RECOVERY_PAGE,
                     after=after,
                 ),
