@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trio
 from trio.testing import MockClock
 
 import actorflow as af
@@ -79,3 +80,30 @@ async def test_a_workflow_built_again_in_one_process_keeps_one_set_of_series(
     assert samples[("workflow_run_state_changes", completed)] == 2.0
     assert samples[("actorflow_workflow_ready", name)] == 0.0
     assert samples[("actorflow_run_duration_seconds_count", name)] == 2.0
+
+
+async def test_healthz_is_503_while_the_store_cannot_be_reached_at_start(
+    autojump_clock: MockClock, clock: af.Clock
+) -> None:
+    """docs/metrics.md: /healthz is 200 while the supervisor and services are up, 503 while
+    starting. A worker whose database is down has started nothing: it is not healthy."""
+    from actorflow._observe.http import health
+
+    store = af.PostgresStore("postgresql://postgres@127.0.0.1:1/postgres", schema="nowhere")
+    workflow = three_steps(store, clock, metrics=False)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(workflow.run)
+            await trio.sleep(30)  # it retries the connection meanwhile
+            assert not workflow.running and not workflow.ready
+            assert health([workflow], ready=False)[0] is False
+            assert health([workflow], ready=True)[0] is False
+            assert set(workflow.states().values()) == {af.ProcessState.STOPPED}
+            nursery.cancel_scope.cancel()
+    finally:
+        await store.aclose()
+    # And up once started, down again after the stop.
+    memory = three_steps(af.MemoryStore(), clock, metrics=False)
+    async with af.open_workflow(memory):
+        assert memory.running and health([memory], ready=False)[0] is True
+    assert not memory.running and health([memory], ready=False)[0] is False
