@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final, final
@@ -108,6 +109,31 @@ class ConsoleSettings:
         return access, refusal
 
 
+def same_origin(connection: HTTPConnection) -> bool:
+    """Whether a websocket handshake comes from the console's own page (or from no page).
+
+    Browsers send ``Origin`` on every websocket handshake and let any site open one to any
+    address, this console's included: without this check a page of another site, open in
+    a browser on the console's machine, could steer runs of a console that has no token.
+    Clients that are not browsers send no ``Origin`` and are let through. Behind a reverse
+    proxy that rewrites ``Host``, its ``X-Forwarded-Host`` is accepted too (a page cannot
+    set that header on a websocket).
+    """
+    origin = connection.headers.get("origin")
+    if origin is None:
+        return True
+    parts = urllib.parse.urlsplit(origin.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return False
+    hosts = {
+        host.strip().lower()
+        for name in ("host", "x-forwarded-host")
+        for host in connection.headers.get(name, "").split(",")
+        if host.strip()
+    }
+    return parts.netloc.lower() in hosts
+
+
 def _refusal(verdict: Access) -> tuple[int, str] | None:
     if verdict in (Access.GRANTED, Access.READ_ONLY):
         return None
@@ -172,6 +198,14 @@ class _Console:
 
     async def websocket(self, ws: WebSocket) -> None:
         """The gateway's protocol over the page's websocket, once admitted."""
+        if not same_origin(ws):
+            log.warning(
+                "console websocket from another origin refused: %r", ws.headers.get("origin")
+            )
+            await ws.send_denial_response(
+                PlainTextResponse("websocket from another origin refused\n", status_code=403)
+            )
+            return
         access, refusal = self.settings.admit(ws)
         if refusal is not None:
             status, message = refusal
