@@ -4,8 +4,10 @@ same process, and luno's counters keep counting across such a restart."""
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 from trio.testing import MockClock
@@ -107,3 +109,41 @@ async def test_healthz_is_503_while_the_store_cannot_be_reached_at_start(
     async with af.open_workflow(memory):
         assert memory.running and health([memory], ready=False)[0] is True
     assert not memory.running and health([memory], ready=False)[0] is False
+
+
+class Slow(enum.IntEnum):
+    NEW = 1
+    DONE = 2
+
+
+@attrs.define
+class Nothing:
+    pass
+
+
+async def test_step_latency_is_on_trio_s_clock_like_the_run_s_duration(
+    clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """Under the autojump clock a step that sleeps 30 s took 30 s: its latency says so,
+    as actorflow_run_duration_seconds does (it said a few microseconds of real time)."""
+    builder = af.Builder("slow", Nothing, Slow)
+
+    @builder.step(Slow.NEW, to=Slow.DONE)
+    async def work(run: af.Run[Nothing, Slow]) -> Slow:
+        await trio.sleep(30)
+        return Slow.DONE
+
+    registry = prometheus_client.CollectorRegistry()
+    workflow = builder.build(af.MemoryStore(), clock=clock, metrics=registry)
+    async with af.open_workflow(workflow):
+        run_id = await workflow.trigger("x")
+        await workflow.await_status("x", run_id, Slow.DONE)
+    samples = scrape(registry)
+    step = (("process_name", "new-consumer"), ("workflow_name", "slow"))
+
+    def bucket(le: str) -> float:
+        return samples[("workflow_process_latency_seconds_bucket", (("le", le), *step))]
+
+    assert (bucket("10.0"), bucket("60.0")) == (0.0, 1.0)
+    assert samples[("workflow_process_latency_seconds_sum", step)] == 30.0
+    assert samples[("actorflow_run_duration_seconds_sum", (("workflow_name", "slow"),))] == 30.0
