@@ -14,7 +14,6 @@ from trio.testing import MockClock
 
 import actorflow as af
 from actorflow._model import evolution as ev
-from tests.conftest import StoreMaker
 from tests.test_evolution import (
     S1,
     Maker,
@@ -76,9 +75,9 @@ def test_retention_edge_values_are_build_errors(options: dict[str, Any]) -> None
 
 
 async def test_largest_keep_last_keeps_everything_and_zero_keep_for_keeps_the_latest(
-    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+    reopen: Maker, clock: af.Clock, autojump_clock: MockClock
 ) -> None:
-    store = make_store()
+    store = reopen()
     huge = af.Retention(keep_last=2**63 - 1, after_finish=timedelta(0), every=timedelta(minutes=1))
     nothing = af.Retention(keep_for=timedelta(0), after_finish=timedelta(0))
     kept = three_steps(store, clock, history_retention=huge)
@@ -95,10 +94,10 @@ async def test_largest_keep_last_keeps_everything_and_zero_keep_for_keeps_the_la
 
 
 async def test_retention_leaves_runs_in_flight_alone_and_prunes_cancelled_ones(
-    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+    reopen: Maker, clock: af.Clock, autojump_clock: MockClock
 ) -> None:
     retention = af.Retention(keep_last=1, after_finish=timedelta(0), every=timedelta(minutes=1))
-    workflow = yinyang(make_store(), clock, history_retention=retention, resume_paused_after=None)
+    workflow = yinyang(reopen(), clock, history_retention=retention, resume_paused_after=None)
     async with af.open_workflow(workflow):
         waiting = await workflow.trigger("waiting")
         await workflow.await_status("waiting", waiting, Status.MIDDLE)
