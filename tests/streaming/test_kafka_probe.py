@@ -365,3 +365,91 @@ def test_created_at_must_be_aware() -> None:
             id="x", foreign_id="f", type="t", headers={}, created_at=datetime(2026, 1, 1)
         )
     ConnectorEvent(id="x", foreign_id="f", type="t", headers={}, created_at=datetime.now(UTC))
+
+
+def _produce(topic: str, messages: list[dict[str, Any]]) -> None:
+    from confluent_kafka import Producer
+
+    from .conftest import KAFKA_BOOTSTRAP
+
+    assert KAFKA_BOOTSTRAP
+    producer = Producer({"bootstrap.servers": KAFKA_BOOTSTRAP})
+    for message in messages:
+        producer.produce(topic, **message)
+    assert producer.flush(10) == 0
+
+
+async def test_an_empty_or_null_af_id_is_undecodable_not_a_positional_id() -> None:
+    """docs/streaming.md: an ``af.id`` that is empty is undecodable: skipped, counted."""
+    streamer = kafka_streamer(fresh())
+    topic = streamer.topic_name("feed")
+    async with streamer.open_sender("feed"):
+        pass  # creates the topic
+    await trio.to_thread.run_sync(
+        _produce,
+        topic,
+        [
+            {"value": b"a", "headers": [("af.id", b""), ("af.type", b"t")]},
+            {"value": b"b", "headers": [("af.id", None)]},
+        ],
+    )
+    async with streamer.open_sender("feed") as sender:
+        await sender.send(event(1, "feed"))
+    async with streamer.open_receiver("feed", "g") as receiver:
+        with trio.fail_after(WAIT):
+            got = await receiver.receive()
+        assert got.id == "feed-1"
+        assert receiver.undecodable == 2  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("async_commits", [False, True])
+async def test_a_kafka_connector_cancelled_mid_event_repeats_at_most_that_event(
+    async_commits: bool,
+) -> None:
+    streamer = kafka_streamer(fresh(), async_commits=async_commits)
+    sent = [event(n, "feed") for n in range(12)]
+    async with streamer.open_sender("feed") as sender:
+        await sender.send_many(sent)
+    store = af.MemoryStore()
+    seen: list[str] = []
+    plan = [("feed-2", "after"), ("feed-5", "before"), ("feed-8", "after")]
+
+    for target, when in [*plan, (None, None)]:
+        scope = trio.CancelScope()
+        reached = trio.Event()
+
+        async def fn(workflow: Any, e: ConnectorEvent, target: Any = target, when: Any = when) -> None:
+            if e.id == target and when == "before":
+                scope.cancel()
+                reached.set()
+                await trio.lowlevel.checkpoint()
+            seen.append(e.id)
+            if e.id == target:
+                scope.cancel()
+                reached.set()
+                await trio.lowlevel.checkpoint()
+            if e.id == "feed-11":
+                reached.set()
+
+        builder = af.Builder("consumer", Box, Step)
+
+        async def cb(run: af.Run[Box, Step], payload: bytes) -> Step:
+            return Step.B
+
+        builder.add_callback(Step.A, cb, to=Step.B)
+        builder.add_connector("feed", streamer.source("feed"), fn, **FAST)
+        wf = builder.build(store)
+        with trio.fail_after(WAIT * 2), scope:
+            async with af.open_workflow(wf):
+                await reached.wait()
+                if target is None:
+                    stats = connector_stats(wf)["feed"]
+                    await until(lambda: stats.handled >= 1)
+    # everything, in order; only an event a cancellation interrupted comes again
+    expected = [e.id for e in sent]
+    assert sorted(set(seen)) == sorted(expected)
+    repeated = [i for i in set(seen) if seen.count(i) > 1]
+    assert set(repeated) <= {"feed-2", "feed-8"}, seen
+    assert all(seen.count(i) <= 2 for i in expected), seen
+    deduped = list(dict.fromkeys(seen))
+    assert deduped == expected
