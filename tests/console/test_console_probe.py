@@ -560,3 +560,38 @@ async def test_the_overview_of_many_workflows_shows_every_card(tmp_path: Path) -
 
         await in_browser(script)
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.browser
+async def test_malformed_addresses_do_not_break_the_page(served: Served) -> None:
+    """Hashes a person pastes or a link mangles: bad percent-encoding, unknown screens,
+    unknown workflows, hostile filters. The page says what is wrong and keeps working."""
+    run_id = await served.docs.trigger("ok-1")
+
+    def script(page: Any) -> None:
+        from playwright.sync_api import expect
+
+        page.goto(served.url)
+        expect(page.locator("#link")).to_have_text("● live")
+        for hash_ in (
+            "#/run/docs/%E0%A4%A",
+            "#/run/%ZZ/x",
+            "#/runs?workflow=docs&foreign_id=%E0%A4%A",
+            "#/runs?workflow=docs&status=NOPE",
+            "#/runs?workflow=docs&run_state=NOPE",
+            "#/runs?workflow=docs&created_after=garbage",
+            "#/runs?workflow=docs&after=no-such-run",
+            "#/runs?workflow=nope",
+            "#/run/nope/x",
+            "#/nowhere",
+        ):
+            page.goto(served.url + hash_)
+            expect(page.locator("#main")).not_to_have_text("Loading…")
+        page.goto("about:blank")
+        page.goto(served.url + "#token=%E0%A4%A")  # a fresh load reads the fragment
+        expect(page.locator("#link")).to_have_text("● live")
+        # and it still works
+        page.goto(f"{served.url}#/run/docs/{run_id}")
+        expect(page.locator("#run-status")).to_have_text("REVIEW")
+
+    await in_browser(script)

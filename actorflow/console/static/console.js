@@ -252,7 +252,7 @@ async function start() {
   // server: keep it for this tab and take it out of the address bar.
   const offered = /^#token=([^&]*)/.exec(location.hash);
   if (offered) {
-    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(offered[1]));
+    sessionStorage.setItem(TOKEN_KEY, decodePart(offered[1]));
     history.replaceState(null, "", location.pathname + "#/");
   }
   const token = sessionStorage.getItem(TOKEN_KEY) || "";
@@ -296,10 +296,19 @@ async function start() {
 
 // -- routing --------------------------------------------------------------------------------
 
+// A part of an address as text; a malformed escape (a mangled link) is kept as it is.
+function decodePart(text) {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
+}
+
 function parseHash() {
   const hash = location.hash.replace(/^#/, "") || "/";
   const [path, query = ""] = hash.split("?");
-  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  const parts = path.split("/").filter(Boolean).map(decodePart);
   return {parts, params: new URLSearchParams(query)};
 }
 
