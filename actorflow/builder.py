@@ -97,7 +97,8 @@ class Builder(Generic[T, S]):
             or "\x00" in name
         ):
             raise BuildError(
-                f"workflow name must be a non-empty string of valid text (no NUL), not {name!r}"
+                f"workflow name must be a non-empty string of valid text (no NUL) of at most 200 "
+                f"characters, not {name!r}"
             )
         if not (isinstance(status_type, type) and issubclass(status_type, enum.IntEnum)):
             raise BuildError(
@@ -238,6 +239,11 @@ class Builder(Generic[T, S]):
         stored as a new version; a run whose upgrade fails is parked with the reason."""
         if not callable(fn):
             raise BuildError(f"workflow {self.name!r}: upgrade_object needs a function, not {fn!r}")
+        if is_async_callable(fn):
+            raise BuildError(
+                f"workflow {self.name!r}: upgrade_object function {fn_name(fn)} is async; it is "
+                "a plain function fn(dict) -> dict (it runs while a run is loaded)"
+            )
         if self._upgrade is not None:
             raise BuildError(
                 f"workflow {self.name!r}: upgrade_object is already set "

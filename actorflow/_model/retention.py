@@ -12,8 +12,14 @@ from actorflow._model.options import MAX_DELAY
 
 
 def _keep_last(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise BuildError(f"Retention {attribute.name} must be an int >= 1 or None, not {value!r}")
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**63
+    ):
+        # A store keeps version numbers as signed 64-bit integers: a larger count could not
+        # be compared with them (SQLite refused it on every pass, deleting nothing).
+        raise BuildError(
+            f"Retention {attribute.name} must be an int from 1 to 2**63-1 or None, not {value!r}"
+        )
 
 
 def _duration(least: timedelta) -> Any:

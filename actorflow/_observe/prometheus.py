@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
@@ -32,6 +31,7 @@ from prometheus_client.core import (
     UnknownMetricFamily,
 )
 
+from actorflow._model.process import ProcessState
 from actorflow._model.record import RawRecord
 from actorflow._model.run_state import RunState
 from actorflow._observe import live_gateways
@@ -94,7 +94,17 @@ class WorkflowMetrics:
         self.commit = Histogram(COMMIT_BUCKETS)
         self.run_duration = Histogram(DURATION_BUCKETS)
         self.run_counts: Mapping[tuple[int, RunState], int] | None = None
-        instruments(registry).add(self)
+        found = instruments(registry)
+        earlier = found.named(self.name)
+        if earlier is not None:
+            # Another workflow object of this name reports to the registry (the workflow
+            # built again in this process, a restart): one set of series, so its counters
+            # go on counting where the earlier ones are rather than duplicating them.
+            self.lags, self.lag_alerts = earlier.lags, earlier.lag_alerts
+            self.latency, self.errors, self.skips = earlier.latency, earlier.errors, earlier.skips
+            self.run_state_changes = earlier.run_state_changes
+            self.commit, self.run_duration = earlier.commit, earlier.run_duration
+        self.seq = found.add(self)
 
     @property
     def workflow(self) -> Any:
@@ -114,11 +124,14 @@ class WorkflowMetrics:
         histogram = self.latency.get(process)
         if histogram is None:
             histogram = self.latency[process] = Histogram(LATENCY_BUCKETS)
-        return (process, histogram, time.perf_counter())
+        # trio's clock, as for every other time of a run: the real monotonic time in
+        # production, and under a test's MockClock the virtual time a step spent (a step
+        # that sleeps 30 s of virtual time took 30 s, as its run's duration says).
+        return (process, histogram, trio.current_time())
 
     def end(self, token: object, outcome: str, error: BaseException | None = None) -> None:
         process, histogram, started = cast(tuple[str, Histogram, float], token)
-        histogram.observe(time.perf_counter() - started)
+        histogram.observe(trio.current_time() - started)
         if error is not None and isinstance(error, Exception):
             self.errors[process] = self.errors.get(process, 0) + 1
 
@@ -199,20 +212,72 @@ class Instruments:
 
     def __init__(self) -> None:
         self.workflows: weakref.WeakSet[WorkflowMetrics] = weakref.WeakSet()
+        self.added = 0
 
-    def add(self, metrics: WorkflowMetrics) -> None:
+    def add(self, metrics: WorkflowMetrics) -> int:
+        """Adds the metrics of a workflow; returns their sequence number."""
         self.workflows.add(metrics)
+        self.added += 1
+        return self.added
+
+    def named(self, name: str) -> WorkflowMetrics | None:
+        """The latest metrics added of a workflow called ``name`` still alive, if any."""
+        same = [m for m in list(self.workflows) if m.name == name]
+        return max(same, key=lambda m: m.seq, default=None)
 
     def describe(self) -> list[Metric]:
         return []  # the names are ours alone; nothing to check at registration
 
     def collect(self) -> Iterator[Metric]:
-        wfs = sorted(self.workflows, key=lambda m: m.name)
+        groups: dict[str, list[WorkflowMetrics]] = {}
+        for m in sorted(self.workflows, key=lambda m: (m.name, m.seq)):
+            groups.setdefault(m.name, []).append(m)
+        wfs = [_Named(group) for group in groups.values()]
         yield from _luno(wfs)
         yield from _own(wfs)
 
 
-def _luno(wfs: list[WorkflowMetrics]) -> Iterator[Metric]:
+_RANK = {ProcessState.STOPPED: 0, ProcessState.IDLE: 1, ProcessState.RUNNING: 2}
+"""Which state a process shows when several workflow objects of one name report it
+(``ERRORING``, not listed, over all)."""
+
+
+@final
+class _Named:
+    """The metrics of every workflow object of one name in a registry, exposed as one
+    set of series (several objects: a workflow built again in the same process). Their
+    counters are shared (see WorkflowMetrics); gauges combine: states by the most active,
+    counts summed, readiness if any is ready."""
+
+    def __init__(self, group: list[WorkflowMetrics]) -> None:
+        self.group = group
+        first = group[0]
+        self.name = first.name
+        self.lags, self.lag_alerts, self.latency = first.lags, first.lag_alerts, first.latency
+        self.errors, self.skips = first.errors, first.skips
+        self.run_state_changes = first.run_state_changes
+        self.commit, self.run_duration = first.commit, first.run_duration
+        # Latest first: the objects still running, then the latest built.
+        ordered = sorted(group, key=_running_first, reverse=True)
+        self.workflows: list[Any] = [w for w in (m.workflow for m in ordered) if w is not None]
+        self.run_counts = next((m.run_counts for m in ordered if m.run_counts is not None), None)
+
+    def states(self) -> dict[str, ProcessState]:
+        merged: dict[str, ProcessState] = {}
+        for workflow in self.workflows:
+            for process, state in workflow.states().items():
+                seen = merged.get(process)
+                if seen is None or _RANK.get(state, 3) > _RANK.get(seen, 3):
+                    merged[process] = state
+        return merged
+
+
+def _running_first(m: WorkflowMetrics) -> tuple[bool, int]:
+    workflow = m.workflow
+    return (workflow is not None and bool(workflow.running), m.seq)
+
+
+def _luno(wfs: list[_Named]) -> Iterator[Metric]:
     lag = GaugeMetricFamily(
         "workflow_process_lag_seconds",
         "lag between now and the timestamp of the run or event a process took up, in seconds",
@@ -254,10 +319,8 @@ def _luno(wfs: list[WorkflowMetrics]) -> Iterator[Metric]:
             lag.add_metric([name, process], value)
         for process, value in list(m.lag_alerts.items()):
             alert.add_metric([name, process], value)
-        workflow = m.workflow
-        if workflow is not None:
-            for process, state in workflow.states().items():
-                states.add_metric([name, process], float(int(state)))
+        for process, state in m.states().items():
+            states.add_metric([name, process], float(int(state)))
         for process, histogram in list(m.latency.items()):
             latency.add_metric([name, process], histogram.buckets(), histogram.sum)
         for process, count in list(m.errors.items()):
@@ -271,14 +334,13 @@ def _luno(wfs: list[WorkflowMetrics]) -> Iterator[Metric]:
     yield from (lag, alert, states, latency, errors, skipped, changes)
 
 
-def _own(wfs: list[WorkflowMetrics]) -> Iterator[Metric]:
+def _own(wfs: list[_Named]) -> Iterator[Metric]:
     yield from _own_workflows(wfs)
-    workflows = [w for w in (m.workflow for m in wfs) if w is not None]
-    yield from _own_stores({id(w.store): w.store for w in workflows})
+    yield from _own_stores({id(w.store): w.store for m in wfs for w in m.workflows})
     yield from _gateways()
 
 
-def _own_workflows(wfs: list[WorkflowMetrics]) -> Iterator[Metric]:
+def _own_workflows(wfs: list[_Named]) -> Iterator[Metric]:
     """actorflow's metrics of each workflow in this process."""
     runs = GaugeMetricFamily(
         "actorflow_runs",
@@ -313,20 +375,23 @@ def _own_workflows(wfs: list[WorkflowMetrics]) -> Iterator[Metric]:
     )
     for m in wfs:
         name = m.name
-        workflow = m.workflow
-        if workflow is None:
+        if not m.workflows:
             continue
+        workflow = m.workflows[0]
         counts = m.run_counts
         if counts is not None:
             for (status, run_state), count in sorted(counts.items()):
                 member = workflow.definition.status(status)
                 status_name = getattr(member, "name", str(status))
                 runs.add_metric([name, status_name, RUN_STATE_NAMES[run_state]], float(count))
-        active, queued, armed = workflow._runtime_counts()
+        active = queued = armed = 0
+        for each in m.workflows:
+            a, q, t = each._runtime_counts()
+            active, queued, armed = active + a, queued + q, armed + t
         actors.add_metric([name], float(active))
         waiting.add_metric([name], float(queued))
         timers.add_metric([name], float(armed))
-        ready.add_metric([name], 1.0 if workflow.ready else 0.0)
+        ready.add_metric([name], 1.0 if any(w.ready for w in m.workflows) else 0.0)
         commit.add_metric([name], m.commit.buckets(), m.commit.sum)
         duration.add_metric([name], m.run_duration.buckets(), m.run_duration.sum)
     yield from (runs, actors, waiting, timers, ready, commit, duration)
@@ -347,14 +412,21 @@ def _own_stores(stores: dict[int, Any]) -> Iterator[Metric]:
         "the most writes one transaction of the store carried",
         labels=["store"],
     )
+    # Labelled by the store's class: several stores of one class (two SQLite files) are
+    # one series each, summed (the largest batch: the largest of them).
+    by_kind: dict[str, list[float]] = {}
     for store in stores.values():
         stats = getattr(store, "stats", None)
         if stats is None or not hasattr(stats, "transactions"):
             continue
-        label = [type(store).__name__]
-        transactions.add_metric(label, float(stats.transactions))
-        writes.add_metric(label, float(getattr(stats, "writes", 0)))
-        largest.add_metric(label, float(getattr(stats, "largest_batch", 0)))
+        seen = by_kind.setdefault(type(store).__name__, [0.0, 0.0, 0.0])
+        seen[0] += float(stats.transactions)
+        seen[1] += float(getattr(stats, "writes", 0))
+        seen[2] = max(seen[2], float(getattr(stats, "largest_batch", 0)))
+    for kind, (count, written, most) in sorted(by_kind.items()):
+        transactions.add_metric([kind], count)
+        writes.add_metric([kind], written)
+        largest.add_metric([kind], most)
     yield from (transactions, writes, largest)
 
 

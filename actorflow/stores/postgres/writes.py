@@ -156,7 +156,22 @@ async def create_many(
     """Many new runs: each a ``create_run`` of its own, all sent at once, so group commit
     carries them in few transactions (and each keeps its exact retry rules). Items are
     sent in order; a later item of a foreign id starts only once the earlier one is
-    answered, so the in-progress rule holds item by item."""
+    answered, so the in-progress rule holds item by item.
+
+    Cancelled before anything is sent: nothing is written and Cancelled is raised. Once
+    sent, every item's outcome is returned (the cancellation reaches the caller at its
+    next checkpoint), as for one write of group commit: a caller must learn which runs it
+    stored, to start them; cut short here, runs would be stored that nobody starts."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    with trio.CancelScope(shield=True):
+        results = await _create_all(create_run, items)
+    return results
+
+
+async def _create_all(
+    create_run: Callable[[RawRecord, Sequence[Timer]], Awaitable[RawRecord]],
+    items: Sequence[tuple[RawRecord, Sequence[Timer]]],
+) -> list[RawRecord | ActorflowError]:
     results: list[RawRecord | ActorflowError | None] = [None] * len(items)
     pending = list(range(len(items)))
     while pending:
