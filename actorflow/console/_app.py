@@ -59,13 +59,18 @@ class ConsoleSettings:
         max_connections: int = 256,
     ) -> ConsoleSettings:
         served = served_by_name(workflows, "serve_console")
+        # The page asks about every workflow at once (describe, counts, paused runs,
+        # processes), subscribes to each, and counts again after changes (at most once a
+        # second each): its connection's limits grow with the workflows served, so a
+        # console of many workflows does not refuse its own page.
+        n = len(served)
         settings = GatewaySettings(
             token=token,
             max_message_bytes=1 << 20,
-            rate=100.0,
-            burst=200,
-            max_in_flight=64,
-            max_subscriptions=64,
+            rate=100.0 + 4 * n,
+            burst=200 + 8 * n,
+            max_in_flight=64 + 4 * n,
+            max_subscriptions=64 + 2 * n,
             subscription_buffer=256,
             handshake_timeout=10.0,
             max_connections=max_connections,

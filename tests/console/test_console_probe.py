@@ -12,6 +12,7 @@ import functools
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -439,3 +440,185 @@ async def test_steering_through_the_console_after_the_run_finished_changes_nothi
         af.RunState.DATA_DELETED,
     ]
     assert history[-1].status is Doc.REVIEW
+
+
+@attrs.frozen
+class FixedClock:
+    at: datetime
+
+    def now(self) -> datetime:
+        return self.at
+
+
+@pytest.mark.browser
+async def test_a_live_run_created_at_the_filters_first_instant_appears(tmp_path: Path) -> None:
+    """``created_after`` is inclusive: a run stored at that very instant belongs on the
+    filtered page, live as well as on a reload (the page compares instants, not the text
+    of two differently written ISO 8601 times)."""
+    t0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    store = af.SQLiteStore(tmp_path / "clock.db")
+    builder = af.Builder("docs", Paper, Doc)
+
+    async def approve(run: af.Run[Paper, Doc], payload: bytes) -> Doc:
+        return Doc.DONE
+
+    builder.add_callback(Doc.DRAFT, approve, to=[Doc.DONE])
+    docs = builder.build(store, clock=FixedClock(t0))
+    try:
+        async with af.open_workflow(docs), trio.open_nursery() as nursery:
+            port = await nursery.start(functools.partial(af.serve_console, [docs]))
+            url = f"http://127.0.0.1:{port}/"
+            after = t0.isoformat().replace("+00:00", ".000Z")
+            before = (t0 + timedelta(seconds=1)).isoformat().replace("+00:00", ".000Z")
+
+            def script(page: Any) -> None:
+                from playwright.sync_api import expect
+
+                page.goto(f"{url}#/runs?workflow=docs&created_after={after}")
+                expect(page.locator("#runs-body")).to_contain_text("No runs match")
+                trio.from_thread.run(docs.trigger, "at-t0")
+                expect(page.locator("#runs-body")).to_contain_text("at-t0")
+                page.goto(f"{url}#/runs?workflow=docs&created_before={before}&foreign_id=x")
+                expect(page.locator("#runs-body")).to_contain_text("No runs match")
+                trio.from_thread.run(docs.trigger, "x-1")
+                expect(page.locator("#runs-body")).to_contain_text("x-1")
+
+            await in_browser(script)
+            nursery.cancel_scope.cancel()
+    finally:
+        await store.aclose()
+
+
+@attrs.define
+class Tagged:
+    tags: dict[str, str] = attrs.field(factory=dict)
+
+
+@pytest.mark.browser
+async def test_the_diff_names_keys_that_javascript_objects_inherit_as_added(
+    tmp_path: Path,
+) -> None:
+    """A dict field whose keys are ``constructor``, ``toString`` or ``__proto__`` is data
+    like any other: the diff says they were added, not that they changed."""
+    store = af.SQLiteStore(tmp_path / "diff.db")
+    builder = af.Builder("tagged", Tagged, Doc)
+
+    @builder.step(Doc.DRAFT, to=Doc.REVIEW)
+    async def tag(run: af.Run[Tagged, Doc]) -> Doc:
+        run.object.tags.update({"constructor": "c", "toString": "t", "__proto__": "p", "a": "1"})
+        return Doc.REVIEW
+
+    async def approve(run: af.Run[Tagged, Doc], payload: bytes) -> Doc:
+        return Doc.DONE
+
+    builder.add_callback(Doc.REVIEW, approve, to=[Doc.DONE])
+    tagged = builder.build(store)
+    try:
+        async with af.open_workflow(tagged), trio.open_nursery() as nursery:
+            port = await nursery.start(functools.partial(af.serve_console, [tagged]))
+            run_id = await tagged.trigger("t")
+            await tagged.await_status("t", run_id, Doc.REVIEW, timeout=LIMIT)
+
+            def script(page: Any) -> list[str]:
+                from playwright.sync_api import expect
+
+                page.goto(f"http://127.0.0.1:{port}/#/run/tagged/{run_id}")
+                expect(page.locator("#diff")).to_be_visible()
+                expect(page.locator("#diff tbody tr")).to_have_count(4)
+                rows: list[str] = page.locator("#diff tbody tr").all_inner_texts()
+                return rows
+
+            rows = await in_browser(script)
+            assert all(row.startswith("+ added") for row in rows), rows
+            assert {row.split("\t")[1] for row in rows} == {
+                f"tags.{key}" for key in ("constructor", "toString", "__proto__", "a")
+            }
+            nursery.cancel_scope.cancel()
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.browser
+async def test_the_overview_of_many_workflows_shows_every_card(tmp_path: Path) -> None:
+    """The page asks several questions per workflow at once and subscribes to each: a
+    console serving many workflows must not refuse its own page (busy, rate limited)."""
+    store = af.MemoryStore()
+    flows = [build_docs(store, f"wf-{n:03}") for n in range(80)]
+    async with af.open_workflow(*flows), trio.open_nursery() as nursery:
+        port = await nursery.start(functools.partial(af.serve_console, flows))
+        await flows[-1].trigger("last")
+
+        def script(page: Any) -> None:
+            from playwright.sync_api import expect
+
+            page.goto(f"http://127.0.0.1:{port}/")
+            expect(page.locator("section[data-workflow] h2")).to_have_count(80)
+            expect(page.locator("section[data-workflow='wf-079'] h2")).to_contain_text("1 runs")
+            expect(page.locator("#main .error")).to_have_count(0)
+            trio.from_thread.run(flows[0].trigger, "live")
+            expect(page.locator("section[data-workflow='wf-000'] h2")).to_contain_text("1 runs")
+
+        await in_browser(script)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.browser
+async def test_malformed_addresses_do_not_break_the_page(served: Served) -> None:
+    """Hashes a person pastes or a link mangles: bad percent-encoding, unknown screens,
+    unknown workflows, hostile filters. The page says what is wrong and keeps working."""
+    run_id = await served.docs.trigger("ok-1")
+
+    def script(page: Any) -> None:
+        from playwright.sync_api import expect
+
+        page.goto(served.url)
+        expect(page.locator("#link")).to_have_text("● live")
+        for hash_ in (
+            "#/run/docs/%E0%A4%A",
+            "#/run/%ZZ/x",
+            "#/runs?workflow=docs&foreign_id=%E0%A4%A",
+            "#/runs?workflow=docs&status=NOPE",
+            "#/runs?workflow=docs&run_state=NOPE",
+            "#/runs?workflow=docs&created_after=garbage",
+            "#/runs?workflow=docs&after=no-such-run",
+            "#/runs?workflow=nope",
+            "#/run/nope/x",
+            "#/nowhere",
+        ):
+            page.goto(served.url + hash_)
+            expect(page.locator("#main")).not_to_have_text("Loading…")
+        page.goto("about:blank")
+        page.goto(served.url + "#token=%E0%A4%A")  # a fresh load reads the fragment
+        expect(page.locator("#link")).to_have_text("● live")
+        # and it still works
+        page.goto(f"{served.url}#/run/docs/{run_id}")
+        expect(page.locator("#run-status")).to_have_text("REVIEW")
+
+    await in_browser(script)
+
+
+@pytest.mark.browser
+async def test_a_call_while_the_page_reconnects_fails_at_once_instead_of_hanging(
+    served: Served,
+) -> None:
+    """Between a lost connection and the next attempt a steering click must be refused
+    (connection_closed), not sent into a closed socket and waited on for ever."""
+
+    def script(page: Any) -> str:
+        from playwright.sync_api import expect
+
+        page.goto(served.url)
+        expect(page.locator("#link")).to_have_text("● live")
+        page.evaluate(
+            """() => { const g = window.actorflowConsole.gateway;
+                       g.retryDelay = 60000; g.socket.close(); }"""
+        )
+        expect(page.locator("#link")).to_contain_text("reconnecting")
+        code: str = page.evaluate(
+            """() => Promise.race([
+                 window.actorflowConsole.gateway.call("ping").then(() => "answered", (e) => e.code),
+                 new Promise((resolve) => setTimeout(() => resolve("hung"), 3000))])"""
+        )
+        return code
+
+    assert await in_browser(script) == "connection_closed"

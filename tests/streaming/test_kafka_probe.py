@@ -23,7 +23,8 @@ import trio
 import actorflow as af
 from actorflow.streaming import ConnectorEvent, EventError, StreamError, connector_stats
 
-from .conftest import event, kafka_streamer
+from .conftest import event
+from .conftest import kafka_streamer as _kafka_streamer
 
 WAIT = 20
 FAST = {
@@ -32,6 +33,16 @@ FAST = {
 }
 pytestmark = pytest.mark.kafka
 KAFKA_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def kafka_streamer(prefix: str, **options: Any) -> af.KafkaStreamer:
+    """The test broker with quick group joins (Tansu joins in about half the session
+    timeout): these tests open many groups."""
+    quick: dict[str, Any] = {
+        "session_timeout": timedelta(milliseconds=1000),
+        "heartbeat_interval": timedelta(milliseconds=250),
+    }
+    return _kafka_streamer(prefix, **{**quick, **options})
 
 
 def fresh() -> str:
@@ -203,7 +214,7 @@ async def test_a_long_workflow_name_streams_through_its_topic() -> None:
 
 
 async def test_a_missing_topic_that_may_not_be_created_is_a_clear_error_not_a_hang() -> None:
-    streamer = kafka_streamer(fresh(), create_topics=False, join_timeout=timedelta(seconds=5))
+    streamer = kafka_streamer(fresh(), create_topics=False, join_timeout=timedelta(seconds=2))
     with trio.fail_after(WAIT):
         with pytest.raises(StreamError, match="nope"):
             async with streamer.open_receiver("nope", "g") as receiver:
@@ -365,3 +376,95 @@ def test_created_at_must_be_aware() -> None:
             id="x", foreign_id="f", type="t", headers={}, created_at=datetime(2026, 1, 1)
         )
     ConnectorEvent(id="x", foreign_id="f", type="t", headers={}, created_at=datetime.now(UTC))
+
+
+def _produce(topic: str, messages: list[dict[str, Any]]) -> None:
+    from confluent_kafka import Producer
+
+    from .conftest import KAFKA_BOOTSTRAP
+
+    assert KAFKA_BOOTSTRAP
+    producer = Producer({"bootstrap.servers": KAFKA_BOOTSTRAP})
+    for message in messages:
+        producer.produce(topic, **message)
+    assert producer.flush(10) == 0
+
+
+async def test_an_empty_or_null_af_id_is_undecodable_not_a_positional_id() -> None:
+    """docs/streaming.md: an ``af.id`` that is empty is undecodable: skipped, counted."""
+    streamer = kafka_streamer(fresh())
+    topic = streamer.topic_name("feed")
+    async with streamer.open_sender("feed"):
+        pass  # creates the topic
+    await trio.to_thread.run_sync(
+        _produce,
+        topic,
+        [
+            {"value": b"a", "headers": [("af.id", b""), ("af.type", b"t")]},
+            {"value": b"b", "headers": [("af.id", None)]},
+        ],
+    )
+    async with streamer.open_sender("feed") as sender:
+        await sender.send(event(1, "feed"))
+    async with streamer.open_receiver("feed", "g") as receiver:
+        with trio.fail_after(WAIT):
+            got = await receiver.receive()
+        assert got.id == "feed-1"
+        assert receiver.undecodable == 2  # type: ignore[attr-defined]
+
+
+async def _one_life(
+    store: af.Store, streamer: af.KafkaStreamer, seen: list[str], target: str | None, when: str
+) -> None:
+    """Run a connector over the topic until it is cancelled inside ``target``'s function
+    call (``before`` or ``after`` recording it), or, without a target, until it handled
+    the last event."""
+    scope = trio.CancelScope()
+    reached = trio.Event()
+
+    async def fn(workflow: Any, e: ConnectorEvent) -> None:
+        if e.id == target and when == "before":
+            scope.cancel()
+            await trio.lowlevel.checkpoint()
+        seen.append(e.id)
+        if e.id == target:
+            scope.cancel()
+            await trio.lowlevel.checkpoint()
+        if e.id == "feed-11":
+            reached.set()
+
+    builder = af.Builder("consumer", Box, Step)
+
+    async def cb(run: af.Run[Box, Step], payload: bytes) -> Step:
+        return Step.B
+
+    builder.add_callback(Step.A, cb, to=Step.B)
+    builder.add_connector("feed", streamer.source("feed"), fn, **FAST)
+    wf = builder.build(store)
+    with trio.fail_after(WAIT * 2), scope:
+        async with af.open_workflow(wf):
+            await reached.wait()
+            stats = connector_stats(wf)["feed"]
+            await until(lambda: stats.handled >= 1)
+    assert target is None or scope.cancelled_caught
+
+
+@pytest.mark.parametrize("async_commits", [True])
+async def test_a_kafka_connector_cancelled_mid_event_repeats_at_most_that_event(
+    async_commits: bool,
+) -> None:
+    streamer = kafka_streamer(fresh(), async_commits=async_commits)
+    sent = [event(n, "feed") for n in range(12)]
+    async with streamer.open_sender("feed") as sender:
+        await sender.send_many(sent)
+    store = af.MemoryStore()
+    seen: list[str] = []
+    for target, when in [("feed-2", "after"), ("feed-5", "before"), ("feed-8", "after")]:
+        await _one_life(store, streamer, seen, target, when)
+    await _one_life(store, streamer, seen, None, "")
+    # everything, in order; only an event a cancellation interrupted comes again
+    expected = [e.id for e in sent]
+    assert list(dict.fromkeys(seen)) == expected
+    repeated = {i for i in seen if seen.count(i) > 1}
+    assert repeated <= {"feed-2", "feed-8"}, seen
+    assert all(seen.count(i) <= 2 for i in expected), seen
