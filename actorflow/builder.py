@@ -97,7 +97,8 @@ class Builder(Generic[T, S]):
             or "\x00" in name
         ):
             raise BuildError(
-                f"workflow name must be a non-empty string of valid text (no NUL), not {name!r}"
+                f"workflow name must be a non-empty string of valid text (no NUL) of at most 200 "
+                f"characters, not {name!r}"
             )
         if not (isinstance(status_type, type) and issubclass(status_type, enum.IntEnum)):
             raise BuildError(

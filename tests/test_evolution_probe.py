@@ -8,17 +8,19 @@ import enum
 from datetime import timedelta
 from typing import Any
 
+import attrs
 import pytest
 import trio
 from trio.testing import MockClock
 
 import actorflow as af
 from actorflow._model import evolution as ev
-from tests.conftest import StoreMaker
 from tests.test_evolution import (
     S1,
+    S3,
     Maker,
     Order1,
+    build_retired,
     build_v1,
     build_without_waiting,
     parked,
@@ -76,9 +78,9 @@ def test_retention_edge_values_are_build_errors(options: dict[str, Any]) -> None
 
 
 async def test_largest_keep_last_keeps_everything_and_zero_keep_for_keeps_the_latest(
-    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+    reopen: Maker, clock: af.Clock, autojump_clock: MockClock
 ) -> None:
-    store = make_store()
+    store = reopen()
     huge = af.Retention(keep_last=2**63 - 1, after_finish=timedelta(0), every=timedelta(minutes=1))
     nothing = af.Retention(keep_for=timedelta(0), after_finish=timedelta(0))
     kept = three_steps(store, clock, history_retention=huge)
@@ -95,10 +97,10 @@ async def test_largest_keep_last_keeps_everything_and_zero_keep_for_keeps_the_la
 
 
 async def test_retention_leaves_runs_in_flight_alone_and_prunes_cancelled_ones(
-    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+    reopen: Maker, clock: af.Clock, autojump_clock: MockClock
 ) -> None:
     retention = af.Retention(keep_last=1, after_finish=timedelta(0), every=timedelta(minutes=1))
-    workflow = yinyang(make_store(), clock, history_retention=retention, resume_paused_after=None)
+    workflow = yinyang(reopen(), clock, history_retention=retention, resume_paused_after=None)
     async with af.open_workflow(workflow):
         waiting = await workflow.trigger("waiting")
         await workflow.await_status("waiting", waiting, Status.MIDDLE)
@@ -190,3 +192,106 @@ async def test_a_check_of_an_unchanged_definition_after_new_runs_is_clean(reopen
         done = await again.callback("order-0", S1.WAITING, b"")
         assert done is not None and done.status is S1.DONE
     assert {r.meta.definition for r in await again.history(ids[0])} == {again.fingerprint}
+
+
+async def test_retiring_a_paused_run_onto_a_terminal_status_waits_for_its_resume(
+    reopen: Maker,
+) -> None:
+    """PAUSED -> COMPLETED is no run-state transition: a run paused by hand at a status
+    retired onto a terminal one stays paused (the bulk migration too), and completes as
+    retired once it is resumed. It used to be completed while paused."""
+    store = reopen()
+    v1 = build_v1(store)
+    async with af.open_workflow(v1):
+        run_id = await v1.trigger("held")
+        await v1.await_status("held", run_id, S1.WAITING, timeout=30)
+        await v1.pause(run_id, "held by support")
+    wf = build_retired(reopen())
+    async with af.open_workflow(wf):
+        report = wf.last_check
+        assert report is not None and report.stranded == 0
+        await wf.migrate()
+        held = await wf.store.lookup("orders", run_id)
+        assert (held.status, held.run_state) == (2, af.RunState.PAUSED)
+        assert held.meta.run_state_reason == "held by support"
+        await wf.resume(run_id)
+        done = await wf.await_status("held", run_id, S3.DONE, timeout=30)
+    assert done.run_state is af.RunState.COMPLETED
+    assert "status 2 retired" in done.meta.run_state_reason
+    states = [r.run_state for r in await wf.history(run_id)][-3:]
+    assert states == [af.RunState.PAUSED, af.RunState.RUNNING, af.RunState.COMPLETED]
+
+
+# -- data deletion across a deploy -----------------------------------------------------------
+
+
+@attrs.define
+class Retyped:
+    """Order1 with ``qty`` now a list: stored objects do not structure (no hook given)."""
+
+    sku: str = ""
+    qty: list[str] = attrs.Factory(list)
+
+
+def build_retyped(store: af.Store, **options: Any) -> af.Workflow[Retyped, S1]:
+    b = af.Builder("orders", Retyped, S1)
+
+    @b.step(S1.NEW, to=S1.WAITING)
+    async def reserve(run: af.Run[Retyped, S1]) -> S1:
+        return S1.WAITING
+
+    async def paid(run: af.Run[Retyped, S1], payload: bytes) -> S1:
+        return S1.DONE
+
+    b.add_callback(S1.WAITING, paid, to=S1.DONE)
+    return b.build(store, poll_interval=timedelta(milliseconds=50), **options)
+
+
+async def finished_v1(make: Maker) -> str:
+    """A run version 1 completed (its object ``{"sku": "apple", "qty": 2}``)."""
+    ids = await start_v1(make, 1)
+    v1 = build_v1(make())
+    async with af.open_workflow(v1):
+        done = await v1.callback("order-0", S1.WAITING, b"")
+        assert done is not None and done.run_state is af.RunState.COMPLETED
+    return ids[0]
+
+
+@pytest.mark.parametrize("scrub", [None, lambda obj: Retyped(sku="kept")])
+async def test_delete_data_of_an_object_that_no_longer_fits_deletes_it(
+    reopen: Maker, scrub: Any
+) -> None:
+    """The data is deleted, not refused on every attempt because the stored object does
+    not structure into the new type (it used to stay REQUESTED_DATA_DELETED, data kept)."""
+    run_id = await finished_v1(reopen)
+    wf = build_retyped(reopen(), scrub=scrub)
+    deleted = await wf.delete_data(run_id, "erasure request")
+    assert deleted.run_state is af.RunState.DATA_DELETED
+    assert deleted.object == Retyped()  # a scrub cannot be given what does not structure
+    assert all("apple" not in r.object for r in await wf.store.history("orders", run_id))
+
+
+@attrs.define
+class Person:
+    name: str
+    email: str
+
+
+async def test_delete_data_without_scrub_for_a_type_without_defaults_changes_nothing(
+    reopen: Maker,
+) -> None:
+    b = af.Builder("people", Person, S1)
+
+    @b.step(S1.NEW, to=S1.DONE)
+    async def done(run: af.Run[Person, S1]) -> S1:
+        return S1.DONE
+
+    wf = b.build(reopen())
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("ada", initial=Person("Ada", "ada@example.com"))
+        await wf.await_status("ada", run_id, S1.DONE, timeout=30)
+        with pytest.raises(af.InvalidArgument, match=r"Person\(\) needs arguments.*scrub="):
+            await wf.delete_data(run_id, "erasure request")
+    # Not left half done (REQUESTED_DATA_DELETED, retried and failing forever).
+    stored = await wf.store.lookup("people", run_id)
+    assert stored.run_state is af.RunState.COMPLETED

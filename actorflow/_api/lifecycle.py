@@ -42,8 +42,11 @@ class Lifecycle(Triggers[T, S], Queries[T, S]):
 
     @property
     def running(self) -> bool:
-        """True while ``run`` serves this workflow in this process."""
-        return self._supervisor is not None and not self._supervisor.stopping
+        """True while ``run`` serves this workflow in this process: from the moment it
+        reported started until its stop (not while it is still starting, e.g. waiting for
+        an unreachable database, nor once it stops). What ``/healthz`` reports."""
+        supervisor = self._supervisor
+        return supervisor is not None and supervisor.serving and not supervisor.stopping
 
     @property
     def ready(self) -> bool:

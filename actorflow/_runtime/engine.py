@@ -24,6 +24,7 @@ from actorflow._model.codec import ObjectCodec
 from actorflow._model.definition import Definition, fn_name
 from actorflow._model.errors import (
     ActorflowError,
+    InvalidArgument,
     InvalidTransition,
     SerializationError,
     StepError,
@@ -241,6 +242,7 @@ class Engine(Generic[T, S]):
     def timers_for(self, run: Run[T, S], status: int, now: datetime) -> list[Timer]:
         """The timers of ``status`` for this run (what its timeouts' timer functions say)."""
         timers: list[Timer] = []
+        name = self.name
         for spec in self.definition.timeouts.get(status, ()):
             try:
                 when = spec.timer(run, now)
@@ -251,8 +253,11 @@ class Engine(Generic[T, S]):
                 ) from exc
             if when is None:
                 continue
-            fire_at = self._timer_instant(run, status, spec.timer, when)
-            timers.append(Timer(self.name, run.run_id, int(status), spec.kind, fire_at))
+            if type(when) is datetime and when.tzinfo is UTC:
+                fire_at = when  # already what stores keep
+            else:
+                fire_at = self._timer_instant(run, status, spec.timer, when)
+            timers.append(Timer(name, run.run_id, int(status), spec.kind, fire_at))
         return timers
 
     def _timer_instant(self, run: Run[T, S], status: int, timer: Any, when: Any) -> datetime:
@@ -460,30 +465,73 @@ class Engine(Generic[T, S]):
         return await self.commit(new, timers=[]), []
 
     async def delete_data(self, raw: RawRecord, reason: str) -> tuple[RawRecord, list[Timer]]:
-        if raw.run_state is not RunState.REQUESTED_DATA_DELETED:
+        requested = raw.run_state is RunState.REQUESTED_DATA_DELETED
+        if not requested:
             self.check_state(raw, RunState.REQUESTED_DATA_DELETED)
+        # Without scrub=, what replaces the object is known first: a type that has no
+        # default changes nothing (it used to store REQUESTED_DATA_DELETED, then fail on
+        # every attempt, the data kept).
+        scrubbed = self._default_object(raw) if self.scrub is None else None
+        if not requested:
             raw = await self.commit(
                 self.next_version(raw, run_state=RunState.REQUESTED_DATA_DELETED, reason=reason)
             )
-        obj = self.codec.decode(raw.object, run_id=raw.run_id)
-        if self.scrub is not None:
-            try:
-                scrubbed = self.scrub(obj)
-            except BaseException as exc:
-                error = user_error(exc, "the scrub function")
-                raise ActorflowError(
-                    f"{self.where(raw)}: scrub function failed: {error!r}"
-                ) from exc
-            self.codec.check(scrubbed, "the scrub function's result")
-        else:
-            scrubbed = self.codec.default()
+        if scrubbed is None:
+            # A scrub function that fails leaves the request stored (luno/workflow's rule):
+            # a later delete_data, or the next worker, finishes it.
+            scrubbed = self._scrubbed(raw)
         new = self.next_version(
-            raw,
-            run_state=RunState.DATA_DELETED,
-            object=self.codec.encode(scrubbed, run_id=raw.run_id),
-            reason=reason,
+            raw, run_state=RunState.DATA_DELETED, object=scrubbed, reason=reason
         )
         return await self.commit(new, timers=[], scrub_history=True), []
+
+    def _scrubbed(self, raw: RawRecord) -> str:
+        """The JSON text of ``scrub(object)`` (the build option), which ``delete_data``
+        stores in place of the run's object.
+
+        A stored object that no longer fits the object type (written by an earlier
+        definition, no ``upgrade_object`` to convert it) cannot be handed to ``scrub``: its
+        data is deleted all the same, replaced by the type's defaults.
+
+        Raises:
+            ActorflowError: the scrub function failed.
+        """
+        scrub = self.scrub
+        assert scrub is not None
+        try:
+            obj = self.typed(raw).object
+        except ActorflowError as exc:
+            log.warning(
+                "%s: the stored object cannot be given to the scrub function (%s); "
+                "its data is deleted and replaced by the object type's defaults",
+                self.where(raw),
+                exc,
+                extra=run_fields(raw),
+            )
+            return self._default_object(raw)
+        try:
+            scrubbed = scrub(obj)
+        except BaseException as exc:
+            error = user_error(exc, "the scrub function")
+            raise ActorflowError(f"{self.where(raw)}: scrub function failed: {error!r}") from exc
+        self.codec.check(scrubbed, "the scrub function's result")
+        return self.codec.encode(scrubbed, run_id=raw.run_id)
+
+    def _default_object(self, raw: RawRecord) -> str:
+        """The JSON text of a new object from the type's defaults (a scrubbed object).
+
+        Raises:
+            InvalidArgument: the object type needs arguments (build with ``scrub=``).
+        """
+        try:
+            default = self.codec.default()
+        except InvalidArgument as exc:
+            raise InvalidArgument(
+                f"{self.where(raw)}: delete_data has no object to put in place of the "
+                f"run's: {self.codec.object_type.__name__}() needs arguments. Build the "
+                "workflow with scrub= (a function returning the scrubbed object)"
+            ) from exc
+        return self.codec.encode(default, run_id=raw.run_id)
 
     def check_state(self, raw: RawRecord, new: RunState) -> None:
         old = raw.run_state

@@ -53,6 +53,11 @@ async def upgrade(engine: Engine[Any, Any], raw: RawRecord) -> RawRecord:
         return paused
     if not plan.reasons:
         return raw
+    if plan.run_state is RunState.COMPLETED and raw.run_state is RunState.PAUSED:
+        # PAUSED -> COMPLETED is no run-state transition (luno's rules): a paused run
+        # retired onto a terminal status stays paused as it is, and completes once it is
+        # resumed (it is loaded then as a running run and migrated).
+        return raw
     new = engine.next_version(
         raw,
         status=plan.status,

@@ -258,10 +258,23 @@ def parse_initial(workflow: Workflow[Any, Any], text: str | None) -> Any:
     if text is None:
         return None
     try:
-        data = json.loads(text, parse_constant=_no_constant)
+        data = loads_json(text)
     except ValueError as exc:
         raise UsageError(f"--initial is not valid JSON: {exc}") from None
     return structure_initial(workflow, data, "--initial")
+
+
+def loads_json(text: str) -> Any:
+    """JSON text given to a command (``--initial``, a line of ``--from-file``).
+
+    Raises:
+        ValueError: it is not JSON: malformed, a NaN or an infinity, or nested too deeply
+            to read (``[[[...]]]``: a RecursionError inside ``json``).
+    """
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("it is nested too deeply to read") from None
 
 
 def structure_initial(workflow: Workflow[Any, Any], data: Any, what: str) -> Any:
@@ -285,7 +298,9 @@ def read_payload(data: str | None, file: str | None) -> bytes:
             "give the payload with exactly one of --data TEXT or --file PATH (- for stdin)"
         )
     if data is not None:
-        return data.encode()
+        # The bytes given on the command line, also when they are not UTF-8 (Python reads
+        # those as lone surrogates, which str.encode refuses).
+        return os.fsencode(data)
     assert file is not None
     if file == "-":
         return sys.stdin.buffer.read()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -29,6 +28,7 @@ from actorflow.cli.app import (
     UsageError,
     app_reference,
     load_app,
+    loads_json,
     parse_initial,
     parse_run_states,
     parse_status,
@@ -267,7 +267,7 @@ def trigger_from_file(args: argparse.Namespace) -> int:
         progress.done()
         if source is not sys.stdin:
             source.close()
-    for problem in refused:
+    for _, problem in sorted(refused):  # in file order: parse errors come out first
         print(problem, file=sys.stderr)
     _print(f"started {started:,} run(s)" + (f"; {len(refused):,} refused" if refused else ""))
     return 1 if refused else 0
@@ -281,7 +281,9 @@ def _open_lines(path: str) -> TextIO:
             if isinstance(sys.stdin, io.TextIOWrapper):
                 sys.stdin.reconfigure(errors="surrogateescape")
             return sys.stdin
-        return open(path, encoding="utf-8", errors="surrogateescape")
+        # utf-8-sig: a byte order mark at the start (some Windows editors write one) is
+        # no part of the first line.
+        return open(path, encoding="utf-8-sig", errors="surrogateescape")
     except OSError as exc:
         raise CliError(f"cannot read {path!r}: {exc.strerror or exc}") from None
 
@@ -305,7 +307,7 @@ class _LineParser:
         if not is_valid_text(line):
             raise UsageError("not UTF-8 text")
         try:
-            data = json.loads(line)
+            data = loads_json(line)
         except ValueError as exc:
             raise UsageError(f"not JSON: {exc}") from None
         if isinstance(data, str):
@@ -334,9 +336,9 @@ async def _trigger_lines(
     source: Iterable[str],
     parse: Callable[[str], Any],
     progress: _Progress,
-) -> tuple[int, list[str]]:
+) -> tuple[int, list[tuple[int, str]]]:
     """Trigger the runs of ``source``'s lines, ``FROM_FILE_CHUNK`` at a time; returns how
-    many started and the lines refused."""
+    many started and the lines refused (line number, message)."""
     started, refused = 0, []
     async with _closing(app):
         chunk: list[tuple[int, Any]] = []
@@ -346,7 +348,7 @@ async def _trigger_lines(
             try:
                 chunk.append((number, parse(line)))
             except CliError as exc:
-                refused.append(f"line {number}: {exc}")
+                refused.append((number, f"line {number}: {exc}"))
                 progress.advance(1)
             if len(chunk) >= FROM_FILE_CHUNK:
                 started += await _trigger_chunk(workflow, chunk, refused)
@@ -359,7 +361,7 @@ async def _trigger_lines(
 
 
 async def _trigger_chunk(
-    workflow: Workflow[Any, Any], chunk: list[tuple[int, Any]], refused: list[str]
+    workflow: Workflow[Any, Any], chunk: list[tuple[int, Any]], refused: list[tuple[int, str]]
 ) -> int:
     results = await workflow.trigger_many([item for _, item in chunk])
     started = 0
@@ -367,7 +369,7 @@ async def _trigger_chunk(
         if isinstance(result, str):
             started += 1
         else:
-            refused.append(f"line {number}: {result}")
+            refused.append((number, f"line {number}: {result}"))
     return started
 
 

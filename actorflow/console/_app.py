@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final, final
@@ -58,13 +59,18 @@ class ConsoleSettings:
         max_connections: int = 256,
     ) -> ConsoleSettings:
         served = served_by_name(workflows, "serve_console")
+        # The page asks about every workflow at once (describe, counts, paused runs,
+        # processes), subscribes to each, and counts again after changes (at most once a
+        # second each): its connection's limits grow with the workflows served, so a
+        # console of many workflows does not refuse its own page.
+        n = len(served)
         settings = GatewaySettings(
             token=token,
             max_message_bytes=1 << 20,
-            rate=100.0,
-            burst=200,
-            max_in_flight=64,
-            max_subscriptions=64,
+            rate=100.0 + 4 * n,
+            burst=200 + 8 * n,
+            max_in_flight=64 + 4 * n,
+            max_subscriptions=64 + 2 * n,
             subscription_buffer=256,
             handshake_timeout=10.0,
             max_connections=max_connections,
@@ -106,6 +112,31 @@ class ConsoleSettings:
         if access in (Access.WRONG, Access.SEVERAL):
             limiter.refused(address, now)
         return access, refusal
+
+
+def same_origin(connection: HTTPConnection) -> bool:
+    """Whether a websocket handshake comes from the console's own page (or from no page).
+
+    Browsers send ``Origin`` on every websocket handshake and let any site open one to any
+    address, this console's included: without this check a page of another site, open in
+    a browser on the console's machine, could steer runs of a console that has no token.
+    Clients that are not browsers send no ``Origin`` and are let through. Behind a reverse
+    proxy that rewrites ``Host``, its ``X-Forwarded-Host`` is accepted too (a page cannot
+    set that header on a websocket).
+    """
+    origin = connection.headers.get("origin")
+    if origin is None:
+        return True
+    parts = urllib.parse.urlsplit(origin.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return False
+    hosts = {
+        host.strip().lower()
+        for name in ("host", "x-forwarded-host")
+        for host in connection.headers.get(name, "").split(",")
+        if host.strip()
+    }
+    return parts.netloc.lower() in hosts
 
 
 def _refusal(verdict: Access) -> tuple[int, str] | None:
@@ -172,6 +203,14 @@ class _Console:
 
     async def websocket(self, ws: WebSocket) -> None:
         """The gateway's protocol over the page's websocket, once admitted."""
+        if not same_origin(ws):
+            log.warning(
+                "console websocket from another origin refused: %r", ws.headers.get("origin")
+            )
+            await ws.send_denial_response(
+                PlainTextResponse("websocket from another origin refused\n", status_code=403)
+            )
+            return
         access, refusal = self.settings.admit(ws)
         if refusal is not None:
             status, message = refusal

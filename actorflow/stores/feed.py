@@ -14,7 +14,7 @@ jumps.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -202,6 +202,17 @@ class ChangeFeed:
 
     def publish(self, record: RawRecord) -> None:
         """Hand a committed version to every matching subscriber (never blocks)."""
+        self._deliver(record)
+        self._wake()
+
+    def publish_many(self, records: Iterable[RawRecord]) -> None:
+        """Hand committed versions, in commit order, to every matching subscriber (never
+        blocks); waiters wake once, after the last."""
+        for record in records:
+            self._deliver(record)
+        self._wake()
+
+    def _deliver(self, record: RawRecord) -> None:
         self.published += 1
         recent = self._recent
         recent[f"{record.version} {record.run_id}"] = None
@@ -217,6 +228,8 @@ class ChangeFeed:
                 if bucket:
                     for sub in bucket:
                         sub._push(record)
+
+    def _wake(self) -> None:
         if self._lot:
             self._lot.unpark_all()
         if self._change_lot:

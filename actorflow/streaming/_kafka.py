@@ -534,7 +534,11 @@ def decode_message(message: Any) -> ConnectorEvent:
             headers[name] = value.decode() if value is not None else ""
     except UnicodeDecodeError as exc:
         raise EventError(f"{where} has a key or header that is not UTF-8: {exc}") from None
-    event_id = headers.pop(ID_HEADER, None) or f"{topic}:{partition}:{offset}"
+    event_id = headers.pop(ID_HEADER, None)
+    if event_id is None:  # another producer's message: its place is its id
+        event_id = f"{topic}:{partition}:{offset}"
+    elif not event_id:  # ours, or claims to be, with no id (an empty or null af.id)
+        raise EventError(f"{where} has an empty {ID_HEADER!r} header")
     event_type = headers.pop(TYPE_HEADER, "")
     created_text = headers.pop(CREATED_AT_HEADER, None)
     try:

@@ -163,9 +163,20 @@ class Gateway {
     const id = this.nextId++;
     const clean = Object.fromEntries(Object.entries(args).filter(([, v]) => v !== undefined));
     return new Promise((resolve, reject) => {
-      this.waiting.set(id, {resolve, reject});
-      this.socket.send(JSON.stringify({id, op, ...clean}));
+      this.send(id, {id, op, ...clean}, resolve, reject);
     });
+  }
+
+  // Sends a request and waits for its reply; refused at once when the connection is down
+  // (between a lost connection and the next attempt a closed socket drops what it is
+  // given, and nothing would ever answer).
+  send(id, message, resolve, reject) {
+    if (!this.socket || this.socket.readyState !== WebSocket.OPEN) {
+      reject(new GatewayError("connection_closed", "the connection to the console ended"));
+      return;
+    }
+    this.waiting.set(id, {resolve, reject});
+    this.socket.send(JSON.stringify(message));
   }
 
   // Follows stored changes: onRecord(record) for each, onEnd(reason) once it ends.
@@ -176,8 +187,7 @@ class Gateway {
     this.subscriptions.set(id, sub);
     try {
       await new Promise((resolve, reject) => {
-        this.waiting.set(id, {resolve, reject});
-        this.socket.send(JSON.stringify({id, op: "subscribe", ...args}));
+        this.send(id, {id, op: "subscribe", ...args}, resolve, reject);
       });
     } catch (error) {
       this.subscriptions.delete(id);
@@ -252,7 +262,7 @@ async function start() {
   // server: keep it for this tab and take it out of the address bar.
   const offered = /^#token=([^&]*)/.exec(location.hash);
   if (offered) {
-    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(offered[1]));
+    sessionStorage.setItem(TOKEN_KEY, decodePart(offered[1]));
     history.replaceState(null, "", location.pathname + "#/");
   }
   const token = sessionStorage.getItem(TOKEN_KEY) || "";
@@ -296,10 +306,19 @@ async function start() {
 
 // -- routing --------------------------------------------------------------------------------
 
+// A part of an address as text; a malformed escape (a mangled link) is kept as it is.
+function decodePart(text) {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
+}
+
 function parseHash() {
   const hash = location.hash.replace(/^#/, "") || "/";
   const [path, query = ""] = hash.split("?");
-  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  const parts = path.split("/").filter(Boolean).map(decodePart);
   return {parts, params: new URLSearchParams(query)};
 }
 
@@ -461,12 +480,22 @@ function toLocalInput(iso) {
   return shifted.toISOString().slice(0, 19);
 }
 
+// An ISO 8601 date-time as microseconds since the epoch (NaN if it is not one): Date keeps
+// milliseconds only, and the store keeps microseconds.
+function micros(iso) {
+  const parts = /^(.*T\d{2}:\d{2}:\d{2})(?:\.(\d+))?(.*)$/.exec(String(iso));
+  if (!parts) return NaN;
+  const seconds = Date.parse(parts[1] + parts[3]);
+  return seconds * 1000 + Number((parts[2] || "").padEnd(6, "0").slice(0, 6));
+}
+
 function matches(filters, record) {
   if (filters.status && record.status_name !== filters.status) return false;
   if (filters.run_state && record.run_state !== filters.run_state) return false;
   if (filters.foreign_id && !record.foreign_id.startsWith(filters.foreign_id)) return false;
-  if (filters.created_after && record.created_at < filters.created_after) return false;
-  if (filters.created_before && record.created_at >= filters.created_before) return false;
+  // Compare instants, not text: the server writes "+00:00" and microseconds, the page "Z".
+  if (filters.created_after && micros(record.created_at) < micros(filters.created_after)) return false;
+  if (filters.created_before && micros(record.created_at) >= micros(filters.created_before)) return false;
   return true;
 }
 
@@ -729,8 +758,9 @@ function diffObjects(before, after, path = "", out = []) {
     const keys = new Set([...Object.keys(before), ...Object.keys(after)]);
     for (const key of keys) {
       const sub = Array.isArray(after) ? `${path}[${key}]` : (path ? `${path}.${key}` : key);
-      if (!(key in before)) out.push({op: "added", path: sub, after: after[key]});
-      else if (!(key in after)) out.push({op: "removed", path: sub, before: before[key]});
+      // Own keys only: "constructor" or "toString" in the data are not inherited methods.
+      if (!Object.hasOwn(before, key)) out.push({op: "added", path: sub, after: after[key]});
+      else if (!Object.hasOwn(after, key)) out.push({op: "removed", path: sub, before: before[key]});
       else diffObjects(before[key], after[key], sub, out);
     }
   } else if (JSON.stringify(before) !== JSON.stringify(after)) {

@@ -28,7 +28,7 @@ from actorflow.stores.filters import ANY_RUN, RunFilter, check_limit
 from actorflow.stores.group_commit import GroupCommit
 from actorflow.stores.sqlite import queries
 from actorflow.stores.sqlite import writes as w
-from actorflow.stores.sqlite.codec import record_params, timer_rows
+from actorflow.stores.sqlite.codec import create_rows, record_params, timer_rows
 from actorflow.stores.sqlite.connection import WORKER_LOCK_SUFFIX as WORKER_LOCK_SUFFIX
 from actorflow.stores.sqlite.connection import WORKER_LOCKS, Database
 from actorflow.stores.sqlite.connection import SQLiteStats as SQLiteStats
@@ -192,10 +192,7 @@ class SQLiteStore(ClosingStore):
         results: list[RawRecord | ActorflowError] = []
         for start in range(0, len(items), w.MAX_CREATE):
             chunk = items[start : start + w.MAX_CREATE]
-            rows = [
-                (record, record_params(record), timer_rows(record, timers))
-                for record, timers in chunk
-            ]
+            rows = create_rows(chunk)
             results.extend(await self._submit(w.apply_create_many, rows, w.PUBLISH_VALUES))
         return results
 
