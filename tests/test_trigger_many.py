@@ -174,3 +174,39 @@ async def test_a_default_made_by_a_factory_is_made_anew_for_every_run(
 
 async def _noop_callback(run: af.Run[_Ticket, Status], payload: bytes) -> Status:
     return Status.END
+
+
+async def test_every_stored_run_has_its_first_version_and_timers_in_order(
+    make_store: StoreMaker, clock: af.Clock
+) -> None:
+    """Stores insert a chunk's rows in groups (SQLite: 100 rows a statement, the rest one
+    by one, first versions copied from the runs): sizes that are not a multiple of the
+    group, refused items in between, and runs with and without timers all come out whole
+    and in the order of the items."""
+    store = make_store()
+    workflow = yinyang(store, clock)
+    busy = await workflow.trigger("f17")
+    items: list[str | tuple[str, Status]] = []
+    for i in range(1237):
+        items.append((f"f{i}", Status.MIDDLE) if i % 3 else f"f{i}")
+        if i % 250 == 0:
+            items.append(f"f{i}")  # started by an earlier item of this call
+    results = await workflow.trigger_many(items)
+    started = [r for r in results if isinstance(r, str)]
+    refused = [r for r in results if not isinstance(r, str)]
+    assert len(started) == 1236 and len(refused) == 6, refused[:3]
+    assert all(isinstance(r, af.WorkflowInProgress) for r in refused)
+    events = await store.read_events(0, 5000, workflow.name)
+    assert [e.run_id for e in events] == [busy, *started]
+    assert all(e.version == 1 for e in events)
+    timers = {t.run_id: t for t in await store.list_timers(workflow.name)}
+    for item, result in zip(items, results, strict=True):
+        if not isinstance(result, str):
+            continue
+        history = await store.history(workflow.name, result)
+        assert [(h.version, h.foreign_id) for h in history] == [
+            (1, item if isinstance(item, str) else item[0])
+        ]
+        at_middle = not isinstance(item, str)
+        assert (result in timers) is at_middle
+        assert history[0].status == (Status.MIDDLE if at_middle else Status.STARTED)

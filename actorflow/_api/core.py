@@ -143,6 +143,13 @@ class WorkflowCore(Generic[T, S]):
             raise InvalidArgument(f"workflow {self.name!r}: {what} {exc}") from None
 
     def _foreign_id_arg(self, foreign_id: object) -> str:
+        if (
+            type(foreign_id) is str
+            and 0 < len(foreign_id) <= MAX_FOREIGN_ID
+            and foreign_id.isascii()
+            and "\x00" not in foreign_id
+        ):
+            return foreign_id  # the common case, checked at once (trigger_many backfills)
         if not isinstance(foreign_id, str) or not foreign_id or len(foreign_id) > MAX_FOREIGN_ID:
             raise InvalidArgument(
                 f"workflow {self.name!r}: foreign_id must be a non-empty string of at most "

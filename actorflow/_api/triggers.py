@@ -5,8 +5,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
+import attrs
 import trio
 
 from actorflow._api.core import WorkflowCore
@@ -21,12 +22,28 @@ S = TypeVar("S", bound=enum.IntEnum)
 
 TRIGGER_MANY_CHUNK = 500
 """Items per store call of trigger_many: one transaction of SQLiteStore (``MAX_CREATE``),
-a few milliseconds of the trio thread (a worker in the same process keeps its latency)."""
+a few milliseconds of the trio thread (a worker in the same process keeps its latency).
+A multiple of ``YIELD_EVERY``: trigger_many looks at the chunk's size when it yields."""
 YIELD_EVERY = 100
 """trigger_many lets other tasks run after building this many runs."""
 
 TriggerItem = str | Mapping[str, Any] | tuple[Any, ...]
 """An item of :meth:`Workflow.trigger_many`: a foreign id, a mapping or a tuple."""
+
+
+@attrs.frozen
+class _Start:
+    """What all new runs at one start status have in common (per trigger_many call)."""
+
+    workflow_name: str
+    status: enum.IntEnum
+    value: int
+    meta: Meta
+    encoded: str | None
+    """The encoded default object, when the object class makes the same default every
+    time (no factory of ids or times: checked by making it twice); else None."""
+    timed: bool
+    """The status has timeouts: each run's timers are made with its own object."""
 
 
 class Triggers(WorkflowCore[T, S]):
@@ -75,27 +92,32 @@ class Triggers(WorkflowCore[T, S]):
                 f"ids, mappings or tuples), not {type(items).__name__}"
             )
         results: list[str | ActorflowError] = []
-        chunk: list[tuple[int, RawRecord, list[Timer]]] = []
+        indices: list[int] = []  # where each run of the chunk is in results
+        chunk: list[tuple[RawRecord, list[Timer]]] = []
         now = self._clock.now()
-        shared: dict[int, tuple[Meta, str | None]] = {}
+        shared: dict[S | None, _Start] = {}
         for item in items:
             try:
-                foreign_id, start, initial = self._trigger_item(item)
-                raw, timers = self._new_run(foreign_id, start, initial, now, shared)
+                if type(item) is str:  # the common case, without a call to parse it
+                    made = self._new_run(item, None, None, now, shared)
+                else:
+                    foreign_id, start, initial = self._trigger_item(item)
+                    made = self._new_run(foreign_id, start, initial, now, shared)
             except ActorflowError as exc:
                 results.append(exc)
                 continue
-            results.append(raw.run_id)
-            chunk.append((len(results) - 1, raw, timers))
+            indices.append(len(results))
+            results.append(made[0].run_id)
+            chunk.append(made)
             if len(chunk) % YIELD_EVERY == 0:
                 # Building runs is Python on the trio thread: let other tasks in between.
                 await trio.lowlevel.checkpoint()
-            if len(chunk) >= TRIGGER_MANY_CHUNK:
-                await self._create_many(chunk, results)
-                chunk = []
-                now = self._clock.now()
+                if len(chunk) >= TRIGGER_MANY_CHUNK:
+                    await self._create_many(indices, chunk, results)
+                    indices, chunk = [], []
+                    now = self._clock.now()
         if chunk:
-            await self._create_many(chunk, results)
+            await self._create_many(indices, chunk, results)
         return results
 
     def _trigger_item(self, item: object) -> tuple[object, Any, Any]:
@@ -118,13 +140,16 @@ class Triggers(WorkflowCore[T, S]):
         )
 
     async def _create_many(
-        self, chunk: list[tuple[int, RawRecord, list[Timer]]], results: list[str | ActorflowError]
+        self,
+        indices: list[int],
+        chunk: list[tuple[RawRecord, list[Timer]]],
+        results: list[str | ActorflowError],
     ) -> None:
         if not self._engine.lineage.registered:
             await self._engine.lineage.register()  # the first write of this definition
-        outcomes = await self._store.create_runs([(raw, timers) for _, raw, timers in chunk])
+        outcomes = await self._store.create_runs(chunk)
         started: list[tuple[RawRecord, list[Timer]]] = []
-        for (index, _, timers), outcome in zip(chunk, outcomes, strict=True):
+        for index, (_, timers), outcome in zip(indices, chunk, outcomes, strict=True):
             if isinstance(outcome, ActorflowError):
                 results[index] = outcome
             else:
@@ -137,60 +162,67 @@ class Triggers(WorkflowCore[T, S]):
         start: object,
         initial: object,
         now: datetime,
-        shared: dict[int, tuple[Meta, str | None]] | None = None,
+        shared: dict[S | None, _Start] | None = None,
     ) -> tuple[RawRecord, list[Timer]]:
         """A new run's first version and timers (nothing stored yet).
 
         ``shared`` (trigger_many) keeps, per start status, what all runs of one call
-        starting there have in common: the first Meta, and the encoded default object
-        when the object class makes the same default every time (no factory of ids or
-        times: checked by making it twice).
+        starting there have in common (see :class:`_Start`).
         """
         foreign_id = self._foreign_id_arg(foreign_id)
-        definition = self._definition
-        status = definition.start if start is None else self._status_arg(start, "start")
+        status = None if start is None else self._status_arg(start, "start")
         common = None if shared is None else shared.get(status)
         if common is None:
-            if definition.is_terminal(status):
-                raise InvalidArgument(
-                    f"workflow {self.name!r}: cannot start at {status.name}: it has no step, "
-                    "callback or timeout (a run there would be complete at once)"
-                )
-            meta = self._engine.first_meta(status, self._trace_origin())
-            common = (meta, None if shared is None else self._same_default())
+            common = self._start_at(status, shared is not None)
             if shared is not None:
                 shared[status] = common
-        meta, encoded = common
-        with_timeouts = status in definition.timeouts
         obj: Any = None
+        encoded = common.encoded
         if initial is not None:
-            obj = self._codec.check(cast(T, initial), "initial")
+            obj = self._codec.check(initial, "initial")
             encoded = self._encode_initial(obj)
         elif encoded is None:
             obj = self._codec.default()
             encoded = self._encode_initial(obj)
-        elif with_timeouts:
+        elif common.timed:
             obj = self._codec.default()  # the timer functions get an object of their own
         raw = RawRecord(
-            workflow_name=self.name,
-            foreign_id=foreign_id,
-            run_id=new_run_id(),
-            status=int(status),
-            run_state=RunState.INITIATED,
-            object=encoded,
-            version=1,
-            created_at=now,
-            updated_at=now,
-            meta=meta,
+            common.workflow_name,
+            foreign_id,
+            new_run_id(),
+            common.value,
+            RunState.INITIATED,
+            encoded,
+            1,
+            now,
+            now,
+            common.meta,
         )
-        timers = NO_TIMERS
-        if with_timeouts:
-            try:
-                run: Run[T, S] = Run(raw, cast(S, status), obj, self._codec)
-                timers = self._engine.timers_for(run, status, now)
-            except ActorflowError as exc:
-                raise InvalidArgument(str(exc)) from None
-        return raw, timers
+        if not common.timed:
+            return raw, NO_TIMERS
+        try:
+            run: Run[T, S] = Run(raw, common.status, obj, self._codec)  # type: ignore[arg-type]
+            return raw, self._engine.timers_for(run, common.status, now)
+        except ActorflowError as exc:
+            raise InvalidArgument(str(exc)) from None
+
+    def _start_at(self, start: S | None, many: bool) -> _Start:
+        """What every new run at ``start`` (None: the workflow's start) has in common."""
+        definition = self._definition
+        status = definition.start if start is None else start
+        if definition.is_terminal(status):
+            raise InvalidArgument(
+                f"workflow {self.name!r}: cannot start at {status.name}: it has no step, "
+                "callback or timeout (a run there would be complete at once)"
+            )
+        return _Start(
+            self.name,
+            status,
+            int(status),
+            self._engine.first_meta(status, self._trace_origin()),
+            self._same_default() if many else None,
+            status in definition.timeouts,
+        )
 
     def _same_default(self) -> str | None:
         """The encoded default object if two made in a row encode the same, else None."""

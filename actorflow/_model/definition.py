@@ -76,9 +76,11 @@ class TimeoutSpec:
     fn: TimeoutFn
     to: frozenset[enum.IntEnum]
     options: Options
+    kind: str = attrs.field(init=False)
+    """The kind of this timeout's timers (``timeout:<index>``)."""
 
-    @property
-    def kind(self) -> str:
+    @kind.default
+    def _kind(self) -> str:
         return f"timeout:{self.index}"
 
 

@@ -7,6 +7,7 @@ A :class:`RawRecord` is what stores keep (object as JSON text, status as int); a
 from __future__ import annotations
 
 import os
+import threading
 import time
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -23,15 +24,42 @@ def _run_state(value: int) -> RunState:
     return value if type(value) is RunState else RunState(value)
 
 
+class _Entropy(threading.local):
+    """Random bytes for run ids, drawn from the OS a few kilobytes at a time (one system
+    call per ``_ENTROPY_IDS`` ids, not one per id); per thread, and dropped in a forked
+    child (which must not reuse its parent's bytes)."""
+
+    def __init__(self) -> None:
+        self.pool = b""
+        self.used = 0
+
+
+_ENTROPY_IDS = 256
+_entropy = _Entropy()
+
+
+def _forget_entropy() -> None:
+    global _entropy
+    _entropy = _Entropy()
+
+
+os.register_at_fork(after_in_child=_forget_entropy)
+
+
 def new_run_id() -> str:
     """A new run's id: a time-ordered UUID (version 7, RFC 9562) as 32 hex digits.
 
     The first 48 bits are the Unix time in milliseconds, so new runs land at the end of the
     stores' indexes (and ids sort by creation time across processes, to the millisecond);
-    the remaining 74 bits are random.
+    the remaining 74 bits are random (from ``os.urandom``).
     """
     millis = time.time_ns() // 1_000_000
-    random = int.from_bytes(os.urandom(10))
+    entropy = _entropy
+    used = entropy.used
+    if used >= len(entropy.pool):
+        entropy.pool, used = os.urandom(10 * _ENTROPY_IDS), 0
+    entropy.used = used + 10
+    random = int.from_bytes(entropy.pool[used : used + 10])
     value = (millis & 0xFFFF_FFFF_FFFF) << 80 | random & ((1 << 80) - 1)
     value = value & ~(0xF << 76) | 0x7 << 76  # version 7
     value = value & ~(0x3 << 62) | 0x2 << 62  # RFC 9562 variant

@@ -259,6 +259,7 @@ class Engine(Generic[T, S]):
     def timers_for(self, run: Run[T, S], status: int, now: datetime) -> list[Timer]:
         """The timers of ``status`` for this run (what its timeouts' timer functions say)."""
         timers: list[Timer] = []
+        name = self.name
         for spec in self.definition.timeouts.get(status, ()):
             try:
                 when = spec.timer(run, now)
@@ -269,8 +270,11 @@ class Engine(Generic[T, S]):
                 ) from exc
             if when is None:
                 continue
-            fire_at = self._timer_instant(run, status, spec.timer, when)
-            timers.append(Timer(self.name, run.run_id, int(status), spec.kind, fire_at))
+            if type(when) is datetime and when.tzinfo is UTC:
+                fire_at = when  # already what stores keep
+            else:
+                fire_at = self._timer_instant(run, status, spec.timer, when)
+            timers.append(Timer(name, run.run_id, int(status), spec.kind, fire_at))
         return timers
 
     def _timer_instant(self, run: Run[T, S], status: int, timer: Any, when: Any) -> datetime:

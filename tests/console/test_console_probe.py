@@ -595,3 +595,30 @@ async def test_malformed_addresses_do_not_break_the_page(served: Served) -> None
         expect(page.locator("#run-status")).to_have_text("REVIEW")
 
     await in_browser(script)
+
+
+@pytest.mark.browser
+async def test_a_call_while_the_page_reconnects_fails_at_once_instead_of_hanging(
+    served: Served,
+) -> None:
+    """Between a lost connection and the next attempt a steering click must be refused
+    (connection_closed), not sent into a closed socket and waited on for ever."""
+
+    def script(page: Any) -> str:
+        from playwright.sync_api import expect
+
+        page.goto(served.url)
+        expect(page.locator("#link")).to_have_text("● live")
+        page.evaluate(
+            """() => { const g = window.actorflowConsole.gateway;
+                       g.retryDelay = 60000; g.socket.close(); }"""
+        )
+        expect(page.locator("#link")).to_contain_text("reconnecting")
+        code: str = page.evaluate(
+            """() => Promise.race([
+                 window.actorflowConsole.gateway.call("ping").then(() => "answered", (e) => e.code),
+                 new Promise((resolve) => setTimeout(() => resolve("hung"), 3000))])"""
+        )
+        return code
+
+    assert await in_browser(script) == "connection_closed"

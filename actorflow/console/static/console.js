@@ -163,9 +163,20 @@ class Gateway {
     const id = this.nextId++;
     const clean = Object.fromEntries(Object.entries(args).filter(([, v]) => v !== undefined));
     return new Promise((resolve, reject) => {
-      this.waiting.set(id, {resolve, reject});
-      this.socket.send(JSON.stringify({id, op, ...clean}));
+      this.send(id, {id, op, ...clean}, resolve, reject);
     });
+  }
+
+  // Sends a request and waits for its reply; refused at once when the connection is down
+  // (between a lost connection and the next attempt a closed socket drops what it is
+  // given, and nothing would ever answer).
+  send(id, message, resolve, reject) {
+    if (!this.socket || this.socket.readyState !== WebSocket.OPEN) {
+      reject(new GatewayError("connection_closed", "the connection to the console ended"));
+      return;
+    }
+    this.waiting.set(id, {resolve, reject});
+    this.socket.send(JSON.stringify(message));
   }
 
   // Follows stored changes: onRecord(record) for each, onEnd(reason) once it ends.
@@ -176,8 +187,7 @@ class Gateway {
     this.subscriptions.set(id, sub);
     try {
       await new Promise((resolve, reject) => {
-        this.waiting.set(id, {resolve, reject});
-        this.socket.send(JSON.stringify({id, op: "subscribe", ...args}));
+        this.send(id, {id, op: "subscribe", ...args}, resolve, reject);
       });
     } catch (error) {
       this.subscriptions.delete(id);

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -30,6 +30,21 @@ UPDATE_RUN: Final = (
 INSERT_TIMER: Final = (
     "INSERT INTO timers (workflow_name, run_id, status, kind, fire_at) VALUES (?, ?, ?, ?, ?)"
 )
+ROWS_PER_INSERT: Final = 100
+"""Rows of one multi-row INSERT of create_runs (1,000 parameters: far below SQLite's
+limit of 32,766)."""
+INSERT_RUNS: Final = f"INSERT INTO runs ({RECORD_COLUMNS}) VALUES " + ", ".join(
+    ["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * ROWS_PER_INSERT
+)
+INSERT_TIMERS: Final = (
+    "INSERT INTO timers (workflow_name, run_id, status, kind, fire_at) VALUES "
+    + (", ".join(["(?, ?, ?, ?, ?)"] * ROWS_PER_INSERT))
+)
+COPY_HISTORY: Final = (
+    f"INSERT INTO history ({RECORD_COLUMNS}) SELECT {RECORD_COLUMNS} FROM runs "
+    "WHERE seq > ? ORDER BY seq"
+)
+"""The first history rows of the runs created after a seq, copied from them."""
 
 Params = tuple[Any, ...]
 """The parameters of one statement."""
@@ -67,6 +82,7 @@ def meta_from_text(text: str) -> Meta:
 
 
 def record_params(record: RawRecord) -> Params:
+    created = to_text(record.created_at)
     return (
         record.workflow_name,
         record.foreign_id,
@@ -75,10 +91,56 @@ def record_params(record: RawRecord) -> Params:
         int(record.run_state),
         record.object,
         record.version,
-        to_text(record.created_at),
-        to_text(record.updated_at),
+        created,
+        created if record.updated_at is record.created_at else to_text(record.updated_at),
         meta_text(record.meta),
     )
+
+
+CreateRow = tuple[RawRecord, Params, list[Params]]
+"""A new run as create_runs stores it: its record, its row, its timers' rows."""
+
+
+def create_rows(items: Iterable[tuple[RawRecord, Sequence[Timer]]]) -> list[CreateRow]:
+    """create_runs' rows. A backfill's runs share their instants and Meta: each distinct
+    one is converted to text once, not once per run."""
+    texts: dict[datetime, str] = {}
+    meta: Meta | None = None
+    meta_json = ""
+    rows: list[CreateRow] = []
+    for record, timers in items:
+        created = record.created_at
+        at = texts.get(created)
+        if at is None:
+            at = texts[created] = to_text(created)
+        updated = at if record.updated_at is created else to_text(record.updated_at)
+        if record.meta is not meta:
+            meta = record.meta
+            meta_json = meta_text(meta)
+        params = (
+            record.workflow_name,
+            record.foreign_id,
+            record.run_id,
+            int(record.status),
+            int(record.run_state),
+            record.object,
+            record.version,
+            at,
+            updated,
+            meta_json,
+        )
+        timer_params: list[Params] = []
+        for timer in timers:
+            if timer.run_id != record.run_id or timer.workflow_name != record.workflow_name:
+                timer_rows(record, [timer])  # raises, saying what is wrong
+            fire_at = texts.get(timer.fire_at)
+            if fire_at is None:
+                fire_at = texts[timer.fire_at] = to_text(timer.fire_at)
+            timer_params.append(
+                (timer.workflow_name, timer.run_id, int(timer.status), timer.kind, fire_at)
+            )
+        rows.append((record, params, timer_params))
+    return rows
 
 
 def decode_record(row: Any) -> RawRecord:

@@ -28,7 +28,7 @@ from actorflow.stores.filters import ANY_RUN, RunFilter, check_limit
 from actorflow.stores.group_commit import GroupCommit
 from actorflow.stores.sqlite import queries
 from actorflow.stores.sqlite import writes as w
-from actorflow.stores.sqlite.codec import record_params, timer_rows
+from actorflow.stores.sqlite.codec import create_rows, record_params, timer_rows
 from actorflow.stores.sqlite.connection import WORKER_LOCK_SUFFIX as WORKER_LOCK_SUFFIX
 from actorflow.stores.sqlite.connection import WORKER_LOCKS, Database
 from actorflow.stores.sqlite.connection import SQLiteStats as SQLiteStats
@@ -192,10 +192,7 @@ class SQLiteStore(ClosingStore):
         results: list[RawRecord | ActorflowError] = []
         for start in range(0, len(items), w.MAX_CREATE):
             chunk = items[start : start + w.MAX_CREATE]
-            rows = [
-                (record, record_params(record), timer_rows(record, timers))
-                for record, timers in chunk
-            ]
+            rows = create_rows(chunk)
             results.extend(await self._submit(w.apply_create_many, rows, w.PUBLISH_VALUES))
         return results
 
@@ -320,9 +317,11 @@ class SQLiteStore(ClosingStore):
     # -- closing -----------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Finish the batch in flight, then close the database. Idempotent."""
+        """Finish the batch in flight, then close the database and end the waits and
+        subscriptions on its feed (StoreError). Idempotent."""
         self._db.close()
         with trio.CancelScope(shield=True):
             await self._group.idle.wait()
+        self._feed.close(str(self._db.fail("the store is closed", "open a new SQLiteStore")))
         await self._db.close_connection()
         await trio.lowlevel.checkpoint()
