@@ -392,6 +392,9 @@ def structure_object(object_type: type[Any], data: object) -> Any:
 def record_to_json(record: Record[Any, Any], object_type: type[Any]) -> dict[str, Any]:
     """A record as the JSON object the gateway sends."""
     status = record.status
+    obj = record.object
+    # A stranded run's object that no longer structures is read as its stored JSON data.
+    data = converter.unstructure(obj, object_type) if isinstance(obj, object_type) else obj
     return {
         "workflow_name": record.workflow_name,
         "foreign_id": record.foreign_id,
@@ -400,7 +403,7 @@ def record_to_json(record: Record[Any, Any], object_type: type[Any]) -> dict[str
         "status_name": status.name if isinstance(status, enum.Enum) else str(int(status)),
         "run_state": record.run_state.name,
         "version": record.version,
-        "object": converter.unstructure(record.object, object_type),
+        "object": data,
         "created_at": record.created_at.isoformat(),
         "updated_at": record.updated_at.isoformat(),
         "meta": record.meta.to_dict(),

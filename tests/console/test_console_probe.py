@@ -622,3 +622,53 @@ async def test_a_call_while_the_page_reconnects_fails_at_once_instead_of_hanging
         return code
 
     assert await in_browser(script) == "connection_closed"
+
+
+async def _status_of(port: int, request: bytes) -> bytes:
+    """The status line the console answers a raw HTTP/1.1 request with."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(request)
+        answer = b""
+        with trio.fail_after(LIMIT):
+            while b"\r\n" not in answer:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    break
+                answer += chunk
+    return answer.split(b"\r\n", 1)[0]
+
+
+def _upgrade(host: str) -> bytes:
+    return (
+        f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+def _session(host: str) -> bytes:
+    return f"GET /api/session HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+
+
+async def test_a_console_without_a_token_answers_only_by_its_address(served: Served) -> None:
+    """DNS rebinding: a site re-pointed at 127.0.0.1 is "same origin" with a tokenless
+    console; its requests carry the site's name as Host and are refused."""
+    port = served.port
+    for host in (f"evil.example:{port}", "evil.example", f"rebind.127.0.0.1.nip.io:{port}"):
+        assert b" 403 " in await _status_of(port, _upgrade(host)) + b" ", host
+        assert b" 403 " in await _status_of(port, _session(host)) + b" ", host
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "127.0.0.1"):
+        assert b" 101 " in await _status_of(port, _upgrade(host)) + b" ", host
+        assert b" 200 " in await _status_of(port, _session(host)) + b" ", host
+
+
+async def test_a_console_with_a_token_may_be_served_by_name(tmp_path: Path) -> None:
+    docs = build_docs(af.MemoryStore())
+    async with af.open_workflow(docs), trio.open_nursery() as nursery:
+        port = await nursery.start(functools.partial(af.serve_console, [docs], token=TOKEN))
+        request = (
+            f"GET /api/session HTTP/1.1\r\nHost: console.example:{port}\r\n"
+            f"Authorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        assert b" 200 " in await _status_of(port, request) + b" "
+        nursery.cancel_scope.cancel()

@@ -468,3 +468,28 @@ async def test_a_kafka_connector_cancelled_mid_event_repeats_at_most_that_event(
     repeated = {i for i in seen if seen.count(i) > 1}
     assert repeated <= {"feed-2", "feed-8"}, seen
     assert all(seen.count(i) <= 2 for i in expected), seen
+
+
+async def test_receives_cancelled_at_random_lose_and_repeat_nothing() -> None:
+    """A receive cancelled while the consumer fetches in its worker thread must keep what
+    that fetch brought: the next receive hands it out, in order."""
+    streamer = kafka_streamer(fresh())
+    sent = [event(n, "feed") for n in range(60)]
+    got: list[str] = []
+    async with streamer.open_sender("feed") as sender:
+        await sender.send(sent[0])
+        async with streamer.open_receiver("feed", "g") as receiver:
+            with trio.fail_after(WAIT * 2):
+                for n, e in enumerate(sent[1:], 1):
+                    if n % 5 == 0:
+                        await sender.send_many(sent[n : n + 5])
+                    elif n < 5:
+                        await sender.send(e)
+                    with trio.move_on_after(0.001 * (n % 7)):
+                        while True:
+                            got.append((received := await receiver.receive()).id)
+                            await receiver.ack(received)
+                while len(got) < len(sent):
+                    got.append((received := await receiver.receive()).id)
+                    await receiver.ack(received)
+    assert got == [e.id for e in sent]
