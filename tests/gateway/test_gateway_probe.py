@@ -8,7 +8,10 @@ fix):
 
 - a ``subscribe`` followed at once by its ``unsubscribe`` (sent together, as a browser may)
   got no reply at all when the unsubscribe was read before the subscription was set up,
-  and a client waiting for it waited forever; the unsubscribe said ``true`` all the same.
+  and a client waiting for it waited forever; the unsubscribe said ``true`` all the same;
+- frames a client sent in the same write as its handshake (before the gateway's answer,
+  as raw clients and some libraries do) were not read until the client sent more, so
+  their replies never came.
 """
 
 from __future__ import annotations
@@ -176,6 +179,41 @@ async def test_pipelined_subscribe_and_unsubscribe_each_get_their_reply(port: in
         assert f"s{n}" in order and f"u{n}" in order, n  # every request got its reply
         assert order.index(f"s{n}") < order.index(f"u{n}")  # the ack comes first
     assert b'"result":false' not in received  # each was active when unsubscribed
+
+
+async def test_frames_sent_with_the_handshake_are_served(port: int) -> None:
+    head = (
+        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    )
+    frames = masked_text_frame('{"id": 1, "op": "ping"}') + masked_text_frame(
+        '{"id": 2, "op": "workflows"}'
+    )
+    with trio.fail_after(LIMIT):
+        for split in (None, len(head) + 30, len(head) + 42):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            data = (head + f"Authorization: Bearer {TOKEN}\r\n\r\n").encode() + frames
+            if split is None:
+                await stream.send_all(data)  # all in one write
+            else:  # the blank line ending the head, or the first frame, cut in two
+                await stream.send_all(data[:split])
+                await trio.testing.wait_all_tasks_blocked(0.01)
+                await stream.send_all(data[split:])
+            received = b""
+            while received.count(b'"ok":true') < 2:
+                received += await stream.receive_some(65536)
+            assert received.startswith(b"HTTP/1.1 101 ")
+            replies = server_frames(received.split(b"\r\n\r\n", 1)[1])
+            assert [json.loads(payload)["id"] for _, payload in replies] == [1, 2]
+            await stream.aclose()
+        # Refused with frames attached: the refusal, then the end, at once.
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all((head + "\r\n").encode() + frames)
+        received = b""
+        while chunk := await stream.receive_some(65536):
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 401 ")
+        await stream.aclose()
 
 
 # -- malformed messages -------------------------------------------------------------------------
