@@ -547,7 +547,7 @@ async def test_the_overview_of_many_workflows_shows_every_card(tmp_path: Path) -
     """The page asks several questions per workflow at once and subscribes to each: a
     console serving many workflows must not refuse its own page (busy, rate limited)."""
     store = af.MemoryStore()
-    flows = [build_docs(store, f"wf-{n:03}") for n in range(66)]
+    flows = [build_docs(store, f"wf-{n:03}") for n in range(80)]
     async with af.open_workflow(*flows), trio.open_nursery() as nursery:
         port = await nursery.start(functools.partial(af.serve_console, flows))
         await flows[-1].trigger("last")
@@ -556,8 +556,8 @@ async def test_the_overview_of_many_workflows_shows_every_card(tmp_path: Path) -
             from playwright.sync_api import expect
 
             page.goto(f"http://127.0.0.1:{port}/")
-            expect(page.locator("section[data-workflow] h2")).to_have_count(66)
-            expect(page.locator("section[data-workflow='wf-065'] h2")).to_contain_text("1 runs")
+            expect(page.locator("section[data-workflow] h2")).to_have_count(80)
+            expect(page.locator("section[data-workflow='wf-079'] h2")).to_contain_text("1 runs")
             expect(page.locator("#main .error")).to_have_count(0)
             trio.from_thread.run(flows[0].trigger, "live")
             expect(page.locator("section[data-workflow='wf-000'] h2")).to_contain_text("1 runs")
