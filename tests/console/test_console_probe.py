@@ -10,6 +10,9 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import os
+import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -27,6 +30,7 @@ from actorflow.testing import wait_for
 from .conftest import TOKEN, in_browser
 
 LIMIT = 20.0
+ROOT = Path(__file__).resolve().parents[2]
 HOSTILE = "<img src=x id=xss-{}><script id=xss-s{}>window.__xss=1</script>\"'&"
 
 
@@ -672,3 +676,47 @@ async def test_a_console_with_a_token_may_be_served_by_name(tmp_path: Path) -> N
         ).encode()
         assert b" 200 " in await _status_of(port, request) + b" "
         nursery.cancel_scope.cancel()
+
+
+async def test_serve_console_refuses_bad_options_and_addresses_clearly(
+    nursery: trio.Nursery,
+) -> None:
+    docs = build_docs(af.MemoryStore())
+    for timeout in (-1, float("nan"), float("inf"), "1", None, True):
+        with pytest.raises(af.InvalidArgument, match="graceful_timeout"):
+            await nursery.start(
+                functools.partial(af.serve_console, [docs], graceful_timeout=timeout)
+            )
+    # an address that cannot be bound is the OSError itself (docstring: Raises OSError)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError):
+            await nursery.start(
+                functools.partial(af.serve_console, [docs], port=taken.getsockname()[1])
+            )
+    with pytest.raises(OSError):
+        await nursery.start(functools.partial(af.serve_console, [docs], host="256.1.1.1"))
+
+
+async def test_a_worker_whose_console_port_is_taken_says_so_in_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PARCELS_DB": str(tmp_path / "p.db")}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [
+            sys.executable,
+            "-m",
+            "actorflow.cli",
+            "worker",
+            "tests.console.worker_app:workflow",
+            "--console",
+            f"127.0.0.1:{port}",
+        ]
+        with trio.fail_after(60):
+            done = await trio.run_process(command, env=env, capture_stderr=True, check=False)
+    error = done.stderr.decode()
+    assert done.returncode != 0
+    assert "cannot serve the console" in error, error
+    assert "Traceback" not in error, error

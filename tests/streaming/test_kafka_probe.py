@@ -493,3 +493,27 @@ async def test_receives_cancelled_at_random_lose_and_repeat_nothing() -> None:
                     got.append((received := await receiver.receive()).id)
                     await receiver.ack(received)
     assert got == [e.id for e in sent]
+
+
+async def test_many_opens_of_a_new_topic_at_once_all_work() -> None:
+    """Senders and receivers racing to create one missing topic: each sees it exist."""
+    streamer = kafka_streamer(fresh())
+    got: list[str] = []
+
+    async def send(n: int) -> None:
+        async with streamer.open_sender("feed") as sender:
+            await sender.send(attrs.evolve(event(n, "feed"), headers={}))
+
+    async def receive() -> None:
+        async with streamer.open_receiver("feed", "g") as receiver:
+            while len(got) < 6:
+                e = await receiver.receive()
+                got.append(e.id)
+                await receiver.ack(e)
+
+    with trio.fail_after(WAIT * 2):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            for n in range(6):
+                nursery.start_soon(send, n)
+    assert sorted(got) == sorted(f"feed-{n}" for n in range(6))
