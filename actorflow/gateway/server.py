@@ -184,7 +184,8 @@ class _PeerStream(trio.abc.HalfCloseableStream):
             # should wait for it; some do not). Read before the accept, they would sit in
             # wsproto's handshake, unread until the client sent more.
             await self.accepted.wait()
-            data, self._held = self._held, b""
+            size = len(self._held) if max_bytes is None else max_bytes
+            data, self._held = self._held[:size], self._held[size:]
             return data
         data = await self.stream.receive_some(max_bytes)
         if data:

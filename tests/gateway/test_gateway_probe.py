@@ -11,7 +11,12 @@ fix):
   and a client waiting for it waited forever; the unsubscribe said ``true`` all the same;
 - frames a client sent in the same write as its handshake (before the gateway's answer,
   as raw clients and some libraries do) were not read until the client sent more, so
-  their replies never came.
+  their replies never came;
+- ``client.request(op, id=...)`` sent the caller's id instead of the client's own, so the
+  reply found nobody waiting and the call waited forever;
+- a message within ``max_message_bytes`` in characters but over it in UTF-8 (emoji, say)
+  got a ``too_large`` reply with ``"id": null``: the Python client's call, and any
+  client's request, waited forever for its reply.
 """
 
 from __future__ import annotations
@@ -813,3 +818,39 @@ def test_the_probe_covers_every_documented_op() -> None:
     from actorflow.gateway.ops import OPS as TABLE
 
     assert sorted(OPS) == sorted(TABLE)
+
+
+async def test_the_client_refuses_an_id_among_request_arguments(port: int) -> None:
+    async with af.open_gateway_client(f"ws://127.0.0.1:{port}/", token=TOKEN) as client:
+        with trio.fail_after(LIMIT):
+            for request_id in (99, 1, "x"):
+                with pytest.raises(af.GatewayError) as info:
+                    await client.request("ping", id=request_id)
+                assert info.value.code == "invalid_argument"
+            assert await client.request("ping") == "pong"
+            with pytest.raises(af.GatewayError) as info:  # the gateway's own refusal
+                await client.request("ping", note="x")
+            assert info.value.code == "invalid_argument"
+
+
+async def test_a_message_too_large_in_utf8_is_answered_with_its_id(
+    nursery: trio.Nursery, tickets: af.Workflow[Any, Any]
+) -> None:
+    port = await serve(nursery, tickets, max_message_bytes=64 * 1024)
+    wide = "\U0001f600" * 20_000  # 20,000 characters, 80,000 bytes in UTF-8
+    with trio.fail_after(LIMIT):
+        async with af.open_gateway_client(f"ws://127.0.0.1:{port}/", token=TOKEN) as client:
+            for pad in (wide, "\u00e9" * 40_000):
+                with pytest.raises(af.GatewayError) as info:
+                    await client.request("ping", pad=pad)
+                assert info.value.code == "too_large"
+            await client.ping()  # the connection lives on
+        async with socket_at(port) as ws:
+            await ws.send_message(
+                json.dumps({"id": "big", "op": "ping", "pad": wide}, ensure_ascii=False)
+            )
+            reply = await reply_to(ws, "big")
+            assert error_of(reply) == "too_large"
+            await ws.send_message('{"id": 5, "pad": "' + wide + '"')  # unreadable: id null
+            assert error_of(await reply_to(ws, None)) == "too_large"
+            await ping_works(ws)
