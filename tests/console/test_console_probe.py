@@ -720,3 +720,31 @@ async def test_a_worker_whose_console_port_is_taken_says_so_in_one_line(tmp_path
     assert done.returncode != 0
     assert "cannot serve the console" in error, error
     assert "Traceback" not in error, error
+
+
+@pytest.mark.browser
+async def test_older_after_live_inserts_continues_from_the_last_row_shown(served: Served) -> None:
+    """New runs push the oldest rows off the first page; "Older →" must go on from the
+    last row the page shows, or the runs pushed off are on neither page."""
+    docs = served.docs
+    ids = [await docs.trigger(f"r-{n:03}") for n in range(55)]
+
+    def script(page: Any) -> list[str]:
+        from playwright.sync_api import expect
+
+        page.goto(f"{served.url}#/runs?workflow=docs")
+        rows = page.locator("#runs-body tr[data-run-id]")
+        expect(rows).to_have_count(50)
+        for n in range(3):
+            trio.from_thread.run(docs.trigger, f"new-{n}")
+        expect(page.locator("#runs-body")).to_contain_text("new-2")
+        expect(rows).to_have_count(50)
+        first: list[str] = rows.evaluate_all("rows => rows.map(r => r.dataset.runId)")
+        page.click("#older")
+        expect(page.locator("#runs-body")).not_to_contain_text("new-2")
+        second: list[str] = rows.evaluate_all("rows => rows.map(r => r.dataset.runId)")
+        return first + second
+
+    shown = await in_browser(script)
+    assert len(shown) == len(set(shown))
+    assert set(ids) <= set(shown), "runs pushed off the first page are on neither page"

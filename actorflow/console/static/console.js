@@ -596,8 +596,11 @@ function runsScreen(main, params) {
     pager.replaceChildren(...[
       first ? null : el("button", {type: "button", class: "quiet", text: "← Newest",
         onclick: () => navigate(hashFor({...filters, after: ""}))}),
+      // From the last row shown: live runs push the oldest rows off this page, and those
+      // must be on the next one.
       page.length === PAGE ? el("button", {type: "button", class: "quiet", id: "older", text: "Older →",
-        onclick: () => navigate(hashFor({...filters, after: page[page.length - 1].run_id}))}) : null,
+        onclick: () => navigate(hashFor({...filters,
+          after: (tbody.lastElementChild && tbody.lastElementChild.dataset.runId) || page[page.length - 1].run_id}))}) : null,
     ].filter(Boolean));
     app.gateway.call("count_runs", args).then((counts) => {
       total = counts.total;
