@@ -769,3 +769,43 @@ async def test_filters_given_as_numbers_match_live_rows_too(served: Served) -> N
         expect(page.locator("#runs-body")).to_contain_text("live-one")
 
     await in_browser(script)
+
+
+@pytest.mark.browser
+async def test_a_run_stored_while_the_first_page_loads_is_not_wiped_by_it() -> None:
+    """The page subscribes, then reads its page: a run stored after the read whose event
+    arrives before the page must still be shown once the page is drawn."""
+    store = af.MemoryStore()
+    builder = af.Builder("docs", Paper, Doc)
+
+    async def approve(run: af.Run[Paper, Doc], payload: bytes) -> Doc:
+        return Doc.DONE
+
+    builder.add_callback(Doc.DRAFT, approve, to=[Doc.DONE])  # runs wait: one version each
+    docs = builder.build(store)
+    await docs.trigger("before")
+    original = store.list_runs
+    sneaked = trio.Event()
+
+    async def list_runs(name: str, flt: Any, **options: Any) -> Any:
+        found = await original(name, flt, **options)
+        if options.get("limit") == 50 and not sneaked.is_set():
+            sneaked.set()
+            await docs.trigger("sneaky")  # stored after this page was read
+            await trio.sleep(0.3)  # its event goes out before the page
+        return found
+
+    store.list_runs = list_runs  # type: ignore[method-assign]
+    async with af.open_workflow(docs), trio.open_nursery() as nursery:
+        port = await nursery.start(functools.partial(af.serve_console, [docs]))
+
+        def script(page: Any) -> None:
+            from playwright.sync_api import expect
+
+            page.goto(f"http://127.0.0.1:{port}/#/runs?workflow=docs")
+            expect(page.locator("#runs-body")).to_contain_text("before")
+            assert trio.from_thread.run_sync(sneaked.is_set)
+            expect(page.locator("#runs-body")).to_contain_text("sneaky")
+
+        await in_browser(script)
+        nursery.cancel_scope.cancel()

@@ -586,6 +586,10 @@ function runsScreen(main, params) {
     created_after: filters.created_after || undefined,
     created_before: filters.created_before || undefined,
   };
+  // Changes that arrive while the page is read are held and applied to it once it is
+  // drawn: a run stored after the read would otherwise be wiped by the page.
+  let loaded = false;
+  const early = [];
   const load = async () => {
     const page = await app.gateway.call("list_runs", {...args, limit: PAGE, descending: true,
       after: filters.after || undefined});
@@ -614,6 +618,8 @@ function runsScreen(main, params) {
         onclick: () => navigate(hashFor({...filters,
           after: (tbody.lastElementChild && tbody.lastElementChild.dataset.runId) || page[page.length - 1].run_id}))}) : null,
     ].filter(Boolean));
+    loaded = true;
+    for (const record of early.splice(0)) onRecord(record);
     app.gateway.call("count_runs", args).then((counts) => {
       total = counts.total;
       if (!stopped) describePage();
@@ -621,6 +627,7 @@ function runsScreen(main, params) {
   };
 
   const onRecord = (record) => {
+    if (!loaded) { early.push(record); return; }
     const existing = rows.get(record.run_id);
     if (existing) {
       if (Number(existing.dataset.version) >= record.version) return;
