@@ -73,7 +73,11 @@ def from_text(text: str) -> datetime:
 
 @functools.lru_cache(maxsize=1024)
 def meta_text(meta: Meta) -> str:
-    return json.dumps(meta.to_dict(), ensure_ascii=False, separators=(",", ":"))
+    """The stored Meta: members at their defaults (empty text, zero) are left out, as
+    :meth:`Meta.from_dict` gives them back (a parked run's versions are 50 bytes
+    smaller each)."""
+    data = {name: value for name, value in meta.to_dict().items() if value not in ("", 0)}
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
 @functools.lru_cache(maxsize=1024)
