@@ -9,7 +9,7 @@ import attrs
 import trio
 
 from actorflow._api.core import WorkflowCore
-from actorflow._model.errors import ActorflowError, InvalidArgument, RunNotFound, StatusNotReached
+from actorflow._model.errors import InvalidArgument, Lagged, RunNotFound, StatusNotReached
 from actorflow._model.record import RawRecord, Record
 from actorflow._runtime.engine import log
 from actorflow.stores.feed import Subscription
@@ -184,7 +184,7 @@ async def _next_matching(sub: Subscription, wanted: int) -> RawRecord | None:
     while True:
         try:
             raw = await sub.receive()
-        except ActorflowError:  # lagged: re-read the history
+        except Lagged:  # re-read the history (a closed store's StoreError is the caller's)
             return None
         if raw.status == wanted:
             return raw

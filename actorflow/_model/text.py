@@ -20,6 +20,14 @@ NOT_FINITE: Final = "is not a finite number (NaN and infinities are not JSON)"
 HOLDS_NUL: Final = "holds a NUL character (U+0000), which PostgreSQL cannot store"
 
 
+def key_part(name: str) -> str:
+    """``name`` as one part of a durable key whose parts are joined with ``:`` (a
+    connector's cursor, a schedule's last cron time): ``%`` and ``:`` are escaped as
+    ``%25`` and ``%3A``, so ``("a:b", "c")`` and ``("a", "b:c")`` make different keys.
+    A name without either is unchanged, as are the keys stored before this escaping."""
+    return name.replace("%", "%25").replace(":", "%3A")
+
+
 def is_valid_text(text: str) -> bool:
     """True if ``text`` can be encoded as UTF-8 (holds no lone surrogate)."""
     if text.isascii():

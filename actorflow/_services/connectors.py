@@ -22,6 +22,7 @@ from actorflow._model.definition import ConnectorSpec, fn_name
 from actorflow._model.errors import InvalidArgument, describe_error
 from actorflow._model.options import Options
 from actorflow._model.process import ProcessState
+from actorflow._model.text import key_part
 from actorflow._runtime.observe import Observer, Process, process_name
 from actorflow._runtime.user_code import user_error
 from actorflow._services.context import ServiceContext
@@ -32,8 +33,9 @@ log = logging.getLogger(__name__)
 
 
 def cursor_name(workflow_name: str, connector_name: str) -> str:
-    """The store cursor of a connector."""
-    return f"connector:{workflow_name}:{connector_name}"
+    """The store cursor of a connector (the workflow name escaped by ``key_part``, so
+    no two workflows' connectors share one)."""
+    return f"connector:{key_part(workflow_name)}:{connector_name}"
 
 
 def process_of(ctx: ServiceContext, spec: ConnectorSpec) -> Process:

@@ -29,6 +29,7 @@ from actorflow._model.errors import (
     describe_error,
 )
 from actorflow._model.process import ProcessState
+from actorflow._model.text import key_part
 from actorflow._runtime.observe import Process, process_name
 from actorflow._runtime.retry import retrying
 from actorflow._runtime.user_code import user_error
@@ -138,7 +139,9 @@ async def _schedule(
 ) -> None:
     clock = ctx.clock
     store = ctx.store
-    key = f"schedule:{ctx.name}:{foreign_id}:{expression}"
+    # the workflow name escaped (a cron expression holds no ":"): no two workflows'
+    # schedules share a key, whatever their names and foreign ids hold
+    key = f"schedule:{key_part(ctx.name)}:{foreign_id}:{expression}"
     last = await retrying(
         lambda: store.last_schedule(key),
         options=ctx.default_options,

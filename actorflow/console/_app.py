@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import urllib.parse
@@ -99,6 +100,12 @@ class ConsoleSettings:
         address gets 429 without a look at its credential (a request without one, how the
         page starts, is not a guess and does not count).
         """
+        if not self.auth and not addressed_directly(connection):
+            return Access.WRONG, (
+                403,
+                "a console without a token answers only requests to its address "
+                "(127.0.0.1, localhost, an IP address); set a token to serve it by name",
+            )
         limiter = self.gateway.refusals
         address = connection.client.host if connection.client is not None else ""
         now = trio.current_time()
@@ -112,6 +119,31 @@ class ConsoleSettings:
         if access in (Access.WRONG, Access.SEVERAL):
             limiter.refused(address, now)
         return access, refusal
+
+
+def addressed_directly(connection: HTTPConnection) -> bool:
+    """Whether the request names the console by an IP address or ``localhost``.
+
+    A console without a token trusts whoever reaches it, so it is bound to 127.0.0.1;
+    a site whose name an attacker re-points at 127.0.0.1 (DNS rebinding) would make its
+    page "same origin" with the console and able to read and steer everything. Such a
+    page always sends its own name as ``Host``: a tokenless console answers only requests
+    whose ``Host`` is an IP address or ``localhost`` (or none, which no browser sends).
+    """
+    host = connection.headers.get("host", "").strip().lower()
+    if not host:
+        return True
+    if host.startswith("["):
+        name = host[1 : host.find("]")] if "]" in host else host
+    else:
+        name = host.rsplit(":", 1)[0]
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def same_origin(connection: HTTPConnection) -> bool:

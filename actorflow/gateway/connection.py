@@ -165,7 +165,9 @@ class Connection:
                 )
                 return
             self._subscriptions[request.id] = scope
-            nursery.start_soon(self._subscribe, request, scope)
+            # Started once answered (acknowledged or refused): a request read after it,
+            # such as its unsubscribe, finds it answered, so it gets its one reply.
+            await nursery.start(self._subscribe, request, scope)
             return
         if len(self._requests) >= self._settings.max_in_flight:
             await self._send(
@@ -255,7 +257,12 @@ class Connection:
         assert handler is not None, f"op {request.op!r} has no handler"
         return await handler(self._workflow(request, args["workflow"]), args)
 
-    async def _subscribe(self, request: Request, scope: trio.CancelScope) -> None:
+    async def _subscribe(
+        self,
+        request: Request,
+        scope: trio.CancelScope,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         acknowledged = False
         try:
             with scope:
@@ -269,6 +276,7 @@ class Connection:
                     ) as stream:
                         await self._send(reply_ok(request.id, {"subscription": request.id}))
                         acknowledged = True
+                        task_status.started()
                         self._gateway.subscriptions += 1
                         try:
                             async for record in stream:
@@ -286,3 +294,5 @@ class Connection:
                         await self._send(reply_error(request.id, code, message))
         finally:
             self._forget(self._subscriptions, request.id, scope)
+        if not acknowledged:
+            task_status.started()  # refused, and answered so

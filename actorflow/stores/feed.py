@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import trio
 
-from actorflow._model.errors import Lagged
+from actorflow._model.errors import Lagged, StoreError
 from actorflow._model.record import RawRecord
 from actorflow.stores import realtime
 
@@ -38,6 +38,9 @@ class Subscription:
     _send: trio.MemorySendChannel[RawRecord]
     _receive: trio.MemoryReceiveChannel[RawRecord]
     lagged: bool = False
+    closed: str | None = None
+    """Why the stream ended (its store was closed): raised as StoreError once the
+    versions still buffered are read."""
 
     def _push(self, record: RawRecord) -> None:
         if self.lagged:
@@ -49,14 +52,32 @@ class Subscription:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
+    def _close(self, reason: str) -> None:
+        self.closed = reason
+        self._send.close()  # the receiver reads what is buffered, then the end
+
     async def receive(self) -> RawRecord:
-        """The next matching version; raises :class:`Lagged` once the buffer overflowed."""
+        """The next matching version; raises :class:`Lagged` once the buffer overflowed,
+        :class:`StoreError` once the store was closed (and the buffer read)."""
         try:
             return self._receive.receive_nowait()
         except trio.WouldBlock:
             if self.lagged:
                 raise Lagged("subscriber fell behind and missed changes") from None
-        return await self._receive.receive()
+        except trio.EndOfChannel:
+            self._ended()
+            raise
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            self._ended()
+            raise
+
+    def _ended(self) -> None:
+        """The stream ended: StoreError if its store was closed (else its subscription
+        was left: EndOfChannel)."""
+        if self.closed is not None:
+            raise StoreError(self.closed) from None
 
     def __aiter__(self) -> Subscription:
         return self
@@ -91,6 +112,30 @@ class ChangeFeed:
         self.watch: Callable[[], None] | None = None
         """Set by a store that notices other processes' writes by itself: called (on the
         trio thread) by every waiter, to make sure it is watching."""
+        self.closed: str | None = None
+        """Why the feed ended (its store was closed; see :meth:`close`)."""
+
+    def close(self, reason: str) -> None:
+        """The store was closed: end every subscription (each raises StoreError with
+        ``reason`` once its buffer is read; so do those made from now on) and wake every
+        waiter, so that nothing waits for changes that can no longer come (an
+        ``await_status`` in flight then reads the closed store, and gets its error)."""
+        if self.closed is not None:
+            return
+        self.closed = reason
+        for bucket in (
+            *self._by_run.values(),
+            *self._by_foreign.values(),
+            *self._by_workflow.values(),
+            self._everything,
+        ):
+            for sub in bucket:
+                sub._close(reason)
+        self._lot.unpark_all()
+        self._change_lot.unpark_all()
+        self._external_lot.unpark_all()
+        for scope in self._external_scopes:
+            scope.cancel()
 
     # -- other processes' writes -------------------------------------------------------
 
@@ -220,6 +265,8 @@ class ChangeFeed:
         else:
             index, key = None, ""
         bucket = self._everything if index is None else index.setdefault(key, set())  # type: ignore[arg-type]
+        if self.closed is not None:
+            sub._close(self.closed)
         bucket.add(sub)
         self._subscribers += 1
         try:

@@ -11,13 +11,15 @@ from typing import final
 import attrs
 import trio
 
-from actorflow._model.errors import ActorflowError, InvalidArgument, VersionConflict
+from actorflow._model.errors import ActorflowError, InvalidArgument, StoreError, VersionConflict
 from actorflow._model.record import Event, RawRecord, Timer
 from actorflow._model.run_state import RunState
 from actorflow.stores.base import ClosingStore
 from actorflow.stores.feed import ChangeFeed
 from actorflow.stores.filters import ANY_RUN, RunFilter, check_limit, count_key
 from actorflow.stores.messages import in_progress, no_foreign_run, no_run
+
+CLOSED = "MemoryStore: the store is closed; open a new MemoryStore"
 
 
 def _first(item: tuple[tuple[datetime, int], Timer]) -> tuple[datetime, int]:
@@ -71,6 +73,12 @@ class MemoryStore(ClosingStore):
     def __repr__(self) -> str:
         return f"MemoryStore(runs={len(self._runs)})"
 
+    async def _open(self) -> None:
+        """The checkpoint every call starts with; StoreError once the store is closed."""
+        await trio.lowlevel.checkpoint()
+        if self._closed:
+            raise StoreError(CLOSED)
+
     def _log(self, record: RawRecord) -> None:
         self._history.setdefault(record.run_id, []).append(record)
         self._events.append(
@@ -88,13 +96,13 @@ class MemoryStore(ClosingStore):
         self._feed.publish(record)
 
     async def create_run(self, record: RawRecord, timers: Sequence[Timer] = ()) -> RawRecord:
-        await trio.lowlevel.checkpoint()
+        await self._open()
         return self._create(record, timers)
 
     async def create_runs(
         self, items: Sequence[tuple[RawRecord, Sequence[Timer]]]
     ) -> list[RawRecord | ActorflowError]:
-        await trio.lowlevel.checkpoint()
+        await self._open()
         results: list[RawRecord | ActorflowError] = []
         for record, timers in items:
             try:
@@ -138,7 +146,7 @@ class MemoryStore(ClosingStore):
         timers: Sequence[Timer] | None = None,
         scrub_history: bool = False,
     ) -> RawRecord:
-        await trio.lowlevel.checkpoint()
+        await self._open()
         current = self._get(record.workflow_name, record.run_id)
         if current.version != record.version - 1:
             raise VersionConflict(
@@ -161,11 +169,11 @@ class MemoryStore(ClosingStore):
         return record
 
     async def lookup(self, workflow_name: str, run_id: str) -> RawRecord:
-        await trio.lowlevel.checkpoint()
+        await self._open()
         return self._get(workflow_name, run_id)
 
     async def latest(self, workflow_name: str, foreign_id: str) -> RawRecord:
-        await trio.lowlevel.checkpoint()
+        await self._open()
         runs = self._workflows.get(workflow_name)
         run_id = runs.latest_by_foreign.get(foreign_id) if runs else None
         if run_id is None:
@@ -181,7 +189,7 @@ class MemoryStore(ClosingStore):
         after: str | None = None,
         descending: bool = False,
     ) -> list[RawRecord]:
-        await trio.lowlevel.checkpoint()
+        await self._open()
         limit = check_limit(limit)
         runs = self._workflows.get(workflow_name, _WorkflowRuns())
         if after is not None:
@@ -206,7 +214,7 @@ class MemoryStore(ClosingStore):
     async def count_runs(
         self, workflow_name: str, flt: RunFilter = ANY_RUN
     ) -> dict[tuple[int, RunState], int]:
-        await trio.lowlevel.checkpoint()
+        await self._open()
         counts: dict[tuple[int, RunState], int] = {}
         for run_id in self._workflows.get(workflow_name, _WorkflowRuns()).order:
             record = self._runs[run_id]
@@ -216,12 +224,12 @@ class MemoryStore(ClosingStore):
         return counts
 
     async def history(self, workflow_name: str, run_id: str) -> list[RawRecord]:
-        await trio.lowlevel.checkpoint()
+        await self._open()
         self._get(workflow_name, run_id)
         return list(self._history[run_id])
 
     async def list_timers(self, workflow_name: str, run_id: str | None = None) -> list[Timer]:
-        await trio.lowlevel.checkpoint()
+        await self._open()
         if run_id is not None:
             return [t for t in self._timers.get(run_id, ()) if t.workflow_name == workflow_name]
         found = [t for ts in self._timers.values() for t in ts if t.workflow_name == workflow_name]
@@ -231,7 +239,7 @@ class MemoryStore(ClosingStore):
     async def timers_after(
         self, workflow_name: str, after: tuple[datetime, int] | None, limit: int
     ) -> list[tuple[int, Timer]]:
-        await trio.lowlevel.checkpoint()
+        await self._open()
         keyed = (
             ((timer.fire_at, self._timer_ids[run_id] + index), timer)
             for run_id, timers in self._timers.items()
@@ -252,7 +260,7 @@ class MemoryStore(ClosingStore):
         after_id: int,
         scan: int,
     ) -> tuple[int, int | None]:
-        await trio.lowlevel.checkpoint()
+        await self._open()
         runs = self._workflows.get(workflow_name, _WorkflowRuns())
         # Ids here: positions in the creation order (the memory store's history is per run).
         end = min(after_id + scan, len(runs.order))
@@ -271,7 +279,7 @@ class MemoryStore(ClosingStore):
     async def read_events(
         self, after: int, limit: int = 100, workflow_name: str | None = None
     ) -> list[Event]:
-        await trio.lowlevel.checkpoint()
+        await self._open()
         start = bisect.bisect_right(self._events, after, key=lambda e: e.id)
         found: list[Event] = []
         for event in self._events[start:]:
@@ -282,19 +290,19 @@ class MemoryStore(ClosingStore):
         return found
 
     async def last_event_id(self) -> int:
-        await trio.lowlevel.checkpoint()
+        await self._open()
         return len(self._events)
 
     async def get_cursor(self, name: str) -> str | None:
-        await trio.lowlevel.checkpoint()
+        await self._open()
         return self._cursors.get(name)
 
     async def set_cursor(self, name: str, value: str) -> None:
-        await trio.lowlevel.checkpoint()
+        await self._open()
         self._cursors[name] = value
 
     async def claim_schedule(self, key: str, fire_at: datetime) -> bool:
-        await trio.lowlevel.checkpoint()
+        await self._open()
         last = self._schedules.get(key)
         if last is not None and fire_at <= last:
             return False
@@ -302,17 +310,20 @@ class MemoryStore(ClosingStore):
         return True
 
     async def last_schedule(self, key: str) -> datetime | None:
-        await trio.lowlevel.checkpoint()
+        await self._open()
         return self._schedules.get(key)
 
     async def register_definition(
         self, workflow_name: str, fingerprint: str, summary: str, now: datetime
     ) -> list[tuple[str, str, datetime]]:
-        await trio.lowlevel.checkpoint()
+        await self._open()
         known = self._definitions.setdefault(workflow_name, {})
         known.setdefault(fingerprint, (summary, now))
         return [(fp, text, at) for fp, (text, at) in known.items()]
 
     async def aclose(self) -> None:
+        """Close the store: every call from now on raises StoreError, and so do the
+        subscriptions and waits on its feed. Idempotent."""
         await trio.lowlevel.checkpoint()
         self._closed = True
+        self._feed.close(CLOSED)

@@ -17,6 +17,7 @@ import trio
 
 from actorflow._model.errors import InvalidArgument, StoreError
 from actorflow._model.record import Event
+from actorflow._model.text import key_part
 from actorflow.stores import Store
 from actorflow.streaming._protocol import (
     ConnectorEvent,
@@ -172,8 +173,9 @@ class StoreLogStreamer:
 
     @staticmethod
     def cursor_name(topic: str, consumer: str) -> str:
-        """The store cursor of ``consumer`` on ``topic``."""
-        return f"stream:{topic}:{consumer}"
+        """The store cursor of ``consumer`` on ``topic`` (escaped by ``key_part``, so no
+        two topics' consumers share one)."""
+        return f"stream:{key_part(topic)}:{consumer}"
 
     @asynccontextmanager
     async def open_sender(self, topic: str) -> AsyncIterator[EventSender]:

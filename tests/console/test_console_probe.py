@@ -10,6 +10,9 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import os
+import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -27,6 +30,7 @@ from actorflow.testing import wait_for
 from .conftest import TOKEN, in_browser
 
 LIMIT = 20.0
+ROOT = Path(__file__).resolve().parents[2]
 HOSTILE = "<img src=x id=xss-{}><script id=xss-s{}>window.__xss=1</script>\"'&"
 
 
@@ -595,3 +599,152 @@ async def test_malformed_addresses_do_not_break_the_page(served: Served) -> None
         expect(page.locator("#run-status")).to_have_text("REVIEW")
 
     await in_browser(script)
+
+
+@pytest.mark.browser
+async def test_a_call_while_the_page_reconnects_fails_at_once_instead_of_hanging(
+    served: Served,
+) -> None:
+    """Between a lost connection and the next attempt a steering click must be refused
+    (connection_closed), not sent into a closed socket and waited on for ever."""
+
+    def script(page: Any) -> str:
+        from playwright.sync_api import expect
+
+        page.goto(served.url)
+        expect(page.locator("#link")).to_have_text("● live")
+        page.evaluate(
+            """() => { const g = window.actorflowConsole.gateway;
+                       g.retryDelay = 60000; g.socket.close(); }"""
+        )
+        expect(page.locator("#link")).to_contain_text("reconnecting")
+        code: str = page.evaluate(
+            """() => Promise.race([
+                 window.actorflowConsole.gateway.call("ping").then(() => "answered", (e) => e.code),
+                 new Promise((resolve) => setTimeout(() => resolve("hung"), 3000))])"""
+        )
+        return code
+
+    assert await in_browser(script) == "connection_closed"
+
+
+async def _status_of(port: int, request: bytes) -> bytes:
+    """The status line the console answers a raw HTTP/1.1 request with."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(request)
+        answer = b""
+        with trio.fail_after(LIMIT):
+            while b"\r\n" not in answer:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    break
+                answer += chunk
+    return answer.split(b"\r\n", 1)[0]
+
+
+def _upgrade(host: str) -> bytes:
+    return (
+        f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+def _session(host: str) -> bytes:
+    return f"GET /api/session HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+
+
+async def test_a_console_without_a_token_answers_only_by_its_address(served: Served) -> None:
+    """DNS rebinding: a site re-pointed at 127.0.0.1 is "same origin" with a tokenless
+    console; its requests carry the site's name as Host and are refused."""
+    port = served.port
+    for host in (f"evil.example:{port}", "evil.example", f"rebind.127.0.0.1.nip.io:{port}"):
+        assert b" 403 " in await _status_of(port, _upgrade(host)) + b" ", host
+        assert b" 403 " in await _status_of(port, _session(host)) + b" ", host
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "127.0.0.1"):
+        assert b" 101 " in await _status_of(port, _upgrade(host)) + b" ", host
+        assert b" 200 " in await _status_of(port, _session(host)) + b" ", host
+
+
+async def test_a_console_with_a_token_may_be_served_by_name(tmp_path: Path) -> None:
+    docs = build_docs(af.MemoryStore())
+    async with af.open_workflow(docs), trio.open_nursery() as nursery:
+        port = await nursery.start(functools.partial(af.serve_console, [docs], token=TOKEN))
+        request = (
+            f"GET /api/session HTTP/1.1\r\nHost: console.example:{port}\r\n"
+            f"Authorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        assert b" 200 " in await _status_of(port, request) + b" "
+        nursery.cancel_scope.cancel()
+
+
+async def test_serve_console_refuses_bad_options_and_addresses_clearly(
+    nursery: trio.Nursery,
+) -> None:
+    docs = build_docs(af.MemoryStore())
+    for timeout in (-1, float("nan"), float("inf"), "1", None, True):
+        with pytest.raises(af.InvalidArgument, match="graceful_timeout"):
+            await nursery.start(
+                functools.partial(af.serve_console, [docs], graceful_timeout=timeout)
+            )
+    # an address that cannot be bound is the OSError itself (docstring: Raises OSError)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError):
+            await nursery.start(
+                functools.partial(af.serve_console, [docs], port=taken.getsockname()[1])
+            )
+    with pytest.raises(OSError):
+        await nursery.start(functools.partial(af.serve_console, [docs], host="256.1.1.1"))
+
+
+async def test_a_worker_whose_console_port_is_taken_says_so_in_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PARCELS_DB": str(tmp_path / "p.db")}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [
+            sys.executable,
+            "-m",
+            "actorflow.cli",
+            "worker",
+            "tests.console.worker_app:workflow",
+            "--console",
+            f"127.0.0.1:{port}",
+        ]
+        with trio.fail_after(60):
+            done = await trio.run_process(command, env=env, capture_stderr=True, check=False)
+    error = done.stderr.decode()
+    assert done.returncode != 0
+    assert "cannot serve the console" in error, error
+    assert "Traceback" not in error, error
+
+
+@pytest.mark.browser
+async def test_older_after_live_inserts_continues_from_the_last_row_shown(served: Served) -> None:
+    """New runs push the oldest rows off the first page; "Older →" must go on from the
+    last row the page shows, or the runs pushed off are on neither page."""
+    docs = served.docs
+    ids = [await docs.trigger(f"r-{n:03}") for n in range(55)]
+
+    def script(page: Any) -> list[str]:
+        from playwright.sync_api import expect
+
+        page.goto(f"{served.url}#/runs?workflow=docs")
+        rows = page.locator("#runs-body tr[data-run-id]")
+        expect(rows).to_have_count(50)
+        for n in range(3):
+            trio.from_thread.run(docs.trigger, f"new-{n}")
+        expect(page.locator("#runs-body")).to_contain_text("new-2")
+        expect(rows).to_have_count(50)
+        first: list[str] = rows.evaluate_all("rows => rows.map(r => r.dataset.runId)")
+        page.click("#older")
+        expect(page.locator("#runs-body")).not_to_contain_text("new-2")
+        second: list[str] = rows.evaluate_all("rows => rows.map(r => r.dataset.runId)")
+        return first + second
+
+    shown = await in_browser(script)
+    assert len(shown) == len(set(shown))
+    assert set(ids) <= set(shown), "runs pushed off the first page are on neither page"

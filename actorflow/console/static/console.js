@@ -163,9 +163,20 @@ class Gateway {
     const id = this.nextId++;
     const clean = Object.fromEntries(Object.entries(args).filter(([, v]) => v !== undefined));
     return new Promise((resolve, reject) => {
-      this.waiting.set(id, {resolve, reject});
-      this.socket.send(JSON.stringify({id, op, ...clean}));
+      this.send(id, {id, op, ...clean}, resolve, reject);
     });
+  }
+
+  // Sends a request and waits for its reply; refused at once when the connection is down
+  // (between a lost connection and the next attempt a closed socket drops what it is
+  // given, and nothing would ever answer).
+  send(id, message, resolve, reject) {
+    if (!this.socket || this.socket.readyState !== WebSocket.OPEN) {
+      reject(new GatewayError("connection_closed", "the connection to the console ended"));
+      return;
+    }
+    this.waiting.set(id, {resolve, reject});
+    this.socket.send(JSON.stringify(message));
   }
 
   // Follows stored changes: onRecord(record) for each, onEnd(reason) once it ends.
@@ -176,8 +187,7 @@ class Gateway {
     this.subscriptions.set(id, sub);
     try {
       await new Promise((resolve, reject) => {
-        this.waiting.set(id, {resolve, reject});
-        this.socket.send(JSON.stringify({id, op: "subscribe", ...args}));
+        this.send(id, {id, op: "subscribe", ...args}, resolve, reject);
       });
     } catch (error) {
       this.subscriptions.delete(id);
@@ -586,8 +596,11 @@ function runsScreen(main, params) {
     pager.replaceChildren(...[
       first ? null : el("button", {type: "button", class: "quiet", text: "← Newest",
         onclick: () => navigate(hashFor({...filters, after: ""}))}),
+      // From the last row shown: live runs push the oldest rows off this page, and those
+      // must be on the next one.
       page.length === PAGE ? el("button", {type: "button", class: "quiet", id: "older", text: "Older →",
-        onclick: () => navigate(hashFor({...filters, after: page[page.length - 1].run_id}))}) : null,
+        onclick: () => navigate(hashFor({...filters,
+          after: (tbody.lastElementChild && tbody.lastElementChild.dataset.runId) || page[page.length - 1].run_id}))}) : null,
     ].filter(Boolean));
     app.gateway.call("count_runs", args).then((counts) => {
       total = counts.total;

@@ -360,11 +360,13 @@ class PostgresStore:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Close the pool (and drop the schema when asked to). Idempotent."""
+        """Close the pool (and drop the schema when asked to), and end the waits and
+        subscriptions on its feed (StoreError). Idempotent."""
         if self._db.closed:
             await trio.lowlevel.checkpoint()
             return
         self._db.closed = True  # no new calls from here on
         with trio.CancelScope(shield=True):
             await self._group.idle.wait()  # the batch in flight finishes first
+            self._feed.close(f"PostgreSQL at {self._db.where}: the store is closed")
             await self._db.close(drop=self._q.drop_schema if self._drop_schema_on_close else None)

@@ -317,9 +317,11 @@ class SQLiteStore(ClosingStore):
     # -- closing -----------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Finish the batch in flight, then close the database. Idempotent."""
+        """Finish the batch in flight, then close the database and end the waits and
+        subscriptions on its feed (StoreError). Idempotent."""
         self._db.close()
         with trio.CancelScope(shield=True):
             await self._group.idle.wait()
+        self._feed.close(str(self._db.fail("the store is closed", "open a new SQLiteStore")))
         await self._db.close_connection()
         await trio.lowlevel.checkpoint()
