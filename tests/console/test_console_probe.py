@@ -748,3 +748,24 @@ async def test_older_after_live_inserts_continues_from_the_last_row_shown(served
     shown = await in_browser(script)
     assert len(shown) == len(set(shown))
     assert set(ids) <= set(shown), "runs pushed off the first page are on neither page"
+
+
+@pytest.mark.browser
+async def test_filters_given_as_numbers_match_live_rows_too(served: Served) -> None:
+    """The protocol takes statuses and run states by name or number; a page opened with
+    numbers shows the stored runs that match and the ones that come to match, live."""
+    docs = served.docs
+    await docs.trigger("old")
+    await wait_for(docs, "old", lambda r: r.status is Doc.REVIEW)
+
+    def script(page: Any) -> None:
+        from playwright.sync_api import expect
+
+        page.goto(f"{served.url}#/runs?workflow=docs&status={int(Doc.REVIEW)}&run_state=2")
+        expect(page.locator("#runs-body")).to_contain_text("old")
+        expect(page.locator("#filter-status")).to_have_value("REVIEW")
+        expect(page.locator("#filter-run-state")).to_have_value("RUNNING")
+        trio.from_thread.run(docs.trigger, "live-one")
+        expect(page.locator("#runs-body")).to_contain_text("live-one")
+
+    await in_browser(script)

@@ -445,13 +445,25 @@ function renderWorkflowCard(card, wf, counts, paused, processes) {
 
 // -- runs -----------------------------------------------------------------------------------
 
+const RUN_STATE_VALUES = {INITIATED: 1, RUNNING: 2, PAUSED: 3, CANCELLED: 4, COMPLETED: 5,
+  DATA_DELETED: 6, REQUESTED_DATA_DELETED: 7};
+
+// The name whose value is `text` (a number given in the address), else `text` itself.
+function nameOf(values, text) {
+  const found = Object.entries(values).find(([, value]) => String(value) === text);
+  return found ? found[0] : text;
+}
+
 function filtersFrom(params) {
   const first = app.workflows.keys().next().value;
   const workflow = app.workflows.has(params.get("workflow")) ? params.get("workflow") : first;
+  const described = app.workflows.get(workflow);
   return {
     workflow,
-    status: params.get("status") || "",
-    run_state: params.get("run_state") || "",
+    // The protocol takes a status or run state by name or number; the page (its live
+    // matching, its filter form) works with names.
+    status: nameOf(described ? described.statuses : {}, params.get("status") || ""),
+    run_state: nameOf(RUN_STATE_VALUES, params.get("run_state") || ""),
     foreign_id: params.get("foreign_id") || "",
     created_after: params.get("created_after") || "",
     created_before: params.get("created_before") || "",
