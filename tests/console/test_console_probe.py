@@ -809,3 +809,21 @@ async def test_a_run_stored_while_the_first_page_loads_is_not_wiped_by_it() -> N
 
         await in_browser(script)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_console_with_a_token_serves_its_page_behind_a_proxy_that_rewrites_host(
+    tmp_path: Path,
+) -> None:
+    """A reverse proxy (TLS in front, as docs/console.md asks) may send its own Host; the
+    browser's Origin is the public name. With a token the token is the protection."""
+    docs = build_docs(af.MemoryStore())
+    async with af.open_workflow(docs), trio.open_nursery() as nursery:
+        port = await nursery.start(functools.partial(af.serve_console, [docs], token=TOKEN))
+        url = f"ws://127.0.0.1:{port}/ws?token={TOKEN}"
+        origin = [(b"origin", b"https://console.example.com")]
+        async with open_raw(url, extra_headers=origin) as ws:
+            assert await Raw(ws).ok("ping") == "pong"
+        with pytest.raises(trio_websocket.HandshakeError):
+            async with open_raw(f"ws://127.0.0.1:{port}/ws", extra_headers=origin):
+                pass  # no token: refused (401), whatever the origin
+        nursery.cancel_scope.cancel()
