@@ -827,3 +827,50 @@ async def test_a_console_with_a_token_serves_its_page_behind_a_proxy_that_rewrit
             async with open_raw(f"ws://127.0.0.1:{port}/ws", extra_headers=origin):
                 pass  # no token: refused (401), whatever the origin
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.browser
+async def test_status_names_that_are_mermaid_words_still_show_the_run(tmp_path: Path) -> None:
+    """Status names are the user's enum: Mermaid keywords, names with spaces or markup.
+    The graph is drawn or, if Mermaid cannot, its text is shown; the rest of the page
+    works and nothing else is put into the page."""
+    Odd = enum.IntEnum(  # type: ignore[misc]
+        "Odd", {"state": 1, "end": 2, "classDef": 3, "<b id=xss-s>x</b>": 4, "a b": 5}
+    )
+    builder = af.Builder("odd", Paper, Odd)
+
+    async def move(run: af.Run[Paper, Any]) -> Any:
+        return Odd(2)
+
+    async def later(run: af.Run[Paper, Any], payload: bytes) -> Any:
+        return Odd(int(payload.decode()))
+
+    builder.add_step(Odd(1), move, to=Odd(2))
+    builder.add_callback(Odd(2), later, to=[Odd(3), Odd(4), Odd(5)])
+    store = af.MemoryStore()
+    odd = builder.build(store)
+    async with af.open_workflow(odd), trio.open_nursery() as nursery:
+        port = await nursery.start(functools.partial(af.serve_console, [odd]))
+        run_id = await odd.trigger("o")
+        await odd.await_status("o", run_id, Odd(2), timeout=LIMIT)
+        await odd.callback("o", Odd(2), b"4")
+
+        def script(page: Any) -> None:
+            from playwright.sync_api import expect
+
+            page.goto(f"http://127.0.0.1:{port}/#/run/odd/{run_id}")
+            expect(page.locator("#run-status")).to_have_text("<b id=xss-s>x</b>")
+            expect(page.locator("#graph-legend")).to_contain_text("<b id=xss-s>x</b>")
+            expect(page.locator("#timeline button")).to_have_count(3)
+            assert page.evaluate("document.querySelectorAll('[id^=xss]').length") == 0
+            # nothing of Mermaid's left outside the graph box (an error diagram, say)
+            stray = (
+                "[...document.body.children].filter(e => !['HEADER', 'MAIN', 'DIALOG', "
+                "'NOSCRIPT', 'A', 'SCRIPT'].includes(e.tagName) && e.id !== 'toast')"
+            )
+            assert page.evaluate(f"{stray}.length") == 0, page.evaluate(
+                f"{stray}.map(e => e.outerHTML.slice(0, 200))"
+            )
+
+        await in_browser(script)
+        nursery.cancel_scope.cancel()

@@ -808,7 +808,8 @@ function loadMermaid() {
     mermaidLoading = new Promise((resolve, reject) => {
       const script = el("script", {src: MERMAID});
       script.onload = () => {
-        window.mermaid.initialize({startOnLoad: false, securityLevel: "strict", theme: "neutral"});
+        window.mermaid.initialize({startOnLoad: false, securityLevel: "strict", theme: "neutral",
+          suppressErrorRendering: true});
         resolve(window.mermaid);
       };
       script.onerror = () => reject(new Error("could not load Mermaid"));
@@ -824,6 +825,7 @@ async function renderGraph(box, wf, history) {
     box.replaceChildren(el("p", {class: "muted", text: "No graph for this workflow."}));
     return;
   }
+  let graphId = null;
   const current = history[history.length - 1];
   const visited = [...new Set(history.map((r) => r.status_name))].filter((n) => n !== current.status_name);
   let text = wf.graph.trimEnd() + "\n";
@@ -836,7 +838,8 @@ async function renderGraph(box, wf, history) {
     visited.length ? `; passed through: ${visited.join(", ")}` : "");
   try {
     const mermaid = await loadMermaid();
-    const {svg} = await mermaid.render(`graph-${++graphCounter}`, text);
+    graphId = `graph-${++graphCounter}`;
+    const {svg} = await mermaid.render(graphId, text);
     const figure = el("div", {class: "graph", role: "img",
       "aria-label": `Workflow graph; current status ${current.status_name}`});
     // Mermaid's output is SVG it built and sanitised itself (securityLevel strict) from
@@ -844,6 +847,8 @@ async function renderGraph(box, wf, history) {
     figure.innerHTML = svg;
     box.replaceChildren(figure, legend);
   } catch (error) {
+    // Mermaid leaves what it was drawing (an error diagram) at the end of the body.
+    if (graphId) for (const id of [graphId, `d${graphId}`]) document.getElementById(id)?.remove();
     box.replaceChildren(el("pre", {text: wf.graph}), legend,
       el("p", {class: "muted", text: `(graph not drawn: ${error.message})`}));
   }
