@@ -548,7 +548,7 @@ async def test_the_overview_of_many_workflows_shows_every_card(tmp_path: Path) -
     console serving many workflows must not refuse its own page (busy, rate limited)."""
     store = af.MemoryStore()
     flows = [build_docs(store, f"wf-{n:03}") for n in range(80)]
-    async with af.open_workflow(*flows), trio.open_nursery() as nursery:
+    async with trio.open_nursery() as nursery:  # served, not run: the page reads the store
         port = await nursery.start(functools.partial(af.serve_console, flows))
         await flows[-1].trigger("last")
 
@@ -564,68 +564,6 @@ async def test_the_overview_of_many_workflows_shows_every_card(tmp_path: Path) -
 
         await in_browser(script)
         nursery.cancel_scope.cancel()
-
-
-@pytest.mark.browser
-async def test_malformed_addresses_do_not_break_the_page(served: Served) -> None:
-    """Hashes a person pastes or a link mangles: bad percent-encoding, unknown screens,
-    unknown workflows, hostile filters. The page says what is wrong and keeps working."""
-    run_id = await served.docs.trigger("ok-1")
-
-    def script(page: Any) -> None:
-        from playwright.sync_api import expect
-
-        page.goto(served.url)
-        expect(page.locator("#link")).to_have_text("● live")
-        for hash_ in (
-            "#/run/docs/%E0%A4%A",
-            "#/run/%ZZ/x",
-            "#/runs?workflow=docs&foreign_id=%E0%A4%A",
-            "#/runs?workflow=docs&status=NOPE",
-            "#/runs?workflow=docs&run_state=NOPE",
-            "#/runs?workflow=docs&created_after=garbage",
-            "#/runs?workflow=docs&after=no-such-run",
-            "#/runs?workflow=nope",
-            "#/run/nope/x",
-            "#/nowhere",
-        ):
-            page.goto(served.url + hash_)
-            expect(page.locator("#main")).not_to_have_text("Loading…")
-        page.goto("about:blank")
-        page.goto(served.url + "#token=%E0%A4%A")  # a fresh load reads the fragment
-        expect(page.locator("#link")).to_have_text("● live")
-        # and it still works
-        page.goto(f"{served.url}#/run/docs/{run_id}")
-        expect(page.locator("#run-status")).to_have_text("REVIEW")
-
-    await in_browser(script)
-
-
-@pytest.mark.browser
-async def test_a_call_while_the_page_reconnects_fails_at_once_instead_of_hanging(
-    served: Served,
-) -> None:
-    """Between a lost connection and the next attempt a steering click must be refused
-    (connection_closed), not sent into a closed socket and waited on for ever."""
-
-    def script(page: Any) -> str:
-        from playwright.sync_api import expect
-
-        page.goto(served.url)
-        expect(page.locator("#link")).to_have_text("● live")
-        page.evaluate(
-            """() => { const g = window.actorflowConsole.gateway;
-                       g.retryDelay = 60000; g.socket.close(); }"""
-        )
-        expect(page.locator("#link")).to_contain_text("reconnecting")
-        code: str = page.evaluate(
-            """() => Promise.race([
-                 window.actorflowConsole.gateway.call("ping").then(() => "answered", (e) => e.code),
-                 new Promise((resolve) => setTimeout(() => resolve("hung"), 3000))])"""
-        )
-        return code
-
-    assert await in_browser(script) == "connection_closed"
 
 
 async def _status_of(port: int, request: bytes) -> bytes:
@@ -720,55 +658,6 @@ async def test_a_worker_whose_console_port_is_taken_says_so_in_one_line(tmp_path
     assert done.returncode != 0
     assert "cannot serve the console" in error, error
     assert "Traceback" not in error, error
-
-
-@pytest.mark.browser
-async def test_older_after_live_inserts_continues_from_the_last_row_shown(served: Served) -> None:
-    """New runs push the oldest rows off the first page; "Older →" must go on from the
-    last row the page shows, or the runs pushed off are on neither page."""
-    docs = served.docs
-    ids = [await docs.trigger(f"r-{n:03}") for n in range(55)]
-
-    def script(page: Any) -> list[str]:
-        from playwright.sync_api import expect
-
-        page.goto(f"{served.url}#/runs?workflow=docs")
-        rows = page.locator("#runs-body tr[data-run-id]")
-        expect(rows).to_have_count(50)
-        for n in range(3):
-            trio.from_thread.run(docs.trigger, f"new-{n}")
-        expect(page.locator("#runs-body")).to_contain_text("new-2")
-        expect(rows).to_have_count(50)
-        first: list[str] = rows.evaluate_all("rows => rows.map(r => r.dataset.runId)")
-        page.click("#older")
-        expect(page.locator("#runs-body")).not_to_contain_text("new-2")
-        second: list[str] = rows.evaluate_all("rows => rows.map(r => r.dataset.runId)")
-        return first + second
-
-    shown = await in_browser(script)
-    assert len(shown) == len(set(shown))
-    assert set(ids) <= set(shown), "runs pushed off the first page are on neither page"
-
-
-@pytest.mark.browser
-async def test_filters_given_as_numbers_match_live_rows_too(served: Served) -> None:
-    """The protocol takes statuses and run states by name or number; a page opened with
-    numbers shows the stored runs that match and the ones that come to match, live."""
-    docs = served.docs
-    await docs.trigger("old")
-    await wait_for(docs, "old", lambda r: r.status is Doc.REVIEW)
-
-    def script(page: Any) -> None:
-        from playwright.sync_api import expect
-
-        page.goto(f"{served.url}#/runs?workflow=docs&status={int(Doc.REVIEW)}&run_state=2")
-        expect(page.locator("#runs-body")).to_contain_text("old")
-        expect(page.locator("#filter-status")).to_have_value("REVIEW")
-        expect(page.locator("#filter-run-state")).to_have_value("RUNNING")
-        trio.from_thread.run(docs.trigger, "live-one")
-        expect(page.locator("#runs-body")).to_contain_text("live-one")
-
-    await in_browser(script)
 
 
 @pytest.mark.browser
@@ -874,3 +763,82 @@ async def test_status_names_that_are_mermaid_words_still_show_the_run(tmp_path: 
 
         await in_browser(script)
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.browser
+async def test_the_runs_page_under_numbers_live_inserts_bad_addresses_and_a_lost_link(
+    served: Served,
+) -> None:
+    """One page, in turn: filters given as numbers (the protocol takes names or numbers)
+    match live rows too; "Older" after live inserts goes on from the last row shown (the
+    rows pushed off the first page are on the next); mangled addresses are refused as
+    text and the page goes on; a call made while the link is down is refused at once
+    (connection_closed), not sent into a closed socket and waited on for ever."""
+    docs = served.docs
+    await docs.trigger("old")
+    await wait_for(docs, "old", lambda r: r.status is Doc.REVIEW)
+
+    def script(page: Any) -> str:
+        from playwright.sync_api import expect
+
+        # numbers in the address
+        page.goto(f"{served.url}#/runs?workflow=docs&status={int(Doc.REVIEW)}&run_state=2")
+        expect(page.locator("#runs-body")).to_contain_text("old")
+        expect(page.locator("#filter-status")).to_have_value("REVIEW")
+        expect(page.locator("#filter-run-state")).to_have_value("RUNNING")
+        trio.from_thread.run(docs.trigger, "live-one")
+        expect(page.locator("#runs-body")).to_contain_text("live-one")
+
+        # "Older" after live inserts
+        ids = [trio.from_thread.run(docs.trigger, f"r-{n:03}") for n in range(55)]
+        page.goto(f"{served.url}#/runs?workflow=docs")
+        rows = page.locator("#runs-body tr[data-run-id]")
+        expect(page.locator("#runs-body")).to_contain_text("r-054")
+        expect(rows).to_have_count(50)
+        for n in range(3):
+            trio.from_thread.run(docs.trigger, f"new-{n}")
+        expect(page.locator("#runs-body")).to_contain_text("new-2")
+        expect(rows).to_have_count(50)
+        first: list[str] = rows.evaluate_all("rows => rows.map(r => r.dataset.runId)")
+        page.click("#older")
+        expect(page.locator("#runs-body")).not_to_contain_text("new-2")
+        second: list[str] = rows.evaluate_all("rows => rows.map(r => r.dataset.runId)")
+        shown = first + second
+        assert len(shown) == len(set(shown))
+        assert set(ids) <= set(shown), "runs pushed off the first page are on neither page"
+
+        # mangled addresses
+        for hash_ in (
+            "#/run/docs/%E0%A4%A",
+            "#/run/%ZZ/x",
+            "#/runs?workflow=docs&foreign_id=%E0%A4%A",
+            "#/runs?workflow=docs&status=NOPE",
+            "#/runs?workflow=docs&run_state=NOPE",
+            "#/runs?workflow=docs&created_after=garbage",
+            "#/runs?workflow=docs&after=no-such-run",
+            "#/runs?workflow=nope",
+            "#/run/nope/x",
+            "#/nowhere",
+        ):
+            page.goto(served.url + hash_)
+            expect(page.locator("#main")).not_to_have_text("Loading…")
+        page.goto("about:blank")
+        page.goto(served.url + "#token=%E0%A4%A")  # a fresh load reads the fragment
+        expect(page.locator("#link")).to_have_text("● live")
+        page.goto(f"{served.url}#/run/docs/{ids[0]}")
+        expect(page.locator("#run-status")).to_have_text("REVIEW")
+
+        # a lost link
+        page.evaluate(
+            """() => { const g = window.actorflowConsole.gateway;
+                       g.retryDelay = 60000; g.socket.close(); }"""
+        )
+        expect(page.locator("#link")).to_contain_text("reconnecting")
+        code: str = page.evaluate(
+            """() => Promise.race([
+                 window.actorflowConsole.gateway.call("ping").then(() => "answered", (e) => e.code),
+                 new Promise((resolve) => setTimeout(() => resolve("hung"), 3000))])"""
+        )
+        return code
+
+    assert await in_browser(script) == "connection_closed"
