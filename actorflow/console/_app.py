@@ -152,9 +152,11 @@ def same_origin(connection: HTTPConnection) -> bool:
     Browsers send ``Origin`` on every websocket handshake and let any site open one to any
     address, this console's included: without this check a page of another site, open in
     a browser on the console's machine, could steer runs of a console that has no token.
-    Clients that are not browsers send no ``Origin`` and are let through. Behind a reverse
-    proxy that rewrites ``Host``, its ``X-Forwarded-Host`` is accepted too (a page cannot
-    set that header on a websocket).
+    (With a token such a page is refused anyway: it cannot know the token, which the
+    console's page keeps in its own origin's session storage; so the check applies to
+    consoles without one, and a reverse proxy in front of a console with a token need not
+    keep ``Host``.) Clients that are not browsers send no ``Origin`` and are let through.
+    ``X-Forwarded-Host`` is accepted too (a page cannot set that header on a websocket).
     """
     origin = connection.headers.get("origin")
     if origin is None:
@@ -235,7 +237,7 @@ class _Console:
 
     async def websocket(self, ws: WebSocket) -> None:
         """The gateway's protocol over the page's websocket, once admitted."""
-        if not same_origin(ws):
+        if not self.settings.auth and not same_origin(ws):
             log.warning(
                 "console websocket from another origin refused: %r", ws.headers.get("origin")
             )

@@ -720,3 +720,157 @@ async def test_a_worker_whose_console_port_is_taken_says_so_in_one_line(tmp_path
     assert done.returncode != 0
     assert "cannot serve the console" in error, error
     assert "Traceback" not in error, error
+
+
+@pytest.mark.browser
+async def test_older_after_live_inserts_continues_from_the_last_row_shown(served: Served) -> None:
+    """New runs push the oldest rows off the first page; "Older →" must go on from the
+    last row the page shows, or the runs pushed off are on neither page."""
+    docs = served.docs
+    ids = [await docs.trigger(f"r-{n:03}") for n in range(55)]
+
+    def script(page: Any) -> list[str]:
+        from playwright.sync_api import expect
+
+        page.goto(f"{served.url}#/runs?workflow=docs")
+        rows = page.locator("#runs-body tr[data-run-id]")
+        expect(rows).to_have_count(50)
+        for n in range(3):
+            trio.from_thread.run(docs.trigger, f"new-{n}")
+        expect(page.locator("#runs-body")).to_contain_text("new-2")
+        expect(rows).to_have_count(50)
+        first: list[str] = rows.evaluate_all("rows => rows.map(r => r.dataset.runId)")
+        page.click("#older")
+        expect(page.locator("#runs-body")).not_to_contain_text("new-2")
+        second: list[str] = rows.evaluate_all("rows => rows.map(r => r.dataset.runId)")
+        return first + second
+
+    shown = await in_browser(script)
+    assert len(shown) == len(set(shown))
+    assert set(ids) <= set(shown), "runs pushed off the first page are on neither page"
+
+
+@pytest.mark.browser
+async def test_filters_given_as_numbers_match_live_rows_too(served: Served) -> None:
+    """The protocol takes statuses and run states by name or number; a page opened with
+    numbers shows the stored runs that match and the ones that come to match, live."""
+    docs = served.docs
+    await docs.trigger("old")
+    await wait_for(docs, "old", lambda r: r.status is Doc.REVIEW)
+
+    def script(page: Any) -> None:
+        from playwright.sync_api import expect
+
+        page.goto(f"{served.url}#/runs?workflow=docs&status={int(Doc.REVIEW)}&run_state=2")
+        expect(page.locator("#runs-body")).to_contain_text("old")
+        expect(page.locator("#filter-status")).to_have_value("REVIEW")
+        expect(page.locator("#filter-run-state")).to_have_value("RUNNING")
+        trio.from_thread.run(docs.trigger, "live-one")
+        expect(page.locator("#runs-body")).to_contain_text("live-one")
+
+    await in_browser(script)
+
+
+@pytest.mark.browser
+async def test_a_run_stored_while_the_first_page_loads_is_not_wiped_by_it() -> None:
+    """The page subscribes, then reads its page: a run stored after the read whose event
+    arrives before the page must still be shown once the page is drawn."""
+    store = af.MemoryStore()
+    builder = af.Builder("docs", Paper, Doc)
+
+    async def approve(run: af.Run[Paper, Doc], payload: bytes) -> Doc:
+        return Doc.DONE
+
+    builder.add_callback(Doc.DRAFT, approve, to=[Doc.DONE])  # runs wait: one version each
+    docs = builder.build(store)
+    await docs.trigger("before")
+    original = store.list_runs
+    sneaked = trio.Event()
+
+    async def list_runs(name: str, flt: Any, **options: Any) -> Any:
+        found = await original(name, flt, **options)
+        if options.get("limit") == 50 and not sneaked.is_set():
+            sneaked.set()
+            await docs.trigger("sneaky")  # stored after this page was read
+            await trio.sleep(0.3)  # its event goes out before the page
+        return found
+
+    store.list_runs = list_runs  # type: ignore[method-assign]
+    async with af.open_workflow(docs), trio.open_nursery() as nursery:
+        port = await nursery.start(functools.partial(af.serve_console, [docs]))
+
+        def script(page: Any) -> None:
+            from playwright.sync_api import expect
+
+            page.goto(f"http://127.0.0.1:{port}/#/runs?workflow=docs")
+            expect(page.locator("#runs-body")).to_contain_text("before")
+            assert trio.from_thread.run_sync(sneaked.is_set)
+            expect(page.locator("#runs-body")).to_contain_text("sneaky")
+
+        await in_browser(script)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_console_with_a_token_serves_its_page_behind_a_proxy_that_rewrites_host(
+    tmp_path: Path,
+) -> None:
+    """A reverse proxy (TLS in front, as docs/console.md asks) may send its own Host; the
+    browser's Origin is the public name. With a token the token is the protection."""
+    docs = build_docs(af.MemoryStore())
+    async with af.open_workflow(docs), trio.open_nursery() as nursery:
+        port = await nursery.start(functools.partial(af.serve_console, [docs], token=TOKEN))
+        url = f"ws://127.0.0.1:{port}/ws?token={TOKEN}"
+        origin = [(b"origin", b"https://console.example.com")]
+        async with open_raw(url, extra_headers=origin) as ws:
+            assert await Raw(ws).ok("ping") == "pong"
+        with pytest.raises(trio_websocket.HandshakeError):
+            async with open_raw(f"ws://127.0.0.1:{port}/ws", extra_headers=origin):
+                pass  # no token: refused (401), whatever the origin
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.browser
+async def test_status_names_that_are_mermaid_words_still_show_the_run(tmp_path: Path) -> None:
+    """Status names are the user's enum: Mermaid keywords, names with spaces or markup.
+    The graph is drawn or, if Mermaid cannot, its text is shown; the rest of the page
+    works and nothing else is put into the page."""
+    Odd = enum.IntEnum(  # type: ignore[misc]
+        "Odd", {"state": 1, "end": 2, "classDef": 3, "<b id=xss-s>x</b>": 4, "a b": 5}
+    )
+    builder = af.Builder("odd", Paper, Odd)
+
+    async def move(run: af.Run[Paper, Any]) -> Any:
+        return Odd(2)
+
+    async def later(run: af.Run[Paper, Any], payload: bytes) -> Any:
+        return Odd(int(payload.decode()))
+
+    builder.add_step(Odd(1), move, to=Odd(2))
+    builder.add_callback(Odd(2), later, to=[Odd(3), Odd(4), Odd(5)])
+    store = af.MemoryStore()
+    odd = builder.build(store)
+    async with af.open_workflow(odd), trio.open_nursery() as nursery:
+        port = await nursery.start(functools.partial(af.serve_console, [odd]))
+        run_id = await odd.trigger("o")
+        await odd.await_status("o", run_id, Odd(2), timeout=LIMIT)
+        await odd.callback("o", Odd(2), b"4")
+
+        def script(page: Any) -> None:
+            from playwright.sync_api import expect
+
+            page.goto(f"http://127.0.0.1:{port}/#/run/odd/{run_id}")
+            expect(page.locator("#run-status")).to_have_text("<b id=xss-s>x</b>")
+            expect(page.locator("#graph-legend")).to_contain_text("<b id=xss-s>x</b>")
+            expect(page.locator("#timeline button")).to_have_count(3)
+            assert page.evaluate("document.querySelectorAll('[id^=xss]').length") == 0
+            # nothing of Mermaid's left outside the graph box (an error diagram, say)
+            stray = (
+                "[...document.body.children].filter(e => !['HEADER', 'MAIN', 'DIALOG', "
+                "'NOSCRIPT', 'A', 'SCRIPT'].includes(e.tagName) && e.id !== 'toast')"
+            )
+            assert page.evaluate(f"{stray}.length") == 0, page.evaluate(
+                f"{stray}.map(e => e.outerHTML.slice(0, 200))"
+            )
+
+        await in_browser(script)
+        nursery.cancel_scope.cancel()
