@@ -147,10 +147,13 @@ def served_by_name(
 
 @final
 class _PeerStream(trio.abc.HalfCloseableStream):
-    """One TCP connection as trio-websocket sees it, with two additions.
+    """One TCP connection as trio-websocket sees it, with three additions.
 
     It notes whether the peer has sent anything (a pending handshake that sent nothing is
-    the first to be shed), and when trio-websocket ends a connection for a frame that
+    the first to be shed); it holds back the bytes that follow the handshake's request
+    head until the handshake is accepted (frames a client sent without waiting for our
+    answer: trio-websocket 0.12.2 would leave them unread until more came); and when
+    trio-websocket ends a connection for a frame that
     breaks the protocol (wsproto: invalid UTF-8 in a text frame is 1007), it sends the
     close frame with that code before closing the TCP connection: trio-websocket 0.12.2
     closes such connections without one, so the peer would only see 1006.
