@@ -842,3 +842,43 @@ async def test_the_runs_page_under_numbers_live_inserts_bad_addresses_and_a_lost
         return code
 
     assert await in_browser(script) == "connection_closed"
+
+
+@attrs.define
+class Big:
+    items: list[int] = attrs.field(factory=list)
+
+
+@pytest.mark.browser
+async def test_a_huge_change_is_listed_in_part_and_the_page_stays_quick() -> None:
+    """A step that adds 50,000 items: the run page lists the first changes, counts the
+    rest, and still shows the whole object (drawing 50,000 rows took tens of seconds,
+    and again at every live change)."""
+    builder = af.Builder("big", Big, Doc)
+
+    @builder.step(Doc.DRAFT, to=Doc.REVIEW)
+    async def grow(run: af.Run[Big, Doc]) -> Doc:
+        run.object.items = list(range(50_000))
+        return Doc.REVIEW
+
+    async def done(run: af.Run[Big, Doc], payload: bytes) -> Doc:
+        return Doc.DONE
+
+    builder.add_callback(Doc.REVIEW, done, to=[Doc.DONE])
+    big = builder.build(af.MemoryStore())
+    async with af.open_workflow(big), trio.open_nursery() as nursery:
+        port = await nursery.start(functools.partial(af.serve_console, [big]))
+        run_id = await big.trigger("x")
+        await big.await_status("x", run_id, Doc.REVIEW, timeout=LIMIT)
+
+        def script(page: Any) -> None:
+            from playwright.sync_api import expect
+
+            page.goto(f"http://127.0.0.1:{port}/#/run/big/{run_id}")
+            expect(page.locator("#diff-more")).to_contain_text("49500 more changes")
+            assert page.locator("#diff tbody tr").count() == 500
+            expect(page.locator("#object-json")).to_contain_text("49999")
+
+        with trio.fail_after(LIMIT):
+            await in_browser(script)
+        nursery.cancel_scope.cancel()

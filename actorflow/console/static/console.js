@@ -5,6 +5,7 @@
 
 const MERMAID = "/static/vendor/mermaid-12.3.0.min.js";
 const PAGE = 50;
+const DIFF_ROWS = 500;  // changes listed per version at most
 const TOKEN_KEY = "actorflow.token";
 const RUN_STATES = ["INITIATED", "RUNNING", "PAUSED", "CANCELLED", "COMPLETED",
   "REQUESTED_DATA_DELETED", "DATA_DELETED"];
@@ -794,12 +795,18 @@ function diffObjects(before, after, path = "", out = []) {
 function diffTable(changes) {
   if (!changes.length) return el("p", {class: "muted", id: "diff-none", text: "The object did not change in this version."});
   const show = (v) => v === undefined ? "" : JSON.stringify(v);
-  return el("table", {class: "diff", id: "diff"},
+  // A huge change (a list of 50,000 items added) would take the page tens of seconds to
+  // draw, again at every live change: the first DIFF_ROWS are shown, the rest counted.
+  const hidden = Math.max(0, changes.length - DIFF_ROWS);
+  const table = el("table", {class: "diff", id: "diff"},
     el("thead", {}, el("tr", {}, el("th", {text: "change"}), el("th", {text: "field"}),
       el("th", {text: "before"}), el("th", {text: "after"}))),
-    el("tbody", {}, changes.map((c) => el("tr", {class: `diff-${c.op}`},
+    el("tbody", {}, changes.slice(0, DIFF_ROWS).map((c) => el("tr", {class: `diff-${c.op}`},
       el("td", {class: "op", text: {added: "+ added", removed: "− removed", changed: "~ changed"}[c.op]}),
       el("td", {text: c.path}), el("td", {text: show(c.before)}), el("td", {text: show(c.after)})))));
+  if (!hidden) return table;
+  return el("div", {}, table, el("p", {class: "muted", id: "diff-more",
+    text: `… and ${hidden} more changes, not listed; the object below is complete.`}));
 }
 
 let mermaidLoading = null;
