@@ -426,6 +426,118 @@ async def test_trigger_many_cancelled_as_its_first_runs_are_stored_starts_them(
                 await wf.await_status(r.foreign_id, r.run_id, L.WAITING)
 
 
+async def test_controls_cancelled_at_every_checkpoint_leave_no_run_stuck(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    """resume, pause, cancel and delete_data, each cancelled after k checkpoints: each
+    either happened or not, and a run it reached is never left stuck: a resumed run goes
+    on at once, a requested deletion finishes (not after a restart)."""
+    clock = trio_clock(START)
+    held: set[str] = set()
+
+    async def working(run: af.Run[Job, L]) -> Any:
+        if run.run_id not in held:  # the first time: pause itself
+            held.add(run.run_id)
+            return run.pause("hold")
+        return L.WAITING
+
+    store = stores.open()
+    wf = jobs(store, clock, working=working, resume_paused_after=None)
+    other = jobs(stores.open(), clock) if stores.durable else wf  # a handle without a worker
+    tries = 12 if stores.kind == "postgres" else 20
+    async with af.open_workflow(wf):
+        for k in range(tries):
+            handle = other if k % 2 else wf
+            fid = f"p{k}"
+            run_id = await wf.trigger(fid)
+            await _until(wf, run_id, lambda r: r.run_state is af.RunState.PAUSED)
+            await cancelled_after(k, lambda: handle.resume(run_id))  # noqa: B023
+            if (await wf.lookup(run_id)).run_state is af.RunState.PAUSED:
+                await handle.resume(run_id)
+            with trio.fail_after(60):
+                await wf.await_status(fid, run_id, L.WAITING)
+            await cancelled_after(k, lambda: handle.pause(run_id, "again"))  # noqa: B023
+            await cancelled_after(k, lambda: handle.cancel(run_id, "stop"))  # noqa: B023
+            if not (await wf.lookup(run_id)).run_state.finished:
+                await handle.cancel(run_id, "stop")
+            await cancelled_after(k, lambda: handle.delete_data(run_id, "gone"))  # noqa: B023
+            state = (await wf.lookup(run_id)).run_state
+            if state is af.RunState.CANCELLED:
+                await handle.delete_data(run_id, "gone")
+            with trio.fail_after(60):
+                last = await _until(wf, run_id, lambda r: r.run_state is af.RunState.DATA_DELETED)
+            history = await wf.history(run_id)
+            assert [r.version for r in history] == list(range(1, len(history) + 1))
+            for before, after in itertools.pairwise(history):
+                assert (before.run_state, after.run_state) in LEGAL, (before, after)
+            assert last == history[-1]
+
+
+async def test_a_deletion_cut_short_in_another_process_is_finished_by_the_worker(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    """delete_data from a handle without a worker (a script, the CLI), cancelled after k
+    checkpoints: a run left REQUESTED_DATA_DELETED is scrubbed by the running worker at
+    once, not at its next restart."""
+    if not stores.durable:
+        pytest.skip("one MemoryStore object is the whole storage")
+    clock = trio_clock(START)
+    wf = jobs(stores.open(), clock)
+    other = jobs(stores.open(), clock)
+    tries = 16 if stores.kind == "postgres" else 40
+    async with af.open_workflow(wf):
+        results = await wf.trigger_many([f"x{k}" for k in range(tries)])
+        ids = [r for r in results if isinstance(r, str)]
+        assert len(ids) == tries
+        for k, run_id in enumerate(ids):
+            await wf.await_status(f"x{k}", run_id, L.WAITING)
+            await wf.cancel(run_id, "done")
+        for k, run_id in enumerate(ids):
+            await cancelled_after(k, lambda: other.delete_data(run_id, "gone"))  # noqa: B023
+            if (await wf.lookup(run_id)).run_state is af.RunState.CANCELLED:
+                continue  # cancelled before anything was stored
+            with trio.fail_after(60):
+                last = await _until(wf, run_id, lambda r: r.run_state is af.RunState.DATA_DELETED)
+            assert last.meta.run_state_reason == "gone"
+            assert all(r.object == Job() for r in await wf.history(run_id))
+
+
+async def test_a_cancelled_call_whose_callback_hangs_returns_and_stores_nothing(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    """A callback function that hangs, its caller cancelled (a timeout): the call ends
+    within the grace period, nothing is stored, and nothing lands later; the next
+    callback applies."""
+    clock = trio_clock(START)
+    hang = True
+    b = af.Builder("hangs", Job, L)
+
+    @b.step(L.NEW, to=L.WAITING)
+    async def go(run: af.Run[Job, L]) -> L:
+        return L.WAITING
+
+    async def answer(run: af.Run[Job, L], payload: bytes) -> L:
+        if hang:
+            await trio.sleep_forever()
+        run.object.answer = payload.decode()
+        return L.DONE
+
+    b.add_callback(L.WAITING, answer, to=[L.DONE])
+    wf = b.build(stores.open(), clock=clock, grace_period=timedelta(seconds=5))
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("h")
+        await wf.await_status("h", run_id, L.WAITING)
+        with trio.move_on_after(1) as scope:
+            await wf.callback("h", L.WAITING, b"hung")
+        assert scope.cancelled_caught
+        assert trio.current_time() < 1 + 5 + 1
+        await trio.sleep(3600)  # nothing lands later
+        assert [r.status for r in await wf.history(run_id)] == [L.NEW, L.WAITING]
+        hang = False
+        rec = await wf.callback("h", L.WAITING, b"fine")
+        assert rec is not None and rec.object.answer == "fine"
+
+
 # --- a store closed under load -------------------------------------------------------------
 
 
