@@ -20,6 +20,7 @@ from tests.test_evolution import (
     S3,
     Maker,
     Order1,
+    Renamed,
     build_retired,
     build_v1,
     build_without_waiting,
@@ -295,3 +296,61 @@ async def test_delete_data_without_scrub_for_a_type_without_defaults_changes_not
     # Not left half done (REQUESTED_DATA_DELETED, retried and failing forever).
     stored = await wf.store.lookup("people", run_id)
     assert stored.run_state is af.RunState.COMPLETED
+
+
+# -- stranded runs stay visible ------------------------------------------------------------
+
+
+def build_renamed_field(
+    store: af.Store, paused: list[tuple[str, Any]], two: trio.Event
+) -> af.Workflow[Any, S1]:
+    """Renamed (``qty`` is now ``quantity``, no hook), with an on_pause hook (``two`` is
+    set once it saw two runs)."""
+    b = af.Builder("orders", Renamed, S1)
+
+    @b.step(S1.NEW, to=S1.WAITING)
+    async def reserve(run: af.Run[Renamed, S1]) -> S1:
+        return S1.WAITING
+
+    async def paid(run: af.Run[Renamed, S1], payload: bytes) -> S1:
+        return S1.DONE
+
+    async def on_pause(record: af.Record[Renamed, S1]) -> None:
+        paused.append((record.foreign_id, record.object))
+        if len(paused) == 2:
+            two.set()
+
+    b.add_callback(S1.WAITING, paid, to=S1.DONE)
+    b.on_pause(on_pause)
+    return b.build(store, poll_interval=timedelta(milliseconds=50))
+
+
+async def test_a_parked_run_whose_object_does_not_fit_can_be_read_and_hooked(
+    reopen: Maker,
+) -> None:
+    """Parked "visibly": its record reads (the object as its stored JSON data, as an
+    unknown status reads as its int), and the on_pause hook of other runs goes on. Reads
+    raised SerializationError (lookup, list_runs of the whole workflow, history, the CLI),
+    and the hook consumer stuck on the parked run forever."""
+    from actorflow.gateway.protocol import record_to_json
+
+    ids = await start_v1(reopen, 1)
+    paused: list[tuple[str, Any]] = []
+    two = trio.Event()
+    wf = build_renamed_field(reopen(), paused, two)
+    async with af.open_workflow(wf):
+        await parked(wf.store, ids[0])
+        fresh = await wf.trigger("fresh", initial=Renamed("pear", 1))
+        await wf.await_status("fresh", fresh, S1.WAITING, timeout=30)
+        await wf.pause(fresh, "by hand")
+        with trio.fail_after(30):
+            await two.wait()
+    assert dict(paused) == {"order-0": {"sku": "apple", "qty": 2}, "fresh": Renamed("pear", 1)}
+    record = await wf.lookup(ids[0])
+    assert record.run_state is af.RunState.PAUSED
+    assert ev.OBJECT_DOES_NOT_FIT in record.meta.run_state_reason
+    assert record.object == {"sku": "apple", "qty": 2}
+    listed = await wf.list_runs(run_state=af.RunState.PAUSED)
+    assert {r.run_id for r in listed} == {ids[0], fresh}
+    assert [r.version for r in await wf.history(ids[0])] == [1, 2, 3]
+    assert record_to_json(record, Renamed)["object"] == {"sku": "apple", "qty": 2}

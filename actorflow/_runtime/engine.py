@@ -123,15 +123,32 @@ class Engine(Generic[T, S]):
     def status(self, value: int) -> S:
         return self.definition.status(value)  # type: ignore[return-value]
 
-    def typed(self, raw: RawRecord) -> Record[T, S]:
+    def decoded(self, raw: RawRecord) -> T:
+        """The run's object, upgraded by ``upgrade_object`` when an earlier definition
+        wrote it and it does not structure as it is (nothing is written: the run itself is
+        upgraded when it is next loaded).
+
+        Raises:
+            ActorflowError: it does not structure into the object type, even upgraded.
+        """
         try:
-            obj = self.codec.decode(raw.object, run_id=raw.run_id)
+            return self.codec.decode(raw.object, run_id=raw.run_id)
         except SerializationError:
-            # A version written by an earlier definition: show it upgraded (nothing is
-            # written; the run itself is upgraded when it is next loaded).
             if raw.meta.definition == self.fingerprint or self.definition.evolution.upgrade is None:
                 raise
-            obj = self.codec.decode(upgraded_object(self, raw), run_id=raw.run_id)
+            return self.codec.decode(upgraded_object(self, raw), run_id=raw.run_id)
+
+    def typed(self, raw: RawRecord) -> Record[T, S]:
+        """The record of a stored version. A status the enum no longer has is its int; an
+        object that no longer structures (a stranded run, docs/upgrading.md) is its stored
+        JSON data, so such runs can still be read, listed and handed to hooks."""
+        try:
+            obj: Any = self.decoded(raw)
+        except ActorflowError:
+            try:
+                obj = json.loads(raw.object)
+            except ValueError:
+                raise ActorflowError(f"{self.where(raw)}: the stored object is not JSON") from None
         return Record(
             workflow_name=raw.workflow_name,
             foreign_id=raw.foreign_id,
@@ -499,7 +516,7 @@ class Engine(Generic[T, S]):
         scrub = self.scrub
         assert scrub is not None
         try:
-            obj = self.typed(raw).object
+            obj = self.decoded(raw)
         except ActorflowError as exc:
             log.warning(
                 "%s: the stored object cannot be given to the scrub function (%s); "
