@@ -235,9 +235,8 @@ class Triggers(WorkflowCore[T, S]):
         supervisor = self._local_supervisor()
         if supervisor is None:
             return
+        supervisor.wake_for_new_timers(runs)
         steps = self._definition.steps
         for stored, timers in runs:
-            if timers:
-                supervisor.wake_for_timers(stored.run_id, timers)
             if stored.status in steps:
                 supervisor.wake_created(stored, timers)

@@ -427,6 +427,18 @@ class Supervisor(Generic[T, S]):
         if self.timers.arm(run_id, when, self.engine.now(), pinned=pinned):
             self._heap_changed.set()
 
+    def wake_for_new_timers(self, runs: list[tuple[RawRecord, list[Timer]]]) -> None:
+        """Runs were just created with these timers (trigger_many): as
+        :meth:`wake_for_timers` for each, with one look at the clock (new runs have no
+        wake-up to forget)."""
+        window, now, changed = self.timers, self.engine.now(), False
+        for stored, timers in runs:
+            if timers:
+                when = timers[0].fire_at if len(timers) == 1 else min(t.fire_at for t in timers)
+                changed = window.arm(stored.run_id, when, now) or changed
+        if changed:
+            self._heap_changed.set()
+
     def wake_for_timers(self, run_id: str, timers: list[Timer]) -> None:
         """The run's stored timers are now exactly ``timers`` (every commit that sets them
         calls this): have an actor look at the run when the earliest is due, forgetting

@@ -27,6 +27,25 @@ def dumps(value: object, *, indent: int | None = None) -> str:
     return json.dumps(value, indent=indent, ensure_ascii=False, sort_keys=indent is not None)
 
 
+_UNSAFE = [
+    *range(0x20),  # C0 controls: ESC starts terminal sequences; CR and LF break lines
+    *range(0x7F, 0xA0),  # DEL and the C1 controls (0x9b is a one-byte CSI)
+    0x2028,  # line and paragraph separators
+    0x2029,
+    *range(0x202A, 0x202F),  # bidirectional embeddings and overrides
+    *range(0x2066, 0x206A),  # bidirectional isolates
+]
+_ESCAPES = str.maketrans({c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in _UNSAFE})
+
+
+def shown(value: object) -> str:
+    """Stored text (a foreign id, a reason, an error message) as a terminal may show it:
+    control characters, line separators and bidirectional controls written as escapes
+    (``\\x1b``), so what a client stored can neither drive the terminal (colours, a
+    cleared screen, a moved cursor) nor break the line it is printed on."""
+    return str(value).translate(_ESCAPES)
+
+
 def _time(text: object) -> str:
     """An ISO time as ``YYYY-MM-DD HH:MM:SS.mmm`` in UTC (the stores keep UTC)."""
     try:
@@ -51,7 +70,7 @@ def _note(record: Mapping[str, Any]) -> str:
         parts.append(str(meta["run_state_reason"]))
     if meta.get("error_message") and meta.get("error_message") != meta.get("run_state_reason"):
         parts.append(f"error: {meta['error_message']}")
-    return "; ".join(" ".join(p.split()) for p in parts)
+    return shown("; ".join(" ".join(p.split()) for p in parts))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -72,9 +91,9 @@ def runs_table(records: Sequence[Mapping[str, Any]]) -> str:
     """``runs list``: one line per run."""
     rows = [
         [
-            str(r["run_id"]),
-            str(r["foreign_id"]),
-            f"{r['status_name']}",
+            shown(r["run_id"]),
+            shown(r["foreign_id"]),
+            shown(r["status_name"]),
             str(r["run_state"]),
             str(r["version"]),
             _time(r["updated_at"]),
@@ -124,10 +143,10 @@ def show_record(record: Mapping[str, Any]) -> str:
     if meta.get("error_message"):
         fields.append(("last error", meta["error_message"]))
     width = max(len(name) for name, _ in fields)
-    lines = [f"{name.ljust(width)}  {value}" for name, value in fields]
+    lines = [f"{name.ljust(width)}  {shown(value)}" for name, value in fields]
     obj = json.dumps(record.get("object"), indent=2, ensure_ascii=False, sort_keys=True)
     lines.append("object")
-    lines.extend("  " + line for line in obj.splitlines())
+    lines.extend("  " + shown(line) for line in obj.splitlines())
     return "\n".join(lines)
 
 
@@ -135,9 +154,9 @@ def change_line(record: Mapping[str, Any]) -> str:
     """One line for a change seen live (``watch``)."""
     note = _note(record)
     line = (
-        f"{_clock_time(record['updated_at'])}  {record['workflow_name']}  "
-        f"{record['foreign_id']}  v{record['version']}  {record['status_name']}  "
-        f"{record['run_state']}  run {record['run_id']}"
+        f"{_clock_time(record['updated_at'])}  {shown(record['workflow_name'])}  "
+        f"{shown(record['foreign_id'])}  v{record['version']}  {shown(record['status_name'])}  "
+        f"{record['run_state']}  run {shown(record['run_id'])}"
     )
     return f"{line}  ({note})" if note else line
 
@@ -146,8 +165,9 @@ def short(record: Mapping[str, Any]) -> str:
     """A run's state in a few words (after trigger, callback, pause...)."""
     note = _note(record)
     line = (
-        f"run {record['run_id']} ({record['workflow_name']} {record['foreign_id']}): "
-        f"{record['status_name']}, {record['run_state']}, version {record['version']}"
+        f"run {shown(record['run_id'])} ({shown(record['workflow_name'])} "
+        f"{shown(record['foreign_id'])}): "
+        f"{shown(record['status_name'])}, {record['run_state']}, version {record['version']}"
     )
     return f"{line} ({note})" if note else line
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import urllib.parse
@@ -99,6 +100,12 @@ class ConsoleSettings:
         address gets 429 without a look at its credential (a request without one, how the
         page starts, is not a guess and does not count).
         """
+        if not self.auth and not addressed_directly(connection):
+            return Access.WRONG, (
+                403,
+                "a console without a token answers only requests to its address "
+                "(127.0.0.1, localhost, an IP address); set a token to serve it by name",
+            )
         limiter = self.gateway.refusals
         address = connection.client.host if connection.client is not None else ""
         now = trio.current_time()
@@ -114,15 +121,42 @@ class ConsoleSettings:
         return access, refusal
 
 
+def addressed_directly(connection: HTTPConnection) -> bool:
+    """Whether the request names the console by an IP address or ``localhost``.
+
+    A console without a token trusts whoever reaches it, so it is bound to 127.0.0.1;
+    a site whose name an attacker re-points at 127.0.0.1 (DNS rebinding) would make its
+    page "same origin" with the console and able to read and steer everything. Such a
+    page always sends its own name as ``Host``: a tokenless console answers only requests
+    whose ``Host`` is an IP address or ``localhost`` (or none, which no browser sends).
+    """
+    host = connection.headers.get("host", "").strip().lower()
+    if not host:
+        return True
+    if host.startswith("["):
+        name = host[1 : host.find("]")] if "]" in host else host
+    else:
+        name = host.rsplit(":", 1)[0]
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def same_origin(connection: HTTPConnection) -> bool:
     """Whether a websocket handshake comes from the console's own page (or from no page).
 
     Browsers send ``Origin`` on every websocket handshake and let any site open one to any
     address, this console's included: without this check a page of another site, open in
     a browser on the console's machine, could steer runs of a console that has no token.
-    Clients that are not browsers send no ``Origin`` and are let through. Behind a reverse
-    proxy that rewrites ``Host``, its ``X-Forwarded-Host`` is accepted too (a page cannot
-    set that header on a websocket).
+    (With a token such a page is refused anyway: it cannot know the token, which the
+    console's page keeps in its own origin's session storage; so the check applies to
+    consoles without one, and a reverse proxy in front of a console with a token need not
+    keep ``Host``.) Clients that are not browsers send no ``Origin`` and are let through.
+    ``X-Forwarded-Host`` is accepted too (a page cannot set that header on a websocket).
     """
     origin = connection.headers.get("origin")
     if origin is None:
@@ -203,7 +237,7 @@ class _Console:
 
     async def websocket(self, ws: WebSocket) -> None:
         """The gateway's protocol over the page's websocket, once admitted."""
-        if not same_origin(ws):
+        if not self.settings.auth and not same_origin(ws):
             log.warning(
                 "console websocket from another origin refused: %r", ws.headers.get("origin")
             )

@@ -10,6 +10,7 @@ read-only access).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -61,6 +62,15 @@ async def serve(
         raise InvalidArgument(f"port must be an int from 0 to 65535, not {port!r}")
     if not isinstance(host, str) or not host:
         raise InvalidArgument(f"host must be a non-empty string, not {host!r}")
+    if (
+        isinstance(graceful_timeout, bool)
+        or not isinstance(graceful_timeout, int | float)
+        or not math.isfinite(graceful_timeout)
+        or graceful_timeout < 0
+    ):
+        raise InvalidArgument(
+            f"graceful_timeout must be a finite number of seconds >= 0, not {graceful_timeout!r}"
+        )
     config = hypercorn.config.Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.graceful_timeout = graceful_timeout
@@ -69,8 +79,25 @@ async def serve(
     config.websocket_max_message_size = settings.gateway.settings.max_message_bytes
     config.include_server_header = False
     app = build_app(settings)
-    async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(hypercorn.trio.serve, app, config)
-        bound = int(binds[0].rsplit(":", 1)[1])
-        log.info("console serving %s on http://%s", ", ".join(settings.names), binds[0])
-        task_status.started(bound)
+    started = False
+    try:
+        async with trio.open_nursery() as nursery:
+            binds: list[str] = await nursery.start(hypercorn.trio.serve, app, config)
+            bound = int(binds[0].rsplit(":", 1)[1])
+            log.info("console serving %s on http://%s", ", ".join(settings.names), binds[0])
+            started = True
+            task_status.started(bound)
+    except BaseExceptionGroup as group:
+        # hypercorn's nurseries wrap a failed bind (port in use, unknown host) in groups;
+        # the caller of nursery.start gets the OSError itself, as from serve_gateway.
+        leaves = _leaves(group)
+        if not started and len(leaves) == 1 and isinstance(leaves[0], OSError):
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for error in group.exceptions:
+        found += _leaves(error) if isinstance(error, BaseExceptionGroup) else [error]
+    return found

@@ -101,6 +101,13 @@ class GatewayClient(ClientWire):
 
     async def request(self, op: str, **args: Any) -> Any:
         """Send any op with JSON arguments and return its result (the raw protocol)."""
+        if "id" in args:
+            # The client numbers its requests and matches replies by id: a reply to an id
+            # of the caller's would find nobody waiting, and this call would wait forever.
+            raise GatewayError(
+                f"op {op!r}: 'id' is the client's own request id, not an argument",
+                ErrorCode.INVALID_ARGUMENT,
+            )
         return await self._call(op, **args)
 
     # -- the API -----------------------------------------------------------------------------

@@ -174,20 +174,19 @@ def read_request(data: str | bytes, max_bytes: int, ops: Collection[str]) -> Req
     else:
         size = len(data)
     if size > max_bytes:
+        # Over the limit in UTF-8 yet within it in characters, which is what the websocket
+        # layer bounds (so at most 4 times the limit): the reply carries the id when it can
+        # be read, so that the caller's request ends.
+        try:
+            request_id = _request_id(_loads(data))
+        except ProtocolError:
+            request_id = None
         raise ProtocolError(
-            ErrorCode.TOO_LARGE, f"message of {size} bytes is over the limit of {max_bytes}"
+            ErrorCode.TOO_LARGE,
+            f"message of {size} bytes is over the limit of {max_bytes}",
+            request_id,
         )
-    try:
-        if not isinstance(data, str):
-            data = data.decode("utf-8")  # strictly: json.loads would pass surrogates through
-        message = json.loads(data, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(ErrorCode.BAD_JSON, f"message is not valid JSON: {exc}") from None
-    except RecursionError:
-        # e.g. '[' * 200_000 + ']' * 200_000: small enough to pass the size limit.
-        raise ProtocolError(
-            ErrorCode.BAD_JSON, "message is nested too deeply to be a request"
-        ) from None
+    message = _loads(data)
     if not isinstance(message, dict):
         raise ProtocolError(
             ErrorCode.INVALID_ARGUMENT,
@@ -217,6 +216,34 @@ def read_request(data: str | bytes, max_bytes: int, ops: Collection[str]) -> Req
         )
     args = {k: v for k, v in message.items() if k not in ("id", "op")}
     return Request(request_id, op, args)
+
+
+def _loads(data: str | bytes) -> object:
+    """The JSON value of a message. Raises ProtocolError ``bad_json``."""
+    try:
+        if not isinstance(data, str):
+            data = data.decode("utf-8")  # strictly: json.loads would pass surrogates through
+        return json.loads(data, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(ErrorCode.BAD_JSON, f"message is not valid JSON: {exc}") from None
+    except RecursionError:
+        # e.g. '[' * 200_000 + ']' * 200_000: small enough to pass the size limit.
+        raise ProtocolError(
+            ErrorCode.BAD_JSON, "message is nested too deeply to be a request"
+        ) from None
+
+
+def _request_id(message: object) -> RequestId | None:
+    """The request id of a decoded message, or None when it has no readable one."""
+    if not isinstance(message, dict):
+        return None
+    request_id = message.get("id")
+    if not is_request_id(request_id):
+        return None
+    assert isinstance(request_id, int | str)
+    if isinstance(request_id, str) and not is_valid_text(request_id):
+        return None
+    return request_id
 
 
 def _no_constant(name: str) -> object:

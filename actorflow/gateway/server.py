@@ -147,10 +147,13 @@ def served_by_name(
 
 @final
 class _PeerStream(trio.abc.HalfCloseableStream):
-    """One TCP connection as trio-websocket sees it, with two additions.
+    """One TCP connection as trio-websocket sees it, with three additions.
 
     It notes whether the peer has sent anything (a pending handshake that sent nothing is
-    the first to be shed), and when trio-websocket ends a connection for a frame that
+    the first to be shed); it holds back the bytes that follow the handshake's request
+    head until the handshake is accepted (frames a client sent without waiting for our
+    answer: trio-websocket 0.12.2 would leave them unread until more came); and when
+    trio-websocket ends a connection for a frame that
     breaks the protocol (wsproto: invalid UTF-8 in a text frame is 1007), it sends the
     close frame with that code before closing the TCP connection: trio-websocket 0.12.2
     closes such connections without one, so the peer would only see 1006.
@@ -161,6 +164,11 @@ class _PeerStream(trio.abc.HalfCloseableStream):
         self.received = False
         self.ws: trio_websocket.WebSocketConnection | None = None
         self._sent_close = False
+        self.accepted = trio.Event()
+        """Set once the handshake is accepted: the bytes after it may be read then."""
+        self._head_read = False
+        self._tail = b""
+        self._held = b""
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if bytes(data[:1]) == CLOSE_FRAME_START:  # the server's frames are sent whole
@@ -174,9 +182,31 @@ class _PeerStream(trio.abc.HalfCloseableStream):
         await self.stream.send_eof()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._held:
+            # Frames a client sent along with its handshake, before our answer (a client
+            # should wait for it; some do not). Read before the accept, they would sit in
+            # wsproto's handshake, unread until the client sent more.
+            await self.accepted.wait()
+            size = len(self._held) if max_bytes is None else max_bytes
+            data, self._held = self._held[:size], self._held[size:]
+            return data
         data = await self.stream.receive_some(max_bytes)
         if data:
             self.received = True
+            if not self._head_read:
+                data = self._split_head(bytes(data))
+        return data
+
+    def _split_head(self, data: bytes) -> bytes:
+        """``data`` up to the end of the handshake's request head; the rest is held."""
+        window = self._tail + data
+        end = window.find(b"\r\n\r\n")
+        if end < 0:
+            self._tail = window[-3:]
+            return data
+        self._head_read = True
+        cut = end + 4 - len(self._tail)
+        data, self._held = data[:cut], data[cut:]
         return data
 
     def sent_nothing(self) -> bool:
@@ -273,6 +303,7 @@ class Gateway:
                 if accepted is not None:
                     ws, read_only = accepted
                     peer.ws = ws
+                    peer.accepted.set()
                     try:
                         await Connection(self, ws, read_only=read_only).serve()
                     finally:

@@ -9,7 +9,10 @@ Defects found by this probe (each test below failed before its fix):
 - ``callback --data`` with bytes that are not UTF-8 (Python reads them as lone
   surrogates) was "unexpected UnicodeEncodeError";
 - a file starting with a UTF-8 byte order mark had its first line refused as "not JSON";
-- refused lines were listed out of file order (parse errors first, then the rest).
+- refused lines were listed out of file order (parse errors first, then the rest);
+- a foreign id or reason holding control characters (an escape sequence, a carriage
+  return, a newline) was printed raw by ``runs list|show|history``, ``pause``... and
+  ``watch``: stored text could drive the terminal and break the tables' lines.
 """
 
 from __future__ import annotations
@@ -117,3 +120,40 @@ def test_hostile_arguments_are_one_line_errors(
     assert out == ""
     assert err.startswith("actorflow: error: ") and err.count("\n") == 1, err
     clean(err)
+
+
+HOSTILE_TEXT = "evil\x1b[2J\x1b[31mred\rover\nnext\x9b31m\u2028\u202eright-to-left\x07"
+
+
+def no_terminal_controls(text: str) -> None:
+    for character in "\x1b\r\x9b\u2028\u202e\x07":
+        assert character not in text, repr(text)
+
+
+def test_stored_text_cannot_drive_the_terminal_or_break_lines(
+    app: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A foreign id or a reason is whatever a client sent (through the gateway, say): the
+    tables, ``runs show``, ``watch`` lines and the one-line results print it escaped."""
+    ref = f"{app}:workflow"
+    run_id = ok(capsys, "trigger", HOSTILE_TEXT, "--app", ref).strip()
+    outputs = [
+        ok(capsys, "pause", run_id, "--reason", HOSTILE_TEXT, "--app", ref),
+        ok(capsys, "runs", "list", "--app", ref),
+        ok(capsys, "runs", "show", run_id, "--app", ref),
+        ok(capsys, "runs", "history", run_id, "--app", ref),
+    ]
+    for out in outputs:
+        no_terminal_controls(out)
+        assert "evil\\x1b[2J\\x1b[31mred" in out  # the foreign id or the reason, escaped
+    assert "evil\\x1b[2J\\x1b[31mred\\x0dover\\x0anext\\x9b31m\\u2028\\u202e" in outputs[2]
+    pause, table, _, history = outputs
+    assert pause.count("\n") == 1
+    assert table.count("\n") == 2 and history.count("\n") == 3  # a header and a line each
+    records = json.loads(ok(capsys, "runs", "history", run_id, "--app", ref, "--json"))
+    assert records[0]["foreign_id"] == HOSTILE_TEXT  # --json keeps the text exact
+    from actorflow.cli.format import change_line
+
+    line = change_line(records[-1])  # what `actorflow watch` prints for a change
+    no_terminal_controls(line)
+    assert "\n" not in line

@@ -8,7 +8,15 @@ fix):
 
 - a ``subscribe`` followed at once by its ``unsubscribe`` (sent together, as a browser may)
   got no reply at all when the unsubscribe was read before the subscription was set up,
-  and a client waiting for it waited forever; the unsubscribe said ``true`` all the same.
+  and a client waiting for it waited forever; the unsubscribe said ``true`` all the same;
+- frames a client sent in the same write as its handshake (before the gateway's answer,
+  as raw clients and some libraries do) were not read until the client sent more, so
+  their replies never came;
+- ``client.request(op, id=...)`` sent the caller's id instead of the client's own, so the
+  reply found nobody waiting and the call waited forever;
+- a message within ``max_message_bytes`` in characters but over it in UTF-8 (emoji, say)
+  got a ``too_large`` reply with ``"id": null``: the Python client's call, and any
+  client's request, waited forever for its reply.
 """
 
 from __future__ import annotations
@@ -176,6 +184,41 @@ async def test_pipelined_subscribe_and_unsubscribe_each_get_their_reply(port: in
         assert f"s{n}" in order and f"u{n}" in order, n  # every request got its reply
         assert order.index(f"s{n}") < order.index(f"u{n}")  # the ack comes first
     assert b'"result":false' not in received  # each was active when unsubscribed
+
+
+async def test_frames_sent_with_the_handshake_are_served(port: int) -> None:
+    head = (
+        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    )
+    frames = masked_text_frame('{"id": 1, "op": "ping"}') + masked_text_frame(
+        '{"id": 2, "op": "workflows"}'
+    )
+    with trio.fail_after(LIMIT):
+        for split in (None, len(head) + 30, len(head) + 42):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            data = (head + f"Authorization: Bearer {TOKEN}\r\n\r\n").encode() + frames
+            if split is None:
+                await stream.send_all(data)  # all in one write
+            else:  # the blank line ending the head, or the first frame, cut in two
+                await stream.send_all(data[:split])
+                await trio.testing.wait_all_tasks_blocked(0.01)
+                await stream.send_all(data[split:])
+            received = b""
+            while received.count(b'"ok":true') < 2:
+                received += await stream.receive_some(65536)
+            assert received.startswith(b"HTTP/1.1 101 ")
+            replies = server_frames(received.split(b"\r\n\r\n", 1)[1])
+            assert [json.loads(payload)["id"] for _, payload in replies] == [1, 2]
+            await stream.aclose()
+        # Refused with frames attached: the refusal, then the end, at once.
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all((head + "\r\n").encode() + frames)
+        received = b""
+        while chunk := await stream.receive_some(65536):
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 401 ")
+        await stream.aclose()
 
 
 # -- malformed messages -------------------------------------------------------------------------
@@ -775,3 +818,39 @@ def test_the_probe_covers_every_documented_op() -> None:
     from actorflow.gateway.ops import OPS as TABLE
 
     assert sorted(OPS) == sorted(TABLE)
+
+
+async def test_the_client_refuses_an_id_among_request_arguments(port: int) -> None:
+    async with af.open_gateway_client(f"ws://127.0.0.1:{port}/", token=TOKEN) as client:
+        with trio.fail_after(LIMIT):
+            for request_id in (99, 1, "x"):
+                with pytest.raises(af.GatewayError) as info:
+                    await client.request("ping", id=request_id)
+                assert info.value.code == "invalid_argument"
+            assert await client.request("ping") == "pong"
+            with pytest.raises(af.GatewayError) as info:  # the gateway's own refusal
+                await client.request("ping", note="x")
+            assert info.value.code == "invalid_argument"
+
+
+async def test_a_message_too_large_in_utf8_is_answered_with_its_id(
+    nursery: trio.Nursery, tickets: af.Workflow[Any, Any]
+) -> None:
+    port = await serve(nursery, tickets, max_message_bytes=64 * 1024)
+    wide = "\U0001f600" * 20_000  # 20,000 characters, 80,000 bytes in UTF-8
+    with trio.fail_after(LIMIT):
+        async with af.open_gateway_client(f"ws://127.0.0.1:{port}/", token=TOKEN) as client:
+            for pad in (wide, "\u00e9" * 40_000):
+                with pytest.raises(af.GatewayError) as info:
+                    await client.request("ping", pad=pad)
+                assert info.value.code == "too_large"
+            await client.ping()  # the connection lives on
+        async with socket_at(port) as ws:
+            await ws.send_message(
+                json.dumps({"id": "big", "op": "ping", "pad": wide}, ensure_ascii=False)
+            )
+            reply = await reply_to(ws, "big")
+            assert error_of(reply) == "too_large"
+            await ws.send_message('{"id": 5, "pad": "' + wide + '"')  # unreadable: id null
+            assert error_of(await reply_to(ws, None)) == "too_large"
+            await ping_works(ws)

@@ -152,7 +152,7 @@ async def test_awkward_events_come_back_exactly_as_sent() -> None:
         assert back.created_at.utcoffset() == timedelta(0)  # aware UTC, the same instant
 
 
-async def test_reserved_header_names_are_refused_before_anything_is_sent() -> None:
+async def test_reserved_headers_are_refused_and_acks_of_strangers_are_event_errors() -> None:
     streamer = kafka_streamer(fresh())
     good = event(1, "feed")
     bad = attrs.evolve(event(2, "feed"), headers={"af.id": "forged"})
@@ -162,27 +162,20 @@ async def test_reserved_header_names_are_refused_before_anything_is_sent() -> No
         with pytest.raises(EventError, match=r"af\."):
             await sender.send(bad)
         await sender.send(event(3, "feed"))
+        await sender.send(event(4, "feed"))
     async with streamer.open_receiver("feed", "g") as receiver:
         with trio.fail_after(WAIT):
             first = await receiver.receive()
-    # the refused batch put nothing on the topic, not even its good first event
-    assert first.id == "feed-3"
-
-
-async def test_acknowledging_what_was_not_handed_out_or_twice_is_an_event_error() -> None:
-    streamer = kafka_streamer(fresh())
-    async with streamer.open_sender("feed") as sender:
-        await sender.send_many([event(n, "feed") for n in range(2)])
-    async with streamer.open_receiver("feed", "g") as receiver:
-        with trio.fail_after(WAIT):
-            e = await receiver.receive()
+        # the refused batch put nothing on the topic, not even its good first event
+        assert first.id == "feed-3"
+        # acknowledging what this receiver did not hand out, or twice, is an EventError
         with pytest.raises(EventError):
             await receiver.ack(event(7, "feed"))
-        await receiver.ack(e)
+        await receiver.ack(first)
         with pytest.raises(EventError):
-            await receiver.ack(e)
+            await receiver.ack(first)
         with trio.fail_after(WAIT):
-            assert (await receiver.receive()).id == "feed-1"
+            assert (await receiver.receive()).id == "feed-4"
 
 
 # -- topics ---------------------------------------------------------------------------------
@@ -291,11 +284,6 @@ async def test_latest_creates_the_cursor_at_the_first_open() -> None:
         with trio.fail_after(WAIT):
             got = [await receiver.receive(), await receiver.receive()]
     assert [e.id for e in got] == ["feed-1", "feed-2"]
-    # another consumer name has a cursor of its own
-    async with streamer.open_receiver("feed", "other") as receiver:
-        with trio.fail_after(WAIT):
-            got = [await receiver.receive() for _ in range(3)]
-    assert [e.id for e in got] == ["feed-0", "feed-1", "feed-2"]
 
 
 async def test_cancelling_a_kafka_workflow_while_it_starts_never_hangs_or_loses() -> None:
@@ -459,12 +447,61 @@ async def test_a_kafka_connector_cancelled_mid_event_repeats_at_most_that_event(
         await sender.send_many(sent)
     store = af.MemoryStore()
     seen: list[str] = []
-    for target, when in [("feed-2", "after"), ("feed-5", "before"), ("feed-8", "after")]:
+    for target, when in [("feed-2", "after"), ("feed-5", "before")]:
         await _one_life(store, streamer, seen, target, when)
     await _one_life(store, streamer, seen, None, "")
     # everything, in order; only an event a cancellation interrupted comes again
     expected = [e.id for e in sent]
     assert list(dict.fromkeys(seen)) == expected
     repeated = {i for i in seen if seen.count(i) > 1}
-    assert repeated <= {"feed-2", "feed-8"}, seen
+    assert repeated <= {"feed-2"}, seen
     assert all(seen.count(i) <= 2 for i in expected), seen
+
+
+async def test_receives_cancelled_at_random_lose_and_repeat_nothing() -> None:
+    """A receive cancelled while the consumer fetches in its worker thread must keep what
+    that fetch brought: the next receive hands it out, in order."""
+    streamer = kafka_streamer(fresh())
+    sent = [event(n, "feed") for n in range(30)]
+    got: list[str] = []
+    async with streamer.open_sender("feed") as sender:
+        await sender.send(sent[0])
+        async with streamer.open_receiver("feed", "g") as receiver:
+            with trio.fail_after(WAIT * 2):
+                for n, e in enumerate(sent[1:], 1):
+                    if n % 5 == 0:
+                        await sender.send_many(sent[n : n + 5])
+                    elif n < 5:
+                        await sender.send(e)
+                    with trio.move_on_after(0.001 * (n % 7)):
+                        while True:
+                            got.append((received := await receiver.receive()).id)
+                            await receiver.ack(received)
+                while len(got) < len(sent):
+                    got.append((received := await receiver.receive()).id)
+                    await receiver.ack(received)
+    assert got == [e.id for e in sent]
+
+
+async def test_many_opens_of_a_new_topic_at_once_all_work() -> None:
+    """Senders and receivers racing to create one missing topic: each sees it exist."""
+    streamer = kafka_streamer(fresh())
+    got: list[str] = []
+
+    async def send(n: int) -> None:
+        async with streamer.open_sender("feed") as sender:
+            await sender.send(attrs.evolve(event(n, "feed"), headers={}))
+
+    async def receive() -> None:
+        async with streamer.open_receiver("feed", "g") as receiver:
+            while len(got) < 6:
+                e = await receiver.receive()
+                got.append(e.id)
+                await receiver.ack(e)
+
+    with trio.fail_after(WAIT * 2):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            for n in range(6):
+                nursery.start_soon(send, n)
+    assert sorted(got) == sorted(f"feed-{n}" for n in range(6))

@@ -445,13 +445,25 @@ function renderWorkflowCard(card, wf, counts, paused, processes) {
 
 // -- runs -----------------------------------------------------------------------------------
 
+const RUN_STATE_VALUES = {INITIATED: 1, RUNNING: 2, PAUSED: 3, CANCELLED: 4, COMPLETED: 5,
+  DATA_DELETED: 6, REQUESTED_DATA_DELETED: 7};
+
+// The name whose value is `text` (a number given in the address), else `text` itself.
+function nameOf(values, text) {
+  const found = Object.entries(values).find(([, value]) => String(value) === text);
+  return found ? found[0] : text;
+}
+
 function filtersFrom(params) {
   const first = app.workflows.keys().next().value;
   const workflow = app.workflows.has(params.get("workflow")) ? params.get("workflow") : first;
+  const described = app.workflows.get(workflow);
   return {
     workflow,
-    status: params.get("status") || "",
-    run_state: params.get("run_state") || "",
+    // The protocol takes a status or run state by name or number; the page (its live
+    // matching, its filter form) works with names.
+    status: nameOf(described ? described.statuses : {}, params.get("status") || ""),
+    run_state: nameOf(RUN_STATE_VALUES, params.get("run_state") || ""),
     foreign_id: params.get("foreign_id") || "",
     created_after: params.get("created_after") || "",
     created_before: params.get("created_before") || "",
@@ -574,6 +586,10 @@ function runsScreen(main, params) {
     created_after: filters.created_after || undefined,
     created_before: filters.created_before || undefined,
   };
+  // Changes that arrive while the page is read are held and applied to it once it is
+  // drawn: a run stored after the read would otherwise be wiped by the page.
+  let loaded = false;
+  const early = [];
   const load = async () => {
     const page = await app.gateway.call("list_runs", {...args, limit: PAGE, descending: true,
       after: filters.after || undefined});
@@ -596,9 +612,14 @@ function runsScreen(main, params) {
     pager.replaceChildren(...[
       first ? null : el("button", {type: "button", class: "quiet", text: "← Newest",
         onclick: () => navigate(hashFor({...filters, after: ""}))}),
+      // From the last row shown: live runs push the oldest rows off this page, and those
+      // must be on the next one.
       page.length === PAGE ? el("button", {type: "button", class: "quiet", id: "older", text: "Older →",
-        onclick: () => navigate(hashFor({...filters, after: page[page.length - 1].run_id}))}) : null,
+        onclick: () => navigate(hashFor({...filters,
+          after: (tbody.lastElementChild && tbody.lastElementChild.dataset.runId) || page[page.length - 1].run_id}))}) : null,
     ].filter(Boolean));
+    loaded = true;
+    for (const record of early.splice(0)) onRecord(record);
     app.gateway.call("count_runs", args).then((counts) => {
       total = counts.total;
       if (!stopped) describePage();
@@ -606,6 +627,7 @@ function runsScreen(main, params) {
   };
 
   const onRecord = (record) => {
+    if (!loaded) { early.push(record); return; }
     const existing = rows.get(record.run_id);
     if (existing) {
       if (Number(existing.dataset.version) >= record.version) return;
@@ -786,7 +808,8 @@ function loadMermaid() {
     mermaidLoading = new Promise((resolve, reject) => {
       const script = el("script", {src: MERMAID});
       script.onload = () => {
-        window.mermaid.initialize({startOnLoad: false, securityLevel: "strict", theme: "neutral"});
+        window.mermaid.initialize({startOnLoad: false, securityLevel: "strict", theme: "neutral",
+          suppressErrorRendering: true});
         resolve(window.mermaid);
       };
       script.onerror = () => reject(new Error("could not load Mermaid"));
@@ -802,6 +825,7 @@ async function renderGraph(box, wf, history) {
     box.replaceChildren(el("p", {class: "muted", text: "No graph for this workflow."}));
     return;
   }
+  let graphId = null;
   const current = history[history.length - 1];
   const visited = [...new Set(history.map((r) => r.status_name))].filter((n) => n !== current.status_name);
   let text = wf.graph.trimEnd() + "\n";
@@ -814,7 +838,8 @@ async function renderGraph(box, wf, history) {
     visited.length ? `; passed through: ${visited.join(", ")}` : "");
   try {
     const mermaid = await loadMermaid();
-    const {svg} = await mermaid.render(`graph-${++graphCounter}`, text);
+    graphId = `graph-${++graphCounter}`;
+    const {svg} = await mermaid.render(graphId, text);
     const figure = el("div", {class: "graph", role: "img",
       "aria-label": `Workflow graph; current status ${current.status_name}`});
     // Mermaid's output is SVG it built and sanitised itself (securityLevel strict) from
@@ -822,6 +847,8 @@ async function renderGraph(box, wf, history) {
     figure.innerHTML = svg;
     box.replaceChildren(figure, legend);
   } catch (error) {
+    // Mermaid leaves what it was drawing (an error diagram) at the end of the body.
+    if (graphId) for (const id of [graphId, `d${graphId}`]) document.getElementById(id)?.remove();
     box.replaceChildren(el("pre", {text: wf.graph}), legend,
       el("p", {class: "muted", text: `(graph not drawn: ${error.message})`}));
   }
