@@ -250,7 +250,6 @@ class _Named:
     counts summed, readiness if any is ready."""
 
     def __init__(self, group: list[WorkflowMetrics]) -> None:
-        self.group = group
         first = group[0]
         self.name = first.name
         self.lags, self.lag_alerts, self.latency = first.lags, first.lag_alerts, first.latency

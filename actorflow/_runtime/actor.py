@@ -212,8 +212,18 @@ class RunActor(Generic[T, S]):
         if message is WAKE:
             return
         assert isinstance(message, Ask)
+        reply = message.reply
+        if reply.withdrawn:
+            return  # its caller was cancelled before it was taken: never performed
+        reply.taken = True
         try:
-            await self._perform(message)
+            # Cancelled by a caller that gave up and waited the grace period for it
+            # (Reply.interrupt): the op stops at its next checkpoint (a write in flight ends).
+            with trio.CancelScope() as reply.scope:
+                await self._perform(message)
+            if reply.scope.cancelled_caught:
+                self.run.stale = True
+                reply.set(error=Stopped("the caller gave up"))
         except BaseException:
             # Cancelled (graceful stop past its grace) or a store failure while reading:
             # the caller must never wait forever; Stopped makes it apply the op itself.

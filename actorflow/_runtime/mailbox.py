@@ -35,6 +35,30 @@ class Reply:
         self._done = trio.Event()
         self._value: Any = None
         self._error: BaseException | None = None
+        self.taken = False
+        """Set by the actor as it starts to perform the op."""
+        self.withdrawn = False
+        """Set when the caller gave up (was cancelled) before the actor took the op: the
+        actor skips it, so a cancelled call never takes effect later."""
+        self.scope: trio.CancelScope | None = None
+        """The scope the actor performs the op in (cancelled when its caller gives up)."""
+
+    def withdraw(self) -> bool:
+        """The caller was cancelled. True: the op was not taken, and now never will be.
+        False: the actor is performing it (see :meth:`interrupt`)."""
+        if not self.taken:
+            self.withdrawn = True
+        return self.withdrawn
+
+    def interrupt(self) -> None:
+        """Stop the op under way at its next checkpoint (a write in flight still ends)."""
+        if self.scope is not None:
+            self.scope.cancel()
+
+    async def outcome(self) -> tuple[bool, Any]:
+        """(True, value) once answered with a value, (False, None) with an error."""
+        await self._done.wait()
+        return self._error is None, self._value
 
     def set(self, value: Any = None, error: BaseException | None = None) -> None:
         """Answer (the first answer wins; later ones are ignored)."""

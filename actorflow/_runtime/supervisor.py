@@ -411,11 +411,25 @@ class Supervisor(Generic[T, S]):
                 await actor.mailbox.send.send(Ask(op, reply))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 continue  # that actor just passivated: spawn a new one
-            if interrupt_after is not None:
-                with trio.move_on_after(interrupt_after):
-                    return await reply.wait()
-                actor.interrupt_step()
-            return await reply.wait()
+            try:
+                if interrupt_after is not None:
+                    with trio.move_on_after(interrupt_after):
+                        return await reply.wait()
+                    actor.interrupt_step()
+                return await reply.wait()
+            except trio.Cancelled:
+                # Never an op that takes effect after its caller was cancelled: one not
+                # taken yet is withdrawn; one under way is waited for (the grace period,
+                # then it is interrupted), and its value returned when it was done.
+                if not reply.withdraw():
+                    with trio.CancelScope(shield=True):
+                        with trio.move_on_after(self.grace_period.total_seconds()):
+                            await reply.outcome()
+                        reply.interrupt()
+                        done, value = await reply.outcome()
+                    if done:
+                        return value
+                raise
 
     # -- timers --------------------------------------------------------------------------------
 

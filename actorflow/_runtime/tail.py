@@ -164,7 +164,10 @@ class StoreTail:
         """Another process wrote ``event``: wake the run unless this process saw it."""
         await self._relay_to_feed(event)
         host = self.host
-        if event.run_state.finished or not host.owns(event.run_id):
+        # A deletion another process asked for and did not finish (it was cancelled or
+        # died between the request and the scrub) is finished here, as recovery would.
+        deleting = event.run_state is RunState.REQUESTED_DATA_DELETED
+        if (event.run_state.finished and not deleting) or not host.owns(event.run_id):
             return
         definition = self.engine.definition
         actor = host.actors.get(event.run_id)
@@ -185,7 +188,7 @@ class StoreTail:
                 host.wake_for_timers(event.run_id, timers)
         if actor is not None:
             actor.look_again()
-        elif event.status in definition.steps and event.run_state.active:
+        elif deleting or (event.status in definition.steps and event.run_state.active):
             host.wake_now(event.run_id)
 
     async def _relay_to_feed(self, event: Event) -> None:

@@ -161,10 +161,17 @@ async def create_many(
     Cancelled before anything is sent: nothing is written and Cancelled is raised. Once
     sent, every item's outcome is returned (the cancellation reaches the caller at its
     next checkpoint), as for one write of group commit: a caller must learn which runs it
-    stored, to start them; cut short here, runs would be stored that nobody starts."""
+    stored, to start them; cut short here, runs would be stored that nobody starts.
+
+    Raises StoreError when every item failed with one (the store is closed or cannot be
+    reached: nothing was stored), as a transaction of SQLiteStore does; when only some
+    did, each of them is that item's result beside the runs that were stored."""
     await trio.lowlevel.checkpoint_if_cancelled()
     with trio.CancelScope(shield=True):
         results = await _create_all(create_run, items)
+    errors = [r for r in results if isinstance(r, StoreError)]
+    if errors and len(errors) == len(results):
+        raise errors[0]
     return results
 
 
