@@ -882,3 +882,47 @@ async def test_a_huge_change_is_listed_in_part_and_the_page_stays_quick() -> Non
         with trio.fail_after(LIMIT):
             await in_browser(script)
         nursery.cancel_scope.cancel()
+
+
+@attrs.define
+class Counter:
+    n: int = 0
+
+
+@pytest.mark.browser
+async def test_a_run_changing_fast_is_followed_without_redrawing_its_graph_each_time() -> None:
+    """A run saving and repeating at one status hundreds of times while its page is open:
+    the page follows it to the end and draws the graph again only when the status moves
+    (each Mermaid drawing takes a while; one per version froze the page)."""
+    builder = af.Builder("fast", Counter, Doc)
+    go = trio.Event()
+
+    @builder.step(Doc.DRAFT, to=Doc.REVIEW)
+    async def count(run: af.Run[Counter, Doc]) -> Any:
+        await go.wait()
+        run.object.n += 1
+        return run.save_and_repeat() if run.object.n < 300 else Doc.REVIEW
+
+    async def done(run: af.Run[Counter, Doc], payload: bytes) -> Doc:
+        return Doc.DONE
+
+    builder.add_callback(Doc.REVIEW, done, to=[Doc.DONE])
+    fast = builder.build(af.MemoryStore())
+    async with af.open_workflow(fast), trio.open_nursery() as nursery:
+        port = await nursery.start(functools.partial(af.serve_console, [fast]))
+        run_id = await fast.trigger("x")
+
+        def script(page: Any) -> int:
+            from playwright.sync_api import expect
+
+            page.goto(f"http://127.0.0.1:{port}/#/run/fast/{run_id}")
+            expect(page.locator("#graph-legend")).to_contain_text("Current status: DRAFT")
+            trio.from_thread.run_sync(go.set)
+            expect(page.locator("#run-status")).to_have_text("REVIEW")
+            expect(page.locator("#run-version")).to_have_text("301")
+            expect(page.locator("#graph-legend")).to_contain_text("Current status: REVIEW")
+            drawn: int = page.evaluate("graphCounter")
+            return drawn
+
+        assert await in_browser(script) <= 10
+        nursery.cancel_scope.cancel()

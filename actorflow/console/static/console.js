@@ -973,19 +973,32 @@ function runScreen(main, workflowName, runId) {
       : el("p", {class: "muted", text: "None."}));
   };
 
+  // The graph and the timers change only with the status: a run saving and repeating
+  // at one status redraws neither (Mermaid takes a while), and a burst of changes is
+  // drawn once, at most ten times a second.
+  let drawnFor = null;
   const renderAll = () => {
     renderHeader();
     renderTimeline();
     renderDetail();
-    renderGraph(graph, wf, history);
-    renderTimers();
+    const current = history[history.length - 1];
+    const key = `${current.status_name}|${current.run_state}`;
+    if (key !== drawnFor) {
+      drawnFor = key;
+      renderGraph(graph, wf, history);
+      renderTimers();
+    }
+  };
+  let drawSoon = null;
+  const renderLater = () => {
+    if (drawSoon === null) drawSoon = setTimeout(() => { drawSoon = null; if (!stopped) renderAll(); }, 100);
   };
 
   const onRecord = (record) => {
     const last = history[history.length - 1];
     if (last && record.version <= last.version) return;
     history.push(record);
-    if (!stopped) renderAll();
+    if (!stopped) renderLater();
   };
 
   app.gateway.subscribe({workflow: wf.name, run_id: runId}, onRecord, (why) => {
