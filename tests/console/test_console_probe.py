@@ -926,3 +926,35 @@ async def test_a_run_changing_fast_is_followed_without_redrawing_its_graph_each_
 
         assert await in_browser(script) <= 10
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.browser
+async def test_an_old_run_changing_stays_in_its_place_in_creation_order(served: Served) -> None:
+    """The first page lists the newest runs first: an old run that changes is not a new
+    run; it goes where it belongs (a later page), not on top, and a run that comes to
+    match a filter goes where its creation puts it."""
+    docs = served.docs
+    ids = [await docs.trigger(f"r-{n:03}") for n in range(53)]
+    for n, run_id in enumerate(ids):
+        await docs.await_status(f"r-{n:03}", run_id, Doc.REVIEW, timeout=LIMIT)
+
+    def script(page: Any) -> None:
+        from playwright.sync_api import expect
+
+        page.goto(f"{served.url}#/runs?workflow=docs")
+        rows = page.locator("#runs-body tr[data-run-id]")
+        expect(rows).to_have_count(50)
+        trio.from_thread.run(docs.callback, "r-000", Doc.REVIEW, b"ok")  # on page 2
+        trio.from_thread.run(docs.callback, "r-010", Doc.REVIEW, b"ok")  # on this page
+        expect(rows.nth(42)).to_have_attribute("data-version", "3")
+        expect(rows.first).to_contain_text("r-052")
+        expect(page.locator("#runs-body")).not_to_contain_text("r-000")
+        # a page of DONE runs: r-005 comes to match, between r-010 and r-000
+        page.goto(f"{served.url}#/runs?workflow=docs&status=DONE")
+        expect(rows).to_have_count(2)
+        trio.from_thread.run(docs.callback, "r-005", Doc.REVIEW, b"ok")
+        expect(rows).to_have_count(3)
+        order: list[str] = rows.evaluate_all("rows => rows.map(r => r.cells[0].textContent)")
+        assert order == ["r-010", "r-005", "r-000"], order
+
+    await in_browser(script)

@@ -566,6 +566,7 @@ function runsScreen(main, params) {
   const renderRow = (record, changed) => {
     const link = `#/run/${encodeURIComponent(record.workflow_name)}/${encodeURIComponent(record.run_id)}`;
     const tr = el("tr", {"data-run-id": record.run_id, "data-version": record.version,
+        "data-created": record.created_at,
         "data-run-state": record.run_state, class: changed ? "changed" : null},
       el("td", {}, el("a", {href: link, text: record.foreign_id})),
       el("td", {class: "mono hide-narrow", title: record.run_id}, el("a", {href: link, tabindex: -1, text: shortId(record.run_id)})),
@@ -636,11 +637,21 @@ function runsScreen(main, params) {
       existing.replaceWith(tr);
       rows.set(record.run_id, tr);
     } else if (!filters.after && matches(filters, record)) {
+      // Newest first: a new run goes on top; an older run that changed (or came to match
+      // the filters) goes where its creation puts it, or nowhere when that is on a later
+      // page (older than every row of a full page).
+      const created = micros(record.created_at);
+      const next = [...tbody.querySelectorAll("tr[data-run-id]")].find((row) => {
+        const other = micros(row.dataset.created);
+        return other < created || (other === created && row.dataset.runId < record.run_id);
+      });
+      if (!next && rows.size >= PAGE) return;
       const empty = tbody.querySelector("td[colspan]");
       if (empty) empty.parentElement.remove();
       const tr = renderRow(record, true);
       rows.set(record.run_id, tr);
-      tbody.prepend(tr);
+      if (next) next.before(tr);
+      else tbody.append(tr);
       if (total !== null) total += 1;
       if (rows.size > PAGE) {
         const last = tbody.lastElementChild;
