@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import hmac
+import ipaddress
 from collections.abc import Iterable
 from typing import final
 from urllib.parse import parse_qs, urlsplit
@@ -22,6 +23,8 @@ class Access(enum.Enum):
     MISSING = "missing"
     WRONG = "wrong"
     SEVERAL = "several"
+    CROSS_SITE = "cross_site"
+    """No token is configured and the handshake comes from a browser page of another site."""
 
 
 def check_token(token: str | None, headers: Iterable[tuple[bytes, bytes]], target: str) -> Access:
@@ -50,6 +53,32 @@ def check_token(token: str | None, headers: Iterable[tuple[bytes, bytes]], targe
     else:
         return Access.MISSING
     return Access.GRANTED if hmac.compare_digest(offered, token.encode()) else Access.WRONG
+
+
+def local_origin(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a handshake comes from no browser page, or from a page served by this
+    machine under a loopback name (``localhost``, ``127.0.0.1``, ``[::1]``).
+
+    Browsers send ``Origin`` on every websocket handshake and let any site open one to
+    any address: without a token, a page of another site open in a browser on this
+    machine could otherwise steer every run of a gateway bound to 127.0.0.1. Clients that
+    are not browsers send no ``Origin``. (A site whose name an attacker re-points at
+    127.0.0.1 still sends its own name as its origin.)
+    """
+    for name, value in headers:
+        if name.lower() != b"origin":
+            continue
+        try:
+            host = urlsplit(value.decode("ascii").strip()).hostname or ""
+        except ValueError:  # not ASCII, or a malformed address
+            return False
+        if host != "localhost" and not host.endswith(".localhost"):
+            try:
+                if not ipaddress.ip_address(host).is_loopback:
+                    return False
+            except ValueError:
+                return False
+    return True
 
 
 def check_token_text(token: object) -> str:
@@ -121,7 +150,11 @@ def check_access(
     headers: Iterable[tuple[bytes, bytes]],
     target: str,
 ) -> Access:
-    """Like :func:`check_token`, with a second token that grants ``READ_ONLY`` access."""
+    """Like :func:`check_token`, with a second token that grants ``READ_ONLY`` access;
+    without a token, :attr:`Access.CROSS_SITE` for a browser page of another site."""
+    headers = list(headers)
+    if token is None and not local_origin(headers):
+        return Access.CROSS_SITE
     verdict = check_token(token, headers, target)
     if (
         verdict is Access.WRONG

@@ -389,7 +389,8 @@ class Gateway:
                 self.connections -= 1
                 raise
             return connection, access is Access.READ_ONLY
-        self.refusals.refused(address, now)
+        if access is not Access.CROSS_SITE:  # a page cannot guess; no lock-out for it
+            self.refusals.refused(address, now)
         status, body = {
             Access.MISSING: (401, b"a token is required: Authorization: Bearer <token>\n"),
             Access.WRONG: (403, b"wrong token\n"),
@@ -398,8 +399,13 @@ class Gateway:
                 b"send exactly one credential: one Authorization header or one token "
                 b"query parameter\n",
             ),
+            Access.CROSS_SITE: (
+                403,
+                b"a gateway without a token refuses browser pages of other sites (the "
+                b"Origin is not this machine's loopback address); serve it with a token\n",
+            ),
         }[access]
-        log.info("gateway refused a connection from %s: %s token", address, access.value)
+        log.info("gateway refused a connection from %s: %s", address, access.value)
         await request.reject(
             status,
             extra_headers=[(b"content-type", b"text/plain"), (b"www-authenticate", b"Bearer")],

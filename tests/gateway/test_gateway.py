@@ -593,6 +593,43 @@ async def test_no_token_configured_lets_everyone_in(
             await client.ping()
 
 
+async def test_without_a_token_browser_pages_of_other_sites_are_refused(
+    nursery: trio.Nursery, workflow: af.Workflow[YinYang, Status]
+) -> None:
+    """A tokenless gateway on 127.0.0.1 trusts whoever reaches it, and a browser lets any
+    site's page open a websocket to it: a handshake whose Origin is not this machine's
+    loopback name is refused (403), and does not count against the address's refusals.
+    With a token the origin does not matter (a page of another site cannot know it)."""
+    tokenless = await start_gateway(nursery, workflow, token=None)
+    with trio.fail_after(LIMIT):
+        for origin in (
+            b"https://evil.example",
+            b"http://127.0.0.1.evil.example:8765",
+            b"null",
+            b"http://\xff",
+        ):
+            for _ in range(12):  # past the refusals allowed per address
+                with pytest.raises(trio_websocket.ConnectionRejected) as info:
+                    async with trio_websocket.open_websocket_url(
+                        tokenless, extra_headers=[(b"origin", origin)]
+                    ):
+                        pass
+                assert info.value.status_code == 403
+                assert b"Origin" in (info.value.body or b"")
+        for origin in (b"http://localhost:3000", b"http://127.0.0.1:8080", b"http://[::1]"):
+            async with trio_websocket.open_websocket_url(
+                tokenless, extra_headers=[(b"origin", origin)]
+            ) as ws:
+                assert (await exchange(ws, '{"id": 1, "op": "ping"}'))["ok"] is True
+        async with client_at(tokenless, token=None) as client:  # no Origin: not a browser
+            await client.ping()
+        with_token = await start_gateway(nursery, workflow)
+        async with trio_websocket.open_websocket_url(
+            with_token + f"?token={TOKEN}", extra_headers=[(b"origin", b"https://app.example")]
+        ) as ws:
+            assert (await exchange(ws, '{"id": 1, "op": "ping"}'))["ok"] is True
+
+
 # -- disconnects and robustness ------------------------------------------------------------
 
 
