@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,6 +28,7 @@ from actorflow.cli.app import (
     TOKEN_ENV,
     USAGE,
     UsageError,
+    broken_pipe,
     describe_error,
     exit_code_of,
     user_error,
@@ -36,6 +38,8 @@ from actorflow.cli.demo import demo
 __all__ = ["main", "parser"]
 
 INTERRUPTED = 130
+BROKEN_PIPE = 141
+"""The exit code of a command whose output was cut off by its reader (128 + SIGPIPE)."""
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -384,6 +388,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if is_interrupt(exc):  # Ctrl-C: one line, no traceback, exit 130
             print("actorflow: interrupted", file=sys.stderr, flush=True)
             return INTERRUPTED
+        if broken_pipe(exc):  # `... | head` stopped reading: quietly, as SIGPIPE would
+            with contextlib.suppress(OSError):  # nothing more may reach the closed pipe
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return BROKEN_PIPE
         error = user_error(exc)
         if show_traceback:
             traceback.print_exception(exc)

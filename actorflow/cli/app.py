@@ -73,6 +73,15 @@ def user_error(exc: BaseException) -> BaseException | None:
     return exc if exit_code_of(exc) is not None else None
 
 
+def broken_pipe(exc: BaseException) -> bool:
+    """Whether ``exc`` is (or holds only) the reader of standard output going away, as
+    ``actorflow runs list | head`` does: not an error of the command."""
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = _leaves(exc)
+        return bool(leaves) and all(isinstance(leaf, BrokenPipeError) for leaf in leaves)
+    return isinstance(exc, BrokenPipeError)
+
+
 def _leaves(group: BaseExceptionGroup[BaseException]) -> Sequence[BaseException]:
     found: list[BaseException] = []
     for exc in group.exceptions:
@@ -229,7 +238,9 @@ def parse_statuses(
         for part in value.split(","):
             if part.strip():
                 found.append(parse_status(status_type, part, what))
-    return found or None
+    if not found:  # an empty option names nothing; it must not mean "any"
+        raise UsageError(f"--{what.replace(' ', '-')} {values[0]!r} names no {what}")
+    return found
 
 
 def parse_run_states(values: Sequence[str] | None) -> list[RunState] | None:

@@ -108,6 +108,9 @@ def test_callback_data_that_is_not_utf8_reaches_the_callback_as_its_bytes(
         (["runs", "list", "--limit", "9" * 40], 2),
         (["runs", "list", "--after", "\udcff"], 2),
         (["runs", "list", "--status", "NOPE,END"], 2),
+        (["runs", "list", "--status", ""], 2),  # names nothing: not "every status"
+        (["runs", "list", "--status", " , "], 2),
+        (["runs", "list", "--run-state", ""], 2),
         (["runs", "list", "--run-state", "sleeping"], 2),
         (["runs", "list", "--workflow", "nope"], 2),
     ],
@@ -157,3 +160,27 @@ def test_stored_text_cannot_drive_the_terminal_or_break_lines(
     line = change_line(records[-1])  # what `actorflow watch` prints for a change
     no_terminal_controls(line)
     assert "\n" not in line
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(app: str, tmp_path: Path) -> None:
+    """``actorflow graph ... | head -0``: the reader is gone before the first line; the
+    command ends with 141 (as if killed by SIGPIPE), without "Broken pipe" on stderr."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone: every write to the pipe fails
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "actorflow.cli", "graph", f"{app}:workflow"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            cwd=tmp_path,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == 141, done.stderr
+    assert done.stderr == b"", done.stderr
