@@ -20,6 +20,7 @@ import attrs
 
 from actorflow._model.codec import converter, structure_json
 from actorflow._model.errors import (
+    ActorflowError,
     CallbackError,
     GatewayError,
     InvalidArgument,
@@ -27,6 +28,7 @@ from actorflow._model.errors import (
     Lagged,
     RunNotFound,
     StatusNotReached,
+    StoreError,
     WorkflowInProgress,
 )
 from actorflow._model.record import Record
@@ -109,8 +111,14 @@ def _known_code(code: str) -> ErrorCode:
 
 
 def error_message(exc: BaseException, code: ErrorCode) -> str:
-    """The message of an error reply; internal errors do not leak their details."""
+    """The message of an error reply; internal errors do not leak their details.
+
+    actorflow's own errors without a code of their own (a workflow that is not running
+    anywhere, say) keep their message, written for the caller; a store's error is told
+    only in the gateway's log (it may name hosts and files)."""
     if code is ErrorCode.INTERNAL:
+        if isinstance(exc, ActorflowError) and not isinstance(exc, StoreError) and str(exc):
+            return str(exc)
         return f"internal error ({type(exc).__name__}); the gateway log has the details"
     return str(exc) or type(exc).__name__
 

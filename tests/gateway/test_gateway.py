@@ -630,6 +630,25 @@ async def test_without_a_token_browser_pages_of_other_sites_are_refused(
             assert (await exchange(ws, '{"id": 1, "op": "ping"}'))["ok"] is True
 
 
+async def test_an_internal_error_of_actorflow_keeps_its_message(nursery: trio.Nursery) -> None:
+    """A workflow on a MemoryStore that is not running: nothing can ever answer a callback
+    or an await, and actorflow says so in its error. The gateway's reply keeps that
+    message (it said only "internal error (ActorflowError)")."""
+    workflow = build_workflow()  # on a MemoryStore, and not started
+    url = await start_gateway(nursery, workflow, token=None)
+    run_id = await workflow.trigger("idle")
+    with trio.fail_after(LIMIT):
+        async with client_at(url, token=None) as client:
+            for op, args in (
+                ("callback", {"foreign_id": "idle", "status": "MIDDLE", "payload": "eA=="}),
+                ("await_status", {"foreign_id": "idle", "run_id": run_id, "status": "MIDDLE"}),
+            ):
+                with pytest.raises(af.GatewayError) as info:
+                    await client.request(op, workflow="yinyang", **args)
+                assert info.value.code == "internal"
+                assert "is not running in this process" in str(info.value), info.value
+
+
 # -- disconnects and robustness ------------------------------------------------------------
 
 
