@@ -35,9 +35,7 @@ TriggerItem = str | Mapping[str, Any] | tuple[Any, ...]
 class _Start:
     """What all new runs at one start status have in common (per trigger_many call)."""
 
-    workflow_name: str
     status: enum.IntEnum
-    value: int
     meta: Meta
     encoded: str | None
     """The encoded default object, when the object class makes the same default every
@@ -187,10 +185,10 @@ class Triggers(WorkflowCore[T, S]):
         elif common.timed:
             obj = self._codec.default()  # the timer functions get an object of their own
         raw = RawRecord(
-            common.workflow_name,
+            self.name,
             foreign_id,
             new_run_id(),
-            common.value,
+            int(common.status),
             RunState.INITIATED,
             encoded,
             1,
@@ -216,9 +214,7 @@ class Triggers(WorkflowCore[T, S]):
                 "callback or timeout (a run there would be complete at once)"
             )
         return _Start(
-            self.name,
             status,
-            int(status),
             self._engine.first_meta(status, self._trace_origin()),
             self._same_default() if many else None,
             status in definition.timeouts,

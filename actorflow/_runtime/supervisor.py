@@ -448,7 +448,7 @@ class Supervisor(Generic[T, S]):
         window, now, changed = self.timers, self.engine.now(), False
         for stored, timers in runs:
             if timers:
-                when = timers[0].fire_at if len(timers) == 1 else min(t.fire_at for t in timers)
+                when = min(t.fire_at for t in timers)
                 changed = window.arm(stored.run_id, when, now) or changed
         if changed:
             self._heap_changed.set()

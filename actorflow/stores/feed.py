@@ -131,8 +131,7 @@ class ChangeFeed:
         ):
             for sub in bucket:
                 sub._close(reason)
-        self._lot.unpark_all()
-        self._change_lot.unpark_all()
+        self._wake()
         self._external_lot.unpark_all()
         for scope in self._external_scopes:
             scope.cancel()

@@ -119,26 +119,14 @@ def create_rows(items: Iterable[tuple[RawRecord, Sequence[Timer]]]) -> list[Crea
     meta_json = ""
     rows: list[CreateRow] = []
     for record, timers in items:
-        created = record.created_at
-        at = texts.get(created)
-        if at is None:
-            at = texts[created] = to_text(created)
-        updated = at if record.updated_at is created else to_text(record.updated_at)
+        at = _text(record.created_at, texts)
+        updated = at if record.updated_at is record.created_at else to_text(record.updated_at)
         if record.meta is not meta:
             meta = record.meta
             meta_json = meta_text(meta)
-        params = _row(record, at, updated, meta_json)
-        timer_params: list[Params] = []
-        for timer in timers:
-            if timer.run_id != record.run_id or timer.workflow_name != record.workflow_name:
-                timer_rows(record, [timer])  # raises, saying what is wrong
-            fire_at = texts.get(timer.fire_at)
-            if fire_at is None:
-                fire_at = texts[timer.fire_at] = to_text(timer.fire_at)
-            timer_params.append(
-                (timer.workflow_name, timer.run_id, int(timer.status), timer.kind, fire_at)
-            )
-        rows.append((record, params, timer_params))
+        rows.append(
+            (record, _row(record, at, updated, meta_json), timer_rows(record, timers, texts))
+        )
     return rows
 
 
@@ -158,7 +146,11 @@ def decode_record(row: Any) -> RawRecord:
     )
 
 
-def timer_rows(record: RawRecord, timers: Sequence[Timer]) -> list[Params]:
+def timer_rows(
+    record: RawRecord, timers: Sequence[Timer], texts: dict[datetime, str] | None = None
+) -> list[Params]:
+    """The rows of a run's timers; ``texts`` keeps instants already converted (a chunk
+    of create_runs)."""
     rows = []
     for timer in timers:
         if timer.run_id != record.run_id or timer.workflow_name != record.workflow_name:
@@ -167,13 +159,14 @@ def timer_rows(record: RawRecord, timers: Sequence[Timer]) -> list[Params]:
                 f"{timer.workflow_name!r}, not to run {record.run_id} of workflow "
                 f"{record.workflow_name!r}"
             )
-        rows.append(
-            (
-                timer.workflow_name,
-                timer.run_id,
-                int(timer.status),
-                timer.kind,
-                to_text(timer.fire_at),
-            )
-        )
+        fire_at = to_text(timer.fire_at) if texts is None else _text(timer.fire_at, texts)
+        rows.append((timer.workflow_name, timer.run_id, int(timer.status), timer.kind, fire_at))
     return rows
+
+
+def _text(moment: datetime, texts: dict[datetime, str]) -> str:
+    """``to_text(moment)``, converted once per distinct instant of ``texts``."""
+    text = texts.get(moment)
+    if text is None:
+        text = texts[moment] = to_text(moment)
+    return text
