@@ -34,7 +34,7 @@ from actorflow.testing import (
     trio_clock,
     wait_for,
 )
-from tests.conftest import StoreMaker
+from tests.conftest import START, StoreMaker
 
 LIMIT = 60  # seconds of virtual time any wait may take before the test fails
 PG_DSN = os.environ.get("ACTORFLOW_PG_DSN")
@@ -2577,8 +2577,8 @@ async def test_trigger_in_progress_rules(
 
 def test_connector_construction() -> None:
     """TestConnectorConstruction: a connector is built with its name, function and options
-    (error_backoff); luno's ParallelCount has no connector counterpart here (a connector
-    handles its events in order), and asking for it is a clear BuildError."""
+    (max_concurrency, luno's ParallelCount, and error_backoff); it is one process of the
+    workflow whatever its parallel count."""
     b = af.Builder("workflow X", Text, St)
 
     async def fn(workflow: Any, event: af.ConnectorEvent) -> None:
@@ -2588,14 +2588,15 @@ def test_connector_construction() -> None:
     async def step(run: af.Run[Text, St]) -> St:
         return St.END
 
-    b.add_connector("my-test-connector", af.MemorySource([]), fn, error_backoff=timedelta(hours=6))
+    b.add_connector(
+        "my-test-connector",
+        af.MemorySource([]),
+        fn,
+        max_concurrency=2,
+        error_backoff=timedelta(hours=6),
+    )
     wf = b.build(af.MemoryStore())
     assert "my-test-connector-connector-consumer" in wf.states()
-    other = af.Builder("workflow Y", Text, St)
-    other.add_step(St.START, step, to=St.END)
-    with pytest.raises(af.BuildError, match="max_concurrency"):
-        other.add_connector("c", af.MemorySource([]), fn, max_concurrency=2)
-        other.build(af.MemoryStore())
 
 
 async def test_with_parallel_count(
@@ -3003,3 +3004,151 @@ async def test_sql_workflow(
     for oid, record in rejected.items():
         assert record.object == invalid[oid]
         assert (await wf.lookup(record.run_id)).run_state is af.RunState.COMPLETED
+
+
+# --- builder_internal_test.go: TestWithStepLagAlert -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lag_alert", "alert"),
+    [(None, None), (timedelta(hours=9), 0.0), (timedelta(minutes=30), 1.0)],
+    ids=["no-lag-alert", "over-consume-lag", "under-consume-lag"],
+)
+async def test_with_step_lag_alert(
+    make_store: StoreMaker,
+    clock: af.Clock,
+    autojump_clock: MockClock,
+    lag_alert: timedelta | None,
+    alert: float | None,
+) -> None:
+    """TestWithStepLagAlert: a step's consume_lag alone raises no lag alert (the runs it
+    takes up are at least that old by design); a lag_alert given with it is used as it is,
+    not offset by the consume lag: under it the alert is raised, over it it is not."""
+    prometheus_client = pytest.importorskip("prometheus_client")
+    registry = prometheus_client.CollectorRegistry()
+    options: dict[str, Any] = {"consume_lag": timedelta(hours=1)}
+    if lag_alert is not None:
+        options["lag_alert"] = lag_alert
+    b = af.Builder("example", Text, St)
+
+    @b.step(St.START, to=St.END, **options)
+    async def step(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    wf = b.build(make_store(), clock=clock, metrics=registry)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        await wf.await_status("fid", run_id, St.END, timeout=2 * 3600)
+        lag = sample(registry, "workflow_process_lag_seconds", process_name="start-consumer")
+        assert lag is not None and 3600 <= lag < 3700
+        got = sample(registry, "workflow_process_lag_alert", process_name="start-consumer")
+    if alert is None:
+        assert not got
+    else:
+        assert got == alert
+
+
+# --- adapters/webui/internal/api: TestListHandler, TestUpdateHandler, TestObjectDataHandler
+#
+# luno's web UI lists runs, shows a run's object and pauses, resumes, cancels or deletes
+# a run; actorflow serves the same over its gateway (API.md "Gateway"). Real time here: the
+# websocket is real I/O.
+
+
+@attrs.define
+class ObjectData:
+    name: str = ""
+    email: str = ""
+
+
+async def test_web_ui_handlers(make_store: StoreMaker) -> None:
+    """TestListHandler, TestUpdateHandler, TestObjectDataHandler through the gateway: runs
+    are listed in either order and by run state or foreign id, with their status names and
+    run states; a run's object comes back as its fields; pause, resume, cancel and delete
+    change the run state (an illegal one is refused with GatewayError)."""
+    b = af.Builder("test", ObjectData, St)
+
+    @b.step(St.START, to=St.END)
+    async def step(run: af.Run[ObjectData, St]) -> St:
+        return St.END
+
+    wf = b.build(make_store())
+    andrew = ObjectData("Andrew Wormald", "andrew@workflow.com")
+    first = await wf.trigger("9", initial=andrew)
+    second = await wf.trigger("10")
+    await wf.cancel(second, "listed as cancelled")
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(functools.partial(af.serve_gateway, [wf], "127.0.0.1", 0))
+            async with af.open_gateway_client(f"ws://127.0.0.1:{port}") as client:
+                ascending = await client.list_runs("test", limit=5)
+                assert [r["run_id"] for r in ascending] == [first, second]
+                descending = await client.list_runs("test", limit=5, descending=True)
+                assert [r["run_id"] for r in descending] == [second, first]
+                item = ascending[0]
+                assert (item["workflow_name"], item["foreign_id"]) == ("test", "9")
+                assert (item["status"], item["status_name"]) == (St.START.value, "START")
+                assert item["run_state"] == "INITIATED"
+                cancelled = await client.list_runs("test", run_state=af.RunState.CANCELLED)
+                assert [r["run_id"] for r in cancelled] == [second]
+                assert [r["run_id"] for r in await client.list_runs("test", foreign_id="9")] == [
+                    first
+                ]
+
+                assert (await client.lookup("test", first))["object"] == attrs.asdict(andrew)
+
+                await client.pause("test", first, "pause")
+                assert (await client.lookup("test", first))["run_state"] == "PAUSED"
+                await client.resume("test", first)
+                assert (await client.lookup("test", first))["run_state"] == "RUNNING"
+                await client.cancel("test", first, "cancel")
+                assert (await client.lookup("test", first))["run_state"] == "CANCELLED"
+                with pytest.raises(af.GatewayError):
+                    await client.resume("test", first)
+                await client.delete_data("test", first, "delete")
+                deleted = await client.lookup("test", first)
+                assert deleted["run_state"] == "DATA_DELETED"
+                assert deleted["object"] == attrs.asdict(ObjectData())
+            nursery.cancel_scope.cancel()
+
+
+# --- eventfilter_test.go: TestShardFilter, TestShardNonNumerical, TestConnectorShardFilter
+
+
+async def test_connector_shard_filter(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestShardFilter, TestShardNonNumerical, TestConnectorShardFilter: a connector with a
+    parallel count of 2 splits its events between its consumers, numeric ids and UUIDs
+    alike, so that each event is handled exactly once and at most two at a time."""
+    ids = [str(n) for n in range(1, 23)] + [str(uuid.uuid4()) for _ in range(20)]
+    events = [
+        af.ConnectorEvent(id=i, foreign_id=f"fid-{i}", type="", headers={}, created_at=START)
+        for i in ids
+    ]
+    handled: list[str] = []
+    active = [0, 0]  # now, peak
+
+    async def on_event(workflow: Any, event: af.ConnectorEvent) -> None:
+        active[0] += 1
+        active[1] = max(active[1], active[0])
+        await trio.sleep(1)
+        active[0] -= 1
+        handled.append(event.id)
+        await workflow.trigger(event.foreign_id)
+
+    b = two_steps("sharded")
+    b.add_connector("sharded", af.MemorySource(events), on_event, max_concurrency=2)
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        await eventually(lambda: len(handled) >= len(ids))
+        await trio.sleep(60)
+        runs = await wf.list_runs(limit=100)
+    assert sorted(handled) == sorted(ids)
+    assert sorted(r.foreign_id for r in runs) == sorted(f"fid-{i}" for i in ids)
+    assert active[1] == 2
+    # Each shard's cursor is durable: a restart hands no event over again.
+    again = b.build(make_store(), clock=clock)
+    async with af.open_workflow(again):
+        await trio.sleep(3600)
+    assert len(handled) == len(ids)
