@@ -264,7 +264,8 @@ class Engine(Generic[T, S]):
         for spec in self.definition.timeouts.get(status, ()):
             try:
                 when = spec.timer(run, now)
-            except Exception as exc:  # the timer's own error, named (the step is not to blame)
+            except BaseException as caught:  # the timer's own error, named (not the step's)
+                exc = user_error(caught, f"timer {fn_name(spec.timer)}")
                 raise StepError(
                     f"{self.where(run._raw)}: timer {fn_name(spec.timer)} of status "
                     f"{self.status(status)!r} raised {describe_error(exc)}"
