@@ -3152,3 +3152,108 @@ async def test_connector_shard_filter(
     async with af.open_workflow(again):
         await trio.sleep(3600)
     assert len(handled) == len(ids)
+
+
+# --- internal/cron/cron_test.go: TestParse, through schedule_trigger --------------------
+
+CRON_BASE = datetime(2025, 1, 1, 10, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("spec", "first"),
+    [
+        ("@daily", datetime(2025, 1, 2, tzinfo=UTC)),
+        ("@hourly", datetime(2025, 1, 1, 11, tzinfo=UTC)),
+        ("@weekly", datetime(2025, 1, 5, tzinfo=UTC)),
+        ("@monthly", datetime(2025, 2, 1, tzinfo=UTC)),
+        ("@yearly", datetime(2026, 1, 1, tzinfo=UTC)),
+        ("* * * * *", datetime(2025, 1, 1, 10, 31, tzinfo=UTC)),
+        ("15 * * * *", datetime(2025, 1, 1, 11, 15, tzinfo=UTC)),
+        ("30 2 * * *", datetime(2025, 1, 2, 2, 30, tzinfo=UTC)),
+        ("0 9 15 * *", datetime(2025, 1, 15, 9, tzinfo=UTC)),
+        ("0 18 * * 5", datetime(2025, 1, 3, 18, tzinfo=UTC)),
+        ("0 12 1 1 *", datetime(2025, 1, 1, 12, tzinfo=UTC)),
+        ("0 0 ? * *", datetime(2025, 1, 2, tzinfo=UTC)),
+        ("@midnight", datetime(2025, 1, 2, tzinfo=UTC)),
+        ("@annually", datetime(2026, 1, 1, tzinfo=UTC)),
+    ],
+)
+async def test_cron_parse(
+    make_store: StoreMaker, autojump_clock: MockClock, spec: str, first: datetime
+) -> None:
+    """TestParse: from 10:30 on 1 January 2025, each cron spec (the aliases API.md lists and
+    standard 5-field expressions) first triggers at the next time it names."""
+    clock = trio_clock(CRON_BASE - timedelta(seconds=trio.current_time()))
+    wf = two_steps("cron").build(make_store(), clock=clock)
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        nursery.start_soon(wf.schedule_trigger, "cron", spec)
+        with trio.fail_after(400 * 24 * 3600):
+            record = await wait_for(wf, "cron", lambda r: True)
+        nursery.cancel_scope.cancel()
+    assert record.created_at == first
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "@unknown",
+        "* * *",
+        "* * * * * *",
+        "60 * * * *",
+        "* 24 * * *",
+        "* * 32 * *",
+        "* * * 13 *",
+        "* * * * 8",
+        "",
+    ],
+)
+async def test_cron_parse_invalid(autojump_clock: MockClock, clock: af.Clock, spec: str) -> None:
+    """TestParse (invalid specs): an unknown alias, too few or too many fields, or a value
+    out of range is refused when the schedule starts, and nothing is triggered."""
+    wf = two_steps("cron").build(af.MemoryStore(), clock=clock)
+    with trio.fail_after(LIMIT), pytest.raises(af.ActorflowError, match="cron"):
+        await wf.schedule_trigger("cron", spec)
+    assert await wf.list_runs() == []
+
+
+# --- workflow_internal_test.go: Test_runOnce ("Retry process error", "Updates process state")
+
+
+async def test_run_once_process_state(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """Test_runOnce "Retry process error that is not context.Canceled", "Updates process
+    state": a step or connector whose work fails is retried, reported ERRORING while it
+    backs off, and running (or idle) again once its work succeeds."""
+    failing = {"step": 2, "connector": 2}
+    b = af.Builder("process-1", Text, St)
+
+    @b.step(St.START, to=St.END, error_backoff=timedelta(minutes=10))
+    async def step(run: af.Run[Text, St]) -> St:
+        if failing["step"]:
+            failing["step"] -= 1
+            raise RuntimeError("test error")
+        return St.END
+
+    async def on_event(workflow: Any, event: af.ConnectorEvent) -> None:
+        if failing["connector"]:
+            failing["connector"] -= 1
+            raise RuntimeError("test error")
+
+    event = af.ConnectorEvent(id="1", foreign_id="x", type="", headers={}, created_at=START)
+    b.add_connector(
+        "events", af.MemorySource([event]), on_event, error_backoff=timedelta(minutes=10)
+    )
+    wf = b.build(make_store(), clock=clock)
+    up = (af.ProcessState.RUNNING, af.ProcessState.IDLE)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        await eventually(lambda: failing["step"] == 1 and failing["connector"] == 1)
+        assert wf.states()["start-consumer"] is af.ProcessState.ERRORING
+        assert wf.states()["events-connector-consumer"] is af.ProcessState.ERRORING
+        await wf.await_status("fid", run_id, St.END, timeout=3600)
+        await eventually(lambda: failing["connector"] == 0)
+        await trio.sleep(1)
+        assert wf.states()["start-consumer"] in up
+        assert wf.states()["events-connector-consumer"] in up
+    assert wf.states()["start-consumer"] is af.ProcessState.STOPPED
