@@ -877,3 +877,49 @@ def test_an_async_generator_is_refused_at_build_with_a_clear_message() -> None:
 
     with pytest.raises(af.BuildError, match="async generator"):
         b.add_step(St.NEW, step, to=St.DONE)
+
+
+async def test_a_hanging_callback_does_not_hold_cancel_forever(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A callback function that never returns, called without a timeout: cancel() of that
+    run still goes through after the grace period (as for a hanging step), and the
+    callback's caller gets an error rather than waiting forever; nothing of the callback
+    is stored."""
+    entered = trio.Event()
+    caller_got: list[str] = []
+    b = af.Builder("hangcb", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    async def hangs(run: af.Run[Doc, St], payload: bytes) -> St:
+        run.object.text = "from the callback"
+        entered.set()
+        await trio.sleep_forever()
+        return St.DONE
+
+    b.add_callback(St.WAITING, hangs, to=[St.DONE])
+    wf = b.build(make_store(), clock=trio_clock(START), grace_period=timedelta(seconds=10))
+
+    async def call_back() -> None:
+        try:
+            await wf.callback("f", St.WAITING, b"x")
+            caller_got.append("returned")
+        except af.ActorflowError as exc:
+            worded = "interrupted" if "was interrupted" in str(exc) else str(exc)
+            caller_got.append(f"{type(exc).__name__}: {worded}")
+
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        with trio.fail_after(60):
+            await wf.await_status("f", run_id, St.WAITING)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call_back)
+            await entered.wait()
+            with trio.fail_after(3600):
+                cancelled = await wf.cancel(run_id, "give up")
+        assert cancelled.run_state is af.RunState.CANCELLED
+    assert caller_got == ["CallbackError: interrupted"]
+    assert all(r.object.text == "" for r in await wf.history(run_id))
