@@ -923,3 +923,56 @@ async def test_a_hanging_callback_does_not_hold_cancel_forever(
         assert cancelled.run_state is af.RunState.CANCELLED
     assert caller_got == ["CallbackError: interrupted"]
     assert all(r.object.text == "" for r in await wf.history(run_id))
+
+
+async def test_a_connector_or_hook_returning_an_unawaited_coroutine_is_retried(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """``return workflow.trigger(...)`` without ``await`` in a connector function, or a
+    hook returning the coroutine of its notification: an error (retried), never a silent
+    loss of the event or of the notification."""
+    holder: list[af.Workflow[Doc, St]] = []
+    connector_calls: list[int] = []
+    hook_calls: list[int] = []
+    notified: list[str] = []
+    was_notified = trio.Event()
+    b = af.Builder("lazy", Doc, St)
+
+    @b.step(St.NEW, to=St.DONE)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.DONE
+
+    async def on_event(workflow: Any, event: af.ConnectorEvent) -> Any:
+        connector_calls.append(1)
+        if len(connector_calls) == 1:
+            return workflow.trigger(event.foreign_id)  # forgot the await
+        return await workflow.trigger(event.foreign_id)
+
+    b.add_connector("events", af.MemorySource([_event("e1", "from-event")]), on_event)
+
+    async def notify(record: af.Record[Doc, St]) -> None:
+        notified.append(record.foreign_id)
+        was_notified.set()
+
+    async def on_done(record: af.Record[Doc, St]) -> Any:
+        hook_calls.append(1)
+        if len(hook_calls) == 1:
+            return notify(record)  # forgot the await
+        await notify(record)
+        return None
+
+    b.on_complete(on_done)
+    wf = b.build(make_store(), clock=trio_clock(START))
+    holder.append(wf)
+    async with af.open_workflow(wf):
+        with trio.fail_after(3600):
+            rec = await wait_for(wf, "from-event", lambda r: r.status is St.DONE)
+            await was_notified.wait()
+    assert rec.run_state is af.RunState.COMPLETED
+    assert len(connector_calls) == 2 and len(hook_calls) == 2 and notified == ["from-event"]
+
+
+def _event(event_id: str, foreign_id: str) -> af.ConnectorEvent:
+    return af.ConnectorEvent(
+        id=event_id, foreign_id=foreign_id, type="t", headers={}, created_at=START
+    )
