@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -231,7 +232,8 @@ async def _call(
     observer = ctx.observer
     token = None if observer is None else _begin_span(observer, ctx, spec, event, process)
     try:
-        returned = await spec.fn(ctx.handle, event)
+        fn: Callable[..., Awaitable[object]] = spec.fn  # typed None; a careless one is not
+        returned = await fn(ctx.handle, event)
         check_returned_none(returned, f"connector function {fn_name(spec.fn)}")
     except BaseException as caught:
         try:

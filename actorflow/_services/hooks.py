@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
@@ -153,7 +153,8 @@ class _Hooks(Generic[T, S]):
                 process.took_up(observer, engine.name, lag, raw)
             if observer is not None:
                 token = observer.begin("hook", process.name, raw)
-            returned = await hook(engine.typed(raw))
+            fn: Callable[..., Awaitable[object]] = hook  # typed None; a careless one is not
+            returned = await fn(engine.typed(raw))
             check_returned_none(returned, f"on_{kind} hook {fn_name(hook)}")
         except Exception as exc:
             self._failed(process, token, exc)
