@@ -21,7 +21,7 @@ from actorflow._model.definition import (
 )
 from actorflow._model.errors import BuildError
 from actorflow._model.evolution import Evolution, StatusMapping, UpgradeFn
-from actorflow._model.options import Options, check_options_for
+from actorflow._model.options import MAX_CONNECTOR_SHARDS, Options, check_options_for
 from actorflow._model.settings import BuildSettings
 from actorflow._model.statuses import parse_status
 from actorflow._model.text import is_valid_text
@@ -406,9 +406,18 @@ class Builder(Generic[T, S]):
                     "connector names must be unique (they name the durable cursor)"
                 )
             names.add(spec.name)
-            connectors.append(
-                attrs.evolve(spec, options=defaults.merged(options, f"connector {spec.name!r}"))
-            )
+            merged = defaults.merged(options, f"connector {spec.name!r}")
+            if "max_concurrency" not in options:
+                # Only the connector's own parallel count shards it: one from
+                # default_options (meant for steps) would move its durable cursors.
+                merged = attrs.evolve(merged, max_concurrency=None)
+            if (merged.max_concurrency or 1) > MAX_CONNECTOR_SHARDS:
+                raise BuildError(
+                    f"workflow {self.name!r}: connector {spec.name!r}: max_concurrency "
+                    f"{merged.max_concurrency} is more than {MAX_CONNECTOR_SHARDS} shards (each "
+                    "shard's consumer reads the whole source)"
+                )
+            connectors.append(attrs.evolve(spec, options=merged))
         for spec in connectors:
             if not isinstance(spec.source, EventSource):
                 raise BuildError(

@@ -219,8 +219,11 @@ def test_options_without_effect_are_refused() -> None:
         )
     with pytest.raises(af.BuildError, match="pause_after_errors has no effect on a connector"):
         builder.add_connector("c", af.MemorySource([]), cb, pause_after_errors=3)
-    with pytest.raises(af.BuildError, match="max_concurrency has no effect on a connector"):
-        builder.add_connector("c", af.MemorySource([]), cb, max_concurrency=3)
+    with pytest.raises(af.BuildError, match="more than 64 shards"):
+        wide = af.Builder("wide", YinYang, Status)
+        wide.add_step(Status.STARTED, noop, to=Status.MIDDLE)
+        wide.add_connector("c", af.MemorySource([]), cb, max_concurrency=65)
+        wide.build(af.MemoryStore())
     with pytest.raises(af.BuildError, match="callbacks take no options"):
         builder.add_callback(Status.MIDDLE, cb, to=Status.END, error_backoff=timedelta(1))
     # What does have an effect is accepted.

@@ -26,13 +26,15 @@ from trio.testing import MockClock
 
 import actorflow as af
 from actorflow.testing import (
+    Special,
     await_timeout_insert,
+    make_run,
     require,
     trigger_callback_on,
     trio_clock,
     wait_for,
 )
-from tests.conftest import StoreMaker
+from tests.conftest import START, StoreMaker
 
 LIMIT = 60  # seconds of virtual time any wait may take before the test fails
 PG_DSN = os.environ.get("ACTORFLOW_PG_DSN")
@@ -2575,8 +2577,8 @@ async def test_trigger_in_progress_rules(
 
 def test_connector_construction() -> None:
     """TestConnectorConstruction: a connector is built with its name, function and options
-    (error_backoff); luno's ParallelCount has no connector counterpart here (a connector
-    handles its events in order), and asking for it is a clear BuildError."""
+    (max_concurrency, luno's ParallelCount, and error_backoff); it is one process of the
+    workflow whatever its parallel count."""
     b = af.Builder("workflow X", Text, St)
 
     async def fn(workflow: Any, event: af.ConnectorEvent) -> None:
@@ -2586,14 +2588,15 @@ def test_connector_construction() -> None:
     async def step(run: af.Run[Text, St]) -> St:
         return St.END
 
-    b.add_connector("my-test-connector", af.MemorySource([]), fn, error_backoff=timedelta(hours=6))
+    b.add_connector(
+        "my-test-connector",
+        af.MemorySource([]),
+        fn,
+        max_concurrency=2,
+        error_backoff=timedelta(hours=6),
+    )
     wf = b.build(af.MemoryStore())
     assert "my-test-connector-connector-consumer" in wf.states()
-    other = af.Builder("workflow Y", Text, St)
-    other.add_step(St.START, step, to=St.END)
-    with pytest.raises(af.BuildError, match="max_concurrency"):
-        other.add_connector("c", af.MemorySource([]), fn, max_concurrency=2)
-        other.build(af.MemoryStore())
 
 
 async def test_with_parallel_count(
@@ -2618,3 +2621,534 @@ async def test_with_parallel_count(
         for i, run_id in enumerate(ids):
             await wf.await_status(f"f{i}", run_id, St.END, timeout=10 * 60)
     assert running == [0, 2]
+
+
+# --- runstate_internal_test.go: TestRunStateControllerTransitions ----------------------
+
+
+async def _reach(wf: af.Workflow[Text, St], fid: str, state: af.RunState) -> str:
+    """A stored run of ``wf`` (not running) in run state ``state``, through the public API."""
+    run_id = await wf.trigger(fid)
+    if state is af.RunState.INITIATED:
+        return run_id
+    if state in (af.RunState.PAUSED, af.RunState.RUNNING):
+        await wf.pause(run_id, "to reach a state")
+        if state is af.RunState.RUNNING:
+            await wf.resume(run_id)
+        return run_id
+    if state is af.RunState.CANCELLED:
+        await wf.cancel(run_id, "to reach a state")
+        return run_id
+    async with af.open_workflow(wf):
+        await wf.await_status(fid, run_id, St.END, timeout=LIMIT)
+        await wait_for(wf, fid, lambda r: r.run_state is af.RunState.COMPLETED)
+    if state is af.RunState.DATA_DELETED:
+        await wf.delete_data(run_id, "to reach a state")
+    return run_id
+
+
+_CONTROLS: dict[str, tuple[set[af.RunState], af.RunState]] = {
+    # control -> (the run states it is legal from, the run state it ends in)
+    "pause": ({af.RunState.INITIATED, af.RunState.RUNNING}, af.RunState.PAUSED),
+    "resume": ({af.RunState.INITIATED, af.RunState.PAUSED}, af.RunState.RUNNING),
+    "cancel": (
+        {af.RunState.INITIATED, af.RunState.RUNNING, af.RunState.PAUSED},
+        af.RunState.CANCELLED,
+    ),
+    "delete_data": (
+        {af.RunState.COMPLETED, af.RunState.CANCELLED, af.RunState.DATA_DELETED},
+        af.RunState.DATA_DELETED,
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        af.RunState.INITIATED,
+        af.RunState.RUNNING,
+        af.RunState.PAUSED,
+        af.RunState.CANCELLED,
+        af.RunState.COMPLETED,
+        af.RunState.DATA_DELETED,
+    ],
+    ids=lambda s: s.name,
+)
+async def test_run_state_controller_transitions(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock, start: af.RunState
+) -> None:
+    """TestRunStateControllerTransitions: from each run state, each control (pause, resume,
+    cancel, delete_data) either makes its transition or raises InvalidTransition and stores
+    nothing (resume is the move to RUNNING, so it is legal from INITIATED too, as in luno).
+    API.md wins where luno differs: INITIATED -> CANCELLED is legal here (luno's
+    controller refuses it)."""
+    b = af.Builder("controller", Text, St)
+
+    @b.step(St.START, to=St.END)
+    async def step(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    wf = b.build(make_store(), clock=clock)
+    for n, (control, (legal_from, lands_in)) in enumerate(_CONTROLS.items()):
+        fid = f"{start.name}-{n}"
+        run_id = await _reach(wf, fid, start)
+        before = await wf.lookup(run_id)
+        assert before.run_state is start
+        act = getattr(wf, control)
+        args = (run_id,) if control == "resume" else (run_id, f"test {control}")
+        if start in legal_from:
+            await act(*args)
+            after = await wf.lookup(run_id)
+            assert after.run_state is lands_in, control
+            assert after.version > before.version
+        else:
+            with pytest.raises(af.InvalidTransition):
+                await act(*args)
+            assert await wf.lookup(run_id) == before, control
+
+
+# --- filter_test.go: TestMakeFilter -----------------------------------------------------
+
+
+async def test_make_filter(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestMakeFilter: list_runs filters by one foreign id or several, by status and run
+    state, and by creation time after and before; the filters combine (all must match) and
+    count_runs counts what list_runs lists."""
+    wf = two_steps("filters").build(make_store(), clock=clock)
+    t0 = clock.now()
+    first = await wf.trigger("first value")
+    await trio.sleep(3600)
+    t1 = clock.now()
+    second = await wf.trigger("second value", St.MIDDLE)
+    await trio.sleep(3600)
+    t2 = clock.now()
+    third = await wf.trigger("third value")
+    await wf.pause(third, "filtered")
+
+    def ids(records: list[af.Record[Text, St]]) -> list[str]:
+        return [r.run_id for r in records]
+
+    assert ids(await wf.list_runs(foreign_id="first value")) == [first]
+    both = await wf.list_runs(foreign_id=["first value", "second value"])
+    assert ids(both) == [first, second]
+    assert ids(await wf.list_runs(status=St.START)) == [first, third]
+    assert ids(await wf.list_runs(status=St.MIDDLE)) == [second]
+    assert ids(await wf.list_runs(run_state=af.RunState.PAUSED)) == [third]
+    assert ids(await wf.list_runs(run_state=af.RunState.INITIATED)) == [first, second]
+    assert ids(await wf.list_runs(created_after=t1)) == [second, third]
+    assert ids(await wf.list_runs(created_before=t1)) == [first]
+    assert ids(await wf.list_runs(created_after=t0, created_before=t2)) == [first, second]
+    window = {"created_after": t1, "created_before": t2 + timedelta(seconds=1)}
+    assert ids(await wf.list_runs(status=St.START, **window)) == [third]
+    assert ids(await wf.list_runs(foreign_id=["first value", "third value"], **window)) == [third]
+    assert await wf.list_runs(status=St.END) == []
+    counts = await wf.count_runs(foreign_id=["first value", "second value"])
+    assert counts == {(St.START, af.RunState.INITIATED): 1, (St.MIDDLE, af.RunState.INITIATED): 1}
+
+
+# --- run_internal_test.go: TestNewTestingRun --------------------------------------------
+
+
+async def test_new_testing_run() -> None:
+    """TestNewTestingRun: a run made for calling one function directly (no store, no
+    workflow running) gives the special results a step may return, which can be checked."""
+    b = two_steps("testing run")
+    run = make_run(b, Text("test"), status=St.MIDDLE)
+    assert run.status is St.MIDDLE and run.object == Text("test")
+
+    async def pausing(r: af.Run[Text, St]) -> Any:
+        return r.pause("out of stock")
+
+    async def cancelling(r: af.Run[Text, St]) -> Any:
+        return r.cancel("changed my mind")
+
+    paused = await pausing(run)
+    assert paused == run.pause("out of stock")
+    assert paused != run.pause("another reason")
+    assert paused != run.cancel("out of stock")
+    assert paused.kind is Special.PAUSE and paused.reason == "out of stock"
+    cancelled = await cancelling(run)
+    assert cancelled == run.cancel("changed my mind")
+    assert cancelled.kind is Special.CANCEL
+    assert run.skip() == run.skip() and run.skip() != run.save_and_repeat()
+
+
+# --- builder_internal_test.go: TestAddTimeoutErrBackOff, TestWithPauseAutoRetry ---------
+
+
+async def test_add_timeout_err_back_off(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestAddTimeoutErrBackOff: a timeout's own error_backoff is the delay before a timeout
+    function that failed is called again."""
+    b = af.Builder("timeout backoff", Text, St)
+    calls: list[datetime] = []
+
+    async def expired(run: af.Run[Text, St], now: datetime) -> St:
+        calls.append(clock.now())
+        if len(calls) == 1:
+            raise RuntimeError("test error")
+        return St.END
+
+    b.add_timeout(
+        St.START,
+        af.after(timedelta(hours=1)),
+        expired,
+        to=[St.END],
+        error_backoff=timedelta(minutes=1),
+    )
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        created = await wf.lookup(run_id)
+        await wf.await_status("fid", run_id, St.END, timeout=3 * 3600)
+    assert len(calls) == 2
+    assert calls[0] - created.created_at >= timedelta(hours=1)
+    assert timedelta(minutes=1) <= calls[1] - calls[0] < timedelta(minutes=2)
+
+
+async def test_with_pause_auto_retry(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestWithPauseAutoRetry: resume_paused_after=1 minute resumes a paused run a minute
+    after it was paused (not the default hour, and not sooner)."""
+    wf = always_failing().build(make_store(), clock=clock, resume_paused_after=timedelta(minutes=1))
+    async with af.open_workflow(wf):
+        await wf.trigger("fid")
+        paused = await wait_for(wf, "fid", lambda r: r.run_state is af.RunState.PAUSED)
+        with trio.fail_after(600):
+            resumed = await wait_for(wf, "fid", lambda r: r.version == paused.version + 1)
+    assert resumed.run_state is af.RunState.RUNNING
+    assert timedelta(minutes=1) <= resumed.updated_at - paused.updated_at < timedelta(minutes=2)
+
+
+# --- adaptertest timeoutstore.go: "List timeouts", "Complete and Cancel timeouts" -------
+
+
+async def test_timeout_store_complete_and_cancel(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """adaptertest RunTimeoutStoreTest: the timeouts of several runs are each kept until
+    due; a timeout that fired is completed (never fires again, also after a restart) and
+    the timeout of a run that moved on is cancelled (never fires)."""
+    fired: list[datetime] = []
+    store = make_store()
+    wf = callback_or_timeout(store, clock, fired)
+    fids = ["a", "b", "c"]
+    async with af.open_workflow(wf):
+        run_ids = {fid: await wf.trigger(fid) for fid in fids}
+        for fid in fids:
+            await await_timeout_insert(wf, fid, run_ids[fid], St.START)
+        assert await wf.callback("b", St.START, b"") is not None
+        for fid in ("a", "c"):
+            await wf.await_status(fid, run_ids[fid], St.END, timeout=3 * 3600)
+        await wf.await_status("b", run_ids["b"], St.END, timeout=LIMIT)
+        await trio.sleep(3 * 3600)
+    assert len(fired) == 2
+    again = callback_or_timeout(make_store(), clock, fired)
+    async with af.open_workflow(again):
+        await trio.sleep(3 * 3600)
+    assert len(fired) == 2
+    for fid in fids:
+        statuses = [r.status for r in await again.history(run_ids[fid])]
+        assert statuses == ([St.START, St.MIDDLE, St.END] if fid == "b" else [St.START, St.END])
+
+
+# --- _examples/connector: TestConnectStreamParallelConsumer -----------------------------
+
+
+class Learning(enum.IntEnum):
+    STARTED = 1
+    READ_THE_DOCS = 2
+    FOLLOWED_THE_EXAMPLE = 3
+    CREATED_A_FUN_EXAMPLE = 4
+
+
+async def test_connect_stream_parallel_consumer(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """_examples/connector TestConnectStreamParallelConsumer: an event from a connector's
+    source triggers a run with the initial value the connector gives, and the run's step
+    adds to it."""
+    b = af.Builder("workflow B", GettingStarted, Learning)
+
+    async def on_event(workflow: Any, event: af.ConnectorEvent) -> None:
+        await workflow.trigger(event.foreign_id, initial=GettingStarted(read_the_docs="yes"))
+
+    events = [
+        af.ConnectorEvent(
+            id="1",
+            foreign_id="andrewwormald",
+            type="",
+            headers={},
+            created_at=datetime(2024, 4, 9, tzinfo=UTC),
+        )
+    ]
+    b.add_connector("my-example-connector", af.MemorySource(events), on_event)
+
+    @b.step(Learning.STARTED, to=Learning.FOLLOWED_THE_EXAMPLE)
+    async def follow(run: af.Run[GettingStarted, Learning]) -> Learning:
+        run.object.follow_an_example = "yes"
+        return Learning.FOLLOWED_THE_EXAMPLE
+
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        await require(
+            wf,
+            "andrewwormald",
+            Learning.FOLLOWED_THE_EXAMPLE,
+            GettingStarted(read_the_docs="yes", follow_an_example="yes"),
+        )
+
+
+# --- _examples/sqlexample: TestSQLWorkflow, TestOrderValidation -------------------------
+
+
+class OrderStatus(enum.IntEnum):
+    CREATED = 1
+    VALIDATED = 2
+    PAYMENT_PROCESSED = 3
+    FULFILLED = 4
+    COMPLETED = 5
+    REJECTED = 6
+
+
+@attrs.define
+class OrderItem:
+    product_id: str = ""
+    quantity: int = 0
+    price: float = 0.0
+
+
+@attrs.define
+class Order:
+    id: str = ""
+    customer_name: str = ""
+    email: str = ""
+    items: list[OrderItem] = attrs.Factory(list)
+    total: float = 0.0
+    payment_id: str = ""
+    tracking_id: str = ""
+
+
+def order_workflow(store: af.Store, clock: af.Clock) -> af.Workflow[Order, OrderStatus]:
+    b = af.Builder("order-processor", Order, OrderStatus)
+
+    @b.step(OrderStatus.CREATED, to=[OrderStatus.VALIDATED, OrderStatus.REJECTED])
+    async def validate(run: af.Run[Order, OrderStatus]) -> OrderStatus:
+        o = run.object
+        if o.customer_name and o.email and o.items and o.total > 0:
+            return OrderStatus.VALIDATED
+        return OrderStatus.REJECTED
+
+    @b.step(OrderStatus.VALIDATED, to=OrderStatus.PAYMENT_PROCESSED)
+    async def pay(run: af.Run[Order, OrderStatus]) -> OrderStatus:
+        run.object.payment_id = f"PAY-{run.object.id}"
+        return OrderStatus.PAYMENT_PROCESSED
+
+    @b.step(OrderStatus.PAYMENT_PROCESSED, to=OrderStatus.FULFILLED)
+    async def fulfil(run: af.Run[Order, OrderStatus]) -> OrderStatus:
+        run.object.tracking_id = f"TRACK-{run.object.id}"
+        return OrderStatus.FULFILLED
+
+    @b.step(OrderStatus.FULFILLED, to=OrderStatus.COMPLETED)
+    async def complete(run: af.Run[Order, OrderStatus]) -> OrderStatus:
+        return OrderStatus.COMPLETED
+
+    return b.build(store, clock=clock)
+
+
+def _order(oid: str, **changes: Any) -> Order:
+    fields: dict[str, Any] = {
+        "customer_name": "John Doe",
+        "email": "john@example.com",
+        "items": [OrderItem("1", 1, 10.0)],
+        "total": 10.0,
+    }
+    fields.update(changes)
+    return Order(id=oid, **fields)
+
+
+async def test_sql_workflow(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """_examples/sqlexample TestSQLWorkflow and TestOrderValidation: an order triggered with
+    its initial value goes through validation, payment and fulfilment to COMPLETED, stored
+    as one run; orders missing a name, an email or items, or with a total that is not
+    positive, end REJECTED."""
+    store = make_store()
+    wf = order_workflow(store, clock)
+    invalid = {
+        "missing-name": _order("missing-name", customer_name=""),
+        "missing-email": _order("missing-email", email=""),
+        "no-items": _order("no-items", items=[], total=0.0),
+        "negative": _order("negative", items=[OrderItem("1", 1, -10.0)], total=-10.0),
+    }
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("test-order-123", initial=_order("test-order-123"))
+        done = await wf.await_status("test-order-123", run_id, OrderStatus.COMPLETED, timeout=LIMIT)
+        rejected = {}
+        for oid, order in invalid.items():
+            rid = await wf.trigger(oid, initial=order)
+            rejected[oid] = await wf.await_status(oid, rid, OrderStatus.REJECTED, timeout=LIMIT)
+    assert done.object.payment_id == "PAY-test-order-123"
+    assert done.object.tracking_id == "TRACK-test-order-123"
+    assert done.object.customer_name == "John Doe"
+    runs = await wf.list_runs(foreign_id="test-order-123")
+    assert [r.run_id for r in runs] == [run_id]
+    assert runs[0].run_state is af.RunState.COMPLETED
+    reopened = order_workflow(make_store(), clock)
+    assert (await reopened.lookup(run_id)).object == done.object
+    for oid, record in rejected.items():
+        assert record.object == invalid[oid]
+        assert (await wf.lookup(record.run_id)).run_state is af.RunState.COMPLETED
+
+
+# --- builder_internal_test.go: TestWithStepLagAlert -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lag_alert", "alert"),
+    [(None, None), (timedelta(hours=9), 0.0), (timedelta(minutes=30), 1.0)],
+    ids=["no-lag-alert", "over-consume-lag", "under-consume-lag"],
+)
+async def test_with_step_lag_alert(
+    make_store: StoreMaker,
+    clock: af.Clock,
+    autojump_clock: MockClock,
+    lag_alert: timedelta | None,
+    alert: float | None,
+) -> None:
+    """TestWithStepLagAlert: a step's consume_lag alone raises no lag alert (the runs it
+    takes up are at least that old by design); a lag_alert given with it is used as it is,
+    not offset by the consume lag: under it the alert is raised, over it it is not."""
+    prometheus_client = pytest.importorskip("prometheus_client")
+    registry = prometheus_client.CollectorRegistry()
+    options: dict[str, Any] = {"consume_lag": timedelta(hours=1)}
+    if lag_alert is not None:
+        options["lag_alert"] = lag_alert
+    b = af.Builder("example", Text, St)
+
+    @b.step(St.START, to=St.END, **options)
+    async def step(run: af.Run[Text, St]) -> St:
+        return St.END
+
+    wf = b.build(make_store(), clock=clock, metrics=registry)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        await wf.await_status("fid", run_id, St.END, timeout=2 * 3600)
+        lag = sample(registry, "workflow_process_lag_seconds", process_name="start-consumer")
+        assert lag is not None and 3600 <= lag < 3700
+        got = sample(registry, "workflow_process_lag_alert", process_name="start-consumer")
+    if alert is None:
+        assert not got
+    else:
+        assert got == alert
+
+
+# --- adapters/webui/internal/api: TestListHandler, TestUpdateHandler, TestObjectDataHandler
+#
+# luno's web UI lists runs, shows a run's object and pauses, resumes, cancels or deletes
+# a run; actorflow serves the same over its gateway (API.md "Gateway"). Real time here: the
+# websocket is real I/O.
+
+
+@attrs.define
+class ObjectData:
+    name: str = ""
+    email: str = ""
+
+
+async def test_web_ui_handlers(make_store: StoreMaker) -> None:
+    """TestListHandler, TestUpdateHandler, TestObjectDataHandler through the gateway: runs
+    are listed in either order and by run state or foreign id, with their status names and
+    run states; a run's object comes back as its fields; pause, resume, cancel and delete
+    change the run state (an illegal one is refused with GatewayError)."""
+    b = af.Builder("test", ObjectData, St)
+
+    @b.step(St.START, to=St.END)
+    async def step(run: af.Run[ObjectData, St]) -> St:
+        return St.END
+
+    wf = b.build(make_store())
+    andrew = ObjectData("Andrew Wormald", "andrew@workflow.com")
+    first = await wf.trigger("9", initial=andrew)
+    second = await wf.trigger("10")
+    await wf.cancel(second, "listed as cancelled")
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(functools.partial(af.serve_gateway, [wf], "127.0.0.1", 0))
+            async with af.open_gateway_client(f"ws://127.0.0.1:{port}") as client:
+                ascending = await client.list_runs("test", limit=5)
+                assert [r["run_id"] for r in ascending] == [first, second]
+                descending = await client.list_runs("test", limit=5, descending=True)
+                assert [r["run_id"] for r in descending] == [second, first]
+                item = ascending[0]
+                assert (item["workflow_name"], item["foreign_id"]) == ("test", "9")
+                assert (item["status"], item["status_name"]) == (St.START.value, "START")
+                assert item["run_state"] == "INITIATED"
+                cancelled = await client.list_runs("test", run_state=af.RunState.CANCELLED)
+                assert [r["run_id"] for r in cancelled] == [second]
+                assert [r["run_id"] for r in await client.list_runs("test", foreign_id="9")] == [
+                    first
+                ]
+
+                assert (await client.lookup("test", first))["object"] == attrs.asdict(andrew)
+
+                await client.pause("test", first, "pause")
+                assert (await client.lookup("test", first))["run_state"] == "PAUSED"
+                await client.resume("test", first)
+                assert (await client.lookup("test", first))["run_state"] == "RUNNING"
+                await client.cancel("test", first, "cancel")
+                assert (await client.lookup("test", first))["run_state"] == "CANCELLED"
+                with pytest.raises(af.GatewayError):
+                    await client.resume("test", first)
+                await client.delete_data("test", first, "delete")
+                deleted = await client.lookup("test", first)
+                assert deleted["run_state"] == "DATA_DELETED"
+                assert deleted["object"] == attrs.asdict(ObjectData())
+            nursery.cancel_scope.cancel()
+
+
+# --- eventfilter_test.go: TestShardFilter, TestShardNonNumerical, TestConnectorShardFilter
+
+
+async def test_connector_shard_filter(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """TestShardFilter, TestShardNonNumerical, TestConnectorShardFilter: a connector with a
+    parallel count of 2 splits its events between its consumers, numeric ids and UUIDs
+    alike, so that each event is handled exactly once and at most two at a time."""
+    ids = [str(n) for n in range(1, 23)] + [str(uuid.uuid4()) for _ in range(20)]
+    events = [
+        af.ConnectorEvent(id=i, foreign_id=f"fid-{i}", type="", headers={}, created_at=START)
+        for i in ids
+    ]
+    handled: list[str] = []
+    active = [0, 0]  # now, peak
+
+    async def on_event(workflow: Any, event: af.ConnectorEvent) -> None:
+        active[0] += 1
+        active[1] = max(active[1], active[0])
+        await trio.sleep(1)
+        active[0] -= 1
+        handled.append(event.id)
+        await workflow.trigger(event.foreign_id)
+
+    b = two_steps("sharded")
+    b.add_connector("sharded", af.MemorySource(events), on_event, max_concurrency=2)
+    wf = b.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        await eventually(lambda: len(handled) >= len(ids))
+        await trio.sleep(60)
+        runs = await wf.list_runs(limit=100)
+    assert sorted(handled) == sorted(ids)
+    assert sorted(r.foreign_id for r in runs) == sorted(f"fid-{i}" for i in ids)
+    assert active[1] == 2
+    # Each shard's cursor is durable: a restart hands no event over again.
+    again = b.build(make_store(), clock=clock)
+    async with af.open_workflow(again):
+        await trio.sleep(3600)
+    assert len(handled) == len(ids)

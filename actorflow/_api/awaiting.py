@@ -9,7 +9,13 @@ import attrs
 import trio
 
 from actorflow._api.core import WorkflowCore
-from actorflow._model.errors import InvalidArgument, Lagged, RunNotFound, StatusNotReached
+from actorflow._model.errors import (
+    ActorflowError,
+    InvalidArgument,
+    Lagged,
+    RunNotFound,
+    StatusNotReached,
+)
 from actorflow._model.record import RawRecord, Record
 from actorflow._runtime.engine import log
 from actorflow.stores.feed import Subscription
@@ -97,6 +103,7 @@ class Awaiting(WorkflowCore[T, S]):
                     f"run {run_id} is at {at} and would wait for "
                     f"{self._definition.status(wanted)!r} forever"
                 )
+            self._check_not_within(run_id, wanted)
             await self._warn_if_unattended(history[-1], wanted, watch)
             if sub.lagged:
                 return None
@@ -153,6 +160,17 @@ class Awaiting(WorkflowCore[T, S]):
                 raw.meta.status_description or raw.status,
                 self._definition.status(wanted),
                 self._store,
+            )
+
+    def _check_not_within(self, run_id: str, wanted: int) -> None:
+        """Raise when the caller is the run's own user code (its step, timeout or
+        callback, or a task of theirs): the run cannot move on while it waits for itself."""
+        supervisor = self._local_supervisor()
+        if supervisor is not None and supervisor.within_actor(run_id):
+            raise ActorflowError(
+                f"workflow {self.name!r} run {run_id}: a step, timeout or callback of the run "
+                f"cannot await {self._definition.status(wanted)!r} of its own run (it would "
+                "wait for itself forever); return the status to go on instead"
             )
 
     def _check_reachable(self, raw: RawRecord, wanted: int) -> None:

@@ -46,7 +46,9 @@ class Options:
         error_backoff: delay before the first retry; doubles per consecutive error.
         max_error_backoff: cap of the retry delay.
         consume_lag: only act on a run that has been at the status at least this long.
-        max_concurrency: at most this many runs execute this function at once (None: no cap).
+        max_concurrency: at most this many runs execute this function at once (None: no cap);
+            for a connector, the number of shards its events are split into (at most
+            ``MAX_CONNECTOR_SHARDS``), each handled in order by a consumer of its own.
         lag_alert: alert (the ``workflow_process_lag_alert`` gauge and a warning log) when a
             step or connector takes up a run or event older than this (0: no alert).
     """
@@ -93,6 +95,11 @@ class Options:
         return min(delay, cap)
 
 
+MAX_CONNECTOR_SHARDS = 64
+"""The most consumers a connector's ``max_concurrency`` may ask for: each reads the whole
+source (and skips the other shards' events), so shards cost reads."""
+
+
 WITHOUT_EFFECT: dict[str, dict[str, str]] = {
     "timeout": {
         "consume_lag": "a timeout fires when its timer says; delay it in the timer function",
@@ -101,7 +108,6 @@ WITHOUT_EFFECT: dict[str, dict[str, str]] = {
     },
     "connector": {
         "pause_after_errors": "a connector has no run to pause; it retries with back-off",
-        "max_concurrency": "a connector handles its events one at a time, in order",
     },
 }
 """Options that do nothing for a kind of function, and why (a BuildError says so)."""

@@ -97,7 +97,7 @@ class RunActions:
                     result = await spec.fn(run)
                 except StoreError as exc:  # raised by the step itself: its own error
                     raise StepError(f"{fn_name(spec.fn)} raised {describe_error(exc)}") from exc
-            if scope.cancelled_caught:
+            if scope.cancel_called:  # interrupted: dropped, even if it swallowed the Cancelled
                 raise _StoppedBeforeStart
         if isinstance(result, SpecialResult):
             return await engine.apply_result(
@@ -129,7 +129,7 @@ class RunActions:
                     raise _StoppedBeforeStart
                 with self.run.interruptible() as scope:
                     result = await _call_user(spec.fn, run, timer.fire_at)
-                if scope.cancelled_caught:
+                if scope.cancel_called:  # interrupted (see _step)
                     raise _StoppedBeforeStart
             new, timers = await engine.apply_result(raw, run, result, spec.to, key, fired=timer)
             if new is None:  # skipped: nothing is stored; it fires again after the back-off

@@ -8,6 +8,7 @@ relies on the store's optimistic version check, so two writers never both win.
 from __future__ import annotations
 
 import enum
+import inspect
 import json
 import logging
 import time
@@ -263,7 +264,8 @@ class Engine(Generic[T, S]):
         for spec in self.definition.timeouts.get(status, ()):
             try:
                 when = spec.timer(run, now)
-            except Exception as exc:  # the timer's own error, named (the step is not to blame)
+            except BaseException as caught:  # the timer's own error, named (not the step's)
+                exc = user_error(caught, f"timer {fn_name(spec.timer)}")
                 raise StepError(
                     f"{self.where(run._raw)}: timer {fn_name(spec.timer)} of status "
                     f"{self.status(status)!r} raised {describe_error(exc)}"
@@ -356,7 +358,7 @@ class Engine(Generic[T, S]):
                     reason=result.reason or f"cancelled by {what}",
                 )
                 return await self.commit(new, timers=[]), []
-            encoded = self.codec.encode(run.object, run_id=raw.run_id)
+            encoded = self.encoded(raw, run, what)
             new = self.next_version(raw, run_state=RunState.RUNNING, object=encoded)
             if fired is None:
                 return await self.commit(new), None
@@ -391,12 +393,12 @@ class Engine(Generic[T, S]):
         ):
             names = ", ".join(sorted(s.name for s in allowed))
             raise StepError(
-                f"{self.where(raw, what)} returned {result!r}, which is not an allowed "
+                f"{self.where(raw, what)} returned {_shown(result)}, which is not an allowed "
                 f"destination (allowed: {names}; or run.skip(), run.pause(), run.cancel(), "
                 "run.save_and_repeat())"
             )
         status = int(result)
-        encoded = self.codec.encode(run.object, run_id=raw.run_id)
+        encoded = self.encoded(raw, run, what)
         terminal = self.definition.is_terminal(status)
         new = self.next_version(
             raw,
@@ -407,6 +409,21 @@ class Engine(Generic[T, S]):
         if terminal or status not in self.definition.timeouts:
             return new, NO_TIMERS
         return new, self.timers_for(run, status, new.updated_at)
+
+    def encoded(self, raw: RawRecord, run: Run[T, S], what: str) -> str:
+        """The JSON text of ``run.object`` to store; StepError when the function replaced
+        it with something that is not the object type (a dict, None, another class: the
+        codec would fail on it obscurely, or store another class's fields as if they were
+        the object's)."""
+        obj = run.object
+        object_type = self.codec.object_type
+        if type(obj) is not object_type and not isinstance(obj, object_type):
+            raise StepError(
+                f"{self.where(raw, what)} set run.object to {type(obj).__name__}; it must "
+                f"be a {object_type.__name__} (change its fields, or assign a new "
+                f"{object_type.__name__})"
+            )
+        return self.codec.encode(obj, run_id=raw.run_id)
 
     async def count_error(
         self, raw: RawRecord, key: str, exc: BaseException, options: Options
@@ -594,6 +611,18 @@ def upgraded_object(engine: Engine[Any, Any], raw: RawRecord) -> str:
             f"upgrade_object function {fn_name(fn)} returned an object that does not fit "
             f"{engine.codec.object_type.__name__}: {exc}"
         ) from None
+
+
+def _shown(result: object) -> str:
+    """A function's unwanted result, for its error: a coroutine (a missing ``await``) is
+    named as such and closed (no 'never awaited' warning later); ``repr`` never fails."""
+    if inspect.iscoroutine(result):
+        result.close()
+        return f"a coroutine ({result.__qualname__}; a missing `await`?)"
+    try:
+        return repr(result)[:200]
+    except Exception:
+        return f"a {type(result).__name__} (whose repr() failed)"
 
 
 def _without(timers: list[Timer], timer: Timer | None) -> list[Timer]:

@@ -390,6 +390,21 @@ class Supervisor(Generic[T, S]):
             self.tail.remember(actor.run_id, actor.known_version)
         self.recovery.slot_freed()
 
+    def within_actor(self, run_id: str) -> bool:
+        """Whether the current task is the actor of ``run_id`` or a task started under it
+        (user code of that run: its step, timeout or callback, or a nursery of theirs),
+        which waiting on that run would deadlock."""
+        actor = self.actors.get(run_id)
+        if actor is None or actor.task is None:
+            return False
+        task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
+        while task is not None:
+            if task is actor.task:
+                return True
+            nursery = task.parent_nursery
+            task = None if nursery is None else nursery.parent_task
+        return False
+
     async def ask(self, run_id: str, op: Op, *, interrupt_after: float | None = None) -> Any:
         """Have the run's actor perform ``op``; raises Stopped when stopping.
 
@@ -400,7 +415,7 @@ class Supervisor(Generic[T, S]):
             if self.stopping or self._nursery is None:
                 raise Stopped("the workflow is stopping")
             actor = self.actors.get(run_id) or self._spawn(run_id)
-            if actor.task is not None and actor.task is trio.lowlevel.current_task():
+            if self.within_actor(run_id):
                 raise ActorflowError(
                     f"workflow {self.engine.name!r} run {run_id}: a step cannot pause, resume, "
                     "cancel or call back its own run through the workflow (it would wait for "

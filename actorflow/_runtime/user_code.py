@@ -24,21 +24,29 @@ class StrayBaseException(StepError):
 
 _PASSED_ON = (trio.Cancelled, KeyboardInterrupt, SystemExit)
 """What user code may raise that is not its error: it ends the task or the process."""
+_ENDS_PROCESS = (KeyboardInterrupt, SystemExit)
 
 
 def _passed_on(exc: BaseException) -> bool:
-    """Whether ``exc`` ends the task or the process (or is a group holding such)."""
+    """Whether ``exc`` ends the task or the process (or is a group holding such: a
+    group's ``Cancelled`` counts only while a scope around the current task is cancelled,
+    as a user's nursery re-raising one it caught in a scope of its own is no cancellation)."""
     if isinstance(exc, BaseExceptionGroup):
-        return exc.split(_PASSED_ON)[0] is not None
+        if exc.split(_ENDS_PROCESS)[0] is not None:
+            return True
+        return exc.split(trio.Cancelled)[0] is not None and not _nothing_cancelled()
     return isinstance(exc, _PASSED_ON)
+
+
+def _nothing_cancelled() -> bool:
+    """Whether no cancel scope around the current task is cancelled (nor past due)."""
+    return trio.current_effective_deadline() > trio.current_time()
 
 
 def is_stray_cancel(exc: BaseException) -> bool:
     """Whether ``exc`` is a ``trio.Cancelled`` that no cancelled scope of the current task
     explains (its effective deadline is neither -inf nor past)."""
-    return (
-        isinstance(exc, trio.Cancelled) and trio.current_effective_deadline() > trio.current_time()
-    )
+    return isinstance(exc, trio.Cancelled) and _nothing_cancelled()
 
 
 def user_error(exc: BaseException, what: str) -> Exception:
@@ -58,6 +66,11 @@ def user_error(exc: BaseException, what: str) -> Exception:
         )
     elif _passed_on(exc):
         raise exc
+    elif isinstance(exc, BaseExceptionGroup) and exc.split(trio.Cancelled)[0] is not None:
+        error = StrayCancelled(
+            f"{what} raised {describe_error(exc)}, an exception group holding trio.Cancelled "
+            "while nothing around it was cancelled; counted as an error of that function"
+        )
     else:
         error = StrayBaseException(
             f"{what} raised {type(exc).__name__} ({describe_error(exc)}), a BaseException "

@@ -8,11 +8,19 @@ function is retried with the connector's back-off (``error_backoff`` doubling up
 ``max_error_backoff``), never skipped; a failing source is reopened the same way, and
 so is a failing ``ack`` or cursor write: the back-off keeps growing until an event has
 been handled, acknowledged and its cursor stored.
+
+A connector built with ``max_concurrency=N`` (N > 1) is N such consumers, as luno's
+ParallelCount: shard ``i`` of N reads the whole source with a cursor of its own
+(``connector-shard:<workflow>:<connector>:<i>-of-<N>``) and handles, in order, the events
+whose shard key falls to it (the foreign id, or the event id when there is none: a
+number is its own key, other text its CRC-32), acknowledging the others unhandled. Events
+of one foreign id stay in order; different shards run at once.
 """
 
 from __future__ import annotations
 
 import logging
+import zlib
 from typing import Any
 
 import trio
@@ -36,6 +44,23 @@ def cursor_name(workflow_name: str, connector_name: str) -> str:
     """The store cursor of a connector (the workflow name escaped by ``key_part``, so
     no two workflows' connectors share one)."""
     return f"connector:{key_part(workflow_name)}:{connector_name}"
+
+
+def shard_cursor_name(workflow_name: str, connector_name: str, shard: int, shards: int) -> str:
+    """The store cursor of shard ``shard`` (1-based) of ``shards`` of a connector (both
+    names escaped, and a prefix of its own: no plain connector's cursor can equal it)."""
+    return (
+        f"connector-shard:{key_part(workflow_name)}:{key_part(connector_name)}:{shard}-of-{shards}"
+    )
+
+
+def shard_of(event: ConnectorEvent, shards: int) -> int:
+    """The shard (1-based) of ``shards`` that handles ``event``: by its foreign id (so the
+    events of one foreign id stay in order), or its id when it has no foreign id; a key of
+    digits is its own number, other text its CRC-32 (the same in every process)."""
+    key = event.foreign_id or event.id
+    number = int(key) if key.isascii() and key.isdigit() else zlib.crc32(key.encode())
+    return number % shards + 1
 
 
 def process_of(ctx: ServiceContext, spec: ConnectorSpec) -> Process:
@@ -81,17 +106,30 @@ async def serve_connector(ctx: ServiceContext, spec: ConnectorSpec, stats: Conne
     """Consume one connector's source until cancelled."""
     process = process_of(ctx, spec)
     process.state = ProcessState.RUNNING
+    shards = spec.options.max_concurrency or 1
     try:
-        await _serve(ctx, spec, stats, process)
+        if shards == 1:
+            await _serve(ctx, spec, stats, process, cursor_name(ctx.name, spec.name), None)
+            return
+        async with trio.open_nursery() as nursery:
+            for shard in range(1, shards + 1):
+                name = shard_cursor_name(ctx.name, spec.name, shard, shards)
+                nursery.start_soon(_serve, ctx, spec, stats, process, name, (shard, shards))
     finally:
         process.state = ProcessState.STOPPED
 
 
 async def _serve(
-    ctx: ServiceContext, spec: ConnectorSpec, stats: ConnectorStats, process: Process
+    ctx: ServiceContext,
+    spec: ConnectorSpec,
+    stats: ConnectorStats,
+    process: Process,
+    name: str,
+    shard: tuple[int, int] | None,
 ) -> None:
+    """Consume the source with the cursor ``name``: every event, or (``shard``: this
+    shard and the number of shards) only this shard's, acknowledging the others."""
     store = ctx.store
-    name = cursor_name(ctx.name, spec.name)
     source: EventSource = spec.source
     failures = 0
     while True:
@@ -101,6 +139,10 @@ async def _serve(
             async with source.open(name, after) as receiver:
                 while True:
                     event = await receiver.receive()
+                    if shard is not None and shard_of(event, shard[1]) != shard[0]:
+                        await receiver.ack(event)
+                        await store.set_cursor(name, event.id)
+                        continue
                     await _wait_for_lag(ctx, spec.options, event)
                     lag = (ctx.clock.now() - event.created_at).total_seconds()
                     process.took_up(ctx.observer, ctx.name, lag, event_fields(ctx, spec, event))

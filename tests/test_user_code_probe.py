@@ -1,0 +1,749 @@
+"""Hostile or careless user code against the public API (API.md): steps, callbacks,
+timeouts, hooks and connectors that return junk, replace the object, raise odd
+BaseExceptions, call back into their own workflow, or hold objects that misbehave. Each
+test states what a demanding user expects: a clear error naming the workflow, run and
+function, the run retried or paused per API.md, other runs unaffected, no hang, nothing
+lost and nothing done twice. Runs on MemoryStore and SQLiteStore with the autojump clock.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timedelta
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from trio.testing import MockClock
+
+import actorflow as af
+from actorflow.testing import trio_clock, wait_for
+from tests.conftest import START
+
+
+class St(enum.IntEnum):
+    NEW = 1
+    WORKING = 2
+    WAITING = 3
+    DONE = 4
+
+
+@attrs.define
+class Doc:
+    text: str = ""
+    n: int = 0
+    tags: list[str] = attrs.Factory(list)
+
+
+@attrs.define
+class Other:
+    text: str = ""
+
+
+Step = Any
+
+
+def two_steps(
+    store: af.Store, working: Step, *, name: str = "uc", pause_after_errors: int = 2, **build: Any
+) -> af.Workflow[Doc, St]:
+    """NEW -step-> WORKING -``working``-> WAITING -callback-> DONE."""
+    b = af.Builder(name, Doc, St)
+
+    @b.step(St.NEW, to=St.WORKING)
+    async def new(run: af.Run[Doc, St]) -> St:
+        run.object.n += 1
+        return St.WORKING
+
+    b.add_step(
+        St.WORKING,
+        working,
+        to=[St.WAITING],
+        pause_after_errors=pause_after_errors,
+        error_backoff=timedelta(seconds=1),
+    )
+
+    async def answer(run: af.Run[Doc, St], payload: bytes) -> St:
+        run.object.tags.append(payload.decode())
+        return St.DONE
+
+    b.add_callback(St.WAITING, answer, to=[St.DONE])
+    build.setdefault("resume_paused_after", None)
+    return b.build(store, clock=trio_clock(START), **build)
+
+
+async def paused(wf: af.Workflow[Any, Any], foreign_id: str) -> af.Record[Any, Any]:
+    with trio.fail_after(24 * 3600):
+        return await wait_for(wf, foreign_id, lambda r: r.run_state is af.RunState.PAUSED)
+
+
+async def healthy(wf: af.Workflow[Doc, St], foreign_id: str = "ok") -> None:
+    """Another run of the workflow still goes all the way."""
+    run_id = await wf.trigger(foreign_id)
+    with trio.fail_after(24 * 3600):
+        await wf.await_status(foreign_id, run_id, St.WAITING)
+    assert await wf.callback(foreign_id, St.WAITING, b"fine") is not None
+
+
+# --- the object replaced ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "replacement",
+    [None, {"text": "a dict"}, Other("another class"), "text"],
+    ids=["None", "dict", "other-class", "str"],
+)
+async def test_a_step_replacing_the_object_with_another_type_is_its_error(
+    make_store: Any, replacement: Any, autojump_clock: MockClock
+) -> None:
+    """run.object set to something that is not a Doc: an error of that step, worded as
+    such (the type expected and found, the function), counted up to the pause; nothing
+    of it stored; the other runs unaffected."""
+    calls: list[str] = []
+
+    async def replaces(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "bad":
+            calls.append(run.run_id)
+            run.object = replacement
+        return St.WAITING
+
+    wf = two_steps(make_store(), replaces)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("bad")
+        rec = await paused(wf, "bad")
+        await healthy(wf)
+    assert len(calls) == 2
+    reason = rec.meta.run_state_reason
+    assert "replaces" in reason and "Doc" in reason and type(replacement).__name__ in reason
+    assert rec.status is St.WORKING and rec.object == Doc(n=1)
+    assert [r.status for r in await wf.history(run_id)] == [St.NEW, St.WORKING, St.WORKING]
+
+
+async def _stray_cancelled() -> trio.Cancelled:
+    """A Cancelled caught inside a cancel scope of our own (to raise it outside)."""
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            await trio.lowlevel.checkpoint()
+        except trio.Cancelled as exc:
+            return exc
+    raise AssertionError("not cancelled")
+
+
+# --- odd results and odd exceptions -----------------------------------------------------
+
+
+async def test_a_step_returning_an_unawaited_coroutine_says_so(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A step that forgot an ``await`` (returns a coroutine): an error of that step that
+    says so, and the coroutine is closed (no 'never awaited' warning later)."""
+
+    async def helper() -> St:
+        return St.WAITING
+
+    async def forgets(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "bad":
+            return helper()  # type: ignore[return-value]
+        return await helper()
+
+    wf = two_steps(make_store(), forgets)
+    async with af.open_workflow(wf):
+        await wf.trigger("bad")
+        rec = await paused(wf, "bad")
+        await healthy(wf)
+    assert "coroutine" in rec.meta.run_state_reason and "await" in rec.meta.run_state_reason
+
+
+async def test_a_group_holding_a_stray_cancelled_is_an_error_of_the_step(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A step whose own nursery ends with an ExceptionGroup holding a Cancelled that no
+    scope of the workflow explains: an error of that step (counted, paused at the limit),
+    never the end of the workflow."""
+
+    async def grouped(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "bad":
+            raise BaseExceptionGroup("from my nursery", [await _stray_cancelled(), ValueError("x")])
+        return St.WAITING
+
+    wf = two_steps(make_store(), grouped)
+    async with af.open_workflow(wf):
+        await wf.trigger("bad")
+        rec = await paused(wf, "bad")
+        await healthy(wf)
+    assert "grouped" in rec.meta.run_state_reason
+
+
+async def test_keyboard_interrupt_in_a_group_from_a_step_is_passed_on(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """Ctrl-C (KeyboardInterrupt), even in a group, is never swallowed as a step error."""
+
+    async def interrupted(run: af.Run[Doc, St]) -> St:
+        raise BaseExceptionGroup("g", [KeyboardInterrupt()])
+
+    wf = two_steps(make_store(), interrupted)
+    with pytest.raises(BaseException) as caught:
+        async with af.open_workflow(wf):
+            await wf.trigger("bad")
+            await trio.sleep(3600)
+    assert (
+        caught.group_contains(KeyboardInterrupt)
+        if isinstance(caught.value, BaseExceptionGroup)
+        else isinstance(caught.value, KeyboardInterrupt)
+    )
+
+
+# --- calling back into the workflow --------------------------------------------------------
+
+
+@pytest.mark.parametrize("in_nursery", [False, True], ids=["direct", "in-a-nursery"])
+async def test_a_step_awaiting_its_own_run_gets_an_error_not_a_deadlock(
+    make_store: Any, in_nursery: bool, autojump_clock: MockClock
+) -> None:
+    """A step that awaits a later status of its own run (itself, or a task of its own
+    nursery) would wait for itself forever: an error of that step saying so (the run
+    pauses at the limit; nothing hangs)."""
+    holder: list[af.Workflow[Doc, St]] = []
+
+    async def waits_for_itself(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "bad":
+            wait = holder[0].await_status(run.foreign_id, run.run_id, St.DONE)
+            if in_nursery:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(lambda: wait)
+            else:
+                await wait
+        return St.WAITING
+
+    wf = two_steps(make_store(), waits_for_itself)
+    holder.append(wf)
+    async with af.open_workflow(wf):
+        await wf.trigger("bad")
+        rec = await paused(wf, "bad")
+        await healthy(wf)
+    assert "itself" in rec.meta.run_state_reason
+
+
+async def test_a_step_awaiting_a_status_its_run_already_reached_gets_it(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """...but awaiting a status the run has already been at answers at once."""
+    holder: list[af.Workflow[Doc, St]] = []
+    seen: list[int] = []
+
+    async def looks_back(run: af.Run[Doc, St]) -> St:
+        rec = await holder[0].await_status(run.foreign_id, run.run_id, St.NEW)
+        seen.append(rec.version)
+        return St.WAITING
+
+    wf = two_steps(make_store(), looks_back)
+    holder.append(wf)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        with trio.fail_after(3600):
+            await wf.await_status("f", run_id, St.WAITING)
+    assert seen == [1]
+
+
+async def test_steps_calling_controls_of_their_own_and_other_runs(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A step may trigger, cancel, pause or call back OTHER runs; on its own run the
+    controls are refused with a clear error (no deadlock), delete_data included; a
+    trigger of its own foreign id is WorkflowInProgress."""
+    holder: list[af.Workflow[Doc, St]] = []
+    outcomes: dict[str, str] = {}
+    others: dict[str, str] = {}
+
+    async def controls(run: af.Run[Doc, St]) -> St:
+        wf = holder[0]
+        if run.foreign_id != "boss":
+            return St.WAITING
+        for name, call in (
+            ("trigger-self", lambda: wf.trigger("boss")),
+            ("delete-self", lambda: wf.delete_data(run.run_id, "x")),
+            ("cancel-self", lambda: wf.cancel(run.run_id, "x")),
+            ("callback-self", lambda: wf.callback("boss", St.WORKING, b"x")),  # none there
+        ):
+            try:
+                await call()
+                outcomes[name] = "ok"
+            except af.ActorflowError as exc:
+                outcomes[name] = type(exc).__name__
+        others["w"] = await wf.trigger("worker")
+        await wf.await_status("worker", others["w"], St.WAITING)
+        done = await wf.callback("worker", St.WAITING, b"from boss")
+        assert done is not None and done.status is St.DONE
+        others["c"] = await wf.trigger("victim")
+        await wf.await_status("victim", others["c"], St.WAITING)
+        await wf.cancel(others["c"], "by boss")
+        return St.WAITING
+
+    wf = two_steps(make_store(), controls)
+    holder.append(wf)
+    async with af.open_workflow(wf):
+        boss = await wf.trigger("boss")
+        with trio.fail_after(3600):
+            await wf.await_status("boss", boss, St.WAITING)
+    assert outcomes == {
+        "trigger-self": "WorkflowInProgress",
+        "delete-self": "InvalidTransition",
+        "cancel-self": "ActorflowError",
+        "callback-self": "InvalidArgument",
+    }
+    assert (await wf.lookup(others["c"])).run_state is af.RunState.CANCELLED
+    statuses = [r.status for r in await wf.history(boss)]
+    assert statuses == [St.NEW, St.WORKING, St.WAITING]
+
+
+async def test_a_step_that_stops_its_workflow(make_store: Any, autojump_clock: MockClock) -> None:
+    """workflow.stop() from inside a step: the step finishes and is stored, run returns;
+    after a restart nothing is redone."""
+    holder: list[af.Workflow[Doc, St]] = []
+    calls: list[str] = []
+
+    async def stops(run: af.Run[Doc, St]) -> St:
+        calls.append(run.foreign_id)
+        holder[0].stop()
+        return St.WAITING
+
+    store = make_store()
+    wf = two_steps(store, stops)
+    holder.append(wf)
+    run_id = await wf.trigger("f")
+    with trio.fail_after(3600):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(wf.run)
+    wf2 = two_steps(make_store(), stops)
+    async with af.open_workflow(wf2):
+        with trio.fail_after(3600):
+            rec = await wf2.await_status("f", run_id, St.WAITING)
+    assert calls == ["f"]
+    assert rec.version == 3
+
+
+async def test_a_hook_that_triggers_the_next_run(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """on_complete triggering a new run of the same foreign id (a loop of runs) works,
+    each completion making one next run (the at-least-once retry never makes two)."""
+    b = af.Builder("chain", Doc, St)
+    holder: list[af.Workflow[Doc, St]] = []
+    made: list[str] = []
+
+    @b.step(St.NEW, to=St.DONE)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.DONE
+
+    async def again(record: af.Record[Doc, St]) -> None:
+        if record.object.n < 3:
+            made.append(
+                await holder[0].trigger(record.foreign_id, initial=Doc(n=record.object.n + 1))
+            )
+
+    b.on_complete(again)
+    wf = b.build(make_store(), clock=trio_clock(START))
+    holder.append(wf)
+    async with af.open_workflow(wf):
+        await wf.trigger("f", initial=Doc(n=1))
+        with trio.fail_after(3600):
+            await wait_for(wf, "f", lambda r: r.object.n == 3 and r.status is St.DONE)
+        await trio.sleep(600)
+    runs = await wf.list_runs(foreign_id="f")
+    assert [r.object.n for r in runs] == [1, 2, 3] and len(made) == 2
+    assert all(r.run_state is af.RunState.COMPLETED for r in runs)
+
+
+async def test_a_step_that_closes_the_store(make_store: Any, autojump_clock: MockClock) -> None:
+    """A step that closes the workflow's store: the step's result cannot be stored; the
+    workflow reports errors but does not hang, and stop() still returns."""
+
+    async def closes(run: af.Run[Doc, St]) -> St:
+        await run_store[0].aclose()
+        return St.WAITING
+
+    run_store = [make_store()]
+    wf = two_steps(run_store[0], closes)
+    await wf.trigger("f")
+    with trio.fail_after(3600):
+        async with af.open_workflow(wf):
+            await trio.sleep(60)
+
+
+# --- cancellation swallowed, functions that never end ---------------------------------------
+
+
+async def test_a_step_swallowing_the_interrupt_of_a_pause_stores_nothing(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """pause() of a run whose step hangs interrupts the step after the grace period; a
+    step that swallows that Cancelled and returns a status anyway has its result dropped
+    (as for a step that obeys): the run is paused at the status it was at, and the
+    interrupted step's status is not stored."""
+    entered = trio.Event()
+
+    async def swallows(run: af.Run[Doc, St]) -> St:
+        entered.set()
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            run.object.tags.append("after the interrupt")
+        run.object.tags.append("and on")
+        return St.WAITING
+
+    wf = two_steps(make_store(), swallows)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        await entered.wait()
+        with trio.fail_after(3600):
+            rec = await wf.pause(run_id, "hold")
+        assert rec.run_state is af.RunState.PAUSED and rec.status is St.WORKING
+        await trio.sleep(60)
+    history = await wf.history(run_id)
+    assert [(r.status, r.run_state) for r in history] == [
+        (St.NEW, af.RunState.INITIATED),
+        (St.WORKING, af.RunState.RUNNING),
+        (St.WORKING, af.RunState.PAUSED),
+    ]
+    assert all(not r.object.tags for r in history)
+
+
+async def test_stop_ends_a_step_that_never_ends_within_the_grace_period(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A step sleeping forever (or swallowing one Cancelled and sleeping again) does not
+    keep stop() from returning after the grace period; the run resumes at the next start."""
+    grace = 30.0
+    entered: list[str] = []
+    both_in = trio.Event()
+
+    async def forever(run: af.Run[Doc, St]) -> St:
+        entered.append(run.foreign_id)
+        if len(entered) == 2:
+            both_in.set()
+        if len(entered) > 2:
+            return St.WAITING
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            if run.foreign_id == "stubborn":
+                await trio.sleep_forever()  # cancelled again at once
+            raise
+        raise AssertionError
+
+    store = make_store()
+    wf = two_steps(store, forever, grace_period=timedelta(seconds=grace))
+    a = await wf.trigger("plain")
+    b = await wf.trigger("stubborn")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(wf.run)
+        await both_in.wait()
+        began = trio.current_time()
+        wf.stop()
+    assert trio.current_time() - began <= grace + 1
+    wf2 = two_steps(make_store(), forever)
+    async with af.open_workflow(wf2):
+        with trio.fail_after(3600):
+            for fid, run_id in (("plain", a), ("stubborn", b)):
+                rec = await wf2.await_status(fid, run_id, St.WAITING)
+                assert rec.version == 3
+
+
+# --- objects that misbehave ----------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class Touchy:
+    """An object whose __eq__, __hash__ and __repr__ raise."""
+
+    n: int = 0
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("no __eq__ for you")
+
+    def __hash__(self) -> int:
+        raise RuntimeError("no __hash__ for you")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no __repr__ for you")
+
+
+async def test_objects_whose_eq_hash_and_repr_raise_go_all_the_way(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """The engine never compares, hashes or prints the user's object: a run of such an
+    object goes through steps, a timeout, a callback, hooks, subscriptions, queries and
+    delete_data as any other."""
+    hooked: list[str] = []
+    hook_called = trio.Event()
+    b = af.Builder("touchy", Touchy, St)
+
+    @b.step(St.NEW, to=St.WORKING)
+    async def go(run: af.Run[Touchy, St]) -> St:
+        run.object.n += 1
+        return St.WORKING
+
+    async def late(run: af.Run[Touchy, St], now: datetime) -> St:
+        run.object.n += 10
+        return St.WAITING
+
+    b.add_timeout(St.WORKING, af.after(timedelta(minutes=5)), late, to=[St.WAITING])
+
+    async def answer(run: af.Run[Touchy, St], payload: bytes) -> St:
+        run.object.n += 100
+        return St.DONE
+
+    b.add_callback(St.WAITING, answer, to=[St.DONE])
+
+    async def on_complete(record: af.Record[Touchy, St]) -> None:
+        hooked.append(record.run_id)
+        hook_called.set()
+
+    b.on_complete(on_complete)
+    wf = b.build(make_store(), clock=trio_clock(START))
+    async with af.open_workflow(wf):
+        async with wf.subscribe(foreign_id="f") as changes:
+            run_id = await wf.trigger("f", initial=Touchy(n=0))
+            with trio.fail_after(3600):
+                await wf.await_status("f", run_id, St.WAITING)
+            done = await wf.callback("f", St.WAITING, b"x")
+            assert done is not None and done.object.n == 111
+            seen = []
+            with trio.fail_after(3600):
+                async for rec in changes:
+                    seen.append(rec.status)
+                    if rec.status is St.DONE:
+                        break
+        with trio.fail_after(3600):
+            await hook_called.wait()
+        assert [r.object.n for r in await wf.history(run_id)] == [0, 1, 11, 111]
+        assert len(await wf.list_runs()) == 1
+        deleted = await wf.delete_data(run_id, "gone")
+        assert deleted.object.n == 0
+    assert seen[-1] is St.DONE and hooked == [run_id]
+
+
+_strict = [False]
+
+
+def _positive_when_strict(instance: Any, attribute: Any, value: int) -> None:
+    if _strict[0] and value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0 now, got {value}")
+
+
+@attrs.define
+class Validated:
+    n: int = attrs.field(default=0, validator=_positive_when_strict)
+
+
+async def test_an_object_whose_validator_refuses_the_stored_json(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A stored object that no longer passes its class's validator (the code changed):
+    the run's step errors with a message naming the run and the object type, the run is
+    paused at the limit, lookup/history still show the stored data, and other runs go on;
+    a callback to it raises a clear error and changes nothing."""
+    b = af.Builder("validated", Validated, St)
+
+    @b.step(St.NEW, to=St.WORKING)
+    async def go(run: af.Run[Validated, St]) -> St:
+        run.object.n = -1 if run.foreign_id == "bad" else 1
+        _strict[0] = True  # the code changed: what was just set is refused from now on
+        return St.WORKING
+
+    @b.step(St.WORKING, to=St.WAITING, pause_after_errors=2)
+    async def work(run: af.Run[Validated, St]) -> St:
+        return St.WAITING
+
+    async def answer(run: af.Run[Validated, St], payload: bytes) -> St:
+        return St.DONE
+
+    b.add_callback(St.WAITING, answer, to=[St.DONE])
+    b.add_callback(St.WORKING, answer, to=[St.DONE])
+    wf = b.build(make_store(), clock=trio_clock(START), resume_paused_after=None)
+    _strict[0] = False
+    try:
+        async with af.open_workflow(wf):
+            bad = await wf.trigger("bad")
+            rec = await paused(wf, "bad")
+            assert "Validated" in rec.meta.run_state_reason and bad in rec.meta.run_state_reason
+            assert rec.object == {"n": -1} or getattr(rec.object, "n", None) == -1
+            ok = await wf.trigger("ok")
+            with trio.fail_after(3600):
+                await wf.await_status("ok", ok, St.WAITING)
+            await wf.resume(bad)
+            with pytest.raises(af.ActorflowError, match="Validated"):
+                await wf.callback("bad", St.WORKING, b"x")
+            assert all(r.status is not St.DONE for r in await wf.history(bad))
+    finally:
+        _strict[0] = False
+
+
+@attrs.frozen
+class Frozen:
+    n: int = 0
+    tags: tuple[str, ...] = ()
+
+
+@attrs.define(slots=True)
+class Slotted:
+    n: int = 0
+
+
+async def test_frozen_and_slotted_objects(make_store: Any, autojump_clock: MockClock) -> None:
+    """A frozen object cannot be changed in place (an error of the step, saying so); a
+    step assigning a new one (attrs.evolve) works; slotted classes work as any."""
+    b = af.Builder("frozen", Frozen, St)
+
+    @b.step(St.NEW, to=St.WAITING, pause_after_errors=1)
+    async def go(run: af.Run[Frozen, St]) -> St:
+        if run.foreign_id == "in-place":
+            run.object.n = 5  # type: ignore[misc]
+        run.object = attrs.evolve(run.object, n=run.object.n + 1, tags=(*run.object.tags, "x"))
+        return St.WAITING
+
+    wf = b.build(make_store(), clock=trio_clock(START), resume_paused_after=None)
+    s = af.Builder("slotted", Slotted, St)
+
+    @s.step(St.NEW, to=St.WAITING)
+    async def inc(run: af.Run[Slotted, St]) -> St:
+        run.object.n += 1
+        return St.WAITING
+
+    wf2 = s.build(make_store(), clock=trio_clock(START))
+    async with af.open_workflow(wf, wf2):
+        run_id = await wf.trigger("f", initial=Frozen(n=1))
+        with trio.fail_after(3600):
+            rec = await wf.await_status("f", run_id, St.WAITING)
+        assert rec.object == Frozen(n=2, tags=("x",))
+        await wf.trigger("in-place")
+        stuck = await paused(wf, "in-place")
+        assert "FrozenInstanceError" in stuck.meta.run_state_reason
+        other = await wf2.trigger("s", initial=Slotted(n=4))
+        with trio.fail_after(3600):
+            assert (await wf2.await_status("s", other, St.WAITING)).object == Slotted(n=5)
+
+
+@attrs.define
+class Nested:
+    data: list[Any] = attrs.Factory(list)
+
+
+def _nest(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [50, 400, 900, 5000])
+async def test_deeply_nested_objects_are_stored_whole_or_refused(
+    make_store: Any, depth: int, autojump_clock: MockClock
+) -> None:
+    """A deeply nested object is either stored and read back whole everywhere (the
+    step's next run, lookup, history), or refused where it is made (an error of that
+    step, a clear error of trigger): never stored and then unreadable."""
+    b = af.Builder("nested", Nested, St)
+
+    @b.step(St.NEW, to=St.WORKING, pause_after_errors=1)
+    async def deepen(run: af.Run[Nested, St]) -> St:
+        run.object.data = _nest(depth)
+        return St.WORKING
+
+    @b.step(St.WORKING, to=St.WAITING, pause_after_errors=1)
+    async def read(run: af.Run[Nested, St]) -> St:
+        assert run.object.data == _nest(depth)
+        return St.WAITING
+
+    wf = b.build(make_store(), clock=trio_clock(START), resume_paused_after=None)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        with trio.fail_after(3600):
+            rec = await wait_for(
+                wf, "f", lambda r: r.status is St.WAITING or r.run_state is af.RunState.PAUSED
+            )
+        if rec.run_state is af.RunState.PAUSED:
+            assert rec.status is St.NEW, rec.meta.run_state_reason
+            assert "deepen" in rec.meta.run_state_reason
+        else:
+            assert (await wf.lookup(run_id)).object.data == _nest(depth)
+            assert (await wf.history(run_id))[-1].object.data == _nest(depth)
+        try:
+            other = await wf.trigger("initial", initial=Nested(_nest(depth)))
+        except af.ActorflowError as exc:
+            assert "Nested" in str(exc)
+        else:
+            assert (await wf.lookup(other)).object.data == _nest(depth)
+
+
+async def test_a_timer_function_raising_a_base_exception_is_named(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A timer function (the ``timer`` of add_timeout) raising GeneratorExit: an error
+    naming the timer, counted against the step that led there, the run paused at the
+    limit; other runs unaffected."""
+
+    def timer(run: af.Run[Doc, St], now: datetime) -> datetime | None:
+        if run.foreign_id == "bad":
+            raise GeneratorExit("timer closing")
+        return None
+
+    b = af.Builder("timers", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING, pause_after_errors=2)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    async def late(run: af.Run[Doc, St], now: datetime) -> St:
+        return St.DONE
+
+    b.add_timeout(St.WAITING, timer, late, to=[St.DONE])
+
+    async def answer(run: af.Run[Doc, St], payload: bytes) -> St:
+        return St.DONE
+
+    b.add_callback(St.WAITING, answer, to=[St.DONE])
+    wf = b.build(make_store(), clock=trio_clock(START), resume_paused_after=None)
+    async with af.open_workflow(wf):
+        await wf.trigger("bad")
+        rec = await paused(wf, "bad")
+        await healthy(wf)  # type: ignore[arg-type]
+    reason = rec.meta.run_state_reason
+    assert "of status" in reason and "GeneratorExit" in reason, reason
+
+
+async def test_a_hook_deleting_the_data_of_its_run(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """on_complete calling delete_data on the run it was told about: the data is
+    deleted once; the hook is not called again for the deletion."""
+    holder: list[af.Workflow[Doc, St]] = []
+    calls: list[af.RunState] = []
+    b = af.Builder("erase", Doc, St)
+
+    @b.step(St.NEW, to=St.DONE)
+    async def go(run: af.Run[Doc, St]) -> St:
+        run.object.text = "secret"
+        return St.DONE
+
+    async def erase(record: af.Record[Doc, St]) -> None:
+        calls.append(record.run_state)
+        await holder[0].delete_data(record.run_id, "erase on completion")
+
+    b.on_complete(erase)
+    wf = b.build(make_store(), clock=trio_clock(START))
+    holder.append(wf)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        with trio.fail_after(3600):
+            await wait_for(wf, "f", lambda r: r.run_state is af.RunState.DATA_DELETED)
+        await trio.sleep(3600)
+    assert calls == [af.RunState.COMPLETED]
+    history = await wf.history(run_id)
+    assert all(r.object.text == "" for r in history)
+    assert [r.run_state for r in history][-2:] == [
+        af.RunState.REQUESTED_DATA_DELETED,
+        af.RunState.DATA_DELETED,
+    ]
