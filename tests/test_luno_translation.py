@@ -3152,3 +3152,62 @@ async def test_connector_shard_filter(
     async with af.open_workflow(again):
         await trio.sleep(3600)
     assert len(handled) == len(ids)
+
+
+# --- internal/cron/cron_test.go: TestParse, through schedule_trigger --------------------
+
+CRON_BASE = datetime(2025, 1, 1, 10, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("spec", "first"),
+    [
+        ("@daily", datetime(2025, 1, 2, tzinfo=UTC)),
+        ("@hourly", datetime(2025, 1, 1, 11, tzinfo=UTC)),
+        ("@weekly", datetime(2025, 1, 5, tzinfo=UTC)),
+        ("@monthly", datetime(2025, 2, 1, tzinfo=UTC)),
+        ("@yearly", datetime(2026, 1, 1, tzinfo=UTC)),
+        ("* * * * *", datetime(2025, 1, 1, 10, 31, tzinfo=UTC)),
+        ("15 * * * *", datetime(2025, 1, 1, 11, 15, tzinfo=UTC)),
+        ("30 2 * * *", datetime(2025, 1, 2, 2, 30, tzinfo=UTC)),
+        ("0 9 15 * *", datetime(2025, 1, 15, 9, tzinfo=UTC)),
+        ("0 18 * * 5", datetime(2025, 1, 3, 18, tzinfo=UTC)),
+        ("0 12 1 1 *", datetime(2025, 1, 1, 12, tzinfo=UTC)),
+    ],
+)
+async def test_cron_parse(
+    make_store: StoreMaker, autojump_clock: MockClock, spec: str, first: datetime
+) -> None:
+    """TestParse: from 10:30 on 1 January 2025, each cron spec (the aliases API.md lists and
+    standard 5-field expressions) first triggers at the next time it names."""
+    clock = trio_clock(CRON_BASE - timedelta(seconds=trio.current_time()))
+    wf = two_steps("cron").build(make_store(), clock=clock)
+    async with af.open_workflow(wf), trio.open_nursery() as nursery:
+        nursery.start_soon(wf.schedule_trigger, "cron", spec)
+        with trio.fail_after(400 * 24 * 3600):
+            record = await wait_for(wf, "cron", lambda r: True)
+        nursery.cancel_scope.cancel()
+    assert record.created_at == first
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "@unknown",
+        "* * *",
+        "* * * * * *",
+        "60 * * * *",
+        "* 24 * * *",
+        "* * 32 * *",
+        "* * * 13 *",
+        "* * * * 8",
+        "",
+    ],
+)
+async def test_cron_parse_invalid(autojump_clock: MockClock, clock: af.Clock, spec: str) -> None:
+    """TestParse (invalid specs): an unknown alias, too few or too many fields, or a value
+    out of range is refused when the schedule starts, and nothing is triggered."""
+    wf = two_steps("cron").build(af.MemoryStore(), clock=clock)
+    with trio.fail_after(LIMIT), pytest.raises(af.ActorflowError, match="cron"):
+        await wf.schedule_trigger("cron", spec)
+    assert await wf.list_runs() == []
