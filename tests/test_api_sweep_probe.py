@@ -239,3 +239,20 @@ def test_postgres_store_constructs_with_good_arguments_without_connecting() -> N
         "postgresql://nobody@127.0.0.1:1/none", pool_size=2, connect_timeout=1, retry_timeout=0.5
     )
     assert store.schema == "actorflow"
+
+
+# --- build options ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [5, "shards", object()])
+def test_an_ownership_that_is_not_one_is_a_build_error(bad: Any) -> None:
+    """``build(store, ownership=5)`` was accepted; ``run`` then failed with
+    ``AttributeError: 'int' object has no attribute 'serve'`` inside the supervisor."""
+    builder = af.Builder("owned", Obj, Status)
+
+    @builder.step(Status.STARTED, to=Status.DONE)
+    async def start(run: af.Run[Obj, Status]) -> Status:
+        return Status.DONE
+
+    with pytest.raises(af.BuildError, match="ownership must be an Ownership"):
+        builder.build(af.MemoryStore(), ownership=bad)
