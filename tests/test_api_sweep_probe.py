@@ -256,3 +256,18 @@ def test_an_ownership_that_is_not_one_is_a_build_error(bad: Any) -> None:
 
     with pytest.raises(af.BuildError, match="ownership must be an Ownership"):
         builder.build(af.MemoryStore(), ownership=bad)
+
+
+# --- serve_gateway / serve_console take a list of workflows --------------------------------------
+
+
+@pytest.mark.parametrize("server", ["serve_gateway", "serve_console"])
+@pytest.mark.parametrize("given", ["one workflow", 5, None])
+async def test_servers_refuse_what_is_not_a_list_of_workflows(server: str, given: str) -> None:
+    """``af.serve_gateway(workflow, ...)`` (one workflow where API.md has ``[workflows]``)
+    failed with ``TypeError: 'Workflow' object is not iterable``."""
+    wf = build(af.MemoryStore(), af.SystemClock())
+    workflows: Any = wf if given == "one workflow" else given
+    serve = getattr(af, server)
+    with pytest.raises(af.InvalidArgument, match=f"{server} takes a list of workflows"):
+        await serve(workflows, "127.0.0.1", 0)  # refused before it binds
