@@ -3173,6 +3173,9 @@ CRON_BASE = datetime(2025, 1, 1, 10, 30, tzinfo=UTC)
         ("0 9 15 * *", datetime(2025, 1, 15, 9, tzinfo=UTC)),
         ("0 18 * * 5", datetime(2025, 1, 3, 18, tzinfo=UTC)),
         ("0 12 1 1 *", datetime(2025, 1, 1, 12, tzinfo=UTC)),
+        ("0 0 ? * *", datetime(2025, 1, 2, tzinfo=UTC)),
+        ("@midnight", datetime(2025, 1, 2, tzinfo=UTC)),
+        ("@annually", datetime(2026, 1, 1, tzinfo=UTC)),
     ],
 )
 async def test_cron_parse(
@@ -3211,3 +3214,46 @@ async def test_cron_parse_invalid(autojump_clock: MockClock, clock: af.Clock, sp
     with trio.fail_after(LIMIT), pytest.raises(af.ActorflowError, match="cron"):
         await wf.schedule_trigger("cron", spec)
     assert await wf.list_runs() == []
+
+
+# --- workflow_internal_test.go: Test_runOnce ("Retry process error", "Updates process state")
+
+
+async def test_run_once_process_state(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """Test_runOnce "Retry process error that is not context.Canceled", "Updates process
+    state": a step or connector whose work fails is retried, reported ERRORING while it
+    backs off, and running (or idle) again once its work succeeds."""
+    failing = {"step": 2, "connector": 2}
+    b = af.Builder("process-1", Text, St)
+
+    @b.step(St.START, to=St.END, error_backoff=timedelta(minutes=10))
+    async def step(run: af.Run[Text, St]) -> St:
+        if failing["step"]:
+            failing["step"] -= 1
+            raise RuntimeError("test error")
+        return St.END
+
+    async def on_event(workflow: Any, event: af.ConnectorEvent) -> None:
+        if failing["connector"]:
+            failing["connector"] -= 1
+            raise RuntimeError("test error")
+
+    event = af.ConnectorEvent(id="1", foreign_id="x", type="", headers={}, created_at=START)
+    b.add_connector(
+        "events", af.MemorySource([event]), on_event, error_backoff=timedelta(minutes=10)
+    )
+    wf = b.build(make_store(), clock=clock)
+    up = (af.ProcessState.RUNNING, af.ProcessState.IDLE)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("fid")
+        await eventually(lambda: failing["step"] == 1 and failing["connector"] == 1)
+        assert wf.states()["start-consumer"] is af.ProcessState.ERRORING
+        assert wf.states()["events-connector-consumer"] is af.ProcessState.ERRORING
+        await wf.await_status("fid", run_id, St.END, timeout=3600)
+        await eventually(lambda: failing["connector"] == 0)
+        await trio.sleep(1)
+        assert wf.states()["start-consumer"] in up
+        assert wf.states()["events-connector-consumer"] in up
+    assert wf.states()["start-consumer"] is af.ProcessState.STOPPED

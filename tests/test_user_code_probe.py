@@ -747,3 +747,133 @@ async def test_a_hook_deleting_the_data_of_its_run(
         af.RunState.REQUESTED_DATA_DELETED,
         af.RunState.DATA_DELETED,
     ]
+
+
+# --- more re-entrancy -----------------------------------------------------------------------
+
+
+async def test_a_step_starting_its_own_workflow_again_is_refused(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A step that calls ``workflow.run`` of its own (running) workflow: a clear error of
+    that step; the workflow keeps running and the run pauses at the limit."""
+    holder: list[af.Workflow[Doc, St]] = []
+
+    async def starts_again(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "bad":
+            async with trio.open_nursery() as nursery:
+                await nursery.start(holder[0].run)
+        return St.WAITING
+
+    wf = two_steps(make_store(), starts_again)
+    holder.append(wf)
+    async with af.open_workflow(wf):
+        await wf.trigger("bad")
+        rec = await paused(wf, "bad")
+        await healthy(wf)
+    assert "already running" in rec.meta.run_state_reason
+
+
+async def test_a_step_calling_back_its_own_run_is_refused(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A step of a status that also has a callback, calling that callback on its own run
+    (from a task of its nursery too): refused at once, no deadlock."""
+    holder: list[af.Workflow[Doc, St]] = []
+    errors: list[str] = []
+    b = af.Builder("selfcall", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        async def call() -> None:
+            try:
+                await holder[0].callback(run.foreign_id, St.NEW, b"me")
+            except af.ActorflowError as exc:
+                errors.append(str(exc))
+
+        await call()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+        return St.WAITING
+
+    async def answer(run: af.Run[Doc, St], payload: bytes) -> St:
+        return St.DONE
+
+    b.add_callback(St.NEW, answer, to=[St.DONE])
+    b.add_callback(St.WAITING, answer, to=[St.DONE])
+    wf = b.build(make_store(), clock=trio_clock(START))
+    holder.append(wf)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        with trio.fail_after(60):
+            await wf.await_status("f", run_id, St.WAITING)
+    assert len(errors) == 2 and all("its own run" in e for e in errors)
+    assert [r.status for r in await wf.history(run_id)] == [St.NEW, St.WAITING]
+
+
+async def test_a_callback_replacing_the_object_fails_its_caller_only(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A callback setting run.object to a dict: its caller gets an error saying so, and
+    nothing is stored; a good callback then goes through."""
+    b = af.Builder("cbobj", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    async def answer(run: af.Run[Doc, St], payload: bytes) -> St:
+        if payload == b"dict":
+            run.object = {"text": "x"}  # type: ignore[assignment]
+        return St.DONE
+
+    b.add_callback(St.WAITING, answer, to=[St.DONE])
+    wf = b.build(make_store(), clock=trio_clock(START))
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        with trio.fail_after(60):
+            await wf.await_status("f", run_id, St.WAITING)
+        with pytest.raises(af.ActorflowError, match=r"run\.object to dict; it must be a Doc"):
+            await wf.callback("f", St.WAITING, b"dict")
+        assert len(await wf.history(run_id)) == 2
+        assert await wf.callback("f", St.WAITING, b"ok") is not None
+
+
+async def test_save_and_repeat_forever_does_not_hold_stop_or_other_runs(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A step that always returns run.save_and_repeat() (a loop with no exit): other runs
+    still go through, and stop() returns promptly."""
+    loops: list[int] = []
+
+    async def loops_forever(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "loop":
+            run.object.n += 1
+            loops.append(run.object.n)
+            return run.save_and_repeat()
+        return St.WAITING
+
+    wf = two_steps(make_store(), loops_forever, grace_period=timedelta(seconds=5))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(wf.run)
+        await wf.trigger("loop")
+        with trio.fail_after(60):
+            await healthy(wf)
+        began = trio.current_time()
+        wf.stop()
+    assert trio.current_time() - began <= 6
+    assert len(loops) > 1
+    rec = await wf.latest("loop")
+    assert rec.object.n == loops[-1] + 1 or rec.object.n == loops[-1]
+
+
+def test_an_async_generator_is_refused_at_build_with_a_clear_message() -> None:
+    """``async def`` with a ``yield`` is not a step: the BuildError says why (it used to
+    say the function was not async, which it looks like it is)."""
+    b = af.Builder("agen", Doc, St)
+
+    async def step(run: af.Run[Doc, St]) -> Any:
+        yield St.DONE
+
+    with pytest.raises(af.BuildError, match="async generator"):
+        b.add_step(St.NEW, step, to=St.DONE)
