@@ -24,6 +24,7 @@ from actorflow._model.errors import StoreError, VersionConflict
 from actorflow._model.record import RawRecord, Timer
 from actorflow._model.run_state import RunState
 from actorflow._runtime.actions import RunActions
+from actorflow._runtime.callbacks import INTERRUPTIBLE
 from actorflow._runtime.engine import Engine
 from actorflow._runtime.mailbox import WAKE, Ask, Mailbox, Stopped
 from actorflow._runtime.ports import ActorHost
@@ -232,6 +233,13 @@ class RunActor(Generic[T, S]):
 
     async def _perform(self, message: Ask) -> None:
         """Perform the op of ``message`` on the latest record and answer it."""
+        token = INTERRUPTIBLE.set(self.run.interruptible)
+        try:
+            await self._perform_op(message)
+        finally:
+            INTERRUPTIBLE.reset(token)
+
+    async def _perform_op(self, message: Ask) -> None:
         run = self.run
         for attempt in range(ASK_ATTEMPTS):
             try:
