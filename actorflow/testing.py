@@ -138,10 +138,18 @@ async def await_timeout_insert(
     the clock past it.
 
     Raises:
-        InvalidArgument: ``workflow`` is not an ``af.Workflow`` (or an argument is bad, as
-            for ``await_status``).
+        InvalidArgument: ``workflow`` is not an ``af.Workflow``, ``status`` has no timeout
+            (nothing would ever be stored: the wait would never end), or an argument is
+            bad, as for ``await_status``.
     """
     _check_workflow(workflow, "await_timeout_insert")
+    where = f"await_timeout_insert({workflow.name!r})"
+    member = _status_of(workflow.status_type, status, where)
+    if member not in workflow.definition.timeouts:
+        raise InvalidArgument(
+            f"{where}: status {member.name} has no timeout (add one with "
+            "builder.add_timeout), so none will ever be stored"
+        )
     await workflow.await_status(foreign_id, run_id, status)
     store = workflow.store
     while True:  # once more after a lagged subscription

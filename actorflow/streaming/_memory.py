@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import final
 
@@ -132,6 +132,10 @@ class MemorySource:
     """
 
     def __init__(self, events: Iterable[ConnectorEvent] = ()) -> None:
+        if not isinstance(events, Iterable) or isinstance(events, str | bytes | Mapping):
+            raise InvalidArgument(
+                f"MemorySource takes an iterable of ConnectorEvents, not {events!r:.100}"
+            )
         self._log = _Log()
         self._ids: dict[str, int] = {}
         self._add(list(events))

@@ -206,16 +206,18 @@ async def test_a_sender_or_receiver_used_after_its_block_is_refused(harness: Har
         await sender.send_many([event])
 
     refused: list[BaseException] = []
-    async with trio.open_nursery() as nursery:
-        async with harness.streamer.open_receiver(harness.topic, "other") as waiting:
-            await receive(waiting)  # the one event; the next receive waits
+    async with (
+        trio.open_nursery() as nursery,
+        harness.streamer.open_receiver(harness.topic, "other") as waiting,
+    ):
+        await receive(waiting)  # the one event; the next receive waits
 
-            async def wait_outside() -> None:
-                with pytest.raises(StreamError, match="closed") as caught:
-                    with trio.fail_after(WAIT):
-                        await waiting.receive()
-                refused.append(caught.value)
+        async def wait_outside() -> None:
+            with pytest.raises(StreamError, match="closed") as caught:
+                with trio.fail_after(WAIT):
+                    await waiting.receive()
+            refused.append(caught.value)
 
-            nursery.start_soon(wait_outside)
-            await trio.sleep(0.05)  # let it start waiting (it is refused either way)
+        nursery.start_soon(wait_outside)
+        await trio.sleep(0.05)  # let it start waiting (it is refused either way)
     assert len(refused) == 1
