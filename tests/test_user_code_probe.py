@@ -1133,3 +1133,32 @@ async def test_two_runs_calling_each_other_back_get_an_error_not_a_deadlock(
             await wf.await_status("A", a_run, St.WAITING)
     assert len(seen) == 1 and "deadlock" in seen[0] and "CallbackError" in seen[0]
     assert (await wf.lookup(b_run)).status is St.WAITING
+
+
+async def test_a_scrub_function_that_always_fails_backs_off(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A scrub function that always fails (here: returns the wrong type): delete_data's
+    caller gets a clear error, the request stays stored, and the worker's retries back
+    off (growing, as for any failing function) instead of calling it every second."""
+    calls: list[float] = []
+
+    def scrub(doc: Doc) -> Any:
+        calls.append(trio.current_time())
+        return {"text": ""}
+
+    async def plain(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    wf = two_steps(make_store(), plain, scrub=scrub)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        with trio.fail_after(60):
+            await wf.await_status("f", run_id, St.WAITING)
+        await wf.cancel(run_id, "done with it")
+        with pytest.raises(af.ActorflowError, match="scrub"):
+            await wf.delete_data(run_id, "erase")
+        assert (await wf.lookup(run_id)).run_state is af.RunState.REQUESTED_DATA_DELETED
+        await trio.sleep(24 * 3600)
+    assert (await wf.lookup(run_id)).run_state is af.RunState.REQUESTED_DATA_DELETED
+    assert 3 <= len(calls) <= 200, len(calls)  # 10 min apart at most: ~150 a day
