@@ -1094,3 +1094,42 @@ async def test_a_step_overwriting_the_runs_identifiers_changes_nothing(
             other = (await wf.latest("other")).run_id
             await wf.await_status("other", other, St.DONE)
     assert sorted(fired) == ["main", "other"]
+
+
+async def test_two_runs_calling_each_other_back_get_an_error_not_a_deadlock(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """Run A's step calls back run B, whose callback calls back run A (busy in that very
+    step): each would wait for the other's actor forever. The inner call is refused with
+    an error saying so; A's step gets B's CallbackError and goes on."""
+    holder: list[af.Workflow[Doc, St]] = []
+    seen: list[str] = []
+    b = af.Builder("mutual", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "A":
+            try:
+                await holder[0].callback("B", St.WAITING, b"call A")
+            except af.ActorflowError as exc:
+                seen.append(f"A got {type(exc).__name__}: {exc}")
+        return St.WAITING
+
+    async def answer(run: af.Run[Doc, St], payload: bytes) -> St:
+        if payload == b"call A":
+            await holder[0].callback("A", St.NEW, b"back")
+        return St.DONE
+
+    b.add_callback(St.NEW, answer, to=[St.DONE])
+    b.add_callback(St.WAITING, answer, to=[St.DONE])
+    wf = b.build(make_store(), clock=trio_clock(START))
+    holder.append(wf)
+    async with af.open_workflow(wf):
+        b_run = await wf.trigger("B")
+        with trio.fail_after(60):
+            await wf.await_status("B", b_run, St.WAITING)
+        a_run = await wf.trigger("A")
+        with trio.fail_after(3600):
+            await wf.await_status("A", a_run, St.WAITING)
+    assert len(seen) == 1 and "deadlock" in seen[0] and "CallbackError" in seen[0]
+    assert (await wf.lookup(b_run)).status is St.WAITING

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Generic, TypeVar, final
 
@@ -41,6 +42,11 @@ PASSIVATE_AFTER = 1.0
 ASK_ATTEMPTS = 5
 RETRY_DELAY = timedelta(seconds=5)
 """When a run whose actor failed is looked at again."""
+
+
+ACTOR_RUN: ContextVar[str | None] = ContextVar("actorflow_actor_run", default=None)
+"""The run whose actor the current task is (or a task started under it): set while an
+actor runs, so the supervisor can tell which run's user code asks for another run."""
 
 
 @final
@@ -93,8 +99,15 @@ class RunActor(Generic[T, S]):
 
     async def main(self) -> None:
         """The actor's task: its loop, until nothing is left to do or the workflow stops."""
-        sup = self.sup
         self.task = trio.lowlevel.current_task()
+        token = ACTOR_RUN.set(self.run_id)
+        try:
+            await self._main()
+        finally:
+            ACTOR_RUN.reset(token)
+
+    async def _main(self) -> None:
+        sup = self.sup
         self.run.retry_at = sup.retry_at.pop(self.run_id, self.run.retry_at)
         if sup.snoozed:
             self.run.snoozed = sup.snoozed.pop(self.run_id, None)
