@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import inspect
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
@@ -300,6 +301,11 @@ class Builder(Generic[T, S]):
         if not callable(fn):
             raise BuildError(
                 f"workflow {self.name!r}: {what} function must be callable, not {fn!r}"
+            )
+        if inspect.isasyncgenfunction(fn):
+            raise BuildError(
+                f"workflow {self.name!r}: {what} function {fn_name(fn)} is an async "
+                "generator (it has `yield`); actorflow awaits it for one result: `return` it"
             )
         if not is_async_callable(fn):
             raise BuildError(

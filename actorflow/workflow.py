@@ -47,6 +47,11 @@ def open_workflow(*workflows: Workflow[Any, Any]) -> _OpenWorkflows[Any]:
     """``async with af.open_workflow(wf, ...) as wf:`` runs them, stops them on exit."""
     if not workflows:
         raise InvalidArgument("open_workflow needs at least one workflow")
+    for workflow in workflows:
+        if not isinstance(workflow, Workflow):
+            raise InvalidArgument(
+                f"open_workflow takes built workflows (builder.build(store)), not {workflow!r:.100}"
+            )
     value: Any = workflows[0] if len(workflows) == 1 else workflows
     return _OpenWorkflows(workflows, value)
 

@@ -747,3 +747,389 @@ async def test_a_hook_deleting_the_data_of_its_run(
         af.RunState.REQUESTED_DATA_DELETED,
         af.RunState.DATA_DELETED,
     ]
+
+
+# --- more re-entrancy -----------------------------------------------------------------------
+
+
+async def test_a_step_starting_its_own_workflow_again_is_refused(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A step that calls ``workflow.run`` of its own (running) workflow: a clear error of
+    that step; the workflow keeps running and the run pauses at the limit."""
+    holder: list[af.Workflow[Doc, St]] = []
+
+    async def starts_again(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "bad":
+            async with trio.open_nursery() as nursery:
+                await nursery.start(holder[0].run)
+        return St.WAITING
+
+    wf = two_steps(make_store(), starts_again)
+    holder.append(wf)
+    async with af.open_workflow(wf):
+        await wf.trigger("bad")
+        rec = await paused(wf, "bad")
+        await healthy(wf)
+    assert "already running" in rec.meta.run_state_reason
+
+
+async def test_a_step_calling_back_its_own_run_is_refused(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A step of a status that also has a callback, calling that callback on its own run
+    (from a task of its nursery too): refused at once, no deadlock."""
+    holder: list[af.Workflow[Doc, St]] = []
+    errors: list[str] = []
+    b = af.Builder("selfcall", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        async def call() -> None:
+            try:
+                await holder[0].callback(run.foreign_id, St.NEW, b"me")
+            except af.ActorflowError as exc:
+                errors.append(str(exc))
+
+        await call()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+        return St.WAITING
+
+    async def answer(run: af.Run[Doc, St], payload: bytes) -> St:
+        return St.DONE
+
+    b.add_callback(St.NEW, answer, to=[St.DONE])
+    b.add_callback(St.WAITING, answer, to=[St.DONE])
+    wf = b.build(make_store(), clock=trio_clock(START))
+    holder.append(wf)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        with trio.fail_after(60):
+            await wf.await_status("f", run_id, St.WAITING)
+    assert len(errors) == 2 and all("its own run" in e for e in errors)
+    assert [r.status for r in await wf.history(run_id)] == [St.NEW, St.WAITING]
+
+
+async def test_a_callback_replacing_the_object_fails_its_caller_only(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A callback setting run.object to a dict: its caller gets an error saying so, and
+    nothing is stored; a good callback then goes through."""
+    b = af.Builder("cbobj", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    async def answer(run: af.Run[Doc, St], payload: bytes) -> St:
+        if payload == b"dict":
+            run.object = {"text": "x"}  # type: ignore[assignment]
+        return St.DONE
+
+    b.add_callback(St.WAITING, answer, to=[St.DONE])
+    wf = b.build(make_store(), clock=trio_clock(START))
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        with trio.fail_after(60):
+            await wf.await_status("f", run_id, St.WAITING)
+        with pytest.raises(af.ActorflowError, match=r"run\.object to dict; it must be a Doc"):
+            await wf.callback("f", St.WAITING, b"dict")
+        assert len(await wf.history(run_id)) == 2
+        assert await wf.callback("f", St.WAITING, b"ok") is not None
+
+
+async def test_save_and_repeat_forever_does_not_hold_stop_or_other_runs(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A step that always returns run.save_and_repeat() (a loop with no exit): other runs
+    still go through, and stop() returns promptly."""
+    loops: list[int] = []
+
+    async def loops_forever(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "loop":
+            run.object.n += 1
+            loops.append(run.object.n)
+            return run.save_and_repeat()
+        return St.WAITING
+
+    wf = two_steps(make_store(), loops_forever, grace_period=timedelta(seconds=5))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(wf.run)
+        await wf.trigger("loop")
+        with trio.fail_after(60):
+            await healthy(wf)
+        began = trio.current_time()
+        wf.stop()
+    assert trio.current_time() - began <= 6
+    assert len(loops) > 1
+    rec = await wf.latest("loop")
+    assert rec.object.n == loops[-1] + 1 or rec.object.n == loops[-1]
+
+
+def test_an_async_generator_is_refused_at_build_with_a_clear_message() -> None:
+    """``async def`` with a ``yield`` is not a step: the BuildError says why (it used to
+    say the function was not async, which it looks like it is)."""
+    b = af.Builder("agen", Doc, St)
+
+    async def step(run: af.Run[Doc, St]) -> Any:
+        yield St.DONE
+
+    with pytest.raises(af.BuildError, match="async generator"):
+        b.add_step(St.NEW, step, to=St.DONE)
+
+
+async def test_a_hanging_callback_does_not_hold_cancel_forever(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A callback function that never returns, called without a timeout: cancel() of that
+    run still goes through after the grace period (as for a hanging step), and the
+    callback's caller gets an error rather than waiting forever; nothing of the callback
+    is stored."""
+    entered = trio.Event()
+    caller_got: list[str] = []
+    b = af.Builder("hangcb", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    async def hangs(run: af.Run[Doc, St], payload: bytes) -> St:
+        run.object.text = "from the callback"
+        entered.set()
+        await trio.sleep_forever()
+        return St.DONE
+
+    b.add_callback(St.WAITING, hangs, to=[St.DONE])
+    wf = b.build(make_store(), clock=trio_clock(START), grace_period=timedelta(seconds=10))
+
+    async def call_back() -> None:
+        try:
+            await wf.callback("f", St.WAITING, b"x")
+            caller_got.append("returned")
+        except af.ActorflowError as exc:
+            worded = "interrupted" if "was interrupted" in str(exc) else str(exc)
+            caller_got.append(f"{type(exc).__name__}: {worded}")
+
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        with trio.fail_after(60):
+            await wf.await_status("f", run_id, St.WAITING)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call_back)
+            await entered.wait()
+            with trio.fail_after(3600):
+                cancelled = await wf.cancel(run_id, "give up")
+        assert cancelled.run_state is af.RunState.CANCELLED
+    assert caller_got == ["CallbackError: interrupted"]
+    assert all(r.object.text == "" for r in await wf.history(run_id))
+
+
+async def test_a_connector_or_hook_returning_an_unawaited_coroutine_is_retried(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """``return workflow.trigger(...)`` without ``await`` in a connector function, or a
+    hook returning the coroutine of its notification: an error (retried), never a silent
+    loss of the event or of the notification."""
+    holder: list[af.Workflow[Doc, St]] = []
+    connector_calls: list[int] = []
+    hook_calls: list[int] = []
+    notified: list[str] = []
+    was_notified = trio.Event()
+    b = af.Builder("lazy", Doc, St)
+
+    @b.step(St.NEW, to=St.DONE)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.DONE
+
+    async def on_event(workflow: Any, event: af.ConnectorEvent) -> Any:
+        connector_calls.append(1)
+        if len(connector_calls) == 1:
+            return workflow.trigger(event.foreign_id)  # forgot the await
+        return await workflow.trigger(event.foreign_id)
+
+    b.add_connector("events", af.MemorySource([_event("e1", "from-event")]), on_event)
+
+    async def notify(record: af.Record[Doc, St]) -> None:
+        notified.append(record.foreign_id)
+        was_notified.set()
+
+    async def on_done(record: af.Record[Doc, St]) -> Any:
+        hook_calls.append(1)
+        if len(hook_calls) == 1:
+            return notify(record)  # forgot the await
+        await notify(record)
+        return None
+
+    b.on_complete(on_done)
+    wf = b.build(make_store(), clock=trio_clock(START))
+    holder.append(wf)
+    async with af.open_workflow(wf):
+        with trio.fail_after(3600):
+            rec = await wait_for(wf, "from-event", lambda r: r.status is St.DONE)
+            await was_notified.wait()
+    assert rec.run_state is af.RunState.COMPLETED
+    assert len(connector_calls) == 2 and len(hook_calls) == 2 and notified == ["from-event"]
+
+
+def _event(event_id: str, foreign_id: str) -> af.ConnectorEvent:
+    return af.ConnectorEvent(
+        id=event_id, foreign_id=foreign_id, type="t", headers={}, created_at=START
+    )
+
+
+async def test_stop_returns_within_the_grace_with_every_kind_of_function_hanging(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A step, a timeout, a hook, a connector function and a schedule filter that all
+    hang (one swallowing its first Cancelled): stop() still returns within the grace
+    period (plus a little), and what they were doing is done again after a restart."""
+    grace = 20.0
+    started: set[str] = set()
+    all_in = trio.Event()
+    hang = [True]
+
+    def entered(what: str) -> None:
+        started.add(what)
+        if len(started) == 5:
+            all_in.set()
+
+    async def hanging(what: str) -> None:
+        entered(what)
+        if not hang[0]:
+            return
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            await trio.sleep_forever()  # swallowing once: cancelled again at once
+
+    b = af.Builder("hangs", Doc, St)
+
+    @b.step(St.NEW, to=St.WORKING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "step":
+            await hanging("step")
+        return St.WORKING
+
+    async def late(run: af.Run[Doc, St], now: datetime) -> St:
+        await hanging("timeout")
+        return St.DONE
+
+    b.add_timeout(St.WORKING, af.after(timedelta(minutes=1)), late, to=[St.DONE])
+
+    async def on_done(record: af.Record[Doc, St]) -> None:
+        if record.foreign_id == "done":
+            await hanging("hook")
+
+    b.on_complete(on_done)
+
+    async def on_event(workflow: Any, event: af.ConnectorEvent) -> None:
+        await hanging("connector")
+
+    b.add_connector("events", af.MemorySource([_event("e1", "x")]), on_event)
+    store = make_store()
+    wf = b.build(store, clock=trio_clock(START), grace_period=timedelta(seconds=grace))
+
+    async def filter_hangs() -> bool:
+        await hanging("filter")
+        return False
+
+    schedule_scope = trio.CancelScope()
+
+    async def schedule() -> None:
+        with schedule_scope:
+            await wf.schedule_trigger("cron", "* * * * *", filter=filter_hangs)
+
+    step_run = await wf.trigger("step")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(wf.run)
+        nursery.start_soon(schedule)
+        done_run = await wf.trigger("done")
+        hang[0] = False  # "done" runs its timeout through once, to reach its hook
+        await wf.await_status("done", done_run, St.DONE)
+        hang[0] = True
+        await wf.trigger("timeout")
+        with trio.fail_after(3600):
+            await all_in.wait()
+        began = trio.current_time()
+        wf.stop()
+        schedule_scope.cancel()  # schedule_trigger runs until its caller cancels it
+    assert trio.current_time() - began <= grace + 2
+    hang[0] = False
+    wf2 = b.build(make_store(), clock=trio_clock(START))
+    async with af.open_workflow(wf2):
+        with trio.fail_after(3600):
+            await wf2.await_status("step", step_run, St.DONE)
+
+
+async def test_a_step_overwriting_the_runs_identifiers_changes_nothing(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A step that assigns run.run_id, run.foreign_id or run.status (say, reusing the
+    name for a run it triggered): its own run moves on, and the timeout of the status it
+    returned fires for its own run (it used to be stored under the assigned run id)."""
+    holder: list[af.Workflow[Doc, St]] = []
+    fired: list[str] = []
+    b = af.Builder("ids", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "main":
+            run.run_id = await holder[0].trigger("other")
+            run.foreign_id = "other"
+            run.status = St.DONE
+        return St.WAITING
+
+    async def late(run: af.Run[Doc, St], now: datetime) -> St:
+        fired.append(run.foreign_id)
+        return St.DONE
+
+    b.add_timeout(St.WAITING, af.after(timedelta(hours=1)), late, to=[St.DONE])
+    wf = b.build(make_store(), clock=trio_clock(START))
+    holder.append(wf)
+    async with af.open_workflow(wf):
+        main = await wf.trigger("main")
+        with trio.fail_after(3 * 3600):
+            await wf.await_status("main", main, St.DONE)
+            other = (await wf.latest("other")).run_id
+            await wf.await_status("other", other, St.DONE)
+    assert sorted(fired) == ["main", "other"]
+
+
+async def test_two_runs_calling_each_other_back_get_an_error_not_a_deadlock(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """Run A's step calls back run B, whose callback calls back run A (busy in that very
+    step): each would wait for the other's actor forever. The inner call is refused with
+    an error saying so; A's step gets B's CallbackError and goes on."""
+    holder: list[af.Workflow[Doc, St]] = []
+    seen: list[str] = []
+    b = af.Builder("mutual", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "A":
+            try:
+                await holder[0].callback("B", St.WAITING, b"call A")
+            except af.ActorflowError as exc:
+                seen.append(f"A got {type(exc).__name__}: {exc}")
+        return St.WAITING
+
+    async def answer(run: af.Run[Doc, St], payload: bytes) -> St:
+        if payload == b"call A":
+            await holder[0].callback("A", St.NEW, b"back")
+        return St.DONE
+
+    b.add_callback(St.NEW, answer, to=[St.DONE])
+    b.add_callback(St.WAITING, answer, to=[St.DONE])
+    wf = b.build(make_store(), clock=trio_clock(START))
+    holder.append(wf)
+    async with af.open_workflow(wf):
+        b_run = await wf.trigger("B")
+        with trio.fail_after(60):
+            await wf.await_status("B", b_run, St.WAITING)
+        a_run = await wf.trigger("A")
+        with trio.fail_after(3600):
+            await wf.await_status("A", a_run, St.WAITING)
+    assert len(seen) == 1 and "deadlock" in seen[0] and "CallbackError" in seen[0]
+    assert (await wf.lookup(b_run)).status is St.WAITING

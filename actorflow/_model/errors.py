@@ -98,6 +98,10 @@ ERROR_TEXT_LIMIT = 2000
 """How much of a user exception's text is kept in a record or a message."""
 
 
+GROUP_SHOWN = 3
+"""The exceptions of a group that ``describe_error`` names."""
+
+
 def describe_error(exc: BaseException) -> str:
     """``"TypeName: text"`` of an exception raised by user code, never raising itself (an
     exception whose ``__str__`` raises would otherwise fail the code reporting it, over and
@@ -108,6 +112,13 @@ def describe_error(exc: BaseException) -> str:
     except Exception:
         text = "<str() of the exception failed>"
     message = f"{type(exc).__name__}: {text}"
+    if isinstance(exc, BaseExceptionGroup):
+        # A nursery's group says only how many it holds: name what it holds (a step's
+        # own nursery raising is common, and "1 sub-exception" tells nothing).
+        shown = [describe_error(inner) for inner in exc.exceptions[:GROUP_SHOWN]]
+        if len(exc.exceptions) > GROUP_SHOWN:
+            shown.append(f"and {len(exc.exceptions) - GROUP_SHOWN} more")
+        message += ": [" + "; ".join(shown) + "]"
     if len(message) > ERROR_TEXT_LIMIT:
         message = message[: ERROR_TEXT_LIMIT - 3] + "..."
     return message

@@ -103,6 +103,8 @@ source (and skips the other shards' events), so shards cost reads."""
 WITHOUT_EFFECT: dict[str, dict[str, str]] = {
     "timeout": {
         "consume_lag": "a timeout fires when its timer says; delay it in the timer function",
+        "lag_alert": "a timeout fires when its timer says, so it has no lag to alert on "
+        "(lag alerts are for steps and connectors)",
     },
     "connector": {
         "pause_after_errors": "a connector has no run to pause; it retries with back-off",

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar, cast, final
 
 import attrs
 
+from actorflow._model.errors import InvalidArgument
 from actorflow._model.record import RawRecord, Record
 
 if TYPE_CHECKING:
@@ -89,12 +90,20 @@ class Run(Generic[T, S]):
         return cast(S, SpecialResult(Special.SKIP))
 
     def pause(self, reason: str = "") -> S:
-        """Pause the run (object changes are not stored)."""
-        return cast(S, SpecialResult(Special.PAUSE, reason))
+        """Pause the run (object changes are not stored).
+
+        Raises:
+            InvalidArgument: ``reason`` is not a string.
+        """
+        return cast(S, SpecialResult(Special.PAUSE, _reason(reason, "pause")))
 
     def cancel(self, reason: str = "") -> S:
-        """Cancel the run (object changes are not stored)."""
-        return cast(S, SpecialResult(Special.CANCEL, reason))
+        """Cancel the run (object changes are not stored).
+
+        Raises:
+            InvalidArgument: ``reason`` is not a string.
+        """
+        return cast(S, SpecialResult(Special.CANCEL, _reason(reason, "cancel")))
 
     def save_and_repeat(self) -> S:
         """Store the object, keep the status, and run the same step again."""
@@ -105,3 +114,12 @@ class Run(Generic[T, S]):
             f"Run(workflow={self.workflow_name!r}, run_id={self.run_id!r}, "
             f"foreign_id={self.foreign_id!r}, status={self.status!r})"
         )
+
+
+def _reason(reason: object, what: str) -> str:
+    """``reason`` of ``run.pause``/``run.cancel``; InvalidArgument unless it is a string
+    (raised in the step, so it is counted as the step's error with a message that says
+    what was wrong, not a TypeError from deep inside when the version is stored)."""
+    if not isinstance(reason, str):
+        raise InvalidArgument(f"run.{what}(reason): reason must be a string, not {reason!r:.100}")
+    return reason

@@ -82,6 +82,15 @@ def _scrub(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         _fail(attribute, value, "a plain (not async) function of the object, or None")
 
 
+def _ownership(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not all(
+        callable(getattr(value, method, None)) for method in ("owns", "serve")
+    ):
+        _fail(
+            attribute, value, "an Ownership (with owns(run_id) and async serve(on_change)) or None"
+        )
+
+
 def _one_of(*allowed: str) -> Callable[[Any, Any, Any], None]:
     def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value not in allowed:
@@ -123,7 +132,7 @@ class BuildSettings:
     )
     history_retention: Retention | None = attrs.field(default=None, validator=_retention)
     """Delete old versions of finished runs (None: keep every version)."""
-    ownership: Any = None
+    ownership: Any = attrs.field(default=None, validator=_ownership)
     """Which runs this process works on (an ``Ownership``); None: the store's shard leases
     when it has them (PostgreSQL), else every run."""
     metrics: Any = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Generic, TypeVar, final
 
@@ -24,6 +25,7 @@ from actorflow._model.errors import StoreError, VersionConflict
 from actorflow._model.record import RawRecord, Timer
 from actorflow._model.run_state import RunState
 from actorflow._runtime.actions import RunActions
+from actorflow._runtime.callbacks import INTERRUPTIBLE
 from actorflow._runtime.engine import Engine
 from actorflow._runtime.mailbox import WAKE, Ask, Mailbox, Stopped
 from actorflow._runtime.ports import ActorHost
@@ -40,6 +42,11 @@ PASSIVATE_AFTER = 1.0
 ASK_ATTEMPTS = 5
 RETRY_DELAY = timedelta(seconds=5)
 """When a run whose actor failed is looked at again."""
+
+
+ACTOR_RUN: ContextVar[str | None] = ContextVar("actorflow_actor_run", default=None)
+"""The run whose actor the current task is (or a task started under it): set while an
+actor runs, so the supervisor can tell which run's user code asks for another run."""
 
 
 @final
@@ -92,8 +99,15 @@ class RunActor(Generic[T, S]):
 
     async def main(self) -> None:
         """The actor's task: its loop, until nothing is left to do or the workflow stops."""
-        sup = self.sup
         self.task = trio.lowlevel.current_task()
+        token = ACTOR_RUN.set(self.run_id)
+        try:
+            await self._main()
+        finally:
+            ACTOR_RUN.reset(token)
+
+    async def _main(self) -> None:
+        sup = self.sup
         self.run.retry_at = sup.retry_at.pop(self.run_id, self.run.retry_at)
         if sup.snoozed:
             self.run.snoozed = sup.snoozed.pop(self.run_id, None)
@@ -232,6 +246,13 @@ class RunActor(Generic[T, S]):
 
     async def _perform(self, message: Ask) -> None:
         """Perform the op of ``message`` on the latest record and answer it."""
+        token = INTERRUPTIBLE.set(self.run.interruptible)
+        try:
+            await self._perform_op(message)
+        finally:
+            INTERRUPTIBLE.reset(token)
+
+    async def _perform_op(self, message: Ask) -> None:
         run = self.run
         for attempt in range(ASK_ATTEMPTS):
             try:

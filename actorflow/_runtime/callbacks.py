@@ -4,7 +4,12 @@ counting the errors of those that fail (the caller gets a CallbackError)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from typing import Any, NoReturn
+
+import trio
 
 from actorflow._model.definition import CallbackSpec, fn_name
 from actorflow._model.errors import (
@@ -19,6 +24,13 @@ from actorflow._runtime.engine import Engine
 from actorflow._runtime.user_code import user_error
 
 Stored = tuple[RawRecord | None, list[Timer] | None]
+
+INTERRUPTIBLE: ContextVar[Callable[[], AbstractContextManager[trio.CancelScope]] | None] = (
+    ContextVar("actorflow_interruptible", default=None)
+)
+"""Set by a run's actor while it performs a callback: the scope to call the callback
+function in, which a pause or cancel that waited the grace period for it cancels (a
+callback that hangs must not hold the run's controls forever). None: called inline."""
 
 
 async def run_callbacks(
@@ -55,15 +67,27 @@ async def _run_callback(
         if observer is None
         else observer.begin("callback", engine.callback_processes[raw.status], raw, parent=parent)
     )
+    interruptible = INTERRUPTIBLE.get()
     try:
         try:
-            result = await spec.fn(run, payload)
+            with interruptible() if interruptible else trio.CancelScope() as scope:
+                result = await spec.fn(run, payload)
         except StoreError as exc:  # raised by the user's code: its own error
             raise StepError(f"{key} raised {describe_error(exc)}") from exc
+        if scope.cancel_called:  # interrupted, even if it swallowed the Cancelled
+            if observer is not None:
+                observer.end(token, "cancelled")
+            raise _Interrupted(
+                f"{engine.where(raw, key)} was interrupted: it was still running when a "
+                "pause or cancel of the run had waited the grace period for it; nothing "
+                "of it was stored"
+            )
         new, timers = await engine.apply_result(raw, run, result, spec.to, key)
         # Only a result that was allowed (and stored) ends a run of errors: a callback that
         # keeps returning junk counts up to its limit like one that keeps raising.
         engine.errors.reset(raw.run_id, key)
+    except _Interrupted as exc:
+        raise CallbackError(str(exc)) from None
     except StoreError as exc:
         if observer is not None:
             observer.end(token, "error", exc)
@@ -81,6 +105,10 @@ async def _run_callback(
     if observer is not None:
         observer.end(token, engine.outcome(raw, new))
     return new, timers
+
+
+class _Interrupted(Exception):
+    """The callback function was interrupted (not its error: not counted)."""
 
 
 async def _failed(engine: Engine[Any, Any], raw: RawRecord, key: str, exc: Exception) -> NoReturn:

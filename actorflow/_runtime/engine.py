@@ -276,7 +276,7 @@ class Engine(Generic[T, S]):
                 fire_at = when  # already what stores keep
             else:
                 fire_at = self._timer_instant(run, status, spec.timer, when)
-            timers.append(Timer(name, run.run_id, int(status), spec.kind, fire_at))
+            timers.append(Timer(name, run._raw.run_id, int(status), spec.kind, fire_at))
         return timers
 
     def _timer_instant(self, run: Run[T, S], status: int, timer: Any, when: Any) -> datetime:

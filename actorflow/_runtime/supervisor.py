@@ -33,7 +33,7 @@ from actorflow._model.errors import ActorflowError, lone_build_error
 from actorflow._model.evolution import CheckReport
 from actorflow._model.process import ProcessState
 from actorflow._model.record import RawRecord, Timer
-from actorflow._runtime.actor import RunActor
+from actorflow._runtime.actor import ACTOR_RUN, RunActor
 from actorflow._runtime.engine import Engine
 from actorflow._runtime.evolution import check
 from actorflow._runtime.health import holds_share, process_states, stopped_states
@@ -92,6 +92,9 @@ class Supervisor(Generic[T, S]):
         """Runs to wake when an actor slot frees up (insertion order: first in, first out).
         A waiting run costs a dict entry, not a task: memory stays flat under bursts."""
         self.actors: dict[str, RunActor[T, S]] = {}
+        self._asking: dict[str, list[str]] = {}
+        """Run id -> the runs its user code is asking now (through ``ask``): to refuse a
+        cycle, where each run's user code waits for the other's actor."""
         self.stopping = False
         self._stop = trio.Event()
         self.timers = TimerWindow(TIMER_HORIZON, TIMER_CAPACITY)
@@ -410,7 +413,43 @@ class Supervisor(Generic[T, S]):
 
         ``interrupt_after``: seconds after which a step or timeout function still in
         flight is cancelled so that ``op`` runs (a pause or cancel of a run whose step
-        hangs); None: wait for it however long it takes."""
+        hangs); None: wait for it however long it takes.
+
+        Raises ActorflowError when the caller is user code of another run whose actor
+        ``run_id``'s user code is waiting on (a step calling back B, whose callback calls
+        back A): each would wait for the other forever."""
+        asker = ACTOR_RUN.get()
+        if asker is None or asker == run_id or not self.within_actor(asker):
+            return await self._ask(run_id, op, interrupt_after)
+        if self._waits_on(run_id, asker):
+            raise ActorflowError(
+                f"workflow {self.engine.name!r}: user code of run {asker} calls run "
+                f"{run_id}, whose own user code is waiting on run {asker}: each would wait "
+                "for the other forever (a deadlock); refused"
+            )
+        asked = self._asking.setdefault(asker, [])
+        asked.append(run_id)
+        try:
+            return await self._ask(run_id, op, interrupt_after)
+        finally:
+            asked.remove(run_id)
+            if not asked and self._asking.get(asker) is asked:
+                del self._asking[asker]
+
+    def _waits_on(self, run_id: str, target: str) -> bool:
+        """Whether user code of ``run_id`` waits (through the runs it asks) on ``target``."""
+        seen: set[str] = set()
+        pending = [run_id]
+        while pending:
+            current = pending.pop()
+            if current == target:
+                return True
+            if current not in seen:
+                seen.add(current)
+                pending.extend(self._asking.get(current, ()))
+        return False
+
+    async def _ask(self, run_id: str, op: Op, interrupt_after: float | None) -> Any:
         while True:
             if self.stopping or self._nursery is None:
                 raise Stopped("the workflow is stopping")

@@ -8,6 +8,8 @@ is an error of that code like any other, counted, logged and retried.
 
 from __future__ import annotations
 
+import inspect
+
 import trio
 
 from actorflow._model.errors import StepError, describe_error
@@ -78,3 +80,18 @@ def user_error(exc: BaseException, what: str) -> Exception:
         )
     error.__cause__ = exc
     return error
+
+
+def check_returned_none(result: object, what: str) -> None:
+    """Raise StepError when a function that should return None (a hook, a connector
+    function) returned something awaitable: a missing ``await`` (``return
+    workflow.trigger(...)``), whose work would otherwise be silently lost. A coroutine is
+    closed (no 'never awaited' warning later)."""
+    if result is None or not inspect.isawaitable(result):
+        return
+    if inspect.iscoroutine(result):
+        result.close()
+    raise StepError(
+        f"{what} returned {type(result).__name__} {getattr(result, '__qualname__', '')} "
+        "without awaiting it (a missing `await`?); what it was to do was not done"
+    )

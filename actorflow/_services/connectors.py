@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -32,7 +33,7 @@ from actorflow._model.options import Options
 from actorflow._model.process import ProcessState
 from actorflow._model.text import key_part
 from actorflow._runtime.observe import Observer, Process, process_name
-from actorflow._runtime.user_code import user_error
+from actorflow._runtime.user_code import check_returned_none, user_error
 from actorflow._services.context import ServiceContext
 from actorflow.streaming._protocol import ConnectorEvent, EventSource
 from actorflow.streaming._stats import ConnectorStats, connector_stats
@@ -231,7 +232,9 @@ async def _call(
     observer = ctx.observer
     token = None if observer is None else _begin_span(observer, ctx, spec, event, process)
     try:
-        await spec.fn(ctx.handle, event)
+        fn: Callable[..., Awaitable[object]] = spec.fn  # typed None; a careless one is not
+        returned = await fn(ctx.handle, event)
+        check_returned_none(returned, f"connector function {fn_name(spec.fn)}")
     except BaseException as caught:
         try:
             exc = user_error(caught, f"connector function {fn_name(spec.fn)}")

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 import attrs
 import trio
 
-from actorflow._model.definition import HookFn
+from actorflow._model.definition import HookFn, fn_name
 from actorflow._model.errors import StoreError
 from actorflow._model.options import Options
 from actorflow._model.process import ProcessState
@@ -24,7 +24,7 @@ from actorflow._model.run_state import RunState
 from actorflow._runtime.engine import Engine
 from actorflow._runtime.observe import RUN_STATE_NAMES, Process, process_name
 from actorflow._runtime.retry import retrying
-from actorflow._runtime.user_code import user_error
+from actorflow._runtime.user_code import check_returned_none, user_error
 from actorflow.streaming._store_log import LogFollower
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,9 @@ class _Hooks(Generic[T, S]):
                 process.took_up(observer, engine.name, lag, raw)
             if observer is not None:
                 token = observer.begin("hook", process.name, raw)
-            await hook(engine.typed(raw))
+            fn: Callable[..., Awaitable[object]] = hook  # typed None; a careless one is not
+            returned = await fn(engine.typed(raw))
+            check_returned_none(returned, f"on_{kind} hook {fn_name(hook)}")
         except Exception as exc:
             self._failed(process, token, exc)
             raise

@@ -133,6 +133,10 @@ def served_by_name(
 ) -> dict[str, Workflow[Any, Any]]:
     """The workflows to serve by name (the gateway's, the console's). Raises
     InvalidArgument, naming ``server``, for none, a non-workflow, or two with one name."""
+    if isinstance(workflows, Workflow) or not isinstance(workflows, Iterable):
+        raise InvalidArgument(
+            f"{server} takes a list of workflows ([workflow, ...]), not {workflows!r:.100}"
+        )
     served: dict[str, Workflow[Any, Any]] = {}
     for workflow in workflows:
         if not isinstance(workflow, Workflow):

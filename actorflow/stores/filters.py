@@ -89,9 +89,9 @@ class RunFilter:
         if run_state is not None:
             try:
                 if isinstance(run_state, int):
-                    run_states = frozenset([RunState(run_state)])
+                    run_states = frozenset([_run_state(run_state)])
                 else:
-                    run_states = frozenset(RunState(s) for s in run_state)
+                    run_states = frozenset(_run_state(s) for s in run_state)
             except (ValueError, TypeError):
                 raise InvalidArgument(
                     f"run_state must be an af.RunState or a sequence of them, not {run_state!r}"
@@ -119,6 +119,14 @@ class RunFilter:
             and (self.created_after is None or record.created_at >= self.created_after)
             and (self.created_before is None or record.created_at < self.created_before)
         )
+
+
+def _run_state(value: int) -> RunState:
+    """The RunState ``value`` stands for (a member or its int value); True and False are
+    not run states (``RunState(True)`` would be INITIATED)."""
+    if isinstance(value, bool):
+        raise TypeError(value)
+    return RunState(value)
 
 
 def _in_utc_range(moment: datetime) -> bool:

@@ -49,6 +49,8 @@ from actorflow.streaming._protocol import (
     StreamError,
     check_start,
     check_topic,
+    closing_receiver,
+    closing_sender,
 )
 from actorflow.streaming._source import StreamSource
 
@@ -465,7 +467,8 @@ class KafkaStreamer:
         producer = await trio.to_thread.run_sync(self._make, "producer", limiter=limiter)
         sender = _KafkaSender(self, producer, name, limiter)
         try:
-            yield sender
+            with closing_sender(sender, topic) as closing:
+                yield closing
         finally:
             with trio.CancelScope(shield=True):
                 await sender.close()
@@ -503,7 +506,8 @@ class KafkaStreamer:
         receiver = _KafkaReceiver(self, client, name, group, start, limiter, commit_errors)
         try:
             await receiver.join()
-            yield receiver
+            with closing_receiver(receiver, topic, consumer) as closing:
+                yield closing
         finally:
             with trio.CancelScope(shield=True):
                 await receiver.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import final
 
@@ -21,6 +21,8 @@ from actorflow.streaming._protocol import (
     check_events,
     check_start,
     check_topic,
+    closing_receiver,
+    closing_sender,
 )
 
 
@@ -102,7 +104,8 @@ class MemoryStreamer:
         """A sender appending to ``topic``."""
         log = self._topic(topic)
         await trio.lowlevel.checkpoint()
-        yield _MemorySender(log)
+        with closing_sender(_MemorySender(log), topic) as sender:
+            yield sender
 
     @asynccontextmanager
     async def open_receiver(
@@ -115,7 +118,9 @@ class MemoryStreamer:
         if consumer not in log.cursors:
             log.cursors[consumer] = 0 if start == "earliest" else len(log.events)
         await trio.lowlevel.checkpoint()
-        yield _LogReceiver(log, consumer, log.cursors[consumer])
+        receiver = _LogReceiver(log, consumer, log.cursors[consumer])
+        with closing_receiver(receiver, topic, consumer) as closing:
+            yield closing
 
 
 @final
@@ -127,6 +132,10 @@ class MemorySource:
     """
 
     def __init__(self, events: Iterable[ConnectorEvent] = ()) -> None:
+        if not isinstance(events, Iterable) or isinstance(events, str | bytes | Mapping):
+            raise InvalidArgument(
+                f"MemorySource takes an iterable of ConnectorEvents, not {events!r:.100}"
+            )
         self._log = _Log()
         self._ids: dict[str, int] = {}
         self._add(list(events))
@@ -167,4 +176,6 @@ class MemorySource:
                 "belongs to other events"
             )
         await trio.lowlevel.checkpoint()
-        yield _LogReceiver(self._log, None, position)
+        receiver = _LogReceiver(self._log, None, position)
+        with closing_receiver(receiver, "MemorySource", consumer) as closing:
+            yield closing

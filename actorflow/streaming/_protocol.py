@@ -12,8 +12,8 @@ again when a receiver with the same consumer name is opened again.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any, Generic, Literal, Protocol, TypeVar, final, runtime_checkable
 
@@ -296,6 +296,91 @@ class CheckedSender:
 
 
 P = TypeVar("P")
+R = TypeVar("R")
+
+
+class _Closing:
+    """What a sender or receiver handed out by ``async with`` does once its block has
+    ended: every call is a StreamError saying so (never a hang, a library's own error, or
+    an event sent or acknowledged on a connection that is gone), and calls still waiting
+    when the block ends (in tasks outside it) get that error too."""
+
+    def __init__(self, inner: object, what: str) -> None:
+        self._inner = inner
+        self._what = what
+        self._closed = False
+        self._waiting: set[trio.CancelScope] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        # The streamer's own counters (receiver.duplicates, .dead_letters, ...) stay readable.
+        if name.startswith("__") or name == "_inner":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+    def close(self) -> None:
+        self._closed = True
+        for scope in self._waiting:
+            scope.cancel()
+
+    def _refusal(self) -> StreamError:
+        return StreamError(f"{self._what} is closed: it was used after its async with block ended")
+
+    async def _call(self, call: Callable[[], Awaitable[R]]) -> R:
+        if self._closed:
+            raise self._refusal()
+        with trio.CancelScope() as scope:
+            self._waiting.add(scope)
+            try:
+                return await call()
+            finally:
+                self._waiting.discard(scope)
+        raise self._refusal()  # cancelled by close(), not by the caller's own scopes
+
+
+@final
+class _ClosingReceiver(_Closing):
+    def __init__(self, receiver: EventReceiver, what: str) -> None:
+        super().__init__(receiver, what)
+        self._receiver = receiver
+
+    async def receive(self) -> ConnectorEvent:
+        return await self._call(self._receiver.receive)
+
+    async def ack(self, event: ConnectorEvent) -> None:
+        await self._call(lambda: self._receiver.ack(event))
+
+
+@final
+class _ClosingSender(_Closing):
+    def __init__(self, sender: EventSender, what: str) -> None:
+        super().__init__(sender, what)
+        self._sender = sender
+
+    async def send(self, event: ConnectorEvent) -> None:
+        await self._call(lambda: self._sender.send(event))
+
+    async def send_many(self, events: Sequence[ConnectorEvent]) -> None:
+        await self._call(lambda: self._sender.send_many(events))
+
+
+@contextmanager
+def closing_receiver(receiver: EventReceiver, topic: str, consumer: str) -> Iterator[EventReceiver]:
+    """``receiver`` for the body of an ``open_receiver`` block; refused once it ended."""
+    closing = _ClosingReceiver(receiver, f"the receiver of topic {topic!r} for {consumer!r}")
+    try:
+        yield closing
+    finally:
+        closing.close()
+
+
+@contextmanager
+def closing_sender(sender: EventSender, topic: str) -> Iterator[EventSender]:
+    """``sender`` for the body of an ``open_sender`` block; refused once it ended."""
+    closing = _ClosingSender(sender, f"the sender of topic {topic!r}")
+    try:
+        yield closing
+    finally:
+        closing.close()
 
 
 class Inflight(Generic[P]):

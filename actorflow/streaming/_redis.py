@@ -45,6 +45,8 @@ from actorflow.streaming._protocol import (
     StreamError,
     check_start,
     check_topic,
+    closing_receiver,
+    closing_sender,
 )
 
 if TYPE_CHECKING:
@@ -275,7 +277,8 @@ class RedisStreamer:
         """A sender appending to the stream of ``topic`` (XADD, pipelined)."""
         key = self.key(topic)
         async with self._open_client() as client:
-            yield _RedisSender(self, client, key)
+            with closing_sender(_RedisSender(self, client, key), topic) as sender:
+                yield sender
 
     @asynccontextmanager
     async def open_receiver(
@@ -316,7 +319,9 @@ class RedisStreamer:
                         consumer,
                     )
             self._opened.add((key, consumer))
-            yield _RedisReceiver(self, client, key, consumer, member)
+            receiver = _RedisReceiver(self, client, key, consumer, member)
+            with closing_receiver(receiver, topic, consumer) as closing:
+                yield closing
 
 
 @final

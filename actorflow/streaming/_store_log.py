@@ -28,6 +28,8 @@ from actorflow.streaming._protocol import (
     check_events,
     check_start,
     check_topic,
+    closing_receiver,
+    closing_sender,
 )
 
 BATCH = 200
@@ -182,7 +184,8 @@ class StoreLogStreamer:
         """A sender that accepts events without storing them (commits write the log)."""
         check_topic(topic)
         await trio.lowlevel.checkpoint()
-        yield _NoSender()
+        with closing_sender(_NoSender(), topic) as sender:
+            yield sender
 
     @asynccontextmanager
     async def open_receiver(
@@ -211,7 +214,9 @@ class StoreLogStreamer:
             else:
                 await trio.lowlevel.checkpoint()
 
-        yield _StoreLogReceiver(follower, transition_event, commit)
+        receiver = _StoreLogReceiver(follower, transition_event, commit)
+        with closing_receiver(receiver, topic, consumer) as closing:
+            yield closing
 
 
 def reads_log_of(streamer: StoreLogStreamer, store: Store) -> bool:

@@ -6,7 +6,7 @@ import pytest
 import trio
 
 import actorflow as af
-from actorflow.streaming import ConnectorEvent, EventError, EventReceiver
+from actorflow.streaming import ConnectorEvent, EventError, EventReceiver, StreamError
 from tests.streaming.conftest import Harness
 
 WAIT = 10  # seconds; a real clock: Redis talks over sockets
@@ -181,3 +181,43 @@ async def test_bad_arguments_are_refused(harness: Harness) -> None:
     async with harness.streamer.open_sender(harness.topic) as sender:
         with pytest.raises(af.ActorflowError, match="only ConnectorEvents"):
             await sender.send_many([{"id": "1"}])  # type: ignore[list-item]
+
+
+async def test_a_sender_or_receiver_used_after_its_block_is_refused(harness: Harness) -> None:
+    """Once its ``async with`` block has ended, a receiver's receive and ack and a sender's
+    sends are a StreamError saying so: before, the in-memory and store-log receivers
+    waited for ever, Redis and Kafka raised their client library's RuntimeError, and acks
+    and sends were taken silently. A receive still waiting in a task outside the block
+    when it ends gets the same error."""
+    await harness.publish(1)
+    async with harness.streamer.open_receiver(harness.topic, "c") as receiver:
+        event = await receive(receiver)
+    with pytest.raises(StreamError, match="closed"):
+        await receive(receiver)
+    with pytest.raises(StreamError, match="closed"):
+        await receiver.ack(event)
+    async with harness.streamer.open_receiver(harness.topic, "c") as again:
+        assert await receive(again) == event  # the refused ack acknowledged nothing
+    async with harness.streamer.open_sender(harness.topic) as sender:
+        pass
+    with pytest.raises(StreamError, match="closed"):
+        await sender.send(event)
+    with pytest.raises(StreamError, match="closed"):
+        await sender.send_many([event])
+
+    refused: list[BaseException] = []
+    async with (
+        trio.open_nursery() as nursery,
+        harness.streamer.open_receiver(harness.topic, "other") as waiting,
+    ):
+        await receive(waiting)  # the one event; the next receive waits
+
+        async def wait_outside() -> None:
+            with pytest.raises(StreamError, match="closed") as caught:
+                with trio.fail_after(WAIT):
+                    await waiting.receive()
+            refused.append(caught.value)
+
+        nursery.start_soon(wait_outside)
+        await trio.sleep(0.05)  # let it start waiting (it is refused either way)
+    assert len(refused) == 1

@@ -40,6 +40,10 @@ from actorflow.stores.postgres.schema import Queries, lock_key, quote_schema
 from actorflow.stores.postgres.shards import Owners, ShardOwnership
 from actorflow.stores.postgres.writes import WriteBuilder
 
+MAX_TIMEOUT = 1e9
+"""The longest connect or retry timeout in seconds (about 31 years): finite, and one
+that trio's deadlines and libpq's whole seconds can take."""
+
 if TYPE_CHECKING:
     from actorflow.stores.postgres.connection import _Conn
 
@@ -71,8 +75,29 @@ class PostgresStore:
         retry_timeout: float = 10.0,
         drop_schema_on_close: bool = False,
     ) -> None:
-        if not isinstance(pool_size, int) or pool_size < 1:
+        if not isinstance(dsn, str):
+            raise InvalidArgument(
+                f"PostgresStore needs a DSN string (postgresql://user@host:port/db), "
+                f"not {type(dsn).__name__}"
+            )
+        if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
             raise InvalidArgument(f"pool_size must be a positive int, not {pool_size!r}")
+        for name, seconds in (
+            ("connect_timeout", connect_timeout),
+            ("retry_timeout", retry_timeout),
+        ):
+            if (
+                not isinstance(seconds, int | float)
+                or isinstance(seconds, bool)
+                or not 0 < seconds < MAX_TIMEOUT
+            ):
+                raise InvalidArgument(
+                    f"{name} must be a number of seconds > 0 (and finite), not {seconds!r}"
+                )
+        if not isinstance(drop_schema_on_close, bool):
+            raise InvalidArgument(
+                f"drop_schema_on_close must be True or False, not {drop_schema_on_close!r}"
+            )
         quote_schema(schema)
         self._db = PgConnection(
             dsn,

@@ -96,6 +96,11 @@ class SQLiteStore(ClosingStore):
             or not lock_timeout >= 0
         ):
             raise InvalidArgument(f"lock_timeout must be seconds >= 0, not {lock_timeout!r}")
+        if not isinstance(path, str | os.PathLike):
+            raise InvalidArgument(
+                f"SQLiteStore needs the path of a database file (a str or os.PathLike), "
+                f"not {path!r:.100}"
+            )
         text = os.fspath(path)
         if not isinstance(text, str) or text in ("", ":memory:") or text.startswith("file:"):
             raise InvalidArgument(
