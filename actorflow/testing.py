@@ -135,7 +135,8 @@ async def await_timeout_insert(
     workflow: Workflow[T, S], foreign_id: str, run_id: str, status: S
 ) -> None:
     """Wait until a timeout of ``status`` is stored for the run, so the test can then move
-    the clock past it.
+    the clock past it. Returns at once when the run has already left ``status`` (or is
+    paused or finished there): its timeout was stored and has fired or been dropped.
 
     Raises:
         InvalidArgument: ``workflow`` is not an ``af.Workflow``, ``status`` has no timeout
@@ -156,7 +157,13 @@ async def await_timeout_insert(
         with store.feed.subscribe(run_id=run_id) as sub:
             while not sub.lagged:
                 timers = await store.list_timers(workflow.name, run_id)
-                if any(t.status == int(status) and t.kind.startswith("timeout") for t in timers):
+                if any(t.status == int(member) and t.kind.startswith("timeout") for t in timers):
+                    return
+                # A run's timers are stored with the version that enters the status: a run
+                # that has left it (or stopped) had its timeout stored, and fired or dropped
+                # since (a timer in the past fires at once); waiting on would be for ever.
+                latest = await store.lookup(workflow.name, run_id)
+                if latest.status != int(member) or not latest.run_state.active:
                     return
                 await _next_change(sub, store)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import math
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +169,28 @@ async def test_await_timeout_insert_for_a_status_without_a_timeout_is_invalid_ar
             await await_timeout_insert(wf, "f1", run_id, Status.WAITING)
 
 
+async def test_await_timeout_insert_returns_when_the_timeout_already_fired(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock
+) -> None:
+    """A timer in the past fires at once and its row is deleted with the transition: a
+    test that then waits for the timeout to be stored waited for ever (it was, and it is
+    gone; on PostgreSQL this happened even right after the trigger)."""
+    builder = af.Builder("past", Obj, Status)
+
+    async def expired(run: af.Run[Obj, Status], now: Any) -> Status:
+        return Status.DONE
+
+    builder.add_timeout(
+        Status.STARTED, af.at(datetime(2000, 1, 1, tzinfo=UTC)), expired, to=Status.DONE
+    )
+    wf = builder.build(make_store(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f1")
+        await wf.await_status("f1", run_id, Status.DONE)
+        with trio.fail_after(5):
+            await await_timeout_insert(wf, "f1", run_id, Status.STARTED)
+
+
 # --- open_workflow, MemorySource, store constructors ------------------------------------------
 
 
@@ -271,3 +293,20 @@ async def test_servers_refuse_what_is_not_a_list_of_workflows(server: str, given
     serve = getattr(af, server)
     with pytest.raises(af.InvalidArgument, match=f"{server} takes a list of workflows"):
         await serve(workflows, "127.0.0.1", 0)  # refused before it binds
+
+
+# --- af.at: an instant beyond datetime's range in UTC ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        datetime.max.replace(tzinfo=timezone(timedelta(hours=-14))),
+        datetime.min.replace(tzinfo=timezone(timedelta(hours=14))),
+    ],
+)
+def test_at_an_instant_outside_the_years_1_to_9999_in_utc_says_so(when: datetime) -> None:
+    """``af.at(9999-12-31T23:59-14:00)`` raised a BuildError whose whole message was
+    Python's "date value out of range"."""
+    with pytest.raises(af.BuildError, match=r"at\(\) .* is not within the years 1-9999 in UTC"):
+        af.at(when)

@@ -13,6 +13,7 @@ import enum
 import functools
 import json
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ import trio
 from trio.testing import MockClock
 
 import actorflow as af
+from actorflow.streaming import StreamSource
 from actorflow.testing import (
     Special,
     await_timeout_insert,
@@ -38,6 +40,8 @@ from tests.conftest import START, StoreMaker
 
 LIMIT = 60  # seconds of virtual time any wait may take before the test fails
 PG_DSN = os.environ.get("ACTORFLOW_PG_DSN")
+REDIS_URL = os.environ.get("ACTORFLOW_REDIS_URL")
+KAFKA_BOOTSTRAP = os.environ.get("ACTORFLOW_KAFKA_BOOTSTRAP")
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
@@ -2434,15 +2438,32 @@ def cool_down(run: af.Run[User, Sync], now: datetime) -> datetime | None:
     return now + timedelta(hours=1) if run.object.country_code == "GB" else None
 
 
-@pytest.mark.parametrize("streamer", ["memory", "store log"])
+def _streamer(kind: str, store: af.Store) -> Any:
+    """The event streamer under test; Redis and Kafka (luno's wredis and kafkastreamer run
+    the same acceptance test) only when their servers are given."""
+    if kind == "memory":
+        return af.MemoryStreamer()
+    if kind == "store log":
+        return af.StoreLogStreamer(store)
+    if kind == "redis":
+        if not REDIS_URL:
+            pytest.skip("ACTORFLOW_REDIS_URL not set")
+        return af.RedisStreamer(REDIS_URL, prefix=f"af-luno-{uuid.uuid4().hex[:12]}:")
+    if not KAFKA_BOOTSTRAP:
+        pytest.skip("ACTORFLOW_KAFKA_BOOTSTRAP not set")
+    return af.KafkaStreamer(KAFKA_BOOTSTRAP, topic_prefix=f"af-luno-{uuid.uuid4().hex[:12]}.")
+
+
+@pytest.mark.parametrize("streamer", ["memory", "store log", "redis", "kafka"])
 async def test_event_streamer_acceptance(
     make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock, streamer: str
 ) -> None:
-    """RunEventStreamerTest "Acceptance test - full workflow run through": with an event
-    streamer, a run goes through a step, a timer function's timeout (an hour for GB users,
-    none for others) and a last step; the transitions reach the stream."""
+    """RunEventStreamerTest "Acceptance test - full workflow run through" (memstreamer,
+    wredis, kafkastreamer): with an event streamer, a run goes through a step, a timer
+    function's timeout (an hour for GB users, none for others) and a last step; the
+    transitions reach the stream."""
     store = make_store()
-    stream: Any = af.MemoryStreamer() if streamer == "memory" else af.StoreLogStreamer(store)
+    stream = _streamer(streamer, store)
     b = af.Builder("sync user 2", User, Sync)
 
     @b.step(Sync.STARTED, to=Sync.EMAIL_SET, max_concurrency=5)
@@ -2463,7 +2484,15 @@ async def test_event_streamer_acceptance(
         return Sync.COMPLETED
 
     wf = b.build(store, clock=clock, streamer=stream)
-    async with af.open_workflow(wf):
+    seen: list[af.ConnectorEvent] = []
+
+    async def read(workflow: Any, event: af.ConnectorEvent) -> None:
+        seen.append(event)
+
+    reader = two_steps("stream reader")
+    reader.add_connector("sync", StreamSource(stream, "sync user 2"), read)
+    readers = reader.build(store, clock=clock)
+    async with af.open_workflow(wf, readers):
         run_id = await wf.trigger("1", initial=User(country_code="GB"))
         await await_timeout_insert(wf, "1", run_id, Sync.EMAIL_SET)
         record = await wf.await_status("1", run_id, Sync.COMPLETED, timeout=2 * 3600)
@@ -2471,6 +2500,17 @@ async def test_event_streamer_acceptance(
         await wf.await_status("2", elsewhere, Sync.EMAIL_SET, timeout=LIMIT)
         await trio.sleep(24 * 3600)
         assert (await wf.lookup(elsewhere)).status is Sync.EMAIL_SET
+
+        def types_of(rid: str) -> list[str]:
+            return [e.type for e in seen if e.headers.get("run_id") == rid]
+
+        # Kafka's group join takes real seconds, which the autojump clock does not wait for.
+        deadline = time.monotonic() + LIMIT
+        while not (len(types_of(run_id)) >= 4 and len(types_of(elsewhere)) >= 2):
+            assert time.monotonic() < deadline, seen
+            await trio.to_thread.run_sync(time.sleep, 0.05)
+    assert sorted(set(types_of(run_id))) == [str(s.value) for s in Sync]
+    assert sorted(set(types_of(elsewhere))) == [str(Sync.STARTED.value), str(Sync.EMAIL_SET.value)]
     assert record.object.email == "andrew@workflow.com"
     assert record.status is Sync.COMPLETED and record.object.uid
     email_set = next(r for r in await wf.history(run_id) if r.status is Sync.EMAIL_SET)

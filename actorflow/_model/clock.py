@@ -77,7 +77,12 @@ def require_aware(when: datetime, what: str) -> datetime:
             f"{what} is a naive datetime ({when.isoformat()}); give it a timezone, "
             "e.g. datetime(..., tzinfo=datetime.UTC)"
         )
-    return when.astimezone(UTC)
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00-05:00 is in the year 10000 in UTC
+        raise InvalidArgument(
+            f"{what} ({when.isoformat()}) is not within the years 1-9999 in UTC"
+        ) from None
 
 
 def trio_deadline(clock: Clock, when: datetime) -> float:
