@@ -1162,3 +1162,85 @@ async def test_a_scrub_function_that_always_fails_backs_off(
         await trio.sleep(24 * 3600)
     assert (await wf.lookup(run_id)).run_state is af.RunState.REQUESTED_DATA_DELETED
     assert 3 <= len(calls) <= 200, len(calls)  # 10 min apart at most: ~150 a day
+
+
+async def test_a_run_kept_by_a_step_and_used_later_changes_nothing(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A step keeps its Run; later (after the run moved on) another run's step changes
+    the kept object, reads the kept record, and returns the kept run's pause(): only the
+    run whose step returned it is paused; the kept run is unchanged."""
+    kept: list[af.Run[Doc, St]] = []
+
+    async def keeps(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "first":
+            run.object.text = "first"
+            kept.append(run)
+            return St.WAITING
+        old = kept[0]
+        old.object.text = "changed later"
+        old.object.tags.append("later")
+        assert old.record.status is St.WORKING and old.record.object.text == ""
+        return old.pause("from a kept run")
+
+    wf = two_steps(make_store(), keeps)
+    async with af.open_workflow(wf):
+        first = await wf.trigger("first")
+        with trio.fail_after(60):
+            await wf.await_status("first", first, St.WAITING)
+        second = await wf.trigger("second")
+        rec = await paused(wf, "second")
+        assert rec.meta.run_state_reason == "from a kept run"
+        again = await wf.lookup(first)
+    assert again.run_state is af.RunState.RUNNING and again.status is St.WAITING
+    assert again.object == Doc(text="first", n=1)
+    assert (await wf.lookup(second)).object == Doc(n=1)
+
+
+async def test_a_step_blocking_the_loop_delays_but_loses_nothing(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A step calling time.sleep (blocking the event loop) delays everything while it
+    blocks; afterwards every run goes on, each version once."""
+    import time
+
+    async def blocks(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "blocker":
+            time.sleep(0.2)  # noqa: ASYNC251 (the careless user code under test)
+        run.object.tags.append("worked")
+        return St.WAITING
+
+    wf = two_steps(make_store(), blocks)
+    async with af.open_workflow(wf):
+        ids = {fid: await wf.trigger(fid) for fid in ("blocker", "a", "b", "c")}
+        with trio.fail_after(3600):
+            for fid, run_id in ids.items():
+                rec = await wf.await_status(fid, run_id, St.WAITING)
+                assert rec.object.tags == ["worked"] and rec.version == 3
+
+
+@pytest.mark.parametrize("kind", ["partial", "callable-object"])
+async def test_partials_and_callable_objects_are_named_by_their_function(
+    make_store: Any, kind: str, autojump_clock: MockClock
+) -> None:
+    """A step given as a functools.partial or a callable object: its errors name the
+    function (or the class), not a repr holding a memory address."""
+    import functools
+
+    async def failing_step(run: af.Run[Doc, St], extra: int) -> St:
+        raise ValueError("nope")
+
+    class FailingHandler:
+        async def __call__(self, run: af.Run[Doc, St]) -> St:
+            raise ValueError("nope")
+
+    fn: Any = functools.partial(failing_step, extra=1) if kind == "partial" else FailingHandler()
+    b = af.Builder("named", Doc, St)
+    b.add_step(St.NEW, fn, to=St.DONE, pause_after_errors=1)
+    wf = b.build(make_store(), clock=trio_clock(START), resume_paused_after=None)
+    async with af.open_workflow(wf):
+        await wf.trigger("f")
+        rec = await paused(wf, "f")
+    reason = rec.meta.run_state_reason
+    assert ("failing_step" if kind == "partial" else "FailingHandler") in reason, reason
+    assert "0x" not in reason, reason
