@@ -1244,3 +1244,43 @@ async def test_partials_and_callable_objects_are_named_by_their_function(
     reason = rec.meta.run_state_reason
     assert ("failing_step" if kind == "partial" else "FailingHandler") in reason, reason
     assert "0x" not in reason, reason
+
+
+async def test_a_callback_awaiting_the_run_that_calls_it_is_refused(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """Run A's step calls back run B, whose callback awaits a later status of A (which
+    cannot move while its step waits for B): refused with an error naming the deadlock;
+    awaiting a status A has already been at still answers."""
+    holder: list[af.Workflow[Doc, St]] = []
+    seen: list[str] = []
+    b = af.Builder("mutual-await", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "A":
+            try:
+                await holder[0].callback("B", St.WAITING, run.run_id.encode())
+            except af.ActorflowError as exc:
+                seen.append(f"A got {type(exc).__name__}: {exc}")
+        return St.WAITING
+
+    async def answer(run: af.Run[Doc, St], payload: bytes) -> St:
+        a_run = payload.decode()
+        already = await holder[0].await_status("A", a_run, St.NEW)
+        seen.append(f"B saw A at version {already.version}")
+        await holder[0].await_status("A", a_run, St.WAITING)
+        return St.DONE
+
+    b.add_callback(St.WAITING, answer, to=[St.DONE])
+    wf = b.build(make_store(), clock=trio_clock(START))
+    holder.append(wf)
+    async with af.open_workflow(wf):
+        b_run = await wf.trigger("B")
+        with trio.fail_after(60):
+            await wf.await_status("B", b_run, St.WAITING)
+        a_run = await wf.trigger("A")
+        with trio.fail_after(3600):
+            await wf.await_status("A", a_run, St.WAITING)
+    assert seen[0] == "B saw A at version 1"
+    assert len(seen) == 2 and "deadlock" in seen[1] and "CallbackError" in seen[1]
