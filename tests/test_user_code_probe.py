@@ -8,7 +8,9 @@ lost and nothing done twice. Runs on MemoryStore and SQLiteStore with the autoju
 
 from __future__ import annotations
 
+import contextlib
 import enum
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -1284,3 +1286,61 @@ async def test_a_callback_awaiting_the_run_that_calls_it_is_refused(
             await wf.await_status("A", a_run, St.WAITING)
     assert seen[0] == "B saw A at version 1"
     assert len(seen) == 2 and "deadlock" in seen[1] and "CallbackError" in seen[1]
+
+
+class _JunkFirstSource:
+    """An EventSource of the user's own whose first receiver hands over a dict."""
+
+    def __init__(self) -> None:
+        self.opened = 0
+
+    @contextlib.asynccontextmanager
+    async def open(self, consumer: str, after: str | None) -> AsyncIterator[Any]:
+        self.opened += 1
+        yield _Receiver(junk=self.opened == 1, after=after)
+
+
+class _Receiver:
+    def __init__(self, *, junk: bool, after: str | None) -> None:
+        self.junk = junk
+        self.done = after == "e1"
+
+    async def receive(self) -> Any:
+        await trio.lowlevel.checkpoint()
+        if self.junk:
+            return {"id": "e1", "foreign_id": "from-junk"}
+        if self.done:
+            await trio.sleep_forever()
+        self.done = True
+        return _event("e1", "from-junk")
+
+    async def ack(self, event: Any) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_a_user_source_handing_over_junk_is_named_and_reopened(
+    make_store: Any, caplog: pytest.LogCaptureFixture, autojump_clock: MockClock
+) -> None:
+    """An EventSource of the user's own whose receiver returns something that is not a
+    ConnectorEvent: a warning saying exactly that, the source reopened after a back-off,
+    and the connector function never called with the junk."""
+    handled: list[Any] = []
+    source = _JunkFirstSource()
+    b = af.Builder("junksource", Doc, St)
+
+    @b.step(St.NEW, to=St.DONE)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.DONE
+
+    async def on_event(workflow: Any, event: Any) -> None:
+        handled.append(event)
+        await workflow.trigger(event.foreign_id)
+
+    b.add_connector("mine", source, on_event)
+    wf = b.build(make_store(), clock=trio_clock(START))
+    async with af.open_workflow(wf):
+        with trio.fail_after(3600):
+            await wait_for(wf, "from-junk", lambda r: r.status is St.DONE)
+    assert [type(e) for e in handled] == [af.ConnectorEvent]
+    assert source.opened >= 2
+    assert "returned dict, not an af.ConnectorEvent" in caplog.text
