@@ -543,32 +543,40 @@ class Validated:
 async def test_an_object_whose_validator_refuses_the_stored_json(
     make_store: Any, autojump_clock: MockClock
 ) -> None:
-    """A stored object that no longer passes its class's validator (the code changed):
-    the run's step errors with a message naming the run and the object type, the run is
-    paused at the limit, lookup/history still show the stored data, and other runs go on;
-    a callback to it raises a clear error and changes nothing."""
-    b = af.Builder("validated", Validated, St)
+    """A stored object that no longer passes its class's validator (the code changed
+    between two starts): the run's step errors with a message naming the run and the
+    object type, the run is paused at the limit, lookup/history still show the stored
+    data, and other runs go on; a callback to it raises a clear error and changes nothing."""
 
-    @b.step(St.NEW, to=St.WORKING)
-    async def go(run: af.Run[Validated, St]) -> St:
-        run.object.n = -1 if run.foreign_id == "bad" else 1
-        _strict[0] = True  # the code changed: what was just set is refused from now on
-        return St.WORKING
+    def build(store: af.Store) -> af.Workflow[Validated, St]:
+        b = af.Builder("validated", Validated, St)
 
-    @b.step(St.WORKING, to=St.WAITING, pause_after_errors=2)
-    async def work(run: af.Run[Validated, St]) -> St:
-        return St.WAITING
+        @b.step(St.NEW, to=St.WORKING)
+        async def go(run: af.Run[Validated, St]) -> St:
+            run.object.n = -1 if run.foreign_id == "bad" else 1
+            return St.WORKING
 
-    async def answer(run: af.Run[Validated, St], payload: bytes) -> St:
-        return St.DONE
+        @b.step(St.WORKING, to=St.WAITING, pause_after_errors=2)
+        async def work(run: af.Run[Validated, St]) -> St:
+            return St.WAITING if _strict[0] else run.skip()  # waits for the new code
 
-    b.add_callback(St.WAITING, answer, to=[St.DONE])
-    b.add_callback(St.WORKING, answer, to=[St.DONE])
-    wf = b.build(make_store(), clock=trio_clock(START), resume_paused_after=None)
+        async def answer(run: af.Run[Validated, St], payload: bytes) -> St:
+            return St.DONE
+
+        b.add_callback(St.WAITING, answer, to=[St.DONE])
+        b.add_callback(St.WORKING, answer, to=[St.DONE])
+        return b.build(store, clock=trio_clock(START), resume_paused_after=None)
+
     _strict[0] = False
     try:
+        wf = build(make_store())
         async with af.open_workflow(wf):
             bad = await wf.trigger("bad")
+            with trio.fail_after(60):
+                await wf.await_status("bad", bad, St.WORKING)
+        _strict[0] = True  # the new code refuses what the old code stored
+        wf = build(make_store())
+        async with af.open_workflow(wf):
             rec = await paused(wf, "bad")
             assert "Validated" in rec.meta.run_state_reason and bad in rec.meta.run_state_reason
             assert rec.object == {"n": -1} or getattr(rec.object, "n", None) == -1
@@ -1344,3 +1352,48 @@ async def test_a_user_source_handing_over_junk_is_named_and_reopened(
     assert [type(e) for e in handled] == [af.ConnectorEvent]
     assert source.opened >= 2
     assert "returned dict, not an af.ConnectorEvent" in caplog.text
+
+
+@attrs.define
+class Capped:
+    n: int = 0
+    tags: list[str] = attrs.field(factory=list, validator=lambda _, __, v: _at_most_two(v))
+
+
+def _at_most_two(tags: list[str]) -> None:
+    if len(tags) > 2:
+        raise ValueError(f"at most 2 tags, got {len(tags)}")
+
+
+@pytest.mark.parametrize("how", ["validator", "wrong-type"])
+async def test_an_object_left_unreadable_is_the_error_of_the_step_that_made_it(
+    make_store: Any, how: str, autojump_clock: MockClock
+) -> None:
+    """A step that leaves the object in a state that does not read back (a list grown
+    past what its validator allows, an int field set to None) and returns the terminal
+    status: an error of THAT step, nothing stored (it used to complete the run with an
+    object that readers got back as a plain dict, and no step could load it again)."""
+    b = af.Builder("unreadable", Capped, St)
+
+    @b.step(St.NEW, to=St.DONE, pause_after_errors=2)
+    async def spoil(run: af.Run[Capped, St]) -> St:
+        if run.foreign_id == "bad":
+            if how == "validator":
+                run.object.tags.extend(["a", "b", "c"])
+            else:
+                run.object.n = None  # type: ignore[assignment]
+        return St.DONE
+
+    wf = b.build(make_store(), clock=trio_clock(START), resume_paused_after=None)
+    async with af.open_workflow(wf):
+        bad = await wf.trigger("bad")
+        rec = await paused(wf, "bad")
+        good = await wf.trigger("good")
+        with trio.fail_after(60):
+            done = await wf.await_status("good", good, St.DONE)
+    assert isinstance(done.object, Capped)
+    reason = rec.meta.run_state_reason
+    assert "spoil" in reason and "does not read back as a Capped" in reason, reason
+    history = await wf.history(bad)
+    assert [r.status for r in history] == [St.NEW, St.NEW]
+    assert all(isinstance(r.object, Capped) for r in history)

@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 RESUME = "resume"
 META_CACHE = 256
+FRESH_CACHE = 4096
+"""At most this many objects read back from versions being stored are kept for the next
+step (most are taken at once by the actor that stored them)."""
 NO_TIMERS: list[Timer] = []
 """The timers of a version that has none. Shared (one list, not one per version in
 flight), so it is never mutated: code that changes timers builds a new list."""
@@ -109,6 +112,10 @@ class Engine(Generic[T, S]):
                 self.error_processes[key] = self.timeout_processes[status].name
         self.errors = ErrorCounts(self.error_processes)
         """Consecutive errors of each function on each run."""
+        self._fresh: dict[str, tuple[int, str, T]] = {}
+        """Run id -> (version, object text, the object decoded from it) of versions about
+        to be stored (see :meth:`encoded`): the next ``make_run`` of that version takes
+        it instead of decoding the same text again."""
         self.services: dict[str, Process] = {}
         """The workflow's service processes (hooks, connectors, relay, schedules, ...)."""
 
@@ -164,7 +171,11 @@ class Engine(Generic[T, S]):
         )
 
     def make_run(self, raw: RawRecord) -> Run[T, S]:
-        obj = self.codec.decode(raw.object, run_id=raw.run_id)
+        fresh = self._fresh.pop(raw.run_id, None) if self._fresh else None
+        if fresh is not None and fresh[0] == raw.version and fresh[1] == raw.object:
+            obj = fresh[2]  # decoded from that very text as it was stored, never handed out
+        else:
+            obj = self.codec.decode(raw.object, run_id=raw.run_id)
         return Run(raw, self.status(raw.status), obj, self.codec)
 
     def now(self) -> datetime:
@@ -411,10 +422,15 @@ class Engine(Generic[T, S]):
         return new, self.timers_for(run, status, new.updated_at)
 
     def encoded(self, raw: RawRecord, run: Run[T, S], what: str) -> str:
-        """The JSON text of ``run.object`` to store; StepError when the function replaced
-        it with something that is not the object type (a dict, None, another class: the
-        codec would fail on it obscurely, or store another class's fields as if they were
-        the object's)."""
+        """The JSON text of ``run.object`` to store.
+
+        Raises StepError when the function replaced it with something that is not the
+        object type (a dict, None, another class: the codec would fail on it obscurely, or
+        store another class's fields as if they were the object's), or left it in a state
+        that does not read back (a field set to a value of another type, a validator that
+        refuses it): stored, the run could not be loaded again, and readers would get its
+        JSON data instead of an object. The object read back is kept for the next step of
+        that version (which would decode the same text)."""
         obj = run.object
         object_type = self.codec.object_type
         if type(obj) is not object_type and not isinstance(obj, object_type):
@@ -423,7 +439,19 @@ class Engine(Generic[T, S]):
                 f"be a {object_type.__name__} (change its fields, or assign a new "
                 f"{object_type.__name__})"
             )
-        return self.codec.encode(obj, run_id=raw.run_id)
+        text = self.codec.encode(obj, run_id=raw.run_id)
+        try:
+            again = self.codec.decode(text, run_id=raw.run_id)
+        except SerializationError as exc:
+            raise StepError(
+                f"{self.where(raw, what)} left run.object in a state that does not read "
+                f"back as a {object_type.__name__}, so it was not stored: "
+                f"{describe_error(exc.__cause__ or exc)}"
+            ) from exc
+        if len(self._fresh) >= FRESH_CACHE:
+            self._fresh.clear()  # runs that went on to wait elsewhere
+        self._fresh[raw.run_id] = (raw.version + 1, text, again)
+        return text
 
     async def count_error(
         self, raw: RawRecord, key: str, exc: BaseException, options: Options
