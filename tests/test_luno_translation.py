@@ -13,6 +13,7 @@ import enum
 import functools
 import json
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ import trio
 from trio.testing import MockClock
 
 import actorflow as af
+from actorflow.streaming import StreamSource
 from actorflow.testing import (
     Special,
     await_timeout_insert,
@@ -38,6 +40,8 @@ from tests.conftest import START, StoreMaker
 
 LIMIT = 60  # seconds of virtual time any wait may take before the test fails
 PG_DSN = os.environ.get("ACTORFLOW_PG_DSN")
+REDIS_URL = os.environ.get("ACTORFLOW_REDIS_URL")
+KAFKA_BOOTSTRAP = os.environ.get("ACTORFLOW_KAFKA_BOOTSTRAP")
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
@@ -381,13 +385,19 @@ def connector_events() -> list[af.ConnectorEvent]:
     ]
 
 
-def connector_workflow(store: af.Store, clock: af.Clock) -> af.Workflow[TypeX, St]:
+def connector_workflow(
+    store: af.Store, clock: af.Clock, source: Any = None
+) -> af.Workflow[TypeX, St]:
     b = af.Builder("workflow", TypeX, St)
 
     async def on_event(workflow: Any, event: af.ConnectorEvent) -> None:
         await workflow.trigger(event.foreign_id, initial=TypeX("trigger set value"))
 
-    b.add_connector("my-test-connector", af.MemorySource(connector_events()), on_event)
+    b.add_connector(
+        "my-test-connector",
+        af.MemorySource(connector_events()) if source is None else source,
+        on_event,
+    )
 
     @b.step(St.START, to=St.END)
     async def step(run: af.Run[TypeX, St]) -> St:
@@ -2434,15 +2444,32 @@ def cool_down(run: af.Run[User, Sync], now: datetime) -> datetime | None:
     return now + timedelta(hours=1) if run.object.country_code == "GB" else None
 
 
-@pytest.mark.parametrize("streamer", ["memory", "store log"])
+def _streamer(kind: str, store: af.Store) -> Any:
+    """The event streamer under test; Redis and Kafka (luno's wredis and kafkastreamer run
+    the same acceptance test) only when their servers are given."""
+    if kind == "memory":
+        return af.MemoryStreamer()
+    if kind == "store log":
+        return af.StoreLogStreamer(store)
+    if kind == "redis":
+        if not REDIS_URL:
+            pytest.skip("ACTORFLOW_REDIS_URL not set")
+        return af.RedisStreamer(REDIS_URL, prefix=f"af-luno-{uuid.uuid4().hex[:12]}:")
+    if not KAFKA_BOOTSTRAP:
+        pytest.skip("ACTORFLOW_KAFKA_BOOTSTRAP not set")
+    return af.KafkaStreamer(KAFKA_BOOTSTRAP, topic_prefix=f"af-luno-{uuid.uuid4().hex[:12]}.")
+
+
+@pytest.mark.parametrize("streamer", ["memory", "store log", "redis", "kafka"])
 async def test_event_streamer_acceptance(
     make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock, streamer: str
 ) -> None:
-    """RunEventStreamerTest "Acceptance test - full workflow run through": with an event
-    streamer, a run goes through a step, a timer function's timeout (an hour for GB users,
-    none for others) and a last step; the transitions reach the stream."""
+    """RunEventStreamerTest "Acceptance test - full workflow run through" (memstreamer,
+    wredis, kafkastreamer): with an event streamer, a run goes through a step, a timer
+    function's timeout (an hour for GB users, none for others) and a last step; the
+    transitions reach the stream."""
     store = make_store()
-    stream: Any = af.MemoryStreamer() if streamer == "memory" else af.StoreLogStreamer(store)
+    stream = _streamer(streamer, store)
     b = af.Builder("sync user 2", User, Sync)
 
     @b.step(Sync.STARTED, to=Sync.EMAIL_SET, max_concurrency=5)
@@ -2463,7 +2490,15 @@ async def test_event_streamer_acceptance(
         return Sync.COMPLETED
 
     wf = b.build(store, clock=clock, streamer=stream)
-    async with af.open_workflow(wf):
+    seen: list[af.ConnectorEvent] = []
+
+    async def read(workflow: Any, event: af.ConnectorEvent) -> None:
+        seen.append(event)
+
+    reader = two_steps("stream reader")
+    reader.add_connector("sync", StreamSource(stream, "sync user 2"), read)
+    readers = reader.build(store, clock=clock)
+    async with af.open_workflow(wf, readers):
         run_id = await wf.trigger("1", initial=User(country_code="GB"))
         await await_timeout_insert(wf, "1", run_id, Sync.EMAIL_SET)
         record = await wf.await_status("1", run_id, Sync.COMPLETED, timeout=2 * 3600)
@@ -2471,6 +2506,17 @@ async def test_event_streamer_acceptance(
         await wf.await_status("2", elsewhere, Sync.EMAIL_SET, timeout=LIMIT)
         await trio.sleep(24 * 3600)
         assert (await wf.lookup(elsewhere)).status is Sync.EMAIL_SET
+
+        def types_of(rid: str) -> list[str]:
+            return [e.type for e in seen if e.headers.get("run_id") == rid]
+
+        # Kafka's group join takes real seconds, which the autojump clock does not wait for.
+        deadline = time.monotonic() + LIMIT
+        while not (len(types_of(run_id)) >= 4 and len(types_of(elsewhere)) >= 2):
+            assert time.monotonic() < deadline, seen
+            await trio.to_thread.run_sync(time.sleep, 0.05)
+    assert sorted(set(types_of(run_id))) == [str(s.value) for s in Sync]
+    assert sorted(set(types_of(elsewhere))) == [str(Sync.STARTED.value), str(Sync.EMAIL_SET.value)]
     assert record.object.email == "andrew@workflow.com"
     assert record.status is Sync.COMPLETED and record.object.uid
     email_set = next(r for r in await wf.history(run_id) if r.status is Sync.EMAIL_SET)
@@ -3257,3 +3303,33 @@ async def test_run_once_process_state(
         assert wf.states()["start-consumer"] in up
         assert wf.states()["events-connector-consumer"] in up
     assert wf.states()["start-consumer"] is af.ProcessState.STOPPED
+
+
+# --- memstreamer, wredis, kafkastreamer TestConnector: RunConnectorTest on a stream ------
+
+
+@pytest.mark.parametrize("streamer", ["memory", "redis", "kafka"])
+async def test_run_connector_test_on_streamers(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock, streamer: str
+) -> None:
+    """RunConnectorTest (memstreamer, wredis and kafkastreamer TestConnector): events sent
+    to a streamer's topic, consumed by a connector, each trigger a run that completes; a
+    restart hands none over again (the consumer's position is durable). Not the store-log
+    streamer: its topics are the store's own transitions, and its sender sends nothing."""
+    store = make_store()
+    stream = _streamer(streamer, store)
+    topic = "connector-test"
+    async with stream.open_sender(topic) as sender:
+        for event in connector_events():
+            await sender.send(event)
+    wf = connector_workflow(store, clock, StreamSource(stream, topic))
+    async with af.open_workflow(wf):
+        for event in connector_events():
+            await require(wf, event.foreign_id, St.END, TypeX("workflow step set value"))
+    again = connector_workflow(make_store(), clock, StreamSource(stream, topic))
+    async with af.open_workflow(again):
+        await trio.sleep(3600)
+        await trio.to_thread.run_sync(time.sleep, 2)  # real time, for Kafka's group join
+        await trio.sleep(3600)
+    for event in connector_events():
+        assert len(await again.list_runs(foreign_id=event.foreign_id)) == 1

@@ -8,7 +8,9 @@ lost and nothing done twice. Runs on MemoryStore and SQLiteStore with the autoju
 
 from __future__ import annotations
 
+import contextlib
 import enum
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -1133,3 +1135,212 @@ async def test_two_runs_calling_each_other_back_get_an_error_not_a_deadlock(
             await wf.await_status("A", a_run, St.WAITING)
     assert len(seen) == 1 and "deadlock" in seen[0] and "CallbackError" in seen[0]
     assert (await wf.lookup(b_run)).status is St.WAITING
+
+
+async def test_a_scrub_function_that_always_fails_backs_off(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A scrub function that always fails (here: returns the wrong type): delete_data's
+    caller gets a clear error, the request stays stored, and the worker's retries back
+    off (growing, as for any failing function) instead of calling it every second."""
+    calls: list[float] = []
+
+    def scrub(doc: Doc) -> Any:
+        calls.append(trio.current_time())
+        return {"text": ""}
+
+    async def plain(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    wf = two_steps(make_store(), plain, scrub=scrub)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        with trio.fail_after(60):
+            await wf.await_status("f", run_id, St.WAITING)
+        await wf.cancel(run_id, "done with it")
+        with pytest.raises(af.ActorflowError, match="scrub"):
+            await wf.delete_data(run_id, "erase")
+        assert (await wf.lookup(run_id)).run_state is af.RunState.REQUESTED_DATA_DELETED
+        await trio.sleep(24 * 3600)
+    assert (await wf.lookup(run_id)).run_state is af.RunState.REQUESTED_DATA_DELETED
+    assert 3 <= len(calls) <= 200, len(calls)  # 10 min apart at most: ~150 a day
+
+
+async def test_a_run_kept_by_a_step_and_used_later_changes_nothing(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A step keeps its Run; later (after the run moved on) another run's step changes
+    the kept object, reads the kept record, and returns the kept run's pause(): only the
+    run whose step returned it is paused; the kept run is unchanged."""
+    kept: list[af.Run[Doc, St]] = []
+
+    async def keeps(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "first":
+            run.object.text = "first"
+            kept.append(run)
+            return St.WAITING
+        old = kept[0]
+        old.object.text = "changed later"
+        old.object.tags.append("later")
+        assert old.record.status is St.WORKING and old.record.object.text == ""
+        return old.pause("from a kept run")
+
+    wf = two_steps(make_store(), keeps)
+    async with af.open_workflow(wf):
+        first = await wf.trigger("first")
+        with trio.fail_after(60):
+            await wf.await_status("first", first, St.WAITING)
+        second = await wf.trigger("second")
+        rec = await paused(wf, "second")
+        assert rec.meta.run_state_reason == "from a kept run"
+        again = await wf.lookup(first)
+    assert again.run_state is af.RunState.RUNNING and again.status is St.WAITING
+    assert again.object == Doc(text="first", n=1)
+    assert (await wf.lookup(second)).object == Doc(n=1)
+
+
+async def test_a_step_blocking_the_loop_delays_but_loses_nothing(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A step calling time.sleep (blocking the event loop) delays everything while it
+    blocks; afterwards every run goes on, each version once."""
+    import time
+
+    async def blocks(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "blocker":
+            time.sleep(0.2)  # noqa: ASYNC251 (the careless user code under test)
+        run.object.tags.append("worked")
+        return St.WAITING
+
+    wf = two_steps(make_store(), blocks)
+    async with af.open_workflow(wf):
+        ids = {fid: await wf.trigger(fid) for fid in ("blocker", "a", "b", "c")}
+        with trio.fail_after(3600):
+            for fid, run_id in ids.items():
+                rec = await wf.await_status(fid, run_id, St.WAITING)
+                assert rec.object.tags == ["worked"] and rec.version == 3
+
+
+@pytest.mark.parametrize("kind", ["partial", "callable-object"])
+async def test_partials_and_callable_objects_are_named_by_their_function(
+    make_store: Any, kind: str, autojump_clock: MockClock
+) -> None:
+    """A step given as a functools.partial or a callable object: its errors name the
+    function (or the class), not a repr holding a memory address."""
+    import functools
+
+    async def failing_step(run: af.Run[Doc, St], extra: int) -> St:
+        raise ValueError("nope")
+
+    class FailingHandler:
+        async def __call__(self, run: af.Run[Doc, St]) -> St:
+            raise ValueError("nope")
+
+    fn: Any = functools.partial(failing_step, extra=1) if kind == "partial" else FailingHandler()
+    b = af.Builder("named", Doc, St)
+    b.add_step(St.NEW, fn, to=St.DONE, pause_after_errors=1)
+    wf = b.build(make_store(), clock=trio_clock(START), resume_paused_after=None)
+    async with af.open_workflow(wf):
+        await wf.trigger("f")
+        rec = await paused(wf, "f")
+    reason = rec.meta.run_state_reason
+    assert ("failing_step" if kind == "partial" else "FailingHandler") in reason, reason
+    assert "0x" not in reason, reason
+
+
+async def test_a_callback_awaiting_the_run_that_calls_it_is_refused(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """Run A's step calls back run B, whose callback awaits a later status of A (which
+    cannot move while its step waits for B): refused with an error naming the deadlock;
+    awaiting a status A has already been at still answers."""
+    holder: list[af.Workflow[Doc, St]] = []
+    seen: list[str] = []
+    b = af.Builder("mutual-await", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "A":
+            try:
+                await holder[0].callback("B", St.WAITING, run.run_id.encode())
+            except af.ActorflowError as exc:
+                seen.append(f"A got {type(exc).__name__}: {exc}")
+        return St.WAITING
+
+    async def answer(run: af.Run[Doc, St], payload: bytes) -> St:
+        a_run = payload.decode()
+        already = await holder[0].await_status("A", a_run, St.NEW)
+        seen.append(f"B saw A at version {already.version}")
+        await holder[0].await_status("A", a_run, St.WAITING)
+        return St.DONE
+
+    b.add_callback(St.WAITING, answer, to=[St.DONE])
+    wf = b.build(make_store(), clock=trio_clock(START))
+    holder.append(wf)
+    async with af.open_workflow(wf):
+        b_run = await wf.trigger("B")
+        with trio.fail_after(60):
+            await wf.await_status("B", b_run, St.WAITING)
+        a_run = await wf.trigger("A")
+        with trio.fail_after(3600):
+            await wf.await_status("A", a_run, St.WAITING)
+    assert seen[0] == "B saw A at version 1"
+    assert len(seen) == 2 and "deadlock" in seen[1] and "CallbackError" in seen[1]
+
+
+class _JunkFirstSource:
+    """An EventSource of the user's own whose first receiver hands over a dict."""
+
+    def __init__(self) -> None:
+        self.opened = 0
+
+    @contextlib.asynccontextmanager
+    async def open(self, consumer: str, after: str | None) -> AsyncIterator[Any]:
+        self.opened += 1
+        yield _Receiver(junk=self.opened == 1, after=after)
+
+
+class _Receiver:
+    def __init__(self, *, junk: bool, after: str | None) -> None:
+        self.junk = junk
+        self.done = after == "e1"
+
+    async def receive(self) -> Any:
+        await trio.lowlevel.checkpoint()
+        if self.junk:
+            return {"id": "e1", "foreign_id": "from-junk"}
+        if self.done:
+            await trio.sleep_forever()
+        self.done = True
+        return _event("e1", "from-junk")
+
+    async def ack(self, event: Any) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_a_user_source_handing_over_junk_is_named_and_reopened(
+    make_store: Any, caplog: pytest.LogCaptureFixture, autojump_clock: MockClock
+) -> None:
+    """An EventSource of the user's own whose receiver returns something that is not a
+    ConnectorEvent: a warning saying exactly that, the source reopened after a back-off,
+    and the connector function never called with the junk."""
+    handled: list[Any] = []
+    source = _JunkFirstSource()
+    b = af.Builder("junksource", Doc, St)
+
+    @b.step(St.NEW, to=St.DONE)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.DONE
+
+    async def on_event(workflow: Any, event: Any) -> None:
+        handled.append(event)
+        await workflow.trigger(event.foreign_id)
+
+    b.add_connector("mine", source, on_event)
+    wf = b.build(make_store(), clock=trio_clock(START))
+    async with af.open_workflow(wf):
+        with trio.fail_after(3600):
+            await wait_for(wf, "from-junk", lambda r: r.status is St.DONE)
+    assert [type(e) for e in handled] == [af.ConnectorEvent]
+    assert source.opened >= 2
+    assert "returned dict, not an af.ConnectorEvent" in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from typing import TypeVar
 
@@ -110,7 +111,9 @@ class Awaiting(WorkflowCore[T, S]):
             found = None  # another process wrote, or the poll: read the history again
             unattended = not watch.warned and self._local_supervisor() is None
             warn_at = watch.since + UNATTENDED_AFTER if unattended else math_inf
-            with self._store.feed.until_external(poll), trio.move_on_at(warn_at):
+            supervisor = self._local_supervisor()
+            waiting = supervisor.waiting_on(run_id) if supervisor else contextlib.nullcontext()
+            with waiting, self._store.feed.until_external(poll), trio.move_on_at(warn_at):
                 found = await _next_matching(sub, wanted)
             if found is not None:
                 return self._engine.typed(found)

@@ -44,7 +44,13 @@ def is_async_callable(fn: object) -> bool:
 
 
 def fn_name(fn: object) -> str:
-    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
+    """How messages, logs and error counts name a user function: its qualified name; for
+    a ``functools.partial`` its function's; for a callable object its class's (never a
+    repr holding a memory address, different in every process)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return str(name) if name else type(fn).__qualname__
 
 
 @attrs.frozen

@@ -209,9 +209,15 @@ class RunActions:
             run.back_off(self.engine.default_options.retry_seconds(1))
             return
         if not key:
+            # Not a function with options of its own (an automatic resume, a data deletion
+            # whose scrub function fails): counted all the same, so that the back-off
+            # grows instead of retrying (and logging) every second for ever.
+            count = self.engine.errors.add(raw.run_id, what)
             where, fields = self.where(), self.fields()
-            log.exception("%s: %s failed", where, what, exc_info=exc, extra=fields)
-            run.back_off(self.engine.default_options.retry_seconds(1))
+            log.exception(
+                "%s: %s failed (error %d)", where, what, count, exc_info=exc, extra=fields
+            )
+            run.back_off(self.engine.default_options.retry_seconds(count))
             return
         opts = options or self.engine.default_options
         try:

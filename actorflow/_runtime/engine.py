@@ -547,7 +547,9 @@ class Engine(Generic[T, S]):
             scrubbed = scrub(obj)
         except BaseException as exc:
             error = user_error(exc, "the scrub function")
-            raise ActorflowError(f"{self.where(raw)}: scrub function failed: {error!r}") from exc
+            raise ActorflowError(
+                f"{self.where(raw)}: scrub function failed: {describe_error(error)}"
+            ) from exc
         self.codec.check(scrubbed, "the scrub function's result")
         return self.codec.encode(scrubbed, run_id=raw.run_id)
 

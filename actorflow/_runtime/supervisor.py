@@ -23,6 +23,7 @@ import enum
 import logging
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar, final
 
@@ -415,22 +416,34 @@ class Supervisor(Generic[T, S]):
         flight is cancelled so that ``op`` runs (a pause or cancel of a run whose step
         hangs); None: wait for it however long it takes.
 
-        Raises ActorflowError when the caller is user code of another run whose actor
-        ``run_id``'s user code is waiting on (a step calling back B, whose callback calls
-        back A): each would wait for the other forever."""
+        Raises ActorflowError when the caller is user code of another run that ``run_id``'s
+        user code is waiting on (see :meth:`waiting_on`)."""
+        with self.waiting_on(run_id):
+            return await self._ask(run_id, op, interrupt_after)
+
+    @contextlib.contextmanager
+    def waiting_on(self, run_id: str) -> Iterator[None]:
+        """Around a wait of the caller on run ``run_id`` (an ``ask``, an ``await_status``).
+
+        When the caller is user code of another run (its step, timeout or callback, or a
+        task they started), the wait is noted, and refused with ActorflowError when
+        ``run_id``'s own user code is waiting (directly or through other runs) on the
+        caller's run: A's step calling back B, whose callback calls back or awaits A,
+        would have each wait for the other forever."""
         asker = ACTOR_RUN.get()
         if asker is None or asker == run_id or not self.within_actor(asker):
-            return await self._ask(run_id, op, interrupt_after)
+            yield
+            return
         if self._waits_on(run_id, asker):
             raise ActorflowError(
-                f"workflow {self.engine.name!r}: user code of run {asker} calls run "
+                f"workflow {self.engine.name!r}: user code of run {asker} waits on run "
                 f"{run_id}, whose own user code is waiting on run {asker}: each would wait "
                 "for the other forever (a deadlock); refused"
             )
         asked = self._asking.setdefault(asker, [])
         asked.append(run_id)
         try:
-            return await self._ask(run_id, op, interrupt_after)
+            yield
         finally:
             asked.remove(run_id)
             if not asked and self._asking.get(asker) is asked:

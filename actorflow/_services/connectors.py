@@ -140,6 +140,12 @@ async def _serve(
             async with source.open(name, after) as receiver:
                 while True:
                     event = await receiver.receive()
+                    if not isinstance(event, ConnectorEvent):  # a source of the user's own
+                        raise InvalidArgument(
+                            f"workflow {ctx.name!r} connector {spec.name!r}: the source's "
+                            f"receive() returned {type(event).__name__}, not an "
+                            "af.ConnectorEvent"
+                        )
                     if shard is not None and shard_of(event, shard[1]) != shard[0]:
                         await receiver.ack(event)
                         await store.set_cursor(name, event.id)

@@ -4,7 +4,10 @@ confluent-kafka (librdkafka) is synchronous. Every call into it runs in a worker
 (``trio.to_thread.run_sync``, one at a time per client through its own CapacityLimiter),
 and no call waits longer than ``poll_interval``, so a cancelled ``receive`` returns within
 that time and the trio loop never blocks. librdkafka's own threads do the network I/O;
-its log lines go to the ``actorflow.kafka`` logger.
+its log lines go to the ``actorflow.kafka`` logger. The time limits on the broker
+(``join_timeout``, ``connect_timeout`` at close) are real time (``stores.realtime``): the
+broker lives in real time, so under a test's autojump clock, which jumps while a worker
+thread waits, a group join is not given up after no real time at all.
 
 Messages: key = the event's foreign id (Kafka orders per partition, so each run's events
 stay in order), value = the payload, headers = the event's headers plus ``af.id``,
@@ -34,6 +37,7 @@ import attrs
 import trio
 
 from actorflow._model.errors import ActorflowError, InvalidArgument
+from actorflow.stores import realtime
 from actorflow.streaming._protocol import (
     CheckedSender,
     ConnectorEvent,
@@ -644,7 +648,7 @@ class _KafkaSender(CheckedSender):
                 producer.purge()
                 producer.flush(0)
 
-        with trio.move_on_after(seconds + 1):
+        with realtime.move_on_after(seconds + 1):
             try:
                 await trio.to_thread.run_sync(finish, abandon_on_cancel=True)
             except self._streamer._kafka.KafkaException as exc:
@@ -861,7 +865,7 @@ class _KafkaReceiver:
             ),
         )
         timeout = self._streamer.join_timeout
-        with trio.move_on_after(timeout.total_seconds()):
+        with realtime.move_on_after(timeout.total_seconds()):
             while not self._joined:
                 await self._fill()
             return
@@ -1072,7 +1076,7 @@ class _KafkaReceiver:
             finally:
                 consumer.close()
 
-        with trio.move_on_after(self._streamer.connect_timeout.total_seconds() + 1):
+        with realtime.move_on_after(self._streamer.connect_timeout.total_seconds() + 1):
             try:
                 await trio.to_thread.run_sync(finish, limiter=self._limiter, abandon_on_cancel=True)
             except self._streamer._kafka.KafkaException as exc:

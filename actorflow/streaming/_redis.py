@@ -32,6 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 import trio
 
 from actorflow._model.errors import ActorflowError, InvalidArgument
+from actorflow.stores import realtime
 from actorflow.streaming._protocol import (
     CheckedSender,
     ConnectorEvent,
@@ -231,13 +232,10 @@ class RedisStreamer:
         than ``timeout`` (plus ``wait``, a blocking read's own wait) is one too."""
         limit = math.inf if self.timeout is None else (self.timeout + wait).total_seconds()
         try:
-            with trio.fail_after(limit):
+            # Real time: the server lives in it (a test's autojump clock would otherwise
+            # give up on a call the moment every task waits for the server's answer).
+            with realtime.move_on_after(limit) as scope:
                 yield
-        except trio.TooSlowError:
-            raise StreamError(
-                f"Redis at {_redacted(self.url)}: {what} got no answer within {limit:g} s "
-                "(the server is frozen or unreachable; RedisStreamer(timeout=...))"
-            ) from None
         except self._client_errors as exc:
             raise StreamError(
                 f"Redis at {_redacted(self.url)}: {what} failed: {type(exc).__name__}: {exc}"
@@ -246,6 +244,11 @@ class RedisStreamer:
             raise StreamError(
                 f"Redis at {_redacted(self.url)}: {what}: unexpected reply ({exc})"
             ) from exc
+        if scope.cancelled_caught:
+            raise StreamError(
+                f"Redis at {_redacted(self.url)}: {what} got no answer within {limit:g} s "
+                "(the server is frozen or unreachable; RedisStreamer(timeout=...))"
+            )
 
     @asynccontextmanager
     async def _open_client(self) -> AsyncIterator[Redis[bytes]]:
