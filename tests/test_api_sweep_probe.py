@@ -310,3 +310,35 @@ def test_at_an_instant_outside_the_years_1_to_9999_in_utc_says_so(when: datetime
     Python's "date value out of range"."""
     with pytest.raises(af.BuildError, match=r"at\(\) .* is not within the years 1-9999 in UTC"):
         af.at(when)
+
+
+# --- graph(): Mermaid ids for any status name ----------------------------------------------------
+
+
+def test_graph_gives_statuses_whose_names_are_not_identifiers_a_mermaid_id() -> None:
+    """Names from the functional enum API may hold spaces or quotes; ``graph()`` wrote
+    them as state ids (``in progress --> done``), which is not Mermaid. They get an id and
+    a label now; plain names are written as before."""
+    named = enum.IntEnum("named", {"in progress": 1, 'done "ok"': 2, "status_2": 3, "PLAIN": 4})
+    builder = af.Builder("graphs", Obj, named)
+
+    async def step(run: af.Run[Obj, Any]) -> Any:
+        return named["PLAIN"]
+
+    async def paid(run: af.Run[Obj, Any], payload: bytes) -> Any:
+        return named["status_2"]
+
+    builder.add_step(named["in progress"], step, to=[named['done "ok"'], named["PLAIN"]])
+    builder.add_callback(named["PLAIN"], paid, to=named["status_2"])
+    lines = builder.build(af.MemoryStore()).graph().splitlines()
+    assert lines[:2] == ["stateDiagram-v2", "    direction LR"]
+    assert '    state "in progress" as status_1' in lines
+    assert '    state "done #quot;ok#quot;" as status_2_' in lines  # status_2 is taken
+    assert "    [*] --> status_1" in lines
+    assert "    status_1 --> status_2_" in lines
+    assert "    status_1 --> PLAIN" in lines
+    assert "    PLAIN --> status_2: callback" in lines
+    assert "    status_2 --> [*]" in lines
+    for line in lines[2:]:
+        if not line.lstrip().startswith("state "):
+            assert " " not in line.strip().split(" --> ")[0], line

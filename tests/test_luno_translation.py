@@ -385,13 +385,19 @@ def connector_events() -> list[af.ConnectorEvent]:
     ]
 
 
-def connector_workflow(store: af.Store, clock: af.Clock) -> af.Workflow[TypeX, St]:
+def connector_workflow(
+    store: af.Store, clock: af.Clock, source: Any = None
+) -> af.Workflow[TypeX, St]:
     b = af.Builder("workflow", TypeX, St)
 
     async def on_event(workflow: Any, event: af.ConnectorEvent) -> None:
         await workflow.trigger(event.foreign_id, initial=TypeX("trigger set value"))
 
-    b.add_connector("my-test-connector", af.MemorySource(connector_events()), on_event)
+    b.add_connector(
+        "my-test-connector",
+        af.MemorySource(connector_events()) if source is None else source,
+        on_event,
+    )
 
     @b.step(St.START, to=St.END)
     async def step(run: af.Run[TypeX, St]) -> St:
@@ -3297,3 +3303,33 @@ async def test_run_once_process_state(
         assert wf.states()["start-consumer"] in up
         assert wf.states()["events-connector-consumer"] in up
     assert wf.states()["start-consumer"] is af.ProcessState.STOPPED
+
+
+# --- memstreamer, wredis, kafkastreamer TestConnector: RunConnectorTest on a stream ------
+
+
+@pytest.mark.parametrize("streamer", ["memory", "redis", "kafka"])
+async def test_run_connector_test_on_streamers(
+    make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock, streamer: str
+) -> None:
+    """RunConnectorTest (memstreamer, wredis and kafkastreamer TestConnector): events sent
+    to a streamer's topic, consumed by a connector, each trigger a run that completes; a
+    restart hands none over again (the consumer's position is durable). Not the store-log
+    streamer: its topics are the store's own transitions, and its sender sends nothing."""
+    store = make_store()
+    stream = _streamer(streamer, store)
+    topic = "connector-test"
+    async with stream.open_sender(topic) as sender:
+        for event in connector_events():
+            await sender.send(event)
+    wf = connector_workflow(store, clock, StreamSource(stream, topic))
+    async with af.open_workflow(wf):
+        for event in connector_events():
+            await require(wf, event.foreign_id, St.END, TypeX("workflow step set value"))
+    again = connector_workflow(make_store(), clock, StreamSource(stream, topic))
+    async with af.open_workflow(again):
+        await trio.sleep(3600)
+        await trio.to_thread.run_sync(time.sleep, 2)  # real time, for Kafka's group join
+        await trio.sleep(3600)
+    for event in connector_events():
+        assert len(await again.list_runs(foreign_id=event.foreign_id)) == 1

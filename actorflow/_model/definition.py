@@ -162,15 +162,20 @@ class Definition:
     def mermaid(self) -> str:
         """The graph as a Mermaid ``stateDiagram-v2``."""
         lines = ["stateDiagram-v2", "    direction LR"]
+        ids = _mermaid_ids(self.declared)
+        for status in self.declared:
+            if ids[status] != status.name:  # a name Mermaid cannot take as an id
+                label = status.name.replace('"', "#quot;")
+                lines.append(f'    state "{label}" as {ids[status]}')
         for start in sorted(self.starts, key=self.declared.index):
-            lines.append(f"    [*] --> {start.name}")
+            lines.append(f"    [*] --> {ids[start]}")
         seen: set[tuple[str, str]] = set()
         terminals: list[enum.IntEnum] = []
 
         def edge(a: enum.IntEnum, b: enum.IntEnum, label: str) -> None:
             if (a.name, b.name + label) not in seen:
                 seen.add((a.name, b.name + label))
-                lines.append(f"    {a.name} --> {b.name}{label}")
+                lines.append(f"    {ids[a]} --> {ids[b]}{label}")
 
         for status in self.declared:
             if status in self.steps:
@@ -186,5 +191,24 @@ class Definition:
             if self.is_terminal(status) and status not in terminals:
                 terminals.append(status)
         for status in terminals:
-            lines.append(f"    {status.name} --> [*]")
+            lines.append(f"    {ids[status]} --> [*]")
         return "\n".join(lines) + "\n"
+
+
+def _mermaid_ids(statuses: Sequence[enum.IntEnum]) -> dict[enum.IntEnum, str]:
+    """The Mermaid state id of each status: its name when that is a plain identifier (the
+    usual case: ``A --> B``), else ``status_<value>`` (made unique), shown with its name
+    through a ``state "in progress" as status_2`` line. Names from the functional enum API
+    may hold spaces, dashes or punctuation, which Mermaid cannot parse as ids."""
+    ids: dict[enum.IntEnum, str] = {}
+    taken = {s.name for s in statuses if s.name.isascii() and s.name.isidentifier()}
+    for status in statuses:
+        if status.name in taken:
+            ids[status] = status.name
+            continue
+        made = f"status_{int(status)}"
+        while made in taken:
+            made += "_"
+        taken.add(made)
+        ids[status] = made
+    return ids
