@@ -1397,3 +1397,70 @@ async def test_an_object_left_unreadable_is_the_error_of_the_step_that_made_it(
     history = await wf.history(bad)
     assert [r.status for r in history] == [St.NEW, St.NEW]
     assert all(isinstance(r.object, Capped) for r in history)
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+@pytest.mark.parametrize("kind", ["unprintable", "huge"])
+async def test_exceptions_that_cannot_be_printed_or_are_huge(
+    make_store: Any, kind: str, autojump_clock: MockClock
+) -> None:
+    """A step raising an exception whose str() raises, or whose text is 10 MB: counted
+    and paused as any error, with a reason that says what it can and stays small."""
+
+    async def raises(run: af.Run[Doc, St]) -> St:
+        if run.foreign_id == "bad":
+            raise _Unprintable() if kind == "unprintable" else ValueError("x" * 10_000_000)
+        return St.WAITING
+
+    wf = two_steps(make_store(), raises)
+    async with af.open_workflow(wf):
+        await wf.trigger("bad")
+        rec = await paused(wf, "bad")
+        await healthy(wf)
+    reason = rec.meta.run_state_reason
+    assert len(reason) <= 2100 and len(rec.meta.error_message) <= 2100
+    assert ("_Unprintable" if kind == "unprintable" else "ValueError") in reason
+
+
+async def test_a_group_holding_a_stray_cancelled_from_a_callback_or_hook(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """The same group from a callback (its caller gets CallbackError) and from a hook
+    (retried): the workflow stays up."""
+    hooked: list[str] = []
+    hook_retried = trio.Event()
+    b = af.Builder("groups", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    async def answer(run: af.Run[Doc, St], payload: bytes) -> St:
+        if payload == b"bad":
+            raise BaseExceptionGroup("mine", [await _stray_cancelled()])
+        return St.DONE
+
+    b.add_callback(St.WAITING, answer, to=[St.DONE])
+
+    async def on_done(record: af.Record[Doc, St]) -> None:
+        hooked.append(record.run_id)
+        if len(hooked) == 1:
+            raise BaseExceptionGroup("mine", [await _stray_cancelled()])
+        hook_retried.set()
+
+    b.on_complete(on_done)
+    wf = b.build(make_store(), clock=trio_clock(START))
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        with trio.fail_after(60):
+            await wf.await_status("f", run_id, St.WAITING)
+        with pytest.raises(af.CallbackError, match=r"trio\.Cancelled"):
+            await wf.callback("f", St.WAITING, b"bad")
+        assert await wf.callback("f", St.WAITING, b"good") is not None
+        with trio.fail_after(3600):
+            await hook_retried.wait()
+    assert hooked == [run_id, run_id]
