@@ -1464,3 +1464,56 @@ async def test_a_group_holding_a_stray_cancelled_from_a_callback_or_hook(
         with trio.fail_after(3600):
             await hook_retried.wait()
     assert hooked == [run_id, run_id]
+
+
+@pytest.mark.parametrize("where", ["timeout", "callback"])
+async def test_a_timeout_or_callback_swallowing_the_interrupt_stores_nothing(
+    make_store: Any, where: str, autojump_clock: MockClock
+) -> None:
+    """pause() interrupting a timeout function or a callback function that hangs and
+    swallows the Cancelled, then returns DONE anyway: its result is dropped, the run is
+    paused where it was, and a callback's caller gets CallbackError."""
+    entered = trio.Event()
+    caller_got: list[str] = []
+    b = af.Builder("swallow", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    async def stubborn(run: af.Run[Doc, St], *_: Any) -> St:
+        entered.set()
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            run.object.text = "after the interrupt"
+        return St.DONE
+
+    if where == "timeout":
+        b.add_timeout(St.WAITING, af.after(timedelta(minutes=1)), stubborn, to=[St.DONE])
+    else:
+        b.add_callback(St.WAITING, stubborn, to=[St.DONE])
+    wf = b.build(make_store(), clock=trio_clock(START), resume_paused_after=None)
+
+    async def call_back() -> None:
+        try:
+            await wf.callback("f", St.WAITING, b"x")
+            caller_got.append("returned")
+        except af.CallbackError:
+            caller_got.append("CallbackError")
+
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        with trio.fail_after(60):
+            await wf.await_status("f", run_id, St.WAITING)
+        async with trio.open_nursery() as nursery:
+            if where == "callback":
+                nursery.start_soon(call_back)
+            with trio.fail_after(3600):
+                await entered.wait()
+                rec = await wf.pause(run_id, "hold")
+        assert rec.run_state is af.RunState.PAUSED and rec.status is St.WAITING
+    history = await wf.history(run_id)
+    assert [r.status for r in history] == [St.NEW, St.WAITING, St.WAITING]
+    assert all(r.object.text == "" for r in history)
+    assert caller_got == ([] if where == "timeout" else ["CallbackError"])
