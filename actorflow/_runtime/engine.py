@@ -49,9 +49,9 @@ log = logging.getLogger(__name__)
 
 RESUME = "resume"
 META_CACHE = 256
-FRESH_CACHE = 4096
+FRESH_CACHE = 1024
 """At most this many objects read back from versions being stored are kept for the next
-step (most are taken at once by the actor that stored them)."""
+step (taken at once by the actor that stored them, unless a stop or a lag came first)."""
 NO_TIMERS: list[Timer] = []
 """The timers of a version that has none. Shared (one list, not one per version in
 flight), so it is never mutated: code that changes timers builds a new list."""
@@ -369,7 +369,7 @@ class Engine(Generic[T, S]):
                     reason=result.reason or f"cancelled by {what}",
                 )
                 return await self.commit(new, timers=[]), []
-            encoded = self.encoded(raw, run, what)
+            encoded = self.encoded(raw, run, what, keep=True)
             new = self.next_version(raw, run_state=RunState.RUNNING, object=encoded)
             if fired is None:
                 return await self.commit(new), None
@@ -409,7 +409,7 @@ class Engine(Generic[T, S]):
                 "run.save_and_repeat())"
             )
         status = int(result)
-        encoded = self.encoded(raw, run, what)
+        encoded = self.encoded(raw, run, what, keep=status in self.definition.steps)
         terminal = self.definition.is_terminal(status)
         new = self.next_version(
             raw,
@@ -421,7 +421,7 @@ class Engine(Generic[T, S]):
             return new, NO_TIMERS
         return new, self.timers_for(run, status, new.updated_at)
 
-    def encoded(self, raw: RawRecord, run: Run[T, S], what: str) -> str:
+    def encoded(self, raw: RawRecord, run: Run[T, S], what: str, *, keep: bool = False) -> str:
         """The JSON text of ``run.object`` to store.
 
         Raises StepError when the function replaced it with something that is not the
@@ -429,8 +429,9 @@ class Engine(Generic[T, S]):
         store another class's fields as if they were the object's), or left it in a state
         that does not read back (a field set to a value of another type, a validator that
         refuses it): stored, the run could not be loaded again, and readers would get its
-        JSON data instead of an object. The object read back is kept for the next step of
-        that version (which would decode the same text)."""
+        JSON data instead of an object. ``keep``: the version goes to a status with a step,
+        which its actor runs next: the object read back is kept for it (it would decode the
+        same text); a run that waits keeps nothing in memory."""
         obj = run.object
         object_type = self.codec.object_type
         if type(obj) is not object_type and not isinstance(obj, object_type):
@@ -448,9 +449,10 @@ class Engine(Generic[T, S]):
                 f"back as a {object_type.__name__}, so it was not stored: "
                 f"{describe_error(exc.__cause__ or exc)}"
             ) from exc
-        if len(self._fresh) >= FRESH_CACHE:
-            self._fresh.clear()  # runs that went on to wait elsewhere
-        self._fresh[raw.run_id] = (raw.version + 1, text, again)
+        if keep:
+            if len(self._fresh) >= FRESH_CACHE:
+                self._fresh.clear()  # runs whose next step did not come (a stop, a lag)
+            self._fresh[raw.run_id] = (raw.version + 1, text, again)
         return text
 
     async def count_error(
