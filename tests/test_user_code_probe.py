@@ -1517,3 +1517,38 @@ async def test_a_timeout_or_callback_swallowing_the_interrupt_stores_nothing(
     assert [r.status for r in history] == [St.NEW, St.WAITING, St.WAITING]
     assert all(r.object.text == "" for r in history)
     assert caller_got == ([] if where == "timeout" else ["CallbackError"])
+
+
+@attrs.define
+class Titled:
+    title: str
+
+
+async def test_an_upgrade_function_raising_a_base_exception(autojump_clock: MockClock) -> None:
+    """upgrade_object raising GeneratorExit on a stored object it cannot convert: lookup
+    still answers (the stored JSON data, as for any stranded run) instead of raising the
+    GeneratorExit to the reader."""
+    store = af.MemoryStore()
+    old = af.Builder("upgrading", Doc, St)
+
+    @old.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    async def answer(run: af.Run[Any, St], payload: bytes) -> St:
+        return St.DONE
+
+    old.add_callback(St.WAITING, answer, to=[St.DONE])
+    wf = old.build(store, clock=trio_clock(START))
+    run_id = await wf.trigger("f", initial=Doc(text="old"))
+
+    def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+        raise GeneratorExit("cannot convert")
+
+    new = af.Builder("upgrading", Titled, St)
+    new.add_step(St.NEW, go, to=St.WAITING)
+    new.add_callback(St.WAITING, answer, to=[St.DONE])
+    new.upgrade_object(upgrade)
+    wf2 = new.build(store, clock=trio_clock(START))
+    rec = await wf2.lookup(run_id)
+    assert rec.object == {"text": "old", "n": 0, "tags": []}

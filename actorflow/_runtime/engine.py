@@ -626,10 +626,11 @@ def upgraded_object(engine: Engine[Any, Any], raw: RawRecord) -> str:
         raise ActorflowError(f"the stored object is not JSON: {exc}") from None
     try:
         result = fn(data)
-    except Exception as exc:
+    except BaseException as caught:  # a stray BaseException is its error too
+        error = user_error(caught, f"upgrade_object function {fn_name(fn)}")
         raise ActorflowError(
-            f"upgrade_object function {fn_name(fn)} raised {type(exc).__name__}: {exc}"
-        ) from exc
+            f"upgrade_object function {fn_name(fn)} raised {type(error).__name__}: {error}"
+        ) from error
     if not isinstance(result, dict):
         raise ActorflowError(
             f"upgrade_object function {fn_name(fn)} returned {type(result).__name__}, not a dict"
