@@ -1552,3 +1552,29 @@ async def test_an_upgrade_function_raising_a_base_exception(autojump_clock: Mock
     wf2 = new.build(store, clock=trio_clock(START))
     rec = await wf2.lookup(run_id)
     assert rec.object == {"text": "old", "n": 0, "tags": []}
+
+
+async def test_a_timer_function_returning_a_timedelta_says_what_to_do(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A timer function that returns a timedelta (not now + it): an error of the step
+    that led there, whose reason says how to return an instant."""
+
+    def timer(run: af.Run[Doc, St], now: datetime) -> Any:
+        return timedelta(hours=1) if run.foreign_id == "bad" else None
+
+    b = af.Builder("delta", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING, pause_after_errors=1)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    async def late(run: af.Run[Doc, St], now: datetime) -> St:
+        return St.DONE
+
+    b.add_timeout(St.WAITING, timer, late, to=[St.DONE])
+    wf = b.build(make_store(), clock=trio_clock(START), resume_paused_after=None)
+    async with af.open_workflow(wf):
+        await wf.trigger("bad")
+        rec = await paused(wf, "bad")
+    assert "af.after" in rec.meta.run_state_reason

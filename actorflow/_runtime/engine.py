@@ -294,7 +294,9 @@ class Engine(Generic[T, S]):
         """What a timer function returned, as the aware UTC instant every store keeps (a
         StepError, saying what is wrong, for anything else)."""
         problem = ""
-        if not isinstance(when, datetime) or when.tzinfo is None or when.utcoffset() is None:
+        if isinstance(when, timedelta):
+            problem = "a timedelta is not an instant: return now + delta, or use af.after(delta)"
+        elif not isinstance(when, datetime) or when.tzinfo is None or when.utcoffset() is None:
             problem = "it must return an aware datetime or None"
         else:
             try:
