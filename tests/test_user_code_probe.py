@@ -1578,3 +1578,48 @@ async def test_a_timer_function_returning_a_timedelta_says_what_to_do(
         await wf.trigger("bad")
         rec = await paused(wf, "bad")
     assert "af.after" in rec.meta.run_state_reason
+
+
+async def test_runs_of_two_workflows_calling_each_other_back_get_an_error(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """The same cycle across two workflows of one process (A of "orders" calls back B of
+    "payments", whose callback calls back A): refused, no deadlock."""
+    store = make_store()
+    seen: list[str] = []
+    holder: dict[str, af.Workflow[Doc, St]] = {}
+
+    async def answer(run: af.Run[Doc, St], payload: bytes) -> St:
+        if payload == b"call A":
+            await holder["orders"].callback("A", St.NEW, b"back")
+        return St.DONE
+
+    orders = af.Builder("orders", Doc, St)
+
+    @orders.step(St.NEW, to=St.WAITING)
+    async def order(run: af.Run[Doc, St]) -> St:
+        try:
+            await holder["payments"].callback("B", St.WAITING, b"call A")
+        except af.ActorflowError as exc:
+            seen.append(f"{type(exc).__name__}: {exc}")
+        return St.WAITING
+
+    orders.add_callback(St.NEW, answer, to=[St.DONE])
+    payments = af.Builder("payments", Doc, St)
+
+    @payments.step(St.NEW, to=St.WAITING)
+    async def pay(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    payments.add_callback(St.WAITING, answer, to=[St.DONE])
+    for b in (orders, payments):
+        wf = b.build(store, clock=trio_clock(START))
+        holder[wf.name] = wf
+    async with af.open_workflow(*holder.values()):
+        b_run = await holder["payments"].trigger("B")
+        with trio.fail_after(60):
+            await holder["payments"].await_status("B", b_run, St.WAITING)
+        a_run = await holder["orders"].trigger("A")
+        with trio.fail_after(3600):
+            await holder["orders"].await_status("A", a_run, St.WAITING)
+    assert len(seen) == 1 and "deadlock" in seen[0] and "'orders'" in seen[0], seen

@@ -44,9 +44,12 @@ RETRY_DELAY = timedelta(seconds=5)
 """When a run whose actor failed is looked at again."""
 
 
-ACTOR_RUN: ContextVar[str | None] = ContextVar("actorflow_actor_run", default=None)
-"""The run whose actor the current task is (or a task started under it): set while an
-actor runs, so the supervisor can tell which run's user code asks for another run."""
+ACTOR_RUN: ContextVar[tuple[ActorHost, str] | None] = ContextVar(
+    "actorflow_actor_run", default=None
+)
+"""The run whose actor the current task is (or a task started under it), with the host of
+that actor: set while an actor runs, so a supervisor can tell which run's user code waits
+on another run."""
 
 
 @final
@@ -100,7 +103,7 @@ class RunActor(Generic[T, S]):
     async def main(self) -> None:
         """The actor's task: its loop, until nothing is left to do or the workflow stops."""
         self.task = trio.lowlevel.current_task()
-        token = ACTOR_RUN.set(self.run_id)
+        token = ACTOR_RUN.set((self.sup, self.run_id))
         try:
             await self._main()
         finally:

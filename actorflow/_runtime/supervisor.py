@@ -60,6 +60,29 @@ TIMER_CAPACITY = 10_000
 R = TypeVar("R")
 
 
+_RunKey = tuple[object, str]
+"""A run in this process: (its workflow's supervisor, its run id)."""
+
+_WAITING: dict[_RunKey, list[_RunKey]] = {}
+"""Run -> the runs its user code is waiting on now (``Supervisor.waiting_on``), across the
+workflows of the process: to refuse a cycle, where each run's user code waits for the
+other's actor."""
+
+
+def _waits_on(run: _RunKey, target: _RunKey) -> bool:
+    """Whether user code of ``run`` waits (through the runs it waits on) on ``target``."""
+    seen: set[_RunKey] = set()
+    pending = [run]
+    while pending:
+        current = pending.pop()
+        if current == target:
+            return True
+        if current not in seen:
+            seen.add(current)
+            pending.extend(_WAITING.get(current, ()))
+    return False
+
+
 def _same_context(one: contextvars.Context, other: contextvars.Context) -> bool:
     """Whether two contexts hold the same variables with the same values."""
     if len(one) != len(other):
@@ -93,9 +116,6 @@ class Supervisor(Generic[T, S]):
         """Runs to wake when an actor slot frees up (insertion order: first in, first out).
         A waiting run costs a dict entry, not a task: memory stays flat under bursts."""
         self.actors: dict[str, RunActor[T, S]] = {}
-        self._asking: dict[str, list[str]] = {}
-        """Run id -> the runs its user code is asking now (through ``ask``): to refuse a
-        cycle, where each run's user code waits for the other's actor."""
         self.stopping = False
         self._stop = trio.Event()
         self.timers = TimerWindow(TIMER_HORIZON, TIMER_CAPACITY)
@@ -426,41 +446,38 @@ class Supervisor(Generic[T, S]):
         """Around a wait of the caller on run ``run_id`` (an ``ask``, an ``await_status``).
 
         When the caller is user code of another run (its step, timeout or callback, or a
-        task they started), the wait is noted, and refused with ActorflowError when
-        ``run_id``'s own user code is waiting (directly or through other runs) on the
-        caller's run: A's step calling back B, whose callback calls back or awaits A,
-        would have each wait for the other forever."""
+        task they started; of this workflow or another one in this process), the wait is
+        noted, and refused with ActorflowError when ``run_id``'s own user code is waiting
+        (directly or through other runs) on the caller's run: A's step calling back B,
+        whose callback calls back or awaits A, would have each wait for the other forever."""
         asker = ACTOR_RUN.get()
-        if asker is None or asker == run_id or not self.within_actor(asker):
+        if asker is None:
             yield
             return
-        if self._waits_on(run_id, asker):
+        host, asker_run = asker
+        if (
+            (host is self and asker_run == run_id)
+            or not isinstance(host, Supervisor)
+            or not host.within_actor(asker_run)
+        ):
+            yield
+            return
+        waiter: _RunKey = (host, asker_run)
+        if _waits_on((self, run_id), waiter):
             raise ActorflowError(
-                f"workflow {self.engine.name!r}: user code of run {asker} waits on run "
-                f"{run_id}, whose own user code is waiting on run {asker}: each would wait "
-                "for the other forever (a deadlock); refused"
+                f"workflow {host.engine.name!r} run {asker_run}: its user code waits on "
+                f"workflow {self.engine.name!r} run {run_id}, whose own user code is waiting "
+                f"on run {asker_run}: each would wait for the other forever (a deadlock); "
+                "refused"
             )
-        asked = self._asking.setdefault(asker, [])
-        asked.append(run_id)
+        asked = _WAITING.setdefault(waiter, [])
+        asked.append((self, run_id))
         try:
             yield
         finally:
-            asked.remove(run_id)
-            if not asked and self._asking.get(asker) is asked:
-                del self._asking[asker]
-
-    def _waits_on(self, run_id: str, target: str) -> bool:
-        """Whether user code of ``run_id`` waits (through the runs it asks) on ``target``."""
-        seen: set[str] = set()
-        pending = [run_id]
-        while pending:
-            current = pending.pop()
-            if current == target:
-                return True
-            if current not in seen:
-                seen.add(current)
-                pending.extend(self._asking.get(current, ()))
-        return False
+            asked.remove((self, run_id))
+            if not asked and _WAITING.get(waiter) is asked:
+                del _WAITING[waiter]
 
     async def _ask(self, run_id: str, op: Op, interrupt_after: float | None) -> Any:
         while True:
