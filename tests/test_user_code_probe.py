@@ -1623,3 +1623,26 @@ async def test_runs_of_two_workflows_calling_each_other_back_get_an_error(
         with trio.fail_after(3600):
             await holder["orders"].await_status("A", a_run, St.WAITING)
     assert len(seen) == 1 and "deadlock" in seen[0] and "'orders'" in seen[0], seen
+
+
+async def test_a_schedule_filter_returning_none_is_reported(
+    make_store: Any, caplog: pytest.LogCaptureFixture, autojump_clock: MockClock
+) -> None:
+    """A schedule filter that forgot its ``return`` (None): the time is skipped, as for
+    False, but a warning names the filter (it used to skip every time without a word)."""
+    asked: list[datetime] = []
+
+    async def forgetful(when: datetime) -> bool:
+        asked.append(when)
+        return None  # type: ignore[return-value]
+
+    async def plain(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    wf = two_steps(make_store(), plain)
+    async with af.open_workflow(wf):
+        with trio.move_on_after(3 * 3600):
+            await wf.schedule_trigger("cron", "@hourly", filter=forgetful)
+    assert len(asked) >= 2
+    assert await wf.list_runs(foreign_id="cron") == []
+    assert "forgetful returned None" in caplog.text and "missing return" in caplog.text

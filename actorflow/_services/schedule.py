@@ -96,6 +96,13 @@ async def _allowed(filter: Callable[..., Any] | None, when: datetime) -> bool:
         result = filter(when) if takes_time else filter()
         if inspect.isawaitable(result):
             result = await result
+        if result is None:  # a missing `return`: skipping silently for ever would hide it
+            log.warning(
+                "schedule filter %s returned None for %s (a missing return?); taken as "
+                "False: that time is skipped",
+                fn_name(filter),
+                when.isoformat(),
+            )
         return bool(result)
     except BaseException as caught:
         exc = user_error(caught, f"schedule filter {fn_name(filter)}")
