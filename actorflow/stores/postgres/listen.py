@@ -42,6 +42,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, final
@@ -69,6 +70,8 @@ MAX_PAYLOAD = 7000
 """Characters: a longer routing payload (PostgreSQL allows under 8000 bytes) names no
 run, so it wakes every listening worker."""
 FOLLOW_BATCH = 1000
+MAX_TOLD = 10_000
+"""Routing notices told by siblings kept to skip their NOTIFY (past it: forgotten)."""
 MAX_BACKOFF = 5.0
 
 
@@ -151,6 +154,10 @@ class ChangeReader(Protocol):
         ...
 
 
+_SERVING: dict[tuple[str, str], weakref.WeakSet[Notifications]] = {}
+"""Notifications being served, by (DSN, channel): see :meth:`Notifications.tell_siblings`."""
+
+
 @final
 class Notifications:
     """The store's LISTEN/NOTIFY side: signals for waiters, and the services behind them."""
@@ -182,12 +189,69 @@ class Notifications:
         """True while the listener connection is up (diagnostics and tests)."""
         self.connections = 0
         """How many times the listener connected (diagnostics and tests)."""
+        self._token: trio.lowlevel.TrioToken | None = None
+        """The trio run serving this (siblings are told only within one run)."""
+        self._told: dict[str, int] = {}
+        """Routing notices from siblings in this run that came one way (told directly:
+        positive; NOTIFY: negative) and not yet the other."""
 
     # -- called by the store ------------------------------------------------------------
 
     def owner_wrote(self) -> None:
         """An owner's commit: let other processes' subscribers know, coalesced."""
         self._feed_pending.set()
+
+    def tell_siblings(self, routed: list[RawRecord], owner_wrote: bool) -> None:
+        """Writes just committed, told at once to the other stores on this database and
+        schema served in this trio run: "processes" in one test under the autojump clock
+        see each other's writes at the same virtual instant. Through PostgreSQL the
+        NOTIFY takes real time, in which the clock jumped to the test's next deadline (an
+        hour's scheduled run was still not worked on by the other worker when the test
+        looked). The NOTIFY still comes; a second wake-up only costs a read."""
+        siblings = _SERVING.get((self._db.dsn, self.channel))
+        if not siblings or len(siblings) < 2:
+            return
+        payloads = [
+            routing_payload(self.origin, record.workflow_name, record.run_id) for record in routed
+        ]
+        if owner_wrote:
+            payloads.append(self.feed_payload)
+        token = trio.lowlevel.current_trio_token()
+        for other in list(siblings):
+            if other is not self and other._token is token:
+                for payload in payloads:
+                    other._told_directly(payload)
+
+    def _told_directly(self, payload: str) -> None:
+        if payload.partition(":")[2].startswith("r") and self._settle(payload, +1):
+            return  # its NOTIFY came first and woke whom it concerns
+        self.received(payload)
+
+    def _heard(self, payload: str) -> None:
+        """A NOTIFY arrived: handle it, unless a sibling in this run told of it already."""
+        origin, _, rest = payload.partition(":")
+        if rest.startswith("r") and self._is_sibling(origin) and self._settle(payload, -1):
+            return
+        self.received(payload)
+
+    def _settle(self, payload: str, step: int) -> bool:
+        """Count a routing notice from one of the two ways it comes (a sibling's word
+        ``+1``, its NOTIFY ``-1``, in either order); True when the other way already
+        brought it, so it wakes nobody twice (the feed's coalesced notices are not
+        counted: one look more costs one read)."""
+        balance = self._told.get(payload, 0)
+        came = balance * step < 0  # the other way brought it (as many times as its sign)
+        if balance + step == 0:
+            del self._told[payload]
+        else:
+            if len(self._told) >= MAX_TOLD:
+                self._told.clear()  # forgetting only costs a wake-up more
+            self._told[payload] = balance + step
+        return came
+
+    def _is_sibling(self, origin: str) -> bool:
+        siblings = _SERVING.get((self._db.dsn, self.channel), ())
+        return any(other.origin == origin and other._token is self._token for other in siblings)
 
     def received(self, payload: str) -> None:
         origin, _, rest = payload.partition(":")
@@ -209,9 +273,16 @@ class Notifications:
         (one per running workflow); one of them serves, the next one takes over."""
         task_status.started()
         async with self._lock, trio.open_nursery() as nursery:
-            nursery.start_soon(self._listen)
-            nursery.start_soon(self._follow)
-            nursery.start_soon(self._send_feed_notifications)
+            self._token = trio.lowlevel.current_trio_token()
+            serving = _SERVING.setdefault((self._db.dsn, self.channel), weakref.WeakSet())
+            serving.add(self)
+            try:
+                nursery.start_soon(self._listen)
+                nursery.start_soon(self._follow)
+                nursery.start_soon(self._send_feed_notifications)
+                await trio.sleep_forever()
+            finally:
+                serving.discard(self)
 
     async def _listen(self) -> None:
         store = self._reader
@@ -239,6 +310,7 @@ class Notifications:
             try:
                 self.listening = True
                 self.connections += 1
+                self._told.clear()  # NOTIFYs sent while not listening never come
                 # Anything may have happened while we were not listening.
                 self.routing.bump()
                 self.feed.bump()
@@ -273,7 +345,7 @@ class Notifications:
                 while (notify := pgconn.notifies()) is not None:
                     backlog.append(notify.extra.decode())
             while backlog:
-                self.received(backlog.popleft())
+                self._heard(backlog.popleft())
 
     async def _send_feed_notifications(self) -> None:
         store = self._reader

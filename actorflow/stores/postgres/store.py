@@ -207,8 +207,11 @@ class PostgresStore:
         processes' subscribers know when an owner wrote (others' writes NOTIFY by SQL)."""
         for write in done:
             self._feed.publish(write.publish)
-        if any(write.owned for write in done):
+        owner_wrote = any(write.owned for write in done)
+        if owner_wrote:
             self.notifications.owner_wrote()
+        routed = [write.publish for write in done if not write.owned]
+        self.notifications.tell_siblings(routed, owner_wrote)
 
     async def set_cursor(self, name: str, value: str) -> None:
         q = self._q

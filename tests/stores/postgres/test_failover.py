@@ -464,7 +464,9 @@ async def test_notify_routes_other_processes_writes_to_the_owner_and_feeds_subsc
     from actorflow.stores import PostgresStore
 
     worker_store = PostgresStore(DSN, schema=schema)
-    client_store = PostgresStore(DSN, schema=schema)
+    # Another connection string: not a sibling in this process (tell_siblings), so only
+    # NOTIFY can carry the writes across, as between two processes.
+    client_store = PostgresStore(_another_process(DSN), schema=schema)
     worker, client = _hops(worker_store), _hops(client_store)
     seen_by_worker: list[tuple[str, int]] = []
     seen_by_client: list[tuple[str, int]] = []
@@ -524,6 +526,56 @@ async def test_notify_routes_other_processes_writes_to_the_owner_and_feeds_subsc
         nursery.cancel_scope.cancel()
     await worker_store.aclose()
     await client_store.aclose()
+
+
+def _another_process(dsn: str) -> str:
+    """``dsn`` with an application name: the same database, seen as another process's."""
+    return dsn + ("&" if "?" in dsn else "?") + "application_name=actorflow-client"
+
+
+@needs_pg
+async def test_workers_in_one_process_see_each_others_writes_at_the_same_virtual_instant(
+    schema: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Two PostgresStores of one schema in one trio run (the test stand-in for two
+    processes) under the autojump clock: a run triggered through one and owned by the other
+    is worked on at the same virtual instant. Through NOTIFY alone the other learned of it
+    in real time, while the clock jumped to the next deadline (here the await's hour; in a
+    scheduling test the next check, so that hour's run was found unworked)."""
+    from actorflow.stores import PostgresStore, realtime
+
+    stores = [PostgresStore(DSN, schema=schema) for _ in range(2)]
+    worked: dict[str, str] = {}
+
+    def hops(name: str, store: af.Store) -> af.Workflow[Box, Hop]:
+        builder = af.Builder("hops", Box, Hop)
+
+        @builder.step(Hop.A, to=Hop.C)
+        async def a(run: af.Run[Box, Hop]) -> Hop:
+            worked[run.run_id] = name
+            return Hop.C
+
+        return builder.build(store, poll_interval=timedelta(seconds=30), lease=timedelta(seconds=1))
+
+    one, two = hops("one", stores[0]), hops("two", stores[1])
+    slowest = 0.0
+    async with af.open_workflow(one, two):
+        # Until the second worker has its share (real time: leases), then ten more runs.
+        with realtime.move_on_after(30):
+            n = 0
+            while list(worked.values()).count("two") < 10:
+                start = trio.current_time()
+                run_id = await one.trigger(f"r{n}")
+                await one.await_status(f"r{n}", run_id, Hop.C, timeout=3600)
+                if worked[run_id] == "two":
+                    slowest = max(slowest, trio.current_time() - start)
+                n += 1
+    for store in stores:
+        await store.aclose()
+    assert list(worked.values()).count("two") >= 10, worked
+    # The owner's wake-up settles 5 ms (listen.SETTLE); without the sibling's word the
+    # clock jumped to the next deadline: 50 ms (a feed notification's gap), or the hour.
+    assert slowest < 0.02, f"a run routed to the other worker took {slowest} virtual seconds"
 
 
 # -- the database goes away mid-run ---------------------------------------------------------
