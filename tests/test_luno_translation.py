@@ -2457,10 +2457,24 @@ def _streamer(kind: str, store: af.Store) -> Any:
         return af.RedisStreamer(REDIS_URL, prefix=f"af-luno-{uuid.uuid4().hex[:12]}:")
     if not KAFKA_BOOTSTRAP:
         pytest.skip("ACTORFLOW_KAFKA_BOOTSTRAP not set")
-    return af.KafkaStreamer(KAFKA_BOOTSTRAP, topic_prefix=f"af-luno-{uuid.uuid4().hex[:12]}.")
+    from tests.streaming.conftest import kafka_streamer  # short group timeouts: quick joins
+
+    return kafka_streamer(f"af-luno-{uuid.uuid4().hex[:12]}.")
 
 
-@pytest.mark.parametrize("streamer", ["memory", "store log", "redis", "kafka"])
+STORES = ("memory", "sqlite", "postgres")
+
+
+def on_streamers(*per_store: str) -> pytest.MarkDecorator:
+    """(store, streamer) pairs: ``per_store`` streamers on every store, Redis and Kafka on
+    SQLite only (their behaviour does not depend on the store; each Kafka case costs
+    seconds of group joins)."""
+    pairs = [(store, kind) for kind in per_store for store in STORES]
+    pairs += [("sqlite", "redis"), ("sqlite", "kafka")]
+    return pytest.mark.parametrize(("make_store", "streamer"), pairs, indirect=["make_store"])
+
+
+@on_streamers("memory", "store log")
 async def test_event_streamer_acceptance(
     make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock, streamer: str
 ) -> None:
@@ -3308,7 +3322,7 @@ async def test_run_once_process_state(
 # --- memstreamer, wredis, kafkastreamer TestConnector: RunConnectorTest on a stream ------
 
 
-@pytest.mark.parametrize("streamer", ["memory", "redis", "kafka"])
+@on_streamers("memory")
 async def test_run_connector_test_on_streamers(
     make_store: StoreMaker, clock: af.Clock, autojump_clock: MockClock, streamer: str
 ) -> None:
