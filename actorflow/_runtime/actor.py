@@ -108,6 +108,7 @@ class RunActor(Generic[T, S]):
             await self._main()
         finally:
             ACTOR_RUN.reset(token)
+            self.engine.forget_fresh(self.run_id)
 
     async def _main(self) -> None:
         sup = self.sup

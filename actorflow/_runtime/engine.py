@@ -49,9 +49,10 @@ log = logging.getLogger(__name__)
 
 RESUME = "resume"
 META_CACHE = 256
-FRESH_CACHE = 1024
-"""At most this many objects read back from versions being stored are kept for the next
-step (taken at once by the actor that stored them, unless a stop or a lag came first)."""
+FRESH_CACHE = 65_536
+"""A bound on the objects read back from versions being stored and kept for the next step
+(:meth:`Engine.encoded`): each is taken by the next step of the actor that stored it, or
+dropped when that actor ends (a stop, a lag, a pause in between); this only bounds a leak."""
 NO_TIMERS: list[Timer] = []
 """The timers of a version that has none. Shared (one list, not one per version in
 flight), so it is never mutated: code that changes timers builds a new list."""
@@ -169,6 +170,11 @@ class Engine(Generic[T, S]):
             updated_at=raw.updated_at,
             meta=raw.meta,
         )
+
+    def forget_fresh(self, run_id: str) -> None:
+        """The run's actor ends: an object kept for its next step is not needed."""
+        if self._fresh:
+            self._fresh.pop(run_id, None)
 
     def make_run(self, raw: RawRecord) -> Run[T, S]:
         fresh = self._fresh.pop(raw.run_id, None) if self._fresh else None
@@ -453,7 +459,7 @@ class Engine(Generic[T, S]):
             ) from exc
         if keep:
             if len(self._fresh) >= FRESH_CACHE:
-                self._fresh.clear()  # runs whose next step did not come (a stop, a lag)
+                self._fresh.clear()  # (only a leak would get here: actors drop theirs)
             self._fresh[raw.run_id] = (raw.version + 1, text, again)
         return text
 

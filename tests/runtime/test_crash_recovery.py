@@ -36,14 +36,17 @@ def _read_only(path: Path) -> sqlite3.Connection:
 
 
 def _completed(path: Path) -> int | None:
-    """Completed runs according to the event log (history); None while unreadable."""
+    """Completed runs according to the event log (history), while some others are mid-way
+    (RUNNING: the kill must cut runs in flight, and the runs go 20 at a time, so between
+    two such groups none is); None while unreadable or none is mid-way."""
     try:
         conn = _read_only(path)
     except sqlite3.Error:
         return None
     try:
         row = conn.execute("SELECT count(*) FROM history WHERE run_state = ?", (COMPLETED,))
-        return int(row.fetchone()[0])
+        mid_way = conn.execute("SELECT count(*) FROM runs WHERE run_state = ?", (RUNNING,))
+        return int(row.fetchone()[0]) if mid_way.fetchone()[0] else None
     except sqlite3.Error:  # not created yet, or busy for a moment
         return None
     finally:
