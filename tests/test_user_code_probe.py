@@ -87,6 +87,16 @@ async def healthy(wf: af.Workflow[Doc, St], foreign_id: str = "ok") -> None:
     assert await wf.callback(foreign_id, St.WAITING, b"fine") is not None
 
 
+async def paused_alone(wf: af.Workflow[Doc, St]) -> af.Record[Doc, St]:
+    """Run ``wf``: its run "bad" ends paused by its error, while another run goes all the
+    way; the paused version."""
+    async with af.open_workflow(wf):
+        await wf.trigger("bad")
+        rec = await paused(wf, "bad")
+        await healthy(wf)
+    return rec
+
+
 # --- the object replaced ------------------------------------------------------------------
 
 
@@ -150,10 +160,7 @@ async def test_a_step_returning_an_unawaited_coroutine_says_so(
         return await helper()
 
     wf = two_steps(make_store(), forgets)
-    async with af.open_workflow(wf):
-        await wf.trigger("bad")
-        rec = await paused(wf, "bad")
-        await healthy(wf)
+    rec = await paused_alone(wf)
     assert "coroutine" in rec.meta.run_state_reason and "await" in rec.meta.run_state_reason
 
 
@@ -170,10 +177,7 @@ async def test_a_group_holding_a_stray_cancelled_is_an_error_of_the_step(
         return St.WAITING
 
     wf = two_steps(make_store(), grouped)
-    async with af.open_workflow(wf):
-        await wf.trigger("bad")
-        rec = await paused(wf, "bad")
-        await healthy(wf)
+    rec = await paused_alone(wf)
     assert "grouped" in rec.meta.run_state_reason
 
 
@@ -221,10 +225,7 @@ async def test_a_step_awaiting_its_own_run_gets_an_error_not_a_deadlock(
 
     wf = two_steps(make_store(), waits_for_itself)
     holder.append(wf)
-    async with af.open_workflow(wf):
-        await wf.trigger("bad")
-        rec = await paused(wf, "bad")
-        await healthy(wf)
+    rec = await paused_alone(wf)
     assert "itself" in rec.meta.run_state_reason
 
 
@@ -777,10 +778,7 @@ async def test_a_step_starting_its_own_workflow_again_is_refused(
 
     wf = two_steps(make_store(), starts_again)
     holder.append(wf)
-    async with af.open_workflow(wf):
-        await wf.trigger("bad")
-        rec = await paused(wf, "bad")
-        await healthy(wf)
+    rec = await paused_alone(wf)
     assert "already running" in rec.meta.run_state_reason
 
 
@@ -1417,10 +1415,7 @@ async def test_exceptions_that_cannot_be_printed_or_are_huge(
         return St.WAITING
 
     wf = two_steps(make_store(), raises)
-    async with af.open_workflow(wf):
-        await wf.trigger("bad")
-        rec = await paused(wf, "bad")
-        await healthy(wf)
+    rec = await paused_alone(wf)
     reason = rec.meta.run_state_reason
     assert len(reason) <= 2100 and len(rec.meta.error_message) <= 2100
     assert ("_Unprintable" if kind == "unprintable" else "ValueError") in reason
