@@ -297,16 +297,17 @@ class CheckedSender:
 
 P = TypeVar("P")
 R = TypeVar("R")
+Inner = TypeVar("Inner", "EventReceiver", "EventSender")
 
 
-class _Closing:
+class _Closing(Generic[Inner]):
     """What a sender or receiver handed out by ``async with`` does once its block has
     ended: every call is a StreamError saying so (never a hang, a library's own error, or
     an event sent or acknowledged on a connection that is gone), and calls still waiting
     when the block ends (in tasks outside it) get that error too."""
 
-    def __init__(self, inner: object, what: str) -> None:
-        self._inner = inner
+    def __init__(self, inner: Inner, what: str) -> None:
+        self._inner: Inner = inner
         self._what = what
         self._closed = False
         self._waiting: set[trio.CancelScope] = set()
@@ -338,29 +339,21 @@ class _Closing:
 
 
 @final
-class _ClosingReceiver(_Closing):
-    def __init__(self, receiver: EventReceiver, what: str) -> None:
-        super().__init__(receiver, what)
-        self._receiver = receiver
-
+class _ClosingReceiver(_Closing[EventReceiver]):
     async def receive(self) -> ConnectorEvent:
-        return await self._call(self._receiver.receive)
+        return await self._call(self._inner.receive)
 
     async def ack(self, event: ConnectorEvent) -> None:
-        await self._call(lambda: self._receiver.ack(event))
+        await self._call(lambda: self._inner.ack(event))
 
 
 @final
-class _ClosingSender(_Closing):
-    def __init__(self, sender: EventSender, what: str) -> None:
-        super().__init__(sender, what)
-        self._sender = sender
-
+class _ClosingSender(_Closing[EventSender]):
     async def send(self, event: ConnectorEvent) -> None:
-        await self._call(lambda: self._sender.send(event))
+        await self._call(lambda: self._inner.send(event))
 
     async def send_many(self, events: Sequence[ConnectorEvent]) -> None:
-        await self._call(lambda: self._sender.send_many(events))
+        await self._call(lambda: self._inner.send_many(events))
 
 
 @contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 import actorflow as af
 from actorflow.streaming import ConnectorEvent, EventError, EventReceiver, StreamError
@@ -219,5 +220,5 @@ async def test_a_sender_or_receiver_used_after_its_block_is_refused(harness: Har
             refused.append(caught.value)
 
         nursery.start_soon(wait_outside)
-        await trio.sleep(0.05)  # let it start waiting (it is refused either way)
+        await trio.testing.wait_all_tasks_blocked()  # it waits in receive()
     assert len(refused) == 1
