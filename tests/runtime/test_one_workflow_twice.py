@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -53,6 +54,12 @@ def worker(
         return St.DONE
 
     return b.build(store, clock=trio_clock(START))
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    with trio.fail_after(5):
+        while not condition():  # noqa: ASYNC110 (polling a state nothing signals)
+            await trio.sleep(0.01)
 
 
 async def _all_done(wf: af.Workflow[Doc, St], ids: dict[str, str]) -> None:
@@ -101,7 +108,8 @@ async def test_the_second_worker_stands_by_and_takes_over(
             async with trio.open_nursery() as inner:
                 await inner.start(one.run)
                 await nursery.start(two.run)  # returns: a standby
-                assert one.ready and not two.ready
+                await _until(lambda: one.ready)
+                assert not two.ready
                 assert two.running
                 done_early = {f"g{i}": await two.trigger(f"g{i}") for i in range(3)}
                 await _all_done(two, done_early)
@@ -113,9 +121,7 @@ async def test_the_second_worker_stands_by_and_takes_over(
                 assert sum(effects.started.values()) == 13
                 first.cancel()
         assert not one.running
-        with trio.fail_after(5):
-            while not two.ready:
-                await trio.sleep(0.01)
+        await _until(lambda: two.ready)
         await _all_done(two, ids)
         assert all(effects.by[f"g{i}"] == ["one"] for i in range(3))
         assert all(effects.by[f"f{i}"] == ["two"] for i in range(10))
@@ -140,9 +146,7 @@ async def test_a_standby_stops_without_taking_over(
         await nursery.start(one.run)
         await nursery.start(two.run)
         two.stop()
-        with trio.fail_after(5):
-            while two.running:
-                await trio.sleep(0.01)
+        await _until(lambda: not two.running)
         assert one.ready
         run_id = await two.trigger("after")  # the first still works on it
         await _all_done(one, {"after": run_id})
@@ -160,13 +164,12 @@ async def test_a_third_worker_waits_for_the_second(
         for wf in workers:
             await nursery.start(wf.run)
         for turn, wf in enumerate(workers):
+            await _until(lambda: wf.ready)  # noqa: B023
             assert [w.ready for w in workers] == [w is wf for w in workers]
             ids[f"f{turn}"] = await workers[-1].trigger(f"f{turn}")
             await _all_done(wf, ids)
             wf.stop()
-            with trio.fail_after(5):
-                while wf.running:
-                    await trio.sleep(0.01)
+            await _until(lambda: not wf.running)  # noqa: B023
     assert effects.by == {"f0": ["one"], "f1": ["two"], "f2": ["three"]}
 
 
