@@ -135,6 +135,13 @@ class SQLiteStore(ClosingStore):
         return self._db.path
 
     @property
+    def storage_key(self) -> tuple[str, str]:
+        """What this store holds, for this process: every SQLiteStore of one file has the
+        same key (the file's real path), so that a workflow served through two of them
+        in this process works on its runs once (the second stands by)."""
+        return ("sqlite", os.path.realpath(self._db.path))
+
+    @property
     def synchronous(self) -> str:
         """The ``PRAGMA synchronous`` level in use: ``"NORMAL"`` or ``"FULL"``."""
         return self._db.synchronous
