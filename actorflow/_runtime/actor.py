@@ -30,7 +30,7 @@ from actorflow._runtime.engine import Engine
 from actorflow._runtime.mailbox import WAKE, Ask, Mailbox, Stopped
 from actorflow._runtime.ports import ActorHost
 from actorflow._runtime.run_copy import RunCopy
-from actorflow._runtime.user_code import user_error
+from actorflow._runtime.user_code import ends_process, user_error
 
 log = logging.getLogger(__name__)
 
@@ -242,10 +242,12 @@ class RunActor(Generic[T, S]):
             if reply.scope.cancelled_caught:
                 self.run.stale = True
                 reply.set(error=Stopped("the caller gave up"))
-        except BaseException:
+        except BaseException as exc:
             # Cancelled (graceful stop past its grace) or a store failure while reading:
             # the caller must never wait forever; Stopped makes it apply the op itself.
-            message.reply.set(error=Stopped("run actor stopped"))
+            # But user code of the op (a callback, a scrub function) that asked to end the
+            # process was called: its caller gets that too, never a second call of it.
+            message.reply.set(error=exc if ends_process(exc) else Stopped("run actor stopped"))
             raise
 
     async def _perform(self, message: Ask) -> None:

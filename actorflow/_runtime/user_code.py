@@ -33,11 +33,19 @@ def _passed_on(exc: BaseException) -> bool:
     """Whether ``exc`` ends the task or the process (or is a group holding such: a
     group's ``Cancelled`` counts only while a scope around the current task is cancelled,
     as a user's nursery re-raising one it caught in a scope of its own is no cancellation)."""
+    if ends_process(exc):
+        return True
     if isinstance(exc, BaseExceptionGroup):
-        if exc.split(_ENDS_PROCESS)[0] is not None:
-            return True
         return exc.split(trio.Cancelled)[0] is not None and not _nothing_cancelled()
     return isinstance(exc, _PASSED_ON)
+
+
+def ends_process(exc: BaseException) -> bool:
+    """Whether ``exc`` is (or is a group holding) KeyboardInterrupt or SystemExit: user code
+    asked to end the process, so what raised it must not be called again here."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(_ENDS_PROCESS)[0] is not None
+    return isinstance(exc, _ENDS_PROCESS)
 
 
 def _nothing_cancelled() -> bool:

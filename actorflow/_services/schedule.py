@@ -4,16 +4,23 @@ The last fired cron time is claimed in the store before triggering, so a restart
 second process) never fires one time twice. It is claimed once the ``filter`` has decided:
 a filter that raises is logged and asked again about the same time after the back-off. A
 time missed while nothing ran fires once at start; earlier missed times are skipped.
+
+A time to trigger is noted as such before it is claimed, and as triggered once its run is
+stored (two more keys of the schedule): a process that ended in between (kill -9, or the
+schedule's task cancelled) left a time claimed, so never fired again, whose run may not
+exist; the next start triggers it then, unless a run of the foreign id was created since.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, TypeVar
 
+import attrs
 import trio
 from croniter import croniter
 
@@ -148,7 +155,8 @@ async def _schedule(
     store = ctx.store
     # the workflow name escaped (a cron expression holds no ":"): no two workflows'
     # schedules share a key, whatever their names and foreign ids hold
-    key = f"schedule:{key_part(ctx.name)}:{foreign_id}:{expression}"
+    keys = _Keys(f"{key_part(ctx.name)}:{foreign_id}:{expression}")
+    key = keys.claimed
     last = await retrying(
         lambda: store.last_schedule(key),
         options=ctx.default_options,
@@ -156,6 +164,14 @@ async def _schedule(
         log=log,
         retry_on=StoreError,
     )
+    if last is not None:
+        await retrying(
+            lambda: _trigger_lost(ctx, keys, last, foreign_id, start, initial),
+            options=ctx.default_options,
+            what=f"schedule {key!r}: checking the run of {last}",
+            log=log,
+            retry_on=StoreError,
+        )
     now = clock.now()
     due = _next_after(expression, now if last is None else last, tz)
     if due is not None and due < now:  # missed while nothing ran: fire the latest once, now
@@ -177,7 +193,7 @@ async def _schedule(
             await trio.sleep_until(trio_deadline(clock, due))
         fired = due
         try:
-            await _fire(ctx, key, fired, foreign_id, start, initial, filter)
+            await _fire(ctx, keys, fired, foreign_id, start, initial, filter)
         except ActorflowError as exc:
             failures += 1
             process.state = ProcessState.ERRORING
@@ -204,9 +220,67 @@ async def _schedule(
         due = _next_after(expression, max(fired, clock.now()), tz)
 
 
+@attrs.frozen
+class _Keys:
+    """The store keys of one schedule (``schedule:<workflow>:<foreign id>:<cron>`` and two
+    more, with prefixes of their own: none equals another schedule's key)."""
+
+    name: str
+
+    @property
+    def claimed(self) -> str:
+        """The last cron time decided (fired or skipped): never decided again."""
+        return f"schedule:{self.name}"
+
+    @property
+    def to_trigger(self) -> str:
+        """The last cron time decided to be triggered, noted before it is claimed."""
+        return f"schedule-to-trigger:{self.name}"
+
+    @property
+    def triggered(self) -> str:
+        """The last cron time whose run is known to be stored."""
+        return f"schedule-triggered:{self.name}"
+
+
+async def _trigger_lost(
+    ctx: ServiceContext,
+    keys: _Keys,
+    last: datetime,
+    foreign_id: str,
+    start: Any,
+    initial: Any,
+) -> None:
+    """At start: trigger the last claimed time ``last`` if it was to be triggered and the
+    process that claimed it ended before its run was known to be stored (and no run of the
+    foreign id was created since: then the trigger was stored after all)."""
+    store = ctx.store
+    if await store.last_schedule(keys.to_trigger) != last:
+        return  # skipped, or claimed by a version without these keys: decided
+    triggered = await store.last_schedule(keys.triggered)
+    if triggered is not None and triggered >= last:
+        return
+    try:
+        latest = await ctx.handle.latest(foreign_id)
+        stored = latest.created_at >= last or not latest.run_state.finished
+    except RunNotFound:
+        stored = False
+    if not stored:
+        log.info(
+            "schedule %r: %s was claimed but its run was never stored (the process ended "
+            "in between); triggering it now",
+            keys.claimed,
+            last,
+            extra={"workflow_name": ctx.name, "foreign_id": foreign_id},
+        )
+        with contextlib.suppress(WorkflowInProgress):
+            await ctx.handle.trigger(foreign_id, start, initial=initial)
+    await store.claim_schedule(keys.triggered, last)
+
+
 async def _fire(
     ctx: ServiceContext,
-    key: str,
+    keys: _Keys,
     fired: datetime,
     foreign_id: str,
     start: Any,
@@ -216,6 +290,7 @@ async def _fire(
     """Trigger at ``fired`` unless told to skip. ``fired`` is claimed (so it is never
     fired twice) once that is decided: a filter that raises leaves it unclaimed, to be
     tried again."""
+    key = keys.claimed
     try:
         latest = await ctx.handle.latest(foreign_id)
         unfinished = not latest.run_state.finished
@@ -236,6 +311,10 @@ async def _fire(
             )
         return
     allowed = await _allowed(filter, fired)
+    if allowed:
+        # Noted before the claim: a process that ends between the claim and the stored run
+        # leaves this behind, and the next start triggers the time (_trigger_lost).
+        await ctx.store.claim_schedule(keys.to_trigger, fired)
     if not await ctx.store.claim_schedule(key, fired) or not allowed:
         return
 
@@ -251,6 +330,13 @@ async def _fire(
         trigger,
         options=ctx.default_options,
         what=f"schedule {key!r}: triggering the run of {fired}",
+        log=log,
+        retry_on=StoreError,
+    )
+    await retrying(
+        lambda: ctx.store.claim_schedule(keys.triggered, fired),
+        options=ctx.default_options,
+        what=f"schedule {key!r}: noting the run of {fired} stored",
         log=log,
         retry_on=StoreError,
     )
