@@ -196,6 +196,11 @@ class WorkflowCore(Generic[T, S]):
         if supervisor is None:
             other: Supervisor[T, S] | None = self._store.feed.supervisors.get(self.name)
             supervisor = other
+        elif supervisor.standby:
+            # Ours stands by (another Workflow object of this workflow serves it on this
+            # storage in this process): that one works on the runs.
+            acting: Supervisor[T, S] | None = supervisor.acting()
+            supervisor = acting
         if supervisor is None or supervisor.stopping:
             return None
         return supervisor

@@ -46,7 +46,11 @@ class Lifecycle(Triggers[T, S], Queries[T, S]):
         reported started until its stop (not while it is still starting, e.g. waiting for
         an unreachable database, nor once it stops). What ``/healthz`` reports."""
         supervisor = self._supervisor
-        return supervisor is not None and supervisor.serving and not supervisor.stopping
+        return (
+            supervisor is not None
+            and (supervisor.serving or supervisor.standby)
+            and not supervisor.stopping
+        )
 
     @property
     def ready(self) -> bool:
@@ -74,7 +78,7 @@ class Lifecycle(Triggers[T, S], Queries[T, S]):
             standby = False
         else:
             found = supervisor.states()
-            standby = supervisor.serving and not supervisor.leads()
+            standby = supervisor.standby or (supervisor.serving and not supervisor.leads())
         for name, process in engine.services.items():
             state = process.state
             if standby and state is ProcessState.STOPPED:
@@ -116,16 +120,13 @@ class Lifecycle(Triggers[T, S], Queries[T, S]):
             on_stranded=self._settings.on_stranded if self._settings.check_at_start else None,
         )
         self._supervisor = supervisor
-        # Other Workflow objects of this workflow on the same store instance (in this
-        # process) hand their triggers, callbacks and controls to this supervisor.
-        running = self._store.feed.supervisors
-        registered = running.setdefault(self.name, supervisor) is supervisor
+        # A second Workflow object of this workflow served on the same storage in this
+        # process stands by: it reports started, and works on the runs once the first
+        # stops (the supervisor's turn, see Supervisor._take_turn).
         try:
             await supervisor.serve(task_status=_Started(task_status, supervisor, self))
         finally:
             self._supervisor = None
-            if registered:
-                del running[self.name]
 
     @property
     def last_check(self) -> CheckReport | None:

@@ -37,7 +37,12 @@ from actorflow._model.record import RawRecord, Timer
 from actorflow._runtime.actor import ACTOR_RUN, RunActor
 from actorflow._runtime.engine import Engine
 from actorflow._runtime.evolution import check
-from actorflow._runtime.health import holds_share, process_states, stopped_states
+from actorflow._runtime.health import (
+    holds_share,
+    process_names,
+    process_states,
+    stopped_states,
+)
 from actorflow._runtime.mailbox import Ask, Op, Reply, Stopped
 from actorflow._runtime.ports import Leadership, OwnedEvents, Ownership, Service
 from actorflow._runtime.recovery import Recovery
@@ -67,6 +72,21 @@ _WAITING: dict[_RunKey, list[_RunKey]] = {}
 """Run -> the runs its user code is waiting on now (``Supervisor.waiting_on``), across the
 workflows of the process: to refuse a cycle, where each run's user code waits for the
 other's actor."""
+
+
+_Turn = tuple[object, str]
+"""A workflow on a storage in this process: (the store's ``storage_key``, else the store
+object; the workflow's name)."""
+
+_SERVING: dict[_Turn, Supervisor[Any, Any]] = {}
+"""Workflow on a storage -> the supervisor working on its runs in this process, for the
+workflows served without shard ownership. A second supervisor of the same workflow on the
+same storage (another ``Workflow`` object of the same name, on the same MemoryStore or on
+another SQLiteStore of the same file) stands by until this one stops: two would both run
+steps and timers for the same runs."""
+
+_STANDBYS: dict[_Turn, list[Supervisor[Any, Any]]] = {}
+"""Workflow on a storage -> its standby supervisors, in the order they started."""
 
 
 def _waits_on(run: _RunKey, target: _RunKey) -> bool:
@@ -133,6 +153,14 @@ class Supervisor(Generic[T, S]):
         self._leader_scopes: set[trio.CancelScope] = set()
         self.serving = False
         """True from the started report until the stop: taking work (timers are paged in)."""
+        self.standby = False
+        """True while another supervisor of this workflow works on its runs on the same
+        storage in this process: this one reported started and waits to take over."""
+        self._standby_scope: trio.CancelScope | None = None
+        self._turn: _Turn | None = None
+        """Where this supervisor is the one that works on the workflow's runs (_SERVING)."""
+        self._handed_over = trio.Event()
+        """Set when the supervisor this one stands by for hands the runs over to it."""
         self.recovery = Recovery(engine, self)
         self.tail = StoreTail(
             engine,
@@ -149,13 +177,112 @@ class Supervisor(Generic[T, S]):
         worker_lock = getattr(self.engine.store, "worker_lock", None)
         try:
             with worker_lock() if worker_lock is not None else contextlib.nullcontext():
-                await self._serve(task_status)
+                status = await self._take_turn(task_status)
+                if status is None:
+                    return  # stopped while standing by
+                try:
+                    await self._serve(status)
+                finally:
+                    self._end_turn()
         except BaseExceptionGroup as group:
             # A refusal at start comes alone: raise it as itself, not in a group.
             refused = lone_build_error(group)
             if refused is not None:
                 raise refused from None
             raise
+
+    def _turn_key(self) -> _Turn | None:
+        """This workflow on this storage, when one supervisor at a time works on its runs
+        in this process (None with shard ownership: supervisors share the runs by shard)."""
+        if self.ownership is not None:
+            return None
+        store = self.engine.store
+        return (getattr(store, "storage_key", store), self.engine.name)
+
+    async def _take_turn(self, task_status: trio.TaskStatus[None]) -> trio.TaskStatus[None] | None:
+        """Become the supervisor that works on the workflow's runs on this storage in this
+        process. While another one is (a second ``Workflow`` object of the same workflow
+        on the same storage), report started and stand by until it stops, as a second
+        worker on PostgreSQL waits for shard leases; standbys take over in the order they
+        started. Returns the status still to report (None: stopped while standing by)."""
+        key = self._turn_key()
+        if key is not None:
+            if key in _SERVING:
+                self._turn = key
+                try:
+                    await self._stand_by(key, task_status)
+                finally:
+                    # Stopped or cancelled while standing by: a turn handed over in the
+                    # meantime passes on to the next standby.
+                    if _SERVING.get(key) is not self:
+                        self._turn = None
+                    elif self._stop.is_set():
+                        self._end_turn()
+                if self._turn is None:
+                    return None
+                task_status = trio.TASK_STATUS_IGNORED
+                log.info(
+                    "workflow %r: the worker it stood by for stopped: taking over",
+                    self.engine.name,
+                    extra={"workflow_name": self.engine.name},
+                )
+            else:
+                _SERVING[key] = self
+            self._turn = key
+        # Other Workflow objects of this workflow on this store object (not running) hand
+        # their triggers, callbacks and controls to this supervisor.
+        self.engine.store.feed.supervisors.setdefault(self.engine.name, self)
+        return task_status
+
+    async def _stand_by(self, key: _Turn, task_status: trio.TaskStatus[None]) -> None:
+        """Report started and wait until the supervisor before this one hands over the
+        turn (``_SERVING[key]`` is this one then) or this one is stopped."""
+        queue = _STANDBYS.setdefault(key, [])
+        queue.append(self)
+        self.standby = True
+        try:
+            task_status.started()
+            log.info(
+                "workflow %r: already served on this store in this process: standing by "
+                "until that worker stops",
+                self.engine.name,
+                extra={"workflow_name": self.engine.name},
+            )
+            with trio.CancelScope() as scope:
+                self._standby_scope = scope
+                if self._stop.is_set():
+                    scope.cancel()
+                await self._handed_over.wait()
+        finally:
+            self._standby_scope = None
+            self.standby = False
+            if self in queue:
+                queue.remove(self)
+            if not queue and _STANDBYS.get(key) is queue:
+                del _STANDBYS[key]
+
+    def _end_turn(self) -> None:
+        """This supervisor stopped working on the runs: the first standby takes over."""
+        running = self.engine.store.feed.supervisors
+        if running.get(self.engine.name) is self:
+            del running[self.engine.name]
+        key, self._turn = self._turn, None
+        if key is None or _SERVING.get(key) is not self:
+            return
+        queue = _STANDBYS.get(key)
+        if queue:
+            successor = queue.pop(0)
+            _SERVING[key] = successor
+            successor._handed_over.set()
+        else:
+            del _SERVING[key]
+
+    def acting(self) -> Supervisor[Any, Any] | None:
+        """The supervisor working on the runs for this one: itself, or while it stands
+        by, the one it stands by for."""
+        if not self.standby or self._turn is None:
+            return self
+        return _SERVING.get(self._turn)
 
     async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
         engine = self.engine
@@ -250,11 +377,15 @@ class Supervisor(Generic[T, S]):
 
     def stop(self) -> None:
         self._stop.set()
+        if self._standby_scope is not None:
+            self._standby_scope.cancel()
 
     # -- health ------------------------------------------------------------------------------
 
     def states(self) -> dict[str, ProcessState]:
         """The state of the step and timeout consumers, the timers and shard ownership."""
+        if self.standby:  # up, waiting to take over: idle, as luno's standbys
+            return dict.fromkeys(process_names(self.engine, self.ownership), ProcessState.IDLE)
         if not self.serving:
             return stopped_states(self.engine, self.ownership)
         busy = {known.status for known, _ in self._waiting.values() if known is not None}

@@ -107,6 +107,11 @@ class SQLiteStore(ClosingStore):
                 f"SQLiteStore needs the path of a database file, not {text!r} "
                 "(for an in-memory store use MemoryStore)"
             )
+        if "\x00" in text:
+            raise InvalidArgument(
+                f"SQLiteStore: the path {text.replace(chr(0), '?')!r} holds a NUL character "
+                "(U+0000), which no file name can"
+            )
         self._feed = ChangeFeed()
         self._db = Database(Path(text), synchronous.upper(), float(lock_timeout), self._feed)
         self._feed.watch = self._db.watch
@@ -128,6 +133,13 @@ class SQLiteStore(ClosingStore):
     def path(self) -> Path:
         """The database file."""
         return self._db.path
+
+    @property
+    def storage_key(self) -> tuple[str, str]:
+        """What this store holds, for this process: every SQLiteStore of one file has the
+        same key (the file's real path), so that a workflow served through two of them
+        in this process works on its runs once (the second stands by)."""
+        return ("sqlite", os.path.realpath(self._db.path))
 
     @property
     def synchronous(self) -> str:
