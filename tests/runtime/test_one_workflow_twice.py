@@ -209,6 +209,29 @@ async def test_different_workflows_on_one_store_run_at_the_same_time(
         assert a.ready and b.ready
 
 
+async def test_calls_through_a_standby_during_the_hand_over(
+    make_store: StoreMaker, autojump_clock: MockClock
+) -> None:
+    """Triggered and awaited through the standby while the first stops: the second picks
+    the run up as it takes over (no 'not running' error, nothing twice)."""
+    effects = Effects()
+    one = worker(make_store(), effects, "one")
+    two = worker(make_store(), effects, "two")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(one.run)
+        await nursery.start(two.run)
+        await _until(lambda: one.ready)
+        assert set(two.states().values()) == {af.ProcessState.IDLE}
+        one.stop()
+        run_id = await two.trigger("during")
+        await _all_done(two, {"during": run_id})
+        assert two.ready and not one.running
+        assert af.ProcessState.STOPPED in set(one.states().values())
+        two.stop()
+    assert effects.by == {"during": ["two"]}
+    await _done_once(two, {"during": run_id})
+
+
 PG_DSN = os.environ.get("ACTORFLOW_PG_DSN")
 
 
