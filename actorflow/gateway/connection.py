@@ -9,12 +9,15 @@ accept connections; both serve them with this class.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator
 from typing import Any, Final, Protocol, final
 
 import trio
 import trio_websocket
 
 from actorflow._model.errors import Lagged
+from actorflow._model.record import Record
 from actorflow.gateway.access import TokenBucket
 from actorflow.gateway.ops import INLINE_OPS, OPS, STEERING_OPS, check_args, parse_request
 from actorflow.gateway.protocol import (
@@ -28,10 +31,11 @@ from actorflow.gateway.protocol import (
     error_message,
     event_error,
     event_lagged,
-    event_record,
+    event_record_text,
     record_to_json,
     reply_error,
     reply_ok,
+    size_over,
 )
 from actorflow.gateway.settings import GatewaySettings
 from actorflow.workflow import Workflow
@@ -40,6 +44,40 @@ log = logging.getLogger(__name__)
 
 OUTGOING_QUEUE: Final = 16
 """Messages waiting for the writer of one connection; producers wait when it is full."""
+RECORD_TEXTS_BYTES: Final = 8 << 20
+"""How much encoded record text a gateway keeps for its subscriptions to share."""
+
+
+@final
+class RecordTexts:
+    """The JSON text of the records published lately, shared by all subscriptions of one
+    gateway: a change that many subscriptions follow is encoded once, not once each.
+
+    A stored version never changes, so (workflow, run id, version) names its text. The
+    texts kept add up to at most ``max_bytes`` (characters), the oldest dropped first; a
+    text over an eighth of that is not kept.
+    """
+
+    def __init__(self, max_bytes: int = RECORD_TEXTS_BYTES) -> None:
+        self._texts: OrderedDict[tuple[str, str, int], str] = OrderedDict()
+        self._size = 0
+        self._max = max_bytes
+        self.encoded = 0
+        """Records encoded (a metric: the texts served from the cache are not counted)."""
+
+    def text(self, record: Record[Any, Any], object_type: type[Any]) -> str:
+        """The JSON text of ``record`` (see :func:`record_to_json`)."""
+        key = (record.workflow_name, record.run_id, record.version)
+        text = self._texts.get(key)
+        if text is None:
+            text = encode(record_to_json(record, object_type))
+            self.encoded += 1
+            if len(text) <= self._max // 8:
+                self._texts[key] = text
+                self._size += len(text)
+                while self._size > self._max:
+                    self._size -= len(self._texts.popitem(last=False)[1])
+        return text
 
 
 class ConnectionHost(Protocol):
@@ -49,6 +87,8 @@ class ConnectionHost(Protocol):
     settings: GatewaySettings
     subscriptions: int
     """Live subscriptions over all connections (a metric)."""
+    record_texts: RecordTexts
+    """Encoded records shared by the subscriptions of all connections."""
 
 
 class MessageChannel(Protocol):
@@ -217,9 +257,21 @@ class Connection:
                     text = encode(reply)
                 except Exception as exc:
                     text = encode(reply_error(request.id, *self._describe_error(request, exc)))
+                size = size_over(text, self._settings.max_reply_bytes)
+                if size is not None:
+                    message = self._too_large(
+                        f"the reply to {request.op!r}",
+                        size,
+                        "ask for less (a smaller list_runs limit, lookup instead of history)",
+                    )
+                    text = encode(reply_error(request.id, ErrorCode.TOO_LARGE, message))
                 await self._outgoing.send(text)
         finally:
             self._forget(self._requests, request.id, scope)
+
+    def _too_large(self, what: str, size: int, advice: str) -> str:
+        limit = self._settings.max_reply_bytes
+        return f"{what} is {size} bytes, over the limit of {limit} (max_reply_bytes); {advice}"
 
     def _describe_error(self, request: Request, exc: Exception) -> tuple[ErrorCode, str]:
         code = error_code(exc)
@@ -257,6 +309,28 @@ class Connection:
         assert handler is not None, f"op {request.op!r} has no handler"
         return await handler(self._workflow(request, args["workflow"]), args)
 
+    async def _forward(
+        self,
+        subscription: RequestId,
+        stream: AsyncIterator[Record[Any, Any]],
+        object_type: type[Any],
+    ) -> None:
+        """Send a record event per change of ``stream``; raise ProtocolError
+        ``too_large`` for a record the gateway may not send (the subscription ends)."""
+        limit = self._settings.max_reply_bytes
+        texts = self._gateway.record_texts
+        async for record in stream:
+            text = event_record_text(subscription, texts.text(record, object_type))
+            size = size_over(text, limit)
+            if size is not None:
+                message = self._too_large(
+                    f"version {record.version} of run {record.run_id}",
+                    size,
+                    "the subscription ended; read the run with lookup if it fits",
+                )
+                raise ProtocolError(ErrorCode.TOO_LARGE, message, subscription)
+            await self._outgoing.send(text)
+
     async def _subscribe(
         self,
         request: Request,
@@ -279,9 +353,7 @@ class Connection:
                         task_status.started()
                         self._gateway.subscriptions += 1
                         try:
-                            async for record in stream:
-                                json_record = record_to_json(record, wf.object_type)
-                                await self._send(event_record(request.id, json_record))
+                            await self._forward(request.id, stream, wf.object_type)
                         finally:
                             self._gateway.subscriptions -= 1
                 except Lagged:

@@ -524,6 +524,25 @@ def event_record(subscription: RequestId, record: dict[str, Any]) -> dict[str, A
     return {"id": subscription, "event": "record", "record": record}
 
 
+def event_record_text(subscription: RequestId, record_text: str) -> str:
+    """The text of a record event around a record already encoded (see :func:`encode`):
+    the same as ``encode(event_record(subscription, record))``."""
+    return f'{{"id":{encode_id(subscription)},"event":"record","record":{record_text}}}'
+
+
+def encode_id(request_id: RequestId) -> str:
+    """JSON text of a request id, as :func:`encode` writes it."""
+    return json.dumps(request_id, ensure_ascii=False)
+
+
+def size_over(text: str, limit: int) -> int | None:
+    """The size of ``text`` in UTF-8 when that is over ``limit`` bytes, else None."""
+    if len(text) * 4 <= limit:
+        return None  # cannot be over it: nothing to count
+    size = len(text.encode("utf-8", "surrogatepass"))
+    return size if size > limit else None
+
+
 def event_lagged(subscription: RequestId) -> dict[str, Any]:
     return {"id": subscription, "event": "lagged", "missed": True}
 

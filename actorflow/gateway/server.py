@@ -25,6 +25,7 @@ from actorflow._model.errors import InvalidArgument
 from actorflow._observe import live_gateways
 from actorflow.gateway.access import Access, RefusalLimiter, check_access
 from actorflow.gateway.connection import Connection as Connection
+from actorflow.gateway.connection import RecordTexts
 from actorflow.gateway.settings import GatewaySettings as GatewaySettings
 from actorflow.workflow import Workflow
 
@@ -58,6 +59,8 @@ async def serve_gateway(
     max_handshakes: int = 1024,
     max_refused_handshakes: int = 10,
     refused_handshake_window: float = 60.0,
+    max_reply_bytes: int = 16 << 20,
+    ping_interval: float = 30.0,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``workflows`` over a websocket until cancelled; use with ``nursery.start``.
@@ -92,6 +95,12 @@ async def serve_gateway(
             credential until ``refused_handshake_window`` lets one more through.
         refused_handshake_window: seconds in which an address regains all of its
             ``max_refused_handshakes`` (one every ``window / max`` seconds).
+        max_reply_bytes: a reply or subscription event larger than this (in UTF-8) is
+            not sent; the request gets a ``too_large`` error, the subscription ends with
+            a ``too_large`` error event.
+        ping_interval: seconds between the websocket pings the gateway sends each
+            connection; one that has not answered a ping within another ``ping_interval``
+            (a vanished peer, a client that stopped reading) is closed.
 
     Raises:
         InvalidArgument: no workflows, two with one name, or an unusable setting.
@@ -117,6 +126,8 @@ async def serve_gateway(
         max_refused_handshakes=max_refused_handshakes,
         refused_handshake_window=refused_handshake_window,
         read_only_token=read_only_token,
+        max_reply_bytes=max_reply_bytes,
+        ping_interval=ping_interval,
     )
     settings.check()
     gateway = Gateway(served, settings)
@@ -274,6 +285,8 @@ class Gateway:
         )
         self.subscriptions = 0
         """Live subscriptions over all connections (a metric)."""
+        self.record_texts = RecordTexts()
+        """Encoded records shared by the subscriptions of all connections."""
         live_gateways.add(self)
 
     async def handle_stream(self, stream: trio.SocketStream) -> None:
@@ -309,7 +322,7 @@ class Gateway:
                     peer.ws = ws
                     peer.accepted.set()
                     try:
-                        await Connection(self, ws, read_only=read_only).serve()
+                        await self._serve_connection(ws, read_only)
                     finally:
                         self.connections -= 1  # counted by _accept
             finally:
@@ -318,6 +331,15 @@ class Gateway:
             await _refuse(stream, 503, b"the gateway is busy with handshakes; try again\n")
         elif ws is not None and ws.closed is not None and ws.closed.code == MESSAGE_TOO_BIG:
             await _linger(stream)
+
+    async def _serve_connection(
+        self, ws: trio_websocket.WebSocketConnection, read_only: bool
+    ) -> None:
+        """Serve an accepted websocket, closing it when its peer stops answering pings."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_keep_alive, ws, self.settings.ping_interval, nursery.cancel_scope)
+            await Connection(self, ws, read_only=read_only).serve()
+            nursery.cancel_scope.cancel()
 
     def _admit(self, peer: _PeerStream) -> _Handshake | None:
         """A slot among the pending handshakes, or None: refuse this connection (503).
@@ -416,6 +438,25 @@ class Gateway:
             body=body,
         )
         return None
+
+
+async def _keep_alive(
+    ws: trio_websocket.WebSocketConnection, interval: float, done: trio.CancelScope
+) -> None:
+    """Ping the peer every ``interval`` seconds; cancel ``done`` when a pong has not come
+    ``interval`` seconds after its ping (the peer is gone, or has stopped reading: its
+    pongs would come after everything queued for it)."""
+    while True:
+        await trio.sleep(interval)
+        with trio.move_on_after(interval) as waiting:
+            try:
+                await ws.ping()
+            except trio_websocket.ConnectionClosed:
+                return  # the connection is ending anyway
+        if waiting.cancelled_caught:
+            log.info("gateway closed a connection that answered no ping in %g s", interval)
+            done.cancel()
+            return
 
 
 async def _refuse(stream: trio.SocketStream, status: int, body: bytes) -> None:

@@ -29,6 +29,11 @@ class GatewaySettings:
     max_refused_handshakes: int = 10
     refused_handshake_window: float = 60.0
     read_only_token: str | None = None
+    max_reply_bytes: int = 16 << 20
+    """A reply or event larger than this (UTF-8) is not sent: ``too_large`` instead."""
+    ping_interval: float = 30.0
+    """Seconds between the pings sent to each connection; one that has not answered a
+    ping within another ``ping_interval`` is closed (its peer is gone or stopped reading)."""
 
     def check(self) -> None:
         """Raise InvalidArgument for settings that cannot work."""
@@ -51,6 +56,7 @@ class GatewaySettings:
             "max_connections": self.max_connections,
             "max_handshakes": self.max_handshakes,
             "max_refused_handshakes": self.max_refused_handshakes,
+            "max_reply_bytes": self.max_reply_bytes,
         }
         for name, value in positive_ints.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -59,6 +65,7 @@ class GatewaySettings:
             ("rate", self.rate),
             ("handshake_timeout", self.handshake_timeout),
             ("refused_handshake_window", self.refused_handshake_window),
+            ("ping_interval", self.ping_interval),
         ):
             if not _positive_number(number):
                 raise InvalidArgument(f"{name} must be a positive number, not {number!r}")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 import trio
 
 from actorflow._model.errors import SchemaVersionError, StoreError
+from actorflow._model.text import is_valid_text
 from actorflow.stores import realtime
 from actorflow.stores.postgres.schema import migrate
 
@@ -130,6 +131,12 @@ class PgConnection:
         from psycopg.conninfo import conninfo_to_dict
 
         self._password: str | None = None
+        if not is_valid_text(dsn) or "\x00" in dsn:
+            # Not echoed: a DSN may hold a password.
+            raise StoreError(
+                "invalid PostgreSQL DSN: it holds a NUL character or a lone surrogate "
+                "(not valid Unicode text), which libpq cannot take"
+            )
         try:
             params = conninfo_to_dict(dsn)
         except ProgrammingError as exc:

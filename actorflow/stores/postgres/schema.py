@@ -20,6 +20,7 @@ import attrs
 
 from actorflow._model.errors import InvalidArgument, SchemaVersionError, StoreError
 from actorflow._model.run_state import RunState
+from actorflow._model.text import is_valid_text, printable
 
 _UNFINISHED = ", ".join(str(int(s)) for s in RunState if not s.finished)
 
@@ -260,8 +261,20 @@ def quote_schema(schema: str) -> str:
     """``schema`` as a quoted SQL identifier; rejects names PostgreSQL would mangle."""
     if not isinstance(schema, str) or not schema:
         raise InvalidArgument(f"schema must be a non-empty string, not {schema!r}")
-    if "\x00" in schema or len(schema.encode()) > 63:
-        raise InvalidArgument(f"schema {schema!r}: at most 63 bytes and no NUL characters")
+    if not is_valid_text(schema) or "\x00" in schema or len(schema.encode()) > 63:
+        raise InvalidArgument(
+            f"schema {printable(schema)!r}: at most 63 bytes of valid Unicode text (no lone "
+            "surrogates) and no NUL characters"
+        )
+    if "%" in schema:
+        # The quoted name is part of queries that also take parameters, where psycopg
+        # reads "%" as the start of a placeholder (it failed at first use).
+        raise InvalidArgument(f"schema {schema!r}: the character '%' is not allowed")
+    if schema.startswith("pg_"):
+        raise InvalidArgument(
+            f"schema {schema!r}: PostgreSQL reserves names starting with 'pg_' for its own "
+            "schemas; choose another name"
+        )
     return '"' + schema.replace('"', '""') + '"'
 
 

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 _CREATE_RUN_ATTEMPTS = 5
 _CREATE_MANY_IN_FLIGHT = 1000
 _FINISHED = [int(s) for s in RunState if s.finished]
+MAX_VERSION = 2**31 - 1
+"""The largest version number (and so the largest useful ``keep_last``): ``int4``."""
 
 
 @final
@@ -241,7 +243,9 @@ def prune_params(
         "high": after_id + scan,
         "finished": _FINISHED,
         "finished_before": aware(finished_before),
-        "keep_last": keep_last,
+        # Versions are int4 here: a larger count keeps every version all the same (it was
+        # refused, "integer out of range", on every pass, and keep_for never applied).
+        "keep_last": None if keep_last is None else min(keep_last, MAX_VERSION),
         "before": None if before is None else aware(before),
     }
 

@@ -196,7 +196,12 @@ class Database:
         self.closed = False
         self.stats = SQLiteStats()
         """Write-path counters."""
-        self._check_path()
+        try:
+            self._check_path()
+        except OSError as exc:  # a name too long, a symlink loop, a path not permitted
+            raise self.fail(
+                f"the path cannot be used: {exc.strerror or exc}", "choose another path"
+            ) from None
         self._conn: sqlite3.Connection | None = self._open(migrate=True)
         self.connections = 1
         """Connections opened so far (a reopened connection counts data_version anew)."""

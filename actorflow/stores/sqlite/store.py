@@ -107,6 +107,11 @@ class SQLiteStore(ClosingStore):
                 f"SQLiteStore needs the path of a database file, not {text!r} "
                 "(for an in-memory store use MemoryStore)"
             )
+        if "\x00" in text:
+            raise InvalidArgument(
+                f"SQLiteStore: the path {text.replace(chr(0), '?')!r} holds a NUL character "
+                "(U+0000), which no file name can"
+            )
         self._feed = ChangeFeed()
         self._db = Database(Path(text), synchronous.upper(), float(lock_timeout), self._feed)
         self._feed.watch = self._db.watch

@@ -1,0 +1,315 @@
+"""A hostile probe of the gateway, written from docs/gateway.md: clients that ask for more
+than can be sent, that stop reading or vanish without a word, and many subscribers of one
+change. Real sockets on 127.0.0.1 and the real clock; waits are on replies, events and
+the end of connections, each under a ``fail_after``.
+
+Defects this probe found (each has a test below that failed before its fix):
+
+- a reply had no size cap: a ``list_runs`` or ``history`` of big objects was sent as one
+  frame of any size (over the Python client's 64 MiB it closed the client's connection,
+  failing every other request and subscription on it), and each of up to ``max_in_flight``
+  such replies was held in the gateway's memory; now a reply over ``max_reply_bytes`` is a
+  ``too_large`` error reply, and a record event over it ends its subscription with a
+  ``too_large`` error event (never a silent drop);
+- a connection had no keep-alive: a peer that vanished without a word (unplugged, a
+  half-open TCP connection) or that stopped reading held its connection slot, its
+  subscriptions and their buffers for ever; now the gateway pings every ``ping_interval``
+  and closes a connection that has not answered within another one;
+- every stored change was encoded once per subscription that followed it (a thousand
+  browser tabs on one workflow: a thousand encodings of each change); now once for all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+import pytest
+import trio
+import trio_websocket
+
+import actorflow as af
+import actorflow.gateway.connection
+from tests.gateway.test_gateway import LIMIT, TOKEN, error_of, masked_text_frame, raw_handshake
+from tests.gateway.test_gateway_probe import (
+    Stage,
+    Ticket,
+    build,
+    ping_works,
+    reply_to,
+    serve,
+    server_frames,
+    socket_at,
+)
+
+PING_OPCODE = 0x9
+URL = "ws://127.0.0.1:{}/"
+
+
+@pytest.fixture
+async def tickets(nursery: trio.Nursery) -> af.Workflow[Any, Any]:
+    wf = build()
+    await nursery.start(wf.run)
+    return wf
+
+
+@pytest.fixture
+async def port(nursery: trio.Nursery, tickets: af.Workflow[Any, Any]) -> int:
+    return await serve(nursery, tickets)
+
+
+async def request(ws: trio_websocket.WebSocketConnection, **message: Any) -> dict[str, Any]:
+    await ws.send_message(json.dumps(message))
+    return await reply_to(ws, message["id"])
+
+
+# -- reply size cap ----------------------------------------------------------------------------
+
+
+async def test_a_reply_over_max_reply_bytes_is_too_large_and_the_connection_lives(
+    nursery: trio.Nursery, tickets: af.Workflow[Any, Any]
+) -> None:
+    port = await serve(nursery, tickets, max_reply_bytes=6_000)
+    with trio.fail_after(LIMIT):
+        run_ids = [
+            await tickets.trigger(f"big-{n}", initial=Ticket(note="é" * 1500)) for n in range(4)
+        ]
+        for n, run_id in enumerate(run_ids):
+            await tickets.await_status(f"big-{n}", run_id, Stage.WAITING)
+        async with socket_at(port) as ws:
+            # records of ~3.4 KB in UTF-8 (1.5k characters each): 2 are over 6 KB in bytes only
+            listed = await request(ws, id="list", op="list_runs", workflow="tickets")
+            assert error_of(listed) == "too_large"
+            assert "max_reply_bytes" in listed["error"]["message"]
+            history = await request(ws, id=7, op="history", workflow="tickets", run_id=run_ids[0])
+            assert error_of(history) == "too_large"
+            # what fits is served, on the same connection
+            page = await request(ws, id="page", op="list_runs", workflow="tickets", limit=1)
+            assert [r["foreign_id"] for r in page["result"]] == ["big-0"]
+            await ping_works(ws)
+        async with af.open_gateway_client(URL.format(port), token=TOKEN) as client:
+            with pytest.raises(af.GatewayError) as raised:
+                await client.list_runs("tickets")
+            assert raised.value.code == "too_large"
+            assert (await client.lookup("tickets", run_ids[3]))["foreign_id"] == "big-3"
+
+
+async def test_a_record_event_over_the_limit_ends_its_subscription_with_too_large(
+    nursery: trio.Nursery, tickets: af.Workflow[Any, Any]
+) -> None:
+    port = await serve(nursery, tickets, max_reply_bytes=4_000)
+    with trio.fail_after(LIMIT):
+        async with (
+            af.open_gateway_client(URL.format(port), token=TOKEN) as client,
+            client.subscribe("tickets", foreign_id="small") as small,
+            client.subscribe("tickets", foreign_id="huge") as huge,
+        ):
+            await client.trigger("tickets", "huge", initial={"note": "x" * 5_000})
+            with pytest.raises(af.GatewayError) as raised:
+                await huge.receive()
+            assert raised.value.code == "too_large"
+            assert "max_reply_bytes" in str(raised.value)
+            # the other subscription, the connection and the run go on
+            await client.trigger("tickets", "small")
+            assert (await small.receive())["version"] == 1
+            assert (await small.receive())["status_name"] == "WAITING"
+            with pytest.raises(af.GatewayError) as raised:
+                await client.latest("tickets", "huge")
+            assert raised.value.code == "too_large"
+            assert (await client.count_runs("tickets"))["total"] == 2
+
+
+async def test_serve_gateway_refuses_unusable_reply_caps_and_ping_intervals(
+    tickets: af.Workflow[Any, Any],
+) -> None:
+    for options in (
+        {"max_reply_bytes": 0},
+        {"max_reply_bytes": 1.5},
+        {"max_reply_bytes": True},
+        {"ping_interval": 0},
+        {"ping_interval": -1.0},
+        {"ping_interval": float("nan")},
+        {"ping_interval": float("inf")},
+        {"ping_interval": "30"},
+    ):
+        with pytest.raises(af.InvalidArgument):
+            await af.serve_gateway([tickets], **options)
+
+
+# -- keep-alive ----------------------------------------------------------------------------------
+
+
+async def test_a_peer_that_answers_no_ping_is_closed_and_a_live_one_stays(
+    nursery: trio.Nursery, tickets: af.Workflow[Any, Any]
+) -> None:
+    port = await serve(nursery, tickets, ping_interval=0.2)
+    with trio.fail_after(LIMIT):
+        async with af.open_gateway_client(URL.format(port), token=TOKEN) as live:
+            silent = await raw_handshake(port)  # a websocket that never answers a ping
+            # it subscribed, as a browser tab would, and then its machine went away
+            subscribe = {"id": 1, "op": "subscribe", "workflow": "tickets"}
+            await silent.send_all(masked_text_frame(json.dumps(subscribe)))
+            received = b""
+            while chunk := await silent.receive_some(65536):
+                received += chunk
+            opcodes = [opcode for opcode, _ in server_frames(received)]
+            assert PING_OPCODE in opcodes, opcodes
+            # the live client (trio-websocket answers pings) was pinged as long and stays
+            await live.ping()
+            assert await live.trigger("tickets", "after-the-silent-one")
+        await silent.aclose()
+
+
+async def test_a_subscriber_that_stops_reading_is_closed_and_its_slot_freed(
+    nursery: trio.Nursery, tickets: af.Workflow[Any, Any]
+) -> None:
+    port = await serve(nursery, tickets, ping_interval=0.2, max_connections=2)
+    with trio.fail_after(3 * LIMIT):
+        stalled = await raw_handshake(port)
+        subscribe = {"id": 1, "op": "subscribe", "workflow": "tickets"}
+        await stalled.send_all(masked_text_frame(json.dumps(subscribe)))
+        async with af.open_gateway_client(URL.format(port), token=TOKEN) as client:
+            # changes pile up for the stalled reader until its socket buffers are full
+            for n in range(200):
+                await client.trigger("tickets", f"t{n}", initial={"note": "y" * 4000})
+            # it never reads, so never answers a ping: the gateway closes it (what it
+            # sent is read now, to the end of the connection)...
+            with contextlib.suppress(trio.BrokenResourceError):
+                while await stalled.receive_some(1 << 20):
+                    pass
+            # ...and its connection slot is free for a newcomer (max_connections=2)
+            async with af.open_gateway_client(URL.format(port), token=TOKEN) as other:
+                await other.ping()
+            await client.ping()
+        await stalled.aclose()
+
+
+# -- one encoding per change ---------------------------------------------------------------------
+
+
+async def test_a_change_is_encoded_once_for_all_its_subscribers(
+    nursery: trio.Nursery, tickets: af.Workflow[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encoded: list[str] = []
+    real = actorflow.gateway.connection.record_to_json
+
+    def counting(record: Any, object_type: type[Any]) -> dict[str, Any]:
+        encoded.append(f"{record.run_id}/{record.version}")
+        return real(record, object_type)
+
+    monkeypatch.setattr(actorflow.gateway.connection, "record_to_json", counting)
+    port = await serve(nursery, tickets)
+    with trio.fail_after(LIMIT):
+        async with (
+            af.open_gateway_client(URL.format(port), token=TOKEN) as one,
+            af.open_gateway_client(URL.format(port), token=TOKEN) as two,
+            one.subscribe("tickets") as a,
+            one.subscribe("tickets", foreign_id="shared") as b,
+            two.subscribe("tickets") as c,
+            two.subscribe("tickets", foreign_id="shared") as d,
+        ):
+            run_id = await one.trigger("tickets", "shared")
+            await one.await_status("tickets", "shared", run_id, "WAITING")
+            for stream in (a, b, c, d):
+                seen = [await stream.receive(), await stream.receive()]
+                assert [r["version"] for r in seen] == [1, 2]
+                assert seen[1]["object"] == {"note": "", "count": 1}
+    assert sorted(encoded) == [f"{run_id}/1", f"{run_id}/2"]
+
+
+# -- hostile frames --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "echoed"),
+    [
+        (b"\xff\xfe{}", "bad_json", None),  # a binary frame that is not UTF-8
+        (b'{"id": 3, "op": "ping"}', None, 3),  # binary frames holding JSON are served
+        ('{"id": ' + "9" * 5000 + ', "op": "ping"}', "bad_json", None),  # int too long
+        ('{"id": 1.0, "op": "ping"}', "invalid_argument", None),
+        ('{"id": [1], "op": "ping"}', "invalid_argument", None),
+        ('{"id": {"a": 1}, "op": "ping"}', "invalid_argument", None),
+        ('{"id": "n", "op": "' + "p" * 100_000 + '"}', "unknown_op", "n"),
+        ('{"id": "n", "op": "ping\\u0000"}', "unknown_op", "n"),
+        ('{"id": "n", "op": "PING"}', "unknown_op", "n"),
+        (
+            '{"id": "n", "op": "subscribe", "workflow": "tickets", "run_id": 5}',
+            "invalid_argument",
+            "n",
+        ),
+        (
+            '{"id": "n", "op": "subscribe", "workflow": "tickets", "foreign_id": ""}',
+            "invalid_argument",
+            "n",
+        ),
+        ('{"id": "n", "op": "subscribe", "workflow": "nope"}', "unknown_workflow", "n"),
+        ('{"id": "n", "op": "unsubscribe", "subscription": null}', "invalid_argument", "n"),
+        ('{"id": "n", "op": "abort", "request": [1]}', "invalid_argument", "n"),
+        (
+            '{"id": "n", "op": "latest", "workflow": "tickets", "foreign_id": "'
+            + "\\u0000" * 3
+            + '"}',
+            "invalid_argument",
+            "n",
+        ),
+        (
+            '{"id": "n", "op": "latest", "workflow": "tickets", "foreign_id": "'
+            + "\U0001f600" * 50_000
+            + '"}',
+            "invalid_argument",
+            "n",
+        ),
+        ("[" * 100_000 + "]" * 100_000, "bad_json", None),
+        ("", "bad_json", None),
+        ("null", "invalid_argument", None),
+        ('"ping"', "invalid_argument", None),
+    ],
+)
+async def test_hostile_frames_get_one_clear_reply_and_the_connection_lives(
+    port: int, frame: str | bytes, code: str | None, echoed: object
+) -> None:
+    with trio.fail_after(LIMIT):
+        async with socket_at(port) as ws:
+            await ws.send_message(frame)
+            reply = json.loads(await ws.get_message())
+            assert reply["id"] == echoed
+            if code is None:
+                assert reply["ok"] is True, reply
+            else:
+                assert error_of(reply) == code
+                assert "Traceback" not in reply["error"]["message"]
+            await ping_works(ws)
+
+
+async def test_a_flood_of_subscribes_and_unsubscribes_leaves_nothing_behind(
+    nursery: trio.Nursery, tickets: af.Workflow[Any, Any]
+) -> None:
+    port = await serve(nursery, tickets, max_subscriptions=8)
+    with trio.fail_after(3 * LIMIT):
+        async with socket_at(port) as ws:
+            frames = []
+            for n in range(2000):
+                frames.append({"id": n, "op": "subscribe", "workflow": "tickets"})
+                frames.append({"id": f"u{n}", "op": "unsubscribe", "subscription": n})
+            for message in frames:
+                await ws.send_message(json.dumps(message))
+            answered: dict[object, dict[str, Any]] = {}
+            while len(answered) < len(frames):
+                message = json.loads(await ws.get_message())
+                assert "event" not in message, message
+                assert message["id"] not in answered, message
+                answered[message["id"]] = message
+            for n in range(2000):
+                assert answered[n]["result"] == {"subscription": n}
+                assert answered[f"u{n}"]["result"] is True
+            # past the limit: busy, and the limit frees as subscriptions end
+            for n in range(8):
+                ack = await request(ws, id=f"s{n}", op="subscribe", workflow="tickets")
+                assert ack["ok"] is True
+            busy = await request(ws, id="s8", op="subscribe", workflow="tickets")
+            assert error_of(busy) == "busy"
+            gone = await request(ws, id="u0", op="unsubscribe", subscription="s0")
+            assert gone["result"] is True
+            again = await request(ws, id="s8", op="subscribe", workflow="tickets")
+            assert again["ok"] is True
