@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -17,7 +18,7 @@ from trio.testing import MockClock
 import actorflow as af
 from actorflow.testing import trio_clock
 from tests.conftest import START
-from tests.test_adversarial_probe import PG_DSN, Stores, finish, pipeline
+from tests.test_adversarial_probe import PG_DSN, Doc, St, Stores, finish, pipeline
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
@@ -126,3 +127,81 @@ async def test_retention_keep_last_beyond_32_bits(
             assert await wf.history(run_id) == before, wf.name
         assert await workflows[3].history(run_ids[3]) == whole[3][-2:]  # passes did run
     assert not [r.getMessage() for r in caplog.records if "retention" in r.getMessage()]
+
+
+# --- deletion and retention against the event consumers -------------------------------------
+
+
+def hooked(store: af.Store, clock: af.Clock, fail: set[str], got: list[Any], **build: Any) -> Any:
+    """NEW -> WAITING (the object holds a secret) -callback-> DONE, with an on_complete hook
+    that fails while its run's foreign id is in ``fail`` and records what it was given."""
+    b = af.Builder("hooked", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def new(run: af.Run[Doc, St]) -> St:
+        run.object.text = f"secret of {run.foreign_id}"
+        return St.WAITING
+
+    async def answer(run: af.Run[Doc, St], payload: bytes) -> St:
+        return St.DONE
+
+    b.add_callback(St.WAITING, answer, to=[St.DONE])
+
+    async def completed(record: af.Record[Doc, St]) -> None:
+        if record.foreign_id in fail:
+            raise RuntimeError(f"hook down for {record.foreign_id}")
+        got.append(record)
+
+    b.on_complete(completed)
+    return b.build(store, clock=clock, **build)
+
+
+async def _complete(wf: af.Workflow[Doc, St], foreign_id: str) -> str:
+    run_id = await wf.trigger(foreign_id)
+    await wf.await_status(foreign_id, run_id, St.WAITING)
+    assert await wf.callback(foreign_id, St.WAITING, b"") is not None
+    return run_id
+
+
+async def _until_hooked(got: list[Any], count: int) -> None:
+    for _ in range(3600):  # an hour of virtual time
+        if len(got) >= count:
+            return
+        await trio.sleep(1)
+    raise AssertionError(f"the hook was called {len(got)} times, not {count}")
+
+
+async def test_a_hook_lagging_behind_retention_and_deletion(
+    stores: Stores, autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An on_complete hook that keeps failing while its run's data is deleted is then given
+    the scrubbed record, never the deleted object. One that keeps failing until retention
+    deleted its version misses that version (a warning says so) and the later runs' hooks
+    are called: it used to be retried for ever ("coroutine raised StopIteration"), holding
+    up every later hook of the workflow."""
+    clock = trio_clock(START)
+    fail = {"pruned", "deleted"}
+    got: list[af.Record[Doc, St]] = []
+    retention = af.Retention(
+        keep_last=1, after_finish=timedelta(hours=1), every=timedelta(minutes=30)
+    )
+    wf = hooked(stores.open(), clock, fail, got, history_retention=retention)
+    caplog.set_level("WARNING", logger="actorflow")
+    async with af.open_workflow(wf):
+        pruned = await _complete(wf, "pruned")
+        await trio.sleep(60)
+        await wf.delete_data(pruned, "erasure")
+        await trio.sleep(3 * 3600)  # the COMPLETED version is pruned meanwhile
+        assert [r.run_state for r in await wf.history(pruned)] == [af.RunState.DATA_DELETED]
+        later = await _complete(wf, "later")
+        await _until_hooked(got, 1)
+        assert [(r.run_id, r.object.text) for r in got] == [(later, "secret of later")]
+        deleted = await _complete(wf, "deleted")
+        await trio.sleep(60)
+        await wf.delete_data(deleted, "erasure")
+        fail.clear()
+        await _until_hooked(got, 2)
+    assert got[1].run_id == deleted and got[1].run_state is af.RunState.COMPLETED
+    assert got[1].object == Doc()  # read when called: already scrubbed
+    assert all(r.run_id != pruned for r in got)
+    assert any("no longer stored" in r.getMessage() for r in caplog.records)

@@ -147,7 +147,28 @@ class _Hooks(Generic[T, S]):
         token: object = None
         try:
             history = await engine.store.history(engine.name, event.run_id)
-            raw = next(r for r in history if r.version == event.version)
+            raw = next((r for r in history if r.version == event.version), None)
+            if raw is None:
+                # History retention deleted the version while the hook lagged behind (its
+                # earlier calls failed for longer than after_finish): it cannot come back,
+                # so the hook misses it, as docs/stores.md says of lagging consumers. (It
+                # was retried for ever, "coroutine raised StopIteration", holding up every
+                # later hook of the workflow.)
+                log.warning(
+                    "workflow %r: on_%s hook for run %s skipped: version %d is no longer "
+                    "stored (history retention deleted it before the hook succeeded)",
+                    engine.name,
+                    kind,
+                    event.run_id,
+                    event.version,
+                    extra={
+                        "workflow_name": engine.name,
+                        "process_name": process.name,
+                        "run_id": event.run_id,
+                        "version": event.version,
+                    },
+                )
+                return
             if first:
                 lag = (engine.now() - raw.updated_at).total_seconds()
                 process.took_up(observer, engine.name, lag, raw)
