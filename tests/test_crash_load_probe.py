@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
-from datetime import timedelta
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -20,6 +22,7 @@ from trio.testing import MockClock
 import actorflow as af
 from actorflow.testing import trio_clock, wait_for
 from tests.conftest import START
+from tests.test_adversarial_probe import PG_DSN, Stores
 
 
 class C(enum.IntEnum):
@@ -43,6 +46,18 @@ def waiting(store: af.Store, answer: Any, **build: Any) -> af.Workflow[Box, C]:
 
     b.add_callback(C.WAITING, answer, to=[C.DONE])
     return b.build(store, clock=trio_clock(START), **build)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def probe_stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
+    """The store under test, reopened on the same storage by ``open()`` (a restart)."""
+    if request.param == "postgres" and not PG_DSN:
+        pytest.skip("ACTORFLOW_PG_DSN not set")
+    made = Stores(request.param, tmp_path)
+    try:
+        yield made
+    finally:
+        await made.close_all()
 
 
 # --- user code ending the process in a callback ----------------------------------------------
@@ -190,3 +205,305 @@ async def test_a_schedule_ended_between_claim_and_trigger_fires_that_time_after_
         with trio.move_on_after(600):
             await wf.schedule_trigger("report", "@hourly")
     assert len(await wf.list_runs()) == 3
+
+
+# --- what a call cut short reports ---------------------------------------------------------------
+
+
+async def _cut_after(checkpoints: int, call: Any) -> tuple[bool, Any]:
+    """Run ``call``, cancelling it once a sibling task passed ``checkpoints`` schedule
+    points: (True, its value) when it returned, (False, None) when it was cancelled."""
+    result: list[Any] = []
+    async with trio.open_nursery() as nursery:
+        scope = trio.CancelScope()
+
+        async def canceller() -> None:
+            for _ in range(checkpoints):
+                await trio.lowlevel.checkpoint()
+            scope.cancel()
+
+        async def target() -> None:
+            with scope:
+                result.append(await call())
+
+        nursery.start_soon(target)
+        nursery.start_soon(canceller)
+    return (True, result[0]) if result else (False, None)
+
+
+@pytest.mark.parametrize("worker", [True, False])
+async def test_a_call_cut_short_reports_what_it_did(
+    probe_stores: Any, worker: bool, autojump_clock: MockClock
+) -> None:
+    """callback, trigger and the controls cancelled after k checkpoints, through a worker
+    and from a handle without one: a call that returns tells the truth (a record: its
+    transition is stored, once; None: the run did not move; a run id: that run exists),
+    and a call that was cancelled either did it once or not at all."""
+    applied: Counter[str] = Counter()
+
+    async def answer(run: af.Run[Box, C], payload: bytes) -> C:
+        applied[run.foreign_id] += 1
+        run.object.notes.append(payload.decode())
+        return C.DONE
+
+    wf = waiting(probe_stores.open(), answer)
+    handle = wf if worker else waiting(probe_stores.open(), answer)
+    tries = 25
+    async with af.open_workflow(wf):
+        ids = {k: await wf.trigger(f"r{k}") for k in range(tries)}
+        for k, run_id in ids.items():
+            await wf.await_status(f"r{k}", run_id, C.WAITING)
+        for k, run_id in ids.items():
+            done, value = await _cut_after(
+                k,
+                lambda k=k: handle.callback(f"r{k}", C.WAITING, b"paid"),  # type: ignore[misc]
+            )
+            latest = await wf.lookup(run_id)
+            where = (k, done, value, latest)
+            if done and value is not None:
+                assert value.status is C.DONE and latest.status is C.DONE, where
+                assert value.version == latest.version == 3, where
+            elif done:
+                assert latest.status is C.WAITING, where
+            if latest.status is C.DONE:
+                assert latest.object.notes == ["paid"], where
+        for k in range(tries):
+            done, value = await _cut_after(
+                k,
+                lambda k=k: handle.trigger(f"t{k}"),  # type: ignore[misc]
+            )
+            runs = await wf.list_runs(foreign_id=f"t{k}")
+            if done:
+                assert [r.run_id for r in runs] == [value], (k, runs)
+            else:
+                assert len(runs) <= 1, (k, runs)
+    assert set(applied.values()) <= {1}
+
+
+# --- kill -9 of a worker whose hooks, connector and timeouts feed another workflow ---------------
+
+
+class Ord(enum.IntEnum):
+    NEW = 1
+    WAITING = 2
+    PAID = 3
+    EXPIRED = 4
+
+
+class Led(enum.IntEnum):
+    OPEN = 1
+    BOOKED = 2
+
+
+def orders_and_ledger(
+    store: af.Store, clock: af.Clock, *, say: Any = None, **build: Any
+) -> tuple[af.Workflow[Box, Ord], af.Workflow[Box, Led]]:
+    """Orders: NEW -step-> WAITING -callback-> PAID, or -0.3 s timeout-> EXPIRED. Every
+    completed order books ``done-<run id>`` in the ledger (an on_complete hook), and every
+    paid one ``paid-<foreign id>`` (a connector following the orders that reach PAID),
+    each checking first that it was not booked already (the docs' recipe for a function
+    that may be handed the same change twice). ``say`` reports each function's work."""
+    report = say or (lambda line: None)
+    ob = af.Builder("orders", Box, Ord)
+
+    @ob.step(Ord.NEW, to=Ord.WAITING)
+    async def take(run: af.Run[Box, Ord]) -> Ord:
+        report(f"step {run.run_id} {run.record.version}")
+        return Ord.WAITING
+
+    async def pay(run: af.Run[Box, Ord], payload: bytes) -> Ord:
+        run.object.notes.append(payload.decode())
+        return Ord.PAID
+
+    async def expire(run: af.Run[Box, Ord], now: object) -> Ord:
+        report(f"expired {run.run_id}")
+        return Ord.EXPIRED
+
+    ob.add_callback(Ord.WAITING, pay, to=[Ord.PAID])
+    ob.add_timeout(Ord.WAITING, af.after(timedelta(milliseconds=300)), expire, to=[Ord.EXPIRED])
+    ledgers: list[af.Workflow[Box, Led]] = []
+
+    async def book(foreign_id: str) -> None:
+        ledger = ledgers[0]
+        try:
+            await ledger.latest(foreign_id)
+            return  # booked already: this change was handed over again
+        except af.RunNotFound:
+            pass
+        try:
+            await ledger.trigger(foreign_id)
+        except af.WorkflowInProgress:
+            return
+        report(f"booked {foreign_id}")
+
+    async def on_complete(record: af.Record[Box, Ord]) -> None:
+        await book(f"done-{record.run_id}")
+
+    ob.on_complete(on_complete)
+    orders = ob.build(store, clock=clock, **build)
+
+    lb = af.Builder("ledger", Box, Led)
+
+    @lb.step(Led.OPEN, to=Led.BOOKED)
+    async def booked(run: af.Run[Box, Led]) -> Led:
+        return Led.BOOKED
+
+    async def on_paid(workflow: Any, event: af.ConnectorEvent) -> None:
+        await book(f"paid-{event.foreign_id}")
+
+    lb.add_connector("paid", af.connect(orders, status=Ord.PAID), on_paid)
+    ledgers.append(lb.build(store, clock=clock, **build))
+    return orders, ledgers[0]
+
+
+ORDERS_CHILD = """
+import sys
+from datetime import UTC, datetime, timedelta
+
+import trio
+
+import actorflow as af
+from tests.test_crash_load_probe import Ord, orders_and_ledger
+
+
+def say(line):
+    print(line, flush=True)
+
+
+async def main(kind, where, schema):
+    if kind == "sqlite":
+        store = af.SQLiteStore(where)
+    else:
+        store = af.PostgresStore(where, schema=schema, pool_size=4)
+    async with store:
+        orders, ledger = orders_and_ledger(
+            store, af.SystemClock(), say=say, lease=timedelta(seconds=1)
+        )
+        async with af.open_workflow(orders, ledger):
+            for i in range(100_000):
+                fids = [f"o{i}-{j}" for j in range(20)]
+                results = await orders.trigger_many(fids)
+                say(f"batch {i}")
+                async with trio.open_nursery() as nursery:
+                    for fid, run_id in list(zip(fids, results))[::2]:  # half of them are paid
+                        nursery.start_soon(pay, orders, fid, run_id)
+
+
+async def pay(orders, fid, run_id):
+    await orders.await_status(fid, run_id, Ord.WAITING)
+    if await orders.callback(fid, Ord.WAITING, b"paid") is not None:
+        say(f"paid {fid}")
+
+trio.run(main, *sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_kill_9_while_hooks_connectors_and_timeouts_feed_another_workflow(
+    kind: str, tmp_path: Path, autojump_clock: MockClock
+) -> None:
+    """A worker paying orders by callback while others expire by timeout, its on_complete
+    hook and its connector (af.connect) booking each in a second workflow, is killed with
+    SIGKILL; a new worker on the same store finishes. Every order ends once (PAID or
+    EXPIRED; every acknowledged payment PAID), every completed order is booked once by its
+    hook and every paid one once by the connector (no change lost, none booked twice), no
+    foreign id has two runs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.fresh_python import ROOT
+
+    if kind == "postgres" and not PG_DSN:
+        pytest.skip("ACTORFLOW_PG_DSN not set")
+    stores = Stores(kind, tmp_path)
+    where = str(stores.path) if kind == "sqlite" else str(PG_DSN)
+    script = tmp_path / "child.py"
+    script.write_text(ORDERS_CHILD)
+    lines: list[str] = []
+
+    def run_child() -> None:
+        child = subprocess.Popen(
+            [sys.executable, str(script), kind, where, stores.schema],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None
+        try:
+            seen: Counter[str] = Counter()
+            for line in child.stdout:  # blocks on the child's output: no guessing
+                lines.append(line.strip())
+                seen[line.split()[0]] += 1
+                if line.startswith("booked paid-"):
+                    seen["connector"] += 1
+                if seen["expired"] >= 10 and seen["connector"] >= 10 and seen["batch"] >= 3:
+                    os.kill(child.pid, signal.SIGKILL)
+                    break
+            else:
+                raise AssertionError(f"child ended: {lines[-5:]} {child.stderr.read()}")  # type: ignore[union-attr]
+            lines.extend(rest.strip() for rest in child.stdout)  # printed before the kill
+        finally:
+            child.kill()
+            child.wait(timeout=30)
+        assert child.returncode == -signal.SIGKILL
+
+    await trio.to_thread.run_sync(run_child)
+    paid = {x.split()[1] for x in lines if x.startswith("paid ")}
+    booked_before = Counter(x.split()[1] for x in lines if x.startswith("booked "))
+    booked_after: Counter[str] = Counter()
+    try:
+        orders, ledger = orders_and_ledger(
+            stores.open(),
+            trio_clock(datetime.now(UTC)),  # the child's timers are due about now
+            say=lambda line: booked_after.update(
+                [line.split()[1]] if line.startswith("booked ") else []
+            ),
+            lease=timedelta(seconds=1),
+        )
+        async with af.open_workflow(orders, ledger):
+            runs = await _all(orders)
+            assert len({r.foreign_id for r in runs}) == len(runs), "a foreign id got two runs"
+            for r in runs:
+                with trio.fail_after(3600):
+                    last = await wait_for(orders, r.foreign_id, lambda x: x.run_state.finished)
+                    await wait_for(ledger, f"done-{r.run_id}", lambda x: x.status is Led.BOOKED)
+                    if last.status is Ord.PAID:
+                        await wait_for(
+                            ledger, f"paid-{r.foreign_id}", lambda x: x.status is Led.BOOKED
+                        )
+                history = await orders.history(r.run_id)
+                assert [h.version for h in history] == [1, 2, 3], history
+                assert [h.status for h in history][:2] == [Ord.NEW, Ord.WAITING], history
+                assert last.status in (Ord.PAID, Ord.EXPIRED), last
+                if r.foreign_id in paid:
+                    assert last.status is Ord.PAID and last.object.notes == ["paid"], last
+            booked = await _all(ledger)
+    finally:
+        await stores.close_all()
+    expected = {f"done-{r.run_id}" for r in runs} | {
+        f"paid-{r.foreign_id}" for r in runs if r.foreign_id in paid
+    }
+    fids = Counter(b.foreign_id for b in booked)
+    assert set(fids.values()) == {1}, [f for f, n in fids.items() if n > 1]
+    assert expected <= set(fids), expected - set(fids)
+    assert set(fids) <= expected | {f"paid-{r.foreign_id}" for r in runs}
+    twice = (booked_before & booked_after) + Counter(
+        f for f, n in (booked_before + booked_after).items() if n > 1
+    )
+    assert not twice, twice
+    print(f"{len(runs)} orders, {len(paid)} paid, {len(booked_before)} booked before the kill")
+
+
+async def _all(wf: af.Workflow[Any, Any]) -> list[af.Record[Any, Any]]:
+    runs: list[af.Record[Any, Any]] = []
+    after = None
+    while True:
+        page = await wf.list_runs(limit=500, after=after)
+        runs.extend(page)
+        if len(page) < 500:
+            return runs
+        after = page[-1].run_id

@@ -16,7 +16,9 @@ Defects this probe found (each has a test below that failed before its fix):
   subscriptions and their buffers for ever; now the gateway pings every ``ping_interval``
   and closes a connection that has not answered within another one;
 - every stored change was encoded once per subscription that followed it (a thousand
-  browser tabs on one workflow: a thousand encodings of each change); now once for all.
+  browser tabs on one workflow: a thousand encodings of each change); now once for all;
+- error messages quoted what the caller sent whole: a megabyte of run id, foreign id,
+  op or argument name came back in the reply; now at most 2,000 characters.
 """
 
 from __future__ import annotations
@@ -313,3 +315,28 @@ async def test_a_flood_of_subscribes_and_unsubscribes_leaves_nothing_behind(
             assert gone["result"] is True
             again = await request(ws, id="s8", op="subscribe", workflow="tickets")
             assert again["ok"] is True
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ({"op": "lookup", "workflow": "tickets", "run_id": "r" * 500_000}, "not_found"),
+        ({"op": "latest", "workflow": "tickets", "foreign_id": "f" * 500_000}, "invalid_argument"),
+        ({"op": "p" * 500_000}, "unknown_op"),
+        ({"op": "describe", "workflow": "w" * 500_000}, "unknown_workflow"),
+        ({"op": "ping", "x" * 500_000: 1}, "invalid_argument"),
+    ],
+)
+async def test_error_messages_quoting_huge_input_are_cut(
+    port: int, message: dict[str, Any], code: str
+) -> None:
+    """An error message quotes what was sent (an id, a name); a megabyte of it came back
+    whole in the reply. Now at most 2,000 characters, its start and end kept."""
+    with trio.fail_after(LIMIT):
+        async with socket_at(port) as ws:
+            reply = await request(ws, id="huge", **message)
+            assert error_of(reply) == code
+            text = reply["error"]["message"]
+            assert len(text) <= 2000, len(text)
+            assert "characters cut" in text
+            await ping_works(ws)
