@@ -89,6 +89,33 @@ async def test_odd_postgres_schema_names_work_end_to_end(autojump_clock: MockClo
             await store.aclose()
 
 
+async def test_a_relative_sqlite_path_stays_that_file_after_a_chdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store opened with a relative path in one working directory keeps using that file
+    after the process changes directory (daemons do): count_runs (a connection in a
+    thread), the worker lock and the checkpointer used to open, and create, a file of the
+    same name in the new directory ("no such table: runs"), and the worker lock was taken
+    on a file there (a worker started from the first directory was not locked out)."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    monkeypatch.chdir(first)
+    store = af.SQLiteStore("rel.db")
+    monkeypatch.chdir(second)
+    try:
+        wf = pipeline(store, af.SystemClock())
+        async with af.open_workflow(wf):
+            run_id = await finish(wf, "f")
+            assert await wf.count_runs() == {(St.DONE, af.RunState.COMPLETED): 1}
+            assert (first / "rel.db-worker.lock").exists()
+            await wf.delete_data(run_id, "erasure")
+        assert list(second.iterdir()) == []
+        assert store.path == first / "rel.db"
+    finally:
+        await store.aclose()
+
+
 # --- retention at its bounds --------------------------------------------------------------
 
 
