@@ -17,6 +17,7 @@ from actorflow._model.record import RawRecord
 from actorflow._model.run_state import RunState
 from actorflow.stores.group_commit import Write
 from actorflow.stores.messages import in_progress, no_run
+from actorflow.stores.scrub import DELETED_TEXT, scrub_meta_sqlite
 from actorflow.stores.sqlite.codec import (
     COPY_HISTORY,
     INSERT_HISTORY,
@@ -326,6 +327,13 @@ def apply_version(conn: sqlite3.Connection, record: RawRecord) -> RawRecord:
     return apply_commit(conn, (record, None, False))
 
 
+SCRUB_ERRORS = (
+    f"UPDATE history SET meta = {scrub_meta_sqlite('meta')} WHERE run_id = :run_id "
+    "AND coalesce(json_extract(meta, '$.error_message'), '') != ''"
+)
+"""delete_data: the error texts of the run's earlier versions (see ``stores/scrub.py``)."""
+
+
 def apply_commit(
     conn: sqlite3.Connection, arg: tuple[RawRecord, list[Params] | None, bool]
 ) -> RawRecord:
@@ -359,6 +367,7 @@ def apply_commit(
             "UPDATE history SET object = ? WHERE run_id = ?",
             (record.object, record.run_id),
         )
+        conn.execute(SCRUB_ERRORS, {"deleted": DELETED_TEXT, "run_id": record.run_id})
     return record
 
 
