@@ -156,12 +156,12 @@ def one_step(store: af.Store) -> af.Workflow[Box, Three]:
 
 @pytest.mark.parametrize("where", ["after the claim", "in the trigger"])
 async def test_a_schedule_ended_between_claim_and_trigger_fires_that_time_after_a_restart(
-    make_store: Any, where: str, autojump_clock: MockClock
+    probe_stores: Stores, where: str, autojump_clock: MockClock
 ) -> None:
     """The process ends (kill -9, or the schedule's task is cancelled) after a cron time
     was claimed and before its run was stored: the next start triggers that time, once.
     (It used to be lost: claimed, so never fired, and never triggered.)"""
-    store = make_store()
+    store = probe_stores.open()
     claim = store.claim_schedule
     create = store.create_run
     died = trio.CancelScope()
@@ -189,7 +189,7 @@ async def test_a_schedule_ended_between_claim_and_trigger_fires_that_time_after_
     assert await wf.list_runs() == []  # 10:00 claimed, not triggered
     first = START + timedelta(hours=1)
 
-    wf = one_step(make_store())  # the restart, at 10:00 still (or a little later)
+    wf = one_step(probe_stores.open())  # the restart, at 10:00 still (or a little later)
     async with af.open_workflow(wf), trio.open_nursery() as nursery:
         nursery.start_soon(wf.schedule_trigger, "report", "@hourly")
         with trio.fail_after(600):
@@ -200,7 +200,7 @@ async def test_a_schedule_ended_between_claim_and_trigger_fires_that_time_after_
     runs = await wf.list_runs()
     assert [(r.created_at - first) // timedelta(hours=1) for r in runs] == [0, 1, 2]
     # A second restart finds every time fired: nothing again.
-    wf = one_step(make_store())
+    wf = one_step(probe_stores.open())
     async with af.open_workflow(wf):
         with trio.move_on_after(600):
             await wf.schedule_trigger("report", "@hourly")
