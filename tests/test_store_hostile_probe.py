@@ -89,6 +89,33 @@ async def test_odd_postgres_schema_names_work_end_to_end(autojump_clock: MockClo
             await store.aclose()
 
 
+async def test_a_relative_sqlite_path_stays_that_file_after_a_chdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store opened with a relative path in one working directory keeps using that file
+    after the process changes directory (daemons do): count_runs (a connection in a
+    thread), the worker lock and the checkpointer used to open, and create, a file of the
+    same name in the new directory ("no such table: runs"), and the worker lock was taken
+    on a file there (a worker started from the first directory was not locked out)."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    monkeypatch.chdir(first)
+    store = af.SQLiteStore("rel.db")
+    monkeypatch.chdir(second)
+    try:
+        wf = pipeline(store, af.SystemClock())
+        async with af.open_workflow(wf):
+            run_id = await finish(wf, "f")
+            assert await wf.count_runs() == {(St.DONE, af.RunState.COMPLETED): 1}
+            assert (first / "rel.db-worker.lock").exists()
+            await wf.delete_data(run_id, "erasure")
+        assert list(second.iterdir()) == []
+        assert store.path == first / "rel.db"
+    finally:
+        await store.aclose()
+
+
 # --- retention at its bounds --------------------------------------------------------------
 
 
@@ -205,3 +232,104 @@ async def test_a_hook_lagging_behind_retention_and_deletion(
     assert got[1].object == Doc()  # read when called: already scrubbed
     assert all(r.run_id != pruned for r in got)
     assert any("no longer stored" in r.getMessage() for r in caplog.records)
+
+
+# --- what delete_data leaves behind ---------------------------------------------------------
+
+
+async def _stored_bytes(stores: Stores) -> bytes:
+    """Everything the store under test holds, as bytes: the SQLite file and its WAL, or the
+    text of every row of every table of the PostgreSQL schema (MemoryStore: nothing more
+    than the API shows)."""
+    if stores.kind == "sqlite":
+        wal = stores.path.with_name(stores.path.name + "-wal")
+        return stores.path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+    if stores.kind == "postgres":
+        assert PG_DSN is not None
+        dsn, schema = PG_DSN, stores.schema
+
+        def dump() -> bytes:
+            import psycopg
+            from psycopg import sql
+
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                tables = conn.execute(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = %s", [schema]
+                ).fetchall()
+                text = [
+                    str(row)
+                    for (table,) in tables
+                    for row in conn.execute(
+                        sql.SQL("SELECT t::text FROM {}.{} t").format(
+                            sql.Identifier(schema), sql.Identifier(table)
+                        )
+                    ).fetchall()
+                ]
+            return "\n".join(text).encode()
+
+        return await trio.to_thread.run_sync(dump)
+    return b""
+
+
+async def test_delete_data_erases_error_texts_made_from_the_object(
+    stores: Stores, autojump_clock: MockClock
+) -> None:
+    """A step whose exception quotes the object (as "cannot mail <address>" does) pauses
+    the run after its errors: the message is kept in that version's error_message and
+    reason. delete_data erases it with the object from every version, on every store (it
+    used to stay in the history, readable through history() and in the files); the reason
+    still says why the run paused."""
+    clock = trio_clock(START)
+    tries: dict[str, int] = {}
+
+    async def working(run: af.Run[Doc, St]) -> St:
+        tries[run.foreign_id] = tries.get(run.foreign_id, 0) + 1
+        if tries[run.foreign_id] <= 3:
+            quote = f"cannot mail {run.object.text.replace(' ', '-')}"
+            raise ValueError(quote if run.foreign_id == "short" else f"{quote}; " * 300)
+        return St.WAITING
+
+    wf = pipeline(
+        stores.open(),
+        clock,
+        working=working,
+        default_options=af.Options(pause_after_errors=3, error_backoff=timedelta(seconds=1)),
+        resume_paused_after=None,
+    )
+    async with af.open_workflow(wf):
+        run_ids = {}
+        for fid in ("short", "long", "kept"):
+            run_ids[fid] = await wf.trigger(fid)
+            paused = await _await_state(wf, run_ids[fid], af.RunState.PAUSED)
+            assert f"secret-of-{fid}" in paused.meta.error_message
+            assert f"secret-of-{fid}" in paused.meta.run_state_reason
+        for fid in ("short", "long"):
+            await wf.cancel(run_ids[fid], "stop")
+            await wf.delete_data(run_ids[fid], "erasure")
+        kept = await wf.history(run_ids["kept"])
+        for fid in ("short", "long"):
+            history = await wf.history(run_ids[fid])
+            assert f"secret-of-{fid}" not in repr(history)
+            assert f"secret of {fid}" not in repr(history)
+            reasons = [r.meta.run_state_reason for r in history]
+            assert any(r.startswith("paused after 3 consecutive errors in step") for r in reasons)
+            assert history[-1].run_state is af.RunState.DATA_DELETED
+    # The run that was not deleted keeps its error texts; the files hold no deleted one.
+    assert "secret-of-kept" in kept[-1].meta.error_message
+    data = await _stored_bytes(stores)
+    for fid in ("short", "long"):
+        assert f"secret-of-{fid}".encode() not in data
+        assert f"secret of {fid}".encode() not in data
+    if stores.kind != "memory":
+        assert b"secret-of-kept" in data
+
+
+async def _await_state(
+    wf: af.Workflow[Doc, St], run_id: str, state: af.RunState
+) -> af.Record[Doc, St]:
+    for _ in range(3600):
+        rec = await wf.lookup(run_id)
+        if rec.run_state is state:
+            return rec
+        await trio.sleep(1)
+    raise AssertionError(f"run {run_id} never reached {state.name}")

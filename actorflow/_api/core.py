@@ -208,6 +208,8 @@ class WorkflowCore(Generic[T, S]):
     def _runs_nowhere(self) -> bool:
         """True when nothing can move this workflow's runs: it is not running in this
         process and its store is one no other process can reach (MemoryStore)."""
+        if self._supervisor is not None and self._supervisor.standby:
+            return False  # ours takes over when the one serving stops
         return not self._store.shared and self._local_supervisor() is None
 
     def _not_running(self, what: str) -> ActorflowError:

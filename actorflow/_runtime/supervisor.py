@@ -88,6 +88,12 @@ steps and timers for the same runs."""
 _STANDBYS: dict[_Turn, list[Supervisor[Any, Any]]] = {}
 """Workflow on a storage -> its standby supervisors, in the order they started."""
 
+_SHARING: dict[_Turn, list[Supervisor[Any, Any]]] = {}
+"""Workflow on a store object -> the supervisors serving it there in this process with shard
+ownership (PostgreSQL): each works on the runs of its shards. A run woken through one that
+does not own it (a trigger or control of its Workflow object) is woken in the one that
+does: writes through the store object they share notify neither."""
+
 
 def _waits_on(run: _RunKey, target: _RunKey) -> bool:
     """Whether user code of ``run`` waits (through the runs it waits on) on ``target``."""
@@ -191,13 +197,15 @@ class Supervisor(Generic[T, S]):
                 raise refused from None
             raise
 
+    def _storage(self) -> _Turn:
+        """This workflow on this storage (see _SERVING)."""
+        store = self.engine.store
+        return (getattr(store, "storage_key", store), self.engine.name)
+
     def _turn_key(self) -> _Turn | None:
         """This workflow on this storage, when one supervisor at a time works on its runs
         in this process (None with shard ownership: supervisors share the runs by shard)."""
-        if self.ownership is not None:
-            return None
-        store = self.engine.store
-        return (getattr(store, "storage_key", store), self.engine.name)
+        return None if self.ownership is not None else self._storage()
 
     async def _take_turn(self, task_status: trio.TaskStatus[None]) -> trio.TaskStatus[None] | None:
         """Become the supervisor that works on the workflow's runs on this storage in this
@@ -229,6 +237,8 @@ class Supervisor(Generic[T, S]):
             else:
                 _SERVING[key] = self
             self._turn = key
+        else:
+            _SHARING.setdefault(self._storage(), []).append(self)
         # Other Workflow objects of this workflow on this store object (not running) hand
         # their triggers, callbacks and controls to this supervisor.
         self.engine.store.feed.supervisors.setdefault(self.engine.name, self)
@@ -266,6 +276,11 @@ class Supervisor(Generic[T, S]):
         running = self.engine.store.feed.supervisors
         if running.get(self.engine.name) is self:
             del running[self.engine.name]
+        sharing = _SHARING.get(self._storage(), [])
+        if self in sharing:
+            sharing.remove(self)
+            if not sharing:
+                del _SHARING[self._storage()]
         key, self._turn = self._turn, None
         if key is None or _SERVING.get(key) is not self:
             return
@@ -466,7 +481,10 @@ class Supervisor(Generic[T, S]):
         ``known`` (with its ``timers``) is the run as the caller just stored it: a new
         actor starts from it instead of reading the run back from the store.
         """
-        if self.stopping or self._nursery is None or not self.owns(run_id):
+        if self.stopping or self._nursery is None:
+            return
+        if not self.owns(run_id):
+            self._wake_owner(run_id, known, timers)
             return
         actor = self.actors.get(run_id)
         if actor is not None:
@@ -476,6 +494,18 @@ class Supervisor(Generic[T, S]):
                 self._waiting[run_id] = (known, timers)
         else:
             self._spawn(run_id, known, timers)
+
+    def _wake_owner(self, run_id: str, known: RawRecord | None, timers: list[Timer] | None) -> None:
+        """Wake the run in the supervisor of this process that owns its shard, if any
+        (see _SHARING)."""
+        if self.ownership is None:
+            return
+        for other in _SHARING.get(self._storage(), ()):
+            if other is not self and other.owns(run_id):
+                if timers is not None:
+                    other.wake_for_timers(run_id, timers)
+                other.wake_now(run_id, known, timers)
+                return
 
     def wake_created(self, known: RawRecord, timers: list[Timer]) -> None:
         """A run was just created here by trigger_many: start it from ``known``.

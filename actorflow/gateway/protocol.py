@@ -516,8 +516,23 @@ def reply_ok(request_id: RequestId, result: object) -> dict[str, Any]:
     return {"id": request_id, "ok": True, "result": result}
 
 
+MAX_ERROR_MESSAGE: Final = 2000
+"""The longest error message sent, in characters; longer ones keep their start and end."""
+
+
+def bounded_message(message: str) -> str:
+    """``message`` cut to :data:`MAX_ERROR_MESSAGE` characters (its start and its end
+    kept): messages quote what the caller sent, which may be a megabyte of foreign id."""
+    if len(message) <= MAX_ERROR_MESSAGE:
+        return message
+    head, tail = message[: MAX_ERROR_MESSAGE - 400], message[-300:]
+    cut = len(message) - len(head) - len(tail)
+    return f"{head} [... {cut} characters cut ...] {tail}"
+
+
 def reply_error(request_id: RequestId | None, code: ErrorCode, message: str) -> dict[str, Any]:
-    return {"id": request_id, "ok": False, "error": {"code": str(code), "message": message}}
+    error = {"code": str(code), "message": bounded_message(message)}
+    return {"id": request_id, "ok": False, "error": error}
 
 
 def event_record(subscription: RequestId, record: dict[str, Any]) -> dict[str, Any]:
@@ -551,7 +566,7 @@ def event_error(subscription: RequestId, code: ErrorCode, message: str) -> dict[
     return {
         "id": subscription,
         "event": "error",
-        "error": {"code": str(code), "message": message},
+        "error": {"code": str(code), "message": bounded_message(message)},
     }
 
 

@@ -18,6 +18,7 @@ from actorflow.stores.base import ClosingStore
 from actorflow.stores.feed import ChangeFeed
 from actorflow.stores.filters import ANY_RUN, RunFilter, check_limit, count_key
 from actorflow.stores.messages import in_progress, no_foreign_run, no_run
+from actorflow.stores.scrub import scrub_meta
 
 CLOSED = "MemoryStore: the store is closed; open a new MemoryStore"
 
@@ -157,7 +158,8 @@ class MemoryStore(ClosingStore):
             self._set_timers(record.run_id, timers)
         if scrub_history:
             self._history[record.run_id] = [
-                attrs.evolve(old, object=record.object) for old in self._history[record.run_id]
+                attrs.evolve(old, object=record.object, meta=scrub_meta(old.meta))
+                for old in self._history[record.run_id]
             ]
         self._log(record)
         return record

@@ -7,11 +7,15 @@ the same time."""
 from __future__ import annotations
 
 import enum
+import os
+import uuid
 from collections import Counter
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import attrs
+import pytest
 import trio
 from trio.testing import MockClock
 
@@ -40,7 +44,13 @@ class Effects:
 
 
 def worker(
-    store: af.Store, effects: Effects, who: str, *, name: str = "twice", step_seconds: float = 1
+    store: af.Store,
+    effects: Effects,
+    who: str,
+    *,
+    name: str = "twice",
+    step_seconds: float = 1,
+    **build: Any,
 ) -> af.Workflow[Doc, St]:
     b = af.Builder(name, Doc, St)
 
@@ -53,7 +63,7 @@ def worker(
         run.object.n += 1
         return St.DONE
 
-    return b.build(store, clock=trio_clock(START))
+    return b.build(store, clock=trio_clock(START), **build)
 
 
 async def _until(condition: Callable[[], bool]) -> None:
@@ -197,3 +207,62 @@ async def test_different_workflows_on_one_store_run_at_the_same_time(
             for wf, run_id in runs:
                 await wf.await_status("x", run_id, St.DONE)
         assert a.ready and b.ready
+
+
+async def test_calls_through_a_standby_during_the_hand_over(
+    make_store: StoreMaker, autojump_clock: MockClock
+) -> None:
+    """Triggered and awaited through the standby while the first stops: the second picks
+    the run up as it takes over (no 'not running' error, nothing twice)."""
+    effects = Effects()
+    one = worker(make_store(), effects, "one")
+    two = worker(make_store(), effects, "two")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(one.run)
+        await nursery.start(two.run)
+        await _until(lambda: one.ready)
+        assert set(two.states().values()) == {af.ProcessState.IDLE}
+        one.stop()
+        run_id = await two.trigger("during")
+        await _all_done(two, {"during": run_id})
+        assert two.ready and not one.running
+        assert af.ProcessState.STOPPED in set(one.states().values())
+        two.stop()
+    assert effects.by == {"during": ["two"]}
+    await _done_once(two, {"during": run_id})
+
+
+PG_DSN = os.environ.get("ACTORFLOW_PG_DSN")
+
+
+@pytest.mark.skipif(not PG_DSN, reason="ACTORFLOW_PG_DSN not set")
+@pytest.mark.parametrize("objects", [1, 2])
+async def test_postgres_workers_in_one_process_share_the_shards(
+    objects: int, autojump_clock: MockClock
+) -> None:
+    """PostgreSQL: two workers of one workflow in one process (on one store object, or on
+    two of one schema) are not standbys: they split the shards, each run worked on once,
+    by the holder of its shard."""
+    assert PG_DSN
+    schema = f"af_twice_{uuid.uuid4().hex[:16]}"
+    stores = [af.PostgresStore(PG_DSN, schema=schema, pool_size=4) for _ in range(objects)]
+    effects = Effects()
+    lease = {"shards": 4, "lease": timedelta(seconds=1.5)}
+    one = worker(stores[0], effects, "one", **lease)
+    two = worker(stores[-1], effects, "two", **lease)
+    ids: dict[str, str] = {}
+    try:
+        async with af.open_workflow(one, two):
+            with trio.fail_after(60):
+                while not (one.ready and two.ready):  # noqa: ASYNC110
+                    await trio.sleep(0.1)
+            for i in range(20):
+                ids[f"f{i}"] = await (one if i % 2 else two).trigger(f"f{i}")
+            await _all_done(one, ids)
+        assert effects.done == Counter(dict.fromkeys(ids, 1))
+        assert {who for runs in effects.by.values() for who in runs} == {"one", "two"}
+        await _done_once(one, ids)
+    finally:
+        for store in stores:
+            await store.aclose()
+        await af.PostgresStore(PG_DSN, schema=schema, drop_schema_on_close=True).aclose()

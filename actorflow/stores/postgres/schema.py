@@ -21,6 +21,7 @@ import attrs
 from actorflow._model.errors import InvalidArgument, SchemaVersionError, StoreError
 from actorflow._model.run_state import RunState
 from actorflow._model.text import is_valid_text, printable
+from actorflow.stores.scrub import scrub_meta_postgres
 
 _UNFINISHED = ", ".join(str(int(s)) for s in RunState if not s.finished)
 
@@ -477,7 +478,9 @@ def _commit(timers: str, scrub: bool, notify: bool) -> str:
     if scrub:
         parts.append(
             """scrub AS (
-            UPDATE {s}.history SET object = %(object)s
+            UPDATE {s}.history SET object = %(object)s, meta = """
+            + scrub_meta_postgres("meta")
+            + """
              WHERE run_id = (SELECT run_id FROM upd)
         )"""
         )

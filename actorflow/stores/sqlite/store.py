@@ -113,7 +113,12 @@ class SQLiteStore(ClosingStore):
                 "(U+0000), which no file name can"
             )
         self._feed = ChangeFeed()
-        self._db = Database(Path(text), synchronous.upper(), float(lock_timeout), self._feed)
+        # Absolute now: the file, its worker lock and the connections opened later (the
+        # watcher, the checkpointer, reads in threads, a reopen) stay this one file when the
+        # process changes its working directory afterwards (they used to open, and create,
+        # another file of that name there).
+        path_now = Path(text).absolute()
+        self._db = Database(path_now, synchronous.upper(), float(lock_timeout), self._feed)
         self._feed.watch = self._db.watch
         self.stats: SQLiteStats = self._db.stats
         """Write-path counters."""

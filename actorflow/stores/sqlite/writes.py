@@ -17,6 +17,7 @@ from actorflow._model.record import RawRecord
 from actorflow._model.run_state import RunState
 from actorflow.stores.group_commit import Write
 from actorflow.stores.messages import in_progress, no_run
+from actorflow.stores.scrub import DELETED_TEXT, scrub_meta_sqlite
 from actorflow.stores.sqlite.codec import (
     COPY_HISTORY,
     INSERT_HISTORY,
@@ -43,8 +44,12 @@ R = TypeVar("R")
 
 MAX_BATCH: Final = 2000
 """Writes per transaction at most."""
-MAX_CREATE: Final = 500
-"""Runs per create_runs write at most."""
+MAX_CREATE: Final = 2000
+"""Runs per create_runs write at most (one transaction: the ``IN`` list of its
+in-progress check is far below SQLite's limit of 32,766 variables)."""
+THREAD_CREATE: Final = 200
+"""A batch with a create_runs write of this many runs or more is written in a worker
+thread (see :func:`send`)."""
 UNFINISHED: Final = frozenset(s for s in RunState if not s.finished)
 FINISHED_SQL: Final = ", ".join(str(int(s)) for s in RunState if s.finished)
 PUBLISH_VALUES: Final = RawRecord(
@@ -89,9 +94,17 @@ class _NeedsSavepoints(Exception):
 async def send(db: Database, batch: list[SQLiteWrite[Any]]) -> None:
     deadline = trio.current_time() + db.lock_timeout
     delay = FIRST_BACKOFF
+    # A large create_runs (trigger_many) is written in a worker thread: SQLite's work
+    # there and the trio thread's building of the next runs use both cores.
+    in_thread = any(
+        write.apply is apply_create_many and len(write.arg) >= THREAD_CREATE for write in batch
+    )
     while True:
         try:
-            outcomes = _attempt(db, batch)
+            if in_thread:
+                outcomes = await db.write_in_thread(lambda: _attempt(db, batch))
+            else:
+                outcomes = _attempt(db, batch)
         except StoreError as exc:  # the connection could not be reopened
             db.stats.failed_transactions += 1
             db.stats.writes += len(batch)
@@ -314,6 +327,13 @@ def apply_version(conn: sqlite3.Connection, record: RawRecord) -> RawRecord:
     return apply_commit(conn, (record, None, False))
 
 
+SCRUB_ERRORS = (
+    f"UPDATE history SET meta = {scrub_meta_sqlite('meta')} WHERE run_id = :run_id "
+    "AND coalesce(json_extract(meta, '$.error_message'), '') != ''"
+)
+"""delete_data: the error texts of the run's earlier versions (see ``stores/scrub.py``)."""
+
+
 def apply_commit(
     conn: sqlite3.Connection, arg: tuple[RawRecord, list[Params] | None, bool]
 ) -> RawRecord:
@@ -347,6 +367,7 @@ def apply_commit(
             "UPDATE history SET object = ? WHERE run_id = ?",
             (record.object, record.run_id),
         )
+        conn.execute(SCRUB_ERRORS, {"deleted": DELETED_TEXT, "run_id": record.run_id})
     return record
 
 
