@@ -44,8 +44,12 @@ R = TypeVar("R")
 
 MAX_BATCH: Final = 2000
 """Writes per transaction at most."""
-MAX_CREATE: Final = 500
-"""Runs per create_runs write at most."""
+MAX_CREATE: Final = 2000
+"""Runs per create_runs write at most (one transaction: the ``IN`` list of its
+in-progress check is far below SQLite's limit of 32,766 variables)."""
+THREAD_CREATE: Final = 200
+"""A batch with a create_runs write of this many runs or more is written in a worker
+thread (see :func:`send`)."""
 UNFINISHED: Final = frozenset(s for s in RunState if not s.finished)
 FINISHED_SQL: Final = ", ".join(str(int(s)) for s in RunState if s.finished)
 PUBLISH_VALUES: Final = RawRecord(
@@ -90,9 +94,17 @@ class _NeedsSavepoints(Exception):
 async def send(db: Database, batch: list[SQLiteWrite[Any]]) -> None:
     deadline = trio.current_time() + db.lock_timeout
     delay = FIRST_BACKOFF
+    # A large create_runs (trigger_many) is written in a worker thread: SQLite's work
+    # there and the trio thread's building of the next runs use both cores.
+    in_thread = any(
+        write.apply is apply_create_many and len(write.arg) >= THREAD_CREATE for write in batch
+    )
     while True:
         try:
-            outcomes = _attempt(db, batch)
+            if in_thread:
+                outcomes = await db.write_in_thread(lambda: _attempt(db, batch))
+            else:
+                outcomes = _attempt(db, batch)
         except StoreError as exc:  # the connection could not be reopened
             db.stats.failed_transactions += 1
             db.stats.writes += len(batch)
