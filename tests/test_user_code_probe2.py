@@ -8,7 +8,10 @@ error naming the function, no hang, nothing lost, nothing done twice.
 from __future__ import annotations
 
 import enum
+import logging
+import time
 import warnings
+from datetime import timedelta
 from typing import Any
 
 import attrs
@@ -179,3 +182,100 @@ async def test_a_validator_raising_a_base_exception_on_read_is_not_passed_on(
     for record in records:  # what every unreadable stored object reads as: its JSON data
         assert record.object == {"n": 13}
     assert (await wf.lookup(run_id)).object == Checked(n=13)
+
+
+# --- user code holding the trio thread ---------------------------------------------------
+
+
+async def test_user_functions_holding_the_trio_thread_are_named(
+    make_store: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: MockClock,
+) -> None:
+    """A step, callback, timeout, hook or connector calling time.sleep (or any blocking
+    call) stalls every run of the process, silently until now: each is named in a warning
+    with its run. Awaiting (a long virtual sleep here) is not holding: no warning for it.
+    Everything still goes through once."""
+    from actorflow._runtime import user_code
+
+    monkeypatch.setattr(user_code, "HELD_WARNING_SECONDS", 0.05)
+
+    def hold() -> None:
+        time.sleep(0.08)
+
+    events = [
+        af.ConnectorEvent(
+            id="e1", foreign_id="from-connector", type="x", headers={}, created_at=START
+        )
+    ]
+    b = af.Builder("holding", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def blocking_step(run: af.Run[Doc, St]) -> St:
+        await trio.sleep(3600)  # virtual: not held
+        if run.foreign_id == "held":
+            hold()
+        run.object.n += 1
+        return St.WAITING
+
+    async def blocking_callback(run: af.Run[Doc, St], payload: bytes) -> St:
+        hold()
+        return St.DONE
+
+    async def blocking_timeout(run: af.Run[Doc, St], now: Any) -> St:
+        hold()
+        return St.DONE
+
+    b.add_callback(St.WAITING, blocking_callback, to=[St.DONE])
+    b.add_timeout(
+        St.WAITING,
+        lambda run, now: now + timedelta(hours=1) if run.foreign_id == "late" else None,
+        blocking_timeout,
+        to=[St.DONE],
+    )
+    completed: list[str] = []
+    both_completed = trio.Event()
+
+    async def blocking_hook(record: af.Record[Doc, St]) -> None:
+        hold()
+        completed.append(record.foreign_id)
+        if sorted(completed) == ["held", "late"]:
+            both_completed.set()
+
+    b.on_complete(blocking_hook)
+
+    async def blocking_connector(workflow: Any, event: af.ConnectorEvent) -> None:
+        hold()
+
+    b.add_connector("feed", af.MemorySource(events), blocking_connector)
+    wf = b.build(make_store(), clock=trio_clock(START), resume_paused_after=None)
+    with caplog.at_level(logging.WARNING, logger="actorflow"):
+        async with af.open_workflow(wf):
+            quiet = await wf.trigger("quiet")
+            with trio.fail_after(24 * 3600):
+                await wf.await_status("quiet", quiet, St.WAITING)
+            held = await wf.trigger("held")
+            late = await wf.trigger("late")
+            with trio.fail_after(24 * 3600):
+                await wf.await_status("held", held, St.WAITING)
+                assert await wf.callback("held", St.WAITING, b"x") is not None
+                await wf.await_status("late", late, St.DONE)
+                await both_completed.wait()
+    held_lines = [
+        r.getMessage() for r in caplog.records if "held the trio thread" in r.getMessage()
+    ]
+
+    def named(where: str, kind: str, fn: str) -> bool:
+        return any(
+            f"{where}: {kind} " in line and f"{fn} held the trio thread for 0." in line
+            for line in held_lines
+        )
+
+    assert named(f"run {held}", "step", "blocking_step"), held_lines
+    assert named(f"run {held}", "callback", "blocking_callback"), held_lines
+    assert named(f"run {late}", "timeout", "blocking_timeout"), held_lines
+    assert named(f"run {held}", "on_complete hook", "blocking_hook"), held_lines
+    assert named("'holding'", "connector 'feed' (event e1) function", "blocking_connector")
+    assert not any(quiet in line for line in held_lines), held_lines
+    assert [r.version for r in await wf.history(held)] == [1, 2, 3]
