@@ -156,12 +156,12 @@ def one_step(store: af.Store) -> af.Workflow[Box, Three]:
 
 @pytest.mark.parametrize("where", ["after the claim", "in the trigger"])
 async def test_a_schedule_ended_between_claim_and_trigger_fires_that_time_after_a_restart(
-    make_store: Any, where: str, autojump_clock: MockClock
+    probe_stores: Stores, where: str, autojump_clock: MockClock
 ) -> None:
     """The process ends (kill -9, or the schedule's task is cancelled) after a cron time
     was claimed and before its run was stored: the next start triggers that time, once.
     (It used to be lost: claimed, so never fired, and never triggered.)"""
-    store = make_store()
+    store = probe_stores.open()
     claim = store.claim_schedule
     create = store.create_run
     died = trio.CancelScope()
@@ -189,7 +189,7 @@ async def test_a_schedule_ended_between_claim_and_trigger_fires_that_time_after_
     assert await wf.list_runs() == []  # 10:00 claimed, not triggered
     first = START + timedelta(hours=1)
 
-    wf = one_step(make_store())  # the restart, at 10:00 still (or a little later)
+    wf = one_step(probe_stores.open())  # the restart, at 10:00 still (or a little later)
     async with af.open_workflow(wf), trio.open_nursery() as nursery:
         nursery.start_soon(wf.schedule_trigger, "report", "@hourly")
         with trio.fail_after(600):
@@ -200,7 +200,7 @@ async def test_a_schedule_ended_between_claim_and_trigger_fires_that_time_after_
     runs = await wf.list_runs()
     assert [(r.created_at - first) // timedelta(hours=1) for r in runs] == [0, 1, 2]
     # A second restart finds every time fired: nothing again.
-    wf = one_step(make_store())
+    wf = one_step(probe_stores.open())
     async with af.open_workflow(wf):
         with trio.move_on_after(600):
             await wf.schedule_trigger("report", "@hourly")
@@ -507,3 +507,77 @@ async def _all(wf: af.Workflow[Any, Any]) -> list[af.Record[Any, Any]]:
         if len(page) < 500:
             return runs
         after = page[-1].run_id
+
+
+async def test_backfills_cut_short_from_another_process_are_all_worked(
+    probe_stores: Stores, autojump_clock: MockClock
+) -> None:
+    """trigger_many from a second store handle (another process's view, no worker),
+    cancelled after k checkpoints: every run it stored is found and worked by the worker
+    (its step runs, once), and triggering again refuses exactly those."""
+    if probe_stores.kind == "memory":
+        pytest.skip("one process: the same store object")
+    steps: Counter[str] = Counter()
+
+    async def answer(run: af.Run[Box, C], payload: bytes) -> C:
+        return C.DONE
+
+    b = af.Builder("cb", Box, C)
+
+    @b.step(C.NEW, to=C.WAITING)
+    async def go(run: af.Run[Box, C]) -> C:
+        steps[run.run_id] += 1
+        return C.WAITING
+
+    b.add_callback(C.WAITING, answer, to=[C.DONE])
+    wf = b.build(probe_stores.open(), clock=trio_clock(START))
+    other = waiting(probe_stores.open(), answer)
+    tries, size = (10, 30) if probe_stores.kind == "postgres" else (14, 60)
+    async with af.open_workflow(wf):
+        for k in range(tries):
+            items = [f"b{k}-{j}" for j in range(size)]
+            await _cut_after(k, lambda items=items: other.trigger_many(items))  # type: ignore[misc]
+        stored = await _all(wf)
+        assert stored, "nothing stored: cancelled too early every time"
+        with trio.fail_after(120):
+            for r in stored:
+                await wf.await_status(r.foreign_id, r.run_id, C.WAITING)
+        again = await other.trigger_many([r.foreign_id for r in stored])
+        assert all(isinstance(x, af.WorkflowInProgress) for x in again)
+    assert len(steps) == len(stored) and set(steps.values()) == {1}
+
+
+# --- a deletion cut short after its scrub was stored ---------------------------------------------
+
+
+async def test_a_deletion_cut_short_leaves_no_copy_of_the_object_in_the_files(
+    tmp_path: Path, autojump_clock: MockClock
+) -> None:
+    """delete_data cancelled after k checkpoints (a handle without a worker, as a script
+    or the CLI): once the scrub is stored, no copy of the object is left in the store's
+    files, the write-ahead log included (the wipe of the log was skipped by the
+    cancellation: the secret stayed on disk with the run reported DATA_DELETED)."""
+    path = tmp_path / "erase.db"
+
+    async def secret(run: af.Run[Box, C], payload: bytes) -> C:
+        run.object.notes.append(payload.decode())
+        return C.DONE
+
+    tries = 40
+    async with af.SQLiteStore(path) as store:
+        wf = waiting(store, secret)
+        async with af.open_workflow(wf):
+            ids = {k: await wf.trigger(f"e{k}") for k in range(tries)}
+            for k, run_id in ids.items():
+                await wf.await_status(f"e{k}", run_id, C.WAITING)
+                await wf.callback(f"e{k}", C.WAITING, f"secret-{k:03}-x".encode())
+        cut = 0
+        for k, run_id in ids.items():
+            await _cut_after(k, lambda run_id=run_id: wf.delete_data(run_id, "erasure"))  # type: ignore[misc]
+            if (await wf.lookup(run_id)).run_state is not af.RunState.DATA_DELETED:
+                continue
+            cut += 1
+            wal = path.with_name(path.name + "-wal")
+            data = path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+            assert f"secret-{k:03}-x".encode() not in data, k
+    assert cut, "no deletion got as far as its scrub"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import attrs
 import pytest
@@ -89,8 +92,8 @@ async def test_many_runs_in_few_transactions_on_sqlite(tmp_path: object, clock: 
             {"foreign_id": f"f{i}", "start": Status.MIDDLE} for i in range(5000)
         )
         assert all(isinstance(r, str) for r in results)
-        # 500 runs per transaction, and one to register the workflow's definition.
-        assert store.stats.transactions <= 5000 // 500 + 1
+        # 2,000 runs per transaction, and one to register the workflow's definition.
+        assert store.stats.transactions <= 5000 // 2000 + 2
         assert len(await workflow.store.list_timers(workflow.name)) == 5000
     finally:
         await store.aclose()
@@ -210,3 +213,131 @@ async def test_every_stored_run_has_its_first_version_and_timers_in_order(
         at_middle = not isinstance(item, str)
         assert (result in timers) is at_middle
         assert history[0].status == (Status.MIDDLE if at_middle else Status.STARTED)
+
+
+# -- SQLite: each chunk written in a worker thread while the next one is built ---------------
+
+
+async def test_reads_during_a_backfill_see_whole_transactions_only(
+    tmp_path: Path, clock: af.Clock
+) -> None:
+    """SQLiteStore writes a backfill's chunks in a worker thread on its connection while
+    the trio thread builds the next chunk and serves others: a read meanwhile waits for
+    the transaction to end (on that connection it would see rows not yet committed)."""
+    store = af.SQLiteStore(tmp_path / "reads.db")
+    workflow = yinyang(store, clock)
+    before = sys.getswitchinterval()
+    seen: set[str] = set()
+    intervals: set[float] = set()
+    done = False
+
+    async def reader() -> None:
+        while not done:
+            newest = await workflow.list_runs(limit=1, descending=True)
+            seen.add(newest[0].foreign_id if newest else "")
+
+    async def watcher() -> None:
+        while not done:
+            intervals.add(sys.getswitchinterval())
+            await trio.lowlevel.checkpoint()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            nursery.start_soon(watcher)
+            results = await workflow.trigger_many(
+                {"foreign_id": f"f{i}", "start": Status.MIDDLE} for i in range(7000)
+            )
+            done = True
+        assert all(isinstance(r, str) for r in results)
+        # Whole transactions of 2,000 runs only, and the reader ran meanwhile.
+        assert seen <= {"", "f1999", "f3999", "f5999", "f6999"}, sorted(seen)
+        assert len(seen) >= 3, seen
+        # The switch interval is short only while a thread writes, then restored.
+        assert min(intervals) < before
+        assert sys.getswitchinterval() == before
+        assert len(await store.list_timers(workflow.name)) == 7000
+    finally:
+        await store.aclose()
+
+
+async def test_a_failing_iterable_raises_its_own_error_after_the_chunks_before(
+    make_store: StoreMaker, clock: af.Clock
+) -> None:
+    """The caller's iterable raising mid-way: its error comes out as it is (not inside an
+    exception group), the chunks handed to the store before are stored whole, and the
+    store takes writes afterwards."""
+    workflow = yinyang(make_store(), clock)
+
+    def items() -> Iterator[str]:
+        for i in range(4500):
+            if i == 4321:
+                raise LookupError("the import file is cut short")
+            yield f"f{i}"
+
+    with pytest.raises(LookupError, match="cut short"):
+        await workflow.trigger_many(items())
+    stored = {r.foreign_id for r in await workflow.list_runs(limit=1000)}
+    assert "f0" in stored
+    assert await workflow.trigger("after") != ""
+    with pytest.raises(af.RunNotFound):
+        await workflow.latest("f4320")
+
+
+async def test_a_store_closed_during_a_backfill_is_a_store_error(
+    tmp_path: Path, clock: af.Clock
+) -> None:
+    """The store failing under trigger_many (closed by another task here): StoreError,
+    not an exception group; the chunks before are stored, nothing after."""
+    path = tmp_path / "closed.db"
+    store = af.SQLiteStore(path)
+    workflow = yinyang(store, clock)
+    halfway = trio.Event()
+
+    def items() -> Iterator[str]:
+        for i in range(10_000):
+            if i == 4500:
+                halfway.set()
+            yield f"f{i}"
+
+    async def close_at_halfway() -> None:
+        await halfway.wait()
+        await store.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(close_at_halfway)
+        with pytest.raises(af.StoreError):
+            await workflow.trigger_many(items())
+    reopened = af.SQLiteStore(path)
+    try:
+        runs = await yinyang(reopened, clock).list_runs(limit=1, descending=True)
+        assert runs and runs[0].foreign_id in {"f1999", "f3999", "f5999"}
+    finally:
+        await reopened.aclose()
+
+
+async def test_a_backfill_cancelled_midway_stores_whole_chunks(
+    tmp_path: Path, clock: af.Clock
+) -> None:
+    """trigger_many cancelled while it builds: the chunks already handed over are stored
+    whole (a transaction in flight finishes), nothing after, and the store goes on."""
+    store = af.SQLiteStore(tmp_path / "cancel.db")
+    workflow = yinyang(store, clock)
+    before = sys.getswitchinterval()
+    try:
+        with trio.CancelScope() as scope:
+
+            def items() -> Iterator[str]:
+                for i in range(10_000):
+                    if i == 5000:
+                        scope.cancel()
+                    yield f"f{i}"
+
+            await workflow.trigger_many(items())
+        assert scope.cancelled_caught
+        runs = await workflow.list_runs(limit=1, descending=True)
+        assert runs and runs[0].foreign_id in {"f1999", "f3999"}
+        assert sys.getswitchinterval() == before
+        assert isinstance((await workflow.trigger_many(["again"]))[0], str)
+    finally:
+        await store.aclose()

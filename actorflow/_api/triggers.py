@@ -20,15 +20,32 @@ from actorflow._runtime.engine import NO_TIMERS
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
 
-TRIGGER_MANY_CHUNK = 500
+TRIGGER_MANY_CHUNK = 2000
 """Items per store call of trigger_many: one transaction of SQLiteStore (``MAX_CREATE``),
-a few milliseconds of the trio thread (a worker in the same process keeps its latency).
-A multiple of ``YIELD_EVERY``: trigger_many looks at the chunk's size when it yields."""
+written in a worker thread while the next chunk is built. A multiple of ``YIELD_EVERY``:
+trigger_many looks at the chunk's size when it yields."""
 YIELD_EVERY = 100
 """trigger_many lets other tasks run after building this many runs."""
 
 TriggerItem = str | Mapping[str, Any] | tuple[Any, ...]
 """An item of :meth:`Workflow.trigger_many`: a foreign id, a mapping or a tuple."""
+
+_Chunk = tuple[list[int], list[tuple[RawRecord, list[Timer]]]]
+"""trigger_many's runs for one store call, and where each is in the results."""
+
+
+async def _hand_over(
+    to_writer: trio.MemorySendChannel[_Chunk], chunk: _Chunk, failed: list[Exception]
+) -> bool:
+    """Give the writer a chunk once it stored the previous one; False: it failed (and
+    stopped), so nothing more is stored."""
+    if failed:
+        return False
+    try:
+        await to_writer.send(chunk)
+    except trio.BrokenResourceError:
+        return False
+    return True
 
 
 @attrs.frozen
@@ -90,6 +107,33 @@ class Triggers(WorkflowCore[T, S]):
                 f"ids, mappings or tuples), not {type(items).__name__}"
             )
         results: list[str | ActorflowError] = []
+        # The store writes one chunk while the next is built (SQLiteStore writes in a
+        # worker thread: the two cores work at once); the chunks are stored in order.
+        to_writer, chunks = trio.open_memory_channel[_Chunk](0)
+        failed: list[Exception] = []
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_chunks, chunks, results, failed)
+                async with to_writer:
+                    await self._build_chunks(items, results, to_writer, failed)
+        except BaseExceptionGroup as group:
+            # The writer raises nothing (it hands its error over): a lone exception is
+            # the builder's (the caller's iterable failed, say), raised as it came.
+            if len(group.exceptions) != 1:
+                raise
+            raise group.exceptions[0] from None
+        if failed:
+            raise failed[0]
+        return results
+
+    async def _build_chunks(
+        self,
+        items: Iterable[TriggerItem],
+        results: list[str | ActorflowError],
+        to_writer: trio.MemorySendChannel[_Chunk],
+        failed: list[Exception],
+    ) -> None:
+        """trigger_many's new runs, handed to the writer a chunk at a time."""
         indices: list[int] = []  # where each run of the chunk is in results
         chunk: list[tuple[RawRecord, list[Timer]]] = []
         now = self._clock.now()
@@ -111,12 +155,28 @@ class Triggers(WorkflowCore[T, S]):
                 # Building runs is Python on the trio thread: let other tasks in between.
                 await trio.lowlevel.checkpoint()
                 if len(chunk) >= TRIGGER_MANY_CHUNK:
-                    await self._create_many(indices, chunk, results)
+                    if not await _hand_over(to_writer, (indices, chunk), failed):
+                        return
                     indices, chunk = [], []
                     now = self._clock.now()
         if chunk:
-            await self._create_many(indices, chunk, results)
-        return results
+            await _hand_over(to_writer, (indices, chunk), failed)
+
+    async def _write_chunks(
+        self,
+        chunks: trio.MemoryReceiveChannel[_Chunk],
+        results: list[str | ActorflowError],
+        failed: list[Exception],
+    ) -> None:
+        """Store trigger_many's chunks in order; the first error ends it (handed over in
+        ``failed``: later chunks are not stored)."""
+        async with chunks:
+            async for indices, chunk in chunks:
+                try:
+                    await self._create_many(indices, chunk, results)
+                except Exception as exc:
+                    failed.append(exc)
+                    return
 
     def _trigger_item(self, item: object) -> tuple[object, Any, Any]:
         if isinstance(item, str):

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final, final
 
 import hypercorn.config
 import hypercorn.trio
@@ -23,6 +24,31 @@ from actorflow.console._app import ConsoleSettings, build_app
 from actorflow.workflow import Workflow
 
 log = logging.getLogger("actorflow.console")
+
+STALL_TIMEOUT: Final = 30.0
+"""Seconds a connection may leave what the console sends it unread (the peer's window
+closed, or data unacknowledged: a client that stopped reading, a vanished peer) before
+the kernel ends it. hypercorn writes to a socket shielded from cancellation: without this
+bound a page that stopped reading held its connection for ever, and stopping the console
+waited for it for ever."""
+PING_INTERVAL: Final = 30.0
+"""Seconds between the pings hypercorn sends each websocket: an idle connection to a
+vanished peer then has data in flight, which ``STALL_TIMEOUT`` bounds."""
+
+
+@final
+class _Config(hypercorn.config.Config):
+    """hypercorn's configuration, with the stall bound set on the listening sockets (the
+    connections accepted from them inherit it)."""
+
+    def create_sockets(self) -> hypercorn.config.Sockets:
+        sockets = super().create_sockets()
+        option = getattr(socket, "TCP_USER_TIMEOUT", None)  # Linux
+        if option is not None:
+            for sock in sockets.secure_sockets + sockets.insecure_sockets:
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    sock.setsockopt(socket.IPPROTO_TCP, option, int(STALL_TIMEOUT * 1000))
+        return sockets
 
 
 async def serve(
@@ -71,12 +97,13 @@ async def serve(
         raise InvalidArgument(
             f"graceful_timeout must be a finite number of seconds >= 0, not {graceful_timeout!r}"
         )
-    config = hypercorn.config.Config()
+    config = _Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.graceful_timeout = graceful_timeout
     config.accesslog = None
     config.errorlog = logging.getLogger("actorflow.console.http")
     config.websocket_max_message_size = settings.gateway.settings.max_message_bytes
+    config.websocket_ping_interval = PING_INTERVAL
     config.include_server_header = False
     app = build_app(settings)
     started = False

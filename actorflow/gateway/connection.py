@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 OUTGOING_QUEUE: Final = 16
 """Messages waiting for the writer of one connection; producers wait when it is full."""
+LARGE_REPLIES: Final = 4
+"""Replies of ops that may be large (``Op.large``: pages of records, a run's history) being
+made or waiting to be written at once on one connection; more such requests wait their
+turn. A client that sends many and never reads costs the gateway at most these."""
 RECORD_TEXTS_BYTES: Final = 8 << 20
 """How much encoded record text a gateway keeps for its subscriptions to share."""
 
@@ -114,7 +118,11 @@ class Connection:
         self._read_only = read_only
         self._settings = gateway.settings
         self._ws = ws
-        self._outgoing, self._to_write = trio.open_memory_channel[str](OUTGOING_QUEUE)
+        # Each message goes with the permit to release once it is written (a large reply).
+        self._outgoing, self._to_write = trio.open_memory_channel[
+            tuple[str, trio.Semaphore | None]
+        ](OUTGOING_QUEUE)
+        self._large = trio.Semaphore(LARGE_REPLIES)
         self._requests: dict[RequestId, trio.CancelScope] = {}
         self._subscriptions: dict[RequestId, trio.CancelScope] = {}
         self._bucket = TokenBucket(self._settings.rate, self._settings.burst, trio.current_time())
@@ -130,15 +138,19 @@ class Connection:
 
     async def _write(self, done: trio.CancelScope) -> None:
         try:
-            async for text in self._to_write:
-                await self._ws.send_message(text)
+            async for text, permit in self._to_write:
+                try:
+                    await self._ws.send_message(text)
+                finally:
+                    if permit is not None:
+                        permit.release()
         except trio_websocket.ConnectionClosed:
             pass
         finally:
             done.cancel()
 
     async def _send(self, message: dict[str, Any]) -> None:
-        await self._outgoing.send(encode(message))
+        await self._outgoing.send((encode(message), None))
 
     async def _read(self, nursery: trio.Nursery) -> None:
         while True:
@@ -250,24 +262,37 @@ class Connection:
             del table[key]
 
     async def _serve_request(self, request: Request, scope: trio.CancelScope) -> None:
+        permit = self._large if OPS[request.op].large else None
         try:
             with scope:
+                if permit is not None:
+                    await permit.acquire()  # released by the writer, once it is written
+                handed = False
                 try:
-                    reply = reply_ok(request.id, await self._perform(request))
-                    text = encode(reply)
-                except Exception as exc:
-                    text = encode(reply_error(request.id, *self._describe_error(request, exc)))
-                size = size_over(text, self._settings.max_reply_bytes)
-                if size is not None:
-                    message = self._too_large(
-                        f"the reply to {request.op!r}",
-                        size,
-                        "ask for less (a smaller list_runs limit, lookup instead of history)",
-                    )
-                    text = encode(reply_error(request.id, ErrorCode.TOO_LARGE, message))
-                await self._outgoing.send(text)
+                    text = await self._reply_text(request)
+                    await self._outgoing.send((text, permit))
+                    handed = True
+                finally:
+                    if permit is not None and not handed:
+                        permit.release()
         finally:
             self._forget(self._requests, request.id, scope)
+
+    async def _reply_text(self, request: Request) -> str:
+        """The text of the reply to ``request`` (its result is dropped once encoded)."""
+        try:
+            text = encode(reply_ok(request.id, await self._perform(request)))
+        except Exception as exc:
+            text = encode(reply_error(request.id, *self._describe_error(request, exc)))
+        size = size_over(text, self._settings.max_reply_bytes)
+        if size is None:
+            return text
+        message = self._too_large(
+            f"the reply to {request.op!r}",
+            size,
+            "ask for less (a smaller list_runs limit, lookup instead of history)",
+        )
+        return encode(reply_error(request.id, ErrorCode.TOO_LARGE, message))
 
     def _too_large(self, what: str, size: int, advice: str) -> str:
         limit = self._settings.max_reply_bytes
@@ -329,7 +354,7 @@ class Connection:
                     "the subscription ended; read the run with lookup if it fits",
                 )
                 raise ProtocolError(ErrorCode.TOO_LARGE, message, subscription)
-            await self._outgoing.send(text)
+            await self._outgoing.send((text, None))
 
     async def _subscribe(
         self,

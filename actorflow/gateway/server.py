@@ -38,6 +38,8 @@ MESSAGE_TOO_BIG: Final = 1009
 PROTOCOL_ERRORS: Final = frozenset({1002, 1007, 1009})
 """Close codes of wsproto's parse failures (protocol error, invalid UTF-8, too big)."""
 CLOSE_FRAME_START: Final = b"\x88"
+SEND_CHUNK: Final = 1 << 16
+"""Larger writes go out in pieces of this size, each noted as progress of the peer."""
 MAX_CLOSE_REASON: Final = 120
 
 
@@ -98,9 +100,10 @@ async def serve_gateway(
         max_reply_bytes: a reply or subscription event larger than this (in UTF-8) is
             not sent; the request gets a ``too_large`` error, the subscription ends with
             a ``too_large`` error event.
-        ping_interval: seconds between the websocket pings the gateway sends each
-            connection; one that has not answered a ping within another ``ping_interval``
-            (a vanished peer, a client that stopped reading) is closed.
+        ping_interval: a connection from which nothing came for this many seconds is
+            pinged; one that shows no life for twice as long (no pong, no byte, no piece
+            of a long reply taken: a vanished peer, a client that stopped reading) is
+            closed.
 
     Raises:
         InvalidArgument: no workflows, two with one name, or an unusable setting.
@@ -162,21 +165,25 @@ def served_by_name(
 
 @final
 class _PeerStream(trio.abc.HalfCloseableStream):
-    """One TCP connection as trio-websocket sees it, with three additions.
+    """One TCP connection as trio-websocket sees it, with four additions.
 
     It notes whether the peer has sent anything (a pending handshake that sent nothing is
-    the first to be shed); it holds back the bytes that follow the handshake's request
-    head until the handshake is accepted (frames a client sent without waiting for our
-    answer: trio-websocket 0.12.2 would leave them unread until more came); and when
-    trio-websocket ends a connection for a frame that
-    breaks the protocol (wsproto: invalid UTF-8 in a text frame is 1007), it sends the
-    close frame with that code before closing the TCP connection: trio-websocket 0.12.2
-    closes such connections without one, so the peer would only see 1006.
+    the first to be shed) and when it last showed life (bytes from it, or a piece of a
+    long write taken: the keep-alive closes connections that show none); it holds back
+    the bytes that follow the handshake's request head until the handshake is accepted
+    (frames a client sent without waiting for our answer: trio-websocket 0.12.2 would
+    leave them unread until more came); and when trio-websocket ends a connection for a
+    frame that breaks the protocol (wsproto: invalid UTF-8 in a text frame is 1007), it
+    sends the close frame with that code before closing the TCP connection:
+    trio-websocket 0.12.2 closes such connections without one, so the peer would only
+    see 1006.
     """
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self.received = False
+        self.progress = trio.current_time()
+        """When the peer last showed life: bytes from it, or a piece of a long write taken."""
         self.ws: trio_websocket.WebSocketConnection | None = None
         self._sent_close = False
         self.accepted = trio.Event()
@@ -188,7 +195,14 @@ class _PeerStream(trio.abc.HalfCloseableStream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if bytes(data[:1]) == CLOSE_FRAME_START:  # the server's frames are sent whole
             self._sent_close = True
-        await self.stream.send_all(data)
+        if len(data) <= SEND_CHUNK:
+            await self.stream.send_all(data)
+            return
+        # A long message to a slow reader: each piece it takes shows it is alive.
+        view = memoryview(data)
+        for start in range(0, len(view), SEND_CHUNK):
+            await self.stream.send_all(view[start : start + SEND_CHUNK])
+            self.progress = trio.current_time()
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.stream.wait_send_all_might_not_block()
@@ -208,6 +222,7 @@ class _PeerStream(trio.abc.HalfCloseableStream):
         data = await self.stream.receive_some(max_bytes)
         if data:
             self.received = True
+            self.progress = trio.current_time()
             if not self._head_read:
                 data = self._split_head(bytes(data))
         return data
@@ -322,7 +337,7 @@ class Gateway:
                     peer.ws = ws
                     peer.accepted.set()
                     try:
-                        await self._serve_connection(ws, read_only)
+                        await self._serve_connection(peer, ws, read_only)
                     finally:
                         self.connections -= 1  # counted by _accept
             finally:
@@ -333,11 +348,11 @@ class Gateway:
             await _linger(stream)
 
     async def _serve_connection(
-        self, ws: trio_websocket.WebSocketConnection, read_only: bool
+        self, peer: _PeerStream, ws: trio_websocket.WebSocketConnection, read_only: bool
     ) -> None:
-        """Serve an accepted websocket, closing it when its peer stops answering pings."""
+        """Serve an accepted websocket, closing it when its peer shows no life."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_keep_alive, ws, self.settings.ping_interval, nursery.cancel_scope)
+            nursery.start_soon(_keep_alive, peer, ws, self.settings.ping_interval, nursery)
             await Connection(self, ws, read_only=read_only).serve()
             nursery.cancel_scope.cancel()
 
@@ -441,22 +456,28 @@ class Gateway:
 
 
 async def _keep_alive(
-    ws: trio_websocket.WebSocketConnection, interval: float, done: trio.CancelScope
+    peer: _PeerStream,
+    ws: trio_websocket.WebSocketConnection,
+    interval: float,
+    nursery: trio.Nursery,
 ) -> None:
-    """Ping the peer every ``interval`` seconds; cancel ``done`` when a pong has not come
-    ``interval`` seconds after its ping (the peer is gone, or has stopped reading: its
-    pongs would come after everything queued for it)."""
+    """Ping a peer quiet for ``interval`` seconds; end the connection (cancel ``nursery``)
+    when it has shown no life for twice that: no pong, no bytes, no piece of a long write
+    taken (it is gone, or has stopped reading). A slow reader of a long reply is alive."""
     while True:
         await trio.sleep(interval)
-        with trio.move_on_after(interval) as waiting:
-            try:
-                await ws.ping()
-            except trio_websocket.ConnectionClosed:
-                return  # the connection is ending anyway
-        if waiting.cancelled_caught:
-            log.info("gateway closed a connection that answered no ping in %g s", interval)
-            done.cancel()
+        quiet = trio.current_time() - peer.progress
+        if quiet >= 2 * interval:
+            log.info("gateway closed a connection quiet for %.0f s (no pong)", quiet)
+            nursery.cancel_scope.cancel()
             return
+        if quiet >= interval:
+            nursery.start_soon(_ping, ws)
+
+
+async def _ping(ws: trio_websocket.WebSocketConnection) -> None:
+    with suppress(trio_websocket.ConnectionClosed):
+        await ws.ping()  # its pong is read as bytes from the peer: progress
 
 
 async def _refuse(stream: trio.SocketStream, status: int, body: bytes) -> None:

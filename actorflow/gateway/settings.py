@@ -32,8 +32,8 @@ class GatewaySettings:
     max_reply_bytes: int = 16 << 20
     """A reply or event larger than this (UTF-8) is not sent: ``too_large`` instead."""
     ping_interval: float = 30.0
-    """Seconds between the pings sent to each connection; one that has not answered a
-    ping within another ``ping_interval`` is closed (its peer is gone or stopped reading)."""
+    """A connection quiet for this long is pinged; one that shows no life for twice as
+    long is closed (its peer is gone or stopped reading)."""
 
     def check(self) -> None:
         """Raise InvalidArgument for settings that cannot work."""

@@ -156,6 +156,10 @@ class ChangeReader(Protocol):
 
 _SERVING: dict[tuple[str, str], weakref.WeakSet[Notifications]] = {}
 """Notifications being served, by (DSN, channel): see :meth:`Notifications.tell_siblings`."""
+_TELLERS: dict[tuple[str, str], weakref.WeakSet[Notifications]] = {}
+"""Stores that told served siblings of their writes directly, by (DSN, channel), serving
+or not (a handle that only triggers and controls, as another process would): their
+NOTIFYs reach those siblings a second time (see :meth:`Notifications._is_sibling`)."""
 
 
 @final
@@ -191,6 +195,8 @@ class Notifications:
         """How many times the listener connected (diagnostics and tests)."""
         self._token: trio.lowlevel.TrioToken | None = None
         """The trio run serving this (siblings are told only within one run)."""
+        self._telling_in: trio.lowlevel.TrioToken | None = None
+        """The trio run in which this store told siblings of its writes directly."""
         self._told: dict[str, int] = {}
         """Routing notices from siblings in this run that came one way (told directly:
         positive; NOTIFY: negative) and not yet the other."""
@@ -208,19 +214,25 @@ class Notifications:
         NOTIFY takes real time, in which the clock jumped to the test's next deadline (an
         hour's scheduled run was still not worked on by the other worker when the test
         looked). The NOTIFY still comes; a second wake-up only costs a read."""
-        siblings = _SERVING.get((self._db.dsn, self.channel))
-        if not siblings or len(siblings) < 2:
+        key = (self._db.dsn, self.channel)
+        serving = _SERVING.get(key)
+        if not serving or (len(serving) == 1 and self in serving):
             return
+        token = trio.lowlevel.current_trio_token()
+        others = [other for other in list(serving) if other is not self and other._token is token]
+        if not others:
+            return
+        if self._telling_in is not token:
+            self._telling_in = token
+            _TELLERS.setdefault(key, weakref.WeakSet()).add(self)
         payloads = [
             routing_payload(self.origin, record.workflow_name, record.run_id) for record in routed
         ]
         if owner_wrote:
             payloads.append(self.feed_payload)
-        token = trio.lowlevel.current_trio_token()
-        for other in list(siblings):
-            if other is not self and other._token is token:
-                for payload in payloads:
-                    other._told_directly(payload)
+        for other in others:
+            for payload in payloads:
+                other._told_directly(payload)
 
     def _told_directly(self, payload: str) -> None:
         if payload.partition(":")[2].startswith("r") and self._settle(payload, +1):
@@ -250,8 +262,10 @@ class Notifications:
         return came
 
     def _is_sibling(self, origin: str) -> bool:
-        siblings = _SERVING.get((self._db.dsn, self.channel), ())
-        return any(other.origin == origin and other._token is self._token for other in siblings)
+        """Whether ``origin`` is a store that tells this one of its writes directly (in
+        this trio run), serving a workflow or not."""
+        tellers = _TELLERS.get((self._db.dsn, self.channel), ())
+        return any(other.origin == origin and other._telling_in is self._token for other in tellers)
 
     def received(self, payload: str) -> None:
         origin, _, rest = payload.partition(":")

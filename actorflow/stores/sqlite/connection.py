@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -34,6 +35,10 @@ WAL_BOUND_PAGES: Final = 16_384
 """The writer checkpoints inline only when the WAL grew past this many pages (64 MiB at
 SQLite's default 4 KiB pages): the checkpointer thread could not keep up, or a reader held
 an old snapshot all along. Normally the WAL stays well below (see docs/stores.md)."""
+GIL_HANDOFF: Final = 0.0002
+"""Python's thread switch interval (seconds) while a write runs in a worker thread: the
+thread takes the GIL back after each statement within this, not within Python's default
+5 ms (see :func:`quick_gil_handoff`)."""
 WORKER_LOCK_SUFFIX: Final = "-worker.lock"
 """The lock file beside the database that a process running workflows holds."""
 
@@ -57,6 +62,39 @@ class SQLiteStats:
     """Read operations (lookups, histories, event-log reads, data_version...)."""
     changes_noticed: int = 0
     """Times the watcher thread saw another connection commit and woke the trio side."""
+
+
+@final
+class _Handoff:
+    """How many writes run in worker threads now, and the switch interval before."""
+
+    lock = threading.Lock()
+    running = 0
+    saved = 0.005
+
+
+@contextlib.contextmanager
+def quick_gil_handoff() -> Iterator[None]:
+    """Lower Python's thread switch interval while a write runs in a worker thread.
+
+    sqlite3 lets go of the GIL for every statement and must take it back afterwards.
+    While the trio thread builds the next rows (trigger_many), it holds the GIL and
+    gives it up only when the switch interval has passed: 5 ms by default, so a write
+    of a dozen statements would wait far longer for the GIL than for SQLite. The old
+    interval is back when the last such write is done.
+    """
+    with _Handoff.lock:
+        if _Handoff.running == 0:
+            _Handoff.saved = sys.getswitchinterval()
+            sys.setswitchinterval(min(GIL_HANDOFF, _Handoff.saved))
+        _Handoff.running += 1
+    try:
+        yield
+    finally:
+        with _Handoff.lock:
+            _Handoff.running -= 1
+            if _Handoff.running == 0:
+                sys.setswitchinterval(_Handoff.saved)
 
 
 _OPEN: dict[str, weakref.WeakSet[Database]] = {}
@@ -207,6 +245,8 @@ class Database:
         """Connections opened so far (a reopened connection counts data_version anew)."""
         self.watcher: _Watcher | None = None
         self.checkpointer: _Checkpointer | None = None
+        self._thread_write: trio.Event | None = None
+        """Set while a write transaction runs in a worker thread on the connection."""
         self._key = str(self.path.resolve())
         _OPEN.setdefault(self._key, weakref.WeakSet()).add(self)
 
@@ -365,6 +405,7 @@ class Database:
         delay = FIRST_BACKOFF
         while True:
             await trio.lowlevel.checkpoint()
+            await self._no_thread_write()
             problem = ""
             try:
                 row = self.connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
@@ -387,12 +428,34 @@ class Database:
             await realtime.wait_for_others(min(delay, deadline - now))
             delay = min(delay * 2, MAX_BACKOFF)
 
+    async def write_in_thread(self, write: Callable[[], R]) -> R:
+        """Run ``write`` (a whole transaction on :meth:`connection`) in a worker thread.
+
+        The trio thread runs on meanwhile (trigger_many builds its next rows), but no
+        read uses the connection until the transaction ended: it would see the rows not
+        yet committed. An autojump clock stands still meanwhile. Not cancellable: the
+        transaction finishes (the group commit sends its batches under a shield anyway).
+        """
+        done = self._thread_write = trio.Event()
+        try:
+            with quick_gil_handoff():
+                return await realtime.to_thread(write)
+        finally:
+            self._thread_write = None
+            done.set()
+
+    async def _no_thread_write(self) -> None:
+        """Wait until no write transaction runs in a worker thread (see write_in_thread)."""
+        while (writing := self._thread_write) is not None:
+            await writing.wait()
+
     async def read(self, what: str, query: Callable[[sqlite3.Connection], R]) -> R:
         await trio.lowlevel.checkpoint()
         self.stats.reads += 1
         deadline = trio.current_time() + self.lock_timeout
         delay = FIRST_BACKOFF
         while True:
+            await self._no_thread_write()
             conn = self.connection()
             try:
                 return query(conn)

@@ -202,8 +202,11 @@ class SQLiteStore(ClosingStore):
         stored = await self._submit(w.apply_commit, (record, rows, scrub_history), record)
         if scrub_history:
             # Every stored object of the run is overwritten: wipe the old copies out of
-            # the write-ahead log too.
-            await self._db.wipe_log(record.run_id)
+            # the write-ahead log too. Shielded (bounded by lock_timeout): a caller cancelled
+            # now would leave them on disk with the scrub reported stored (and the actor
+            # cancelled here made its caller delete the data again, a second round).
+            with trio.CancelScope(shield=True):
+                await self._db.wipe_log(record.run_id)
         return stored
 
     async def create_runs(

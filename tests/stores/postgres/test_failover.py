@@ -578,6 +578,45 @@ async def test_workers_in_one_process_see_each_others_writes_at_the_same_virtual
     assert slowest < 0.02, f"a run routed to the other worker took {slowest} virtual seconds"
 
 
+async def test_a_handle_that_runs_no_workflow_tells_the_worker_in_one_process_too(
+    schema: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A second PostgresStore in the same trio run that runs no workflow (the stand-in for
+    another process that only triggers and controls runs) tells the worker of its writes
+    at the same virtual instant, as a worker would. It was told only when two stores
+    were serving workflows: the worker learned of the run by NOTIFY, in real time, while
+    the clock jumped to its next deadline (a test resuming a run that way waited out its
+    whole await)."""
+    from actorflow.stores import PostgresStore, realtime
+
+    worker_store, remote_store = (PostgresStore(DSN, schema=schema) for _ in range(2))
+    worked: list[str] = []
+
+    def hops(store: af.Store) -> af.Workflow[Box, Hop]:
+        builder = af.Builder("hops", Box, Hop)
+
+        @builder.step(Hop.A, to=Hop.C)
+        async def a(run: af.Run[Box, Hop]) -> Hop:
+            worked.append(run.run_id)
+            return Hop.C
+
+        return builder.build(store, poll_interval=timedelta(seconds=30))
+
+    worker, remote = hops(worker_store), hops(remote_store)
+    slowest = 0.0
+    async with af.open_workflow(worker):
+        with realtime.move_on_after(30):
+            for n in range(10):
+                start = trio.current_time()
+                run_id = await remote.trigger(f"r{n}")
+                await worker.await_status(f"r{n}", run_id, Hop.C, timeout=3600)
+                slowest = max(slowest, trio.current_time() - start)
+    for store in (worker_store, remote_store):
+        await store.aclose()
+    assert len(worked) == 10 and len(set(worked)) == 10, worked
+    assert slowest < 0.02, f"a run triggered by the other handle took {slowest} virtual s"
+
+
 # -- the database goes away mid-run ---------------------------------------------------------
 
 
