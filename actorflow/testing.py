@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import enum
+import inspect
 import json
 import pprint
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any, TypeVar, cast
 
 from actorflow._model.clock import Clock, TrioClock
 from actorflow._model.codec import ObjectCodec, converter
+from actorflow._model.definition import fn_name, is_async_callable
 from actorflow._model.errors import BuildError, InvalidArgument, Lagged, RunNotFound
 from actorflow._model.record import RawRecord, Record, new_run_id
 from actorflow._model.run import Run, Special, SpecialResult
@@ -55,12 +57,15 @@ async def wait_for(
     ``foreign_id`` (waiting for the run to be triggered if needed); return that version.
 
     Raises:
-        InvalidArgument: ``workflow`` is not an ``af.Workflow`` or ``predicate`` is not
-            callable.
+        InvalidArgument: ``workflow`` is not an ``af.Workflow``, or ``predicate`` is not
+            a plain (not async) callable: a coroutine it returned is always true, so the
+            wait would end at once with a version the predicate never looked at.
     """
     _check_workflow(workflow, "wait_for")
     if not callable(predicate):
         raise InvalidArgument(f"wait_for needs a predicate(record) -> bool, not {predicate!r}")
+    if is_async_callable(predicate):
+        raise InvalidArgument(_async_predicate(predicate))
     store = workflow.store
     while True:  # once more after a lagged subscription
         with store.feed.subscribe(workflow_name=workflow.name, foreign_id=foreign_id) as sub:
@@ -71,9 +76,27 @@ async def wait_for(
                     latest = None
                 if latest is not None:
                     for record in await workflow.history(latest.run_id):
-                        if predicate(record):
+                        if _holds(predicate, record):
                             return record
                 await _next_change(sub, store)
+
+
+def _async_predicate(predicate: object) -> str:
+    return (
+        f"wait_for: predicate {fn_name(predicate)} is async (or returned an awaitable); it "
+        "must be a plain function predicate(record) -> bool, as an awaitable is always true"
+    )
+
+
+def _holds(predicate: Callable[[Record[T, S]], bool], record: Record[T, S]) -> bool:
+    """What ``predicate`` says of ``record``; InvalidArgument for an awaitable answer (a
+    lambda calling an async function, say), which is true whatever the record."""
+    result: object = predicate(record)
+    if inspect.isawaitable(result):
+        if inspect.iscoroutine(result):
+            result.close()  # no 'never awaited' warning on top of the error
+        raise InvalidArgument(_async_predicate(predicate))
+    return bool(result)
 
 
 def _diff(expected: object, actual: object) -> str:

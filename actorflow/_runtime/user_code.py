@@ -12,6 +12,7 @@ import inspect
 
 import trio
 
+from actorflow._model.codec import ends_process
 from actorflow._model.errors import StepError, describe_error
 
 
@@ -26,7 +27,6 @@ class StrayBaseException(StepError):
 
 _PASSED_ON = (trio.Cancelled, KeyboardInterrupt, SystemExit)
 """What user code may raise that is not its error: it ends the task or the process."""
-_ENDS_PROCESS = (KeyboardInterrupt, SystemExit)
 
 
 def _passed_on(exc: BaseException) -> bool:
@@ -38,14 +38,6 @@ def _passed_on(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return exc.split(trio.Cancelled)[0] is not None and not _nothing_cancelled()
     return isinstance(exc, _PASSED_ON)
-
-
-def ends_process(exc: BaseException) -> bool:
-    """Whether ``exc`` is (or is a group holding) KeyboardInterrupt or SystemExit: user code
-    asked to end the process, so what raised it must not be called again here."""
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.split(_ENDS_PROCESS)[0] is not None
-    return isinstance(exc, _ENDS_PROCESS)
 
 
 def _nothing_cancelled() -> bool:

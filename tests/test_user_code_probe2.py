@@ -1,0 +1,181 @@
+"""Hostile or careless user code, round 2 (round 1: test_user_code_probe.py): what runs
+around the steps. The object type's own code (default factories, validators) raising any
+exception, the test helpers of ``actorflow.testing`` used wrongly, and a step that holds
+the trio thread (``time.sleep``). Each test states what a demanding user expects: a clear
+error naming the function, no hang, nothing lost, nothing done twice.
+"""
+
+from __future__ import annotations
+
+import enum
+import warnings
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from trio.testing import MockClock
+
+import actorflow as af
+from actorflow.testing import trio_clock, wait_for
+from tests.conftest import START
+
+
+class St(enum.IntEnum):
+    NEW = 1
+    WAITING = 2
+    DONE = 3
+
+
+@attrs.define
+class Doc:
+    text: str = ""
+    n: int = 0
+
+
+def simple(store: af.Store, name: str = "p2", **build: Any) -> af.Workflow[Doc, St]:
+    """NEW -step-> WAITING -callback-> DONE."""
+    b = af.Builder(name, Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        run.object.n += 1
+        return St.WAITING
+
+    async def answer(run: af.Run[Doc, St], payload: bytes) -> St:
+        return St.DONE
+
+    b.add_callback(St.WAITING, answer, to=[St.DONE])
+    build.setdefault("resume_paused_after", None)
+    return b.build(store, clock=trio_clock(START), **build)
+
+
+# --- the test helpers used wrongly -------------------------------------------------------
+
+
+async def _is_done(record: af.Record[Doc, St]) -> bool:
+    return record.status is St.DONE
+
+
+@pytest.mark.parametrize("kind", ["async-def", "lambda-calling-async"])
+async def test_wait_for_refuses_a_predicate_that_answers_with_an_awaitable(
+    kind: str, autojump_clock: MockClock
+) -> None:
+    """An async predicate's coroutine is always true: wait_for returned the first version
+    at once (status NEW while the test waited for DONE), with only a 'never awaited'
+    warning. It is refused, naming the predicate."""
+    wf = simple(af.MemoryStore())
+    predicate: Any = _is_done if kind == "async-def" else (lambda r: _is_done(r))
+    async with af.open_workflow(wf):
+        await wf.trigger("f")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no 'coroutine ... was never awaited' either
+            with pytest.raises(af.ActorflowError, match=r"predicate .*awaitable") as info:
+                with trio.fail_after(60):
+                    await wait_for(wf, "f", predicate)
+    assert ("_is_done" if kind == "async-def" else "lambda") in str(info.value)
+
+
+# --- the object type's own code raising ------------------------------------------------------
+
+
+class _Refusal(BaseException):
+    """Not an Exception: what a careless library might raise."""
+
+
+_DEFAULT_RAISES: list[BaseException] = []
+
+
+def _default_n() -> int:
+    if _DEFAULT_RAISES:
+        raise _DEFAULT_RAISES[0]
+    return 0
+
+
+@attrs.define
+class Defaulted:
+    n: int = attrs.field(factory=_default_n)
+
+
+@pytest.mark.parametrize("raised", [ZeroDivisionError("no default"), GeneratorExit(), _Refusal()])
+async def test_an_object_type_whose_defaults_raise_is_named(
+    make_store: Any, raised: BaseException, autojump_clock: MockClock
+) -> None:
+    """trigger without initial= and delete_data without scrub= build an object from the
+    type's defaults: a default factory that raises was passed on raw (a ZeroDivisionError
+    from trigger; a GeneratorExit out of delete_data). Each is an af.ActorflowError naming
+    the type and what to do; nothing is stored, other runs go on."""
+    b = af.Builder("defaults", Defaulted, St)
+
+    @b.step(St.NEW, to=St.DONE)
+    async def go(run: af.Run[Defaulted, St]) -> St:
+        return St.DONE
+
+    wf = b.build(make_store(), clock=trio_clock(START))
+    done: list[str] = []
+    try:
+        async with af.open_workflow(wf):
+            for fid in ("a", "b"):
+                run_id = await wf.trigger(fid, initial=Defaulted(n=2))
+                with trio.fail_after(60):
+                    await wf.await_status(fid, run_id, St.DONE)
+                done.append(run_id)
+            _DEFAULT_RAISES.append(raised)
+            with pytest.raises(af.ActorflowError, match=r"Defaulted\(\).*initial=") as info:
+                await wf.trigger("c")
+            assert type(raised).__name__ in str(info.value)
+            with pytest.raises(af.ActorflowError, match=r"Defaulted\(\)"):
+                await wf.delete_data(done[0], "gdpr")  # through the run's actor
+            assert await wf.list_runs(foreign_id="c") == []
+        with pytest.raises(af.ActorflowError, match=r"Defaulted\(\)"):
+            await wf.delete_data(done[1], "gdpr")  # on the store: no worker running
+    finally:
+        _DEFAULT_RAISES.clear()
+    for run_id in done:
+        rec = await wf.lookup(run_id)
+        assert rec.run_state is af.RunState.COMPLETED and rec.object == Defaulted(n=2)
+
+
+_VALIDATOR_RAISES: list[BaseException] = []
+
+
+def _check_n(instance: object, attribute: object, value: int) -> None:
+    if value == 13 and _VALIDATOR_RAISES:
+        raise _VALIDATOR_RAISES[0]
+
+
+@attrs.define
+class Checked:
+    n: int = attrs.field(default=0, validator=_check_n)
+
+
+async def test_a_validator_raising_a_base_exception_on_read_is_not_passed_on(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A validator that raises a BaseException (not an Exception) when the stored object is
+    read: lookup, history and list_runs raised it raw (a GeneratorExit). Such an object is
+    read as every object that no longer structures: its stored JSON data."""
+    b = af.Builder("checked", Checked, St)
+
+    @b.step(St.NEW, to=St.DONE)
+    async def go(run: af.Run[Checked, St]) -> St:
+        run.object.n = 13
+        return St.DONE
+
+    wf = b.build(make_store(), clock=trio_clock(START))
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        with trio.fail_after(60):
+            await wf.await_status("f", run_id, St.DONE)
+    _VALIDATOR_RAISES.append(GeneratorExit())
+    try:
+        records = [
+            await wf.lookup(run_id),
+            (await wf.history(run_id))[-1],
+            (await wf.list_runs(foreign_id="f"))[0],
+        ]
+    finally:
+        _VALIDATOR_RAISES.clear()
+    for record in records:  # what every unreadable stored object reads as: its JSON data
+        assert record.object == {"n": 13}
+    assert (await wf.lookup(run_id)).object == Checked(n=13)
