@@ -23,6 +23,7 @@ from actorflow._model.errors import BuildError, InvalidArgument, Lagged, RunNotF
 from actorflow._model.record import RawRecord, Record, new_run_id
 from actorflow._model.run import Run, Special, SpecialResult
 from actorflow._model.run_state import RunState
+from actorflow._model.statuses import member_of
 from actorflow.builder import Builder
 from actorflow.stores import Store
 from actorflow.stores.feed import Subscription
@@ -285,8 +286,7 @@ def _status_of(status_type: type[S], status: object, where: str) -> S:
     member of another enum)."""
     foreign = isinstance(status, enum.Enum) and not isinstance(status, status_type)
     if isinstance(status, int) and not isinstance(status, bool) and not foreign:
-        try:
-            return status_type(status)
-        except ValueError:
-            pass
+        member = member_of(status_type, status)
+        if member is not None:
+            return member
     raise InvalidArgument(f"{where}: status must be a {status_type.__name__}, not {status!r}")

@@ -279,3 +279,80 @@ async def test_user_functions_holding_the_trio_thread_are_named(
     assert named("'holding'", "connector 'feed' (event e1) function", "blocking_connector")
     assert not any(quiet in line for line in held_lines), held_lines
     assert [r.version for r in await wf.history(held)] == [1, 2, 3]
+
+
+# --- status enums with code of their own ------------------------------------------------------
+
+
+class Picky(enum.IntEnum):
+    """A status enum with a ``_missing_`` of its own: 55 is its catch-all UNKNOWN, any
+    other unknown value raises RuntimeError (not the ValueError of a plain enum)."""
+
+    NEW = 1
+    WAITING = 2
+    DONE = 3
+    UNKNOWN = 9
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        if value == 55:
+            return cls.UNKNOWN
+        raise RuntimeError(f"Picky has no status {value!r}")
+
+
+async def test_a_status_enum_with_its_own_missing_is_not_asked(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """Statuses given by value were looked up with the enum's constructor, so its
+    ``_missing_`` ran: a RuntimeError came out of callback and list_runs (instead of
+    af.InvalidArgument), and 55 was taken for UNKNOWN (a callback or a wait for a status
+    nobody asked for). Values are matched to members only; count_runs of a stored status
+    the enum no longer has counts it under its value."""
+    b = af.Builder("picky", Doc, Picky)
+
+    @b.step(Picky.NEW, to=Picky.WAITING)
+    async def go(run: af.Run[Doc, Picky]) -> Picky:
+        return Picky.WAITING
+
+    async def answer(run: af.Run[Doc, Picky], payload: bytes) -> Picky:
+        return Picky.DONE
+
+    async def unknown(run: af.Run[Doc, Picky], payload: bytes) -> Picky:
+        raise AssertionError("called for a status nobody asked for")
+
+    b.add_callback(Picky.WAITING, answer, to=[Picky.DONE])
+    b.add_callback(Picky.UNKNOWN, unknown, to=[Picky.DONE])
+    wf = b.build(make_store(), clock=trio_clock(START))
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        with trio.fail_after(60):
+            await wf.await_status("f", run_id, Picky.WAITING)
+        for value in (77, 55):
+            with pytest.raises(af.ActorflowError, match=f"{value} is not a member of Picky"):
+                await wf.callback("f", value, b"x")  # type: ignore[arg-type]
+            with pytest.raises(af.ActorflowError, match=f"{value} is not a member of Picky"):
+                await wf.list_runs(status=value)  # type: ignore[arg-type]
+            with pytest.raises(af.ActorflowError, match=f"{value} is not a member of Picky"):
+                await wf.await_status("f", run_id, value)  # type: ignore[arg-type]
+        assert await wf.callback("f", 2, b"x") is not None  # type: ignore[arg-type]
+        held = await wf.trigger("h")
+        with trio.fail_after(60):
+            await wf.await_status("h", held, Picky.WAITING)
+
+    class Fewer(enum.IntEnum):  # the same workflow, WAITING retired from the enum
+        NEW = 1
+        DONE = 3
+
+        @classmethod
+        def _missing_(cls, value: object) -> Any:
+            raise RuntimeError(f"Fewer has no status {value!r}")
+
+    b2 = af.Builder("picky", Doc, Fewer)
+
+    @b2.step(Fewer.NEW, to=Fewer.DONE)
+    async def go2(run: af.Run[Doc, Fewer]) -> Fewer:
+        return Fewer.DONE
+
+    wf2 = b2.build(make_store(), clock=trio_clock(START))
+    counts: dict[Any, int] = await wf2.count_runs()
+    assert counts == {(Fewer.DONE, af.RunState.COMPLETED): 1, (2, af.RunState.RUNNING): 1}
