@@ -164,8 +164,9 @@ async def await_timeout_insert(
 
     Raises:
         InvalidArgument: ``workflow`` is not an ``af.Workflow``, ``status`` has no timeout
-            (nothing would ever be stored: the wait would never end), or an argument is
-            bad, as for ``await_status``.
+            or the run is at ``status`` with none stored (its timer function returned
+            None: nothing would ever be stored, the wait would never end), or an argument
+            is bad, as for ``await_status``.
     """
     _check_workflow(workflow, "await_timeout_insert")
     where = f"await_timeout_insert({workflow.name!r})"
@@ -180,6 +181,7 @@ async def await_timeout_insert(
     while True:  # once more after a lagged subscription
         with store.feed.subscribe(run_id=run_id) as sub:
             while not sub.lagged:
+                before = await store.lookup(workflow.name, run_id)
                 timers = await store.list_timers(workflow.name, run_id)
                 if any(t.status == int(member) and t.kind.startswith("timeout") for t in timers):
                     return
@@ -189,6 +191,15 @@ async def await_timeout_insert(
                 latest = await store.lookup(workflow.name, run_id)
                 if latest.status != int(member) or not latest.run_state.active:
                     return
+                if latest.version == before.version:
+                    # At the status all along, and none stored with the version that
+                    # entered it: its timer functions returned None for this run (no
+                    # timeout), and none ever will be (this waited for ever).
+                    raise InvalidArgument(
+                        f"{where}: run {run_id} is at {member.name} with no timeout stored: "
+                        "the timer function returned None for it (no timeout for this "
+                        "run), so none will be stored"
+                    )
                 await _next_change(sub, store)
 
 

@@ -20,7 +20,7 @@ import trio
 from trio.testing import MockClock
 
 import actorflow as af
-from actorflow.testing import trio_clock, wait_for
+from actorflow.testing import await_timeout_insert, trio_clock, wait_for
 from tests.conftest import START
 
 
@@ -77,6 +77,42 @@ async def test_wait_for_refuses_a_predicate_that_answers_with_an_awaitable(
                 with trio.fail_after(60):
                     await wait_for(wf, "f", predicate)
     assert ("_is_done" if kind == "async-def" else "lambda") in str(info.value)
+
+
+async def test_await_timeout_insert_for_a_run_without_a_timeout_says_so(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A timer function returning None (no timeout for this run): await_timeout_insert
+    waited for ever (30 virtual days here) for a timeout that is never stored. It says so
+    at once; a run whose timer is stored still gets it, and its timeout fires."""
+    b = af.Builder("ati", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    async def late(run: af.Run[Doc, St], now: Any) -> St:
+        return St.DONE
+
+    b.add_timeout(
+        St.WAITING,
+        lambda run, now: None if run.foreign_id == "none" else now + timedelta(hours=1),
+        late,
+        to=[St.DONE],
+    )
+    wf = b.build(make_store(), clock=trio_clock(START))
+    async with af.open_workflow(wf):
+        without = await wf.trigger("none")
+        with pytest.raises(af.ActorflowError, match="timer function returned None"):
+            with trio.fail_after(30 * 24 * 3600):
+                await await_timeout_insert(wf, "none", without, St.WAITING)
+        timed = await wf.trigger("timed")
+        with trio.fail_after(60):
+            await await_timeout_insert(wf, "timed", timed, St.WAITING)
+        autojump_clock.jump(3600)
+        with trio.fail_after(60):
+            await wf.await_status("timed", timed, St.DONE)
+    assert (await wf.lookup(without)).status is St.WAITING
 
 
 # --- the object type's own code raising ------------------------------------------------------
