@@ -33,7 +33,7 @@ from actorflow._model.options import Options
 from actorflow._model.process import ProcessState
 from actorflow._model.text import key_part
 from actorflow._runtime.observe import Observer, Process, process_name
-from actorflow._runtime.user_code import check_returned_none, user_error
+from actorflow._runtime.user_code import check_returned_none, user_error, watched
 from actorflow._services.context import ServiceContext
 from actorflow.streaming._protocol import ConnectorEvent, EventSource
 from actorflow.streaming._stats import ConnectorStats, connector_stats
@@ -239,7 +239,13 @@ async def _call(
     token = None if observer is None else _begin_span(observer, ctx, spec, event, process)
     try:
         fn: Callable[..., Awaitable[object]] = spec.fn  # typed None; a careless one is not
-        returned = await fn(ctx.handle, event)
+        returned = await watched(
+            fn(ctx.handle, event),
+            f"connector {spec.name!r} (event {event.id}) function",
+            spec.fn,
+            ctx.name,
+            "",
+        )
         check_returned_none(returned, f"connector function {fn_name(spec.fn)}")
     except BaseException as caught:
         try:
