@@ -66,8 +66,6 @@ class RecordTexts:
         self._texts: OrderedDict[tuple[str, str, int], str] = OrderedDict()
         self._size = 0
         self._max = max_bytes
-        self.encoded = 0
-        """Records encoded (a metric: the texts served from the cache are not counted)."""
 
     def text(self, record: Record[Any, Any], object_type: type[Any]) -> str:
         """The JSON text of ``record`` (see :func:`record_to_json`)."""
@@ -75,7 +73,6 @@ class RecordTexts:
         text = self._texts.get(key)
         if text is None:
             text = encode(record_to_json(record, object_type))
-            self.encoded += 1
             if len(text) <= self._max // 8:
                 self._texts[key] = text
                 self._size += len(text)
@@ -351,7 +348,7 @@ class Connection:
                 message = self._too_large(
                     f"version {record.version} of run {record.run_id}",
                     size,
-                    "the subscription ended; read the run with lookup if it fits",
+                    "the subscription ended (a gateway with a larger max_reply_bytes can send it)",
                 )
                 raise ProtocolError(ErrorCode.TOO_LARGE, message, subscription)
             await self._outgoing.send((text, None))
