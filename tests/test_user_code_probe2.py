@@ -8,10 +8,11 @@ error naming the function, no hang, nothing lost, nothing done twice.
 from __future__ import annotations
 
 import enum
+import gc
 import logging
 import time
 import warnings
-from datetime import timedelta
+from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
 import attrs
@@ -452,3 +453,88 @@ async def test_a_source_whose_open_returns_a_coroutine_is_named(
     assert 2 <= source.calls <= 8, source.calls  # backed off: 1 s, 2 s, 4 s, ...
     assert "open() returned a coroutine, not an async context manager" in caplog.text
     assert "asynchronous context manager protocol" not in caplog.text
+
+
+# --- plain user functions handing back the wrong thing ----------------------------------------
+
+
+async def _async_timer(run: Any, now: datetime) -> datetime:
+    return now + timedelta(hours=1)
+
+
+async def _async_scrub(obj: Doc) -> Doc:
+    return Doc()
+
+
+class _BrokenZone(tzinfo):
+    """A tzinfo of the user's own that fails when asked its offset."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        raise RuntimeError("zone database missing")
+
+    def dst(self, dt: datetime | None) -> timedelta:
+        return timedelta(0)
+
+    def tzname(self, dt: datetime | None) -> str:
+        return "broken"
+
+
+async def test_plain_functions_returning_coroutines_or_broken_datetimes_are_named(
+    autojump_clock: MockClock,
+) -> None:
+    """A timer or scrub function (plain functions) returning a coroutine (a lambda calling
+    an async function) was reported as "returned <coroutine object ... at 0x...>" or "must
+    be a Doc, not coroutine", with a 'never awaited' warning later; a timer's datetime
+    whose tzinfo fails raised the tzinfo's error, not naming the timer. Each names the
+    function and what it returned; the coroutine is closed."""
+    b = af.Builder("plainfns", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING, pause_after_errors=1)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    async def answer(run: af.Run[Doc, St], payload: bytes) -> St:
+        return St.DONE
+
+    async def late(run: af.Run[Doc, St], now: datetime) -> St:
+        return St.DONE
+
+    def coroutine_timer(run: af.Run[Doc, St], now: datetime) -> Any:
+        if run.foreign_id == "coroutine":
+            return _async_timer(run, now)
+        if run.foreign_id == "zone":
+            return datetime(2026, 6, 1, tzinfo=_BrokenZone())
+        return None
+
+    b.add_callback(St.WAITING, answer, to=[St.DONE])
+    b.add_timeout(St.WAITING, coroutine_timer, late, to=[St.DONE])
+    wf = b.build(
+        af.MemoryStore(),
+        clock=trio_clock(START),
+        scrub=lambda obj: _async_scrub(obj),
+        resume_paused_after=None,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with af.open_workflow(wf):
+            for fid, says in (
+                ("coroutine", "returned a coroutine (_async_timer"),
+                ("zone", "its tzinfo failed: RuntimeError: zone database missing"),
+            ):
+                await wf.trigger(fid)
+                with trio.fail_after(3600):
+                    rec = await wait_for(wf, fid, lambda r: r.run_state is af.RunState.PAUSED)
+                reason = rec.meta.run_state_reason
+                assert "timer test_plain" in reason and "coroutine_timer" in reason, reason
+                assert says in reason, reason
+            run_id = await wf.trigger("scrubbed")
+            with trio.fail_after(3600):
+                await wf.await_status("scrubbed", run_id, St.WAITING)
+            assert await wf.callback("scrubbed", St.WAITING, b"x") is not None
+            with pytest.raises(af.ActorflowError) as info:
+                await wf.delete_data(run_id, "gdpr")
+            assert "scrub function" in str(info.value)
+            assert "returned a coroutine (_async_scrub" in str(info.value)
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)], caught
+    assert (await wf.lookup(run_id)).run_state is not af.RunState.DATA_DELETED
