@@ -392,3 +392,63 @@ async def test_a_status_enum_with_its_own_missing_is_not_asked(
     wf2 = b2.build(make_store(), clock=trio_clock(START))
     counts: dict[Any, int] = await wf2.count_runs()
     assert counts == {(Fewer.DONE, af.RunState.COMPLETED): 1, (2, af.RunState.RUNNING): 1}
+
+
+# --- event sources of the user's own ---------------------------------------------------------
+
+
+class _AsyncOpenSource:
+    """The usual slip: ``async def open`` (its call gives a coroutine, not a context
+    manager)."""
+
+    async def open(self, consumer: str, after: str | None) -> Any:
+        raise AssertionError("never awaited")
+
+
+class _HiddenAsyncOpenSource:
+    """The same slip behind a plain function, which no build check can see."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def open(self, consumer: str, after: str | None) -> Any:
+        self.calls += 1
+        return _AsyncOpenSource().open(consumer, after)
+
+
+def _connected(source: Any) -> af.Builder[Doc, St]:
+    b = af.Builder("sourced", Doc, St)
+
+    @b.step(St.NEW, to=St.DONE)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.DONE
+
+    async def on_event(workflow: Any, event: af.ConnectorEvent) -> None:
+        await workflow.trigger(event.foreign_id)
+
+    b.add_connector("mine", source, on_event)
+    return b
+
+
+def test_a_source_with_an_async_def_open_is_a_build_error() -> None:
+    """An EventSource whose open is ``async def`` was built, then failed at every reopen
+    with "'coroutine' object does not support the asynchronous context manager protocol"
+    and a 'never awaited' warning each time. build says what to do instead."""
+    with pytest.raises(af.BuildError, match=r"open\(\) is an async def.*asynccontextmanager"):
+        _connected(_AsyncOpenSource()).build(af.MemoryStore())
+
+
+async def test_a_source_whose_open_returns_a_coroutine_is_named(
+    caplog: pytest.LogCaptureFixture, autojump_clock: MockClock
+) -> None:
+    """Hidden behind a plain function, the slip is a clear error of the source at each
+    (backed-off) reopen, the coroutine closed (no 'never awaited' warning); stop returns."""
+    source = _HiddenAsyncOpenSource()
+    wf = _connected(source).build(af.MemoryStore(), clock=trio_clock(START))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        async with af.open_workflow(wf):
+            await trio.sleep(60)
+    assert 2 <= source.calls <= 8, source.calls  # backed off: 1 s, 2 s, 4 s, ...
+    assert "open() returned a coroutine, not an async context manager" in caplog.text
+    assert "asynchronous context manager protocol" not in caplog.text

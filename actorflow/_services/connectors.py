@@ -19,6 +19,7 @@ of one foreign id stay in order; different shards run at once.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
@@ -137,7 +138,15 @@ async def _serve(
         try:
             after = await store.get_cursor(name)
             stats.cursor = after
-            async with source.open(name, after) as receiver:
+            opened = source.open(name, after)
+            if inspect.iscoroutine(opened):  # checked at build; a wrapper may still hide one
+                opened.close()
+                raise InvalidArgument(
+                    f"workflow {ctx.name!r} connector {spec.name!r}: the source's open() "
+                    "returned a coroutine, not an async context manager (an async def open? "
+                    "decorate an async generator with @contextlib.asynccontextmanager)"
+                )
+            async with opened as receiver:
                 while True:
                     event = await receiver.receive()
                     if not isinstance(event, ConnectorEvent):  # a source of the user's own
