@@ -581,3 +581,48 @@ async def test_a_deletion_cut_short_leaves_no_copy_of_the_object_in_the_files(
             data = path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
             assert f"secret-{k:03}-x".encode() not in data, k
     assert cut, "no deletion got as far as its scrub"
+
+
+# --- a migration cut short ----------------------------------------------------------------------
+
+
+async def test_migrations_cut_short_at_every_checkpoint_migrate_each_run_once(
+    probe_stores: Stores, autojump_clock: MockClock
+) -> None:
+    """workflow.migrate() (``actorflow runs migrate``) cancelled after k checkpoints, again
+    and again, then callbacks racing with a last migrate while the new worker runs: each
+    run is migrated once (one version with the reason, its timer moved once), none is
+    lost, and each callback applies once."""
+    from tests.test_evolution import S1, S2, Order1, build_renamed, build_v1
+
+    n = 12
+    old = build_v1(probe_stores.open())
+    async with af.open_workflow(old):
+        ids = [await old.trigger(f"order-{i}", initial=Order1("apple", 1)) for i in range(n)]
+        for i, run_id in enumerate(ids):
+            await old.await_status(f"order-{i}", run_id, S1.WAITING)
+    new = build_renamed(probe_stores.open())
+    for k in range(0, 60, 3):
+        await _cut_after(k, new.migrate)
+    async with af.open_workflow(new), trio.open_nursery() as nursery:
+        nursery.start_soon(new.migrate)
+        results = {}
+        for i in range(0, n, 2):
+            with trio.fail_after(60):
+                results[i] = await new.callback(f"order-{i}", S2.AWAITING_PAYMENT, b"pear")
+        for i, run_id in enumerate(ids):
+            with trio.fail_after(60):
+                await new.await_status(f"order-{i}", run_id, S2.AWAITING_PAYMENT)
+    for i, run_id in enumerate(ids):
+        history = await new.history(run_id)
+        where = (i, [(int(r.status), r.meta.run_state_reason) for r in history])
+        statuses = [int(r.status) for r in history]
+        assert statuses[:3] == [1, 2, int(S2.AWAITING_PAYMENT)], where
+        assert [r.version for r in history] == list(range(1, len(history) + 1)), where
+        if i % 2 == 0:
+            assert results[i] is not None and results[i].status is S2.DONE, where
+            assert statuses == [1, 2, int(S2.AWAITING_PAYMENT), int(S2.DONE)], where
+        else:
+            assert statuses == [1, 2, int(S2.AWAITING_PAYMENT)], where
+            timers = await new.store.list_timers("orders", run_id)
+            assert len(timers) == 1 and timers[0].status == int(S2.AWAITING_PAYMENT), timers
