@@ -432,6 +432,13 @@ class Builder(Generic[T, S]):
                     "af.MemorySource(...), actorflow.streaming.StreamSource(...) or an object "
                     "with an open(consumer, after) method)"
                 )
+            if is_async_callable(getattr(spec.source, "open", None)):
+                raise BuildError(
+                    f"workflow {self.name!r} connector {spec.name!r}: the source's open() is "
+                    f"an async def ({fn_name(spec.source.open)}); it must return an async "
+                    "context manager at once: decorate an async generator that yields the "
+                    "receiver with @contextlib.asynccontextmanager"
+                )
         return connectors
 
     def build(self, store: Store, **options: Any) -> Workflow[T, S]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import enum
+import inspect
 import json
 import pprint
 from collections.abc import Callable
@@ -17,10 +18,12 @@ from typing import Any, TypeVar, cast
 
 from actorflow._model.clock import Clock, TrioClock
 from actorflow._model.codec import ObjectCodec, converter
+from actorflow._model.definition import fn_name, is_async_callable
 from actorflow._model.errors import BuildError, InvalidArgument, Lagged, RunNotFound
 from actorflow._model.record import RawRecord, Record, new_run_id
 from actorflow._model.run import Run, Special, SpecialResult
 from actorflow._model.run_state import RunState
+from actorflow._model.statuses import member_of
 from actorflow.builder import Builder
 from actorflow.stores import Store
 from actorflow.stores.feed import Subscription
@@ -55,12 +58,15 @@ async def wait_for(
     ``foreign_id`` (waiting for the run to be triggered if needed); return that version.
 
     Raises:
-        InvalidArgument: ``workflow`` is not an ``af.Workflow`` or ``predicate`` is not
-            callable.
+        InvalidArgument: ``workflow`` is not an ``af.Workflow``, or ``predicate`` is not
+            a plain (not async) callable: a coroutine it returned is always true, so the
+            wait would end at once with a version the predicate never looked at.
     """
     _check_workflow(workflow, "wait_for")
     if not callable(predicate):
         raise InvalidArgument(f"wait_for needs a predicate(record) -> bool, not {predicate!r}")
+    if is_async_callable(predicate):
+        raise InvalidArgument(_async_predicate(predicate))
     store = workflow.store
     while True:  # once more after a lagged subscription
         with store.feed.subscribe(workflow_name=workflow.name, foreign_id=foreign_id) as sub:
@@ -71,9 +77,27 @@ async def wait_for(
                     latest = None
                 if latest is not None:
                     for record in await workflow.history(latest.run_id):
-                        if predicate(record):
+                        if _holds(predicate, record):
                             return record
                 await _next_change(sub, store)
+
+
+def _async_predicate(predicate: object) -> str:
+    return (
+        f"wait_for: predicate {fn_name(predicate)} is async (or returned an awaitable); it "
+        "must be a plain function predicate(record) -> bool, as an awaitable is always true"
+    )
+
+
+def _holds(predicate: Callable[[Record[T, S]], bool], record: Record[T, S]) -> bool:
+    """What ``predicate`` says of ``record``; InvalidArgument for an awaitable answer (a
+    lambda calling an async function, say), which is true whatever the record."""
+    result: object = predicate(record)
+    if inspect.isawaitable(result):
+        if inspect.iscoroutine(result):
+            result.close()  # no 'never awaited' warning on top of the error
+        raise InvalidArgument(_async_predicate(predicate))
+    return bool(result)
 
 
 def _diff(expected: object, actual: object) -> str:
@@ -140,8 +164,9 @@ async def await_timeout_insert(
 
     Raises:
         InvalidArgument: ``workflow`` is not an ``af.Workflow``, ``status`` has no timeout
-            (nothing would ever be stored: the wait would never end), or an argument is
-            bad, as for ``await_status``.
+            or the run is at ``status`` with none stored (its timer function returned
+            None: nothing would ever be stored, the wait would never end), or an argument
+            is bad, as for ``await_status``.
     """
     _check_workflow(workflow, "await_timeout_insert")
     where = f"await_timeout_insert({workflow.name!r})"
@@ -156,6 +181,7 @@ async def await_timeout_insert(
     while True:  # once more after a lagged subscription
         with store.feed.subscribe(run_id=run_id) as sub:
             while not sub.lagged:
+                before = await store.lookup(workflow.name, run_id)
                 timers = await store.list_timers(workflow.name, run_id)
                 if any(t.status == int(member) and t.kind.startswith("timeout") for t in timers):
                     return
@@ -165,6 +191,15 @@ async def await_timeout_insert(
                 latest = await store.lookup(workflow.name, run_id)
                 if latest.status != int(member) or not latest.run_state.active:
                     return
+                if latest.version == before.version:
+                    # At the status all along, and none stored with the version that
+                    # entered it: its timer functions returned None for this run (no
+                    # timeout), and none ever will be (this waited for ever).
+                    raise InvalidArgument(
+                        f"{where}: run {run_id} is at {member.name} with no timeout stored: "
+                        "the timer function returned None for it (no timeout for this "
+                        "run), so none will be stored"
+                    )
                 await _next_change(sub, store)
 
 
@@ -262,8 +297,7 @@ def _status_of(status_type: type[S], status: object, where: str) -> S:
     member of another enum)."""
     foreign = isinstance(status, enum.Enum) and not isinstance(status, status_type)
     if isinstance(status, int) and not isinstance(status, bool) and not foreign:
-        try:
-            return status_type(status)
-        except ValueError:
-            pass
+        member = member_of(status_type, status)
+        if member is not None:
+            return member
     raise InvalidArgument(f"{where}: status must be a {status_type.__name__}, not {status!r}")

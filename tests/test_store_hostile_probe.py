@@ -58,10 +58,22 @@ def test_postgres_schemas_and_dsns_it_cannot_use_are_refused_at_construction() -
     without echoing it (it may hold a password)."""
     pytest.importorskip("psycopg")
     dsn = "postgresql://app:s3cret@127.0.0.1:1/db"
-    for schema in ("a%b", "%", "pg_x", "pg_catalog", "pg_temp", "\ud800", "ok\udc80"):
+    system = ("pg_x", "pg_catalog", "pg_temp", "information_schema")
+    for schema in ("a%b", "%", *system, "\ud800", "ok\udc80"):
         with pytest.raises(af.InvalidArgument, match="schema"):
             af.PostgresStore(dsn, schema=schema)
-    for fine in ("PG_x", "Pg_x", "a-b", 'a"b', "a'b", "a b", "ü", "x" * 63):
+    for fine in (
+        "PG_x",
+        "Pg_x",
+        "Information_Schema",
+        "public",
+        "a-b",
+        'a"b',
+        "a'b",
+        "a b",
+        "ü",
+        "x" * 63,
+    ):
         assert af.PostgresStore(dsn, schema=fine).schema == fine
     for bad in (dsn + "?application_name=\ud800", dsn + "?application_name=a\x00b"):
         with pytest.raises(af.StoreError, match="invalid PostgreSQL DSN") as caught:
@@ -85,6 +97,8 @@ async def test_odd_postgres_schema_names_work_end_to_end(autojump_clock: MockClo
                 run_id = await finish(wf, "f")
                 await wf.delete_data(run_id, "bye")
             assert [r.object.text for r in await wf.history(run_id)] == [""] * 6
+            await store.vacuum()
+            assert (await wf.lookup(run_id)).run_state is af.RunState.DATA_DELETED
         finally:
             await store.aclose()
 

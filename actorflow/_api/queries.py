@@ -15,6 +15,7 @@ from actorflow._api.core import WorkflowCore
 from actorflow._model.errors import InvalidArgument
 from actorflow._model.record import Record
 from actorflow._model.run_state import RunState
+from actorflow._model.statuses import member_of
 from actorflow._model.text import check_text
 from actorflow.stores.feed import Subscription
 from actorflow.stores.filters import RunFilter
@@ -99,10 +100,8 @@ class Queries(WorkflowCore[T, S]):
         status_type = self.status_type
         found: dict[tuple[S, RunState], int] = {}
         for (value, run_state_), count in sorted(counts.items()):
-            try:
-                key = (status_type(value), run_state_)
-            except ValueError:  # a status no longer in the enum: counted under its value
-                key = (cast(S, value), run_state_)
+            # A status no longer in the enum is counted under its value.
+            key = (member_of(status_type, value) or cast(S, value), run_state_)
             found[key] = found.get(key, 0) + count
         return found
 

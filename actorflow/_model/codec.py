@@ -28,6 +28,14 @@ refused (docs/gateway.md, "Text and numbers")."""
 _loads = json.loads
 
 
+def ends_process(exc: BaseException) -> bool:
+    """Whether ``exc`` asks to end the process (KeyboardInterrupt, SystemExit, or a group
+    holding one): passed on by every catch of user code's errors."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split((KeyboardInterrupt, SystemExit))[0] is not None
+    return isinstance(exc, KeyboardInterrupt | SystemExit)
+
+
 def _place(where: str, run_id: str) -> str:
     return f" run {run_id}" if run_id else where
 
@@ -76,7 +84,9 @@ class ObjectCodec(Generic[T]):
         try:
             data = self._unstructure(obj)
             text = _ENCODE(data)
-        except Exception as exc:
+        except BaseException as exc:  # user code (hooks, properties) may raise any
+            if ends_process(exc):
+                raise
             found = find_unrepresentable(data, "object") if data is not None else None
             detail = found if found is not None else repr(exc)
             raise SerializationError(
@@ -100,20 +110,33 @@ class ObjectCodec(Generic[T]):
         try:
             data = _loads(text)
             return self._structure(data, self.object_type)  # type: ignore[no-any-return]
-        except Exception as exc:
+        except BaseException as exc:  # a validator or converter may raise any
+            if ends_process(exc):
+                raise
             raise SerializationError(
                 f"workflow {self._workflow!r}{_place(where, run_id)}: stored object does not "
                 f"fit {self.object_type.__name__}: {exc!r}"
             ) from exc
 
     def default(self) -> T:
-        """A new object from the type's defaults; InvalidArgument if it needs arguments."""
+        """A new object from the type's defaults; InvalidArgument if it needs arguments or
+        its own code fails (a default factory, validator or ``__attrs_post_init__`` that
+        raises, even a BaseException such as GeneratorExit: user code, named as such)."""
+        name = self.object_type.__name__
         try:
             return cast(T, self.object_type())
         except TypeError as exc:
             raise InvalidArgument(
-                f"workflow {self._workflow!r}: {self.object_type.__name__}() needs arguments "
-                f"({exc}); pass initial= to trigger"
+                f"workflow {self._workflow!r}: {name}() needs arguments ({exc}); pass "
+                "initial= to trigger"
+            ) from exc
+        except BaseException as exc:
+            if ends_process(exc):
+                raise
+            raise InvalidArgument(
+                f"workflow {self._workflow!r}: {name}() (the object type's defaults) raised "
+                f"{type(exc).__name__}: {exc}; pass initial= to trigger (or build with "
+                "scrub= for delete_data)"
             ) from exc
 
 

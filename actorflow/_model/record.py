@@ -25,16 +25,20 @@ def _run_state(value: int) -> RunState:
 
 
 class _Entropy(threading.local):
-    """Random bytes for run ids, drawn from the OS a few kilobytes at a time (one system
-    call per ``_ENTROPY_IDS`` ids, not one per id); per thread, and dropped in a forked
-    child (which must not reuse its parent's bytes)."""
+    """Random hex digits for run ids, drawn from the OS a few kilobytes at a time (one
+    system call per ``_ENTROPY_IDS`` ids, not one per id); per thread, and dropped in a
+    forked child (which must not reuse its parent's bytes)."""
 
     def __init__(self) -> None:
-        self.pool = b""
+        self.pool = ""
         self.used = 0
+        self.millis = -1
+        self.prefix = ""
 
 
 _ENTROPY_IDS = 256
+_VARIANT = {f"{n:x}": "89ab"[n & 3] for n in range(16)}
+"""A random hex digit to the variant digit (``10xx``: 8, 9, a or b), keeping 2 random bits."""
 _entropy = _Entropy()
 
 
@@ -51,19 +55,26 @@ def new_run_id() -> str:
 
     The first 48 bits are the Unix time in milliseconds, so new runs land at the end of the
     stores' indexes (and ids sort by creation time across processes, to the millisecond);
-    the remaining 74 bits are random (from ``os.urandom``).
+    the remaining 74 bits are random (from ``os.urandom``). Built as text from a pool of
+    random hex digits: a backfill makes hundreds of thousands of them.
     """
     millis = time.time_ns() // 1_000_000
     entropy = _entropy
+    if millis != entropy.millis:
+        entropy.millis = millis
+        entropy.prefix = f"{millis & 0xFFFF_FFFF_FFFF:012x}7"  # the version digit
     used = entropy.used
-    if used >= len(entropy.pool):
-        entropy.pool, used = os.urandom(10 * _ENTROPY_IDS), 0
-    entropy.used = used + 10
-    random = int.from_bytes(entropy.pool[used : used + 10])
-    value = (millis & 0xFFFF_FFFF_FFFF) << 80 | random & ((1 << 80) - 1)
-    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
-    value = value & ~(0x3 << 62) | 0x2 << 62  # RFC 9562 variant
-    return f"{value:032x}"
+    pool = entropy.pool
+    if used >= len(pool):
+        pool = entropy.pool = os.urandom(10 * _ENTROPY_IDS).hex()
+        used = 0
+    # 20 random hex digits an id: 3 after the version digit, one for the variant digit's
+    # 2 random bits and 15 after it (74 random bits, as RFC 9562 has it); one unused.
+    entropy.used = used + 20
+    return (
+        f"{entropy.prefix}{pool[used : used + 3]}{_VARIANT[pool[used + 3]]}"
+        f"{pool[used + 4 : used + 4 + 15]}"
+    )
 
 
 @attrs.frozen

@@ -8,9 +8,24 @@ caller wraps the ``ValueError`` in its own error type (InvalidArgument, BuildErr
 from __future__ import annotations
 
 import enum
-from typing import TypeVar
+import functools
+from collections.abc import Mapping
+from typing import TypeVar, cast
 
 E = TypeVar("E", bound=enum.IntEnum)
+
+
+@functools.cache
+def _by_value(status_type: type[enum.IntEnum]) -> Mapping[int, enum.IntEnum]:
+    return {int(member): member for member in status_type}
+
+
+def member_of(status_type: type[E], value: int) -> E | None:
+    """The member of ``status_type`` whose value is ``value``, or None. The enum's own
+    lookup (``status_type(value)``) is not used: a ``_missing_`` of the user's enum could
+    raise anything, or answer a member of another value (a catch-all ``UNKNOWN``), which
+    would hand a callback, a wait or a count to a status that was not asked for."""
+    return cast("E | None", _by_value(status_type).get(value))
 
 
 def members_text(status_type: type[enum.IntEnum]) -> str:
@@ -47,9 +62,7 @@ def parse_status(status_type: type[E], value: object, *, by_name: bool = False) 
         value = int(text)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"must be a {name}, not {value!r} ({members_text(status_type)})")
-    try:
-        return status_type(value)
-    except ValueError:
-        raise ValueError(
-            f"{value!r} is not a member of {name} ({members_text(status_type)})"
-        ) from None
+    member = member_of(status_type, value)
+    if member is None:
+        raise ValueError(f"{value!r} is not a member of {name} ({members_text(status_type)})")
+    return member

@@ -16,7 +16,7 @@ from actorflow._runtime.engine import Engine
 from actorflow._runtime.observe import Observer, run_fields
 from actorflow._runtime.ports import ActorHost
 from actorflow._runtime.run_copy import RunCopy
-from actorflow._runtime.user_code import user_error
+from actorflow._runtime.user_code import user_error, watched
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,13 @@ class _StoppedBeforeStart(Exception):
     or cancel interrupted the step (or timeout) in flight: nothing is stored."""
 
 
-async def _call_user(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-    """Call a user function; a StoreError it raises is its own error, not ours."""
+async def _call_user(
+    fn: Callable[..., Awaitable[Any]], kind: str, raw: RawRecord, *args: Any
+) -> Any:
+    """Call a user function (a ``kind`` of function of the run of ``raw``); a StoreError it
+    raises is its own error, not ours."""
     try:
-        return await fn(*args)
+        return await watched(fn(*args), kind, fn, raw.workflow_name, raw.run_id)
     except StoreError as exc:
         raise StepError(f"{fn_name(fn)} raised {describe_error(exc)}") from exc
     except BaseException as exc:
@@ -94,7 +97,7 @@ class RunActions:
                 raise _StoppedBeforeStart
             with self.run.interruptible() as scope:
                 try:
-                    result = await spec.fn(run)
+                    result = await watched(spec.fn(run), "step", spec.fn, engine.name, raw.run_id)
                 except StoreError as exc:  # raised by the step itself: its own error
                     raise StepError(f"{fn_name(spec.fn)} raised {describe_error(exc)}") from exc
             if scope.cancel_called:  # interrupted: dropped, even if it swallowed the Cancelled
@@ -128,7 +131,7 @@ class RunActions:
                 if self.host.stopping:
                     raise _StoppedBeforeStart
                 with self.run.interruptible() as scope:
-                    result = await _call_user(spec.fn, run, timer.fire_at)
+                    result = await _call_user(spec.fn, "timeout", raw, run, timer.fire_at)
                 if scope.cancel_called:  # interrupted (see _step)
                     raise _StoppedBeforeStart
             new, timers = await engine.apply_result(raw, run, result, spec.to, key, fired=timer)

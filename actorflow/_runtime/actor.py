@@ -21,6 +21,7 @@ from typing import Generic, TypeVar, final
 import trio
 
 from actorflow._model.clock import trio_deadline
+from actorflow._model.codec import ends_process
 from actorflow._model.errors import StoreError, VersionConflict
 from actorflow._model.record import RawRecord, Timer
 from actorflow._model.run_state import RunState
@@ -30,7 +31,7 @@ from actorflow._runtime.engine import Engine
 from actorflow._runtime.mailbox import WAKE, Ask, Mailbox, Stopped
 from actorflow._runtime.ports import ActorHost
 from actorflow._runtime.run_copy import RunCopy
-from actorflow._runtime.user_code import ends_process, user_error
+from actorflow._runtime.user_code import user_error
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from actorflow._model.errors import (
 )
 from actorflow._model.record import RawRecord, Timer
 from actorflow._runtime.engine import Engine
-from actorflow._runtime.user_code import user_error
+from actorflow._runtime.user_code import user_error, watched
 
 Stored = tuple[RawRecord | None, list[Timer] | None]
 
@@ -71,7 +71,9 @@ async def _run_callback(
     try:
         try:
             with interruptible() if interruptible else trio.CancelScope() as scope:
-                result = await spec.fn(run, payload)
+                result = await watched(
+                    spec.fn(run, payload), "callback", spec.fn, engine.name, raw.run_id
+                )
         except StoreError as exc:  # raised by the user's code: its own error
             raise StepError(f"{key} raised {describe_error(exc)}") from exc
         if scope.cancel_called:  # interrupted, even if it swallowed the Cancelled

@@ -19,6 +19,7 @@ of one foreign id stay in order; different shards run at once.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
@@ -33,7 +34,7 @@ from actorflow._model.options import Options
 from actorflow._model.process import ProcessState
 from actorflow._model.text import key_part
 from actorflow._runtime.observe import Observer, Process, process_name
-from actorflow._runtime.user_code import check_returned_none, user_error
+from actorflow._runtime.user_code import check_returned_none, user_error, watched
 from actorflow._services.context import ServiceContext
 from actorflow.streaming._protocol import ConnectorEvent, EventSource
 from actorflow.streaming._stats import ConnectorStats, connector_stats
@@ -137,7 +138,15 @@ async def _serve(
         try:
             after = await store.get_cursor(name)
             stats.cursor = after
-            async with source.open(name, after) as receiver:
+            opened = source.open(name, after)
+            if inspect.iscoroutine(opened):  # checked at build; a wrapper may still hide one
+                opened.close()
+                raise InvalidArgument(
+                    f"workflow {ctx.name!r} connector {spec.name!r}: the source's open() "
+                    "returned a coroutine, not an async context manager (an async def open? "
+                    "decorate an async generator with @contextlib.asynccontextmanager)"
+                )
+            async with opened as receiver:
                 while True:
                     event = await receiver.receive()
                     if not isinstance(event, ConnectorEvent):  # a source of the user's own
@@ -239,7 +248,13 @@ async def _call(
     token = None if observer is None else _begin_span(observer, ctx, spec, event, process)
     try:
         fn: Callable[..., Awaitable[object]] = spec.fn  # typed None; a careless one is not
-        returned = await fn(ctx.handle, event)
+        returned = await watched(
+            fn(ctx.handle, event),
+            f"connector {spec.name!r} (event {event.id}) function",
+            spec.fn,
+            ctx.name,
+            "",
+        )
         check_returned_none(returned, f"connector function {fn_name(spec.fn)}")
     except BaseException as caught:
         try:

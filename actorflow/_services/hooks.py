@@ -24,7 +24,7 @@ from actorflow._model.run_state import RunState
 from actorflow._runtime.engine import Engine
 from actorflow._runtime.observe import RUN_STATE_NAMES, Process, process_name
 from actorflow._runtime.retry import retrying
-from actorflow._runtime.user_code import check_returned_none, user_error
+from actorflow._runtime.user_code import check_returned_none, user_error, watched
 from actorflow.streaming._store_log import LogFollower
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,9 @@ class _Hooks(Generic[T, S]):
             if observer is not None:
                 token = observer.begin("hook", process.name, raw)
             fn: Callable[..., Awaitable[object]] = hook  # typed None; a careless one is not
-            returned = await fn(engine.typed(raw))
+            returned = await watched(
+                fn(engine.typed(raw)), f"on_{kind} hook", hook, engine.name, raw.run_id
+            )
             check_returned_none(returned, f"on_{kind} hook {fn_name(hook)}")
         except Exception as exc:
             self._failed(process, token, exc)

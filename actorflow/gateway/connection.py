@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 OUTGOING_QUEUE: Final = 16
 """Messages waiting for the writer of one connection; producers wait when it is full."""
+LARGE_REPLIES: Final = 4
+"""Replies of ops that may be large (``Op.large``: pages of records, a run's history) being
+made or waiting to be written at once on one connection; more such requests wait their
+turn. A client that sends many and never reads costs the gateway at most these."""
 RECORD_TEXTS_BYTES: Final = 8 << 20
 """How much encoded record text a gateway keeps for its subscriptions to share."""
 
@@ -62,8 +66,6 @@ class RecordTexts:
         self._texts: OrderedDict[tuple[str, str, int], str] = OrderedDict()
         self._size = 0
         self._max = max_bytes
-        self.encoded = 0
-        """Records encoded (a metric: the texts served from the cache are not counted)."""
 
     def text(self, record: Record[Any, Any], object_type: type[Any]) -> str:
         """The JSON text of ``record`` (see :func:`record_to_json`)."""
@@ -71,7 +73,6 @@ class RecordTexts:
         text = self._texts.get(key)
         if text is None:
             text = encode(record_to_json(record, object_type))
-            self.encoded += 1
             if len(text) <= self._max // 8:
                 self._texts[key] = text
                 self._size += len(text)
@@ -114,7 +115,11 @@ class Connection:
         self._read_only = read_only
         self._settings = gateway.settings
         self._ws = ws
-        self._outgoing, self._to_write = trio.open_memory_channel[str](OUTGOING_QUEUE)
+        # Each message goes with the permit to release once it is written (a large reply).
+        self._outgoing, self._to_write = trio.open_memory_channel[
+            tuple[str, trio.Semaphore | None]
+        ](OUTGOING_QUEUE)
+        self._large = trio.Semaphore(LARGE_REPLIES)
         self._requests: dict[RequestId, trio.CancelScope] = {}
         self._subscriptions: dict[RequestId, trio.CancelScope] = {}
         self._bucket = TokenBucket(self._settings.rate, self._settings.burst, trio.current_time())
@@ -130,15 +135,19 @@ class Connection:
 
     async def _write(self, done: trio.CancelScope) -> None:
         try:
-            async for text in self._to_write:
-                await self._ws.send_message(text)
+            async for text, permit in self._to_write:
+                try:
+                    await self._ws.send_message(text)
+                finally:
+                    if permit is not None:
+                        permit.release()
         except trio_websocket.ConnectionClosed:
             pass
         finally:
             done.cancel()
 
     async def _send(self, message: dict[str, Any]) -> None:
-        await self._outgoing.send(encode(message))
+        await self._outgoing.send((encode(message), None))
 
     async def _read(self, nursery: trio.Nursery) -> None:
         while True:
@@ -250,24 +259,37 @@ class Connection:
             del table[key]
 
     async def _serve_request(self, request: Request, scope: trio.CancelScope) -> None:
+        permit = self._large if OPS[request.op].large else None
         try:
             with scope:
+                if permit is not None:
+                    await permit.acquire()  # released by the writer, once it is written
+                handed = False
                 try:
-                    reply = reply_ok(request.id, await self._perform(request))
-                    text = encode(reply)
-                except Exception as exc:
-                    text = encode(reply_error(request.id, *self._describe_error(request, exc)))
-                size = size_over(text, self._settings.max_reply_bytes)
-                if size is not None:
-                    message = self._too_large(
-                        f"the reply to {request.op!r}",
-                        size,
-                        "ask for less (a smaller list_runs limit, lookup instead of history)",
-                    )
-                    text = encode(reply_error(request.id, ErrorCode.TOO_LARGE, message))
-                await self._outgoing.send(text)
+                    text = await self._reply_text(request)
+                    await self._outgoing.send((text, permit))
+                    handed = True
+                finally:
+                    if permit is not None and not handed:
+                        permit.release()
         finally:
             self._forget(self._requests, request.id, scope)
+
+    async def _reply_text(self, request: Request) -> str:
+        """The text of the reply to ``request`` (its result is dropped once encoded)."""
+        try:
+            text = encode(reply_ok(request.id, await self._perform(request)))
+        except Exception as exc:
+            text = encode(reply_error(request.id, *self._describe_error(request, exc)))
+        size = size_over(text, self._settings.max_reply_bytes)
+        if size is None:
+            return text
+        message = self._too_large(
+            f"the reply to {request.op!r}",
+            size,
+            "ask for less (a smaller list_runs limit, lookup instead of history)",
+        )
+        return encode(reply_error(request.id, ErrorCode.TOO_LARGE, message))
 
     def _too_large(self, what: str, size: int, advice: str) -> str:
         limit = self._settings.max_reply_bytes
@@ -326,10 +348,10 @@ class Connection:
                 message = self._too_large(
                     f"version {record.version} of run {record.run_id}",
                     size,
-                    "the subscription ended; read the run with lookup if it fits",
+                    "the subscription ended (a gateway with a larger max_reply_bytes can send it)",
                 )
                 raise ProtocolError(ErrorCode.TOO_LARGE, message, subscription)
-            await self._outgoing.send(text)
+            await self._outgoing.send((text, None))
 
     async def _subscribe(
         self,

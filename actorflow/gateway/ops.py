@@ -48,6 +48,9 @@ class Op:
     """Answered at once by the connection's reader; never counts as in flight."""
     steering: bool = False
     """Changes runs; a read-only connection gets ``forbidden`` for it."""
+    large: bool = False
+    """Its reply may be large (many records): a connection makes few such replies at once
+    (``connection.LARGE_REPLIES``), so a client that never reads cannot pile them up."""
 
 
 # -- handlers ----------------------------------------------------------------------------------
@@ -210,7 +213,7 @@ OPS: Final[Mapping[str, Op]] = {
     ),
     "lookup": Op((_WORKFLOW, _RUN_ID), _lookup),
     "latest": Op((_WORKFLOW, _FOREIGN_ID), _latest),
-    "history": Op((_WORKFLOW, _RUN_ID), _history),
+    "history": Op((_WORKFLOW, _RUN_ID), _history, large=True),
     "list_runs": Op(
         (
             *_FILTERS,
@@ -219,6 +222,7 @@ OPS: Final[Mapping[str, Op]] = {
             Arg("descending", ArgKind.BOOL, required=False),
         ),
         _list_runs,
+        large=True,
     ),
     "count_runs": Op(_FILTERS, _count_runs),
     "timers": Op((_WORKFLOW, _RUN_ID), _timers),

@@ -33,7 +33,7 @@ from actorflow._model.errors import (
 )
 from actorflow._model.record import Record
 from actorflow._model.run_state import RunState
-from actorflow._model.statuses import parse_status
+from actorflow._model.statuses import member_of, parse_status
 from actorflow._model.text import INVALID_TEXT, find_unrepresentable, is_valid_text
 
 RequestId = int | str
@@ -450,7 +450,7 @@ def describe_workflow(name: str, status_type: type[enum.IntEnum], start: int) ->
     return {
         "name": name,
         "statuses": {member.name: int(member) for member in status_type},
-        "start": status_type(start).name,
+        "start": getattr(member_of(status_type, start), "name", str(start)),
     }
 
 
@@ -500,10 +500,8 @@ def count_to_json(counts: Mapping[tuple[Any, RunState], int]) -> dict[str, Any]:
 
 def timer_to_json(timer: Any, status_type: type[enum.IntEnum]) -> dict[str, Any]:
     """A pending timer as the ``timers`` op sends it."""
-    try:
-        name = status_type(timer.status).name
-    except ValueError:
-        name = str(timer.status)
+    member = member_of(status_type, timer.status)
+    name = str(timer.status) if member is None else member.name
     return {
         "status": int(timer.status),
         "status_name": name,

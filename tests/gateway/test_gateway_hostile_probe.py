@@ -18,68 +18,53 @@ Defects this probe found (each has a test below that failed before its fix):
   that keeps taking a long reply is alive);
 - every stored change was encoded once per subscription that followed it (a thousand
   browser tabs on one workflow: a thousand encodings of each change); now once for all;
+- a client that sent many ``list_runs`` and never read had each reply made and held:
+  4 such connections of 64 requests for 1,000 records of 1 KB held 771 MB of the
+  gateway's memory; now at most 4 such replies per connection are being made or wait to
+  be written (29 MB);
 - error messages quoted what the caller sent whole: a megabyte of run id, foreign id,
   op or argument name came back in the reply; now at most 2,000 characters.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
-import os
 import socket
+import struct
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 import trio_websocket
 
 import actorflow as af
 import actorflow.gateway.connection
-from tests.gateway.test_gateway import LIMIT, TOKEN, error_of, masked_text_frame, raw_handshake
+from tests.gateway.test_gateway import (
+    LIMIT,
+    TOKEN,
+    error_of,
+    handshake_on,
+    masked_text_frame,
+    raw_handshake,
+)
 from tests.gateway.test_gateway_probe import (
     Stage,
     Ticket,
-    build,
+    bystander_works,
     ping_works,
     reply_to,
     serve,
     server_frames,
     socket_at,
 )
+from tests.gateway.test_gateway_probe import port as port
+from tests.gateway.test_gateway_probe import registry as registry
+from tests.gateway.test_gateway_probe import tickets as tickets
 
 PING_OPCODE = 0x9
 URL = "ws://127.0.0.1:{}/"
-
-
-@pytest.fixture
-async def tickets(nursery: trio.Nursery) -> af.Workflow[Any, Any]:
-    wf = build()
-    await nursery.start(wf.run)
-    return wf
-
-
-@pytest.fixture
-async def port(nursery: trio.Nursery, tickets: af.Workflow[Any, Any]) -> int:
-    return await serve(nursery, tickets)
-
-
-async def handshake(stream: trio.SocketStream) -> trio.SocketStream:
-    """A websocket handshake by hand on ``stream`` (see ``raw_handshake``)."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    await stream.send_all(
-        (
-            f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            f"Authorization: Bearer {TOKEN}\r\n\r\n"
-        ).encode()
-    )
-    response = b""
-    while b"\r\n\r\n" not in response:
-        response += await stream.receive_some(1)
-    assert response.startswith(b"HTTP/1.1 101"), response
-    return stream
 
 
 def first_frame(data: bytearray) -> tuple[int, bytes, int] | None:
@@ -200,7 +185,7 @@ async def test_serve_gateway_refuses_unusable_reply_caps_and_ping_intervals(
 async def test_a_peer_that_answers_no_ping_is_closed_and_a_live_one_stays(
     nursery: trio.Nursery, tickets: af.Workflow[Any, Any]
 ) -> None:
-    port = await serve(nursery, tickets, ping_interval=0.2)
+    port = await serve(nursery, tickets, ping_interval=0.5)
     with trio.fail_after(LIMIT):
         async with af.open_gateway_client(URL.format(port), token=TOKEN) as live:
             silent = await raw_handshake(port)  # a websocket that never answers a ping
@@ -221,7 +206,7 @@ async def test_a_peer_that_answers_no_ping_is_closed_and_a_live_one_stays(
 async def test_a_subscriber_that_stops_reading_is_closed_and_its_slot_freed(
     nursery: trio.Nursery, tickets: af.Workflow[Any, Any]
 ) -> None:
-    port = await serve(nursery, tickets, ping_interval=0.2, max_connections=2)
+    port = await serve(nursery, tickets, ping_interval=0.5, max_connections=2)
     with trio.fail_after(3 * LIMIT):
         stalled = await raw_handshake(port)
         subscribe = {"id": 1, "op": "subscribe", "workflow": "tickets"}
@@ -253,13 +238,47 @@ async def test_a_slow_reader_of_a_long_reply_is_not_taken_for_dead(
     sock = trio.socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16_384)  # no room to hide 7.5 MB
     await sock.connect(("127.0.0.1", port))
-    stream = await handshake(trio.SocketStream(sock))
+    stream = await handshake_on(trio.SocketStream(sock))
     listing = {"id": 1, "op": "list_runs", "workflow": "tickets", "limit": 150}
     await stream.send_all(masked_text_frame(json.dumps(listing)))
     with trio.fail_after(12 * LIMIT):
         text = await slowly_read_reply(stream)
     assert len(json.loads(text)["result"]) == 150
     await stream.aclose()
+
+
+async def test_a_client_that_asks_for_many_pages_and_never_reads_costs_little(
+    nursery: trio.Nursery, tickets: af.Workflow[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = 0
+    real = af.MemoryStore.list_runs
+
+    async def counting(self: af.MemoryStore, *args: Any, **kwargs: Any) -> Any:
+        nonlocal made
+        made += 1
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(af.MemoryStore, "list_runs", counting)
+    port = await serve(nursery, tickets)
+    for n in range(200):
+        await tickets.trigger(f"page-{n}", initial=Ticket(note="p" * 10_000))
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", port))
+    greedy = await handshake_on(trio.SocketStream(sock))
+    with trio.fail_after(LIMIT):
+        for n in range(40):  # 40 pages of 2 MB, none of them read
+            page = {"id": n, "op": "list_runs", "workflow": "tickets", "limit": 200}
+            await greedy.send_all(masked_text_frame(json.dumps(page)))
+        await trio.testing.wait_all_tasks_blocked(0.2)
+        # 4 being made or waiting to be written, and the few the kernel took whole
+        assert made <= 10, f"{made} pages made for a client that reads none"
+        await bystander_works(port)
+        async with socket_at(port) as ws:  # another client's pages are not held up
+            page = await request(ws, id="p", op="list_runs", workflow="tickets", limit=3)
+            assert len(page["result"]) == 3
+    greedy.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await greedy.aclose()
 
 
 # -- one encoding per change ---------------------------------------------------------------------

@@ -271,10 +271,10 @@ def quote_schema(schema: str) -> str:
         # The quoted name is part of queries that also take parameters, where psycopg
         # reads "%" as the start of a placeholder (it failed at first use).
         raise InvalidArgument(f"schema {schema!r}: the character '%' is not allowed")
-    if schema.startswith("pg_"):
+    if schema.startswith("pg_") or schema == "information_schema":
         raise InvalidArgument(
-            f"schema {schema!r}: PostgreSQL reserves names starting with 'pg_' for its own "
-            "schemas; choose another name"
+            f"schema {schema!r}: PostgreSQL reserves names starting with 'pg_', and "
+            "information_schema, for its own schemas; choose another name"
         )
     return '"' + schema.replace('"', '""') + '"'
 

@@ -30,16 +30,21 @@ UPDATE_RUN: Final = (
 INSERT_TIMER: Final = (
     "INSERT INTO timers (workflow_name, run_id, status, kind, fire_at) VALUES (?, ?, ?, ?, ?)"
 )
-ROWS_PER_INSERT: Final = 100
-"""Rows of one multi-row INSERT of create_runs (1,000 parameters: far below SQLite's
-limit of 32,766)."""
-INSERT_RUNS: Final = f"INSERT INTO runs ({RECORD_COLUMNS}) VALUES " + ", ".join(
-    ["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * ROWS_PER_INSERT
-)
-INSERT_TIMERS: Final = (
-    "INSERT INTO timers (workflow_name, run_id, status, kind, fire_at) VALUES "
-    + (", ".join(["(?, ?, ?, ?, ?)"] * ROWS_PER_INSERT))
-)
+ROWS_PER_INSERT: Final = 500
+"""Rows of one multi-row INSERT of create_runs at most (5,000 parameters: far below
+SQLite's limit of 32,766). Few large statements: the writer thread takes the GIL back
+after each one (see ``connection.quick_gil_handoff``)."""
+RUNS_TABLE: Final = f"runs ({RECORD_COLUMNS})"
+TIMERS_TABLE: Final = "timers (workflow_name, run_id, status, kind, fire_at)"
+
+
+@functools.lru_cache(maxsize=32)
+def insert_rows_sql(table: str, width: int, rows: int) -> str:
+    """``INSERT INTO <table> VALUES`` with ``rows`` rows of ``width`` parameters each."""
+    row = "(" + ", ".join("?" * width) + ")"
+    return f"INSERT INTO {table} VALUES " + ", ".join([row] * rows)
+
+
 COPY_HISTORY: Final = (
     f"INSERT INTO history ({RECORD_COLUMNS}) SELECT {RECORD_COLUMNS} FROM runs "
     "WHERE seq > ? ORDER BY seq"

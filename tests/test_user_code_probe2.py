@@ -1,0 +1,454 @@
+"""Hostile or careless user code, round 2 (round 1: test_user_code_probe.py): what runs
+around the steps. The object type's own code (default factories, validators) raising any
+exception, the test helpers of ``actorflow.testing`` used wrongly, and a step that holds
+the trio thread (``time.sleep``). Each test states what a demanding user expects: a clear
+error naming the function, no hang, nothing lost, nothing done twice.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+import warnings
+from datetime import timedelta
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from trio.testing import MockClock
+
+import actorflow as af
+from actorflow.testing import await_timeout_insert, trio_clock, wait_for
+from tests.conftest import START
+
+
+class St(enum.IntEnum):
+    NEW = 1
+    WAITING = 2
+    DONE = 3
+
+
+@attrs.define
+class Doc:
+    text: str = ""
+    n: int = 0
+
+
+def simple(store: af.Store, name: str = "p2", **build: Any) -> af.Workflow[Doc, St]:
+    """NEW -step-> WAITING -callback-> DONE."""
+    b = af.Builder(name, Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        run.object.n += 1
+        return St.WAITING
+
+    async def answer(run: af.Run[Doc, St], payload: bytes) -> St:
+        return St.DONE
+
+    b.add_callback(St.WAITING, answer, to=[St.DONE])
+    build.setdefault("resume_paused_after", None)
+    return b.build(store, clock=trio_clock(START), **build)
+
+
+# --- the test helpers used wrongly -------------------------------------------------------
+
+
+async def _is_done(record: af.Record[Doc, St]) -> bool:
+    return record.status is St.DONE
+
+
+@pytest.mark.parametrize("kind", ["async-def", "lambda-calling-async"])
+async def test_wait_for_refuses_a_predicate_that_answers_with_an_awaitable(
+    kind: str, autojump_clock: MockClock
+) -> None:
+    """An async predicate's coroutine is always true: wait_for returned the first version
+    at once (status NEW while the test waited for DONE), with only a 'never awaited'
+    warning. It is refused, naming the predicate."""
+    wf = simple(af.MemoryStore())
+    predicate: Any = _is_done if kind == "async-def" else (lambda r: _is_done(r))
+    async with af.open_workflow(wf):
+        await wf.trigger("f")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no 'coroutine ... was never awaited' either
+            with pytest.raises(af.ActorflowError, match=r"predicate .*awaitable") as info:
+                with trio.fail_after(60):
+                    await wait_for(wf, "f", predicate)
+    assert ("_is_done" if kind == "async-def" else "lambda") in str(info.value)
+
+
+async def test_await_timeout_insert_for_a_run_without_a_timeout_says_so(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A timer function returning None (no timeout for this run): await_timeout_insert
+    waited for ever (30 virtual days here) for a timeout that is never stored. It says so
+    at once; a run whose timer is stored still gets it, and its timeout fires."""
+    b = af.Builder("ati", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    async def late(run: af.Run[Doc, St], now: Any) -> St:
+        return St.DONE
+
+    b.add_timeout(
+        St.WAITING,
+        lambda run, now: None if run.foreign_id == "none" else now + timedelta(hours=1),
+        late,
+        to=[St.DONE],
+    )
+    wf = b.build(make_store(), clock=trio_clock(START))
+    async with af.open_workflow(wf):
+        without = await wf.trigger("none")
+        with pytest.raises(af.ActorflowError, match="timer function returned None"):
+            with trio.fail_after(30 * 24 * 3600):
+                await await_timeout_insert(wf, "none", without, St.WAITING)
+        timed = await wf.trigger("timed")
+        with trio.fail_after(60):
+            await await_timeout_insert(wf, "timed", timed, St.WAITING)
+        autojump_clock.jump(3600)
+        with trio.fail_after(60):
+            await wf.await_status("timed", timed, St.DONE)
+    assert (await wf.lookup(without)).status is St.WAITING
+
+
+# --- the object type's own code raising ------------------------------------------------------
+
+
+class _Refusal(BaseException):
+    """Not an Exception: what a careless library might raise."""
+
+
+_DEFAULT_RAISES: list[BaseException] = []
+
+
+def _default_n() -> int:
+    if _DEFAULT_RAISES:
+        raise _DEFAULT_RAISES[0]
+    return 0
+
+
+@attrs.define
+class Defaulted:
+    n: int = attrs.field(factory=_default_n)
+
+
+@pytest.mark.parametrize("raised", [ZeroDivisionError("no default"), GeneratorExit(), _Refusal()])
+async def test_an_object_type_whose_defaults_raise_is_named(
+    make_store: Any, raised: BaseException, autojump_clock: MockClock
+) -> None:
+    """trigger without initial= and delete_data without scrub= build an object from the
+    type's defaults: a default factory that raises was passed on raw (a ZeroDivisionError
+    from trigger; a GeneratorExit out of delete_data). Each is an af.ActorflowError naming
+    the type and what to do; nothing is stored, other runs go on."""
+    b = af.Builder("defaults", Defaulted, St)
+
+    @b.step(St.NEW, to=St.DONE)
+    async def go(run: af.Run[Defaulted, St]) -> St:
+        return St.DONE
+
+    wf = b.build(make_store(), clock=trio_clock(START))
+    done: list[str] = []
+    try:
+        async with af.open_workflow(wf):
+            for fid in ("a", "b"):
+                run_id = await wf.trigger(fid, initial=Defaulted(n=2))
+                with trio.fail_after(60):
+                    await wf.await_status(fid, run_id, St.DONE)
+                done.append(run_id)
+            _DEFAULT_RAISES.append(raised)
+            with pytest.raises(af.ActorflowError, match=r"Defaulted\(\).*initial=") as info:
+                await wf.trigger("c")
+            assert type(raised).__name__ in str(info.value)
+            with pytest.raises(af.ActorflowError, match=r"Defaulted\(\)"):
+                await wf.delete_data(done[0], "gdpr")  # through the run's actor
+            assert await wf.list_runs(foreign_id="c") == []
+        with pytest.raises(af.ActorflowError, match=r"Defaulted\(\)"):
+            await wf.delete_data(done[1], "gdpr")  # on the store: no worker running
+    finally:
+        _DEFAULT_RAISES.clear()
+    for run_id in done:
+        rec = await wf.lookup(run_id)
+        assert rec.run_state is af.RunState.COMPLETED and rec.object == Defaulted(n=2)
+
+
+_VALIDATOR_RAISES: list[BaseException] = []
+
+
+def _check_n(instance: object, attribute: object, value: int) -> None:
+    if value == 13 and _VALIDATOR_RAISES:
+        raise _VALIDATOR_RAISES[0]
+
+
+@attrs.define
+class Checked:
+    n: int = attrs.field(default=0, validator=_check_n)
+
+
+async def test_a_validator_raising_a_base_exception_on_read_is_not_passed_on(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """A validator that raises a BaseException (not an Exception) when the stored object is
+    read: lookup, history and list_runs raised it raw (a GeneratorExit). Such an object is
+    read as every object that no longer structures: its stored JSON data."""
+    b = af.Builder("checked", Checked, St)
+
+    @b.step(St.NEW, to=St.DONE)
+    async def go(run: af.Run[Checked, St]) -> St:
+        run.object.n = 13
+        return St.DONE
+
+    wf = b.build(make_store(), clock=trio_clock(START))
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        with trio.fail_after(60):
+            await wf.await_status("f", run_id, St.DONE)
+    _VALIDATOR_RAISES.append(GeneratorExit())
+    try:
+        records = [
+            await wf.lookup(run_id),
+            (await wf.history(run_id))[-1],
+            (await wf.list_runs(foreign_id="f"))[0],
+        ]
+    finally:
+        _VALIDATOR_RAISES.clear()
+    for record in records:  # what every unreadable stored object reads as: its JSON data
+        assert record.object == {"n": 13}
+    assert (await wf.lookup(run_id)).object == Checked(n=13)
+
+
+# --- user code holding the trio thread ---------------------------------------------------
+
+
+async def test_user_functions_holding_the_trio_thread_are_named(
+    make_store: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: MockClock,
+) -> None:
+    """A step, callback, timeout, hook or connector calling time.sleep (or any blocking
+    call) stalls every run of the process, silently until now: each is named in a warning
+    with its run. Awaiting (a long virtual sleep here) is not holding: no warning for it.
+    Everything still goes through once."""
+    from actorflow._runtime import user_code
+
+    monkeypatch.setattr(user_code, "HELD_WARNING_SECONDS", 0.05)
+
+    def hold() -> None:
+        time.sleep(0.08)
+
+    events = [
+        af.ConnectorEvent(
+            id="e1", foreign_id="from-connector", type="x", headers={}, created_at=START
+        )
+    ]
+    b = af.Builder("holding", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def blocking_step(run: af.Run[Doc, St]) -> St:
+        await trio.sleep(3600)  # virtual: not held
+        if run.foreign_id == "held":
+            hold()
+        run.object.n += 1
+        return St.WAITING
+
+    async def blocking_callback(run: af.Run[Doc, St], payload: bytes) -> St:
+        hold()
+        return St.DONE
+
+    async def blocking_timeout(run: af.Run[Doc, St], now: Any) -> St:
+        hold()
+        return St.DONE
+
+    b.add_callback(St.WAITING, blocking_callback, to=[St.DONE])
+    b.add_timeout(
+        St.WAITING,
+        lambda run, now: now + timedelta(hours=1) if run.foreign_id == "late" else None,
+        blocking_timeout,
+        to=[St.DONE],
+    )
+    completed: list[str] = []
+    both_completed = trio.Event()
+
+    async def blocking_hook(record: af.Record[Doc, St]) -> None:
+        hold()
+        completed.append(record.foreign_id)
+        if sorted(completed) == ["held", "late"]:
+            both_completed.set()
+
+    b.on_complete(blocking_hook)
+
+    async def blocking_connector(workflow: Any, event: af.ConnectorEvent) -> None:
+        hold()
+
+    b.add_connector("feed", af.MemorySource(events), blocking_connector)
+    wf = b.build(make_store(), clock=trio_clock(START), resume_paused_after=None)
+    with caplog.at_level(logging.WARNING, logger="actorflow"):
+        async with af.open_workflow(wf):
+            quiet = await wf.trigger("quiet")
+            with trio.fail_after(24 * 3600):
+                await wf.await_status("quiet", quiet, St.WAITING)
+            held = await wf.trigger("held")
+            late = await wf.trigger("late")
+            with trio.fail_after(24 * 3600):
+                await wf.await_status("held", held, St.WAITING)
+                assert await wf.callback("held", St.WAITING, b"x") is not None
+                await wf.await_status("late", late, St.DONE)
+                await both_completed.wait()
+    held_lines = [
+        r.getMessage() for r in caplog.records if "held the trio thread" in r.getMessage()
+    ]
+
+    def named(where: str, kind: str, fn: str) -> bool:
+        return any(
+            f"{where}: {kind} " in line and f"{fn} held the trio thread for 0." in line
+            for line in held_lines
+        )
+
+    assert named(f"run {held}", "step", "blocking_step"), held_lines
+    assert named(f"run {held}", "callback", "blocking_callback"), held_lines
+    assert named(f"run {late}", "timeout", "blocking_timeout"), held_lines
+    assert named(f"run {held}", "on_complete hook", "blocking_hook"), held_lines
+    assert named("'holding'", "connector 'feed' (event e1) function", "blocking_connector")
+    assert not any(quiet in line for line in held_lines), held_lines
+    assert [r.version for r in await wf.history(held)] == [1, 2, 3]
+
+
+# --- status enums with code of their own ------------------------------------------------------
+
+
+class Picky(enum.IntEnum):
+    """A status enum with a ``_missing_`` of its own: 55 is its catch-all UNKNOWN, any
+    other unknown value raises RuntimeError (not the ValueError of a plain enum)."""
+
+    NEW = 1
+    WAITING = 2
+    DONE = 3
+    UNKNOWN = 9
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        if value == 55:
+            return cls.UNKNOWN
+        raise RuntimeError(f"Picky has no status {value!r}")
+
+
+async def test_a_status_enum_with_its_own_missing_is_not_asked(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """Statuses given by value were looked up with the enum's constructor, so its
+    ``_missing_`` ran: a RuntimeError came out of callback and list_runs (instead of
+    af.InvalidArgument), and 55 was taken for UNKNOWN (a callback or a wait for a status
+    nobody asked for). Values are matched to members only; count_runs of a stored status
+    the enum no longer has counts it under its value."""
+    b = af.Builder("picky", Doc, Picky)
+
+    @b.step(Picky.NEW, to=Picky.WAITING)
+    async def go(run: af.Run[Doc, Picky]) -> Picky:
+        return Picky.WAITING
+
+    async def answer(run: af.Run[Doc, Picky], payload: bytes) -> Picky:
+        return Picky.DONE
+
+    async def unknown(run: af.Run[Doc, Picky], payload: bytes) -> Picky:
+        raise AssertionError("called for a status nobody asked for")
+
+    b.add_callback(Picky.WAITING, answer, to=[Picky.DONE])
+    b.add_callback(Picky.UNKNOWN, unknown, to=[Picky.DONE])
+    wf = b.build(make_store(), clock=trio_clock(START))
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        with trio.fail_after(60):
+            await wf.await_status("f", run_id, Picky.WAITING)
+        for value in (77, 55):
+            with pytest.raises(af.ActorflowError, match=f"{value} is not a member of Picky"):
+                await wf.callback("f", value, b"x")  # type: ignore[arg-type]
+            with pytest.raises(af.ActorflowError, match=f"{value} is not a member of Picky"):
+                await wf.list_runs(status=value)  # type: ignore[arg-type]
+            with pytest.raises(af.ActorflowError, match=f"{value} is not a member of Picky"):
+                await wf.await_status("f", run_id, value)  # type: ignore[arg-type]
+        assert await wf.callback("f", 2, b"x") is not None  # type: ignore[arg-type]
+        held = await wf.trigger("h")
+        with trio.fail_after(60):
+            await wf.await_status("h", held, Picky.WAITING)
+
+    class Fewer(enum.IntEnum):  # the same workflow, WAITING retired from the enum
+        NEW = 1
+        DONE = 3
+
+        @classmethod
+        def _missing_(cls, value: object) -> Any:
+            raise RuntimeError(f"Fewer has no status {value!r}")
+
+    b2 = af.Builder("picky", Doc, Fewer)
+
+    @b2.step(Fewer.NEW, to=Fewer.DONE)
+    async def go2(run: af.Run[Doc, Fewer]) -> Fewer:
+        return Fewer.DONE
+
+    wf2 = b2.build(make_store(), clock=trio_clock(START))
+    counts: dict[Any, int] = await wf2.count_runs()
+    assert counts == {(Fewer.DONE, af.RunState.COMPLETED): 1, (2, af.RunState.RUNNING): 1}
+
+
+# --- event sources of the user's own ---------------------------------------------------------
+
+
+class _AsyncOpenSource:
+    """The usual slip: ``async def open`` (its call gives a coroutine, not a context
+    manager)."""
+
+    async def open(self, consumer: str, after: str | None) -> Any:
+        raise AssertionError("never awaited")
+
+
+class _HiddenAsyncOpenSource:
+    """The same slip behind a plain function, which no build check can see."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def open(self, consumer: str, after: str | None) -> Any:
+        self.calls += 1
+        return _AsyncOpenSource().open(consumer, after)
+
+
+def _connected(source: Any) -> af.Builder[Doc, St]:
+    b = af.Builder("sourced", Doc, St)
+
+    @b.step(St.NEW, to=St.DONE)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.DONE
+
+    async def on_event(workflow: Any, event: af.ConnectorEvent) -> None:
+        await workflow.trigger(event.foreign_id)
+
+    b.add_connector("mine", source, on_event)
+    return b
+
+
+def test_a_source_with_an_async_def_open_is_a_build_error() -> None:
+    """An EventSource whose open is ``async def`` was built, then failed at every reopen
+    with "'coroutine' object does not support the asynchronous context manager protocol"
+    and a 'never awaited' warning each time. build says what to do instead."""
+    with pytest.raises(af.BuildError, match=r"open\(\) is an async def.*asynccontextmanager"):
+        _connected(_AsyncOpenSource()).build(af.MemoryStore())
+
+
+async def test_a_source_whose_open_returns_a_coroutine_is_named(
+    caplog: pytest.LogCaptureFixture, autojump_clock: MockClock
+) -> None:
+    """Hidden behind a plain function, the slip is a clear error of the source at each
+    (backed-off) reopen, the coroutine closed (no 'never awaited' warning); stop returns."""
+    source = _HiddenAsyncOpenSource()
+    wf = _connected(source).build(af.MemoryStore(), clock=trio_clock(START))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        async with af.open_workflow(wf):
+            await trio.sleep(60)
+    assert 2 <= source.calls <= 8, source.calls  # backed off: 1 s, 2 s, 4 s, ...
+    assert "open() returned a coroutine, not an async context manager" in caplog.text
+    assert "asynchronous context manager protocol" not in caplog.text
