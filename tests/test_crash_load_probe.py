@@ -144,14 +144,16 @@ class Three(enum.IntEnum):
     B = 2
 
 
-def one_step(store: af.Store) -> af.Workflow[Box, Three]:
+def one_step(
+    store: af.Store, clock: af.Clock | None = None, **build: Any
+) -> af.Workflow[Box, Three]:
     b = af.Builder("sched", Box, Three)
 
     @b.step(Three.A, to=Three.B)
     async def go(run: af.Run[Box, Three]) -> Three:
         return Three.B
 
-    return b.build(store, clock=trio_clock(START))
+    return b.build(store, clock=clock or trio_clock(START), **build)
 
 
 @pytest.mark.parametrize("where", ["after the claim", "in the trigger"])
@@ -277,6 +279,9 @@ async def test_a_call_cut_short_reports_what_it_did(
                 assert [r.run_id for r in runs] == [value], (k, runs)
             else:
                 assert len(runs) <= 1, (k, runs)
+        for r in await wf.list_runs(limit=100):  # every stored run is worked, now
+            with trio.fail_after(120):
+                await wf.await_status(r.foreign_id, r.run_id, C.WAITING)
     assert set(applied.values()) <= {1}
 
 
@@ -581,3 +586,150 @@ async def test_a_deletion_cut_short_leaves_no_copy_of_the_object_in_the_files(
             data = path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
             assert f"secret-{k:03}-x".encode() not in data, k
     assert cut, "no deletion got as far as its scrub"
+
+
+# --- a migration cut short ----------------------------------------------------------------------
+
+
+async def test_migrations_cut_short_at_every_checkpoint_migrate_each_run_once(
+    probe_stores: Stores, autojump_clock: MockClock
+) -> None:
+    """workflow.migrate() (``actorflow runs migrate``) cancelled after k checkpoints, again
+    and again, then callbacks racing with a last migrate while the new worker runs: each
+    run is migrated once (one version with the reason, its timer moved once), none is
+    lost, and each callback applies once."""
+    from tests.test_evolution import S1, S2, Order1, build_renamed, build_v1
+
+    n = 12
+    old = build_v1(probe_stores.open())
+    async with af.open_workflow(old):
+        ids = [await old.trigger(f"order-{i}", initial=Order1("apple", 1)) for i in range(n)]
+        for i, run_id in enumerate(ids):
+            await old.await_status(f"order-{i}", run_id, S1.WAITING)
+    new = build_renamed(probe_stores.open())
+    for k in range(0, 60, 3):
+        await _cut_after(k, new.migrate)
+    async with af.open_workflow(new), trio.open_nursery() as nursery:
+        nursery.start_soon(new.migrate)
+        results = {}
+        for i in range(0, n, 2):
+            with trio.fail_after(60):
+                results[i] = await new.callback(f"order-{i}", S2.AWAITING_PAYMENT, b"pear")
+        for i, run_id in enumerate(ids):
+            with trio.fail_after(60):
+                await new.await_status(f"order-{i}", run_id, S2.AWAITING_PAYMENT)
+    for i, run_id in enumerate(ids):
+        history = await new.history(run_id)
+        where = (i, [(int(r.status), r.meta.run_state_reason) for r in history])
+        statuses = [int(r.status) for r in history]
+        assert statuses[:3] == [1, 2, int(S2.AWAITING_PAYMENT)], where
+        assert [r.version for r in history] == list(range(1, len(history) + 1)), where
+        if i % 2 == 0:
+            assert results[i] is not None and results[i].status is S2.DONE, where
+            assert statuses == [1, 2, int(S2.AWAITING_PAYMENT), int(S2.DONE)], where
+        else:
+            assert statuses == [1, 2, int(S2.AWAITING_PAYMENT)], where
+            timers = await new.store.list_timers("orders", run_id)
+            assert len(timers) == 1 and timers[0].status == int(S2.AWAITING_PAYMENT), timers
+
+
+SCHEDULE_CHILD = """
+import sys
+from datetime import UTC, datetime, timedelta
+
+import trio
+
+import actorflow as af
+from actorflow.testing import trio_clock
+from tests.test_crash_load_probe import one_step
+
+
+async def main(kind, where, schema, claim_at):
+    if kind == "sqlite":
+        store = af.SQLiteStore(where)
+    else:
+        store = af.PostgresStore(where, schema=schema, pool_size=2)
+    claim = store.claim_schedule
+
+    async def claim_and_say(key, fire_at):
+        claimed = await claim(key, fire_at)
+        if key.startswith("schedule:"):
+            print(f"claimed {fire_at.isoformat()}", flush=True)
+            if claim_at == "after":
+                await trio.sleep_forever()  # killed here, between the claim and the trigger
+        return claimed
+
+    store.claim_schedule = claim_and_say
+    async with store:
+        # a wall clock that reads half a second before 10:00 now
+        base = datetime(2026, 1, 1, 9, 59, 59, 500_000, UTC)
+        clock = trio_clock(base - timedelta(seconds=trio.current_time()))
+        wf = one_step(store, clock, lease=timedelta(seconds=1))
+        async with af.open_workflow(wf):
+            await wf.schedule_trigger("report", "@hourly")
+
+trio.run(main, *sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_kill_9_between_a_schedules_claim_and_its_trigger(
+    kind: str, tmp_path: Path, autojump_clock: MockClock
+) -> None:
+    """A real worker process killed with SIGKILL right after it claimed a cron time and
+    before it stored the run: the next start triggers that time, once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from tests.fresh_python import ROOT
+
+    if kind == "postgres" and not PG_DSN:
+        pytest.skip("ACTORFLOW_PG_DSN not set")
+    stores = Stores(kind, tmp_path)
+    where = str(stores.path) if kind == "sqlite" else str(PG_DSN)
+    script = tmp_path / "child.py"
+    script.write_text(SCHEDULE_CHILD)
+
+    def run_child() -> str:
+        child = subprocess.Popen(
+            [sys.executable, str(script), kind, where, stores.schema, "after"],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None
+        bound = threading.Timer(60, child.kill)  # a child that never claims fails the test
+        bound.start()
+        try:
+            line = child.stdout.readline()  # blocks until the claim: no guessing
+            os.kill(child.pid, signal.SIGKILL)
+        finally:
+            bound.cancel()
+            child.kill()
+            _, err = child.communicate(timeout=30)
+        assert line.startswith("claimed "), (line, err)
+        return line.split()[1]
+
+    claimed = await trio.to_thread.run_sync(run_child)
+    first = START + timedelta(hours=1)
+    assert claimed == first.isoformat()
+    try:
+        clock = trio_clock(first + timedelta(minutes=1))
+        wf = one_step(stores.open(), clock, lease=timedelta(seconds=1))
+        assert await wf.list_runs() == []  # claimed, never triggered
+        async with af.open_workflow(wf), trio.open_nursery() as nursery:
+            nursery.start_soon(wf.schedule_trigger, "report", "@hourly")
+            with trio.fail_after(600):
+                rec = await wait_for(wf, "report", lambda r: r.status is Three.B)
+            await trio.sleep(3600)  # 11:00 fires as usual, 10:00 not again
+            nursery.cancel_scope.cancel()
+        runs = await wf.list_runs()
+    finally:
+        await stores.close_all()
+    assert first <= rec.created_at < first + timedelta(minutes=10)
+    assert [(r.created_at - first) // timedelta(hours=1) for r in runs] == [0, 1]

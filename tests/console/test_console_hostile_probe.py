@@ -11,10 +11,8 @@ data in flight too.
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
-import os
 import socket
 import struct
 import sys
@@ -26,6 +24,7 @@ import trio
 import actorflow as af
 import actorflow.console._server
 from actorflow._observe import live_gateways
+from tests.gateway.test_gateway import handshake_on
 from tests.gateway.test_gateway_probe import Ticket, build, until
 
 LIMIT = 20.0
@@ -41,18 +40,9 @@ async def stalled_websocket(port: int) -> trio.SocketStream:
     sock = trio.socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     await sock.connect(("127.0.0.1", port))
-    stream = trio.SocketStream(sock)
-    key = base64.b64encode(os.urandom(16)).decode()
-    await stream.send_all(
-        (
-            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
+    stream = await handshake_on(
+        trio.SocketStream(sock), "/ws", host=f"127.0.0.1:{port}", token=None
     )
-    response = b""
-    while b"\r\n\r\n" not in response:
-        response += await stream.receive_some(1)
-    assert response.startswith(b"HTTP/1.1 101"), response
     payload = json.dumps({"id": 1, "op": "subscribe", "workflow": "tickets"}).encode()
     await stream.send_all(bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
     return stream

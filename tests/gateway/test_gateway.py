@@ -654,13 +654,20 @@ async def test_an_internal_error_of_actorflow_keeps_its_message(nursery: trio.Nu
 
 async def raw_handshake(port: int) -> trio.SocketStream:
     """A websocket handshake by hand, so the test can reset the TCP connection."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    return await handshake_on(await trio.open_tcp_stream("127.0.0.1", port))
+
+
+async def handshake_on(
+    stream: trio.SocketStream, path: str = "/", host: str = "127.0.0.1", token: str | None = TOKEN
+) -> trio.SocketStream:
+    """A websocket handshake by hand on ``stream`` (a socket set up by the test)."""
     key = base64.b64encode(os.urandom(16)).decode()
+    credential = "" if token is None else f"Authorization: Bearer {token}\r\n"
     await stream.send_all(
         (
-            f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            f"Authorization: Bearer {TOKEN}\r\n\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"{credential}\r\n"
         ).encode()
     )
     response = b""

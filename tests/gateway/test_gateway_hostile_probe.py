@@ -28,10 +28,8 @@ Defects this probe found (each has a test below that failed before its fix):
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
-import os
 import socket
 import struct
 from typing import Any
@@ -43,11 +41,17 @@ import trio_websocket
 
 import actorflow as af
 import actorflow.gateway.connection
-from tests.gateway.test_gateway import LIMIT, TOKEN, error_of, masked_text_frame, raw_handshake
+from tests.gateway.test_gateway import (
+    LIMIT,
+    TOKEN,
+    error_of,
+    handshake_on,
+    masked_text_frame,
+    raw_handshake,
+)
 from tests.gateway.test_gateway_probe import (
     Stage,
     Ticket,
-    build,
     bystander_works,
     ping_works,
     reply_to,
@@ -55,38 +59,12 @@ from tests.gateway.test_gateway_probe import (
     server_frames,
     socket_at,
 )
+from tests.gateway.test_gateway_probe import port as port
+from tests.gateway.test_gateway_probe import registry as registry
+from tests.gateway.test_gateway_probe import tickets as tickets
 
 PING_OPCODE = 0x9
 URL = "ws://127.0.0.1:{}/"
-
-
-@pytest.fixture
-async def tickets(nursery: trio.Nursery) -> af.Workflow[Any, Any]:
-    wf = build()
-    await nursery.start(wf.run)
-    return wf
-
-
-@pytest.fixture
-async def port(nursery: trio.Nursery, tickets: af.Workflow[Any, Any]) -> int:
-    return await serve(nursery, tickets)
-
-
-async def handshake(stream: trio.SocketStream) -> trio.SocketStream:
-    """A websocket handshake by hand on ``stream`` (see ``raw_handshake``)."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    await stream.send_all(
-        (
-            f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            f"Authorization: Bearer {TOKEN}\r\n\r\n"
-        ).encode()
-    )
-    response = b""
-    while b"\r\n\r\n" not in response:
-        response += await stream.receive_some(1)
-    assert response.startswith(b"HTTP/1.1 101"), response
-    return stream
 
 
 def first_frame(data: bytearray) -> tuple[int, bytes, int] | None:
@@ -260,7 +238,7 @@ async def test_a_slow_reader_of_a_long_reply_is_not_taken_for_dead(
     sock = trio.socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16_384)  # no room to hide 7.5 MB
     await sock.connect(("127.0.0.1", port))
-    stream = await handshake(trio.SocketStream(sock))
+    stream = await handshake_on(trio.SocketStream(sock))
     listing = {"id": 1, "op": "list_runs", "workflow": "tickets", "limit": 150}
     await stream.send_all(masked_text_frame(json.dumps(listing)))
     with trio.fail_after(12 * LIMIT):
@@ -287,7 +265,7 @@ async def test_a_client_that_asks_for_many_pages_and_never_reads_costs_little(
     sock = trio.socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     await sock.connect(("127.0.0.1", port))
-    greedy = await handshake(trio.SocketStream(sock))
+    greedy = await handshake_on(trio.SocketStream(sock))
     with trio.fail_after(LIMIT):
         for n in range(40):  # 40 pages of 2 MB, none of them read
             page = {"id": n, "op": "list_runs", "workflow": "tickets", "limit": 200}
