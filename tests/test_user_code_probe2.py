@@ -538,3 +538,40 @@ async def test_plain_functions_returning_coroutines_or_broken_datetimes_are_name
         gc.collect()
     assert not [w for w in caught if "never awaited" in str(w.message)], caught
     assert (await wf.lookup(run_id)).run_state is not af.RunState.DATA_DELETED
+
+
+class _DownSource:
+    """A source of the user's own that cannot open (its repr: the default one, holding a
+    memory address)."""
+
+    def __init__(self) -> None:
+        self.opened = 0
+
+    def open(self, consumer: str, after: str | None) -> Any:
+        self.opened += 1
+        raise ConnectionError("broker down")
+
+
+class _UnprintableDownSource(_DownSource):
+    def __repr__(self) -> str:
+        raise RuntimeError("repr of a half-made client")
+
+
+@pytest.mark.parametrize("repr_raises", [True, False])
+async def test_a_failing_source_whose_repr_raises_does_not_end_the_workflow(
+    repr_raises: bool, caplog: pytest.LogCaptureFixture, autojump_clock: MockClock
+) -> None:
+    """The source's failure was reported with ``repr(source)``: a repr that raises ended
+    the connector's service and the whole workflow (open_workflow raised RuntimeError at
+    the first failure to open). The source is named by its class; the connector backs off
+    and the runs go on."""
+    source = _UnprintableDownSource() if repr_raises else _DownSource()
+    wf = _connected(source).build(af.MemoryStore(), clock=trio_clock(START))
+    async with af.open_workflow(wf):
+        await trio.sleep(30)
+        run_id = await wf.trigger("other")
+        with trio.fail_after(60):
+            await wf.await_status("other", run_id, St.DONE)
+    assert source.opened >= 3
+    warned = [r.getMessage() for r in caplog.records if "broker down" in r.getMessage()]
+    assert warned and all("DownSource" in m and "0x" not in m for m in warned), warned
