@@ -620,3 +620,31 @@ async def test_a_clock_whose_repr_raises_works_and_a_failing_clock_is_named(
     with pytest.raises(af.ActorflowError, match=r"workflow clock GlitchyClock: now\(\) raised Run"):
         await wf2.trigger("g")
     assert await wf2.trigger("g")  # the next call works
+
+
+class WithUnknown(enum.IntEnum):
+    """As enums translated from protobuf often are: a zero member nobody uses."""
+
+    UNKNOWN = 0
+    NEW = 1
+    DONE = 2
+
+
+async def test_await_status_of_a_reserved_status_is_refused(autojump_clock: MockClock) -> None:
+    """await_status(..., UNKNOWN) with UNKNOWN = 0 waited for ever (no graph may use a
+    status <= 0, so no run is ever there). It is refused at once."""
+    b = af.Builder("unknown", Doc, WithUnknown)
+
+    @b.step(WithUnknown.NEW, to=WithUnknown.DONE)
+    async def go(run: af.Run[Doc, WithUnknown]) -> WithUnknown:
+        await trio.sleep(3600)
+        return WithUnknown.DONE
+
+    wf = b.build(af.MemoryStore(), clock=trio_clock(START))
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        with pytest.raises(af.ActorflowError, match="reserved status"):
+            with trio.fail_after(60):
+                await wf.await_status("f", run_id, WithUnknown.UNKNOWN)
+        with trio.fail_after(7200):
+            await wf.await_status("f", run_id, WithUnknown.DONE)
