@@ -21,7 +21,7 @@ import trio
 from trio.testing import MockClock
 
 import actorflow as af
-from actorflow.testing import await_timeout_insert, trio_clock, wait_for
+from actorflow.testing import await_timeout_insert, require, trio_clock, wait_for
 from tests.conftest import START
 
 
@@ -632,7 +632,8 @@ class WithUnknown(enum.IntEnum):
 
 async def test_await_status_of_a_reserved_status_is_refused(autojump_clock: MockClock) -> None:
     """await_status(..., UNKNOWN) with UNKNOWN = 0 waited for ever (no graph may use a
-    status <= 0, so no run is ever there). It is refused at once."""
+    status <= 0, so no run is ever there), and so did actorflow.testing.require. Both
+    refuse it at once."""
     b = af.Builder("unknown", Doc, WithUnknown)
 
     @b.step(WithUnknown.NEW, to=WithUnknown.DONE)
@@ -646,5 +647,8 @@ async def test_await_status_of_a_reserved_status_is_refused(autojump_clock: Mock
         with pytest.raises(af.ActorflowError, match="reserved status"):
             with trio.fail_after(60):
                 await wf.await_status("f", run_id, WithUnknown.UNKNOWN)
+        with pytest.raises(af.ActorflowError, match="reserved status"):
+            with trio.fail_after(60):
+                await require(wf, "f", WithUnknown.UNKNOWN, Doc())
         with trio.fail_after(7200):
             await wf.await_status("f", run_id, WithUnknown.DONE)
