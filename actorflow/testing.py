@@ -156,7 +156,14 @@ async def trigger_callback_on(
     elif isinstance(payload, str):
         data = payload.encode()
     else:
-        data = json.dumps(converter.unstructure(payload)).encode()
+        try:
+            data = json.dumps(converter.unstructure(payload)).encode()
+        except Exception as exc:  # (a set, an object cattrs cannot unstructure, NaN ...)
+            raise InvalidArgument(
+                f"trigger_callback_on({workflow.name!r}): payload must be bytes, str, or an "
+                f"attrs object / dataclass / JSON value; {type(payload).__name__} cannot be "
+                f"serialised to JSON: {exc}"
+            ) from exc
     return await workflow.callback(foreign_id, status, data)
 
 

@@ -21,7 +21,13 @@ import trio
 from trio.testing import MockClock
 
 import actorflow as af
-from actorflow.testing import await_timeout_insert, require, trio_clock, wait_for
+from actorflow.testing import (
+    await_timeout_insert,
+    require,
+    trigger_callback_on,
+    trio_clock,
+    wait_for,
+)
 from tests.conftest import START
 
 
@@ -115,6 +121,20 @@ async def test_await_timeout_insert_for_a_run_without_a_timeout_says_so(
         with trio.fail_after(60):
             await wf.await_status("timed", timed, St.DONE)
     assert (await wf.lookup(without)).status is St.WAITING
+
+
+async def test_trigger_callback_on_with_a_payload_json_cannot_take(
+    autojump_clock: MockClock,
+) -> None:
+    """A payload json cannot take (an object of a plain class) raised json's TypeError;
+    it is an af.InvalidArgument naming the helper, and nothing is called back."""
+    wf = simple(af.MemoryStore())
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        with pytest.raises(af.ActorflowError, match=r"trigger_callback_on.*payload"):
+            with trio.fail_after(60):
+                await trigger_callback_on(wf, "f", run_id, St.WAITING, object())
+        assert (await wf.lookup(run_id)).status is St.WAITING
 
 
 # --- the object type's own code raising ------------------------------------------------------
