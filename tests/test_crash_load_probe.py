@@ -8,6 +8,7 @@ user can see.
 from __future__ import annotations
 
 import enum
+import random
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -427,6 +428,7 @@ async def test_kill_9_while_hooks_connectors_and_timeouts_feed_another_workflow(
     script = tmp_path / "child.py"
     script.write_text(ORDERS_CHILD)
     lines: list[str] = []
+    kill_after = random.randrange(50, 600)  # output lines: in the message of any failure
 
     def run_child() -> None:
         child = subprocess.Popen(
@@ -445,7 +447,8 @@ async def test_kill_9_while_hooks_connectors_and_timeouts_feed_another_workflow(
                 seen[line.split()[0]] += 1
                 if line.startswith("booked paid-"):
                     seen["connector"] += 1
-                if seen["expired"] >= 10 and seen["connector"] >= 10 and seen["batch"] >= 3:
+                enough = seen["expired"] >= 10 and seen["connector"] >= 10 and seen["batch"] >= 3
+                if enough and len(lines) >= kill_after:  # a random point past the first ones
                     os.kill(child.pid, signal.SIGKILL)
                     break
             else:
@@ -460,6 +463,7 @@ async def test_kill_9_while_hooks_connectors_and_timeouts_feed_another_workflow(
     paid = {x.split()[1] for x in lines if x.startswith("paid ")}
     booked_before = Counter(x.split()[1] for x in lines if x.startswith("booked "))
     booked_after: Counter[str] = Counter()
+    print(f"killed after {len(lines)} lines of output (drawn: {kill_after})")
     try:
         orders, ledger = orders_and_ledger(
             stores.open(),
