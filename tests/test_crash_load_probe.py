@@ -1,8 +1,10 @@
 """Crash and load probe, written from the public contract (API.md) and the docs: user code
-that ends the process in the middle of a call, callers cancelled at every checkpoint, kill -9
-of worker processes at random points (connectors, hooks, schedules, timeouts), PostgreSQL
-backends terminated mid-commit. Runs survive, nothing is lost, nothing is done twice that a
-user can see.
+that ends the process in the middle of a call, a schedule ended between its claim and its
+trigger, callers (callback, trigger, trigger_many from another process, delete_data,
+migrate) cancelled at every checkpoint, kill -9 of worker processes at random points while
+hooks, a connector (af.connect) and timeouts feed another workflow. Runs survive, nothing
+is lost, nothing is done twice that a user can see. Store tests run on MemoryStore,
+SQLiteStore and (with ACTORFLOW_PG_DSN) PostgresStore.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ async def test_a_callback_ending_the_process_runs_once(
         else isinstance(caught.value, ending)
     ), caught.value
     assert calls == {"x": 1}, (calls, outcome)
+    assert [type(e) for e in outcome] == [ending]  # the caller is told, as when inline
     # Nothing was stored: after a restart the run still waits for its callback.
     wf = waiting(make_store(), _done)
     async with af.open_workflow(wf):
