@@ -21,7 +21,7 @@ import trio
 from trio.testing import MockClock
 
 import actorflow as af
-from actorflow.testing import await_timeout_insert, trio_clock, wait_for
+from actorflow.testing import await_timeout_insert, require, trio_clock, wait_for
 from tests.conftest import START
 
 
@@ -51,7 +51,8 @@ def simple(store: af.Store, name: str = "p2", **build: Any) -> af.Workflow[Doc, 
 
     b.add_callback(St.WAITING, answer, to=[St.DONE])
     build.setdefault("resume_paused_after", None)
-    return b.build(store, clock=trio_clock(START), **build)
+    build.setdefault("clock", trio_clock(START))
+    return b.build(store, **build)
 
 
 # --- the test helpers used wrongly -------------------------------------------------------
@@ -575,3 +576,79 @@ async def test_a_failing_source_whose_repr_raises_does_not_end_the_workflow(
     assert source.opened >= 3
     warned = [r.getMessage() for r in caplog.records if "broker down" in r.getMessage()]
     assert warned and all("DownSource" in m and "0x" not in m for m in warned), warned
+
+
+# --- the workflow clock is user code too ------------------------------------------------------
+
+
+class _GlitchyClock:
+    """A clock of the user's own: fails once at call ``fail_at``; its repr may raise."""
+
+    def __init__(self, fail_at: int, *, repr_raises: bool = False) -> None:
+        self.calls = 0
+        self.fail_at = fail_at
+        self.repr_raises = repr_raises
+
+    def now(self) -> datetime:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("ntp glitch")
+        return START + timedelta(seconds=trio.current_time())
+
+    def __repr__(self) -> str:
+        if self.repr_raises:
+            raise RuntimeError("repr of a clock")
+        return "GlitchyClock"
+
+
+async def test_a_clock_whose_repr_raises_works_and_a_failing_clock_is_named(
+    autojump_clock: MockClock,
+) -> None:
+    """Every now() of a user's clock built its error message up front, repr included: a
+    clock whose repr raises ended the workflow at once (and every call paid for a repr).
+    The message is made only for a bad answer. A clock whose now() raises is an
+    af.ActorflowError naming the clock (it was its raw RuntimeError)."""
+    clock = _GlitchyClock(0, repr_raises=True)
+    wf = simple(af.MemoryStore(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        with trio.fail_after(60):
+            await wf.await_status("f", run_id, St.WAITING)
+    assert clock.calls > 1
+    glitchy = _GlitchyClock(1)
+    wf2 = simple(af.MemoryStore(), name="glitchy", clock=glitchy)
+    with pytest.raises(af.ActorflowError, match=r"workflow clock GlitchyClock: now\(\) raised Run"):
+        await wf2.trigger("g")
+    assert await wf2.trigger("g")  # the next call works
+
+
+class WithUnknown(enum.IntEnum):
+    """As enums translated from protobuf often are: a zero member nobody uses."""
+
+    UNKNOWN = 0
+    NEW = 1
+    DONE = 2
+
+
+async def test_await_status_of_a_reserved_status_is_refused(autojump_clock: MockClock) -> None:
+    """await_status(..., UNKNOWN) with UNKNOWN = 0 waited for ever (no graph may use a
+    status <= 0, so no run is ever there), and so did actorflow.testing.require. Both
+    refuse it at once."""
+    b = af.Builder("unknown", Doc, WithUnknown)
+
+    @b.step(WithUnknown.NEW, to=WithUnknown.DONE)
+    async def go(run: af.Run[Doc, WithUnknown]) -> WithUnknown:
+        await trio.sleep(3600)
+        return WithUnknown.DONE
+
+    wf = b.build(af.MemoryStore(), clock=trio_clock(START))
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        with pytest.raises(af.ActorflowError, match="reserved status"):
+            with trio.fail_after(60):
+                await wf.await_status("f", run_id, WithUnknown.UNKNOWN)
+        with pytest.raises(af.ActorflowError, match="reserved status"):
+            with trio.fail_after(60):
+                await require(wf, "f", WithUnknown.UNKNOWN, Doc())
+        with trio.fail_after(7200):
+            await wf.await_status("f", run_id, WithUnknown.DONE)

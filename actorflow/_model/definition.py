@@ -10,6 +10,7 @@ from typing import Any
 
 import attrs
 
+from actorflow._model.errors import shown as shown
 from actorflow._model.evolution import Evolution, fingerprint
 from actorflow._model.options import Options
 from actorflow._model.timers import TimerFn
@@ -51,18 +52,6 @@ def fn_name(fn: object) -> str:
         fn = fn.func
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     return str(name) if name else type(fn).__qualname__
-
-
-def shown(obj: object) -> str:
-    """How messages and logs show an object of the user's (an event source, say): its
-    ``repr`` when its class defines one, else its class's qualified name (never a default
-    repr holding a memory address, different in every process, nor a repr that raises)."""
-    if type(obj).__repr__ is object.__repr__:
-        return type(obj).__qualname__
-    try:
-        return repr(obj)[:200]
-    except Exception:
-        return f"{type(obj).__qualname__} (whose repr() failed)"
 
 
 @attrs.frozen

@@ -650,7 +650,9 @@ def upgraded_object(engine: Engine[Any, Any], raw: RawRecord) -> str:
         ) from error
     if not isinstance(result, dict):
         raise ActorflowError(
-            f"upgrade_object function {fn_name(fn)} returned {type(result).__name__}, not a dict"
+            f"upgrade_object function {fn_name(fn)} returned "
+            f"{_shown(result) if inspect.iscoroutine(result) else type(result).__name__}, "
+            "not a dict"
         )
     try:
         text = json.dumps(result, ensure_ascii=False, separators=(",", ":"))
