@@ -19,6 +19,7 @@ from actorflow._model.definition import (
     TimeoutSpec,
     fn_name,
     is_async_callable,
+    shown,
 )
 from actorflow._model.errors import BuildError
 from actorflow._model.evolution import Evolution, StatusMapping, UpgradeFn
@@ -428,7 +429,7 @@ class Builder(Generic[T, S]):
             if not isinstance(spec.source, EventSource):
                 raise BuildError(
                     f"workflow {self.name!r} connector {spec.name!r}: the source "
-                    f"{spec.source!r} is not an af.EventSource (use af.connect(...), "
+                    f"{shown(spec.source)} is not an af.EventSource (use af.connect(...), "
                     "af.MemorySource(...), actorflow.streaming.StreamSource(...) or an object "
                     "with an open(consumer, after) method)"
                 )

@@ -125,6 +125,11 @@ async def require(
     """
     _check_workflow(workflow, "require")
     status = _status_of(workflow.status_type, status, f"require({workflow.name!r})")
+    if int(status) <= 0:  # the enum may have one (UNKNOWN = 0), no graph does: for ever
+        raise InvalidArgument(
+            f"require({workflow.name!r}): {status!r} is a reserved status (<= 0): no run is "
+            "ever at it, the wait would never end"
+        )
     record = await wait_for(workflow, foreign_id, lambda r: r.status == status)
     if record.object != expected:
         raise AssertionError(

@@ -436,12 +436,22 @@ def wrong_shape(data: dict[str, Any]) -> dict[str, Any]:
     return {"sku": 3}
 
 
+async def _async_upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    return data
+
+
+def coroutine_returning(data: dict[str, Any]) -> Any:
+    """A plain function calling an async one: a coroutine, closed and named."""
+    return _async_upgrade(data)
+
+
 @pytest.mark.parametrize(
     ("hook", "message"),
     [
         (raises, "raised KeyError"),
         (garbage, "returned list, not a dict"),
         (wrong_shape, "returned an object that does not fit Renamed"),
+        (coroutine_returning, "returned a coroutine"),
     ],
 )
 async def test_failing_upgrade_hook_parks_the_run_half_nothing(

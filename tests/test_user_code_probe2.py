@@ -8,10 +8,11 @@ error naming the function, no hang, nothing lost, nothing done twice.
 from __future__ import annotations
 
 import enum
+import gc
 import logging
 import time
 import warnings
-from datetime import timedelta
+from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
 import attrs
@@ -20,7 +21,7 @@ import trio
 from trio.testing import MockClock
 
 import actorflow as af
-from actorflow.testing import await_timeout_insert, trio_clock, wait_for
+from actorflow.testing import await_timeout_insert, require, trio_clock, wait_for
 from tests.conftest import START
 
 
@@ -50,7 +51,8 @@ def simple(store: af.Store, name: str = "p2", **build: Any) -> af.Workflow[Doc, 
 
     b.add_callback(St.WAITING, answer, to=[St.DONE])
     build.setdefault("resume_paused_after", None)
-    return b.build(store, clock=trio_clock(START), **build)
+    build.setdefault("clock", trio_clock(START))
+    return b.build(store, **build)
 
 
 # --- the test helpers used wrongly -------------------------------------------------------
@@ -452,3 +454,201 @@ async def test_a_source_whose_open_returns_a_coroutine_is_named(
     assert 2 <= source.calls <= 8, source.calls  # backed off: 1 s, 2 s, 4 s, ...
     assert "open() returned a coroutine, not an async context manager" in caplog.text
     assert "asynchronous context manager protocol" not in caplog.text
+
+
+# --- plain user functions handing back the wrong thing ----------------------------------------
+
+
+async def _async_timer(run: Any, now: datetime) -> datetime:
+    return now + timedelta(hours=1)
+
+
+async def _async_scrub(obj: Doc) -> Doc:
+    return Doc()
+
+
+class _BrokenZone(tzinfo):
+    """A tzinfo of the user's own that fails when asked its offset."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        raise RuntimeError("zone database missing")
+
+    def dst(self, dt: datetime | None) -> timedelta:
+        return timedelta(0)
+
+    def tzname(self, dt: datetime | None) -> str:
+        return "broken"
+
+
+async def test_plain_functions_returning_coroutines_or_broken_datetimes_are_named(
+    autojump_clock: MockClock,
+) -> None:
+    """A timer or scrub function (plain functions) returning a coroutine (a lambda calling
+    an async function) was reported as "returned <coroutine object ... at 0x...>" or "must
+    be a Doc, not coroutine", with a 'never awaited' warning later; a timer's datetime
+    whose tzinfo fails raised the tzinfo's error, not naming the timer. Each names the
+    function and what it returned; the coroutine is closed."""
+    b = af.Builder("plainfns", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING, pause_after_errors=1)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    async def answer(run: af.Run[Doc, St], payload: bytes) -> St:
+        return St.DONE
+
+    async def late(run: af.Run[Doc, St], now: datetime) -> St:
+        return St.DONE
+
+    def coroutine_timer(run: af.Run[Doc, St], now: datetime) -> Any:
+        if run.foreign_id == "coroutine":
+            return _async_timer(run, now)
+        if run.foreign_id == "zone":
+            return datetime(2026, 6, 1, tzinfo=_BrokenZone())
+        return None
+
+    b.add_callback(St.WAITING, answer, to=[St.DONE])
+    b.add_timeout(St.WAITING, coroutine_timer, late, to=[St.DONE])
+    wf = b.build(
+        af.MemoryStore(),
+        clock=trio_clock(START),
+        scrub=lambda obj: _async_scrub(obj),
+        resume_paused_after=None,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with af.open_workflow(wf):
+            for fid, says in (
+                ("coroutine", "returned a coroutine (_async_timer"),
+                ("zone", "its tzinfo failed: RuntimeError: zone database missing"),
+            ):
+                await wf.trigger(fid)
+                with trio.fail_after(3600):
+                    rec = await wait_for(wf, fid, lambda r: r.run_state is af.RunState.PAUSED)
+                reason = rec.meta.run_state_reason
+                assert "timer test_plain" in reason and "coroutine_timer" in reason, reason
+                assert says in reason, reason
+            run_id = await wf.trigger("scrubbed")
+            with trio.fail_after(3600):
+                await wf.await_status("scrubbed", run_id, St.WAITING)
+            assert await wf.callback("scrubbed", St.WAITING, b"x") is not None
+            with pytest.raises(af.ActorflowError) as info:
+                await wf.delete_data(run_id, "gdpr")
+            assert "scrub function" in str(info.value)
+            assert "returned a coroutine (_async_scrub" in str(info.value)
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)], caught
+    assert (await wf.lookup(run_id)).run_state is not af.RunState.DATA_DELETED
+
+
+class _DownSource:
+    """A source of the user's own that cannot open (its repr: the default one, holding a
+    memory address)."""
+
+    def __init__(self) -> None:
+        self.opened = 0
+
+    def open(self, consumer: str, after: str | None) -> Any:
+        self.opened += 1
+        raise ConnectionError("broker down")
+
+
+class _UnprintableDownSource(_DownSource):
+    def __repr__(self) -> str:
+        raise RuntimeError("repr of a half-made client")
+
+
+@pytest.mark.parametrize("repr_raises", [True, False])
+async def test_a_failing_source_whose_repr_raises_does_not_end_the_workflow(
+    repr_raises: bool, caplog: pytest.LogCaptureFixture, autojump_clock: MockClock
+) -> None:
+    """The source's failure was reported with ``repr(source)``: a repr that raises ended
+    the connector's service and the whole workflow (open_workflow raised RuntimeError at
+    the first failure to open). The source is named by its class; the connector backs off
+    and the runs go on."""
+    source = _UnprintableDownSource() if repr_raises else _DownSource()
+    wf = _connected(source).build(af.MemoryStore(), clock=trio_clock(START))
+    async with af.open_workflow(wf):
+        await trio.sleep(30)
+        run_id = await wf.trigger("other")
+        with trio.fail_after(60):
+            await wf.await_status("other", run_id, St.DONE)
+    assert source.opened >= 3
+    warned = [r.getMessage() for r in caplog.records if "broker down" in r.getMessage()]
+    assert warned and all("DownSource" in m and "0x" not in m for m in warned), warned
+
+
+# --- the workflow clock is user code too ------------------------------------------------------
+
+
+class _GlitchyClock:
+    """A clock of the user's own: fails once at call ``fail_at``; its repr may raise."""
+
+    def __init__(self, fail_at: int, *, repr_raises: bool = False) -> None:
+        self.calls = 0
+        self.fail_at = fail_at
+        self.repr_raises = repr_raises
+
+    def now(self) -> datetime:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("ntp glitch")
+        return START + timedelta(seconds=trio.current_time())
+
+    def __repr__(self) -> str:
+        if self.repr_raises:
+            raise RuntimeError("repr of a clock")
+        return "GlitchyClock"
+
+
+async def test_a_clock_whose_repr_raises_works_and_a_failing_clock_is_named(
+    autojump_clock: MockClock,
+) -> None:
+    """Every now() of a user's clock built its error message up front, repr included: a
+    clock whose repr raises ended the workflow at once (and every call paid for a repr).
+    The message is made only for a bad answer. A clock whose now() raises is an
+    af.ActorflowError naming the clock (it was its raw RuntimeError)."""
+    clock = _GlitchyClock(0, repr_raises=True)
+    wf = simple(af.MemoryStore(), clock=clock)
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        with trio.fail_after(60):
+            await wf.await_status("f", run_id, St.WAITING)
+    assert clock.calls > 1
+    glitchy = _GlitchyClock(1)
+    wf2 = simple(af.MemoryStore(), name="glitchy", clock=glitchy)
+    with pytest.raises(af.ActorflowError, match=r"workflow clock GlitchyClock: now\(\) raised Run"):
+        await wf2.trigger("g")
+    assert await wf2.trigger("g")  # the next call works
+
+
+class WithUnknown(enum.IntEnum):
+    """As enums translated from protobuf often are: a zero member nobody uses."""
+
+    UNKNOWN = 0
+    NEW = 1
+    DONE = 2
+
+
+async def test_await_status_of_a_reserved_status_is_refused(autojump_clock: MockClock) -> None:
+    """await_status(..., UNKNOWN) with UNKNOWN = 0 waited for ever (no graph may use a
+    status <= 0, so no run is ever there), and so did actorflow.testing.require. Both
+    refuse it at once."""
+    b = af.Builder("unknown", Doc, WithUnknown)
+
+    @b.step(WithUnknown.NEW, to=WithUnknown.DONE)
+    async def go(run: af.Run[Doc, WithUnknown]) -> WithUnknown:
+        await trio.sleep(3600)
+        return WithUnknown.DONE
+
+    wf = b.build(af.MemoryStore(), clock=trio_clock(START))
+    async with af.open_workflow(wf):
+        run_id = await wf.trigger("f")
+        with pytest.raises(af.ActorflowError, match="reserved status"):
+            with trio.fail_after(60):
+                await wf.await_status("f", run_id, WithUnknown.UNKNOWN)
+        with pytest.raises(af.ActorflowError, match="reserved status"):
+            with trio.fail_after(60):
+                await require(wf, "f", WithUnknown.UNKNOWN, Doc())
+        with trio.fail_after(7200):
+            await wf.await_status("f", run_id, WithUnknown.DONE)

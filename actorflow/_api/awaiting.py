@@ -49,6 +49,11 @@ class Awaiting(WorkflowCore[T, S]):
             StatusNotReached: the run finished without reaching ``status``.
         """
         wanted = int(self._status_arg(status))
+        if wanted <= 0:  # the enum may have one (UNKNOWN = 0), no graph does: for ever
+            raise InvalidArgument(
+                f"workflow {self.name!r}: {self._definition.status(wanted)!r} is a reserved "
+                "status (<= 0): no run is ever at it, the wait would never end"
+            )
         foreign_id = self._foreign_id_arg(foreign_id)
         run_id = self._run_id_arg(run_id)
         if timeout is not None and (

@@ -12,7 +12,7 @@ from typing import Protocol, final, runtime_checkable
 
 import trio
 
-from actorflow._model.errors import InvalidArgument
+from actorflow._model.errors import InvalidArgument, describe_error, shown
 
 
 @runtime_checkable
@@ -54,10 +54,18 @@ class CheckedClock:
         self.clock = clock
 
     def now(self) -> datetime:
-        return require_aware(self.clock.now(), f"the workflow clock {self.clock!r}: now()")
+        try:
+            when = self.clock.now()
+        except Exception as exc:  # the user's clock failing: named (it is user code)
+            raise InvalidArgument(
+                f"the workflow clock {shown(self.clock)}: now() raised {describe_error(exc)}"
+            ) from exc
+        if type(when) is datetime and when.tzinfo is UTC:
+            return when  # the usual answer, as it is (no message made for every call)
+        return require_aware(when, f"the workflow clock {shown(self.clock)}: now()")
 
     def __repr__(self) -> str:
-        return repr(self.clock)
+        return shown(self.clock)
 
 
 def checked(clock: Clock) -> Clock:

@@ -10,6 +10,7 @@ from typing import Any
 
 import attrs
 
+from actorflow._model.errors import shown as shown
 from actorflow._model.evolution import Evolution, fingerprint
 from actorflow._model.options import Options
 from actorflow._model.timers import TimerFn

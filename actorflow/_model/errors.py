@@ -122,3 +122,15 @@ def describe_error(exc: BaseException) -> str:
     if len(message) > ERROR_TEXT_LIMIT:
         message = message[: ERROR_TEXT_LIMIT - 3] + "..."
     return message
+
+
+def shown(obj: object) -> str:
+    """How messages and logs show an object of the user's (an event source, say): its
+    ``repr`` when its class defines one, else its class's qualified name (never a default
+    repr holding a memory address, different in every process, nor a repr that raises)."""
+    if type(obj).__repr__ is object.__repr__:
+        return type(obj).__qualname__
+    try:
+        return repr(obj)[:200]
+    except Exception:
+        return f"{type(obj).__qualname__} (whose repr() failed)"

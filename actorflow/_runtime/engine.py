@@ -302,16 +302,21 @@ class Engine(Generic[T, S]):
         problem = ""
         if isinstance(when, timedelta):
             problem = "a timedelta is not an instant: return now + delta, or use af.after(delta)"
-        elif not isinstance(when, datetime) or when.tzinfo is None or when.utcoffset() is None:
+        elif not isinstance(when, datetime) or when.tzinfo is None:
             problem = "it must return an aware datetime or None"
         else:
             try:
-                return when.astimezone(UTC)
+                if when.utcoffset() is None:
+                    problem = "it must return an aware datetime or None"
+                else:
+                    return when.astimezone(UTC)
             except OverflowError:
                 problem = "that instant is beyond year 9999 in UTC"
+            except Exception as exc:  # a tzinfo of the user's own that fails
+                problem = f"its tzinfo failed: {describe_error(exc)}"
         raise StepError(
             f"{self.where(run._raw)}: timer {fn_name(timer)} of status "
-            f"{self.status(status)!r} returned {when!r}; {problem}"
+            f"{self.status(status)!r} returned {_shown(when)}; {problem}"
         )
 
     # -- committing --------------------------------------------------------------------------
@@ -588,7 +593,11 @@ class Engine(Generic[T, S]):
             raise ActorflowError(
                 f"{self.where(raw)}: scrub function failed: {describe_error(error)}"
             ) from exc
-        self.codec.check(scrubbed, "the scrub function's result")
+        if not isinstance(scrubbed, self.codec.object_type):
+            raise InvalidArgument(
+                f"{self.where(raw)}: scrub function {fn_name(scrub)} returned "
+                f"{_shown(scrubbed)}; it must return a {self.codec.object_type.__name__}"
+            )
         return self.codec.encode(scrubbed, run_id=raw.run_id)
 
     def _default_object(self, raw: RawRecord) -> str:
@@ -641,7 +650,9 @@ def upgraded_object(engine: Engine[Any, Any], raw: RawRecord) -> str:
         ) from error
     if not isinstance(result, dict):
         raise ActorflowError(
-            f"upgrade_object function {fn_name(fn)} returned {type(result).__name__}, not a dict"
+            f"upgrade_object function {fn_name(fn)} returned "
+            f"{_shown(result) if inspect.iscoroutine(result) else type(result).__name__}, "
+            "not a dict"
         )
     try:
         text = json.dumps(result, ensure_ascii=False, separators=(",", ":"))

@@ -28,7 +28,7 @@ from typing import Any
 import trio
 
 from actorflow._model.clock import trio_deadline
-from actorflow._model.definition import ConnectorSpec, fn_name
+from actorflow._model.definition import ConnectorSpec, fn_name, shown
 from actorflow._model.errors import InvalidArgument, describe_error
 from actorflow._model.options import Options
 from actorflow._model.process import ProcessState
@@ -95,7 +95,7 @@ async def run_connectors(ctx: ServiceContext) -> None:
         if not isinstance(spec.source, EventSource):
             raise InvalidArgument(
                 f"workflow {ctx.name!r} connector {spec.name!r}: the source "
-                f"{spec.source!r} is not an af.EventSource (use af.connect(...), "
+                f"{shown(spec.source)} is not an af.EventSource (use af.connect(...), "
                 "af.MemorySource(...) or an object with an open(consumer, after) method)"
             )
     stats = connector_stats(ctx.handle)
@@ -172,16 +172,16 @@ async def _serve(
                     stats.cursor = event.id
                     process.state = ProcessState.RUNNING
         except BaseException as caught:
-            exc = user_error(caught, f"connector {spec.name!r} source {source!r}")
+            exc = user_error(caught, f"connector {spec.name!r} source {shown(source)}")
             failures += 1
             stats.source_errors += 1
             stats.last_error = ctx.failed(process, exc)
             delay = spec.options.retry_seconds(failures)
             log.warning(
-                "workflow %r connector %r: source %r failed (%d in a row), reopening in %.3g s: %s",
+                "workflow %r connector %r: source %s failed (%d in a row), reopening in %.3g s: %s",
                 ctx.name,
                 spec.name,
-                source,
+                shown(source),
                 failures,
                 delay,
                 stats.last_error,
