@@ -263,9 +263,15 @@ class Notifications:
 
     def _is_sibling(self, origin: str) -> bool:
         """Whether ``origin`` is a store that tells this one of its writes directly (in
-        this trio run), serving a workflow or not."""
-        tellers = _TELLERS.get((self._db.dsn, self.channel), ())
-        return any(other.origin == origin and other._telling_in is self._token for other in tellers)
+        this trio run): one serving here too, or one that told already without serving
+        (a NOTIFY of its first write may come before its word: one wake-up more)."""
+        key = (self._db.dsn, self.channel)
+        token = self._token
+        return any(
+            other.origin == origin and other._token is token for other in _SERVING.get(key, ())
+        ) or any(
+            other.origin == origin and other._telling_in is token for other in _TELLERS.get(key, ())
+        )
 
     def received(self, payload: str) -> None:
         origin, _, rest = payload.partition(":")
