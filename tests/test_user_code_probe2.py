@@ -251,10 +251,10 @@ async def test_user_functions_holding_the_trio_thread_are_named(
     caplog: pytest.LogCaptureFixture,
     autojump_clock: MockClock,
 ) -> None:
-    """A step, callback, timeout, hook or connector calling time.sleep (or any blocking
-    call) stalls every run of the process, silently until now: each is named in a warning
-    with its run. Awaiting (a long virtual sleep here) is not holding: no warning for it.
-    Everything still goes through once."""
+    """A step, callback, timeout, hook, connector or schedule filter calling time.sleep (or
+    any blocking call) stalls every run of the process, silently until now: each is named in
+    a warning (with its run, if any). Awaiting (a long virtual sleep here) is not holding:
+    no warning. Everything still goes through once."""
     from actorflow._runtime import user_code
 
     monkeypatch.setattr(user_code, "HELD_WARNING_SECONDS", 0.05)
@@ -308,8 +308,15 @@ async def test_user_functions_holding_the_trio_thread_are_named(
 
     b.add_connector("feed", af.MemorySource(events), blocking_connector)
     wf = b.build(make_store(), clock=trio_clock(START), resume_paused_after=None)
+
+    async def blocking_filter(when: datetime) -> bool:
+        hold()
+        return False
+
     with caplog.at_level(logging.WARNING, logger="actorflow"):
         async with af.open_workflow(wf):
+            with trio.move_on_after(2 * 3600):  # asked at 10:00 and 11:00
+                await wf.schedule_trigger("cron", "@hourly", filter=blocking_filter)
             quiet = await wf.trigger("quiet")
             with trio.fail_after(24 * 3600):
                 await wf.await_status("quiet", quiet, St.WAITING)
@@ -335,6 +342,7 @@ async def test_user_functions_holding_the_trio_thread_are_named(
     assert named(f"run {late}", "timeout", "blocking_timeout"), held_lines
     assert named(f"run {held}", "on_complete hook", "blocking_hook"), held_lines
     assert named("'holding'", "connector 'feed' (event e1) function", "blocking_connector")
+    assert named("'holding'", "schedule filter", "blocking_filter"), held_lines
     assert not any(quiet in line for line in held_lines), held_lines
     assert [r.version for r in await wf.history(held)] == [1, 2, 3]
 

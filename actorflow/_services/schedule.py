@@ -39,7 +39,7 @@ from actorflow._model.process import ProcessState
 from actorflow._model.text import key_part
 from actorflow._runtime.observe import Process, process_name
 from actorflow._runtime.retry import retrying
-from actorflow._runtime.user_code import user_error
+from actorflow._runtime.user_code import user_error, watched
 from actorflow._services.context import ServiceContext
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,9 @@ def _prev_before(expression: str, before: datetime, tz: tzinfo) -> datetime:
     return croniter(expression, before.astimezone(tz)).get_prev(datetime).astimezone(UTC)
 
 
-async def _allowed(filter: Callable[..., Any] | None, when: datetime) -> bool:
-    """What ``filter`` says of the cron time ``when``; StepError when it raises."""
+async def _allowed(filter: Callable[..., Any] | None, when: datetime, workflow: str) -> bool:
+    """What ``filter`` says of the cron time ``when``; StepError when it raises (a warning
+    when it holds the trio thread, as for every user function)."""
     if filter is None:
         return True
     try:
@@ -102,7 +103,7 @@ async def _allowed(filter: Callable[..., Any] | None, when: datetime) -> bool:
     try:
         result = filter(when) if takes_time else filter()
         if inspect.isawaitable(result):
-            result = await result
+            result = await watched(result, "schedule filter", filter, workflow, "")
         if result is None:  # a missing `return`: skipping silently for ever would hide it
             log.warning(
                 "schedule filter %s returned None for %s (a missing return?); taken as "
@@ -310,7 +311,7 @@ async def _fire(
                 },
             )
         return
-    allowed = await _allowed(filter, fired)
+    allowed = await _allowed(filter, fired, ctx.name)
     if allowed:
         # Noted before the claim: a process that ends between the claim and the stored run
         # leaves this behind, and the next start triggers the time (_trigger_lost).
