@@ -680,3 +680,71 @@ async def test_await_status_of_a_reserved_status_is_refused(autojump_clock: Mock
                 await require(wf, "f", WithUnknown.UNKNOWN, Doc())
         with trio.fail_after(7200):
             await wf.await_status("f", run_id, WithUnknown.DONE)
+
+
+# --- timeouts and callbacks calling back into their own run ------------------------------------
+
+
+async def test_timeouts_and_callbacks_calling_controls_of_their_own_run(
+    make_store: Any, autojump_clock: MockClock
+) -> None:
+    """Round 1 covered steps. A timeout function or a callback that pauses, cancels,
+    awaits or calls back its own run gets a clear error at once (it would wait for itself:
+    a deadlock until the grace period), naming what may do so; its own result is stored
+    once."""
+    holder: list[af.Workflow[Doc, St]] = []
+    outcomes: dict[str, str] = {}
+
+    async def attempt(name: str, call: Any) -> None:
+        try:
+            with trio.fail_after(60):
+                await call()
+            outcomes[name] = "ok"
+        except af.ActorflowError as exc:
+            outcomes[name] = str(exc)
+
+    b = af.Builder("reentrant", Doc, St)
+
+    @b.step(St.NEW, to=St.WAITING)
+    async def go(run: af.Run[Doc, St]) -> St:
+        return St.WAITING
+
+    async def late(run: af.Run[Doc, St], now: datetime) -> St:
+        wf = holder[0]
+        await attempt("timeout-cancel", lambda: wf.cancel(run.run_id, "x"))
+        await attempt("timeout-await", lambda: wf.await_status("t", run.run_id, St.DONE))
+        await attempt("timeout-callback", lambda: wf.callback("t", St.WAITING, b"x"))
+        return St.DONE
+
+    async def answer(run: af.Run[Doc, St], payload: bytes) -> St:
+        wf = holder[0]
+        await attempt("callback-pause", lambda: wf.pause(run.run_id, "x"))
+        return St.DONE
+
+    b.add_callback(St.WAITING, answer, to=[St.DONE])
+    b.add_timeout(
+        St.WAITING,
+        lambda run, now: now + timedelta(hours=1) if run.foreign_id == "t" else None,
+        late,
+        to=[St.DONE],
+    )
+    wf = b.build(make_store(), clock=trio_clock(START))
+    holder.append(wf)
+    async with af.open_workflow(wf):
+        timed = await wf.trigger("t")
+        called = await wf.trigger("c")
+        with trio.fail_after(60):
+            await wf.await_status("c", called, St.WAITING)
+        assert await wf.callback("c", St.WAITING, b"x") is not None
+        with trio.fail_after(7200):
+            await wf.await_status("t", timed, St.DONE)
+    assert set(outcomes) == {
+        "timeout-cancel",
+        "timeout-await",
+        "timeout-callback",
+        "callback-pause",
+    }
+    for name, said in outcomes.items():
+        assert "own run" in said and "a step, timeout or callback" in said, (name, said)
+    for run_id in (timed, called):
+        assert [r.status for r in await wf.history(run_id)] == [St.NEW, St.WAITING, St.DONE]

@@ -647,9 +647,10 @@ class Supervisor(Generic[T, S]):
             actor = self.actors.get(run_id) or self._spawn(run_id)
             if self.within_actor(run_id):
                 raise ActorflowError(
-                    f"workflow {self.engine.name!r} run {run_id}: a step cannot pause, resume, "
-                    "cancel or call back its own run through the workflow (it would wait for "
-                    "itself); return run.pause(), run.cancel() or a status instead"
+                    f"workflow {self.engine.name!r} run {run_id}: a step, timeout or callback "
+                    "cannot pause, resume, cancel or call back its own run through the workflow "
+                    "(it would wait for itself); return run.pause(), run.cancel() or a status "
+                    "instead"
                 )
             reply = Reply()
             try:
