@@ -245,6 +245,8 @@ class Database:
         """Connections opened so far (a reopened connection counts data_version anew)."""
         self.watcher: _Watcher | None = None
         self.checkpointer: _Checkpointer | None = None
+        self._stopped_threads: list[threading.Thread] = []
+        """The watcher and checkpointer threads told to stop, joined before the close."""
         self._thread_write: trio.Event | None = None
         """Set while a write transaction runs in a worker thread on the connection."""
         self._key = str(self.path.resolve())
@@ -493,6 +495,7 @@ class Database:
         self.closed = True
         if self.watcher is not None:
             self.watcher.stop()
+            self._stopped_threads.append(self.watcher.thread)
             self.watcher = None
         siblings = _OPEN.get(self._key)
         if siblings is not None:
@@ -501,15 +504,28 @@ class Database:
                 del _OPEN[self._key]
         if self.checkpointer is not None:
             self.checkpointer.stop()
+            self._stopped_threads.append(self.checkpointer.thread)
             self.checkpointer = None
 
     async def close_connection(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            # Closing the file's last connection checkpoints the whole WAL into it (a
-            # tenth of a second after a large backfill): in a thread, not in the trio loop.
-            with trio.CancelScope(shield=True):
-                await realtime.to_thread(conn.close)
+        threads, self._stopped_threads = self._stopped_threads, []
+        if conn is None and not threads:
+            return
+
+        def close() -> None:
+            # The watcher and checkpointer close their connections as they end (the
+            # checkpointer may be copying pages a while): once they did, closing the
+            # file's last connection checkpoints the whole WAL into it and removes it. A
+            # WAL left behind (up to 64 MiB after a backfill) is read whole by the next
+            # process that opens the file.
+            for thread in threads:
+                thread.join()
+            if conn is not None:
+                conn.close()
+
+        with trio.CancelScope(shield=True):
+            await realtime.to_thread(close)
 
 
 # -- the worker lock -------------------------------------------------------------------
