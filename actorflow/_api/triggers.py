@@ -30,8 +30,9 @@ YIELD_EVERY = 100
 TriggerItem = str | Mapping[str, Any] | tuple[Any, ...]
 """An item of :meth:`Workflow.trigger_many`: a foreign id, a mapping or a tuple."""
 
-_Chunk = tuple[list[int], list[tuple[RawRecord, list[Timer]]]]
-"""trigger_many's runs for one store call, and where each is in the results."""
+_Chunk = tuple[list[int], list[tuple[RawRecord, list[Timer]]], Any]
+"""trigger_many's runs for one store call: where each is in the results, the runs, and
+what the store is given (its rows made ahead by ``prepare_runs``, when it has that)."""
 
 
 async def _hand_over(
@@ -155,12 +156,18 @@ class Triggers(WorkflowCore[T, S]):
                 # Building runs is Python on the trio thread: let other tasks in between.
                 await trio.lowlevel.checkpoint()
                 if len(chunk) >= TRIGGER_MANY_CHUNK:
-                    if not await _hand_over(to_writer, (indices, chunk), failed):
+                    if not await _hand_over(to_writer, self._prepared(indices, chunk), failed):
                         return
                     indices, chunk = [], []
                     now = self._clock.now()
         if chunk:
-            await _hand_over(to_writer, (indices, chunk), failed)
+            await _hand_over(to_writer, self._prepared(indices, chunk), failed)
+
+    def _prepared(self, indices: list[int], chunk: list[tuple[RawRecord, list[Timer]]]) -> _Chunk:
+        """A chunk for the writer, with the store's rows made here when the store can (so
+        they are made while the writer waits for the chunk before, not after)."""
+        prepare = getattr(self._store, "prepare_runs", None)
+        return indices, chunk, chunk if prepare is None else prepare(chunk)
 
     async def _write_chunks(
         self,
@@ -171,9 +178,9 @@ class Triggers(WorkflowCore[T, S]):
         """Store trigger_many's chunks in order; the first error ends it (handed over in
         ``failed``: later chunks are not stored)."""
         async with chunks:
-            async for indices, chunk in chunks:
+            async for indices, chunk, given in chunks:
                 try:
-                    await self._create_many(indices, chunk, results)
+                    await self._create_many(indices, chunk, given, results)
                 except Exception as exc:
                     failed.append(exc)
                     return
@@ -201,11 +208,18 @@ class Triggers(WorkflowCore[T, S]):
         self,
         indices: list[int],
         chunk: list[tuple[RawRecord, list[Timer]]],
+        given: Any,
         results: list[str | ActorflowError],
     ) -> None:
+        """Store a chunk (``given``: what the store takes, see ``_prepared``)."""
         if not self._engine.lineage.registered:
             await self._engine.lineage.register()  # the first write of this definition
-        outcomes = await self._store.create_runs(chunk)
+        outcomes = await self._store.create_runs(given)
+        if self._local_supervisor() is None:  # nobody here to start them
+            for index, outcome in zip(indices, outcomes, strict=True):
+                if isinstance(outcome, ActorflowError):
+                    results[index] = outcome
+            return
         started: list[tuple[RawRecord, list[Timer]]] = []
         for index, (_, timers), outcome in zip(indices, chunk, outcomes, strict=True):
             if isinstance(outcome, ActorflowError):

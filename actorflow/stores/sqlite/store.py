@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar, final
 
+import attrs
 import trio
 
 from actorflow._model.errors import ActorflowError, InvalidArgument
@@ -28,7 +29,7 @@ from actorflow.stores.filters import ANY_RUN, RunFilter, check_limit
 from actorflow.stores.group_commit import GroupCommit
 from actorflow.stores.sqlite import queries
 from actorflow.stores.sqlite import writes as w
-from actorflow.stores.sqlite.codec import create_rows, record_params, timer_rows
+from actorflow.stores.sqlite.codec import CreateRow, create_rows, record_params, timer_rows
 from actorflow.stores.sqlite.connection import WORKER_LOCK_SUFFIX as WORKER_LOCK_SUFFIX
 from actorflow.stores.sqlite.connection import WORKER_LOCKS, Database
 from actorflow.stores.sqlite.connection import SQLiteStats as SQLiteStats
@@ -36,6 +37,14 @@ from actorflow.stores.sqlite.connection import SQLiteStats as SQLiteStats
 R = TypeVar("R")
 
 _SYNCHRONOUS: Final = ("NORMAL", "FULL")
+
+
+@final
+@attrs.frozen
+class PreparedRuns:
+    """New runs' rows for :meth:`SQLiteStore.create_runs`, made by ``prepare_runs``."""
+
+    rows: list[CreateRow]
 
 
 @final
@@ -209,16 +218,21 @@ class SQLiteStore(ClosingStore):
                 await self._db.wipe_log(record.run_id)
         return stored
 
+    def prepare_runs(self, items: Sequence[tuple[RawRecord, Sequence[Timer]]]) -> PreparedRuns:
+        """:meth:`create_runs`' rows, made ahead: trigger_many makes a chunk's rows while
+        the chunk before is being written in a worker thread (see docs/stores.md)."""
+        return PreparedRuns(create_rows(items))
+
     async def create_runs(
-        self, items: Sequence[tuple[RawRecord, Sequence[Timer]]]
+        self, items: Sequence[tuple[RawRecord, Sequence[Timer]]] | PreparedRuns
     ) -> list[RawRecord | ActorflowError]:
         """Many new runs, ``MAX_CREATE`` per transaction (each a single write of the group
-        commit, so a transaction holds the trio thread for a few milliseconds only)."""
+        commit; a large one is written in a worker thread, see ``writes.send``)."""
+        rows = items.rows if isinstance(items, PreparedRuns) else create_rows(items)
         results: list[RawRecord | ActorflowError] = []
-        for start in range(0, len(items), w.MAX_CREATE):
-            chunk = items[start : start + w.MAX_CREATE]
-            rows = create_rows(chunk)
-            results.extend(await self._submit(w.apply_create_many, rows, w.PUBLISH_VALUES))
+        for start in range(0, len(rows), w.MAX_CREATE):
+            chunk = rows[start : start + w.MAX_CREATE]
+            results.extend(await self._submit(w.apply_create_many, chunk, w.PUBLISH_VALUES))
         return results
 
     async def set_cursor(self, name: str, value: str) -> None:
