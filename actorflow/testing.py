@@ -61,6 +61,9 @@ async def wait_for(
         InvalidArgument: ``workflow`` is not an ``af.Workflow``, or ``predicate`` is not
             a plain (not async) callable: a coroutine it returned is always true, so the
             wait would end at once with a version the predicate never looked at.
+        ActorflowError: no version satisfies it, and nothing can store another one (the
+            workflow is not running in this process and its store is a MemoryStore no
+            other process reaches), as for ``await_status``.
     """
     _check_workflow(workflow, "wait_for")
     if not callable(predicate):
@@ -79,6 +82,11 @@ async def wait_for(
                     for record in await workflow.history(latest.run_id):
                         if _holds(predicate, record):
                             return record
+                    if workflow._runs_nowhere():  # nothing will ever store another version
+                        raise workflow._not_running(
+                            f"wait_for: no version of run {latest.run_id} of {foreign_id!r} "
+                            "satisfies the predicate, and none will ever be stored"
+                        )
                 await _next_change(sub, store)
 
 

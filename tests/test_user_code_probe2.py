@@ -137,6 +137,25 @@ async def test_trigger_callback_on_with_a_payload_json_cannot_take(
         assert (await wf.lookup(run_id)).status is St.WAITING
 
 
+async def test_wait_for_and_require_when_nothing_runs_the_workflow(
+    autojump_clock: MockClock,
+) -> None:
+    """A test that forgot to run its workflow (MemoryStore: no other process either):
+    await_status said so at once, but wait_for and require waited for ever. They say so
+    too; with the workflow running, the same calls succeed."""
+    wf = simple(af.MemoryStore())
+    await wf.trigger("f")
+    with pytest.raises(af.ActorflowError, match="is not running in this process"):
+        with trio.fail_after(30 * 24 * 3600):
+            await wait_for(wf, "f", lambda r: r.status is St.WAITING)
+    with pytest.raises(af.ActorflowError, match="is not running in this process"):
+        with trio.fail_after(30 * 24 * 3600):
+            await require(wf, "f", St.WAITING, Doc(n=1))
+    async with af.open_workflow(wf):
+        with trio.fail_after(60):
+            await require(wf, "f", St.WAITING, Doc(n=1))
+
+
 # --- the object type's own code raising ------------------------------------------------------
 
 
