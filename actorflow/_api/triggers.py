@@ -112,17 +112,25 @@ class Triggers(WorkflowCore[T, S]):
         # worker thread: the two cores work at once); the chunks are stored in order.
         to_writer, chunks = trio.open_memory_channel[_Chunk](0)
         failed: list[Exception] = []
+        stopped: Exception | None = None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_chunks, chunks, results, failed)
                 async with to_writer:
-                    await self._build_chunks(items, results, to_writer, failed)
+                    try:
+                        await self._build_chunks(items, results, to_writer, failed)
+                    except Exception as exc:
+                        # The caller's iterable failed (say): what was handed over is
+                        # stored all the same (the writer finishes it), then this raises.
+                        stopped = exc
         except BaseExceptionGroup as group:
-            # The writer raises nothing (it hands its error over): a lone exception is
-            # the builder's (the caller's iterable failed, say), raised as it came.
+            # Neither task raises an Exception here: a lone exception is a
+            # KeyboardInterrupt or the like, raised as it came.
             if len(group.exceptions) != 1:
                 raise
             raise group.exceptions[0] from None
+        if stopped is not None:
+            raise stopped
         if failed:
             raise failed[0]
         return results
@@ -155,6 +163,8 @@ class Triggers(WorkflowCore[T, S]):
             if len(chunk) % YIELD_EVERY == 0:
                 # Building runs is Python on the trio thread: let other tasks in between.
                 await trio.lowlevel.checkpoint()
+                if failed:
+                    return  # the store failed: no more of the caller's items are used
                 if len(chunk) >= TRIGGER_MANY_CHUNK:
                     if not await _hand_over(to_writer, self._prepared(indices, chunk), failed):
                         return
@@ -166,8 +176,10 @@ class Triggers(WorkflowCore[T, S]):
     def _prepared(self, indices: list[int], chunk: list[tuple[RawRecord, list[Timer]]]) -> _Chunk:
         """A chunk for the writer, with the store's rows made here when the store can (so
         they are made while the writer waits for the chunk before, not after)."""
-        prepare = getattr(self._store, "prepare_runs", None)
-        return indices, chunk, chunk if prepare is None else prepare(chunk)
+        # Looked up on the class: a wrapper that delegates any name (a test double, say)
+        # has no prepared form of its own and gets the runs as they are.
+        prepare = getattr(type(self._store), "prepare_runs", None)
+        return indices, chunk, chunk if prepare is None else prepare(self._store, chunk)
 
     async def _write_chunks(
         self,

@@ -219,13 +219,19 @@ class Supervisor(Generic[T, S]):
                 self._turn = key
                 try:
                     await self._stand_by(key, task_status)
-                finally:
-                    # Stopped or cancelled while standing by: a turn handed over in the
-                    # meantime passes on to the next standby.
-                    if _SERVING.get(key) is not self:
-                        self._turn = None
-                    elif self._stop.is_set():
+                except BaseException:
+                    # Cancelled while standing by: a turn handed over in the meantime
+                    # (even at the moment the cancellation came) passes on to the next
+                    # standby, or nobody would ever serve this workflow here again.
+                    if _SERVING.get(key) is self:
                         self._end_turn()
+                    self._turn = None
+                    raise
+                # Stopped while standing by: likewise.
+                if _SERVING.get(key) is not self:
+                    self._turn = None
+                elif self._stop.is_set():
+                    self._end_turn()
                 if self._turn is None:
                     return None
                 task_status = trio.TASK_STATUS_IGNORED

@@ -1,7 +1,8 @@
 """Group commit: the writes of many tasks in one transaction, each writer answered alone.
 
 The engine both durable stores use (SQLite with one leader, running its batches inline
-on the trio thread; PostgreSQL with a few, sending theirs from worker threads). A store
+on the trio thread, or a batch with a large ``create_runs`` in a worker thread;
+PostgreSQL with a few, sending theirs from worker threads). A store
 gives it ``send(batch)``, which stores a batch of writes and resolves each of them; the
 engine decides who sends what, and when:
 

@@ -266,3 +266,45 @@ async def test_postgres_workers_in_one_process_share_the_shards(
         for store in stores:
             await store.aclose()
         await af.PostgresStore(PG_DSN, schema=schema, drop_schema_on_close=True).aclose()
+
+
+async def test_a_turn_handed_to_a_standby_as_it_is_cancelled_passes_on(
+    make_store: StoreMaker, autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The serving worker stops and hands its turn to the standby at the moment that
+    standby is cancelled too: the turn is given up, so a worker started later serves.
+    (It stayed with the cancelled standby: every later worker of the workflow on that
+    storage stood by for ever, running nothing.)"""
+    from actorflow._runtime import supervisor as sup
+
+    effects = Effects()
+    store = make_store()
+    one, two = worker(store, effects, "one"), worker(make_store(), effects, "two")
+    two_scope = trio.CancelScope()
+    end_turn = sup.Supervisor._end_turn
+
+    def handing_over(self: sup.Supervisor[Any, Any]) -> None:
+        if not self.standby:
+            two_scope.cancel()  # the standby's cancellation comes with the hand-over
+        end_turn(self)
+
+    monkeypatch.setattr(sup.Supervisor, "_end_turn", handing_over)
+
+    async def run_two(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with two_scope:
+            await two.run(task_status=task_status)
+
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as one_scope:
+            async with trio.open_nursery() as inner:
+                await inner.start(one.run)
+                await nursery.start(run_two)
+                assert two.running and not two.ready
+                one_scope.cancel()
+    monkeypatch.setattr(sup.Supervisor, "_end_turn", end_turn)
+    assert not sup._SERVING and not sup._STANDBYS
+    three = worker(make_store(), effects, "three")
+    async with af.open_workflow(three):
+        run_id = await three.trigger("later")
+        await three.await_status("later", run_id, St.DONE, timeout=60)
+    assert effects.by == {"later": ["three"]}

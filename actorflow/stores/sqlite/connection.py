@@ -245,6 +245,8 @@ class Database:
         """Connections opened so far (a reopened connection counts data_version anew)."""
         self.watcher: _Watcher | None = None
         self.checkpointer: _Checkpointer | None = None
+        self._writer_thread = trio.CapacityLimiter(1)
+        """write_in_thread's: one transaction at a time, never waiting for other threads."""
         self._stopped_threads: list[threading.Thread] = []
         """The watcher and checkpointer threads told to stop, joined before the close."""
         self._thread_write: trio.Event | None = None
@@ -369,8 +371,16 @@ class Database:
             raise self.error("cannot open the database", exc) from exc
         return conn
 
+    def check_open(self) -> None:
+        """Raise StoreError when the store is closed (without opening anything: while a
+        write runs in a worker thread, only that thread may reopen the connection)."""
+        if self.closed:
+            raise self.fail("the store is closed", "open a new SQLiteStore")
+
     def connection(self, *, closing_ok: bool = False) -> sqlite3.Connection:
-        """The open connection (reopened after a failure); ``closing_ok`` for aclose's wait."""
+        """The open connection (reopened after a failure); ``closing_ok`` for aclose's wait.
+        Called by the writer (on the trio thread, or in the worker thread of
+        write_in_thread while the trio thread's reads wait) and by reads."""
         if self.closed and not closing_ok:
             raise self.fail("the store is closed", "open a new SQLiteStore")
         if self._conn is None:
@@ -441,7 +451,9 @@ class Database:
         done = self._thread_write = trio.Event()
         try:
             with quick_gil_handoff():
-                return await realtime.to_thread(write)
+                # A limiter of its own: trio's default one is shared with the user's
+                # threads, and reads wait for this transaction.
+                return await realtime.to_thread(write, limiter=self._writer_thread)
         finally:
             self._thread_write = None
             done.set()
@@ -473,7 +485,7 @@ class Database:
         readers never wait for the writer). Under trio's autojump clock virtual time stands
         still meanwhile (trio issue #456): a test's deadlines and sleeps are not pushed
         past while the thread works."""
-        self.connection()  # raises when closed
+        self.check_open()
 
         def run() -> R:
             try:

@@ -189,7 +189,7 @@ class SQLiteStore(ClosingStore):
     ) -> R:
         """Write with the batch it joins (see :mod:`actorflow.stores.group_commit`)."""
         await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: nothing written
-        self._db.connection()  # raises when closed
+        self._db.check_open()
         value: R = await self._group.write(w.SQLiteWrite(apply, arg, publish))
         return value
 
