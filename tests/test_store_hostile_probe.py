@@ -347,3 +347,16 @@ async def _await_state(
             return rec
         await trio.sleep(1)
     raise AssertionError(f"run {run_id} never reached {state.name}")
+
+
+def test_a_relative_path_when_the_working_directory_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative path is made absolute at construction; with the working directory
+    removed that fails: a StoreError saying so, not a bare FileNotFoundError."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(af.StoreError, match="cannot be made absolute"):
+        af.SQLiteStore("relative.db")

@@ -20,7 +20,7 @@ from typing import Any, Final, TypeVar, final
 import attrs
 import trio
 
-from actorflow._model.errors import ActorflowError, InvalidArgument
+from actorflow._model.errors import ActorflowError, InvalidArgument, StoreError
 from actorflow._model.record import Event, RawRecord, Timer
 from actorflow._model.run_state import RunState
 from actorflow.stores.base import ClosingStore
@@ -126,7 +126,13 @@ class SQLiteStore(ClosingStore):
         # watcher, the checkpointer, reads in threads, a reopen) stay this one file when the
         # process changes its working directory afterwards (they used to open, and create,
         # another file of that name there).
-        path_now = Path(text).absolute()
+        try:
+            path_now = Path(text).absolute()
+        except OSError as exc:  # a relative path, and the working directory was removed
+            raise StoreError(
+                f"SQLite store {text!r}: the relative path cannot be made absolute "
+                f"({exc.strerror or exc}); give an absolute path"
+            ) from None
         self._db = Database(path_now, synchronous.upper(), float(lock_timeout), self._feed)
         self._feed.watch = self._db.watch
         self.stats: SQLiteStats = self._db.stats
