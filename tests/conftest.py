@@ -10,6 +10,7 @@ import pytest
 
 import actorflow as af
 from actorflow.testing import trio_clock
+from tests.probe_stores import PG_DSN, Stores
 
 START = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
 
@@ -49,3 +50,15 @@ async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
     yield make
     for store in opened + memory:
         await store.aclose()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
+    """The store under test (the probes'), reopened on the same storage by ``open()``."""
+    if request.param == "postgres" and not PG_DSN:
+        pytest.skip("ACTORFLOW_PG_DSN not set")
+    made = Stores(request.param, tmp_path)
+    try:
+        yield made
+    finally:
+        await made.close_all()

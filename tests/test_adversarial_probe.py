@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import enum
 import os
-import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,7 @@ from trio.testing import MockClock
 import actorflow as af
 from actorflow.testing import trio_clock
 from tests.conftest import START
-
-PG_DSN = os.environ.get("ACTORFLOW_PG_DSN")
+from tests.probe_stores import Stores
 
 
 class St(enum.IntEnum):
@@ -38,60 +35,6 @@ class Doc:
     text: str = ""
     n: int = 0
     tags: list[str] = attrs.Factory(list)
-
-
-class Stores:
-    """Opens the store under test; opening again reopens the same storage (a restart)."""
-
-    def __init__(self, kind: str, tmp_path: Path) -> None:
-        self.kind = kind
-        self.path = tmp_path / "probe.db"
-        self.schema = f"af_probe_{uuid.uuid4().hex[:16]}"
-        self.opened: list[af.Store] = []
-
-    def open(self) -> af.Store:
-        store: af.Store
-        if self.kind == "memory":
-            if self.opened:
-                return self.opened[0]
-            store = af.MemoryStore()
-        elif self.kind == "sqlite":
-            store = af.SQLiteStore(self.path)
-        else:
-            assert PG_DSN is not None
-            store = af.PostgresStore(PG_DSN, schema=self.schema, pool_size=4)
-        self.opened.append(store)
-        return store
-
-    @property
-    def durable(self) -> bool:
-        return self.kind != "memory"
-
-    async def close_all(self) -> None:
-        for store in self.opened:
-            await store.aclose()
-        self.opened.clear()
-        if self.kind == "postgres":
-            assert PG_DSN is not None
-            await trio.to_thread.run_sync(_drop_schema, PG_DSN, self.schema)
-
-
-def _drop_schema(dsn: str, schema: str) -> None:
-    import psycopg
-
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
-    if request.param == "postgres" and not PG_DSN:
-        pytest.skip("ACTORFLOW_PG_DSN not set")
-    made = Stores(request.param, tmp_path)
-    try:
-        yield made
-    finally:
-        await made.close_all()
 
 
 Behaviour = dict[str, Any]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import enum
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from trio.testing import MockClock
 import actorflow as af
 from actorflow.testing import trio_clock, wait_for
 from tests.conftest import START
-from tests.test_adversarial_probe import PG_DSN, Stores
+from tests.probe_stores import PG_DSN, Stores
 
 
 class C(enum.IntEnum):
@@ -49,18 +48,6 @@ def waiting(store: af.Store, answer: Any, **build: Any) -> af.Workflow[Box, C]:
 
     b.add_callback(C.WAITING, answer, to=[C.DONE])
     return b.build(store, clock=trio_clock(START), **build)
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-async def probe_stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
-    """The store under test, reopened on the same storage by ``open()`` (a restart)."""
-    if request.param == "postgres" and not PG_DSN:
-        pytest.skip("ACTORFLOW_PG_DSN not set")
-    made = Stores(request.param, tmp_path)
-    try:
-        yield made
-    finally:
-        await made.close_all()
 
 
 # --- user code ending the process in a callback ----------------------------------------------
@@ -162,12 +149,12 @@ def one_step(
 
 @pytest.mark.parametrize("where", ["after the claim", "in the trigger"])
 async def test_a_schedule_ended_between_claim_and_trigger_fires_that_time_after_a_restart(
-    probe_stores: Stores, where: str, autojump_clock: MockClock
+    stores: Stores, where: str, autojump_clock: MockClock
 ) -> None:
     """The process ends (kill -9, or the schedule's task is cancelled) after a cron time
     was claimed and before its run was stored: the next start triggers that time, once.
     (It used to be lost: claimed, so never fired, and never triggered.)"""
-    store = probe_stores.open()
+    store = stores.open()
     claim = store.claim_schedule
     create = store.create_run
     died = trio.CancelScope()
@@ -195,7 +182,7 @@ async def test_a_schedule_ended_between_claim_and_trigger_fires_that_time_after_
     assert await wf.list_runs() == []  # 10:00 claimed, not triggered
     first = START + timedelta(hours=1)
 
-    wf = one_step(probe_stores.open())  # the restart, at 10:00 still (or a little later)
+    wf = one_step(stores.open())  # the restart, at 10:00 still (or a little later)
     async with af.open_workflow(wf), trio.open_nursery() as nursery:
         nursery.start_soon(wf.schedule_trigger, "report", "@hourly")
         with trio.fail_after(600):
@@ -206,7 +193,7 @@ async def test_a_schedule_ended_between_claim_and_trigger_fires_that_time_after_
     runs = await wf.list_runs()
     assert [(r.created_at - first) // timedelta(hours=1) for r in runs] == [0, 1, 2]
     # A second restart finds every time fired: nothing again.
-    wf = one_step(probe_stores.open())
+    wf = one_step(stores.open())
     async with af.open_workflow(wf):
         with trio.move_on_after(600):
             await wf.schedule_trigger("report", "@hourly")
@@ -239,7 +226,7 @@ async def _cut_after(checkpoints: int, call: Any) -> tuple[bool, Any]:
 
 @pytest.mark.parametrize("worker", [True, False])
 async def test_a_call_cut_short_reports_what_it_did(
-    probe_stores: Any, worker: bool, autojump_clock: MockClock
+    stores: Any, worker: bool, autojump_clock: MockClock
 ) -> None:
     """callback, trigger and the controls cancelled after k checkpoints, through a worker
     and from a handle without one: a call that returns tells the truth (a record: its
@@ -252,8 +239,8 @@ async def test_a_call_cut_short_reports_what_it_did(
         run.object.notes.append(payload.decode())
         return C.DONE
 
-    wf = waiting(probe_stores.open(), answer)
-    handle = wf if worker else waiting(probe_stores.open(), answer)
+    wf = waiting(stores.open(), answer)
+    handle = wf if worker else waiting(stores.open(), answer)
     tries = 25
     async with af.open_workflow(wf):
         ids = {k: await wf.trigger(f"r{k}") for k in range(tries)}
@@ -522,12 +509,12 @@ async def _all(wf: af.Workflow[Any, Any]) -> list[af.Record[Any, Any]]:
 
 
 async def test_backfills_cut_short_from_another_process_are_all_worked(
-    probe_stores: Stores, autojump_clock: MockClock
+    stores: Stores, autojump_clock: MockClock
 ) -> None:
     """trigger_many from a second store handle (another process's view, no worker),
     cancelled after k checkpoints: every run it stored is found and worked by the worker
     (its step runs, once), and triggering again refuses exactly those."""
-    if probe_stores.kind == "memory":
+    if stores.kind == "memory":
         pytest.skip("one process: the same store object")
     steps: Counter[str] = Counter()
 
@@ -542,9 +529,9 @@ async def test_backfills_cut_short_from_another_process_are_all_worked(
         return C.WAITING
 
     b.add_callback(C.WAITING, answer, to=[C.DONE])
-    wf = b.build(probe_stores.open(), clock=trio_clock(START))
-    other = waiting(probe_stores.open(), answer)
-    tries, size = (10, 30) if probe_stores.kind == "postgres" else (14, 60)
+    wf = b.build(stores.open(), clock=trio_clock(START))
+    other = waiting(stores.open(), answer)
+    tries, size = (10, 30) if stores.kind == "postgres" else (14, 60)
     async with af.open_workflow(wf):
         for k in range(tries):
             items = [f"b{k}-{j}" for j in range(size)]
@@ -599,7 +586,7 @@ async def test_a_deletion_cut_short_leaves_no_copy_of_the_object_in_the_files(
 
 
 async def test_migrations_cut_short_at_every_checkpoint_migrate_each_run_once(
-    probe_stores: Stores, autojump_clock: MockClock
+    stores: Stores, autojump_clock: MockClock
 ) -> None:
     """workflow.migrate() (``actorflow runs migrate``) cancelled after k checkpoints, again
     and again, then callbacks racing with a last migrate while the new worker runs: each
@@ -608,12 +595,12 @@ async def test_migrations_cut_short_at_every_checkpoint_migrate_each_run_once(
     from tests.test_evolution import S1, S2, Order1, build_renamed, build_v1
 
     n = 12
-    old = build_v1(probe_stores.open())
+    old = build_v1(stores.open())
     async with af.open_workflow(old):
         ids = [await old.trigger(f"order-{i}", initial=Order1("apple", 1)) for i in range(n)]
         for i, run_id in enumerate(ids):
             await old.await_status(f"order-{i}", run_id, S1.WAITING)
-    new = build_renamed(probe_stores.open())
+    new = build_renamed(stores.open())
     for k in range(0, 60, 3):
         await _cut_after(k, new.migrate)
     async with af.open_workflow(new), trio.open_nursery() as nursery:

@@ -24,7 +24,7 @@ from trio.testing import MockClock
 import actorflow as af
 from actorflow.testing import trio_clock
 from tests.conftest import START
-from tests.test_adversarial_probe import Stores
+from tests.probe_stores import Stores
 
 
 class L(enum.IntEnum):
@@ -44,7 +44,7 @@ class Job:
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
     if request.param == "postgres":
-        from tests.test_adversarial_probe import PG_DSN
+        from tests.probe_stores import PG_DSN
 
         if not PG_DSN:
             pytest.skip("ACTORFLOW_PG_DSN not set")
@@ -1214,7 +1214,7 @@ async def test_kill_9_of_a_busy_worker_then_every_run_is_done_once_as_the_user_s
     import sys
 
     from tests.fresh_python import ROOT
-    from tests.test_adversarial_probe import PG_DSN
+    from tests.probe_stores import PG_DSN
 
     if kind == "postgres" and not PG_DSN:
         pytest.skip("ACTORFLOW_PG_DSN not set")

@@ -6,7 +6,6 @@ store tests run on MemoryStore, SQLiteStore and (with ACTORFLOW_PG_DSN) Postgres
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,19 +17,8 @@ from trio.testing import MockClock
 import actorflow as af
 from actorflow.testing import trio_clock
 from tests.conftest import START
-from tests.test_adversarial_probe import PG_DSN, Doc, St, Stores, finish, pipeline
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
-    if request.param == "postgres" and not PG_DSN:
-        pytest.skip("ACTORFLOW_PG_DSN not set")
-    made = Stores(request.param, tmp_path)
-    try:
-        yield made
-    finally:
-        await made.close_all()
-
+from tests.probe_stores import PG_DSN, Stores
+from tests.test_adversarial_probe import Doc, St, finish, pipeline
 
 # --- store arguments ----------------------------------------------------------------------
 
