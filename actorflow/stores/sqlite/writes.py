@@ -1,6 +1,7 @@
 """SQLiteStore's writes: what each write runs inside the group-commit transaction (module
 functions: no closure per write), and ``send``, which stores a batch of them in one
-transaction on the trio thread, with back-off while another connection holds the lock."""
+transaction on the trio thread (a batch with a large create_runs in a worker thread), with
+back-off while another connection holds the lock."""
 
 from __future__ import annotations
 
